@@ -1,0 +1,445 @@
+//! The `BackpressurePolicy` custom resource (`levee.dev/v1alpha1`): its spec, status and the
+//! schema rules the API server enforces. The CRD YAML in `crds/` is generated from these types.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A backlog made of Redis queues, the producers to hold back when it grows, and the workers to
+/// scale out.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "levee.dev",
+    version = "v1alpha1",
+    kind = "BackpressurePolicy",
+    plural = "backpressurepolicies",
+    shortname = "bpp",
+    namespaced,
+    status = "BackpressurePolicyStatus",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Level","type":"string","jsonPath":".status.level"}"#,
+    printcolumn = r#"{"name":"Pending","type":"integer","jsonPath":".status.pending"}"#,
+    printcolumn = r#"{"name":"Critical","type":"integer","jsonPath":".spec.thresholds.critical"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackpressurePolicySpec {
+    /// Where the queues live.
+    pub redis: RedisSpec,
+    /// The queues whose weighted depths add up to the backlog.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.all(q, self.exists_one(r, r.name == q.name))").message("queue names must be unique: give every queue its own name"))]
+    pub queues: Vec<QueueSpec>,
+    /// How often the queues are sampled (Go duration, e.g. `1s`, `500ms`).
+    #[serde(default = "defaults::sample_interval")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 1s or 500ms"))]
+    pub sample_interval: Duration,
+    /// Backlog sizes that drive the circuit.
+    pub thresholds: Thresholds,
+    /// How the circuit dwells, whom it lets through, and when it alerts.
+    #[serde(default)]
+    pub circuit: CircuitSpec,
+    /// What the circuit does when Redis cannot be sampled.
+    #[serde(default)]
+    pub on_sample_failure: OnSampleFailure,
+    /// The producer workloads the circuit holds back.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u.kind == t.kind && u.name == t.name))").message("each target may appear only once: remove the duplicate kind/name pair"))]
+    pub targets: Vec<TargetRef>,
+    /// Workers that levee scales with a HorizontalPodAutoscaler it creates and owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_target: Option<ScaleTarget>,
+    /// Decide and report, but touch no workload or pod.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// How to reach Redis. The URL never holds a password; credentials come from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'Sentinel' || has(self.sentinelMaster)").message("sentinelMaster is required when mode is Sentinel: name the master the sentinels monitor"))]
+#[x_kube(validation = Rule::new("self.mode == 'Sentinel' || !has(self.sentinelMaster)").message("sentinelMaster is only used when mode is Sentinel: remove it or set mode: Sentinel"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || self.url.startsWith('rediss://')").message("tls settings need a rediss:// url: change the scheme to rediss://"))]
+pub struct RedisSpec {
+    /// `redis://host:port/db` or `rediss://` for TLS. In Sentinel mode, the address of a sentinel.
+    #[schemars(length(max = 2048), regex(pattern = r"^rediss?://[^\s]+$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^rediss?://[^/@]*:[^/@]*@')").message("must not contain a password: put it in a Secret and reference it with credentialsSecretRef"))]
+    pub url: String,
+    /// Standalone, Cluster or Sentinel.
+    #[serde(default)]
+    pub mode: RedisMode,
+    /// Sentinel mode only: the name of the monitored master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub sentinel_master: Option<String>,
+    /// A Secret in the policy's namespace holding the username and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// TLS settings for `rediss://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTls>,
+    /// Deadline for connecting and for one sampling round trip.
+    #[serde(default = "defaults::redis_timeout")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 500ms"))]
+    pub timeout: Duration,
+}
+
+/// How levee finds the Redis node that holds a key.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RedisMode {
+    /// One node (or a primary behind a stable address).
+    #[default]
+    Standalone,
+    /// Redis Cluster: keys are spread over masters by hash slot.
+    Cluster,
+    /// A primary found through Redis Sentinel.
+    Sentinel,
+}
+
+/// Keys of a Secret in the policy's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the ACL username; without it levee authenticates with the password only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_key: Option<String>,
+    /// The key holding the password.
+    #[serde(default = "defaults::password_key")]
+    pub password_key: String,
+}
+
+/// TLS settings for a `rediss://` endpoint.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisTls {
+    /// A Secret key holding the PEM CA bundle that signed the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Skip verifying the server certificate (testing only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// One key of a Secret in the policy's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key inside the Secret.
+    #[serde(default = "defaults::ca_key")]
+    pub key: String,
+}
+
+/// One queue of the backlog and how to read its depth.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.consumerGroup) || self.type == 'stream'").message("consumerGroup applies only to type stream: remove it or change the type"))]
+#[x_kube(validation = Rule::new("!has(self.prefix) || self.type == 'bullmq'").message("prefix applies only to type bullmq: remove it or change the type"))]
+#[x_kube(validation = Rule::new("!has(self.includeDelayed) || self.type == 'bullmq'").message("includeDelayed applies only to type bullmq: remove it or change the type"))]
+#[x_kube(validation = Rule::new("!has(self.namespace) || self.type == 'sidekiq'").message("namespace applies only to type sidekiq: remove it or change the type"))]
+#[x_kube(validation = Rule::new("!has(self.prioritySeparator) || self.type == 'celery'").message("prioritySeparator applies only to type celery: remove it or change the type"))]
+pub struct QueueSpec {
+    /// The queue's name in status and metrics (a DNS label: lower-case letters, digits, '-').
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Which layout the key follows.
+    #[serde(rename = "type")]
+    pub queue_type: QueueType,
+    /// The Redis key (for bullmq, celery, rq, sidekiq: the queue name those libraries use).
+    #[schemars(length(min = 1, max = 1024))]
+    pub key: String,
+    /// Multiplies this queue's depth in the backlog total.
+    #[serde(default = "defaults::weight")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub weight: u32,
+    /// stream only: count entries this consumer group has not acknowledged yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub consumer_group: Option<String>,
+    /// bullmq only: the key prefix (BullMQ's `prefix` option, default `bull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub prefix: Option<String>,
+    /// bullmq only: also count delayed jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_delayed: Option<bool>,
+    /// sidekiq only: the redis-namespace prefix, if the app uses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub namespace: Option<String>,
+    /// celery only: kombu's `sep` transport option between a queue and its priority (default "\x06\x16").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub priority_separator: Option<String>,
+}
+
+/// The Redis layouts levee can read a depth from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// LLEN of a list.
+    List,
+    /// ZCARD of a sorted set.
+    Zset,
+    /// XLEN, or a consumer group's unacknowledged entries.
+    Stream,
+    /// BullMQ's waiting, paused, prioritized and active jobs (and delayed, on request).
+    Bullmq,
+    /// A Celery (kombu) Redis queue with its priority sub-queues.
+    Celery,
+    /// An RQ queue (`rq:queue:<key>`).
+    Rq,
+    /// A Sidekiq queue (`queue:<key>`).
+    Sidekiq,
+}
+
+/// Backlog sizes (weighted pending jobs) that drive the circuit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.recovery < self.warning && self.warning < self.critical").message("thresholds must satisfy recovery < warning < critical: lower recovery or raise critical"))]
+pub struct Thresholds {
+    /// From here the level is Warning, and an Open circuit must fall below it to half-open.
+    #[schemars(range(min = 0))]
+    pub warning: u64,
+    /// From here the circuit opens and the level is Critical.
+    #[schemars(range(min = 1))]
+    pub critical: u64,
+    /// At or below this a HalfOpen circuit closes.
+    #[schemars(range(min = 0))]
+    pub recovery: u64,
+}
+
+/// Dwell, priorities and alerting of the circuit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.openMaxPriority <= self.halfOpenMaxPriority").message("openMaxPriority must not exceed halfOpenMaxPriority: HalfOpen lets through at least what Open does"))]
+pub struct CircuitSpec {
+    /// An Open circuit stays Open at least this long.
+    #[serde(default = "defaults::min_open_duration")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 30s"))]
+    pub min_open_duration: Duration,
+    /// While HalfOpen, targets with a priority up to this keep accepting.
+    #[serde(default = "defaults::half_open_max_priority")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub half_open_max_priority: u32,
+    /// While Open, targets with a priority up to this keep accepting (0: none).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub open_max_priority: u32,
+    /// Not Closed for this long sets the condition Prolonged and raises a Warning event.
+    #[serde(default = "defaults::alert_after")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 10m"))]
+    pub alert_after: Duration,
+}
+
+impl Default for CircuitSpec {
+    fn default() -> Self {
+        Self {
+            min_open_duration: defaults::min_open_duration(),
+            half_open_max_priority: defaults::half_open_max_priority(),
+            open_max_priority: 0,
+            alert_after: defaults::alert_after(),
+        }
+    }
+}
+
+/// What to do after some sampling ticks in a row failed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OnSampleFailure {
+    /// Hold keeps the state, Open stops producers, Close lets them through.
+    #[serde(default)]
+    pub action: SampleFailureAction,
+    /// How many failed ticks in a row trigger the action.
+    #[serde(default = "defaults::failure_after")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub after: u32,
+}
+
+impl Default for OnSampleFailure {
+    fn default() -> Self {
+        Self {
+            action: SampleFailureAction::default(),
+            after: defaults::failure_after(),
+        }
+    }
+}
+
+/// The circuit's answer to a Redis it cannot read.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SampleFailureAction {
+    /// Keep the current state.
+    #[default]
+    Hold,
+    /// Open: fail safe for the queue.
+    Open,
+    /// Close: fail safe for traffic.
+    Close,
+}
+
+/// A producer workload the circuit holds back.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// Deployment, StatefulSet or DaemonSet (apps/v1).
+    pub kind: TargetKind,
+    /// The workload's name in the policy's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// 1 is the most important; a target accepts while its priority is within the state's limit.
+    #[serde(default = "defaults::target_priority")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub priority: u32,
+}
+
+/// Workload kinds a target can be.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+/// Workers scaled by a HorizontalPodAutoscaler on `levee_pending`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct ScaleTarget {
+    /// Deployment or StatefulSet (apps/v1).
+    pub kind: ScaleKind,
+    /// The workload's name in the policy's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The HPA's lower bound.
+    #[serde(default = "defaults::min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// The HPA's upper bound.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Pending jobs one worker replica is expected to handle (the HPA's AverageValue target).
+    #[schemars(range(min = 1))]
+    pub pending_per_replica: u64,
+}
+
+/// Workload kinds an HPA can scale.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+}
+
+/// What levee last observed and decided.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackpressurePolicyStatus {
+    /// Closed, HalfOpen or Open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::circuit::State>,
+    /// Normal, Warning or Critical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<crate::circuit::Level>,
+    /// The weighted backlog of the last sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
+    /// Each queue's depth, or why it could not be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<QueueStatus>,
+    /// When the queues were last sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sample_time: Option<Time>,
+    /// When the state last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// When the circuit last entered Open (the dwell counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_since: Option<Time>,
+    /// How many state changes the circuit has made.
+    #[serde(default)]
+    pub transitions: u64,
+    /// The `levee.dev/reset` annotation value already applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset: Option<String>,
+    /// The generation of the spec this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, RedisReachable, Throttling, Prolonged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One queue's depth, or the error reading it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    /// The queue's name in the policy.
+    pub name: String,
+    /// Its depth (unweighted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u64>,
+    /// Why it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Default values, shared by serde and the schema.
+pub mod defaults {
+    use kube::core::Duration;
+
+    fn parse(text: &str) -> Duration {
+        text.parse().expect("default durations are valid Go durations")
+    }
+    pub fn sample_interval() -> Duration {
+        parse("1s")
+    }
+    pub fn redis_timeout() -> Duration {
+        parse("500ms")
+    }
+    pub fn min_open_duration() -> Duration {
+        parse("30s")
+    }
+    pub fn alert_after() -> Duration {
+        parse("10m")
+    }
+    pub fn password_key() -> String {
+        "password".into()
+    }
+    pub fn ca_key() -> String {
+        "ca.crt".into()
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn half_open_max_priority() -> u32 {
+        5
+    }
+    pub fn failure_after() -> u32 {
+        3
+    }
+    pub fn target_priority() -> u32 {
+        10
+    }
+    pub fn min_replicas() -> i32 {
+        1
+    }
+    /// BullMQ's default key prefix.
+    pub const BULLMQ_PREFIX: &str = "bull";
+    /// kombu's default separator between a queue name and its priority.
+    pub const CELERY_PRIORITY_SEPARATOR: &str = "\x06\x16";
+}

@@ -1,0 +1,249 @@
+//! `levee check`'s rules, one bad input at a time, against the example policy.
+
+use super::*;
+
+const VALID: &str = include_str!("../../../examples/policy.yaml");
+
+fn problems_of(edit: impl FnOnce(&mut Value)) -> Vec<String> {
+    let mut object: Value = serde_yaml::from_str(VALID).unwrap();
+    edit(&mut object);
+    match check_object(&object) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Sets (or adds) the field at a JSON pointer.
+fn set(object: &mut Value, pointer: &str, value: Value) {
+    let (parent, field) = pointer.rsplit_once('/').unwrap();
+    let parent = object.pointer_mut(parent).unwrap_or_else(|| panic!("{pointer}"));
+    match parent {
+        Value::Object(map) => {
+            map.insert(field.to_string(), value);
+        }
+        Value::Array(items) => items[field.parse::<usize>().unwrap()] = value,
+        _ => panic!("{pointer} has no parent container"),
+    }
+}
+
+fn assert_one(problems: &[String], expected: &str) {
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0], expected);
+}
+
+#[test]
+fn the_example_policy_is_valid_and_gets_defaults() {
+    let policy = check_object(&serde_yaml::from_str(VALID).unwrap()).expect("valid");
+    assert_eq!(policy.spec.queues[0].weight, 1);
+    assert_eq!(policy.spec.redis.mode, crate::api::RedisMode::Standalone);
+    assert_eq!(policy.spec.targets[0].priority, 5);
+    assert!(!policy.spec.dry_run);
+}
+
+#[test]
+fn defaults_fill_a_minimal_policy() {
+    let text = "apiVersion: levee.dev/v1alpha1\nkind: BackpressurePolicy\nmetadata: {name: p}\nspec:\n  redis: {url: 'redis://r:6379'}\n  queues: [{name: q, type: list, key: k}]\n  thresholds: {warning: 2, critical: 3, recovery: 1}\n  targets: [{kind: Deployment, name: api}]\n";
+    let policy = check_object(&serde_yaml::from_str(text).unwrap()).expect("valid");
+    let spec = policy.spec;
+    assert_eq!(
+        std::time::Duration::from(spec.sample_interval),
+        std::time::Duration::from_secs(1)
+    );
+    assert_eq!(
+        std::time::Duration::from(spec.redis.timeout),
+        std::time::Duration::from_millis(500)
+    );
+    assert_eq!(
+        std::time::Duration::from(spec.circuit.min_open_duration),
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(spec.circuit.half_open_max_priority, 5);
+    assert_eq!(spec.circuit.open_max_priority, 0);
+    assert_eq!(spec.on_sample_failure.after, 3);
+    assert_eq!(spec.targets[0].priority, 10);
+}
+
+#[test]
+fn threshold_order_is_enforced() {
+    let problems = problems_of(|o| set(o, "/spec/thresholds/recovery", 20000.into()));
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.thresholds: thresholds must satisfy recovery < warning < critical: lower recovery or raise critical",
+    );
+    let problems = problems_of(|o| set(o, "/spec/thresholds/warning", 50000.into()));
+    assert_eq!(problems.len(), 1, "warning == critical is refused too");
+}
+
+#[test]
+fn duplicate_queue_names_are_refused() {
+    let problems = problems_of(|o| set(o, "/spec/queues/1/name", "events".into()));
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.queues: queue names must be unique: give every queue its own name",
+    );
+}
+
+#[test]
+fn non_positive_durations_are_refused() {
+    for (pointer, field) in [
+        ("/spec/sampleInterval", "spec.sampleInterval"),
+        ("/spec/redis/timeout", "spec.redis.timeout"),
+        ("/spec/circuit/minOpenDuration", "spec.circuit.minOpenDuration"),
+        ("/spec/circuit/alertAfter", "spec.circuit.alertAfter"),
+    ] {
+        let problems = problems_of(|o| set(o, pointer, "0s".into()));
+        assert_eq!(problems.len(), 1, "{pointer}: {problems:?}");
+        assert!(
+            problems[0].starts_with(&format!("jobs/rule-engine: {field}: must be a positive duration")),
+            "{problems:?}"
+        );
+    }
+}
+
+#[test]
+fn min_replicas_above_max_is_refused() {
+    let problems = problems_of(|o| set(o, "/spec/scaleTarget/minReplicas", 21.into()));
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.scaleTarget: minReplicas must not exceed maxReplicas",
+    );
+}
+
+#[test]
+fn priorities_start_at_one() {
+    let problems = problems_of(|o| set(o, "/spec/targets/0/priority", 0.into()));
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.targets[0].priority: Invalid value: 0: must be greater than or equal to 1",
+    );
+}
+
+#[test]
+fn unknown_fields_and_wrong_types_are_named() {
+    let problems = problems_of(|o| {
+        set(
+            o,
+            "/spec/thresholds",
+            serde_json::json!({"warning": "many", "critical": 5, "recovery": 1, "extra": 1}),
+        )
+    });
+    assert_eq!(
+        problems,
+        vec![
+            "jobs/rule-engine: spec.thresholds.extra: unknown field: remove it or check its spelling against `levee crd`",
+            "jobs/rule-engine: spec.thresholds.warning: Invalid value: \"string\": must be of type integer",
+        ]
+    );
+}
+
+#[test]
+fn missing_required_fields_are_named() {
+    let problems = problems_of(|o| {
+        o["spec"].as_object_mut().unwrap().remove("thresholds");
+    });
+    assert_one(&problems, "jobs/rule-engine: spec.thresholds: Required value");
+}
+
+#[test]
+fn unsupported_queue_type_lists_the_supported_ones() {
+    let problems = problems_of(|o| set(o, "/spec/queues/0/type", "bull".into()));
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.queues[0].type: Unsupported value: \"bull\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\"",
+    );
+}
+
+#[test]
+fn type_specific_fields_need_their_type() {
+    let problems = problems_of(|o| set(o, "/spec/queues/1/consumerGroup", "g".into()));
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.queues[1]: consumerGroup applies only to type stream: remove it or change the type",
+    );
+}
+
+#[test]
+fn passwords_in_the_url_are_refused() {
+    let problems = problems_of(|o| set(o, "/spec/redis/url", "redis://user:hunter2@redis:6379".into()));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("spec.redis.url: must not contain a password"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn url_typos_are_refused() {
+    let problems = problems_of(|o| set(o, "/spec/redis/url", "redis//redis:6379".into()));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(
+            "jobs/rule-engine: spec.redis.url: Invalid value: \"redis//redis:6379\": must match"
+        ),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn sentinel_mode_needs_a_master_name() {
+    let problems = problems_of(|o| set(o, "/spec/redis/mode", "Sentinel".into()));
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.redis: sentinelMaster is required when mode is Sentinel: name the master the sentinels monitor",
+    );
+}
+
+#[test]
+fn documents_mix_policies_with_other_kinds_and_report_yaml_errors() {
+    let text = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n{VALID}\n---\n");
+    let checked = check_documents("f.yaml", &text);
+    assert_eq!(checked.policies.len(), 1);
+    assert!(checked.problems.is_empty());
+    let broken = check_documents("f.yaml", &format!("{VALID}\n---\nkind: [unclosed\n"));
+    assert_eq!(broken.policies.len(), 1);
+    assert_eq!(broken.problems.len(), 1);
+    assert!(
+        broken.problems[0]
+            .to_string()
+            .starts_with("f.yaml document 2: (yaml): invalid YAML:"),
+        "{:?}",
+        broken.problems
+    );
+}
+
+#[test]
+fn wrong_api_version_and_missing_name_are_reported() {
+    let problems = problems_of(|o| {
+        set(o, "/apiVersion", "levee.dev/v1".into());
+        o["metadata"].as_object_mut().unwrap().remove("name");
+    });
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains("apiVersion: Unsupported value: \"levee.dev/v1\""));
+    assert!(problems[1].contains("metadata.name: Required value"));
+}
+
+#[test]
+fn crd_names_and_columns() {
+    let crd: Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+    assert_eq!(crd["metadata"]["name"], "backpressurepolicies.levee.dev");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "bpp");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    let version = &crd["spec"]["versions"][0];
+    assert!(version["subresources"]["status"].is_object());
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["State", "Level", "Pending", "Critical", "Age"]);
+}
+
+#[test]
+fn the_committed_crd_is_up_to_date() {
+    let committed = include_str!("../../../crds/levee.dev_backpressurepolicies.yaml");
+    assert!(
+        committed == crd_yaml(),
+        "crds/levee.dev_backpressurepolicies.yaml is stale: run `make crds` (cargo run -- crd > crds/...)"
+    );
+}

@@ -1,0 +1,384 @@
+//! Every rule of the circuit, one test each, then the invariants as properties.
+
+use super::*;
+use proptest::prelude::*;
+
+const WARNING: u64 = 100;
+const CRITICAL: u64 = 200;
+const RECOVERY: u64 = 50;
+
+fn rules(action: SampleFailureAction, after: u32) -> CircuitRules {
+    CircuitRules {
+        thresholds: Thresholds {
+            warning: WARNING,
+            critical: CRITICAL,
+            recovery: RECOVERY,
+        },
+        min_open: SignedDuration::from_secs(30),
+        alert_after: SignedDuration::from_secs(600),
+        half_open_max_priority: 5,
+        open_max_priority: 1,
+        on_failure: OnSampleFailure { action, after },
+    }
+}
+
+fn hold() -> CircuitRules {
+    rules(SampleFailureAction::Hold, 3)
+}
+
+fn t(seconds: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+}
+
+fn pending(circuit: &mut Circuit, rules: &CircuitRules, at: i64, value: u64) -> Decision {
+    circuit.step(rules, t(at), Observation::Pending(value), None)
+}
+
+fn open_at(at: i64) -> Circuit {
+    let mut circuit = Circuit::default();
+    pending(&mut circuit, &hold(), at, CRITICAL);
+    assert_eq!(circuit.state, State::Open);
+    circuit
+}
+
+#[test]
+fn closed_opens_at_critical_not_below() {
+    let mut circuit = Circuit::default();
+    assert_eq!(pending(&mut circuit, &hold(), 0, CRITICAL - 1).transition, None);
+    assert_eq!(circuit.state, State::Closed);
+    let decision = pending(&mut circuit, &hold(), 1, CRITICAL);
+    let transition = decision.transition.expect("opens");
+    assert_eq!((transition.from, transition.to), (State::Closed, State::Open));
+    assert_eq!(transition.cause.to_string(), "pending 200 >= critical 200");
+    assert_eq!(circuit.opened_since, Some(t(1)));
+    assert_eq!(circuit.throttling_since, Some(t(1)));
+    assert_eq!(circuit.transitions, 1);
+}
+
+#[test]
+fn open_waits_for_min_open_duration_before_half_open() {
+    let mut circuit = open_at(0);
+    assert_eq!(pending(&mut circuit, &hold(), 29, 0).transition, None);
+    assert_eq!(circuit.state, State::Open);
+    let transition = pending(&mut circuit, &hold(), 30, 0)
+        .transition
+        .expect("half-opens");
+    assert_eq!((transition.from, transition.to), (State::Open, State::HalfOpen));
+}
+
+#[test]
+fn open_needs_pending_below_warning_to_half_open() {
+    let mut circuit = open_at(0);
+    assert_eq!(pending(&mut circuit, &hold(), 60, WARNING).transition, None);
+    assert_eq!(circuit.state, State::Open);
+    pending(&mut circuit, &hold(), 61, WARNING - 1);
+    assert_eq!(circuit.state, State::HalfOpen);
+}
+
+#[test]
+fn half_open_reopens_at_critical_and_restarts_the_dwell() {
+    let mut circuit = open_at(0);
+    pending(&mut circuit, &hold(), 30, 0);
+    let transition = pending(&mut circuit, &hold(), 31, CRITICAL)
+        .transition
+        .expect("reopens");
+    assert_eq!((transition.from, transition.to), (State::HalfOpen, State::Open));
+    assert_eq!(circuit.opened_since, Some(t(31)));
+    assert_eq!(
+        circuit.throttling_since,
+        Some(t(0)),
+        "still throttling since the first opening"
+    );
+    pending(&mut circuit, &hold(), 60, 0);
+    assert_eq!(circuit.state, State::Open, "dwell counts from the reopening");
+}
+
+#[test]
+fn half_open_closes_at_recovery_and_holds_above_it() {
+    let mut circuit = open_at(0);
+    pending(&mut circuit, &hold(), 30, 0);
+    assert_eq!(circuit.state, State::HalfOpen);
+    assert_eq!(pending(&mut circuit, &hold(), 31, RECOVERY + 1).transition, None);
+    let transition = pending(&mut circuit, &hold(), 32, RECOVERY)
+        .transition
+        .expect("closes");
+    assert_eq!((transition.from, transition.to), (State::HalfOpen, State::Closed));
+    assert_eq!(circuit.opened_since, None);
+    assert_eq!(circuit.throttling_since, None);
+    assert_eq!(circuit.transitions, 3);
+}
+
+#[test]
+fn one_tick_makes_one_transition() {
+    let mut circuit = open_at(0);
+    pending(&mut circuit, &hold(), 100, 0);
+    assert_eq!(
+        circuit.state,
+        State::HalfOpen,
+        "Open goes to HalfOpen, not straight to Closed"
+    );
+}
+
+#[test]
+fn level_follows_the_thresholds() {
+    let r = hold();
+    assert_eq!(r.level_of(WARNING - 1), Level::Normal);
+    assert_eq!(r.level_of(WARNING), Level::Warning);
+    assert_eq!(r.level_of(CRITICAL - 1), Level::Warning);
+    assert_eq!(r.level_of(CRITICAL), Level::Critical);
+    let mut circuit = Circuit::default();
+    let decision = pending(&mut circuit, &r, 0, WARNING);
+    assert_eq!(decision.level_change, Some((Level::Normal, Level::Warning)));
+    assert_eq!(pending(&mut circuit, &r, 1, WARNING + 1).level_change, None);
+}
+
+#[test]
+fn prolonged_after_alert_after_not_closed_once() {
+    let mut circuit = open_at(0);
+    assert!(!pending(&mut circuit, &hold(), 599, CRITICAL).prolonged_started);
+    assert!(pending(&mut circuit, &hold(), 600, CRITICAL).prolonged_started);
+    assert!(circuit.prolonged);
+    assert!(
+        !pending(&mut circuit, &hold(), 601, CRITICAL).prolonged_started,
+        "reported once"
+    );
+}
+
+#[test]
+fn prolonged_counts_across_half_open_and_clears_when_closed() {
+    let mut circuit = open_at(0);
+    pending(&mut circuit, &hold(), 30, 0);
+    assert_eq!(circuit.state, State::HalfOpen);
+    assert!(pending(&mut circuit, &hold(), 600, RECOVERY + 1).prolonged_started);
+    pending(&mut circuit, &hold(), 601, 0);
+    assert_eq!(circuit.state, State::Closed);
+    assert!(!circuit.prolonged);
+}
+
+#[test]
+fn reset_forces_closed_once_per_value() {
+    let mut circuit = open_at(0);
+    let decision = circuit.step(&hold(), t(1), Observation::Pending(CRITICAL), Some("a"));
+    assert!(decision.reset_applied);
+    let transition = decision.transition.expect("reset closes");
+    assert_eq!(transition.to, State::Closed);
+    assert_eq!(transition.cause, Cause::Reset { value: "a".into() });
+    assert_eq!(circuit.last_reset.as_deref(), Some("a"));
+    let again = circuit.step(&hold(), t(2), Observation::Pending(CRITICAL), Some("a"));
+    assert!(!again.reset_applied, "the same value is not applied twice");
+    assert_eq!(
+        again.transition.map(|t| t.to),
+        Some(State::Open),
+        "rules apply again"
+    );
+    let next = circuit.step(&hold(), t(3), Observation::Pending(CRITICAL), Some("b"));
+    assert!(next.reset_applied);
+    assert_eq!(circuit.state, State::Closed);
+}
+
+#[test]
+fn reset_while_closed_is_recorded_without_transition() {
+    let mut circuit = Circuit::default();
+    let decision = circuit.step(&hold(), t(0), Observation::Pending(0), Some("x"));
+    assert!(decision.reset_applied);
+    assert_eq!(decision.transition, None);
+    assert_eq!(circuit.transitions, 0);
+}
+
+#[test]
+fn failed_samples_hold_keeps_the_state() {
+    let mut circuit = open_at(0);
+    for second in 1..=10 {
+        let decision = circuit.step(&hold(), t(second), Observation::SampleFailed, None);
+        assert_eq!(decision.transition, None);
+    }
+    assert_eq!(circuit.state, State::Open);
+    assert_eq!(circuit.failed_in_a_row, 10);
+    assert_eq!(
+        circuit.level,
+        Level::Critical,
+        "a failed sample keeps the last level"
+    );
+}
+
+#[test]
+fn failed_samples_open_after_n_in_a_row() {
+    let r = rules(SampleFailureAction::Open, 3);
+    let mut circuit = Circuit::default();
+    circuit.step(&r, t(0), Observation::SampleFailed, None);
+    circuit.step(&r, t(1), Observation::SampleFailed, None);
+    assert_eq!(circuit.state, State::Closed);
+    let transition = circuit
+        .step(&r, t(2), Observation::SampleFailed, None)
+        .transition
+        .expect("opens");
+    assert_eq!(transition.to, State::Open);
+    assert_eq!(
+        transition.cause.to_string(),
+        "3 failed samples in a row, onSampleFailure Open"
+    );
+}
+
+#[test]
+fn a_good_sample_resets_the_failure_count() {
+    let r = rules(SampleFailureAction::Open, 3);
+    let mut circuit = Circuit::default();
+    circuit.step(&r, t(0), Observation::SampleFailed, None);
+    circuit.step(&r, t(1), Observation::SampleFailed, None);
+    pending(&mut circuit, &r, 2, 0);
+    circuit.step(&r, t(3), Observation::SampleFailed, None);
+    circuit.step(&r, t(4), Observation::SampleFailed, None);
+    assert_eq!(circuit.state, State::Closed);
+}
+
+#[test]
+fn failed_samples_close_lets_traffic_through() {
+    let r = rules(SampleFailureAction::Close, 2);
+    let mut circuit = open_at(0);
+    circuit.step(&r, t(1), Observation::SampleFailed, None);
+    assert_eq!(circuit.state, State::Open);
+    let transition = circuit
+        .step(&r, t(2), Observation::SampleFailed, None)
+        .transition
+        .expect("closes");
+    assert_eq!(transition.to, State::Closed);
+}
+
+#[test]
+fn accepts_by_state_and_priority() {
+    let r = hold();
+    assert!(r.accepts(State::Closed, 1000));
+    assert!(r.accepts(State::HalfOpen, 5));
+    assert!(!r.accepts(State::HalfOpen, 6));
+    assert!(r.accepts(State::Open, 1));
+    assert!(!r.accepts(State::Open, 2));
+}
+
+#[test]
+fn rules_come_from_the_policy_spec() {
+    let spec = CircuitSpec::default();
+    let r = CircuitRules::new(hold().thresholds, &spec, OnSampleFailure::default());
+    assert_eq!(r.min_open, SignedDuration::from_secs(30));
+    assert_eq!(r.alert_after, SignedDuration::from_secs(600));
+    assert_eq!(r.open_max_priority, 0);
+    assert_eq!(r.on_failure.action, SampleFailureAction::Hold);
+}
+
+fn tick() -> impl Strategy<Value = (i64, Option<u64>)> {
+    (
+        1i64..20,
+        prop_oneof![9 => (0u64..300).prop_map(Some), 1 => Just(None)],
+    )
+}
+
+fn run(r: &CircuitRules, ticks: &[(i64, Option<u64>)]) -> Vec<(Circuit, Decision, i64, Option<u64>)> {
+    let mut circuit = Circuit::default();
+    let mut now = 0;
+    let mut trace = Vec::new();
+    for &(gap, value) in ticks {
+        now += gap;
+        let observation = value.map_or(Observation::SampleFailed, Observation::Pending);
+        let decision = circuit.step(r, t(now), observation, None);
+        trace.push((circuit.clone(), decision, now, value));
+    }
+    trace
+}
+
+fn any_rules() -> impl Strategy<Value = CircuitRules> {
+    prop_oneof![
+        Just(SampleFailureAction::Hold),
+        Just(SampleFailureAction::Open),
+        Just(SampleFailureAction::Close)
+    ]
+    .prop_flat_map(|action| (1u32..5).prop_map(move |after| rules(action, after)))
+}
+
+proptest! {
+    #[test]
+    fn never_leaves_open_before_min_open(r in any_rules(), ticks in prop::collection::vec(tick(), 1..200)) {
+        let mut previous = Circuit::default();
+        for (circuit, decision, now, _) in run(&r, &ticks) {
+            if let Some(transition) = &decision.transition
+                && transition.from == State::Open
+                && !matches!(transition.cause, Cause::SampleFailures { .. })
+            {
+                let since = previous.opened_since.expect("an open circuit knows since when");
+                prop_assert!(t(now).duration_since(since) >= r.min_open);
+            }
+            previous = circuit;
+        }
+    }
+
+    #[test]
+    fn open_after_any_tick_at_or_above_critical(r in any_rules(), ticks in prop::collection::vec(tick(), 1..200)) {
+        for (circuit, _, _, value) in run(&r, &ticks) {
+            if value.is_some_and(|v| v >= CRITICAL) {
+                prop_assert_eq!(circuit.state, State::Open);
+            }
+        }
+    }
+
+    #[test]
+    fn no_transition_inside_the_hysteresis_band(
+        start in prop::collection::vec(tick(), 0..50),
+        band in prop::collection::vec((1i64..100, WARNING..CRITICAL), 1..100),
+    ) {
+        let r = hold();
+        let mut circuit = Circuit::default();
+        let mut now = 0;
+        for (gap, value) in start {
+            now += gap;
+            circuit.step(&r, t(now), value.map_or(Observation::SampleFailed, Observation::Pending), None);
+        }
+        let state = circuit.state;
+        for (gap, value) in band {
+            now += gap;
+            let decision = circuit.step(&r, t(now), Observation::Pending(value), None);
+            prop_assert_eq!(decision.transition, None);
+            prop_assert_eq!(circuit.state, state);
+        }
+    }
+
+    #[test]
+    fn closed_and_half_open_hold_between_recovery_and_critical(
+        r in any_rules(),
+        ticks in prop::collection::vec((1i64..20, (RECOVERY + 1)..CRITICAL), 1..100),
+    ) {
+        let mut circuit = Circuit::default();
+        let mut now = 0;
+        for (gap, value) in ticks {
+            now += gap;
+            prop_assert!(circuit.step(&r, t(now), Observation::Pending(value), None).transition.is_none());
+        }
+    }
+
+    #[test]
+    fn level_is_the_level_of_the_last_good_sample(r in any_rules(), ticks in prop::collection::vec(tick(), 1..200)) {
+        let mut last = None;
+        for (circuit, _, _, value) in run(&r, &ticks) {
+            last = value.or(last);
+            prop_assert_eq!(circuit.level, last.map_or(Level::Normal, |v| r.level_of(v)));
+        }
+    }
+
+    #[test]
+    fn transitions_count_every_change(r in any_rules(), ticks in prop::collection::vec(tick(), 1..200)) {
+        let trace = run(&r, &ticks);
+        let changes = trace.iter().filter(|(_, d, _, _)| d.transition.is_some()).count() as u64;
+        prop_assert_eq!(trace.last().map_or(0, |(c, _, _, _)| c.transitions), changes);
+        for (circuit, decision, now, _) in &trace {
+            if let Some(transition) = &decision.transition {
+                prop_assert_eq!(circuit.state, transition.to);
+                prop_assert_eq!(circuit.last_transition, Some(t(*now)));
+            }
+        }
+    }
+
+    #[test]
+    fn open_lets_through_no_more_than_half_open(priority in 1u32..1000, r in any_rules()) {
+        if r.accepts(State::Open, priority) {
+            prop_assert!(r.accepts(State::HalfOpen, priority));
+        }
+        prop_assert!(r.accepts(State::Closed, priority));
+    }
+}

@@ -1,0 +1,291 @@
+//! `levee sample -f FILE`: samples a real Redis for each policy in a file and prints what levee
+//! would decide, tick by tick, without Kubernetes.
+
+use super::{EXIT_PROBLEM, EXIT_USAGE, read_input};
+use crate::api::BackpressurePolicy;
+use crate::api::validation::check_documents;
+use crate::circuit::{Circuit, CircuitRules, Decision};
+use crate::sampler::{Credentials, Endpoint, Sample, Sampler};
+use futures::future::join_all;
+use jiff::Timestamp;
+use serde::Serialize;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+/// How each tick is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// What `levee sample` was asked to do.
+#[derive(Clone, Debug)]
+pub struct SampleOptions {
+    pub file: String,
+    pub redis_url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<String>,
+    pub once: bool,
+    pub output: OutputFormat,
+}
+
+/// One policy being sampled: where its Redis is and what its circuit remembers.
+struct Watched {
+    policy: BackpressurePolicy,
+    endpoint: Endpoint,
+    rules: CircuitRules,
+    circuit: Circuit,
+}
+
+/// Runs the command; `out` receives the ticks, `err` the warnings.
+pub async fn run(
+    options: SampleOptions,
+    out: Arc<Mutex<dyn Write + Send>>,
+    err: &mut impl Write,
+) -> ExitCode {
+    let watched = match load(&options, err) {
+        Ok(watched) => watched,
+        Err(code) => return code,
+    };
+    let sampler = Sampler::new();
+    if options.once {
+        let results = join_all(watched.into_iter().map(|mut w| {
+            let sampler = sampler.clone();
+            let out = out.clone();
+            async move {
+                let sample = sampler.sample(&w.endpoint, &w.policy.spec.queues).await;
+                report(&mut w, &sample, options.output, &out);
+                sample.failed()
+            }
+        }))
+        .await;
+        return if results.into_iter().any(|failed| failed) {
+            ExitCode::from(EXIT_PROBLEM)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let loops = watched.into_iter().map(|mut w| {
+        let sampler = sampler.clone();
+        let out = out.clone();
+        let output = options.output;
+        async move {
+            let mut ticker = tokio::time::interval(w.policy.spec.sample_interval.into());
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let sample = sampler.sample(&w.endpoint, &w.policy.spec.queues).await;
+                report(&mut w, &sample, output, &out);
+            }
+        }
+    });
+    tokio::select! {
+        _ = join_all(loops) => {}
+        _ = shutdown_signal() => {}
+    }
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, ExitCode> {
+    let text = read_input(&options.file).map_err(|message| {
+        let _ = writeln!(err, "{message}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let checked = check_documents(&options.file, &text);
+    if !checked.problems.is_empty() || checked.policies.is_empty() {
+        for problem in &checked.problems {
+            let _ = writeln!(err, "{problem}");
+        }
+        if checked.policies.is_empty() && checked.problems.is_empty() {
+            let _ = writeln!(err, "{}: no BackpressurePolicy found", options.file);
+        }
+        return Err(ExitCode::from(EXIT_PROBLEM));
+    }
+    let ca_pem = match &options.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            let _ = writeln!(err, "cannot read --redis-ca-file {path}: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })?),
+        None => None,
+    };
+    let mut watched = Vec::new();
+    let mut problems = false;
+    for policy in checked.policies {
+        let name = display_name(&policy);
+        let redis = &policy.spec.redis;
+        if let Some(secret) = &redis.credentials_secret_ref
+            && options.password.is_none()
+        {
+            let _ = writeln!(
+                err,
+                "{name}: spec.redis.credentialsSecretRef: levee sample cannot read Secret {:?}: pass --redis-password (or LEVEE_REDIS_PASSWORD)",
+                secret.name
+            );
+        }
+        if let Some(ca) = redis.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref())
+            && ca_pem.is_none()
+        {
+            let _ = writeln!(
+                err,
+                "{name}: spec.redis.tls.caSecretRef: levee sample cannot read Secret {:?}: pass --redis-ca-file",
+                ca.name
+            );
+        }
+        let credentials = Credentials {
+            username: options.username.clone(),
+            password: options.password.clone(),
+        };
+        match Endpoint::from_spec(redis, options.redis_url.as_deref(), credentials, ca_pem.clone()) {
+            Ok(endpoint) => {
+                let rules = CircuitRules::new(
+                    policy.spec.thresholds,
+                    &policy.spec.circuit,
+                    policy.spec.on_sample_failure,
+                );
+                watched.push(Watched {
+                    policy,
+                    endpoint,
+                    rules,
+                    circuit: Circuit::default(),
+                });
+            }
+            Err(error) => {
+                let field = if options.redis_url.is_some() {
+                    "--redis-url"
+                } else {
+                    "spec.redis.url"
+                };
+                let _ = writeln!(err, "{name}: {field}: {error}");
+                problems = true;
+            }
+        }
+    }
+    if problems {
+        Err(ExitCode::from(EXIT_PROBLEM))
+    } else {
+        Ok(watched)
+    }
+}
+
+fn display_name(policy: &BackpressurePolicy) -> String {
+    format!(
+        "{}/{}",
+        namespace_of(policy),
+        policy.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A policy without a namespace lands in `default`, as `kubectl apply` would put it there.
+fn namespace_of(policy: &BackpressurePolicy) -> &str {
+    policy.metadata.namespace.as_deref().unwrap_or("default")
+}
+
+fn report(watched: &mut Watched, sample: &Sample, output: OutputFormat, out: &Mutex<dyn Write + Send>) {
+    let reset = watched
+        .policy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("levee.dev/reset"))
+        .map(String::as_str);
+    let decision = watched
+        .circuit
+        .step(&watched.rules, sample.at, sample.observation(), reset);
+    let line = match output {
+        OutputFormat::Json => {
+            serde_json::to_string(&TickLine::new(watched, sample)).expect("a tick serializes")
+        }
+        OutputFormat::Text => text_line(watched, sample, &decision),
+    };
+    let mut out = out.lock().expect("output lock");
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// One tick of one policy, as `--output json` prints it.
+#[derive(Serialize)]
+struct TickLine<'a> {
+    policy: &'a str,
+    namespace: &'a str,
+    pending: u64,
+    state: crate::circuit::State,
+    level: crate::circuit::Level,
+    queues: Vec<QueueLine<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum QueueLine<'a> {
+    Depth { name: &'a str, depth: u64 },
+    Error { name: &'a str, error: &'a str },
+}
+
+impl<'a> TickLine<'a> {
+    fn new(watched: &'a Watched, sample: &'a Sample) -> Self {
+        Self {
+            policy: watched.policy.metadata.name.as_deref().unwrap_or_default(),
+            namespace: namespace_of(&watched.policy),
+            pending: sample.pending(),
+            state: watched.circuit.state,
+            level: watched.circuit.level,
+            queues: sample
+                .queues
+                .iter()
+                .map(|q| match &q.depth {
+                    Ok(depth) => QueueLine::Depth {
+                        name: &q.name,
+                        depth: *depth,
+                    },
+                    Err(error) => QueueLine::Error { name: &q.name, error },
+                })
+                .collect(),
+        }
+    }
+}
+
+fn text_line(watched: &Watched, sample: &Sample, decision: &Decision) -> String {
+    let time = Timestamp::from_second(sample.at.as_second()).unwrap_or(sample.at);
+    let queues: Vec<String> = sample
+        .queues
+        .iter()
+        .map(|q| match &q.depth {
+            Ok(depth) => format!("{}={depth}", q.name),
+            Err(error) => format!("{}=ERROR({error})", q.name),
+        })
+        .collect();
+    let mut line = format!(
+        "{time} {} state={} level={} pending={} [{}]",
+        display_name(&watched.policy),
+        watched.circuit.state,
+        watched.circuit.level,
+        sample.pending(),
+        queues.join(" ")
+    );
+    if let Some(transition) = &decision.transition {
+        line.push_str(&format!(
+            "\n  {} -> {}: {}",
+            transition.from, transition.to, transition.cause
+        ));
+    }
+    if decision.prolonged_started {
+        line.push_str("\n  prolonged: the circuit has not been Closed for circuit.alertAfter");
+    }
+    line
+}

@@ -1,0 +1,9 @@
+//! levee: backpressure for Redis job queues on Kubernetes.
+//!
+//! The core (`api`, `circuit`) is pure; the shell (`sampler`, `cli`) does the I/O and depends on
+//! the core, never the other way round.
+
+pub mod api;
+pub mod circuit;
+pub mod cli;
+pub mod sampler;

@@ -1,0 +1,84 @@
+//! The `levee` command line: parses arguments and hands over to `levee::cli`.
+
+use clap::{Parser, Subcommand};
+use levee::cli;
+use levee::cli::sample::{OutputFormat, SampleOptions};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+/// Backpressure for Redis job queues on Kubernetes.
+#[derive(Parser)]
+#[command(name = "levee", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the BackpressurePolicy CRD as YAML.
+    Crd,
+    /// Validate the policies in a YAML file offline, with the API server's rules.
+    Check {
+        /// A (multi-document) YAML file, or - for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Sample a real Redis for the policies in a file and print what levee would decide.
+    Sample {
+        /// A (multi-document) YAML file, or - for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// Use this Redis instead of spec.redis.url (it may carry user:password@).
+        #[arg(long, env = "LEVEE_REDIS_URL")]
+        redis_url: Option<String>,
+        /// ACL username, instead of the policy's credentials Secret.
+        #[arg(long, env = "LEVEE_REDIS_USERNAME")]
+        redis_username: Option<String>,
+        /// Password, instead of the policy's credentials Secret.
+        #[arg(long, env = "LEVEE_REDIS_PASSWORD", hide_env_values = true)]
+        redis_password: Option<String>,
+        /// PEM CA bundle for rediss://, instead of the policy's CA Secret.
+        #[arg(long)]
+        redis_ca_file: Option<String>,
+        /// Sample once and exit (1 if any sample failed).
+        #[arg(long)]
+        once: bool,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Command::Crd => cli::crd(),
+        Command::Version => cli::version(),
+        Command::Check { file } => cli::check::run(&file, &mut std::io::stdout()),
+        Command::Sample {
+            file,
+            redis_url,
+            redis_username,
+            redis_password,
+            redis_ca_file,
+            once,
+            output,
+        } => {
+            let options = SampleOptions {
+                file,
+                redis_url,
+                username: redis_username,
+                password: redis_password,
+                ca_file: redis_ca_file,
+                once,
+                output,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+            let out: Arc<Mutex<dyn std::io::Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
+            runtime.block_on(cli::sample::run(options, out, &mut std::io::stderr()))
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Reads queue depths from Redis.
+//!
+//! ```text
+//!  policy queues ──QueueProbe──▶ reads ──group by node──▶ one pipeline per node ──▶ depths
+//!                                         (hash slot in Cluster mode)    (concurrently)
+//! ```
+//! Connections are kept per endpoint (mode, URL, credentials, TLS), so every policy that names
+//! the same Redis shares them. A broken connection is dropped and re-dialled on the next tick; in
+//! Cluster and Sentinel mode the topology is re-discovered too.
+
+mod endpoint;
+mod probe;
+pub mod slot;
+mod topology;
+
+pub use endpoint::{Credentials, Endpoint, NodeAddr, UrlError};
+pub use probe::{KeyRead, QueueError, QueueProbe, ReadKind};
+
+use crate::api::QueueSpec;
+use crate::circuit::Observation;
+use futures::future::join_all;
+use jiff::Timestamp;
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, RedisResult, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use topology::Topology;
+
+/// One queue's reading in a sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueReading {
+    pub name: String,
+    pub weight: u32,
+    /// The depth, or a message saying why it could not be read.
+    pub depth: Result<u64, String>,
+}
+
+/// One tick's readings of a policy's queues.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub at: Timestamp,
+    pub queues: Vec<QueueReading>,
+    /// Pipelines sent (one per Redis node holding the queues, plus one per retry).
+    pub round_trips: usize,
+    pub duration: Duration,
+}
+
+impl Sample {
+    /// The weighted total of the queues that could be read.
+    pub fn pending(&self) -> u64 {
+        self.queues
+            .iter()
+            .filter_map(|q| {
+                q.depth
+                    .as_ref()
+                    .ok()
+                    .map(|d| d.saturating_mul(u64::from(q.weight)))
+            })
+            .fold(0, u64::saturating_add)
+    }
+
+    /// True when any queue could not be read.
+    pub fn failed(&self) -> bool {
+        self.queues.iter().any(|q| q.depth.is_err())
+    }
+
+    /// What the circuit sees: a partial total would understate the backlog, so any failed queue
+    /// makes the whole tick a failed sample.
+    pub fn observation(&self) -> Observation {
+        if self.failed() {
+            Observation::SampleFailed
+        } else {
+            Observation::Pending(self.pending())
+        }
+    }
+}
+
+/// Connections and topology of one endpoint.
+#[derive(Default)]
+struct EndpointState {
+    topology: Option<Topology>,
+    connections: HashMap<NodeAddr, MultiplexedConnection>,
+}
+
+/// Samples queues; cheap to clone, shared by every policy.
+#[derive(Clone, Default)]
+pub struct Sampler {
+    endpoints: Arc<Mutex<HashMap<Endpoint, Arc<tokio::sync::Mutex<EndpointState>>>>>,
+}
+
+impl Sampler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of endpoints with live state (for tests and metrics).
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.lock().expect("endpoint map lock").len()
+    }
+
+    /// Reads every queue of one policy: one pipeline per Redis node, all nodes at once.
+    pub async fn sample(&self, endpoint: &Endpoint, queues: &[QueueSpec]) -> Sample {
+        let started = Instant::now();
+        let at = Timestamp::now();
+        let probes: Vec<QueueProbe> = queues.iter().map(QueueProbe::for_queue).collect();
+        let reads: Vec<&KeyRead> = probes.iter().flat_map(|p| p.reads.iter()).collect();
+        let state = self.state_of(endpoint);
+        let (mut replies, mut round_trips, redirected) = self.read_all(endpoint, &state, &reads).await;
+        if redirected {
+            // The cluster moved slots: learn the new layout and read once more.
+            state.lock().await.topology = None;
+            let (again, trips, _) = self.read_all(endpoint, &state, &reads).await;
+            replies = again;
+            round_trips += trips;
+        }
+        let mut replies = replies.into_iter();
+        let queues = queues
+            .iter()
+            .zip(&probes)
+            .map(|(queue, probe)| {
+                let own: Vec<Result<RedisResult<Value>, String>> =
+                    replies.by_ref().take(probe.reads.len()).collect();
+                let depth = match own.iter().find_map(|r| r.as_ref().err()) {
+                    Some(endpoint_error) => Err(endpoint_error.clone()),
+                    None => {
+                        let own: Vec<RedisResult<Value>> =
+                            own.into_iter().map(|r| r.expect("checked above")).collect();
+                        probe.depth(&own).map_err(|e| e.to_string())
+                    }
+                };
+                QueueReading {
+                    name: queue.name.clone(),
+                    weight: queue.weight,
+                    depth,
+                }
+            })
+            .collect();
+        Sample {
+            at,
+            queues,
+            round_trips,
+            duration: started.elapsed(),
+        }
+    }
+
+    fn state_of(&self, endpoint: &Endpoint) -> Arc<tokio::sync::Mutex<EndpointState>> {
+        let mut endpoints = self.endpoints.lock().expect("endpoint map lock");
+        endpoints.entry(endpoint.clone()).or_default().clone()
+    }
+
+    /// Replies in the order of `reads`: the server's reply, or an endpoint-level error message.
+    /// Also returns the round trips made and whether any reply was a cluster redirection.
+    async fn read_all(
+        &self,
+        endpoint: &Endpoint,
+        state: &tokio::sync::Mutex<EndpointState>,
+        reads: &[&KeyRead],
+    ) -> (Vec<Result<RedisResult<Value>, String>>, usize, bool) {
+        let plan = match self.plan(endpoint, state, reads).await {
+            Ok(plan) => plan,
+            Err(message) => return (reads.iter().map(|_| Err(message.clone())).collect(), 0, false),
+        };
+        let round_trips = plan.len();
+        let results = join_all(plan.into_iter().map(|(node, connection, indices)| async move {
+            let mut pipeline = redis::pipe();
+            pipeline.ignore_errors();
+            for &index in &indices {
+                pipeline.add_command(reads[index].command());
+            }
+            let mut connection = connection;
+            let outcome = tokio::time::timeout(
+                endpoint.timeout,
+                pipeline.query_async::<Vec<RedisResult<Value>>>(&mut connection),
+            )
+            .await;
+            (node, indices, outcome)
+        }))
+        .await;
+        let mut replies: Vec<Result<RedisResult<Value>, String>> =
+            reads.iter().map(|_| Err(String::new())).collect();
+        let mut redirected = false;
+        let mut broken = Vec::new();
+        for (node, indices, outcome) in results {
+            match outcome {
+                Ok(Ok(values)) if values.len() == indices.len() => {
+                    for (index, value) in indices.into_iter().zip(values) {
+                        redirected |= value.as_ref().err().is_some_and(is_redirect);
+                        replies[index] = Ok(value);
+                    }
+                }
+                failure => {
+                    let message = match failure {
+                        Ok(Ok(values)) => format!("{} replies for {} reads", values.len(), indices.len()),
+                        Ok(Err(error)) => describe(&error, endpoint),
+                        Err(_) => format!("no answer within {:?}", endpoint.timeout),
+                    };
+                    let message = node_message(endpoint, &node, &message);
+                    for index in indices {
+                        replies[index] = Err(message.clone());
+                    }
+                    broken.push(node);
+                }
+            }
+        }
+        if !broken.is_empty() {
+            let mut state = state.lock().await;
+            for node in &broken {
+                state.connections.remove(node);
+            }
+            if endpoint.mode != crate::api::RedisMode::Standalone {
+                state.topology = None;
+            }
+        }
+        (replies, round_trips, redirected)
+    }
+
+    /// Which node gets which reads, with a connection to each.
+    async fn plan(
+        &self,
+        endpoint: &Endpoint,
+        state: &tokio::sync::Mutex<EndpointState>,
+        reads: &[&KeyRead],
+    ) -> Result<Vec<(NodeAddr, MultiplexedConnection, Vec<usize>)>, String> {
+        let mut state = state.lock().await;
+        if state.topology.is_none() {
+            let topology = Topology::discover(endpoint).await?;
+            state.connections.retain(|node, _| topology.contains(node));
+            state.topology = Some(topology);
+        }
+        let topology = state.topology.as_ref().expect("set above");
+        let mut by_node: BTreeMap<NodeAddr, Vec<usize>> = BTreeMap::new();
+        for (index, read) in reads.iter().enumerate() {
+            by_node
+                .entry(topology.node_for(read.key.as_bytes()).clone())
+                .or_default()
+                .push(index);
+        }
+        let mut plan = Vec::with_capacity(by_node.len());
+        for (node, indices) in by_node {
+            let connection = match state.connections.get(&node) {
+                Some(connection) => connection.clone(),
+                None => {
+                    let connection = connect(endpoint, &node, endpoint.db(), true).await?;
+                    state.connections.insert(node.clone(), connection.clone());
+                    connection
+                }
+            };
+            plan.push((node, connection, indices));
+        }
+        Ok(plan)
+    }
+}
+
+/// A multiplexed connection to `node` with the endpoint's deadline on connecting and replies.
+async fn connect(
+    endpoint: &Endpoint,
+    node: &NodeAddr,
+    db: i64,
+    authenticate: bool,
+) -> Result<MultiplexedConnection, String> {
+    let client = endpoint
+        .client(node, db, authenticate)
+        .map_err(|e| node_message(endpoint, node, &describe(&e, endpoint)))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(endpoint.timeout))
+        .set_response_timeout(Some(endpoint.timeout));
+    match tokio::time::timeout(
+        endpoint.timeout * 2,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(node_message(endpoint, node, &describe(&error, endpoint))),
+        Err(_) => Err(node_message(
+            endpoint,
+            node,
+            &format!("no connection within {:?}", endpoint.timeout * 2),
+        )),
+    }
+}
+
+fn node_message(endpoint: &Endpoint, node: &NodeAddr, message: &str) -> String {
+    if endpoint.seed() == *node {
+        format!("{endpoint}: {message}")
+    } else {
+        format!("{endpoint} (node {node}): {message}")
+    }
+}
+
+fn is_redirect(error: &RedisError) -> bool {
+    matches!(error.code(), Some("MOVED" | "ASK"))
+}
+
+/// A connection-level error in words a person can act on.
+fn describe(error: &RedisError, endpoint: &Endpoint) -> String {
+    match error.code() {
+        Some("NOAUTH") => "Redis requires a password: set credentialsSecretRef".into(),
+        Some("WRONGPASS") => {
+            "authentication failed: check the username and password in credentialsSecretRef".into()
+        }
+        _ if error.is_connection_refusal() => {
+            format!("connection refused: is Redis listening at {}?", endpoint.seed())
+        }
+        _ if error.is_timeout() => format!("no answer within {:?}", endpoint.timeout),
+        _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(name: &str, weight: u32, depth: Result<u64, String>) -> QueueReading {
+        QueueReading {
+            name: name.into(),
+            weight,
+            depth,
+        }
+    }
+
+    fn sample(queues: Vec<QueueReading>) -> Sample {
+        Sample {
+            at: Timestamp::UNIX_EPOCH,
+            queues,
+            round_trips: 1,
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn pending_is_the_weighted_sum() {
+        let s = sample(vec![
+            reading("a", 1, Ok(10)),
+            reading("b", 3, Ok(5)),
+            reading("c", 0, Ok(99)),
+        ]);
+        assert_eq!(s.pending(), 25);
+        assert_eq!(s.observation(), Observation::Pending(25));
+    }
+
+    #[test]
+    fn any_failed_queue_fails_the_tick_but_keeps_the_others() {
+        let s = sample(vec![
+            reading("a", 1, Ok(10)),
+            reading("b", 1, Err("WRONGTYPE".into())),
+        ]);
+        assert!(s.failed());
+        assert_eq!(s.pending(), 10);
+        assert_eq!(s.observation(), Observation::SampleFailed);
+    }
+}

@@ -186,7 +186,12 @@ impl Sampler {
                 Ok(Ok(values)) if values.len() == indices.len() => {
                     for (index, value) in indices.into_iter().zip(values) {
                         redirected |= value.as_ref().err().is_some_and(is_redirect);
-                        replies[index] = Ok(value);
+                        replies[index] = match value {
+                            Err(error) if is_access_error(&error) => {
+                                Err(node_message(endpoint, &node, &describe(&error, endpoint)))
+                            }
+                            value => Ok(value),
+                        };
                     }
                 }
                 failure => {
@@ -289,6 +294,11 @@ fn node_message(endpoint: &Endpoint, node: &NodeAddr, message: &str) -> String {
     }
 }
 
+/// Errors about who levee is, not about the queue: reported as the endpoint's.
+fn is_access_error(error: &RedisError) -> bool {
+    matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
 fn is_redirect(error: &RedisError) -> bool {
     matches!(error.code(), Some("MOVED" | "ASK"))
 }
@@ -300,6 +310,7 @@ fn describe(error: &RedisError, endpoint: &Endpoint) -> String {
         Some("WRONGPASS") => {
             "authentication failed: check the username and password in credentialsSecretRef".into()
         }
+        Some("NOPERM") => format!("the ACL user may not read queues ({error}): grant it +@read"),
         _ if error.is_connection_refusal() => {
             format!("connection refused: is Redis listening at {}?", endpoint.seed())
         }

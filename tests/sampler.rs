@@ -1,0 +1,469 @@
+//! The sampler against real Redis servers, with data written by the queue libraries themselves.
+
+mod support;
+
+use levee::api::{QueueSpec, RedisSpec};
+use levee::sampler::{Credentials, Endpoint, Sample, Sampler};
+use support::*;
+
+fn queues(yaml: &str) -> Vec<QueueSpec> {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+fn endpoint(redis_yaml: &str) -> Endpoint {
+    endpoint_with(redis_yaml, Credentials::default(), None)
+}
+
+fn endpoint_with(redis_yaml: &str, credentials: Credentials, ca: Option<Vec<u8>>) -> Endpoint {
+    let spec: RedisSpec = serde_yaml::from_str(redis_yaml).unwrap();
+    Endpoint::from_spec(&spec, None, credentials, ca).unwrap()
+}
+
+fn standalone(server: &RedisServer) -> Endpoint {
+    endpoint(&format!("{{url: '{}'}}", server.url()))
+}
+
+fn depths(sample: &Sample) -> Vec<(String, Result<u64, String>)> {
+    sample
+        .queues
+        .iter()
+        .map(|q| (q.name.clone(), q.depth.clone()))
+        .collect()
+}
+
+fn depth_of(sample: &Sample, name: &str) -> Result<u64, String> {
+    sample
+        .queues
+        .iter()
+        .find(|q| q.name == name)
+        .unwrap()
+        .depth
+        .clone()
+}
+
+#[tokio::test]
+async fn bullmq_depth_matches_bullmq_own_counts() {
+    let server = RedisServer::start();
+    let counts = run_producer(
+        "node",
+        "bullmq_fill.mjs",
+        &[server.port.to_string(), "mail".into(), "bull".into()],
+    );
+    let count = |state: &str| counts[state].as_u64().unwrap();
+    assert!(
+        count("wait") > 0 && count("prioritized") > 0 && count("active") > 0 && count("delayed") > 0,
+        "{counts}"
+    );
+    let paused = run_producer(
+        "node",
+        "bullmq_fill.mjs",
+        &[
+            server.port.to_string(),
+            "held".into(),
+            "{app}".into(),
+            "paused".into(),
+        ],
+    );
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues(
+                "[{name: mail, type: bullmq, key: mail},
+                  {name: mail-all, type: bullmq, key: mail, includeDelayed: true},
+                  {name: held, type: bullmq, key: held, prefix: '{app}'}]",
+            ),
+        )
+        .await;
+    let backlog = count("wait") + count("paused") + count("prioritized") + count("active");
+    assert_eq!(depth_of(&sample, "mail"), Ok(backlog));
+    assert_eq!(depth_of(&sample, "mail-all"), Ok(backlog + count("delayed")));
+    let held = ["wait", "paused", "prioritized", "active"]
+        .iter()
+        .map(|s| paused[*s].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(depth_of(&sample, "held"), Ok(held));
+    assert_eq!(sample.round_trips, 1, "all reads of one node go in one pipeline");
+}
+
+#[tokio::test]
+async fn celery_depth_matches_kombu_size_with_priority_sub_queues() {
+    let server = RedisServer::start();
+    let kombu = run_producer(
+        "python",
+        "celery_fill.py",
+        &[server.port.to_string(), "emails".into()],
+    );
+    assert!(
+        server.cli(&["KEYS", "emails*"]).lines().count() > 1,
+        "celery wrote priority sub-queues"
+    );
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues("[{name: emails, type: celery, key: emails}]"),
+        )
+        .await;
+    assert_eq!(depth_of(&sample, "emails"), Ok(kombu["size"].as_u64().unwrap()));
+    assert_eq!(kombu["size"], kombu["sent"]);
+}
+
+#[tokio::test]
+async fn rq_depth_matches_rq_queue_length() {
+    let server = RedisServer::start();
+    let rq = run_producer(
+        "python",
+        "rq_fill.py",
+        &[server.port.to_string(), "reports".into(), "6".into()],
+    );
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues("[{name: reports, type: rq, key: reports}]"),
+        )
+        .await;
+    assert_eq!(depth_of(&sample, "reports"), Ok(rq["count"].as_u64().unwrap()));
+    assert_eq!(rq["count"], 6);
+}
+
+#[tokio::test]
+async fn sidekiq_list_zset_and_stream_depths() {
+    let server = RedisServer::start();
+    // Sidekiq::Client pushes a JSON job onto `queue:<name>` and registers the name in `queues`
+    // (written by hand: there is no Ruby registry here).
+    for i in 0..4 {
+        server.cli(&[
+            "LPUSH",
+            "queue:billing",
+            &format!("{{\"class\":\"Bill\",\"jid\":\"{i}\"}}"),
+        ]);
+        server.cli(&["LPUSH", "app:queue:billing", "{}"]);
+    }
+    server.cli(&["SADD", "queues", "billing"]);
+    server.cli(&["RPUSH", "jobs:retry", "a", "b", "c"]);
+    server.cli(&["ZADD", "jobs:scheduled", "1", "a", "2", "b"]);
+    for i in 0..10 {
+        server.cli(&["XADD", "audit", "*", "n", &i.to_string()]);
+    }
+    server.cli(&["XGROUP", "CREATE", "audit", "writers", "0"]);
+    server.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "writers",
+        "w1",
+        "COUNT",
+        "4",
+        "STREAMS",
+        "audit",
+        ">",
+    ]);
+    let first = server.cli(&["XRANGE", "audit", "-", "+", "COUNT", "1"]);
+    let first_id = first.lines().next().unwrap().to_string();
+    server.cli(&["XACK", "audit", "writers", &first_id]);
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues(
+                "[{name: billing, type: sidekiq, key: billing},
+                  {name: billing-ns, type: sidekiq, key: billing, namespace: app},
+                  {name: retries, type: list, key: 'jobs:retry'},
+                  {name: scheduled, type: zset, key: 'jobs:scheduled'},
+                  {name: audit-all, type: stream, key: audit},
+                  {name: audit, type: stream, key: audit, consumerGroup: writers}]",
+            ),
+        )
+        .await;
+    assert_eq!(
+        depths(&sample),
+        vec![
+            ("billing".into(), Ok(4)),
+            ("billing-ns".into(), Ok(4)),
+            ("retries".into(), Ok(3)),
+            ("scheduled".into(), Ok(2)),
+            ("audit-all".into(), Ok(10)),
+            // 3 delivered but unacknowledged + 6 never delivered.
+            ("audit".into(), Ok(9)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn missing_keys_are_zero_and_a_wrong_type_fails_only_its_queue() {
+    let server = RedisServer::start();
+    server.cli(&["SET", "jobs", "not-a-list"]);
+    server.cli(&["RPUSH", "good", "x"]);
+    server.cli(&["XADD", "s", "*", "a", "1"]);
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues(
+                "[{name: missing, type: list, key: nothing-here},
+                  {name: missing-stream, type: stream, key: nope, consumerGroup: g},
+                  {name: wrong, type: list, key: jobs},
+                  {name: good, type: list, key: good},
+                  {name: no-group, type: stream, key: s, consumerGroup: g}]",
+            ),
+        )
+        .await;
+    assert_eq!(depth_of(&sample, "missing"), Ok(0));
+    assert_eq!(depth_of(&sample, "missing-stream"), Ok(0));
+    let wrong = depth_of(&sample, "wrong").unwrap_err();
+    assert!(
+        wrong.contains("key \"jobs\" is not a list") && wrong.contains("WRONGTYPE"),
+        "{wrong}"
+    );
+    assert_eq!(depth_of(&sample, "good"), Ok(1));
+    let no_group = depth_of(&sample, "no-group").unwrap_err();
+    assert!(no_group.contains("has no consumer group \"g\""), "{no_group}");
+    assert!(sample.failed());
+    assert_eq!(sample.pending(), 1);
+}
+
+#[tokio::test]
+async fn policies_naming_the_same_endpoint_share_one_connection() {
+    let server = RedisServer::start();
+    let clients = || {
+        let info = server.cli(&["INFO", "clients"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let baseline = clients();
+    let sampler = Sampler::new();
+    let a = queues("[{name: a, type: list, key: a}]");
+    let b = queues("[{name: b, type: zset, key: b}, {name: c, type: bullmq, key: c}]");
+    for _ in 0..3 {
+        sampler.sample(&standalone(&server), &a).await;
+        let sample = sampler.sample(&standalone(&server), &b).await;
+        assert_eq!(sample.round_trips, 1);
+    }
+    assert_eq!(sampler.endpoint_count(), 1);
+    assert_eq!(clients(), baseline + 1, "one connection for both policies");
+}
+
+#[tokio::test]
+async fn cluster_mode_sends_one_pipeline_per_master() {
+    let cluster = RedisCluster::start(3);
+    // Keys chosen to land on different masters; each queue's reads may span nodes too.
+    let names: Vec<String> = (0..12).map(|i| format!("q{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let owner = cluster.owner(name);
+        for _ in 0..=i {
+            owner.cli(&["RPUSH", name, "job"]);
+        }
+    }
+    let owners: std::collections::HashSet<u16> = names.iter().map(|n| cluster.owner(n).port).collect();
+    assert_eq!(owners.len(), 3, "the keys cover every master");
+    let spec: String = names
+        .iter()
+        .map(|n| format!("{{name: {n}, type: list, key: {n}}},"))
+        .collect();
+    let endpoint = endpoint(&format!("{{url: '{}', mode: Cluster}}", cluster.url()));
+    let sample = Sampler::new()
+        .sample(&endpoint, &queues(&format!("[{spec}]")))
+        .await;
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(depth_of(&sample, name), Ok(i as u64 + 1), "{name}");
+    }
+    assert_eq!(sample.round_trips, 3);
+    // BullMQ keys of one queue spread over several slots unless the prefix has a hash tag.
+    let bull = Sampler::new()
+        .sample(&endpoint, &queues("[{name: b, type: bullmq, key: mail}]"))
+        .await;
+    assert_eq!(depth_of(&bull, "b"), Ok(0));
+}
+
+#[tokio::test]
+async fn cluster_mode_on_a_standalone_server_says_so() {
+    let server = RedisServer::start();
+    let endpoint = endpoint(&format!("{{url: '{}', mode: Cluster}}", server.url()));
+    let sample = Sampler::new()
+        .sample(&endpoint, &queues("[{name: a, type: list, key: a}]"))
+        .await;
+    let error = depth_of(&sample, "a").unwrap_err();
+    assert!(
+        error.contains("CLUSTER SLOTS failed") && error.contains("mode: Standalone"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn sentinel_mode_reads_the_master_the_sentinel_names() {
+    let master = RedisServer::start();
+    master.cli(&["RPUSH", "jobs", "1", "2", "3"]);
+    let sentinel = Sentinel::start(&master);
+    let good = endpoint(&format!(
+        "{{url: 'redis://127.0.0.1:{}', mode: Sentinel, sentinelMaster: mymaster}}",
+        sentinel.port
+    ));
+    let sample = Sampler::new()
+        .sample(&good, &queues("[{name: jobs, type: list, key: jobs}]"))
+        .await;
+    assert_eq!(depth_of(&sample, "jobs"), Ok(3));
+    let unknown = endpoint(&format!(
+        "{{url: 'redis://127.0.0.1:{}', mode: Sentinel, sentinelMaster: other}}",
+        sentinel.port
+    ));
+    let sample = Sampler::new()
+        .sample(&unknown, &queues("[{name: jobs, type: list, key: jobs}]"))
+        .await;
+    let error = depth_of(&sample, "jobs").unwrap_err();
+    assert!(error.contains("knows no master named \"other\""), "{error}");
+}
+
+#[tokio::test]
+async fn tls_with_the_policy_ca_and_with_insecure_skip_verify() {
+    let tls = TlsFiles::generate();
+    let tls_port = free_port();
+    let server = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &tls.path("server.crt"),
+        "--tls-key-file",
+        &tls.path("server.key"),
+        "--tls-ca-cert-file",
+        &tls.path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    server.cli(&["RPUSH", "jobs", "1", "2"]);
+    let queue = queues("[{name: jobs, type: list, key: jobs}]");
+    let ca = std::fs::read(tls.path("ca.crt")).unwrap();
+    let url = format!("rediss://127.0.0.1:{tls_port}/0");
+    let trusted = endpoint_with(
+        &format!("{{url: '{url}', tls: {{}}}}"),
+        Credentials::default(),
+        Some(ca),
+    );
+    assert_eq!(
+        depth_of(&Sampler::new().sample(&trusted, &queue).await, "jobs"),
+        Ok(2)
+    );
+    let insecure = endpoint(&format!("{{url: '{url}', tls: {{insecureSkipVerify: true}}}}"));
+    assert_eq!(
+        depth_of(&Sampler::new().sample(&insecure, &queue).await, "jobs"),
+        Ok(2)
+    );
+    let untrusted = endpoint(&format!("{{url: '{url}'}}"));
+    let error = depth_of(&Sampler::new().sample(&untrusted, &queue).await, "jobs").unwrap_err();
+    assert!(
+        error.starts_with(&format!("{url}: ")),
+        "the error names the endpoint: {error}"
+    );
+}
+
+#[tokio::test]
+async fn passwords_and_acl_users_authenticate_and_never_leak() {
+    let server = RedisServer::start_with(&["--requirepass", "hunter2"]);
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "levee",
+        "on",
+        ">s3cret-pw",
+        "~*",
+        "+@read",
+        "+ping",
+        "+hello",
+        "+client",
+    ]);
+    server.cli(&["RPUSH", "jobs", "1"]);
+    let queue = queues("[{name: jobs, type: list, key: jobs}]");
+    let spec = format!("{{url: '{}'}}", server.url());
+    let with = |username: Option<&str>, password: Option<&str>| {
+        endpoint_with(
+            &spec,
+            Credentials {
+                username: username.map(Into::into),
+                password: password.map(Into::into),
+            },
+            None,
+        )
+    };
+    let sampler = Sampler::new();
+    assert_eq!(
+        depth_of(
+            &sampler.sample(&with(None, Some("hunter2")), &queue).await,
+            "jobs"
+        ),
+        Ok(1)
+    );
+    assert_eq!(
+        depth_of(
+            &sampler
+                .sample(&with(Some("levee"), Some("s3cret-pw")), &queue)
+                .await,
+            "jobs"
+        ),
+        Ok(1)
+    );
+    let missing = depth_of(&sampler.sample(&with(None, None), &queue).await, "jobs").unwrap_err();
+    assert!(
+        missing.contains("requires a password: set credentialsSecretRef"),
+        "{missing}"
+    );
+    let wrong = depth_of(
+        &sampler
+            .sample(&with(Some("levee"), Some("wrong-pw")), &queue)
+            .await,
+        "jobs",
+    )
+    .unwrap_err();
+    assert!(wrong.contains("authentication failed"), "{wrong}");
+    assert!(!wrong.contains("wrong-pw") && !missing.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn refused_and_silent_endpoints_fail_with_their_address() {
+    let port = free_port();
+    let refused = endpoint(&format!("{{url: 'redis://127.0.0.1:{port}/0', timeout: 300ms}}"));
+    let queue = queues("[{name: a, type: list, key: a}, {name: b, type: zset, key: b}]");
+    let sample = Sampler::new().sample(&refused, &queue).await;
+    for (_, depth) in depths(&sample) {
+        let error = depth.unwrap_err();
+        assert!(
+            error.starts_with(&format!("redis://127.0.0.1:{port}/0: connection refused")),
+            "{error}"
+        );
+    }
+    // A listener that accepts but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let endpoint = endpoint(&format!(
+        "{{url: 'redis://127.0.0.1:{silent_port}', timeout: 200ms}}"
+    ));
+    let started = std::time::Instant::now();
+    let sample = Sampler::new().sample(&endpoint, &queue).await;
+    let error = depth_of(&sample, "a").unwrap_err();
+    assert!(
+        error.contains("within") && error.contains(&silent_port.to_string()),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "bounded by the timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_redis_is_read_again_on_the_next_tick() {
+    let mut server = RedisServer::start();
+    let sampler = Sampler::new();
+    let queue = queues("[{name: a, type: list, key: a}]");
+    server.cli(&["RPUSH", "a", "x"]);
+    assert_eq!(
+        depth_of(&sampler.sample(&standalone(&server), &queue).await, "a"),
+        Ok(1)
+    );
+    server.stop();
+    assert!(depth_of(&sampler.sample(&standalone(&server), &queue).await, "a").is_err());
+    server.restart();
+    server.cli(&["RPUSH", "a", "x", "y"]);
+    assert_eq!(
+        depth_of(&sampler.sample(&standalone(&server), &queue).await, "a"),
+        Ok(2)
+    );
+}

@@ -1,0 +1,344 @@
+//! The `levee` binary as a user runs it: exit codes, messages, and JSON ticks against real Redis.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use support::*;
+
+fn levee(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write_policy(dir: &tempfile::TempDir, body: &str) -> String {
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn ticks(output: &Output) -> Vec<Value> {
+    text(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+fn depth(tick: &Value, queue: &str) -> Value {
+    let entry = tick["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == queue)
+        .unwrap();
+    entry
+        .get("depth")
+        .cloned()
+        .unwrap_or_else(|| entry["error"].clone())
+}
+
+const SMALL_POLICY: &str = "apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {name: small, namespace: ns1}
+spec:
+  redis: {url: 'redis://127.0.0.1:1/0', timeout: 300ms}
+  queues:
+    - {name: jobs, type: list, key: jobs}
+    - {name: other, type: list, key: other}
+  thresholds: {warning: 3, critical: 5, recovery: 1}
+";
+
+#[test]
+fn sample_once_json_reads_every_queue_type_of_the_example_policy() {
+    let server = RedisServer::start();
+    let port = server.port.to_string();
+    let bullmq = run_producer(
+        "node",
+        "bullmq_fill.mjs",
+        &[port.clone(), "rule-engine-events".into(), "bull".into()],
+    );
+    let kombu = run_producer("python", "celery_fill.py", &[port.clone(), "emails".into()]);
+    let rq = run_producer(
+        "python",
+        "rq_fill.py",
+        &[port.clone(), "reports".into(), "3".into()],
+    );
+    server.cli(&["RPUSH", "jobs:retry", "a", "b"]);
+    server.cli(&["ZADD", "jobs:scheduled", "1", "a"]);
+    for i in 0..5 {
+        server.cli(&["XADD", "audit", "*", "n", &i.to_string()]);
+    }
+    server.cli(&["XGROUP", "CREATE", "audit", "writers", "0"]);
+    server.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "writers",
+        "w",
+        "COUNT",
+        "2",
+        "STREAMS",
+        "audit",
+        ">",
+    ]);
+    server.cli(&["LPUSH", "queue:billing", "{}", "{}", "{}", "{}"]);
+
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let output = levee(&[
+        "sample",
+        "-f",
+        "examples/policy.yaml",
+        "--redis-url",
+        &url,
+        "--once",
+        "--output",
+        "json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let ticks = ticks(&output);
+    assert_eq!(ticks.len(), 1);
+    let tick = &ticks[0];
+    assert_eq!(tick["policy"], "rule-engine");
+    assert_eq!(tick["namespace"], "jobs");
+    let bull: u64 = ["wait", "paused", "prioritized", "active"]
+        .iter()
+        .map(|s| bullmq[*s].as_u64().unwrap())
+        .sum();
+    let expected = [
+        ("events", bull),
+        ("retries", 2),
+        ("scheduled", 1),
+        ("audit", 5),
+        ("emails", kombu["size"].as_u64().unwrap()),
+        ("reports", rq["count"].as_u64().unwrap()),
+        ("billing", 4),
+    ];
+    for (queue, value) in expected {
+        assert_eq!(depth(tick, queue), Value::from(value), "{queue}");
+    }
+    let pending: u64 = expected
+        .iter()
+        .map(|(q, v)| if *q == "billing" { v * 2 } else { *v })
+        .sum();
+    assert_eq!(tick["pending"], pending, "billing has weight 2");
+    assert_eq!(tick["state"], "Closed");
+    assert_eq!(tick["level"], "Normal");
+}
+
+#[test]
+fn sample_once_opens_the_circuit_at_critical() {
+    let server = RedisServer::start();
+    server.cli(&["RPUSH", "jobs", "1", "2", "3", "4", "5", "6"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_policy(&dir, SMALL_POLICY);
+    let output = levee(&[
+        "sample",
+        "-f",
+        &file,
+        "--redis-url",
+        &server.url(),
+        "--once",
+        "-o",
+        "json",
+    ]);
+    assert!(output.status.success());
+    let tick = &ticks(&output)[0];
+    assert_eq!(
+        (
+            tick["pending"].as_u64(),
+            tick["state"].as_str(),
+            tick["level"].as_str()
+        ),
+        (Some(6), Some("Open"), Some("Critical"))
+    );
+    let text_output = levee(&["sample", "-f", &file, "--redis-url", &server.url(), "--once"]);
+    let shown = text(&text_output.stdout);
+    assert!(
+        shown.contains("ns1/small state=Open level=Critical pending=6 [jobs=6 other=0]"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("Closed -> Open: pending 6 >= critical 5"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn sample_once_reports_a_wrong_type_for_that_queue_and_exits_1() {
+    let server = RedisServer::start();
+    server.cli(&["SET", "other", "text"]);
+    server.cli(&["RPUSH", "jobs", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_policy(&dir, SMALL_POLICY);
+    let output = levee(&[
+        "sample",
+        "-f",
+        &file,
+        "--redis-url",
+        &server.url(),
+        "--once",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let tick = &ticks(&output)[0];
+    assert_eq!(depth(tick, "jobs"), 1);
+    assert!(
+        depth(tick, "other").as_str().unwrap().contains("is not a list"),
+        "{tick}"
+    );
+}
+
+#[test]
+fn sample_once_against_no_redis_names_the_endpoint_not_the_password() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_policy(&dir, SMALL_POLICY);
+    let url = format!("redis://admin:topsecret@127.0.0.1:{port}/0");
+    let output = levee(&["sample", "-f", &file, "--redis-url", &url, "--once", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(!all.contains("topsecret"), "{all}");
+    let tick = &ticks(&output)[0];
+    let error = depth(tick, "jobs");
+    assert!(
+        error
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("redis://127.0.0.1:{port}/0: connection refused")),
+        "{error}"
+    );
+    assert_eq!(tick["state"], "Closed", "one failed tick holds the state");
+}
+
+#[test]
+fn sample_with_a_bad_url_or_policy_exits_1_with_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_policy(&dir, SMALL_POLICY);
+    let output = levee(&[
+        "sample",
+        "-f",
+        &file,
+        "--redis-url",
+        "redis://127.0.0.1:99999",
+        "--once",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr)
+            .contains("ns1/small: --redis-url: redis url redis://127.0.0.1:99999: invalid port number"),
+        "{}",
+        text(&output.stderr)
+    );
+    let bad = write_policy(&dir, &SMALL_POLICY.replace("warning: 3", "warning: 9"));
+    let output = levee(&["sample", "-f", &bad, "--once"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr)
+            .contains("ns1/small: spec.thresholds: thresholds must satisfy recovery < warning < critical")
+    );
+}
+
+#[test]
+fn sample_without_once_ticks_until_sigterm() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_policy(
+        &dir,
+        &SMALL_POLICY.replace("thresholds:", "sampleInterval: 100ms\n  thresholds:"),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["sample", "-f", &file, "--redis-url", &server.url(), "-o", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["pending"], 0);
+    server.cli(&["RPUSH", "jobs", "1", "2", "3", "4", "5"]);
+    let opened = lines
+        .by_ref()
+        .take(50)
+        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
+        .find(|t| t["state"] == "Open");
+    assert!(opened.is_some(), "a later tick sees the burst and opens");
+    Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    assert!(child.wait().unwrap().success(), "SIGTERM ends it cleanly");
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    let output = levee(&["check", "-f", "examples/policy.yaml"]);
+    assert!(output.status.success(), "{}", text(&output.stdout));
+    assert_eq!(text(&output.stdout), "examples/policy.yaml: 1 policies valid\n");
+}
+
+#[test]
+fn check_prints_one_line_per_problem_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = SMALL_POLICY
+        .replace("recovery: 1", "recovery: 4")
+        .replace("name: other", "name: jobs")
+        .replace("redis://127.0.0.1:1/0", "redis://u:p@127.0.0.1:1/0")
+        + "---\n"
+        + &SMALL_POLICY
+            .replace("name: small", "name: typo")
+            .replace("type: list, key: other", "type: lst, key: other")
+        + "  targets: [{kind: Deployment, name: api, priorty: 1}]\n";
+    let file = write_policy(&dir, &body);
+    let output = levee(&["check", "-f", &file]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stdout),
+        "ns1/small: spec.queues: queue names must be unique: give every queue its own name
+ns1/small: spec.redis.url: must not contain a password: put it in a Secret and reference it with credentialsSecretRef
+ns1/small: spec.thresholds: thresholds must satisfy recovery < warning < critical: lower recovery or raise critical
+ns1/typo: spec.queues[1].type: Unsupported value: \"lst\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\"
+ns1/typo: spec.targets[0].priorty: unknown field: remove it or check its spelling against `levee crd`
+"
+    );
+}
+
+#[test]
+fn check_reports_invalid_yaml_and_unreadable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_policy(
+        &dir,
+        "apiVersion: levee.dev/v1alpha1\nkind: BackpressurePolicy\nspec: {queues: [\n",
+    );
+    let output = levee(&["check", "-f", &file]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stdout).contains("document 1: (yaml): invalid YAML:"),
+        "{}",
+        text(&output.stdout)
+    );
+    let missing = levee(&["check", "-f", "/nonexistent/policy.yaml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stdout).contains("cannot read /nonexistent/policy.yaml"));
+    let empty = write_policy(&dir, "apiVersion: v1\nkind: ConfigMap\n");
+    let output = levee(&["check", "-f", &empty]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stdout).contains("no BackpressurePolicy"));
+}
+
+#[test]
+fn crd_prints_the_committed_crd_and_version_prints_the_version() {
+    let output = levee(&["crd"]);
+    assert!(output.status.success());
+    let committed =
+        std::fs::read_to_string(repo_root().join("crds/levee.dev_backpressurepolicies.yaml")).unwrap();
+    assert_eq!(text(&output.stdout), committed, "crds/ is stale: run `make crds`");
+    let version = levee(&["version"]);
+    assert_eq!(
+        text(&version.stdout),
+        format!("levee {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -1,0 +1,178 @@
+//! Sampling-tick benchmark: levee's pipelined sampler against two references on one real
+//! `redis-server`, in the same run:
+//! - the floor: `redis-benchmark -P 1000 LLEN` (Redis's own pipelined rate), scaled to N reads;
+//! - one `EVAL` per queue without pipelining (the pattern KEDA's Redis list scaler uses).
+//!
+//! Run with `make bench` (or `cargo bench --bench sampler`); it prints a Markdown table.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use levee::api::{QueueSpec, RedisSpec};
+use levee::sampler::{Credentials, Endpoint, Sampler};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// KEDA's list-length script: TYPE, then the matching length command.
+const KEDA_SCRIPT: &str = r#"local t = redis.call('type', KEYS[1])["ok"]
+if t == "list" then return redis.call('llen', KEYS[1])
+elseif t == "set" then return redis.call('scard', KEYS[1])
+elseif t == "zset" then return redis.call('zcard', KEYS[1])
+elseif t == "hash" then return redis.call('hlen', KEYS[1])
+else return 0 end"#;
+
+struct Row {
+    queues: usize,
+    levee: Stats,
+    levee_round_trips: usize,
+    eval: Stats,
+    floor: Duration,
+}
+
+struct Stats {
+    median: Duration,
+    p90: Duration,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p90: at(0.9),
+    }
+}
+
+fn iterations(queues: usize) -> usize {
+    match queues {
+        0..=10 => 500,
+        11..=1000 => 100,
+        _ => 15,
+    }
+}
+
+fn fill(server: &support::RedisServer, queues: usize) {
+    // One pipelined redis-cli call writes every list (RPUSH q<i> job).
+    let script: String = (0..queues).map(|i| format!("RPUSH q{i} job\n")).collect();
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// Redis's own pipelined LLEN rate, as the time N reads would take at that rate.
+fn floor(port: u16, queues: usize) -> Duration {
+    let output = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-P",
+            "1000",
+            "-n",
+            "2000000",
+            "-c",
+            "1",
+            "-q",
+            "LLEN",
+            "q0",
+        ])
+        .output()
+        .expect("redis-benchmark (redis-tools) is installed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // e.g. "LLEN q0: 2150537.50 requests per second, p50=0.407 msec"
+    let rate: f64 = text
+        .rsplit('\r')
+        .find_map(|part| part.split(": ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read redis-benchmark output: {text}"));
+    Duration::from_secs_f64(queues as f64 / rate)
+}
+
+async fn eval_per_queue(client: &redis::Client, queues: usize) -> Duration {
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let started = Instant::now();
+    let mut total: i64 = 0;
+    for i in 0..queues {
+        // KEDA sends the whole script with EVAL on every query (go-redis `Eval`).
+        let depth: i64 = redis::cmd("EVAL")
+            .arg(KEDA_SCRIPT)
+            .arg(1)
+            .arg(format!("q{i}"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        total += depth;
+    }
+    assert_eq!(total, queues as i64);
+    started.elapsed()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let server = support::RedisServer::start();
+    let sizes = [1usize, 100, 10_000];
+    fill(&server, *sizes.iter().max().unwrap());
+    let spec: RedisSpec =
+        serde_json::from_value(serde_json::json!({ "url": server.url(), "timeout": "10s" })).unwrap();
+    let endpoint = Endpoint::from_spec(&spec, None, Credentials::default(), None).unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let sampler = Sampler::new();
+    let mut rows = Vec::new();
+    for &queues in &sizes {
+        let specs: Vec<QueueSpec> = (0..queues)
+            .map(|i| {
+                serde_json::from_value(
+                    serde_json::json!({"name": format!("q{i}"), "type": "list", "key": format!("q{i}")}),
+                )
+                .unwrap()
+            })
+            .collect();
+        let warm = sampler.sample(&endpoint, &specs).await;
+        assert!(!warm.failed() && warm.pending() == queues as u64);
+        let runs = iterations(queues);
+        let mut levee = Vec::with_capacity(runs);
+        let mut round_trips = 0;
+        for _ in 0..runs {
+            let started = Instant::now();
+            let sample = sampler.sample(&endpoint, &specs).await;
+            levee.push(started.elapsed());
+            round_trips = sample.round_trips;
+        }
+        let mut eval = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            eval.push(eval_per_queue(&client, queues).await);
+        }
+        rows.push(Row {
+            queues,
+            levee: stats(levee),
+            levee_round_trips: round_trips,
+            eval: stats(eval),
+            floor: floor(server.port, queues),
+        });
+    }
+    println!(
+        "| queues | levee tick (median / p90) | levee round trips | EVAL per queue (median / p90) | EVAL round trips | floor: redis-benchmark -P 1000 LLEN |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {:.4} ms / {:.4} ms | {} | {:.4} ms / {:.4} ms | {} | {:.4} ms |",
+            row.queues,
+            ms(row.levee.median),
+            ms(row.levee.p90),
+            row.levee_round_trips,
+            ms(row.eval.median),
+            ms(row.eval.p90),
+            row.queues,
+            ms(row.floor),
+        );
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}

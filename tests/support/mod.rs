@@ -229,11 +229,21 @@ impl Sentinel {
             .spawn()
             .unwrap();
         // Owned from here on, so a failed start still kills the process.
-        let sentinel = Self { port, child, _dir: dir };
+        let sentinel = Self {
+            port,
+            child,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let output = Command::new(require("redis-cli"))
-                .args(["-p", &port.to_string(), "SENTINEL", "get-master-addr-by-name", "mymaster"])
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "SENTINEL",
+                    "get-master-addr-by-name",
+                    "mymaster",
+                ])
                 .output()
                 .unwrap();
             if String::from_utf8_lossy(&output.stdout).contains(&master.port.to_string()) {

@@ -240,10 +240,9 @@ fn sample_with_a_bad_url_or_policy_exits_1_with_the_field() {
     let bad = write_policy(&dir, &SMALL_POLICY.replace("warning: 3", "warning: 9"));
     let output = levee(&["sample", "-f", &bad, "--once"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        text(&output.stderr)
-            .contains("ns1/small: spec.thresholds: thresholds must satisfy recovery < warning < critical")
-    );
+    assert!(text(&output.stderr).contains(
+        "ns1/small: spec.thresholds: Invalid value: thresholds must satisfy recovery < warning < critical"
+    ));
 }
 
 #[test]
@@ -297,9 +296,9 @@ fn check_prints_one_line_per_problem_and_exits_1() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         text(&output.stdout),
-        "ns1/small: spec.queues: queue names must be unique: give every queue its own name
-ns1/small: spec.redis.url: must not contain a password: put it in a Secret and reference it with credentialsSecretRef
-ns1/small: spec.thresholds: thresholds must satisfy recovery < warning < critical: lower recovery or raise critical
+        "ns1/small: spec.queues: Invalid value: queue names must be unique: give every queue its own name
+ns1/small: spec.redis.url: Invalid value: \"redis://u:***@127.0.0.1:1/0\": must not contain a password: put it in a Secret and reference it with credentialsSecretRef
+ns1/small: spec.thresholds: Invalid value: thresholds must satisfy recovery < warning < critical: lower recovery or raise critical
 ns1/typo: spec.queues[1].type: Unsupported value: \"lst\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\"
 ns1/typo: spec.targets[0].priorty: unknown field: remove it or check its spelling against `levee crd`
 "

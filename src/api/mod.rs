@@ -1,6 +1,10 @@
 //! The `BackpressurePolicy` API: types, defaults, schema and offline validation. No I/O.
 
+mod crd;
 mod policy;
+mod redact;
 pub mod validation;
 
+pub use crd::{crd, crd_yaml};
 pub use policy::*;
+pub use redact::redact_password;

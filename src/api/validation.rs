@@ -4,7 +4,6 @@
 //! which field, and what to change.
 
 use super::BackpressurePolicy;
-use kube::CustomResourceExt;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
@@ -116,10 +115,38 @@ pub fn check_object(object: &Value) -> Result<BackpressurePolicy, Vec<Problem>> 
     if let Err(errors) = kube::core::cel::Validator::new().validate(schema, &defaulted, None) {
         return Err(errors
             .into_iter()
-            .map(|error| problem(&error.field_path, error.message))
+            .map(|error| {
+                let value = value_at(&defaulted, &error.field_path);
+                problem(&error.field_path, invalid_value(value, &error.message))
+            })
             .collect());
     }
     serde_json::from_value(defaulted).map_err(|error| vec![problem("(object)", error.to_string())])
+}
+
+/// The API server's wording for a failed CEL rule: scalars show their value, objects and lists
+/// do not.
+fn invalid_value(value: Option<&Value>, message: &str) -> String {
+    match value {
+        Some(Value::String(text)) => {
+            format!("Invalid value: \"{}\": {message}", super::redact_password(text))
+        }
+        Some(scalar @ (Value::Number(_) | Value::Bool(_))) => format!("Invalid value: {scalar}: {message}"),
+        _ => format!("Invalid value: {message}"),
+    }
+}
+
+/// The value at a field path such as `spec.queues[1].name`.
+fn value_at<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(object, |value, segment| {
+        let mut parts = segment.split('[');
+        let name = parts.next()?;
+        let mut value = if name.is_empty() { value } else { value.get(name)? };
+        for index in parts {
+            value = value.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+        Some(value)
+    })
 }
 
 fn policy_name(object: &Value) -> String {
@@ -141,7 +168,7 @@ fn quoted(value: Option<&str>) -> String {
 pub fn policy_schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let crd = BackpressurePolicy::crd();
+        let crd = super::crd();
         let schema = crd.spec.versions[0]
             .schema
             .as_ref()
@@ -291,11 +318,6 @@ fn join(path: &str, name: &str) -> String {
     } else {
         format!("{path}.{name}")
     }
-}
-
-/// The CRD as YAML, exactly what `levee crd` prints and `crds/` holds.
-pub fn crd_yaml() -> String {
-    serde_yaml::to_string(&BackpressurePolicy::crd()).expect("the CRD serializes to YAML")
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// `levee crd`: the CRD YAML on stdout.
 pub fn crd() -> ExitCode {
-    print!("{}", crate::api::validation::crd_yaml());
+    print!("{}", crate::api::crd_yaml());
     ExitCode::SUCCESS
 }
 

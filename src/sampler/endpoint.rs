@@ -1,7 +1,7 @@
 //! A Redis endpoint as a policy names it: mode, URL, credentials and TLS. Equal endpoints share
 //! their connections. The password never appears in `Debug`, `Display` or error messages.
 
-use crate::api::{RedisMode, RedisSpec};
+use crate::api::{RedisMode, RedisSpec, redact_password};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use std::fmt;
 use std::time::Duration;
@@ -148,7 +148,7 @@ impl fmt::Debug for Endpoint {
 
 fn parse_url(text: &str) -> Result<url::Url, UrlError> {
     let error = |reason: &str| UrlError {
-        url: redact(text),
+        url: redact_password(text),
         reason: reason.to_string(),
     };
     let url = url::Url::parse(text).map_err(|e| error(&format!("{e}: expected redis://host:port/db")))?;
@@ -166,18 +166,6 @@ fn parse_url(text: &str) -> Result<url::Url, UrlError> {
         return Err(error(&format!("database {path:?} is not a number")));
     }
     Ok(url)
-}
-
-/// `text` with any password replaced by `***`, for messages about URLs that did not parse.
-fn redact(text: &str) -> String {
-    match (text.find("://"), text.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &text[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &text[..scheme_end + 3], user, &text[at..])
-        }
-        _ => text.to_string(),
-    }
 }
 
 fn percent_decode(text: &str) -> String {

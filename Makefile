@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all deps lint test unit crds crds-check bench demo build clean
+.PHONY: all deps lint test unit e2e cluster-up cluster-down crds bench demo build clean
 
 all: build
 
@@ -16,12 +16,28 @@ deps:
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## test: every check and every test (unit, property, real Redis, CLI)
-test: deps lint
-	$(CARGO) test
+## test: every check and every test (unit, property, real Redis, CLI, end-to-end)
+test: deps lint unit e2e
 	@echo "make test: all green"
+
+## unit: the levee crate's tests (unit, property, real Redis, CLI, docs)
+unit: deps
+	$(CARGO) test
+
+## e2e: the end-to-end suite on the local control plane (built from Go modules, cached)
+e2e:
+	e2e/scripts/e2e.sh
+
+## cluster-up / cluster-down: a local control plane in .cache/cluster for manual use
+cluster-up:
+	e2e/scripts/tools.sh install $(CURDIR)/.cache/bin >/dev/null
+	e2e/scripts/controlplane.sh up $(CURDIR)/.cache/cluster
+	@echo "export KUBECONFIG=$(CURDIR)/.cache/cluster/admin.kubeconfig PATH=$(CURDIR)/.cache/bin:\$$PATH"
+
+cluster-down:
+	e2e/scripts/controlplane.sh down $(CURDIR)/.cache/cluster
 
 ## crds: regenerate crds/ from the Rust types (a test fails when it is stale)
 crds:

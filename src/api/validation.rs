@@ -196,10 +196,10 @@ fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<(S
         let actual = json_type(value);
         let matches = actual == expected || (expected == "number" && actual == "integer");
         if !matches {
-            problems.push((
-                field,
-                format!("Invalid value: \"{actual}\": must be of type {expected}"),
-            ));
+            let message = format!(
+                "Invalid value: \"{actual}\": {field} in body must be of type {expected}: \"{actual}\""
+            );
+            problems.push((field, message));
             return;
         }
     }
@@ -261,12 +261,12 @@ fn check_bounds(schema: &Value, value: &Value, field: &str, problems: &mut Vec<(
             let n = number.as_f64().unwrap_or(f64::NAN);
             if let Some(min) = bound("minimum").filter(|min| n < *min) {
                 push(format!(
-                    "Invalid value: {number}: must be greater than or equal to {min}"
+                    "Invalid value: {number}: {field} in body should be greater than or equal to {min}"
                 ));
             }
             if let Some(max) = bound("maximum").filter(|max| n > *max) {
                 push(format!(
-                    "Invalid value: {number}: must be less than or equal to {max}"
+                    "Invalid value: {number}: {field} in body should be less than or equal to {max}"
                 ));
             }
         }
@@ -274,7 +274,7 @@ fn check_bounds(schema: &Value, value: &Value, field: &str, problems: &mut Vec<(
             let chars = text.chars().count() as f64;
             if let Some(min) = bound("minLength").filter(|min| chars < *min) {
                 push(format!(
-                    "Invalid value: \"{text}\": must be at least {min} chars long"
+                    "Invalid value: \"{text}\": {field} in body should be at least {min} chars long"
                 ));
             }
             if let Some(max) = bound("maxLength").filter(|max| chars > *max) {
@@ -283,14 +283,19 @@ fn check_bounds(schema: &Value, value: &Value, field: &str, problems: &mut Vec<(
             if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
                 let matches = Regex::new(pattern).map(|re| re.is_match(text)).unwrap_or(true);
                 if !matches {
-                    push(format!("Invalid value: \"{text}\": must match '{pattern}'"));
+                    push(format!(
+                        "Invalid value: \"{shown}\": {field} in body should match '{pattern}'",
+                        shown = super::redact_password(text)
+                    ));
                 }
             }
         }
         Value::Array(items) => {
             let len = items.len() as f64;
             if let Some(min) = bound("minItems").filter(|min| len < *min) {
-                push(format!("Invalid value: {len}: must have at least {min} items"));
+                push(format!(
+                    "Invalid value: {len}: {field} in body should have at least {min} items"
+                ));
             }
             if let Some(max) = bound("maxItems").filter(|max| len > *max) {
                 push(format!("Too many: {len}: must have at most {max} items"));

@@ -116,7 +116,7 @@ fn priorities_start_at_one() {
     let problems = problems_of(|o| set(o, "/spec/targets/0/priority", 0.into()));
     assert_one(
         &problems,
-        "jobs/rule-engine: spec.targets[0].priority: Invalid value: 0: must be greater than or equal to 1",
+        "jobs/rule-engine: spec.targets[0].priority: Invalid value: 0: spec.targets[0].priority in body should be greater than or equal to 1",
     );
 }
 
@@ -133,7 +133,7 @@ fn unknown_fields_and_wrong_types_are_named() {
         problems,
         vec![
             "jobs/rule-engine: spec.thresholds.extra: unknown field: remove it or check its spelling against `levee crd`",
-            "jobs/rule-engine: spec.thresholds.warning: Invalid value: \"string\": must be of type integer",
+            "jobs/rule-engine: spec.thresholds.warning: Invalid value: \"string\": spec.thresholds.warning in body must be of type integer: \"string\"",
         ]
     );
 }
@@ -181,7 +181,7 @@ fn url_typos_are_refused() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
         problems[0].starts_with(
-            "jobs/rule-engine: spec.redis.url: Invalid value: \"redis//redis:6379\": must match"
+            "jobs/rule-engine: spec.redis.url: Invalid value: \"redis//redis:6379\": spec.redis.url in body should match"
         ),
         "{problems:?}"
     );

@@ -3,6 +3,7 @@
 mod crd;
 mod policy;
 mod redact;
+pub mod status;
 pub mod validation;
 
 pub use crd::{crd, crd_yaml};

@@ -25,6 +25,11 @@ fn write_policy(dir: &tempfile::TempDir, body: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// `levee sample -f FILE --redis-url URL --once -o json`.
+fn sample_once_json(file: &str, url: &str) -> Output {
+    levee(&["sample", "-f", file, "--redis-url", url, "--once", "-o", "json"])
+}
+
 fn ticks(output: &Output) -> Vec<Value> {
     text(&output.stdout)
         .lines()
@@ -73,21 +78,7 @@ fn sample_once_json_reads_every_queue_type_of_the_example_policy() {
     );
     server.cli(&["RPUSH", "jobs:retry", "a", "b"]);
     server.cli(&["ZADD", "jobs:scheduled", "1", "a"]);
-    for i in 0..5 {
-        server.cli(&["XADD", "audit", "*", "n", &i.to_string()]);
-    }
-    server.cli(&["XGROUP", "CREATE", "audit", "writers", "0"]);
-    server.cli(&[
-        "XREADGROUP",
-        "GROUP",
-        "writers",
-        "w",
-        "COUNT",
-        "2",
-        "STREAMS",
-        "audit",
-        ">",
-    ]);
+    server.fill_stream("audit", "writers", 5, 2);
     server.cli(&["LPUSH", "queue:billing", "{}", "{}", "{}", "{}"]);
 
     let url = format!("redis://127.0.0.1:{port}/0");
@@ -138,16 +129,7 @@ fn sample_once_opens_the_circuit_at_critical() {
     server.cli(&["RPUSH", "jobs", "1", "2", "3", "4", "5", "6"]);
     let dir = tempfile::tempdir().unwrap();
     let file = write_policy(&dir, SMALL_POLICY);
-    let output = levee(&[
-        "sample",
-        "-f",
-        &file,
-        "--redis-url",
-        &server.url(),
-        "--once",
-        "-o",
-        "json",
-    ]);
+    let output = sample_once_json(&file, &server.url());
     assert!(output.status.success());
     let tick = &ticks(&output)[0];
     assert_eq!(
@@ -177,16 +159,7 @@ fn sample_once_reports_a_wrong_type_for_that_queue_and_exits_1() {
     server.cli(&["RPUSH", "jobs", "1"]);
     let dir = tempfile::tempdir().unwrap();
     let file = write_policy(&dir, SMALL_POLICY);
-    let output = levee(&[
-        "sample",
-        "-f",
-        &file,
-        "--redis-url",
-        &server.url(),
-        "--once",
-        "-o",
-        "json",
-    ]);
+    let output = sample_once_json(&file, &server.url());
     assert_eq!(output.status.code(), Some(1));
     let tick = &ticks(&output)[0];
     assert_eq!(depth(tick, "jobs"), 1);
@@ -202,7 +175,7 @@ fn sample_once_against_no_redis_names_the_endpoint_not_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_policy(&dir, SMALL_POLICY);
     let url = format!("redis://admin:topsecret@127.0.0.1:{port}/0");
-    let output = levee(&["sample", "-f", &file, "--redis-url", &url, "--once", "-o", "json"]);
+    let output = sample_once_json(&file, &url);
     assert_eq!(output.status.code(), Some(1));
     let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
     assert!(!all.contains("topsecret"), "{all}");

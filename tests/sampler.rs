@@ -141,21 +141,7 @@ async fn sidekiq_list_zset_and_stream_depths() {
     server.cli(&["SADD", "queues", "billing"]);
     server.cli(&["RPUSH", "jobs:retry", "a", "b", "c"]);
     server.cli(&["ZADD", "jobs:scheduled", "1", "a", "2", "b"]);
-    for i in 0..10 {
-        server.cli(&["XADD", "audit", "*", "n", &i.to_string()]);
-    }
-    server.cli(&["XGROUP", "CREATE", "audit", "writers", "0"]);
-    server.cli(&[
-        "XREADGROUP",
-        "GROUP",
-        "writers",
-        "w1",
-        "COUNT",
-        "4",
-        "STREAMS",
-        "audit",
-        ">",
-    ]);
+    server.fill_stream("audit", "writers", 10, 4);
     let first = server.cli(&["XRANGE", "audit", "-", "+", "COUNT", "1"]);
     let first_id = first.lines().next().unwrap().to_string();
     server.cli(&["XACK", "audit", "writers", &first_id]);

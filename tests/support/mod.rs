@@ -95,6 +95,27 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("redis-cli {args:?} failed on port {}", self.port))
     }
 
+    /// Writes `entries` to the stream `key`, creates consumer group `group` at its start and
+    /// delivers (without acknowledging) the first `delivered` entries to one consumer.
+    pub fn fill_stream(&self, key: &str, group: &str, entries: usize, delivered: usize) {
+        for i in 0..entries {
+            self.cli(&["XADD", key, "*", "n", &i.to_string()]);
+        }
+        self.cli(&["XGROUP", "CREATE", key, group, "0"]);
+        let count = delivered.to_string();
+        self.cli(&[
+            "XREADGROUP",
+            "GROUP",
+            group,
+            "consumer",
+            "COUNT",
+            &count,
+            "STREAMS",
+            key,
+            ">",
+        ]);
+    }
+
     /// Stops the server (as if it crashed).
     pub fn stop(&mut self) {
         let _ = self.child.kill();

@@ -6,4 +6,6 @@
 pub mod api;
 pub mod circuit;
 pub mod cli;
+pub mod controller;
 pub mod sampler;
+pub mod telemetry;

@@ -48,6 +48,8 @@ enum Command {
         #[arg(long, short = 'o', value_enum, default_value = "text")]
         output: OutputFormat,
     },
+    /// Run the controller: watch policies, sample Redis, hold producers back.
+    Run(cli::run::RunArgs),
     /// Print the version.
     Version,
 }
@@ -57,6 +59,10 @@ fn main() -> ExitCode {
     match args.command {
         Command::Crd => cli::crd(),
         Command::Version => cli::version(),
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+            runtime.block_on(cli::run::run(args))
+        }
         Command::Check { file } => cli::check::run(&file, &mut std::io::stdout()),
         Command::Sample {
             file,

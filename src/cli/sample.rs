@@ -84,23 +84,9 @@ pub async fn run(
     });
     tokio::select! {
         _ = join_all(loops) => {}
-        _ = shutdown_signal() => {}
+        _ = super::run::shutdown_signal() => {}
     }
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, ExitCode> {

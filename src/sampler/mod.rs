@@ -43,6 +43,9 @@ pub struct Sample {
     pub queues: Vec<QueueReading>,
     /// Pipelines sent (one per Redis node holding the queues, plus one per retry).
     pub round_trips: usize,
+    /// The first connection-level error (refused, timeout, authentication, topology), if any:
+    /// Redis itself could not be reached, as opposed to a queue that could not be read.
+    pub unreachable: Option<String>,
     pub duration: Duration,
 }
 
@@ -114,6 +117,7 @@ impl Sampler {
             replies = again;
             round_trips += trips;
         }
+        let unreachable = replies.iter().find_map(|r| r.as_ref().err()).cloned();
         let mut replies = replies.into_iter();
         let queues = queues
             .iter()
@@ -140,6 +144,7 @@ impl Sampler {
             at,
             queues,
             round_trips,
+            unreachable,
             duration: started.elapsed(),
         }
     }
@@ -336,6 +341,7 @@ mod tests {
             at: Timestamp::UNIX_EPOCH,
             queues,
             round_trips: 1,
+            unreachable: None,
             duration: Duration::ZERO,
         }
     }

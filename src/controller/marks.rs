@@ -1,0 +1,192 @@
+//! What levee writes on a producer: the annotations apps read through the downward API and the
+//! pod condition a `readinessGates` entry waits for. Pure: computing the marks and telling
+//! whether an object already carries them (so nothing is written while nothing changes).
+
+use crate::circuit::{CircuitRules, State};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::PodCondition;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Annotation with the circuit's state (`Closed`, `HalfOpen`, `Open`).
+pub const ANNOTATION_STATE: &str = "levee.dev/circuit-state";
+/// Annotation `"true"` / `"false"`: whether this producer should accept work.
+pub const ANNOTATION_ACCEPTING: &str = "levee.dev/accepting";
+/// Annotation naming the policy that sets the other two.
+pub const ANNOTATION_POLICY: &str = "levee.dev/policy";
+/// The pod condition a readiness gate waits for.
+pub const CONDITION_ACCEPTING: &str = "levee.dev/accepting";
+/// The policy annotation whose new value forces the circuit Closed.
+pub const ANNOTATION_RESET: &str = "levee.dev/reset";
+
+/// The marks one target (and its pods) should carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marks {
+    pub state: State,
+    pub accepting: bool,
+    pub policy: String,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Marks {
+    /// The marks of a target of `priority` while the circuit is in `state`. `released` (policy
+    /// deleted, or dry run) puts the target back to accepting.
+    pub fn new(
+        policy: &str,
+        state: State,
+        priority: u32,
+        rules: &CircuitRules,
+        released: Option<&'static str>,
+    ) -> Self {
+        let (state, accepting, reason, message) = match released {
+            Some(reason) => (
+                State::Closed,
+                true,
+                reason,
+                "levee does not hold this producer back".to_string(),
+            ),
+            None => {
+                let accepting = rules.accepts(state, priority);
+                let (reason, message) = match (state, accepting) {
+                    (State::Closed, _) => (
+                        "CircuitClosed",
+                        "the backlog is within its thresholds".to_string(),
+                    ),
+                    (_, true) => (
+                        "PriorityAllowed",
+                        format!("the circuit is {state}, and priority {priority} may still send work"),
+                    ),
+                    (State::HalfOpen, false) => (
+                        "CircuitHalfOpen",
+                        format!(
+                            "the circuit is HalfOpen: only priority <= {} may send work",
+                            rules.half_open_max_priority
+                        ),
+                    ),
+                    (_, false) => (
+                        "CircuitOpen",
+                        format!(
+                            "the circuit is Open: only priority <= {} may send work",
+                            rules.open_max_priority
+                        ),
+                    ),
+                };
+                (state, accepting, reason, message)
+            }
+        };
+        Self {
+            state,
+            accepting,
+            policy: policy.to_string(),
+            reason,
+            message,
+        }
+    }
+
+    fn annotation_values(&self) -> [(&'static str, String); 3] {
+        [
+            (ANNOTATION_STATE, self.state.to_string()),
+            (ANNOTATION_ACCEPTING, self.accepting.to_string()),
+            (ANNOTATION_POLICY, self.policy.clone()),
+        ]
+    }
+
+    /// Whether `annotations` lack any of the marks.
+    pub fn annotations_differ(&self, annotations: Option<&BTreeMap<String, String>>) -> bool {
+        self.annotation_values()
+            .iter()
+            .any(|(key, value)| annotations.and_then(|a| a.get(*key)) != Some(value))
+    }
+
+    /// A JSON merge patch setting the annotations.
+    pub fn annotation_patch(&self) -> Value {
+        let annotations: serde_json::Map<String, Value> = self
+            .annotation_values()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v)))
+            .collect();
+        json!({ "metadata": { "annotations": annotations } })
+    }
+
+    fn condition_status(&self) -> &'static str {
+        if self.accepting { "True" } else { "False" }
+    }
+
+    /// Whether the pod's `levee.dev/accepting` condition is missing or says something else.
+    pub fn condition_differs(&self, conditions: Option<&[PodCondition]>) -> bool {
+        let current = conditions.and_then(|c| c.iter().find(|c| c.type_ == CONDITION_ACCEPTING));
+        current
+            .is_none_or(|c| c.status != self.condition_status() || c.reason.as_deref() != Some(self.reason))
+    }
+
+    /// A strategic merge patch of `pods/status` setting the condition (merged by `type`).
+    pub fn condition_patch(&self, now: Timestamp) -> Value {
+        json!({ "status": { "conditions": [{
+            "type": CONDITION_ACCEPTING,
+            "status": self.condition_status(),
+            "reason": self.reason,
+            "message": self.message,
+            "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        }]}})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{OnSampleFailure, Thresholds};
+    use jiff::SignedDuration;
+
+    fn rules() -> CircuitRules {
+        CircuitRules {
+            thresholds: Thresholds {
+                warning: 2,
+                critical: 3,
+                recovery: 1,
+            },
+            min_open: SignedDuration::from_secs(1),
+            alert_after: SignedDuration::from_secs(1),
+            half_open_max_priority: 5,
+            open_max_priority: 1,
+            on_failure: OnSampleFailure::default(),
+        }
+    }
+
+    #[test]
+    fn priority_decides_who_accepts() {
+        let r = rules();
+        assert!(Marks::new("p", State::Closed, 10, &r, None).accepting);
+        let held = Marks::new("p", State::HalfOpen, 6, &r, None);
+        assert_eq!((held.accepting, held.reason), (false, "CircuitHalfOpen"));
+        let allowed = Marks::new("p", State::Open, 1, &r, None);
+        assert_eq!((allowed.accepting, allowed.reason), (true, "PriorityAllowed"));
+        let released = Marks::new("p", State::Open, 10, &r, Some("PolicyDeleted"));
+        assert_eq!(
+            (released.accepting, released.state, released.reason),
+            (true, State::Closed, "PolicyDeleted")
+        );
+    }
+
+    #[test]
+    fn nothing_differs_once_the_marks_are_there() {
+        let marks = Marks::new("p", State::Open, 10, &rules(), None);
+        let patch = marks.annotation_patch();
+        let annotations: BTreeMap<String, String> =
+            serde_json::from_value(patch["metadata"]["annotations"].clone()).unwrap();
+        assert!(!marks.annotations_differ(Some(&annotations)));
+        assert!(marks.annotations_differ(None));
+        let mut other = annotations.clone();
+        other.insert(ANNOTATION_ACCEPTING.into(), "true".into());
+        assert!(marks.annotations_differ(Some(&other)));
+
+        let condition: PodCondition = serde_json::from_value(
+            marks.condition_patch(Timestamp::UNIX_EPOCH)["status"]["conditions"][0].clone(),
+        )
+        .unwrap();
+        assert!(!marks.condition_differs(Some(std::slice::from_ref(&condition))));
+        assert!(marks.condition_differs(None));
+        let closed = Marks::new("p", State::Closed, 10, &rules(), None);
+        assert!(closed.condition_differs(Some(&[condition])));
+    }
+}

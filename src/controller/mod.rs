@@ -1,0 +1,292 @@
+//! `levee run`: the controller.
+//!
+//! ```text
+//!  BackpressurePolicy watch ──reconcile──▶ finalizer + one PolicyTask per policy
+//!                                                   │ every sampleInterval
+//!                 Redis ◀──sample── PolicyTask ──step──▶ Circuit
+//!                                                   │ on a change (leader only)
+//!            status (SSA) · events · actuator ──▶ workload + pod annotations, pod condition
+//!  Pods / Deployments / StatefulSets / DaemonSets ──reflectors──▶ in-memory stores
+//! ```
+//! Every replica samples; only the Lease holder writes. A follower mirrors the circuit from the
+//! policy's status, so a new leader continues where the old one stopped.
+
+mod actuator;
+mod leader;
+pub mod marks;
+mod policy_task;
+mod secrets;
+mod status_writer;
+
+use crate::api::BackpressurePolicy;
+use crate::sampler::Sampler;
+use crate::telemetry::Metrics;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use policy_task::PolicyTasks;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The finalizer that lets levee release a policy's producers before the policy goes away.
+pub const FINALIZER: &str = "levee.dev/release-targets";
+/// The field manager of every write levee makes.
+pub const FIELD_MANAGER: &str = "levee";
+
+/// Errors of the controller layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("releasing targets: {0}")]
+    Release(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::Lease(_) => "lease",
+            Error::Release(_) => "release",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Status is rewritten at least this often, even when nothing changed.
+    pub status_heartbeat: Duration,
+    /// Who this replica is (Lease holder identity, event reporter instance).
+    pub identity: String,
+    /// `None` turns leader election off (this replica always writes).
+    pub lease: Option<leader::LeaseSettings>,
+}
+
+pub use leader::LeaseSettings;
+
+/// In-memory copies of the objects the actuator reads, kept current by watches.
+#[derive(Clone)]
+pub struct Stores {
+    pub pods: Store<Pod>,
+    pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub daemon_sets: Store<DaemonSet>,
+}
+
+/// What every reconcile and every policy task shares.
+pub struct Context {
+    pub client: Client,
+    pub sampler: Sampler,
+    pub stores: Stores,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    leader: watch::Receiver<bool>,
+    tasks: PolicyTasks,
+}
+
+impl Context {
+    /// Whether this replica may write.
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (leader, lease_task) = leader::elect(client.clone(), &settings).await?;
+    let (stores, reflectors) = start_reflectors(client.clone());
+    let reporter = Reporter {
+        controller: "levee".into(),
+        instance: Some(settings.identity.clone()),
+    };
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        sampler: Sampler::new(),
+        stores,
+        metrics: metrics.clone(),
+        settings,
+        leader: leader.clone(),
+        tasks: PolicyTasks::default(),
+        client: client.clone(),
+    });
+    let reflector_task = tokio::spawn(reflectors);
+    for ready in [
+        context.stores.pods.wait_until_ready().await,
+        context.stores.deployments.wait_until_ready().await,
+        context.stores.stateful_sets.wait_until_ready().await,
+        context.stores.daemon_sets.wait_until_ready().await,
+    ] {
+        ready.expect("reflectors run until shutdown");
+    }
+    metrics.set_ready(true);
+    tracing::info!(identity = %context.settings.identity, "levee controller started");
+
+    // Becoming leader re-reconciles every policy, so finalizers and status catch up at once.
+    let became_leader = tokio_stream_of(leader);
+    let policies: Api<BackpressurePolicy> = Api::all(client);
+    // The controller needs a Sync shutdown future; hand the signal over through a oneshot.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(());
+    });
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    Controller::new(policies, watcher::Config::default().any_semantic())
+        .reconcile_all_on(became_leader)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context.clone())
+        .for_each(|result| {
+            let label = if result.is_ok() { "ok" } else { "error" };
+            context.metrics.reconciliations.with_label_values(&[label]).inc();
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile failed");
+            }
+            futures::future::ready(())
+        })
+        .await;
+    context.tasks.stop_all();
+    reflector_task.abort();
+    if let Some(lease) = lease_task {
+        lease.release().await;
+    }
+    tracing::info!("levee controller stopped");
+    Ok(())
+}
+
+fn tokio_stream_of(mut leader: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    async_stream(move |sender| async move {
+        while leader.changed().await.is_ok() {
+            if *leader.borrow() && sender.send(()).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// A stream fed by a task, without pulling in another crate for it.
+fn async_stream<F, Fut>(body: F) -> impl futures::Stream<Item = ()> + Send + 'static
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<()>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(body(sender));
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+fn start_reflectors(client: Client) -> (Stores, impl std::future::Future<Output = ()> + Send + 'static) {
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (deployments, deployment_writer) = reflector::store::<Deployment>();
+    let (stateful_sets, stateful_set_writer) = reflector::store::<StatefulSet>();
+    let (daemon_sets, daemon_set_writer) = reflector::store::<DaemonSet>();
+    let config = || watcher::Config::default().any_semantic();
+    let pod_stream = reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client.clone()), config()))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()));
+    let deployment_stream = reflector::reflector(
+        deployment_writer,
+        watcher(Api::<Deployment>::all(client.clone()), config()),
+    )
+    .default_backoff()
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+    let stateful_set_stream = reflector::reflector(
+        stateful_set_writer,
+        watcher(Api::<StatefulSet>::all(client.clone()), config()),
+    )
+    .default_backoff()
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+    let daemon_set_stream = reflector::reflector(
+        daemon_set_writer,
+        watcher(Api::<DaemonSet>::all(client), config()),
+    )
+    .default_backoff()
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+    let all = async move {
+        futures::join!(
+            pod_stream,
+            deployment_stream,
+            stateful_set_stream,
+            daemon_set_stream
+        );
+    };
+    (
+        Stores {
+            pods,
+            deployments,
+            stateful_sets,
+            daemon_sets,
+        },
+        all,
+    )
+}
+
+/// Keeps one policy task per policy; only the leader adds and honours the finalizer.
+#[tracing::instrument(skip_all, fields(policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
+async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Result<Action> {
+    if !context.is_leader() {
+        if policy.meta().deletion_timestamp.is_none() {
+            context.tasks.ensure(&context, policy);
+        }
+        return Ok(Action::await_change());
+    }
+    let namespace = policy.namespace().unwrap_or_default();
+    let api: Api<BackpressurePolicy> = Api::namespaced(context.client.clone(), &namespace);
+    let for_event = context.clone();
+    finalizer(&api, FINALIZER, policy, |event| async move {
+        match event {
+            FinalizerEvent::Apply(policy) => {
+                for_event.tasks.ensure(&for_event, policy);
+                Ok(Action::await_change())
+            }
+            FinalizerEvent::Cleanup(policy) => {
+                let queues: Vec<String> = policy.spec.queues.iter().map(|q| q.name.clone()).collect();
+                for_event.tasks.stop(&policy);
+                actuator::release(&for_event, &policy, "PolicyDeleted").await?;
+                for_event
+                    .metrics
+                    .forget_policy(&namespace, &policy.name_any(), &queues);
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+fn error_policy(_policy: Arc<BackpressurePolicy>, error: &Error, context: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    context
+        .metrics
+        .reconciliations
+        .with_label_values(&[error.metric_label()])
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,371 @@
+//! One task per policy: every `sampleInterval` it samples the queues, steps the circuit and, on
+//! the leader, acts (targets, events, status). A spec change re-reads Secrets and the interval;
+//! the circuit carries over. Followers mirror the circuit from status instead of stepping it.
+
+use super::Context;
+use super::actuator::{self, Outcome};
+use super::marks::ANNOTATION_RESET;
+use super::secrets::{EndpointProblem, resolve_endpoint};
+use super::status_writer::{TickReport, next_status, worth_writing, write};
+use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
+use crate::circuit::{Circuit, CircuitRules, Decision, Level, Observation, State};
+use crate::sampler::{Endpoint, Sample};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+struct Running {
+    latest: watch::Sender<Arc<BackpressurePolicy>>,
+    handle: JoinHandle<()>,
+}
+
+/// The running policy tasks, by policy UID.
+#[derive(Default)]
+pub struct PolicyTasks {
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl PolicyTasks {
+    /// Starts the policy's task, or hands the running one the latest object.
+    pub fn ensure(&self, context: &Arc<Context>, policy: Arc<BackpressurePolicy>) {
+        let uid = policy.uid().unwrap_or_else(|| policy.name_any());
+        let mut running = self.running.lock().expect("task map lock");
+        if let Some(task) = running.get(&uid).filter(|task| !task.handle.is_finished()) {
+            task.latest.send_replace(policy);
+            return;
+        }
+        let (latest, receiver) = watch::channel(policy);
+        let handle = tokio::spawn(run(context.clone(), receiver));
+        running.insert(uid, Running { latest, handle });
+    }
+
+    /// Stops the policy's task.
+    pub fn stop(&self, policy: &BackpressurePolicy) {
+        let uid = policy.uid().unwrap_or_else(|| policy.name_any());
+        if let Some(task) = self.running.lock().expect("task map lock").remove(&uid) {
+            task.handle.abort();
+        }
+    }
+
+    /// Stops every task (shutdown).
+    pub fn stop_all(&self) {
+        for (_, task) in self.running.lock().expect("task map lock").drain() {
+            task.handle.abort();
+        }
+    }
+}
+
+/// What a task keeps between ticks.
+struct PolicyState {
+    policy: Arc<BackpressurePolicy>,
+    rules: CircuitRules,
+    circuit: Circuit,
+    endpoint: Option<Result<Endpoint, EndpointProblem>>,
+    written: BackpressurePolicyStatus,
+    last_write: Option<Instant>,
+}
+
+impl PolicyState {
+    fn new(policy: Arc<BackpressurePolicy>) -> Self {
+        let status = policy.status.clone().unwrap_or_default();
+        Self {
+            rules: rules_of(&policy),
+            circuit: status.circuit(),
+            endpoint: None,
+            written: status,
+            last_write: None,
+            policy,
+        }
+    }
+
+    /// Takes a newer object; a new generation means new rules and a new endpoint.
+    fn update(&mut self, policy: Arc<BackpressurePolicy>) -> bool {
+        let respecified = policy.metadata.generation != self.policy.metadata.generation;
+        if respecified {
+            self.rules = rules_of(&policy);
+            self.endpoint = None;
+        }
+        self.policy = policy;
+        respecified
+    }
+}
+
+fn rules_of(policy: &BackpressurePolicy) -> CircuitRules {
+    CircuitRules::new(
+        policy.spec.thresholds,
+        &policy.spec.circuit,
+        policy.spec.on_sample_failure,
+    )
+}
+
+fn ticker(policy: &BackpressurePolicy) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(policy.spec.sample_interval.into());
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<BackpressurePolicy>>) {
+    let mut state = PolicyState::new(latest.borrow_and_update().clone());
+    let mut interval = ticker(&state.policy);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => tick(&context, &mut state).await,
+            changed = latest.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let policy = latest.borrow_and_update().clone();
+                if state.update(policy) {
+                    interval = ticker(&state.policy);
+                }
+            }
+        }
+    }
+}
+
+/// Circuit times are whole seconds, as status stores them, so a restart resumes exactly.
+fn now_in_seconds() -> Timestamp {
+    let now = Timestamp::now();
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+async fn tick(context: &Context, state: &mut PolicyState) {
+    let policy = state.policy.clone();
+    let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
+    if !matches!(state.endpoint, Some(Ok(_))) {
+        state.endpoint = Some(resolve_endpoint(&context.client, &policy).await);
+    }
+    let sample = match state.endpoint.as_ref().expect("resolved above") {
+        Ok(endpoint) => Ok(context.sampler.sample(endpoint, &policy.spec.queues).await),
+        Err(problem) => Err(problem.clone()),
+    };
+    record_sample(context, &namespace, &name, &sample);
+    if !context.is_leader() {
+        // Follow the leader: its status is the circuit, so taking over resumes it exactly.
+        let status = policy.status.clone().unwrap_or_default();
+        state.circuit = status.circuit();
+        state.written = status;
+        state.last_write = None;
+        record_circuit(context, &namespace, &name, &state.circuit);
+        return;
+    }
+    if policy.meta().deletion_timestamp.is_some() {
+        return;
+    }
+    let now = now_in_seconds();
+    let observation = sample
+        .as_ref()
+        .map_or(Observation::SampleFailed, Sample::observation);
+    let reset = policy.annotations().get(ANNOTATION_RESET).map(String::as_str);
+    let decision = state.circuit.step(&state.rules, now, observation, reset);
+    let released = policy.spec.dry_run.then_some("DryRun");
+    let targets = actuator::act(context, &policy, state.circuit.state, &state.rules, released).await;
+    record_circuit(context, &namespace, &name, &state.circuit);
+    context
+        .metrics
+        .throttled_targets
+        .with_label_values(&[&namespace, &name])
+        .set(targets.throttled as i64);
+    if let Some(transition) = &decision.transition {
+        let labels = [
+            namespace.as_str(),
+            name.as_str(),
+            &transition.from.to_string(),
+            &transition.to.to_string(),
+        ];
+        context.metrics.transitions.with_label_values(&labels).inc();
+    }
+    publish_events(
+        context,
+        &policy,
+        &decision,
+        &state.rules,
+        &state.circuit,
+        &targets,
+        sample.as_ref().ok(),
+    )
+    .await;
+    let report = TickReport {
+        circuit: &state.circuit,
+        sample: sample.as_ref(),
+        targets: &targets,
+        dry_run: policy.spec.dry_run,
+        now,
+    };
+    let next = next_status(&policy, &state.written, &report);
+    let heartbeat_due = state
+        .last_write
+        .is_none_or(|at| at.elapsed() >= context.settings.status_heartbeat);
+    if heartbeat_due || worth_writing(&state.written, &next) {
+        match write(context, &policy, &next).await {
+            Ok(()) => {
+                state.written = next;
+                state.last_write = Some(Instant::now());
+            }
+            Err(error) => {
+                tracing::warn!(%namespace, policy = %name, %error, "writing status failed; retrying next tick")
+            }
+        }
+    }
+}
+
+fn record_sample(context: &Context, namespace: &str, name: &str, sample: &Result<Sample, EndpointProblem>) {
+    let metrics = &context.metrics;
+    match sample {
+        Ok(sample) => {
+            metrics
+                .sample_duration
+                .with_label_values(&[namespace, name])
+                .observe(sample.duration.as_secs_f64());
+            metrics
+                .pending
+                .with_label_values(&[namespace, name])
+                .set(sample.pending() as i64);
+            for queue in &sample.queues {
+                if let Ok(depth) = queue.depth {
+                    metrics
+                        .queue_depth
+                        .with_label_values(&[namespace, name, &queue.name])
+                        .set(depth as i64);
+                }
+            }
+            if sample.failed() {
+                metrics
+                    .sample_failures
+                    .with_label_values(&[namespace, name])
+                    .inc();
+            }
+        }
+        Err(_) => metrics
+            .sample_failures
+            .with_label_values(&[namespace, name])
+            .inc(),
+    }
+}
+
+fn record_circuit(context: &Context, namespace: &str, name: &str, circuit: &Circuit) {
+    let state = match circuit.state {
+        State::Closed => 0,
+        State::HalfOpen => 1,
+        State::Open => 2,
+    };
+    let level = match circuit.level {
+        Level::Normal => 0,
+        Level::Warning => 1,
+        Level::Critical => 2,
+    };
+    context
+        .metrics
+        .circuit_state
+        .with_label_values(&[namespace, name])
+        .set(state);
+    context
+        .metrics
+        .level
+        .with_label_values(&[namespace, name])
+        .set(level);
+}
+
+/// Events for a transition, a worse level, Prolonged and a reset, with the numbers behind them.
+async fn publish_events(
+    context: &Context,
+    policy: &BackpressurePolicy,
+    decision: &Decision,
+    rules: &CircuitRules,
+    circuit: &Circuit,
+    targets: &Outcome,
+    sample: Option<&Sample>,
+) {
+    let mut events = Vec::new();
+    let dry = if policy.spec.dry_run { "dryRun: " } else { "" };
+    if let Some(transition) = &decision.transition {
+        let held = policy
+            .spec
+            .targets
+            .iter()
+            .filter(|t| !rules.accepts(transition.to, t.priority))
+            .count();
+        let verb = if policy.spec.dry_run {
+            "would hold back"
+        } else {
+            "holding back"
+        };
+        let (type_, reason) = match transition.to {
+            State::Open => (EventType::Warning, "CircuitOpened"),
+            State::HalfOpen => (EventType::Normal, "CircuitHalfOpened"),
+            State::Closed => (EventType::Normal, "CircuitClosed"),
+        };
+        let note = format!(
+            "{dry}{} -> {}: {}; {verb} {held} of {} targets",
+            transition.from,
+            transition.to,
+            transition.cause,
+            policy.spec.targets.len()
+        );
+        events.push((type_, reason, note));
+    }
+    if let (Some((_, to)), Some(sample)) = (decision.level_change, sample) {
+        let pending = sample.pending();
+        let thresholds = rules.thresholds;
+        match to {
+            Level::Warning => events.push((
+                EventType::Warning,
+                "BacklogWarning",
+                format!("pending {pending} >= warning {}", thresholds.warning),
+            )),
+            Level::Critical => events.push((
+                EventType::Warning,
+                "BacklogCritical",
+                format!("pending {pending} >= critical {}", thresholds.critical),
+            )),
+            Level::Normal => {}
+        }
+    }
+    if decision.prolonged_started {
+        let since = circuit
+            .throttling_since
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        events.push((
+            EventType::Warning,
+            "CircuitProlonged",
+            format!("the circuit has not been Closed since {since} (circuit.alertAfter)"),
+        ));
+    }
+    if decision.reset_applied {
+        let value = circuit.last_reset.clone().unwrap_or_default();
+        events.push((
+            EventType::Normal,
+            "CircuitReset",
+            format!("levee.dev/reset={value}: the circuit is Closed"),
+        ));
+    }
+    if !targets.missing.is_empty() && decision.transition.is_some() {
+        events.push((
+            EventType::Warning,
+            "TargetNotFound",
+            format!("{} not found", targets.missing.join(", ")),
+        ));
+    }
+    let reference: ObjectReference = policy.object_ref(&());
+    for (type_, reason, note) in events {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Decide".into(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, reason, "publishing an event failed");
+        } else {
+            context.metrics.api_writes.with_label_values(&["event"]).inc();
+        }
+    }
+}

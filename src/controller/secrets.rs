@@ -1,0 +1,91 @@
+//! Resolves a policy's Redis endpoint: its credentials and CA from Secrets in its namespace.
+//! Each failure says which Secret or key is missing and which field names it.
+
+use crate::api::BackpressurePolicy;
+use crate::sampler::{Credentials, Endpoint};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
+
+/// Why a policy's endpoint cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointProblem {
+    /// A condition reason (`SecretNotFound`, `SecretKeyMissing`, `InvalidRedisUrl`, ...).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The endpoint of `policy`, reading the Secrets it references.
+pub async fn resolve_endpoint(
+    client: &Client,
+    policy: &BackpressurePolicy,
+) -> Result<Endpoint, EndpointProblem> {
+    let namespace = policy.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let redis = &policy.spec.redis;
+    let mut credentials = Credentials::default();
+    if let Some(reference) = &redis.credentials_secret_ref {
+        let field = "spec.redis.credentialsSecretRef";
+        let secret = read_secret(&secrets, &namespace, &reference.name, field).await?;
+        credentials.password = Some(text_key(&secret, &namespace, &reference.password_key, field)?);
+        if let Some(username_key) = &reference.username_key {
+            credentials.username = Some(text_key(&secret, &namespace, username_key, field)?);
+        }
+    }
+    let mut ca_pem = None;
+    if let Some(reference) = redis.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()) {
+        let field = "spec.redis.tls.caSecretRef";
+        let secret = read_secret(&secrets, &namespace, &reference.name, field).await?;
+        ca_pem = Some(text_key(&secret, &namespace, &reference.key, field)?.into_bytes());
+    }
+    Endpoint::from_spec(redis, None, credentials, ca_pem).map_err(|error| EndpointProblem {
+        reason: "InvalidRedisUrl",
+        message: format!("spec.redis.url: {error}"),
+    })
+}
+
+async fn read_secret(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Result<Secret, EndpointProblem> {
+    match api.get_opt(name).await {
+        Ok(Some(secret)) => Ok(secret),
+        Ok(None) => Err(EndpointProblem {
+            reason: "SecretNotFound",
+            message: format!("Secret {namespace}/{name} not found: create it or fix {field}.name"),
+        }),
+        Err(error) => Err(EndpointProblem {
+            reason: "SecretUnreadable",
+            message: format!("reading Secret {namespace}/{name} ({field}) failed: {error}"),
+        }),
+    }
+}
+
+fn text_key(secret: &Secret, namespace: &str, key: &str, field: &str) -> Result<String, EndpointProblem> {
+    let name = secret.name_any();
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .map(|value| value.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|data| data.get(key))
+                .map(|s| s.clone().into_bytes())
+        });
+    let Some(bytes) = bytes else {
+        return Err(EndpointProblem {
+            reason: "SecretKeyMissing",
+            message: format!(
+                "Secret {namespace}/{name} has no key {key:?}: add it or fix the key in {field}"
+            ),
+        });
+    };
+    String::from_utf8(bytes).map_err(|_| EndpointProblem {
+        reason: "SecretKeyMissing",
+        message: format!("Secret {namespace}/{name} key {key:?} is not UTF-8 text ({field})"),
+    })
+}

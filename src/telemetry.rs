@@ -1,0 +1,180 @@
+//! Logs (tracing, text or JSON), the Prometheus registry with levee's metrics, and the plain-HTTP
+//! server for `/metrics`, `/healthz` and `/readyz`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use warp::Filter;
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// levee's metrics. Labels: `namespace`, `policy` (and `queue`, `from`/`to`, `kind`, `result`).
+pub struct Metrics {
+    pub registry: Registry,
+    pub queue_depth: IntGaugeVec,
+    pub pending: IntGaugeVec,
+    pub circuit_state: IntGaugeVec,
+    pub level: IntGaugeVec,
+    pub transitions: IntCounterVec,
+    pub sample_duration: HistogramVec,
+    pub sample_failures: IntCounterVec,
+    pub throttled_targets: IntGaugeVec,
+    pub reconciliations: IntCounterVec,
+    pub api_writes: IntCounterVec,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let policy = &["namespace", "policy"];
+        let sample_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "levee_sample_duration_seconds",
+                "Time to sample all queues of a policy",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            policy,
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(sample_duration.clone()))
+            .expect("unique metric");
+        Arc::new(Self {
+            queue_depth: gauge(
+                "levee_queue_depth",
+                "Depth of one queue (unweighted)",
+                &["namespace", "policy", "queue"],
+            ),
+            pending: gauge("levee_pending", "Weighted backlog of a policy", policy),
+            circuit_state: gauge(
+                "levee_circuit_state",
+                "Circuit state: 0 Closed, 1 HalfOpen, 2 Open",
+                policy,
+            ),
+            level: gauge(
+                "levee_level",
+                "Backlog level: 0 Normal, 1 Warning, 2 Critical",
+                policy,
+            ),
+            transitions: counter(
+                "levee_transitions_total",
+                "Circuit state changes",
+                &["namespace", "policy", "from", "to"],
+            ),
+            sample_duration,
+            sample_failures: counter("levee_sample_failures_total", "Ticks whose sample failed", policy),
+            throttled_targets: gauge("levee_throttled_targets", "Targets currently held back", policy),
+            reconciliations: counter(
+                "levee_reconciliations_total",
+                "Policy reconciliations by result",
+                &["result"],
+            ),
+            api_writes: counter(
+                "levee_api_writes_total",
+                "Writes to the Kubernetes API by kind",
+                &["kind"],
+            ),
+            ready: AtomicBool::new(false),
+            registry,
+        })
+    }
+
+    /// Removes every series of a deleted policy.
+    pub fn forget_policy(&self, namespace: &str, policy: &str, queues: &[String]) {
+        let labels = [namespace, policy];
+        for gauge in [
+            &self.pending,
+            &self.circuit_state,
+            &self.level,
+            &self.throttled_targets,
+        ] {
+            let _ = gauge.remove_label_values(&labels);
+        }
+        let _ = self.sample_failures.remove_label_values(&labels);
+        let _ = self.sample_duration.remove_label_values(&labels);
+        for queue in queues {
+            let _ = self.queue_depth.remove_label_values(&[namespace, policy, queue]);
+        }
+    }
+
+    /// Marks the process ready (`/readyz` answers 200).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding never fails");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let for_metrics = metrics.clone();
+    let metrics_route = warp::path!("metrics").map(move || {
+        warp::reply::with_header(for_metrics.render(), "content-type", "text/plain; version=0.0.4")
+    });
+    let healthz = warp::path!("healthz").map(|| "ok".to_string());
+    let readyz = warp::path!("readyz").map(move || {
+        if metrics.ready.load(Ordering::SeqCst) {
+            warp::reply::with_status("ok".to_string(), warp::http::StatusCode::OK)
+        } else {
+            warp::reply::with_status(
+                "not ready".to_string(),
+                warp::http::StatusCode::SERVICE_UNAVAILABLE,
+            )
+        }
+    });
+    let routes = warp::get().and(metrics_route.or(healthz).or(readyz));
+    warp::serve(routes)
+        .bind(addr)
+        .await
+        .graceful(shutdown)
+        .run()
+        .await;
+}

@@ -24,4 +24,6 @@ trap cleanup EXIT
 e2e/scripts/controlplane.sh up "$dir" >/dev/null
 export KUBECONFIG="$dir/admin.kubeconfig"
 export PATH="$bin_dir:$PATH"
+# The suite runs target/debug/levee as a real process.
+cargo build --bin levee
 cargo test -p levee-e2e "$@"

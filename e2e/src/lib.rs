@@ -1,8 +1,16 @@
 //! Shared helpers for levee's end-to-end tests: `kubectl` against the cluster `KUBECONFIG` names
 //! (the local control plane under `make e2e`), and namespaces that clean up after themselves.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Real `redis-server` processes (shared with the levee crate's tests).
+#[path = "../../tests/support/mod.rs"]
+pub mod redis;
 
 /// The repository root.
 pub fn repo_root() -> std::path::PathBuf {
@@ -89,5 +97,173 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
+
+/// Runs kubectl and parses its JSON output.
+pub fn kubectl_json(args: &[&str]) -> Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl_ok(&all, None)).expect("kubectl printed JSON")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The namespace levee's ServiceAccount and Lease live in during the tests.
+pub const LEVEE_NAMESPACE: &str = "levee-system";
+
+/// A kubeconfig for levee's own ServiceAccount, bound to exactly the RBAC in `rbac/levee.yaml`,
+/// so every test also proves that RBAC is enough.
+pub fn levee_kubeconfig() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let namespace = kubectl(&["create", "namespace", LEVEE_NAMESPACE], None);
+        let _ = namespace;
+        kubectl_ok(&["apply", "-f", "rbac/levee.yaml"], None);
+        let token = kubectl_ok(
+            &["create", "token", "levee", "-n", LEVEE_NAMESPACE, "--duration=2h"],
+            None,
+        );
+        let admin = kubectl_json(&["config", "view", "--raw", "--minify"]);
+        let cluster = &admin["clusters"][0]["cluster"];
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": cluster}],
+            "users": [{"name": "levee", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "levee", "context": {"cluster": "e2e", "user": "levee"}}],
+            "current-context": "levee",
+        });
+        let path = repo_root().join("target/e2e-levee.kubeconfig");
+        std::fs::write(&path, serde_json::to_string_pretty(&kubeconfig).unwrap()).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// A `levee run` process, logging to a file that is printed when a test fails.
+pub struct Levee {
+    child: Child,
+    pub metrics_port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Levee {
+    /// Starts levee watching `namespace`, as the levee ServiceAccount, with extra flags.
+    pub fn start(namespace: &str, extra: &[&str]) -> Self {
+        let binary = repo_root().join("target/debug/levee");
+        assert!(
+            binary.is_file(),
+            "{} is missing: run `cargo build` (make e2e does)",
+            binary.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("levee.log");
+        let metrics_port = redis::free_port();
+        let child = Command::new(binary)
+            .args([
+                "run",
+                "--watch-namespace",
+                namespace,
+                "--leader-election-namespace",
+                LEVEE_NAMESPACE,
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
+            .env("KUBECONFIG", levee_kubeconfig())
+            .env("RUST_LOG", "info,levee=debug")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let levee = Self {
+            child,
+            metrics_port,
+            log,
+            _dir: dir,
+        };
+        wait_until("levee /readyz", Duration::from_secs(30), || {
+            levee.get("/readyz").filter(|body| body == "ok").map(|_| ())
+        });
+        levee
+    }
+
+    /// GETs a path of the metrics server; `None` when it does not answer 200.
+    pub fn get(&self, path: &str) -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+    }
+
+    /// The value of a metric series (`name{labels}` exactly as exposed), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").unwrap_or_default();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The sum of every series of a metric.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").unwrap_or_default();
+        text.lines()
+            .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Stops it like Kubernetes does (SIGTERM) and waits.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+
+    /// Kills it without warning (a crash or a lost node).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What it logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Levee {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- levee log (last 60 lines) ----");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }

@@ -29,6 +29,9 @@ pub struct RunArgs {
     /// How long a leader keeps the Lease without renewing it; a follower takes over after this.
     #[arg(long, default_value = "15s")]
     pub lease_duration: kube::core::Duration,
+    /// Watch only this namespace (policies, their workloads and pods); default: all namespaces.
+    #[arg(long, env = "LEVEE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
     /// This replica's identity in the Lease and in events (default: the pod name, else host-pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -55,6 +58,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             duration_seconds: lease_seconds,
             grace_seconds: (lease_seconds / 3).max(1),
         }),
+        watch_namespace: args.watch_namespace.clone(),
     };
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::watch::channel(false);

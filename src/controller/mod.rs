@@ -76,6 +76,21 @@ pub struct Settings {
     pub identity: String,
     /// `None` turns leader election off (this replica always writes).
     pub lease: Option<leader::LeaseSettings>,
+    /// Watch only this namespace (policies, workloads, pods); `None`: every namespace.
+    pub watch_namespace: Option<String>,
+}
+
+impl Settings {
+    fn api<K>(&self, client: Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        match &self.watch_namespace {
+            Some(namespace) => Api::namespaced(client, namespace),
+            None => Api::all(client),
+        }
+    }
 }
 
 pub use leader::LeaseSettings;
@@ -116,7 +131,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (leader, lease_task) = leader::elect(client.clone(), &settings).await?;
-    let (stores, reflectors) = start_reflectors(client.clone());
+    let (stores, reflectors) = start_reflectors(client.clone(), &settings);
     let reporter = Reporter {
         controller: "levee".into(),
         instance: Some(settings.identity.clone()),
@@ -145,7 +160,7 @@ pub async fn run(
 
     // Becoming leader re-reconciles every policy, so finalizers and status catch up at once.
     let became_leader = tokio_stream_of(leader);
-    let policies: Api<BackpressurePolicy> = Api::all(client);
+    let policies: Api<BackpressurePolicy> = context.settings.api(client);
     // The controller needs a Sync shutdown future; hand the signal over through a oneshot.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -198,33 +213,36 @@ where
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
-fn start_reflectors(client: Client) -> (Stores, impl std::future::Future<Output = ()> + Send + 'static) {
+fn start_reflectors(
+    client: Client,
+    settings: &Settings,
+) -> (Stores, impl std::future::Future<Output = ()> + Send + 'static) {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (deployments, deployment_writer) = reflector::store::<Deployment>();
     let (stateful_sets, stateful_set_writer) = reflector::store::<StatefulSet>();
     let (daemon_sets, daemon_set_writer) = reflector::store::<DaemonSet>();
     let config = || watcher::Config::default().any_semantic();
-    let pod_stream = reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client.clone()), config()))
+    let pod_stream = reflector::reflector(pod_writer, watcher(settings.api::<Pod>(client.clone()), config()))
         .default_backoff()
         .applied_objects()
         .for_each(|_| futures::future::ready(()));
     let deployment_stream = reflector::reflector(
         deployment_writer,
-        watcher(Api::<Deployment>::all(client.clone()), config()),
+        watcher(settings.api::<Deployment>(client.clone()), config()),
     )
     .default_backoff()
     .applied_objects()
     .for_each(|_| futures::future::ready(()));
     let stateful_set_stream = reflector::reflector(
         stateful_set_writer,
-        watcher(Api::<StatefulSet>::all(client.clone()), config()),
+        watcher(settings.api::<StatefulSet>(client.clone()), config()),
     )
     .default_backoff()
     .applied_objects()
     .for_each(|_| futures::future::ready(()));
     let daemon_set_stream = reflector::reflector(
         daemon_set_writer,
-        watcher(Api::<DaemonSet>::all(client), config()),
+        watcher(settings.api::<DaemonSet>(client), config()),
     )
     .default_backoff()
     .applied_objects()

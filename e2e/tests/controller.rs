@@ -1,0 +1,423 @@
+//! `levee run` on a real control plane, as levee's own ServiceAccount: the circuit holds
+//! producer pods back (annotations, condition, readiness, endpoints) and lets them go again;
+//! deletion, restarts, a vanished Redis, a missing Secret, dryRun and leader handover.
+
+use levee_e2e::redis::RedisServer;
+use levee_e2e::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Fixture {
+    namespace: TestNamespace,
+    redis: RedisServer,
+}
+
+impl Fixture {
+    /// A namespace with the example producer (2 pods, readiness gate) and worker, and a Redis.
+    fn new() -> Self {
+        install_crd();
+        let namespace = TestNamespace::create("levee-e2e-ctl");
+        for file in ["examples/producer.yaml", "examples/worker.yaml"] {
+            let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
+            let text = text.replace("namespace: jobs", &format!("namespace: {}", namespace.name));
+            kubectl_ok(&["apply", "-f", "-"], Some(&text));
+        }
+        let fixture = Self {
+            namespace,
+            redis: RedisServer::start(),
+        };
+        wait_until("2 api pods", PATIENCE, || {
+            (fixture.api_pods().len() == 2).then_some(())
+        });
+        fixture
+    }
+
+    fn ns(&self) -> &str {
+        &self.namespace.name
+    }
+
+    fn apply_policy(&self, name: &str, extra: &str) {
+        let yaml = format!(
+            "apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  redis: {{url: '{url}', timeout: 300ms}}
+  queues:
+    - {{name: events, type: bullmq, key: events}}
+    - {{name: retries, type: list, key: retries}}
+  sampleInterval: 200ms
+  thresholds: {{warning: 20, critical: 50, recovery: 5}}
+  circuit: {{minOpenDuration: 2s}}
+  targets: [{{kind: Deployment, name: api}}]
+{extra}",
+            ns = self.ns(),
+            url = self.redis.url()
+        );
+        kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    }
+
+    fn burst(&self) {
+        let jobs: Vec<String> = (0..30).map(|i| format!("job-{i}")).collect();
+        let mut args = vec!["RPUSH", "bull:events:wait"];
+        args.extend(jobs.iter().map(String::as_str));
+        self.redis.cli(&args);
+        args[1] = "retries";
+        self.redis.cli(&args);
+    }
+
+    fn drain(&self) {
+        self.redis.cli(&["DEL", "bull:events:wait", "retries"]);
+    }
+
+    fn status(&self, name: &str) -> Value {
+        kubectl_json(&["get", "bpp", name, "-n", self.ns()])["status"].clone()
+    }
+
+    fn wait_state(&self, name: &str, state: &str) -> Value {
+        wait_until(&format!("{name} state {state}"), PATIENCE, || {
+            let status = self.status(name);
+            (status["state"] == state).then_some(status)
+        })
+    }
+
+    /// `(pod, condition levee.dev/accepting, annotation levee.dev/accepting, Ready)` per api pod.
+    fn api_pods(&self) -> Vec<(String, String, String, String)> {
+        let pods = kubectl_json(&["get", "pods", "-n", self.ns(), "-l", "app=api"]);
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
+            .map(|pod| {
+                let condition = |type_: &str| {
+                    pod["status"]["conditions"]
+                        .as_array()
+                        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+                        .and_then(|c| c["status"].as_str())
+                        .unwrap_or("-")
+                        .to_string()
+                };
+                let annotation = pod["metadata"]["annotations"]["levee.dev/accepting"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string();
+                (
+                    pod["metadata"]["name"].as_str().unwrap().to_string(),
+                    condition("levee.dev/accepting"),
+                    annotation,
+                    condition("Ready"),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until every api pod (at least `count`) says `accepting` everywhere.
+    fn wait_pods_accepting(&self, accepting: bool, count: usize) {
+        let (condition, annotation, ready) = if accepting {
+            ("True", "true", "True")
+        } else {
+            ("False", "false", "False")
+        };
+        wait_until(
+            &format!("{count} api pods with accepting={accepting}"),
+            PATIENCE,
+            || {
+                let pods = self.api_pods();
+                let all = pods
+                    .iter()
+                    .all(|(_, c, a, r)| c == condition && a == annotation && r == ready);
+                (pods.len() >= count && all).then_some(())
+            },
+        );
+    }
+
+    fn events(&self, reason: &str) -> Vec<String> {
+        let events = kubectl_json(&["get", "events.events.k8s.io", "-n", self.ns()]);
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == reason)
+            .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    fn condition(&self, policy: &str, type_: &str) -> Value {
+        let status = self.status(policy);
+        status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_burst_holds_producers_back_and_the_drain_lets_them_go() {
+    let fixture = Fixture::new();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("burst", "");
+    fixture.wait_state("burst", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+
+    fixture.burst();
+    let open = fixture.wait_state("burst", "Open");
+    assert_eq!(open["level"], "Critical");
+    fixture.wait_pods_accepting(false, 2);
+    let deployment = kubectl_json(&["get", "deployment", "api", "-n", fixture.ns()]);
+    let annotations = &deployment["metadata"]["annotations"];
+    assert_eq!(
+        (
+            annotations["levee.dev/circuit-state"].as_str(),
+            annotations["levee.dev/accepting"].as_str()
+        ),
+        (Some("Open"), Some("false"))
+    );
+    let opened = wait_until("a CircuitOpened event", PATIENCE, || {
+        fixture.events("CircuitOpened").pop()
+    });
+    assert!(
+        opened.contains("Closed -> Open: pending 60 >= critical 50"),
+        "{opened}"
+    );
+    let slices = kubectl_json(&[
+        "get",
+        "endpointslices",
+        "-n",
+        fixture.ns(),
+        "-l",
+        "kubernetes.io/service-name=api",
+    ]);
+    let ready: Vec<&Value> = slices["items"][0]["endpoints"]
+        .as_array()
+        .map(|e| e.iter().collect())
+        .unwrap_or_default();
+    assert!(
+        ready.iter().all(|e| e["conditions"]["ready"] == false),
+        "held-back pods leave the Service: {slices}"
+    );
+
+    kubectl_ok(
+        &["scale", "deployment", "api", "-n", fixture.ns(), "--replicas=3"],
+        None,
+    );
+    fixture.wait_pods_accepting(false, 3);
+
+    fixture.drain();
+    let closed = fixture.wait_state("burst", "Closed");
+    fixture.wait_pods_accepting(true, 3);
+    assert_eq!(closed["transitions"], 3, "Closed -> Open -> HalfOpen -> Closed");
+    assert_eq!(fixture.events("CircuitHalfOpened").len(), 1);
+    assert_eq!(fixture.events("CircuitClosed").len(), 1);
+}
+
+#[test]
+fn deleting_a_policy_puts_every_producer_back_to_accepting() {
+    let fixture = Fixture::new();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("doomed", "");
+    fixture.burst();
+    fixture.wait_state("doomed", "Open");
+    fixture.wait_pods_accepting(false, 2);
+    kubectl_ok(
+        &["delete", "bpp", "doomed", "-n", fixture.ns(), "--timeout=30s"],
+        None,
+    );
+    fixture.wait_pods_accepting(true, 2);
+}
+
+#[test]
+fn a_restarted_levee_keeps_the_circuit_without_flapping() {
+    let fixture = Fixture::new();
+    let mut levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("steady", "");
+    fixture.burst();
+    let before = fixture.wait_state("steady", "Open");
+    levee.stop();
+    drop(levee);
+    let levee = Levee::start(fixture.ns(), &["--leader-elect=false", "--status-heartbeat=1s"]);
+    let first_sample = before["lastSampleTime"].clone();
+    let after = wait_until("a status written by the new process", PATIENCE, || {
+        let status = fixture.status("steady");
+        (status["lastSampleTime"] != first_sample).then_some(status)
+    });
+    assert_eq!(after["state"], "Open");
+    assert_eq!(
+        after["openedSince"], before["openedSince"],
+        "the dwell keeps counting from the first opening"
+    );
+    assert_eq!(after["transitions"], before["transitions"]);
+    assert_eq!(fixture.events("CircuitOpened").len(), 1, "no second opening");
+    assert_eq!(
+        levee.metric_sum("levee_transitions_total"),
+        0.0,
+        "the new process made no transition"
+    );
+}
+
+#[test]
+fn a_vanished_redis_is_reported_and_recovers_by_itself() {
+    let mut fixture = Fixture::new();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("flaky", "");
+    fixture.wait_state("flaky", "Closed");
+    fixture.redis.stop();
+    let reachable = wait_until("RedisReachable=False", PATIENCE, || {
+        let c = fixture.condition("flaky", "RedisReachable");
+        (c["status"] == "False").then_some(c)
+    });
+    let port = fixture.redis.port.to_string();
+    assert!(
+        reachable["message"].as_str().unwrap().contains(&port),
+        "names the endpoint: {reachable}"
+    );
+    assert_eq!(fixture.condition("flaky", "Ready")["reason"], "RedisUnreachable");
+    assert_eq!(
+        fixture.status("flaky")["state"],
+        "Closed",
+        "onSampleFailure Hold keeps the state"
+    );
+    fixture.redis.restart();
+    wait_until("RedisReachable=True again", PATIENCE, || {
+        (fixture.condition("flaky", "RedisReachable")["status"] == "True").then_some(())
+    });
+    assert_eq!(fixture.condition("flaky", "Ready")["status"], "True");
+}
+
+#[test]
+fn a_missing_secret_is_reported_while_other_policies_carry_on() {
+    let fixture = Fixture::new();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("needs-secret", "  dryRun: true\n");
+    let patch = r#"{"spec":{"redis":{"credentialsSecretRef":{"name":"redis-auth"}}}}"#;
+    kubectl_ok(
+        &[
+            "patch",
+            "bpp",
+            "needs-secret",
+            "-n",
+            fixture.ns(),
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+        None,
+    );
+    fixture.apply_policy("healthy", "");
+    let ready = wait_until("Ready=False SecretNotFound", PATIENCE, || {
+        let c = fixture.condition("needs-secret", "Ready");
+        (c["reason"] == "SecretNotFound").then_some(c)
+    });
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("redis-auth") && message.contains("spec.redis.credentialsSecretRef"),
+        "{message}"
+    );
+    fixture.wait_state("healthy", "Closed");
+    assert_eq!(fixture.condition("healthy", "Ready")["status"], "True");
+}
+
+#[test]
+fn dry_run_decides_and_reports_but_leaves_producers_accepting() {
+    let fixture = Fixture::new();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("rehearsal", "  dryRun: true\n");
+    fixture.burst();
+    fixture.wait_state("rehearsal", "Open");
+    let opened = wait_until("a CircuitOpened event", PATIENCE, || {
+        fixture.events("CircuitOpened").pop()
+    });
+    assert!(
+        opened.starts_with("dryRun: ") && opened.contains("would hold back 1 of 1"),
+        "{opened}"
+    );
+    assert_eq!(fixture.condition("rehearsal", "Ready")["reason"], "DryRun");
+    fixture.wait_pods_accepting(true, 2);
+}
+
+#[test]
+fn nothing_is_written_while_nothing_changes() {
+    let fixture = Fixture::new();
+    let levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("quiet", "");
+    fixture.wait_state("quiet", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = levee.metric_sum("levee_api_writes_total");
+    assert!(settled > 0.0);
+    // 15 ticks at 200 ms, well inside the 30 s status heartbeat.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        levee.metric_sum("levee_api_writes_total"),
+        settled,
+        "no writes at steady state"
+    );
+}
+
+fn lease_holder(name: &str) -> Option<String> {
+    let lease = kubectl(&["get", "lease", name, "-n", LEVEE_NAMESPACE, "-o", "json"], None);
+    let lease: Value = serde_json::from_slice(&lease.stdout).ok()?;
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+}
+
+#[test]
+fn only_the_leader_writes_and_a_follower_takes_over() {
+    let fixture = Fixture::new();
+    let lease = format!("levee-{}", fixture.ns());
+    let flags = |identity: &'static str| -> Vec<String> {
+        vec![
+            "--leader-election-name".into(),
+            lease.clone(),
+            "--lease-duration=4s".into(),
+            "--identity".into(),
+            identity.into(),
+        ]
+    };
+    let first_flags = flags("first");
+    let first_args: Vec<&str> = first_flags.iter().map(String::as_str).collect();
+    let mut first = Levee::start(fixture.ns(), &first_args);
+    wait_until("first holds the lease", PATIENCE, || {
+        (lease_holder(&lease).as_deref() == Some("first")).then_some(())
+    });
+    let second_flags = flags("second");
+    let second_args: Vec<&str> = second_flags.iter().map(String::as_str).collect();
+    let second = Levee::start(fixture.ns(), &second_args);
+    fixture.apply_policy("led", "");
+    fixture.burst();
+    fixture.wait_state("led", "Open");
+    fixture.wait_pods_accepting(false, 2);
+    assert!(first.metric_sum("levee_api_writes_total") > 0.0);
+    assert_eq!(
+        second.metric_sum("levee_api_writes_total"),
+        0.0,
+        "the follower writes nothing"
+    );
+
+    first.kill();
+    let started = std::time::Instant::now();
+    wait_until("second takes the lease", Duration::from_secs(15), || {
+        (lease_holder(&lease).as_deref() == Some("second")).then_some(())
+    });
+    let handover = started.elapsed();
+    assert!(
+        handover <= Duration::from_secs(8),
+        "handover took {handover:?} with a 4 s lease"
+    );
+    fixture.drain();
+    fixture.wait_state("led", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+    assert!(
+        second.metric_sum("levee_api_writes_total") > 0.0,
+        "the new leader writes"
+    );
+    assert_eq!(
+        fixture.events("CircuitOpened").len(),
+        1,
+        "the new leader did not re-open"
+    );
+}

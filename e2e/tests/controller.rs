@@ -421,3 +421,28 @@ fn only_the_leader_writes_and_a_follower_takes_over() {
         "the new leader did not re-open"
     );
 }
+
+#[test]
+fn a_target_removed_from_the_policy_is_released() {
+    let fixture = Fixture::new();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("shrinking", "");
+    fixture.burst();
+    fixture.wait_state("shrinking", "Open");
+    fixture.wait_pods_accepting(false, 2);
+    let patch = r#"{"spec":{"targets":[{"kind":"Deployment","name":"worker"}]}}"#;
+    kubectl_ok(
+        &[
+            "patch",
+            "bpp",
+            "shrinking",
+            "-n",
+            fixture.ns(),
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+        None,
+    );
+    fixture.wait_pods_accepting(true, 2);
+}

@@ -7,7 +7,7 @@ use super::actuator::{self, Outcome};
 use super::marks::ANNOTATION_RESET;
 use super::secrets::{EndpointProblem, resolve_endpoint};
 use super::status_writer::{TickReport, next_status, worth_writing, write};
-use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
+use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, TargetRef};
 use crate::circuit::{Circuit, CircuitRules, Decision, Level, Observation, State};
 use crate::sampler::{Endpoint, Sample};
 use jiff::Timestamp;
@@ -69,6 +69,8 @@ struct PolicyState {
     endpoint: Option<Result<Endpoint, EndpointProblem>>,
     written: BackpressurePolicyStatus,
     last_write: Option<Instant>,
+    /// Targets a spec change dropped: released on the next tick, so none stays held back.
+    dropped_targets: Vec<TargetRef>,
 }
 
 impl PolicyState {
@@ -80,6 +82,7 @@ impl PolicyState {
             endpoint: None,
             written: status,
             last_write: None,
+            dropped_targets: Vec::new(),
             policy,
         }
     }
@@ -90,6 +93,15 @@ impl PolicyState {
         if respecified {
             self.rules = rules_of(&policy);
             self.endpoint = None;
+            let kept = |t: &TargetRef| {
+                policy
+                    .spec
+                    .targets
+                    .iter()
+                    .any(|n| n.kind == t.kind && n.name == t.name)
+            };
+            self.dropped_targets
+                .extend(self.policy.spec.targets.iter().filter(|t| !kept(t)).cloned());
         }
         self.policy = policy;
         respecified
@@ -157,6 +169,14 @@ async fn tick(context: &Context, state: &mut PolicyState) {
     }
     if policy.meta().deletion_timestamp.is_some() {
         return;
+    }
+    if !state.dropped_targets.is_empty() {
+        let mut dropped = (*policy).clone();
+        dropped.spec.targets = std::mem::take(&mut state.dropped_targets);
+        if let Err(error) = actuator::release(context, &dropped, "TargetRemoved").await {
+            tracing::warn!(%namespace, policy = %name, %error, "releasing removed targets failed; retrying");
+            state.dropped_targets = dropped.spec.targets;
+        }
     }
     let now = now_in_seconds();
     let observation = sample

@@ -299,6 +299,39 @@ async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Re
     .map_err(|error| Error::Finalizer(Box::new(error)))
 }
 
+#[cfg(test)]
+impl Context {
+    /// A leading context over the given client and stores, for tests against a mock API server.
+    pub(crate) fn for_tests(client: Client, stores: Stores) -> Arc<Self> {
+        let (sender, leader) = watch::channel(true);
+        std::mem::forget(sender);
+        Arc::new(Self {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "levee".into(),
+                    instance: None,
+                },
+            ),
+            sampler: Sampler::new(),
+            stores,
+            metrics: Metrics::new(),
+            settings: Settings {
+                status_heartbeat: Duration::from_secs(30),
+                identity: "test".into(),
+                lease: None,
+                watch_namespace: None,
+            },
+            leader,
+            tasks: PolicyTasks::default(),
+            client,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
 fn error_policy(_policy: Arc<BackpressurePolicy>, error: &Error, context: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     context

@@ -1,0 +1,323 @@
+//! Reconcile and actuator decisions against a mock API server: every request is checked by
+//! method, path, content type and body, and an unexpected request hangs the call (and fails the
+//! test by timeout). The same behaviour runs against a real control plane in e2e/.
+
+use super::*;
+use crate::circuit::{CircuitRules, State};
+use http::{Request, Response};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::client::Body;
+use kube::runtime::reflector;
+use kube::runtime::watcher::Event as WatchEvent;
+use serde_json::{Value, json};
+
+type ApiServer = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn mock() -> (Client, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
+}
+
+fn deployment(annotations: Value) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": "api", "namespace": "jobs", "annotations": annotations},
+        "spec": {"selector": {"matchLabels": {"app": "api"}}, "template": {}}
+    }))
+    .unwrap()
+}
+
+fn pod(name: &str, annotations: Value, conditions: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "jobs", "labels": {"app": "api"}, "annotations": annotations},
+        "status": {"conditions": conditions}
+    }))
+    .unwrap()
+}
+
+fn open_annotations() -> Value {
+    json!({"levee.dev/circuit-state": "Open", "levee.dev/accepting": "false", "levee.dev/policy": "p"})
+}
+
+fn open_condition() -> Value {
+    json!([{"type": "levee.dev/accepting", "status": "False", "reason": "CircuitOpen"}])
+}
+
+fn stores(deployments: Vec<Deployment>, pods: Vec<Pod>) -> Stores {
+    let (pod_store, mut pod_writer) = reflector::store::<Pod>();
+    for pod in pods {
+        pod_writer.apply_watcher_event(&WatchEvent::Apply(pod));
+    }
+    let (deployment_store, mut deployment_writer) = reflector::store::<Deployment>();
+    for deployment in deployments {
+        deployment_writer.apply_watcher_event(&WatchEvent::Apply(deployment));
+    }
+    Stores {
+        pods: pod_store,
+        deployments: deployment_store,
+        stateful_sets: reflector::store().0,
+        daemon_sets: reflector::store().0,
+    }
+}
+
+fn policy(extra_metadata: Value) -> BackpressurePolicy {
+    let mut metadata = json!({"name": "p", "namespace": "jobs", "uid": "u1", "generation": 1});
+    metadata
+        .as_object_mut()
+        .unwrap()
+        .extend(extra_metadata.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "apiVersion": "levee.dev/v1alpha1",
+        "kind": "BackpressurePolicy",
+        "metadata": metadata,
+        "spec": {
+            "redis": {"url": "redis://127.0.0.1:1"},
+            "queues": [{"name": "q", "type": "list", "key": "q", "weight": 1}],
+            "thresholds": {"warning": 2, "critical": 3, "recovery": 1},
+            "targets": [{"kind": "Deployment", "name": "api", "priority": 10}]
+        }
+    }))
+    .unwrap()
+}
+
+fn rules(policy: &BackpressurePolicy) -> CircuitRules {
+    CircuitRules::new(
+        policy.spec.thresholds,
+        &policy.spec.circuit,
+        policy.spec.on_sample_failure,
+    )
+}
+
+/// Answers the next request after checking it; returns its body.
+async fn expect(server: &mut ApiServer, method: &str, path: &str, content_type: &str, reply: Value) -> Value {
+    let (request, respond) = server.next_request().await.expect("a request");
+    assert_eq!(request.method().as_str(), method, "{}", request.uri());
+    assert_eq!(request.uri().path(), path);
+    let header = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert_eq!(header, content_type, "{path}");
+    let body = request.into_body().collect_bytes().await.unwrap();
+    respond.send_response(Response::new(Body::from(serde_json::to_vec(&reply).unwrap())));
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+const MERGE: &str = "application/merge-patch+json";
+const STRATEGIC: &str = "application/strategic-merge-patch+json";
+const JSON_PATCH: &str = "application/json-patch+json";
+
+async fn within_2s<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(2), future)
+        .await
+        .expect("finished without unexpected API requests")
+}
+
+#[tokio::test]
+async fn opening_marks_the_workload_and_only_the_pods_that_lack_the_marks() {
+    let (client, mut server) = mock();
+    let unmarked = pod("p1", json!({}), json!([]));
+    let marked = pod("p2", open_annotations(), open_condition());
+    let context = Context::for_tests(
+        client,
+        stores(vec![deployment(json!({}))], vec![unmarked, marked.clone()]),
+    );
+    let policy = policy(json!({}));
+    let verifier = tokio::spawn(async move {
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/apis/apps/v1/namespaces/jobs/deployments/api",
+            MERGE,
+            json!(deployment(json!({}))),
+        )
+        .await;
+        assert_eq!(body["metadata"]["annotations"], open_annotations());
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/api/v1/namespaces/jobs/pods/p1/status",
+            STRATEGIC,
+            json!(marked),
+        )
+        .await;
+        let condition = &body["status"]["conditions"][0];
+        assert_eq!(
+            (condition["type"].as_str(), condition["status"].as_str()),
+            (Some("levee.dev/accepting"), Some("False"))
+        );
+        assert_eq!(condition["reason"], "CircuitOpen");
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/api/v1/namespaces/jobs/pods/p1",
+            MERGE,
+            json!(marked),
+        )
+        .await;
+        assert_eq!(body["metadata"]["annotations"], open_annotations());
+    });
+    let outcome = within_2s(actuator::act(
+        &context,
+        &policy,
+        State::Open,
+        &rules(&policy),
+        None,
+    ))
+    .await;
+    verifier.await.unwrap();
+    assert_eq!((outcome.writes, outcome.throttled), (3, 1));
+    assert!(
+        outcome.errors.is_empty() && outcome.missing.is_empty(),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_written_when_every_mark_is_in_place() {
+    let (client, _server) = mock();
+    let pods = vec![
+        pod("p1", open_annotations(), open_condition()),
+        pod("p2", open_annotations(), open_condition()),
+    ];
+    let context = Context::for_tests(client, stores(vec![deployment(open_annotations())], pods));
+    let policy = policy(json!({}));
+    let outcome = within_2s(actuator::act(
+        &context,
+        &policy,
+        State::Open,
+        &rules(&policy),
+        None,
+    ))
+    .await;
+    assert_eq!(
+        outcome,
+        actuator::Outcome {
+            throttled: 1,
+            ..Default::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_missing_target_is_reported_without_requests() {
+    let (client, _server) = mock();
+    let context = Context::for_tests(client, stores(vec![], vec![]));
+    let policy = policy(json!({}));
+    let outcome = within_2s(actuator::act(
+        &context,
+        &policy,
+        State::Open,
+        &rules(&policy),
+        None,
+    ))
+    .await;
+    assert_eq!(outcome.missing, vec!["Deployment jobs/api".to_string()]);
+    assert_eq!(outcome.writes, 0);
+}
+
+#[tokio::test]
+async fn a_new_policy_first_gets_the_finalizer() {
+    let (client, mut server) = mock();
+    let context = Context::for_tests(client, stores(vec![], vec![]));
+    let policy = policy(json!({}));
+    let reply = json!(policy);
+    let verifier = tokio::spawn(async move {
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/apis/levee.dev/v1alpha1/namespaces/jobs/backpressurepolicies/p",
+            JSON_PATCH,
+            reply,
+        )
+        .await;
+        let added = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["value"] == json!([FINALIZER]) || op["value"] == FINALIZER);
+        assert!(added, "adds {FINALIZER}: {body}");
+    });
+    within_2s(reconcile(Arc::new(policy), context)).await.unwrap();
+    verifier.await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_policy_releases_its_producers_then_the_finalizer() {
+    let (client, mut server) = mock();
+    let held = pod("p1", open_annotations(), open_condition());
+    let context = Context::for_tests(
+        client,
+        stores(vec![deployment(open_annotations())], vec![held.clone()]),
+    );
+    let policy = policy(json!({"finalizers": [FINALIZER], "deletionTimestamp": "2026-11-23T00:00:00Z"}));
+    let reply = json!(policy);
+    let verifier = tokio::spawn(async move {
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/apis/apps/v1/namespaces/jobs/deployments/api",
+            MERGE,
+            json!(deployment(json!({}))),
+        )
+        .await;
+        assert_eq!(body["metadata"]["annotations"]["levee.dev/accepting"], "true");
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/api/v1/namespaces/jobs/pods/p1/status",
+            STRATEGIC,
+            json!(held),
+        )
+        .await;
+        assert_eq!(body["status"]["conditions"][0]["status"], "True");
+        assert_eq!(body["status"]["conditions"][0]["reason"], "PolicyDeleted");
+        expect(
+            &mut server,
+            "PATCH",
+            "/api/v1/namespaces/jobs/pods/p1",
+            MERGE,
+            json!(held),
+        )
+        .await;
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/apis/levee.dev/v1alpha1/namespaces/jobs/backpressurepolicies/p",
+            JSON_PATCH,
+            reply,
+        )
+        .await;
+        assert!(
+            body.to_string().contains("remove"),
+            "removes the finalizer: {body}"
+        );
+    });
+    within_2s(reconcile(Arc::new(policy), context)).await.unwrap();
+    verifier.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_follower_never_writes() {
+    let (client, _server) = mock();
+    let (sender, leader) = watch::channel(false);
+    let leading = Context::for_tests(client, stores(vec![], vec![]));
+    let context = Arc::new(Context {
+        client: leading.client.clone(),
+        sampler: Sampler::new(),
+        stores: leading.stores.clone(),
+        metrics: Metrics::new(),
+        recorder: leading.recorder.clone(),
+        settings: leading.settings.clone(),
+        leader,
+        tasks: PolicyTasks::default(),
+    });
+    let policy = Arc::new(policy(json!({})));
+    let action = within_2s(reconcile(policy.clone(), context.clone()))
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    context.tasks.stop(&policy);
+    drop(sender);
+}

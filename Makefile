@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all deps lint test unit e2e cluster-up cluster-down crds bench demo build clean
+.PHONY: all deps lint test unit e2e cluster-up cluster-down crds bench bench-controller demo build clean
 
 all: build
 
@@ -28,7 +28,7 @@ unit: deps
 
 ## e2e: the end-to-end suite on the local control plane (built from Go modules, cached)
 e2e:
-	e2e/scripts/e2e.sh
+	e2e/scripts/with-cluster.sh cargo test -p levee-e2e
 
 ## cluster-up / cluster-down: a local control plane in .cache/cluster for manual use
 cluster-up:
@@ -46,6 +46,11 @@ crds:
 ## bench: sampling-tick benchmark against redis-benchmark and per-queue EVAL (docs/benchmarks.md)
 bench: deps
 	$(CARGO) bench --bench sampler
+
+## bench-controller: API writes at steady state and reaction time, on the local control plane
+bench-controller: deps
+	$(CARGO) build --release --bin levee
+	LEVEE_BIN=$(CURDIR)/target/release/levee e2e/scripts/with-cluster.sh cargo bench -p levee-e2e --bench controller
 
 ## demo: a burst of jobs opens the circuit and the drain closes it again
 demo: deps build

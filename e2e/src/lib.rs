@@ -165,7 +165,10 @@ pub struct Levee {
 impl Levee {
     /// Starts levee watching `namespace`, as the levee ServiceAccount, with extra flags.
     pub fn start(namespace: &str, extra: &[&str]) -> Self {
-        let binary = repo_root().join("target/debug/levee");
+        // LEVEE_BIN picks another build (the controller benchmark uses the release one).
+        let binary = std::env::var_os("LEVEE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug/levee"));
         assert!(
             binary.is_file(),
             "{} is missing: run `cargo build` (make e2e does)",

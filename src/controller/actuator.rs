@@ -65,14 +65,19 @@ pub async fn act(
             }
         }
         let pods = matching_pods(context, &namespace, selector.as_ref());
-        let results: Vec<(usize, Option<String>)> = futures::stream::iter(pods)
-            .map(|pod| mark_pod(context, pod, &marks))
-            .buffer_unordered(POD_WRITE_CONCURRENCY)
-            .collect()
-            .await;
-        for (writes, error) in results {
-            outcome.writes += writes;
-            outcome.errors.extend(error);
+        // Conditions of every pod first: they take pods out of their Services' endpoints.
+        for part in [PodPart::Condition, PodPart::Annotations] {
+            let results: Vec<Result<bool, String>> = futures::stream::iter(pods.iter().cloned())
+                .map(|pod| mark_pod(context, pod, &marks, part))
+                .buffer_unordered(POD_WRITE_CONCURRENCY)
+                .collect()
+                .await;
+            for result in results {
+                match result {
+                    Ok(wrote) => outcome.writes += usize::from(wrote),
+                    Err(error) => outcome.errors.push(error),
+                }
+            }
         }
     }
     outcome
@@ -177,8 +182,15 @@ async fn patch_workload(
     Ok(())
 }
 
-/// Writes a pod's annotations and condition where they differ; returns the writes made.
-async fn mark_pod(context: &Context, pod: Arc<Pod>, marks: &Marks) -> (usize, Option<String>) {
+/// The two things levee writes on a pod.
+#[derive(Clone, Copy)]
+enum PodPart {
+    Condition,
+    Annotations,
+}
+
+/// Writes one part of a pod's marks if it differs; `Ok(true)` when it wrote.
+async fn mark_pod(context: &Context, pod: Arc<Pod>, marks: &Marks, part: PodPart) -> Result<bool, String> {
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let api: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
@@ -186,37 +198,35 @@ async fn mark_pod(context: &Context, pod: Arc<Pod>, marks: &Marks) -> (usize, Op
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    let mut writes = 0;
-    // The condition first: it is what takes the pod out of its Services' endpoints.
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref());
-    if marks.condition_differs(conditions) {
-        let patch = Patch::Strategic(marks.condition_patch(Timestamp::now()));
-        if let Err(error) = api.patch_status(&name, &params, &patch).await {
-            return (writes, Some(format!("pod {namespace}/{name} condition: {error}")));
+    match part {
+        PodPart::Condition => {
+            let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref());
+            if !marks.condition_differs(conditions) {
+                return Ok(false);
+            }
+            let patch = Patch::Strategic(marks.condition_patch(Timestamp::now()));
+            api.patch_status(&name, &params, &patch)
+                .await
+                .map_err(|error| format!("pod {namespace}/{name} condition: {error}"))?;
+            context
+                .metrics
+                .api_writes
+                .with_label_values(&["pod_condition"])
+                .inc();
         }
-        writes += 1;
-        context
-            .metrics
-            .api_writes
-            .with_label_values(&["pod_condition"])
-            .inc();
-    }
-    if marks.annotations_differ(pod.metadata.annotations.as_ref()) {
-        if let Err(error) = api
-            .patch(&name, &params, &Patch::Merge(marks.annotation_patch()))
-            .await
-        {
-            return (
-                writes,
-                Some(format!("pod {namespace}/{name} annotations: {error}")),
-            );
+        PodPart::Annotations => {
+            if !marks.annotations_differ(pod.metadata.annotations.as_ref()) {
+                return Ok(false);
+            }
+            api.patch(&name, &params, &Patch::Merge(marks.annotation_patch()))
+                .await
+                .map_err(|error| format!("pod {namespace}/{name} annotations: {error}"))?;
+            context
+                .metrics
+                .api_writes
+                .with_label_values(&["pod_annotations"])
+                .inc();
         }
-        writes += 1;
-        context
-            .metrics
-            .api_writes
-            .with_label_values(&["pod_annotations"])
-            .inc();
     }
-    (writes, None)
+    Ok(true)
 }

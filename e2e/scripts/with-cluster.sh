@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make e2e`: builds (or reuses) the local control plane, starts it in a temporary directory,
-# runs the end-to-end suite (the levee-e2e crate) against it, and stops it again, whatever
-# happens. kubectl and helm come from e2e/scripts/tools.sh into .cache/bin.
+# Runs a command against a fresh local control plane: builds (or reuses) it, starts it in a
+# temporary directory, runs "$@" with KUBECONFIG and PATH (kubectl, helm from .cache/bin) set,
+# and stops it again, whatever happens. `make e2e` and `make bench-controller` use it.
+#   e2e/scripts/with-cluster.sh cargo test -p levee-e2e
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -24,6 +25,6 @@ trap cleanup EXIT
 e2e/scripts/controlplane.sh up "$dir" >/dev/null
 export KUBECONFIG="$dir/admin.kubeconfig"
 export PATH="$bin_dir:$PATH"
-# The suite runs target/debug/levee as a real process.
+# The suites run target/debug/levee as a real process.
 cargo build --bin levee
-cargo test -p levee-e2e "$@"
+"$@"

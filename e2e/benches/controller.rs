@@ -1,0 +1,163 @@
+//! Controller benchmark on the local control plane (`make bench-controller`):
+//! 1. API writes per minute with 100 policies at steady state (each with its own one-pod
+//!    producer), by kind, from levee's own `levee_api_writes_total`;
+//! 2. reaction time: from a burst landing in Redis to the last of 50 producer pods showing
+//!    `levee.dev/accepting=False` through the API, over several open/close cycles.
+//!
+//! Prints Markdown for docs/benchmarks.md.
+
+use levee_e2e::redis::RedisServer;
+use levee_e2e::*;
+use std::time::{Duration, Instant};
+
+const POLICIES: usize = 100;
+const PODS: usize = 50;
+const CYCLES: usize = 5;
+
+fn policy(namespace: &str, name: &str, url: &str, target: &str, interval: &str) -> String {
+    format!(
+        "apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  redis: {{url: '{url}'}}
+  queues: [{{name: q, type: list, key: {name}}}]
+  sampleInterval: {interval}
+  thresholds: {{warning: 20, critical: 50, recovery: 5}}
+  circuit: {{minOpenDuration: 1s}}
+  targets: [{{kind: Deployment, name: {target}}}]
+---
+"
+    )
+}
+
+fn deployment(namespace: &str, name: &str, replicas: usize) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      readinessGates: [{{conditionType: levee.dev/accepting}}]
+      containers: [{{name: c, image: registry.k8s.io/pause:3.10}}]
+---
+"
+    )
+}
+
+/// How many of `app`'s pods have the condition `levee.dev/accepting` = `status`.
+fn pods_with(namespace: &str, app: &str, status: &str) -> usize {
+    let pods = kubectl_json(&["get", "pods", "-n", namespace, "-l", &format!("app={app}")]);
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pod| {
+            pod["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "levee.dev/accepting" && c["status"] == status)
+            })
+        })
+        .count()
+}
+
+fn writes_by_kind(levee: &Levee) -> Vec<(String, f64)> {
+    ["status", "workload", "pod_condition", "pod_annotations", "event"]
+        .iter()
+        .map(|kind| {
+            (
+                kind.to_string(),
+                levee.metric(&format!("levee_api_writes_total{{kind=\"{kind}\"}}")),
+            )
+        })
+        .collect()
+}
+
+fn main() {
+    install_crd();
+    let namespace = TestNamespace::create("levee-bench");
+    let ns = namespace.name.as_str();
+    let redis = RedisServer::start();
+    let mut objects = String::new();
+    for i in 0..POLICIES {
+        objects += &deployment(ns, &format!("api-{i}"), 1);
+        objects += &policy(ns, &format!("p{i}"), &redis.url(), &format!("api-{i}"), "1s");
+    }
+    objects += &deployment(ns, "fleet", PODS);
+    objects += &policy(ns, "fleet", &redis.url(), "fleet", "100ms");
+    kubectl_ok(&["apply", "-f", "-"], Some(&objects));
+    wait_until("every producer pod running", Duration::from_secs(120), || {
+        let pods = kubectl_json(&["get", "pods", "-n", ns]);
+        (pods["items"].as_array().unwrap().len() == POLICIES + PODS).then_some(())
+    });
+    let levee = Levee::start(ns, &["--leader-elect=false"]);
+    wait_until("every pod marked accepting", Duration::from_secs(120), || {
+        let marked = kubectl_json(&["get", "pods", "-n", ns])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["annotations"]["levee.dev/accepting"] == "true")
+            .count();
+        (marked == POLICIES + PODS).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+
+    let before = writes_by_kind(&levee);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(60));
+    let after = writes_by_kind(&levee);
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    println!(
+        "### Steady state: {} policies (plus one of {PODS} pods), 1 s sample interval, 30 s status heartbeat\n",
+        POLICIES
+    );
+    println!("| writes per minute | status | workload | pod condition | pod annotations | event |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let cells: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .map(|((_, b), (_, a))| format!("{:.0}", (a - b) / minutes))
+        .collect();
+    println!(
+        "| measured over {:.0} s | {} |\n",
+        started.elapsed().as_secs_f64(),
+        cells.join(" | ")
+    );
+
+    let mut reactions = Vec::new();
+    for cycle in 0..CYCLES {
+        let jobs: Vec<String> = (0..60).map(|i| format!("j{i}")).collect();
+        let mut args = vec!["RPUSH", "fleet"];
+        args.extend(jobs.iter().map(String::as_str));
+        let pushed = Instant::now();
+        redis.cli(&args);
+        wait_until("every fleet pod held back", Duration::from_secs(60), || {
+            (pods_with(ns, "fleet", "False") == PODS).then_some(())
+        });
+        reactions.push(pushed.elapsed());
+        redis.cli(&["DEL", "fleet"]);
+        wait_until("every fleet pod accepting again", Duration::from_secs(60), || {
+            (pods_with(ns, "fleet", "True") == PODS).then_some(())
+        });
+        eprintln!("cycle {cycle}: {:?}", reactions.last().unwrap());
+    }
+    reactions.sort();
+    println!(
+        "### Reaction: burst in Redis -> last of {PODS} pods' condition False (100 ms sample interval)\n"
+    );
+    println!("| cycles | min | median | max |");
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {CYCLES} | {:.0} ms | {:.0} ms | {:.0} ms |",
+        reactions[0].as_secs_f64() * 1000.0,
+        reactions[CYCLES / 2].as_secs_f64() * 1000.0,
+        reactions[CYCLES - 1].as_secs_f64() * 1000.0
+    );
+    println!(
+        "\n(each includes up to one sample interval of waiting and this benchmark's polling through kubectl)"
+    );
+}

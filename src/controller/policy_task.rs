@@ -158,6 +158,10 @@ async fn tick(context: &Context, state: &mut PolicyState) {
         Err(problem) => Err(problem.clone()),
     };
     record_sample(context, &namespace, &name, &sample);
+    if sample.as_ref().is_ok_and(|s| s.unreachable.is_some()) {
+        // Re-read the Secrets next tick: a rotated password shows up as an authentication error.
+        state.endpoint = None;
+    }
     if !context.is_leader() {
         // Follow the leader: its status is the circuit, so taking over resumes it exactly.
         let status = policy.status.clone().unwrap_or_default();

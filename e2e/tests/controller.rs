@@ -39,6 +39,15 @@ impl Fixture {
     }
 
     fn apply_policy(&self, name: &str, extra: &str) {
+        self.apply_policy_yaml(name, "2s", extra);
+    }
+
+    /// A policy whose circuit stays Open at least `dwell`.
+    fn apply_policy_with_dwell(&self, name: &str, dwell: &str) {
+        self.apply_policy_yaml(name, dwell, "");
+    }
+
+    fn apply_policy_yaml(&self, name: &str, dwell: &str, extra: &str) {
         let yaml = format!(
             "apiVersion: levee.dev/v1alpha1
 kind: BackpressurePolicy
@@ -50,7 +59,7 @@ spec:
     - {{name: retries, type: list, key: retries}}
   sampleInterval: 200ms
   thresholds: {{warning: 20, critical: 50, recovery: 5}}
-  circuit: {{minOpenDuration: 2s}}
+  circuit: {{minOpenDuration: {dwell}}}
   targets: [{{kind: Deployment, name: api}}]
 {extra}",
             ns = self.ns(),
@@ -445,4 +454,73 @@ fn a_target_removed_from_the_policy_is_released() {
         None,
     );
     fixture.wait_pods_accepting(true, 2);
+}
+
+#[test]
+fn a_reset_annotation_closes_the_circuit_once() {
+    let fixture = Fixture::new();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy_with_dwell("resettable", "10m");
+    fixture.burst();
+    fixture.wait_state("resettable", "Open");
+    fixture.drain();
+    kubectl_ok(
+        &[
+            "annotate",
+            "bpp",
+            "resettable",
+            "-n",
+            fixture.ns(),
+            "levee.dev/reset=first",
+        ],
+        None,
+    );
+    let closed = fixture.wait_state("resettable", "Closed");
+    assert_eq!(closed["lastReset"], "first");
+    fixture.wait_pods_accepting(true, 2);
+    let reset = wait_until("a CircuitReset event", PATIENCE, || {
+        fixture.events("CircuitReset").pop()
+    });
+    assert!(reset.contains("levee.dev/reset=first"), "{reset}");
+    fixture.burst();
+    fixture.wait_state("resettable", "Open");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        fixture.status("resettable")["state"],
+        "Open",
+        "the same reset value is not applied twice"
+    );
+}
+
+#[test]
+fn a_missing_target_is_reported_and_the_others_are_still_held_back() {
+    let fixture = Fixture::new();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("partial", "");
+    let patch =
+        r#"{"spec":{"targets":[{"kind":"Deployment","name":"api"},{"kind":"StatefulSet","name":"ghost"}]}}"#;
+    kubectl_ok(
+        &[
+            "patch",
+            "bpp",
+            "partial",
+            "-n",
+            fixture.ns(),
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+        None,
+    );
+    let ready = wait_until("Ready=False TargetNotFound", PATIENCE, || {
+        let c = fixture.condition("partial", "Ready");
+        (c["reason"] == "TargetNotFound").then_some(c)
+    });
+    assert!(
+        ready["message"].as_str().unwrap().contains("StatefulSet"),
+        "{ready}"
+    );
+    fixture.burst();
+    fixture.wait_state("partial", "Open");
+    fixture.wait_pods_accepting(false, 2);
 }

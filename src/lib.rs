@@ -7,5 +7,6 @@ pub mod api;
 pub mod circuit;
 pub mod cli;
 pub mod controller;
+pub mod metrics_api;
 pub mod sampler;
 pub mod telemetry;

@@ -37,9 +37,8 @@ impl Election {
 /// replica always leads.
 pub async fn elect(client: Client, settings: &Settings) -> Result<(watch::Receiver<bool>, Option<Election>)> {
     let Some(lease) = &settings.lease else {
-        let (sender, receiver) = watch::channel(true);
-        // Keep the sender alive for the life of the process: the value never changes.
-        std::mem::forget(sender);
+        // Always leading: the receiver keeps this value after the sender is dropped.
+        let (_, receiver) = watch::channel(true);
         return Ok((receiver, None));
     };
     let manager = LeaseManagerBuilder::new(client, &lease.name)

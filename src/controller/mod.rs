@@ -159,7 +159,9 @@ pub async fn run(
     tracing::info!(identity = %context.settings.identity, "levee controller started");
 
     // Becoming leader re-reconciles every policy, so finalizers and status catch up at once.
-    let became_leader = tokio_stream_of(leader);
+    let became_leader = tokio_stream::wrappers::WatchStream::from_changes(leader)
+        .filter(|leading| futures::future::ready(*leading))
+        .map(|_| ());
     let policies: Api<BackpressurePolicy> = context.settings.api(client);
     // The controller needs a Sync shutdown future; hand the signal over through a oneshot.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -190,27 +192,6 @@ pub async fn run(
     }
     tracing::info!("levee controller stopped");
     Ok(())
-}
-
-fn tokio_stream_of(mut leader: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send + 'static {
-    async_stream(move |sender| async move {
-        while leader.changed().await.is_ok() {
-            if *leader.borrow() && sender.send(()).await.is_err() {
-                break;
-            }
-        }
-    })
-}
-
-/// A stream fed by a task, without pulling in another crate for it.
-fn async_stream<F, Fut>(body: F) -> impl futures::Stream<Item = ()> + Send + 'static
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<()>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(body(sender));
-    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
 fn start_reflectors(
@@ -303,8 +284,8 @@ async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Re
 impl Context {
     /// A leading context over the given client and stores, for tests against a mock API server.
     pub(crate) fn for_tests(client: Client, stores: Stores) -> Arc<Self> {
-        let (sender, leader) = watch::channel(true);
-        std::mem::forget(sender);
+        // A receiver keeps the last value after its sender is gone.
+        let (_, leader) = watch::channel(true);
         Arc::new(Self {
             recorder: Recorder::new(
                 client.clone(),

@@ -1,0 +1,240 @@
+//! The external metrics API's answers, as a pure function of the request path, the query and
+//! the in-memory values: exactly the shapes kube-apiserver's aggregator and the HPA use (see
+//! `shared/REFERENCE.md`). Errors are Kubernetes `Status` objects.
+
+use super::selector;
+use super::values::{MetricValues, PolicyValues};
+use jiff::Timestamp;
+use kube::core::SelectorExt;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+pub const GROUP: &str = "external.metrics.k8s.io";
+pub const VERSION: &str = "v1beta1";
+/// The weighted backlog of a policy (label `policy`).
+pub const PENDING: &str = "levee_pending";
+/// One queue's depth (labels `policy`, `queue`).
+pub const QUEUE_DEPTH: &str = "levee_queue_depth";
+
+/// An HTTP status and a JSON (or plain text) body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    Json(Value),
+    Text(&'static str),
+}
+
+/// Which paths need only authentication (discovery, OpenAPI, health), and which need a
+/// SubjectAccessReview for `(namespace, metric)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `/healthz`, `/readyz`, `/livez`: always allowed.
+    Public,
+    /// Discovery and OpenAPI: any authenticated caller.
+    Authenticated,
+    /// A metric read: `list` on `external.metrics.k8s.io/<metric>` in `<namespace>`.
+    Metric { namespace: String, metric: String },
+}
+
+/// What a path needs before it is answered.
+pub fn access(path: &str) -> Access {
+    match path {
+        "/healthz" | "/readyz" | "/livez" => Access::Public,
+        _ => match metric_path(path) {
+            Some((namespace, metric)) => Access::Metric {
+                namespace,
+                metric: metric.to_lowercase(),
+            },
+            None => Access::Authenticated,
+        },
+    }
+}
+
+/// `(namespace, metric)` of `/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}`,
+/// percent-decoded.
+fn metric_path(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix(&format!("/apis/{GROUP}/{VERSION}/namespaces/"))?;
+    let (namespace, metric) = rest.split_once('/')?;
+    if metric.contains('/') || namespace.is_empty() || metric.is_empty() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    Some((decode(namespace)?, decode(metric)?))
+}
+
+/// Answers a GET of `path` with query `query` (undecoded), at `now`.
+pub fn respond(path: &str, query: Option<&str>, values: &MetricValues, now: Timestamp) -> Reply {
+    match path {
+        "/healthz" | "/readyz" | "/livez" => Reply {
+            status: 200,
+            body: Body::Text("ok"),
+        },
+        "/openapi/v2" | "/openapi/v3" => status(404, "NotFound", "levee publishes no OpenAPI document"),
+        "/apis" => ok(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group()]})),
+        _ if path == format!("/apis/{GROUP}") => ok(group()),
+        _ if path == format!("/apis/{GROUP}/{VERSION}") => ok(resource_list()),
+        _ => match metric_path(path) {
+            Some((namespace, metric)) => metric_list(&namespace, &metric, query, values, now),
+            None => status(
+                404,
+                "NotFound",
+                &format!("the path {path} is not served by levee"),
+            ),
+        },
+    }
+}
+
+fn ok(body: Value) -> Reply {
+    Reply {
+        status: 200,
+        body: Body::Json(body),
+    }
+}
+
+/// A Kubernetes `Status` error.
+pub fn status(code: u16, reason: &str, message: &str) -> Reply {
+    Reply {
+        status: code,
+        body: Body::Json(json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        })),
+    }
+}
+
+fn group() -> Value {
+    let version = json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION});
+    json!({"kind": "APIGroup", "apiVersion": "v1", "name": GROUP, "versions": [version], "preferredVersion": version})
+}
+
+fn resource_list() -> Value {
+    let resource = |name: &str| json!({"name": name, "singularName": "", "namespaced": true, "kind": "ExternalMetricValueList", "verbs": ["get"]});
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{GROUP}/{VERSION}"),
+        "resources": [resource(PENDING), resource(QUEUE_DEPTH)],
+    })
+}
+
+/// One metric item: name, labels, sample time, window and value.
+struct Item {
+    labels: BTreeMap<String, String>,
+    value: u64,
+}
+
+fn metric_list(
+    namespace: &str,
+    metric: &str,
+    query: Option<&str>,
+    values: &MetricValues,
+    now: Timestamp,
+) -> Reply {
+    let metric = metric.to_lowercase();
+    if metric != PENDING && metric != QUEUE_DEPTH {
+        return status(
+            404,
+            "NotFound",
+            &format!("levee serves {PENDING} and {QUEUE_DEPTH}, not {metric}"),
+        );
+    }
+    let selector_text = query
+        .into_iter()
+        .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+        .find(|(key, _)| key == "labelSelector")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    let selector = match selector::parse(&selector_text) {
+        Ok(selector) => selector,
+        Err(error) => return status(400, "BadRequest", &error.to_string()),
+    };
+    let mut items = Vec::new();
+    let mut stale = Vec::new();
+    for policy in values.in_namespace(namespace) {
+        let matched: Vec<Item> = items_of(&policy, &metric)
+            .into_iter()
+            .filter(|i| selector.matches(&i.labels))
+            .collect();
+        if matched.is_empty() {
+            continue;
+        }
+        if policy.stale(now) {
+            stale.push(policy.policy.clone());
+            continue;
+        }
+        let timestamp = Timestamp::from_second(policy.sampled_at.as_second()).unwrap_or(policy.sampled_at);
+        let window = policy.interval.as_secs().max(1);
+        items.extend(matched.into_iter().map(|item| {
+            json!({
+                "metricName": metric,
+                "metricLabels": item.labels,
+                "timestamp": timestamp.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "window": window,
+                "value": item.value.to_string(),
+            })
+        }));
+    }
+    if !stale.is_empty() {
+        // Acting on an old or partial number would scale the wrong way: the HPA holds instead.
+        let message = format!(
+            "the last sample of {} in {namespace} failed or is older than 3 sample intervals: see the policy's RedisReachable condition",
+            stale.join(", ")
+        );
+        return status(503, "ServiceUnavailable", &message);
+    }
+    if items.is_empty() {
+        let message =
+            format!("no {metric} in namespace {namespace} matches the label selector {selector_text:?}");
+        return status(404, "NotFound", &message);
+    }
+    ok(json!({
+        "kind": "ExternalMetricValueList",
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "metadata": {},
+        "items": items,
+    }))
+}
+
+fn items_of(policy: &PolicyValues, metric: &str) -> Vec<Item> {
+    let labels = |queue: Option<&str>| {
+        let mut labels = BTreeMap::from([("policy".to_string(), policy.policy.clone())]);
+        if let Some(queue) = queue {
+            labels.insert("queue".into(), queue.to_string());
+        }
+        labels
+    };
+    if metric == PENDING {
+        return vec![Item {
+            labels: labels(None),
+            value: policy.pending,
+        }];
+    }
+    policy
+        .queues
+        .iter()
+        .filter_map(|(queue, depth)| {
+            Some(Item {
+                labels: labels(Some(queue)),
+                value: (*depth)?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! Routes as the aggregator and the HPA call them, and every error as a `Status`.
+
+use super::*;
+use std::time::Duration;
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+fn values() -> MetricValues {
+    let values = MetricValues::default();
+    let policy = |name: &str, pending: u64, age: i64, failed: bool| PolicyValues {
+        namespace: "jobs".into(),
+        policy: name.into(),
+        pending,
+        queues: vec![
+            ("events".into(), Some(pending - 10)),
+            ("retries".into(), Some(10)),
+            ("audit".into(), None),
+        ],
+        sampled_at: Timestamp::from_second(1_800_000_000 - age).unwrap(),
+        failed,
+        interval: Duration::from_secs(1),
+    };
+    values.publish(policy("rule-engine", 1500, 1, false));
+    values.publish(policy("mailer", 40, 0, false));
+    values.publish(policy("old", 70, 10, false));
+    values.publish(policy("broken", 80, 0, true));
+    values
+}
+
+fn get(path: &str, query: Option<&str>) -> Reply {
+    respond(path, query, &values(), now())
+}
+
+fn json(reply: &Reply) -> &Value {
+    match &reply.body {
+        Body::Json(value) => value,
+        Body::Text(text) => panic!("not JSON: {text}"),
+    }
+}
+
+const BASE: &str = "/apis/external.metrics.k8s.io/v1beta1";
+
+#[test]
+fn discovery_lists_both_metrics() {
+    let reply = get(BASE, None);
+    assert_eq!(reply.status, 200);
+    let body = json(&reply);
+    assert_eq!(body["kind"], "APIResourceList");
+    assert_eq!(body["apiVersion"], "v1");
+    assert_eq!(body["groupVersion"], "external.metrics.k8s.io/v1beta1");
+    let names: Vec<&str> = body["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [PENDING, QUEUE_DEPTH]);
+    assert_eq!(body["resources"][0]["kind"], "ExternalMetricValueList");
+    assert_eq!(json(&get("/apis", None))["groups"][0]["name"], GROUP);
+    assert_eq!(
+        json(&get("/apis/external.metrics.k8s.io", None))["preferredVersion"]["version"],
+        "v1beta1"
+    );
+}
+
+#[test]
+fn openapi_is_a_quiet_404_and_health_is_plain_ok() {
+    for path in ["/openapi/v2", "/openapi/v3"] {
+        let reply = get(path, None);
+        assert_eq!(
+            (reply.status, json(&reply)["kind"].as_str()),
+            (404, Some("Status"))
+        );
+    }
+    for path in ["/healthz", "/readyz", "/livez"] {
+        assert_eq!(
+            get(path, None),
+            Reply {
+                status: 200,
+                body: Body::Text("ok")
+            }
+        );
+    }
+}
+
+#[test]
+fn pending_of_one_policy_as_the_hpa_asks_for_it() {
+    // The HPA lower-cases the metric name; Go re-encodes the query: `=` as %3D.
+    let reply = get(
+        &format!("{BASE}/namespaces/jobs/levee_pending"),
+        Some("labelSelector=policy%3Drule-engine"),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let body = json(&reply);
+    assert_eq!(body["kind"], "ExternalMetricValueList");
+    assert_eq!(body["apiVersion"], "external.metrics.k8s.io/v1beta1");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["metricName"], "levee_pending");
+    assert_eq!(
+        items[0]["metricLabels"],
+        serde_json::json!({"policy": "rule-engine"})
+    );
+    assert_eq!(items[0]["value"], "1500");
+    assert_eq!(items[0]["timestamp"], "2027-01-15T07:59:59Z");
+    assert_eq!(items[0]["window"], 1);
+}
+
+#[test]
+fn names_are_case_insensitive_and_paths_and_queries_are_decoded() {
+    let reply = get(
+        &format!("{BASE}/namespaces/jobs/LEVEE%5FQUEUE%5Fdepth"),
+        Some("labelSelector=policy+in+%28rule-engine%29,queue%3Devents"),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let items = json(&reply)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0]["metricLabels"],
+        serde_json::json!({"policy": "rule-engine", "queue": "events"})
+    );
+    assert_eq!(items[0]["value"], "1490");
+}
+
+#[test]
+fn queue_depth_skips_unreadable_queues_and_never_answers_an_empty_list() {
+    let reply = get(
+        &format!("{BASE}/namespaces/jobs/levee_queue_depth"),
+        Some("labelSelector=policy%3Dmailer"),
+    );
+    let labels: Vec<String> = json(&reply)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metricLabels"]["queue"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(labels, ["events", "retries"]);
+    let none = get(
+        &format!("{BASE}/namespaces/jobs/levee_pending"),
+        Some("labelSelector=policy%3Dnope"),
+    );
+    assert_eq!(
+        (none.status, json(&none)["reason"].as_str()),
+        (404, Some("NotFound"))
+    );
+    let other = get(
+        &format!("{BASE}/namespaces/elsewhere/levee_pending"),
+        Some("labelSelector=policy%3Drule-engine"),
+    );
+    assert_eq!(other.status, 404);
+}
+
+#[test]
+fn unknown_metrics_and_bad_selectors_are_errors_with_reasons() {
+    let unknown = get(&format!("{BASE}/namespaces/jobs/queue_length"), None);
+    assert_eq!(unknown.status, 404);
+    assert!(
+        json(&unknown)["message"]
+            .as_str()
+            .unwrap()
+            .contains("levee serves levee_pending")
+    );
+    let bad = get(
+        &format!("{BASE}/namespaces/jobs/levee_pending"),
+        Some("labelSelector=policy%3D%3D%3D"),
+    );
+    assert_eq!(
+        (bad.status, json(&bad)["reason"].as_str()),
+        (400, Some("BadRequest"))
+    );
+    assert!(
+        json(&bad)["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid label selector at position")
+    );
+}
+
+#[test]
+fn stale_or_failed_samples_are_503_so_the_hpa_holds() {
+    for policy in ["old", "broken"] {
+        let reply = get(
+            &format!("{BASE}/namespaces/jobs/levee_pending"),
+            Some(&format!("labelSelector=policy%3D{policy}")),
+        );
+        assert_eq!(
+            (reply.status, json(&reply)["reason"].as_str()),
+            (503, Some("ServiceUnavailable")),
+            "{policy}"
+        );
+        assert!(json(&reply)["message"].as_str().unwrap().contains(policy));
+    }
+    let mixed = get(&format!("{BASE}/namespaces/jobs/levee_pending"), None);
+    assert_eq!(
+        mixed.status, 503,
+        "a selector that takes in a stale policy does not give a partial sum"
+    );
+}
+
+#[test]
+fn access_tells_which_paths_need_authorization() {
+    assert_eq!(access("/healthz"), Access::Public);
+    assert_eq!(access(BASE), Access::Authenticated);
+    assert_eq!(access("/openapi/v2"), Access::Authenticated);
+    assert_eq!(
+        access(&format!("{BASE}/namespaces/jobs/Levee_Pending")),
+        Access::Metric {
+            namespace: "jobs".into(),
+            metric: "levee_pending".into()
+        }
+    );
+}

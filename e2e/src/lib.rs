@@ -158,6 +158,8 @@ pub fn levee_kubeconfig() -> PathBuf {
 pub struct Levee {
     child: Child,
     pub metrics_port: u16,
+    /// The port of its HTTPS external metrics API.
+    pub api_port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -177,6 +179,7 @@ impl Levee {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("levee.log");
         let metrics_port = redis::free_port();
+        let api_port = redis::free_port();
         let child = Command::new(binary)
             .args([
                 "run",
@@ -186,6 +189,7 @@ impl Levee {
                 LEVEE_NAMESPACE,
             ])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--external-metrics-addr", &format!("127.0.0.1:{api_port}")])
             .args(extra)
             .env("KUBECONFIG", levee_kubeconfig())
             .env("RUST_LOG", "info,levee=debug")
@@ -196,6 +200,7 @@ impl Levee {
         let levee = Self {
             child,
             metrics_port,
+            api_port,
             log,
             _dir: dir,
         };

@@ -1,9 +1,14 @@
 //! `levee run`: the controller, with its metrics and health endpoints, until SIGTERM or Ctrl-C.
 
 use crate::controller::{self, LeaseSettings, Settings};
+use crate::metrics_api::auth::{Authorizer, RequestHeaderTrust};
+use crate::metrics_api::server::{self, MetricsApi};
+use crate::metrics_api::tls::ServingCert;
+use crate::metrics_api::values::MetricValues;
 use crate::telemetry::{self, LogFormat, Metrics};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// The flags of `levee run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -11,6 +16,20 @@ pub struct RunArgs {
     /// Address of the plain-HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, env = "LEVEE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+    /// Address of the HTTPS external metrics API (the aggregated API server).
+    #[arg(long, env = "LEVEE_EXTERNAL_METRICS_ADDR", default_value = "0.0.0.0:6443")]
+    pub external_metrics_addr: SocketAddr,
+    /// Serving certificate (PEM) of the metrics API; re-read when it changes. Without it levee
+    /// generates a self-signed one for --tls-san.
+    #[arg(long, env = "LEVEE_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert-file.
+    #[arg(long, env = "LEVEE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Names of the self-signed certificate (default: the `levee` Service's DNS names in
+    /// --leader-election-namespace, localhost and 127.0.0.1).
+    #[arg(long, value_delimiter = ',')]
+    pub tls_san: Vec<String>,
     /// Rewrite each policy's status at least this often, even when nothing changed.
     #[arg(long, env = "LEVEE_STATUS_HEARTBEAT", default_value = "30s")]
     pub status_heartbeat: kube::core::Duration,
@@ -60,21 +79,46 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }),
         watch_namespace: args.watch_namespace.clone(),
     };
+    let cert = match serving_cert(&args) {
+        Ok(cert) => Arc::new(cert),
+        Err(error) => {
+            tracing::error!(%error, "the metrics API has no usable serving certificate");
+            return ExitCode::from(1);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.external_metrics_addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, addr = %args.external_metrics_addr, "cannot listen for the metrics API");
+            return ExitCode::from(1);
+        }
+    };
     let metrics = Metrics::new();
+    let values = MetricValues::default();
+    let trust = Arc::new(RequestHeaderTrust::default());
+    let trust_task = tokio::spawn(trust.clone().watch(client.clone()));
+    let api = Arc::new(MetricsApi {
+        values: values.clone(),
+        trust,
+        authorizer: Authorizer::new(client.clone()),
+    });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(telemetry::serve(
         metrics.clone(),
         args.metrics_addr,
         wait_for(stopped.clone()),
     ));
+    let metrics_api = tokio::spawn(server::serve(api, listener, cert, wait_for(stopped.clone())));
     let signal = tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = stop.send(true);
     });
-    let result = controller::run(client, settings, metrics, wait_for(stopped)).await;
+    let result = controller::run(client, settings, metrics, values, wait_for(stopped)).await;
     signal.abort();
     server.abort();
+    metrics_api.abort();
+    trust_task.abort();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -86,6 +130,26 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
 async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+fn serving_cert(args: &RunArgs) -> Result<ServingCert, String> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        return ServingCert::from_files(cert.clone(), key.clone());
+    }
+    let names = if args.tls_san.is_empty() {
+        let ns = &args.leader_election_namespace;
+        vec![
+            "levee".into(),
+            format!("levee.{ns}"),
+            format!("levee.{ns}.svc"),
+            format!("levee.{ns}.svc.cluster.local"),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ]
+    } else {
+        args.tls_san.clone()
+    };
+    ServingCert::self_signed(&names)
 }
 
 fn default_identity() -> String {

@@ -19,6 +19,7 @@ mod secrets;
 mod status_writer;
 
 use crate::api::BackpressurePolicy;
+use crate::metrics_api::values::MetricValues;
 use crate::sampler::Sampler;
 use crate::telemetry::Metrics;
 use futures::StreamExt;
@@ -110,6 +111,8 @@ pub struct Context {
     pub sampler: Sampler,
     pub stores: Stores,
     pub metrics: Arc<Metrics>,
+    /// The latest sample of every policy, served by the external metrics API.
+    pub values: MetricValues,
     pub recorder: Recorder,
     pub settings: Settings,
     leader: watch::Receiver<bool>,
@@ -128,6 +131,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    values: MetricValues,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (leader, lease_task) = leader::elect(client.clone(), &settings).await?;
@@ -141,6 +145,7 @@ pub async fn run(
         sampler: Sampler::new(),
         stores,
         metrics: metrics.clone(),
+        values,
         settings,
         leader: leader.clone(),
         tasks: PolicyTasks::default(),
@@ -272,6 +277,7 @@ async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Re
                 for_event
                     .metrics
                     .forget_policy(&namespace, &policy.name_any(), &queues);
+                for_event.values.forget(&namespace, &policy.name_any());
                 Ok(Action::await_change())
             }
         }
@@ -297,6 +303,7 @@ impl Context {
             sampler: Sampler::new(),
             stores,
             metrics: Metrics::new(),
+            values: MetricValues::default(),
             settings: Settings {
                 status_heartbeat: Duration::from_secs(30),
                 identity: "test".into(),

@@ -9,6 +9,7 @@ use super::secrets::{EndpointProblem, resolve_endpoint};
 use super::status_writer::{TickReport, next_status, worth_writing, write};
 use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, TargetRef};
 use crate::circuit::{Circuit, CircuitRules, Decision, Level, Observation, State};
+use crate::metrics_api::values::PolicyValues;
 use crate::sampler::{Endpoint, Sample};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -158,6 +159,7 @@ async fn tick(context: &Context, state: &mut PolicyState) {
         Err(problem) => Err(problem.clone()),
     };
     record_sample(context, &namespace, &name, &sample);
+    publish_values(context, &policy, &sample);
     if sample.as_ref().is_ok_and(|s| s.unreachable.is_some()) {
         // Re-read the Secrets next tick: a rotated password shows up as an authentication error.
         state.endpoint = None;
@@ -271,6 +273,32 @@ fn record_sample(context: &Context, namespace: &str, name: &str, sample: &Result
             .with_label_values(&[namespace, name])
             .inc(),
     }
+}
+
+/// Hands the sample to the external metrics API (every replica serves metrics).
+fn publish_values(context: &Context, policy: &BackpressurePolicy, sample: &Result<Sample, EndpointProblem>) {
+    let (pending, queues, sampled_at, failed) = match sample {
+        Ok(sample) => (
+            sample.pending(),
+            sample
+                .queues
+                .iter()
+                .map(|q| (q.name.clone(), q.depth.as_ref().ok().copied()))
+                .collect(),
+            sample.at,
+            sample.failed(),
+        ),
+        Err(_) => (0, Vec::new(), Timestamp::now(), true),
+    };
+    context.values.publish(PolicyValues {
+        namespace: policy.namespace().unwrap_or_default(),
+        policy: policy.name_any(),
+        pending,
+        queues,
+        sampled_at,
+        failed,
+        interval: policy.spec.sample_interval.into(),
+    });
 }
 
 fn record_circuit(context: &Context, namespace: &str, name: &str, circuit: &Circuit) {

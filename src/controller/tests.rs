@@ -308,6 +308,7 @@ async fn a_follower_never_writes() {
         sampler: Sampler::new(),
         stores: leading.stores.clone(),
         metrics: Metrics::new(),
+        values: MetricValues::default(),
         recorder: leading.recorder.clone(),
         settings: leading.settings.clone(),
         leader,

@@ -290,6 +290,11 @@ pub struct TlsFiles {
 
 impl TlsFiles {
     pub fn generate() -> Self {
+        Self::generate_for("IP:127.0.0.1,DNS:localhost")
+    }
+
+    /// A CA and a server certificate for `san` (openssl's subjectAltName syntax).
+    pub fn generate_for(san: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let run = |args: &[&str]| {
             let status = Command::new(require("openssl"))
@@ -328,11 +333,7 @@ impl TlsFiles {
             "-subj",
             "/CN=localhost",
         ]);
-        std::fs::write(
-            dir.path().join("san.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("san.ext"), format!("subjectAltName={san}\n")).unwrap();
         run(&[
             "x509",
             "-req",

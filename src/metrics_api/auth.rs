@@ -1,0 +1,269 @@
+//! Who is asking, and may they: the aggregated-API-server handshake. kube-apiserver proxies with
+//! the front-proxy client certificate and names the user in `X-Remote-User`/`X-Remote-Group`;
+//! those headers are trusted only after the certificate verified against
+//! `requestheader-client-ca-file` and its CN is one of `requestheader-allowed-names` (both from
+//! `kube-system/extension-apiserver-authentication`). Metric reads are then authorized with a
+//! SubjectAccessReview, cached for a few seconds.
+
+use super::tls::RequestHeaderCa;
+use futures::StreamExt;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long an authorization decision is reused.
+const DECISION_TTL: Duration = Duration::from_secs(10);
+
+/// The request-header settings of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestHeaderConfig {
+    /// CNs allowed to act as the front proxy; empty: any certificate the CA signed.
+    pub allowed_names: Vec<String>,
+    pub username_headers: Vec<String>,
+    pub group_headers: Vec<String>,
+}
+
+impl RequestHeaderConfig {
+    /// Reads the settings from the ConfigMap's data (header lists are JSON arrays).
+    pub fn from_config_map(data: &std::collections::BTreeMap<String, String>) -> Self {
+        let list = |key: &str| -> Vec<String> {
+            data.get(key)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default()
+        };
+        Self {
+            allowed_names: list("requestheader-allowed-names"),
+            username_headers: list("requestheader-username-headers"),
+            group_headers: list("requestheader-group-headers"),
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// Why a request is refused before authorization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unauthenticated(pub String);
+
+/// The caller of a request that arrived with the verified client certificate of common name
+/// `client_cn` (None: no verified certificate) and these headers.
+pub fn identify(
+    client_cn: Option<&str>,
+    headers: &http::HeaderMap,
+    config: &RequestHeaderConfig,
+) -> Result<Identity, Unauthenticated> {
+    let Some(cn) = client_cn else {
+        return Err(Unauthenticated(
+            "no verified front-proxy client certificate: call the metrics through the Kubernetes API server"
+                .into(),
+        ));
+    };
+    if !config.allowed_names.is_empty() && !config.allowed_names.iter().any(|name| name == cn) {
+        return Err(Unauthenticated(format!(
+            "client certificate CN {cn:?} is not in requestheader-allowed-names"
+        )));
+    }
+    let header = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let user = config
+        .username_headers
+        .iter()
+        .find_map(|name| header(name).next());
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return Err(Unauthenticated("the front proxy named no user".into()));
+    };
+    let groups = config
+        .group_headers
+        .iter()
+        .flat_map(|name| header(name))
+        .collect();
+    Ok(Identity { user, groups })
+}
+
+/// The live request-header trust: the CA in the TLS verifier and the header settings.
+#[derive(Default)]
+pub struct RequestHeaderTrust {
+    pub ca: Arc<RequestHeaderCa>,
+    pub config: RwLock<RequestHeaderConfig>,
+}
+
+impl RequestHeaderTrust {
+    /// Keeps the trust current from `kube-system/extension-apiserver-authentication`.
+    pub async fn watch(self: Arc<Self>, client: Client) {
+        let api: Api<ConfigMap> = Api::namespaced(client, "kube-system");
+        let config = watcher::Config::default().fields("metadata.name=extension-apiserver-authentication");
+        let mut changes = watcher(api, config).default_backoff().applied_objects().boxed();
+        while let Some(change) = changes.next().await {
+            match change {
+                Ok(config_map) => self.apply(&config_map.data.unwrap_or_default()),
+                Err(error) => tracing::warn!(%error, "watching extension-apiserver-authentication"),
+            }
+        }
+    }
+
+    /// Takes the settings of the ConfigMap's data.
+    pub fn apply(&self, data: &std::collections::BTreeMap<String, String>) {
+        match data.get("requestheader-client-ca-file") {
+            Some(pem) => {
+                if let Err(error) = self.ca.set_ca_pem(pem) {
+                    tracing::warn!(%error, "the requestheader client CA cannot be used");
+                }
+            }
+            None => tracing::warn!(
+                "extension-apiserver-authentication has no requestheader-client-ca-file: aggregation is not set up"
+            ),
+        }
+        *self.config.write().expect("config lock") = RequestHeaderConfig::from_config_map(data);
+    }
+}
+
+/// Who asks for which metric in which namespace.
+type Question = (Identity, String, String);
+
+/// Authorizes metric reads with SubjectAccessReviews, remembering decisions briefly.
+pub struct Authorizer {
+    client: Client,
+    decisions: Mutex<HashMap<Question, (bool, Instant)>>,
+}
+
+impl Authorizer {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            decisions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `identity` may `list` `external.metrics.k8s.io/<metric>` in `namespace`.
+    pub async fn allowed(&self, identity: &Identity, namespace: &str, metric: &str) -> Result<bool, String> {
+        let key = (identity.clone(), namespace.to_string(), metric.to_string());
+        if let Some((allowed, at)) = self.decisions.lock().expect("decision lock").get(&key)
+            && at.elapsed() < DECISION_TTL
+        {
+            return Ok(*allowed);
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(identity.user.clone()),
+                groups: Some(identity.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(super::routes::GROUP.into()),
+                    resource: Some(metric.into()),
+                    namespace: Some(namespace.into()),
+                    verb: Some("list".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let reviewed = api
+            .create(&Default::default(), &review)
+            .await
+            .map_err(|e| format!("SubjectAccessReview: {e}"))?;
+        let allowed = reviewed.status.is_some_and(|s| s.allowed);
+        let mut decisions = self.decisions.lock().expect("decision lock");
+        decisions.retain(|_, (_, at)| at.elapsed() < DECISION_TTL);
+        decisions.insert(key, (allowed, Instant::now()));
+        Ok(allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RequestHeaderConfig {
+        RequestHeaderConfig {
+            allowed_names: vec!["front-proxy-client".into()],
+            username_headers: vec!["X-Remote-User".into()],
+            group_headers: vec!["X-Remote-Group".into()],
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn forged_headers_without_a_verified_certificate_are_refused() {
+        let forged = headers(&[
+            ("X-Remote-User", "system:admin"),
+            ("X-Remote-Group", "system:masters"),
+        ]);
+        let refused = identify(None, &forged, &config()).unwrap_err();
+        assert!(refused.0.contains("no verified front-proxy client certificate"));
+    }
+
+    #[test]
+    fn only_allowed_names_may_speak_for_users() {
+        let h = headers(&[("X-Remote-User", "alice")]);
+        assert!(
+            identify(Some("someone-else"), &h, &config())
+                .unwrap_err()
+                .0
+                .contains("requestheader-allowed-names")
+        );
+        let anyone = RequestHeaderConfig {
+            allowed_names: vec![],
+            ..config()
+        };
+        assert_eq!(identify(Some("someone-else"), &h, &anyone).unwrap().user, "alice");
+    }
+
+    #[test]
+    fn user_and_every_group_come_from_the_configured_headers() {
+        let h = headers(&[
+            ("x-remote-user", "system:serviceaccount:kube-system:hpa"),
+            ("X-Remote-Group", "a"),
+            ("X-Remote-Group", "b"),
+        ]);
+        let identity = identify(Some("front-proxy-client"), &h, &config()).unwrap();
+        assert_eq!(
+            identity,
+            Identity {
+                user: "system:serviceaccount:kube-system:hpa".into(),
+                groups: vec!["a".into(), "b".into()]
+            }
+        );
+        assert!(
+            identify(Some("front-proxy-client"), &headers(&[]), &config()).is_err(),
+            "no user header"
+        );
+    }
+
+    #[test]
+    fn the_config_map_lists_are_json_arrays() {
+        let data = [
+            ("requestheader-allowed-names", r#"["front-proxy-client"]"#),
+            ("requestheader-username-headers", r#"["X-Remote-User"]"#),
+            ("requestheader-group-headers", r#"["X-Remote-Group"]"#),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(RequestHeaderConfig::from_config_map(&data), config());
+    }
+}

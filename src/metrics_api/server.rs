@@ -1,0 +1,135 @@
+//! The HTTPS server of the external metrics API: TLS (rustls) with an optional front-proxy client
+//! certificate, then per request: authenticate (certificate + request headers), authorize metric
+//! reads (SubjectAccessReview), and answer from memory with `routes::respond`.
+
+use super::auth::{Authorizer, RequestHeaderTrust, identify};
+use super::routes::{self, Access, Body as ReplyBody, Reply};
+use super::tls::{ServingCert, common_name, server_config};
+use super::values::MetricValues;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use jiff::Timestamp;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Everything a request needs.
+pub struct MetricsApi {
+    pub values: MetricValues,
+    pub trust: Arc<RequestHeaderTrust>,
+    pub authorizer: Authorizer,
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    api: Arc<MetricsApi>,
+    listener: TcpListener,
+    cert: Arc<ServingCert>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(cert, api.trust.ca.clone())?));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics API: accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let api = api.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection(api, acceptor, stream, peer).await {
+                tracing::debug!(%peer, %error, "metrics API connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(
+    api: Arc<MetricsApi>,
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let tls = acceptor
+        .accept(stream)
+        .await
+        .map_err(|e| format!("TLS handshake with {peer}: {e}"))?;
+    // The verifier only lets through certificates the requestheader CA signed.
+    let client_cn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(common_name);
+    let service = hyper::service::service_fn(move |request| {
+        let api = api.clone();
+        let client_cn = client_cn.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&api, client_cn.as_deref(), request).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Authenticates, authorizes and answers one request.
+pub async fn handle(
+    api: &MetricsApi,
+    client_cn: Option<&str>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, _) = request.into_parts();
+    let reply = decide(api, client_cn, &parts).await;
+    let (content_type, body) = match reply.body {
+        ReplyBody::Json(value) => ("application/json", Bytes::from(value.to_string())),
+        ReplyBody::Text(text) => ("text/plain; charset=utf-8", Bytes::from_static(text.as_bytes())),
+    };
+    Response::builder()
+        .status(reply.status)
+        .header("content-type", content_type)
+        .body(Full::new(body))
+        .expect("a valid response")
+}
+
+async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request::Parts) -> Reply {
+    let path = parts.uri.path();
+    if parts.method != http::Method::GET {
+        return routes::status(
+            405,
+            "MethodNotAllowed",
+            "the external metrics API is read-only: use GET",
+        );
+    }
+    let access = routes::access(path);
+    if access != Access::Public {
+        let config = api.trust.config.read().expect("config lock").clone();
+        let identity = match identify(client_cn, &parts.headers, &config) {
+            Ok(identity) => identity,
+            Err(refused) => return routes::status(401, "Unauthorized", &refused.0),
+        };
+        if let Access::Metric { namespace, metric } = &access {
+            match api.authorizer.allowed(&identity, namespace, metric).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let message = format!(
+                        "{} may not list {metric}.external.metrics.k8s.io in namespace {namespace}",
+                        identity.user
+                    );
+                    return routes::status(403, "Forbidden", &message);
+                }
+                Err(error) => return routes::status(503, "ServiceUnavailable", &error),
+            }
+        }
+    }
+    routes::respond(path, parts.uri.query(), &api.values, Timestamp::now())
+}

@@ -1,0 +1,251 @@
+//! TLS for the metrics API: the serving certificate (from files, re-read when they change as
+//! cert-manager rotates them, or self-signed at start) and the front-proxy client-certificate
+//! verifier, whose CA comes from `extension-apiserver-authentication` and can change at runtime.
+//! A client certificate is optional at the TLS layer; without a verified one a request gets 401.
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{WebPkiSupportedAlgorithms, ring};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the certificate files are checked for a change.
+const RELOAD_CHECK: Duration = Duration::from_secs(5);
+
+/// Where the serving certificate comes from.
+#[derive(Debug)]
+pub struct ServingCert {
+    files: Option<(PathBuf, PathBuf)>,
+    current: Mutex<LoadedCert>,
+}
+
+#[derive(Debug)]
+struct LoadedCert {
+    key: Arc<CertifiedKey>,
+    modified: Option<SystemTime>,
+    checked: Instant,
+}
+
+impl ServingCert {
+    /// A certificate and key from PEM files, re-read when the files change.
+    pub fn from_files(cert: PathBuf, key: PathBuf) -> Result<Self, String> {
+        let loaded = load_files(&cert, &key)?;
+        Ok(Self {
+            files: Some((cert, key)),
+            current: Mutex::new(loaded),
+        })
+    }
+
+    /// A self-signed certificate for `names` (DNS names or IP addresses).
+    pub fn self_signed(names: &[String]) -> Result<Self, String> {
+        let key_pair = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+        let cert = params.self_signed(&key_pair).map_err(|e| e.to_string())?;
+        let key = certified_key(cert.pem().as_bytes(), key_pair.serialize_pem().as_bytes())?;
+        Ok(Self {
+            files: None,
+            current: Mutex::new(LoadedCert {
+                key,
+                modified: None,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The certificate chain in use, as PEM (for an APIService `caBundle` when self-signed).
+    pub fn pem(&self) -> String {
+        let current = self.current.lock().expect("cert lock");
+        current
+            .key
+            .cert
+            .iter()
+            .map(|der| pem_block("CERTIFICATE", der.as_ref()))
+            .collect()
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        let mut current = self.current.lock().expect("cert lock");
+        if let Some((cert, key)) = &self.files
+            && current.checked.elapsed() >= RELOAD_CHECK
+        {
+            current.checked = Instant::now();
+            let modified = modified(cert).max(modified(key));
+            if modified != current.modified {
+                match load_files(cert, key) {
+                    Ok(loaded) => {
+                        tracing::info!(cert = %cert.display(), "serving certificate reloaded");
+                        *current = loaded;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "serving certificate changed but cannot be loaded; keeping the old one")
+                    }
+                }
+            }
+        }
+        current.key.clone()
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load_files(cert_path: &PathBuf, key_path: &PathBuf) -> Result<LoadedCert, String> {
+    let cert_pem = std::fs::read(cert_path)
+        .map_err(|e| format!("reading --tls-cert-file {}: {e}", cert_path.display()))?;
+    let key_pem =
+        std::fs::read(key_path).map_err(|e| format!("reading --tls-key-file {}: {e}", key_path.display()))?;
+    let key = certified_key(&cert_pem, &key_pem)?;
+    Ok(LoadedCert {
+        key,
+        modified: modified(cert_path).max(modified(key_path)),
+        checked: Instant::now(),
+    })
+}
+
+fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("the certificate file holds no CERTIFICATE block".into());
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| format!("key PEM: {e}"))?
+        .ok_or("the key file holds no private key")?;
+    let signing_key = ring::sign::any_supported_type(&key).map_err(|e| format!("private key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// Verifies front-proxy client certificates against the current requestheader CA.
+#[derive(Debug, Default)]
+pub struct RequestHeaderCa {
+    verifier: RwLock<Option<Arc<dyn ClientCertVerifier>>>,
+}
+
+impl RequestHeaderCa {
+    /// Trusts the CA bundle `pem` from now on.
+    pub fn set_ca_pem(&self, pem: &str) -> Result<(), String> {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            let cert = cert.map_err(|e| format!("requestheader-client-ca-file: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("requestheader-client-ca-file: {e}"))?;
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(ring::default_provider()))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("requestheader-client-ca-file: {e}"))?;
+        *self.verifier.write().expect("verifier lock") = Some(verifier);
+        Ok(())
+    }
+
+    fn algorithms() -> WebPkiSupportedAlgorithms {
+        ring::default_provider().signature_verification_algorithms
+    }
+}
+
+impl ClientCertVerifier for RequestHeaderCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verifier = self.verifier.read().expect("verifier lock").clone();
+        match verifier {
+            Some(verifier) => verifier.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General(
+                "no requestheader client CA is known yet".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &Self::algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &Self::algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        Self::algorithms().supported_schemes()
+    }
+}
+
+/// The server configuration: our certificate, optional verified client certificates, HTTP/1.1.
+pub fn server_config(
+    cert: Arc<ServingCert>,
+    client_ca: Arc<RequestHeaderCa>,
+) -> Result<rustls::ServerConfig, String> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(client_ca)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The common name of a (verified) client certificate.
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let name = parsed
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(name)
+}

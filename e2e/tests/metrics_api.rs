@@ -1,6 +1,6 @@
 //! The external metrics API through kube-apiserver's aggregation layer: discovery makes the
-//! APIService Available, `kubectl get --raw` returns the live backlog, an HPA on `levee_pending`
-//! scales the workers, a request that skips the aggregator is refused, and a vanished Redis
+//! APIService Available, `kubectl get --raw` returns the live backlog, the HPA levee creates for
+//! `spec.scaleTarget` scales the workers (and goes away with the field), a request that skips the aggregator is refused, and a vanished Redis
 //! turns into 503 while the HPA keeps its replicas.
 //!
 //! One test: an APIService is cluster-wide, so it must not run twice at once.
@@ -64,6 +64,7 @@ spec:
   queues: [{{name: jobs, type: list, key: jobs}}]
   sampleInterval: 500ms
   thresholds: {{warning: 5000, critical: 9000, recovery: 100}}
+  scaleTarget: {{kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 10, pendingPerReplica: 200}}
 ",
         url = redis.url()
     );
@@ -133,21 +134,18 @@ spec:
     assert_eq!(list["kind"], "ExternalMetricValueList");
     assert_eq!(list["items"][0]["metricLabels"]["policy"], "scale");
 
-    let hpa = serde_json::json!({
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "worker", "namespace": ns},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "worker"},
-            "minReplicas": 1,
-            "maxReplicas": 10,
-            "metrics": [{"type": "External", "external": {
-                "metric": {"name": "levee_pending", "selector": {"matchLabels": {"policy": "scale"}}},
-                "target": {"type": "AverageValue", "averageValue": "200"}
-            }}]
-        }
+    let hpa = wait_until("levee creates the HPA for spec.scaleTarget", PATIENCE, || {
+        let output = kubectl(&["get", "hpa", "levee-scale", "-n", &ns, "-o", "json"], None);
+        serde_json::from_slice::<Value>(&output.stdout).ok()
     });
-    kubectl_ok(&["apply", "-f", "-"], Some(&hpa.to_string()));
+    assert_eq!(
+        hpa["metadata"]["ownerReferences"][0]["kind"],
+        "BackpressurePolicy"
+    );
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["external"]["target"]["averageValue"],
+        "200"
+    );
     wait_until("the HPA scales worker to ceil(1200 / 200) = 6", PATIENCE, || {
         (worker_replicas(&ns) == 6).then_some(())
     });

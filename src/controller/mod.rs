@@ -12,6 +12,7 @@
 //! policy's status, so a new leader continues where the old one stopped.
 
 mod actuator;
+mod autoscaler;
 mod leader;
 pub mod marks;
 mod policy_task;

@@ -4,6 +4,7 @@
 
 use super::Context;
 use super::actuator::{self, Outcome};
+use super::autoscaler;
 use super::marks::ANNOTATION_RESET;
 use super::secrets::{EndpointProblem, resolve_endpoint};
 use super::status_writer::{TickReport, next_status, worth_writing, write};
@@ -72,6 +73,8 @@ struct PolicyState {
     last_write: Option<Instant>,
     /// Targets a spec change dropped: released on the next tick, so none stays held back.
     dropped_targets: Vec<TargetRef>,
+    /// The generation whose managed HPA is in place.
+    autoscaled_generation: Option<i64>,
 }
 
 impl PolicyState {
@@ -84,6 +87,7 @@ impl PolicyState {
             written: status,
             last_write: None,
             dropped_targets: Vec::new(),
+            autoscaled_generation: None,
             policy,
         }
     }
@@ -175,6 +179,14 @@ async fn tick(context: &Context, state: &mut PolicyState) {
     }
     if policy.meta().deletion_timestamp.is_some() {
         return;
+    }
+    if state.autoscaled_generation != policy.metadata.generation {
+        match autoscaler::sync(context, &policy).await {
+            Ok(()) => state.autoscaled_generation = policy.metadata.generation,
+            Err(error) => {
+                tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying")
+            }
+        }
     }
     if !state.dropped_targets.is_empty() {
         let mut dropped = (*policy).clone();

@@ -1,0 +1,118 @@
+//! The HorizontalPodAutoscaler levee creates and owns for `spec.scaleTarget`: `autoscaling/v2`
+//! on the external metric `levee_pending` of the policy, with `AverageValue =
+//! pendingPerReplica`, applied server-side and owned by the policy (garbage-collected with it),
+//! and deleted when `scaleTarget` is removed.
+
+use super::{Context, FIELD_MANAGER};
+use crate::api::{BackpressurePolicy, ScaleKind, ScaleTarget};
+use crate::metrics_api::routes::PENDING;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+/// The managed HPA's name for a policy.
+pub fn hpa_name(policy: &BackpressurePolicy) -> String {
+    format!("levee-{}", policy.name_any())
+}
+
+/// The HPA for `target`, as applied (pure).
+pub fn desired_hpa(policy: &BackpressurePolicy, target: &ScaleTarget) -> Value {
+    let kind = match target.kind {
+        ScaleKind::Deployment => "Deployment",
+        ScaleKind::StatefulSet => "StatefulSet",
+    };
+    let owner = policy
+        .controller_owner_ref(&())
+        .expect("a stored policy has a name and uid");
+    json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": hpa_name(policy),
+            "namespace": policy.namespace(),
+            "labels": {"app.kubernetes.io/managed-by": "levee", "levee.dev/policy": policy.name_any()},
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target.name},
+            "minReplicas": target.min_replicas,
+            "maxReplicas": target.max_replicas,
+            "metrics": [{
+                "type": "External",
+                "external": {
+                    "metric": {"name": PENDING, "selector": {"matchLabels": {"policy": policy.name_any()}}},
+                    "target": {"type": "AverageValue", "averageValue": target.pending_per_replica.to_string()},
+                },
+            }],
+        },
+    })
+}
+
+/// Applies or removes the managed HPA to match the policy.
+pub async fn sync(context: &Context, policy: &BackpressurePolicy) -> kube::Result<()> {
+    let api: Api<HorizontalPodAutoscaler> =
+        Api::namespaced(context.client.clone(), &policy.namespace().unwrap_or_default());
+    let name = hpa_name(policy);
+    match &policy.spec.scale_target {
+        Some(target) => {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch(&name, &params, &Patch::Apply(desired_hpa(policy, target)))
+                .await?;
+            context.metrics.api_writes.with_label_values(&["hpa"]).inc();
+        }
+        None => {
+            let owned = api.get_opt(&name).await?.is_some_and(|hpa| {
+                hpa.owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == policy.meta().uid.as_ref())
+            });
+            if owned {
+                api.delete(&name, &DeleteParams::default()).await?;
+                context.metrics.api_writes.with_label_values(&["hpa"]).inc();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hpa_targets_average_pending_per_replica_of_this_policy() {
+        let policy: BackpressurePolicy = serde_json::from_value(json!({
+            "apiVersion": "levee.dev/v1alpha1",
+            "kind": "BackpressurePolicy",
+            "metadata": {"name": "rule-engine", "namespace": "jobs", "uid": "u-1"},
+            "spec": {
+                "redis": {"url": "redis://r"},
+                "queues": [{"name": "q", "type": "list", "key": "q"}],
+                "thresholds": {"warning": 2, "critical": 3, "recovery": 1},
+                "scaleTarget": {"kind": "Deployment", "name": "worker", "minReplicas": 2, "maxReplicas": 20, "pendingPerReplica": 500}
+            }
+        }))
+        .unwrap();
+        let hpa = desired_hpa(&policy, policy.spec.scale_target.as_ref().unwrap());
+        let typed: HorizontalPodAutoscaler =
+            serde_json::from_value(hpa.clone()).expect("a valid autoscaling/v2 HPA");
+        let spec = typed.spec.unwrap();
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 20));
+        assert_eq!(spec.scale_target_ref.name, "worker");
+        let metric = &spec.metrics.unwrap()[0];
+        let external = metric.external.as_ref().unwrap();
+        assert_eq!(external.metric.name, "levee_pending");
+        assert_eq!(external.target.type_, "AverageValue");
+        assert_eq!(external.target.average_value.as_ref().unwrap().0, "500");
+        let owner = &hpa["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (
+                owner["kind"].as_str(),
+                owner["uid"].as_str(),
+                owner["controller"].as_bool()
+            ),
+            (Some("BackpressurePolicy"), Some("u-1"), Some(true))
+        );
+    }
+}

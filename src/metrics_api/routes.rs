@@ -5,9 +5,9 @@
 use super::selector;
 use super::values::{MetricValues, PolicyValues};
 use jiff::Timestamp;
-use kube::core::SelectorExt;
+use kube::core::{Expression, SelectorExt};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const GROUP: &str = "external.metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
@@ -165,7 +165,7 @@ fn metric_list(
     };
     let mut items = Vec::new();
     let mut stale = Vec::new();
-    for policy in values.in_namespace(namespace) {
+    for policy in values.in_namespace(namespace, named_policies(&selector).as_ref()) {
         let matched: Vec<Item> = items_of(&policy, &metric)
             .into_iter()
             .filter(|i| selector.matches(&i.labels))
@@ -208,6 +208,19 @@ fn metric_list(
         "metadata": {},
         "items": items,
     }))
+}
+
+/// The policies a selector can only match, when it pins the `policy` label (`policy=x`,
+/// `policy in (x,y)`); `None` when any policy may match.
+fn named_policies(selector: &kube::core::Selector) -> Option<BTreeSet<String>> {
+    selector
+        .clone()
+        .into_iter()
+        .find_map(|expression| match expression {
+            Expression::Equal(key, value) if key == "policy" => Some(BTreeSet::from([value])),
+            Expression::In(key, values) if key == "policy" => Some(values),
+            _ => None,
+        })
 }
 
 fn items_of(policy: &PolicyValues, metric: &str) -> Vec<Item> {

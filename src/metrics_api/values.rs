@@ -2,7 +2,7 @@
 //! read by metric requests. No request ever calls Redis.
 
 use jiff::Timestamp;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,39 +31,44 @@ impl PolicyValues {
     }
 }
 
-/// The shared store; cheap to clone.
+/// The shared store, by namespace then policy; cheap to clone.
 #[derive(Clone, Default)]
 pub struct MetricValues {
-    policies: Arc<RwLock<HashMap<(String, String), PolicyValues>>>,
+    namespaces: Arc<RwLock<HashMap<String, BTreeMap<String, Arc<PolicyValues>>>>>,
 }
 
 impl MetricValues {
     /// Replaces a policy's values.
     pub fn publish(&self, values: PolicyValues) {
-        let key = (values.namespace.clone(), values.policy.clone());
-        self.policies
-            .write()
-            .expect("metric values lock")
-            .insert(key, values);
+        let mut namespaces = self.namespaces.write().expect("metric values lock");
+        let policies = namespaces.entry(values.namespace.clone()).or_default();
+        policies.insert(values.policy.clone(), Arc::new(values));
     }
 
     /// Drops a deleted policy.
     pub fn forget(&self, namespace: &str, policy: &str) {
-        self.policies
-            .write()
-            .expect("metric values lock")
-            .remove(&(namespace.to_string(), policy.to_string()));
+        let mut namespaces = self.namespaces.write().expect("metric values lock");
+        if let Some(policies) = namespaces.get_mut(namespace) {
+            policies.remove(policy);
+            if policies.is_empty() {
+                namespaces.remove(namespace);
+            }
+        }
     }
 
-    /// Every policy of a namespace, sorted by name.
-    pub fn in_namespace(&self, namespace: &str) -> Vec<PolicyValues> {
-        let policies = self.policies.read().expect("metric values lock");
-        let mut found: Vec<PolicyValues> = policies
-            .values()
-            .filter(|v| v.namespace == namespace)
-            .cloned()
-            .collect();
-        found.sort_by(|a, b| a.policy.cmp(&b.policy));
-        found
+    /// The policies of a namespace, sorted by name; only those named in `only` when given (the
+    /// HPA's selector names one policy, so most requests look at one entry, not all).
+    pub fn in_namespace(&self, namespace: &str, only: Option<&BTreeSet<String>>) -> Vec<Arc<PolicyValues>> {
+        let namespaces = self.namespaces.read().expect("metric values lock");
+        let Some(policies) = namespaces.get(namespace) else {
+            return Vec::new();
+        };
+        match only {
+            Some(names) => names
+                .iter()
+                .filter_map(|name| policies.get(name).cloned())
+                .collect(),
+            None => policies.values().cloned().collect(),
+        }
     }
 }

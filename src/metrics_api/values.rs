@@ -31,10 +31,13 @@ impl PolicyValues {
     }
 }
 
+/// One namespace's policies, by name.
+type Policies = BTreeMap<String, Arc<PolicyValues>>;
+
 /// The shared store, by namespace then policy; cheap to clone.
 #[derive(Clone, Default)]
 pub struct MetricValues {
-    namespaces: Arc<RwLock<HashMap<String, BTreeMap<String, Arc<PolicyValues>>>>>,
+    namespaces: Arc<RwLock<HashMap<String, Policies>>>,
 }
 
 impl MetricValues {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often the certificate files are checked for a change.
-const RELOAD_CHECK: Duration = Duration::from_secs(5);
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// Where the serving certificate comes from.
 #[derive(Debug)]
@@ -248,4 +248,80 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
         .ok()?
         .to_string();
     Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_self_signed(dir: &std::path::Path, name: &str) -> Vec<u8> {
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key_pair)
+            .unwrap();
+        std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), key_pair.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    #[test]
+    fn rotated_certificate_files_are_picked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_self_signed(dir.path(), "first.example");
+        let serving =
+            ServingCert::from_files(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap();
+        assert_eq!(serving.current().cert[0].as_ref(), &first[..]);
+        std::thread::sleep(Duration::from_millis(1100));
+        let second = write_self_signed(dir.path(), "second.example");
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(100));
+        assert_eq!(
+            serving.current().cert[0].as_ref(),
+            &second[..],
+            "the new files are served"
+        );
+    }
+
+    #[test]
+    fn broken_files_are_reported_and_never_replace_a_good_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
+        std::fs::write(dir.path().join("tls.key"), "not a key").unwrap();
+        let error =
+            ServingCert::from_files(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap_err();
+        assert!(error.contains("no CERTIFICATE"), "{error}");
+        let good = write_self_signed(dir.path(), "good.example");
+        let serving =
+            ServingCert::from_files(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        std::fs::write(dir.path().join("tls.crt"), "half-written").unwrap();
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(100));
+        assert_eq!(serving.current().cert[0].as_ref(), &good[..]);
+    }
+
+    #[test]
+    fn self_signed_certificates_cover_the_service_names() {
+        let serving =
+            ServingCert::self_signed(&["levee.levee-system.svc".into(), "127.0.0.1".into()]).unwrap();
+        let pem = serving.pem();
+        let der = rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let names = format!(
+            "{:?}",
+            parsed
+                .subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+        );
+        assert!(
+            names.contains("DNSName(\"levee.levee-system.svc\")")
+                && names.contains("IPAddress([127, 0, 0, 1])"),
+            "{names}"
+        );
+    }
 }

@@ -85,6 +85,15 @@ spec:
     );
     let ca = std::fs::read(tls.path("ca.crt")).unwrap();
     let _guard = ApiServiceGuard;
+    // The APIService users apply (deploy/), pointed at this test's Service and CA.
+    let manifest = std::fs::read_to_string(repo_root().join("deploy/metrics-apiservice.yaml")).unwrap();
+    let mut apiservice: Value = serde_yaml::Deserializer::from_str(&manifest)
+        .map(|document| serde::Deserialize::deserialize(document).unwrap())
+        .find(|document: &Value| document["kind"] == "APIService")
+        .unwrap();
+    apiservice["spec"]["service"] =
+        serde_json::json!({"name": service, "namespace": ns, "port": levee.api_port});
+    apiservice["spec"]["caBundle"] = base64(&ca).into();
     let objects = serde_json::json!({
         "apiVersion": "v1",
         "kind": "List",
@@ -96,19 +105,7 @@ spec:
                 // No kube-proxy here: the aggregator dials an ExternalName Service's name directly.
                 "spec": {"type": "ExternalName", "externalName": "localhost", "ports": [{"port": levee.api_port}]}
             },
-            {
-                "apiVersion": "apiregistration.k8s.io/v1",
-                "kind": "APIService",
-                "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
-                "spec": {
-                    "group": "external.metrics.k8s.io",
-                    "version": "v1beta1",
-                    "groupPriorityMinimum": 100,
-                    "versionPriority": 100,
-                    "caBundle": base64(&ca),
-                    "service": {"name": service, "namespace": ns, "port": levee.api_port}
-                }
-            }
+            apiservice,
         ]
     });
     kubectl_ok(&["apply", "-f", "-"], Some(&objects.to_string()));

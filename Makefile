@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all deps lint test unit e2e cluster-up cluster-down crds bench bench-controller demo build clean
+.PHONY: all deps lint test unit e2e cluster-up cluster-down crds bench bench-controller fuzz demo build clean
 
 all: build
 
@@ -43,14 +43,20 @@ cluster-down:
 crds:
 	$(CARGO) run --quiet -- crd > crds/levee.dev_backpressurepolicies.yaml
 
-## bench: sampling-tick benchmark against redis-benchmark and per-queue EVAL (docs/benchmarks.md)
+## bench: sampling tick (vs redis-benchmark, per-queue EVAL) and metrics API (vs a constant TLS server)
 bench: deps
 	$(CARGO) bench --bench sampler
+	$(CARGO) bench --bench metrics_api
 
 ## bench-controller: API writes at steady state and reaction time, on the local control plane
 bench-controller: deps
 	$(CARGO) build --release --bin levee
 	LEVEE_BIN=$(CURDIR)/target/release/levee e2e/scripts/with-cluster.sh cargo bench -p levee-e2e --bench controller
+
+## fuzz: a minute of libFuzzer on each network-facing parser (needs the nightly toolchain)
+fuzz:
+	cd fuzz && cargo +nightly fuzz run selector -- -max_total_time=60
+	cd fuzz && cargo +nightly fuzz run metric_request -- -max_total_time=60
 
 ## demo: a burst of jobs opens the circuit and the drain closes it again
 demo: deps build

@@ -295,112 +295,65 @@ impl TlsFiles {
 
     /// A CA and a server certificate for `san` (openssl's subjectAltName syntax).
     pub fn generate_for(san: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let run = |args: &[&str]| {
-            let status = Command::new(require("openssl"))
-                .args(args)
-                .current_dir(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "openssl {args:?}");
+        let files = Self {
+            dir: tempfile::tempdir().unwrap(),
         };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=levee-test-ca",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        std::fs::write(dir.path().join("san.ext"), format!("subjectAltName={san}\n")).unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
-        Self { dir }
+        files.openssl(
+            &[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            ]
+            .into_iter()
+            .chain(["-days", "2", "-subj", "/CN=levee-test-ca"])
+            .collect::<Vec<_>>(),
+        );
+        files.signed("server", "/CN=localhost", &format!("subjectAltName={san}"));
+        files
     }
 
     /// A client certificate with common name `cn`, signed by the same CA (client.crt/client.key).
     pub fn client_cert(&self, cn: &str) {
-        let run = |args: &[&str]| {
-            let status = Command::new(require("openssl"))
-                .args(args)
-                .current_dir(self.dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "openssl {args:?}");
-        };
-        let subject = format!("/CN={cn}");
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            &subject,
+        self.signed("client", &format!("/CN={cn}"), "extendedKeyUsage=clientAuth");
+    }
+
+    /// `<name>.key` and `<name>.crt` for `subject`, signed by the CA, with one extension line.
+    fn signed(&self, name: &str, subject: &str, extension: &str) {
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        self.openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
         ]);
-        std::fs::write(
-            self.dir.path().join("client.ext"),
-            "extendedKeyUsage=clientAuth\n",
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-        ]);
+        std::fs::write(self.dir.path().join(&ext), format!("{extension}\n")).unwrap();
+        self.openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+            ]
+            .into_iter()
+            .chain(["-out", &crt, "-days", "2", "-extfile", &ext])
+            .collect::<Vec<_>>(),
+        );
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let status = Command::new(require("openssl"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?}");
     }
 
     pub fn path(&self, name: &str) -> String {

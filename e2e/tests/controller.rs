@@ -154,12 +154,31 @@ spec:
             .collect()
     }
 
+    /// What a failing test saw: every policy's status and the namespace's events.
+    fn report(&self) {
+        let policies = kubectl(&["get", "bpp", "-n", self.ns(), "-o", "yaml"], None);
+        eprintln!(
+            "---- policies ----\n{}",
+            String::from_utf8_lossy(&policies.stdout)
+        );
+        let events = kubectl(&["get", "events", "-n", self.ns()], None);
+        eprintln!("---- events ----\n{}", String::from_utf8_lossy(&events.stdout));
+    }
+
     fn condition(&self, policy: &str, type_: &str) -> Value {
         let status = self.status(policy);
         status["conditions"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
             .unwrap_or_default()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.report();
+        }
     }
 }
 

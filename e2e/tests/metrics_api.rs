@@ -185,6 +185,11 @@ spec:
     wait_until("the metric comes back by itself", PATIENCE, || {
         raw(&path).ok().filter(|l| l["items"][0]["value"] == "1")
     });
+    wait_until(
+        "the HPA scales worker back down to 1 after the drain",
+        PATIENCE,
+        || (worker_replicas(&ns) == 1).then_some(()),
+    );
 }
 
 fn base64(bytes: &[u8]) -> String {

@@ -259,6 +259,10 @@ async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Re
     if !context.is_leader() {
         if policy.meta().deletion_timestamp.is_none() {
             context.tasks.ensure(&context, policy);
+        } else {
+            // The leader releases the targets; a follower stops sampling and serving the policy.
+            context.tasks.stop(&policy);
+            forget(&context, &policy);
         }
         return Ok(Action::await_change());
     }
@@ -272,13 +276,9 @@ async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Re
                 Ok(Action::await_change())
             }
             FinalizerEvent::Cleanup(policy) => {
-                let queues: Vec<String> = policy.spec.queues.iter().map(|q| q.name.clone()).collect();
                 for_event.tasks.stop(&policy);
                 actuator::release(&for_event, &policy, "PolicyDeleted").await?;
-                for_event
-                    .metrics
-                    .forget_policy(&namespace, &policy.name_any(), &queues);
-                for_event.values.forget(&namespace, &policy.name_any());
+                forget(&for_event, &policy);
                 Ok(Action::await_change())
             }
         }
@@ -320,6 +320,14 @@ impl Context {
 
 #[cfg(test)]
 mod tests;
+
+/// Drops a deleted policy's metric series and served values.
+fn forget(context: &Context, policy: &BackpressurePolicy) {
+    let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let queues: Vec<String> = policy.spec.queues.iter().map(|q| q.name.clone()).collect();
+    context.metrics.forget_policy(&namespace, &name, &queues);
+    context.values.forget(&namespace, &name);
+}
 
 fn error_policy(_policy: Arc<BackpressurePolicy>, error: &Error, context: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");

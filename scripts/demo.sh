@@ -58,5 +58,5 @@ else
   echo "== the circuit did not close within 60 s" >&2
   exit 1
 fi
-echo "   (Holding back producer pods and scaling workers with an HPA needs the Kubernetes control"
-echo "    plane; see README: Status.)"
+echo "   (Producer pods held back and workers scaled by the HPA: make e2e shows them on the local"
+echo "    Kubernetes control plane; see README: Status.)"

@@ -200,6 +200,21 @@ pub async fn run(
     Ok(())
 }
 
+/// Keeps `writer`'s store current from a watch on `api`, re-watching with backoff.
+fn reflect<K>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()))
+}
+
 fn start_reflectors(
     client: Client,
     settings: &Settings,
@@ -208,32 +223,10 @@ fn start_reflectors(
     let (deployments, deployment_writer) = reflector::store::<Deployment>();
     let (stateful_sets, stateful_set_writer) = reflector::store::<StatefulSet>();
     let (daemon_sets, daemon_set_writer) = reflector::store::<DaemonSet>();
-    let config = || watcher::Config::default().any_semantic();
-    let pod_stream = reflector::reflector(pod_writer, watcher(settings.api::<Pod>(client.clone()), config()))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()));
-    let deployment_stream = reflector::reflector(
-        deployment_writer,
-        watcher(settings.api::<Deployment>(client.clone()), config()),
-    )
-    .default_backoff()
-    .applied_objects()
-    .for_each(|_| futures::future::ready(()));
-    let stateful_set_stream = reflector::reflector(
-        stateful_set_writer,
-        watcher(settings.api::<StatefulSet>(client.clone()), config()),
-    )
-    .default_backoff()
-    .applied_objects()
-    .for_each(|_| futures::future::ready(()));
-    let daemon_set_stream = reflector::reflector(
-        daemon_set_writer,
-        watcher(settings.api::<DaemonSet>(client), config()),
-    )
-    .default_backoff()
-    .applied_objects()
-    .for_each(|_| futures::future::ready(()));
+    let pod_stream = reflect(pod_writer, settings.api::<Pod>(client.clone()));
+    let deployment_stream = reflect(deployment_writer, settings.api::<Deployment>(client.clone()));
+    let stateful_set_stream = reflect(stateful_set_writer, settings.api::<StatefulSet>(client.clone()));
+    let daemon_set_stream = reflect(daemon_set_writer, settings.api::<DaemonSet>(client));
     let all = async move {
         futures::join!(
             pod_stream,

@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all deps lint test unit e2e cluster-up cluster-down crds bench bench-controller fuzz demo build clean
+.PHONY: all deps lint test unit e2e cluster-up cluster-down crds manifests bench bench-controller fuzz demo build clean
 
 all: build
 
@@ -39,9 +39,15 @@ cluster-up:
 cluster-down:
 	e2e/scripts/controlplane.sh down $(CURDIR)/.cache/cluster
 
-## crds: regenerate crds/ from the Rust types (a test fails when it is stale)
+## crds: regenerate crds/ and the chart's copy from the Rust types (tests fail when they are stale)
 crds:
 	$(CARGO) run --quiet -- crd > crds/levee.dev_backpressurepolicies.yaml
+	cp crds/levee.dev_backpressurepolicies.yaml charts/levee/crds/
+
+## manifests: re-render manifests/ from charts/levee (a test fails when it is stale)
+manifests:
+	e2e/scripts/tools.sh install $(CURDIR)/.cache/bin >/dev/null
+	HELM=$(CURDIR)/.cache/bin/helm scripts/render-manifests.sh
 
 ## bench: sampling tick (vs redis-benchmark, per-queue EVAL) and metrics API (vs a constant TLS server)
 bench: deps

@@ -186,6 +186,7 @@ async fn main() {
         values,
         trust,
         authorizer: Authorizer::new(allowing_client()),
+        metrics: levee::telemetry::Metrics::new(),
     });
     let levee_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let levee_port = levee_listener.local_addr().unwrap().port();

@@ -2,7 +2,7 @@
 //! server for `/metrics`, `/healthz` and `/readyz`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,12 +36,15 @@ pub struct Metrics {
     pub pending: IntGaugeVec,
     pub circuit_state: IntGaugeVec,
     pub level: IntGaugeVec,
+    pub prolonged: IntGaugeVec,
     pub transitions: IntCounterVec,
     pub sample_duration: HistogramVec,
     pub sample_failures: IntCounterVec,
     pub throttled_targets: IntGaugeVec,
     pub reconciliations: IntCounterVec,
     pub api_writes: IntCounterVec,
+    pub metrics_api_requests: IntCounterVec,
+    pub metrics_api_duration: Histogram,
     ready: AtomicBool,
 }
 
@@ -77,6 +80,19 @@ impl Metrics {
         registry
             .register(Box::new(sample_duration.clone()))
             .expect("unique metric");
+        let metrics_api_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "levee_metrics_api_request_duration_seconds",
+                "Time to answer one request to the external metrics API (authorization included)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(metrics_api_duration.clone()))
+            .expect("unique metric");
         Arc::new(Self {
             queue_depth: gauge(
                 "levee_queue_depth",
@@ -92,6 +108,11 @@ impl Metrics {
             level: gauge(
                 "levee_level",
                 "Backlog level: 0 Normal, 1 Warning, 2 Critical",
+                policy,
+            ),
+            prolonged: gauge(
+                "levee_prolonged",
+                "1 while the Prolonged condition is True (not Closed for circuit.alertAfter)",
                 policy,
             ),
             transitions: counter(
@@ -112,6 +133,12 @@ impl Metrics {
                 "Writes to the Kubernetes API by kind",
                 &["kind"],
             ),
+            metrics_api_requests: counter(
+                "levee_metrics_api_requests_total",
+                "Requests to the external metrics API by HTTP status code",
+                &["code"],
+            ),
+            metrics_api_duration,
             ready: AtomicBool::new(false),
             registry,
         })
@@ -124,6 +151,7 @@ impl Metrics {
             &self.pending,
             &self.circuit_state,
             &self.level,
+            &self.prolonged,
             &self.throttled_targets,
         ] {
             let _ = gauge.remove_label_values(&labels);

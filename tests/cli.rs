@@ -308,6 +308,10 @@ fn crd_prints_the_committed_crd_and_version_prints_the_version() {
     let committed =
         std::fs::read_to_string(repo_root().join("crds/levee.dev_backpressurepolicies.yaml")).unwrap();
     assert_eq!(text(&output.stdout), committed, "crds/ is stale: run `make crds`");
+    let in_chart =
+        std::fs::read_to_string(repo_root().join("charts/levee/crds/levee.dev_backpressurepolicies.yaml"))
+            .unwrap();
+    assert_eq!(in_chart, committed, "the chart's CRD is stale: run `make crds`");
     let version = levee(&["version"]);
     assert_eq!(
         text(&version.stdout),

@@ -42,6 +42,50 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Runs helm (from `.cache/bin`, on PATH under `make e2e`) in the repository root.
+pub fn helm(args: &[&str]) -> Output {
+    Command::new("helm")
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("helm is on PATH (make e2e installs it into .cache/bin)")
+}
+
+/// `helm template` of `charts/levee` as `release` in `namespace` with `--set` values; the
+/// rendered objects, parsed.
+pub fn render_chart(release: &str, namespace: &str, sets: &[&str], show_only: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", release, "charts/levee", "--namespace", namespace];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    for template in show_only {
+        args.extend(["--show-only", template]);
+    }
+    let output = helm(&args);
+    assert!(
+        output.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    yaml_documents(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// The non-empty documents of a multi-document YAML text.
+pub fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| serde::Deserialize::deserialize(document).expect("valid YAML"))
+        .filter(|document: &Value| !document.is_null())
+        .collect()
+}
+
+/// Applies objects (a `List` of them) with kubectl; returns stdout.
+pub fn apply_objects(objects: &[Value], extra: &[&str]) -> String {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    let mut args = vec!["apply", "-f", "-"];
+    args.extend(extra);
+    kubectl_ok(&args, Some(&list.to_string()))
+}
+
 /// Runs kubectl and returns stdout, panicking with stderr on failure.
 pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     let output = kubectl(args, stdin);
@@ -125,14 +169,26 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
 /// The namespace levee's ServiceAccount and Lease live in during the tests.
 pub const LEVEE_NAMESPACE: &str = "levee-system";
 
-/// A kubeconfig for levee's own ServiceAccount, bound to exactly the RBAC in `rbac/levee.yaml`,
+/// Creates levee's namespace unless it exists.
+pub fn create_levee_namespace() {
+    let namespace =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEVEE_NAMESPACE}});
+    apply_objects(&[namespace], &[]);
+}
+
+/// A kubeconfig for levee's own ServiceAccount, bound to exactly the RBAC the Helm chart installs,
 /// so every test also proves that RBAC is enough.
 pub fn levee_kubeconfig() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let namespace = kubectl(&["create", "namespace", LEVEE_NAMESPACE], None);
-        let _ = namespace;
-        kubectl_ok(&["apply", "-f", "rbac/levee.yaml"], None);
+        create_levee_namespace();
+        let rbac = render_chart(
+            "levee",
+            LEVEE_NAMESPACE,
+            &[],
+            &["templates/serviceaccount.yaml", "templates/rbac.yaml"],
+        );
+        apply_objects(&rbac, &[]);
         let token = kubectl_ok(
             &["create", "token", "levee", "-n", LEVEE_NAMESPACE, "--duration=2h"],
             None,
@@ -167,6 +223,11 @@ pub struct Levee {
 impl Levee {
     /// Starts levee watching `namespace`, as the levee ServiceAccount, with extra flags.
     pub fn start(namespace: &str, extra: &[&str]) -> Self {
+        Self::start_with_api_port(namespace, extra, redis::free_port())
+    }
+
+    /// Like `start`, its metrics API listening on 127.0.0.1:`api_port`.
+    pub fn start_with_api_port(namespace: &str, extra: &[&str], api_port: u16) -> Self {
         // LEVEE_BIN picks another build (the controller benchmark uses the release one).
         let binary = std::env::var_os("LEVEE_BIN")
             .map(PathBuf::from)
@@ -179,7 +240,6 @@ impl Levee {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("levee.log");
         let metrics_port = redis::free_port();
-        let api_port = redis::free_port();
         let child = Command::new(binary)
             .args([
                 "run",

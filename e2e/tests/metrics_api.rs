@@ -5,7 +5,9 @@
 //!
 //! One test: an APIService is cluster-wide, so it must not run twice at once.
 
-use levee_e2e::redis::{RedisServer, TlsFiles};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use levee_e2e::redis::RedisServer;
 use levee_e2e::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -70,45 +72,38 @@ spec:
     );
     kubectl_ok(&["apply", "-f", "-"], Some(&policy));
 
-    let service = "levee-metrics";
-    let tls = TlsFiles::generate_for(&format!("DNS:{service}.{ns}.svc,DNS:localhost,IP:127.0.0.1"));
-    let (cert, key) = (tls.path("server.crt"), tls.path("server.key"));
-    let levee = Levee::start(
+    // The chart's own metrics API objects: its generated CA and serving certificate (Secret),
+    // the Service (ExternalName localhost: no kube-proxy here, the aggregator dials the name) and
+    // the APIService with the CA as caBundle. levee serves the chart's certificate.
+    let api_port = levee_e2e::redis::free_port();
+    let port = format!("metricsApi.service.port={api_port}");
+    let objects = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &["metricsApi.service.externalName=localhost", &port],
+        &["templates/metrics-api.yaml"],
+    );
+    let secret = objects.iter().find(|o| o["kind"] == "Secret").unwrap();
+    let files = tempfile::tempdir().unwrap();
+    for name in ["tls.crt", "tls.key"] {
+        let pem = BASE64.decode(secret["data"][name].as_str().unwrap()).unwrap();
+        std::fs::write(files.path().join(name), pem).unwrap();
+    }
+    let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    let levee = Levee::start_with_api_port(
         &ns,
         &[
             "--leader-elect=false",
             "--tls-cert-file",
-            &cert,
+            cert.to_str().unwrap(),
             "--tls-key-file",
-            &key,
+            key.to_str().unwrap(),
         ],
+        api_port,
     );
-    let ca = std::fs::read(tls.path("ca.crt")).unwrap();
     let _guard = ApiServiceGuard;
-    // The APIService users apply (deploy/), pointed at this test's Service and CA.
-    let manifest = std::fs::read_to_string(repo_root().join("deploy/metrics-apiservice.yaml")).unwrap();
-    let mut apiservice: Value = serde_yaml::Deserializer::from_str(&manifest)
-        .map(|document| serde::Deserialize::deserialize(document).unwrap())
-        .find(|document: &Value| document["kind"] == "APIService")
-        .unwrap();
-    apiservice["spec"]["service"] =
-        serde_json::json!({"name": service, "namespace": ns, "port": levee.api_port});
-    apiservice["spec"]["caBundle"] = base64(&ca).into();
-    let objects = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "List",
-        "items": [
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": service, "namespace": ns},
-                // No kube-proxy here: the aggregator dials an ExternalName Service's name directly.
-                "spec": {"type": "ExternalName", "externalName": "localhost", "ports": [{"port": levee.api_port}]}
-            },
-            apiservice,
-        ]
-    });
-    kubectl_ok(&["apply", "-f", "-"], Some(&objects.to_string()));
+    create_levee_namespace();
+    apply_objects(&objects, &[]);
     wait_until("APIService Available", PATIENCE, || {
         let apiservice = kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"]);
         let available = apiservice["status"]["conditions"]
@@ -167,6 +162,9 @@ spec:
         .output()
         .expect("curl runs");
     assert_eq!(String::from_utf8_lossy(&forged.stdout), "401");
+    assert!(levee.metric(r#"levee_metrics_api_requests_total{code="401"}"#) >= 1.0);
+    assert!(levee.metric(r#"levee_metrics_api_requests_total{code="200"}"#) >= 1.0);
+    assert!(levee.metric("levee_metrics_api_request_duration_seconds_count") >= 2.0);
 
     redis.stop();
     let refused = wait_until("503 once the samples fail", PATIENCE, || raw(&path).err());
@@ -174,6 +172,7 @@ spec:
         refused.contains("ServiceUnavailable") || refused.contains("503"),
         "{refused}"
     );
+    assert!(levee.metric(r#"levee_metrics_api_requests_total{code="503"}"#) >= 1.0);
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
         worker_replicas(&ns),
@@ -190,16 +189,4 @@ spec:
         PATIENCE,
         || (worker_replicas(&ns) == 1).then_some(()),
     );
-}
-
-fn base64(bytes: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("base64")
-        .arg("-w0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
 }

@@ -101,6 +101,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         values: values.clone(),
         trust,
         authorizer: Authorizer::new(client.clone()),
+        metrics: metrics.clone(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(telemetry::serve(

@@ -334,6 +334,11 @@ fn record_circuit(context: &Context, namespace: &str, name: &str, circuit: &Circ
         .level
         .with_label_values(&[namespace, name])
         .set(level);
+    context
+        .metrics
+        .prolonged
+        .with_label_values(&[namespace, name])
+        .set(i64::from(circuit.prolonged));
 }
 
 /// Events for a transition, a worse level, Prolonged and a reset, with the numbers behind them.

@@ -6,6 +6,7 @@ use super::auth::{Authorizer, RequestHeaderTrust, identify};
 use super::routes::{self, Access, Body as ReplyBody, Reply};
 use super::tls::{ServingCert, common_name, server_config};
 use super::values::MetricValues;
+use crate::telemetry::Metrics;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,6 +23,8 @@ pub struct MetricsApi {
     pub values: MetricValues,
     pub trust: Arc<RequestHeaderTrust>,
     pub authorizer: Authorizer,
+    /// Where request counts by status code and latencies are recorded.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -88,8 +91,16 @@ pub async fn handle(
     client_cn: Option<&str>,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
     let (parts, _) = request.into_parts();
     let reply = decide(api, client_cn, &parts).await;
+    api.metrics
+        .metrics_api_requests
+        .with_label_values(&[&reply.status.to_string()])
+        .inc();
+    api.metrics
+        .metrics_api_duration
+        .observe(started.elapsed().as_secs_f64());
     let (content_type, body) = match reply.body {
         ReplyBody::Json(value) => ("application/json", Bytes::from(value.to_string())),
         ReplyBody::Text(text) => ("text/plain; charset=utf-8", Bytes::from_static(text.as_bytes())),

@@ -1,0 +1,48 @@
+{{/* The release's full name: "levee" for a release named levee, else "<release>-levee". */}}
+{{- define "levee.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "levee.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "levee.labels" -}}
+{{ include "levee.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "levee.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "levee.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the metrics API's serving certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "levee.tlsSecretName" -}}
+{{- printf "%s-tls" (include "levee.fullname" .) -}}
+{{- end -}}
+
+{{/* The DNS names of the metrics API Service, which the API server's aggregator verifies. */}}
+{{- define "levee.serviceNames" -}}
+{{- $service := include "levee.fullname" . -}}
+{{- list $service (printf "%s.%s" $service .Release.Namespace) (printf "%s.%s.svc" $service .Release.Namespace) | toJson -}}
+{{- end -}}
+
+{{- define "levee.checkValues" -}}
+{{- if and .Values.certManager.enabled .Values.tls.selfSigned -}}
+{{- fail "choose one source for the metrics API certificate: set certManager.enabled or tls.selfSigned, not both" -}}
+{{- end -}}
+{{- if eq (int .Values.metrics.port) 6443 -}}
+{{- fail "metrics.port must differ from 6443, the port of levee's external metrics API" -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,442 @@
+//! The Helm chart: `helm lint`, the values schema's refusals, the hardening of the Deployment,
+//! `manifests/` being current, every combination of options accepted by the API server
+//! (`kubectl apply --dry-run=server`, with the real Prometheus Operator and cert-manager CRDs),
+//! and a real install whose generated CA survives `helm upgrade`.
+
+use levee_e2e::*;
+use serde_json::Value;
+use std::process::Command;
+
+/// Option sets a user may pick; each must render and be accepted by the API server.
+const VALUE_SETS: &[&[&str]] = &[
+    &[],
+    &["tls.selfSigned=true"],
+    &["certManager.enabled=true"],
+    &[
+        "certManager.enabled=true",
+        "certManager.issuerRef.name=corp-ca",
+        "certManager.issuerRef.kind=ClusterIssuer",
+    ],
+    &[
+        "serviceMonitor.enabled=true",
+        "prometheusRule.enabled=true",
+        "grafanaDashboard.enabled=true",
+        "networkPolicy.enabled=true",
+        "watchNamespace=jobs",
+        "log.format=text",
+    ],
+    &[
+        "replicas=0",
+        "metricsApi.service.externalName=localhost",
+        "metricsApi.service.port=6443",
+    ],
+    &[
+        "metricsApi.enabled=false",
+        "podDisruptionBudget.enabled=false",
+        "rbac.create=false",
+        "serviceAccount.create=false",
+        "serviceAccount.name=existing",
+    ],
+];
+
+fn helm_ok(args: &[&str]) -> String {
+    let output = helm(args);
+    assert!(
+        output.status.success(),
+        "helm {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|object| object["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+#[test]
+fn helm_lint_passes_with_every_option_set() {
+    helm_ok(&["lint", "--strict", "charts/levee"]);
+    for sets in VALUE_SETS {
+        let mut args = vec!["lint", "--strict", "charts/levee"];
+        for set in *sets {
+            args.extend(["--set", set]);
+        }
+        helm_ok(&args);
+    }
+}
+
+#[test]
+fn wrong_values_are_refused_with_a_message_naming_the_key() {
+    let cases = [
+        ("replicas=-1", "/replicas"),
+        ("replicas=two", "/replicas"),
+        ("log.format=xml", "value must be one of 'json', 'text'"),
+        ("statusHeartbeat=soon", "/statusHeartbeat"),
+        ("leaderElection.leaseDuration=15", "/leaderElection/leaseDuration"),
+        ("metricsApi.service.port=70000", "/metricsApi/service/port"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("watchNamespace=Jobs_1", "/watchNamespace"),
+        ("replica=3", "additional properties 'replica' not allowed"),
+        (
+            "certManager.issuerRef.kind=Issuers",
+            "/certManager/issuerRef/kind",
+        ),
+        (
+            "metrics.port=6443",
+            "metrics.port must differ from 6443, the port of levee's external metrics API",
+        ),
+        (
+            "certManager.enabled=true,tls.selfSigned=true",
+            "set certManager.enabled or tls.selfSigned, not both",
+        ),
+        (
+            "serviceAccount.create=false",
+            "serviceAccount.name is required when serviceAccount.create is false",
+        ),
+    ];
+    for (set, expected) in cases {
+        let output = helm(&["template", "levee", "charts/levee", "--set", set]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--set {set} was accepted");
+        assert!(stderr.contains(expected), "--set {set}: {stderr}");
+    }
+}
+
+#[test]
+fn the_deployment_is_hardened_and_led_by_one_replica() {
+    let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
+    let deployment = find(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--leader-elect=true"), "{args:?}");
+    assert!(
+        args.contains(&"--tls-cert-file=/etc/levee/tls/tls.crt"),
+        "{args:?}"
+    );
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|var| var["name"].as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"POD_NAMESPACE") && env.contains(&"POD_NAME"));
+    assert_eq!(find(&objects, "PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
+    // The chart's version of levee is this crate's.
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("charts/levee/Chart.yaml")).unwrap())
+            .unwrap();
+    let cargo = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let version = cargo
+        .lines()
+        .find_map(|line| line.strip_prefix("version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert_eq!(
+        chart["appVersion"], version,
+        "Chart.yaml's appVersion is not levee's version"
+    );
+}
+
+#[test]
+fn the_apiservice_trusts_exactly_the_ca_that_signed_the_serving_certificate() {
+    let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
+    let secret = find(&objects, "Secret");
+    let apiservice = find(&objects, "APIService");
+    assert_eq!(apiservice["spec"]["caBundle"], secret["data"]["ca.crt"]);
+    assert_eq!(apiservice["spec"]["service"]["name"], "levee");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ca.crt", "tls.crt"] {
+        let pem = decode(secret["data"][name].as_str().unwrap());
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let verify = Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            "ca.crt",
+            "-verify_hostname",
+            "levee.levee-system.svc",
+            "tls.crt",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let self_signed = render_chart("levee", LEVEE_NAMESPACE, &["tls.selfSigned=true"], &[]);
+    assert!(!self_signed.iter().any(|object| object["kind"] == "Secret"));
+    assert_eq!(
+        find(&self_signed, "APIService")["spec"]["insecureSkipTLSVerify"],
+        true
+    );
+    let cert_manager = render_chart("levee", LEVEE_NAMESPACE, &["certManager.enabled=true"], &[]);
+    assert_eq!(
+        find(&cert_manager, "APIService")["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "levee-system/levee"
+    );
+}
+
+#[test]
+fn the_alerts_and_the_dashboard_use_only_metrics_levee_exports() {
+    let objects = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &["prometheusRule.enabled=true", "grafanaDashboard.enabled=true"],
+        &["templates/monitoring.yaml"],
+    );
+    let exported = levee_metric_names();
+    let rules = find(&objects, "PrometheusRule");
+    let mut expressions: Vec<String> = Vec::new();
+    for group in rules["spec"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            expressions.push(rule["expr"].as_str().unwrap().to_string());
+        }
+    }
+    let alerts: Vec<&str> = rules["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|rule| rule["alert"].as_str())
+        .collect();
+    for alert in [
+        "LeveeCircuitOpen",
+        "LeveeBacklogWarning",
+        "LeveeProlonged",
+        "LeveeSamplingFailing",
+        "LeveeMetricsApiErrors",
+    ] {
+        assert!(alerts.contains(&alert), "{alert} missing from {alerts:?}");
+    }
+    let dashboard = find(&objects, "ConfigMap");
+    let dashboard: Value = serde_json::from_str(dashboard["data"]["levee.json"].as_str().unwrap()).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            expressions.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(expressions.len() > 10);
+    for expression in &expressions {
+        let names = regex_metric_names(expression);
+        assert!(!names.is_empty(), "no levee metric in {expression}");
+        for name in names {
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            assert!(
+                exported.contains(base),
+                "{name} (in {expression}) is not a levee metric"
+            );
+        }
+    }
+}
+
+/// The metric names levee registers: the quoted `"levee_..."` names in src/telemetry.rs.
+fn levee_metric_names() -> std::collections::BTreeSet<String> {
+    let source = std::fs::read_to_string(repo_root().join("src/telemetry.rs")).unwrap();
+    source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|literal| literal.starts_with("levee_"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn regex_metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("levee_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn manifests_are_rendered_from_the_current_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(repo_root().join("scripts/render-manifests.sh"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for name in ["00-namespace.yaml", "01-crd.yaml", "02-levee.yaml"] {
+        let fresh = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let committed = std::fs::read_to_string(repo_root().join("manifests").join(name)).unwrap_or_default();
+        assert!(
+            fresh == committed,
+            "manifests/{name} is stale: run `make manifests`"
+        );
+    }
+    let committed = std::fs::read_dir(repo_root().join("manifests")).unwrap().count();
+    assert_eq!(
+        committed, 3,
+        "manifests/ holds a file the renderer does not write"
+    );
+}
+
+/// A third-party CRD file from a Go module (fetched through the Go module proxy, cached).
+fn module_file(module: &str, path: &str) -> String {
+    let output = Command::new("go")
+        .args(["mod", "download", "-json", module])
+        .env("GOFLAGS", "-mod=mod")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("go runs");
+    let info: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let dir = info["Dir"].as_str().unwrap_or_else(|| {
+        panic!(
+            "go mod download {module}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    std::fs::read_to_string(std::path::Path::new(dir).join(path)).unwrap()
+}
+
+/// The CRDs of the optional integrations, exactly as their projects publish them.
+fn install_integration_crds() {
+    const PROMETHEUS_OPERATOR: &str = "github.com/prometheus-operator/prometheus-operator@v0.85.0";
+    const CERT_MANAGER: &str = "github.com/cert-manager/cert-manager@v1.21.2";
+    let files = [
+        (
+            PROMETHEUS_OPERATOR,
+            "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+        ),
+        (
+            PROMETHEUS_OPERATOR,
+            "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+        ),
+        (CERT_MANAGER, "deploy/crds/cert-manager.io_certificates.yaml"),
+        (CERT_MANAGER, "deploy/crds/cert-manager.io_issuers.yaml"),
+    ];
+    for (module, path) in files {
+        kubectl_ok(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&module_file(module, path)),
+        );
+    }
+    for crd in [
+        "servicemonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+        "certificates.cert-manager.io",
+        "issuers.cert-manager.io",
+    ] {
+        kubectl_ok(
+            &[
+                "wait",
+                "--for",
+                "condition=Established",
+                &format!("crd/{crd}"),
+                "--timeout=60s",
+            ],
+            None,
+        );
+    }
+}
+
+#[test]
+fn every_option_set_and_the_manifests_are_accepted_by_the_api_server() {
+    install_crd();
+    install_integration_crds();
+    create_levee_namespace();
+    for sets in VALUE_SETS {
+        let objects = render_chart("levee", LEVEE_NAMESPACE, sets, &[]);
+        let output = kubectl(
+            &["apply", "--dry-run=server", "-f", "-"],
+            Some(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string()),
+        );
+        assert!(
+            output.status.success(),
+            "--set {sets:?} refused: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = kubectl(&["apply", "--dry-run=server", "-f", "manifests/"], None);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let applied = String::from_utf8_lossy(&output.stdout);
+    for object in [
+        "deployment.apps/levee",
+        "apiservice.apiregistration.k8s.io/v1beta1.external.metrics.k8s.io",
+        "clusterrole.rbac.authorization.k8s.io/levee",
+    ] {
+        assert!(applied.contains(object), "{object} not in: {applied}");
+    }
+}
+
+#[test]
+fn helm_upgrade_keeps_the_generated_ca_and_uninstall_removes_everything() {
+    let namespace = TestNamespace::create("levee-e2e-chart");
+    let ns = namespace.name.as_str();
+    let install = [
+        "upgrade",
+        "--install",
+        "chart-e2e",
+        "charts/levee",
+        "--namespace",
+        ns,
+        "--set",
+        "metricsApi.enabled=false",
+        "--wait=false",
+    ];
+    helm_ok(&install);
+    let secret_name = "chart-e2e-levee-tls";
+    let first = kubectl_json(&["get", "secret", secret_name, "-n", ns]);
+    let deployment = kubectl_json(&["get", "deployment", "chart-e2e-levee", "-n", ns]);
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let mut upgrade = install.to_vec();
+    upgrade.extend(["--set", "log.level=debug"]);
+    helm_ok(&upgrade);
+    let second = kubectl_json(&["get", "secret", secret_name, "-n", ns]);
+    assert_eq!(
+        first["data"], second["data"],
+        "helm upgrade must keep the CA and certificate"
+    );
+    let deployment = kubectl_json(&["get", "deployment", "chart-e2e-levee", "-n", ns]);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "debug"
+    );
+    helm_ok(&["uninstall", "chart-e2e", "--namespace", ns, "--wait"]);
+    let left = kubectl(&["get", "clusterrole", "chart-e2e-levee"], None);
+    assert!(!left.status.success(), "the ClusterRole outlived the release");
+    let left = kubectl(&["get", "secret", secret_name, "-n", ns], None);
+    assert!(!left.status.success(), "the Secret outlived the release");
+}
+
+fn decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+}

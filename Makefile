@@ -64,7 +64,7 @@ fuzz:
 	cd fuzz && cargo +nightly fuzz run selector -- -max_total_time=60
 	cd fuzz && cargo +nightly fuzz run metric_request -- -max_total_time=60
 
-## demo: a burst of jobs opens the circuit and the drain closes it again
+## demo: local control plane + Redis + the chart; a burst opens the circuit, the HPA scales the workers, all recovers
 demo: deps build
 	@scripts/demo.sh
 

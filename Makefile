@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all deps lint test unit e2e cluster-up cluster-down crds manifests bench bench-controller fuzz demo build clean
+.PHONY: all deps lint test unit e2e e2e-kind image cluster-up cluster-down crds manifests bench bench-controller fuzz demo build clean
 
 all: build
 
@@ -29,6 +29,14 @@ unit: deps
 ## e2e: the end-to-end suite on the local control plane (built from Go modules, cached)
 e2e:
 	e2e/scripts/with-cluster.sh cargo test -p levee-e2e
+
+## e2e-kind: (machines with Docker and kind) the image, helm install on kind, then the same suite
+e2e-kind: deps
+	e2e/scripts/kind.sh
+
+## image: levee's container image (static binary, distroless, non-root)
+image:
+	docker build -t levee:dev .
 
 ## cluster-up / cluster-down: a local control plane in .cache/cluster for manual use
 cluster-up:

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-levee="$root/target/release/levee"
+levee="${LEVEE_BIN:-$root/target/release/levee}"
 bin_dir="$root/.cache/bin"
 e2e/scripts/tools.sh install "$bin_dir" >/dev/null
 export PATH="$bin_dir:$PATH"
@@ -38,7 +38,7 @@ trap 'exit 130' INT TERM
 started=$SECONDS
 say() { printf '%4ss  %s\n' "$((SECONDS - started))" "$*"; }
 
-say "starting a local control plane and redis-server"
+say "starting a local control plane and redis-server (work dir $work)"
 e2e/scripts/controlplane.sh up "$work/cluster" >/dev/null
 export KUBECONFIG="$work/cluster/admin.kubeconfig"
 redis_port=$(free_port)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a command against a fresh local control plane: builds (or reuses) it, starts it in a
-# temporary directory, runs "$@" with KUBECONFIG and PATH (kubectl, helm from .cache/bin) set,
+# temporary directory, runs "$@" with KUBECONFIG and PATH (kubectl, helm, promtool from .cache/bin) set,
 # and stops it again, whatever happens. `make e2e` and `make bench-controller` use it.
 #   e2e/scripts/with-cluster.sh cargo test -p levee-e2e
 set -euo pipefail
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/../.."
 
 bin_dir="$PWD/.cache/bin"
 e2e/scripts/tools.sh install "$bin_dir" >/dev/null
+e2e/scripts/promtool.sh install "$bin_dir" >/dev/null
 e2e/scripts/controlplane.sh build >/dev/null
 
 dir=$(mktemp -d -t levee-e2e.XXXXXX)

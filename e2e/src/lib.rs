@@ -166,6 +166,15 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
+/// The address at which the cluster reaches this machine, when that is not localhost: set by
+/// `make e2e-kind` (the kind network's gateway). levee's metrics API then listens on every
+/// interface and the APIService's ExternalName Service names this address.
+pub fn host_address() -> Option<String> {
+    std::env::var("LEVEE_E2E_HOST_ADDRESS")
+        .ok()
+        .filter(|address| !address.is_empty())
+}
+
 /// The namespace levee's ServiceAccount and Lease live in during the tests.
 pub const LEVEE_NAMESPACE: &str = "levee-system";
 
@@ -240,6 +249,11 @@ impl Levee {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("levee.log");
         let metrics_port = redis::free_port();
+        let listen = if host_address().is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         let child = Command::new(binary)
             .args([
                 "run",
@@ -249,7 +263,7 @@ impl Levee {
                 LEVEE_NAMESPACE,
             ])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--external-metrics-addr", &format!("127.0.0.1:{api_port}")])
+            .args(["--external-metrics-addr", &format!("{listen}:{api_port}")])
             .args(extra)
             .env("KUBECONFIG", levee_kubeconfig())
             .env("RUST_LOG", "info,levee=debug")

@@ -1,7 +1,8 @@
 //! The Helm chart: `helm lint`, the values schema's refusals, the hardening of the Deployment,
-//! `manifests/` being current, every combination of options accepted by the API server
-//! (`kubectl apply --dry-run=server`, with the real Prometheus Operator and cert-manager CRDs),
-//! and a real install whose generated CA survives `helm upgrade`.
+//! `manifests/` being current, the alerts (promtool) and the dashboard's queries, every
+//! combination of options accepted by the API server (`kubectl apply --dry-run=server`, with the
+//! real Prometheus Operator and cert-manager CRDs), and a real install whose generated CA
+//! survives `helm upgrade`.
 
 use levee_e2e::*;
 use serde_json::Value;
@@ -253,6 +254,27 @@ fn the_alerts_and_the_dashboard_use_only_metrics_levee_exports() {
             );
         }
     }
+}
+
+#[test]
+fn the_alerts_are_valid_promql_and_fire_when_they_should() {
+    let promtool = |args: &[&str]| {
+        let output = Command::new("promtool")
+            .args(args)
+            .current_dir(repo_root())
+            .output()
+            .expect("promtool is on PATH (make e2e builds it into .cache/bin)");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    promtool(&["check", "rules", "charts/levee/files/alerts.yaml"]);
+    // Each alert: fires after its `for` on the series levee exports, with its annotations
+    // rendered as expected, and not on a blip.
+    promtool(&["test", "rules", "e2e/alerts/levee_test.yaml"]);
 }
 
 /// The metric names levee registers: the quoted `"levee_..."` names in src/telemetry.rs.

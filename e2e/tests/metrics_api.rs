@@ -77,10 +77,14 @@ spec:
     // the APIService with the CA as caBundle. levee serves the chart's certificate.
     let api_port = levee_e2e::redis::free_port();
     let port = format!("metricsApi.service.port={api_port}");
+    let host = format!(
+        "metricsApi.service.externalName={}",
+        host_address().unwrap_or_else(|| "localhost".into())
+    );
     let objects = render_chart(
         "levee",
         LEVEE_NAMESPACE,
-        &["metricsApi.service.externalName=localhost", &port],
+        &[&host, &port],
         &["templates/metrics-api.yaml"],
     );
     let secret = objects.iter().find(|o| o["kind"] == "Secret").unwrap();

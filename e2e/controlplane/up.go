@@ -238,11 +238,14 @@ func apiserverArgs(p *pki, etcdURL string, port int) []string {
 
 func controllerManagerArgs(p *pki, kubeconfig string) []string {
 	return []string{
-		// With --use-service-account-credentials=false every controller uses
-		// this kubeconfig's identity, so it must be allowed everything: the
-		// certificate is in system:masters.
+		// As on a real cluster, each controller acts as its own ServiceAccount
+		// in kube-system (tokens from the TokenRequest API, signed with sa.key)
+		// and is authorized by its bootstrap ClusterRole: the HPA controller's
+		// metric requests reach levee as
+		// system:serviceaccount:kube-system:horizontal-pod-autoscaler. This
+		// kubeconfig (system:masters) only creates those ServiceAccounts.
 		"--kubeconfig=" + kubeconfig,
-		"--use-service-account-credentials=false",
+		"--use-service-account-credentials=true",
 		"--leader-elect=false",
 		"--controllers=" + strings.Join(controllers, ","),
 		// Fast HPA reactions keep scaling tests short.

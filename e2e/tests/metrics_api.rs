@@ -145,6 +145,13 @@ spec:
     wait_until("the HPA scales worker to ceil(1200 / 200) = 6", PATIENCE, || {
         (worker_replicas(&ns) == 6).then_some(())
     });
+    // The HPA controller asks as its own ServiceAccount, authorized by its bootstrap ClusterRole
+    // through levee's SubjectAccessReview, as on a real cluster.
+    let log = levee.log();
+    assert!(
+        log.contains("user=system:serviceaccount:kube-system:horizontal-pod-autoscaler"),
+        "no request from the HPA controller's ServiceAccount in levee's log"
+    );
 
     // A request that skips the aggregator: no client certificate, a forged identity.
     let forged = std::process::Command::new("curl")

@@ -75,6 +75,8 @@ struct PolicyState {
     dropped_targets: Vec<TargetRef>,
     /// The generation whose managed HPA is in place.
     autoscaled_generation: Option<i64>,
+    /// The last failure to apply the managed HPA, shown in the Ready condition until it works.
+    autoscaler_error: Option<String>,
 }
 
 impl PolicyState {
@@ -88,6 +90,7 @@ impl PolicyState {
             last_write: None,
             dropped_targets: Vec::new(),
             autoscaled_generation: None,
+            autoscaler_error: None,
             policy,
         }
     }
@@ -182,9 +185,13 @@ async fn tick(context: &Context, state: &mut PolicyState) {
     }
     if state.autoscaled_generation != policy.metadata.generation {
         match autoscaler::sync(context, &policy).await {
-            Ok(()) => state.autoscaled_generation = policy.metadata.generation,
+            Ok(()) => {
+                state.autoscaled_generation = policy.metadata.generation;
+                state.autoscaler_error = None;
+            }
             Err(error) => {
-                tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying")
+                tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying");
+                state.autoscaler_error = Some(error.to_string());
             }
         }
     }
@@ -233,6 +240,7 @@ async fn tick(context: &Context, state: &mut PolicyState) {
         circuit: &state.circuit,
         sample: sample.as_ref(),
         targets: &targets,
+        autoscaler_error: state.autoscaler_error.as_deref(),
         dry_run: policy.spec.dry_run,
         now,
     };

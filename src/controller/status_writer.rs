@@ -19,6 +19,8 @@ pub struct TickReport<'a> {
     pub circuit: &'a Circuit,
     pub sample: Result<&'a Sample, &'a EndpointProblem>,
     pub targets: &'a Outcome,
+    /// Why the HPA for `spec.scaleTarget` could not be applied, until it can.
+    pub autoscaler_error: Option<&'a str>,
     pub dry_run: bool,
     pub now: Timestamp,
 }
@@ -89,6 +91,10 @@ fn readiness(report: &TickReport, now: Timestamp) -> ConditionValue {
     if let Some(error) = report.targets.errors.first() {
         return not_ready("TargetUpdateFailed", error);
     }
+    if let Some(error) = report.autoscaler_error {
+        let message = format!("applying the HPA for spec.scaleTarget failed (retrying every tick): {error}");
+        return not_ready("ScaleTargetFailed", &message);
+    }
     if report.dry_run {
         return ConditionValue::new(
             true,
@@ -157,4 +163,72 @@ pub async fn write(
     .await?;
     context.metrics.api_writes.with_label_values(&["status"]).inc();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::QueueReading;
+
+    fn sample() -> Sample {
+        Sample {
+            at: Timestamp::from_second(1_800_000_000).unwrap(),
+            queues: vec![QueueReading {
+                name: "events".into(),
+                weight: 1,
+                depth: Ok(7),
+            }],
+            round_trips: 1,
+            unreachable: None,
+            duration: std::time::Duration::from_millis(1),
+        }
+    }
+
+    fn ready_condition(autoscaler_error: Option<&str>, targets: &Outcome) -> (String, String, String) {
+        let sample = sample();
+        let report = TickReport {
+            circuit: &Circuit::default(),
+            sample: Ok(&sample),
+            targets,
+            autoscaler_error,
+            dry_run: false,
+            now: sample.at,
+        };
+        let policy: BackpressurePolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "levee.dev/v1alpha1", "kind": "BackpressurePolicy",
+            "metadata": {"name": "p", "namespace": "jobs", "generation": 3},
+            "spec": {"redis": {"url": "redis://r:6379"}, "queues": [{"name": "events", "type": "list", "key": "e"}],
+                     "thresholds": {"warning": 10, "critical": 20, "recovery": 5}}
+        }))
+        .unwrap();
+        let status = next_status(&policy, &BackpressurePolicyStatus::default(), &report);
+        let ready = status.condition(condition::READY).unwrap();
+        (ready.status.clone(), ready.reason.clone(), ready.message.clone())
+    }
+
+    #[test]
+    fn a_failing_hpa_makes_the_policy_not_ready_saying_why() {
+        let (status, reason, message) = ready_condition(
+            Some("horizontalpodautoscalers.autoscaling is forbidden"),
+            &Outcome::default(),
+        );
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "ScaleTargetFailed"));
+        assert!(
+            message.contains("horizontalpodautoscalers.autoscaling is forbidden"),
+            "{message}"
+        );
+        let (status, reason, _) = ready_condition(None, &Outcome::default());
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "Active"));
+    }
+
+    #[test]
+    fn a_missing_target_is_reported_before_the_hpa() {
+        let targets = Outcome {
+            missing: vec!["Deployment jobs/api".into()],
+            ..Outcome::default()
+        };
+        let (_, reason, message) = ready_condition(Some("forbidden"), &targets);
+        assert_eq!(reason, "TargetNotFound");
+        assert!(message.contains("Deployment jobs/api not found"), "{message}");
+    }
 }

@@ -126,8 +126,12 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
         let config = api.trust.config.read().expect("config lock").clone();
         let identity = match identify(client_cn, &parts.headers, &config) {
             Ok(identity) => identity,
-            Err(refused) => return routes::status(401, "Unauthorized", &refused.0),
+            Err(refused) => {
+                tracing::debug!(%path, reason = %refused.0, "metrics API request refused: not authenticated");
+                return routes::status(401, "Unauthorized", &refused.0);
+            }
         };
+        tracing::debug!(%path, user = %identity.user, "metrics API request");
         if let Access::Metric { namespace, metric } = &access {
             match api.authorizer.allowed(&identity, namespace, metric).await {
                 Ok(true) => {}

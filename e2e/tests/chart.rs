@@ -234,6 +234,35 @@ fn the_alerts_and_the_dashboard_use_only_metrics_levee_exports() {
     }
     let dashboard = find(&objects, "ConfigMap");
     let dashboard: Value = serde_json::from_str(dashboard["data"]["levee.json"].as_str().unwrap()).unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(panel["id"].as_i64().unwrap()),
+            "panel id {} twice",
+            panel["id"]
+        );
+        let title = panel["title"].as_str().unwrap();
+        if panel["type"] != "row" {
+            assert!(
+                panel["description"].as_str().is_some_and(|d| !d.is_empty()),
+                "{title}: no description"
+            );
+            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        }
+    }
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|panel| panel["title"].as_str())
+        .collect();
+    let timelines = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|panel| panel["type"] == "state-timeline")
+        .count();
+    assert!(timelines >= 1, "no circuit state timeline in {titles:?}");
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             expressions.push(target["expr"].as_str().unwrap().to_string());
@@ -438,6 +467,21 @@ fn helm_upgrade_keeps_the_generated_ca_and_uninstall_removes_everything() {
     let first = kubectl_json(&["get", "secret", secret_name, "-n", ns]);
     let deployment = kubectl_json(&["get", "deployment", "chart-e2e-levee", "-n", ns]);
     assert_eq!(deployment["spec"]["replicas"], 2);
+    // NOTES.txt tells the user what to do next, for this release.
+    let notes = helm_ok(&["get", "notes", "chart-e2e", "--namespace", ns]);
+    for next in [
+        "kubectl -n {ns} get deploy,pods -l app.kubernetes.io/instance=chart-e2e",
+        "conditionType: levee.dev/accepting",
+        "kubectl get bpp -A",
+        "kubectl delete bpp --all -A",
+    ] {
+        let next = next.replace("{ns}", ns);
+        assert!(notes.contains(&next), "NOTES lack {next:?}:\n{notes}");
+    }
+    assert!(
+        !notes.contains("external.metrics.k8s.io"),
+        "metricsApi is off: {notes}"
+    );
     let mut upgrade = install.to_vec();
     upgrade.extend(["--set", "log.level=debug"]);
     helm_ok(&upgrade);

@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all deps lint test unit e2e e2e-kind image cluster-up cluster-down crds manifests bench bench-controller fuzz demo build clean
+.PHONY: all deps lint test unit e2e e2e-kind image static cluster-up cluster-down crds manifests bench bench-controller fuzz demo build clean
 
 all: build
 
@@ -33,6 +33,10 @@ e2e:
 ## e2e-kind: (machines with Docker and kind) the image, helm install on kind, then the same suite
 e2e-kind: deps
 	e2e/scripts/kind.sh
+
+## static: the static (musl) binary the image holds, without Docker; LEVEE_BIN=<it> make e2e runs the suite with it
+static:
+	scripts/static.sh
 
 ## image: levee's container image (static binary, distroless, non-root)
 image:

@@ -237,6 +237,33 @@ impl Levee {
 
     /// Like `start`, its metrics API listening on 127.0.0.1:`api_port`.
     pub fn start_with_api_port(namespace: &str, extra: &[&str], api_port: u16) -> Self {
+        let metrics_port = redis::free_port();
+        let listen = if host_address().is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
+        let mut args: Vec<String> = [
+            "run",
+            "--watch-namespace",
+            namespace,
+            "--leader-election-namespace",
+            LEVEE_NAMESPACE,
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--external-metrics-addr",
+            &format!("{listen}:{api_port}"),
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        Self::launch(&args, &[], metrics_port, api_port)
+    }
+
+    /// Runs levee with exactly `args` and `env` (plus its ServiceAccount's KUBECONFIG and
+    /// RUST_LOG), its metrics server on `metrics_port`, and waits until it is ready.
+    pub fn launch(args: &[String], env: &[(String, String)], metrics_port: u16, api_port: u16) -> Self {
         // LEVEE_BIN picks another build (the controller benchmark uses the release one).
         let binary = std::env::var_os("LEVEE_BIN")
             .map(PathBuf::from)
@@ -248,25 +275,11 @@ impl Levee {
         );
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("levee.log");
-        let metrics_port = redis::free_port();
-        let listen = if host_address().is_some() {
-            "0.0.0.0"
-        } else {
-            "127.0.0.1"
-        };
         let child = Command::new(binary)
-            .args([
-                "run",
-                "--watch-namespace",
-                namespace,
-                "--leader-election-namespace",
-                LEVEE_NAMESPACE,
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--external-metrics-addr", &format!("{listen}:{api_port}")])
-            .args(extra)
+            .args(args)
             .env("KUBECONFIG", levee_kubeconfig())
             .env("RUST_LOG", "info,levee=debug")
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
             .spawn()

@@ -160,6 +160,123 @@ fn the_deployment_is_hardened_and_led_by_one_replica() {
 }
 
 #[test]
+fn levee_runs_with_the_deployments_arguments_environment_and_certificate() {
+    let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
+    let deployment = find(&objects, "Deployment");
+    let secret = find(&objects, "Secret");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        secret["metadata"]["name"]
+    );
+    let files = tempfile::tempdir().unwrap();
+    for name in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::write(
+            files.path().join(name),
+            decode(secret["data"][name].as_str().unwrap()),
+        )
+        .unwrap();
+    }
+    let (metrics_port, api_port) = (levee_e2e::redis::free_port(), levee_e2e::redis::free_port());
+    // The pod's arguments, but listening on loopback, the Secret's files where it mounts them, and
+    // a Lease of its own so no other test's levee competes for it.
+    let lease = "levee-chart-args";
+    let rewrites = [
+        (
+            "--metrics-addr=0.0.0.0:8080",
+            format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+        ),
+        (
+            "--external-metrics-addr=0.0.0.0:6443",
+            format!("--external-metrics-addr=127.0.0.1:{api_port}"),
+        ),
+        (
+            "--leader-election-name=levee",
+            format!("--leader-election-name={lease}"),
+        ),
+    ];
+    let mut args: Vec<String> = Vec::new();
+    for arg in container["args"].as_array().unwrap() {
+        let arg = arg.as_str().unwrap();
+        let rewritten = rewrites
+            .iter()
+            .find(|(from, _)| *from == arg)
+            .map(|(_, to)| to.clone())
+            .unwrap_or_else(|| arg.replace(mount, files.path().to_str().unwrap()));
+        args.push(rewritten);
+    }
+    for (from, _) in &rewrites {
+        assert!(
+            container["args"].as_array().unwrap().iter().any(|a| a == from),
+            "no {from} in the Deployment"
+        );
+    }
+    let pod_name = "levee-7d9f8-chart";
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|var| {
+            let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.namespace") => LEVEE_NAMESPACE.to_string(),
+                Some("metadata.name") => pod_name.to_string(),
+                Some(other) => panic!("unexpected fieldRef {other}"),
+                None => var["value"].as_str().unwrap().to_string(),
+            };
+            (var["name"].as_str().unwrap().to_string(), value)
+        })
+        .collect();
+    install_crd();
+    create_levee_namespace();
+    // Cluster-wide, as installed (no --watch-namespace): the chart's RBAC must be enough for it.
+    let mut levee = Levee::launch(&args, &env, metrics_port, api_port);
+    let holder = || {
+        let output = kubectl(
+            &["get", "lease", lease, "-n", LEVEE_NAMESPACE, "-o", "json"],
+            None,
+        );
+        serde_json::from_slice::<Value>(&output.stdout).ok()?["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_string)
+    };
+    wait_until(
+        "levee leads under its pod name",
+        std::time::Duration::from_secs(30),
+        || (holder().as_deref() == Some(pod_name)).then_some(()),
+    );
+    // The metrics API serves the chart's certificate for the Service's name.
+    let service = format!("levee.{LEVEE_NAMESPACE}.svc");
+    let health = Command::new("curl")
+        .args(["-s", "--cacert", files.path().join("ca.crt").to_str().unwrap()])
+        .args(["--resolve", &format!("{service}:{api_port}:127.0.0.1")])
+        .arg(format!("https://{service}:{api_port}/healthz"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    // log.format json: every line is a JSON object.
+    let log = levee.log();
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        serde_json::from_str::<Value>(first).is_ok_and(|line| line.is_object()),
+        "{first}"
+    );
+    assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
+    levee.stop();
+    wait_until(
+        "the Lease is let go on SIGTERM",
+        std::time::Duration::from_secs(10),
+        || (holder().as_deref() != Some(pod_name)).then_some(()),
+    );
+}
+
+#[test]
 fn the_apiservice_trusts_exactly_the_ca_that_signed_the_serving_certificate() {
     let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
     let secret = find(&objects, "Secret");

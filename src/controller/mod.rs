@@ -18,6 +18,7 @@ pub mod marks;
 mod policy_task;
 mod secrets;
 mod status_writer;
+mod watch_problem;
 
 use crate::api::BackpressurePolicy;
 use crate::metrics_api::values::MetricValues;
@@ -39,6 +40,8 @@ use tokio::sync::watch;
 
 /// The finalizer that lets levee release a policy's producers before the policy goes away.
 pub const FINALIZER: &str = "levee.dev/release-targets";
+/// How long the controller may take to stop after the shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The field manager of every write levee makes.
 pub const FIELD_MANAGER: &str = "levee";
 
@@ -164,33 +167,53 @@ pub async fn run(
     metrics.set_ready(true);
     tracing::info!(identity = %context.settings.identity, "levee controller started");
 
+    // The controller needs a Sync shutdown future; hand the signal over through oneshots: one
+    // for the controller, one for the deadline below.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (start_deadline, deadline_started) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(());
+        let _ = start_deadline.send(());
+    });
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
     // Becoming leader re-reconciles every policy, so finalizers and status catch up at once.
     let became_leader = tokio_stream::wrappers::WatchStream::from_changes(leader)
         .filter(|leading| futures::future::ready(*leading))
         .map(|_| ());
     let policies: Api<BackpressurePolicy> = context.settings.api(client);
-    // The controller needs a Sync shutdown future; hand the signal over through a oneshot.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(());
-    });
-    let shutdown = async move {
-        let _ = stopped.await;
-    };
-    Controller::new(policies, watcher::Config::default().any_semantic())
+    let controller = Controller::new(policies, watcher::Config::default().any_semantic())
         .reconcile_all_on(became_leader)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context.clone())
         .for_each(|result| {
             let label = if result.is_ok() { "ok" } else { "error" };
             context.metrics.reconciliations.with_label_values(&[label]).inc();
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconcile failed");
+            match result {
+                Err(kube::runtime::controller::Error::QueueError(error)) => tracing::error!(
+                    problem = %watch_problem::describe(&error),
+                    "cannot watch BackpressurePolicies; retrying"
+                ),
+                Err(error) => tracing::debug!(%error, "reconcile failed"),
+                Ok(_) => {}
             }
             futures::future::ready(())
-        })
-        .await;
+        });
+    // A controller stuck retrying its watch (a missing CRD) does not stop on the graceful signal;
+    // it must not keep the Lease past SIGTERM.
+    let deadline = async move {
+        let _ = deadline_started.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = controller => {}
+        _ = deadline => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "the controller did not stop within the grace period; stopping it"
+        ),
+    }
     context.tasks.stop_all();
     reflector_task.abort();
     if let Some(lease) = lease_task {

@@ -210,22 +210,20 @@ fn a_burst_holds_producers_back_and_the_drain_lets_them_go() {
         opened.contains("Closed -> Open: pending 60 >= critical 50"),
         "{opened}"
     );
-    let slices = kubectl_json(&[
-        "get",
-        "endpointslices",
-        "-n",
-        fixture.ns(),
-        "-l",
-        "kubernetes.io/service-name=api",
-    ]);
-    let ready: Vec<&Value> = slices["items"][0]["endpoints"]
-        .as_array()
-        .map(|e| e.iter().collect())
-        .unwrap_or_default();
-    assert!(
-        ready.iter().all(|e| e["conditions"]["ready"] == false),
-        "held-back pods leave the Service: {slices}"
-    );
+    // The EndpointSlice controller follows the pods' Ready condition (the kubelet's, after the
+    // readiness gate) a moment later.
+    wait_until("held-back pods leave the Service", PATIENCE, || {
+        let slices = kubectl_json(&[
+            "get",
+            "endpointslices",
+            "-n",
+            fixture.ns(),
+            "-l",
+            "kubernetes.io/service-name=api",
+        ]);
+        let endpoints = slices["items"][0]["endpoints"].as_array()?;
+        (!endpoints.is_empty() && endpoints.iter().all(|e| e["conditions"]["ready"] == false)).then_some(())
+    });
 
     kubectl_ok(
         &["scale", "deployment", "api", "-n", fixture.ns(), "--replicas=3"],

@@ -70,6 +70,29 @@ pub fn render_chart(release: &str, namespace: &str, sets: &[&str], show_only: &[
     yaml_documents(&String::from_utf8_lossy(&output.stdout))
 }
 
+/// The first rendered object of `kind`; panics when the chart rendered none.
+pub fn rendered<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|object| object["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+/// A new directory holding a TLS Secret's `ca.crt`, `tls.crt` and `tls.key` (decoded), as a pod
+/// that mounts the Secret sees them.
+pub fn secret_files(secret: &Value) -> tempfile::TempDir {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ca.crt", "tls.crt", "tls.key"] {
+        let encoded = secret["data"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("the Secret has no {name}"));
+        let pem = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    dir
+}
+
 /// The non-empty documents of a multi-document YAML text.
 pub fn yaml_documents(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)

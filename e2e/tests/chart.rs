@@ -51,13 +51,6 @@ fn helm_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|object| object["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} rendered"))
-}
-
 #[test]
 fn helm_lint_passes_with_every_option_set() {
     helm_ok(&["lint", "--strict", "charts/levee"]);
@@ -110,7 +103,7 @@ fn wrong_values_are_refused_with_a_message_naming_the_key() {
 #[test]
 fn the_deployment_is_hardened_and_led_by_one_replica() {
     let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
-    let deployment = find(&objects, "Deployment");
+    let deployment = rendered(&objects, "Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(deployment["spec"]["replicas"], 2);
@@ -142,7 +135,10 @@ fn the_deployment_is_hardened_and_led_by_one_replica() {
         .map(|var| var["name"].as_str().unwrap())
         .collect();
     assert!(env.contains(&"POD_NAMESPACE") && env.contains(&"POD_NAME"));
-    assert_eq!(find(&objects, "PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        rendered(&objects, "PodDisruptionBudget")["spec"]["maxUnavailable"],
+        1
+    );
     // The chart's version of levee is this crate's.
     let chart: Value =
         serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("charts/levee/Chart.yaml")).unwrap())
@@ -162,8 +158,8 @@ fn the_deployment_is_hardened_and_led_by_one_replica() {
 #[test]
 fn levee_runs_with_the_deployments_arguments_environment_and_certificate() {
     let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
-    let deployment = find(&objects, "Deployment");
-    let secret = find(&objects, "Secret");
+    let deployment = rendered(&objects, "Deployment");
+    let secret = rendered(&objects, "Secret");
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
@@ -171,14 +167,7 @@ fn levee_runs_with_the_deployments_arguments_environment_and_certificate() {
         pod["volumes"][0]["secret"]["secretName"],
         secret["metadata"]["name"]
     );
-    let files = tempfile::tempdir().unwrap();
-    for name in ["tls.crt", "tls.key", "ca.crt"] {
-        std::fs::write(
-            files.path().join(name),
-            decode(secret["data"][name].as_str().unwrap()),
-        )
-        .unwrap();
-    }
+    let files = secret_files(secret);
     let (metrics_port, api_port) = (levee_e2e::redis::free_port(), levee_e2e::redis::free_port());
     // The pod's arguments, but listening on loopback, the Secret's files where it mounts them, and
     // a Lease of its own so no other test's levee competes for it.
@@ -279,15 +268,11 @@ fn levee_runs_with_the_deployments_arguments_environment_and_certificate() {
 #[test]
 fn the_apiservice_trusts_exactly_the_ca_that_signed_the_serving_certificate() {
     let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
-    let secret = find(&objects, "Secret");
-    let apiservice = find(&objects, "APIService");
+    let secret = rendered(&objects, "Secret");
+    let apiservice = rendered(&objects, "APIService");
     assert_eq!(apiservice["spec"]["caBundle"], secret["data"]["ca.crt"]);
     assert_eq!(apiservice["spec"]["service"]["name"], "levee");
-    let dir = tempfile::tempdir().unwrap();
-    for name in ["ca.crt", "tls.crt"] {
-        let pem = decode(secret["data"][name].as_str().unwrap());
-        std::fs::write(dir.path().join(name), pem).unwrap();
-    }
+    let dir = secret_files(secret);
     let verify = Command::new("openssl")
         .args([
             "verify",
@@ -308,12 +293,12 @@ fn the_apiservice_trusts_exactly_the_ca_that_signed_the_serving_certificate() {
     let self_signed = render_chart("levee", LEVEE_NAMESPACE, &["tls.selfSigned=true"], &[]);
     assert!(!self_signed.iter().any(|object| object["kind"] == "Secret"));
     assert_eq!(
-        find(&self_signed, "APIService")["spec"]["insecureSkipTLSVerify"],
+        rendered(&self_signed, "APIService")["spec"]["insecureSkipTLSVerify"],
         true
     );
     let cert_manager = render_chart("levee", LEVEE_NAMESPACE, &["certManager.enabled=true"], &[]);
     assert_eq!(
-        find(&cert_manager, "APIService")["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        rendered(&cert_manager, "APIService")["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
         "levee-system/levee"
     );
 }
@@ -327,7 +312,7 @@ fn the_alerts_and_the_dashboard_use_only_metrics_levee_exports() {
         &["templates/monitoring.yaml"],
     );
     let exported = levee_metric_names();
-    let rules = find(&objects, "PrometheusRule");
+    let rules = rendered(&objects, "PrometheusRule");
     let mut expressions: Vec<String> = Vec::new();
     for group in rules["spec"]["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
@@ -349,10 +334,11 @@ fn the_alerts_and_the_dashboard_use_only_metrics_levee_exports() {
     ] {
         assert!(alerts.contains(&alert), "{alert} missing from {alerts:?}");
     }
-    let dashboard = find(&objects, "ConfigMap");
+    let dashboard = rendered(&objects, "ConfigMap");
     let dashboard: Value = serde_json::from_str(dashboard["data"]["levee.json"].as_str().unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
     let mut ids = std::collections::BTreeSet::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
+    for panel in panels {
         assert!(
             ids.insert(panel["id"].as_i64().unwrap()),
             "panel id {} twice",
@@ -366,28 +352,17 @@ fn the_alerts_and_the_dashboard_use_only_metrics_levee_exports() {
             );
             assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
         }
-    }
-    let titles: Vec<&str> = dashboard["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|panel| panel["title"].as_str())
-        .collect();
-    let timelines = dashboard["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|panel| panel["type"] == "state-timeline")
-        .count();
-    assert!(timelines >= 1, "no circuit state timeline in {titles:?}");
-    for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             expressions.push(target["expr"].as_str().unwrap().to_string());
         }
     }
+    assert!(
+        panels.iter().any(|panel| panel["type"] == "state-timeline"),
+        "no circuit state timeline in the dashboard"
+    );
     assert!(expressions.len() > 10);
     for expression in &expressions {
-        let names = regex_metric_names(expression);
+        let names = metric_names_in(expression);
         assert!(!names.is_empty(), "no levee metric in {expression}");
         for name in names {
             let base = ["_bucket", "_count", "_sum"]
@@ -435,7 +410,7 @@ fn levee_metric_names() -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-fn regex_metric_names(text: &str) -> Vec<String> {
+fn metric_names_in(text: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("levee_") {
@@ -472,8 +447,8 @@ fn manifests_are_rendered_from_the_current_chart() {
     );
 }
 
-/// A third-party CRD file from a Go module (fetched through the Go module proxy, cached).
-fn module_file(module: &str, path: &str) -> String {
+/// Where a Go module is unpacked (fetched through the Go module proxy once, then cached).
+fn module_dir(module: &str) -> std::path::PathBuf {
     let output = Command::new("go")
         .args(["mod", "download", "-json", module])
         .env("GOFLAGS", "-mod=mod")
@@ -487,47 +462,50 @@ fn module_file(module: &str, path: &str) -> String {
             String::from_utf8_lossy(&output.stdout)
         )
     });
-    std::fs::read_to_string(std::path::Path::new(dir).join(path)).unwrap()
+    dir.into()
 }
 
 /// The CRDs of the optional integrations, exactly as their projects publish them.
 fn install_integration_crds() {
-    const PROMETHEUS_OPERATOR: &str = "github.com/prometheus-operator/prometheus-operator@v0.85.0";
-    const CERT_MANAGER: &str = "github.com/cert-manager/cert-manager@v1.21.2";
-    let files = [
+    let modules = [
         (
-            PROMETHEUS_OPERATOR,
-            "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
-        ),
-        (
-            PROMETHEUS_OPERATOR,
-            "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
-        ),
-        (CERT_MANAGER, "deploy/crds/cert-manager.io_certificates.yaml"),
-        (CERT_MANAGER, "deploy/crds/cert-manager.io_issuers.yaml"),
-    ];
-    for (module, path) in files {
-        kubectl_ok(
-            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-            Some(&module_file(module, path)),
-        );
-    }
-    for crd in [
-        "servicemonitors.monitoring.coreos.com",
-        "prometheusrules.monitoring.coreos.com",
-        "certificates.cert-manager.io",
-        "issuers.cert-manager.io",
-    ] {
-        kubectl_ok(
-            &[
-                "wait",
-                "--for",
-                "condition=Established",
-                &format!("crd/{crd}"),
-                "--timeout=60s",
+            "github.com/prometheus-operator/prometheus-operator@v0.85.0",
+            "example/prometheus-operator-crd",
+            [
+                "monitoring.coreos.com_servicemonitors.yaml",
+                "monitoring.coreos.com_prometheusrules.yaml",
             ],
-            None,
-        );
+        ),
+        (
+            "github.com/cert-manager/cert-manager@v1.21.2",
+            "deploy/crds",
+            [
+                "cert-manager.io_certificates.yaml",
+                "cert-manager.io_issuers.yaml",
+            ],
+        ),
+    ];
+    for (module, folder, files) in modules {
+        let dir = module_dir(module).join(folder);
+        for file in files {
+            let crd = std::fs::read_to_string(dir.join(file)).unwrap();
+            kubectl_ok(
+                &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+                Some(&crd),
+            );
+            // monitoring.coreos.com_servicemonitors.yaml holds servicemonitors.monitoring.coreos.com.
+            let (group, plural) = file.trim_end_matches(".yaml").split_once('_').unwrap();
+            kubectl_ok(
+                &[
+                    "wait",
+                    "--for",
+                    "condition=Established",
+                    &format!("crd/{plural}.{group}"),
+                    "--timeout=60s",
+                ],
+                None,
+            );
+        }
     }
 }
 
@@ -617,9 +595,4 @@ fn helm_upgrade_keeps_the_generated_ca_and_uninstall_removes_everything() {
     assert!(!left.status.success(), "the ClusterRole outlived the release");
     let left = kubectl(&["get", "secret", secret_name, "-n", ns], None);
     assert!(!left.status.success(), "the Secret outlived the release");
-}
-
-fn decode(text: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
 }

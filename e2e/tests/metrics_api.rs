@@ -5,8 +5,6 @@
 //!
 //! One test: an APIService is cluster-wide, so it must not run twice at once.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use levee_e2e::redis::RedisServer;
 use levee_e2e::*;
 use serde_json::Value;
@@ -87,12 +85,7 @@ spec:
         &[&host, &port],
         &["templates/metrics-api.yaml"],
     );
-    let secret = objects.iter().find(|o| o["kind"] == "Secret").unwrap();
-    let files = tempfile::tempdir().unwrap();
-    for name in ["tls.crt", "tls.key"] {
-        let pem = BASE64.decode(secret["data"][name].as_str().unwrap()).unwrap();
-        std::fs::write(files.path().join(name), pem).unwrap();
-    }
+    let files = secret_files(rendered(&objects, "Secret"));
     let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
     let levee = Levee::start_with_api_port(
         &ns,

@@ -167,14 +167,16 @@ pub async fn run(
     metrics.set_ready(true);
     tracing::info!(identity = %context.settings.identity, "levee controller started");
 
-    // The controller needs a Sync shutdown future; hand the signal over through oneshots: one
-    // for the controller, one for the deadline below.
+    // The controller needs a Sync shutdown future; hand the signal over through a oneshot, and
+    // SHUTDOWN_GRACE later through another: a controller stuck retrying its watch (a missing CRD)
+    // does not stop on the graceful signal, and must not keep the Lease past SIGTERM.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (start_deadline, deadline_started) = tokio::sync::oneshot::channel::<()>();
+    let (grace_over, grace_ended) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(());
-        let _ = start_deadline.send(());
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        let _ = grace_over.send(());
     });
     let shutdown = async move {
         let _ = stopped.await;
@@ -201,15 +203,9 @@ pub async fn run(
             }
             futures::future::ready(())
         });
-    // A controller stuck retrying its watch (a missing CRD) does not stop on the graceful signal;
-    // it must not keep the Lease past SIGTERM.
-    let deadline = async move {
-        let _ = deadline_started.await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
     tokio::select! {
         _ = controller => {}
-        _ = deadline => tracing::warn!(
+        Ok(()) = grace_ended => tracing::warn!(
             grace = ?SHUTDOWN_GRACE,
             "the controller did not stop within the grace period; stopping it"
         ),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Renders manifests/ (plain YAML, `kubectl apply -f manifests/`) from charts/levee with its default
-# values, except tls.selfSigned=true: a rendered file cannot hold a generated key, so levee makes
-# its own serving certificate and the APIService skips verifying it (as metrics-server's do).
+# values, except tls.userProvided=true: a rendered file cannot hold a generated key, so the
+# Deployment mounts the Secret levee-tls and the APIService verifies levee against a caBundle,
+# both written by one documented step (`levee serving-cert`, docs/operations.md#installing).
 #   scripts/render-manifests.sh [OUTDIR]   (default: manifests; a test compares the two)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +18,5 @@ metadata:
   name: levee-system
 YAML
 { echo "$header"; cat charts/levee/crds/levee.dev_backpressurepolicies.yaml; } > "$out/01-crd.yaml"
-{ echo "$header"; "$helm" template levee charts/levee --namespace levee-system --set tls.selfSigned=true; } \
+{ echo "$header"; "$helm" template levee charts/levee --namespace levee-system --set tls.userProvided=true; } \
   > "$out/02-levee.yaml"

@@ -1,17 +1,23 @@
 //! The Helm chart: `helm lint`, the values schema's refusals, the hardening of the Deployment,
-//! `manifests/` being current, the alerts (promtool) and the dashboard's queries, every
-//! combination of options accepted by the API server (`kubectl apply --dry-run=server`, with the
-//! real Prometheus Operator and cert-manager CRDs), and a real install whose generated CA
-//! survives `helm upgrade`.
+//! its exposure (NetworkPolicy, /metrics over HTTPS for the readers the chart binds, RBAC scoped
+//! to the watched namespace, replicas spread over nodes, the admission bound on maxReplicas),
+//! `manifests/` being current and verifying levee's certificate, the alerts (promtool) and the
+//! dashboard's queries, every combination of options accepted by the API server
+//! (`kubectl apply --dry-run=server`, with the real Prometheus Operator and cert-manager CRDs),
+//! and a real install whose generated CA survives `helm upgrade`.
 
 use levee_e2e::*;
 use serde_json::Value;
 use std::process::Command;
 
+/// The namespace the option sets watch (the API server needs it to exist for their Role).
+const WATCHED: &str = "levee-e2e-watched";
+
 /// Option sets a user may pick; each must render and be accepted by the API server.
 const VALUE_SETS: &[&[&str]] = &[
     &[],
-    &["tls.selfSigned=true"],
+    &["tls.selfSigned=true", "serviceMonitor.enabled=true"],
+    &["tls.userProvided=true"],
     &["certManager.enabled=true"],
     &[
         "certManager.enabled=true",
@@ -22,8 +28,11 @@ const VALUE_SETS: &[&[&str]] = &[
         "serviceMonitor.enabled=true",
         "prometheusRule.enabled=true",
         "grafanaDashboard.enabled=true",
-        "networkPolicy.enabled=true",
-        "watchNamespace=jobs",
+        "networkPolicy.metricsFrom[0].ipBlock.cidr=10.0.0.0/8",
+        "watchNamespace=levee-e2e-watched",
+        "metrics.plainLoopback=true",
+        "metrics.readers[0].name=prometheus-k8s",
+        "metrics.readers[0].namespace=monitoring",
         "log.format=text",
     ],
     &[
@@ -37,6 +46,9 @@ const VALUE_SETS: &[&[&str]] = &[
         "rbac.create=false",
         "serviceAccount.create=false",
         "serviceAccount.name=existing",
+        "networkPolicy.enabled=false",
+        "scaleTarget.maxReplicasLimit=0",
+        "affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey=kubernetes.io/hostname",
     ],
 ];
 
@@ -85,7 +97,20 @@ fn wrong_values_are_refused_with_a_message_naming_the_key() {
         ),
         (
             "certManager.enabled=true,tls.selfSigned=true",
-            "set certManager.enabled or tls.selfSigned, not both",
+            "set at most one of certManager.enabled, tls.selfSigned and tls.userProvided",
+        ),
+        (
+            "tls.selfSigned=true,tls.userProvided=true",
+            "set at most one of certManager.enabled, tls.selfSigned and tls.userProvided",
+        ),
+        (
+            "scaleTarget.maxReplicasLimit=1001",
+            "/scaleTarget/maxReplicasLimit",
+        ),
+        ("scaleTarget.maxReplicasLimit=-1", "/scaleTarget/maxReplicasLimit"),
+        (
+            "metrics.readers[0].name=prometheus",
+            "at '/metrics/readers/0': missing property 'namespace'",
         ),
         (
             "serviceAccount.create=false",
@@ -156,7 +181,7 @@ fn the_deployment_is_hardened_and_led_by_one_replica() {
 }
 
 #[test]
-fn levee_runs_with_the_deployments_arguments_environment_and_certificate() {
+fn levee_runs_with_the_deployments_arguments_environment_and_certificate_and_is_scraped_as_configured() {
     let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
     let deployment = rendered(&objects, "Deployment");
     let secret = rendered(&objects, "Secret");
@@ -249,6 +274,73 @@ fn levee_runs_with_the_deployments_arguments_environment_and_certificate() {
         "{}",
         String::from_utf8_lossy(&health.stderr)
     );
+    // Prometheus as the ServiceMonitor has it scrape: HTTPS to the name and CA it gives, with the
+    // token of a ServiceAccount in metrics.readers. Anyone else is refused; so is the plain port.
+    let monitor = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &["serviceMonitor.enabled=true"],
+        &["templates/monitoring.yaml"],
+    );
+    let endpoint = &rendered(&monitor, "ServiceMonitor")["spec"]["endpoints"][0];
+    let server_name = endpoint["tlsConfig"]["serverName"].as_str().unwrap();
+    let path = endpoint["path"].as_str().unwrap();
+    let readers: Vec<Value> = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &[
+            "metrics.readers[0].name=levee-e2e-prometheus",
+            &format!("metrics.readers[0].namespace={LEVEE_NAMESPACE}"),
+        ],
+        &["templates/rbac.yaml"],
+    )
+    .into_iter()
+    .filter(|object| object["metadata"]["name"] == "levee-metrics-reader")
+    .collect();
+    assert_eq!(readers.len(), 2, "the metrics-reader ClusterRole and its binding");
+    apply_objects(&readers, &[]);
+    let token = |account: &str| {
+        let object = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": LEVEE_NAMESPACE}});
+        apply_objects(&[object], &[]);
+        kubectl_ok(&["create", "token", account, "-n", LEVEE_NAMESPACE], None)
+            .trim()
+            .to_string()
+    };
+    let scrape = |token: Option<&str>| -> (String, String) {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            files.path().join("ca.crt").to_str().unwrap(),
+        ])
+        .args(["--resolve", &format!("{server_name}:{api_port}:127.0.0.1")]);
+        if let Some(token) = token {
+            curl.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let output = curl
+            .arg(format!("https://{server_name}:{api_port}{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.to_string(), body.to_string())
+    };
+    let prometheus = token("levee-e2e-prometheus");
+    let (code, body) = wait_until(
+        "the reader's token gets /metrics",
+        std::time::Duration::from_secs(15),
+        || Some(scrape(Some(&prometheus))).filter(|(code, _)| code == "200"),
+    );
+    assert!(body.contains("levee_"), "{code}: {body}");
+    assert_eq!(scrape(Some(&token("levee-e2e-stranger"))).0, "403");
+    assert_eq!(scrape(None).0, "401");
+    assert!(
+        levee.get("/metrics").is_none(),
+        "the plain port serves /metrics without --metrics-plain-loopback"
+    );
     // log.format json: every line is a JSON object.
     let log = levee.log();
     let first = log.lines().next().unwrap_or_default();
@@ -300,6 +392,486 @@ fn the_apiservice_trusts_exactly_the_ca_that_signed_the_serving_certificate() {
     assert_eq!(
         rendered(&cert_manager, "APIService")["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
         "levee-system/levee"
+    );
+}
+
+#[test]
+fn with_a_user_provided_certificate_the_chart_generates_nothing_and_skips_no_verification() {
+    let objects = render_chart("levee", LEVEE_NAMESPACE, &["tls.userProvided=true"], &[]);
+    assert!(
+        !objects.iter().any(|object| object["kind"] == "Secret"),
+        "tls.userProvided: the chart must not generate a key"
+    );
+    let spec = &rendered(&objects, "APIService")["spec"];
+    assert!(spec["insecureSkipTLSVerify"].is_null(), "{spec}");
+    assert!(spec["caBundle"].is_null(), "{spec}");
+    // The Deployment serves the Secret `levee serving-cert` writes, as in the chart's CA mode.
+    let pod = &rendered(&objects, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "levee-tls");
+    let args = container_args(&objects);
+    assert!(
+        args.iter()
+            .any(|arg| arg == "--tls-cert-file=/etc/levee/tls/tls.crt"),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|arg| arg.starts_with("--tls-san")), "{args:?}");
+}
+
+/// Objects of `kind` named `name`.
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
+}
+
+/// The arguments of the Deployment's levee container.
+fn container_args(objects: &[Value]) -> Vec<String> {
+    rendered(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_network_policy_is_on_by_default_and_lets_the_aggregator_and_the_probes_in() {
+    let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
+    let policy = rendered(&objects, "NetworkPolicy");
+    let deployment = rendered(&objects, "Deployment");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    // Ingress only: egress (the API server, DNS, every policy's Redis) stays open.
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let rule_for = |policy: &Value, port: &str| -> Value {
+        policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rule| {
+                rule["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["port"] == port)
+            })
+            .unwrap_or_else(|| panic!("no ingress rule for port {port}: {policy}"))
+            .clone()
+    };
+    // The aggregator has no fixed address: the HTTPS port is open to anyone.
+    assert!(rule_for(policy, "https")["from"].is_null(), "{policy}");
+    // The kubelet's probes (from the node) reach the port they use; by default anyone may.
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let port = container[probe]["httpGet"]["port"].as_str().unwrap();
+        assert!(
+            rule_for(policy, port)["from"].is_null(),
+            "{probe} on {port}: {policy}"
+        );
+    }
+    // metricsFrom narrows the plain-HTTP port only, never the aggregator's.
+    let narrowed = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &["networkPolicy.metricsFrom[0].ipBlock.cidr=10.0.0.0/8"],
+        &["templates/networkpolicy.yaml"],
+    );
+    let narrowed = rendered(&narrowed, "NetworkPolicy");
+    assert_eq!(
+        rule_for(narrowed, "metrics")["from"],
+        serde_json::json!([{"ipBlock": {"cidr": "10.0.0.0/8"}}])
+    );
+    assert!(rule_for(narrowed, "https")["from"].is_null(), "{narrowed}");
+    let off = render_chart("levee", LEVEE_NAMESPACE, &["networkPolicy.enabled=false"], &[]);
+    assert!(!off.iter().any(|object| object["kind"] == "NetworkPolicy"));
+}
+
+#[test]
+fn metrics_are_scraped_over_https_with_a_token_the_chart_lets_read_them() {
+    let objects = render_chart("levee", LEVEE_NAMESPACE, &["serviceMonitor.enabled=true"], &[]);
+    // The plain port answers /metrics to nobody unless asked (and then only on loopback).
+    let args = container_args(&objects);
+    assert!(
+        !args.iter().any(|arg| arg.starts_with("--metrics-plain-loopback")),
+        "{args:?}"
+    );
+    let loopback = render_chart("levee", LEVEE_NAMESPACE, &["metrics.plainLoopback=true"], &[]);
+    assert!(
+        container_args(&loopback).contains(&"--metrics-plain-loopback=true".to_string()),
+        "{:?}",
+        container_args(&loopback)
+    );
+    // The metrics Service leads to the HTTPS port; the ServiceMonitor scrapes it with Prometheus'
+    // token and verifies the certificate against the chart's CA, for the name it carries.
+    let service = named(&objects, "Service", "levee-metrics").expect("no levee-metrics Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "https");
+    let endpoint = &rendered(&objects, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"]);
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(
+        endpoint["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    let tls = &endpoint["tlsConfig"];
+    assert_eq!(tls["serverName"], "levee.levee-system.svc");
+    assert_eq!(
+        tls["ca"]["secret"],
+        serde_json::json!({"name": "levee-tls", "key": "ca.crt"})
+    );
+    assert!(tls["insecureSkipVerify"].is_null(), "{tls}");
+    let self_signed = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &["serviceMonitor.enabled=true", "tls.selfSigned=true"],
+        &["templates/monitoring.yaml"],
+    );
+    let tls = &rendered(&self_signed, "ServiceMonitor")["spec"]["endpoints"][0]["tlsConfig"];
+    assert_eq!(tls["insecureSkipVerify"], true, "{tls}");
+    assert!(tls["ca"].is_null(), "{tls}");
+    // Who may read /metrics: the ClusterRole, bound to the ServiceAccounts in metrics.readers.
+    let reader =
+        named(&objects, "ClusterRole", "levee-metrics-reader").expect("no metrics-reader ClusterRole");
+    assert_eq!(
+        reader["rules"],
+        serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    assert!(
+        named(&objects, "ClusterRoleBinding", "levee-metrics-reader").is_none(),
+        "no readers, no binding"
+    );
+    let bound = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &[
+            "metrics.readers[0].name=prometheus-k8s",
+            "metrics.readers[0].namespace=monitoring",
+            "metrics.readers[1].name=vmagent",
+            "metrics.readers[1].namespace=victoria",
+        ],
+        &["templates/rbac.yaml"],
+    );
+    let binding = named(&bound, "ClusterRoleBinding", "levee-metrics-reader").expect("no binding");
+    assert_eq!(binding["roleRef"]["name"], "levee-metrics-reader");
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([
+            {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"},
+            {"kind": "ServiceAccount", "name": "vmagent", "namespace": "victoria"},
+        ])
+    );
+}
+
+/// The rules of a Role or ClusterRole as (resource, verbs) pairs.
+fn resource_verbs(role: &Value) -> Vec<(String, Vec<String>)> {
+    let strings = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|item| item.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut pairs = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for resource in strings(&rule["resources"]) {
+            pairs.push((resource, strings(&rule["verbs"])));
+        }
+    }
+    pairs
+}
+
+/// The resources levee reads and writes in the namespaces it watches.
+const WATCHED_RESOURCES: &[&str] = &[
+    "backpressurepolicies",
+    "backpressurepolicies/status",
+    "backpressurepolicies/finalizers",
+    "deployments",
+    "statefulsets",
+    "daemonsets",
+    "pods",
+    "pods/status",
+    "secrets",
+    "events",
+    "horizontalpodautoscalers",
+];
+
+#[test]
+fn with_watch_namespace_levee_gets_a_role_in_that_namespace_and_nothing_cluster_wide_on_it() {
+    let verbs_of = |role: &Value, resource: &str| -> Vec<String> {
+        resource_verbs(role)
+            .into_iter()
+            .find(|(name, _)| name == resource)
+            .unwrap_or_else(|| panic!("no rule for {resource}"))
+            .1
+    };
+    let cluster = render_chart("levee", LEVEE_NAMESPACE, &[], &["templates/rbac.yaml"]);
+    let role = named(&cluster, "ClusterRole", "levee").expect("no ClusterRole levee");
+    for resource in WATCHED_RESOURCES {
+        verbs_of(role, resource);
+    }
+    // Secrets are listed by name and opt-in label; the Lease is watched by the followers.
+    assert_eq!(verbs_of(role, "secrets"), ["get", "list"]);
+    let election = named(&cluster, "Role", "levee-leader-election").unwrap();
+    assert_eq!(election["metadata"]["namespace"], LEVEE_NAMESPACE);
+    let mut lease = verbs_of(election, "leases");
+    lease.sort();
+    assert_eq!(lease, ["create", "get", "list", "patch", "update", "watch"]);
+
+    let scoped = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &["watchNamespace=jobs"],
+        &["templates/rbac.yaml"],
+    );
+    let role = named(&scoped, "Role", "levee").expect("no Role levee");
+    assert_eq!(role["metadata"]["namespace"], "jobs");
+    for resource in WATCHED_RESOURCES {
+        verbs_of(role, resource);
+    }
+    let binding = named(&scoped, "RoleBinding", "levee").expect("no RoleBinding levee");
+    assert_eq!(binding["metadata"]["namespace"], "jobs");
+    assert_eq!(
+        binding["roleRef"],
+        serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "levee"})
+    );
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "levee", "namespace": LEVEE_NAMESPACE}])
+    );
+    // What stays cluster-wide grants nothing on the watched resources: reviews (auth-delegator),
+    // the request-header CA in kube-system, the Lease, and /metrics for its readers.
+    for object in &scoped {
+        let kind = object["kind"].as_str().unwrap();
+        let name = object["metadata"]["name"].as_str().unwrap();
+        match (kind, name) {
+            ("Role", "levee") | ("RoleBinding", "levee") => {}
+            ("ClusterRole", "levee-metrics-reader") => {
+                assert_eq!(
+                    object["rules"][0]["nonResourceURLs"],
+                    serde_json::json!(["/metrics"])
+                )
+            }
+            ("ClusterRoleBinding", "levee-auth-delegator") => {
+                assert_eq!(object["roleRef"]["name"], "system:auth-delegator")
+            }
+            ("RoleBinding", "levee-extension-apiserver-authentication-reader") => {
+                assert_eq!(object["metadata"]["namespace"], "kube-system")
+            }
+            ("Role", "levee-leader-election") => {
+                assert_eq!(object["metadata"]["namespace"], LEVEE_NAMESPACE);
+                let resources: Vec<String> = resource_verbs(object).into_iter().map(|(r, _)| r).collect();
+                assert_eq!(resources, ["leases"]);
+            }
+            ("RoleBinding", "levee-leader-election") => {}
+            other => panic!("with watchNamespace the chart also renders {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_replicas_prefer_different_nodes_unless_affinity_says_otherwise() {
+    let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &["templates/deployment.yaml"]);
+    let deployment = rendered(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let preferred = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+    assert_eq!(preferred.as_array().map(Vec::len), Some(1), "{}", pod["affinity"]);
+    assert_eq!(preferred[0]["weight"], 100);
+    let term = &preferred[0]["podAffinityTerm"];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        term["labelSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let own = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &[
+            "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=pool",
+        ],
+        &["templates/deployment.yaml"],
+    );
+    let affinity = &rendered(&own, "Deployment")["spec"]["template"]["spec"]["affinity"];
+    assert!(affinity["podAntiAffinity"].is_null(), "{affinity}");
+    assert!(affinity["nodeAffinity"].is_object(), "{affinity}");
+}
+
+#[test]
+fn an_admission_policy_bounds_max_replicas_as_configured() {
+    let objects = render_chart("levee", LEVEE_NAMESPACE, &[], &["templates/admission.yaml"]);
+    let policy = rendered(&objects, "ValidatingAdmissionPolicy");
+    assert_eq!(policy["apiVersion"], "admissionregistration.k8s.io/v1");
+    let rule = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rule["apiGroups"], serde_json::json!(["levee.dev"]));
+    assert_eq!(rule["resources"], serde_json::json!(["backpressurepolicies"]));
+    assert_eq!(rule["operations"], serde_json::json!(["CREATE", "UPDATE"]));
+    let validation = &policy["spec"]["validations"][0];
+    assert_eq!(
+        validation["expression"],
+        "!has(object.spec.scaleTarget) || object.spec.scaleTarget.maxReplicas <= 100"
+    );
+    assert_eq!(
+        validation["message"],
+        "spec.scaleTarget.maxReplicas must be at most 100 (the chart's scaleTarget.maxReplicasLimit): lower it or raise the limit"
+    );
+    let binding = rendered(&objects, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+    assert!(
+        binding["spec"]["matchResources"].is_null(),
+        "every namespace: {binding}"
+    );
+    // With watchNamespace, only that namespace's policies (another levee may have its own limit).
+    let scoped = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &["watchNamespace=jobs", "scaleTarget.maxReplicasLimit=40"],
+        &["templates/admission.yaml"],
+    );
+    assert!(
+        rendered(&scoped, "ValidatingAdmissionPolicy")["spec"]["validations"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .ends_with("maxReplicas <= 40")
+    );
+    assert_eq!(
+        rendered(&scoped, "ValidatingAdmissionPolicyBinding")["spec"]["matchResources"]["namespaceSelector"],
+        serde_json::json!({"matchLabels": {"kubernetes.io/metadata.name": "jobs"}})
+    );
+    let off = render_chart("levee", LEVEE_NAMESPACE, &["scaleTarget.maxReplicasLimit=0"], &[]);
+    assert!(
+        !off.iter()
+            .any(|object| object["kind"] == "ValidatingAdmissionPolicy")
+    );
+    // A cluster without ValidatingAdmissionPolicy v1 is told what to do.
+    let output = helm(&["template", "levee", "charts/levee", "--kube-version", "1.29.0"]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("set it to 0 on this cluster"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Cluster-scoped objects applied for one test, deleted when dropped.
+struct ClusterObjects(Vec<String>);
+
+impl Drop for ClusterObjects {
+    fn drop(&mut self) {
+        for object in &self.0 {
+            let _ = kubectl(&["delete", object, "--ignore-not-found", "--wait=false"], None);
+        }
+    }
+}
+
+/// A policy in `namespace` whose HPA may reach `max_replicas`.
+fn scaling_policy(name: &str, namespace: &str, max_replicas: u32) -> String {
+    serde_json::json!({
+        "apiVersion": "levee.dev/v1alpha1",
+        "kind": "BackpressurePolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "redis": {"url": "redis://redis.jobs.svc:6379/0"},
+            "queues": [{"name": "events", "type": "list", "key": "events"}],
+            "thresholds": {"warning": 100, "critical": 200, "recovery": 50},
+            "targets": [{"kind": "Deployment", "name": "api"}],
+            "scaleTarget": {
+                "kind": "Deployment",
+                "name": "worker",
+                "maxReplicas": max_replicas,
+                "pendingPerReplica": 500,
+            },
+        },
+    })
+    .to_string()
+}
+
+#[test]
+fn the_api_server_refuses_a_policy_above_the_max_replicas_limit() {
+    install_crd();
+    let namespace = TestNamespace::create("levee-e2e-vap");
+    let ns = namespace.name.as_str();
+    // A policy written before the limit existed keeps working (and can be deleted).
+    kubectl_ok(&["apply", "-f", "-"], Some(&scaling_policy("before", ns, 8)));
+    // Scoped to this test's namespace (watchNamespace), so no other test meets this limit.
+    let objects = render_chart(
+        "vap-e2e",
+        LEVEE_NAMESPACE,
+        &[&format!("watchNamespace={ns}"), "scaleTarget.maxReplicasLimit=5"],
+        &["templates/admission.yaml"],
+    );
+    let _cleanup = ClusterObjects(vec![
+        "validatingadmissionpolicybinding/vap-e2e-levee-max-replicas".into(),
+        "validatingadmissionpolicy/vap-e2e-levee-max-replicas".into(),
+    ]);
+    apply_objects(&objects, &[]);
+    // The API server checks the CEL against the CRD's schema: no type warnings.
+    let checked = wait_until(
+        "the admission policy is type-checked",
+        std::time::Duration::from_secs(30),
+        || {
+            let policy = kubectl_json(&["get", "validatingadmissionpolicy", "vap-e2e-levee-max-replicas"]);
+            (!policy["status"]["typeChecking"].is_null()).then_some(policy)
+        },
+    );
+    assert!(
+        checked["status"]["typeChecking"]["expressionWarnings"].is_null(),
+        "{}",
+        checked["status"]
+    );
+    // The policy takes effect once the API server has loaded it.
+    let refusal = wait_until(
+        "a policy above the limit is refused",
+        std::time::Duration::from_secs(30),
+        || {
+            let output = kubectl(
+                &["apply", "--dry-run=server", "-f", "-"],
+                Some(&scaling_policy("above", ns, 6)),
+            );
+            (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).into_owned())
+        },
+    );
+    assert!(
+        refusal.contains(
+            "spec.scaleTarget.maxReplicas must be at most 5 (the chart's scaleTarget.maxReplicasLimit): lower it or raise the limit"
+        ),
+        "{refusal}"
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&scaling_policy("within", ns, 5)));
+    let raise = kubectl(&["apply", "-f", "-"], Some(&scaling_policy("within", ns, 6)));
+    assert!(
+        !raise.status.success(),
+        "raising maxReplicas above the limit was accepted"
+    );
+    // The older policy: changes that keep its maxReplicas pass, raising it does not, lowering does.
+    kubectl_ok(&["label", "bpp", "before", "-n", ns, "team=jobs"], None);
+    let patch = |max: u32| {
+        kubectl(
+            &[
+                "patch",
+                "bpp",
+                "before",
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                &format!(r#"{{"spec":{{"scaleTarget":{{"maxReplicas":{max}}}}}}}"#),
+            ],
+            None,
+        )
+    };
+    assert!(
+        !patch(9).status.success(),
+        "raising an old policy further was accepted"
+    );
+    assert!(patch(4).status.success(), "lowering an old policy was refused");
+    // Other namespaces are not this levee's business.
+    let other = TestNamespace::create("levee-e2e-vap-other");
+    kubectl_ok(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&scaling_policy("elsewhere", &other.name, 50)),
     );
 }
 
@@ -447,6 +1019,40 @@ fn manifests_are_rendered_from_the_current_chart() {
     );
 }
 
+#[test]
+fn the_manifests_verify_levees_certificate_and_hold_no_key() {
+    let text = std::fs::read_to_string(repo_root().join("manifests/02-levee.yaml")).unwrap();
+    let objects = yaml_documents(&text);
+    // The APIService verifies levee: no insecureSkipTLSVerify; its caBundle comes with the Secret
+    // from `levee serving-cert`, applied with its own field manager (docs/operations.md).
+    let spec = &rendered(&objects, "APIService")["spec"];
+    assert!(spec["insecureSkipTLSVerify"].is_null(), "{spec}");
+    assert!(
+        text.contains("kubectl apply --server-side --field-manager=levee-serving-cert"),
+        "the manifests do not say how to fill the caBundle"
+    );
+    assert!(
+        !objects.iter().any(|object| object["kind"] == "Secret"),
+        "a key in manifests/"
+    );
+    let pod = &rendered(&objects, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "levee-tls");
+    let args = container_args(&objects);
+    assert!(
+        args.iter()
+            .any(|arg| arg == "--tls-cert-file=/etc/levee/tls/tls.crt"),
+        "{args:?}"
+    );
+    // The rest of the exposure defaults hold for them too.
+    for kind in [
+        "NetworkPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        rendered(&objects, kind);
+    }
+}
+
 /// Where a Go module is unpacked (fetched through the Go module proxy once, then cached).
 fn module_dir(module: &str) -> std::path::PathBuf {
     let output = Command::new("go")
@@ -514,6 +1120,14 @@ fn every_option_set_and_the_manifests_are_accepted_by_the_api_server() {
     install_crd();
     install_integration_crds();
     create_levee_namespace();
+    let watched = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WATCHED}});
+    apply_objects(&[watched], &[]);
+    assert!(
+        VALUE_SETS
+            .iter()
+            .any(|sets| sets.contains(&format!("watchNamespace={WATCHED}").as_str())),
+        "no option set watches {WATCHED}"
+    );
     for sets in VALUE_SETS {
         let objects = render_chart("levee", LEVEE_NAMESPACE, sets, &[]);
         let output = kubectl(
@@ -537,6 +1151,8 @@ fn every_option_set_and_the_manifests_are_accepted_by_the_api_server() {
         "deployment.apps/levee",
         "apiservice.apiregistration.k8s.io/v1beta1.external.metrics.k8s.io",
         "clusterrole.rbac.authorization.k8s.io/levee",
+        "networkpolicy.networking.k8s.io/levee",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/levee-max-replicas",
     ] {
         assert!(applied.contains(object), "{object} not in: {applied}");
     }

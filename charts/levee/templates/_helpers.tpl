@@ -39,8 +39,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "levee.checkValues" -}}
-{{- if and .Values.certManager.enabled .Values.tls.selfSigned -}}
-{{- fail "choose one source for the metrics API certificate: set certManager.enabled or tls.selfSigned, not both" -}}
+{{- if gt (len (compact (list .Values.certManager.enabled .Values.tls.selfSigned .Values.tls.userProvided))) 1 -}}
+{{- fail "choose one source for the metrics API certificate: set at most one of certManager.enabled, tls.selfSigned and tls.userProvided" -}}
 {{- end -}}
 {{- if eq (int .Values.metrics.port) 6443 -}}
 {{- fail "metrics.port must differ from 6443, the port of levee's external metrics API" -}}

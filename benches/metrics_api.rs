@@ -10,7 +10,7 @@ mod support;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
-use levee::metrics_api::auth::{Authorizer, RequestHeaderTrust};
+use levee::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use levee::metrics_api::server::{MetricsApi, serve};
 use levee::metrics_api::tls::ServingCert;
 use levee::metrics_api::values::{MetricValues, PolicyValues};
@@ -157,7 +157,8 @@ async fn main() {
             policy: format!("policy-{i}"),
             pending: 1000 + i as u64,
             queues: vec![("events".into(), Some(1000 + i as u64))],
-            sampled_at: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
+            sampled_at: jiff::Timestamp::now(),
+            sampled: std::time::Instant::now() + Duration::from_secs(3600),
             failed: false,
             interval: Duration::from_secs(1),
         });
@@ -186,6 +187,7 @@ async fn main() {
         values,
         trust,
         authorizer: Authorizer::new(allowing_client()),
+        authenticator: Authenticator::new(allowing_client()),
         metrics: levee::telemetry::Metrics::new(),
     });
     let levee_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

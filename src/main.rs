@@ -50,6 +50,8 @@ enum Command {
     },
     /// Run the controller: watch policies, sample Redis, hold producers back.
     Run(cli::run::RunArgs),
+    /// Print a CA-signed serving certificate Secret and the APIService trusting it (no Helm).
+    ServingCert(cli::serving_cert::ServingCertArgs),
     /// Print the version.
     Version,
 }
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Command::Crd => cli::crd(),
+        Command::ServingCert(args) => cli::serving_cert::run(&args, &mut std::io::stdout()),
         Command::Version => cli::version(),
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");

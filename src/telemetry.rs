@@ -170,7 +170,8 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    fn render(&self) -> String {
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
@@ -179,16 +180,28 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
+/// Serves `/healthz` and `/readyz` to everyone until `shutdown` resolves, and `/metrics` only to
+/// callers on loopback when `plain_loopback` (a sidecar, `kubectl port-forward`): the metrics name
+/// every tenant's policies and queues, so everyone else reads them over HTTPS with a token.
 pub async fn serve(
     metrics: Arc<Metrics>,
     addr: SocketAddr,
+    plain_loopback: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let for_metrics = metrics.clone();
-    let metrics_route = warp::path!("metrics").map(move || {
-        warp::reply::with_header(for_metrics.render(), "content-type", "text/plain; version=0.0.4")
-    });
+    let metrics_route = warp::path!("metrics")
+        .and(warp::addr::remote())
+        .map(move |peer: Option<SocketAddr>| {
+            if plain_loopback && peer.is_some_and(|peer| peer.ip().is_loopback()) {
+                let reply = warp::reply::with_header(for_metrics.render(), "content-type", "text/plain; version=0.0.4");
+                warp::reply::with_status(reply, warp::http::StatusCode::OK)
+            } else {
+                let refusal = "/metrics is served over HTTPS on the metrics API port to a bearer token allowed to get the non-resource URL /metrics (or here to loopback callers with --metrics-plain-loopback)\n";
+                let reply = warp::reply::with_header(refusal.to_string(), "content-type", "text/plain; charset=utf-8");
+                warp::reply::with_status(reply, warp::http::StatusCode::FORBIDDEN)
+            }
+        });
     let healthz = warp::path!("healthz").map(|| "ok".to_string());
     let readyz = warp::path!("readyz").map(move || {
         if metrics.ready.load(Ordering::SeqCst) {

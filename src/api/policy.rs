@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
     plural = "backpressurepolicies",
     shortname = "bpp",
     namespaced,
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters: levee labels the pods it holds back with it"),
     status = "BackpressurePolicyStatus",
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Level","type":"string","jsonPath":".status.level"}"#,
@@ -34,7 +35,7 @@ pub struct BackpressurePolicySpec {
     pub queues: Vec<QueueSpec>,
     /// How often the queues are sampled (Go duration, e.g. `1s`, `500ms`).
     #[serde(default = "defaults::sample_interval")]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 1s or 500ms"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms')").message("must be at least 100ms, such as 1s or 500ms: shorter intervals busy-loop Redis and the API server"))]
     pub sample_interval: Duration,
     /// Backlog sizes that drive the circuit.
     pub thresholds: Thresholds,
@@ -328,8 +329,9 @@ pub struct ScaleTarget {
     #[serde(default = "defaults::min_replicas")]
     #[schemars(range(min = 1))]
     pub min_replicas: i32,
-    /// The HPA's upper bound.
+    /// The HPA's upper bound (at most 1000; the chart may set a lower limit).
     #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self <= 1000").message("must be at most 1000: levee refuses to let one policy scale a workload further"))]
     pub max_replicas: i32,
     /// Pending jobs one worker replica is expected to handle (the HPA's AverageValue target).
     #[schemars(range(min = 1))]

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod run;
 pub mod sample;
+pub mod serving_cert;
 
 use std::process::ExitCode;
 

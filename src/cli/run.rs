@@ -1,7 +1,7 @@
 //! `levee run`: the controller, with its metrics and health endpoints, until SIGTERM or Ctrl-C.
 
 use crate::controller::{self, LeaseSettings, Settings};
-use crate::metrics_api::auth::{Authorizer, RequestHeaderTrust};
+use crate::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use crate::metrics_api::server::{self, MetricsApi};
 use crate::metrics_api::tls::ServingCert;
 use crate::metrics_api::values::MetricValues;
@@ -13,9 +13,18 @@ use std::sync::Arc;
 /// The flags of `levee run`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
-    /// Address of the plain-HTTP server for /metrics, /healthz and /readyz.
+    /// Address of the plain-HTTP server for /healthz and /readyz (and /metrics to loopback
+    /// callers with --metrics-plain-loopback). /metrics is otherwise served over HTTPS on
+    /// --external-metrics-addr, to a bearer token allowed to get the non-resource URL /metrics.
     #[arg(long, env = "LEVEE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+    /// Answer /metrics on the plain-HTTP port to callers on loopback (a sidecar, port-forward).
+    #[arg(long, env = "LEVEE_METRICS_PLAIN_LOOPBACK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub metrics_plain_loopback: bool,
+    /// How long a Kubernetes API request may take before it fails (watches excepted), so a hung
+    /// call cannot stall a tick or the lease renewal.
+    #[arg(long, env = "LEVEE_API_TIMEOUT", default_value = "5s")]
+    pub api_timeout: kube::core::Duration,
     /// Address of the HTTPS external metrics API (the aggregated API server).
     #[arg(long, env = "LEVEE_EXTERNAL_METRICS_ADDR", default_value = "0.0.0.0:6443")]
     pub external_metrics_addr: SocketAddr,
@@ -59,23 +68,21 @@ pub struct RunArgs {
 /// Runs the controller; exit 1 when Kubernetes cannot be reached or the controller fails.
 pub async fn run(args: RunArgs) -> ExitCode {
     telemetry::init_logging(args.log_format);
-    let client = match kube::Client::try_default().await {
-        Ok(client) => client,
+    let (client, watch_client) = match clients(args.api_timeout.into()).await {
+        Ok(clients) => clients,
         Err(error) => {
             tracing::error!(%error, "cannot reach Kubernetes: set KUBECONFIG or run in a pod with a service account");
             return ExitCode::from(1);
         }
     };
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let lease_seconds = std::time::Duration::from(args.lease_duration).as_secs().max(2);
     let settings = Settings {
         status_heartbeat: args.status_heartbeat.into(),
         identity,
         lease: args.leader_elect.then(|| LeaseSettings {
             name: args.leader_election_name.clone(),
             namespace: args.leader_election_namespace.clone(),
-            duration_seconds: lease_seconds,
-            grace_seconds: (lease_seconds / 3).max(1),
+            duration: std::time::Duration::from(args.lease_duration).max(std::time::Duration::from_secs(2)),
         }),
         watch_namespace: args.watch_namespace.clone(),
     };
@@ -96,17 +103,19 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let metrics = Metrics::new();
     let values = MetricValues::default();
     let trust = Arc::new(RequestHeaderTrust::default());
-    let trust_task = tokio::spawn(trust.clone().watch(client.clone()));
+    let trust_task = tokio::spawn(trust.clone().watch(watch_client.clone()));
     let api = Arc::new(MetricsApi {
         values: values.clone(),
         trust,
         authorizer: Authorizer::new(client.clone()),
+        authenticator: Authenticator::new(client.clone()),
         metrics: metrics.clone(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(telemetry::serve(
         metrics.clone(),
         args.metrics_addr,
+        args.metrics_plain_loopback,
         wait_for(stopped.clone()),
     ));
     let metrics_api = tokio::spawn(server::serve(api, listener, cert, wait_for(stopped.clone())));
@@ -115,7 +124,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         tracing::info!("shutting down");
         let _ = stop.send(true);
     });
-    let result = controller::run(client, settings, metrics, values, wait_for(stopped)).await;
+    let result = controller::run(client, watch_client, settings, metrics, values, wait_for(stopped)).await;
     signal.abort();
     server.abort();
     metrics_api.abort();
@@ -129,6 +138,18 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// A client for requests, which time out after `timeout`, and one for watches, which may stay
+/// quiet for minutes (the watcher has its own idle timeout).
+async fn clients(timeout: std::time::Duration) -> Result<(kube::Client, kube::Client), String> {
+    let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    let watches = kube::Client::try_from(config.clone()).map_err(|e| e.to_string())?;
+    let mut requests = config;
+    requests.read_timeout = Some(timeout);
+    requests.reset_reader_on_write = true;
+    let requests = kube::Client::try_from(requests).map_err(|e| e.to_string())?;
+    Ok((requests, watches))
+}
+
 async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
@@ -138,15 +159,9 @@ fn serving_cert(args: &RunArgs) -> Result<ServingCert, String> {
         return ServingCert::from_files(cert.clone(), key.clone());
     }
     let names = if args.tls_san.is_empty() {
-        let ns = &args.leader_election_namespace;
-        vec![
-            "levee".into(),
-            format!("levee.{ns}"),
-            format!("levee.{ns}.svc"),
-            format!("levee.{ns}.svc.cluster.local"),
-            "localhost".into(),
-            "127.0.0.1".into(),
-        ]
+        let mut names = super::serving_cert::service_names("levee", &args.leader_election_namespace);
+        names.extend(["localhost".into(), "127.0.0.1".into()]);
+        names
     } else {
         args.tls_san.clone()
     };

@@ -1,10 +1,13 @@
 //! Holds producers back: puts each target's marks (see `marks`) on the workload and on every pod
 //! its selector matches, writing only what differs from the in-memory stores, so a steady state
-//! costs no API writes and a new pod is marked on the next tick.
+//! costs no API writes and a new pod is marked on the next tick. Producers carrying the policy's
+//! label that it no longer selects are released on the same pass: what levee marked is found in
+//! the cluster, never remembered, so a restart, a failover or a deletion while levee was down
+//! strands nobody.
 
-use super::marks::Marks;
+use super::marks::{LABEL_POLICY, Marks};
 use super::{Context, FIELD_MANAGER, Result};
-use crate::api::{BackpressurePolicy, TargetKind, TargetRef};
+use crate::api::{BackpressurePolicy, TargetKind};
 use crate::circuit::{CircuitRules, State};
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -15,7 +18,7 @@ use kube::api::{Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 /// Pod writes in flight at once for one policy.
@@ -34,7 +37,9 @@ pub struct Outcome {
     pub errors: Vec<String>,
 }
 
-/// Brings every target of `policy` to the marks of `state` (or releases them).
+/// Brings every target of `policy` to the marks of `state` (or releases them), then releases
+/// every producer still labelled with the policy that it no longer selects: a target removed
+/// from the spec, or a pod that left its workload's selector, whether levee saw it happen or not.
 pub async fn act(
     context: &Context,
     policy: &BackpressurePolicy,
@@ -45,46 +50,91 @@ pub async fn act(
     let namespace = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let mut outcome = Outcome::default();
+    let mut selected_pods = HashSet::new();
     for target in &policy.spec.targets {
         let marks = Marks::new(&name, state, target.priority, rules, released);
         if !marks.accepting {
             outcome.throttled += 1;
         }
-        let Some((annotations, selector)) = workload(context, target, &namespace) else {
+        let Some(workload) = workload(context, target.kind, &target.name, &namespace) else {
             outcome
                 .missing
                 .push(format!("{:?} {namespace}/{}", target.kind, target.name));
             continue;
         };
-        if marks.annotations_differ(annotations.as_ref()) {
-            match patch_workload(context, target, &namespace, &marks).await {
-                Ok(()) => outcome.writes += 1,
-                Err(error) => outcome
-                    .errors
-                    .push(format!("{:?} {namespace}/{}: {error}", target.kind, target.name)),
+        let pods = matching_pods(context, &namespace, workload.selector.as_ref());
+        selected_pods.extend(pods.iter().map(|pod| pod.name_any()));
+        mark_workload(
+            context,
+            target.kind,
+            &target.name,
+            &namespace,
+            &workload,
+            &marks,
+            &mut outcome,
+        )
+        .await;
+        mark_pods(context, pods, &marks, &mut outcome).await;
+    }
+    let stray = Marks::new(
+        &name,
+        State::Closed,
+        0,
+        rules,
+        Some(released.unwrap_or("TargetRemoved")),
+    );
+    for kind in [
+        TargetKind::Deployment,
+        TargetKind::StatefulSet,
+        TargetKind::DaemonSet,
+    ] {
+        for workload_name in labelled_workloads(context, kind, &namespace, &name) {
+            let targeted = policy
+                .spec
+                .targets
+                .iter()
+                .any(|t| t.kind == kind && t.name == workload_name);
+            if targeted {
+                continue;
             }
-        }
-        let pods = matching_pods(context, &namespace, selector.as_ref());
-        // Conditions of every pod first: they take pods out of their Services' endpoints.
-        for part in [PodPart::Condition, PodPart::Annotations] {
-            let results: Vec<Result<bool, String>> = futures::stream::iter(pods.iter().cloned())
-                .map(|pod| mark_pod(context, pod, &marks, part))
-                .buffer_unordered(POD_WRITE_CONCURRENCY)
-                .collect()
+            if let Some(workload) = workload(context, kind, &workload_name, &namespace) {
+                mark_workload(
+                    context,
+                    kind,
+                    &workload_name,
+                    &namespace,
+                    &workload,
+                    &stray,
+                    &mut outcome,
+                )
                 .await;
-            for result in results {
-                match result {
-                    Ok(wrote) => outcome.writes += usize::from(wrote),
-                    Err(error) => outcome.errors.push(error),
-                }
             }
         }
     }
+    let stray_pods = context.stores.pods.state_filter(|pod| {
+        pod.namespace().as_deref() == Some(namespace.as_str())
+            && pod.labels().get(LABEL_POLICY) == Some(&name)
+            && !selected_pods.contains(&pod.name_any())
+    });
+    mark_pods(context, stray_pods, &stray, &mut outcome).await;
     outcome
 }
 
-/// Puts every target back to accepting (policy deleted or dry run). Fails when a write fails, so
-/// the finalizer keeps the policy until producers are released.
+/// The targets of `policy` that do not exist (`Kind namespace/name`), from the stores.
+pub fn missing_targets(context: &Context, policy: &BackpressurePolicy) -> Vec<String> {
+    let namespace = policy.namespace().unwrap_or_default();
+    policy
+        .spec
+        .targets
+        .iter()
+        .filter(|t| workload(context, t.kind, &t.name, &namespace).is_none())
+        .map(|t| format!("{:?} {namespace}/{}", t.kind, t.name))
+        .collect()
+}
+
+/// Puts every producer the policy marked back to accepting and takes its label off (policy
+/// deleted). Fails when a write fails, so the finalizer keeps the policy until producers are
+/// released.
 pub async fn release(context: &Context, policy: &BackpressurePolicy, reason: &'static str) -> Result<()> {
     let rules = CircuitRules::new(
         policy.spec.thresholds,
@@ -98,38 +148,63 @@ pub async fn release(context: &Context, policy: &BackpressurePolicy, reason: &'s
     }
 }
 
-type Workload = (Option<BTreeMap<String, String>>, Option<LabelSelector>);
+/// What the actuator needs of a workload.
+struct Workload {
+    annotations: Option<BTreeMap<String, String>>,
+    labels: Option<BTreeMap<String, String>>,
+    selector: Option<LabelSelector>,
+}
 
-fn workload(context: &Context, target: &TargetRef, namespace: &str) -> Option<Workload> {
+fn workload_of<K: ResourceExt>(object: &K, selector: Option<LabelSelector>) -> Workload {
+    Workload {
+        annotations: object.meta().annotations.clone(),
+        labels: object.meta().labels.clone(),
+        selector,
+    }
+}
+
+fn workload(context: &Context, kind: TargetKind, name: &str, namespace: &str) -> Option<Workload> {
     let stores = &context.stores;
-    match target.kind {
+    match kind {
         TargetKind::Deployment => stores
             .deployments
-            .get(&ObjectRef::new(&target.name).within(namespace))
-            .map(|d| {
-                (
-                    d.metadata.annotations.clone(),
-                    d.spec.as_ref().map(|s| s.selector.clone()),
-                )
-            }),
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|d| workload_of(d.as_ref(), d.spec.as_ref().map(|s| s.selector.clone()))),
         TargetKind::StatefulSet => stores
             .stateful_sets
-            .get(&ObjectRef::new(&target.name).within(namespace))
-            .map(|s| {
-                (
-                    s.metadata.annotations.clone(),
-                    s.spec.as_ref().map(|s| s.selector.clone()),
-                )
-            }),
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|s| workload_of(s.as_ref(), s.spec.as_ref().map(|s| s.selector.clone()))),
         TargetKind::DaemonSet => stores
             .daemon_sets
-            .get(&ObjectRef::new(&target.name).within(namespace))
-            .map(|d| {
-                (
-                    d.metadata.annotations.clone(),
-                    d.spec.as_ref().map(|s| s.selector.clone()),
-                )
-            }),
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|d| workload_of(d.as_ref(), d.spec.as_ref().map(|s| s.selector.clone()))),
+    }
+}
+
+/// Names of the workloads of `kind` in `namespace` that carry the label of `policy`.
+fn labelled_workloads(context: &Context, kind: TargetKind, namespace: &str, policy: &str) -> Vec<String> {
+    fn names<K: ResourceExt + Clone + 'static>(
+        store: &kube::runtime::reflector::Store<K>,
+        namespace: &str,
+        policy: &str,
+    ) -> Vec<String>
+    where
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+    {
+        store
+            .state_filter(|o| {
+                o.namespace().as_deref() == Some(namespace)
+                    && o.labels().get(LABEL_POLICY).map(String::as_str) == Some(policy)
+            })
+            .iter()
+            .map(|o| o.name_any())
+            .collect()
+    }
+    let stores = &context.stores;
+    match kind {
+        TargetKind::Deployment => names(&stores.deployments, namespace, policy),
+        TargetKind::StatefulSet => names(&stores.stateful_sets, namespace, policy),
+        TargetKind::DaemonSet => names(&stores.daemon_sets, namespace, policy),
     }
 }
 
@@ -149,32 +224,74 @@ fn matching_pods(context: &Context, namespace: &str, selector: Option<&LabelSele
     })
 }
 
+async fn mark_workload(
+    context: &Context,
+    kind: TargetKind,
+    name: &str,
+    namespace: &str,
+    workload: &Workload,
+    marks: &Marks,
+    outcome: &mut Outcome,
+) {
+    if !marks.metadata_differs(workload.annotations.as_ref(), workload.labels.as_ref()) {
+        return;
+    }
+    match patch_workload(context, kind, name, namespace, marks).await {
+        Ok(()) => outcome.writes += 1,
+        Err(error) => outcome
+            .errors
+            .push(format!("{kind:?} {namespace}/{name}: {error}")),
+    }
+}
+
+/// Marks `pods`: the conditions of every pod first (they take pods out of their Services'
+/// endpoints), then the metadata.
+async fn mark_pods(context: &Context, pods: Vec<Arc<Pod>>, marks: &Marks, outcome: &mut Outcome) {
+    if pods.is_empty() {
+        return;
+    }
+    for part in [PodPart::Condition, PodPart::Metadata] {
+        let results: Vec<Result<bool, String>> = futures::stream::iter(pods.iter().cloned())
+            .map(|pod| mark_pod(context, pod, marks, part))
+            .buffer_unordered(POD_WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(wrote) => outcome.writes += usize::from(wrote),
+                Err(error) => outcome.errors.push(error),
+            }
+        }
+    }
+}
+
 async fn patch_workload(
     context: &Context,
-    target: &TargetRef,
+    kind: TargetKind,
+    name: &str,
     namespace: &str,
     marks: &Marks,
 ) -> kube::Result<()> {
-    let patch = Patch::Merge(marks.annotation_patch());
+    let patch = Patch::Merge(marks.metadata_patch());
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
     let client = context.client.clone();
-    match target.kind {
+    match kind {
         TargetKind::Deployment => {
             Api::<Deployment>::namespaced(client, namespace)
-                .patch(&target.name, &params, &patch)
+                .patch(name, &params, &patch)
                 .await?;
         }
         TargetKind::StatefulSet => {
             Api::<StatefulSet>::namespaced(client, namespace)
-                .patch(&target.name, &params, &patch)
+                .patch(name, &params, &patch)
                 .await?;
         }
         TargetKind::DaemonSet => {
             Api::<DaemonSet>::namespaced(client, namespace)
-                .patch(&target.name, &params, &patch)
+                .patch(name, &params, &patch)
                 .await?;
         }
     }
@@ -186,7 +303,7 @@ async fn patch_workload(
 #[derive(Clone, Copy)]
 enum PodPart {
     Condition,
-    Annotations,
+    Metadata,
 }
 
 /// Writes one part of a pod's marks if it differs; `Ok(true)` when it wrote.
@@ -214,13 +331,13 @@ async fn mark_pod(context: &Context, pod: Arc<Pod>, marks: &Marks, part: PodPart
                 .with_label_values(&["pod_condition"])
                 .inc();
         }
-        PodPart::Annotations => {
-            if !marks.annotations_differ(pod.metadata.annotations.as_ref()) {
+        PodPart::Metadata => {
+            if !marks.metadata_differs(pod.metadata.annotations.as_ref(), pod.metadata.labels.as_ref()) {
                 return Ok(false);
             }
-            api.patch(&name, &params, &Patch::Merge(marks.annotation_patch()))
+            api.patch(&name, &params, &Patch::Merge(marks.metadata_patch()))
                 .await
-                .map_err(|error| format!("pod {namespace}/{name} annotations: {error}"))?;
+                .map_err(|error| format!("pod {namespace}/{name} labels and annotations: {error}"))?;
             context
                 .metrics
                 .api_writes

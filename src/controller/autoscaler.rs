@@ -1,7 +1,9 @@
 //! The HorizontalPodAutoscaler levee creates and owns for `spec.scaleTarget`: `autoscaling/v2`
 //! on the external metric `levee_pending` of the policy, with `AverageValue =
 //! pendingPerReplica`, applied server-side and owned by the policy (garbage-collected with it),
-//! and deleted when `scaleTarget` is removed.
+//! and deleted when `scaleTarget` is removed. levee never takes over an HPA it does not own: one
+//! of the same name that another owner made, or fields someone else manages, are reported as a
+//! conflict instead of overwritten.
 
 use super::{Context, FIELD_MANAGER};
 use crate::api::{BackpressurePolicy, ScaleKind, ScaleTarget};
@@ -49,24 +51,56 @@ pub fn desired_hpa(policy: &BackpressurePolicy, target: &ScaleTarget) -> Value {
     })
 }
 
+/// Why the managed HPA could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(
+        "HorizontalPodAutoscaler {0} exists and is not owned by this policy: levee does not take it over; delete or rename it, or remove spec.scaleTarget"
+    )]
+    NotOwned(String),
+    #[error(
+        "HorizontalPodAutoscaler {name} was changed by another field manager ({message}): levee does not overwrite it; undo the change or delete the HPA so levee recreates it"
+    )]
+    Conflict { name: String, message: String },
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+fn owned_by(hpa: &HorizontalPodAutoscaler, policy: &BackpressurePolicy) -> bool {
+    hpa.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == policy.meta().uid.as_ref())
+}
+
 /// Applies or removes the managed HPA to match the policy.
-pub async fn sync(context: &Context, policy: &BackpressurePolicy) -> kube::Result<()> {
-    let api: Api<HorizontalPodAutoscaler> =
-        Api::namespaced(context.client.clone(), &policy.namespace().unwrap_or_default());
+pub async fn sync(context: &Context, policy: &BackpressurePolicy) -> Result<(), SyncError> {
+    let namespace = policy.namespace().unwrap_or_default();
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(context.client.clone(), &namespace);
     let name = hpa_name(policy);
+    let existing = api.get_opt(&name).await?;
     match &policy.spec.scale_target {
         Some(target) => {
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(&name, &params, &Patch::Apply(desired_hpa(policy, target)))
-                .await?;
+            if existing.as_ref().is_some_and(|hpa| !owned_by(hpa, policy)) {
+                return Err(SyncError::NotOwned(format!("{namespace}/{name}")));
+            }
+            let params = PatchParams::apply(FIELD_MANAGER);
+            match api
+                .patch(&name, &params, &Patch::Apply(desired_hpa(policy, target)))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    return Err(SyncError::Conflict {
+                        name: format!("{namespace}/{name}"),
+                        message: status.message,
+                    });
+                }
+                Err(error) => return Err(error.into()),
+            }
             context.metrics.api_writes.with_label_values(&["hpa"]).inc();
         }
         None => {
-            let owned = api.get_opt(&name).await?.is_some_and(|hpa| {
-                hpa.owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == policy.meta().uid.as_ref())
-            });
+            let owned = existing.is_some_and(|hpa| owned_by(&hpa, policy));
             if owned {
                 api.delete(&name, &DeleteParams::default()).await?;
                 context.metrics.api_writes.with_label_values(&["hpa"]).inc();

@@ -1,11 +1,23 @@
-//! Leader election on a `coordination.k8s.io` Lease (kube-lease-manager): every replica samples,
-//! only the holder writes. The holder renews well inside the lease duration; on shutdown it
-//! releases the Lease so a follower takes over at once instead of waiting for it to expire.
+//! Leader election on a `coordination.k8s.io` Lease: every replica samples, only the holder
+//! writes. Time is measured on this process's monotonic clock, never read from the Lease's
+//! timestamps, so skewed or stepped clocks cannot cut a lease short or stretch it:
+//! - the holder renews every third of the lease duration and steps down by itself when no renewal
+//!   succeeded for two thirds of it (before any follower may take over);
+//! - a follower watches the Lease: a holder that released it on shutdown is replaced at once, a
+//!   holder that stopped renewing (crash, lost node) once the Lease has not changed for a whole
+//!   lease duration.
 
 use super::{Result, Settings};
-use kube::Client;
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
-use tokio::sync::{oneshot, watch};
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Where the Lease lives and how long it lasts.
@@ -13,10 +25,73 @@ use tokio::task::JoinHandle;
 pub struct LeaseSettings {
     pub name: String,
     pub namespace: String,
-    /// Seconds a holder keeps the Lease without renewing it.
-    pub duration_seconds: u64,
-    /// Seconds before expiry at which the holder renews.
-    pub grace_seconds: u64,
+    /// How long a holder keeps the Lease without renewing it.
+    pub duration: Duration,
+}
+
+impl LeaseSettings {
+    fn renew_every(&self) -> Duration {
+        self.duration / 3
+    }
+
+    /// A holder that could not renew for this long steps down.
+    fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+}
+
+/// The parts of a Lease the election reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renewed: Option<Timestamp>,
+    transitions: i32,
+    duration: Option<Duration>,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.clone().unwrap_or_default();
+        Self {
+            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            renewed: spec.renew_time.map(|t| t.0),
+            transitions: spec.lease_transitions.unwrap_or(0),
+            duration: spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map(Duration::from_secs),
+        }
+    }
+}
+
+/// What to do next with the Lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Move {
+    /// We hold it: renew.
+    Renew,
+    /// Nobody holds it (or the holder stopped renewing): take it.
+    Acquire,
+    /// Someone else holds it: look again after this long at the latest.
+    Follow(Duration),
+}
+
+/// The next move, given the Lease (None: it does not exist) and how long it has been unchanged
+/// as this process observed it.
+fn next_move(record: Option<&Record>, me: &str, unchanged_for: Duration, lease: Duration) -> Move {
+    let Some(record) = record else {
+        return Move::Acquire;
+    };
+    match record.holder.as_deref() {
+        Some(holder) if holder == me => Move::Renew,
+        None => Move::Acquire,
+        Some(_) => {
+            let duration = record.duration.unwrap_or(lease);
+            match duration.checked_sub(unchanged_for) {
+                Some(left) if !left.is_zero() => Move::Follow(left),
+                _ => Move::Acquire,
+            }
+        }
+    }
 }
 
 /// The running election; `release` gives the Lease up.
@@ -35,47 +110,272 @@ impl Election {
 
 /// Starts the election; the receiver says whether this replica leads. Without lease settings the
 /// replica always leads.
-pub async fn elect(client: Client, settings: &Settings) -> Result<(watch::Receiver<bool>, Option<Election>)> {
-    let Some(lease) = &settings.lease else {
+pub async fn elect(
+    client: Client,
+    watch_client: Client,
+    settings: &Settings,
+) -> Result<(watch::Receiver<bool>, Option<Election>)> {
+    let Some(lease) = settings.lease.clone() else {
         // Always leading: the receiver keeps this value after the sender is dropped.
         let (_, receiver) = watch::channel(true);
         return Ok((receiver, None));
     };
-    let manager = LeaseManagerBuilder::new(client, &lease.name)
-        .with_namespace(&lease.namespace)
-        .with_identity(&settings.identity)
-        .with_field_manager(super::FIELD_MANAGER)
-        .with_duration(lease.duration_seconds)
-        .with_grace(lease.grace_seconds)
-        .build()
-        .await?;
     let (sender, receiver) = watch::channel(false);
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(hold(manager, sender, stopped));
+    let changed = Arc::new(Notify::new());
+    let watched: Api<Lease> = Api::namespaced(watch_client, &lease.namespace);
+    let watch_task = tokio::spawn(notify_changes(watched, lease.name.clone(), changed.clone()));
+    let candidate = Candidate {
+        api: Api::namespaced(client, &lease.namespace),
+        identity: settings.identity.clone(),
+        lease,
+        observed: None,
+        renewed: None,
+    };
+    let task = tokio::spawn(async move {
+        candidate.campaign(sender, changed, stopped).await;
+        watch_task.abort();
+    });
     Ok((receiver, Some(Election { stop, task })))
 }
 
-async fn hold(manager: LeaseManager, sender: watch::Sender<bool>, mut stopped: oneshot::Receiver<()>) {
-    loop {
-        tokio::select! {
-            _ = &mut stopped => break,
-            changed = manager.changed() => match changed {
-                Ok(leading) => {
-                    if leading != *sender.borrow() {
-                        tracing::info!(leading, "leadership changed");
-                    }
-                    sender.send_replace(leading);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "lease renewal failed; stepping down until it succeeds");
-                    sender.send_replace(false);
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-            },
+/// Wakes the candidate whenever the Lease changes.
+async fn notify_changes(api: Api<Lease>, name: String, changed: Arc<Notify>) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(api, config).boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(_) => changed.notify_one(),
+            Err(error) => {
+                tracing::debug!(%error, "watching the lease failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
-    sender.send_replace(false);
-    if let Err(error) = manager.release().await {
-        tracing::warn!(%error, "releasing the lease failed; it expires by itself");
+}
+
+struct Candidate {
+    api: Api<Lease>,
+    identity: String,
+    lease: LeaseSettings,
+    /// The Lease as last seen, and when it was first seen like that.
+    observed: Option<(Record, Instant)>,
+    /// When our last renewal (or acquisition) was written.
+    renewed: Option<Instant>,
+}
+
+impl Candidate {
+    async fn campaign(
+        mut self,
+        leading: watch::Sender<bool>,
+        changed: Arc<Notify>,
+        mut stopped: oneshot::Receiver<()>,
+    ) {
+        loop {
+            let wait = match tokio::time::timeout(self.lease.renew_deadline(), self.step()).await {
+                Ok(Ok(wait)) => wait,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "lease update failed; retrying");
+                    Duration::from_secs(1)
+                }
+                Err(_) => {
+                    tracing::warn!("the lease request hung; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            let holding = self
+                .renewed
+                .is_some_and(|at| at.elapsed() < self.lease.renew_deadline());
+            if holding != *leading.borrow() {
+                tracing::info!(leading = holding, identity = %self.identity, "leadership changed");
+                leading.send_replace(holding);
+            }
+            let wait = if holding {
+                // Step down exactly at the deadline if renewals keep failing.
+                let left = self.lease.renew_deadline().saturating_sub(self.renewed_ago());
+                wait.min(left)
+            } else {
+                wait
+            };
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed.notified(), if !holding => {}
+            }
+        }
+        let held = *leading.borrow();
+        leading.send_replace(false);
+        if held && let Err(error) = self.release().await {
+            tracing::warn!(%error, "releasing the lease failed; it expires by itself");
+        }
+    }
+
+    fn renewed_ago(&self) -> Duration {
+        self.renewed.map_or(Duration::MAX, |at| at.elapsed())
+    }
+
+    /// Reads the Lease, renews or takes it when due; how long to wait before the next step.
+    async fn step(&mut self) -> kube::Result<Duration> {
+        let lease = self.api.get_opt(&self.lease.name).await?;
+        let record = lease.as_ref().map(Record::of);
+        let now = Instant::now();
+        let unchanged_since = match (&self.observed, &record) {
+            (Some((seen, since)), Some(current)) if seen == current => *since,
+            _ => now,
+        };
+        self.observed = record.clone().map(|r| (r, unchanged_since));
+        let decided = next_move(
+            record.as_ref(),
+            &self.identity,
+            now - unchanged_since,
+            self.lease.duration,
+        );
+        match decided {
+            Move::Follow(left) => {
+                self.renewed = None;
+                Ok(left)
+            }
+            Move::Renew | Move::Acquire => {
+                let taking_over = decided == Move::Acquire;
+                match self.write(lease, taking_over).await {
+                    Ok(()) => {
+                        self.renewed = Some(now);
+                        Ok(self.lease.renew_every())
+                    }
+                    // Someone else wrote the Lease first: look again at once.
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        if taking_over {
+                            self.renewed = None;
+                        }
+                        Ok(Duration::ZERO)
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        }
+    }
+
+    /// Writes the Lease as ours (optimistically: a concurrent writer gets a conflict).
+    async fn write(&self, current: Option<Lease>, taking_over: bool) -> kube::Result<()> {
+        let now = MicroTime(Timestamp::now());
+        let seconds = i32::try_from(self.lease.duration.as_secs()).unwrap_or(i32::MAX);
+        match current {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.lease.name.clone()),
+                        namespace: Some(self.lease.namespace.clone()),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.identity.clone()),
+                        acquire_time: Some(now.clone()),
+                        renew_time: Some(now),
+                        lease_duration_seconds: Some(seconds),
+                        lease_transitions: Some(0),
+                        ..Default::default()
+                    }),
+                };
+                self.api.create(&PostParams::default(), &lease).await?;
+            }
+            Some(mut lease) => {
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                if taking_over {
+                    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                    spec.acquire_time = Some(now.clone());
+                }
+                spec.holder_identity = Some(self.identity.clone());
+                spec.renew_time = Some(now);
+                spec.lease_duration_seconds = Some(seconds);
+                self.api
+                    .replace(&self.lease.name, &PostParams::default(), &lease)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the Lease up so a follower takes over at once.
+    async fn release(&self) -> kube::Result<()> {
+        let Some(mut lease) = self.api.get_opt(&self.lease.name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        spec.lease_duration_seconds = Some(1);
+        self.api
+            .replace(&self.lease.name, &PostParams::default(), &lease)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(15);
+
+    fn held_by(holder: Option<&str>) -> Record {
+        Record {
+            holder: holder.map(str::to_string),
+            renewed: None,
+            transitions: 0,
+            duration: Some(LEASE),
+        }
+    }
+
+    #[test]
+    fn a_missing_or_released_lease_is_taken_at_once() {
+        assert_eq!(next_move(None, "me", Duration::ZERO, LEASE), Move::Acquire);
+        let released = held_by(None);
+        assert_eq!(
+            next_move(Some(&released), "me", Duration::ZERO, LEASE),
+            Move::Acquire
+        );
+    }
+
+    #[test]
+    fn the_holder_renews() {
+        let mine = held_by(Some("me"));
+        assert_eq!(
+            next_move(Some(&mine), "me", Duration::from_secs(60), LEASE),
+            Move::Renew
+        );
+    }
+
+    #[test]
+    fn a_follower_waits_for_a_whole_lease_without_change() {
+        let theirs = held_by(Some("other"));
+        assert_eq!(
+            next_move(Some(&theirs), "me", Duration::from_secs(5), LEASE),
+            Move::Follow(Duration::from_secs(10))
+        );
+        assert_eq!(next_move(Some(&theirs), "me", LEASE, LEASE), Move::Acquire);
+    }
+
+    #[test]
+    fn the_lease_own_duration_wins_over_ours() {
+        let mut short = held_by(Some("other"));
+        short.duration = Some(Duration::from_secs(4));
+        assert_eq!(
+            next_move(Some(&short), "me", Duration::from_secs(4), LEASE),
+            Move::Acquire
+        );
+    }
+
+    #[test]
+    fn the_holder_steps_down_before_a_follower_may_take_over() {
+        let settings = LeaseSettings {
+            name: "levee".into(),
+            namespace: "levee-system".into(),
+            duration: LEASE,
+        };
+        assert!(settings.renew_every() < settings.renew_deadline());
+        assert!(settings.renew_deadline() < settings.duration);
     }
 }

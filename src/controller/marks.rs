@@ -1,6 +1,8 @@
-//! What levee writes on a producer: the annotations apps read through the downward API and the
-//! pod condition a `readinessGates` entry waits for. Pure: computing the marks and telling
-//! whether an object already carries them (so nothing is written while nothing changes).
+//! What levee writes on a producer: the annotations apps read through the downward API, the
+//! pod condition a `readinessGates` entry waits for, and the label naming the policy, by which
+//! levee finds every producer it ever marked (no memory needed to release them). Pure: computing
+//! the marks and telling whether an object already carries them (so nothing is written while
+//! nothing changes).
 
 use crate::circuit::{CircuitRules, State};
 use jiff::Timestamp;
@@ -16,6 +18,8 @@ pub const ANNOTATION_ACCEPTING: &str = "levee.dev/accepting";
 pub const ANNOTATION_POLICY: &str = "levee.dev/policy";
 /// The pod condition a readiness gate waits for.
 pub const CONDITION_ACCEPTING: &str = "levee.dev/accepting";
+/// Label naming the policy that marked a producer; a released producer loses it.
+pub const LABEL_POLICY: &str = "levee.dev/policy";
 /// The policy annotation whose new value forces the circuit Closed.
 pub const ANNOTATION_RESET: &str = "levee.dev/reset";
 
@@ -27,6 +31,8 @@ pub struct Marks {
     pub policy: String,
     pub reason: &'static str,
     pub message: String,
+    /// Whether the producer keeps the policy label (false once released).
+    pub labelled: bool,
 }
 
 impl Marks {
@@ -81,6 +87,7 @@ impl Marks {
             policy: policy.to_string(),
             reason,
             message,
+            labelled: released.is_none(),
         }
     }
 
@@ -92,21 +99,39 @@ impl Marks {
         ]
     }
 
-    /// Whether `annotations` lack any of the marks.
-    pub fn annotations_differ(&self, annotations: Option<&BTreeMap<String, String>>) -> bool {
-        self.annotation_values()
-            .iter()
-            .any(|(key, value)| annotations.and_then(|a| a.get(*key)) != Some(value))
+    /// Whether `annotations` lack any of the marks, or `labels` the policy label (or still carry
+    /// it once released).
+    pub fn metadata_differs(
+        &self,
+        annotations: Option<&BTreeMap<String, String>>,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> bool {
+        let label = labels.and_then(|l| l.get(LABEL_POLICY));
+        let label_differs = if self.labelled {
+            label != Some(&self.policy)
+        } else {
+            label.is_some()
+        };
+        label_differs
+            || self
+                .annotation_values()
+                .iter()
+                .any(|(key, value)| annotations.and_then(|a| a.get(*key)) != Some(value))
     }
 
-    /// A JSON merge patch setting the annotations.
-    pub fn annotation_patch(&self) -> Value {
+    /// A JSON merge patch setting the annotations and setting (or removing) the policy label.
+    pub fn metadata_patch(&self) -> Value {
         let annotations: serde_json::Map<String, Value> = self
             .annotation_values()
             .into_iter()
             .map(|(k, v)| (k.to_string(), Value::String(v)))
             .collect();
-        json!({ "metadata": { "annotations": annotations } })
+        let label = if self.labelled {
+            Value::String(self.policy.clone())
+        } else {
+            Value::Null
+        };
+        json!({ "metadata": { "annotations": annotations, "labels": { LABEL_POLICY: label } } })
     }
 
     fn condition_status(&self) -> &'static str {
@@ -171,14 +196,21 @@ mod tests {
     #[test]
     fn nothing_differs_once_the_marks_are_there() {
         let marks = Marks::new("p", State::Open, 10, &rules(), None);
-        let patch = marks.annotation_patch();
+        let patch = marks.metadata_patch();
         let annotations: BTreeMap<String, String> =
             serde_json::from_value(patch["metadata"]["annotations"].clone()).unwrap();
-        assert!(!marks.annotations_differ(Some(&annotations)));
-        assert!(marks.annotations_differ(None));
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(patch["metadata"]["labels"].clone()).unwrap();
+        assert_eq!(labels.get(LABEL_POLICY).map(String::as_str), Some("p"));
+        assert!(!marks.metadata_differs(Some(&annotations), Some(&labels)));
+        assert!(marks.metadata_differs(None, Some(&labels)));
+        assert!(
+            marks.metadata_differs(Some(&annotations), None),
+            "a pod without the label is relabelled"
+        );
         let mut other = annotations.clone();
         other.insert(ANNOTATION_ACCEPTING.into(), "true".into());
-        assert!(marks.annotations_differ(Some(&other)));
+        assert!(marks.metadata_differs(Some(&other), Some(&labels)));
 
         let condition: PodCondition = serde_json::from_value(
             marks.condition_patch(Timestamp::UNIX_EPOCH)["status"]["conditions"][0].clone(),
@@ -188,5 +220,17 @@ mod tests {
         assert!(marks.condition_differs(None));
         let closed = Marks::new("p", State::Closed, 10, &rules(), None);
         assert!(closed.condition_differs(Some(&[condition])));
+    }
+
+    #[test]
+    fn a_released_producer_loses_the_label() {
+        let released = Marks::new("p", State::Open, 10, &rules(), Some("TargetRemoved"));
+        let patch = released.metadata_patch();
+        assert_eq!(patch["metadata"]["labels"][LABEL_POLICY], Value::Null);
+        let annotations: BTreeMap<String, String> =
+            serde_json::from_value(patch["metadata"]["annotations"].clone()).unwrap();
+        let labelled = BTreeMap::from([(LABEL_POLICY.to_string(), "p".to_string())]);
+        assert!(released.metadata_differs(Some(&annotations), Some(&labelled)));
+        assert!(!released.metadata_differs(Some(&annotations), None));
     }
 }

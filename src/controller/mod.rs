@@ -13,6 +13,8 @@
 
 mod actuator;
 mod autoscaler;
+mod backoff;
+mod clock;
 mod leader;
 pub mod marks;
 mod policy_task;
@@ -52,8 +54,6 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
     #[error("releasing targets: {0}")]
     Release(String),
 }
@@ -64,7 +64,6 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Finalizer(_) => "finalizer",
-            Error::Lease(_) => "lease",
             Error::Release(_) => "release",
         }
     }
@@ -119,6 +118,8 @@ pub struct Context {
     pub values: MetricValues,
     pub recorder: Recorder,
     pub settings: Settings,
+    /// The circuit's time: wall time at start, advanced monotonically.
+    pub clock: clock::CircuitClock,
     leader: watch::Receiver<bool>,
     tasks: PolicyTasks,
 }
@@ -130,16 +131,18 @@ impl Context {
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. `client` makes requests (with a timeout);
+/// `watch_client` watches (which may stay quiet for minutes).
 pub async fn run(
     client: Client,
+    watch_client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
     values: MetricValues,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (leader, lease_task) = leader::elect(client.clone(), &settings).await?;
-    let (stores, reflectors) = start_reflectors(client.clone(), &settings);
+    let (leader, lease_task) = leader::elect(client.clone(), watch_client.clone(), &settings).await?;
+    let (stores, reflectors) = start_reflectors(watch_client.clone(), &settings);
     let reporter = Reporter {
         controller: "levee".into(),
         instance: Some(settings.identity.clone()),
@@ -151,6 +154,7 @@ pub async fn run(
         metrics: metrics.clone(),
         values,
         settings,
+        clock: clock::CircuitClock::start(),
         leader: leader.clone(),
         tasks: PolicyTasks::default(),
         client: client.clone(),
@@ -185,7 +189,7 @@ pub async fn run(
     let became_leader = tokio_stream::wrappers::WatchStream::from_changes(leader)
         .filter(|leading| futures::future::ready(*leading))
         .map(|_| ());
-    let policies: Api<BackpressurePolicy> = context.settings.api(client);
+    let policies: Api<BackpressurePolicy> = context.settings.api(watch_client);
     let controller = Controller::new(policies, watcher::Config::default().any_semantic())
         .reconcile_all_on(became_leader)
         .graceful_shutdown_on(shutdown)
@@ -323,6 +327,7 @@ impl Context {
                 lease: None,
                 watch_namespace: None,
             },
+            clock: clock::CircuitClock::start(),
             leader,
             tasks: PolicyTasks::default(),
             client,

@@ -1,14 +1,17 @@
 //! One task per policy: every `sampleInterval` it samples the queues, steps the circuit and, on
-//! the leader, acts (targets, events, status). A spec change re-reads Secrets and the interval;
-//! the circuit carries over. Followers mirror the circuit from status instead of stepping it.
+//! the leader, saves the decision in status and only then acts on the targets: producers are
+//! never held on a decision that status lacks, so whoever leads next resumes exactly what
+//! producers see. A spec change re-reads Secrets and the interval; the circuit carries over.
+//! Followers mirror the circuit from status instead of stepping it.
 
 use super::Context;
 use super::actuator::{self, Outcome};
 use super::autoscaler;
+use super::backoff::Backoff;
 use super::marks::ANNOTATION_RESET;
 use super::secrets::{EndpointProblem, resolve_endpoint};
 use super::status_writer::{TickReport, next_status, worth_writing, write};
-use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, TargetRef};
+use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
 use crate::circuit::{Circuit, CircuitRules, Decision, Level, Observation, State};
 use crate::metrics_api::values::PolicyValues;
 use crate::sampler::{Endpoint, Sample};
@@ -69,10 +72,17 @@ struct PolicyState {
     rules: CircuitRules,
     circuit: Circuit,
     endpoint: Option<Result<Endpoint, EndpointProblem>>,
+    /// Redis refused the endpoint (a rotated password?): rebuild it from the Secrets when the
+    /// backoff allows.
+    endpoint_suspect: bool,
+    /// Paces re-reads of the Secrets while they are missing or Redis refuses them.
+    secret_backoff: Backoff,
+    /// The endpoint problem last reported with an event, so each is reported once.
+    reported_problem: Option<&'static str>,
     written: BackpressurePolicyStatus,
     last_write: Option<Instant>,
-    /// Targets a spec change dropped: released on the next tick, so none stays held back.
-    dropped_targets: Vec<TargetRef>,
+    /// Failed writes of the last pass over the targets, reported in the next status.
+    target_errors: Vec<String>,
     /// The generation whose managed HPA is in place.
     autoscaled_generation: Option<i64>,
     /// The last failure to apply the managed HPA, shown in the Ready condition until it works.
@@ -86,9 +96,12 @@ impl PolicyState {
             rules: rules_of(&policy),
             circuit: status.circuit(),
             endpoint: None,
+            endpoint_suspect: false,
+            secret_backoff: Backoff::default(),
+            reported_problem: None,
             written: status,
             last_write: None,
-            dropped_targets: Vec::new(),
+            target_errors: Vec::new(),
             autoscaled_generation: None,
             autoscaler_error: None,
             policy,
@@ -101,18 +114,46 @@ impl PolicyState {
         if respecified {
             self.rules = rules_of(&policy);
             self.endpoint = None;
-            let kept = |t: &TargetRef| {
-                policy
-                    .spec
-                    .targets
-                    .iter()
-                    .any(|n| n.kind == t.kind && n.name == t.name)
-            };
-            self.dropped_targets
-                .extend(self.policy.spec.targets.iter().filter(|t| !kept(t)).cloned());
+            self.endpoint_suspect = false;
+            self.secret_backoff.succeeded();
         }
         self.policy = policy;
         respecified
+    }
+
+    /// Builds the endpoint from the Secrets when there is none, or when the last one failed and
+    /// the backoff allows another read.
+    async fn refresh_endpoint(&mut self, context: &Context) {
+        let now = Instant::now();
+        let due = match &self.endpoint {
+            None => true,
+            Some(Err(_)) => self.secret_backoff.ready(now),
+            Some(Ok(_)) => self.endpoint_suspect && self.secret_backoff.ready(now),
+        };
+        if !due {
+            return;
+        }
+        let resolved = resolve_endpoint(&context.client, &self.policy).await;
+        if resolved.is_err() || self.endpoint_suspect {
+            self.secret_backoff.failed(now);
+        }
+        self.endpoint_suspect = false;
+        match &resolved {
+            Ok(_) => self.reported_problem = None,
+            Err(problem) if context.is_leader() && self.reported_problem != Some(problem.reason) => {
+                self.reported_problem = Some(problem.reason);
+                publish(
+                    context,
+                    &self.policy,
+                    EventType::Warning,
+                    problem.reason,
+                    problem.message.clone(),
+                )
+                .await;
+            }
+            Err(_) => {}
+        }
+        self.endpoint = Some(resolved);
     }
 }
 
@@ -149,27 +190,21 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
     }
 }
 
-/// Circuit times are whole seconds, as status stores them, so a restart resumes exactly.
-fn now_in_seconds() -> Timestamp {
-    let now = Timestamp::now();
-    Timestamp::from_second(now.as_second()).unwrap_or(now)
-}
-
 async fn tick(context: &Context, state: &mut PolicyState) {
     let policy = state.policy.clone();
     let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
-    if !matches!(state.endpoint, Some(Ok(_))) {
-        state.endpoint = Some(resolve_endpoint(&context.client, &policy).await);
-    }
-    let sample = match state.endpoint.as_ref().expect("resolved above") {
+    state.refresh_endpoint(context).await;
+    let sample = match state.endpoint.as_ref().expect("refreshed above") {
         Ok(endpoint) => Ok(context.sampler.sample(endpoint, &policy.spec.queues).await),
         Err(problem) => Err(problem.clone()),
     };
     record_sample(context, &namespace, &name, &sample);
     publish_values(context, &policy, &sample);
-    if sample.as_ref().is_ok_and(|s| s.unreachable.is_some()) {
-        // Re-read the Secrets next tick: a rotated password shows up as an authentication error.
-        state.endpoint = None;
+    match &sample {
+        // A rotated password shows up as an authentication error: re-read the Secrets (paced).
+        Ok(sample) if sample.unreachable.is_some() => state.endpoint_suspect = true,
+        Ok(_) => state.secret_backoff.succeeded(),
+        Err(_) => {}
     }
     if !context.is_leader() {
         // Follow the leader: its status is the circuit, so taking over resumes it exactly.
@@ -195,28 +230,13 @@ async fn tick(context: &Context, state: &mut PolicyState) {
             }
         }
     }
-    if !state.dropped_targets.is_empty() {
-        let mut dropped = (*policy).clone();
-        dropped.spec.targets = std::mem::take(&mut state.dropped_targets);
-        if let Err(error) = actuator::release(context, &dropped, "TargetRemoved").await {
-            tracing::warn!(%namespace, policy = %name, %error, "releasing removed targets failed; retrying");
-            state.dropped_targets = dropped.spec.targets;
-        }
-    }
-    let now = now_in_seconds();
+    let now = context.clock.now();
     let observation = sample
         .as_ref()
         .map_or(Observation::SampleFailed, Sample::observation);
     let reset = policy.annotations().get(ANNOTATION_RESET).map(String::as_str);
     let decision = state.circuit.step(&state.rules, now, observation, reset);
-    let released = policy.spec.dry_run.then_some("DryRun");
-    let targets = actuator::act(context, &policy, state.circuit.state, &state.rules, released).await;
     record_circuit(context, &namespace, &name, &state.circuit);
-    context
-        .metrics
-        .throttled_targets
-        .with_label_values(&[&namespace, &name])
-        .set(targets.throttled as i64);
     if let Some(transition) = &decision.transition {
         let labels = [
             namespace.as_str(),
@@ -226,6 +246,11 @@ async fn tick(context: &Context, state: &mut PolicyState) {
         ];
         context.metrics.transitions.with_label_values(&labels).inc();
     }
+    let targets = Outcome {
+        missing: actuator::missing_targets(context, &policy),
+        errors: state.target_errors.clone(),
+        ..Outcome::default()
+    };
     publish_events(
         context,
         &policy,
@@ -259,6 +284,20 @@ async fn tick(context: &Context, state: &mut PolicyState) {
             }
         }
     }
+    // Producers follow the decision status holds: one that could not be saved waits for the
+    // next tick rather than holding pods back on a state the next leader would not know.
+    let saved = state.written.circuit().state;
+    if saved != state.circuit.state {
+        tracing::warn!(%namespace, policy = %name, decided = %state.circuit.state, %saved, "the decision is not saved in status yet; producers keep the saved one");
+    }
+    let released = policy.spec.dry_run.then_some("DryRun");
+    let acted = actuator::act(context, &policy, saved, &state.rules, released).await;
+    state.target_errors = acted.errors;
+    context
+        .metrics
+        .throttled_targets
+        .with_label_values(&[&namespace, &name])
+        .set(acted.throttled as i64);
 }
 
 fn record_sample(context: &Context, namespace: &str, name: &str, sample: &Result<Sample, EndpointProblem>) {
@@ -316,6 +355,7 @@ fn publish_values(context: &Context, policy: &BackpressurePolicy, sample: &Resul
         pending,
         queues,
         sampled_at,
+        sampled: Instant::now(),
         failed,
         interval: policy.spec.sample_interval.into(),
     });
@@ -430,19 +470,30 @@ async fn publish_events(
             format!("{} not found", targets.missing.join(", ")),
         ));
     }
-    let reference: ObjectReference = policy.object_ref(&());
     for (type_, reason, note) in events {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Decide".into(),
-            secondary: None,
-        };
-        if let Err(error) = context.recorder.publish(&event, &reference).await {
-            tracing::warn!(%error, reason, "publishing an event failed");
-        } else {
-            context.metrics.api_writes.with_label_values(&["event"]).inc();
-        }
+        publish(context, policy, type_, reason, note).await;
+    }
+}
+
+/// Publishes one event about the policy.
+async fn publish(
+    context: &Context,
+    policy: &BackpressurePolicy,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let reference: ObjectReference = policy.object_ref(&());
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Decide".into(),
+        secondary: None,
+    };
+    if let Err(error) = context.recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, reason, "publishing an event failed");
+    } else {
+        context.metrics.api_writes.with_label_values(&["event"]).inc();
     }
 }

@@ -1,10 +1,19 @@
 //! Resolves a policy's Redis endpoint: its credentials and CA from Secrets in its namespace.
 //! Each failure says which Secret or key is missing and which field names it.
+//!
+//! Secrets by consent: levee reads a Secret only when it carries the label
+//! `levee.dev/redis-secret: "true"`. The label is part of the read itself (a list by name and
+//! label), so the value of any other Secret never reaches levee, and someone who may only edit
+//! policies cannot make levee send an arbitrary Secret to a host of their choosing.
 
 use crate::api::BackpressurePolicy;
 use crate::sampler::{Credentials, Endpoint};
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
+
+/// The label a Secret carries to let levee read it.
+pub const LABEL_SECRET_CONSENT: &str = "levee.dev/redis-secret";
 
 /// Why a policy's endpoint cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,15 +58,28 @@ async fn read_secret(
     name: &str,
     field: &str,
 ) -> Result<Secret, EndpointProblem> {
-    match api.get_opt(name).await {
-        Ok(Some(secret)) => Ok(secret),
-        Ok(None) => Err(EndpointProblem {
+    let unreadable = |error: kube::Error| EndpointProblem {
+        reason: "SecretUnreadable",
+        message: format!("reading Secret {namespace}/{name} ({field}) failed: {error}"),
+    };
+    let consenting = ListParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .labels(&format!("{LABEL_SECRET_CONSENT}=true"));
+    let found = api.list(&consenting).await.map_err(unreadable)?;
+    if let Some(secret) = found.items.into_iter().next() {
+        return Ok(secret);
+    }
+    // Only the metadata, to say which of the two it is.
+    match api.get_metadata_opt(name).await.map_err(unreadable)? {
+        Some(_) => Err(EndpointProblem {
+            reason: "SecretNotOptedIn",
+            message: format!(
+                "Secret {namespace}/{name} ({field}) does not let levee read it: levee reads only Secrets labelled {LABEL_SECRET_CONSENT}=true; label it (kubectl label secret {name} -n {namespace} {LABEL_SECRET_CONSENT}=true) or fix {field}.name"
+            ),
+        }),
+        None => Err(EndpointProblem {
             reason: "SecretNotFound",
             message: format!("Secret {namespace}/{name} not found: create it or fix {field}.name"),
-        }),
-        Err(error) => Err(EndpointProblem {
-            reason: "SecretUnreadable",
-            message: format!("reading Secret {namespace}/{name} ({field}) failed: {error}"),
         }),
     }
 }

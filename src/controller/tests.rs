@@ -19,17 +19,26 @@ fn mock() -> (Client, ApiServer) {
     (Client::new(service, "default"), handle)
 }
 
+/// The policy label levee puts on what it marked (none on an unmarked object).
+fn marked_labels(annotations: &Value, mut labels: Value) -> Value {
+    if annotations.as_object().is_some_and(|a| !a.is_empty()) {
+        labels["levee.dev/policy"] = json!("p");
+    }
+    labels
+}
+
 fn deployment(annotations: Value) -> Deployment {
     serde_json::from_value(json!({
-        "metadata": {"name": "api", "namespace": "jobs", "annotations": annotations},
+        "metadata": {"name": "api", "namespace": "jobs", "annotations": annotations, "labels": marked_labels(&annotations, json!({}))},
         "spec": {"selector": {"matchLabels": {"app": "api"}}, "template": {}}
     }))
     .unwrap()
 }
 
 fn pod(name: &str, annotations: Value, conditions: Value) -> Pod {
+    let labels = marked_labels(&annotations, json!({"app": "api"}));
     serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "jobs", "labels": {"app": "api"}, "annotations": annotations},
+        "metadata": {"name": name, "namespace": "jobs", "labels": labels, "annotations": annotations},
         "status": {"conditions": conditions}
     }))
     .unwrap()
@@ -134,6 +143,7 @@ async fn opening_marks_the_workload_and_only_the_pods_that_lack_the_marks() {
         )
         .await;
         assert_eq!(body["metadata"]["annotations"], open_annotations());
+        assert_eq!(body["metadata"]["labels"]["levee.dev/policy"], "p");
         let body = expect(
             &mut server,
             "PATCH",
@@ -198,6 +208,63 @@ async fn nothing_is_written_when_every_mark_is_in_place() {
             ..Default::default()
         }
     );
+}
+
+#[tokio::test]
+async fn a_labelled_pod_the_policy_no_longer_selects_is_released() {
+    let (client, mut server) = mock();
+    // Held back by this policy once; its workload is no longer a target (or it left the selector).
+    let mut stray = pod("old-1", open_annotations(), open_condition());
+    stray
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("app".into(), "retired".into());
+    let context = Context::for_tests(
+        client,
+        stores(vec![deployment(open_annotations())], vec![stray.clone()]),
+    );
+    let policy = policy(json!({}));
+    let verifier = tokio::spawn(async move {
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/api/v1/namespaces/jobs/pods/old-1/status",
+            STRATEGIC,
+            json!(stray),
+        )
+        .await;
+        let condition = &body["status"]["conditions"][0];
+        assert_eq!(
+            (condition["status"].as_str(), condition["reason"].as_str()),
+            (Some("True"), Some("TargetRemoved"))
+        );
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/api/v1/namespaces/jobs/pods/old-1",
+            MERGE,
+            json!(stray),
+        )
+        .await;
+        assert_eq!(body["metadata"]["annotations"]["levee.dev/accepting"], "true");
+        assert_eq!(
+            body["metadata"]["labels"]["levee.dev/policy"],
+            Value::Null,
+            "the label goes"
+        );
+    });
+    let outcome = within_2s(actuator::act(
+        &context,
+        &policy,
+        State::Open,
+        &rules(&policy),
+        None,
+    ))
+    .await;
+    verifier.await.unwrap();
+    assert_eq!(outcome.writes, 2, "{outcome:?}");
 }
 
 #[tokio::test]
@@ -311,6 +378,7 @@ async fn a_follower_never_writes() {
         values: MetricValues::default(),
         recorder: leading.recorder.clone(),
         settings: leading.settings.clone(),
+        clock: leading.clock,
         leader,
         tasks: PolicyTasks::default(),
     });

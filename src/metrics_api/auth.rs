@@ -2,12 +2,16 @@
 //! the front-proxy client certificate and names the user in `X-Remote-User`/`X-Remote-Group`;
 //! those headers are trusted only after the certificate verified against
 //! `requestheader-client-ca-file` and its CN is one of `requestheader-allowed-names` (both from
-//! `kube-system/extension-apiserver-authentication`). Metric reads are then authorized with a
-//! SubjectAccessReview, cached for a few seconds.
+//! `kube-system/extension-apiserver-authentication`). Other callers (Prometheus reading
+//! `/metrics`) present a bearer token, checked with a TokenReview. Metric and `/metrics` reads are
+//! then authorized with a SubjectAccessReview; reviews are cached for a few seconds.
 
 use super::tls::RequestHeaderCa;
 use futures::StreamExt;
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -131,8 +135,90 @@ impl RequestHeaderTrust {
     }
 }
 
-/// Who asks for which metric in which namespace.
-type Question = (Identity, String, String);
+/// What a caller asks to read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// `list` on `external.metrics.k8s.io/<metric>` in a namespace.
+    Metric { namespace: String, metric: String },
+    /// `get` on a non-resource path such as `/metrics`.
+    Path(String),
+}
+
+/// Who asks for what.
+type Question = (Identity, Resource);
+
+/// Entries a cache keeps at most; beyond that it starts afresh (bounds memory under abuse).
+const CACHE_LIMIT: usize = 4096;
+
+/// Authenticates bearer tokens with TokenReviews, remembering the answers briefly.
+pub struct Authenticator {
+    client: Client,
+    reviews: Mutex<HashMap<String, (Option<Identity>, Instant)>>,
+}
+
+impl Authenticator {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            reviews: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The caller behind `Authorization: Bearer <token>`.
+    pub async fn identify(&self, headers: &http::HeaderMap) -> Result<Identity, Unauthenticated> {
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Unauthenticated(
+                    "no bearer token and no front-proxy client certificate: send a ServiceAccount token"
+                        .into(),
+                )
+            })?;
+        let cached = self.reviews.lock().expect("review lock").get(token).cloned();
+        let identity = match cached.filter(|(_, at)| at.elapsed() < DECISION_TTL) {
+            Some((identity, _)) => identity,
+            None => {
+                let identity = self.review(token).await?;
+                let mut reviews = self.reviews.lock().expect("review lock");
+                reviews.retain(|_, (_, at)| at.elapsed() < DECISION_TTL);
+                if reviews.len() >= CACHE_LIMIT {
+                    reviews.clear();
+                }
+                reviews.insert(token.to_string(), (identity.clone(), Instant::now()));
+                identity
+            }
+        };
+        identity.ok_or_else(|| Unauthenticated("the bearer token was not accepted by the API server".into()))
+    }
+
+    async fn review(&self, token: &str) -> Result<Option<Identity>, Unauthenticated> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let reviewed = api
+            .create(&Default::default(), &review)
+            .await
+            .map_err(|e| Unauthenticated(format!("TokenReview failed: {e}")))?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Ok(None);
+        }
+        let user = status.user.unwrap_or_default();
+        Ok(user.username.map(|name| Identity {
+            user: name,
+            groups: user.groups.unwrap_or_default(),
+        }))
+    }
+}
 
 /// Authorizes metric reads with SubjectAccessReviews, remembering decisions briefly.
 pub struct Authorizer {
@@ -148,25 +234,39 @@ impl Authorizer {
         }
     }
 
-    /// Whether `identity` may `list` `external.metrics.k8s.io/<metric>` in `namespace`.
-    pub async fn allowed(&self, identity: &Identity, namespace: &str, metric: &str) -> Result<bool, String> {
-        let key = (identity.clone(), namespace.to_string(), metric.to_string());
+    /// Whether `identity` may read `resource`.
+    pub async fn allowed(&self, identity: &Identity, resource: &Resource) -> Result<bool, String> {
+        let key = (identity.clone(), resource.clone());
         if let Some((allowed, at)) = self.decisions.lock().expect("decision lock").get(&key)
             && at.elapsed() < DECISION_TTL
         {
             return Ok(*allowed);
         }
+        let (resource_attributes, non_resource_attributes) = match resource {
+            Resource::Metric { namespace, metric } => (
+                Some(ResourceAttributes {
+                    group: Some(super::routes::GROUP.into()),
+                    resource: Some(metric.clone()),
+                    namespace: Some(namespace.clone()),
+                    verb: Some("list".into()),
+                    ..Default::default()
+                }),
+                None,
+            ),
+            Resource::Path(path) => (
+                None,
+                Some(NonResourceAttributes {
+                    path: Some(path.clone()),
+                    verb: Some("get".into()),
+                }),
+            ),
+        };
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(identity.user.clone()),
                 groups: Some(identity.groups.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(super::routes::GROUP.into()),
-                    resource: Some(metric.into()),
-                    namespace: Some(namespace.into()),
-                    verb: Some("list".into()),
-                    ..Default::default()
-                }),
+                resource_attributes,
+                non_resource_attributes,
                 ..Default::default()
             },
             ..Default::default()
@@ -179,6 +279,9 @@ impl Authorizer {
         let allowed = reviewed.status.is_some_and(|s| s.allowed);
         let mut decisions = self.decisions.lock().expect("decision lock");
         decisions.retain(|_, (_, at)| at.elapsed() < DECISION_TTL);
+        if decisions.len() >= CACHE_LIMIT {
+            decisions.clear();
+        }
         decisions.insert(key, (allowed, Instant::now()));
         Ok(allowed)
     }

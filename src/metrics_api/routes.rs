@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use kube::core::{Expression, SelectorExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 pub const GROUP: &str = "external.metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
@@ -27,6 +28,8 @@ pub struct Reply {
 pub enum Body {
     Json(Value),
     Text(&'static str),
+    /// Prometheus text exposition.
+    Prometheus(String),
 }
 
 /// Which paths need only authentication (discovery, OpenAPI, health), and which need a
@@ -39,12 +42,15 @@ pub enum Access {
     Authenticated,
     /// A metric read: `list` on `external.metrics.k8s.io/<metric>` in `<namespace>`.
     Metric { namespace: String, metric: String },
+    /// levee's own Prometheus metrics: `get` on the non-resource path `/metrics`.
+    Telemetry,
 }
 
 /// What a path needs before it is answered.
 pub fn access(path: &str) -> Access {
     match path {
         "/healthz" | "/readyz" | "/livez" => Access::Public,
+        "/metrics" => Access::Telemetry,
         _ => match metric_path(path) {
             Some((namespace, metric)) => Access::Metric {
                 namespace,
@@ -72,8 +78,25 @@ fn metric_path(path: &str) -> Option<(String, String)> {
     Some((decode(namespace)?, decode(metric)?))
 }
 
-/// Answers a GET of `path` with query `query` (undecoded), at `now`.
-pub fn respond(path: &str, query: Option<&str>, values: &MetricValues, now: Timestamp) -> Reply {
+/// Whether levee serves the metric named in a request path (any case, as the HPA lower-cases).
+pub fn serves(metric: &str) -> bool {
+    metric.eq_ignore_ascii_case(PENDING) || metric.eq_ignore_ascii_case(QUEUE_DEPTH)
+}
+
+/// The answer for a metric levee does not serve, given before any authorization is asked for.
+pub fn unknown_metric(metric: &str) -> Reply {
+    status(
+        404,
+        "NotFound",
+        &format!(
+            "levee serves {PENDING} and {QUEUE_DEPTH}, not {}",
+            metric.to_lowercase()
+        ),
+    )
+}
+
+/// Answers a GET of `path` with query `query` (undecoded), at `now` (monotonic).
+pub fn respond(path: &str, query: Option<&str>, values: &MetricValues, now: Instant) -> Reply {
     match path {
         "/healthz" | "/readyz" | "/livez" => Reply {
             status: 200,
@@ -143,16 +166,12 @@ fn metric_list(
     metric: &str,
     query: Option<&str>,
     values: &MetricValues,
-    now: Timestamp,
+    now: Instant,
 ) -> Reply {
-    let metric = metric.to_lowercase();
-    if metric != PENDING && metric != QUEUE_DEPTH {
-        return status(
-            404,
-            "NotFound",
-            &format!("levee serves {PENDING} and {QUEUE_DEPTH}, not {metric}"),
-        );
+    if !serves(metric) {
+        return unknown_metric(metric);
     }
+    let metric = metric.to_lowercase();
     let selector_text = query
         .into_iter()
         .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))

@@ -1,8 +1,9 @@
 //! The HTTPS server of the external metrics API: TLS (rustls) with an optional front-proxy client
-//! certificate, then per request: authenticate (certificate + request headers), authorize metric
-//! reads (SubjectAccessReview), and answer from memory with `routes::respond`.
+//! certificate, then per request: authenticate (certificate + request headers, or a bearer token
+//! for `/metrics`), authorize metric and `/metrics` reads (SubjectAccessReview), and answer from
+//! memory with `routes::respond`. A metric levee does not serve is a 404 before any review.
 
-use super::auth::{Authorizer, RequestHeaderTrust, identify};
+use super::auth::{Authenticator, Authorizer, Identity, RequestHeaderTrust, Resource, identify};
 use super::routes::{self, Access, Body as ReplyBody, Reply};
 use super::tls::{ServingCert, common_name, server_config};
 use super::values::MetricValues;
@@ -12,7 +13,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use jiff::Timestamp;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -23,6 +23,8 @@ pub struct MetricsApi {
     pub values: MetricValues,
     pub trust: Arc<RequestHeaderTrust>,
     pub authorizer: Authorizer,
+    /// Bearer tokens of `/metrics` scrapers.
+    pub authenticator: Authenticator,
     /// Where request counts by status code and latencies are recorded.
     pub metrics: Arc<Metrics>,
 }
@@ -104,6 +106,7 @@ pub async fn handle(
     let (content_type, body) = match reply.body {
         ReplyBody::Json(value) => ("application/json", Bytes::from(value.to_string())),
         ReplyBody::Text(text) => ("text/plain; charset=utf-8", Bytes::from_static(text.as_bytes())),
+        ReplyBody::Prometheus(text) => ("text/plain; version=0.0.4", Bytes::from(text)),
     };
     Response::builder()
         .status(reply.status)
@@ -122,29 +125,68 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
         );
     }
     let access = routes::access(path);
+    let resource = match &access {
+        Access::Public => None,
+        Access::Authenticated => None,
+        Access::Metric { metric, .. } if !routes::serves(metric) => return routes::unknown_metric(metric),
+        Access::Metric { namespace, metric } => Some(Resource::Metric {
+            namespace: namespace.clone(),
+            metric: metric.clone(),
+        }),
+        Access::Telemetry => Some(Resource::Path("/metrics".into())),
+    };
     if access != Access::Public {
-        let config = api.trust.config.read().expect("config lock").clone();
-        let identity = match identify(client_cn, &parts.headers, &config) {
+        let identity = match authenticate(api, client_cn, parts, &access).await {
             Ok(identity) => identity,
-            Err(refused) => {
-                tracing::debug!(%path, reason = %refused.0, "metrics API request refused: not authenticated");
-                return routes::status(401, "Unauthorized", &refused.0);
+            Err(reason) => {
+                tracing::debug!(%path, %reason, "metrics API request refused: not authenticated");
+                return routes::status(401, "Unauthorized", &reason);
             }
         };
         tracing::debug!(%path, user = %identity.user, "metrics API request");
-        if let Access::Metric { namespace, metric } = &access {
-            match api.authorizer.allowed(&identity, namespace, metric).await {
+        if let Some(resource) = &resource {
+            match api.authorizer.allowed(&identity, resource).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    let message = format!(
-                        "{} may not list {metric}.external.metrics.k8s.io in namespace {namespace}",
-                        identity.user
-                    );
+                    let message = match resource {
+                        Resource::Metric { namespace, metric } => format!(
+                            "{} may not list {metric}.external.metrics.k8s.io in namespace {namespace}",
+                            identity.user
+                        ),
+                        Resource::Path(path) => format!("{} may not get {path}", identity.user),
+                    };
+                    tracing::debug!(%path, user = %identity.user, "metrics API request refused: not authorized");
                     return routes::status(403, "Forbidden", &message);
                 }
                 Err(error) => return routes::status(503, "ServiceUnavailable", &error),
             }
         }
     }
-    routes::respond(path, parts.uri.query(), &api.values, Timestamp::now())
+    if access == Access::Telemetry {
+        return Reply {
+            status: 200,
+            body: ReplyBody::Prometheus(api.metrics.render()),
+        };
+    }
+    routes::respond(path, parts.uri.query(), &api.values, std::time::Instant::now())
+}
+
+/// The caller: the front proxy's certificate and headers; for `/metrics` also a bearer token.
+async fn authenticate(
+    api: &MetricsApi,
+    client_cn: Option<&str>,
+    parts: &http::request::Parts,
+    access: &Access,
+) -> Result<Identity, String> {
+    let config = api.trust.config.read().expect("config lock").clone();
+    match identify(client_cn, &parts.headers, &config) {
+        Ok(identity) => Ok(identity),
+        Err(refused) if client_cn.is_none() && *access == Access::Telemetry => api
+            .authenticator
+            .identify(&parts.headers)
+            .await
+            .map_err(|token| token.0)
+            .map_err(|token| format!("{token} ({})", refused.0)),
+        Err(refused) => Err(refused.0),
+    }
 }

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the last tick of one policy measured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +16,9 @@ pub struct PolicyValues {
     /// Each queue's depth, `None` when it could not be read.
     pub queues: Vec<(String, Option<u64>)>,
     pub sampled_at: Timestamp,
+    /// When it was measured on this process's monotonic clock: staleness is judged by this, so
+    /// a wall clock stepped backwards cannot make an old sample look new.
+    pub sampled: Instant,
     /// Whether the sample failed (any queue unreadable, or Redis unreachable).
     pub failed: bool,
     /// The policy's sample interval: values older than three of them are stale.
@@ -23,11 +26,9 @@ pub struct PolicyValues {
 }
 
 impl PolicyValues {
-    /// Whether an HPA should not act on these values at `now`.
-    pub fn stale(&self, now: Timestamp) -> bool {
-        let age = now.duration_since(self.sampled_at);
-        self.failed
-            || age > jiff::SignedDuration::try_from(self.interval * 3).unwrap_or(jiff::SignedDuration::MAX)
+    /// Whether an HPA should not act on these values at `now` (monotonic).
+    pub fn stale(&self, now: Instant) -> bool {
+        self.failed || now.saturating_duration_since(self.sampled) > self.interval * 3
     }
 }
 
@@ -73,5 +74,37 @@ impl MetricValues {
                 .collect(),
             None => policies.values().cloned().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(sampled_at: Timestamp, sampled: Instant) -> PolicyValues {
+        PolicyValues {
+            namespace: "jobs".into(),
+            policy: "p".into(),
+            pending: 1,
+            queues: Vec::new(),
+            sampled_at,
+            sampled,
+            failed: false,
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_cannot_hide_an_old_sample() {
+        let sampled = Instant::now();
+        // The wall clock was stepped back an hour after the sample: its wall time is "ahead".
+        let ahead = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        let old = values(ahead, sampled);
+        assert!(
+            old.stale(sampled + Duration::from_secs(10)),
+            "10 s > 3 intervals of 1 s"
+        );
+        assert!(!old.stale(sampled + Duration::from_secs(2)));
+        assert!(!old.stale(sampled), "a fresh sample is not stale");
     }
 }

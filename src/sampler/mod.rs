@@ -86,15 +86,37 @@ struct EndpointState {
     connections: HashMap<NodeAddr, MultiplexedConnection>,
 }
 
+/// An endpoint no policy sampled for this long is dropped with its connections (a rotated
+/// password or a changed URL leaves the old one behind).
+pub const IDLE_EVICTION: Duration = Duration::from_secs(300);
+
+/// An endpoint's state and when a policy last sampled it.
+type Entry = (Arc<tokio::sync::Mutex<EndpointState>>, Instant);
+
 /// Samples queues; cheap to clone, shared by every policy.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Sampler {
-    endpoints: Arc<Mutex<HashMap<Endpoint, Arc<tokio::sync::Mutex<EndpointState>>>>>,
+    endpoints: Arc<Mutex<HashMap<Endpoint, Entry>>>,
+    idle_eviction: Duration,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self::with_idle_eviction(IDLE_EVICTION)
+    }
 }
 
 impl Sampler {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A sampler that drops endpoints unused for `idle_eviction`.
+    pub fn with_idle_eviction(idle_eviction: Duration) -> Self {
+        Self {
+            endpoints: Arc::default(),
+            idle_eviction,
+        }
     }
 
     /// Number of endpoints with live state (for tests and metrics).
@@ -150,8 +172,14 @@ impl Sampler {
     }
 
     fn state_of(&self, endpoint: &Endpoint) -> Arc<tokio::sync::Mutex<EndpointState>> {
+        let now = Instant::now();
         let mut endpoints = self.endpoints.lock().expect("endpoint map lock");
-        endpoints.entry(endpoint.clone()).or_default().clone()
+        endpoints.retain(|_, (_, used)| now.duration_since(*used) < self.idle_eviction);
+        let entry = endpoints
+            .entry(endpoint.clone())
+            .or_insert_with(|| (Arc::default(), now));
+        entry.1 = now;
+        entry.0.clone()
     }
 
     /// Replies in the order of `reads`: the server's reply, or an endpoint-level error message.

@@ -84,9 +84,44 @@ fn duplicate_queue_names_are_refused() {
 }
 
 #[test]
+fn a_sample_interval_under_100ms_is_refused() {
+    for short in ["1ns", "0s", "99ms"] {
+        let problems = problems_of(|o| set(o, "/spec/sampleInterval", short.into()));
+        assert_one(
+            &problems,
+            &format!(
+                "jobs/rule-engine: spec.sampleInterval: Invalid value: \"{short}\": must be at least 100ms, such as 1s or 500ms: shorter intervals busy-loop Redis and the API server"
+            ),
+        );
+    }
+    assert!(problems_of(|o| set(o, "/spec/sampleInterval", "100ms".into())).is_empty());
+}
+
+#[test]
+fn max_replicas_is_bounded_and_policy_names_fit_a_label() {
+    let problems = problems_of(|o| {
+        set(
+            o,
+            "/spec/scaleTarget",
+            serde_json::json!({"kind": "Deployment", "name": "w", "maxReplicas": 1001, "pendingPerReplica": 10}),
+        )
+    });
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.scaleTarget.maxReplicas: Invalid value: 1001: must be at most 1000: levee refuses to let one policy scale a workload further",
+    );
+    let long = "p".repeat(64);
+    let problems = problems_of(|o| set(o, "/metadata/name", long.clone().into()));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("metadata.name must be at most 63 characters"),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn non_positive_durations_are_refused() {
     for (pointer, field) in [
-        ("/spec/sampleInterval", "spec.sampleInterval"),
         ("/spec/redis/timeout", "spec.redis.timeout"),
         ("/spec/circuit/minOpenDuration", "spec.circuit.minOpenDuration"),
         ("/spec/circuit/alertAfter", "spec.circuit.alertAfter"),

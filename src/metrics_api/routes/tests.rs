@@ -3,8 +3,9 @@
 use super::*;
 use std::time::Duration;
 
-fn now() -> Timestamp {
-    Timestamp::from_second(1_800_000_000).unwrap()
+fn now() -> Instant {
+    static NOW: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *NOW.get_or_init(|| Instant::now() + Duration::from_secs(3600))
 }
 
 fn values() -> MetricValues {
@@ -19,6 +20,7 @@ fn values() -> MetricValues {
             ("audit".into(), None),
         ],
         sampled_at: Timestamp::from_second(1_800_000_000 - age).unwrap(),
+        sampled: now() - Duration::from_secs(age as u64),
         failed,
         interval: Duration::from_secs(1),
     };
@@ -37,6 +39,7 @@ fn json(reply: &Reply) -> &Value {
     match &reply.body {
         Body::Json(value) => value,
         Body::Text(text) => panic!("not JSON: {text}"),
+        Body::Prometheus(text) => panic!("not JSON: {text}"),
     }
 }
 

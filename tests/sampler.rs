@@ -230,6 +230,36 @@ async fn policies_naming_the_same_endpoint_share_one_connection() {
 }
 
 #[tokio::test]
+async fn an_endpoint_no_policy_samples_any_more_is_dropped_with_its_connection() {
+    let server = RedisServer::start();
+    let other = RedisServer::start();
+    let clients = |server: &RedisServer| {
+        let info = server.cli(&["INFO", "clients"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let baseline = clients(&server);
+    let sampler = Sampler::with_idle_eviction(std::time::Duration::from_millis(300));
+    let q = queues("[{name: a, type: list, key: a}]");
+    sampler.sample(&standalone(&server), &q).await;
+    assert_eq!(clients(&server), baseline + 1);
+    // The policy moved to another endpoint (a rotated password, a new URL): the old one goes
+    // once it has been idle for the eviction time.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    sampler.sample(&standalone(&other), &q).await;
+    assert_eq!(sampler.endpoint_count(), 1, "only the endpoint in use is kept");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while clients(&server) > baseline && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(clients(&server), baseline, "the old connection is closed");
+}
+
+#[tokio::test]
 async fn cluster_mode_sends_one_pipeline_per_master() {
     let cluster = RedisCluster::start(3);
     // Keys chosen to land on different masters; each queue's reads may span nodes too.

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod fixture;
+
 /// Real `redis-server` processes (shared with the levee crate's tests).
 #[path = "../../tests/support/mod.rs"]
 pub mod redis;
@@ -280,6 +282,13 @@ impl Levee {
         .iter()
         .map(|arg| arg.to_string())
         .collect();
+        // The suites read /metrics on the plain port, from loopback, unless a test says otherwise.
+        if !extra
+            .iter()
+            .any(|arg| arg.starts_with("--metrics-plain-loopback"))
+        {
+            args.push("--metrics-plain-loopback=true".into());
+        }
         args.extend(extra.iter().map(|arg| arg.to_string()));
         Self::launch(&args, &[], metrics_port, api_port)
     }

@@ -2,189 +2,14 @@
 //! producer pods back (annotations, condition, readiness, endpoints) and lets them go again;
 //! deletion, restarts, a vanished Redis, a missing Secret, dryRun and leader handover.
 
-use levee_e2e::redis::RedisServer;
+use levee_e2e::fixture::{Fixture, PATIENCE};
 use levee_e2e::*;
 use serde_json::Value;
 use std::time::Duration;
 
-const PATIENCE: Duration = Duration::from_secs(30);
-
-struct Fixture {
-    namespace: TestNamespace,
-    redis: RedisServer,
-}
-
-impl Fixture {
-    /// A namespace with the example producer (2 pods, readiness gate) and worker, and a Redis.
-    fn new() -> Self {
-        install_crd();
-        let namespace = TestNamespace::create("levee-e2e-ctl");
-        for file in ["examples/producer.yaml", "examples/worker.yaml"] {
-            let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
-            let text = text.replace("namespace: jobs", &format!("namespace: {}", namespace.name));
-            kubectl_ok(&["apply", "-f", "-"], Some(&text));
-        }
-        let fixture = Self {
-            namespace,
-            redis: RedisServer::start(),
-        };
-        wait_until("2 api pods", PATIENCE, || {
-            (fixture.api_pods().len() == 2).then_some(())
-        });
-        fixture
-    }
-
-    fn ns(&self) -> &str {
-        &self.namespace.name
-    }
-
-    fn apply_policy(&self, name: &str, extra: &str) {
-        self.apply_policy_yaml(name, "2s", extra);
-    }
-
-    /// A policy whose circuit stays Open at least `dwell`.
-    fn apply_policy_with_dwell(&self, name: &str, dwell: &str) {
-        self.apply_policy_yaml(name, dwell, "");
-    }
-
-    fn apply_policy_yaml(&self, name: &str, dwell: &str, extra: &str) {
-        let yaml = format!(
-            "apiVersion: levee.dev/v1alpha1
-kind: BackpressurePolicy
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  redis: {{url: '{url}', timeout: 300ms}}
-  queues:
-    - {{name: events, type: bullmq, key: events}}
-    - {{name: retries, type: list, key: retries}}
-  sampleInterval: 200ms
-  thresholds: {{warning: 20, critical: 50, recovery: 5}}
-  circuit: {{minOpenDuration: {dwell}}}
-  targets: [{{kind: Deployment, name: api}}]
-{extra}",
-            ns = self.ns(),
-            url = self.redis.url()
-        );
-        kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
-    }
-
-    fn burst(&self) {
-        let jobs: Vec<String> = (0..30).map(|i| format!("job-{i}")).collect();
-        let mut args = vec!["RPUSH", "bull:events:wait"];
-        args.extend(jobs.iter().map(String::as_str));
-        self.redis.cli(&args);
-        args[1] = "retries";
-        self.redis.cli(&args);
-    }
-
-    fn drain(&self) {
-        self.redis.cli(&["DEL", "bull:events:wait", "retries"]);
-    }
-
-    fn status(&self, name: &str) -> Value {
-        kubectl_json(&["get", "bpp", name, "-n", self.ns()])["status"].clone()
-    }
-
-    fn wait_state(&self, name: &str, state: &str) -> Value {
-        wait_until(&format!("{name} state {state}"), PATIENCE, || {
-            let status = self.status(name);
-            (status["state"] == state).then_some(status)
-        })
-    }
-
-    /// `(pod, condition levee.dev/accepting, annotation levee.dev/accepting, Ready)` per api pod.
-    fn api_pods(&self) -> Vec<(String, String, String, String)> {
-        let pods = kubectl_json(&["get", "pods", "-n", self.ns(), "-l", "app=api"]);
-        pods["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
-            .map(|pod| {
-                let condition = |type_: &str| {
-                    pod["status"]["conditions"]
-                        .as_array()
-                        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-                        .and_then(|c| c["status"].as_str())
-                        .unwrap_or("-")
-                        .to_string()
-                };
-                let annotation = pod["metadata"]["annotations"]["levee.dev/accepting"]
-                    .as_str()
-                    .unwrap_or("-")
-                    .to_string();
-                (
-                    pod["metadata"]["name"].as_str().unwrap().to_string(),
-                    condition("levee.dev/accepting"),
-                    annotation,
-                    condition("Ready"),
-                )
-            })
-            .collect()
-    }
-
-    /// Waits until every api pod (at least `count`) says `accepting` everywhere.
-    fn wait_pods_accepting(&self, accepting: bool, count: usize) {
-        let (condition, annotation, ready) = if accepting {
-            ("True", "true", "True")
-        } else {
-            ("False", "false", "False")
-        };
-        wait_until(
-            &format!("{count} api pods with accepting={accepting}"),
-            PATIENCE,
-            || {
-                let pods = self.api_pods();
-                let all = pods
-                    .iter()
-                    .all(|(_, c, a, r)| c == condition && a == annotation && r == ready);
-                (pods.len() >= count && all).then_some(())
-            },
-        );
-    }
-
-    fn events(&self, reason: &str) -> Vec<String> {
-        let events = kubectl_json(&["get", "events.events.k8s.io", "-n", self.ns()]);
-        events["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["reason"] == reason)
-            .map(|e| e["note"].as_str().unwrap_or_default().to_string())
-            .collect()
-    }
-
-    /// What a failing test saw: every policy's status and the namespace's events.
-    fn report(&self) {
-        let policies = kubectl(&["get", "bpp", "-n", self.ns(), "-o", "yaml"], None);
-        eprintln!(
-            "---- policies ----\n{}",
-            String::from_utf8_lossy(&policies.stdout)
-        );
-        let events = kubectl(&["get", "events", "-n", self.ns()], None);
-        eprintln!("---- events ----\n{}", String::from_utf8_lossy(&events.stdout));
-    }
-
-    fn condition(&self, policy: &str, type_: &str) -> Value {
-        let status = self.status(policy);
-        status["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.report();
-        }
-    }
-}
-
 #[test]
 fn a_burst_holds_producers_back_and_the_drain_lets_them_go() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("burst", "");
     fixture.wait_state("burst", "Closed");
@@ -241,7 +66,7 @@ fn a_burst_holds_producers_back_and_the_drain_lets_them_go() {
 
 #[test]
 fn deleting_a_policy_puts_every_producer_back_to_accepting() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("doomed", "");
     fixture.burst();
@@ -256,7 +81,7 @@ fn deleting_a_policy_puts_every_producer_back_to_accepting() {
 
 #[test]
 fn a_restarted_levee_keeps_the_circuit_without_flapping() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let mut levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("steady", "");
     fixture.burst();
@@ -285,7 +110,7 @@ fn a_restarted_levee_keeps_the_circuit_without_flapping() {
 
 #[test]
 fn a_vanished_redis_is_reported_and_recovers_by_itself() {
-    let mut fixture = Fixture::new();
+    let mut fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("flaky", "");
     fixture.wait_state("flaky", "Closed");
@@ -314,7 +139,7 @@ fn a_vanished_redis_is_reported_and_recovers_by_itself() {
 
 #[test]
 fn a_missing_secret_is_reported_while_other_policies_carry_on() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("needs-secret", "  dryRun: true\n");
     let patch = r#"{"spec":{"redis":{"credentialsSecretRef":{"name":"redis-auth"}}}}"#;
@@ -347,7 +172,7 @@ fn a_missing_secret_is_reported_while_other_policies_carry_on() {
 
 #[test]
 fn dry_run_decides_and_reports_but_leaves_producers_accepting() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("rehearsal", "  dryRun: true\n");
     fixture.burst();
@@ -365,7 +190,7 @@ fn dry_run_decides_and_reports_but_leaves_producers_accepting() {
 
 #[test]
 fn nothing_is_written_while_nothing_changes() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("quiet", "");
     fixture.wait_state("quiet", "Closed");
@@ -393,7 +218,7 @@ fn lease_holder(name: &str) -> Option<String> {
 
 #[test]
 fn only_the_leader_writes_and_a_follower_takes_over() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let lease = format!("levee-{}", fixture.ns());
     let flags = |identity: &'static str| -> Vec<String> {
         vec![
@@ -430,6 +255,7 @@ fn only_the_leader_writes_and_a_follower_takes_over() {
         (lease_holder(&lease).as_deref() == Some("second")).then_some(())
     });
     let handover = started.elapsed();
+    eprintln!("figure: leader SIGKILLed -> follower holds the lease: {handover:?} (4 s lease)");
     assert!(
         handover <= Duration::from_secs(8),
         "handover took {handover:?} with a 4 s lease"
@@ -450,7 +276,7 @@ fn only_the_leader_writes_and_a_follower_takes_over() {
 
 #[test]
 fn a_target_removed_from_the_policy_is_released() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("shrinking", "");
     fixture.burst();
@@ -475,7 +301,7 @@ fn a_target_removed_from_the_policy_is_released() {
 
 #[test]
 fn a_reset_annotation_closes_the_circuit_once() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy_with_dwell("resettable", "10m");
     fixture.burst();
@@ -511,7 +337,7 @@ fn a_reset_annotation_closes_the_circuit_once() {
 
 #[test]
 fn a_missing_target_is_reported_and_the_others_are_still_held_back() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("partial", "");
     let patch =

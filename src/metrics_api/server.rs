@@ -190,3 +190,78 @@ async fn authenticate(
         Err(refused) => Err(refused.0),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::client::Body;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    type ApiServer = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// A metrics API whose Kubernetes client reaches `server`, trusting `X-Remote-User`.
+    fn api() -> (MetricsApi, ApiServer) {
+        let (service, server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let trust = Arc::new(RequestHeaderTrust::default());
+        trust.apply(&BTreeMap::from([(
+            "requestheader-username-headers".to_string(),
+            r#"["X-Remote-User"]"#.to_string(),
+        )]));
+        let api = MetricsApi {
+            values: MetricValues::default(),
+            trust,
+            authorizer: Authorizer::new(client.clone()),
+            authenticator: Authenticator::new(client),
+            metrics: Metrics::new(),
+        };
+        (api, server)
+    }
+
+    fn parts(path: &str) -> http::request::Parts {
+        let request = http::Request::get(path)
+            .header("X-Remote-User", "system:serviceaccount:hpa")
+            .body(())
+            .unwrap();
+        request.into_parts().0
+    }
+
+    #[tokio::test]
+    async fn a_metric_levee_does_not_serve_is_404_without_asking_the_api_server() {
+        let (api, mut server) = api();
+        let path = "/apis/external.metrics.k8s.io/v1beta1/namespaces/jobs/someone_elses_metric";
+        let reply = tokio::time::timeout(
+            Duration::from_secs(2),
+            decide(&api, Some("front-proxy-client"), &parts(path)),
+        )
+        .await
+        .expect("answered without a SubjectAccessReview");
+        assert_eq!(reply.status, 404);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), server.next_request())
+                .await
+                .is_err(),
+            "no request reached the API server"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_metric_levee_serves_is_reviewed_first() {
+        let (api, mut server) = api();
+        let path = "/apis/external.metrics.k8s.io/v1beta1/namespaces/jobs/levee_pending";
+        let parts = parts(path);
+        let answer = tokio::spawn(async move { decide(&api, Some("front-proxy-client"), &parts).await });
+        let (request, respond) = server.next_request().await.expect("a SubjectAccessReview");
+        assert_eq!(
+            request.uri().path(),
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+        );
+        let denied = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {}, "status": {"allowed": false}
+        });
+        respond.send_response(Response::new(Body::from(serde_json::to_vec(&denied).unwrap())));
+        assert_eq!(answer.await.unwrap().status, 403);
+    }
+}

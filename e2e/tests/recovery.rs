@@ -1,0 +1,241 @@
+//! Nothing depends on levee's memory: producers it held back are released after a restart, a
+//! deletion while it was down, or a failover; a decision is saved in status before any producer
+//! feels it; and a follower takes over a released Lease at once.
+
+use levee_e2e::fixture::{Fixture, PATIENCE};
+use levee_e2e::*;
+use std::time::{Duration, Instant};
+
+fn patch_targets_to_worker(fixture: &Fixture, policy: &str) {
+    let patch = r#"{"spec":{"targets":[{"kind":"Deployment","name":"worker"}]}}"#;
+    kubectl_ok(
+        &[
+            "patch",
+            "bpp",
+            policy,
+            "-n",
+            fixture.ns(),
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+        None,
+    );
+}
+
+fn api_pods_labelled(fixture: &Fixture, policy: &str) -> usize {
+    let pods = kubectl_json(&[
+        "get",
+        "pods",
+        "-n",
+        fixture.ns(),
+        "-l",
+        &format!("app=api,levee.dev/policy={policy}"),
+    ]);
+    pods["items"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn a_target_removed_while_levee_was_down_is_released_after_the_restart() {
+    let fixture = Fixture::create();
+    let mut levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("forgetful", "");
+    fixture.burst();
+    fixture.wait_state("forgetful", "Open");
+    fixture.wait_pods_accepting(false, 2);
+    assert_eq!(
+        api_pods_labelled(&fixture, "forgetful"),
+        2,
+        "held pods carry the policy label"
+    );
+
+    levee.kill();
+    patch_targets_to_worker(&fixture, "forgetful");
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.wait_pods_accepting(true, 2);
+    assert_eq!(
+        api_pods_labelled(&fixture, "forgetful"),
+        0,
+        "released pods lose the label"
+    );
+    assert_eq!(
+        fixture.status("forgetful")["state"],
+        "Open",
+        "the circuit itself stays Open"
+    );
+}
+
+#[test]
+fn a_policy_deleted_while_levee_was_down_releases_every_producer_it_marked() {
+    let fixture = Fixture::create();
+    let mut levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("doomed", "");
+    fixture.burst();
+    fixture.wait_state("doomed", "Open");
+    fixture.wait_pods_accepting(false, 2);
+
+    levee.kill();
+    // While levee is down the api target leaves the spec, then the policy is deleted: the
+    // finalizer keeps it until levee is back.
+    patch_targets_to_worker(&fixture, "doomed");
+    kubectl_ok(
+        &["delete", "bpp", "doomed", "-n", fixture.ns(), "--wait=false"],
+        None,
+    );
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.wait_pods_accepting(true, 2);
+    wait_until("the policy is gone", PATIENCE, || {
+        let output = kubectl(&["get", "bpp", "doomed", "-n", fixture.ns()], None);
+        (!output.status.success()).then_some(())
+    });
+}
+
+/// A ValidatingAdmissionPolicy refusing every write to the policies' status in one namespace.
+struct StatusWritesRefused {
+    name: String,
+}
+
+impl StatusWritesRefused {
+    fn install(namespace: &str) -> Self {
+        let name = format!("refuse-status-{namespace}");
+        let objects = serde_json::json!([
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": name},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                        "resourceRules": [{
+                            "apiGroups": ["levee.dev"], "apiVersions": ["*"],
+                            "operations": ["UPDATE"], "resources": ["backpressurepolicies/status"],
+                        }],
+                    },
+                    "validations": [{"expression": "false", "message": "status writes are refused by the test"}],
+                },
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": name},
+                "spec": {"policyName": name, "validationActions": ["Deny"]},
+            },
+        ]);
+        apply_objects(objects.as_array().unwrap(), &[]);
+        Self { name }
+    }
+}
+
+impl Drop for StatusWritesRefused {
+    fn drop(&mut self) {
+        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
+            let _ = kubectl(&["delete", kind, &self.name, "--ignore-not-found"], None);
+        }
+    }
+}
+
+#[test]
+fn producers_are_never_held_on_a_decision_status_lacks() {
+    let fixture = Fixture::create();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("unsaved", "");
+    fixture.wait_state("unsaved", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+
+    let refusal = StatusWritesRefused::install(fixture.ns());
+    let probe = r#"{"status":{"pending":1}}"#;
+    wait_until("the API server refuses status writes", PATIENCE, || {
+        let output = kubectl(
+            &[
+                "patch",
+                "bpp",
+                "unsaved",
+                "-n",
+                fixture.ns(),
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                probe,
+            ],
+            None,
+        );
+        (!output.status.success()).then_some(())
+    });
+    fixture.burst();
+    // Twenty ticks: the circuit decides Open every one of them but cannot save it.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let pods = fixture.api_pods();
+        assert!(
+            pods.iter()
+                .all(|(_, condition, annotation, _)| condition == "True" && annotation == "true"),
+            "a pod was held back on a decision status lacks: {pods:?}"
+        );
+        assert_eq!(fixture.status("unsaved")["state"], "Closed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(refusal);
+    fixture.wait_state("unsaved", "Open");
+    fixture.wait_pods_accepting(false, 2);
+}
+
+fn lease_holder(name: &str) -> Option<String> {
+    let lease = kubectl(&["get", "lease", name, "-n", LEVEE_NAMESPACE, "-o", "json"], None);
+    let lease: serde_json::Value = serde_json::from_slice(&lease.stdout).ok()?;
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+}
+
+#[test]
+fn a_follower_takes_over_a_released_lease_within_seconds() {
+    let fixture = Fixture::create();
+    let lease = format!("levee-release-{}", fixture.ns());
+    let flags = |identity: &str| -> Vec<String> {
+        // The default lease of 15 s: a follower waiting for expiry would take that long.
+        vec![
+            "--leader-election-name".into(),
+            lease.clone(),
+            "--identity".into(),
+            identity.into(),
+        ]
+    };
+    let first_flags = flags("first");
+    let mut first = Levee::start(
+        fixture.ns(),
+        &first_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    wait_until("first holds the lease", PATIENCE, || {
+        (lease_holder(&lease).as_deref() == Some("first")).then_some(())
+    });
+    let second_flags = flags("second");
+    let second = Levee::start(
+        fixture.ns(),
+        &second_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    fixture.apply_policy("handed-over", "");
+    fixture.burst();
+    fixture.wait_state("handed-over", "Open");
+    fixture.wait_pods_accepting(false, 2);
+
+    let started = Instant::now();
+    first.stop();
+    wait_until("second takes the released lease", PATIENCE, || {
+        (lease_holder(&lease).as_deref() == Some("second")).then_some(())
+    });
+    let handover = started.elapsed();
+    eprintln!("figure: SIGTERM to the leader -> follower holds the lease: {handover:?} (15 s lease)");
+    assert!(
+        handover <= Duration::from_secs(3),
+        "graceful handover took {handover:?}"
+    );
+    // Producers stayed held back throughout, and the new leader carries on from status.
+    let pods = fixture.api_pods();
+    assert!(pods.iter().all(|(_, c, _, _)| c == "False"), "{pods:?}");
+    fixture.drain();
+    fixture.wait_state("handed-over", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+    assert!(second.metric_sum("levee_api_writes_total") > 0.0);
+}

@@ -1,0 +1,252 @@
+//! No confused deputy: a Secret that did not opt in never leaves the cluster, a policy never takes
+//! over an HPA it does not own, and levee's own metrics (which name every tenant's policies and
+//! queues) are read only by callers the API server authenticates and RBAC allows.
+
+use levee_e2e::fixture::{Fixture, PATIENCE};
+use levee_e2e::*;
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+/// A TCP listener on loopback posing as Redis: it answers nothing and keeps every byte it gets.
+struct FakeRedis {
+    port: u16,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl FakeRedis {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(read) = stream.read(&mut buffer) {
+                        if read == 0 {
+                            break;
+                        }
+                        sink.lock().unwrap().extend_from_slice(&buffer[..read]);
+                    }
+                });
+            }
+        });
+        Self { port, received }
+    }
+
+    fn has_received(&self, needle: &str) -> bool {
+        let received = self.received.lock().unwrap();
+        String::from_utf8_lossy(&received).contains(needle)
+    }
+}
+
+#[test]
+fn a_secret_that_did_not_opt_in_never_reaches_the_redis_url() {
+    let fixture = Fixture::create();
+    let fake = FakeRedis::start();
+    let password = format!("pw-{}", std::process::id());
+    kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "someone-elses",
+            "-n",
+            fixture.ns(),
+            &format!("--from-literal=password={password}"),
+        ],
+        None,
+    );
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    let policy = format!(
+        "apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {{name: thief, namespace: {ns}}}
+spec:
+  redis: {{url: 'redis://127.0.0.1:{port}', timeout: 300ms, credentialsSecretRef: {{name: someone-elses}}}}
+  queues: [{{name: q, type: list, key: q}}]
+  sampleInterval: 200ms
+  thresholds: {{warning: 20, critical: 50, recovery: 5}}
+  targets: [{{kind: Deployment, name: api}}]
+",
+        ns = fixture.ns(),
+        port = fake.port
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&policy));
+    let message = wait_until("Ready=False SecretNotOptedIn", PATIENCE, || {
+        let ready = fixture.condition("thief", "Ready");
+        (ready["reason"] == "SecretNotOptedIn")
+            .then(|| ready["message"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(message.contains("levee.dev/redis-secret=true"), "{message}");
+    wait_until("a SecretNotOptedIn event", PATIENCE, || {
+        (!fixture.events("SecretNotOptedIn").is_empty()).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        !fake.has_received(&password),
+        "the password reached the policy's Redis URL"
+    );
+
+    // Consent given: now (and only now) levee sends it, which shows the listener would see it.
+    kubectl_ok(
+        &[
+            "label",
+            "secret",
+            "someone-elses",
+            "-n",
+            fixture.ns(),
+            "levee.dev/redis-secret=true",
+        ],
+        None,
+    );
+    wait_until("the consenting Secret's password reaches Redis", PATIENCE, || {
+        fake.has_received(&password).then_some(())
+    });
+}
+
+#[test]
+fn a_policy_does_not_take_over_an_hpa_it_does_not_own() {
+    let fixture = Fixture::create();
+    let existing = format!(
+        "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: levee-greedy, namespace: {ns}}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: worker}}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}
+",
+        ns = fixture.ns()
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&existing));
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy(
+        "greedy",
+        "  scaleTarget: {kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 9, pendingPerReplica: 10}\n",
+    );
+    let message = wait_until("Ready=False ScaleTargetFailed", PATIENCE, || {
+        let ready = fixture.condition("greedy", "Ready");
+        (ready["reason"] == "ScaleTargetFailed")
+            .then(|| ready["message"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(message.contains("not owned by this policy"), "{message}");
+    let hpa = kubectl_json(&["get", "hpa", "levee-greedy", "-n", fixture.ns()]);
+    assert_eq!(
+        hpa["spec"]["maxReplicas"], 3,
+        "the HPA is left as its owner made it"
+    );
+    assert!(hpa["metadata"]["ownerReferences"].is_null(), "{hpa}");
+}
+
+/// Cluster-scoped RBAC objects for one test, deleted when it ends.
+struct ClusterRbac {
+    name: String,
+}
+
+impl Drop for ClusterRbac {
+    fn drop(&mut self) {
+        for kind in ["clusterrolebinding", "clusterrole"] {
+            let _ = kubectl(&["delete", kind, &self.name, "--ignore-not-found"], None);
+        }
+    }
+}
+
+/// The HTTP status of a GET of `url` with an optional bearer token.
+fn status_of(url: &str, token: Option<&str>) -> String {
+    let mut args = vec![
+        "-sk".to_string(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+    ];
+    if let Some(token) = token {
+        args.extend(["-H".into(), format!("Authorization: Bearer {token}")]);
+    }
+    args.push(url.into());
+    let output = Command::new("curl").args(&args).output().expect("curl runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn levee_metrics_need_a_token_allowed_to_get_metrics() {
+    let fixture = Fixture::create();
+    let levee = Levee::start(
+        fixture.ns(),
+        &["--leader-elect=false", "--metrics-plain-loopback=false"],
+    );
+    let ns = fixture.ns();
+    for account in ["scraper", "stranger"] {
+        kubectl_ok(&["create", "serviceaccount", account, "-n", ns], None);
+    }
+    let rbac = ClusterRbac {
+        name: format!("levee-metrics-{ns}"),
+    };
+    kubectl_ok(
+        &[
+            "create",
+            "clusterrole",
+            &rbac.name,
+            "--verb=get",
+            "--non-resource-url=/metrics",
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "create",
+            "clusterrolebinding",
+            &rbac.name,
+            "--clusterrole",
+            &rbac.name,
+            &format!("--serviceaccount={ns}:scraper"),
+        ],
+        None,
+    );
+    let token = |account: &str| {
+        kubectl_ok(&["create", "token", account, "-n", ns], None)
+            .trim()
+            .to_string()
+    };
+    let (scraper, stranger) = (token("scraper"), token("stranger"));
+    let https = format!("https://127.0.0.1:{}/metrics", levee.api_port);
+    assert_eq!(status_of(&https, None), "401", "no token");
+    assert_eq!(
+        status_of(&https, Some("not-a-token")),
+        "401",
+        "a token the API server rejects"
+    );
+    assert_eq!(status_of(&https, Some(&stranger)), "403", "a token without RBAC");
+    wait_until("the scraper reads /metrics", PATIENCE, || {
+        (status_of(&https, Some(&scraper)) == "200").then_some(())
+    });
+    let body = Command::new("curl")
+        .args(["-sk", "-H", &format!("Authorization: Bearer {scraper}"), &https])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&body.stdout).contains("levee_reconciliations_total"));
+    let plain = format!("http://127.0.0.1:{}/metrics", levee.metrics_port);
+    assert_eq!(
+        status_of(&plain, None),
+        "403",
+        "the plain port keeps /metrics to itself"
+    );
+    assert_eq!(
+        status_of(&format!("http://127.0.0.1:{}/healthz", levee.metrics_port), None),
+        "200"
+    );
+    let log = levee.log();
+    assert!(
+        !log.contains(&scraper) && !log.contains(&stranger),
+        "tokens are never logged"
+    );
+}

@@ -239,3 +239,88 @@ fn a_follower_takes_over_a_released_lease_within_seconds() {
     fixture.wait_pods_accepting(true, 2);
     assert!(second.metric_sum("levee_api_writes_total") > 0.0);
 }
+
+/// A ValidatingAdmissionPolicy refusing renewals of one Lease by one holder: that holder's
+/// API calls fail as if the API server could not be reached by it.
+struct RenewalsRefused {
+    name: String,
+}
+
+impl RenewalsRefused {
+    fn install(lease: &str, holder: &str) -> Self {
+        let name = format!("refuse-renewals-{lease}");
+        let expression = format!(
+            "!(object.metadata.name == '{lease}' && has(oldObject.spec.holderIdentity) && oldObject.spec.holderIdentity == '{holder}' && object.spec.holderIdentity == '{holder}')"
+        );
+        let objects = serde_json::json!([
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": name},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {"resourceRules": [{
+                        "apiGroups": ["coordination.k8s.io"], "apiVersions": ["*"],
+                        "operations": ["UPDATE"], "resources": ["leases"],
+                    }]},
+                    "validations": [{"expression": expression, "message": "renewals are refused by the test"}],
+                },
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": name},
+                "spec": {"policyName": name, "validationActions": ["Deny"]},
+            },
+        ]);
+        apply_objects(objects.as_array().unwrap(), &[]);
+        Self { name }
+    }
+}
+
+impl Drop for RenewalsRefused {
+    fn drop(&mut self) {
+        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
+            let _ = kubectl(&["delete", kind, &self.name, "--ignore-not-found"], None);
+        }
+    }
+}
+
+#[test]
+fn a_leader_that_cannot_renew_steps_down_before_a_follower_takes_over() {
+    let fixture = Fixture::create();
+    let lease = format!("levee-stuck-{}", fixture.ns());
+    let flags = |identity: &str| -> Vec<String> {
+        vec![
+            "--leader-election-name".into(),
+            lease.clone(),
+            "--lease-duration=6s".into(),
+            "--identity".into(),
+            identity.into(),
+        ]
+    };
+    let first_flags = flags("first");
+    let first = Levee::start(fixture.ns(), &first_flags.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_until("first holds the lease", PATIENCE, || {
+        (lease_holder(&lease).as_deref() == Some("first")).then_some(())
+    });
+    let second_flags = flags("second");
+    let _second = Levee::start(fixture.ns(), &second_flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let _refused = RenewalsRefused::install(&lease, "first");
+    let started = Instant::now();
+    let mut stepped_down = None;
+    let mut taken_over = None;
+    while (stepped_down.is_none() || taken_over.is_none()) && started.elapsed() < PATIENCE {
+        if stepped_down.is_none() && first.log().contains("leading=false") {
+            stepped_down = Some(started.elapsed());
+        }
+        if taken_over.is_none() && lease_holder(&lease).as_deref() == Some("second") {
+            taken_over = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (stepped_down, taken_over) = (stepped_down.expect("first stepped down"), taken_over.expect("second took over"));
+    eprintln!("figure: renewals refused -> leader stops writing after {stepped_down:?}, follower leads after {taken_over:?} (6 s lease)");
+    assert!(stepped_down < taken_over, "the old leader stopped writing before the new one started");
+    assert!(stepped_down <= Duration::from_secs(6), "stepped down after {stepped_down:?}");
+}

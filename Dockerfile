@@ -1,14 +1,12 @@
-# levee's container image: a static (musl) binary on distroless, running as a non-root user.
-#   docker build -t levee:dev .        (make image)
-FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
-WORKDIR /src
-COPY . .
-# musl is Alpine's native target: the binary is statically linked (rustls, no OpenSSL).
-RUN cargo build --release --locked --bin levee && cp target/release/levee /levee
-
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /levee /levee
+# levee's container image: the static (musl) binary of `make static` on an empty base, with a CA
+# bundle and a passwd/group entry for the non-root user 65532, nothing else. It pulls nothing, so
+# it builds offline and the same way everywhere. Build it with `make image` (scripts/image.sh),
+# which stages the context: root/ (etc/passwd, etc/group, etc/ssl/certs/ca-certificates.crt, from
+# the host's CA bundle) and levee, with fixed owners, modes and times, so that the same binary
+# and CA bundle give the same layers. A plain `docker build .` has none of these in its context.
+FROM scratch
+COPY root/ /
+COPY levee /levee
 USER 65532:65532
 EXPOSE 6443 8080
 ENTRYPOINT ["/levee"]

@@ -30,7 +30,7 @@ unit: deps
 e2e:
 	e2e/scripts/with-cluster.sh cargo test -p levee-e2e
 
-## e2e-kind: (machines with Docker and kind) the image, helm install on kind, then the same suite
+## e2e-kind: (machines with Docker; CI=true starts one) levee's image as pods on kind, then the suite
 e2e-kind: deps
 	e2e/scripts/kind.sh
 
@@ -38,9 +38,9 @@ e2e-kind: deps
 static:
 	scripts/static.sh
 
-## image: levee's container image (static binary, distroless, non-root)
-image:
-	docker build -t levee:dev .
+## image: levee's container image levee:dev (the static binary FROM scratch, non-root), no pull
+image: static
+	scripts/image.sh
 
 ## cluster-up / cluster-down: a local control plane in .cache/cluster for manual use
 cluster-up:

@@ -23,6 +23,16 @@ fn standalone(server: &RedisServer) -> Endpoint {
     endpoint(&format!("{{url: '{}'}}", server.url()))
 }
 
+fn connected_clients(server: &RedisServer) -> u32 {
+    let info = server.cli(&["INFO", "clients"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+}
+
 fn depths(sample: &Sample) -> Vec<(String, Result<u64, String>)> {
     sample
         .queues
@@ -207,15 +217,7 @@ async fn missing_keys_are_zero_and_a_wrong_type_fails_only_its_queue() {
 #[tokio::test]
 async fn policies_naming_the_same_endpoint_share_one_connection() {
     let server = RedisServer::start();
-    let clients = || {
-        let info = server.cli(&["INFO", "clients"]);
-        info.lines()
-            .find_map(|l| l.strip_prefix("connected_clients:"))
-            .unwrap()
-            .trim()
-            .parse::<u32>()
-            .unwrap()
-    };
+    let clients = || connected_clients(&server);
     let baseline = clients();
     let sampler = Sampler::new();
     let a = queues("[{name: a, type: list, key: a}]");
@@ -233,15 +235,7 @@ async fn policies_naming_the_same_endpoint_share_one_connection() {
 async fn an_endpoint_no_policy_samples_any_more_is_dropped_with_its_connection() {
     let server = RedisServer::start();
     let other = RedisServer::start();
-    let clients = |server: &RedisServer| {
-        let info = server.cli(&["INFO", "clients"]);
-        info.lines()
-            .find_map(|l| l.strip_prefix("connected_clients:"))
-            .unwrap()
-            .trim()
-            .parse::<u32>()
-            .unwrap()
-    };
+    let clients = connected_clients;
     let baseline = clients(&server);
     let sampler = Sampler::with_idle_eviction(std::time::Duration::from_millis(300));
     let q = queues("[{name: a, type: list, key: a}]");

@@ -398,3 +398,55 @@ impl Drop for Levee {
         }
     }
 }
+
+/// The holder of a Lease in levee's namespace, if any.
+pub fn lease_holder(name: &str) -> Option<String> {
+    let lease = kubectl(&["get", "lease", name, "-n", LEVEE_NAMESPACE, "-o", "json"], None);
+    let lease: Value = serde_json::from_slice(&lease.stdout).ok()?;
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+}
+
+/// A ValidatingAdmissionPolicy (and its binding) denying the requests `match_constraints`
+/// selects unless `expression` holds: an API server that refuses some of levee's writes.
+/// Removed when dropped.
+pub struct AdmissionRefusal {
+    name: String,
+}
+
+impl AdmissionRefusal {
+    pub fn install(name: &str, match_constraints: Value, expression: &str) -> Self {
+        let objects = serde_json::json!([
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": name},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": match_constraints,
+                    "validations": [{"expression": expression, "message": "refused by the test"}],
+                },
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": name},
+                "spec": {"policyName": name, "validationActions": ["Deny"]},
+            },
+        ]);
+        apply_objects(objects.as_array().unwrap(), &[]);
+        Self {
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for AdmissionRefusal {
+    fn drop(&mut self) {
+        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
+            let _ = kubectl(&["delete", kind, &self.name, "--ignore-not-found"], None);
+        }
+    }
+}

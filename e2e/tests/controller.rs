@@ -4,7 +4,6 @@
 
 use levee_e2e::fixture::{Fixture, PATIENCE};
 use levee_e2e::*;
-use serde_json::Value;
 use std::time::Duration;
 
 #[test]
@@ -167,7 +166,9 @@ fn a_missing_secret_is_reported_while_other_policies_carry_on() {
         "{message}"
     );
     fixture.wait_state("healthy", "Closed");
-    assert_eq!(fixture.condition("healthy", "Ready")["status"], "True");
+    wait_until("the healthy policy is Ready", PATIENCE, || {
+        (fixture.condition("healthy", "Ready")["status"] == "True").then_some(())
+    });
 }
 
 #[test]
@@ -205,15 +206,6 @@ fn nothing_is_written_while_nothing_changes() {
         settled,
         "no writes at steady state"
     );
-}
-
-fn lease_holder(name: &str) -> Option<String> {
-    let lease = kubectl(&["get", "lease", name, "-n", LEVEE_NAMESPACE, "-o", "json"], None);
-    let lease: Value = serde_json::from_slice(&lease.stdout).ok()?;
-    lease["spec"]["holderIdentity"]
-        .as_str()
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
 }
 
 #[test]

@@ -90,51 +90,6 @@ fn a_policy_deleted_while_levee_was_down_releases_every_producer_it_marked() {
     });
 }
 
-/// A ValidatingAdmissionPolicy refusing every write to the policies' status in one namespace.
-struct StatusWritesRefused {
-    name: String,
-}
-
-impl StatusWritesRefused {
-    fn install(namespace: &str) -> Self {
-        let name = format!("refuse-status-{namespace}");
-        let objects = serde_json::json!([
-            {
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "ValidatingAdmissionPolicy",
-                "metadata": {"name": name},
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": {
-                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                        "resourceRules": [{
-                            "apiGroups": ["levee.dev"], "apiVersions": ["*"],
-                            "operations": ["UPDATE"], "resources": ["backpressurepolicies/status"],
-                        }],
-                    },
-                    "validations": [{"expression": "false", "message": "status writes are refused by the test"}],
-                },
-            },
-            {
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "ValidatingAdmissionPolicyBinding",
-                "metadata": {"name": name},
-                "spec": {"policyName": name, "validationActions": ["Deny"]},
-            },
-        ]);
-        apply_objects(objects.as_array().unwrap(), &[]);
-        Self { name }
-    }
-}
-
-impl Drop for StatusWritesRefused {
-    fn drop(&mut self) {
-        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
-            let _ = kubectl(&["delete", kind, &self.name, "--ignore-not-found"], None);
-        }
-    }
-}
-
 #[test]
 fn producers_are_never_held_on_a_decision_status_lacks() {
     let fixture = Fixture::create();
@@ -143,7 +98,17 @@ fn producers_are_never_held_on_a_decision_status_lacks() {
     fixture.wait_state("unsaved", "Closed");
     fixture.wait_pods_accepting(true, 2);
 
-    let refusal = StatusWritesRefused::install(fixture.ns());
+    let refusal = AdmissionRefusal::install(
+        &format!("refuse-status-{}", fixture.ns()),
+        serde_json::json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": fixture.ns()}},
+            "resourceRules": [{
+                "apiGroups": ["levee.dev"], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": ["backpressurepolicies/status"],
+            }],
+        }),
+        "false",
+    );
     let probe = r#"{"status":{"pending":1}}"#;
     wait_until("the API server refuses status writes", PATIENCE, || {
         let output = kubectl(
@@ -178,15 +143,6 @@ fn producers_are_never_held_on_a_decision_status_lacks() {
     drop(refusal);
     fixture.wait_state("unsaved", "Open");
     fixture.wait_pods_accepting(false, 2);
-}
-
-fn lease_holder(name: &str) -> Option<String> {
-    let lease = kubectl(&["get", "lease", name, "-n", LEVEE_NAMESPACE, "-o", "json"], None);
-    let lease: serde_json::Value = serde_json::from_slice(&lease.stdout).ok()?;
-    lease["spec"]["holderIdentity"]
-        .as_str()
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
 }
 
 #[test]
@@ -240,52 +196,6 @@ fn a_follower_takes_over_a_released_lease_within_seconds() {
     assert!(second.metric_sum("levee_api_writes_total") > 0.0);
 }
 
-/// A ValidatingAdmissionPolicy refusing renewals of one Lease by one holder: that holder's
-/// API calls fail as if the API server could not be reached by it.
-struct RenewalsRefused {
-    name: String,
-}
-
-impl RenewalsRefused {
-    fn install(lease: &str, holder: &str) -> Self {
-        let name = format!("refuse-renewals-{lease}");
-        let expression = format!(
-            "!(object.metadata.name == '{lease}' && has(oldObject.spec.holderIdentity) && oldObject.spec.holderIdentity == '{holder}' && object.spec.holderIdentity == '{holder}')"
-        );
-        let objects = serde_json::json!([
-            {
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "ValidatingAdmissionPolicy",
-                "metadata": {"name": name},
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": {"resourceRules": [{
-                        "apiGroups": ["coordination.k8s.io"], "apiVersions": ["*"],
-                        "operations": ["UPDATE"], "resources": ["leases"],
-                    }]},
-                    "validations": [{"expression": expression, "message": "renewals are refused by the test"}],
-                },
-            },
-            {
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "ValidatingAdmissionPolicyBinding",
-                "metadata": {"name": name},
-                "spec": {"policyName": name, "validationActions": ["Deny"]},
-            },
-        ]);
-        apply_objects(objects.as_array().unwrap(), &[]);
-        Self { name }
-    }
-}
-
-impl Drop for RenewalsRefused {
-    fn drop(&mut self) {
-        for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
-            let _ = kubectl(&["delete", kind, &self.name, "--ignore-not-found"], None);
-        }
-    }
-}
-
 #[test]
 fn a_leader_that_cannot_renew_steps_down_before_a_follower_takes_over() {
     let fixture = Fixture::create();
@@ -300,13 +210,29 @@ fn a_leader_that_cannot_renew_steps_down_before_a_follower_takes_over() {
         ]
     };
     let first_flags = flags("first");
-    let first = Levee::start(fixture.ns(), &first_flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let first = Levee::start(
+        fixture.ns(),
+        &first_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     wait_until("first holds the lease", PATIENCE, || {
         (lease_holder(&lease).as_deref() == Some("first")).then_some(())
     });
     let second_flags = flags("second");
-    let _second = Levee::start(fixture.ns(), &second_flags.iter().map(String::as_str).collect::<Vec<_>>());
-    let _refused = RenewalsRefused::install(&lease, "first");
+    let _second = Levee::start(
+        fixture.ns(),
+        &second_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // Renewals by "first" are refused, as if it could no longer reach the API server.
+    let _refused = AdmissionRefusal::install(
+        &format!("refuse-renewals-{lease}"),
+        serde_json::json!({"resourceRules": [{
+            "apiGroups": ["coordination.k8s.io"], "apiVersions": ["*"],
+            "operations": ["UPDATE"], "resources": ["leases"],
+        }]}),
+        &format!(
+            "!(object.metadata.name == '{lease}' && has(oldObject.spec.holderIdentity) && oldObject.spec.holderIdentity == 'first' && object.spec.holderIdentity == 'first')"
+        ),
+    );
     let started = Instant::now();
     let mut stepped_down = None;
     let mut taken_over = None;
@@ -319,8 +245,76 @@ fn a_leader_that_cannot_renew_steps_down_before_a_follower_takes_over() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (stepped_down, taken_over) = (stepped_down.expect("first stepped down"), taken_over.expect("second took over"));
-    eprintln!("figure: renewals refused -> leader stops writing after {stepped_down:?}, follower leads after {taken_over:?} (6 s lease)");
-    assert!(stepped_down < taken_over, "the old leader stopped writing before the new one started");
-    assert!(stepped_down <= Duration::from_secs(6), "stepped down after {stepped_down:?}");
+    let (stepped_down, taken_over) = (
+        stepped_down.expect("first stepped down"),
+        taken_over.expect("second took over"),
+    );
+    eprintln!(
+        "figure: renewals refused -> leader stops writing after {stepped_down:?}, follower leads after {taken_over:?} (6 s lease)"
+    );
+    assert!(
+        stepped_down < taken_over,
+        "the old leader stopped writing before the new one started"
+    );
+    assert!(
+        stepped_down <= Duration::from_secs(6),
+        "stepped down after {stepped_down:?}"
+    );
+}
+
+#[test]
+fn the_managed_hpa_deleted_or_edited_by_hand_is_put_back() {
+    let fixture = Fixture::create();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy(
+        "scaled",
+        "  scaleTarget: {kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 7, pendingPerReplica: 10}\n",
+    );
+    let max_replicas = || {
+        let output = kubectl(
+            &[
+                "get",
+                "hpa",
+                "levee-scaled",
+                "-n",
+                fixture.ns(),
+                "-o",
+                "jsonpath={.spec.maxReplicas}",
+            ],
+            None,
+        );
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    wait_until("levee creates the HPA", PATIENCE, || {
+        (max_replicas()? == "7").then_some(())
+    });
+    kubectl_ok(&["delete", "hpa", "levee-scaled", "-n", fixture.ns()], None);
+    let started = Instant::now();
+    wait_until("the deleted HPA is back", PATIENCE, || {
+        (max_replicas()? == "7").then_some(())
+    });
+    eprintln!(
+        "figure: managed HPA deleted -> recreated after {:?}",
+        started.elapsed()
+    );
+    let patch = r#"{"spec":{"maxReplicas":70}}"#;
+    kubectl_ok(
+        &[
+            "patch",
+            "hpa",
+            "levee-scaled",
+            "-n",
+            fixture.ns(),
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+        None,
+    );
+    wait_until("the edited HPA is put back", PATIENCE, || {
+        (max_replicas()? == "7").then_some(())
+    });
 }

@@ -233,7 +233,7 @@ fn levee_metrics_need_a_token_allowed_to_get_metrics() {
         .args(["-sk", "-H", &format!("Authorization: Bearer {scraper}"), &https])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&body.stdout).contains("levee_reconciliations_total"));
+    assert!(String::from_utf8_lossy(&body.stdout).contains("levee_metrics_api_requests_total"));
     let plain = format!("http://127.0.0.1:{}/metrics", levee.metrics_port);
     assert_eq!(
         status_of(&plain, None),

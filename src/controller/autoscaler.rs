@@ -1,9 +1,10 @@
 //! The HorizontalPodAutoscaler levee creates and owns for `spec.scaleTarget`: `autoscaling/v2`
 //! on the external metric `levee_pending` of the policy, with `AverageValue =
 //! pendingPerReplica`, applied server-side and owned by the policy (garbage-collected with it),
-//! and deleted when `scaleTarget` is removed. levee never takes over an HPA it does not own: one
-//! of the same name that another owner made, or fields someone else manages, are reported as a
-//! conflict instead of overwritten.
+//! and deleted when `scaleTarget` is removed. Level-triggered: every tick compares the HPA in the
+//! store (a watch on HPAs labelled `app.kubernetes.io/managed-by: levee`) with the policy, so one
+//! deleted or edited by hand is put back within a tick. levee never takes over an HPA it does not
+//! own: one of the same name that another owner made is reported, not overwritten.
 
 use super::{Context, FIELD_MANAGER};
 use crate::api::{BackpressurePolicy, ScaleKind, ScaleTarget};
@@ -72,6 +73,27 @@ fn owned_by(hpa: &HorizontalPodAutoscaler, policy: &BackpressurePolicy) -> bool 
         .any(|o| o.controller == Some(true) && Some(&o.uid) == policy.meta().uid.as_ref())
 }
 
+/// Whether the HPA in the store matches the policy (pure): the one the policy wants is there
+/// with the wanted bounds, target and metric, or none is there when it wants none.
+pub fn in_place(policy: &BackpressurePolicy, existing: Option<&HorizontalPodAutoscaler>) -> bool {
+    let Some(target) = &policy.spec.scale_target else {
+        return existing.is_none_or(|hpa| !owned_by(hpa, policy));
+    };
+    let Some(hpa) = existing.filter(|hpa| owned_by(hpa, policy)) else {
+        return false;
+    };
+    let Ok(desired) = serde_json::from_value::<HorizontalPodAutoscaler>(desired_hpa(policy, target)) else {
+        return false;
+    };
+    let (Some(want), Some(have)) = (desired.spec, hpa.spec.as_ref()) else {
+        return false;
+    };
+    want.min_replicas == have.min_replicas
+        && want.max_replicas == have.max_replicas
+        && want.scale_target_ref == have.scale_target_ref
+        && want.metrics == have.metrics
+}
+
 /// Applies or removes the managed HPA to match the policy.
 pub async fn sync(context: &Context, policy: &BackpressurePolicy) -> Result<(), SyncError> {
     let namespace = policy.namespace().unwrap_or_default();
@@ -80,10 +102,19 @@ pub async fn sync(context: &Context, policy: &BackpressurePolicy) -> Result<(), 
     let existing = api.get_opt(&name).await?;
     match &policy.spec.scale_target {
         Some(target) => {
-            if existing.as_ref().is_some_and(|hpa| !owned_by(hpa, policy)) {
-                return Err(SyncError::NotOwned(format!("{namespace}/{name}")));
-            }
-            let params = PatchParams::apply(FIELD_MANAGER);
+            let ours = match &existing {
+                Some(hpa) if !owned_by(hpa, policy) => {
+                    return Err(SyncError::NotOwned(format!("{namespace}/{name}")));
+                }
+                Some(_) => true,
+                None => false,
+            };
+            // Our own HPA edited by hand is put back; a new one never overwrites anything.
+            let params = if ours {
+                PatchParams::apply(FIELD_MANAGER).force()
+            } else {
+                PatchParams::apply(FIELD_MANAGER)
+            };
             match api
                 .patch(&name, &params, &Patch::Apply(desired_hpa(policy, target)))
                 .await
@@ -148,5 +179,38 @@ mod tests {
             ),
             (Some("BackpressurePolicy"), Some("u-1"), Some(true))
         );
+    }
+
+    #[test]
+    fn only_the_hpa_the_policy_wants_counts_as_in_place() {
+        let mut policy: BackpressurePolicy = serde_json::from_value(json!({
+            "apiVersion": "levee.dev/v1alpha1",
+            "kind": "BackpressurePolicy",
+            "metadata": {"name": "p", "namespace": "jobs", "uid": "u-1"},
+            "spec": {
+                "redis": {"url": "redis://r"},
+                "queues": [{"name": "q", "type": "list", "key": "q"}],
+                "thresholds": {"warning": 2, "critical": 3, "recovery": 1},
+                "scaleTarget": {"kind": "Deployment", "name": "worker", "maxReplicas": 9, "pendingPerReplica": 50}
+            }
+        }))
+        .unwrap();
+        let target = policy.spec.scale_target.clone().unwrap();
+        let applied: HorizontalPodAutoscaler = serde_json::from_value(desired_hpa(&policy, &target)).unwrap();
+        assert!(in_place(&policy, Some(&applied)));
+        assert!(!in_place(&policy, None), "deleted by hand: put back");
+        let mut edited = applied.clone();
+        edited.spec.as_mut().unwrap().max_replicas = 90;
+        assert!(!in_place(&policy, Some(&edited)), "edited by hand: put back");
+        let mut foreign = applied.clone();
+        foreign.metadata.owner_references = None;
+        assert!(!in_place(&policy, Some(&foreign)), "not ours: reported by sync");
+        policy.spec.scale_target = None;
+        assert!(
+            !in_place(&policy, Some(&applied)),
+            "ours but no longer wanted: deleted"
+        );
+        assert!(in_place(&policy, Some(&foreign)), "someone else's is left alone");
+        assert!(in_place(&policy, None));
     }
 }

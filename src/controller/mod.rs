@@ -28,6 +28,7 @@ use crate::sampler::Sampler;
 use crate::telemetry::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -106,6 +107,8 @@ pub struct Stores {
     pub deployments: Store<Deployment>,
     pub stateful_sets: Store<StatefulSet>,
     pub daemon_sets: Store<DaemonSet>,
+    /// The HPAs levee manages (labelled `app.kubernetes.io/managed-by: levee`).
+    pub autoscalers: Store<HorizontalPodAutoscaler>,
 }
 
 /// What every reconcile and every policy task shares.
@@ -165,6 +168,7 @@ pub async fn run(
         context.stores.deployments.wait_until_ready().await,
         context.stores.stateful_sets.wait_until_ready().await,
         context.stores.daemon_sets.wait_until_ready().await,
+        context.stores.autoscalers.wait_until_ready().await,
     ] {
         ready.expect("reflectors run until shutdown");
     }
@@ -227,12 +231,13 @@ pub async fn run(
 fn reflect<K>(
     writer: reflector::store::Writer<K>,
     api: Api<K>,
+    config: watcher::Config,
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    reflector::reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
+    reflector::reflector(writer, watcher(api, config.any_semantic()))
         .default_backoff()
         .applied_objects()
         .for_each(|_| futures::future::ready(()))
@@ -246,16 +251,37 @@ fn start_reflectors(
     let (deployments, deployment_writer) = reflector::store::<Deployment>();
     let (stateful_sets, stateful_set_writer) = reflector::store::<StatefulSet>();
     let (daemon_sets, daemon_set_writer) = reflector::store::<DaemonSet>();
-    let pod_stream = reflect(pod_writer, settings.api::<Pod>(client.clone()));
-    let deployment_stream = reflect(deployment_writer, settings.api::<Deployment>(client.clone()));
-    let stateful_set_stream = reflect(stateful_set_writer, settings.api::<StatefulSet>(client.clone()));
-    let daemon_set_stream = reflect(daemon_set_writer, settings.api::<DaemonSet>(client));
+    let (autoscalers, autoscaler_writer) = reflector::store::<HorizontalPodAutoscaler>();
+    let all_of = watcher::Config::default;
+    let pod_stream = reflect(pod_writer, settings.api::<Pod>(client.clone()), all_of());
+    let deployment_stream = reflect(
+        deployment_writer,
+        settings.api::<Deployment>(client.clone()),
+        all_of(),
+    );
+    let stateful_set_stream = reflect(
+        stateful_set_writer,
+        settings.api::<StatefulSet>(client.clone()),
+        all_of(),
+    );
+    let daemon_set_stream = reflect(
+        daemon_set_writer,
+        settings.api::<DaemonSet>(client.clone()),
+        all_of(),
+    );
+    let managed = all_of().labels("app.kubernetes.io/managed-by=levee");
+    let autoscaler_stream = reflect(
+        autoscaler_writer,
+        settings.api::<HorizontalPodAutoscaler>(client),
+        managed,
+    );
     let all = async move {
         futures::join!(
             pod_stream,
             deployment_stream,
             stateful_set_stream,
-            daemon_set_stream
+            daemon_set_stream,
+            autoscaler_stream
         );
     };
     (
@@ -264,6 +290,7 @@ fn start_reflectors(
             deployments,
             stateful_sets,
             daemon_sets,
+            autoscalers,
         },
         all,
     )

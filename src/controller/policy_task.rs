@@ -18,6 +18,7 @@ use crate::sampler::{Endpoint, Sample};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -83,8 +84,6 @@ struct PolicyState {
     last_write: Option<Instant>,
     /// Failed writes of the last pass over the targets, reported in the next status.
     target_errors: Vec<String>,
-    /// The generation whose managed HPA is in place.
-    autoscaled_generation: Option<i64>,
     /// The last failure to apply the managed HPA, shown in the Ready condition until it works.
     autoscaler_error: Option<String>,
 }
@@ -102,7 +101,6 @@ impl PolicyState {
             written: status,
             last_write: None,
             target_errors: Vec::new(),
-            autoscaled_generation: None,
             autoscaler_error: None,
             policy,
         }
@@ -218,12 +216,13 @@ async fn tick(context: &Context, state: &mut PolicyState) {
     if policy.meta().deletion_timestamp.is_some() {
         return;
     }
-    if state.autoscaled_generation != policy.metadata.generation {
+    let hpa = context
+        .stores
+        .autoscalers
+        .get(&ObjectRef::new(&autoscaler::hpa_name(&policy)).within(&namespace));
+    if !autoscaler::in_place(&policy, hpa.as_deref()) {
         match autoscaler::sync(context, &policy).await {
-            Ok(()) => {
-                state.autoscaled_generation = policy.metadata.generation;
-                state.autoscaler_error = None;
-            }
+            Ok(()) => state.autoscaler_error = None,
             Err(error) => {
                 tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying");
                 state.autoscaler_error = Some(error.to_string());

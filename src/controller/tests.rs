@@ -66,6 +66,7 @@ fn stores(deployments: Vec<Deployment>, pods: Vec<Pod>) -> Stores {
         deployments: deployment_store,
         stateful_sets: reflector::store().0,
         daemon_sets: reflector::store().0,
+        autoscalers: reflector::store().0,
     }
 }
 

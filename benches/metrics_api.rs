@@ -192,7 +192,13 @@ async fn main() {
     });
     let levee_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let levee_port = levee_listener.local_addr().unwrap().port();
-    tokio::spawn(serve(api, levee_listener, cert.clone(), std::future::pending()));
+    tokio::spawn(serve(
+        api,
+        levee_listener,
+        cert.clone(),
+        Default::default(),
+        std::future::pending(),
+    ));
     let reference_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let reference_port = reference_listener.local_addr().unwrap().port();
     tokio::spawn(constant_server(reference_listener, cert));

@@ -2,7 +2,8 @@
 //! server for `/metrics`, `/healthz` and `/readyz`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub struct Metrics {
     pub api_writes: IntCounterVec,
     pub metrics_api_requests: IntCounterVec,
     pub metrics_api_duration: Histogram,
+    /// Open connections to the external metrics API.
+    pub metrics_api_connections: IntGauge,
+    /// Connections closed by a limit, by reason.
+    pub metrics_api_connections_closed: IntCounterVec,
     ready: AtomicBool,
 }
 
@@ -95,6 +100,14 @@ impl Metrics {
         registry
             .register(Box::new(metrics_api_duration.clone()))
             .expect("unique metric");
+        let metrics_api_connections = IntGauge::new(
+            "levee_metrics_api_connections",
+            "Open connections to the external metrics API",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(metrics_api_connections.clone()))
+            .expect("unique metric");
         Arc::new(Self {
             queue_depth: gauge(
                 "levee_queue_depth",
@@ -141,6 +154,12 @@ impl Metrics {
                 &["code"],
             ),
             metrics_api_duration,
+            metrics_api_connections,
+            metrics_api_connections_closed: counter(
+                "levee_metrics_api_connections_closed_total",
+                "Connections to the external metrics API closed by a limit (limit, evicted, handshake_timeout)",
+                &["reason"],
+            ),
             ready: AtomicBool::new(false),
             registry,
         })

@@ -118,7 +118,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
         args.metrics_plain_loopback,
         wait_for(stopped.clone()),
     ));
-    let metrics_api = tokio::spawn(server::serve(api, listener, cert, wait_for(stopped.clone())));
+    let limits = server::ConnectionLimits::default();
+    let metrics_api = tokio::spawn(server::serve(
+        api,
+        listener,
+        cert,
+        limits,
+        wait_for(stopped.clone()),
+    ));
     let signal = tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");

@@ -13,9 +13,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 /// Everything a request needs.
@@ -29,14 +33,94 @@ pub struct MetricsApi {
     pub metrics: Arc<Metrics>,
 }
 
+/// What keeps idle, slow or oversized clients from holding the server's memory and file
+/// descriptors: the aggregator keeps a few connections alive and sends small headers, so these
+/// never touch it.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections open at once. At the cap a new connection evicts the oldest one still in its
+    /// TLS handshake (a real client finishes that in milliseconds); with none to evict, the new
+    /// one is closed.
+    pub max_connections: usize,
+    /// Time to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time to send a request's headers, counted from the end of the previous request on a
+    /// kept-alive connection too: it is also the idle limit between requests.
+    pub header_read_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            // Longer than the HPA controller's 15 s sync, so its kept-alive connection lives on.
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// The open connections, and those still in their TLS handshake (oldest first) with the means
+/// to close them.
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    next_id: AtomicU64,
+    handshaking: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+}
+
+impl Connections {
+    /// Makes room for one more under `max`: false when every open connection is past its
+    /// handshake (the new one must go).
+    fn make_room(&self, max: usize) -> bool {
+        if self.open.load(Ordering::SeqCst) < max {
+            return true;
+        }
+        match self
+            .handshaking
+            .lock()
+            .expect("connection table lock")
+            .pop_front()
+        {
+            Some((_, evict)) => {
+                let _ = evict.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn handshake_started(&self) -> (u64, oneshot::Receiver<()>) {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (evict, evicted) = oneshot::channel();
+        self.handshaking
+            .lock()
+            .expect("connection table lock")
+            .push_back((id, evict));
+        (id, evicted)
+    }
+
+    fn handshake_ended(&self, id: u64) {
+        self.handshaking
+            .lock()
+            .expect("connection table lock")
+            .retain(|(other, _)| *other != id);
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn serve(
     api: Arc<MetricsApi>,
     listener: TcpListener,
     cert: Arc<ServingCert>,
+    limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(cert, api.trust.ca.clone())?));
+    let connections = Arc::new(Connections::default());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -49,26 +133,62 @@ pub async fn serve(
                 }
             },
         };
+        if !connections.make_room(limits.max_connections) {
+            api.metrics
+                .metrics_api_connections_closed
+                .with_label_values(&["limit"])
+                .inc();
+            tracing::debug!(%peer, "metrics API: too many connections; closing this one");
+            drop(stream);
+            continue;
+        }
+        connections.open.fetch_add(1, Ordering::SeqCst);
         let acceptor = acceptor.clone();
-        let api = api.clone();
+        let (api, connections) = (api.clone(), connections.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection(api, acceptor, stream, peer).await {
+            api.metrics.metrics_api_connections.inc();
+            if let Err(error) = connection(&api, &connections, acceptor, stream, peer, limits).await {
                 tracing::debug!(%peer, %error, "metrics API connection ended");
             }
+            api.metrics.metrics_api_connections.dec();
+            connections.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
 
 async fn connection(
-    api: Arc<MetricsApi>,
+    api: &Arc<MetricsApi>,
+    connections: &Connections,
     acceptor: TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    limits: ConnectionLimits,
 ) -> Result<(), String> {
-    let tls = acceptor
-        .accept(stream)
-        .await
-        .map_err(|e| format!("TLS handshake with {peer}: {e}"))?;
+    let closed = |reason: &str| {
+        api.metrics
+            .metrics_api_connections_closed
+            .with_label_values(&[reason])
+            .inc();
+    };
+    let (id, evicted) = connections.handshake_started();
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => handshake,
+        _ = evicted => {
+            closed("evicted");
+            return Err(format!("{peer} evicted during its TLS handshake: too many connections"));
+        }
+    };
+    connections.handshake_ended(id);
+    let tls = match handshake {
+        Ok(handshake) => handshake.map_err(|e| format!("TLS handshake with {peer}: {e}"))?,
+        Err(_) => {
+            closed("handshake_timeout");
+            return Err(format!(
+                "no TLS handshake from {peer} within {:?}",
+                limits.handshake_timeout
+            ));
+        }
+    };
     // The verifier only lets through certificates the requestheader CA signed.
     let client_cn = tls
         .get_ref()
@@ -76,12 +196,17 @@ async fn connection(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(common_name);
+    let api = api.clone();
     let service = hyper::service::service_fn(move |request| {
         let api = api.clone();
         let client_cn = client_cn.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&api, client_cn.as_deref(), request).await) }
     });
     hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
         .serve_connection(TokioIo::new(tls), service)
         .await
         .map_err(|e| e.to_string())
@@ -196,7 +321,6 @@ mod tests {
     use super::*;
     use kube::client::Body;
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     type ApiServer = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 

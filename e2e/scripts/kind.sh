@@ -1,51 +1,128 @@
 #!/usr/bin/env bash
-# `make e2e-kind`, for machines with Docker and kind (it cannot run where there is no Docker
-# engine, e.g. levee's CI machines, which use the local control plane instead):
-#   1. creates the kind cluster of e2e/kind/cluster.yaml (deleted again at the end);
-#   2. builds levee's image (Dockerfile) and loads it into the node (`kind load`);
-#   3. `helm install`s charts/levee with that image and checks the in-cluster deployment: both
-#      replicas Ready (real probes, non-root, read-only root), one of them holding the Lease, the
-#      APIService Available through the ClusterIP Service with the chart's CA, and discovery of
-#      external.metrics.k8s.io answering through the aggregator;
-#   4. uninstalls it and runs the end-to-end suite (e2e/tests, the same code as `make e2e`)
-#      against the kind cluster: levee runs as a local process, the HPA controller, kubelet,
-#      EndpointSlices and aggregator are kind's. The metrics API test reaches that process through
-#      the kind network's gateway (LEVEE_E2E_HOST_ADDRESS).
+# `make e2e-kind`: levee's image running as pods in a kind cluster, built and run with no registry.
+#
+#   e2e/scripts/kind.sh [all]   up, then the end-to-end suite against the cluster, then down
+#   e2e/scripts/kind.sh up      create the cluster, load the images, helm install levee; leaves it
+#                               running and prints KUBECONFIG=... (.cache/kind/kubeconfig)
+#   e2e/scripts/kind.sh down    delete the cluster
+#
+# `up`:
+#   1. makes sure Docker answers (scripts/docker.sh: exit 3 when it doesn't and CI isn't true);
+#   2. kind: the one on PATH, or kind v0.33.0 built from its Go module (e2e/kind/node-image.sh);
+#   3. the node image: LEVEE_KIND_NODE_IMAGE if set; else the offline one (e2e/kind/node-image.sh,
+#      everything built here) when LEVEE_KIND_OFFLINE=1, CI=true or it was built before; else
+#      kind's published default (users with a registry);
+#   4. creates the cluster of e2e/kind/cluster.yaml; on a cgroup v1 host the kubelet's
+#      KubeletConfiguration gets failCgroupV1: false (kubelet 1.35+ refuses v1 otherwise);
+#   5. builds levee's image (make static, scripts/image.sh) and the test images
+#      (e2e/kind/test-images.sh: Redis, a producer, a worker) and `kind load`s them;
+#   6. `helm install`s charts/levee with levee running as pods (2 replicas, leader election, the
+#      chart's certificate) and checks: both replicas Ready, the Lease held by one of them, the
+#      APIService Available through the ClusterIP Service, external.metrics.k8s.io discovery.
+# The test images' names are in .cache/kind/images (role=image per line) for the suite.
+# `all` then uninstalls the chart and runs e2e/tests against the cluster (levee as a local
+# process; the metrics API test reaches it through the kind network's gateway,
+# LEVEE_E2E_HOST_ADDRESS). KIND_CLUSTER_NAME overrides the cluster's name (levee-e2e).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cluster="${KIND_CLUSTER_NAME:-levee-e2e}"
-image="levee:e2e"
-for tool in docker kind; do
-  command -v "$tool" >/dev/null || { echo "e2e-kind: $tool is required (make e2e needs neither)" >&2; exit 2; }
-done
-bin_dir="$PWD/.cache/bin"
-e2e/scripts/tools.sh install "$bin_dir" >/dev/null
-e2e/scripts/promtool.sh install "$bin_dir" >/dev/null
-export PATH="$bin_dir:$PATH"
+state="$PWD/.cache/kind"
+kubeconfig="$state/kubeconfig"
+image="${LEVEE_IMAGE:-levee:e2e}" # LEVEE_IMAGE: an image already built (skips make static/image)
+log() { echo "e2e-kind: $*" >&2; }
 
-kubeconfig="$(mktemp -t levee-kind.XXXXXX)"
-cleanup() {
-  kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+kind_cmd() {
+  if command -v kind >/dev/null 2>&1; then
+    command -v kind
+  else
+    e2e/kind/node-image.sh kind
+  fi
+}
+
+node_image() {
+  if [[ -n "${LEVEE_KIND_NODE_IMAGE:-}" ]]; then
+    echo "$LEVEE_KIND_NODE_IMAGE"
+  elif [[ "${LEVEE_KIND_OFFLINE:-}" == 1 || "${CI:-}" == true ]] ||
+    compgen -G "${LEVEE_CACHE:-$HOME/.cache/levee}/kind/levee-kind_node_*.tar.zst" >/dev/null; then
+    e2e/kind/node-image.sh build
+  fi # else kind's default
+}
+
+# e2e/kind/cluster.yaml, plus failCgroupV1: false when Docker's host runs cgroup v1
+cluster_config() {
+  cat e2e/kind/cluster.yaml
+  if [[ "$(docker info -f '{{.CgroupVersion}}')" == 1 ]]; then
+    printf '%s\n' "  - |" "    kind: KubeletConfiguration" "    failCgroupV1: false"
+  fi
+}
+
+up() {
+  local kind node config start=$SECONDS
+  scripts/docker.sh
+  mkdir -p "$state"
+  kind="$(kind_cmd)"
+  node="$(node_image)"
+  config="$state/cluster.yaml"
+  cluster_config >"$config"
+  local bin_dir="$PWD/.cache/bin"
+  e2e/scripts/tools.sh install "$bin_dir" >/dev/null
+  export PATH="$bin_dir:$PATH"
+
+  "$kind" delete cluster --name "$cluster" >/dev/null 2>&1 || true
+  log "creating cluster $cluster (node image: ${node:-the default of kind})"
+  "$kind" create cluster --name "$cluster" --config "$config" --kubeconfig "$kubeconfig" \
+    ${node:+--image "$node"} --wait 180s
+  export KUBECONFIG="$kubeconfig"
+  log "cluster up after $((SECONDS - start))s"
+
+  if [[ -z "${LEVEE_IMAGE:-}" ]]; then
+    scripts/static.sh >/dev/null
+    IMAGE="$image" scripts/image.sh
+  fi
+  local images
+  images="$(e2e/kind/test-images.sh)"
+  {
+    echo "levee=$image"
+    echo "$images" | sed -E 's#^levee-e2e/([a-z]+):.*#\1=&#'
+  } >"$state/images"
+  # shellcheck disable=SC2086
+  "$kind" load docker-image --name "$cluster" "$image" $images
+
+  log "helm install of the chart with $image as pods"
+  helm install levee charts/levee --namespace levee-system --create-namespace \
+    --set image.repository="${image%:*}" --set image.tag="${image##*:}" --set image.pullPolicy=Never \
+    --set replicas=2 --wait --timeout 3m
+  kubectl -n levee-system rollout status deployment/levee --timeout=120s
+  local holder=""
+  for _ in $(seq 60); do
+    holder="$(kubectl -n levee-system get lease levee -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)"
+    [[ -n "$holder" ]] && break
+    sleep 1
+  done
+  kubectl -n levee-system get pod "$holder" >/dev/null # the Lease holder is one of the pods
+  kubectl wait --for condition=Available apiservice/v1beta1.external.metrics.k8s.io --timeout=120s
+  kubectl get --raw /apis/external.metrics.k8s.io/v1beta1 | grep -q levee_pending
+  log "levee runs as pods, led by $holder, and serves external.metrics.k8s.io ($((SECONDS - start))s)"
+  echo "KUBECONFIG=$kubeconfig"
+}
+
+down() {
+  "$(kind_cmd)" delete cluster --name "$cluster"
   rm -f "$kubeconfig"
 }
-trap cleanup EXIT
-kind create cluster --name "$cluster" --config e2e/kind/cluster.yaml --kubeconfig "$kubeconfig" --wait 120s
-export KUBECONFIG="$kubeconfig"
 
-docker build -t "$image" .
-kind load docker-image "$image" --name "$cluster"
+all() {
+  trap down EXIT
+  up
+  export KUBECONFIG="$kubeconfig" PATH="$PWD/.cache/bin:$PATH"
+  helm uninstall levee --namespace levee-system --wait
+  local gateway
+  gateway=$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.')
+  cargo build --bin levee
+  LEVEE_E2E_HOST_ADDRESS="$gateway" cargo test -p levee-e2e
+}
 
-echo "e2e-kind: helm install of the chart with $image"
-helm install levee charts/levee --namespace levee-system --create-namespace \
-  --set image.repository=levee --set image.tag=e2e --set image.pullPolicy=Never --wait --timeout 3m
-kubectl -n levee-system rollout status deployment/levee --timeout=120s
-holder=$(kubectl -n levee-system get lease levee -o jsonpath='{.spec.holderIdentity}')
-kubectl -n levee-system get pod "$holder" >/dev/null # the Lease holder is one of the pods
-kubectl wait --for condition=Available apiservice/v1beta1.external.metrics.k8s.io --timeout=120s
-kubectl get --raw /apis/external.metrics.k8s.io/v1beta1 | grep -q levee_pending
-echo "e2e-kind: in-cluster levee is Ready, led by $holder, and serves external.metrics.k8s.io"
-helm uninstall levee --namespace levee-system --wait
-
-gateway=$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.')
-cargo build --bin levee
-LEVEE_E2E_HOST_ADDRESS="$gateway" cargo test -p levee-e2e
+case "${1:-all}" in
+  up | down | all) "${1:-all}" ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
+esac

@@ -60,7 +60,7 @@ go_tools() {
   local name="$1" cgo="$2" tags="$3" ldflags="-s -w $4" dir tmp
   shift 4
   dir="$cache/bin/$name-$(key "$cgo" "$tags" "$ldflags" "$@")"
-  if [[ ! -d "$dir" ]]; then
+  if [[ ! -d "$dir" && -z "$names_only" ]]; then
     tmp="$dir.tmp.$$"
     rm -rf "$tmp"
     log "building $name ($*)"
@@ -92,7 +92,7 @@ kube_bins() {
     flags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit="
   done
   dir="$cache/bin/kubernetes-$(key "$flags" "$(cat "$root/e2e/controlplane/go.mod" "$root/e2e/controlplane/go.sum")")"
-  if [[ ! -d "$dir" ]]; then
+  if [[ ! -d "$dir" && -z "$names_only" ]]; then
     tmp="$dir.tmp.$$"
     rm -rf "$tmp"
     mkdir -p "$tmp/src" "$tmp/bin"
@@ -118,7 +118,7 @@ kube_bins() {
 debian_image() {
   local mirror image tmp
   image="levee-kind/debian:$SUITE-$(key debootstrap minbase "$SUITE")"
-  if ! have_image "$image"; then
+  if [[ -z "$names_only" ]] && ! have_image "$image"; then
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
     # the machine's own Debian mirror
     mirror="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
@@ -126,8 +126,8 @@ debian_image() {
     mirror="${mirror:-http://deb.debian.org/debian}"
     tmp="$(mktemp -d -p "$cache" rootfs.XXXXXX)"
     log "debootstrap $SUITE from $mirror"
-    timed "debootstrap" nice -n 19 debootstrap --variant=minbase "$SUITE" "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
-      { tail -n 20 "$cache/debootstrap.log" >&2; return 1; }
+    timed "debootstrap" sh -c 'nice -n 19 debootstrap --variant=minbase "$@" >"$0" 2>&1' \
+      "$cache/debootstrap.log" "$SUITE" "$tmp" "$mirror" || { tail -n 20 "$cache/debootstrap.log" >&2; return 1; }
     tar -C "$tmp" -c . | docker import - "$image" >/dev/null
     rm -rf "$tmp"
   fi
@@ -158,11 +158,11 @@ base_image() {
     "github.com/containernetworking/plugins/plugins/main/loopback@$CNI_PLUGINS_VERSION" \
     "github.com/containernetworking/plugins/plugins/main/ptp@$CNI_PLUGINS_VERSION" \
     "github.com/containernetworking/plugins/plugins/meta/portmap@$CNI_PLUGINS_VERSION")"
-  kmod="$(kind_module)"
   image="levee-kind/base:$(key "$debian" "$containerd" "$runc" "$crictl" "$cni" "$KIND_VERSION" \
     "$PAUSE_TAG" "$(cat "$here/node/base.Dockerfile" "$here/node/restrict-oom-score-adj.sh" \
     "$here/node/10-restrict-oom-score-adj.conf")")"
-  if ! have_image "$image"; then
+  if [[ -z "$names_only" ]] && ! have_image "$image"; then
+    kmod="$(kind_module)"
     ctx="$(mktemp -d -t levee-kind-base.XXXXXX)"
     cp -r "$kmod/images/base/files" "$ctx/files"
     chmod -R u+w "$ctx/files"
@@ -213,7 +213,7 @@ node_images() {
     sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/build/pause/linux/pause.c"
   dir="$cache/images/$(key "$debian" "$kube" "$coredns" "$lpp" "$PAUSE_TAG" "$(cat "$pause_src")" \
     "$(declare -f node_images image_of static_root)")"
-  if [[ -d "$dir" ]]; then
+  if [[ -d "$dir" || -n "$names_only" ]]; then
     echo "$dir"
     return
   fi
@@ -332,21 +332,35 @@ assemble() {
     "$id" "$image" >/dev/null
 }
 
-build() {
-  local debian kube base images image archive start=$SECONDS
-  mkdir -p "$cache"
+# node_image: the node image's name for these inputs; with names_only set, builds nothing
+node_image() {
+  local debian kube base images
   debian="$(debian_image)"
   kube="$(kube_bins)"
   base="$(base_image "$debian")"
   images="$(node_images "$debian" "$kube")"
-  image="levee-kind/node:$KUBE_VERSION-$(key "$base" "$kube" "$images" "$(cat "$here/node/cni.yaml")" \
+  echo "levee-kind/node:$KUBE_VERSION-$(key "$base" "$kube" "$images" "$(cat "$here/node/cni.yaml")" \
     "$(declare -f assemble)")"
+}
+
+names_only=""
+
+build() {
+  local debian kube base images image archive start=$SECONDS
+  mkdir -p "$cache"
+  # Cached (in Docker or as an archive): nothing else is needed, not even the parts.
+  image="$(names_only=1 node_image)"
   archive="$cache/${image//[:\/]/_}.tar.zst"
   if ! have_image "$image"; then
     if [[ -f "$archive" ]]; then
       log "loading $image from $archive"
       timed "loaded" sh -c "zstd -dc '$archive' | docker load >/dev/null"
     else
+      debian="$(debian_image)"
+      kube="$(kube_bins)"
+      base="$(base_image "$debian")"
+      images="$(node_images "$debian" "$kube")"
+      [[ "$(node_image)" == "$image" ]] # the same inputs, the same name
       log "assembling $image"
       timed "node image assembled" assemble "$image" "$base" "$kube" "$images"
       timed "node image saved to $archive" sh -c "docker save '$image' | nice -n 19 zstd -q -T0 -3 -o '$archive.tmp' && mv '$archive.tmp' '$archive'"

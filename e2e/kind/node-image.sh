@@ -110,6 +110,7 @@ kube_bins() {
       -ldflags='-s -w' -o "$tmp/bin/etcd" go.etcd.io/etcd/server/v3 >&2)
     mv "$tmp/bin" "$dir"
     rm -rf "$tmp"
+    find "$cache/bin" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' ! -path "$dir" -exec rm -rf {} + # older ones
   fi
   echo "$dir"
 }
@@ -271,6 +272,7 @@ ENTRYPOINT [\"/usr/local/bin/local-path-provisioner\"]" "$lpp/local-path-provisi
   docker save "levee-kind/busybox:$SUITE" >"$tmp/busybox.tar"
   docker save "levee-kind/local-path-provisioner:$LOCAL_PATH_VERSION" >"$tmp/local-path-provisioner.tar"
   mv "$tmp" "$dir"
+  find "$cache/images" -mindepth 1 -maxdepth 1 -type d ! -path "$dir" -exec rm -rf {} + # older ones
   log "node's images built: $((SECONDS - start))s"
   echo "$dir"
 }

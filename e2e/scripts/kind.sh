@@ -73,7 +73,8 @@ up() {
   "$kind" create cluster --name "$cluster" --config "$config" --kubeconfig "$kubeconfig" \
     ${node:+--image "$node"} --wait 180s
   export KUBECONFIG="$kubeconfig"
-  log "cluster up after $((SECONDS - start))s"
+  kubectl -n kube-system wait --for=condition=Ready pod -l k8s-app=kube-dns --timeout=120s >/dev/null
+  log "cluster up (node Ready, CoreDNS Ready) after $((SECONDS - start))s"
 
   if [[ -z "${LEVEE_IMAGE:-}" ]]; then
     scripts/static.sh >/dev/null

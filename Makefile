@@ -18,8 +18,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## test: every check and every test (unit, property, real Redis, CLI, end-to-end)
+## test: every check and every test (unit, property, real Redis, CLI, end-to-end on the local
+## control plane, then on kind with levee's image as pods: skipped, loudly, where no Docker answers)
 test: deps lint unit e2e
+	@e2e/scripts/kind.sh suite
 	@echo "make test: all green"
 
 ## unit: the levee crate's tests (unit, property, real Redis, CLI, docs)

@@ -1,0 +1,405 @@
+//! levee as users run it: its own image as two pods in a kind cluster (`e2e/scripts/kind.sh`
+//! installs the chart first), producers that are real containers with a real readiness probe and
+//! the `levee.dev/accepting` gate, workers scaled by the HPA through the aggregator and the real
+//! Service in front of levee's pods. One test in phases, since it drives one cluster-wide install:
+//! a burst holds the producers back (they leave their Service's EndpointSlice) and scales the
+//! workers; the leader pod is deleted and the follower takes over without releasing anyone;
+//! `helm upgrade` keeps the certificate and the circuit; the drain lets everything go; deleting
+//! the policies and `helm uninstall` leave every producer accepting and nothing of levee behind.
+//!
+//! Ignored unless asked for: `e2e/scripts/kind.sh` runs it with `--ignored` against its cluster.
+
+use levee_e2e::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const NS: &str = "smoke";
+const PATIENCE: Duration = Duration::from_secs(120);
+const RELEASE_NS: &str = "levee-system";
+
+/// The test images `kind.sh up` loaded into the node (`.cache/kind/images`: role=image).
+fn images() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(repo_root().join(".cache/kind/images"))
+        .expect(".cache/kind/images: run this through e2e/scripts/kind.sh");
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(role, image)| (role.to_string(), image.to_string()))
+        .collect()
+}
+
+/// Redis, the producer `api` (2 pods), the worker (consuming nothing: the test drains) and the
+/// policy, from e2e/kind/smoke.yaml with the loaded images.
+fn apply_workloads() {
+    let images = images();
+    let text = std::fs::read_to_string(repo_root().join("e2e/kind/smoke.yaml"))
+        .unwrap()
+        .replace("REDIS_IMAGE", &images["redis"])
+        .replace("PRODUCER_IMAGE", &images["producer"])
+        .replace("WORKER_IMAGE", &images["worker"])
+        .replace("{name: RATE, value: \"5\"}", "{name: RATE, value: \"0\"}");
+    kubectl_ok(&["apply", "-f", "-"], Some(&text));
+}
+
+fn redis(args: &[&str]) -> String {
+    let mut all = vec!["-n", NS, "exec", "deploy/redis", "--", "redis-cli"];
+    all.extend(args);
+    kubectl_ok(&all, None)
+}
+
+fn burst() {
+    redis(&[
+        "eval",
+        "for i=1,300 do redis.call('rpush','jobs','x') end return 1",
+        "0",
+    ]);
+}
+
+fn drain() {
+    redis(&["del", "jobs"]);
+}
+
+fn status() -> Value {
+    kubectl_json(&["get", "bpp", "smoke", "-n", NS])["status"].clone()
+}
+
+fn wait_state(state: &str) -> Value {
+    wait_until(&format!("the circuit is {state}"), PATIENCE, || {
+        let status = status();
+        (status["state"] == state).then_some(status)
+    })
+}
+
+/// `(pod, levee.dev/accepting condition)` of the live producer pods.
+fn producers() -> Vec<(String, String)> {
+    let pods = kubectl_json(&["get", "pods", "-n", NS, "-l", "app=api"]);
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
+        .map(|pod| {
+            let accepting = pod["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "levee.dev/accepting"))
+                .and_then(|c| c["status"].as_str())
+                .unwrap_or("-")
+                .to_string();
+            (pod["metadata"]["name"].as_str().unwrap().to_string(), accepting)
+        })
+        .collect()
+}
+
+/// The ready flags of the producers' Service endpoints.
+fn endpoints_ready() -> Vec<bool> {
+    let slices = kubectl_json(&[
+        "get",
+        "endpointslices",
+        "-n",
+        NS,
+        "-l",
+        "kubernetes.io/service-name=api",
+    ]);
+    slices["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|slice| slice["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|endpoint| endpoint["conditions"]["ready"] == true)
+        .collect()
+}
+
+fn wait_producers(accepting: bool) {
+    let want = if accepting { "True" } else { "False" };
+    wait_until(&format!("2 producers accepting={accepting}"), PATIENCE, || {
+        let pods = producers();
+        (pods.len() == 2 && pods.iter().all(|(_, a)| a == want)).then_some(())
+    });
+    wait_until(
+        &format!("the Service's endpoints ready={accepting}"),
+        PATIENCE,
+        || {
+            let ready = endpoints_ready();
+            let expected = if accepting {
+                ready.len() == 2 && ready.iter().all(|r| *r)
+            } else {
+                ready.iter().all(|r| !r)
+            };
+            expected.then_some(())
+        },
+    );
+}
+
+/// Polls `while_running` until it returns, asserting every 200 ms that the producers stay held.
+fn producers_stay_held_while<T>(what: &str, while_running: impl FnOnce() -> T + Send) -> T
+where
+    T: Send,
+{
+    std::thread::scope(|scope| {
+        let running = scope.spawn(while_running);
+        while !running.is_finished() {
+            let pods = producers();
+            assert!(
+                pods.iter().all(|(_, accepting)| accepting == "False"),
+                "a producer was released during {what}: {pods:?}"
+            );
+            assert!(
+                endpoints_ready().iter().all(|ready| !ready),
+                "a producer rejoined its Service during {what}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        running.join().unwrap()
+    })
+}
+
+fn worker_replicas() -> i64 {
+    kubectl_json(&["get", "deployment", "worker", "-n", NS])["spec"]["replicas"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+fn lease_holder_pod() -> String {
+    wait_until("a levee pod holds the Lease", PATIENCE, || {
+        let lease = kubectl_json(&["get", "lease", "levee", "-n", RELEASE_NS]);
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+    })
+}
+
+fn tls_secret_ca() -> String {
+    kubectl_json(&["get", "secret", "levee-tls", "-n", RELEASE_NS])["data"]["ca.crt"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn api_service() -> Value {
+    kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"])
+}
+
+#[test]
+#[ignore = "needs the kind cluster of e2e/scripts/kind.sh, which runs it"]
+fn levee_as_pods_in_kind() {
+    kubectl_ok(
+        &[
+            "wait",
+            "--for",
+            "condition=Available",
+            "apiservice/v1beta1.external.metrics.k8s.io",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    apply_workloads();
+    wait_until("redis is ready", PATIENCE, || {
+        kubectl(
+            &["-n", NS, "exec", "deploy/redis", "--", "redis-cli", "ping"],
+            None,
+        )
+        .status
+        .success()
+        .then_some(())
+    });
+    wait_state("Closed");
+    wait_producers(true);
+
+    // A burst: the circuit opens, the producers leave their Service, the HPA scales the workers
+    // on levee_pending through the aggregator and levee's Service.
+    burst();
+    let opened = wait_state("Open");
+    wait_producers(false);
+    wait_until("the HPA scales the workers up", PATIENCE, || {
+        (worker_replicas() > 1).then_some(())
+    });
+    eprintln!(
+        "kind: Open, producers out of their Service, workers at {}",
+        worker_replicas()
+    );
+
+    // The leader pod deleted: the other replica leads within the lease, nobody is released.
+    let leader = lease_holder_pod();
+    let started = Instant::now();
+    let handover = producers_stay_held_while("the leader handover", || {
+        kubectl_ok(
+            &["delete", "pod", &leader, "-n", RELEASE_NS, "--wait=false"],
+            None,
+        );
+        wait_until("another pod holds the Lease", PATIENCE, || {
+            let holder = lease_holder_pod();
+            (holder != leader).then_some(holder)
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        started.elapsed()
+    });
+    eprintln!(
+        "figure: leader pod deleted -> the other replica leads after {handover:?} (measured with 3 s of watching after)"
+    );
+    assert!(
+        handover < Duration::from_secs(15 + 3),
+        "handover within the 15 s lease"
+    );
+
+    // helm upgrade: the certificate and the circuit survive; producers are not flapped.
+    let ca = tls_secret_ca();
+    let ca_bundle = api_service()["spec"]["caBundle"].clone();
+    producers_stay_held_while("helm upgrade", || {
+        let output = helm(&[
+            "upgrade",
+            "levee",
+            "charts/levee",
+            "-n",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            "statusHeartbeat=20s",
+            "--wait",
+            "--timeout",
+            "3m",
+        ]);
+        assert!(
+            output.status.success(),
+            "helm upgrade: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        kubectl_ok(
+            &[
+                "-n",
+                RELEASE_NS,
+                "rollout",
+                "status",
+                "deployment/levee",
+                "--timeout=180s",
+            ],
+            None,
+        );
+    });
+    assert_eq!(tls_secret_ca(), ca, "helm upgrade keeps the CA");
+    assert_eq!(
+        api_service()["spec"]["caBundle"],
+        ca_bundle,
+        "and the APIService's caBundle"
+    );
+    kubectl_ok(
+        &[
+            "wait",
+            "--for",
+            "condition=Available",
+            "apiservice/v1beta1.external.metrics.k8s.io",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    let after = status();
+    assert_eq!(after["state"], "Open");
+    assert_eq!(
+        after["openedSince"], opened["openedSince"],
+        "the circuit resumed, not reopened"
+    );
+    assert_eq!(
+        after["transitions"], opened["transitions"],
+        "no transition across the upgrade"
+    );
+
+    // The drain: everything comes back, the workers scale down.
+    drain();
+    wait_state("Closed");
+    wait_producers(true);
+    wait_until("the HPA scales the workers down", PATIENCE, || {
+        (worker_replicas() == 1).then_some(())
+    });
+
+    // Deleting the policies while Open, then helm uninstall: every producer accepting, nothing
+    // of levee left.
+    burst();
+    wait_state("Open");
+    wait_producers(false);
+    kubectl_ok(
+        &[
+            "delete",
+            "bpp",
+            "--all",
+            "-n",
+            NS,
+            "--wait=true",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    wait_producers(true);
+    let output = helm(&[
+        "uninstall",
+        "levee",
+        "-n",
+        RELEASE_NS,
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
+    assert!(
+        output.status.success(),
+        "helm uninstall: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let labelled = kubectl_json(&["get", "pods", "-n", NS, "-l", "levee.dev/policy"]);
+    assert_eq!(
+        labelled["items"],
+        serde_json::json!([]),
+        "no producer keeps levee's label"
+    );
+    let left = kubectl_ok(
+        &[
+            "get",
+            "all,lease,secret,configmap,serviceaccount,role,rolebinding,networkpolicy,poddisruptionbudget",
+            "-n",
+            RELEASE_NS,
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    let left: Vec<&str> = left
+        .lines()
+        .filter(|name| !name.ends_with("/kube-root-ca.crt") && !name.ends_with("/default"))
+        .collect();
+    assert!(left.is_empty(), "left in {RELEASE_NS}: {left:?}");
+    let cluster_wide = kubectl_ok(
+        &[
+            "get",
+            "apiservice,clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding",
+            "-l",
+            "app.kubernetes.io/instance=levee",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert_eq!(
+        cluster_wide.trim(),
+        "",
+        "cluster-wide objects left: {cluster_wide}"
+    );
+    let in_kube_system = kubectl_ok(
+        &[
+            "get",
+            "rolebinding",
+            "-n",
+            "kube-system",
+            "-l",
+            "app.kubernetes.io/instance=levee",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert_eq!(in_kube_system.trim(), "", "left in kube-system: {in_kube_system}");
+    assert!(
+        !kubectl(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"], None)
+            .status
+            .success(),
+        "the APIService is gone"
+    );
+    wait_producers(true);
+}

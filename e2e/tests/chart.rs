@@ -613,7 +613,7 @@ fn with_watch_namespace_levee_gets_a_role_in_that_namespace_and_nothing_cluster_
         verbs_of(role, resource);
     }
     // Secrets are listed by name and opt-in label; the Lease is watched by the followers.
-    assert_eq!(verbs_of(role, "secrets"), ["get", "list"]);
+    assert_eq!(verbs_of(role, "secrets"), ["get", "list", "watch"]);
     let election = named(&cluster, "Role", "levee-leader-election").unwrap();
     assert_eq!(election["metadata"]["namespace"], LEVEE_NAMESPACE);
     let mut lease = verbs_of(election, "leases");

@@ -318,3 +318,82 @@ fn the_managed_hpa_deleted_or_edited_by_hand_is_put_back() {
         (max_replicas()? == "7").then_some(())
     });
 }
+
+fn redis_secret(namespace: &str, user: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: redis-auth, namespace: {namespace}, labels: {{levee.dev/redis-secret: 'true'}}}}
+stringData: {{username: {user}, password: pw-{user}}}
+"
+    )
+}
+
+#[test]
+fn a_rotated_secret_is_used_before_anything_fails() {
+    let fixture = Fixture::create();
+    for user in ["old", "new"] {
+        fixture.redis.cli(&[
+            "ACL",
+            "SETUSER",
+            user,
+            "on",
+            &format!(">pw-{user}"),
+            "~*",
+            "+@all",
+        ]);
+    }
+    kubectl_ok(&["apply", "-f", "-"], Some(&redis_secret(fixture.ns(), "old")));
+    let levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    let policy = format!(
+        "apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {{name: rotating, namespace: {ns}}}
+spec:
+  redis:
+    url: '{url}'
+    timeout: 300ms
+    credentialsSecretRef: {{name: redis-auth, usernameKey: username, passwordKey: password}}
+  queues: [{{name: q, type: list, key: q}}]
+  sampleInterval: 200ms
+  thresholds: {{warning: 20, critical: 50, recovery: 5}}
+  targets: [{{kind: Deployment, name: api}}]
+",
+        ns = fixture.ns(),
+        url = fixture.redis.url()
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&policy));
+    let connected_as = |user: &str| {
+        fixture
+            .redis
+            .cli(&["CLIENT", "LIST"])
+            .contains(&format!("user={user} "))
+    };
+    wait_until("levee samples as user old", PATIENCE, || {
+        connected_as("old").then_some(())
+    });
+    wait_until("Ready", PATIENCE, || {
+        (fixture.condition("rotating", "Ready")["status"] == "True").then_some(())
+    });
+
+    let series = format!(
+        "levee_sample_failures_total{{namespace=\"{}\",policy=\"rotating\"}}",
+        fixture.ns()
+    );
+    let failures_before = levee.metric(&series);
+    kubectl_ok(&["apply", "-f", "-"], Some(&redis_secret(fixture.ns(), "new")));
+    let started = Instant::now();
+    wait_until("levee samples as user new", PATIENCE, || {
+        connected_as("new").then_some(())
+    });
+    eprintln!(
+        "figure: Secret rotated -> levee samples with it after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        levee.metric(&series),
+        failures_before,
+        "no sample failed on the way"
+    );
+    assert_eq!(fixture.condition("rotating", "RedisReachable")["status"], "True");
+}

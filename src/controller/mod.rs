@@ -29,7 +29,7 @@ use crate::telemetry::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -109,6 +109,8 @@ pub struct Stores {
     pub daemon_sets: Store<DaemonSet>,
     /// The HPAs levee manages (labelled `app.kubernetes.io/managed-by: levee`).
     pub autoscalers: Store<HorizontalPodAutoscaler>,
+    /// The Secrets that let levee read them (labelled `levee.dev/redis-secret: "true"`); no other.
+    pub secrets: Store<Secret>,
 }
 
 /// What every reconcile and every policy task shares.
@@ -169,6 +171,7 @@ pub async fn run(
         context.stores.stateful_sets.wait_until_ready().await,
         context.stores.daemon_sets.wait_until_ready().await,
         context.stores.autoscalers.wait_until_ready().await,
+        context.stores.secrets.wait_until_ready().await,
     ] {
         ready.expect("reflectors run until shutdown");
     }
@@ -252,6 +255,7 @@ fn start_reflectors(
     let (stateful_sets, stateful_set_writer) = reflector::store::<StatefulSet>();
     let (daemon_sets, daemon_set_writer) = reflector::store::<DaemonSet>();
     let (autoscalers, autoscaler_writer) = reflector::store::<HorizontalPodAutoscaler>();
+    let (secrets, secret_writer) = reflector::store::<Secret>();
     let all_of = watcher::Config::default;
     let pod_stream = reflect(pod_writer, settings.api::<Pod>(client.clone()), all_of());
     let deployment_stream = reflect(
@@ -272,16 +276,19 @@ fn start_reflectors(
     let managed = all_of().labels("app.kubernetes.io/managed-by=levee");
     let autoscaler_stream = reflect(
         autoscaler_writer,
-        settings.api::<HorizontalPodAutoscaler>(client),
+        settings.api::<HorizontalPodAutoscaler>(client.clone()),
         managed,
     );
+    let opted_in = all_of().labels(&format!("{}=true", secrets::LABEL_SECRET_CONSENT));
+    let secret_stream = reflect(secret_writer, settings.api::<Secret>(client), opted_in);
     let all = async move {
         futures::join!(
             pod_stream,
             deployment_stream,
             stateful_set_stream,
             daemon_set_stream,
-            autoscaler_stream
+            autoscaler_stream,
+            secret_stream
         );
     };
     (
@@ -291,6 +298,7 @@ fn start_reflectors(
             stateful_sets,
             daemon_sets,
             autoscalers,
+            secrets,
         },
         all,
     )

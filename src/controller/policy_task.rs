@@ -9,7 +9,7 @@ use super::actuator::{self, Outcome};
 use super::autoscaler;
 use super::backoff::Backoff;
 use super::marks::ANNOTATION_RESET;
-use super::secrets::{EndpointProblem, resolve_endpoint};
+use super::secrets::{self, EndpointProblem, resolve_endpoint};
 use super::status_writer::{TickReport, next_status, worth_writing, write};
 use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
 use crate::circuit::{Circuit, CircuitRules, Decision, Level, Observation, State};
@@ -80,6 +80,8 @@ struct PolicyState {
     secret_backoff: Backoff,
     /// The endpoint problem last reported with an event, so each is reported once.
     reported_problem: Option<&'static str>,
+    /// The versions of the Secrets the endpoint was built from (a change rebuilds it).
+    secret_versions: Vec<Option<String>>,
     written: BackpressurePolicyStatus,
     last_write: Option<Instant>,
     /// Failed writes of the last pass over the targets, reported in the next status.
@@ -98,6 +100,7 @@ impl PolicyState {
             endpoint_suspect: false,
             secret_backoff: Backoff::default(),
             reported_problem: None,
+            secret_versions: Vec::new(),
             written: status,
             last_write: None,
             target_errors: Vec::new(),
@@ -123,15 +126,23 @@ impl PolicyState {
     /// the backoff allows another read.
     async fn refresh_endpoint(&mut self, context: &Context) {
         let now = Instant::now();
-        let due = match &self.endpoint {
-            None => true,
-            Some(Err(_)) => self.secret_backoff.ready(now),
-            Some(Ok(_)) => self.endpoint_suspect && self.secret_backoff.ready(now),
-        };
+        let versions = secrets::versions(&context.stores.secrets, &self.policy);
+        // A Secret created, labelled, rotated or deleted: rebuild at once.
+        let rotated = versions != self.secret_versions;
+        let due = rotated
+            || match &self.endpoint {
+                None => true,
+                Some(Err(_)) => self.secret_backoff.ready(now),
+                Some(Ok(_)) => self.endpoint_suspect && self.secret_backoff.ready(now),
+            };
         if !due {
             return;
         }
-        let resolved = resolve_endpoint(&context.client, &self.policy).await;
+        if rotated {
+            self.secret_backoff.succeeded();
+            self.secret_versions = versions;
+        }
+        let resolved = resolve_endpoint(&context.client, &context.stores.secrets, &self.policy).await;
         if resolved.is_err() || self.endpoint_suspect {
             self.secret_backoff.failed(now);
         }

@@ -2,15 +2,18 @@
 //! Each failure says which Secret or key is missing and which field names it.
 //!
 //! Secrets by consent: levee reads a Secret only when it carries the label
-//! `levee.dev/redis-secret: "true"`. The label is part of the read itself (a list by name and
-//! label), so the value of any other Secret never reaches levee, and someone who may only edit
-//! policies cannot make levee send an arbitrary Secret to a host of their choosing.
+//! `levee.dev/redis-secret: "true"`. The label is part of the watch itself (only labelled
+//! Secrets are watched, into the `secrets` store), so the value of any other Secret never reaches
+//! levee, and someone who may only edit policies cannot make levee send an arbitrary Secret to a
+//! host of their choosing. Being watched, a rotated Secret is seen at once: `versions` tells the
+//! policy task to rebuild its endpoint, with no failure needed and no read per tick.
 
 use crate::api::BackpressurePolicy;
 use crate::sampler::{Credentials, Endpoint};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::ListParams;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
+use std::sync::Arc;
 
 /// The label a Secret carries to let levee read it.
 pub const LABEL_SECRET_CONSENT: &str = "levee.dev/redis-secret";
@@ -23,18 +26,48 @@ pub struct EndpointProblem {
     pub message: String,
 }
 
-/// The endpoint of `policy`, reading the Secrets it references.
+/// The names of the Secrets `policy` references.
+fn referenced(policy: &BackpressurePolicy) -> Vec<&str> {
+    let redis = &policy.spec.redis;
+    let credentials = redis.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
+    let ca = redis
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.ca_secret_ref.as_ref())
+        .map(|r| r.name.as_str());
+    credentials.into_iter().chain(ca).collect()
+}
+
+/// The resource versions of the (opted-in) Secrets `policy` references, as the store holds them:
+/// when they change, the endpoint is rebuilt.
+pub fn versions(store: &Store<Secret>, policy: &BackpressurePolicy) -> Vec<Option<String>> {
+    let namespace = policy.namespace().unwrap_or_default();
+    referenced(policy)
+        .into_iter()
+        .map(|name| {
+            store
+                .get(&ObjectRef::new(name).within(&namespace))
+                .and_then(|secret| secret.resource_version())
+        })
+        .collect()
+}
+
+/// The endpoint of `policy`, from the opted-in Secrets it references.
 pub async fn resolve_endpoint(
     client: &Client,
+    store: &Store<Secret>,
     policy: &BackpressurePolicy,
 ) -> Result<Endpoint, EndpointProblem> {
     let namespace = policy.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secrets = Watched {
+        store,
+        api: Api::namespaced(client.clone(), &namespace),
+    };
     let redis = &policy.spec.redis;
     let mut credentials = Credentials::default();
     if let Some(reference) = &redis.credentials_secret_ref {
         let field = "spec.redis.credentialsSecretRef";
-        let secret = read_secret(&secrets, &namespace, &reference.name, field).await?;
+        let secret = secrets.read(&namespace, &reference.name, field).await?;
         credentials.password = Some(text_key(&secret, &namespace, &reference.password_key, field)?);
         if let Some(username_key) = &reference.username_key {
             credentials.username = Some(text_key(&secret, &namespace, username_key, field)?);
@@ -43,7 +76,7 @@ pub async fn resolve_endpoint(
     let mut ca_pem = None;
     if let Some(reference) = redis.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()) {
         let field = "spec.redis.tls.caSecretRef";
-        let secret = read_secret(&secrets, &namespace, &reference.name, field).await?;
+        let secret = secrets.read(&namespace, &reference.name, field).await?;
         ca_pem = Some(text_key(&secret, &namespace, &reference.key, field)?.into_bytes());
     }
     Endpoint::from_spec(redis, None, credentials, ca_pem).map_err(|error| EndpointProblem {
@@ -52,35 +85,38 @@ pub async fn resolve_endpoint(
     })
 }
 
-async fn read_secret(
-    api: &Api<Secret>,
-    namespace: &str,
-    name: &str,
-    field: &str,
-) -> Result<Secret, EndpointProblem> {
-    let unreadable = |error: kube::Error| EndpointProblem {
-        reason: "SecretUnreadable",
-        message: format!("reading Secret {namespace}/{name} ({field}) failed: {error}"),
-    };
-    let consenting = ListParams::default()
-        .fields(&format!("metadata.name={name}"))
-        .labels(&format!("{LABEL_SECRET_CONSENT}=true"));
-    let found = api.list(&consenting).await.map_err(unreadable)?;
-    if let Some(secret) = found.items.into_iter().next() {
-        return Ok(secret);
-    }
-    // Only the metadata, to say which of the two it is.
-    match api.get_metadata_opt(name).await.map_err(unreadable)? {
-        Some(_) => Err(EndpointProblem {
-            reason: "SecretNotOptedIn",
-            message: format!(
-                "Secret {namespace}/{name} ({field}) does not let levee read it: levee reads only Secrets labelled {LABEL_SECRET_CONSENT}=true; label it (kubectl label secret {name} -n {namespace} {LABEL_SECRET_CONSENT}=true) or fix {field}.name"
-            ),
-        }),
-        None => Err(EndpointProblem {
-            reason: "SecretNotFound",
-            message: format!("Secret {namespace}/{name} not found: create it or fix {field}.name"),
-        }),
+/// The opted-in Secrets, and the API to tell a missing Secret from one that did not opt in.
+struct Watched<'a> {
+    store: &'a Store<Secret>,
+    api: Api<Secret>,
+}
+
+impl Watched<'_> {
+    async fn read(&self, namespace: &str, name: &str, field: &str) -> Result<Arc<Secret>, EndpointProblem> {
+        if let Some(secret) = self.store.get(&ObjectRef::new(name).within(namespace)) {
+            return Ok(secret);
+        }
+        // Only the metadata, to say which of the two it is.
+        let found = self
+            .api
+            .get_metadata_opt(name)
+            .await
+            .map_err(|error| EndpointProblem {
+                reason: "SecretUnreadable",
+                message: format!("reading Secret {namespace}/{name} ({field}) failed: {error}"),
+            })?;
+        match found {
+            Some(_) => Err(EndpointProblem {
+                reason: "SecretNotOptedIn",
+                message: format!(
+                    "Secret {namespace}/{name} ({field}) does not let levee read it: levee reads only Secrets labelled {LABEL_SECRET_CONSENT}=true; label it (kubectl label secret {name} -n {namespace} {LABEL_SECRET_CONSENT}=true) or fix {field}.name"
+                ),
+            }),
+            None => Err(EndpointProblem {
+                reason: "SecretNotFound",
+                message: format!("Secret {namespace}/{name} not found: create it or fix {field}.name"),
+            }),
+        }
     }
 }
 

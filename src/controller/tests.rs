@@ -67,6 +67,7 @@ fn stores(deployments: Vec<Deployment>, pods: Vec<Pod>) -> Stores {
         stateful_sets: reflector::store().0,
         daemon_sets: reflector::store().0,
         autoscalers: reflector::store().0,
+        secrets: reflector::store().0,
     }
 }
 

@@ -260,6 +260,21 @@ impl Levee {
         Self::start_with_api_port(namespace, extra, redis::free_port())
     }
 
+    /// Two replicas electing a leader on the Lease `lease` (with `lease_flags`, e.g. a duration):
+    /// `first`, started and holding the Lease, then `second`.
+    pub fn leader_and_follower(namespace: &str, lease: &str, lease_flags: &[&str]) -> (Self, Self) {
+        let replica = |identity: &str| {
+            let mut args = vec!["--leader-election-name", lease, "--identity", identity];
+            args.extend(lease_flags);
+            Self::start(namespace, &args)
+        };
+        let first = replica("first");
+        wait_until("first holds the lease", Duration::from_secs(30), || {
+            (lease_holder(lease).as_deref() == Some("first")).then_some(())
+        });
+        (first, replica("second"))
+    }
+
     /// Like `start`, its metrics API listening on 127.0.0.1:`api_port`.
     pub fn start_with_api_port(namespace: &str, extra: &[&str], api_port: u16) -> Self {
         let metrics_port = redis::free_port();

@@ -212,24 +212,7 @@ fn nothing_is_written_while_nothing_changes() {
 fn only_the_leader_writes_and_a_follower_takes_over() {
     let fixture = Fixture::create();
     let lease = format!("levee-{}", fixture.ns());
-    let flags = |identity: &'static str| -> Vec<String> {
-        vec![
-            "--leader-election-name".into(),
-            lease.clone(),
-            "--lease-duration=4s".into(),
-            "--identity".into(),
-            identity.into(),
-        ]
-    };
-    let first_flags = flags("first");
-    let first_args: Vec<&str> = first_flags.iter().map(String::as_str).collect();
-    let mut first = Levee::start(fixture.ns(), &first_args);
-    wait_until("first holds the lease", PATIENCE, || {
-        (lease_holder(&lease).as_deref() == Some("first")).then_some(())
-    });
-    let second_flags = flags("second");
-    let second_args: Vec<&str> = second_flags.iter().map(String::as_str).collect();
-    let second = Levee::start(fixture.ns(), &second_args);
+    let (mut first, second) = Levee::leader_and_follower(fixture.ns(), &lease, &["--lease-duration=4s"]);
     fixture.apply_policy("led", "");
     fixture.burst();
     fixture.wait_state("led", "Open");

@@ -176,13 +176,7 @@ fn tls_secret_ca() -> String {
         .to_string()
 }
 
-fn api_service() -> Value {
-    kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"])
-}
-
-#[test]
-#[ignore = "needs the kind cluster of e2e/scripts/kind.sh, which runs it"]
-fn levee_as_pods_in_kind() {
+fn wait_api_service_available() {
     kubectl_ok(
         &[
             "wait",
@@ -193,6 +187,16 @@ fn levee_as_pods_in_kind() {
         ],
         None,
     );
+}
+
+fn api_service() -> Value {
+    kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"])
+}
+
+#[test]
+#[ignore = "needs the kind cluster of e2e/scripts/kind.sh, which runs it"]
+fn levee_as_pods_in_kind() {
+    wait_api_service_available();
     apply_workloads();
     wait_until("redis is ready", PATIENCE, || {
         kubectl(
@@ -282,16 +286,7 @@ fn levee_as_pods_in_kind() {
         ca_bundle,
         "and the APIService's caBundle"
     );
-    kubectl_ok(
-        &[
-            "wait",
-            "--for",
-            "condition=Available",
-            "apiservice/v1beta1.external.metrics.k8s.io",
-            "--timeout=120s",
-        ],
-        None,
-    );
+    wait_api_service_available();
     let after = status();
     assert_eq!(after["state"], "Open");
     assert_eq!(

@@ -149,28 +149,8 @@ fn producers_are_never_held_on_a_decision_status_lacks() {
 fn a_follower_takes_over_a_released_lease_within_seconds() {
     let fixture = Fixture::create();
     let lease = format!("levee-release-{}", fixture.ns());
-    let flags = |identity: &str| -> Vec<String> {
-        // The default lease of 15 s: a follower waiting for expiry would take that long.
-        vec![
-            "--leader-election-name".into(),
-            lease.clone(),
-            "--identity".into(),
-            identity.into(),
-        ]
-    };
-    let first_flags = flags("first");
-    let mut first = Levee::start(
-        fixture.ns(),
-        &first_flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    wait_until("first holds the lease", PATIENCE, || {
-        (lease_holder(&lease).as_deref() == Some("first")).then_some(())
-    });
-    let second_flags = flags("second");
-    let second = Levee::start(
-        fixture.ns(),
-        &second_flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    // The default lease of 15 s: a follower waiting for expiry would take that long.
+    let (mut first, second) = Levee::leader_and_follower(fixture.ns(), &lease, &[]);
     fixture.apply_policy("handed-over", "");
     fixture.burst();
     fixture.wait_state("handed-over", "Open");
@@ -200,28 +180,7 @@ fn a_follower_takes_over_a_released_lease_within_seconds() {
 fn a_leader_that_cannot_renew_steps_down_before_a_follower_takes_over() {
     let fixture = Fixture::create();
     let lease = format!("levee-stuck-{}", fixture.ns());
-    let flags = |identity: &str| -> Vec<String> {
-        vec![
-            "--leader-election-name".into(),
-            lease.clone(),
-            "--lease-duration=6s".into(),
-            "--identity".into(),
-            identity.into(),
-        ]
-    };
-    let first_flags = flags("first");
-    let first = Levee::start(
-        fixture.ns(),
-        &first_flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    wait_until("first holds the lease", PATIENCE, || {
-        (lease_holder(&lease).as_deref() == Some("first")).then_some(())
-    });
-    let second_flags = flags("second");
-    let _second = Levee::start(
-        fixture.ns(),
-        &second_flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let (first, _second) = Levee::leader_and_follower(fixture.ns(), &lease, &["--lease-duration=6s"]);
     // Renewals by "first" are refused, as if it could no longer reach the API server.
     let _refused = AdmissionRefusal::install(
         &format!("refuse-renewals-{lease}"),

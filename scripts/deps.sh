@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything `make test` and `make demo` need on a fresh machine, and nothing twice:
-# redis-server/redis-cli/redis-benchmark and openssl (apt), the real queue libraries the sampler
+# redis-server/redis-cli/redis-benchmark, openssl, iproute2 and iptables (the chaos tests' network
+# namespaces), curl (apt), the real queue libraries the sampler
 # tests write data with (BullMQ from npm, Celery and RQ from PyPI, into .cache/venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,8 @@ as_root() {
 }
 
 missing=()
-for tool in redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools openssl:openssl; do
+for tool in redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools openssl:openssl \
+  ip:iproute2 iptables:iptables curl:curl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

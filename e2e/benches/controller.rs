@@ -111,6 +111,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(60));
     let after = writes_by_kind(&levee);
     let minutes = started.elapsed().as_secs_f64() / 60.0;
+    let rss = levee.rss_kib().unwrap_or_default();
     println!(
         "### Steady state: {} policies (plus one of {PODS} pods), 1 s sample interval, 30 s status heartbeat\n",
         POLICIES
@@ -126,6 +127,12 @@ fn main() {
         "| measured over {:.0} s | {} |\n",
         started.elapsed().as_secs_f64(),
         cells.join(" | ")
+    );
+    println!(
+        "levee's resident memory at steady state: {:.1} MiB ({} pods and {} Deployments cached)\n",
+        rss as f64 / 1024.0,
+        POLICIES + PODS,
+        POLICIES + 1
     );
 
     let mut reactions = Vec::new();

@@ -375,6 +375,18 @@ impl Levee {
             .sum()
     }
 
+    /// Its resident memory (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// Stops it like Kubernetes does (SIGTERM) and waits.
     pub fn stop(&mut self) {
         let _ = Command::new("kill").arg(self.child.id().to_string()).status();

@@ -20,6 +20,7 @@ pub mod marks;
 mod policy_task;
 mod secrets;
 mod status_writer;
+mod trim;
 mod watch_problem;
 
 use crate::api::BackpressurePolicy;
@@ -235,12 +236,13 @@ fn reflect<K>(
     writer: reflector::store::Writer<K>,
     api: Api<K>,
     config: watcher::Config,
+    trim: fn(&mut K),
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    reflector::reflector(writer, watcher(api, config.any_semantic()))
+    reflector::reflector(writer, watcher(api, config.any_semantic()).modify(trim))
         .default_backoff()
         .applied_objects()
         .for_each(|_| futures::future::ready(()))
@@ -257,30 +259,34 @@ fn start_reflectors(
     let (autoscalers, autoscaler_writer) = reflector::store::<HorizontalPodAutoscaler>();
     let (secrets, secret_writer) = reflector::store::<Secret>();
     let all_of = watcher::Config::default;
-    let pod_stream = reflect(pod_writer, settings.api::<Pod>(client.clone()), all_of());
+    let pod_stream = reflect(pod_writer, settings.api(client.clone()), all_of(), trim::pod);
     let deployment_stream = reflect(
         deployment_writer,
-        settings.api::<Deployment>(client.clone()),
+        settings.api(client.clone()),
         all_of(),
+        trim::deployment,
     );
     let stateful_set_stream = reflect(
         stateful_set_writer,
-        settings.api::<StatefulSet>(client.clone()),
+        settings.api(client.clone()),
         all_of(),
+        trim::stateful_set,
     );
     let daemon_set_stream = reflect(
         daemon_set_writer,
-        settings.api::<DaemonSet>(client.clone()),
+        settings.api(client.clone()),
         all_of(),
+        trim::daemon_set,
     );
     let managed = all_of().labels("app.kubernetes.io/managed-by=levee");
     let autoscaler_stream = reflect(
         autoscaler_writer,
-        settings.api::<HorizontalPodAutoscaler>(client.clone()),
+        settings.api(client.clone()),
         managed,
+        trim::autoscaler,
     );
     let opted_in = all_of().labels(&format!("{}=true", secrets::LABEL_SECRET_CONSENT));
-    let secret_stream = reflect(secret_writer, settings.api::<Secret>(client), opted_in);
+    let secret_stream = reflect(secret_writer, settings.api(client), opted_in, trim::secret);
     let all = async move {
         futures::join!(
             pod_stream,

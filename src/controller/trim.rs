@@ -1,0 +1,120 @@
+//! What the in-memory stores keep of each object: only what the actuator and the autoscaler read.
+//! A pod as the API server sends it is mostly its spec, status and managed fields, a workload
+//! mostly its pod template and `last-applied-configuration`; dropping those before they reach a
+//! store is most of levee's memory at scale.
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec,
+};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The annotations levee reads all start with this.
+const LEVEE_ANNOTATIONS: &str = "levee.dev/";
+
+/// Keeps what identifies the object, its labels and levee's own annotations.
+fn metadata(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|key, _| key.starts_with(LEVEE_ANNOTATIONS));
+    }
+}
+
+/// A pod: its metadata and its conditions.
+pub fn pod(pod: &mut Pod) {
+    metadata(&mut pod.metadata);
+    pod.spec = None;
+    let conditions = pod.status.take().and_then(|status| status.conditions);
+    pod.status = Some(PodStatus {
+        conditions,
+        ..PodStatus::default()
+    });
+}
+
+/// A Deployment: its metadata and selector.
+pub fn deployment(deployment: &mut Deployment) {
+    metadata(&mut deployment.metadata);
+    deployment.status = None;
+    deployment.spec = deployment.spec.take().map(|spec| DeploymentSpec {
+        selector: spec.selector,
+        ..DeploymentSpec::default()
+    });
+}
+
+/// A StatefulSet: its metadata and selector.
+pub fn stateful_set(set: &mut StatefulSet) {
+    metadata(&mut set.metadata);
+    set.status = None;
+    set.spec = set.spec.take().map(|spec| StatefulSetSpec {
+        selector: spec.selector,
+        ..StatefulSetSpec::default()
+    });
+}
+
+/// A DaemonSet: its metadata and selector.
+pub fn daemon_set(set: &mut DaemonSet) {
+    metadata(&mut set.metadata);
+    set.status = None;
+    set.spec = set.spec.take().map(|spec| DaemonSetSpec {
+        selector: spec.selector,
+        ..DaemonSetSpec::default()
+    });
+}
+
+/// A managed HPA: its metadata (owner) and spec, compared with the policy's.
+pub fn autoscaler(hpa: &mut HorizontalPodAutoscaler) {
+    hpa.metadata.managed_fields = None;
+    hpa.status = None;
+}
+
+/// An opted-in Secret: its data.
+pub fn secret(secret: &mut Secret) {
+    secret.metadata.managed_fields = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_pod_keeps_what_the_actuator_reads_and_little_else() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": "api-1", "namespace": "jobs", "labels": {"app": "api", "levee.dev/policy": "p"},
+                "annotations": {"levee.dev/accepting": "false", "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4000)},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+                "deletionTimestamp": "2026-11-28T00:00:00Z"
+            },
+            "spec": {"containers": [{"name": "api", "image": "api:1", "env": [{"name": "A", "value": "x".repeat(4000)}]}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                       "conditions": [{"type": "levee.dev/accepting", "status": "False", "reason": "CircuitOpen"}]}
+        }))
+        .unwrap();
+        let before = serde_json::to_vec(&pod).unwrap().len();
+        super::pod(&mut pod);
+        let after = serde_json::to_vec(&pod).unwrap().len();
+        assert!(after * 10 < before, "{before} -> {after} bytes");
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["levee.dev/policy"], "p");
+        assert_eq!(pod.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert!(pod.metadata.deletion_timestamp.is_some());
+        let conditions = pod.status.unwrap().conditions.unwrap();
+        assert_eq!(conditions[0].reason.as_deref(), Some("CircuitOpen"));
+    }
+
+    #[test]
+    fn a_deployment_keeps_its_selector() {
+        let mut deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "api", "annotations": {"levee.dev/accepting": "true", "other": "x"}},
+            "spec": {"selector": {"matchLabels": {"app": "api"}},
+                     "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "api"}]}}}
+        }))
+        .unwrap();
+        super::deployment(&mut deployment);
+        let spec = deployment.spec.unwrap();
+        assert_eq!(spec.selector.match_labels.unwrap()["app"], "api");
+        assert!(spec.template.spec.is_none());
+        assert_eq!(deployment.metadata.annotations.unwrap().len(), 1);
+    }
+}

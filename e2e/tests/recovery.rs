@@ -356,3 +356,54 @@ spec:
     );
     assert_eq!(fixture.condition("rotating", "RedisReachable")["status"], "True");
 }
+
+#[test]
+fn a_decision_saved_but_not_yet_acted_on_is_finished_by_the_next_leader() {
+    let fixture = Fixture::create();
+    let lease = format!("levee-midway-{}", fixture.ns());
+    let (mut first, _second) = Levee::leader_and_follower(fixture.ns(), &lease, &["--lease-duration=4s"]);
+    fixture.apply_policy("midway", "");
+    fixture.wait_state("midway", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+
+    // levee may save its decision but not touch the pods: it is killed between the two.
+    let refusal = AdmissionRefusal::install(
+        &format!("refuse-pod-writes-{}", fixture.ns()),
+        serde_json::json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": fixture.ns()}},
+            "resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": ["pods", "pods/status"],
+            }],
+        }),
+        &format!("request.userInfo.username != 'system:serviceaccount:{LEVEE_NAMESPACE}:levee'"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    fixture.burst();
+    let saved = fixture.wait_state("midway", "Open");
+    std::thread::sleep(Duration::from_secs(1));
+    let pods = fixture.api_pods();
+    assert!(
+        pods.iter().all(|(_, condition, _, _)| condition == "True"),
+        "the pods could not be written yet: {pods:?}"
+    );
+    first.kill();
+    drop(refusal);
+    let killed = Instant::now();
+    fixture.wait_pods_accepting(false, 2);
+    let finished = killed.elapsed();
+    eprintln!(
+        "figure: leader SIGKILLed between saving Open and holding the pods -> the next leader held them after {finished:?} (4 s lease)"
+    );
+    assert!(
+        finished <= Duration::from_secs(4 + 4),
+        "within the lease and a tick or two: {finished:?}"
+    );
+    let status = fixture.status("midway");
+    assert_eq!(
+        status["transitions"], saved["transitions"],
+        "resumed from status, not decided again"
+    );
+    assert_eq!(status["openedSince"], saved["openedSince"]);
+    assert_eq!(fixture.events("CircuitOpened").len(), 1, "opened once");
+}

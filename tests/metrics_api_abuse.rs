@@ -1,6 +1,8 @@
 //! The metrics API under abuse, on loopback and bounded in count and time: connections that never
 //! handshake, never send a request, stay idle after one, or send oversized headers are closed by
-//! the server's limits, and a real request is still answered meanwhile.
+//! the server's limits, and a real request is still answered meanwhile; a client certificate from
+//! another CA, one whose CN is not allowed, forged identity headers without a certificate and a
+//! caller RBAC does not allow are each refused with the right status.
 
 mod support;
 
@@ -30,19 +32,46 @@ struct Server {
     tls: support::TlsFiles,
 }
 
+/// A Kubernetes client whose API server answers every SubjectAccessReview "not allowed".
+fn denying_client() -> kube::Client {
+    let service = tower::service_fn(|_request: http::Request<kube::client::Body>| async {
+        let body = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {}, "status": {"allowed": false}
+        });
+        Ok::<_, std::convert::Infallible>(http::Response::new(kube::client::Body::from(
+            serde_json::to_vec(&body).unwrap(),
+        )))
+    });
+    kube::Client::new(service, "default")
+}
+
 async fn start() -> Server {
     let tls = support::TlsFiles::generate();
     let cert = Arc::new(
         ServingCert::from_files(tls.path("server.crt").into(), tls.path("server.key").into()).unwrap(),
     );
-    // No request here reaches Kubernetes: /healthz needs no authorization.
-    let (service, _server) =
-        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
-    let client = kube::Client::new(service, "default");
+    let client = denying_client();
     let metrics = Metrics::new();
+    // The front proxy: certificates of this CA, CN front-proxy-client, naming users in X-Remote-User.
+    let trust = Arc::new(RequestHeaderTrust::default());
+    trust.apply(&std::collections::BTreeMap::from([
+        (
+            "requestheader-client-ca-file".to_string(),
+            std::fs::read_to_string(tls.path("ca.crt")).unwrap(),
+        ),
+        (
+            "requestheader-allowed-names".to_string(),
+            r#"["front-proxy-client"]"#.to_string(),
+        ),
+        (
+            "requestheader-username-headers".to_string(),
+            r#"["X-Remote-User"]"#.to_string(),
+        ),
+    ]));
     let api = Arc::new(MetricsApi {
         values: MetricValues::default(),
-        trust: Arc::new(RequestHeaderTrust::default()),
+        trust,
         authorizer: Authorizer::new(client.clone()),
         authenticator: Authenticator::new(client),
         metrics: metrics.clone(),
@@ -55,18 +84,58 @@ async fn start() -> Server {
 
 impl Server {
     fn connector(&self) -> tokio_rustls::TlsConnector {
+        self.connector_as(None)
+    }
+
+    /// A TLS client trusting the server, presenting `client.crt` of `identity` when given.
+    fn connector_as(&self, identity: Option<&support::TlsFiles>) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         let ca = std::fs::read(self.tls.path("ca.crt")).unwrap();
         for cert in rustls_pemfile::certs(&mut &ca[..]) {
             roots.add(cert.unwrap()).unwrap();
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match identity {
+            None => builder.with_no_client_auth(),
+            Some(files) => {
+                let chain = rustls_pemfile::certs(&mut &std::fs::read(files.path("client.crt")).unwrap()[..])
+                    .map(Result::unwrap)
+                    .collect();
+                let key =
+                    rustls_pemfile::private_key(&mut &std::fs::read(files.path("client.key")).unwrap()[..])
+                        .unwrap()
+                        .unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+        };
         tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    /// The status line of `GET path` as `identity` with `headers` (None: the handshake or the
+    /// request was refused without an HTTP answer).
+    async fn status_as(
+        &self,
+        path: &str,
+        identity: Option<&support::TlsFiles>,
+        headers: &str,
+    ) -> Option<String> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = self.connector_as(identity).connect(name, tcp).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.ok()?;
+        let mut buffer = vec![0u8; 4096];
+        let read = tls.read(&mut buffer).await.ok()?;
+        String::from_utf8_lossy(&buffer[..read])
+            .lines()
+            .next()
+            .map(str::to_string)
     }
 
     /// `GET path` with an extra header of `padding` bytes on a new TLS connection: the status
@@ -214,4 +283,46 @@ async fn oversized_headers_are_refused() {
         Some("HTTP/1.1 200 OK"),
         "a normal header size is fine"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_the_front_proxy_did_not_vouch_for_or_rbac_does_not_allow_are_refused() {
+    let server = start().await;
+    let metric = "/apis/external.metrics.k8s.io/v1beta1/namespaces/jobs/levee_pending";
+    let forged = "X-Remote-User: system:admin\r\nX-Remote-Group: system:masters\r\n";
+    // Forged identity headers without a certificate.
+    let status = server.status_as(metric, None, forged).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 401 Unauthorized"));
+    // A certificate of the right CA whose CN is not an allowed front proxy.
+    server.tls.client_cert("intruder");
+    let status = server.status_as(metric, Some(&server.tls), forged).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 401 Unauthorized"));
+    // A certificate of another CA, even with the allowed CN: the handshake fails.
+    let other = support::TlsFiles::generate();
+    other.client_cert("front-proxy-client");
+    let status = server.status_as(metric, Some(&other), forged).await;
+    assert!(
+        status.is_none() || status.as_deref() == Some("HTTP/1.1 401 Unauthorized"),
+        "refused: {status:?}"
+    );
+    // The real front proxy, for a user RBAC does not allow.
+    server.tls.client_cert("front-proxy-client");
+    let status = server
+        .status_as(
+            metric,
+            Some(&server.tls),
+            "X-Remote-User: system:serviceaccount:jobs:nobody\r\n",
+        )
+        .await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 403 Forbidden"));
+    // And discovery, which needs no review, goes through for it: the refusals above were about
+    // who was asking.
+    let status = server
+        .status_as(
+            "/apis/external.metrics.k8s.io/v1beta1",
+            Some(&server.tls),
+            "X-Remote-User: system:serviceaccount:jobs:nobody\r\n",
+        )
+        .await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
 }

@@ -10,7 +10,13 @@ use levee_e2e::redis::RedisServer;
 use levee_e2e::*;
 use std::time::{Duration, Instant};
 
-const POLICIES: usize = 100;
+/// Policies of one pod each; `LEVEE_BENCH_POLICIES` sets another number (e.g. 1000).
+fn policies() -> usize {
+    std::env::var("LEVEE_BENCH_POLICIES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100)
+}
 const PODS: usize = 50;
 const CYCLES: usize = 5;
 
@@ -78,31 +84,32 @@ fn writes_by_kind(levee: &Levee) -> Vec<(String, f64)> {
 }
 
 fn main() {
+    let policies = policies();
     install_crd();
     let namespace = TestNamespace::create("levee-bench");
     let ns = namespace.name.as_str();
     let redis = RedisServer::start();
     let mut objects = String::new();
-    for i in 0..POLICIES {
+    for i in 0..policies {
         objects += &deployment(ns, &format!("api-{i}"), 1);
         objects += &policy(ns, &format!("p{i}"), &redis.url(), &format!("api-{i}"), "1s");
     }
     objects += &deployment(ns, "fleet", PODS);
     objects += &policy(ns, "fleet", &redis.url(), "fleet", "100ms");
     kubectl_ok(&["apply", "-f", "-"], Some(&objects));
-    wait_until("every producer pod running", Duration::from_secs(120), || {
+    wait_until("every producer pod running", Duration::from_secs(600), || {
         let pods = kubectl_json(&["get", "pods", "-n", ns]);
-        (pods["items"].as_array().unwrap().len() == POLICIES + PODS).then_some(())
+        (pods["items"].as_array().unwrap().len() == policies + PODS).then_some(())
     });
     let levee = Levee::start(ns, &["--leader-elect=false"]);
-    wait_until("every pod marked accepting", Duration::from_secs(120), || {
+    wait_until("every pod marked accepting", Duration::from_secs(600), || {
         let marked = kubectl_json(&["get", "pods", "-n", ns])["items"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|p| p["metadata"]["annotations"]["levee.dev/accepting"] == "true")
             .count();
-        (marked == POLICIES + PODS).then_some(())
+        (marked == policies + PODS).then_some(())
     });
     std::thread::sleep(Duration::from_secs(5));
 
@@ -114,7 +121,7 @@ fn main() {
     let rss = levee.rss_kib().unwrap_or_default();
     println!(
         "### Steady state: {} policies (plus one of {PODS} pods), 1 s sample interval, 30 s status heartbeat\n",
-        POLICIES
+        policies
     );
     println!("| writes per minute | status | workload | pod condition | pod annotations | event |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -131,8 +138,8 @@ fn main() {
     println!(
         "levee's resident memory at steady state: {:.1} MiB ({} pods and {} Deployments cached)\n",
         rss as f64 / 1024.0,
-        POLICIES + PODS,
-        POLICIES + 1
+        policies + PODS,
+        policies + 1
     );
 
     let mut reactions = Vec::new();

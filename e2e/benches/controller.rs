@@ -97,15 +97,18 @@ fn main() {
     objects += &deployment(ns, "fleet", PODS);
     objects += &policy(ns, "fleet", &redis.url(), "fleet", "100ms");
     kubectl_ok(&["apply", "-f", "-"], Some(&objects));
+    // At a thousand policies the API server's list may time out for a moment: poll again.
+    let pods = || {
+        let output = kubectl(&["get", "pods", "-n", ns, "-o", "json"], None);
+        let list: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        list["items"].as_array().cloned()
+    };
     wait_until("every producer pod running", Duration::from_secs(600), || {
-        let pods = kubectl_json(&["get", "pods", "-n", ns]);
-        (pods["items"].as_array().unwrap().len() == policies + PODS).then_some(())
+        (pods()?.len() == policies + PODS).then_some(())
     });
     let levee = Levee::start(ns, &["--leader-elect=false"]);
     wait_until("every pod marked accepting", Duration::from_secs(600), || {
-        let marked = kubectl_json(&["get", "pods", "-n", ns])["items"]
-            .as_array()
-            .unwrap()
+        let marked = pods()?
             .iter()
             .filter(|p| p["metadata"]["annotations"]["levee.dev/accepting"] == "true")
             .count();

@@ -444,6 +444,24 @@ pub struct AdmissionRefusal {
 }
 
 impl AdmissionRefusal {
+    /// Refuses UPDATEs of `resources` (of `api_group`) in `namespace` unless `expression` holds.
+    pub fn updates_in_namespace(
+        namespace: &str,
+        api_group: &str,
+        resources: &[&str],
+        expression: &str,
+    ) -> Self {
+        let name = format!("refuse-{}-{namespace}", resources[0].replace('/', "-"));
+        let match_constraints = serde_json::json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "resourceRules": [{
+                "apiGroups": [api_group], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": resources,
+            }],
+        });
+        Self::install(&name, match_constraints, expression)
+    }
+
     pub fn install(name: &str, match_constraints: Value, expression: &str) -> Self {
         let objects = serde_json::json!([
             {

@@ -98,15 +98,10 @@ fn producers_are_never_held_on_a_decision_status_lacks() {
     fixture.wait_state("unsaved", "Closed");
     fixture.wait_pods_accepting(true, 2);
 
-    let refusal = AdmissionRefusal::install(
-        &format!("refuse-status-{}", fixture.ns()),
-        serde_json::json!({
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": fixture.ns()}},
-            "resourceRules": [{
-                "apiGroups": ["levee.dev"], "apiVersions": ["*"],
-                "operations": ["UPDATE"], "resources": ["backpressurepolicies/status"],
-            }],
-        }),
+    let refusal = AdmissionRefusal::updates_in_namespace(
+        fixture.ns(),
+        "levee.dev",
+        &["backpressurepolicies/status"],
         "false",
     );
     let probe = r#"{"status":{"pending":1}}"#;
@@ -367,15 +362,10 @@ fn a_decision_saved_but_not_yet_acted_on_is_finished_by_the_next_leader() {
     fixture.wait_pods_accepting(true, 2);
 
     // levee may save its decision but not touch the pods: it is killed between the two.
-    let refusal = AdmissionRefusal::install(
-        &format!("refuse-pod-writes-{}", fixture.ns()),
-        serde_json::json!({
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": fixture.ns()}},
-            "resourceRules": [{
-                "apiGroups": [""], "apiVersions": ["*"],
-                "operations": ["UPDATE"], "resources": ["pods", "pods/status"],
-            }],
-        }),
+    let refusal = AdmissionRefusal::updates_in_namespace(
+        fixture.ns(),
+        "",
+        &["pods", "pods/status"],
         &format!("request.userInfo.username != 'system:serviceaccount:{LEVEE_NAMESPACE}:levee'"),
     );
     std::thread::sleep(Duration::from_secs(2));

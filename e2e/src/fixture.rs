@@ -100,23 +100,15 @@ spec:
             .iter()
             .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
             .map(|pod| {
-                let condition = |type_: &str| {
-                    pod["status"]["conditions"]
-                        .as_array()
-                        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-                        .and_then(|c| c["status"].as_str())
-                        .unwrap_or("-")
-                        .to_string()
-                };
                 let annotation = pod["metadata"]["annotations"]["levee.dev/accepting"]
                     .as_str()
                     .unwrap_or("-")
                     .to_string();
                 (
                     pod["metadata"]["name"].as_str().unwrap().to_string(),
-                    condition("levee.dev/accepting"),
+                    pod_condition(pod, "levee.dev/accepting"),
                     annotation,
-                    condition("Ready"),
+                    pod_condition(pod, "Ready"),
                 )
             })
             .collect()

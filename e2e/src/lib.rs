@@ -426,6 +426,16 @@ impl Drop for Levee {
     }
 }
 
+/// The status of a pod's condition of `type_` ("-" when it has none), from its JSON.
+pub fn pod_condition(pod: &Value, type_: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("-")
+        .to_string()
+}
+
 /// The holder of a Lease in levee's namespace, if any.
 pub fn lease_holder(name: &str) -> Option<String> {
     let lease = kubectl(&["get", "lease", name, "-n", LEVEE_NAMESPACE, "-o", "json"], None);

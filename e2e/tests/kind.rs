@@ -79,13 +79,10 @@ fn producers() -> Vec<(String, String)> {
         .iter()
         .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
         .map(|pod| {
-            let accepting = pod["status"]["conditions"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == "levee.dev/accepting"))
-                .and_then(|c| c["status"].as_str())
-                .unwrap_or("-")
-                .to_string();
-            (pod["metadata"]["name"].as_str().unwrap().to_string(), accepting)
+            (
+                pod["metadata"]["name"].as_str().unwrap().to_string(),
+                pod_condition(pod, "levee.dev/accepting"),
+            )
         })
         .collect()
 }

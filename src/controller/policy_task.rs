@@ -86,6 +86,9 @@ struct PolicyState {
     last_write: Option<Instant>,
     /// Failed writes of the last pass over the targets, reported in the next status.
     target_errors: Vec<String>,
+    /// The policy generation and HPA resource version last found in place (nothing to compare
+    /// again until one of them changes).
+    autoscaler_checked: Option<(Option<i64>, Option<String>)>,
     /// The last failure to apply the managed HPA, shown in the Ready condition until it works.
     autoscaler_error: Option<String>,
 }
@@ -104,6 +107,7 @@ impl PolicyState {
             written: status,
             last_write: None,
             target_errors: Vec::new(),
+            autoscaler_checked: None,
             autoscaler_error: None,
             policy,
         }
@@ -231,12 +235,21 @@ async fn tick(context: &Context, state: &mut PolicyState) {
         .stores
         .autoscalers
         .get(&ObjectRef::new(&autoscaler::hpa_name(&policy)).within(&namespace));
-    if !autoscaler::in_place(&policy, hpa.as_deref()) {
-        match autoscaler::sync(context, &policy).await {
-            Ok(()) => state.autoscaler_error = None,
-            Err(error) => {
-                tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying");
-                state.autoscaler_error = Some(error.to_string());
+    let seen = (
+        policy.metadata.generation,
+        hpa.as_ref().and_then(|hpa| hpa.resource_version()),
+    );
+    // Compared again only when the policy or its HPA changed since it was last found in place.
+    if state.autoscaler_checked.as_ref() != Some(&seen) {
+        if autoscaler::in_place(&policy, hpa.as_deref()) {
+            state.autoscaler_checked = Some(seen);
+        } else {
+            match autoscaler::sync(context, &policy).await {
+                Ok(()) => state.autoscaler_error = None,
+                Err(error) => {
+                    tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying");
+                    state.autoscaler_error = Some(error.to_string());
+                }
             }
         }
     }
@@ -296,7 +309,7 @@ async fn tick(context: &Context, state: &mut PolicyState) {
     }
     // Producers follow the decision status holds: one that could not be saved waits for the
     // next tick rather than holding pods back on a state the next leader would not know.
-    let saved = state.written.circuit().state;
+    let saved = state.written.state.unwrap_or_default();
     if saved != state.circuit.state {
         tracing::warn!(%namespace, policy = %name, decided = %state.circuit.state, %saved, "the decision is not saved in status yet; producers keep the saved one");
     }

@@ -324,6 +324,73 @@ async fn sentinel_mode_reads_the_master_the_sentinel_names() {
 }
 
 #[tokio::test]
+async fn sentinel_mode_asks_again_when_the_master_it_named_cannot_be_dialled() {
+    let mut old = RedisServer::start();
+    let new = RedisServer::start();
+    old.cli(&["RPUSH", "jobs", "1"]);
+    new.cli(&["RPUSH", "jobs", "1", "2"]);
+    let sentinel = Sentinel::start(&old);
+    let endpoint = endpoint(&format!(
+        "{{url: 'redis://127.0.0.1:{}', mode: Sentinel, sentinelMaster: mymaster, timeout: 300ms}}",
+        sentinel.port
+    ));
+    let q = queues("[{name: jobs, type: list, key: jobs}]");
+    let sampler = Sampler::new();
+    assert_eq!(depth_of(&sampler.sample(&endpoint, &q).await, "jobs"), Ok(1));
+    // The master dies; the sentinel still names it (its failover takes a while), so levee's
+    // re-discovery finds it again and cannot dial it.
+    old.stop();
+    for _ in 0..2 {
+        let sample = sampler.sample(&endpoint, &q).await;
+        assert!(depth_of(&sample, "jobs").is_err(), "{sample:?}");
+    }
+    // The failover's outcome: the sentinel names another master. The next tick must ask it
+    // again rather than dial the dead one for ever.
+    sentinel.cli(&["SENTINEL", "REMOVE", "mymaster"]);
+    let port = new.port.to_string();
+    sentinel.cli(&["SENTINEL", "MONITOR", "mymaster", "127.0.0.1", &port, "1"]);
+    assert_eq!(depth_of(&sampler.sample(&endpoint, &q).await, "jobs"), Ok(2));
+}
+
+#[tokio::test]
+async fn cluster_mode_follows_ask_during_a_slot_migration_and_moved_after_it() {
+    let cluster = RedisCluster::start(3);
+    let source = cluster.owner("jobs");
+    let target = cluster.nodes.iter().find(|n| n.port != source.port).unwrap();
+    source.cli(&["RPUSH", "jobs", "1", "2", "3"]);
+    let endpoint = endpoint(&format!("{{url: '{}', mode: Cluster}}", cluster.url()));
+    let q = queues("[{name: jobs, type: list, key: jobs}]");
+    let sampler = Sampler::new();
+    assert_eq!(depth_of(&sampler.sample(&endpoint, &q).await, "jobs"), Ok(3));
+
+    // Half-way through a migration: the key is on the target, the slot still the source's.
+    let slot = source.cli(&["CLUSTER", "KEYSLOT", "jobs"]);
+    let (source_id, target_id) = (source.cli(&["CLUSTER", "MYID"]), target.cli(&["CLUSTER", "MYID"]));
+    target.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]);
+    source.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]);
+    let port = target.port.to_string();
+    source.cli(&["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS", "jobs"]);
+    let sample = sampler.sample(&endpoint, &q).await;
+    assert_eq!(depth_of(&sample, "jobs"), Ok(3), "ASK is followed");
+    assert_eq!(sample.round_trips, 2, "the source, then ASKING on the target");
+
+    // The migration ends: the source answers MOVED, and the new owner is learnt.
+    let others = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.port != source.port && n.port != target.port);
+    for node in [target, source].into_iter().chain(others) {
+        node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+    }
+    target.cli(&["RPUSH", "jobs", "4"]);
+    let sample = sampler.sample(&endpoint, &q).await;
+    assert_eq!(depth_of(&sample, "jobs"), Ok(4), "MOVED is followed");
+    let sample = sampler.sample(&endpoint, &q).await;
+    assert_eq!(depth_of(&sample, "jobs"), Ok(4));
+    assert_eq!(sample.round_trips, 1, "straight to the new owner");
+}
+
+#[tokio::test]
 async fn tls_with_the_policy_ca_and_with_insecure_skip_verify() {
     let tls = TlsFiles::generate();
     let tls_port = free_port();

@@ -4,7 +4,10 @@
 use crate::redis::RedisServer;
 use crate::*;
 use serde_json::Value;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -156,6 +159,26 @@ spec:
         eprintln!("---- events ----\n{}", String::from_utf8_lossy(&events.stdout));
     }
 
+    /// Starts recording what the producers of `policy` see, until the timeline is stopped.
+    pub fn timeline(&self, policy: &str) -> Timeline {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (namespace, policy) = (self.ns().to_string(), policy.to_string());
+        let stopped = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut seen = Vec::new();
+            while !stopped.load(Ordering::SeqCst) {
+                seen.extend(look(&namespace, &policy, started));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        });
+        Timeline {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
     pub fn condition(&self, policy: &str, type_: &str) -> Value {
         let status = self.status(policy);
         status["conditions"]
@@ -163,6 +186,111 @@ spec:
             .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
             .unwrap_or_default()
     }
+}
+
+/// One look at the producers and the policy, `at` after the timeline started.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub at: Duration,
+    /// `status.state` of the policy.
+    pub state: String,
+    /// `status.pending` of the policy (refreshed on the heartbeat).
+    pub pending: Option<u64>,
+    /// `(pod, condition levee.dev/accepting, its lastTransitionTime, annotation levee.dev/accepting)`
+    /// per api pod.
+    pub pods: Vec<(String, String, String, String)>,
+}
+
+impl Seen {
+    /// Whether every api pod (at least one) says `accepting` in its condition and annotation.
+    pub fn all_accepting(&self, accepting: bool) -> bool {
+        let (condition, annotation) = if accepting {
+            ("True", "true")
+        } else {
+            ("False", "false")
+        };
+        !self.pods.is_empty()
+            && self
+                .pods
+                .iter()
+                .all(|(_, c, _, a)| c == condition && a == annotation)
+    }
+}
+
+/// What the producers saw, tick by tick: the api pods and the policy's status, read together
+/// (one `kubectl get pods,bpp`) in a loop on a thread of its own until `stop`.
+pub struct Timeline {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<Seen>>>,
+}
+
+impl Timeline {
+    pub fn stop(mut self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Timeline {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One look at `policy` and the api pods in `namespace`; `None` when the API did not answer
+/// (e.g. while it restarts).
+pub fn look(namespace: &str, policy: &str, started: Instant) -> Option<Seen> {
+    let output = kubectl(
+        &[
+            "get",
+            "pods,bpp",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "--request-timeout=2s",
+        ],
+        None,
+    );
+    if !output.status.success() {
+        return None;
+    }
+    let list: Value = serde_json::from_slice(&output.stdout).ok()?;
+    let items = list["items"].as_array()?;
+    let status = &items
+        .iter()
+        .find(|item| item["kind"] == "BackpressurePolicy" && item["metadata"]["name"] == policy)?["status"];
+    let pods = items
+        .iter()
+        .filter(|item| item["kind"] == "Pod" && item["metadata"]["labels"]["app"] == "api")
+        .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
+        .map(|pod| {
+            let condition = pod["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "levee.dev/accepting"));
+            let field = |name: &str| {
+                condition
+                    .and_then(|c| c[name].as_str())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            (
+                pod["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                field("status"),
+                field("lastTransitionTime"),
+                pod["metadata"]["annotations"]["levee.dev/accepting"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string(),
+            )
+        })
+        .collect();
+    Some(Seen {
+        at: started.elapsed(),
+        state: status["state"].as_str().unwrap_or("-").to_string(),
+        pending: status["pending"].as_u64(),
+        pods,
+    })
 }
 
 impl Drop for Fixture {

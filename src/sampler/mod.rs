@@ -10,6 +10,7 @@
 
 mod endpoint;
 mod probe;
+mod redirect;
 pub mod slot;
 mod topology;
 
@@ -139,6 +140,7 @@ impl Sampler {
             replies = again;
             round_trips += trips;
         }
+        round_trips += redirect::follow_asks(endpoint, &state, &reads, &mut replies).await;
         let unreachable = replies.iter().find_map(|r| r.as_ref().err()).cloned();
         let mut replies = replies.into_iter();
         let queues = queues
@@ -279,7 +281,18 @@ impl Sampler {
             let connection = match state.connections.get(&node) {
                 Some(connection) => connection.clone(),
                 None => {
-                    let connection = connect(endpoint, &node, endpoint.db(), true).await?;
+                    let connection = match connect(endpoint, &node, endpoint.db(), true).await {
+                        Ok(connection) => connection,
+                        Err(message) => {
+                            // The node may be a master that died and is being replaced (a
+                            // failover): ask the sentinel or the cluster again next tick rather
+                            // than dial the dead one for ever.
+                            if endpoint.mode != crate::api::RedisMode::Standalone {
+                                state.topology = None;
+                            }
+                            return Err(message);
+                        }
+                    };
                     state.connections.insert(node.clone(), connection.clone());
                     connection
                 }
@@ -332,8 +345,10 @@ fn is_access_error(error: &RedisError) -> bool {
     matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
 }
 
+/// The slot has a new owner: re-discover the topology. (An `ASK`, a slot half-way through a
+/// migration, is followed by `redirect`: the topology has not changed yet.)
 fn is_redirect(error: &RedisError) -> bool {
-    matches!(error.code(), Some("MOVED" | "ASK"))
+    error.code() == Some("MOVED")
 }
 
 /// A connection-level error in words a person can act on.

@@ -116,6 +116,26 @@ impl RedisServer {
         ]);
     }
 
+    /// A replica of `master` (`--replicaof`), once its link to the master is up.
+    pub fn replica_of(master: &RedisServer) -> Self {
+        let port = master.port.to_string();
+        let replica = Self::start_with(&["--replicaof", "127.0.0.1", &port]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica of {port} did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica
+    }
+
+    /// Runs a redis-cli command against this server, `None` when it fails or answers an error.
+    pub fn cli_checked(&self, args: &[&str]) -> Option<String> {
+        self.try_cli(args)
+    }
+
     /// Stops the server (as if it crashed).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -163,27 +183,45 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
-        let nodes: Vec<RedisServer> = (0..masters)
+        Self::start_with_replicas(masters, 0, &[])
+    }
+
+    /// `masters` masters with `replicas` replicas each (the replicas come after the masters in
+    /// `nodes`), every node started with `extra` arguments (e.g. a short
+    /// `--cluster-node-timeout`, so that a replica takes over quickly).
+    pub fn start_with_replicas(masters: usize, replicas: usize, extra: &[&str]) -> Self {
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|i| {
                 let config = format!("nodes-{i}.conf");
-                RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-config-file", &config])
+                let mut args = vec!["--cluster-enabled", "yes", "--cluster-config-file", &config];
+                args.extend(extra);
+                RedisServer::start_with(&args)
             })
             .collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let status = Command::new(require("redis-cli"))
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success(), "redis-cli --cluster create failed");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if nodes
+            let ok = nodes
                 .iter()
-                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-            {
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            // Every node must also know every other one (gossip), or a replica may not be
+            // attached yet.
+            let known = nodes.iter().all(|n| {
+                n.cli(&["CLUSTER", "NODES"])
+                    .lines()
+                    .filter(|l| !l.contains("handshake") && !l.contains("noaddr"))
+                    .count()
+                    == nodes.len()
+            });
+            if ok && known {
                 return Self { nodes };
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -231,13 +269,19 @@ pub struct Sentinel {
 
 impl Sentinel {
     pub fn start(master: &RedisServer) -> Self {
+        Self::start_with_down_after(master, 5000)
+    }
+
+    /// A sentinel that calls the master down after `down_after_ms` without an answer (and then,
+    /// being the only one, its quorum, fails over to a replica).
+    pub fn start_with_down_after(master: &RedisServer, down_after_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("sentinel.conf");
         std::fs::write(
             &config,
             format!(
-                "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 5000\n",
+                "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster {down_after_ms}\n",
                 master.port
             ),
         )
@@ -273,6 +317,18 @@ impl Sentinel {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("sentinel did not start");
+    }
+}
+
+impl Sentinel {
+    /// Runs a redis-cli command against the sentinel and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(require("redis-cli"))
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 }
 

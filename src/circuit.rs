@@ -10,8 +10,11 @@
 //! A new `levee.dev/reset` value forces Closed; failed samples apply `onSampleFailure` after N in
 //! a row. One tick makes at most one transition.
 
-use crate::api::{CircuitSpec, OnSampleFailure, SampleFailureAction, Thresholds};
-use jiff::{SignedDuration, Timestamp};
+mod rules;
+
+pub use rules::{CircuitRules, OnSampleFailure, SampleFailureAction, Thresholds};
+
+use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -50,55 +53,6 @@ impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
     }
-}
-
-/// The policy settings the circuit obeys, in the units it computes with.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CircuitRules {
-    pub thresholds: Thresholds,
-    pub min_open: SignedDuration,
-    pub alert_after: SignedDuration,
-    pub half_open_max_priority: u32,
-    pub open_max_priority: u32,
-    pub on_failure: OnSampleFailure,
-}
-
-impl CircuitRules {
-    /// The rules of a (validated) policy.
-    pub fn new(thresholds: Thresholds, circuit: &CircuitSpec, on_failure: OnSampleFailure) -> Self {
-        Self {
-            thresholds,
-            min_open: to_signed(circuit.min_open_duration.into()),
-            alert_after: to_signed(circuit.alert_after.into()),
-            half_open_max_priority: circuit.half_open_max_priority,
-            open_max_priority: circuit.open_max_priority,
-            on_failure,
-        }
-    }
-
-    /// The level a backlog of `pending` is at.
-    pub fn level_of(&self, pending: u64) -> Level {
-        if pending >= self.thresholds.critical {
-            Level::Critical
-        } else if pending >= self.thresholds.warning {
-            Level::Warning
-        } else {
-            Level::Normal
-        }
-    }
-
-    /// Whether a target of `priority` accepts traffic while the circuit is in `state`.
-    pub fn accepts(&self, state: State, priority: u32) -> bool {
-        match state {
-            State::Closed => true,
-            State::HalfOpen => priority <= self.half_open_max_priority,
-            State::Open => priority <= self.open_max_priority,
-        }
-    }
-}
-
-fn to_signed(duration: std::time::Duration) -> SignedDuration {
-    SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
 }
 
 /// What one tick saw.

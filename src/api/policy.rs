@@ -7,6 +7,11 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::circuit::CircuitRules;
+/// The circuit owns the settings it obeys; the API names them in the spec.
+pub use crate::circuit::{OnSampleFailure, SampleFailureAction, Thresholds};
+use jiff::SignedDuration;
+
 /// A backlog made of Redis queues, the producers to hold back when it grows, and the workers to
 /// scale out.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -205,22 +210,6 @@ pub enum QueueType {
     Sidekiq,
 }
 
-/// Backlog sizes (weighted pending jobs) that drive the circuit.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.recovery < self.warning && self.warning < self.critical").message("thresholds must satisfy recovery < warning < critical: lower recovery or raise critical"))]
-pub struct Thresholds {
-    /// From here the level is Warning, and an Open circuit must fall below it to half-open.
-    #[schemars(range(min = 0))]
-    pub warning: u64,
-    /// From here the circuit opens and the level is Critical.
-    #[schemars(range(min = 1))]
-    pub critical: u64,
-    /// At or below this a HalfOpen circuit closes.
-    #[schemars(range(min = 0))]
-    pub recovery: u64,
-}
-
 /// Dwell, priorities and alerting of the circuit.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -255,38 +244,21 @@ impl Default for CircuitSpec {
     }
 }
 
-/// What to do after some sampling ticks in a row failed.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct OnSampleFailure {
-    /// Hold keeps the state, Open stops producers, Close lets them through.
-    #[serde(default)]
-    pub action: SampleFailureAction,
-    /// How many failed ticks in a row trigger the action.
-    #[serde(default = "defaults::failure_after")]
-    #[schemars(range(min = 1, max = 10000))]
-    pub after: u32,
-}
-
-impl Default for OnSampleFailure {
-    fn default() -> Self {
-        Self {
-            action: SampleFailureAction::default(),
-            after: defaults::failure_after(),
+impl BackpressurePolicySpec {
+    /// The rules the circuit follows for this (validated) spec.
+    pub fn circuit_rules(&self) -> CircuitRules {
+        let signed = |duration: Duration| {
+            SignedDuration::try_from(std::time::Duration::from(duration)).unwrap_or(SignedDuration::MAX)
+        };
+        CircuitRules {
+            thresholds: self.thresholds,
+            min_open: signed(self.circuit.min_open_duration),
+            alert_after: signed(self.circuit.alert_after),
+            half_open_max_priority: self.circuit.half_open_max_priority,
+            open_max_priority: self.circuit.open_max_priority,
+            on_failure: self.on_sample_failure,
         }
     }
-}
-
-/// The circuit's answer to a Redis it cannot read.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SampleFailureAction {
-    /// Keep the current state.
-    #[default]
-    Hold,
-    /// Open: fail safe for the queue.
-    Open,
-    /// Close: fail safe for traffic.
-    Close,
 }
 
 /// A producer workload the circuit holds back.
@@ -431,9 +403,6 @@ pub mod defaults {
     pub fn half_open_max_priority() -> u32 {
         5
     }
-    pub fn failure_after() -> u32 {
-        3
-    }
     pub fn target_priority() -> u32 {
         10
     }
@@ -444,4 +413,28 @@ pub mod defaults {
     pub const BULLMQ_PREFIX: &str = "bull";
     /// kombu's default separator between a queue name and its priority.
     pub const CELERY_PRIORITY_SEPARATOR: &str = "\x06\x16";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit::SampleFailureAction;
+
+    #[test]
+    fn circuit_rules_come_from_the_spec_with_its_defaults() {
+        let spec: BackpressurePolicySpec = serde_json::from_value(serde_json::json!({
+            "redis": {"url": "redis://127.0.0.1:6379"},
+            "queues": [{"name": "q", "type": "list", "key": "q"}],
+            "thresholds": {"warning": 20, "critical": 50, "recovery": 5},
+            "targets": [{"kind": "Deployment", "name": "api"}]
+        }))
+        .unwrap();
+        let rules = spec.circuit_rules();
+        assert_eq!(rules.min_open, SignedDuration::from_secs(30));
+        assert_eq!(rules.alert_after, SignedDuration::from_secs(600));
+        assert_eq!((rules.half_open_max_priority, rules.open_max_priority), (5, 0));
+        assert_eq!(rules.on_failure.action, SampleFailureAction::Hold);
+        assert_eq!(rules.on_failure.after, 3);
+        assert_eq!(rules.thresholds.critical, 50);
+    }
 }

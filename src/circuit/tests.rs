@@ -1,6 +1,7 @@
 //! Every rule of the circuit, one test each, then the invariants as properties.
 
 use super::*;
+use jiff::SignedDuration;
 use proptest::prelude::*;
 
 const WARNING: u64 = 100;
@@ -252,16 +253,6 @@ fn accepts_by_state_and_priority() {
     assert!(!r.accepts(State::HalfOpen, 6));
     assert!(r.accepts(State::Open, 1));
     assert!(!r.accepts(State::Open, 2));
-}
-
-#[test]
-fn rules_come_from_the_policy_spec() {
-    let spec = CircuitSpec::default();
-    let r = CircuitRules::new(hold().thresholds, &spec, OnSampleFailure::default());
-    assert_eq!(r.min_open, SignedDuration::from_secs(30));
-    assert_eq!(r.alert_after, SignedDuration::from_secs(600));
-    assert_eq!(r.open_max_priority, 0);
-    assert_eq!(r.on_failure.action, SampleFailureAction::Hold);
 }
 
 fn tick() -> impl Strategy<Value = (i64, Option<u64>)> {

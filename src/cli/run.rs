@@ -25,6 +25,11 @@ pub struct RunArgs {
     /// call cannot stall a tick or the lease renewal.
     #[arg(long, env = "LEVEE_API_TIMEOUT", default_value = "5s")]
     pub api_timeout: kube::core::Duration,
+    /// Kubernetes API requests in flight at once (status, events, producer marks); the others
+    /// wait their turn, so a thousand policies changing at once do not open a thousand
+    /// connections. The Lease has its own connection and never waits behind them.
+    #[arg(long, env = "LEVEE_API_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub api_concurrency: u16,
     /// Address of the HTTPS external metrics API (the aggregated API server).
     #[arg(long, env = "LEVEE_EXTERNAL_METRICS_ADDR", default_value = "0.0.0.0:6443")]
     pub external_metrics_addr: SocketAddr,
@@ -68,7 +73,7 @@ pub struct RunArgs {
 /// Runs the controller; exit 1 when Kubernetes cannot be reached or the controller fails.
 pub async fn run(args: RunArgs) -> ExitCode {
     telemetry::init_logging(args.log_format);
-    let (client, watch_client) = match clients(args.api_timeout.into()).await {
+    let clients = match clients(args.api_timeout.into(), args.api_concurrency.into()).await {
         Ok(clients) => clients,
         Err(error) => {
             tracing::error!(%error, "cannot reach Kubernetes: set KUBECONFIG or run in a pod with a service account");
@@ -103,12 +108,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let metrics = Metrics::new();
     let values = MetricValues::default();
     let trust = Arc::new(RequestHeaderTrust::default());
-    let trust_task = tokio::spawn(trust.clone().watch(watch_client.clone()));
+    let trust_task = tokio::spawn(trust.clone().watch(clients.watches.clone()));
     let api = Arc::new(MetricsApi {
         values: values.clone(),
         trust,
-        authorizer: Authorizer::new(client.clone()),
-        authenticator: Authenticator::new(client.clone()),
+        authorizer: Authorizer::new(clients.unqueued.clone()),
+        authenticator: Authenticator::new(clients.unqueued.clone()),
         metrics: metrics.clone(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -131,7 +136,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         tracing::info!("shutting down");
         let _ = stop.send(true);
     });
-    let result = controller::run(client, watch_client, settings, metrics, values, wait_for(stopped)).await;
+    let result = controller::run(clients, settings, metrics, values, wait_for(stopped)).await;
     signal.abort();
     server.abort();
     metrics_api.abort();
@@ -145,16 +150,26 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// A client for requests, which time out after `timeout`, and one for watches, which may stay
-/// quiet for minutes (the watcher has its own idle timeout).
-async fn clients(timeout: std::time::Duration) -> Result<(kube::Client, kube::Client), String> {
+/// The clients levee talks to Kubernetes with: requests time out after `timeout` and at most
+/// `concurrency` are in flight; the Lease and the metrics API's reviews have their own (never
+/// queued behind policy writes);
+/// watches may stay quiet for minutes (the watcher has its own idle timeout).
+async fn clients(timeout: std::time::Duration, concurrency: usize) -> Result<controller::ApiClients, String> {
     let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
     let watches = kube::Client::try_from(config.clone()).map_err(|e| e.to_string())?;
     let mut requests = config;
     requests.read_timeout = Some(timeout);
     requests.reset_reader_on_write = true;
-    let requests = kube::Client::try_from(requests).map_err(|e| e.to_string())?;
-    Ok((requests, watches))
+    let unqueued = kube::Client::try_from(requests.clone()).map_err(|e| e.to_string())?;
+    let requests = kube::client::ClientBuilder::try_from(requests)
+        .map_err(|e| e.to_string())?
+        .with_layer(&tower::limit::ConcurrencyLimitLayer::new(concurrency))
+        .build();
+    Ok(controller::ApiClients {
+        requests,
+        watches,
+        unqueued,
+    })
 }
 
 async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {

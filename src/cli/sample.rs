@@ -140,11 +140,7 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
         };
         match Endpoint::from_spec(redis, options.redis_url.as_deref(), credentials, ca_pem.clone()) {
             Ok(endpoint) => {
-                let rules = CircuitRules::new(
-                    policy.spec.thresholds,
-                    &policy.spec.circuit,
-                    policy.spec.on_sample_failure,
-                );
+                let rules = policy.spec.circuit_rules();
                 watched.push(Watched {
                     policy,
                     endpoint,

@@ -5,20 +5,20 @@
 //! the cluster, never remembered, so a restart, a failover or a deletion while levee was down
 //! strands nobody.
 
-use super::marks::{LABEL_POLICY, Marks};
-use super::{Context, FIELD_MANAGER, Result};
+use super::indexed_store::IndexedStore;
+use super::marks::{Intent, LABEL_POLICY, Marks, Release};
+use super::{Context, FIELD_MANAGER, Result, Stores};
 use crate::api::{BackpressurePolicy, TargetKind};
-use crate::circuit::{CircuitRules, State};
+use crate::circuit::CircuitRules;
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Patch, PatchParams};
-use kube::core::{Selector, SelectorExt};
-use kube::runtime::reflector::ObjectRef;
-use kube::{Api, ResourceExt};
-use std::collections::{BTreeMap, HashSet};
+use kube::{Api, Resource, ResourceExt};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Pod writes in flight at once for one policy.
@@ -37,97 +37,201 @@ pub struct Outcome {
     pub errors: Vec<String>,
 }
 
-/// Brings every target of `policy` to the marks of `state` (or releases them), then releases
-/// every producer still labelled with the policy that it no longer selects: a target removed
-/// from the spec, or a pod that left its workload's selector, whether levee saw it happen or not.
+/// A kind of workload a policy can hold back: where levee keeps its copies, and which pods are
+/// its own.
+trait Workload:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: TargetKind;
+    fn store(stores: &Stores) -> &IndexedStore<Self>;
+    fn selector(&self) -> Option<&LabelSelector>;
+}
+
+impl Workload for Deployment {
+    const KIND: TargetKind = TargetKind::Deployment;
+    fn store(stores: &Stores) -> &IndexedStore<Self> {
+        &stores.deployments
+    }
+    fn selector(&self) -> Option<&LabelSelector> {
+        self.spec.as_ref().map(|spec| &spec.selector)
+    }
+}
+
+impl Workload for StatefulSet {
+    const KIND: TargetKind = TargetKind::StatefulSet;
+    fn store(stores: &Stores) -> &IndexedStore<Self> {
+        &stores.stateful_sets
+    }
+    fn selector(&self) -> Option<&LabelSelector> {
+        self.spec.as_ref().map(|spec| &spec.selector)
+    }
+}
+
+impl Workload for DaemonSet {
+    const KIND: TargetKind = TargetKind::DaemonSet;
+    fn store(stores: &Stores) -> &IndexedStore<Self> {
+        &stores.daemon_sets
+    }
+    fn selector(&self) -> Option<&LabelSelector> {
+        self.spec.as_ref().map(|spec| &spec.selector)
+    }
+}
+
+/// One pass over a policy's producers.
+struct Pass<'a> {
+    context: &'a Context,
+    namespace: String,
+    policy: String,
+    outcome: Outcome,
+    /// The pods the targets select: the others carrying the policy label are strays.
+    selected_pods: HashSet<String>,
+}
+
+impl Pass<'_> {
+    /// Marks the workload `name` of kind `K` and the pods it selects.
+    async fn mark_target<K: Workload>(&mut self, name: &str, marks: &Marks) {
+        let Some(workload) = K::store(&self.context.stores).get(&self.namespace, name) else {
+            self.outcome
+                .missing
+                .push(format!("{:?} {}/{name}", K::KIND, self.namespace));
+            return;
+        };
+        let pods = workload
+            .selector()
+            .map(|selector| live_pods(self.context.stores.pods.selected(&self.namespace, selector)))
+            .unwrap_or_default();
+        self.selected_pods.extend(pods.iter().map(|pod| pod.name_any()));
+        self.mark_workload(workload.as_ref(), marks).await;
+        mark_pods(self.context, pods, marks, &mut self.outcome).await;
+    }
+
+    /// Releases the workloads of kind `K` labelled with the policy that it no longer targets.
+    async fn release_strays<K: Workload>(&mut self, targeted: &[&str], stray: &Marks) {
+        let labelled = K::store(&self.context.stores).labelled(&self.namespace, LABEL_POLICY, &self.policy);
+        for workload in labelled {
+            if !targeted.contains(&workload.name_any().as_str()) {
+                self.mark_workload(workload.as_ref(), stray).await;
+            }
+        }
+    }
+
+    async fn mark_workload<K: Workload>(&mut self, workload: &K, marks: &Marks) {
+        let meta = workload.meta();
+        if !marks.metadata_differs(meta.annotations.as_ref(), meta.labels.as_ref()) {
+            return;
+        }
+        let name = workload.name_any();
+        let api: Api<K> = Api::namespaced(self.context.client.clone(), &self.namespace);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api
+            .patch(&name, &params, &Patch::Merge(marks.metadata_patch()))
+            .await
+        {
+            Ok(_) => {
+                self.outcome.writes += 1;
+                self.context
+                    .metrics
+                    .api_writes
+                    .with_label_values(&["workload"])
+                    .inc();
+            }
+            Err(error) => {
+                self.outcome
+                    .errors
+                    .push(format!("{:?} {}/{name}: {error}", K::KIND, self.namespace))
+            }
+        }
+    }
+}
+
+/// Pods that are not being deleted.
+fn live_pods(pods: Vec<Arc<Pod>>) -> Vec<Arc<Pod>> {
+    pods.into_iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Brings every target of `policy` to the marks `intent` gives it, then releases every producer
+/// still labelled with the policy that it no longer selects: a target removed from the spec, or
+/// a pod that left its workload's selector, whether levee saw it happen or not. Found through
+/// the stores' indexes: no scan over every pod.
 pub async fn act(
     context: &Context,
     policy: &BackpressurePolicy,
-    state: State,
+    intent: Intent,
     rules: &CircuitRules,
-    released: Option<&'static str>,
 ) -> Outcome {
-    let namespace = policy.namespace().unwrap_or_default();
-    let name = policy.name_any();
-    let mut outcome = Outcome::default();
-    let mut selected_pods = HashSet::new();
+    let mut pass = Pass {
+        context,
+        namespace: policy.namespace().unwrap_or_default(),
+        policy: policy.name_any(),
+        outcome: Outcome::default(),
+        selected_pods: HashSet::new(),
+    };
     for target in &policy.spec.targets {
-        let marks = Marks::new(&name, state, target.priority, rules, released);
+        let marks = Marks::new(&pass.policy, intent, target.priority, rules);
         if !marks.accepting {
-            outcome.throttled += 1;
+            pass.outcome.throttled += 1;
         }
-        let Some(workload) = workload(context, target.kind, &target.name, &namespace) else {
-            outcome
-                .missing
-                .push(format!("{:?} {namespace}/{}", target.kind, target.name));
-            continue;
-        };
-        let pods = matching_pods(context, &namespace, workload.selector.as_ref());
-        selected_pods.extend(pods.iter().map(|pod| pod.name_any()));
-        mark_workload(
-            context,
-            target.kind,
-            &target.name,
-            &namespace,
-            &workload,
-            &marks,
-            &mut outcome,
-        )
+        match target.kind {
+            TargetKind::Deployment => pass.mark_target::<Deployment>(&target.name, &marks).await,
+            TargetKind::StatefulSet => pass.mark_target::<StatefulSet>(&target.name, &marks).await,
+            TargetKind::DaemonSet => pass.mark_target::<DaemonSet>(&target.name, &marks).await,
+        }
+    }
+    let release = match intent {
+        Intent::Release(release) => release,
+        Intent::Follow(_) => Release::TargetRemoved,
+    };
+    let stray = Marks::new(&pass.policy, Intent::Release(release), 0, rules);
+    let targeted = |kind: TargetKind| -> Vec<&str> {
+        policy
+            .spec
+            .targets
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| t.name.as_str())
+            .collect()
+    };
+    pass.release_strays::<Deployment>(&targeted(TargetKind::Deployment), &stray)
         .await;
-        mark_pods(context, pods, &marks, &mut outcome).await;
-    }
-    let stray = Marks::new(
-        &name,
-        State::Closed,
-        0,
-        rules,
-        Some(released.unwrap_or("TargetRemoved")),
-    );
-    for kind in [
-        TargetKind::Deployment,
-        TargetKind::StatefulSet,
-        TargetKind::DaemonSet,
-    ] {
-        for workload_name in labelled_workloads(context, kind, &namespace, &name) {
-            let targeted = policy
-                .spec
-                .targets
-                .iter()
-                .any(|t| t.kind == kind && t.name == workload_name);
-            if targeted {
-                continue;
-            }
-            if let Some(workload) = workload(context, kind, &workload_name, &namespace) {
-                mark_workload(
-                    context,
-                    kind,
-                    &workload_name,
-                    &namespace,
-                    &workload,
-                    &stray,
-                    &mut outcome,
-                )
-                .await;
-            }
-        }
-    }
-    let stray_pods = context.stores.pods.state_filter(|pod| {
-        pod.namespace().as_deref() == Some(namespace.as_str())
-            && pod.labels().get(LABEL_POLICY) == Some(&name)
-            && !selected_pods.contains(&pod.name_any())
-    });
-    mark_pods(context, stray_pods, &stray, &mut outcome).await;
-    outcome
+    pass.release_strays::<StatefulSet>(&targeted(TargetKind::StatefulSet), &stray)
+        .await;
+    pass.release_strays::<DaemonSet>(&targeted(TargetKind::DaemonSet), &stray)
+        .await;
+    let stray_pods: Vec<Arc<Pod>> = context
+        .stores
+        .pods
+        .labelled(&pass.namespace, LABEL_POLICY, &pass.policy)
+        .into_iter()
+        .filter(|pod| !pass.selected_pods.contains(&pod.name_any()))
+        .collect();
+    mark_pods(context, stray_pods, &stray, &mut pass.outcome).await;
+    pass.outcome
 }
 
 /// The targets of `policy` that do not exist (`Kind namespace/name`), from the stores.
 pub fn missing_targets(context: &Context, policy: &BackpressurePolicy) -> Vec<String> {
     let namespace = policy.namespace().unwrap_or_default();
+    let stores = &context.stores;
     policy
         .spec
         .targets
         .iter()
-        .filter(|t| workload(context, t.kind, &t.name, &namespace).is_none())
+        .filter(|t| match t.kind {
+            TargetKind::Deployment => stores.deployments.get(&namespace, &t.name).is_none(),
+            TargetKind::StatefulSet => stores.stateful_sets.get(&namespace, &t.name).is_none(),
+            TargetKind::DaemonSet => stores.daemon_sets.get(&namespace, &t.name).is_none(),
+        })
         .map(|t| format!("{:?} {namespace}/{}", t.kind, t.name))
         .collect()
 }
@@ -135,112 +239,12 @@ pub fn missing_targets(context: &Context, policy: &BackpressurePolicy) -> Vec<St
 /// Puts every producer the policy marked back to accepting and takes its label off (policy
 /// deleted). Fails when a write fails, so the finalizer keeps the policy until producers are
 /// released.
-pub async fn release(context: &Context, policy: &BackpressurePolicy, reason: &'static str) -> Result<()> {
-    let rules = CircuitRules::new(
-        policy.spec.thresholds,
-        &policy.spec.circuit,
-        policy.spec.on_sample_failure,
-    );
-    let outcome = act(context, policy, State::Closed, &rules, Some(reason)).await;
+pub async fn release(context: &Context, policy: &BackpressurePolicy) -> Result<()> {
+    let rules = policy.spec.circuit_rules();
+    let outcome = act(context, policy, Intent::Release(Release::PolicyDeleted), &rules).await;
     match outcome.errors.first() {
         None => Ok(()),
         Some(error) => Err(super::Error::Release(error.clone())),
-    }
-}
-
-/// What the actuator needs of a workload.
-struct Workload {
-    annotations: Option<BTreeMap<String, String>>,
-    labels: Option<BTreeMap<String, String>>,
-    selector: Option<LabelSelector>,
-}
-
-fn workload_of<K: ResourceExt>(object: &K, selector: Option<LabelSelector>) -> Workload {
-    Workload {
-        annotations: object.meta().annotations.clone(),
-        labels: object.meta().labels.clone(),
-        selector,
-    }
-}
-
-fn workload(context: &Context, kind: TargetKind, name: &str, namespace: &str) -> Option<Workload> {
-    let stores = &context.stores;
-    match kind {
-        TargetKind::Deployment => stores
-            .deployments
-            .get(&ObjectRef::new(name).within(namespace))
-            .map(|d| workload_of(d.as_ref(), d.spec.as_ref().map(|s| s.selector.clone()))),
-        TargetKind::StatefulSet => stores
-            .stateful_sets
-            .get(&ObjectRef::new(name).within(namespace))
-            .map(|s| workload_of(s.as_ref(), s.spec.as_ref().map(|s| s.selector.clone()))),
-        TargetKind::DaemonSet => stores
-            .daemon_sets
-            .get(&ObjectRef::new(name).within(namespace))
-            .map(|d| workload_of(d.as_ref(), d.spec.as_ref().map(|s| s.selector.clone()))),
-    }
-}
-
-/// Names of the workloads of `kind` in `namespace` that carry the label of `policy`.
-fn labelled_workloads(context: &Context, kind: TargetKind, namespace: &str, policy: &str) -> Vec<String> {
-    fn names<K: ResourceExt + Clone + 'static>(
-        store: &kube::runtime::reflector::Store<K>,
-        namespace: &str,
-        policy: &str,
-    ) -> Vec<String>
-    where
-        K::DynamicType: Eq + std::hash::Hash + Clone,
-    {
-        store
-            .state_filter(|o| {
-                o.namespace().as_deref() == Some(namespace)
-                    && o.labels().get(LABEL_POLICY).map(String::as_str) == Some(policy)
-            })
-            .iter()
-            .map(|o| o.name_any())
-            .collect()
-    }
-    let stores = &context.stores;
-    match kind {
-        TargetKind::Deployment => names(&stores.deployments, namespace, policy),
-        TargetKind::StatefulSet => names(&stores.stateful_sets, namespace, policy),
-        TargetKind::DaemonSet => names(&stores.daemon_sets, namespace, policy),
-    }
-}
-
-/// Live pods of the namespace that the workload's selector matches (none for an empty selector:
-/// apps/v1 workloads always have one, and matching every pod would be a mistake).
-fn matching_pods(context: &Context, namespace: &str, selector: Option<&LabelSelector>) -> Vec<Arc<Pod>> {
-    let Some(selector) = selector.cloned().and_then(|s| Selector::try_from(s).ok()) else {
-        return Vec::new();
-    };
-    if selector.selects_all() {
-        return Vec::new();
-    }
-    context.stores.pods.state_filter(|pod| {
-        pod.namespace().as_deref() == Some(namespace)
-            && pod.metadata.deletion_timestamp.is_none()
-            && selector.matches(pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
-    })
-}
-
-async fn mark_workload(
-    context: &Context,
-    kind: TargetKind,
-    name: &str,
-    namespace: &str,
-    workload: &Workload,
-    marks: &Marks,
-    outcome: &mut Outcome,
-) {
-    if !marks.metadata_differs(workload.annotations.as_ref(), workload.labels.as_ref()) {
-        return;
-    }
-    match patch_workload(context, kind, name, namespace, marks).await {
-        Ok(()) => outcome.writes += 1,
-        Err(error) => outcome
-            .errors
-            .push(format!("{kind:?} {namespace}/{name}: {error}")),
     }
 }
 
@@ -265,41 +269,7 @@ async fn mark_pods(context: &Context, pods: Vec<Arc<Pod>>, marks: &Marks, outcom
     }
 }
 
-async fn patch_workload(
-    context: &Context,
-    kind: TargetKind,
-    name: &str,
-    namespace: &str,
-    marks: &Marks,
-) -> kube::Result<()> {
-    let patch = Patch::Merge(marks.metadata_patch());
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    let client = context.client.clone();
-    match kind {
-        TargetKind::Deployment => {
-            Api::<Deployment>::namespaced(client, namespace)
-                .patch(name, &params, &patch)
-                .await?;
-        }
-        TargetKind::StatefulSet => {
-            Api::<StatefulSet>::namespaced(client, namespace)
-                .patch(name, &params, &patch)
-                .await?;
-        }
-        TargetKind::DaemonSet => {
-            Api::<DaemonSet>::namespaced(client, namespace)
-                .patch(name, &params, &patch)
-                .await?;
-        }
-    }
-    context.metrics.api_writes.with_label_values(&["workload"]).inc();
-    Ok(())
-}
-
-/// The two things levee writes on a pod.
+/// The two writes a pod takes: its status condition and its labels and annotations.
 #[derive(Clone, Copy)]
 enum PodPart {
     Condition,

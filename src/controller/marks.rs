@@ -23,6 +23,37 @@ pub const LABEL_POLICY: &str = "levee.dev/policy";
 /// The policy annotation whose new value forces the circuit Closed.
 pub const ANNOTATION_RESET: &str = "levee.dev/reset";
 
+/// Why levee lets a producer go for good (it also loses the policy label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The policy is in dry run: decisions are reported, producers are not touched.
+    DryRun,
+    /// The policy no longer selects the producer.
+    TargetRemoved,
+    /// The policy is being deleted.
+    PolicyDeleted,
+}
+
+impl Release {
+    /// The reason written in the pod condition.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Release::DryRun => "DryRun",
+            Release::TargetRemoved => "TargetRemoved",
+            Release::PolicyDeleted => "PolicyDeleted",
+        }
+    }
+}
+
+/// What levee does with the producers of a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// Hold back or let through as the circuit's state and each target's priority say.
+    Follow(State),
+    /// Let every producer go.
+    Release(Release),
+}
+
 /// The marks one target (and its pods) should carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Marks {
@@ -36,23 +67,17 @@ pub struct Marks {
 }
 
 impl Marks {
-    /// The marks of a target of `priority` while the circuit is in `state`. `released` (policy
-    /// deleted, or dry run) puts the target back to accepting.
-    pub fn new(
-        policy: &str,
-        state: State,
-        priority: u32,
-        rules: &CircuitRules,
-        released: Option<&'static str>,
-    ) -> Self {
-        let (state, accepting, reason, message) = match released {
-            Some(reason) => (
+    /// The marks of a target of `priority` under `intent`: following the circuit, or released
+    /// (accepting, without the policy label).
+    pub fn new(policy: &str, intent: Intent, priority: u32, rules: &CircuitRules) -> Self {
+        let (state, accepting, reason, message) = match intent {
+            Intent::Release(release) => (
                 State::Closed,
                 true,
-                reason,
+                release.reason(),
                 "levee does not hold this producer back".to_string(),
             ),
-            None => {
+            Intent::Follow(state) => {
                 let accepting = rules.accepts(state, priority);
                 let (reason, message) = match (state, accepting) {
                     (State::Closed, _) => (
@@ -87,7 +112,7 @@ impl Marks {
             policy: policy.to_string(),
             reason,
             message,
-            labelled: released.is_none(),
+            labelled: matches!(intent, Intent::Follow(_)),
         }
     }
 
@@ -181,12 +206,12 @@ mod tests {
     #[test]
     fn priority_decides_who_accepts() {
         let r = rules();
-        assert!(Marks::new("p", State::Closed, 10, &r, None).accepting);
-        let held = Marks::new("p", State::HalfOpen, 6, &r, None);
+        assert!(Marks::new("p", Intent::Follow(State::Closed), 10, &r).accepting);
+        let held = Marks::new("p", Intent::Follow(State::HalfOpen), 6, &r);
         assert_eq!((held.accepting, held.reason), (false, "CircuitHalfOpen"));
-        let allowed = Marks::new("p", State::Open, 1, &r, None);
+        let allowed = Marks::new("p", Intent::Follow(State::Open), 1, &r);
         assert_eq!((allowed.accepting, allowed.reason), (true, "PriorityAllowed"));
-        let released = Marks::new("p", State::Open, 10, &r, Some("PolicyDeleted"));
+        let released = Marks::new("p", Intent::Release(Release::PolicyDeleted), 10, &r);
         assert_eq!(
             (released.accepting, released.state, released.reason),
             (true, State::Closed, "PolicyDeleted")
@@ -195,7 +220,7 @@ mod tests {
 
     #[test]
     fn nothing_differs_once_the_marks_are_there() {
-        let marks = Marks::new("p", State::Open, 10, &rules(), None);
+        let marks = Marks::new("p", Intent::Follow(State::Open), 10, &rules());
         let patch = marks.metadata_patch();
         let annotations: BTreeMap<String, String> =
             serde_json::from_value(patch["metadata"]["annotations"].clone()).unwrap();
@@ -218,13 +243,13 @@ mod tests {
         .unwrap();
         assert!(!marks.condition_differs(Some(std::slice::from_ref(&condition))));
         assert!(marks.condition_differs(None));
-        let closed = Marks::new("p", State::Closed, 10, &rules(), None);
+        let closed = Marks::new("p", Intent::Follow(State::Closed), 10, &rules());
         assert!(closed.condition_differs(Some(&[condition])));
     }
 
     #[test]
     fn a_released_producer_loses_the_label() {
-        let released = Marks::new("p", State::Open, 10, &rules(), Some("TargetRemoved"));
+        let released = Marks::new("p", Intent::Release(Release::TargetRemoved), 10, &rules());
         let patch = released.metadata_patch();
         assert_eq!(patch["metadata"]["labels"][LABEL_POLICY], Value::Null);
         let annotations: BTreeMap<String, String> =

@@ -15,6 +15,7 @@ mod actuator;
 mod autoscaler;
 mod backoff;
 mod clock;
+mod indexed_store;
 mod leader;
 pub mod marks;
 mod policy_task;
@@ -27,14 +28,14 @@ use crate::api::BackpressurePolicy;
 use crate::metrics_api::values::MetricValues;
 use crate::sampler::Sampler;
 use crate::telemetry::Metrics;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use indexed_store::IndexedStore;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use policy_task::PolicyTasks;
@@ -104,14 +105,14 @@ pub use leader::LeaseSettings;
 /// In-memory copies of the objects the actuator reads, kept current by watches.
 #[derive(Clone)]
 pub struct Stores {
-    pub pods: Store<Pod>,
-    pub deployments: Store<Deployment>,
-    pub stateful_sets: Store<StatefulSet>,
-    pub daemon_sets: Store<DaemonSet>,
+    pub pods: IndexedStore<Pod>,
+    pub deployments: IndexedStore<Deployment>,
+    pub stateful_sets: IndexedStore<StatefulSet>,
+    pub daemon_sets: IndexedStore<DaemonSet>,
     /// The HPAs levee manages (labelled `app.kubernetes.io/managed-by: levee`).
-    pub autoscalers: Store<HorizontalPodAutoscaler>,
+    pub autoscalers: IndexedStore<HorizontalPodAutoscaler>,
     /// The Secrets that let levee read them (labelled `levee.dev/redis-secret: "true"`); no other.
-    pub secrets: Store<Secret>,
+    pub secrets: IndexedStore<Secret>,
 }
 
 /// What every reconcile and every policy task shares.
@@ -137,17 +138,32 @@ impl Context {
     }
 }
 
-/// Runs the controller until `shutdown` resolves. `client` makes requests (with a timeout);
-/// `watch_client` watches (which may stay quiet for minutes).
+/// The clients the controller uses.
+#[derive(Clone)]
+pub struct ApiClients {
+    /// Requests: with a timeout, a bounded number in flight.
+    pub requests: Client,
+    /// Watches, which may stay quiet for minutes.
+    pub watches: Client,
+    /// Requests that must not wait behind policy writes (the Lease's renewals, the metrics
+    /// API's token and access reviews): with a timeout, not queued.
+    pub unqueued: Client,
+}
+
+/// Runs the controller until `shutdown` resolves.
 pub async fn run(
-    client: Client,
-    watch_client: Client,
+    clients: ApiClients,
     settings: Settings,
     metrics: Arc<Metrics>,
     values: MetricValues,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (leader, lease_task) = leader::elect(client.clone(), watch_client.clone(), &settings).await?;
+    let ApiClients {
+        requests: client,
+        watches: watch_client,
+        unqueued: lease_client,
+    } = clients;
+    let (leader, lease_task) = leader::elect(lease_client, watch_client.clone(), &settings).await?;
     let (stores, reflectors) = start_reflectors(watch_client.clone(), &settings);
     let reporter = Reporter {
         controller: "levee".into(),
@@ -166,16 +182,15 @@ pub async fn run(
         client: client.clone(),
     });
     let reflector_task = tokio::spawn(reflectors);
-    for ready in [
-        context.stores.pods.wait_until_ready().await,
-        context.stores.deployments.wait_until_ready().await,
-        context.stores.stateful_sets.wait_until_ready().await,
-        context.stores.daemon_sets.wait_until_ready().await,
-        context.stores.autoscalers.wait_until_ready().await,
-        context.stores.secrets.wait_until_ready().await,
-    ] {
-        ready.expect("reflectors run until shutdown");
-    }
+    let stores = &context.stores;
+    futures::join!(
+        stores.pods.wait_until_ready(),
+        stores.deployments.wait_until_ready(),
+        stores.stateful_sets.wait_until_ready(),
+        stores.daemon_sets.wait_until_ready(),
+        stores.autoscalers.wait_until_ready(),
+        stores.secrets.wait_until_ready(),
+    );
     metrics.set_ready(true);
     tracing::info!(identity = %context.settings.identity, "levee controller started");
 
@@ -231,9 +246,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps `writer`'s store current from a watch on `api`, re-watching with backoff.
+/// Keeps `store` current from a watch on `api` (each object trimmed to what levee reads),
+/// re-watching with backoff.
 fn reflect<K>(
-    writer: reflector::store::Writer<K>,
+    store: IndexedStore<K>,
     api: Api<K>,
     config: watcher::Config,
     trim: fn(&mut K),
@@ -242,72 +258,79 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    reflector::reflector(writer, watcher(api, config.any_semantic()).modify(trim))
+    watcher(api, config.any_semantic())
+        .modify(trim)
         .default_backoff()
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()))
+        .for_each(move |event| {
+            if let Ok(event) = event {
+                store.apply(event);
+            }
+            futures::future::ready(())
+        })
 }
 
 fn start_reflectors(
     client: Client,
     settings: &Settings,
 ) -> (Stores, impl std::future::Future<Output = ()> + Send + 'static) {
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (deployments, deployment_writer) = reflector::store::<Deployment>();
-    let (stateful_sets, stateful_set_writer) = reflector::store::<StatefulSet>();
-    let (daemon_sets, daemon_set_writer) = reflector::store::<DaemonSet>();
-    let (autoscalers, autoscaler_writer) = reflector::store::<HorizontalPodAutoscaler>();
-    let (secrets, secret_writer) = reflector::store::<Secret>();
-    let all_of = watcher::Config::default;
-    let pod_stream = reflect(pod_writer, settings.api(client.clone()), all_of(), trim::pod);
-    let deployment_stream = reflect(
-        deployment_writer,
-        settings.api(client.clone()),
-        all_of(),
-        trim::deployment,
-    );
-    let stateful_set_stream = reflect(
-        stateful_set_writer,
-        settings.api(client.clone()),
-        all_of(),
-        trim::stateful_set,
-    );
-    let daemon_set_stream = reflect(
-        daemon_set_writer,
-        settings.api(client.clone()),
-        all_of(),
-        trim::daemon_set,
-    );
-    let managed = all_of().labels("app.kubernetes.io/managed-by=levee");
-    let autoscaler_stream = reflect(
-        autoscaler_writer,
-        settings.api(client.clone()),
-        managed,
-        trim::autoscaler,
-    );
-    let opted_in = all_of().labels(&format!("{}=true", secrets::LABEL_SECRET_CONSENT));
-    let secret_stream = reflect(secret_writer, settings.api(client), opted_in, trim::secret);
-    let all = async move {
-        futures::join!(
-            pod_stream,
-            deployment_stream,
-            stateful_set_stream,
-            daemon_set_stream,
-            autoscaler_stream,
-            secret_stream
-        );
+    let stores = Stores {
+        pods: IndexedStore::default(),
+        deployments: IndexedStore::default(),
+        stateful_sets: IndexedStore::default(),
+        daemon_sets: IndexedStore::default(),
+        autoscalers: IndexedStore::default(),
+        secrets: IndexedStore::default(),
     };
-    (
-        Stores {
-            pods,
-            deployments,
-            stateful_sets,
-            daemon_sets,
-            autoscalers,
-            secrets,
-        },
-        all,
-    )
+    let all_of = watcher::Config::default;
+    let managed = all_of().labels("app.kubernetes.io/managed-by=levee");
+    let opted_in = all_of().labels(&format!("{}=true", secrets::LABEL_SECRET_CONSENT));
+    let streams = futures::future::join_all([
+        reflect(
+            stores.pods.clone(),
+            settings.api(client.clone()),
+            all_of(),
+            trim::pod,
+        )
+        .boxed(),
+        reflect(
+            stores.deployments.clone(),
+            settings.api(client.clone()),
+            all_of(),
+            trim::deployment,
+        )
+        .boxed(),
+        reflect(
+            stores.stateful_sets.clone(),
+            settings.api(client.clone()),
+            all_of(),
+            trim::stateful_set,
+        )
+        .boxed(),
+        reflect(
+            stores.daemon_sets.clone(),
+            settings.api(client.clone()),
+            all_of(),
+            trim::daemon_set,
+        )
+        .boxed(),
+        reflect(
+            stores.autoscalers.clone(),
+            settings.api(client.clone()),
+            managed,
+            trim::autoscaler,
+        )
+        .boxed(),
+        reflect(
+            stores.secrets.clone(),
+            settings.api(client),
+            opted_in,
+            trim::secret,
+        )
+        .boxed(),
+    ]);
+    (stores, async move {
+        streams.await;
+    })
 }
 
 /// Keeps one policy task per policy; only the leader adds and honours the finalizer.
@@ -334,7 +357,7 @@ async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Re
             }
             FinalizerEvent::Cleanup(policy) => {
                 for_event.tasks.stop(&policy);
-                actuator::release(&for_event, &policy, "PolicyDeleted").await?;
+                actuator::release(&for_event, &policy).await?;
                 forget(&for_event, &policy);
                 Ok(Action::await_change())
             }

@@ -8,10 +8,10 @@
 //! host of their choosing. Being watched, a rotated Secret is seen at once: `versions` tells the
 //! policy task to rebuild its endpoint, with no failure needed and no read per tick.
 
+use super::indexed_store::IndexedStore;
 use crate::api::BackpressurePolicy;
 use crate::sampler::{Credentials, Endpoint};
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 
@@ -40,13 +40,13 @@ fn referenced(policy: &BackpressurePolicy) -> Vec<&str> {
 
 /// The resource versions of the (opted-in) Secrets `policy` references, as the store holds them:
 /// when they change, the endpoint is rebuilt.
-pub fn versions(store: &Store<Secret>, policy: &BackpressurePolicy) -> Vec<Option<String>> {
+pub fn versions(store: &IndexedStore<Secret>, policy: &BackpressurePolicy) -> Vec<Option<String>> {
     let namespace = policy.namespace().unwrap_or_default();
     referenced(policy)
         .into_iter()
         .map(|name| {
             store
-                .get(&ObjectRef::new(name).within(&namespace))
+                .get(&namespace, name)
                 .and_then(|secret| secret.resource_version())
         })
         .collect()
@@ -55,7 +55,7 @@ pub fn versions(store: &Store<Secret>, policy: &BackpressurePolicy) -> Vec<Optio
 /// The endpoint of `policy`, from the opted-in Secrets it references.
 pub async fn resolve_endpoint(
     client: &Client,
-    store: &Store<Secret>,
+    store: &IndexedStore<Secret>,
     policy: &BackpressurePolicy,
 ) -> Result<Endpoint, EndpointProblem> {
     let namespace = policy.namespace().unwrap_or_default();
@@ -87,13 +87,13 @@ pub async fn resolve_endpoint(
 
 /// The opted-in Secrets, and the API to tell a missing Secret from one that did not opt in.
 struct Watched<'a> {
-    store: &'a Store<Secret>,
+    store: &'a IndexedStore<Secret>,
     api: Api<Secret>,
 }
 
 impl Watched<'_> {
     async fn read(&self, namespace: &str, name: &str, field: &str) -> Result<Arc<Secret>, EndpointProblem> {
-        if let Some(secret) = self.store.get(&ObjectRef::new(name).within(namespace)) {
+        if let Some(secret) = self.store.get(namespace, name) {
             return Ok(secret);
         }
         // Only the metadata, to say which of the two it is.

@@ -2,14 +2,13 @@
 //! method, path, content type and body, and an unexpected request hangs the call (and fails the
 //! test by timeout). The same behaviour runs against a real control plane in e2e/.
 
+use super::marks::Intent;
 use super::*;
 use crate::circuit::{CircuitRules, State};
 use http::{Request, Response};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::client::Body;
-use kube::runtime::reflector;
-use kube::runtime::watcher::Event as WatchEvent;
 use serde_json::{Value, json};
 
 type ApiServer = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -53,21 +52,13 @@ fn open_condition() -> Value {
 }
 
 fn stores(deployments: Vec<Deployment>, pods: Vec<Pod>) -> Stores {
-    let (pod_store, mut pod_writer) = reflector::store::<Pod>();
-    for pod in pods {
-        pod_writer.apply_watcher_event(&WatchEvent::Apply(pod));
-    }
-    let (deployment_store, mut deployment_writer) = reflector::store::<Deployment>();
-    for deployment in deployments {
-        deployment_writer.apply_watcher_event(&WatchEvent::Apply(deployment));
-    }
     Stores {
-        pods: pod_store,
-        deployments: deployment_store,
-        stateful_sets: reflector::store().0,
-        daemon_sets: reflector::store().0,
-        autoscalers: reflector::store().0,
-        secrets: reflector::store().0,
+        pods: IndexedStore::from_objects(pods),
+        deployments: IndexedStore::from_objects(deployments),
+        stateful_sets: IndexedStore::from_objects([]),
+        daemon_sets: IndexedStore::from_objects([]),
+        autoscalers: IndexedStore::from_objects([]),
+        secrets: IndexedStore::from_objects([]),
     }
 }
 
@@ -92,11 +83,7 @@ fn policy(extra_metadata: Value) -> BackpressurePolicy {
 }
 
 fn rules(policy: &BackpressurePolicy) -> CircuitRules {
-    CircuitRules::new(
-        policy.spec.thresholds,
-        &policy.spec.circuit,
-        policy.spec.on_sample_failure,
-    )
+    policy.spec.circuit_rules()
 }
 
 /// Answers the next request after checking it; returns its body.
@@ -173,9 +160,8 @@ async fn opening_marks_the_workload_and_only_the_pods_that_lack_the_marks() {
     let outcome = within_2s(actuator::act(
         &context,
         &policy,
-        State::Open,
+        Intent::Follow(State::Open),
         &rules(&policy),
-        None,
     ))
     .await;
     verifier.await.unwrap();
@@ -198,9 +184,8 @@ async fn nothing_is_written_when_every_mark_is_in_place() {
     let outcome = within_2s(actuator::act(
         &context,
         &policy,
-        State::Open,
+        Intent::Follow(State::Open),
         &rules(&policy),
-        None,
     ))
     .await;
     assert_eq!(
@@ -260,9 +245,8 @@ async fn a_labelled_pod_the_policy_no_longer_selects_is_released() {
     let outcome = within_2s(actuator::act(
         &context,
         &policy,
-        State::Open,
+        Intent::Follow(State::Open),
         &rules(&policy),
-        None,
     ))
     .await;
     verifier.await.unwrap();
@@ -277,9 +261,8 @@ async fn a_missing_target_is_reported_without_requests() {
     let outcome = within_2s(actuator::act(
         &context,
         &policy,
-        State::Open,
+        Intent::Follow(State::Open),
         &rules(&policy),
-        None,
     ))
     .await;
     assert_eq!(outcome.missing, vec!["Deployment jobs/api".to_string()]);

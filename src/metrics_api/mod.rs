@@ -1,5 +1,7 @@
-//! The `external.metrics.k8s.io` API levee serves to HorizontalPodAutoscalers. This module holds
-//! the pure pieces the server builds on, starting with Kubernetes label selectors.
+//! The `external.metrics.k8s.io` API levee serves to HorizontalPodAutoscalers: the HTTPS server
+//! and its connection limits (`server`), who may call it (`auth`), its certificates (`tls`), the
+//! answers as pure functions of the request (`routes`, `selector`) and the values the policy
+//! tasks publish (`values`).
 
 pub mod auth;
 pub mod routes;

@@ -1,6 +1,7 @@
 //! The external metrics API's answers, as a pure function of the request path, the query and
-//! the in-memory values: exactly the shapes kube-apiserver's aggregator and the HPA use (see
-//! `shared/REFERENCE.md`). Errors are Kubernetes `Status` objects.
+//! the in-memory values: the shapes kube-apiserver's aggregator and the HPA read
+//! (`APIResourceList` for discovery, `ExternalMetricValueList` for values; docs/integration.md
+//! shows them). Errors are Kubernetes `Status` objects.
 
 use super::selector;
 use super::values::{MetricValues, PolicyValues};

@@ -80,6 +80,34 @@ impl Sample {
     }
 }
 
+/// A policy's queues with the reads each takes, built once per policy generation.
+#[derive(Clone, Debug)]
+pub struct PreparedQueues {
+    queues: Vec<PreparedQueue>,
+}
+
+#[derive(Clone, Debug)]
+struct PreparedQueue {
+    name: String,
+    weight: u32,
+    probe: QueueProbe,
+}
+
+impl PreparedQueues {
+    pub fn new(queues: &[QueueSpec]) -> Self {
+        Self {
+            queues: queues
+                .iter()
+                .map(|queue| PreparedQueue {
+                    name: queue.name.clone(),
+                    weight: queue.weight,
+                    probe: QueueProbe::for_queue(queue),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Connections and topology of one endpoint.
 #[derive(Default)]
 struct EndpointState {
@@ -127,10 +155,18 @@ impl Sampler {
 
     /// Reads every queue of one policy: one pipeline per Redis node, all nodes at once.
     pub async fn sample(&self, endpoint: &Endpoint, queues: &[QueueSpec]) -> Sample {
+        self.sample_prepared(endpoint, &PreparedQueues::new(queues)).await
+    }
+
+    /// Like `sample`, with the reads prepared once (per policy generation) rather than per tick.
+    pub async fn sample_prepared(&self, endpoint: &Endpoint, prepared: &PreparedQueues) -> Sample {
         let started = Instant::now();
         let at = Timestamp::now();
-        let probes: Vec<QueueProbe> = queues.iter().map(QueueProbe::for_queue).collect();
-        let reads: Vec<&KeyRead> = probes.iter().flat_map(|p| p.reads.iter()).collect();
+        let reads: Vec<&KeyRead> = prepared
+            .queues
+            .iter()
+            .flat_map(|q| q.probe.reads.iter())
+            .collect();
         let state = self.state_of(endpoint);
         let (mut replies, mut round_trips, redirected) = self.read_all(endpoint, &state, &reads).await;
         if redirected {
@@ -143,10 +179,10 @@ impl Sampler {
         round_trips += redirect::follow_asks(endpoint, &state, &reads, &mut replies).await;
         let unreachable = replies.iter().find_map(|r| r.as_ref().err()).cloned();
         let mut replies = replies.into_iter();
-        let queues = queues
+        let queues = prepared
+            .queues
             .iter()
-            .zip(&probes)
-            .map(|(queue, probe)| {
+            .map(|PreparedQueue { name, weight, probe }| {
                 let own: Vec<Result<RedisResult<Value>, String>> =
                     replies.by_ref().take(probe.reads.len()).collect();
                 let depth = match own.iter().find_map(|r| r.as_ref().err()) {
@@ -158,8 +194,8 @@ impl Sampler {
                     }
                 };
                 QueueReading {
-                    name: queue.name.clone(),
-                    weight: queue.weight,
+                    name: name.clone(),
+                    weight: *weight,
                     depth,
                 }
             })

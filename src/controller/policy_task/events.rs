@@ -1,0 +1,120 @@
+//! The events a tick publishes about its policy: transitions, a worse level, Prolonged, a reset,
+//! missing targets and endpoint problems.
+
+use super::super::Context;
+use super::super::actuator::Outcome;
+use crate::api::BackpressurePolicy;
+use crate::circuit::{Circuit, CircuitRules, Decision, Level, State};
+use crate::sampler::Sample;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType};
+
+/// Events for a transition, a worse level, Prolonged and a reset, with the numbers behind them.
+pub async fn publish_decision(
+    context: &Context,
+    policy: &BackpressurePolicy,
+    decision: &Decision,
+    rules: &CircuitRules,
+    circuit: &Circuit,
+    targets: &Outcome,
+    sample: Option<&Sample>,
+) {
+    let mut events = Vec::new();
+    let dry = if policy.spec.dry_run { "dryRun: " } else { "" };
+    if let Some(transition) = &decision.transition {
+        let held = policy
+            .spec
+            .targets
+            .iter()
+            .filter(|t| !rules.accepts(transition.to, t.priority))
+            .count();
+        let verb = if policy.spec.dry_run {
+            "would hold back"
+        } else {
+            "holding back"
+        };
+        let (type_, reason) = match transition.to {
+            State::Open => (EventType::Warning, "CircuitOpened"),
+            State::HalfOpen => (EventType::Normal, "CircuitHalfOpened"),
+            State::Closed => (EventType::Normal, "CircuitClosed"),
+        };
+        let note = format!(
+            "{dry}{} -> {}: {}; {verb} {held} of {} targets",
+            transition.from,
+            transition.to,
+            transition.cause,
+            policy.spec.targets.len()
+        );
+        events.push((type_, reason, note));
+    }
+    if let (Some((_, to)), Some(sample)) = (decision.level_change, sample) {
+        let pending = sample.pending();
+        let thresholds = rules.thresholds;
+        match to {
+            Level::Warning => events.push((
+                EventType::Warning,
+                "BacklogWarning",
+                format!("pending {pending} >= warning {}", thresholds.warning),
+            )),
+            Level::Critical => events.push((
+                EventType::Warning,
+                "BacklogCritical",
+                format!("pending {pending} >= critical {}", thresholds.critical),
+            )),
+            Level::Normal => {}
+        }
+    }
+    if decision.prolonged_started {
+        let since = circuit
+            .throttling_since
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        events.push((
+            EventType::Warning,
+            "CircuitProlonged",
+            format!("the circuit has not been Closed since {since} (circuit.alertAfter)"),
+        ));
+    }
+    if decision.reset_applied {
+        let value = circuit.last_reset.clone().unwrap_or_default();
+        events.push((
+            EventType::Normal,
+            "CircuitReset",
+            format!("levee.dev/reset={value}: the circuit is Closed"),
+        ));
+    }
+    if !targets.missing.is_empty() && decision.transition.is_some() {
+        events.push((
+            EventType::Warning,
+            "TargetNotFound",
+            format!("{} not found", targets.missing.join(", ")),
+        ));
+    }
+    for (type_, reason, note) in events {
+        publish(context, policy, type_, reason, note).await;
+    }
+}
+
+/// Publishes one event about the policy.
+pub async fn publish(
+    context: &Context,
+    policy: &BackpressurePolicy,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let reference: ObjectReference = policy.object_ref(&());
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Decide".into(),
+        secondary: None,
+    };
+    if let Err(error) = context.recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, reason, "publishing an event failed");
+    } else {
+        context.metrics.api_writes.with_label_values(&["event"]).inc();
+    }
+}

@@ -1,0 +1,413 @@
+//! One task per policy: every `sampleInterval` it samples the queues, steps the circuit and, on
+//! the leader, saves the decision in status and only then acts on the targets: producers are
+//! never held on a decision that status lacks, so whoever leads next resumes exactly what
+//! producers see. A spec change re-reads Secrets and the interval; the circuit carries over.
+//! Followers mirror the circuit from status instead of stepping it.
+
+mod events;
+mod record;
+
+use super::Context;
+use super::actuator::{self, Outcome};
+use super::autoscaler;
+use super::backoff::Backoff;
+use super::marks::{ANNOTATION_RESET, Intent, Release};
+use super::secrets::{self, EndpointProblem, resolve_endpoint};
+use super::status_writer::{TickReport, next_status, worth_writing, write};
+use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
+use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
+use crate::sampler::{Endpoint, PreparedQueues, Sample};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+struct Running {
+    latest: watch::Sender<Arc<BackpressurePolicy>>,
+    handle: JoinHandle<()>,
+}
+
+/// The running policy tasks, by policy UID.
+#[derive(Default)]
+pub struct PolicyTasks {
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl PolicyTasks {
+    /// Starts the policy's task, or hands the running one the latest object.
+    pub fn ensure(&self, context: &Arc<Context>, policy: Arc<BackpressurePolicy>) {
+        let uid = policy.uid().unwrap_or_else(|| policy.name_any());
+        let mut running = self.running.lock().expect("task map lock");
+        if let Some(task) = running.get(&uid).filter(|task| !task.handle.is_finished()) {
+            task.latest.send_replace(policy);
+            return;
+        }
+        let (latest, receiver) = watch::channel(policy);
+        let handle = tokio::spawn(run(context.clone(), receiver));
+        running.insert(uid, Running { latest, handle });
+    }
+
+    /// Stops the policy's task.
+    pub fn stop(&self, policy: &BackpressurePolicy) {
+        let uid = policy.uid().unwrap_or_else(|| policy.name_any());
+        if let Some(task) = self.running.lock().expect("task map lock").remove(&uid) {
+            task.handle.abort();
+        }
+    }
+
+    /// Stops every task (shutdown).
+    pub fn stop_all(&self) {
+        for (_, task) in self.running.lock().expect("task map lock").drain() {
+            task.handle.abort();
+        }
+    }
+}
+
+/// What a task keeps between ticks.
+struct PolicyState {
+    policy: Arc<BackpressurePolicy>,
+    rules: CircuitRules,
+    /// The policy's queues and the reads they take (rebuilt on a new generation).
+    queues: PreparedQueues,
+    circuit: Circuit,
+    endpoint: Option<Result<Endpoint, EndpointProblem>>,
+    /// Redis refused the endpoint (a rotated password?): rebuild it from the Secrets when the
+    /// backoff allows.
+    endpoint_suspect: bool,
+    /// Paces re-reads of the Secrets while they are missing or Redis refuses them.
+    secret_backoff: Backoff,
+    /// The endpoint problem last reported with an event, so each is reported once.
+    reported_problem: Option<&'static str>,
+    /// The versions of the Secrets the endpoint was built from (a change rebuilds it).
+    secret_versions: Vec<Option<String>>,
+    written: BackpressurePolicyStatus,
+    last_write: Option<Instant>,
+    /// Failed writes of the last pass over the targets, reported in the next status.
+    target_errors: Vec<String>,
+    /// The policy generation and HPA resource version last found in place (nothing to compare
+    /// again until one of them changes).
+    autoscaler_checked: Option<(Option<i64>, Option<String>)>,
+    /// The last failure to apply the managed HPA, shown in the Ready condition until it works.
+    autoscaler_error: Option<String>,
+}
+
+impl PolicyState {
+    fn new(policy: Arc<BackpressurePolicy>) -> Self {
+        let status = policy.status.clone().unwrap_or_default();
+        Self {
+            rules: policy.spec.circuit_rules(),
+            queues: PreparedQueues::new(&policy.spec.queues),
+            circuit: status.circuit(),
+            endpoint: None,
+            endpoint_suspect: false,
+            secret_backoff: Backoff::default(),
+            reported_problem: None,
+            secret_versions: Vec::new(),
+            written: status,
+            last_write: None,
+            target_errors: Vec::new(),
+            autoscaler_checked: None,
+            autoscaler_error: None,
+            policy,
+        }
+    }
+
+    /// Takes a newer object; a new generation means new rules and a new endpoint.
+    fn update(&mut self, policy: Arc<BackpressurePolicy>) -> bool {
+        let respecified = policy.metadata.generation != self.policy.metadata.generation;
+        if respecified {
+            self.rules = policy.spec.circuit_rules();
+            self.queues = PreparedQueues::new(&policy.spec.queues);
+            self.endpoint = None;
+            self.endpoint_suspect = false;
+            self.secret_backoff.succeeded();
+        }
+        self.policy = policy;
+        respecified
+    }
+
+    /// Builds the endpoint from the Secrets when there is none, or when the last one failed and
+    /// the backoff allows another read.
+    async fn refresh_endpoint(&mut self, context: &Context) {
+        let now = Instant::now();
+        let versions = secrets::versions(&context.stores.secrets, &self.policy);
+        // A Secret created, labelled, rotated or deleted: rebuild at once.
+        let rotated = versions != self.secret_versions;
+        let due = rotated
+            || match &self.endpoint {
+                None => true,
+                Some(Err(_)) => self.secret_backoff.ready(now),
+                Some(Ok(_)) => self.endpoint_suspect && self.secret_backoff.ready(now),
+            };
+        if !due {
+            return;
+        }
+        if rotated {
+            self.secret_backoff.succeeded();
+            self.secret_versions = versions;
+        }
+        let resolved = resolve_endpoint(&context.client, &context.stores.secrets, &self.policy).await;
+        if resolved.is_err() || self.endpoint_suspect {
+            self.secret_backoff.failed(now);
+        }
+        self.endpoint_suspect = false;
+        match &resolved {
+            Ok(_) => self.reported_problem = None,
+            Err(problem) if context.is_leader() && self.reported_problem != Some(problem.reason) => {
+                self.reported_problem = Some(problem.reason);
+                events::publish(
+                    context,
+                    &self.policy,
+                    EventType::Warning,
+                    problem.reason,
+                    problem.message.clone(),
+                )
+                .await;
+            }
+            Err(_) => {}
+        }
+        self.endpoint = Some(resolved);
+    }
+}
+
+/// Ticks every `sampleInterval`: the first at once, the next at an offset within the interval
+/// that the policy's UID fixes, so a thousand policies started together do not all tick in the
+/// same instant (each tick then runs beside few others, and the API server sees an even load).
+fn ticker(policy: &BackpressurePolicy) -> tokio::time::Interval {
+    let period: std::time::Duration = policy.spec.sample_interval.into();
+    let key = policy.uid().unwrap_or_else(|| policy.name_any());
+    let phase = period.mul_f64(phase_of(&key));
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// A fraction in [0, 1) that is the same for the same key (FNV-1a).
+fn phase_of(key: &str) -> f64 {
+    let hash = key
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    (hash % 1_000_000) as f64 / 1_000_000.0
+}
+
+async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<BackpressurePolicy>>) {
+    let mut state = PolicyState::new(latest.borrow_and_update().clone());
+    tick(&context, &mut state).await;
+    let mut interval = ticker(&state.policy);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => tick(&context, &mut state).await,
+            changed = latest.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let policy = latest.borrow_and_update().clone();
+                if state.update(policy) {
+                    interval = ticker(&state.policy);
+                }
+            }
+        }
+    }
+}
+
+/// One tick, in phases: sample; a follower mirrors status and stops there; the leader keeps the
+/// HPA in place, decides, reports, saves the decision in status and then acts on what status
+/// holds.
+async fn tick(context: &Context, state: &mut PolicyState) {
+    let policy = state.policy.clone();
+    let sample = state.sample(context).await;
+    if !context.is_leader() {
+        state.follow_status(context);
+        return;
+    }
+    if policy.meta().deletion_timestamp.is_some() {
+        return;
+    }
+    state.keep_autoscaler(context).await;
+    let now = context.clock.now();
+    let decision = state.decide(context, now, &sample);
+    let targets = Outcome {
+        missing: actuator::missing_targets(context, &policy),
+        errors: state.target_errors.clone(),
+        ..Outcome::default()
+    };
+    events::publish_decision(
+        context,
+        &policy,
+        &decision,
+        &state.rules,
+        &state.circuit,
+        &targets,
+        sample.as_ref().ok(),
+    )
+    .await;
+    let report = TickReport {
+        circuit: &state.circuit,
+        sample: sample.as_ref(),
+        targets: &targets,
+        autoscaler_error: state.autoscaler_error.as_deref(),
+        dry_run: policy.spec.dry_run,
+        now,
+    };
+    let next = next_status(&policy, &state.written, &report);
+    state.save_status(context, next).await;
+    state.act_on_saved_decision(context).await;
+}
+
+impl PolicyState {
+    /// The namespace and name of the policy.
+    fn names(&self) -> (String, String) {
+        (
+            self.policy.namespace().unwrap_or_default(),
+            self.policy.name_any(),
+        )
+    }
+
+    /// Reads the queues (or says why the endpoint cannot be built), records the sample and
+    /// hands it to the external metrics API.
+    async fn sample(&mut self, context: &Context) -> Result<Sample, EndpointProblem> {
+        self.refresh_endpoint(context).await;
+        let sample = match self.endpoint.as_ref().expect("refreshed above") {
+            Ok(endpoint) => Ok(context.sampler.sample_prepared(endpoint, &self.queues).await),
+            Err(problem) => Err(problem.clone()),
+        };
+        let (namespace, name) = self.names();
+        record::record_sample(context, &namespace, &name, &sample);
+        record::publish_values(context, &self.policy, &sample);
+        match &sample {
+            // A rotated password shows up as an authentication error: re-read the Secrets (paced).
+            Ok(sample) if sample.unreachable.is_some() => self.endpoint_suspect = true,
+            Ok(_) => self.secret_backoff.succeeded(),
+            Err(_) => {}
+        }
+        sample
+    }
+
+    /// A follower takes the leader's status as the circuit, so taking over resumes it exactly.
+    fn follow_status(&mut self, context: &Context) {
+        let status = self.policy.status.clone().unwrap_or_default();
+        self.circuit = status.circuit();
+        self.written = status;
+        self.last_write = None;
+        let (namespace, name) = self.names();
+        record::record_circuit(context, &namespace, &name, &self.circuit);
+    }
+
+    /// Puts the managed HPA back in place; compared again only when the policy or its HPA
+    /// changed since it was last found in place.
+    async fn keep_autoscaler(&mut self, context: &Context) {
+        let (namespace, name) = self.names();
+        let hpa = context
+            .stores
+            .autoscalers
+            .get(&namespace, &autoscaler::hpa_name(&self.policy));
+        let seen = (
+            self.policy.metadata.generation,
+            hpa.as_ref().and_then(|hpa| hpa.resource_version()),
+        );
+        if self.autoscaler_checked.as_ref() == Some(&seen) {
+            return;
+        }
+        if autoscaler::in_place(&self.policy, hpa.as_deref()) {
+            self.autoscaler_checked = Some(seen);
+            return;
+        }
+        match autoscaler::sync(context, &self.policy).await {
+            Ok(()) => self.autoscaler_error = None,
+            Err(error) => {
+                tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying");
+                self.autoscaler_error = Some(error.to_string());
+            }
+        }
+    }
+
+    /// Steps the circuit with the sample and records the result.
+    fn decide(
+        &mut self,
+        context: &Context,
+        now: jiff::Timestamp,
+        sample: &Result<Sample, EndpointProblem>,
+    ) -> Decision {
+        let observation = sample
+            .as_ref()
+            .map_or(Observation::SampleFailed, Sample::observation);
+        let reset = self
+            .policy
+            .annotations()
+            .get(ANNOTATION_RESET)
+            .map(String::as_str);
+        let decision = self.circuit.step(&self.rules, now, observation, reset);
+        let (namespace, name) = self.names();
+        record::record_circuit(context, &namespace, &name, &self.circuit);
+        if let Some(transition) = &decision.transition {
+            record::record_transition(context, &namespace, &name, transition);
+        }
+        decision
+    }
+
+    /// Writes `next` when it differs in substance or the heartbeat is due; kept as what status
+    /// holds once written.
+    async fn save_status(&mut self, context: &Context, next: BackpressurePolicyStatus) {
+        let heartbeat_due = self
+            .last_write
+            .is_none_or(|at| at.elapsed() >= context.settings.status_heartbeat);
+        if !heartbeat_due && !worth_writing(&self.written, &next) {
+            return;
+        }
+        match write(context, &self.policy, &next).await {
+            Ok(()) => {
+                self.written = next;
+                self.last_write = Some(Instant::now());
+            }
+            Err(error) => {
+                let (namespace, name) = self.names();
+                tracing::warn!(%namespace, policy = %name, %error, "writing status failed; retrying next tick")
+            }
+        }
+    }
+
+    /// Brings producers to the decision status holds: one that could not be saved waits for the
+    /// next tick rather than holding pods back on a state the next leader would not know.
+    async fn act_on_saved_decision(&mut self, context: &Context) {
+        let (namespace, name) = self.names();
+        let saved = self.written.state.unwrap_or_default();
+        if saved != self.circuit.state {
+            tracing::warn!(%namespace, policy = %name, decided = %self.circuit.state, %saved, "the decision is not saved in status yet; producers keep the saved one");
+        }
+        let intent = if self.policy.spec.dry_run {
+            Intent::Release(Release::DryRun)
+        } else {
+            Intent::Follow(saved)
+        };
+        let acted = actuator::act(context, &self.policy, intent, &self.rules).await;
+        self.target_errors = acted.errors;
+        context
+            .metrics
+            .throttled_targets
+            .with_label_values(&[&namespace, &name])
+            .set(acted.throttled as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phase_of;
+
+    #[test]
+    fn phases_are_stable_and_spread_over_the_interval() {
+        assert_eq!(phase_of("a-uid"), phase_of("a-uid"));
+        let phases: Vec<f64> = (0..1000).map(|i| phase_of(&format!("uid-{i}"))).collect();
+        assert!(phases.iter().all(|p| (0.0..1.0).contains(p)));
+        // Ten buckets of a tenth each: none empty, none holding more than twice its share.
+        let mut buckets = [0_usize; 10];
+        for phase in phases {
+            buckets[(phase * 10.0) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|&n| (50..=200).contains(&n)), "{buckets:?}");
+    }
+}

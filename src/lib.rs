@@ -7,6 +7,8 @@ pub mod api;
 pub mod circuit;
 pub mod cli;
 pub mod controller;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod metrics_api;
 pub mod sampler;
 pub mod telemetry;

@@ -5,6 +5,7 @@ mod support;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
+use support::fixtures::{SMALL_POLICY, write_policy};
 use support::*;
 
 fn levee(args: &[&str]) -> Output {
@@ -17,12 +18,6 @@ fn levee(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn write_policy(dir: &tempfile::TempDir, body: &str) -> String {
-    let path = dir.path().join("policy.yaml");
-    std::fs::write(&path, body).unwrap();
-    path.to_str().unwrap().to_string()
 }
 
 /// `levee sample -f FILE --redis-url URL --once -o json`.
@@ -49,17 +44,6 @@ fn depth(tick: &Value, queue: &str) -> Value {
         .cloned()
         .unwrap_or_else(|| entry["error"].clone())
 }
-
-const SMALL_POLICY: &str = "apiVersion: levee.dev/v1alpha1
-kind: BackpressurePolicy
-metadata: {name: small, namespace: ns1}
-spec:
-  redis: {url: 'redis://127.0.0.1:1/0', timeout: 300ms}
-  queues:
-    - {name: jobs, type: list, key: jobs}
-    - {name: other, type: list, key: other}
-  thresholds: {warning: 3, critical: 5, recovery: 1}
-";
 
 #[test]
 fn sample_once_json_reads_every_queue_type_of_the_example_policy() {

@@ -6,6 +6,7 @@
 //!
 //! Prints Markdown for docs/benchmarks.md.
 
+use levee_e2e::fixture::{PolicyYaml, producer_deployment};
 use levee_e2e::redis::RedisServer;
 use levee_e2e::*;
 use std::time::{Duration, Instant};
@@ -21,38 +22,13 @@ const PODS: usize = 50;
 const CYCLES: usize = 5;
 
 fn policy(namespace: &str, name: &str, url: &str, target: &str, interval: &str) -> String {
-    format!(
-        "apiVersion: levee.dev/v1alpha1
-kind: BackpressurePolicy
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  redis: {{url: '{url}'}}
-  queues: [{{name: q, type: list, key: {name}}}]
-  sampleInterval: {interval}
-  thresholds: {{warning: 20, critical: 50, recovery: 5}}
-  circuit: {{minOpenDuration: 1s}}
-  targets: [{{kind: Deployment, name: {target}}}]
----
-"
-    )
-}
-
-fn deployment(namespace: &str, name: &str, replicas: usize) -> String {
-    format!(
-        "apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      readinessGates: [{{conditionType: levee.dev/accepting}}]
-      containers: [{{name: c, image: registry.k8s.io/pause:3.10}}]
----
-"
-    )
+    PolicyYaml::new(name, namespace, format!("{{url: '{url}'}}"))
+        .set("queues", format!("[{{name: q, type: list, key: {name}}}]"))
+        .set("sampleInterval", interval)
+        .set("circuit", "{minOpenDuration: 1s}")
+        .set("targets", format!("[{{kind: Deployment, name: {target}}}]"))
+        .yaml()
+        + "---\n"
 }
 
 /// How many of `app`'s pods have the condition `levee.dev/accepting` = `status`.
@@ -91,10 +67,10 @@ fn main() {
     let redis = RedisServer::start();
     let mut objects = String::new();
     for i in 0..policies {
-        objects += &deployment(ns, &format!("api-{i}"), 1);
+        objects += &producer_deployment(ns, &format!("api-{i}"), 1);
         objects += &policy(ns, &format!("p{i}"), &redis.url(), &format!("api-{i}"), "1s");
     }
-    objects += &deployment(ns, "fleet", PODS);
+    objects += &producer_deployment(ns, "fleet", PODS);
     objects += &policy(ns, "fleet", &redis.url(), "fleet", "100ms");
     kubectl_ok(&["apply", "-f", "-"], Some(&objects));
     // At a thousand policies the API server's list may time out for a moment: poll again.

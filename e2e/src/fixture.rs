@@ -1,9 +1,12 @@
 //! A namespace with the example producer (2 pods behind a readiness gate) and worker, a Redis,
-//! and the helpers the controller suites share: policies, bursts, waits on state and on pods.
+//! and the helpers the controller suites share: bursts, waits on state and on pods. Also the
+//! objects the suites and benches apply and patch: policies ([`PolicyYaml`]), producer
+//! Deployments and merge patches, built here only.
 
 use crate::redis::RedisServer;
 use crate::*;
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -40,34 +43,29 @@ impl Fixture {
         &self.namespace.name
     }
 
-    pub fn apply_policy(&self, name: &str, extra: &str) {
-        self.apply_policy_yaml(name, "2s", extra);
+    /// The policy `name` on this namespace's Redis: queues `events` (BullMQ) and `retries`
+    /// (list), Open at least 2 s, and the rest of [`PolicyYaml::new`].
+    pub fn policy(&self, name: &str) -> PolicyYaml {
+        PolicyYaml::new(
+            name,
+            self.ns(),
+            format!("{{url: '{}', timeout: 300ms}}", self.redis.url()),
+        )
+        .set(
+            "queues",
+            "[{name: events, type: bullmq, key: events}, {name: retries, type: list, key: retries}]",
+        )
+        .set("circuit", "{minOpenDuration: 2s}")
     }
 
-    /// A policy whose circuit stays Open at least `dwell`.
-    pub fn apply_policy_with_dwell(&self, name: &str, dwell: &str) {
-        self.apply_policy_yaml(name, dwell, "");
+    /// Applies [`Self::policy`] as it is.
+    pub fn apply_policy(&self, name: &str) {
+        self.policy(name).apply();
     }
 
-    pub fn apply_policy_yaml(&self, name: &str, dwell: &str, extra: &str) {
-        let yaml = format!(
-            "apiVersion: levee.dev/v1alpha1
-kind: BackpressurePolicy
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  redis: {{url: '{url}', timeout: 300ms}}
-  queues:
-    - {{name: events, type: bullmq, key: events}}
-    - {{name: retries, type: list, key: retries}}
-  sampleInterval: 200ms
-  thresholds: {{warning: 20, critical: 50, recovery: 5}}
-  circuit: {{minOpenDuration: {dwell}}}
-  targets: [{{kind: Deployment, name: api}}]
-{extra}",
-            ns = self.ns(),
-            url = self.redis.url()
-        );
-        kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    /// Merge-patches the policy `name` in this namespace.
+    pub fn patch_policy(&self, name: &str, patch: &Value) {
+        merge_patch_ok("bpp", name, self.ns(), patch);
     }
 
     pub fn burst(&self) {
@@ -299,4 +297,131 @@ impl Drop for Fixture {
             self.report();
         }
     }
+}
+
+/// A `BackpressurePolicy` manifest for `kubectl apply`: each spec field one line of flow YAML,
+/// set or replaced by name, so a test shows only what it changes.
+#[derive(Clone, Debug)]
+pub struct PolicyYaml {
+    name: String,
+    namespace: String,
+    spec: Vec<(&'static str, String)>,
+}
+
+impl PolicyYaml {
+    /// `namespace/name` reading `redis` (a flow mapping such as `{url: '...', timeout: 300ms}`):
+    /// one list queue `q` every 200 ms, thresholds 20/50/5 (warning/critical/recovery), holding
+    /// back the Deployment `api`.
+    pub fn new(name: &str, namespace: &str, redis: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            spec: Vec::new(),
+        }
+        .set("redis", redis)
+        .set("queues", "[{name: q, type: list, key: q}]")
+        .set("sampleInterval", "200ms")
+        .set("thresholds", "{warning: 20, critical: 50, recovery: 5}")
+        .set("targets", "[{kind: Deployment, name: api}]")
+    }
+
+    /// Sets `spec.<field>` to `value` (flow YAML), in place if it is there.
+    pub fn set(mut self, field: &'static str, value: impl Into<String>) -> Self {
+        let value = value.into();
+        match self.spec.iter_mut().find(|(f, _)| *f == field) {
+            Some(entry) => entry.1 = value,
+            None => self.spec.push((field, value)),
+        }
+        self
+    }
+
+    /// Leaves `spec.<field>` out, to its default (or absent).
+    pub fn without(mut self, field: &str) -> Self {
+        self.spec.retain(|(f, _)| *f != field);
+        self
+    }
+
+    /// The manifest, one YAML document without a separator.
+    pub fn yaml(&self) -> String {
+        let mut yaml = format!(
+            "apiVersion: levee.dev/v1alpha1\nkind: BackpressurePolicy\nmetadata: {{name: {}, namespace: {}}}\nspec:\n",
+            self.name, self.namespace
+        );
+        for (field, value) in &self.spec {
+            yaml += &format!("  {field}: {value}\n");
+        }
+        yaml
+    }
+
+    /// `kubectl apply`s it, failing the test if that fails.
+    pub fn apply(&self) {
+        kubectl_ok(&["apply", "-f", "-"], Some(&self.yaml()));
+    }
+}
+
+/// `replicas` pause pods labelled `app: <name>` behind the `levee.dev/accepting` readiness gate:
+/// a producer that does nothing but be held back. One YAML document, `---` after it.
+pub fn producer_deployment(namespace: &str, name: &str, replicas: usize) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      readinessGates: [{{conditionType: levee.dev/accepting}}]
+      containers: [{{name: c, image: registry.k8s.io/pause:3.10}}]
+---
+"
+    )
+}
+
+/// The merge patch that makes `targets` (kind, name) a policy's only targets.
+pub fn targets_patch(targets: &[(&str, &str)]) -> Value {
+    let targets: Vec<Value> = targets
+        .iter()
+        .map(|(kind, name)| json!({"kind": kind, "name": name}))
+        .collect();
+    json!({"spec": {"targets": targets}})
+}
+
+fn merge_patch_args<'a>(
+    resource: &'a str,
+    name: &'a str,
+    namespace: &'a str,
+    patch: &'a str,
+) -> [&'a str; 8] {
+    [
+        "patch",
+        resource,
+        name,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        patch,
+    ]
+}
+
+/// `kubectl patch <resource> <name> -n <namespace> --type=merge -p <patch>`, refused or not.
+pub fn merge_patch(resource: &str, name: &str, namespace: &str, patch: &Value) -> Output {
+    let patch = patch.to_string();
+    kubectl(&merge_patch_args(resource, name, namespace, &patch), None)
+}
+
+/// [`merge_patch`], failing the test if it is refused.
+pub fn merge_patch_ok(resource: &str, name: &str, namespace: &str, patch: &Value) -> String {
+    let patch = patch.to_string();
+    kubectl_ok(&merge_patch_args(resource, name, namespace, &patch), None)
+}
+
+/// [`merge_patch`] of the object's status subresource, refused or not.
+pub fn merge_patch_status(resource: &str, name: &str, namespace: &str, patch: &Value) -> Output {
+    let patch = patch.to_string();
+    let mut args = merge_patch_args(resource, name, namespace, &patch).to_vec();
+    args.insert(5, "--subresource=status");
+    kubectl(&args, None)
 }

@@ -2,7 +2,7 @@
 //! not refused connections), with what the producers saw tick by tick. Needs root (network
 //! namespaces, iptables), as CI runs; elsewhere the test says it was skipped.
 
-use levee_e2e::fixture::{Fixture, PATIENCE};
+use levee_e2e::fixture::{Fixture, PATIENCE, PolicyYaml};
 use levee_e2e::*;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -146,23 +146,11 @@ fn dropped_packets_apply_on_sample_failure_and_the_circuit_resumes_when_they_flo
     let fixture = Fixture::create();
     let redis = IsolatedRedis::start();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    let policy = format!(
-        "apiVersion: levee.dev/v1alpha1
-kind: BackpressurePolicy
-metadata: {{name: partitioned, namespace: {ns}}}
-spec:
-  redis: {{url: '{url}', timeout: 300ms}}
-  queues: [{{name: q, type: list, key: q}}]
-  sampleInterval: 200ms
-  thresholds: {{warning: 20, critical: 50, recovery: 5}}
-  circuit: {{minOpenDuration: 2s}}
-  onSampleFailure: {{action: Open, after: 3}}
-  targets: [{{kind: Deployment, name: api}}]
-",
-        ns = fixture.ns(),
-        url = redis.url()
-    );
-    kubectl_ok(&["apply", "-f", "-"], Some(&policy));
+    let endpoint = format!("{{url: '{}', timeout: 300ms}}", redis.url());
+    PolicyYaml::new("partitioned", fixture.ns(), endpoint)
+        .set("circuit", "{minOpenDuration: 2s}")
+        .set("onSampleFailure", "{action: Open, after: 3}")
+        .apply();
     fixture.wait_state("partitioned", "Closed");
     fixture.wait_pods_accepting(true, 2);
 

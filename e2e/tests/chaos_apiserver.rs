@@ -200,7 +200,7 @@ fn kube_apiserver_restarted_while_open_flaps_no_producer_and_status_resumes() {
 
     let fixture = Fixture::create();
     let mut levee = Levee::start(fixture.ns(), &["--leader-elect=false", "--status-heartbeat=1s"]);
-    fixture.apply_policy_with_dwell("held", "2s");
+    fixture.apply_policy("held");
     fixture.burst(); // 60 >= critical 50
     fixture.wait_state("held", "Open");
     fixture.wait_pods_accepting(false, 2);

@@ -5,7 +5,7 @@
 //! released by mistake nor held without the rules saying so, and that levee follows the new
 //! layout (the depth it reports is the one written on the new master).
 
-use levee_e2e::fixture::{Fixture, PATIENCE, Seen};
+use levee_e2e::fixture::{Fixture, PATIENCE, PolicyYaml, Seen};
 use levee_e2e::redis::{RedisCluster, RedisServer, Sentinel};
 use levee_e2e::*;
 use std::process::Command;
@@ -67,22 +67,12 @@ fn wait_status_pending(fixture: &Fixture, policy: &str, pending: u64) {
     });
 }
 
-fn policy_yaml(fixture: &Fixture, name: &str, redis: &str, on_failure: &str) -> String {
-    format!(
-        "apiVersion: levee.dev/v1alpha1
-kind: BackpressurePolicy
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  redis: {redis}
-  queues: [{{name: q, type: list, key: q}}]
-  sampleInterval: 200ms
-  thresholds: {{warning: 20, critical: 50, recovery: 5}}
-  circuit: {{minOpenDuration: 2s}}
-  onSampleFailure: {on_failure}
-  targets: [{{kind: Deployment, name: api}}]
-",
-        ns = fixture.ns()
-    )
+/// The policy `name` reading the list `q` on `redis` (a flow mapping), Open at least 2 s, doing
+/// `on_failure` when samples fail.
+fn policy(fixture: &Fixture, name: &str, redis: &str, on_failure: &str) -> PolicyYaml {
+    PolicyYaml::new(name, fixture.ns(), redis)
+        .set("circuit", "{minOpenDuration: 2s}")
+        .set("onSampleFailure", on_failure)
 }
 
 /// Every look shows the policy in `state` and every producer `accepting` (or every one held),
@@ -150,10 +140,7 @@ fn sentinel_failover(open: bool) {
         sentinel.port
     );
     let on_failure = format!("{{action: {action}, after: 40}}");
-    kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&policy_yaml(&fixture, "failover", &redis, &on_failure)),
-    );
+    policy(&fixture, "failover", &redis, &on_failure).apply();
     fixture.wait_state("failover", state);
     fixture.wait_pods_accepting(!open, 2);
     wait_status_pending(&fixture, "failover", before as u64);
@@ -235,15 +222,7 @@ fn cluster_slot_migration_is_followed_through_ask_and_moved() {
     push(source, "q", 10);
     let levee = Levee::start(fixture.ns(), &["--leader-elect=false", "--status-heartbeat=1s"]);
     let redis = format!("{{url: '{}', mode: Cluster, timeout: 300ms}}", cluster.url());
-    kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&policy_yaml(
-            &fixture,
-            "migrating",
-            &redis,
-            "{action: Open, after: 3}",
-        )),
-    );
+    policy(&fixture, "migrating", &redis, "{action: Open, after: 3}").apply();
     fixture.wait_state("migrating", "Closed");
     fixture.wait_pods_accepting(true, 2);
     wait_levee_pending(&levee, &fixture, "migrating", 10);
@@ -325,9 +304,9 @@ fn cluster_master_killed_its_replica_takes_over_and_levee_follows() {
     }
     let levee = Levee::start(fixture.ns(), &["--leader-elect=false", "--status-heartbeat=1s"]);
     let redis = format!("{{url: '{}', mode: Cluster, timeout: 300ms}}", cluster.url());
-    let yaml = policy_yaml(&fixture, "failover", &redis, "{action: Open, after: 40}")
-        .replace("key: q}", &format!("key: {key}}}"));
-    kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    policy(&fixture, "failover", &redis, "{action: Open, after: 40}")
+        .set("queues", format!("[{{name: q, type: list, key: {key}}}]"))
+        .apply();
     fixture.wait_state("failover", "Closed");
     fixture.wait_pods_accepting(true, 2);
     wait_levee_pending(&levee, &fixture, "failover", 10);

@@ -6,6 +6,7 @@
 //! (`kubectl apply --dry-run=server`, with the real Prometheus Operator and cert-manager CRDs),
 //! and a real install whose generated CA survives `helm upgrade`.
 
+use levee_e2e::fixture::{PolicyYaml, merge_patch};
 use levee_e2e::*;
 use serde_json::Value;
 use std::process::Command;
@@ -768,24 +769,17 @@ impl Drop for ClusterObjects {
 
 /// A policy in `namespace` whose HPA may reach `max_replicas`.
 fn scaling_policy(name: &str, namespace: &str, max_replicas: u32) -> String {
-    serde_json::json!({
-        "apiVersion": "levee.dev/v1alpha1",
-        "kind": "BackpressurePolicy",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "redis": {"url": "redis://redis.jobs.svc:6379/0"},
-            "queues": [{"name": "events", "type": "list", "key": "events"}],
-            "thresholds": {"warning": 100, "critical": 200, "recovery": 50},
-            "targets": [{"kind": "Deployment", "name": "api"}],
-            "scaleTarget": {
-                "kind": "Deployment",
-                "name": "worker",
-                "maxReplicas": max_replicas,
-                "pendingPerReplica": 500,
-            },
-        },
-    })
-    .to_string()
+    PolicyYaml::new(name, namespace, "{url: 'redis://redis.jobs.svc:6379/0'}")
+        .set("queues", "[{name: events, type: list, key: events}]")
+        .without("sampleInterval")
+        .set("thresholds", "{warning: 100, critical: 200, recovery: 50}")
+        .set(
+            "scaleTarget",
+            format!(
+                "{{kind: Deployment, name: worker, maxReplicas: {max_replicas}, pendingPerReplica: 500}}"
+            ),
+        )
+        .yaml()
 }
 
 #[test]
@@ -841,18 +835,11 @@ fn the_api_server_refuses_a_policy_above_the_max_replicas_limit() {
     // The older policy: changes that keep its maxReplicas pass, raising it does not, lowering does.
     kubectl_ok(&["label", "bpp", "before", "-n", ns, "team=jobs"], None);
     let patch = |max: u32| {
-        kubectl(
-            &[
-                "patch",
-                "bpp",
-                "before",
-                "-n",
-                ns,
-                "--type=merge",
-                "-p",
-                &format!(r#"{{"spec":{{"scaleTarget":{{"maxReplicas":{max}}}}}}}"#),
-            ],
-            None,
+        merge_patch(
+            "bpp",
+            "before",
+            ns,
+            &serde_json::json!({"spec": {"scaleTarget": {"maxReplicas": max}}}),
         )
     };
     assert!(

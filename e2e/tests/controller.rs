@@ -2,15 +2,16 @@
 //! producer pods back (annotations, condition, readiness, endpoints) and lets them go again;
 //! deletion, restarts, a vanished Redis, a missing Secret, dryRun and leader handover.
 
-use levee_e2e::fixture::{Fixture, PATIENCE};
+use levee_e2e::fixture::{Fixture, PATIENCE, targets_patch};
 use levee_e2e::*;
+use serde_json::json;
 use std::time::Duration;
 
 #[test]
 fn a_burst_holds_producers_back_and_the_drain_lets_them_go() {
     let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("burst", "");
+    fixture.apply_policy("burst");
     fixture.wait_state("burst", "Closed");
     fixture.wait_pods_accepting(true, 2);
 
@@ -67,7 +68,7 @@ fn a_burst_holds_producers_back_and_the_drain_lets_them_go() {
 fn deleting_a_policy_puts_every_producer_back_to_accepting() {
     let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("doomed", "");
+    fixture.apply_policy("doomed");
     fixture.burst();
     fixture.wait_state("doomed", "Open");
     fixture.wait_pods_accepting(false, 2);
@@ -82,7 +83,7 @@ fn deleting_a_policy_puts_every_producer_back_to_accepting() {
 fn a_restarted_levee_keeps_the_circuit_without_flapping() {
     let fixture = Fixture::create();
     let mut levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("steady", "");
+    fixture.apply_policy("steady");
     fixture.burst();
     let before = fixture.wait_state("steady", "Open");
     levee.stop();
@@ -111,7 +112,7 @@ fn a_restarted_levee_keeps_the_circuit_without_flapping() {
 fn a_vanished_redis_is_reported_and_recovers_by_itself() {
     let mut fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("flaky", "");
+    fixture.apply_policy("flaky");
     fixture.wait_state("flaky", "Closed");
     fixture.redis.stop();
     let reachable = wait_until("RedisReachable=False", PATIENCE, || {
@@ -140,22 +141,12 @@ fn a_vanished_redis_is_reported_and_recovers_by_itself() {
 fn a_missing_secret_is_reported_while_other_policies_carry_on() {
     let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("needs-secret", "  dryRun: true\n");
-    let patch = r#"{"spec":{"redis":{"credentialsSecretRef":{"name":"redis-auth"}}}}"#;
-    kubectl_ok(
-        &[
-            "patch",
-            "bpp",
-            "needs-secret",
-            "-n",
-            fixture.ns(),
-            "--type=merge",
-            "-p",
-            patch,
-        ],
-        None,
+    fixture.policy("needs-secret").set("dryRun", "true").apply();
+    fixture.patch_policy(
+        "needs-secret",
+        &json!({"spec": {"redis": {"credentialsSecretRef": {"name": "redis-auth"}}}}),
     );
-    fixture.apply_policy("healthy", "");
+    fixture.apply_policy("healthy");
     let ready = wait_until("Ready=False SecretNotFound", PATIENCE, || {
         let c = fixture.condition("needs-secret", "Ready");
         (c["reason"] == "SecretNotFound").then_some(c)
@@ -175,7 +166,7 @@ fn a_missing_secret_is_reported_while_other_policies_carry_on() {
 fn dry_run_decides_and_reports_but_leaves_producers_accepting() {
     let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("rehearsal", "  dryRun: true\n");
+    fixture.policy("rehearsal").set("dryRun", "true").apply();
     fixture.burst();
     fixture.wait_state("rehearsal", "Open");
     let opened = wait_until("a CircuitOpened event", PATIENCE, || {
@@ -193,7 +184,7 @@ fn dry_run_decides_and_reports_but_leaves_producers_accepting() {
 fn nothing_is_written_while_nothing_changes() {
     let fixture = Fixture::create();
     let levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("quiet", "");
+    fixture.apply_policy("quiet");
     fixture.wait_state("quiet", "Closed");
     fixture.wait_pods_accepting(true, 2);
     std::thread::sleep(Duration::from_secs(1));
@@ -213,7 +204,7 @@ fn only_the_leader_writes_and_a_follower_takes_over() {
     let fixture = Fixture::create();
     let lease = format!("levee-{}", fixture.ns());
     let (mut first, second) = Levee::leader_and_follower(fixture.ns(), &lease, &["--lease-duration=4s"]);
-    fixture.apply_policy("led", "");
+    fixture.apply_policy("led");
     fixture.burst();
     fixture.wait_state("led", "Open");
     fixture.wait_pods_accepting(false, 2);
@@ -253,24 +244,11 @@ fn only_the_leader_writes_and_a_follower_takes_over() {
 fn a_target_removed_from_the_policy_is_released() {
     let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("shrinking", "");
+    fixture.apply_policy("shrinking");
     fixture.burst();
     fixture.wait_state("shrinking", "Open");
     fixture.wait_pods_accepting(false, 2);
-    let patch = r#"{"spec":{"targets":[{"kind":"Deployment","name":"worker"}]}}"#;
-    kubectl_ok(
-        &[
-            "patch",
-            "bpp",
-            "shrinking",
-            "-n",
-            fixture.ns(),
-            "--type=merge",
-            "-p",
-            patch,
-        ],
-        None,
-    );
+    fixture.patch_policy("shrinking", &targets_patch(&[("Deployment", "worker")]));
     fixture.wait_pods_accepting(true, 2);
 }
 
@@ -278,7 +256,10 @@ fn a_target_removed_from_the_policy_is_released() {
 fn a_reset_annotation_closes_the_circuit_once() {
     let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy_with_dwell("resettable", "10m");
+    fixture
+        .policy("resettable")
+        .set("circuit", "{minOpenDuration: 10m}")
+        .apply();
     fixture.burst();
     fixture.wait_state("resettable", "Open");
     fixture.drain();
@@ -314,21 +295,10 @@ fn a_reset_annotation_closes_the_circuit_once() {
 fn a_missing_target_is_reported_and_the_others_are_still_held_back() {
     let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("partial", "");
-    let patch =
-        r#"{"spec":{"targets":[{"kind":"Deployment","name":"api"},{"kind":"StatefulSet","name":"ghost"}]}}"#;
-    kubectl_ok(
-        &[
-            "patch",
-            "bpp",
-            "partial",
-            "-n",
-            fixture.ns(),
-            "--type=merge",
-            "-p",
-            patch,
-        ],
-        None,
+    fixture.apply_policy("partial");
+    fixture.patch_policy(
+        "partial",
+        &targets_patch(&[("Deployment", "api"), ("StatefulSet", "ghost")]),
     );
     let ready = wait_until("Ready=False TargetNotFound", PATIENCE, || {
         let c = fixture.condition("partial", "Ready");

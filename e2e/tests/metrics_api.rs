@@ -5,6 +5,7 @@
 //!
 //! One test: an APIService is cluster-wide, so it must not run twice at once.
 
+use levee_e2e::fixture::PolicyYaml;
 use levee_e2e::redis::RedisServer;
 use levee_e2e::*;
 use serde_json::Value;
@@ -55,20 +56,16 @@ fn the_hpa_scales_workers_on_levee_pending_through_the_aggregator() {
         &["apply", "-f", "-"],
         Some(&worker.replace("namespace: jobs", &format!("namespace: {ns}"))),
     );
-    let policy = format!(
-        "apiVersion: levee.dev/v1alpha1
-kind: BackpressurePolicy
-metadata: {{name: scale, namespace: {ns}}}
-spec:
-  redis: {{url: '{url}'}}
-  queues: [{{name: jobs, type: list, key: jobs}}]
-  sampleInterval: 500ms
-  thresholds: {{warning: 5000, critical: 9000, recovery: 100}}
-  scaleTarget: {{kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 10, pendingPerReplica: 200}}
-",
-        url = redis.url()
-    );
-    kubectl_ok(&["apply", "-f", "-"], Some(&policy));
+    PolicyYaml::new("scale", &ns, format!("{{url: '{}'}}", redis.url()))
+        .set("queues", "[{name: jobs, type: list, key: jobs}]")
+        .set("sampleInterval", "500ms")
+        .set("thresholds", "{warning: 5000, critical: 9000, recovery: 100}")
+        .set(
+            "scaleTarget",
+            "{kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 10, pendingPerReplica: 200}",
+        )
+        .without("targets")
+        .apply();
 
     // The chart's own metrics API objects: its generated CA and serving certificate (Secret),
     // the Service (ExternalName localhost: no kube-proxy here, the aggregator dials the name) and

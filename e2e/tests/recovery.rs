@@ -2,26 +2,10 @@
 //! deletion while it was down, or a failover; a decision is saved in status before any producer
 //! feels it; and a follower takes over a released Lease at once.
 
-use levee_e2e::fixture::{Fixture, PATIENCE};
+use levee_e2e::fixture::{Fixture, PATIENCE, PolicyYaml, merge_patch_ok, merge_patch_status, targets_patch};
 use levee_e2e::*;
+use serde_json::json;
 use std::time::{Duration, Instant};
-
-fn patch_targets_to_worker(fixture: &Fixture, policy: &str) {
-    let patch = r#"{"spec":{"targets":[{"kind":"Deployment","name":"worker"}]}}"#;
-    kubectl_ok(
-        &[
-            "patch",
-            "bpp",
-            policy,
-            "-n",
-            fixture.ns(),
-            "--type=merge",
-            "-p",
-            patch,
-        ],
-        None,
-    );
-}
 
 fn api_pods_labelled(fixture: &Fixture, policy: &str) -> usize {
     let pods = kubectl_json(&[
@@ -39,7 +23,7 @@ fn api_pods_labelled(fixture: &Fixture, policy: &str) -> usize {
 fn a_target_removed_while_levee_was_down_is_released_after_the_restart() {
     let fixture = Fixture::create();
     let mut levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("forgetful", "");
+    fixture.apply_policy("forgetful");
     fixture.burst();
     fixture.wait_state("forgetful", "Open");
     fixture.wait_pods_accepting(false, 2);
@@ -50,7 +34,7 @@ fn a_target_removed_while_levee_was_down_is_released_after_the_restart() {
     );
 
     levee.kill();
-    patch_targets_to_worker(&fixture, "forgetful");
+    fixture.patch_policy("forgetful", &targets_patch(&[("Deployment", "worker")]));
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.wait_pods_accepting(true, 2);
     assert_eq!(
@@ -69,7 +53,7 @@ fn a_target_removed_while_levee_was_down_is_released_after_the_restart() {
 fn a_policy_deleted_while_levee_was_down_releases_every_producer_it_marked() {
     let fixture = Fixture::create();
     let mut levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("doomed", "");
+    fixture.apply_policy("doomed");
     fixture.burst();
     fixture.wait_state("doomed", "Open");
     fixture.wait_pods_accepting(false, 2);
@@ -77,7 +61,7 @@ fn a_policy_deleted_while_levee_was_down_releases_every_producer_it_marked() {
     levee.kill();
     // While levee is down the api target leaves the spec, then the policy is deleted: the
     // finalizer keeps it until levee is back.
-    patch_targets_to_worker(&fixture, "doomed");
+    fixture.patch_policy("doomed", &targets_patch(&[("Deployment", "worker")]));
     kubectl_ok(
         &["delete", "bpp", "doomed", "-n", fixture.ns(), "--wait=false"],
         None,
@@ -94,7 +78,7 @@ fn a_policy_deleted_while_levee_was_down_releases_every_producer_it_marked() {
 fn producers_are_never_held_on_a_decision_status_lacks() {
     let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("unsaved", "");
+    fixture.apply_policy("unsaved");
     fixture.wait_state("unsaved", "Closed");
     fixture.wait_pods_accepting(true, 2);
 
@@ -104,22 +88,9 @@ fn producers_are_never_held_on_a_decision_status_lacks() {
         &["backpressurepolicies/status"],
         "false",
     );
-    let probe = r#"{"status":{"pending":1}}"#;
+    let probe = json!({"status": {"pending": 1}});
     wait_until("the API server refuses status writes", PATIENCE, || {
-        let output = kubectl(
-            &[
-                "patch",
-                "bpp",
-                "unsaved",
-                "-n",
-                fixture.ns(),
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                probe,
-            ],
-            None,
-        );
+        let output = merge_patch_status("bpp", "unsaved", fixture.ns(), &probe);
         (!output.status.success()).then_some(())
     });
     fixture.burst();
@@ -146,7 +117,7 @@ fn a_follower_takes_over_a_released_lease_within_seconds() {
     let lease = format!("levee-release-{}", fixture.ns());
     // The default lease of 15 s: a follower waiting for expiry would take that long.
     let (mut first, second) = Levee::leader_and_follower(fixture.ns(), &lease, &[]);
-    fixture.apply_policy("handed-over", "");
+    fixture.apply_policy("handed-over");
     fixture.burst();
     fixture.wait_state("handed-over", "Open");
     fixture.wait_pods_accepting(false, 2);
@@ -220,10 +191,13 @@ fn a_leader_that_cannot_renew_steps_down_before_a_follower_takes_over() {
 fn the_managed_hpa_deleted_or_edited_by_hand_is_put_back() {
     let fixture = Fixture::create();
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy(
-        "scaled",
-        "  scaleTarget: {kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 7, pendingPerReplica: 10}\n",
-    );
+    fixture
+        .policy("scaled")
+        .set(
+            "scaleTarget",
+            "{kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 7, pendingPerReplica: 10}",
+        )
+        .apply();
     let max_replicas = || {
         let output = kubectl(
             &[
@@ -254,19 +228,11 @@ fn the_managed_hpa_deleted_or_edited_by_hand_is_put_back() {
         "figure: managed HPA deleted -> recreated after {:?}",
         started.elapsed()
     );
-    let patch = r#"{"spec":{"maxReplicas":70}}"#;
-    kubectl_ok(
-        &[
-            "patch",
-            "hpa",
-            "levee-scaled",
-            "-n",
-            fixture.ns(),
-            "--type=merge",
-            "-p",
-            patch,
-        ],
-        None,
+    merge_patch_ok(
+        "hpa",
+        "levee-scaled",
+        fixture.ns(),
+        &json!({"spec": {"maxReplicas": 70}}),
     );
     wait_until("the edited HPA is put back", PATIENCE, || {
         (max_replicas()? == "7").then_some(())
@@ -299,24 +265,11 @@ fn a_rotated_secret_is_used_before_anything_fails() {
     }
     kubectl_ok(&["apply", "-f", "-"], Some(&redis_secret(fixture.ns(), "old")));
     let levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    let policy = format!(
-        "apiVersion: levee.dev/v1alpha1
-kind: BackpressurePolicy
-metadata: {{name: rotating, namespace: {ns}}}
-spec:
-  redis:
-    url: '{url}'
-    timeout: 300ms
-    credentialsSecretRef: {{name: redis-auth, usernameKey: username, passwordKey: password}}
-  queues: [{{name: q, type: list, key: q}}]
-  sampleInterval: 200ms
-  thresholds: {{warning: 20, critical: 50, recovery: 5}}
-  targets: [{{kind: Deployment, name: api}}]
-",
-        ns = fixture.ns(),
-        url = fixture.redis.url()
+    let redis = format!(
+        "{{url: '{}', timeout: 300ms, credentialsSecretRef: {{name: redis-auth, usernameKey: username, passwordKey: password}}}}",
+        fixture.redis.url()
     );
-    kubectl_ok(&["apply", "-f", "-"], Some(&policy));
+    PolicyYaml::new("rotating", fixture.ns(), redis).apply();
     let connected_as = |user: &str| {
         fixture
             .redis
@@ -357,7 +310,7 @@ fn a_decision_saved_but_not_yet_acted_on_is_finished_by_the_next_leader() {
     let fixture = Fixture::create();
     let lease = format!("levee-midway-{}", fixture.ns());
     let (mut first, _second) = Levee::leader_and_follower(fixture.ns(), &lease, &["--lease-duration=4s"]);
-    fixture.apply_policy("midway", "");
+    fixture.apply_policy("midway");
     fixture.wait_state("midway", "Closed");
     fixture.wait_pods_accepting(true, 2);
 

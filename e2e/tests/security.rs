@@ -2,7 +2,7 @@
 //! over an HPA it does not own, and levee's own metrics (which name every tenant's policies and
 //! queues) are read only by callers the API server authenticates and RBAC allows.
 
-use levee_e2e::fixture::{Fixture, PATIENCE};
+use levee_e2e::fixture::{Fixture, PATIENCE, PolicyYaml};
 use levee_e2e::*;
 use std::io::Read;
 use std::net::TcpListener;
@@ -63,21 +63,11 @@ fn a_secret_that_did_not_opt_in_never_reaches_the_redis_url() {
         None,
     );
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    let policy = format!(
-        "apiVersion: levee.dev/v1alpha1
-kind: BackpressurePolicy
-metadata: {{name: thief, namespace: {ns}}}
-spec:
-  redis: {{url: 'redis://127.0.0.1:{port}', timeout: 300ms, credentialsSecretRef: {{name: someone-elses}}}}
-  queues: [{{name: q, type: list, key: q}}]
-  sampleInterval: 200ms
-  thresholds: {{warning: 20, critical: 50, recovery: 5}}
-  targets: [{{kind: Deployment, name: api}}]
-",
-        ns = fixture.ns(),
-        port = fake.port
+    let redis = format!(
+        "{{url: 'redis://127.0.0.1:{}', timeout: 300ms, credentialsSecretRef: {{name: someone-elses}}}}",
+        fake.port
     );
-    kubectl_ok(&["apply", "-f", "-"], Some(&policy));
+    PolicyYaml::new("thief", fixture.ns(), redis).apply();
     let message = wait_until("Ready=False SecretNotOptedIn", PATIENCE, || {
         let ready = fixture.condition("thief", "Ready");
         (ready["reason"] == "SecretNotOptedIn")
@@ -129,10 +119,13 @@ spec:
     );
     kubectl_ok(&["apply", "-f", "-"], Some(&existing));
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy(
-        "greedy",
-        "  scaleTarget: {kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 9, pendingPerReplica: 10}\n",
-    );
+    fixture
+        .policy("greedy")
+        .set(
+            "scaleTarget",
+            "{kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 9, pendingPerReplica: 10}",
+        )
+        .apply();
     let message = wait_until("Ready=False ScaleTargetFailed", PATIENCE, || {
         let ready = fixture.condition("greedy", "Ready");
         (ready["reason"] == "ScaleTargetFailed")

@@ -422,14 +422,10 @@ mod tests {
 
     #[test]
     fn circuit_rules_come_from_the_spec_with_its_defaults() {
-        let spec: BackpressurePolicySpec = serde_json::from_value(serde_json::json!({
-            "redis": {"url": "redis://127.0.0.1:6379"},
-            "queues": [{"name": "q", "type": "list", "key": "q"}],
-            "thresholds": {"warning": 20, "critical": 50, "recovery": 5},
-            "targets": [{"kind": "Deployment", "name": "api"}]
-        }))
-        .unwrap();
-        let rules = spec.circuit_rules();
+        let policy = crate::fixtures::policy_with(serde_json::json!({
+            "spec": {"thresholds": {"warning": 20, "critical": 50, "recovery": 5}}
+        }));
+        let rules = policy.spec.circuit_rules();
         assert_eq!(rules.min_open, SignedDuration::from_secs(30));
         assert_eq!(rules.alert_after, SignedDuration::from_secs(600));
         assert_eq!((rules.half_open_max_priority, rules.open_max_priority), (5, 0));

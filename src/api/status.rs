@@ -132,26 +132,21 @@ impl ConditionValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{OnSampleFailure, SampleFailureAction, Thresholds};
+    use crate::api::{OnSampleFailure, SampleFailureAction};
     use crate::circuit::{CircuitRules, Observation};
+    use crate::fixtures;
     use jiff::SignedDuration;
     use proptest::prelude::*;
 
     fn rules() -> CircuitRules {
         CircuitRules {
-            thresholds: Thresholds {
-                warning: 100,
-                critical: 200,
-                recovery: 50,
-            },
             min_open: SignedDuration::from_secs(30),
             alert_after: SignedDuration::from_secs(120),
-            half_open_max_priority: 5,
-            open_max_priority: 0,
             on_failure: OnSampleFailure {
                 action: SampleFailureAction::Open,
                 after: 3,
             },
+            ..fixtures::rules(100, 200, 50)
         }
     }
 

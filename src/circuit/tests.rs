@@ -1,6 +1,7 @@
 //! Every rule of the circuit, one test each, then the invariants as properties.
 
 use super::*;
+use crate::fixtures;
 use jiff::SignedDuration;
 use proptest::prelude::*;
 
@@ -10,16 +11,12 @@ const RECOVERY: u64 = 50;
 
 fn rules(action: SampleFailureAction, after: u32) -> CircuitRules {
     CircuitRules {
-        thresholds: Thresholds {
-            warning: WARNING,
-            critical: CRITICAL,
-            recovery: RECOVERY,
-        },
         min_open: SignedDuration::from_secs(30),
         alert_after: SignedDuration::from_secs(600),
         half_open_max_priority: 5,
         open_max_priority: 1,
         on_failure: OnSampleFailure { action, after },
+        ..fixtures::rules(WARNING, CRITICAL, RECOVERY)
     }
 }
 

@@ -144,21 +144,16 @@ pub async fn sync(context: &Context, policy: &BackpressurePolicy) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures;
 
     #[test]
     fn the_hpa_targets_average_pending_per_replica_of_this_policy() {
-        let policy: BackpressurePolicy = serde_json::from_value(json!({
-            "apiVersion": "levee.dev/v1alpha1",
-            "kind": "BackpressurePolicy",
-            "metadata": {"name": "rule-engine", "namespace": "jobs", "uid": "u-1"},
+        let policy = fixtures::policy_with(json!({
+            "metadata": {"name": "rule-engine", "uid": "u-1"},
             "spec": {
-                "redis": {"url": "redis://r"},
-                "queues": [{"name": "q", "type": "list", "key": "q"}],
-                "thresholds": {"warning": 2, "critical": 3, "recovery": 1},
                 "scaleTarget": {"kind": "Deployment", "name": "worker", "minReplicas": 2, "maxReplicas": 20, "pendingPerReplica": 500}
             }
-        }))
-        .unwrap();
+        }));
         let hpa = desired_hpa(&policy, policy.spec.scale_target.as_ref().unwrap());
         let typed: HorizontalPodAutoscaler =
             serde_json::from_value(hpa.clone()).expect("a valid autoscaling/v2 HPA");
@@ -183,18 +178,12 @@ mod tests {
 
     #[test]
     fn only_the_hpa_the_policy_wants_counts_as_in_place() {
-        let mut policy: BackpressurePolicy = serde_json::from_value(json!({
-            "apiVersion": "levee.dev/v1alpha1",
-            "kind": "BackpressurePolicy",
-            "metadata": {"name": "p", "namespace": "jobs", "uid": "u-1"},
+        let mut policy = fixtures::policy_with(json!({
+            "metadata": {"uid": "u-1"},
             "spec": {
-                "redis": {"url": "redis://r"},
-                "queues": [{"name": "q", "type": "list", "key": "q"}],
-                "thresholds": {"warning": 2, "critical": 3, "recovery": 1},
                 "scaleTarget": {"kind": "Deployment", "name": "worker", "maxReplicas": 9, "pendingPerReplica": 50}
             }
-        }))
-        .unwrap();
+        }));
         let target = policy.spec.scale_target.clone().unwrap();
         let applied: HorizontalPodAutoscaler = serde_json::from_value(desired_hpa(&policy, &target)).unwrap();
         assert!(in_place(&policy, Some(&applied)));

@@ -42,21 +42,16 @@ impl CircuitClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::BackpressurePolicySpec;
-    use crate::circuit::{Circuit, Observation, State};
+    use crate::circuit::{Circuit, CircuitRules, Observation, State};
+    use crate::fixtures;
     use std::time::Duration;
 
     #[test]
     fn a_wall_clock_stepped_back_does_not_lengthen_the_minimum_open_time() {
-        let spec: BackpressurePolicySpec = serde_json::from_value(serde_json::json!({
-            "redis": {"url": "redis://127.0.0.1:6379"},
-            "queues": [{"name": "q", "type": "list", "key": "q"}],
-            "thresholds": {"warning": 20, "critical": 50, "recovery": 5},
-            "circuit": {"minOpenDuration": "30s"},
-            "targets": [{"kind": "Deployment", "name": "api"}]
-        }))
-        .unwrap();
-        let rules = spec.circuit_rules();
+        let rules = CircuitRules {
+            min_open: SignedDuration::from_secs(30),
+            ..fixtures::rules(20, 50, 5)
+        };
         let started = Instant::now();
         let clock = CircuitClock::anchored(Timestamp::from_second(1_800_000_000).unwrap(), started);
         let mut circuit = Circuit::default();

@@ -223,21 +223,9 @@ impl<K: ResourceExt> IndexedStore<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::pod;
     use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Pod {
-        let mut pod = Pod::default();
-        pod.metadata.namespace = Some(namespace.into());
-        pod.metadata.name = Some(name.into());
-        pod.metadata.labels = Some(
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
-        pod
-    }
 
     fn names(pods: Vec<Arc<Pod>>) -> Vec<String> {
         let mut names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();

@@ -185,21 +185,13 @@ impl Marks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{OnSampleFailure, Thresholds};
-    use jiff::SignedDuration;
+    use crate::fixtures;
 
     fn rules() -> CircuitRules {
         CircuitRules {
-            thresholds: Thresholds {
-                warning: 2,
-                critical: 3,
-                recovery: 1,
-            },
-            min_open: SignedDuration::from_secs(1),
-            alert_after: SignedDuration::from_secs(1),
             half_open_max_priority: 5,
             open_max_priority: 1,
-            on_failure: OnSampleFailure::default(),
+            ..fixtures::rules(2, 3, 1)
         }
     }
 

@@ -194,14 +194,11 @@ mod tests {
             dry_run: false,
             now: sample.at,
         };
-        let policy: BackpressurePolicy = serde_json::from_value(serde_json::json!({
-            "apiVersion": "levee.dev/v1alpha1", "kind": "BackpressurePolicy",
-            "metadata": {"name": "p", "namespace": "jobs", "generation": 3},
-            "spec": {"redis": {"url": "redis://r:6379"}, "queues": [{"name": "events", "type": "list", "key": "e"}],
-                     "thresholds": {"warning": 10, "critical": 20, "recovery": 5}}
-        }))
-        .unwrap();
-        let status = next_status(&policy, &BackpressurePolicyStatus::default(), &report);
+        let status = next_status(
+            &crate::fixtures::policy(),
+            &BackpressurePolicyStatus::default(),
+            &report,
+        );
         let ready = status.condition(condition::READY).unwrap();
         (ready.status.clone(), ready.reason.clone(), ready.message.clone())
     }

@@ -5,9 +5,11 @@
 use super::marks::Intent;
 use super::*;
 use crate::circuit::{CircuitRules, State};
+use crate::fixtures;
 use http::{Request, Response};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::client::Body;
 use serde_json::{Value, json};
 
@@ -18,29 +20,30 @@ fn mock() -> (Client, ApiServer) {
     (Client::new(service, "default"), handle)
 }
 
-/// The policy label levee puts on what it marked (none on an unmarked object).
-fn marked_labels(annotations: &Value, mut labels: Value) -> Value {
-    if annotations.as_object().is_some_and(|a| !a.is_empty()) {
-        labels["levee.dev/policy"] = json!("p");
-    }
-    labels
-}
-
+/// The target's Deployment `jobs/api`, with `annotations` (see [`mark`]).
 fn deployment(annotations: Value) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": {"name": "api", "namespace": "jobs", "annotations": annotations, "labels": marked_labels(&annotations, json!({}))},
-        "spec": {"selector": {"matchLabels": {"app": "api"}}, "template": {}}
-    }))
-    .unwrap()
+    let mut deployment = fixtures::deployment("jobs", "api");
+    mark(&mut deployment.metadata, annotations);
+    deployment
 }
 
+/// A pod of the target (`jobs/<name>`, `app: api`), with `annotations` (see [`mark`]) and
+/// `conditions`.
 fn pod(name: &str, annotations: Value, conditions: Value) -> Pod {
-    let labels = marked_labels(&annotations, json!({"app": "api"}));
-    serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "jobs", "labels": labels, "annotations": annotations},
-        "status": {"conditions": conditions}
-    }))
-    .unwrap()
+    let mut pod = fixtures::pod("jobs", name, &[("app", "api")]);
+    mark(&mut pod.metadata, annotations);
+    pod.status = Some(serde_json::from_value(json!({"conditions": conditions})).unwrap());
+    pod
+}
+
+/// Puts `annotations` on an object, and the policy label levee puts on what it marked (none on
+/// an unmarked object).
+fn mark(metadata: &mut ObjectMeta, annotations: Value) {
+    let labels = metadata.labels.get_or_insert_default();
+    if annotations.as_object().is_some_and(|a| !a.is_empty()) {
+        labels.insert("levee.dev/policy".into(), "p".into());
+    }
+    metadata.annotations = Some(serde_json::from_value(annotations).unwrap());
 }
 
 fn open_annotations() -> Value {
@@ -62,24 +65,19 @@ fn stores(deployments: Vec<Deployment>, pods: Vec<Pod>) -> Stores {
     }
 }
 
+/// The policy `jobs/p` (uid `u1`, generation 1, with `extra_metadata`): Redis nobody listens on,
+/// thresholds 2/3/1, holding back the Deployment `api` at priority 10.
 fn policy(extra_metadata: Value) -> BackpressurePolicy {
-    let mut metadata = json!({"name": "p", "namespace": "jobs", "uid": "u1", "generation": 1});
-    metadata
-        .as_object_mut()
-        .unwrap()
-        .extend(extra_metadata.as_object().unwrap().clone());
-    serde_json::from_value(json!({
-        "apiVersion": "levee.dev/v1alpha1",
-        "kind": "BackpressurePolicy",
+    let mut metadata = json!({"uid": "u1", "generation": 1});
+    fixtures::merge(&mut metadata, extra_metadata);
+    fixtures::policy_with(json!({
         "metadata": metadata,
         "spec": {
             "redis": {"url": "redis://127.0.0.1:1"},
-            "queues": [{"name": "q", "type": "list", "key": "q", "weight": 1}],
             "thresholds": {"warning": 2, "critical": 3, "recovery": 1},
             "targets": [{"kind": "Deployment", "name": "api", "priority": 10}]
         }
     }))
-    .unwrap()
 }
 
 fn rules(policy: &BackpressurePolicy) -> CircuitRules {

@@ -1,8 +1,11 @@
 //! Test harness: real `redis-server` processes (standalone, cluster, sentinel, TLS) on free
 //! loopback ports, and the real queue libraries (BullMQ, Celery, RQ) that write their data.
 //! Every process is killed when its handle drops.
+//! The policies the tests hand to the binary are in [`fixtures`].
 
 #![allow(dead_code)]
+
+pub mod fixtures;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! `levee check`'s rules, one bad input at a time, against the example policy.
 
 use super::*;
+use crate::fixtures::{self, set};
 
 const VALID: &str = include_str!("../../../examples/policy.yaml");
 
@@ -10,19 +11,6 @@ fn problems_of(edit: impl FnOnce(&mut Value)) -> Vec<String> {
     match check_object(&object) {
         Ok(_) => Vec::new(),
         Err(problems) => problems.iter().map(ToString::to_string).collect(),
-    }
-}
-
-/// Sets (or adds) the field at a JSON pointer.
-fn set(object: &mut Value, pointer: &str, value: Value) {
-    let (parent, field) = pointer.rsplit_once('/').unwrap();
-    let parent = object.pointer_mut(parent).unwrap_or_else(|| panic!("{pointer}"));
-    match parent {
-        Value::Object(map) => {
-            map.insert(field.to_string(), value);
-        }
-        Value::Array(items) => items[field.parse::<usize>().unwrap()] = value,
-        _ => panic!("{pointer} has no parent container"),
     }
 }
 
@@ -42,8 +30,7 @@ fn the_example_policy_is_valid_and_gets_defaults() {
 
 #[test]
 fn defaults_fill_a_minimal_policy() {
-    let text = "apiVersion: levee.dev/v1alpha1\nkind: BackpressurePolicy\nmetadata: {name: p}\nspec:\n  redis: {url: 'redis://r:6379'}\n  queues: [{name: q, type: list, key: k}]\n  thresholds: {warning: 2, critical: 3, recovery: 1}\n  targets: [{kind: Deployment, name: api}]\n";
-    let policy = check_object(&serde_yaml::from_str(text).unwrap()).expect("valid");
+    let policy = check_object(&fixtures::policy_json()).expect("valid");
     let spec = policy.spec;
     assert_eq!(
         std::time::Duration::from(spec.sample_interval),

@@ -12,3 +12,4 @@ pub(crate) mod fixtures;
 pub mod metrics_api;
 pub mod sampler;
 pub mod telemetry;
+pub mod values;

@@ -1,10 +1,13 @@
 //! Logs (tracing, text or JSON), the Prometheus registry with levee's metrics, and the plain-HTTP
 //! server for `/metrics`, `/healthz` and `/readyz`.
 
+use crate::values::MetricValues;
+use prometheus::core::{Collector, Desc};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    TextEncoder, proto,
 };
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,8 +38,6 @@ pub fn init_logging(format: LogFormat) {
 /// levee's metrics. Labels: `namespace`, `policy` (and `queue`, `from`/`to`, `kind`, `result`).
 pub struct Metrics {
     pub registry: Registry,
-    pub queue_depth: IntGaugeVec,
-    pub pending: IntGaugeVec,
     pub circuit_state: IntGaugeVec,
     pub level: IntGaugeVec,
     pub prolonged: IntGaugeVec,
@@ -109,12 +110,6 @@ impl Metrics {
             .register(Box::new(metrics_api_connections.clone()))
             .expect("unique metric");
         Arc::new(Self {
-            queue_depth: gauge(
-                "levee_queue_depth",
-                "Depth of one queue (unweighted)",
-                &["namespace", "policy", "queue"],
-            ),
-            pending: gauge("levee_pending", "Weighted backlog of a policy", policy),
             circuit_state: gauge(
                 "levee_circuit_state",
                 "Circuit state: 0 Closed, 1 HalfOpen, 2 Open",
@@ -166,10 +161,9 @@ impl Metrics {
     }
 
     /// Removes every series of a deleted policy.
-    pub fn forget_policy(&self, namespace: &str, policy: &str, queues: &[String]) {
+    pub fn forget_policy(&self, namespace: &str, policy: &str) {
         let labels = [namespace, policy];
         for gauge in [
-            &self.pending,
             &self.circuit_state,
             &self.level,
             &self.prolonged,
@@ -179,9 +173,14 @@ impl Metrics {
         }
         let _ = self.sample_failures.remove_label_values(&labels);
         let _ = self.sample_duration.remove_label_values(&labels);
-        for queue in queues {
-            let _ = self.queue_depth.remove_label_values(&[namespace, policy, queue]);
-        }
+    }
+
+    /// Renders `levee_pending` and `levee_queue_depth` from the published values at each scrape,
+    /// rather than keeping a series per queue beside them (10,000 queues took 7 MB that way).
+    pub fn render_values(&self, values: MetricValues) {
+        self.registry
+            .register(Box::new(ValuesCollector::new(values)))
+            .expect("unique metric");
     }
 
     /// Marks the process ready (`/readyz` answers 200).
@@ -196,6 +195,88 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buffer)
             .expect("text encoding never fails");
         String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+/// `levee_pending` and `levee_queue_depth`, read from the published values when scraped.
+struct ValuesCollector {
+    values: MetricValues,
+    pending: Desc,
+    queue_depth: Desc,
+}
+
+impl ValuesCollector {
+    fn new(values: MetricValues) -> Self {
+        let desc = |name: &str, help: &str, labels: &[&str]| {
+            let labels = labels.iter().map(|l| l.to_string()).collect();
+            Desc::new(name.into(), help.into(), labels, HashMap::new()).expect("valid metric")
+        };
+        Self {
+            values,
+            pending: desc(
+                "levee_pending",
+                "Weighted backlog of a policy",
+                &["namespace", "policy"],
+            ),
+            queue_depth: desc(
+                "levee_queue_depth",
+                "Depth of one queue (unweighted)",
+                &["namespace", "policy", "queue"],
+            ),
+        }
+    }
+}
+
+fn gauge_family(desc: &Desc, metrics: Vec<proto::Metric>) -> proto::MetricFamily {
+    let mut family = proto::MetricFamily::default();
+    family.set_name(desc.fq_name.clone());
+    family.set_help(desc.help.clone());
+    family.set_field_type(proto::MetricType::GAUGE);
+    family.set_metric(metrics);
+    family
+}
+
+fn gauge_metric(labels: &[(&str, &str)], value: u64) -> proto::Metric {
+    let pairs = labels
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = proto::LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect();
+    let mut gauge = proto::Gauge::default();
+    gauge.set_value(value as f64);
+    let mut metric = proto::Metric::from_gauge(gauge);
+    metric.set_label(pairs);
+    metric
+}
+
+impl Collector for ValuesCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.pending, &self.queue_depth]
+    }
+
+    fn collect(&self) -> Vec<proto::MetricFamily> {
+        let (mut pending, mut depths) = (Vec::new(), Vec::new());
+        for policy in self.values.all() {
+            let labels = [
+                ("namespace", policy.namespace.as_str()),
+                ("policy", policy.policy.as_str()),
+            ];
+            pending.push(gauge_metric(&labels, policy.pending));
+            for (queue, depth) in &policy.queues {
+                if let Some(depth) = depth {
+                    let [namespace, name] = labels;
+                    depths.push(gauge_metric(&[namespace, name, ("queue", queue)], *depth));
+                }
+            }
+        }
+        vec![
+            gauge_family(&self.pending, pending),
+            gauge_family(&self.queue_depth, depths),
+        ]
     }
 }
 
@@ -239,4 +320,39 @@ pub async fn serve(
         .graceful(shutdown)
         .run()
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::values::PolicyValues;
+
+    #[test]
+    fn pending_and_queue_depths_are_rendered_from_the_published_values() {
+        let metrics = Metrics::new();
+        let values = MetricValues::default();
+        metrics.render_values(values.clone());
+        values.publish(PolicyValues {
+            namespace: "jobs".into(),
+            policy: "p".into(),
+            pending: 7,
+            queues: vec![("a".into(), Some(5)), ("b".into(), None)],
+            sampled_at: jiff::Timestamp::now(),
+            sampled: std::time::Instant::now(),
+            failed: false,
+            interval: std::time::Duration::from_secs(1),
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains("levee_pending{namespace=\"jobs\",policy=\"p\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("levee_queue_depth{namespace=\"jobs\",policy=\"p\",queue=\"a\"} 5\n"));
+        assert!(!text.contains("queue=\"b\""), "a queue never read has no series");
+        values.forget("jobs", "p");
+        assert!(
+            !metrics.render().contains("levee_pending{"),
+            "a deleted policy's series go"
+        );
+    }
 }

@@ -248,6 +248,10 @@ func controllerManagerArgs(p *pki, kubeconfig string) []string {
 		"--use-service-account-credentials=true",
 		"--leader-elect=false",
 		"--controllers=" + strings.Join(controllers, ","),
+		// The default 20 requests a second would take minutes to create the
+		// pods of the scale benchmark's thousands of Deployments.
+		"--kube-api-qps=200",
+		"--kube-api-burst=400",
 		// Fast HPA reactions keep scaling tests short.
 		"--horizontal-pod-autoscaler-sync-period=2s",
 		"--horizontal-pod-autoscaler-downscale-stabilization=5s",

@@ -377,14 +377,38 @@ impl Levee {
 
     /// Its resident memory (VmRSS) in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// Its resident anonymous memory (RssAnon: heap, stacks; not the mapped binary) in KiB.
+    pub fn anon_rss_kib(&self) -> Option<u64> {
+        self.status_kib("RssAnon:")
+    }
+
+    /// The most resident memory it has had (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .find_map(|line| line.strip_prefix(field))?
             .split_whitespace()
             .next()?
             .parse()
             .ok()
+    }
+
+    /// The CPU time it has used so far (user + system), from /proc.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which may hold spaces) start at "state" (field 3).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Linux reports CPU time in USER_HZ, 100 per second on every architecture it supports.
+        Some(Duration::from_millis(ticks * 10))
     }
 
     /// Stops it like Kubernetes does (SIGTERM) and waits.

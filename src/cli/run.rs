@@ -4,8 +4,8 @@ use crate::controller::{self, LeaseSettings, Settings};
 use crate::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use crate::metrics_api::server::{self, MetricsApi};
 use crate::metrics_api::tls::ServingCert;
-use crate::metrics_api::values::MetricValues;
 use crate::telemetry::{self, LogFormat, Metrics};
+use crate::values::MetricValues;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -107,6 +107,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     let metrics = Metrics::new();
     let values = MetricValues::default();
+    metrics.render_values(values.clone());
     let trust = Arc::new(RequestHeaderTrust::default());
     let trust_task = tokio::spawn(trust.clone().watch(clients.watches.clone()));
     let api = Arc::new(MetricsApi {

@@ -25,9 +25,9 @@ mod trim;
 mod watch_problem;
 
 use crate::api::BackpressurePolicy;
-use crate::metrics_api::values::MetricValues;
 use crate::sampler::Sampler;
 use crate::telemetry::Metrics;
+use crate::values::MetricValues;
 use futures::{FutureExt, StreamExt};
 use indexed_store::IndexedStore;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -36,7 +36,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use policy_task::PolicyTasks;
 use std::sync::Arc;
@@ -213,7 +213,13 @@ pub async fn run(
         .filter(|leading| futures::future::ready(*leading))
         .map(|_| ());
     let policies: Api<BackpressurePolicy> = context.settings.api(watch_client);
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic())
+    let (policy_store, policy_writer) = reflector::store();
+    let policy_watch = reflector::reflector(
+        policy_writer,
+        watcher(policies, watcher::Config::default().any_semantic()).modify(trim::policy),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(policy_watch, policy_store)
         .reconcile_all_on(became_leader)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context.clone())
@@ -405,8 +411,7 @@ mod tests;
 /// Drops a deleted policy's metric series and served values.
 fn forget(context: &Context, policy: &BackpressurePolicy) {
     let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
-    let queues: Vec<String> = policy.spec.queues.iter().map(|q| q.name.clone()).collect();
-    context.metrics.forget_policy(&namespace, &name, &queues);
+    context.metrics.forget_policy(&namespace, &name);
     context.values.forget(&namespace, &name);
 }
 

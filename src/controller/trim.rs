@@ -3,6 +3,8 @@
 //! mostly its pod template and `last-applied-configuration`; dropping those before they reach a
 //! store is most of levee's memory at scale.
 
+use super::marks::CONDITION_ACCEPTING;
+use crate::api::BackpressurePolicy;
 use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec,
 };
@@ -16,16 +18,28 @@ const LEVEE_ANNOTATIONS: &str = "levee.dev/";
 /// Keeps what identifies the object, its labels and levee's own annotations.
 fn metadata(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    meta.finalizers = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|key, _| key.starts_with(LEVEE_ANNOTATIONS));
     }
 }
 
-/// A pod: its metadata and its conditions.
+/// A pod: its metadata and levee's own condition (the only one the actuator compares).
 pub fn pod(pod: &mut Pod) {
     metadata(&mut pod.metadata);
     pod.spec = None;
-    let conditions = pod.status.take().and_then(|status| status.conditions);
+    let conditions = pod
+        .status
+        .take()
+        .and_then(|status| status.conditions)
+        .map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|c| c.type_ == CONDITION_ACCEPTING)
+                .collect()
+        });
     pod.status = Some(PodStatus {
         conditions,
         ..PodStatus::default()
@@ -62,6 +76,18 @@ pub fn daemon_set(set: &mut DaemonSet) {
     });
 }
 
+/// A policy: everything but its managed fields and kubectl's copy of the last applied object
+/// (the spec, status and levee's own annotations are read).
+pub fn policy(policy: &mut BackpressurePolicy) {
+    policy.metadata.managed_fields = None;
+    if let Some(annotations) = policy.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// kubectl's copy of the last applied object, as large as the object itself.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// A managed HPA: its metadata (owner) and spec, compared with the policy's.
 pub fn autoscaler(hpa: &mut HorizontalPodAutoscaler) {
     hpa.metadata.managed_fields = None;
@@ -85,11 +111,13 @@ mod tests {
                 "name": "api-1", "namespace": "jobs", "labels": {"app": "api", "levee.dev/policy": "p"},
                 "annotations": {"levee.dev/accepting": "false", "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4000)},
                 "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-5f", "uid": "u"}],
                 "deletionTimestamp": "2026-11-28T00:00:00Z"
             },
             "spec": {"containers": [{"name": "api", "image": "api:1", "env": [{"name": "A", "value": "x".repeat(4000)}]}]},
             "status": {"phase": "Running", "podIP": "10.0.0.1",
-                       "conditions": [{"type": "levee.dev/accepting", "status": "False", "reason": "CircuitOpen"}]}
+                       "conditions": [{"type": "Ready", "status": "False"},
+                                      {"type": "levee.dev/accepting", "status": "False", "reason": "CircuitOpen"}]}
         }))
         .unwrap();
         let before = serde_json::to_vec(&pod).unwrap().len();
@@ -99,7 +127,9 @@ mod tests {
         assert_eq!(pod.metadata.labels.as_ref().unwrap()["levee.dev/policy"], "p");
         assert_eq!(pod.metadata.annotations.as_ref().unwrap().len(), 1);
         assert!(pod.metadata.deletion_timestamp.is_some());
+        assert!(pod.metadata.owner_references.is_none());
         let conditions = pod.status.unwrap().conditions.unwrap();
+        assert_eq!(conditions.len(), 1, "only levee's own condition is kept");
         assert_eq!(conditions[0].reason.as_deref(), Some("CircuitOpen"));
     }
 

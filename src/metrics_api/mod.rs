@@ -1,11 +1,10 @@
 //! The `external.metrics.k8s.io` API levee serves to HorizontalPodAutoscalers: the HTTPS server
 //! and its connection limits (`server`), who may call it (`auth`), its certificates (`tls`), the
-//! answers as pure functions of the request (`routes`, `selector`) and the values the policy
-//! tasks publish (`values`).
+//! answers as pure functions of the request (`routes`, `selector`) over the values the policy
+//! tasks publish (`crate::values`).
 
 pub mod auth;
 pub mod routes;
 pub mod selector;
 pub mod server;
 pub mod tls;
-pub mod values;

@@ -4,7 +4,7 @@
 //! shows them). Errors are Kubernetes `Status` objects.
 
 use super::selector;
-use super::values::{MetricValues, PolicyValues};
+use crate::values::{MetricValues, PolicyValues};
 use jiff::Timestamp;
 use kube::core::{Expression, SelectorExt};
 use serde_json::{Value, json};

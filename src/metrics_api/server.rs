@@ -6,8 +6,8 @@
 use super::auth::{Authenticator, Authorizer, Identity, RequestHeaderTrust, Resource, identify};
 use super::routes::{self, Access, Body as ReplyBody, Reply};
 use super::tls::{ServingCert, common_name, server_config};
-use super::values::MetricValues;
 use crate::telemetry::Metrics;
+use crate::values::MetricValues;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;

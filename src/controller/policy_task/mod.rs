@@ -187,21 +187,21 @@ fn ticker(policy: &BackpressurePolicy) -> tokio::time::Interval {
 
 /// A fraction in [0, 1) that is the same for the same key (FNV-1a).
 fn phase_of(key: &str) -> f64 {
-    let hash = key
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
     (hash % 1_000_000) as f64 / 1_000_000.0
 }
 
 async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<BackpressurePolicy>>) {
     let mut state = PolicyState::new(latest.borrow_and_update().clone());
-    tick(&context, &mut state).await;
+    // A tick's future is boxed for its duration only: the thousand tasks of a thousand policies
+    // then hold their state between ticks, not the largest future a tick ever awaits.
+    Box::pin(tick(&context, &mut state)).await;
     let mut interval = ticker(&state.policy);
     loop {
         tokio::select! {
-            _ = interval.tick() => tick(&context, &mut state).await,
+            _ = interval.tick() => Box::pin(tick(&context, &mut state)).await,
             changed = latest.changed() => {
                 if changed.is_err() {
                     return;

@@ -1,17 +1,18 @@
-//! What a tick leaves behind for observers: Prometheus series and the values the external
-//! metrics API serves.
+//! What a tick leaves behind for observers: Prometheus series and the published values (served
+//! by the external metrics API and rendered into `/metrics`).
 
 use super::super::Context;
 use super::super::secrets::EndpointProblem;
 use crate::api::BackpressurePolicy;
 use crate::circuit::{Circuit, Level, State, Transition};
-use crate::metrics_api::values::PolicyValues;
 use crate::sampler::Sample;
+use crate::values::PolicyValues;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use std::time::Instant;
 
-/// The sample's series: duration, pending, depth per queue, failures.
+/// The sample's series: its duration, and a failure (`levee_pending` and `levee_queue_depth`
+/// are rendered from the published values, see `publish_values`).
 pub fn record_sample(
     context: &Context,
     namespace: &str,
@@ -25,18 +26,6 @@ pub fn record_sample(
                 .sample_duration
                 .with_label_values(&[namespace, name])
                 .observe(sample.duration.as_secs_f64());
-            metrics
-                .pending
-                .with_label_values(&[namespace, name])
-                .set(sample.pending() as i64);
-            for queue in &sample.queues {
-                if let Ok(depth) = queue.depth {
-                    metrics
-                        .queue_depth
-                        .with_label_values(&[namespace, name, &queue.name])
-                        .set(depth as i64);
-                }
-            }
             if sample.failed() {
                 metrics
                     .sample_failures
@@ -51,13 +40,16 @@ pub fn record_sample(
     }
 }
 
-/// Hands the sample to the external metrics API (every replica serves metrics).
+/// Publishes the sample's values (every replica serves them): the external metrics API answers
+/// with them, `/metrics` shows them. A queue that could not be read keeps its last depth, and a
+/// Redis that cannot be reached keeps the last backlog; `failed` says the values are not fresh.
 pub fn publish_values(
     context: &Context,
     policy: &BackpressurePolicy,
     sample: &Result<Sample, EndpointProblem>,
 ) {
-    let (pending, queues, sampled_at, failed) = match sample {
+    let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let (pending, queues, sampled_at) = match sample {
         Ok(sample) => (
             sample.pending(),
             sample
@@ -66,20 +58,23 @@ pub fn publish_values(
                 .map(|q| (q.name.clone(), q.depth.as_ref().ok().copied()))
                 .collect(),
             sample.at,
-            sample.failed(),
         ),
-        Err(_) => (0, Vec::new(), Timestamp::now(), true),
+        Err(_) => (0, Vec::new(), Timestamp::now()),
     };
-    context.values.publish(PolicyValues {
-        namespace: policy.namespace().unwrap_or_default(),
-        policy: policy.name_any(),
+    let mut values = PolicyValues {
+        failed: sample.as_ref().map_or(true, Sample::failed),
+        namespace,
+        policy: name,
         pending,
         queues,
         sampled_at,
         sampled: Instant::now(),
-        failed,
         interval: policy.spec.sample_interval.into(),
-    });
+    };
+    if let Some(previous) = context.values.get(&values.namespace, &values.policy) {
+        values.keep_last_known(&previous, sample.is_err());
+    }
+    context.values.publish(values);
 }
 
 /// The circuit's series: state, level, Prolonged.

@@ -1,5 +1,6 @@
-//! The latest sample of every policy, in memory: written by the policy tasks on every tick,
-//! read by metric requests. No request ever calls Redis.
+//! The latest sample of every policy, in memory: written by the policy tasks on every tick, read
+//! by whatever publishes them (the external metrics API, levee's own `/metrics`). No reader ever
+//! calls Redis.
 
 use jiff::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -11,9 +12,11 @@ use std::time::{Duration, Instant};
 pub struct PolicyValues {
     pub namespace: String,
     pub policy: String,
-    /// The weighted backlog (of the queues that could be read).
+    /// The weighted backlog of the queues that could be read (the last one while Redis cannot
+    /// be reached, which makes the sample `failed`).
     pub pending: u64,
-    /// Each queue's depth, `None` when it could not be read.
+    /// Each queue's depth: the last one read (kept while a later read fails, which makes the
+    /// sample `failed`), `None` before any read succeeded.
     pub queues: Vec<(String, Option<u64>)>,
     pub sampled_at: Timestamp,
     /// When it was measured on this process's monotonic clock: staleness is judged by this, so
@@ -26,6 +29,26 @@ pub struct PolicyValues {
 }
 
 impl PolicyValues {
+    /// Keeps what `previous` knew that this sample could not read: the depth of each queue whose
+    /// read failed and, when Redis could not be reached at all (`unreachable`), the backlog and
+    /// every depth. The sample stays `failed`, so nobody takes these for fresh numbers.
+    pub fn keep_last_known(&mut self, previous: &PolicyValues, unreachable: bool) {
+        if unreachable {
+            self.pending = previous.pending;
+            self.queues = previous.queues.clone();
+            return;
+        }
+        for (name, depth) in &mut self.queues {
+            if depth.is_none() {
+                *depth = previous
+                    .queues
+                    .iter()
+                    .find(|(previous_name, _)| previous_name == name)
+                    .and_then(|(_, previous_depth)| *previous_depth);
+            }
+        }
+    }
+
     /// Whether an HPA should not act on these values at `now` (monotonic).
     pub fn stale(&self, now: Instant) -> bool {
         self.failed || now.saturating_duration_since(self.sampled) > self.interval * 3
@@ -60,6 +83,20 @@ impl MetricValues {
         }
     }
 
+    /// One policy's values.
+    pub fn get(&self, namespace: &str, policy: &str) -> Option<Arc<PolicyValues>> {
+        let namespaces = self.namespaces.read().expect("metric values lock");
+        namespaces.get(namespace)?.get(policy).cloned()
+    }
+
+    /// Every policy's values, by namespace then name.
+    pub fn all(&self) -> Vec<Arc<PolicyValues>> {
+        let namespaces = self.namespaces.read().expect("metric values lock");
+        let mut all: Vec<Arc<PolicyValues>> = namespaces.values().flat_map(|p| p.values().cloned()).collect();
+        all.sort_by(|a, b| (&a.namespace, &a.policy).cmp(&(&b.namespace, &b.policy)));
+        all
+    }
+
     /// The policies of a namespace, sorted by name; only those named in `only` when given (the
     /// HPA's selector names one policy, so most requests look at one entry, not all).
     pub fn in_namespace(&self, namespace: &str, only: Option<&BTreeSet<String>>) -> Vec<Arc<PolicyValues>> {
@@ -92,6 +129,30 @@ mod tests {
             failed: false,
             interval: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn failed_reads_keep_the_last_known_numbers() {
+        let now = Instant::now();
+        let mut previous = values(Timestamp::now(), now);
+        previous.pending = 9;
+        previous.queues = vec![("a".into(), Some(4)), ("b".into(), Some(5))];
+        let mut partial = values(Timestamp::now(), now);
+        partial.pending = 3;
+        partial.queues = vec![("a".into(), Some(3)), ("b".into(), None), ("new".into(), None)];
+        partial.failed = true;
+        partial.keep_last_known(&previous, false);
+        assert_eq!(partial.pending, 3, "the readable queues' total");
+        assert_eq!(
+            partial.queues,
+            vec![("a".into(), Some(3)), ("b".into(), Some(5)), ("new".into(), None)]
+        );
+        let mut unreachable = values(Timestamp::now(), now);
+        unreachable.pending = 0;
+        unreachable.failed = true;
+        unreachable.keep_last_known(&previous, true);
+        assert_eq!((unreachable.pending, unreachable.queues.len()), (9, 2));
+        assert!(unreachable.failed);
     }
 
     #[test]

@@ -1,0 +1,320 @@
+//! Scale benchmark on the local control plane (`make bench-scale`): `LEVEE_SCALE_POLICIES`
+//! policies (default 1,000), each sampling 10 list queues on one Redis every second and holding
+//! back its own one-pod Deployment. Measures, for one levee process:
+//! 1. resident memory, CPU and API writes per minute by kind at steady state (nothing changing:
+//!    the only writes due are the status heartbeats, one per policy per 30 s);
+//! 2. a burst: 20 policies pushed over critical at once (one atomic script in Redis), and the
+//!    time until the last of their 20 pods shows `levee.dev/accepting=False`, seen by a watch.
+//!
+//! Prints Markdown rows for docs/benchmarks.md.
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+use levee::api::BackpressurePolicy;
+use levee_e2e::redis::RedisServer;
+use levee_e2e::*;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const QUEUES: usize = 10;
+const BURST: usize = 20;
+const CYCLES: usize = 3;
+const SETTLE: Duration = Duration::from_secs(15);
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
+fn policies() -> usize {
+    std::env::var("LEVEE_SCALE_POLICIES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000)
+}
+
+fn measure_for() -> Duration {
+    let seconds = std::env::var("LEVEE_SCALE_SECONDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(seconds)
+}
+
+fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "readinessGates": [{"conditionType": "levee.dev/accepting"}],
+                    "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]
+                }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+fn queue_key(policy: usize, queue: usize) -> String {
+    format!("p{policy}:q{queue}")
+}
+
+fn policy(index: usize, url: &str) -> BackpressurePolicy {
+    let queues: Vec<_> = (0..QUEUES)
+        .map(|q| json!({"name": format!("q{q}"), "type": "list", "key": queue_key(index, q)}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "levee.dev/v1alpha1",
+        "kind": "BackpressurePolicy",
+        "metadata": {"name": format!("p{index}")},
+        "spec": {
+            "redis": {"url": url},
+            "queues": queues,
+            "sampleInterval": "1s",
+            "thresholds": {"warning": 20, "critical": 50, "recovery": 5},
+            "circuit": {"minOpenDuration": "1s"},
+            "targets": [{"kind": "Deployment", "name": format!("api-{index}")}]
+        }
+    }))
+    .unwrap()
+}
+
+/// Creates the objects with a few requests in flight (kubectl would send them one by one).
+async fn create_all(client: &kube::Client, namespace: &str, count: usize, url: &str) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let policies: Api<BackpressurePolicy> = Api::namespaced(client.clone(), namespace);
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (deployments, policies) = (deployments.clone(), policies.clone());
+            let url = url.to_string();
+            async move {
+                let params = PostParams::default();
+                let (deployment, policy) = (deployment(&format!("api-{i}")), policy(i, &url));
+                create_retrying(|| deployments.create(&params, &deployment)).await;
+                create_retrying(|| policies.create(&params, &policy)).await;
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+async fn create_retrying<T, F, Fut>(create: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = kube::Result<T>>,
+{
+    for attempt in 0.. {
+        match create().await {
+            Ok(_) => return,
+            Err(kube::Error::Api(status)) if status.code == 409 => return,
+            Err(error) if attempt < 20 => {
+                eprintln!("create failed ({error}); again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => panic!("creating an object failed 20 times: {error}"),
+        }
+    }
+}
+
+/// How many of the namespace's pods carry levee's `accepting` annotation with `value`.
+async fn pods_marked(pods: &Api<Pod>, value: &str) -> Option<(usize, usize)> {
+    let list = pods.list(&ListParams::default()).await.ok()?;
+    let marked = list
+        .items
+        .iter()
+        .filter(|pod| {
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("levee.dev/accepting"))
+                .is_some_and(|v| v == value)
+        })
+        .count();
+    Some((list.items.len(), marked))
+}
+
+fn accepting(pod: &Pod) -> Option<&str> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    conditions
+        .iter()
+        .find(|c| c.type_ == "levee.dev/accepting")
+        .map(|c| c.status.as_str())
+}
+
+/// Pushes the burst policies over critical in one atomic script, then watches their pods until
+/// every one shows `accepting` = `False`: the time from the push to the last pod.
+async fn burst(client: &kube::Client, namespace: &str, redis: &RedisServer, burst: &[usize]) -> Duration {
+    let apps: Vec<String> = burst.iter().map(|i| format!("api-{i}")).collect();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let config = watcher::Config::default().labels(&format!("app in ({})", apps.join(",")));
+    let mut events = watcher(pods, config).boxed();
+    let mut held: HashMap<String, bool> = HashMap::new();
+    // The initial list first: the push happens against a watch already open.
+    while let Some(event) = events.try_next().await.unwrap() {
+        match event {
+            watcher::Event::InitApply(pod) => {
+                held.insert(
+                    pod.metadata.name.clone().unwrap(),
+                    accepting(&pod) == Some("False"),
+                );
+            }
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(held.len(), burst.len(), "one pod per burst policy");
+    assert!(
+        held.values().all(|h| !h),
+        "the burst pods accept before the burst"
+    );
+    let keys: Vec<String> = burst.iter().map(|&i| queue_key(i, 0)).collect();
+    let mut args = vec![
+        "EVAL".to_string(),
+        "for _, key in ipairs(KEYS) do for i = 1, 60 do redis.call('RPUSH', key, i) end end".into(),
+        keys.len().to_string(),
+    ];
+    args.extend(keys);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pushed = Instant::now();
+    redis.cli(&args);
+    let deadline = pushed + Duration::from_secs(60);
+    while held.values().any(|h| !h) {
+        let event = tokio::time::timeout_at(deadline.into(), events.try_next())
+            .await
+            .expect("every burst pod held back within 60 s")
+            .unwrap()
+            .expect("the watch goes on");
+        if let watcher::Event::Apply(pod) = event {
+            held.insert(
+                pod.metadata.name.clone().unwrap(),
+                accepting(&pod) == Some("False"),
+            );
+        }
+    }
+    pushed.elapsed()
+}
+
+/// Empties the burst queues and waits until every pod accepts again.
+async fn drain(pods: &Api<Pod>, redis: &RedisServer, burst: &[usize]) {
+    let keys: Vec<String> = burst.iter().map(|&i| queue_key(i, 0)).collect();
+    let mut args = vec!["DEL"];
+    args.extend(keys.iter().map(String::as_str));
+    redis.cli(&args);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = pods.list(&ListParams::default()).await.unwrap();
+        if list.items.iter().all(|pod| accepting(pod) == Some("True")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the burst pods accept again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn writes_by_kind(levee: &Levee) -> Vec<f64> {
+    WRITE_KINDS
+        .iter()
+        .map(|kind| levee.metric(&format!("levee_api_writes_total{{kind=\"{kind}\"}}")))
+        .collect()
+}
+
+const WRITE_KINDS: [&str; 6] = [
+    "status",
+    "workload",
+    "pod_condition",
+    "pod_annotations",
+    "hpa",
+    "event",
+];
+
+fn main() {
+    let count = policies();
+    install_crd();
+    let namespace = TestNamespace::create("levee-scale");
+    let ns = namespace.name.clone();
+    let redis = RedisServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(kube::Client::try_default()).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+    let started = Instant::now();
+    runtime.block_on(create_all(&client, &ns, count, &redis.url()));
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(1200);
+        while pods_marked(&pods, "true").await.map(|(all, _)| all) != Some(count) {
+            assert!(Instant::now() < deadline, "every Deployment has its pod");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    eprintln!(
+        "{count} policies, Deployments and pods created in {:?}",
+        started.elapsed()
+    );
+
+    let levee = Levee::start(&ns, &["--leader-elect=false"]);
+    let started = Instant::now();
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(1200);
+        while pods_marked(&pods, "true").await.map(|(_, marked)| marked) != Some(count) {
+            assert!(Instant::now() < deadline, "every pod marked accepting");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    eprintln!(
+        "every pod marked accepting {:?} after the start",
+        started.elapsed()
+    );
+    std::thread::sleep(SETTLE);
+
+    let (writes_before, cpu_before) = (writes_by_kind(&levee), levee.cpu_time().unwrap());
+    let measured = Instant::now();
+    std::thread::sleep(measure_for());
+    let (writes_after, cpu_after) = (writes_by_kind(&levee), levee.cpu_time().unwrap());
+    let elapsed = measured.elapsed();
+    let minutes = elapsed.as_secs_f64() / 60.0;
+    let rss = levee.rss_kib().unwrap_or_default() as f64 / 1024.0;
+    let anon = levee.anon_rss_kib().unwrap_or_default() as f64 / 1024.0;
+    let per_minute: Vec<f64> = writes_before
+        .iter()
+        .zip(&writes_after)
+        .map(|(before, after)| (after - before) / minutes)
+        .collect();
+    let cpu = (cpu_after - cpu_before).as_secs_f64() / elapsed.as_secs_f64() * 100.0;
+
+    let burst_policies: Vec<usize> = (0..BURST).map(|i| i * count / BURST).collect();
+    let mut bursts = Vec::new();
+    for cycle in 0..CYCLES {
+        let took = runtime.block_on(burst(&client, &ns, &redis, &burst_policies));
+        eprintln!("burst {cycle}: last pod held back {took:?} after the push");
+        bursts.push(took);
+        runtime.block_on(drain(&pods, &redis, &burst_policies));
+    }
+    bursts.sort();
+    let peak = levee.peak_rss_kib().unwrap_or_default() as f64 / 1024.0;
+
+    println!(
+        "| policies | queues | RSS steady (peak; of which anonymous) | CPU of one core | writes/min: {} | heartbeats due/min | burst of {BURST} -> last pod held (min / median / max of {CYCLES}) |",
+        WRITE_KINDS.join(" / ")
+    );
+    println!("|---:|---:|---:|---:|---|---:|---|");
+    let writes: Vec<String> = per_minute.iter().map(|w| format!("{w:.0}")).collect();
+    println!(
+        "| {count} | {} | {rss:.1} MiB ({peak:.1}; {anon:.1}) | {cpu:.1} % | {} | {:.0} | {:.0} / {:.0} / {:.0} ms |",
+        count * QUEUES,
+        writes.join(" / "),
+        count as f64 * 60.0 / HEARTBEAT.as_secs_f64(),
+        bursts[0].as_secs_f64() * 1000.0,
+        bursts[CYCLES / 2].as_secs_f64() * 1000.0,
+        bursts[CYCLES - 1].as_secs_f64() * 1000.0,
+    );
+    println!(
+        "\n(measured over {:.0} s after {:.0} s of settling; 1 s sample interval, 30 s status heartbeat)",
+        elapsed.as_secs_f64(),
+        SETTLE.as_secs_f64()
+    );
+}

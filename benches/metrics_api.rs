@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use levee::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use levee::metrics_api::server::{MetricsApi, serve};
 use levee::metrics_api::tls::ServingCert;
-use levee::metrics_api::values::{MetricValues, PolicyValues};
+use levee::values::{MetricValues, PolicyValues};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all deps lint test unit e2e e2e-kind image static cluster-up cluster-down crds manifests bench bench-controller fuzz demo build clean
+.PHONY: all deps lint test unit e2e e2e-kind image static cluster-up cluster-down crds manifests bench bench-controller bench-scale fuzz demo build clean
 
 all: build
 
@@ -72,6 +72,15 @@ bench: deps
 bench-controller: deps
 	$(CARGO) build --release --bin levee
 	LEVEE_BIN=$(CURDIR)/target/release/levee e2e/scripts/with-cluster.sh cargo bench -p levee-e2e --bench controller
+
+## bench-scale: LEVEE_SCALE_SIZES policies (default 100 1000 5000) of 10 queues, each holding back its
+## own Deployment, on a fresh local control plane each: RSS, CPU, writes by kind, a 20-policy burst.
+## Measures the image's static binary (LEVEE_SCALE_BINS="a b" compares builds on one cluster).
+bench-scale: deps static
+	for n in $${LEVEE_SCALE_SIZES:-100 1000 5000}; do \
+	  LEVEE_SCALE_POLICIES=$$n LEVEE_BIN=$(CURDIR)/target/x86_64-unknown-linux-musl/release/levee \
+	    e2e/scripts/with-cluster.sh cargo bench -p levee-e2e --bench scale || exit 1; \
+	done
 
 ## fuzz: a minute of libFuzzer on each network-facing parser (needs the nightly toolchain)
 fuzz:

@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         Command::ServingCert(args) => cli::serving_cert::run(&args, &mut std::io::stdout()),
         Command::Version => cli::version(),
         Command::Run(args) => {
+            cli::heap::limit_arenas();
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
             runtime.block_on(cli::run::run(args))
         }

@@ -18,6 +18,7 @@ use levee_e2e::redis::RedisServer;
 use levee_e2e::*;
 use serde_json::json;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const QUEUES: usize = 10;
@@ -232,6 +233,98 @@ const WRITE_KINDS: [&str; 6] = [
     "event",
 ];
 
+/// The builds to measure, one after the other on the same cluster: `LEVEE_SCALE_BINS` (paths,
+/// space-separated; a wrapper script that `exec`s levee works too), else `LEVEE_BIN`, else the
+/// release build.
+fn binaries() -> Vec<PathBuf> {
+    if let Ok(list) = std::env::var("LEVEE_SCALE_BINS") {
+        return list.split_whitespace().map(PathBuf::from).collect();
+    }
+    let binary = std::env::var_os("LEVEE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/levee"));
+    vec![binary]
+}
+
+/// One row of the table.
+struct Row {
+    binary: String,
+    rss: f64,
+    peak: f64,
+    anon: f64,
+    cpu: f64,
+    writes_per_minute: Vec<f64>,
+    bursts: Vec<Duration>,
+}
+
+fn measure(
+    binary: &Path,
+    runtime: &tokio::runtime::Runtime,
+    client: &kube::Client,
+    ns: &str,
+    redis: &RedisServer,
+    count: usize,
+) -> Row {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // As in production: info logs.
+    let env = [("RUST_LOG".to_string(), "info".to_string())];
+    let mut levee = Levee::start_binary(binary, ns, &["--leader-elect=false"], &env);
+    let started = Instant::now();
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(1200);
+        while pods_marked(&pods, "true").await.map(|(_, marked)| marked) != Some(count) {
+            assert!(Instant::now() < deadline, "every pod marked accepting");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    eprintln!(
+        "{}: every pod marked accepting {:?} after the start",
+        binary.display(),
+        started.elapsed()
+    );
+    std::thread::sleep(SETTLE);
+
+    let (writes_before, cpu_before) = (writes_by_kind(&levee), levee.cpu_time().unwrap());
+    let measured = Instant::now();
+    std::thread::sleep(measure_for());
+    let (writes_after, cpu_after) = (writes_by_kind(&levee), levee.cpu_time().unwrap());
+    let elapsed = measured.elapsed();
+    let minutes = elapsed.as_secs_f64() / 60.0;
+    let mib = |kib: Option<u64>| kib.unwrap_or_default() as f64 / 1024.0;
+    let (rss, anon) = (mib(levee.rss_kib()), mib(levee.anon_rss_kib()));
+    let writes_per_minute = writes_before
+        .iter()
+        .zip(&writes_after)
+        .map(|(before, after)| (after - before) / minutes)
+        .collect();
+    let cpu = (cpu_after - cpu_before).as_secs_f64() / elapsed.as_secs_f64() * 100.0;
+
+    let burst_policies: Vec<usize> = (0..BURST).map(|i| i * count / BURST).collect();
+    let mut bursts = Vec::new();
+    for cycle in 0..CYCLES {
+        let took = runtime.block_on(burst(client, ns, redis, &burst_policies));
+        eprintln!("burst {cycle}: last pod held back {took:?} after the push");
+        bursts.push(took);
+        runtime.block_on(drain(&pods, redis, &burst_policies));
+    }
+    bursts.sort();
+    let peak = mib(levee.peak_rss_kib());
+    levee.stop();
+    Row {
+        binary: binary
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+        rss,
+        peak,
+        anon,
+        cpu,
+        writes_per_minute,
+        bursts,
+    }
+}
+
 fn main() {
     let count = policies();
     install_crd();
@@ -256,65 +349,36 @@ fn main() {
         started.elapsed()
     );
 
-    let levee = Levee::start(&ns, &["--leader-elect=false"]);
-    let started = Instant::now();
-    runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(1200);
-        while pods_marked(&pods, "true").await.map(|(_, marked)| marked) != Some(count) {
-            assert!(Instant::now() < deadline, "every pod marked accepting");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
-    eprintln!(
-        "every pod marked accepting {:?} after the start",
-        started.elapsed()
-    );
-    std::thread::sleep(SETTLE);
-
-    let (writes_before, cpu_before) = (writes_by_kind(&levee), levee.cpu_time().unwrap());
-    let measured = Instant::now();
-    std::thread::sleep(measure_for());
-    let (writes_after, cpu_after) = (writes_by_kind(&levee), levee.cpu_time().unwrap());
-    let elapsed = measured.elapsed();
-    let minutes = elapsed.as_secs_f64() / 60.0;
-    let rss = levee.rss_kib().unwrap_or_default() as f64 / 1024.0;
-    let anon = levee.anon_rss_kib().unwrap_or_default() as f64 / 1024.0;
-    let per_minute: Vec<f64> = writes_before
+    let rows: Vec<Row> = binaries()
         .iter()
-        .zip(&writes_after)
-        .map(|(before, after)| (after - before) / minutes)
+        .map(|binary| measure(binary, &runtime, &client, &ns, &redis, count))
         .collect();
-    let cpu = (cpu_after - cpu_before).as_secs_f64() / elapsed.as_secs_f64() * 100.0;
-
-    let burst_policies: Vec<usize> = (0..BURST).map(|i| i * count / BURST).collect();
-    let mut bursts = Vec::new();
-    for cycle in 0..CYCLES {
-        let took = runtime.block_on(burst(&client, &ns, &redis, &burst_policies));
-        eprintln!("burst {cycle}: last pod held back {took:?} after the push");
-        bursts.push(took);
-        runtime.block_on(drain(&pods, &redis, &burst_policies));
-    }
-    bursts.sort();
-    let peak = levee.peak_rss_kib().unwrap_or_default() as f64 / 1024.0;
-
     println!(
-        "| policies | queues | RSS steady (peak; of which anonymous) | CPU of one core | writes/min: {} | heartbeats due/min | burst of {BURST} -> last pod held (min / median / max of {CYCLES}) |",
+        "| build | policies | queues | RSS steady (peak; of which anonymous) | CPU of one core | writes/min: {} | heartbeats due/min | burst of {BURST} -> last pod held (min / median / max of {CYCLES}) |",
         WRITE_KINDS.join(" / ")
     );
-    println!("|---:|---:|---:|---:|---|---:|---|");
-    let writes: Vec<String> = per_minute.iter().map(|w| format!("{w:.0}")).collect();
+    println!("|---|---:|---:|---:|---:|---|---:|---|");
+    for row in rows {
+        let writes: Vec<String> = row.writes_per_minute.iter().map(|w| format!("{w:.0}")).collect();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {} | {count} | {} | {:.1} MiB ({:.1}; {:.1}) | {:.1} % | {} | {:.0} | {:.0} / {:.0} / {:.0} ms |",
+            row.binary,
+            count * QUEUES,
+            row.rss,
+            row.peak,
+            row.anon,
+            row.cpu,
+            writes.join(" / "),
+            count as f64 * 60.0 / HEARTBEAT.as_secs_f64(),
+            ms(row.bursts[0]),
+            ms(row.bursts[CYCLES / 2]),
+            ms(row.bursts[CYCLES - 1]),
+        );
+    }
     println!(
-        "| {count} | {} | {rss:.1} MiB ({peak:.1}; {anon:.1}) | {cpu:.1} % | {} | {:.0} | {:.0} / {:.0} / {:.0} ms |",
-        count * QUEUES,
-        writes.join(" / "),
-        count as f64 * 60.0 / HEARTBEAT.as_secs_f64(),
-        bursts[0].as_secs_f64() * 1000.0,
-        bursts[CYCLES / 2].as_secs_f64() * 1000.0,
-        bursts[CYCLES - 1].as_secs_f64() * 1000.0,
-    );
-    println!(
-        "\n(measured over {:.0} s after {:.0} s of settling; 1 s sample interval, 30 s status heartbeat)",
-        elapsed.as_secs_f64(),
+        "\n(each build measured over {:.0} s after {:.0} s of settling; 1 s sample interval, 30 s status heartbeat, info logs)",
+        measure_for().as_secs_f64(),
         SETTLE.as_secs_f64()
     );
 }

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -278,6 +278,19 @@ impl Levee {
     /// Like `start`, its metrics API listening on 127.0.0.1:`api_port`.
     pub fn start_with_api_port(namespace: &str, extra: &[&str], api_port: u16) -> Self {
         let metrics_port = redis::free_port();
+        let args = Self::run_args(namespace, extra, metrics_port, api_port);
+        Self::launch(&args, &[], metrics_port, api_port)
+    }
+
+    /// Like `start`, running `binary` (not LEVEE_BIN's) with `env` added: the scale benchmark
+    /// compares builds on the same cluster.
+    pub fn start_binary(binary: &Path, namespace: &str, extra: &[&str], env: &[(String, String)]) -> Self {
+        let (metrics_port, api_port) = (redis::free_port(), redis::free_port());
+        let args = Self::run_args(namespace, extra, metrics_port, api_port);
+        Self::launch_binary(binary, &args, env, metrics_port, api_port)
+    }
+
+    fn run_args(namespace: &str, extra: &[&str], metrics_port: u16, api_port: u16) -> Vec<String> {
         let listen = if host_address().is_some() {
             "0.0.0.0"
         } else {
@@ -305,7 +318,7 @@ impl Levee {
             args.push("--metrics-plain-loopback=true".into());
         }
         args.extend(extra.iter().map(|arg| arg.to_string()));
-        Self::launch(&args, &[], metrics_port, api_port)
+        args
     }
 
     /// Runs levee with exactly `args` and `env` (plus its ServiceAccount's KUBECONFIG and
@@ -315,6 +328,16 @@ impl Levee {
         let binary = std::env::var_os("LEVEE_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target/debug/levee"));
+        Self::launch_binary(&binary, args, env, metrics_port, api_port)
+    }
+
+    fn launch_binary(
+        binary: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        metrics_port: u16,
+        api_port: u16,
+    ) -> Self {
         assert!(
             binary.is_file(),
             "{} is missing: run `cargo build` (make e2e does)",

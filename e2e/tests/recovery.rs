@@ -239,6 +239,52 @@ fn the_managed_hpa_deleted_or_edited_by_hand_is_put_back() {
     });
 }
 
+#[test]
+fn a_pod_condition_or_annotation_changed_by_hand_is_put_back() {
+    let fixture = Fixture::create();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("kept");
+    fixture.burst();
+    fixture.wait_state("kept", "Open");
+    fixture.wait_pods_accepting(false, 2);
+    let (pod, ..) = fixture.api_pods().remove(0);
+    // By hand, while Open: the condition set back to True and the annotation removed.
+    let condition = json!({"status": {"conditions": [
+        {"type": "levee.dev/accepting", "status": "True", "reason": "ByHand"}
+    ]}});
+    kubectl_ok(
+        &[
+            "patch",
+            "pod",
+            &pod,
+            "-n",
+            fixture.ns(),
+            "--subresource=status",
+            "--type=strategic",
+            "-p",
+            &condition.to_string(),
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "annotate",
+            "pod",
+            &pod,
+            "-n",
+            fixture.ns(),
+            "levee.dev/accepting-",
+        ],
+        None,
+    );
+    let started = Instant::now();
+    fixture.wait_pods_accepting(false, 2);
+    eprintln!(
+        "figure: pod condition and annotation changed by hand -> put back after {:?}",
+        started.elapsed()
+    );
+}
+
 fn redis_secret(namespace: &str, user: &str) -> String {
     format!(
         "apiVersion: v1

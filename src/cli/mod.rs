@@ -2,6 +2,7 @@
 //! it. Every command returns the process exit code.
 
 pub mod check;
+pub mod heap;
 pub mod run;
 pub mod sample;
 pub mod serving_cert;

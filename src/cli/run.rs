@@ -110,6 +110,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     metrics.render_values(values.clone());
     let trust = Arc::new(RequestHeaderTrust::default());
     let trust_task = tokio::spawn(trust.clone().watch(clients.watches.clone()));
+    let heap_task = tokio::spawn(super::heap::give_back_freed_pages());
     let api = Arc::new(MetricsApi {
         values: values.clone(),
         trust,
@@ -142,6 +143,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     server.abort();
     metrics_api.abort();
     trust_task.abort();
+    heap_task.abort();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -153,8 +155,8 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
 /// The clients levee talks to Kubernetes with: requests time out after `timeout` and at most
 /// `concurrency` are in flight; the Lease and the metrics API's reviews have their own (never
-/// queued behind policy writes);
-/// watches may stay quiet for minutes (the watcher has its own idle timeout).
+/// queued behind policy writes); watches may stay quiet for minutes (the watcher has its own idle
+/// timeout).
 async fn clients(timeout: std::time::Duration, concurrency: usize) -> Result<controller::ApiClients, String> {
     let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
     let watches = kube::Client::try_from(config.clone()).map_err(|e| e.to_string())?;

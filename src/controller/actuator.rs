@@ -107,8 +107,9 @@ impl Pass<'_> {
             .map(|selector| live_pods(self.context.stores.pods.selected(&self.namespace, selector)))
             .unwrap_or_default();
         self.selected_pods.extend(pods.iter().map(|pod| pod.name_any()));
-        self.mark_workload(workload.as_ref(), marks).await;
+        // The pods first: their condition is what takes them out of their Services' endpoints.
         mark_pods(self.context, pods, marks, &mut self.outcome).await;
+        self.mark_workload(workload.as_ref(), marks).await;
     }
 
     /// Releases the workloads of kind `K` labelled with the policy that it no longer targets.

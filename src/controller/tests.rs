@@ -111,7 +111,7 @@ async fn within_2s<T>(future: impl std::future::Future<Output = T>) -> T {
 }
 
 #[tokio::test]
-async fn opening_marks_the_workload_and_only_the_pods_that_lack_the_marks() {
+async fn opening_marks_the_pods_that_lack_the_marks_then_the_workload() {
     let (client, mut server) = mock();
     let unmarked = pod("p1", json!({}), json!([]));
     let marked = pod("p2", open_annotations(), open_condition());
@@ -121,16 +121,6 @@ async fn opening_marks_the_workload_and_only_the_pods_that_lack_the_marks() {
     );
     let policy = policy(json!({}));
     let verifier = tokio::spawn(async move {
-        let body = expect(
-            &mut server,
-            "PATCH",
-            "/apis/apps/v1/namespaces/jobs/deployments/api",
-            MERGE,
-            json!(deployment(json!({}))),
-        )
-        .await;
-        assert_eq!(body["metadata"]["annotations"], open_annotations());
-        assert_eq!(body["metadata"]["labels"]["levee.dev/policy"], "p");
         let body = expect(
             &mut server,
             "PATCH",
@@ -154,6 +144,16 @@ async fn opening_marks_the_workload_and_only_the_pods_that_lack_the_marks() {
         )
         .await;
         assert_eq!(body["metadata"]["annotations"], open_annotations());
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/apis/apps/v1/namespaces/jobs/deployments/api",
+            MERGE,
+            json!(deployment(json!({}))),
+        )
+        .await;
+        assert_eq!(body["metadata"]["annotations"], open_annotations());
+        assert_eq!(body["metadata"]["labels"]["levee.dev/policy"], "p");
     });
     let outcome = within_2s(actuator::act(
         &context,
@@ -307,15 +307,6 @@ async fn deleting_a_policy_releases_its_producers_then_the_finalizer() {
         let body = expect(
             &mut server,
             "PATCH",
-            "/apis/apps/v1/namespaces/jobs/deployments/api",
-            MERGE,
-            json!(deployment(json!({}))),
-        )
-        .await;
-        assert_eq!(body["metadata"]["annotations"]["levee.dev/accepting"], "true");
-        let body = expect(
-            &mut server,
-            "PATCH",
             "/api/v1/namespaces/jobs/pods/p1/status",
             STRATEGIC,
             json!(held),
@@ -331,6 +322,15 @@ async fn deleting_a_policy_releases_its_producers_then_the_finalizer() {
             json!(held),
         )
         .await;
+        let body = expect(
+            &mut server,
+            "PATCH",
+            "/apis/apps/v1/namespaces/jobs/deployments/api",
+            MERGE,
+            json!(deployment(json!({}))),
+        )
+        .await;
+        assert_eq!(body["metadata"]["annotations"]["levee.dev/accepting"], "true");
         let body = expect(
             &mut server,
             "PATCH",

@@ -216,8 +216,8 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
 }
 
 /// One tick, in phases: sample; a follower mirrors status and stops there; the leader keeps the
-/// HPA in place, decides, reports, saves the decision in status and then acts on what status
-/// holds.
+/// HPA in place, decides, saves the decision in status, acts on what status holds, and then
+/// reports (events wait: producers are held back first).
 async fn tick(context: &Context, state: &mut PolicyState) {
     let policy = state.policy.clone();
     let sample = state.sample(context).await;
@@ -236,16 +236,6 @@ async fn tick(context: &Context, state: &mut PolicyState) {
         errors: state.target_errors.clone(),
         ..Outcome::default()
     };
-    events::publish_decision(
-        context,
-        &policy,
-        &decision,
-        &state.rules,
-        &state.circuit,
-        &targets,
-        sample.as_ref().ok(),
-    )
-    .await;
     let report = TickReport {
         circuit: &state.circuit,
         sample: sample.as_ref(),
@@ -257,9 +247,24 @@ async fn tick(context: &Context, state: &mut PolicyState) {
     let next = next_status(&policy, &state.written, &report);
     state.save_status(context, next).await;
     state.act_on_saved_decision(context).await;
+    events::publish_decision(
+        context,
+        &policy,
+        &decision,
+        &state.rules,
+        &state.circuit,
+        &targets,
+        sample.as_ref().ok(),
+    )
+    .await;
 }
 
 impl PolicyState {
+    /// What fixes the policy's phases: its UID (its name where none is set).
+    fn key(&self) -> String {
+        self.policy.uid().unwrap_or_else(|| self.policy.name_any())
+    }
+
     /// The namespace and name of the policy.
     fn names(&self) -> (String, String) {
         (
@@ -362,7 +367,15 @@ impl PolicyState {
         match write(context, &self.policy, &next).await {
             Ok(()) => {
                 self.written = next;
-                self.last_write = Some(Instant::now());
+                let now = Instant::now();
+                // The first heartbeat waits a fraction of one more period (the policy's phase):
+                // policies started together then send their heartbeats spread over the whole
+                // period, not a thousand in the same second every 30 s.
+                let written_at = match self.last_write {
+                    Some(_) => now,
+                    None => now + context.settings.status_heartbeat.mul_f64(phase_of(&self.key())),
+                };
+                self.last_write = Some(written_at);
             }
             Err(error) => {
                 let (namespace, name) = self.names();

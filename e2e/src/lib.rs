@@ -134,16 +134,23 @@ pub fn install_crd() {
         ],
         None,
     );
-    kubectl_ok(
-        &[
-            "wait",
-            "--for",
-            "condition=Established",
-            "crd/backpressurepolicies.levee.dev",
-            "--timeout=60s",
-        ],
-        None,
-    );
+    wait_crd_established("backpressurepolicies.levee.dev");
+}
+
+/// Waits until the CRD `name` is served. `kubectl wait` fails at once while a CRD just created
+/// has no status conditions yet ("accessor error: <nil>"), so it is asked again.
+pub fn wait_crd_established(name: &str) {
+    let crd = format!("crd/{name}");
+    let args = [
+        "wait",
+        "--for",
+        "condition=Established",
+        crd.as_str(),
+        "--timeout=10s",
+    ];
+    wait_until(&format!("{crd} Established"), Duration::from_secs(60), || {
+        kubectl(&args, None).status.success().then_some(())
+    });
 }
 
 /// A namespace of its own for one test, deleted (without waiting) when dropped.

@@ -1081,16 +1081,7 @@ fn install_integration_crds() {
             );
             // monitoring.coreos.com_servicemonitors.yaml holds servicemonitors.monitoring.coreos.com.
             let (group, plural) = file.trim_end_matches(".yaml").split_once('_').unwrap();
-            kubectl_ok(
-                &[
-                    "wait",
-                    "--for",
-                    "condition=Established",
-                    &format!("crd/{plural}.{group}"),
-                    "--timeout=60s",
-                ],
-                None,
-            );
+            wait_crd_established(&format!("{plural}.{group}"));
         }
     }
 }

@@ -243,7 +243,7 @@ pub async fn run(
             "the controller did not stop within the grace period; stopping it"
         ),
     }
-    context.tasks.stop_all();
+    context.tasks.stop_all(SHUTDOWN_GRACE).await;
     reflector_task.abort();
     if let Some(lease) = lease_task {
         lease.release().await;

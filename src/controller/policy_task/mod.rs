@@ -58,10 +58,27 @@ impl PolicyTasks {
         }
     }
 
-    /// Stops every task (shutdown).
-    pub fn stop_all(&self) {
-        for (_, task) in self.running.lock().expect("task map lock").drain() {
-            task.handle.abort();
+    /// Stops every task (shutdown): a task between ticks stops at once, one in a tick finishes
+    /// it (its status, producers and events stay consistent) unless `grace` runs out first.
+    pub async fn stop_all(&self, grace: std::time::Duration) {
+        let handles: Vec<JoinHandle<()>> = self
+            .running
+            .lock()
+            .expect("task map lock")
+            .drain()
+            // Dropping the sender ends the task's loop once its current tick is done.
+            .map(|(_, task)| task.handle)
+            .collect();
+        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(grace, futures::future::join_all(handles))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "policy tasks did not finish their tick in time; stopping them"
+            );
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
     }
 }
@@ -200,8 +217,9 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
     Box::pin(tick(&context, &mut state)).await;
     let mut interval = ticker(&state.policy);
     loop {
+        // A stop (the sender dropped) or a newer object goes before a due tick.
         tokio::select! {
-            _ = interval.tick() => Box::pin(tick(&context, &mut state)).await,
+            biased;
             changed = latest.changed() => {
                 if changed.is_err() {
                     return;
@@ -211,6 +229,7 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
                     interval = ticker(&state.policy);
                 }
             }
+            _ = interval.tick() => Box::pin(tick(&context, &mut state)).await,
         }
     }
 }

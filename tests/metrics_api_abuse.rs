@@ -6,13 +6,15 @@
 
 mod support;
 
+use support::closed_by_server;
+
 use levee::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use levee::metrics_api::server::{ConnectionLimits, MetricsApi, serve};
 use levee::metrics_api::tls::ServingCert;
 use levee::telemetry::Metrics;
 use levee::values::MetricValues;
 use rustls::pki_types::ServerName;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,20 +178,6 @@ impl Server {
             .metrics_api_connections_closed
             .with_label_values(&[reason])
             .get()
-    }
-}
-
-/// Whether the server has closed `stream` (a read gets EOF or an error within `wait`).
-fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {
-    stream.set_read_timeout(Some(wait)).unwrap();
-    let mut byte = [0u8; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(error) => !matches!(
-            error.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
     }
 }
 

@@ -31,6 +31,21 @@ fn require(binary: &str) -> PathBuf {
     panic!("{binary} is not installed: run `make deps` (apt-get install -y redis-server redis-tools)");
 }
 
+/// Whether the server has closed `stream` (a read gets EOF or an error within `wait`).
+pub fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
 /// One `redis-server` process.
 pub struct RedisServer {
     pub port: u16,

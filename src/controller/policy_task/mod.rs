@@ -54,7 +54,7 @@ impl Default for PolicyTasks {
 impl PolicyTasks {
     /// Starts the policy's task, or hands the running one the latest object.
     pub fn ensure(&self, context: &Arc<Context>, policy: Arc<BackpressurePolicy>) {
-        let uid = policy.uid().unwrap_or_else(|| policy.name_any());
+        let uid = task_key(&policy);
         let mut running = self.running.lock().expect("task map lock");
         if let Some(task) = running.get(&uid).filter(|task| !task.handle.is_finished()) {
             task.latest.send_replace(policy);
@@ -67,7 +67,7 @@ impl PolicyTasks {
 
     /// Stops the policy's task.
     pub fn stop(&self, policy: &BackpressurePolicy) {
-        let uid = policy.uid().unwrap_or_else(|| policy.name_any());
+        let uid = task_key(policy);
         if let Some(task) = self.running.lock().expect("task map lock").remove(&uid) {
             task.handle.abort();
         }
@@ -210,11 +210,15 @@ impl PolicyState {
 /// same instant (each tick then runs beside few others, and the API server sees an even load).
 fn ticker(policy: &BackpressurePolicy) -> tokio::time::Interval {
     let period: std::time::Duration = policy.spec.sample_interval.into();
-    let key = policy.uid().unwrap_or_else(|| policy.name_any());
-    let phase = period.mul_f64(phase_of(&key));
+    let phase = period.mul_f64(phase_of(&task_key(policy)));
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval
+}
+
+/// What identifies a policy's task and fixes its phases: its UID (its name where none is set).
+fn task_key(policy: &BackpressurePolicy) -> String {
+    policy.uid().unwrap_or_else(|| policy.name_any())
 }
 
 /// A fraction in [0, 1) that is the same for the same key (FNV-1a).
@@ -294,11 +298,6 @@ async fn tick(context: &Context, state: &mut PolicyState) {
 }
 
 impl PolicyState {
-    /// What fixes the policy's phases: its UID (its name where none is set).
-    fn key(&self) -> String {
-        self.policy.uid().unwrap_or_else(|| self.policy.name_any())
-    }
-
     /// The namespace and name of the policy.
     fn names(&self) -> (String, String) {
         (
@@ -417,7 +416,12 @@ impl PolicyState {
                 // period, not a thousand in the same second every 30 s.
                 let written_at = match self.last_write {
                     Some(_) => now,
-                    None => now + context.settings.status_heartbeat.mul_f64(phase_of(&self.key())),
+                    None => {
+                        now + context
+                            .settings
+                            .status_heartbeat
+                            .mul_f64(phase_of(&task_key(&self.policy)))
+                    }
                 };
                 self.last_write = Some(written_at);
             }

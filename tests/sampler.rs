@@ -410,8 +410,10 @@ async fn tls_with_the_policy_ca_and_with_insecure_skip_verify() {
     let queue = queues("[{name: jobs, type: list, key: jobs}]");
     let ca = std::fs::read(tls.path("ca.crt")).unwrap();
     let url = format!("rediss://127.0.0.1:{tls_port}/0");
+    // The handshakes run beside every other test on a shared machine: the deadline is generous,
+    // because what this test checks is whom levee trusts, not how fast.
     let trusted = endpoint_with(
-        &format!("{{url: '{url}', tls: {{}}}}"),
+        &format!("{{url: '{url}', timeout: 5s, tls: {{}}}}"),
         Credentials::default(),
         Some(ca),
     );
@@ -419,12 +421,14 @@ async fn tls_with_the_policy_ca_and_with_insecure_skip_verify() {
         depth_of(&Sampler::new().sample(&trusted, &queue).await, "jobs"),
         Ok(2)
     );
-    let insecure = endpoint(&format!("{{url: '{url}', tls: {{insecureSkipVerify: true}}}}"));
+    let insecure = endpoint(&format!(
+        "{{url: '{url}', timeout: 5s, tls: {{insecureSkipVerify: true}}}}"
+    ));
     assert_eq!(
         depth_of(&Sampler::new().sample(&insecure, &queue).await, "jobs"),
         Ok(2)
     );
-    let untrusted = endpoint(&format!("{{url: '{url}'}}"));
+    let untrusted = endpoint(&format!("{{url: '{url}', timeout: 5s}}"));
     let error = depth_of(&Sampler::new().sample(&untrusted, &queue).await, "jobs").unwrap_err();
     assert!(
         error.starts_with(&format!("{url}: ")),

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use levee::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use levee::metrics_api::server::{MetricsApi, serve};
-use levee::metrics_api::tls::ServingCert;
+use levee::serving::cert::ServingCert;
 use levee::values::{MetricValues, PolicyValues};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
@@ -161,6 +161,7 @@ async fn main() {
             sampled: std::time::Instant::now() + Duration::from_secs(3600),
             failed: false,
             interval: Duration::from_secs(1),
+            circuit: None,
         });
     }
     let trust = Arc::new(RequestHeaderTrust::default());

@@ -7,9 +7,11 @@ pub mod api;
 pub mod circuit;
 pub mod cli;
 pub mod controller;
+pub mod external_scaler;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod metrics_api;
 pub mod sampler;
+pub mod serving;
 pub mod telemetry;
 pub mod values;

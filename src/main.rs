@@ -49,7 +49,7 @@ enum Command {
         output: OutputFormat,
     },
     /// Run the controller: watch policies, sample Redis, hold producers back.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Print a CA-signed serving certificate Secret and the APIService trusting it (no Helm).
     ServingCert(cli::serving_cert::ServingCertArgs),
     /// Print the version.
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             cli::heap::limit_arenas();
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-            runtime.block_on(cli::run::run(args))
+            runtime.block_on(cli::run::run(*args))
         }
         Command::Check { file } => cli::check::run(&file, &mut std::io::stdout()),
         Command::Sample {

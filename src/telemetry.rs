@@ -53,6 +53,14 @@ pub struct Metrics {
     pub metrics_api_connections: IntGauge,
     /// Connections closed by a limit, by reason.
     pub metrics_api_connections_closed: IntCounterVec,
+    /// Calls to the KEDA external scaler, by rpc and gRPC status code.
+    pub external_scaler_requests: IntCounterVec,
+    /// `StreamIsActive` streams open now.
+    pub external_scaler_streams: IntGauge,
+    /// Open connections to the external scaler.
+    pub external_scaler_connections: IntGauge,
+    /// Connections to the external scaler closed by a limit, by reason.
+    pub external_scaler_connections_closed: IntCounterVec,
     ready: AtomicBool,
 }
 
@@ -101,14 +109,13 @@ impl Metrics {
         registry
             .register(Box::new(metrics_api_duration.clone()))
             .expect("unique metric");
-        let metrics_api_connections = IntGauge::new(
-            "levee_metrics_api_connections",
-            "Open connections to the external metrics API",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(metrics_api_connections.clone()))
-            .expect("unique metric");
+        let single_gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
         Arc::new(Self {
             circuit_state: gauge(
                 "levee_circuit_state",
@@ -149,10 +156,31 @@ impl Metrics {
                 &["code"],
             ),
             metrics_api_duration,
-            metrics_api_connections,
+            metrics_api_connections: single_gauge(
+                "levee_metrics_api_connections",
+                "Open connections to the external metrics API",
+            ),
             metrics_api_connections_closed: counter(
                 "levee_metrics_api_connections_closed_total",
                 "Connections to the external metrics API closed by a limit (limit, evicted, handshake_timeout)",
+                &["reason"],
+            ),
+            external_scaler_requests: counter(
+                "levee_external_scaler_requests_total",
+                "Calls to the KEDA external scaler by rpc and gRPC status code",
+                &["rpc", "code"],
+            ),
+            external_scaler_streams: single_gauge(
+                "levee_external_scaler_streams",
+                "StreamIsActive streams open to the KEDA external scaler",
+            ),
+            external_scaler_connections: single_gauge(
+                "levee_external_scaler_connections",
+                "Open connections to the KEDA external scaler",
+            ),
+            external_scaler_connections_closed: counter(
+                "levee_external_scaler_connections_closed_total",
+                "Connections to the KEDA external scaler closed by a limit (limit, evicted, handshake_timeout)",
                 &["reason"],
             ),
             ready: AtomicBool::new(false),
@@ -341,6 +369,7 @@ mod tests {
             sampled: std::time::Instant::now(),
             failed: false,
             interval: std::time::Duration::from_secs(1),
+            circuit: None,
         });
         let text = metrics.render();
         assert!(

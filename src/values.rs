@@ -1,11 +1,14 @@
 //! The latest sample of every policy, in memory: written by the policy tasks on every tick, read
-//! by whatever publishes them (the external metrics API, levee's own `/metrics`). No reader ever
-//! calls Redis.
+//! by whatever publishes them (the external metrics API, the KEDA external scaler, levee's own
+//! `/metrics`). No reader ever calls Redis. A reader may also subscribe to one policy and be woken
+//! whenever its values change (the external scaler's `StreamIsActive` pushes that way).
 
+use crate::circuit::{Level, State};
 use jiff::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// What the last tick of one policy measured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,13 +29,25 @@ pub struct PolicyValues {
     pub failed: bool,
     /// The policy's sample interval: values older than three of them are stale.
     pub interval: Duration,
+    /// The circuit as last decided (the leader) or read from status (a follower); `None` until
+    /// the first decision.
+    pub circuit: Option<CircuitValues>,
+}
+
+/// The circuit's state and the backlog's level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CircuitValues {
+    pub state: State,
+    pub level: Level,
 }
 
 impl PolicyValues {
     /// Keeps what `previous` knew that this sample could not read: the depth of each queue whose
     /// read failed and, when Redis could not be reached at all (`unreachable`), the backlog and
-    /// every depth. The sample stays `failed`, so nobody takes these for fresh numbers.
+    /// every depth. The sample stays `failed`, so nobody takes these for fresh numbers. The
+    /// circuit is the one last decided until the next decision replaces it.
     pub fn keep_last_known(&mut self, previous: &PolicyValues, unreachable: bool) {
+        self.circuit = self.circuit.or(previous.circuit);
         if unreachable {
             self.pending = previous.pending;
             self.queues = previous.queues.clone();
@@ -49,14 +64,17 @@ impl PolicyValues {
         }
     }
 
-    /// Whether an HPA should not act on these values at `now` (monotonic).
+    /// Whether an autoscaler should not act on these values at `now` (monotonic).
     pub fn stale(&self, now: Instant) -> bool {
         self.failed || now.saturating_duration_since(self.sampled) > self.interval * 3
     }
 }
 
+/// One policy's latest values (`None` while a subscriber waits for a policy levee does not run).
+type Slot = watch::Sender<Option<Arc<PolicyValues>>>;
+
 /// One namespace's policies, by name.
-type Policies = BTreeMap<String, Arc<PolicyValues>>;
+type Policies = BTreeMap<String, Slot>;
 
 /// The shared store, by namespace then policy; cheap to clone.
 #[derive(Clone, Default)]
@@ -69,14 +87,71 @@ impl MetricValues {
     pub fn publish(&self, values: PolicyValues) {
         let mut namespaces = self.namespaces.write().expect("metric values lock");
         let policies = namespaces.entry(values.namespace.clone()).or_default();
-        policies.insert(values.policy.clone(), Arc::new(values));
+        match policies.get(&values.policy) {
+            Some(slot) => {
+                slot.send_replace(Some(Arc::new(values)));
+            }
+            None => {
+                policies.insert(values.policy.clone(), watch::Sender::new(Some(Arc::new(values))));
+            }
+        }
     }
 
-    /// Drops a deleted policy.
+    /// Sets a policy's circuit; subscribers are woken only when it changed.
+    pub fn publish_circuit(&self, namespace: &str, policy: &str, circuit: CircuitValues) {
+        let namespaces = self.namespaces.read().expect("metric values lock");
+        let Some(slot) = namespaces
+            .get(namespace)
+            .and_then(|policies| policies.get(policy))
+        else {
+            return;
+        };
+        slot.send_if_modified(|values| match values {
+            Some(values) if values.circuit != Some(circuit) => {
+                Arc::make_mut(values).circuit = Some(circuit);
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Drops a deleted policy (its subscribers see `None`).
     pub fn forget(&self, namespace: &str, policy: &str) {
         let mut namespaces = self.namespaces.write().expect("metric values lock");
         if let Some(policies) = namespaces.get_mut(namespace) {
-            policies.remove(policy);
+            if let Some(slot) = policies.get(policy) {
+                slot.send_replace(None);
+            }
+            policies.retain(|_, slot| slot.borrow().is_some() || slot.receiver_count() > 0);
+            if policies.is_empty() {
+                namespaces.remove(namespace);
+            }
+        }
+    }
+
+    /// Follows one policy's values, whether levee runs it yet or not. Dropping the receiver
+    /// and calling `unsubscribed` lets the store forget a policy that never came.
+    pub fn subscribe(&self, namespace: &str, policy: &str) -> watch::Receiver<Option<Arc<PolicyValues>>> {
+        let mut namespaces = self.namespaces.write().expect("metric values lock");
+        namespaces
+            .entry(namespace.to_string())
+            .or_default()
+            .entry(policy.to_string())
+            .or_insert_with(|| watch::Sender::new(None))
+            .subscribe()
+    }
+
+    /// A subscriber of `policy` went away: forget the policy if it holds no values and nobody
+    /// else follows it.
+    pub fn unsubscribed(&self, namespace: &str, policy: &str) {
+        let mut namespaces = self.namespaces.write().expect("metric values lock");
+        if let Some(policies) = namespaces.get_mut(namespace) {
+            if policies
+                .get(policy)
+                .is_some_and(|slot| slot.borrow().is_none() && slot.receiver_count() == 0)
+            {
+                policies.remove(policy);
+            }
             if policies.is_empty() {
                 namespaces.remove(namespace);
             }
@@ -86,13 +161,16 @@ impl MetricValues {
     /// One policy's values.
     pub fn get(&self, namespace: &str, policy: &str) -> Option<Arc<PolicyValues>> {
         let namespaces = self.namespaces.read().expect("metric values lock");
-        namespaces.get(namespace)?.get(policy).cloned()
+        namespaces.get(namespace)?.get(policy)?.borrow().clone()
     }
 
     /// Every policy's values, by namespace then name.
     pub fn all(&self) -> Vec<Arc<PolicyValues>> {
         let namespaces = self.namespaces.read().expect("metric values lock");
-        let mut all: Vec<Arc<PolicyValues>> = namespaces.values().flat_map(|p| p.values().cloned()).collect();
+        let mut all: Vec<Arc<PolicyValues>> = namespaces
+            .values()
+            .flat_map(|p| p.values().filter_map(|slot| slot.borrow().clone()))
+            .collect();
         all.sort_by(|a, b| (&a.namespace, &a.policy).cmp(&(&b.namespace, &b.policy)));
         all
     }
@@ -107,9 +185,12 @@ impl MetricValues {
         match only {
             Some(names) => names
                 .iter()
-                .filter_map(|name| policies.get(name).cloned())
+                .filter_map(|name| policies.get(name)?.borrow().clone())
                 .collect(),
-            None => policies.values().cloned().collect(),
+            None => policies
+                .values()
+                .filter_map(|slot| slot.borrow().clone())
+                .collect(),
         }
     }
 }
@@ -128,6 +209,7 @@ mod tests {
             sampled,
             failed: false,
             interval: Duration::from_secs(1),
+            circuit: None,
         }
     }
 
@@ -167,5 +249,51 @@ mod tests {
         );
         assert!(!old.stale(sampled + Duration::from_secs(2)));
         assert!(!old.stale(sampled), "a fresh sample is not stale");
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_is_woken_by_new_values_and_by_a_changed_circuit_only() {
+        let store = MetricValues::default();
+        let mut follower = store.subscribe("jobs", "p");
+        assert!(follower.borrow_and_update().is_none(), "not run yet");
+        store.publish(values(Timestamp::now(), Instant::now()));
+        assert!(follower.has_changed().unwrap());
+        assert_eq!(follower.borrow_and_update().as_ref().unwrap().pending, 1);
+        let open = CircuitValues {
+            state: State::Open,
+            level: Level::Critical,
+        };
+        store.publish_circuit("jobs", "p", open);
+        assert!(follower.has_changed().unwrap(), "the circuit changed");
+        assert_eq!(follower.borrow_and_update().as_ref().unwrap().circuit, Some(open));
+        store.publish_circuit("jobs", "p", open);
+        assert!(!follower.has_changed().unwrap(), "the same circuit wakes nobody");
+        let mut next = values(Timestamp::now(), Instant::now());
+        next.keep_last_known(&store.get("jobs", "p").unwrap(), false);
+        assert_eq!(next.circuit, Some(open), "a new sample keeps the last decision");
+        store.forget("jobs", "p");
+        assert!(follower.has_changed().unwrap());
+        assert!(follower.borrow_and_update().is_none(), "a deleted policy is None");
+        assert!(store.all().is_empty());
+    }
+
+    #[test]
+    fn a_policy_nobody_runs_is_forgotten_when_its_last_subscriber_leaves() {
+        let store = MetricValues::default();
+        let follower = store.subscribe("jobs", "never");
+        let other = store.subscribe("jobs", "never");
+        drop(follower);
+        store.unsubscribed("jobs", "never");
+        assert_eq!(
+            store.namespaces.read().unwrap()["jobs"].len(),
+            1,
+            "one still follows it"
+        );
+        drop(other);
+        store.unsubscribed("jobs", "never");
+        assert!(store.namespaces.read().unwrap().is_empty());
+        store.publish(values(Timestamp::now(), Instant::now()));
+        store.unsubscribed("jobs", "p");
+        assert!(store.get("jobs", "p").is_some(), "a running policy stays");
     }
 }

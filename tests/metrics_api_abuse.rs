@@ -9,8 +9,9 @@ mod support;
 use support::closed_by_server;
 
 use levee::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
-use levee::metrics_api::server::{ConnectionLimits, MetricsApi, serve};
-use levee::metrics_api::tls::ServingCert;
+use levee::metrics_api::server::{MetricsApi, serve};
+use levee::serving::cert::ServingCert;
+use levee::serving::listener::ConnectionLimits;
 use levee::telemetry::Metrics;
 use levee::values::MetricValues;
 use rustls::pki_types::ServerName;

@@ -16,8 +16,10 @@ fn values() -> &'static MetricValues {
             pending: 7,
             queues: vec![("q".into(), Some(7))],
             sampled_at: jiff::Timestamp::UNIX_EPOCH,
+            sampled: std::time::Instant::now(),
             failed: false,
             interval: std::time::Duration::from_secs(1),
+            circuit: None,
         });
         values
     })

@@ -1,9 +1,11 @@
 //! `levee run`: the controller, with its metrics and health endpoints, until SIGTERM or Ctrl-C.
 
 use crate::controller::{self, LeaseSettings, Settings};
+use crate::external_scaler::{self, server::Scaler};
 use crate::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use crate::metrics_api::server::{self, MetricsApi};
-use crate::metrics_api::tls::ServingCert;
+use crate::serving::cert::ServingCert;
+use crate::serving::listener::ConnectionLimits;
 use crate::telemetry::{self, LogFormat, Metrics};
 use crate::values::MetricValues;
 use std::net::SocketAddr;
@@ -33,6 +35,20 @@ pub struct RunArgs {
     /// Address of the HTTPS external metrics API (the aggregated API server).
     #[arg(long, env = "LEVEE_EXTERNAL_METRICS_ADDR", default_value = "0.0.0.0:6443")]
     pub external_metrics_addr: SocketAddr,
+    /// Address of the KEDA external scaler (gRPC over TLS, with the metrics API's certificate):
+    /// a ScaledObject trigger of type `external` or `external-push` names it in `scalerAddress`.
+    /// Off unless set (the chart sets it with `externalScaler.enabled`).
+    #[arg(long, env = "LEVEE_EXTERNAL_SCALER_ADDR")]
+    pub external_scaler_addr: Option<SocketAddr>,
+    /// Only clients with a certificate this CA (PEM) signed may call the external scaler (KEDA's
+    /// operator, given `tlsClientCert` and `tlsClientKey`). Without it any client that reaches the
+    /// port may read the published figures.
+    #[arg(
+        long,
+        env = "LEVEE_EXTERNAL_SCALER_CLIENT_CA_FILE",
+        requires = "external_scaler_addr"
+    )]
+    pub external_scaler_client_ca_file: Option<std::path::PathBuf>,
     /// Serving certificate (PEM) of the metrics API; re-read when it changes. Without it levee
     /// generates a self-signed one for --tls-san.
     #[arg(long, env = "LEVEE_TLS_CERT_FILE", requires = "tls_key_file")]
@@ -105,6 +121,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let scaler_listener = match external_scaler_listener(&args, cert.clone()).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "cannot serve the external scaler");
+            return ExitCode::from(1);
+        }
+    };
     let metrics = Metrics::new();
     let values = MetricValues::default();
     metrics.render_values(values.clone());
@@ -125,7 +148,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         args.metrics_plain_loopback,
         wait_for(stopped.clone()),
     ));
-    let limits = server::ConnectionLimits::default();
+    let limits = ConnectionLimits::default();
     let metrics_api = tokio::spawn(server::serve(
         api,
         listener,
@@ -133,6 +156,19 @@ pub async fn run(args: RunArgs) -> ExitCode {
         limits,
         wait_for(stopped.clone()),
     ));
+    let scaler = scaler_listener.map(|(listener, tls)| {
+        let scaler = Scaler {
+            values: values.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(external_scaler::server::serve(
+            scaler,
+            listener,
+            tls,
+            limits,
+            wait_for(stopped.clone()),
+        ))
+    });
     let signal = tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -142,6 +178,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
     signal.abort();
     server.abort();
     metrics_api.abort();
+    if let Some(scaler) = scaler {
+        scaler.abort();
+    }
     trust_task.abort();
     heap_task.abort();
     match result {
@@ -151,6 +190,28 @@ pub async fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The external scaler's socket and TLS configuration, when `--external-scaler-addr` is set.
+async fn external_scaler_listener(
+    args: &RunArgs,
+    cert: Arc<ServingCert>,
+) -> Result<Option<(tokio::net::TcpListener, rustls::ServerConfig)>, String> {
+    let Some(addr) = args.external_scaler_addr else {
+        return Ok(None);
+    };
+    let client_ca = match &args.external_scaler_client_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("reading --external-scaler-client-ca-file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let tls = external_scaler::server::server_config(cert, client_ca.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("listening on --external-scaler-addr {addr}: {e}"))?;
+    Ok(Some((listener, tls)))
 }
 
 /// The clients levee talks to Kubernetes with: requests time out after `timeout` and at most

@@ -1,7 +1,7 @@
 //! The `external.metrics.k8s.io` API levee serves to HorizontalPodAutoscalers: the HTTPS server
-//! and its connection limits (`server`), who may call it (`auth`), its certificates (`tls`), the
-//! answers as pure functions of the request (`routes`, `selector`) over the values the policy
-//! tasks publish (`crate::values`).
+//! (`server`, over the accept loop in `crate::serving`), who may call it (`auth`), its front-proxy
+//! client certificates (`tls`), the answers as pure functions of the request (`routes`,
+//! `selector`) over the values the policy tasks publish (`crate::values`).
 
 pub mod auth;
 pub mod routes;

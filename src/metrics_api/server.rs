@@ -1,11 +1,14 @@
-//! The HTTPS server of the external metrics API: TLS (rustls) with an optional front-proxy client
-//! certificate, then per request: authenticate (certificate + request headers, or a bearer token
+//! The HTTPS server of the external metrics API: TLS (rustls, the accept loop and its limits in
+//! `crate::serving`) with an optional front-proxy client certificate, then per request: authenticate (certificate + request headers, or a bearer token
 //! for `/metrics`), authorize metric and `/metrics` reads (SubjectAccessReview), and answer from
 //! memory with `routes::respond`. A metric levee does not serve is a 404 before any review.
 
 use super::auth::{Authenticator, Authorizer, Identity, RequestHeaderTrust, Resource, identify};
 use super::routes::{self, Access, Body as ReplyBody, Reply};
-use super::tls::{ServingCert, common_name, server_config};
+use super::tls::server_config;
+use crate::serving::cert::ServingCert;
+use crate::serving::common_name;
+use crate::serving::listener::{Accepted, ConnectionLimits, ConnectionMetrics, accept_loop};
 use crate::telemetry::Metrics;
 use crate::values::MetricValues;
 use bytes::Bytes;
@@ -13,13 +16,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 /// Everything a request needs.
@@ -33,84 +31,6 @@ pub struct MetricsApi {
     pub metrics: Arc<Metrics>,
 }
 
-/// What keeps idle, slow or oversized clients from holding the server's memory and file
-/// descriptors: the aggregator keeps a few connections alive and sends small headers, so these
-/// never touch it.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnectionLimits {
-    /// Connections open at once. At the cap a new connection evicts the oldest one still in its
-    /// TLS handshake (a real client finishes that in milliseconds); with none to evict, the new
-    /// one is closed.
-    pub max_connections: usize,
-    /// Time to complete the TLS handshake.
-    pub handshake_timeout: Duration,
-    /// Time to send a request's headers, counted from the end of the previous request on a
-    /// kept-alive connection too: it is also the idle limit between requests.
-    pub header_read_timeout: Duration,
-    /// Largest request head.
-    pub max_header_bytes: usize,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            handshake_timeout: Duration::from_secs(5),
-            // Longer than the HPA controller's 15 s sync, so its kept-alive connection lives on.
-            header_read_timeout: Duration::from_secs(30),
-            max_header_bytes: 32 * 1024,
-        }
-    }
-}
-
-/// The open connections, and those still in their TLS handshake (oldest first) with the means
-/// to close them.
-#[derive(Default)]
-struct Connections {
-    open: AtomicUsize,
-    next_id: AtomicU64,
-    handshaking: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
-}
-
-impl Connections {
-    /// Makes room for one more under `max`: false when every open connection is past its
-    /// handshake (the new one must go).
-    fn make_room(&self, max: usize) -> bool {
-        if self.open.load(Ordering::SeqCst) < max {
-            return true;
-        }
-        match self
-            .handshaking
-            .lock()
-            .expect("connection table lock")
-            .pop_front()
-        {
-            Some((_, evict)) => {
-                let _ = evict.send(());
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn handshake_started(&self) -> (u64, oneshot::Receiver<()>) {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let (evict, evicted) = oneshot::channel();
-        self.handshaking
-            .lock()
-            .expect("connection table lock")
-            .push_back((id, evict));
-        (id, evicted)
-    }
-
-    fn handshake_ended(&self, id: u64) {
-        self.handshaking
-            .lock()
-            .expect("connection table lock")
-            .retain(|(other, _)| *other != id);
-    }
-}
-
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn serve(
     api: Arc<MetricsApi>,
@@ -120,83 +40,36 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(cert, api.trust.ca.clone())?));
-    let connections = Arc::new(Connections::default());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics API: accept failed");
-                    continue;
-                }
-            },
-        };
-        if !connections.make_room(limits.max_connections) {
-            api.metrics
-                .metrics_api_connections_closed
-                .with_label_values(&["limit"])
-                .inc();
-            tracing::debug!(%peer, "metrics API: too many connections; closing this one");
-            drop(stream);
-            continue;
-        }
-        connections.open.fetch_add(1, Ordering::SeqCst);
-        let acceptor = acceptor.clone();
-        let (api, connections) = (api.clone(), connections.clone());
-        tokio::spawn(async move {
-            api.metrics.metrics_api_connections.inc();
-            if let Err(error) = connection(&api, &connections, acceptor, stream, peer, limits).await {
-                tracing::debug!(%peer, %error, "metrics API connection ended");
-            }
-            api.metrics.metrics_api_connections.dec();
-            connections.open.fetch_sub(1, Ordering::SeqCst);
-        });
-    }
+    let metrics = ConnectionMetrics {
+        open: api.metrics.metrics_api_connections.clone(),
+        closed: api.metrics.metrics_api_connections_closed.clone(),
+    };
+    accept_loop(
+        "metrics API",
+        listener,
+        acceptor,
+        limits,
+        metrics,
+        shutdown,
+        move |accepted| connection(api.clone(), accepted, limits),
+    )
+    .await
 }
 
+/// HTTP/1.1 over one TLS connection: header deadlines and sizes from `limits`.
 async fn connection(
-    api: &Arc<MetricsApi>,
-    connections: &Connections,
-    acceptor: TlsAcceptor,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+    api: Arc<MetricsApi>,
+    accepted: Accepted,
     limits: ConnectionLimits,
 ) -> Result<(), String> {
-    let closed = |reason: &str| {
-        api.metrics
-            .metrics_api_connections_closed
-            .with_label_values(&[reason])
-            .inc();
-    };
-    let (id, evicted) = connections.handshake_started();
-    let handshake = tokio::select! {
-        handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => handshake,
-        _ = evicted => {
-            closed("evicted");
-            return Err(format!("{peer} evicted during its TLS handshake: too many connections"));
-        }
-    };
-    connections.handshake_ended(id);
-    let tls = match handshake {
-        Ok(handshake) => handshake.map_err(|e| format!("TLS handshake with {peer}: {e}"))?,
-        Err(_) => {
-            closed("handshake_timeout");
-            return Err(format!(
-                "no TLS handshake from {peer} within {:?}",
-                limits.handshake_timeout
-            ));
-        }
-    };
     // The verifier only lets through certificates the requestheader CA signed.
-    let client_cn = tls
+    let client_cn = accepted
+        .tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(common_name);
-    let api = api.clone();
     let service = hyper::service::service_fn(move |request| {
         let api = api.clone();
         let client_cn = client_cn.clone();
@@ -207,7 +80,7 @@ async fn connection(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_header_size(limits.max_header_bytes)
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(accepted.tls), service)
         .await
         .map_err(|e| e.to_string())
 }
@@ -321,6 +194,7 @@ mod tests {
     use super::*;
     use kube::client::Body;
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     type ApiServer = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 

@@ -6,7 +6,7 @@ use super::super::secrets::EndpointProblem;
 use crate::api::BackpressurePolicy;
 use crate::circuit::{Circuit, Level, State, Transition};
 use crate::sampler::Sample;
-use crate::values::PolicyValues;
+use crate::values::{CircuitValues, PolicyValues};
 use jiff::Timestamp;
 use kube::ResourceExt;
 use std::time::Instant;
@@ -70,6 +70,7 @@ pub fn publish_values(
         sampled_at,
         sampled: Instant::now(),
         interval: policy.spec.sample_interval.into(),
+        circuit: None,
     };
     if let Some(previous) = context.values.get(&values.namespace, &values.policy) {
         values.keep_last_known(&previous, sample.is_err());
@@ -77,8 +78,17 @@ pub fn publish_values(
     context.values.publish(values);
 }
 
-/// The circuit's series: state, level, Prolonged.
+/// The circuit's series (state, level, Prolonged) and its published values (the external
+/// scaler pushes a change of them).
 pub fn record_circuit(context: &Context, namespace: &str, name: &str, circuit: &Circuit) {
+    context.values.publish_circuit(
+        namespace,
+        name,
+        CircuitValues {
+            state: circuit.state,
+            level: circuit.level,
+        },
+    );
     let state = match circuit.state {
         State::Closed => 0,
         State::HalfOpen => 1,

@@ -23,6 +23,7 @@ fn values() -> MetricValues {
         sampled: now() - Duration::from_secs(age as u64),
         failed,
         interval: Duration::from_secs(1),
+        circuit: None,
     };
     values.publish(policy("rule-engine", 1500, 1, false));
     values.publish(policy("mailer", 40, 0, false));

@@ -1,0 +1,298 @@
+//! The gRPC server KEDA calls (`externalscaler.ExternalScaler`, over HTTP/2 and TLS): every answer
+//! comes from the published values (`crate::values`), never from Redis. `StreamIsActive` follows
+//! the policy's values and pushes the moment its verdict flips, so a burst wakes a workload scaled
+//! to zero within the tick that saw it, not at KEDA's next poll.
+
+use super::proto::external_scaler_server::{ExternalScaler, ExternalScalerServer};
+use super::proto::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
+    ScaledObjectRef,
+};
+use super::query::{Refusal, ScalerQuery};
+use crate::serving::cert::ServingCert;
+use crate::serving::common_name;
+use crate::serving::listener::{Accepted, ConnectionLimits, ConnectionMetrics, accept_loop};
+use crate::telemetry::Metrics;
+use crate::values::MetricValues;
+use futures::Stream;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls::RootCertStore;
+use rustls::crypto::ring;
+use rustls::server::WebPkiClientVerifier;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tonic::{Request, Response, Status};
+
+/// How often an idle HTTP/2 connection is pinged, and how long a ping may go unanswered before
+/// the connection is closed: a half-open connection (a peer that vanished) does not stay.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams (calls) open at once on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// The external scaler: the values it answers from and where it counts its work.
+#[derive(Clone)]
+pub struct Scaler {
+    pub values: MetricValues,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Scaler {
+    fn query(&self, rpc: &str, object: Option<&ScaledObjectRef>) -> Result<ScalerQuery, Status> {
+        let object = object.ok_or_else(|| Status::invalid_argument("scaledObjectRef is required"))?;
+        ScalerQuery::parse(&object.namespace, &object.scaler_metadata).map_err(|refusal| {
+            let status = status(refusal);
+            self.count(rpc, status.code());
+            tracing::debug!(rpc, namespace = %object.namespace, name = %object.name, message = %status.message(), "external scaler request refused");
+            status
+        })
+    }
+
+    fn reading(&self, rpc: &str, query: &ScalerQuery) -> Result<f64, Status> {
+        let values = self.values.get(&query.namespace, &query.policy);
+        query
+            .reading(values.as_deref(), Instant::now())
+            .map_err(|refusal| {
+                let status = status(refusal);
+                self.count(rpc, status.code());
+                status
+            })
+    }
+
+    fn count(&self, rpc: &str, code: tonic::Code) {
+        self.metrics
+            .external_scaler_requests
+            .with_label_values(&[rpc, code_name(code)])
+            .inc();
+    }
+}
+
+fn status(refusal: Refusal) -> Status {
+    match refusal {
+        Refusal::InvalidArgument(message) => Status::invalid_argument(message),
+        Refusal::NotFound(message) => Status::not_found(message),
+        Refusal::Unavailable(message) => Status::unavailable(message),
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::InvalidArgument => "InvalidArgument",
+        tonic::Code::NotFound => "NotFound",
+        tonic::Code::Unavailable => "Unavailable",
+        tonic::Code::Unimplemented => "Unimplemented",
+        _ => "Other",
+    }
+}
+
+type ActiveStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalScaler for Scaler {
+    async fn is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<IsActiveResponse>, Status> {
+        let query = self.query("IsActive", Some(request.get_ref()))?;
+        let reading = self.reading("IsActive", &query)?;
+        self.count("IsActive", tonic::Code::Ok);
+        Ok(Response::new(IsActiveResponse {
+            result: query.active(reading),
+        }))
+    }
+
+    type StreamIsActiveStream = ActiveStream;
+
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let query = self.query("StreamIsActive", Some(request.get_ref()))?;
+        self.count("StreamIsActive", tonic::Code::Ok);
+        let (sender, receiver) = mpsc::channel(4);
+        tokio::spawn(push_verdicts(self.clone(), query, sender));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let query = self.query("GetMetricSpec", Some(request.get_ref()))?;
+        self.count("GetMetricSpec", tonic::Code::Ok);
+        Ok(Response::new(GetMetricSpecResponse {
+            metric_specs: vec![MetricSpec {
+                metric_name: query.metric_name(),
+                target_size: query.target.ceil() as i64,
+                target_size_float: query.target,
+            }],
+        }))
+    }
+
+    type StreamMetricSpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
+
+    /// A trigger's target comes from its own metadata and never changes while it lives, so there
+    /// is nothing to push: KEDA falls back to GetMetricSpec, as its proto says it does.
+    async fn stream_metric_spec(
+        &self,
+        _request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        self.count("StreamMetricSpec", tonic::Code::Unimplemented);
+        Err(Status::unimplemented(
+            "levee's metric specs come from the trigger's metadata and never change: use GetMetricSpec",
+        ))
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let request = request.into_inner();
+        let query = self.query("GetMetrics", request.scaled_object_ref.as_ref())?;
+        let reading = self.reading("GetMetrics", &query)?;
+        self.count("GetMetrics", tonic::Code::Ok);
+        Ok(Response::new(GetMetricsResponse {
+            metric_values: vec![MetricValue {
+                metric_name: if request.metric_name.is_empty() {
+                    query.metric_name()
+                } else {
+                    request.metric_name
+                },
+                metric_value: reading.round() as i64,
+                metric_value_float: reading,
+            }],
+        }))
+    }
+}
+
+/// Sends the verdict when the stream opens (once the policy has values) and every time it flips,
+/// until the caller goes away. Values that cannot be read (stale, a failed sample, a policy not
+/// there yet) change nothing: the last verdict stands, as it does for KEDA's polls.
+async fn push_verdicts(
+    scaler: Scaler,
+    query: ScalerQuery,
+    sender: mpsc::Sender<Result<IsActiveResponse, Status>>,
+) {
+    scaler.metrics.external_scaler_streams.inc();
+    let mut values = scaler.values.subscribe(&query.namespace, &query.policy);
+    let mut last = None;
+    loop {
+        let reading = {
+            let current = values.borrow_and_update();
+            query.reading(current.as_deref(), Instant::now())
+        };
+        if let Ok(reading) = reading {
+            let active = query.active(reading);
+            if last != Some(active) {
+                if sender
+                    .send(Ok(IsActiveResponse { result: active }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                last = Some(active);
+            }
+        }
+        tokio::select! {
+            changed = values.changed() => if changed.is_err() { break },
+            _ = sender.closed() => break,
+        }
+    }
+    drop(values);
+    scaler.values.unsubscribed(&query.namespace, &query.policy);
+    scaler.metrics.external_scaler_streams.dec();
+}
+
+/// The TLS configuration: levee's serving certificate, HTTP/2 only, and, with `client_ca`, only
+/// clients whose certificate that CA signed (KEDA's operator with `tlsClientCert`).
+pub fn server_config(
+    cert: Arc<ServingCert>,
+    client_ca: Option<&[u8]>,
+) -> Result<rustls::ServerConfig, String> {
+    let provider = Arc::new(ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut config = match client_ca {
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert = cert.map_err(|e| format!("--external-scaler-client-ca-file: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("--external-scaler-client-ca-file: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("--external-scaler-client-ca-file holds no CERTIFICATE block".into());
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("--external-scaler-client-ca-file: {e}"))?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(cert)
+        }
+        None => builder.with_no_client_auth().with_cert_resolver(cert),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Serves the external scaler on `listener` until `shutdown` resolves.
+pub async fn serve(
+    scaler: Scaler,
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let metrics = ConnectionMetrics {
+        open: scaler.metrics.external_scaler_connections.clone(),
+        closed: scaler.metrics.external_scaler_connections_closed.clone(),
+    };
+    let service = ExternalScalerServer::new(scaler);
+    accept_loop(
+        "external scaler",
+        listener,
+        acceptor,
+        limits,
+        metrics,
+        shutdown,
+        move |accepted| connection(service.clone(), accepted, limits),
+    )
+    .await
+}
+
+async fn connection(
+    service: ExternalScalerServer<Scaler>,
+    accepted: Accepted,
+    limits: ConnectionLimits,
+) -> Result<(), String> {
+    let client = accepted
+        .tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(common_name);
+    tracing::debug!(peer = %accepted.peer, client = client.as_deref().unwrap_or("-"), "external scaler connection");
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .serve_connection(TokioIo::new(accepted.tls), TowerToHyperService::new(service))
+        .await
+        .map_err(|e| e.to_string())
+}

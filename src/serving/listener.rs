@@ -1,0 +1,206 @@
+//! The accept loop of levee's TLS servers: a cap on open connections (a new one evicts the oldest
+//! still in its TLS handshake), a deadline on the handshake, and counts of what was closed and
+//! why. Each server then speaks its own protocol over the TLS stream (HTTP/1.1 for the metrics
+//! API, HTTP/2 gRPC for the external scaler).
+
+use prometheus::{IntCounterVec, IntGauge};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// What keeps idle, slow or oversized clients from holding a server's memory and file
+/// descriptors: real clients (the aggregator, KEDA) keep a few connections alive and send small
+/// headers, so these never touch them.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections open at once. At the cap a new connection evicts the oldest one still in its
+    /// TLS handshake (a real client finishes that in milliseconds); with none to evict, the new
+    /// one is closed.
+    pub max_connections: usize,
+    /// Time to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time to send a request's headers, counted from the end of the previous request on a
+    /// kept-alive connection too: it is also the idle limit between requests (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2).
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            // Longer than the HPA controller's 15 s sync, so its kept-alive connection lives on.
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// Where a server counts its connections.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections closed by a limit, by reason (`limit`, `evicted`, `handshake_timeout`).
+    pub closed: IntCounterVec,
+}
+
+/// A connection past its TLS handshake.
+pub struct Accepted {
+    pub tls: TlsStream<TcpStream>,
+    pub peer: SocketAddr,
+}
+
+/// The open connections, and those still in their TLS handshake (oldest first) with the means
+/// to close them.
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    next_id: AtomicU64,
+    handshaking: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+}
+
+impl Connections {
+    /// Makes room for one more under `max`: false when every open connection is past its
+    /// handshake (the new one must go).
+    fn make_room(&self, max: usize) -> bool {
+        if self.open.load(Ordering::SeqCst) < max {
+            return true;
+        }
+        match self
+            .handshaking
+            .lock()
+            .expect("connection table lock")
+            .pop_front()
+        {
+            Some((_, evict)) => {
+                let _ = evict.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn handshake_started(&self) -> (u64, oneshot::Receiver<()>) {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (evict, evicted) = oneshot::channel();
+        self.handshaking
+            .lock()
+            .expect("connection table lock")
+            .push_back((id, evict));
+        (id, evicted)
+    }
+
+    fn handshake_ended(&self, id: u64) {
+        self.handshaking
+            .lock()
+            .expect("connection table lock")
+            .retain(|(other, _)| *other != id);
+    }
+}
+
+/// Accepts on `listener` until `shutdown` resolves; each connection that completes its TLS
+/// handshake is handed to `serve` on a task of its own. `server` names the server in logs.
+pub async fn accept_loop<S, F>(
+    server: &'static str,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: ConnectionLimits,
+    metrics: ConnectionMetrics,
+    shutdown: impl std::future::Future<Output = ()>,
+    serve: S,
+) -> Result<(), String>
+where
+    S: Fn(Accepted) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let connections = Arc::new(Connections::default());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "{server}: accept failed");
+                    continue;
+                }
+            },
+        };
+        if !connections.make_room(limits.max_connections) {
+            metrics.closed.with_label_values(&["limit"]).inc();
+            tracing::debug!(%peer, "{server}: too many connections; closing this one");
+            drop(stream);
+            continue;
+        }
+        connections.open.fetch_add(1, Ordering::SeqCst);
+        // Listed as handshaking before its task first runs: the next connection over the cap can
+        // evict it even if no task has had a turn since (a burst of connections in the backlog).
+        let handshaking = connections.handshake_started();
+        let (acceptor, connections, metrics, serve) = (
+            acceptor.clone(),
+            connections.clone(),
+            metrics.clone(),
+            serve.clone(),
+        );
+        tokio::spawn(async move {
+            metrics.open.inc();
+            let accepted = handshake(
+                &connections,
+                &metrics,
+                handshaking,
+                acceptor,
+                stream,
+                peer,
+                limits,
+            );
+            let served = match accepted.await {
+                Ok(tls) => serve(Accepted { tls, peer }).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "{server} connection ended");
+            }
+            metrics.open.dec();
+            connections.open.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+async fn handshake(
+    connections: &Connections,
+    metrics: &ConnectionMetrics,
+    (id, evicted): (u64, oneshot::Receiver<()>),
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: ConnectionLimits,
+) -> Result<TlsStream<TcpStream>, String> {
+    let closed = |reason: &str| metrics.closed.with_label_values(&[reason]).inc();
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => handshake,
+        _ = evicted => {
+            closed("evicted");
+            return Err(format!("{peer} evicted during its TLS handshake: too many connections"));
+        }
+    };
+    connections.handshake_ended(id);
+    match handshake {
+        Ok(handshake) => handshake.map_err(|e| format!("TLS handshake with {peer}: {e}")),
+        Err(_) => {
+            closed("handshake_timeout");
+            Err(format!(
+                "no TLS handshake from {peer} within {:?}",
+                limits.handshake_timeout
+            ))
+        }
+    }
+}

@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(["externalscaler.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
+        // No `connect` helper: it needs tonic's channel feature, which only the tests use.
+        .build_transport(false)
         .build_server(true)
         .compile_fds(descriptors)?;
     Ok(())

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs a command against a fresh local control plane: builds (or reuses) it, starts it in a
-# temporary directory, runs "$@" with KUBECONFIG and PATH (kubectl, helm, promtool from .cache/bin) set,
+# Runs a command against a fresh local control plane: builds (or reuses) it and KEDA, starts it in
+# a temporary directory, runs "$@" with KUBECONFIG, LEVEE_KEDA_DIR and PATH (kubectl, helm,
+# promtool from .cache/bin) set,
 # and stops it again, whatever happens. `make e2e` and `make bench-controller` use it.
 #   e2e/scripts/with-cluster.sh cargo test -p levee-e2e
 set -euo pipefail
@@ -10,6 +11,9 @@ bin_dir="$PWD/.cache/bin"
 e2e/scripts/tools.sh install "$bin_dir" >/dev/null
 e2e/scripts/promtool.sh install "$bin_dir" >/dev/null
 e2e/scripts/controlplane.sh build >/dev/null
+# KEDA's operator and adapter, for the suites that run levee beside it (built once, cached).
+LEVEE_KEDA_DIR="$(e2e/scripts/keda.sh build)"
+export LEVEE_KEDA_DIR
 
 dir=$(mktemp -d -t levee-e2e.XXXXXX)
 cleanup() {

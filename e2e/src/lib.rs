@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod fixture;
+pub mod keda;
 
 /// Real `redis-server` processes (shared with the levee crate's tests).
 #[path = "../../tests/support/mod.rs"]
@@ -151,6 +152,24 @@ pub fn wait_crd_established(name: &str) {
     wait_until(&format!("{crd} Established"), Duration::from_secs(60), || {
         kubectl(&args, None).status.success().then_some(())
     });
+}
+
+/// Deletes the APIService `v1beta1.external.metrics.k8s.io` when dropped, however the test ends
+/// (one server owns it at a time: levee's, or KEDA's adapter).
+pub struct ApiServiceGuard;
+
+impl Drop for ApiServiceGuard {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &[
+                "delete",
+                "apiservice",
+                "v1beta1.external.metrics.k8s.io",
+                "--ignore-not-found",
+            ],
+            None,
+        );
+    }
 }
 
 /// A namespace of its own for one test, deleted (without waiting) when dropped.

@@ -51,6 +51,16 @@ const VALUE_SETS: &[&[&str]] = &[
         "scaleTarget.maxReplicasLimit=0",
         "affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey=kubernetes.io/hostname",
     ],
+    &[
+        "externalScaler.enabled=true",
+        "metricsApi.enabled=false",
+        "networkPolicy.externalScalerFrom[0].podSelector.matchLabels.app=keda-operator",
+    ],
+    &[
+        "externalScaler.enabled=true",
+        "externalScaler.clusterTriggerAuthentication=false",
+        "certManager.enabled=true",
+    ],
 ];
 
 fn helm_ok(args: &[&str]) -> String {
@@ -117,6 +127,15 @@ fn wrong_values_are_refused_with_a_message_naming_the_key() {
             "serviceAccount.create=false",
             "serviceAccount.name is required when serviceAccount.create is false",
         ),
+        (
+            "externalScaler.enabled=true,tls.userProvided=true",
+            "externalScaler.clusterTriggerAuthentication needs the chart's own certificate",
+        ),
+        (
+            "externalScaler.enabled=true,metrics.port=9443",
+            "metrics.port must differ from 9443",
+        ),
+        ("externalScaler.service.port=0", "/externalScaler/service/port"),
     ];
     for (set, expected) in cases {
         let output = helm(&["template", "levee", "charts/levee", "--set", set]);
@@ -487,6 +506,79 @@ fn the_network_policy_is_on_by_default_and_lets_the_aggregator_and_the_probes_in
     assert!(rule_for(narrowed, "https")["from"].is_null(), "{narrowed}");
     let off = render_chart("levee", LEVEE_NAMESPACE, &["networkPolicy.enabled=false"], &[]);
     assert!(!off.iter().any(|object| object["kind"] == "NetworkPolicy"));
+}
+
+#[test]
+fn in_keda_mode_the_external_scaler_is_served_and_only_kedas_client_certificate_gets_in() {
+    let objects = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &["externalScaler.enabled=true", "metricsApi.enabled=false"],
+        &[],
+    );
+    assert!(
+        !objects.iter().any(|object| object["kind"] == "APIService"),
+        "KEDA keeps the APIService"
+    );
+    let args = container_args(&objects);
+    for flag in [
+        "--external-scaler-addr=0.0.0.0:9443",
+        "--external-scaler-client-ca-file=/etc/levee/tls/ca.crt",
+    ] {
+        assert!(args.iter().any(|arg| arg == flag), "{flag} not in {args:?}");
+    }
+    let service = named(&objects, "Service", "levee").unwrap();
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "grpc" && p["port"] == 9443 && p["targetPort"] == "grpc"),
+        "{service}"
+    );
+    let policy = rendered(&objects, "NetworkPolicy");
+    let grpc = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|rule| rule["ports"][0]["port"] == "grpc")
+        .unwrap_or_else(|| panic!("no rule for the scaler's port: {policy}"));
+    assert_eq!(
+        grpc["from"],
+        serde_json::json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}])
+    );
+    // KEDA's Secret: the CA that signed levee's certificate, and a client certificate it signed.
+    let ours = named(&objects, "Secret", "levee-tls").unwrap();
+    let kedas = named(&objects, "Secret", "levee-keda-client").unwrap();
+    assert_eq!(kedas["metadata"]["namespace"], "keda");
+    assert_eq!(kedas["data"]["ca.crt"], ours["data"]["ca.crt"]);
+    let files = secret_files(kedas);
+    let verify = Command::new("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile", "ca.crt", "tls.crt"])
+        .current_dir(files.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "KEDA's client certificate: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let authentication = named(&objects, "ClusterTriggerAuthentication", "levee").unwrap();
+    let parameters: Vec<&str> = authentication["spec"]["secretTargetRef"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["parameter"].as_str().unwrap())
+        .collect();
+    assert_eq!(parameters, ["caCert", "tlsClientCert", "tlsClientKey"]);
+    // Off by default: no port, no certificate for KEDA.
+    let default = render_chart("levee", LEVEE_NAMESPACE, &[], &[]);
+    assert!(
+        !container_args(&default)
+            .iter()
+            .any(|arg| arg.contains("external-scaler"))
+    );
+    assert!(named(&default, "Secret", "levee-keda-client").is_none());
 }
 
 #[test]
@@ -1090,7 +1182,10 @@ fn install_integration_crds() {
 fn every_option_set_and_the_manifests_are_accepted_by_the_api_server() {
     install_crd();
     install_integration_crds();
+    levee_e2e::keda::install_keda_crds();
     create_levee_namespace();
+    let keda = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": levee_e2e::keda::KEDA_NAMESPACE}});
+    apply_objects(&[keda], &[]);
     let watched = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WATCHED}});
     apply_objects(&[watched], &[]);
     assert!(

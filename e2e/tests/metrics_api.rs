@@ -13,23 +13,6 @@ use std::time::Duration;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Removes the APIService when the test ends, however it ends.
-struct ApiServiceGuard;
-
-impl Drop for ApiServiceGuard {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &[
-                "delete",
-                "apiservice",
-                "v1beta1.external.metrics.k8s.io",
-                "--ignore-not-found",
-            ],
-            None,
-        );
-    }
-}
-
 fn raw(path: &str) -> Result<Value, String> {
     let output = kubectl(&["get", "--raw", path], None);
     if output.status.success() {

@@ -389,8 +389,9 @@ impl TlsFiles {
         self.signed("client", &format!("/CN={cn}"), "extendedKeyUsage=clientAuth");
     }
 
-    /// `<name>.key` and `<name>.crt` for `subject`, signed by the CA, with one extension line.
-    fn signed(&self, name: &str, subject: &str, extension: &str) {
+    /// `<name>.key` and `<name>.crt` for `subject`, signed by the CA, with the extension lines
+    /// in `extension` (openssl x509v3 syntax).
+    pub fn signed(&self, name: &str, subject: &str, extension: &str) {
         let (key, csr, crt, ext) = (
             format!("{name}.key"),
             format!("{name}.csr"),

@@ -32,6 +32,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s-tls" (include "levee.fullname" .) -}}
 {{- end -}}
 
+{{/* Whether the chart signs a client certificate for KEDA's operator with its own CA. */}}
+{{- define "levee.kedaClient" -}}
+{{- if and .Values.externalScaler.enabled .Values.externalScaler.clusterTriggerAuthentication -}}true{{- end -}}
+{{- end -}}
+
 {{/* The DNS names of the metrics API Service, which the API server's aggregator verifies. */}}
 {{- define "levee.serviceNames" -}}
 {{- $service := include "levee.fullname" . -}}
@@ -41,6 +46,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "levee.checkValues" -}}
 {{- if gt (len (compact (list .Values.certManager.enabled .Values.tls.selfSigned .Values.tls.userProvided))) 1 -}}
 {{- fail "choose one source for the metrics API certificate: set at most one of certManager.enabled, tls.selfSigned and tls.userProvided" -}}
+{{- end -}}
+{{- if and .Values.externalScaler.enabled .Values.externalScaler.clusterTriggerAuthentication (or .Values.certManager.enabled .Values.tls.selfSigned .Values.tls.userProvided) -}}
+{{- fail "externalScaler.clusterTriggerAuthentication needs the chart's own certificate (its CA signs KEDA's client certificate): set it to false with certManager.enabled, tls.selfSigned or tls.userProvided, and give KEDA the CA yourself (docs/integration.md#keda)" -}}
+{{- end -}}
+{{- if and .Values.externalScaler.enabled (has (int .Values.metrics.port) (list 6443 9443)) -}}
+{{- fail "metrics.port must differ from 9443, the port of levee's external scaler" -}}
 {{- end -}}
 {{- if eq (int .Values.metrics.port) 6443 -}}
 {{- fail "metrics.port must differ from 6443, the port of levee's external metrics API" -}}

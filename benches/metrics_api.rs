@@ -190,6 +190,7 @@ async fn main() {
         authorizer: Authorizer::new(allowing_client()),
         authenticator: Authenticator::new(allowing_client()),
         metrics: levee::telemetry::Metrics::new(),
+        delegate: None,
     });
     let levee_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let levee_port = levee_listener.local_addr().unwrap().port();

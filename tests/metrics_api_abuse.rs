@@ -78,6 +78,7 @@ async fn start() -> Server {
         authorizer: Authorizer::new(client.clone()),
         authenticator: Authenticator::new(client),
         metrics: metrics.clone(),
+        delegate: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -2,9 +2,12 @@
 # KEDA, built from its Go module (nothing prebuilt can be downloaded here), for the end-to-end
 # tests and the KEDA benchmark that run levee beside the real thing.
 #
-#   e2e/scripts/keda.sh build     build (or reuse) KEDA's operator and metrics adapter; prints the
-#                                 directory holding operator, adapter and the module's source
+#   e2e/scripts/keda.sh source    download KEDA's module (3 MB, seconds); prints its directory
 #                                 (config/crd, pkg/scalers/externalscaler/externalscaler.proto)
+#   e2e/scripts/keda.sh build     build (or reuse) KEDA's operator and metrics adapter; prints the
+#                                 directory holding operator, adapter and src (the module). A
+#                                 build already running (with-cluster.sh starts one in the
+#                                 background) is waited for, not repeated.
 #
 # The version is the newest v2 release in the Go module proxy when this was written. The build
 # runs in the module's own directory, so KEDA's go.mod (its replace and exclude directives)
@@ -19,16 +22,32 @@ KEDA_VERSION=v2.21.0
 cache="${LEVEE_CACHE:-$HOME/.cache/levee}/keda"
 export GOMODCACHE="$cache/gomod" GOCACHE="$cache/gobuild" GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
+source_dir() {
+  mkdir -p "$cache"
+  go mod download -json "$KEDA_MODULE@$KEDA_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
+}
+
+built() {
+  [[ -x "$1/operator" && -x "$1/adapter" && -L "$1/src" ]]
+}
+
 build() {
   local key out src tmp start
   key="$(go env GOVERSION GOOS GOARCH | sha256sum | cut -c1-12)"
   out="$cache/$KEDA_VERSION-$key"
-  if [[ -x "$out/operator" && -x "$out/adapter" && -L "$out/src" ]]; then
+  if built "$out"; then
     echo "$out"
     return
   fi
   mkdir -p "$cache"
-  src="$(go mod download -json "$KEDA_MODULE@$KEDA_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  # One build at a time; whoever comes second waits for it and reuses it.
+  exec 9>"$cache/build.lock"
+  flock 9
+  if built "$out"; then
+    echo "$out"
+    return
+  fi
+  src="$(source_dir)"
   tmp="$out.tmp.$$"
   rm -rf "$tmp"
   mkdir -p "$tmp"
@@ -46,9 +65,10 @@ build() {
 }
 
 case "${1:-}" in
+  source) source_dir ;;
   build) build ;;
   *)
-    echo "usage: $0 build" >&2
+    echo "usage: $0 source|build" >&2
     exit 2
     ;;
 esac

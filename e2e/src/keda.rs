@@ -13,6 +13,7 @@ use crate::{apply_objects, kubectl_json, kubectl_ok, repo_root, wait_crd_establi
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// KEDA's namespace: its Service in front of the adapter, and where it looks for the Secrets of
@@ -21,23 +22,38 @@ pub const KEDA_NAMESPACE: &str = "keda";
 /// The name the aggregator verifies in the adapter's certificate (`<service>.<namespace>.svc`).
 const ADAPTER_SERVICE: &str = "keda-metrics-apiserver";
 
-/// Where `e2e/scripts/keda.sh build` put KEDA (set by `with-cluster.sh`).
-pub fn keda_dir() -> PathBuf {
-    let dir = std::env::var_os("LEVEE_KEDA_DIR")
+/// KEDA's module source (`e2e/scripts/keda.sh source`, run by `with-cluster.sh`).
+pub fn keda_source() -> PathBuf {
+    std::env::var_os("LEVEE_KEDA_SRC")
         .map(PathBuf::from)
-        .expect("LEVEE_KEDA_DIR is not set: run the end-to-end tests with `make e2e`, which builds KEDA");
-    assert!(
-        dir.join("operator").is_file() && dir.join("adapter").is_file(),
-        "{} holds no KEDA build: run e2e/scripts/keda.sh build",
-        dir.display()
-    );
-    dir
+        .expect("LEVEE_KEDA_SRC is not set: run the end-to-end tests with `make e2e`, which fetches KEDA")
+}
+
+/// Where `e2e/scripts/keda.sh build` put KEDA's binaries: waits for the build `with-cluster.sh`
+/// started in the background, or builds.
+pub fn keda_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let started = std::time::Instant::now();
+        let output = Command::new(repo_root().join("e2e/scripts/keda.sh"))
+            .arg("build")
+            .output()
+            .expect("e2e/scripts/keda.sh runs");
+        assert!(
+            output.status.success(),
+            "building KEDA failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!("keda: binaries ready after {:?}", started.elapsed());
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+    .clone()
 }
 
 /// Applies KEDA's CRDs (server-side: the ScaledJob CRD is too large for client-side apply) and
 /// waits until they are served.
 pub fn install_keda_crds() {
-    let bases = keda_dir().join("src/config/crd/bases");
+    let bases = keda_source().join("config/crd/bases");
     kubectl_ok(
         &[
             "apply",
@@ -220,6 +236,12 @@ impl Keda {
         ]
     }
 
+    /// Stops the metrics adapter (a crashed or uninstalled KEDA), leaving the operator.
+    pub fn stop_adapter(&mut self) {
+        let _ = self.adapter.kill();
+        let _ = self.adapter.wait();
+    }
+
     /// The operator's and the adapter's logs.
     pub fn logs(&self) -> String {
         ["operator.log", "adapter.log"]
@@ -262,7 +284,7 @@ pub fn available(service: &Value) -> bool {
 pub fn external_scaler_protos() -> (String, String) {
     let ours = std::fs::read_to_string(repo_root().join("proto/externalscaler.proto")).unwrap();
     let theirs =
-        std::fs::read_to_string(keda_dir().join("src/pkg/scalers/externalscaler/externalscaler.proto"))
+        std::fs::read_to_string(keda_source().join("pkg/scalers/externalscaler/externalscaler.proto"))
             .unwrap();
     (ours, theirs)
 }

@@ -2,7 +2,7 @@
 //! block of the README and `docs/` by what it is — Kubernetes objects with
 //! `kubectl apply --dry-run=server`, chart values with `helm template`, a Prometheus scrape
 //! configuration with `promtool check config`, and a fragment must be a piece of an example file
-//! (which is applied).
+//! (which is applied). KEDA's CRDs are installed for the KEDA pages.
 
 use levee_e2e::*;
 use serde_json::Value;
@@ -103,6 +103,7 @@ fn chart_value_keys() -> Vec<String> {
 #[test]
 fn the_example_files_are_accepted_by_the_api_server() {
     install_crd();
+    levee_e2e::keda::install_keda_crds();
     let namespace = TestNamespace::create("levee-e2e-examples");
     let mut kinds = Vec::new();
     for (file, documents) in example_documents() {
@@ -129,6 +130,7 @@ fn the_example_files_are_accepted_by_the_api_server() {
         "producer.yaml: Service",
         "producer-exec-probe.yaml: Deployment",
         "worker.yaml: Deployment",
+        "keda-scaledobject.yaml: ScaledObject",
     ] {
         assert!(
             kinds.iter().any(|kind| kind == expected),
@@ -140,6 +142,8 @@ fn the_example_files_are_accepted_by_the_api_server() {
 #[test]
 fn every_yaml_block_in_the_docs_is_applied_or_checked() {
     install_crd();
+    // The KEDA pages' ScaledObjects and TriggerAuthentications are checked against KEDA's CRDs.
+    levee_e2e::keda::install_keda_crds();
     let namespace = TestNamespace::create("levee-e2e-docs");
     let examples = example_documents();
     let value_keys = chart_value_keys();

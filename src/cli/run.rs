@@ -3,6 +3,7 @@
 use crate::controller::{self, LeaseSettings, Settings};
 use crate::external_scaler::{self, server::Scaler};
 use crate::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
+use crate::metrics_api::delegate::Delegate;
 use crate::metrics_api::server::{self, MetricsApi};
 use crate::serving::cert::ServingCert;
 use crate::serving::listener::ConnectionLimits;
@@ -49,6 +50,15 @@ pub struct RunArgs {
         requires = "external_scaler_addr"
     )]
     pub external_scaler_client_ca_file: Option<std::path::PathBuf>,
+    /// Forward requests for the external metrics levee does not serve to this server (an https
+    /// URL such as https://keda-metrics-apiserver.keda.svc:443: KEDA's metrics adapter,
+    /// prometheus-adapter), so levee can own the APIService beside it. levee authorizes each
+    /// caller first, then asks the delegate with its own credentials.
+    #[arg(long, env = "LEVEE_DELEGATE_EXTERNAL_METRICS")]
+    pub delegate_external_metrics: Option<String>,
+    /// CA bundle (PEM) that verifies the delegate's serving certificate.
+    #[arg(long, env = "LEVEE_DELEGATE_CA_FILE", requires = "delegate_external_metrics")]
+    pub delegate_ca_file: Option<std::path::PathBuf>,
     /// Serving certificate (PEM) of the metrics API; re-read when it changes. Without it levee
     /// generates a self-signed one for --tls-san.
     #[arg(long, env = "LEVEE_TLS_CERT_FILE", requires = "tls_key_file")]
@@ -128,6 +138,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let delegate = match delegate(&args).await {
+        Ok(delegate) => delegate,
+        Err(error) => {
+            tracing::error!(%error, "cannot forward external metrics to the delegate");
+            return ExitCode::from(1);
+        }
+    };
     let metrics = Metrics::new();
     let values = MetricValues::default();
     metrics.render_values(values.clone());
@@ -140,6 +157,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         authorizer: Authorizer::new(clients.unqueued.clone()),
         authenticator: Authenticator::new(clients.unqueued.clone()),
         metrics: metrics.clone(),
+        delegate,
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(telemetry::serve(
@@ -190,6 +208,23 @@ pub async fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The delegate of `--delegate-external-metrics`, asked with levee's own credentials.
+async fn delegate(args: &RunArgs) -> Result<Option<Delegate>, String> {
+    let Some(url) = &args.delegate_external_metrics else {
+        return Ok(None);
+    };
+    let ca = match &args.delegate_ca_file {
+        Some(path) => Some(
+            std::fs::read(path).map_err(|e| format!("reading --delegate-ca-file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    let delegate = Delegate::new(url, ca.as_deref(), config)?;
+    tracing::info!(%url, "external metrics levee does not serve are forwarded");
+    Ok(Some(delegate))
 }
 
 /// The external scaler's socket and TLS configuration, when `--external-scaler-addr` is set.

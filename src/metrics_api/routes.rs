@@ -31,6 +31,11 @@ pub enum Body {
     Text(&'static str),
     /// Prometheus text exposition.
     Prometheus(String),
+    /// What a delegate answered, passed on as it came.
+    Raw {
+        content_type: String,
+        bytes: bytes::Bytes,
+    },
 }
 
 /// Which paths need only authentication (discovery, OpenAPI, health), and which need a
@@ -147,12 +152,29 @@ fn group() -> Value {
 }
 
 fn resource_list() -> Value {
+    resource_list_with(Vec::new())
+}
+
+/// Whether `path` is the discovery document of `external.metrics.k8s.io/v1beta1`.
+pub fn is_discovery(path: &str) -> bool {
+    path == format!("/apis/{GROUP}/{VERSION}")
+}
+
+/// levee's discovery document with a delegate's resources after levee's own (a name levee
+/// serves is listed once).
+pub fn resource_list_with(delegated: Vec<Value>) -> Value {
     let resource = |name: &str| json!({"name": name, "singularName": "", "namespaced": true, "kind": "ExternalMetricValueList", "verbs": ["get"]});
+    let mut resources = vec![resource(PENDING), resource(QUEUE_DEPTH)];
+    resources.extend(
+        delegated
+            .into_iter()
+            .filter(|r| !r["name"].as_str().is_some_and(serves)),
+    );
     json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
         "groupVersion": format!("{GROUP}/{VERSION}"),
-        "resources": [resource(PENDING), resource(QUEUE_DEPTH)],
+        "resources": resources,
     })
 }
 

@@ -1,9 +1,11 @@
 //! The HTTPS server of the external metrics API: TLS (rustls, the accept loop and its limits in
 //! `crate::serving`) with an optional front-proxy client certificate, then per request: authenticate (certificate + request headers, or a bearer token
 //! for `/metrics`), authorize metric and `/metrics` reads (SubjectAccessReview), and answer from
-//! memory with `routes::respond`. A metric levee does not serve is a 404 before any review.
+//! memory with `routes::respond`. A metric levee does not serve is a 404 before any review, or,
+//! with a delegate, reviewed and then forwarded to it (`delegate`).
 
 use super::auth::{Authenticator, Authorizer, Identity, RequestHeaderTrust, Resource, identify};
+use super::delegate::Delegate;
 use super::routes::{self, Access, Body as ReplyBody, Reply};
 use super::tls::server_config;
 use crate::serving::cert::ServingCert;
@@ -29,6 +31,8 @@ pub struct MetricsApi {
     pub authenticator: Authenticator,
     /// Where request counts by status code and latencies are recorded.
     pub metrics: Arc<Metrics>,
+    /// The server asked for the metrics levee does not serve (`--delegate-external-metrics`).
+    pub delegate: Option<Delegate>,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -102,9 +106,13 @@ pub async fn handle(
         .metrics_api_duration
         .observe(started.elapsed().as_secs_f64());
     let (content_type, body) = match reply.body {
-        ReplyBody::Json(value) => ("application/json", Bytes::from(value.to_string())),
-        ReplyBody::Text(text) => ("text/plain; charset=utf-8", Bytes::from_static(text.as_bytes())),
-        ReplyBody::Prometheus(text) => ("text/plain; version=0.0.4", Bytes::from(text)),
+        ReplyBody::Json(value) => ("application/json".to_string(), Bytes::from(value.to_string())),
+        ReplyBody::Text(text) => (
+            "text/plain; charset=utf-8".to_string(),
+            Bytes::from_static(text.as_bytes()),
+        ),
+        ReplyBody::Prometheus(text) => ("text/plain; version=0.0.4".to_string(), Bytes::from(text)),
+        ReplyBody::Raw { content_type, bytes } => (content_type, bytes),
     };
     Response::builder()
         .status(reply.status)
@@ -126,7 +134,9 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
     let resource = match &access {
         Access::Public => None,
         Access::Authenticated => None,
-        Access::Metric { metric, .. } if !routes::serves(metric) => return routes::unknown_metric(metric),
+        Access::Metric { metric, .. } if !routes::serves(metric) && api.delegate.is_none() => {
+            return routes::unknown_metric(metric);
+        }
         Access::Metric { namespace, metric } => Some(Resource::Metric {
             namespace: namespace.clone(),
             metric: metric.clone(),
@@ -165,6 +175,22 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
             status: 200,
             body: ReplyBody::Prometheus(api.metrics.render()),
         };
+    }
+    if let Some(delegate) = &api.delegate {
+        match &access {
+            Access::Metric { metric, .. } if !routes::serves(metric) => {
+                let path_and_query = parts.uri.path_and_query().map_or(path, |p| p.as_str());
+                return delegate.forward(path_and_query).await;
+            }
+            _ if routes::is_discovery(path) => {
+                let delegated = delegate.resources().await.unwrap_or_default();
+                return Reply {
+                    status: 200,
+                    body: ReplyBody::Json(routes::resource_list_with(delegated)),
+                };
+            }
+            _ => {}
+        }
     }
     routes::respond(path, parts.uri.query(), &api.values, std::time::Instant::now())
 }
@@ -213,6 +239,7 @@ mod tests {
             authorizer: Authorizer::new(client.clone()),
             authenticator: Authenticator::new(client),
             metrics: Metrics::new(),
+            delegate: None,
         };
         (api, server)
     }

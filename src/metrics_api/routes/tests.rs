@@ -41,7 +41,25 @@ fn json(reply: &Reply) -> &Value {
         Body::Json(value) => value,
         Body::Text(text) => panic!("not JSON: {text}"),
         Body::Prometheus(text) => panic!("not JSON: {text}"),
+        Body::Raw { content_type, .. } => panic!("not levee's JSON: {content_type}"),
     }
+}
+
+#[test]
+fn a_delegates_resources_follow_levees_own_once() {
+    let delegated = vec![
+        serde_json::json!({"name": "externalmetrics", "namespaced": true}),
+        serde_json::json!({"name": "levee_pending", "namespaced": true}),
+    ];
+    let list = resource_list_with(delegated);
+    let names: Vec<&str> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["levee_pending", "levee_queue_depth", "externalmetrics"]);
+    assert!(is_discovery(BASE) && !is_discovery("/apis"));
 }
 
 const BASE: &str = "/apis/external.metrics.k8s.io/v1beta1";

@@ -1,0 +1,297 @@
+//! levee beside real KEDA (built from its Go module by `e2e/scripts/keda.sh`), on the local
+//! control plane. A ScaledObject whose `external-push` trigger names levee's external scaler
+//! scales a Deployment 0 -> N on a burst and back to 0 after the drain; the push wakes it long
+//! before KEDA's next poll could have. KEDA's operator calls levee over mutual TLS.
+//!
+//! With forwarding on, levee owns the APIService and hands KEDA's metrics to KEDA's adapter: the
+//! HPA KEDA made for its own `redis` trigger keeps scaling through levee, beside an HPA on
+//! `levee_pending`; with KEDA's adapter down, levee's metrics still answer and KEDA's requests
+//! get an error naming the delegate.
+//!
+//! The tests take turns (one APIService per cluster). Named `with_keda` so that cargo runs it
+//! after the other suites: a cold KEDA build runs in the background meanwhile.
+
+use levee_e2e::fixture::PolicyYaml;
+use levee_e2e::keda::{Keda, external_scaler_protos};
+use levee_e2e::redis::{RedisServer, free_port};
+use levee_e2e::*;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One test at a time owns the APIService.
+static APISERVICE: Mutex<()> = Mutex::new(());
+
+fn replicas(namespace: &str) -> i64 {
+    replicas_of(namespace, "worker")
+}
+
+fn replicas_of(namespace: &str, deployment: &str) -> i64 {
+    kubectl_json(&["get", "deployment", deployment, "-n", namespace])["spec"]["replicas"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+fn raw(path: &str) -> Result<serde_json::Value, String> {
+    let output = kubectl(&["get", "--raw", path], None);
+    if output.status.success() {
+        serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn scaled_object(namespace: &str, scaler_port: u16, polling_seconds: u32) -> String {
+    format!(
+        r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {{name: worker, namespace: {namespace}}}
+spec:
+  scaleTargetRef: {{name: worker}}
+  pollingInterval: {polling_seconds}
+  cooldownPeriod: 5
+  minReplicaCount: 0
+  maxReplicaCount: 5
+  triggers:
+    - type: external-push
+      metadata:
+        scalerAddress: "127.0.0.1:{scaler_port}"
+        policy: scale
+        targetValue: "100"
+      authenticationRef: {{name: levee-scaler}}
+"#
+    )
+}
+
+#[test]
+fn the_vendored_proto_is_the_one_in_kedas_module() {
+    let (ours, theirs) = external_scaler_protos();
+    assert_eq!(
+        ours, theirs,
+        "proto/externalscaler.proto differs from KEDA's: copy it again"
+    );
+}
+
+#[test]
+fn a_scaled_object_on_levees_scaler_wakes_on_the_push_scales_out_and_back_to_zero() {
+    let _turn = APISERVICE.lock().unwrap_or_else(|e| e.into_inner());
+    install_crd();
+    let namespace = TestNamespace::create("levee-e2e-keda");
+    let ns = namespace.name.clone();
+    let keda = Keda::start();
+    let _guard = ApiServiceGuard;
+    keda.serve_external_metrics();
+    let redis = RedisServer::start();
+    let worker = std::fs::read_to_string(repo_root().join("examples/worker.yaml")).unwrap();
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&worker.replace("namespace: jobs", &format!("namespace: {ns}"))),
+    );
+    PolicyYaml::new("scale", &ns, format!("{{url: '{}'}}", redis.url()))
+        .set("queues", "[{name: jobs, type: list, key: jobs}]")
+        .set("sampleInterval", "500ms")
+        .set("thresholds", "{warning: 5000, critical: 9000, recovery: 100}")
+        .without("targets")
+        .apply();
+    let scaler_port = free_port();
+    let flags = keda.levee_flags(scaler_port);
+    let levee = Levee::start(&ns, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    keda.trigger_authentication(&ns);
+
+    // KEDA polls every 10 minutes: only a push can wake the workload before that.
+    kubectl_ok(&["apply", "-f", "-"], Some(&scaled_object(&ns, scaler_port, 600)));
+    wait_until(
+        "KEDA scales the idle workers to zero",
+        Duration::from_secs(90),
+        || (replicas(&ns) == 0).then_some(()),
+    );
+    wait_until("levee serves KEDA's push stream", Duration::from_secs(60), || {
+        (levee.metric("levee_external_scaler_streams") >= 1.0).then_some(())
+    });
+    let pushed_at = Instant::now();
+    let jobs: Vec<String> = (0..450).map(|i| i.to_string()).collect();
+    let mut rpush = vec!["RPUSH", "jobs"];
+    rpush.extend(jobs.iter().map(String::as_str));
+    redis.cli(&rpush);
+    wait_until("the push wakes the workers", Duration::from_secs(60), || {
+        (replicas(&ns) >= 1).then_some(())
+    });
+    let woke = pushed_at.elapsed();
+    eprintln!("keda: burst -> first worker in {woke:?} (KEDA's next poll was 10 minutes away)");
+    // KEDA's HPA reads levee's figure through KEDA's adapter: 450 pending / 100 a worker.
+    wait_until("KEDA's HPA scales out to 5", Duration::from_secs(120), || {
+        (replicas(&ns) == 5).then_some(())
+    });
+    let gets = levee.metric("levee_external_scaler_requests_total{code=\"OK\",rpc=\"GetMetrics\"}");
+    assert!(gets >= 1.0, "KEDA asked levee for the figure ({gets} GetMetrics)");
+    assert_eq!(
+        levee.metric("levee_external_scaler_connections_closed_total{reason=\"limit\"}"),
+        0.0
+    );
+
+    // Drained: a pushed "inactive" is ignored by KEDA, its polls scale to zero after the
+    // cooldown, so poll often now.
+    redis.cli(&["DEL", "jobs"]);
+    kubectl_ok(&["apply", "-f", "-"], Some(&scaled_object(&ns, scaler_port, 2)));
+    wait_until("back to zero after the drain", Duration::from_secs(120), || {
+        (replicas(&ns) == 0).then_some(())
+    });
+    let active = kubectl_json(&["get", "scaledobject", "worker", "-n", &ns]);
+    let condition = active["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Active").cloned())
+        .unwrap_or_default();
+    assert_eq!(condition["status"], "False", "{condition}");
+    let streams = levee.metric("levee_external_scaler_requests_total{code=\"OK\",rpc=\"StreamIsActive\"}");
+    assert!(
+        streams >= 2.0,
+        "KEDA opened the push stream again after the change ({streams})"
+    );
+}
+
+#[test]
+fn with_forwarding_kedas_hpa_and_levees_hpa_both_scale_through_levees_apiservice() {
+    let _turn = APISERVICE.lock().unwrap_or_else(|e| e.into_inner());
+    install_crd();
+    let namespace = TestNamespace::create("levee-e2e-delegate");
+    let ns = namespace.name.clone();
+    let mut keda = Keda::start();
+    let _guard = ApiServiceGuard;
+    let redis = RedisServer::start();
+    let worker = std::fs::read_to_string(repo_root().join("examples/worker.yaml")).unwrap();
+    for name in ["worker", "keda-worker"] {
+        let manifest = worker
+            .replace("namespace: jobs", &format!("namespace: {ns}"))
+            .replace("name: worker", &format!("name: {name}"))
+            .replace("app: worker", &format!("app: {name}"));
+        kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    }
+    // levee's HPA on levee_pending for `worker` (queue `jobs`).
+    PolicyYaml::new("scale", &ns, format!("{{url: '{}'}}", redis.url()))
+        .set("queues", "[{name: jobs, type: list, key: jobs}]")
+        .set("sampleInterval", "500ms")
+        .set("thresholds", "{warning: 5000, critical: 9000, recovery: 100}")
+        .set(
+            "scaleTarget",
+            "{kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 10, pendingPerReplica: 200}",
+        )
+        .without("targets")
+        .apply();
+    // KEDA's own redis trigger for `keda-worker` (list `emails`): its HPA asks for s0-redis-emails.
+    let scaled_object = format!(
+        r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {{name: keda-worker, namespace: {ns}}}
+spec:
+  scaleTargetRef: {{name: keda-worker}}
+  pollingInterval: 2
+  minReplicaCount: 1
+  maxReplicaCount: 8
+  triggers:
+    - type: redis
+      metadata: {{address: "127.0.0.1:{port}", listName: emails, listLength: "50"}}
+"#,
+        port = redis.port
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&scaled_object));
+
+    // levee owns the APIService (the chart's objects, as in the metrics API suite) and forwards
+    // what it does not serve to KEDA's adapter, asking as its own ServiceAccount (the chart's
+    // delegated-metrics-reader role).
+    let api_port = free_port();
+    let delegate = format!("https://127.0.0.1:{}", keda.adapter_port);
+    let sets = [
+        format!("metricsApi.service.port={api_port}"),
+        "metricsApi.service.externalName=localhost".to_string(),
+        format!("metricsApi.delegate.url={delegate}"),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let objects = render_chart("levee", LEVEE_NAMESPACE, &sets, &["templates/metrics-api.yaml"]);
+    let rbac = render_chart("levee", LEVEE_NAMESPACE, &sets, &["templates/rbac.yaml"]);
+    create_levee_namespace();
+    apply_objects(&rbac, &[]);
+    let files = levee_e2e::secret_files(levee_e2e::rendered(&objects, "Secret"));
+    let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    let flags = [
+        "--leader-elect=false".to_string(),
+        format!("--tls-cert-file={}", cert.display()),
+        format!("--tls-key-file={}", key.display()),
+        format!("--delegate-external-metrics={delegate}"),
+        format!("--delegate-ca-file={}", keda.tls.path("ca.crt")),
+    ];
+    let levee = Levee::start_with_api_port(
+        &ns,
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+        api_port,
+    );
+    apply_objects(&objects, &[]);
+    wait_until("levee's APIService Available", Duration::from_secs(90), || {
+        let service = kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"]);
+        levee_e2e::keda::available(&service).then_some(())
+    });
+    let discovery = raw("/apis/external.metrics.k8s.io/v1beta1").unwrap();
+    let names: Vec<&str> = discovery["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(names.contains(&"levee_pending"), "{discovery}");
+    assert!(names.len() > 2, "KEDA's resources are listed too: {discovery}");
+
+    let push = |key: &str, count: usize| {
+        let jobs: Vec<String> = (0..count).map(|i| i.to_string()).collect();
+        let mut args = vec!["RPUSH", key];
+        args.extend(jobs.iter().map(String::as_str));
+        redis.cli(&args);
+    };
+    push("jobs", 1000);
+    push("emails", 300);
+    wait_until(
+        "levee's HPA scales worker to 1000 / 200 = 5",
+        Duration::from_secs(120),
+        || (replicas_of(&ns, "worker") == 5).then_some(()),
+    );
+    wait_until(
+        "KEDA's HPA scales keda-worker to 300 / 50 = 6, through levee",
+        Duration::from_secs(120),
+        || (replicas_of(&ns, "keda-worker") == 6).then_some(()),
+    );
+    let forwarded = levee.log();
+    assert!(
+        forwarded.contains("s0-redis-emails"),
+        "KEDA's metric went through levee"
+    );
+
+    // KEDA's adapter goes away: levee's metrics still answer; KEDA's get the delegate's absence.
+    keda.stop_adapter();
+    let ours = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/levee_pending?labelSelector=policy%3Dscale"
+    );
+    let theirs = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/s0-redis-emails?labelSelector=scaledobject.keda.sh%2Fname%3Dkeda-worker"
+    );
+    let error = wait_until(
+        "KEDA's metric fails without its adapter",
+        Duration::from_secs(30),
+        || raw(&theirs).err(),
+    );
+    assert!(
+        error.contains("cannot be reached"),
+        "the error names the delegate: {error}"
+    );
+    let list = raw(&ours).expect("levee's own metric still answers");
+    assert_eq!(list["items"][0]["value"], "1000");
+    let service = kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"]);
+    assert!(
+        levee_e2e::keda::available(&service),
+        "discovery still answers: {service}"
+    );
+    redis.cli(&["DEL", "jobs"]);
+    wait_until(
+        "levee's HPA still scales worker down",
+        Duration::from_secs(120),
+        || (replicas_of(&ns, "worker") == 1).then_some(()),
+    );
+}

@@ -61,6 +61,10 @@ const VALUE_SETS: &[&[&str]] = &[
         "externalScaler.clusterTriggerAuthentication=false",
         "certManager.enabled=true",
     ],
+    &[
+        "metricsApi.delegate.url=https://keda-metrics-apiserver.keda.svc:443",
+        "metricsApi.delegate.caSecret=keda-ca",
+    ],
 ];
 
 fn helm_ok(args: &[&str]) -> String {
@@ -136,6 +140,7 @@ fn wrong_values_are_refused_with_a_message_naming_the_key() {
             "metrics.port must differ from 9443",
         ),
         ("externalScaler.service.port=0", "/externalScaler/service/port"),
+        ("metricsApi.delegate.url=http://keda", "/metricsApi/delegate/url"),
     ];
     for (set, expected) in cases {
         let output = helm(&["template", "levee", "charts/levee", "--set", set]);

@@ -28,9 +28,10 @@ test: deps lint unit e2e
 unit: deps
 	$(CARGO) test
 
-## e2e: the end-to-end suite on the local control plane (built from Go modules, cached)
+## e2e: the end-to-end suite on the local control plane and KEDA beside it (both built from Go
+## modules, cached; a cold KEDA build runs in the background while the first suites run)
 e2e:
-	e2e/scripts/with-cluster.sh cargo test -p levee-e2e
+	LEVEE_KEDA_PREBUILD=1 e2e/scripts/with-cluster.sh cargo test -p levee-e2e
 
 ## e2e-kind: (machines with Docker; CI=true starts one) levee's image as pods on kind, then the suite
 e2e-kind: deps

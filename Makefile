@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: all deps lint test unit e2e e2e-kind image static cluster-up cluster-down crds manifests bench bench-controller bench-scale fuzz demo build clean
+.PHONY: all deps lint test unit e2e e2e-kind image static cluster-up cluster-down crds manifests bench bench-controller bench-scale bench-keda fuzz demo build clean
 
 all: build
 
@@ -82,6 +82,13 @@ bench-scale: deps static
 	  LEVEE_SCALE_POLICIES=$$n LEVEE_BIN=$(CURDIR)/target/x86_64-unknown-linux-musl/release/levee \
 	    e2e/scripts/with-cluster.sh cargo bench -p levee-e2e --bench scale || exit 1; \
 	done
+
+## bench-keda: levee and KEDA (built from its module) side by side on one Redis, for N of
+## LEVEE_KEDA_BENCH_SIZES (default 10 100 1000) lists: Redis commands and round trips, metric
+## latency through the aggregator, burst -> first scale-up, memory (docs/benchmarks.md#keda)
+bench-keda: deps
+	$(CARGO) build --release --bin levee
+	LEVEE_BIN=$(CURDIR)/target/release/levee e2e/scripts/with-cluster.sh cargo bench -p levee-e2e --bench keda
 
 ## fuzz: a minute of libFuzzer on each network-facing parser (needs the nightly toolchain)
 fuzz:

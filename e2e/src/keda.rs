@@ -236,6 +236,14 @@ impl Keda {
         ]
     }
 
+    /// The resident memory (VmRSS, KiB) of the operator and of the adapter.
+    pub fn rss_kib(&self) -> (Option<u64>, Option<u64>) {
+        (
+            crate::process_status_kib(self.operator.id(), "VmRSS:"),
+            crate::process_status_kib(self.adapter.id(), "VmRSS:"),
+        )
+    }
+
     /// Stops the metrics adapter (a crashed or uninstalled KEDA), leaving the operator.
     pub fn stop_adapter(&mut self) {
         let _ = self.adapter.kill();

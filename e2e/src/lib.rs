@@ -270,6 +270,18 @@ pub fn levee_kubeconfig() -> PathBuf {
     .clone()
 }
 
+/// A field in KiB of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, `VmHWM:`).
+pub fn process_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A `levee run` process, logging to a file that is printed when a test fails.
 pub struct Levee {
     child: Child,
@@ -440,14 +452,7 @@ impl Levee {
     }
 
     fn status_kib(&self, field: &str) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        process_status_kib(self.child.id(), field)
     }
 
     /// The CPU time it has used so far (user + system), from /proc.

@@ -2,11 +2,12 @@
 //! For each N of `LEVEE_KEDA_BENCH_SIZES` (default 10 100 1000) list queues `q-0..q-N`:
 //! - **KEDA**: one ScaledObject with one `redis` trigger per list (its own Deployment each),
 //!   `pollingInterval: 10`, `minReplicaCount: 1`, `listLength: 100`;
-//! - **levee, one policy**: one BackpressurePolicy over the N lists, 1 s sample interval, with
+//! - **levee, one policy**: one BackpressurePolicy over the N lists (over 64 lists, the CRD's
+//!   limit per policy: ceil(N / 64) policies), 1 s sample interval, the first with
 //!   `spec.scaleTarget` (one HPA on `levee_pending`);
 //! - **levee, N policies**: one policy per list, no HPA.
 //!
-//! Measured for each: Redis commands and round trips per second and per polling cycle (from
+//! `LEVEE_KEDA_BENCH_ROWS` (default `keda levee policies`) picks the rows. Measured for each: Redis commands and round trips per second and per polling cycle (from
 //! `INFO commandstats` over a window), the HPA-visible metric latency through the aggregator
 //! (p50/p99 of sequential GETs with kube-rs), the time from a burst on `q-0` to the first
 //! scale-up of its Deployment, and resident memory (KEDA: operator + adapter). Prints Markdown
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 const WINDOW: Duration = Duration::from_secs(30);
 const LATENCY_SAMPLES: usize = 200;
 const POLLING_SECONDS: u64 = 10;
+/// The most queues one policy may name (the CRD's `maxItems`).
+const MAX_QUEUES: usize = 64;
 
 fn sizes() -> Vec<usize> {
     std::env::var("LEVEE_KEDA_BENCH_SIZES")
@@ -87,6 +90,23 @@ fn latency(runtime: &tokio::runtime::Runtime, client: &kube::Client, path: &str)
     });
     took.sort_by(f64::total_cmp);
     (took[took.len() / 2], took[took.len() * 99 / 100])
+}
+
+/// The replica count of `deployment` once it has not changed for three HPA syncs (the HPA may
+/// still be scaling to the backlog that was there before the burst).
+fn settled_replicas(namespace: &str, deployment: &str) -> i64 {
+    let mut last = (replicas(namespace, deployment), Instant::now());
+    wait_until(
+        "the workers settle before the burst",
+        Duration::from_secs(300),
+        || {
+            let now = replicas(namespace, deployment);
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            (last.1.elapsed() >= Duration::from_secs(6)).then_some(now)
+        },
+    )
 }
 
 /// Pushes 2,000 jobs on `q-0` and waits until `deployment` has more than one replica.
@@ -247,22 +267,34 @@ fn levee_row(
         }
     } else {
         apply_objects(&[deployment("worker")], &["-n", &ns]);
+        // A policy holds at most MAX_QUEUES queues (the CRD's limit): N lists take ceil(N / 64)
+        // policies; the first (with q-0) scales the workers.
         let queues: Vec<String> = (0..n)
             .map(|i| format!("{{name: q-{i}, type: list, key: q-{i}}}"))
             .collect();
-        PolicyYaml::new("all", &ns, url.clone())
-            .set("queues", format!("[{}]", queues.join(", ")))
-            .set("sampleInterval", "1s")
-            .set("thresholds", thresholds)
-            .set(
-                "scaleTarget",
-                "{kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 10, pendingPerReplica: 100}",
-            )
-            .without("targets")
-            .apply();
+        for (index, chunk) in queues.chunks(MAX_QUEUES).enumerate() {
+            let policy = PolicyYaml::new(&format!("all-{index}"), &ns, url.clone())
+                .set("queues", format!("[{}]", chunk.join(", ")))
+                .set("sampleInterval", "1s")
+                .set("thresholds", thresholds)
+                .without("targets");
+            let policy = if index == 0 {
+                policy.set(
+                    "scaleTarget",
+                    "{kind: Deployment, name: worker, minReplicas: 1, maxReplicas: 10, pendingPerReplica: 100}",
+                )
+            } else {
+                policy
+            };
+            policy.apply();
+        }
     }
     let sampled = |levee: &Levee| levee.metric_sum("levee_sample_duration_seconds_count");
-    let policies = if per_queue_policies { n } else { 1 };
+    let policies = if per_queue_policies {
+        n
+    } else {
+        n.div_ceil(MAX_QUEUES)
+    };
     wait_until("every policy sampled", Duration::from_secs(300), || {
         (sampled(&levee) >= 3.0 * policies as f64).then_some(())
     });
@@ -275,10 +307,10 @@ fn levee_row(
         (None, None)
     } else {
         let path = format!(
-            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/levee_pending?labelSelector=policy%3Dall"
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/levee_pending?labelSelector=policy%3Dall-0"
         );
         wait_until("levee's HPA exists", Duration::from_secs(60), || {
-            kubectl(&["get", "hpa", "levee-all", "-n", &ns], None)
+            kubectl(&["get", "hpa", "levee-all-0", "-n", &ns], None)
                 .status
                 .success()
                 .then_some(())
@@ -294,8 +326,10 @@ fn levee_row(
     Row {
         who: if per_queue_policies {
             format!("levee, {n} policies of 1 queue")
-        } else {
+        } else if policies == 1 {
             format!("levee, 1 policy of {n} queues")
+        } else {
+            format!("levee, {policies} policies of up to {MAX_QUEUES} queues")
         },
         cycles_per_second: round_trips / policies as f64,
         round_trips_per_second: round_trips,
@@ -323,11 +357,17 @@ fn main() {
             args.extend(items.iter().map(String::as_str));
             redis.cli(&args);
         }
-        let rows = [
-            keda_row(n, &redis, &runtime, &client),
-            levee_row(n, false, &redis, &runtime, &client),
-            levee_row(n, true, &redis, &runtime, &client),
-        ];
+        let only = std::env::var("LEVEE_KEDA_BENCH_ROWS").unwrap_or_else(|_| "keda levee policies".into());
+        let mut rows = Vec::new();
+        if only.contains("keda") {
+            rows.push(keda_row(n, &redis, &runtime, &client));
+        }
+        if only.contains("levee") {
+            rows.push(levee_row(n, false, &redis, &runtime, &client));
+        }
+        if only.contains("policies") {
+            rows.push(levee_row(n, true, &redis, &runtime, &client));
+        }
         for row in rows {
             let total: f64 = row.calls.values().sum();
             let by_command: Vec<String> = row

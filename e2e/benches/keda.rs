@@ -7,7 +7,8 @@
 //!   `spec.scaleTarget` (one HPA on `levee_pending`);
 //! - **levee, N policies**: one policy per list, no HPA.
 //!
-//! `LEVEE_KEDA_BENCH_ROWS` (default `keda levee policies`) picks the rows. Measured for each: Redis commands and round trips per second and per polling cycle (from
+//! `LEVEE_KEDA_BENCH_ROWS` (default `keda levee policies`) picks the rows. Measured for each:
+//! Redis commands and round trips per second and per polling cycle (from
 //! `INFO commandstats` over a window), the HPA-visible metric latency through the aggregator
 //! (p50/p99 of sequential GETs with kube-rs), the time from a burst on `q-0` to the first
 //! scale-up of its Deployment, and resident memory (KEDA: operator + adapter). Prints Markdown
@@ -109,17 +110,20 @@ fn settled_replicas(namespace: &str, deployment: &str) -> i64 {
     )
 }
 
-/// Pushes 2,000 jobs on `q-0` and waits until `deployment` has more than one replica.
+/// Pushes 2,000 jobs on `q-0` and waits until `deployment` has more replicas than it had settled
+/// at before (fewer than its 10: every other list holds 10 jobs, a replica is for 100).
 fn burst_to_scale_up(redis: &RedisServer, namespace: &str, deployment: &str) -> Duration {
     let jobs: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
     let mut args = vec!["RPUSH", "q-0"];
     args.extend(jobs.iter().map(String::as_str));
+    let before = settled_replicas(namespace, deployment);
+    assert!(before < 10, "{deployment} is at its maximum already ({before})");
     let started = Instant::now();
     redis.cli(&args);
     wait_until(
         "the burst scales its workers up",
         Duration::from_secs(300),
-        || (replicas(namespace, deployment) > 1).then_some(()),
+        || (replicas(namespace, deployment) > before).then_some(()),
     );
     let took = started.elapsed();
     redis.cli(&["LTRIM", "q-0", "0", "9"]);

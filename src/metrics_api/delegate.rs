@@ -29,8 +29,8 @@ pub struct Delegate {
 }
 
 impl Delegate {
-    /// A delegate at `url` (https), verified with the PEM CA bundle `ca` (else the system's and
-    /// the kubeconfig's roots), asked with the credentials of `base` (levee's own).
+    /// A delegate at `url` (https), verified with the PEM CA bundle `ca` (else with the CA that
+    /// `base` trusts the API server with), asked with the credentials of `base` (levee's own).
     pub fn new(url: &str, ca: Option<&[u8]>, base: kube::Config) -> Result<Self, String> {
         let parsed: http::Uri = url
             .parse()

@@ -216,6 +216,12 @@ async fn answers_come_from_the_published_values() {
     assert_eq!(requests(&server, "GetMetrics", "OK"), 2);
 }
 
+/// `status` has `code` and a message that says `fragment`.
+fn assert_refused(status: &tonic::Status, code: tonic::Code, fragment: &str) {
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(status.message().contains(fragment), "{}", status.message());
+}
+
 #[tokio::test]
 async fn wrong_metadata_and_unknown_policies_get_a_status_that_says_what_to_change() {
     let server = start(false).await;
@@ -225,22 +231,16 @@ async fn wrong_metadata_and_unknown_policies_get_a_status_that_says_what_to_chan
         .get_metric_spec(trigger(&[("policy", "rule-engine"), ("listLength", "5")]))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(
-        refused.message().contains("unknown metadata key \"listLength\""),
-        "{}",
-        refused.message()
+    assert_refused(
+        &refused,
+        tonic::Code::InvalidArgument,
+        "unknown metadata key \"listLength\"",
     );
     let missing = client
         .is_active(trigger(&[("policy", "no-such-policy")]))
         .await
         .unwrap_err();
-    assert_eq!(missing.code(), tonic::Code::NotFound);
-    assert!(
-        missing.message().contains("kubectl get bpp -n jobs"),
-        "{}",
-        missing.message()
-    );
+    assert_refused(&missing, tonic::Code::NotFound, "kubectl get bpp -n jobs");
     let unimplemented = client
         .stream_metric_spec(trigger(&[("policy", "rule-engine")]))
         .await

@@ -15,8 +15,8 @@
 //! rows for docs/benchmarks.md.
 
 use levee_e2e::fixture::PolicyYaml;
-use levee_e2e::keda::{Keda, available};
-use levee_e2e::redis::{RedisServer, free_port};
+use levee_e2e::keda::Keda;
+use levee_e2e::redis::RedisServer;
 use levee_e2e::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -71,12 +71,6 @@ fn deployment(name: &str) -> Value {
                 "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}}})
 }
 
-fn replicas(namespace: &str, name: &str) -> i64 {
-    kubectl_json(&["get", "deployment", name, "-n", namespace])["spec"]["replicas"]
-        .as_i64()
-        .unwrap_or(0)
-}
-
 /// p50 and p99 of sequential GETs of `path` through the aggregator, in ms.
 fn latency(runtime: &tokio::runtime::Runtime, client: &kube::Client, path: &str) -> (f64, f64) {
     let mut took: Vec<f64> = runtime.block_on(async {
@@ -96,12 +90,12 @@ fn latency(runtime: &tokio::runtime::Runtime, client: &kube::Client, path: &str)
 /// The replica count of `deployment` once it has not changed for three HPA syncs (the HPA may
 /// still be scaling to the backlog that was there before the burst).
 fn settled_replicas(namespace: &str, deployment: &str) -> i64 {
-    let mut last = (replicas(namespace, deployment), Instant::now());
+    let mut last = (deployment_replicas(namespace, deployment), Instant::now());
     wait_until(
         "the workers settle before the burst",
         Duration::from_secs(300),
         || {
-            let now = replicas(namespace, deployment);
+            let now = deployment_replicas(namespace, deployment);
             if now != last.0 {
                 last = (now, Instant::now());
             }
@@ -113,17 +107,14 @@ fn settled_replicas(namespace: &str, deployment: &str) -> i64 {
 /// Pushes 2,000 jobs on `q-0` and waits until `deployment` has more replicas than it had settled
 /// at before (fewer than its 10: every other list holds 10 jobs, a replica is for 100).
 fn burst_to_scale_up(redis: &RedisServer, namespace: &str, deployment: &str) -> Duration {
-    let jobs: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
-    let mut args = vec!["RPUSH", "q-0"];
-    args.extend(jobs.iter().map(String::as_str));
     let before = settled_replicas(namespace, deployment);
     assert!(before < 10, "{deployment} is at its maximum already ({before})");
     let started = Instant::now();
-    redis.cli(&args);
+    redis.push_jobs("q-0", 2000);
     wait_until(
         "the burst scales its workers up",
         Duration::from_secs(300),
-        || (replicas(namespace, deployment) > before).then_some(()),
+        || (deployment_replicas(namespace, deployment) > before).then_some(()),
     );
     let took = started.elapsed();
     redis.cli(&["LTRIM", "q-0", "0", "9"]);
@@ -220,39 +211,8 @@ fn levee_row(
     install_crd();
     let namespace = TestNamespace::create("levee-bench-levee");
     let ns = namespace.name.clone();
-    let api_port = free_port();
-    let objects = render_chart(
-        "levee",
-        LEVEE_NAMESPACE,
-        &[
-            &format!("metricsApi.service.port={api_port}"),
-            "metricsApi.service.externalName=localhost",
-        ],
-        &["templates/metrics-api.yaml"],
-    );
-    let files = secret_files(rendered(&objects, "Secret"));
-    let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
-    let flags = [
-        "--leader-elect=false".to_string(),
-        format!("--tls-cert-file={}", cert.display()),
-        format!("--tls-key-file={}", key.display()),
-    ];
-    let levee = Levee::start_with_api_port(
-        &ns,
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-        api_port,
-    );
-    let _guard = ApiServiceGuard;
-    create_levee_namespace();
-    apply_objects(&objects, &[]);
-    wait_until("levee's APIService Available", Duration::from_secs(120), || {
-        available(&kubectl_json(&[
-            "get",
-            "apiservice",
-            "v1beta1.external.metrics.k8s.io",
-        ]))
-        .then_some(())
-    });
+    let served = ServedMetricsApi::start(&ns, &[], &[]);
+    let levee = &served.levee;
     let url = format!("{{url: '{}'}}", redis.url());
     let thresholds = "{warning: 100000000, critical: 200000000, recovery: 1}";
     if per_queue_policies {
@@ -300,13 +260,13 @@ fn levee_row(
         n.div_ceil(MAX_QUEUES)
     };
     wait_until("every policy sampled", Duration::from_secs(300), || {
-        (sampled(&levee) >= 3.0 * policies as f64).then_some(())
+        (sampled(levee) >= 3.0 * policies as f64).then_some(())
     });
     std::thread::sleep(Duration::from_secs(5));
-    let before = sampled(&levee);
+    let before = sampled(levee);
     let calls = calls_per_second(redis);
     // Each policy's tick is one pipeline: one round trip per policy per tick.
-    let round_trips = (sampled(&levee) - before) / WINDOW.as_secs_f64();
+    let round_trips = (sampled(levee) - before) / WINDOW.as_secs_f64();
     let (latency, burst) = if per_queue_policies {
         (None, None)
     } else {
@@ -355,11 +315,7 @@ fn main() {
     for n in sizes() {
         let redis = RedisServer::start();
         for i in 0..n {
-            let items: Vec<String> = (0..10).map(|j| j.to_string()).collect();
-            let key = format!("q-{i}");
-            let mut args = vec!["RPUSH", key.as_str()];
-            args.extend(items.iter().map(String::as_str));
-            redis.cli(&args);
+            redis.push_jobs(&format!("q-{i}"), 10);
         }
         let only = std::env::var("LEVEE_KEDA_BENCH_ROWS").unwrap_or_else(|_| "keda levee policies".into());
         let mut rows = Vec::new();

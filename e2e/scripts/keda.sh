@@ -12,7 +12,7 @@
 # The version is the newest v2 release in the Go module proxy when this was written. The build
 # runs in the module's own directory, so KEDA's go.mod (its replace and exclude directives)
 # applies as upstream intends. Module and build caches live in
-# ${LEVEE_CACHE:-$HOME/.cache/levee}/keda (about 5 GB): a cold build downloads ~300 MB of
+# ${LEVEE_CACHE:-$HOME/.cache/levee}/keda: a cold build downloads ~300 MB of
 # modules and took 336 s on an otherwise idle 2-core machine (2026-12-01); a cached one nothing.
 set -euo pipefail
 

@@ -9,8 +9,10 @@
 //! KEDA.
 
 use crate::redis::{TlsFiles, free_port};
-use crate::{apply_objects, kubectl_json, kubectl_ok, repo_root, wait_crd_established, wait_until};
-use serde_json::{Value, json};
+use crate::{
+    apply_objects, available, kubectl_json, kubectl_ok, repo_root, wait_crd_established, wait_until,
+};
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::OnceLock;
@@ -97,9 +99,7 @@ impl Keda {
             &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NAMESPACE}})],
             &[],
         );
-        let tls = TlsFiles::generate_for(&format!(
-            "IP:127.0.0.1,DNS:localhost,DNS:{ADAPTER_SERVICE}.{KEDA_NAMESPACE}.svc,DNS:keda-operator.{KEDA_NAMESPACE}.svc"
-        ));
+        let tls = TlsFiles::generate();
         // KEDA's operator and adapter present the same certificate as server and as client.
         let both = "extendedKeyUsage=serverAuth,clientAuth";
         tls.signed(
@@ -277,15 +277,6 @@ impl Drop for Keda {
             eprintln!("{}", self.logs());
         }
     }
-}
-
-/// Whether an APIService is `Available=True`.
-pub fn available(service: &Value) -> bool {
-    service["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Available" && c["status"] == "True")
 }
 
 /// The vendored `proto/externalscaler.proto` and the one in the KEDA module that was built.

@@ -172,6 +172,32 @@ impl Drop for ApiServiceGuard {
     }
 }
 
+/// Whether an APIService is `Available=True`.
+pub fn available(apiservice: &Value) -> bool {
+    apiservice["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Available" && c["status"] == "True")
+}
+
+/// `kubectl get --raw path`, parsed; the error is what kubectl printed (the server's refusal).
+pub fn raw_get(path: &str) -> Result<Value, String> {
+    let output = kubectl(&["get", "--raw", path], None);
+    if output.status.success() {
+        serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// The replica count a Deployment asks for (`spec.replicas`).
+pub fn deployment_replicas(namespace: &str, name: &str) -> i64 {
+    kubectl_json(&["get", "deployment", name, "-n", namespace])["spec"]["replicas"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
 /// A namespace of its own for one test, deleted (without waiting) when dropped.
 pub struct TestNamespace {
     pub name: String,
@@ -268,6 +294,69 @@ pub fn levee_kubeconfig() -> PathBuf {
         path
     })
     .clone()
+}
+
+/// levee as the cluster's external metrics API: the chart's own metrics API objects (its generated
+/// CA and serving certificate, the Service, ExternalName `localhost` or `host_address()` since
+/// there is no kube-proxy here, and the APIService with the CA as caBundle) rendered with `sets`,
+/// and levee watching `namespace` with `flags`, serving the chart's certificate on the chart's
+/// port. The APIService is deleted when this is dropped.
+pub struct ServedMetricsApi {
+    pub levee: Levee,
+    _apiservice: ApiServiceGuard,
+    _certificate: tempfile::TempDir,
+}
+
+impl ServedMetricsApi {
+    /// Starts levee and registers it; returns once the APIService is Available.
+    pub fn start(namespace: &str, sets: &[&str], flags: &[&str]) -> Self {
+        let api_port = redis::free_port();
+        let mut all_sets = vec![
+            format!("metricsApi.service.port={api_port}"),
+            format!(
+                "metricsApi.service.externalName={}",
+                host_address().unwrap_or_else(|| "localhost".into())
+            ),
+        ];
+        all_sets.extend(sets.iter().map(|set| set.to_string()));
+        let all_sets: Vec<&str> = all_sets.iter().map(String::as_str).collect();
+        let objects = render_chart(
+            "levee",
+            LEVEE_NAMESPACE,
+            &all_sets,
+            &["templates/metrics-api.yaml"],
+        );
+        let certificate = secret_files(rendered(&objects, "Secret"));
+        let (cert, key) = (
+            certificate.path().join("tls.crt"),
+            certificate.path().join("tls.key"),
+        );
+        let mut args = vec![
+            "--leader-elect=false",
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ];
+        args.extend(flags);
+        let levee = Levee::start_with_api_port(namespace, &args, api_port);
+        let apiservice = ApiServiceGuard;
+        create_levee_namespace();
+        apply_objects(&objects, &[]);
+        wait_until("levee's APIService Available", Duration::from_secs(90), || {
+            available(&kubectl_json(&[
+                "get",
+                "apiservice",
+                "v1beta1.external.metrics.k8s.io",
+            ]))
+            .then_some(())
+        });
+        Self {
+            levee,
+            _apiservice: apiservice,
+            _certificate: certificate,
+        }
+    }
 }
 
 /// A field in KiB of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, `VmHWM:`).

@@ -40,13 +40,6 @@ fn cli_pipe(port: u16, commands: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn push(server: &RedisServer, key: &str, count: usize) {
-    let items: Vec<String> = (0..count).map(|i| format!("job-{i}")).collect();
-    let mut args = vec!["RPUSH", key];
-    args.extend(items.iter().map(String::as_str));
-    server.cli(&args);
-}
-
 /// The series of `metric` for the policy, as levee exposes it.
 fn series(metric: &str, fixture: &Fixture, policy: &str) -> String {
     format!("{metric}{{namespace=\"{}\",policy=\"{policy}\"}}", fixture.ns())
@@ -127,7 +120,7 @@ fn sentinel_failover(open: bool) {
     } else {
         (10, 30, "Closed", "Open")
     };
-    push(&master, "q", before);
+    master.push_jobs("q", before);
     assert_eq!(
         master.cli(&["WAIT", "1", "5000"]),
         "1",
@@ -161,7 +154,7 @@ fn sentinel_failover(open: bool) {
     });
     let promoted = killed.elapsed();
     // A change that exists only on the new master: levee must be reading it.
-    push(&replica, "q", after - before);
+    replica.push_jobs("q", after - before);
     wait_levee_pending(&levee, &fixture, "failover", after as u64);
     let followed = killed.elapsed();
     wait_status_pending(&fixture, "failover", after as u64);
@@ -219,7 +212,7 @@ fn cluster_slot_migration_is_followed_through_ask_and_moved() {
     let cluster = RedisCluster::start(3);
     let source = cluster.owner("q");
     let target = cluster.nodes.iter().find(|n| n.port != source.port).unwrap();
-    push(source, "q", 10);
+    source.push_jobs("q", 10);
     let levee = Levee::start(fixture.ns(), &["--leader-elect=false", "--status-heartbeat=1s"]);
     let redis = format!("{{url: '{}', mode: Cluster, timeout: 300ms}}", cluster.url());
     policy(&fixture, "migrating", &redis, "{action: Open, after: 3}").apply();
@@ -256,7 +249,7 @@ fn cluster_slot_migration_is_followed_through_ask_and_moved() {
         node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
     }
     let moved = Instant::now();
-    push(target, "q", 1);
+    target.push_jobs("q", 1);
     wait_levee_pending(&levee, &fixture, "migrating", 13);
     let followed_moved = moved.elapsed();
     wait_status_pending(&fixture, "migrating", 13);
@@ -295,7 +288,7 @@ fn cluster_master_killed_its_replica_takes_over_and_levee_follows() {
     let slot = cluster.nodes[0].cli(&["CLUSTER", "KEYSLOT", &key]);
     {
         let owner = cluster.owner(&key);
-        push(owner, &key, 10);
+        owner.push_jobs(&key, 10);
         assert_eq!(
             owner.cli(&["WAIT", "1", "5000"]),
             "1",
@@ -332,7 +325,7 @@ fn cluster_master_killed_its_replica_takes_over_and_levee_follows() {
         !new_master.cli(&["CLUSTER", "MYID"]).contains(&owner_id),
         "slot {slot} has a new owner"
     );
-    push(new_master, &key, 10);
+    new_master.push_jobs(&key, 10);
     wait_levee_pending(&levee, &fixture, "failover", 20);
     let followed = killed.elapsed();
     wait_status_pending(&fixture, "failover", 20);

@@ -13,21 +13,6 @@ use std::time::Duration;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn raw(path: &str) -> Result<Value, String> {
-    let output = kubectl(&["get", "--raw", path], None);
-    if output.status.success() {
-        Ok(serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?)
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-fn worker_replicas(namespace: &str) -> i64 {
-    kubectl_json(&["get", "deployment", "worker", "-n", namespace])["spec"]["replicas"]
-        .as_i64()
-        .unwrap_or(0)
-}
-
 #[test]
 fn the_hpa_scales_workers_on_levee_pending_through_the_aggregator() {
     install_crd();
@@ -50,55 +35,18 @@ fn the_hpa_scales_workers_on_levee_pending_through_the_aggregator() {
         .without("targets")
         .apply();
 
-    // The chart's own metrics API objects: its generated CA and serving certificate (Secret),
-    // the Service (ExternalName localhost: no kube-proxy here, the aggregator dials the name) and
-    // the APIService with the CA as caBundle. levee serves the chart's certificate.
-    let api_port = levee_e2e::redis::free_port();
-    let port = format!("metricsApi.service.port={api_port}");
-    let host = format!(
-        "metricsApi.service.externalName={}",
-        host_address().unwrap_or_else(|| "localhost".into())
-    );
-    let objects = render_chart(
-        "levee",
-        LEVEE_NAMESPACE,
-        &[&host, &port],
-        &["templates/metrics-api.yaml"],
-    );
-    let files = secret_files(rendered(&objects, "Secret"));
-    let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
-    let levee = Levee::start_with_api_port(
-        &ns,
-        &[
-            "--leader-elect=false",
-            "--tls-cert-file",
-            cert.to_str().unwrap(),
-            "--tls-key-file",
-            key.to_str().unwrap(),
-        ],
-        api_port,
-    );
-    let _guard = ApiServiceGuard;
-    create_levee_namespace();
-    apply_objects(&objects, &[]);
-    wait_until("APIService Available", PATIENCE, || {
-        let apiservice = kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"]);
-        let available = apiservice["status"]["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "Available"))
-            .is_some_and(|c| c["status"] == "True");
-        available.then_some(())
-    });
+    // The chart's own metrics API objects, levee serving the chart's certificate.
+    let served = ServedMetricsApi::start(&ns, &[], &[]);
+    let levee = &served.levee;
 
-    let jobs: Vec<String> = (0..1200).map(|i| i.to_string()).collect();
-    let mut push = vec!["RPUSH", "jobs"];
-    push.extend(jobs.iter().map(String::as_str));
-    redis.cli(&push);
+    redis.push_jobs("jobs", 1200);
     let path = format!(
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/levee_pending?labelSelector=policy%3Dscale"
     );
     let list = wait_until("levee_pending = 1200 through the aggregator", PATIENCE, || {
-        raw(&path).ok().filter(|list| list["items"][0]["value"] == "1200")
+        raw_get(&path)
+            .ok()
+            .filter(|list| list["items"][0]["value"] == "1200")
     });
     assert_eq!(list["kind"], "ExternalMetricValueList");
     assert_eq!(list["items"][0]["metricLabels"]["policy"], "scale");
@@ -116,7 +64,7 @@ fn the_hpa_scales_workers_on_levee_pending_through_the_aggregator() {
         "200"
     );
     wait_until("the HPA scales worker to ceil(1200 / 200) = 6", PATIENCE, || {
-        (worker_replicas(&ns) == 6).then_some(())
+        (deployment_replicas(&ns, "worker") == 6).then_some(())
     });
     // The HPA controller asks as its own ServiceAccount, authorized by its bootstrap ClusterRole
     // through levee's SubjectAccessReview, as on a real cluster.
@@ -151,7 +99,7 @@ fn the_hpa_scales_workers_on_levee_pending_through_the_aggregator() {
     assert!(levee.metric("levee_metrics_api_request_duration_seconds_count") >= 2.0);
 
     redis.stop();
-    let refused = wait_until("503 once the samples fail", PATIENCE, || raw(&path).err());
+    let refused = wait_until("503 once the samples fail", PATIENCE, || raw_get(&path).err());
     assert!(
         refused.contains("ServiceUnavailable") || refused.contains("503"),
         "{refused}"
@@ -159,18 +107,18 @@ fn the_hpa_scales_workers_on_levee_pending_through_the_aggregator() {
     assert!(levee.metric(r#"levee_metrics_api_requests_total{code="503"}"#) >= 1.0);
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
-        worker_replicas(&ns),
+        deployment_replicas(&ns, "worker"),
         6,
         "the HPA keeps its replicas while the metric is unavailable"
     );
     redis.restart();
     redis.cli(&["RPUSH", "jobs", "a"]);
     wait_until("the metric comes back by itself", PATIENCE, || {
-        raw(&path).ok().filter(|l| l["items"][0]["value"] == "1")
+        raw_get(&path).ok().filter(|l| l["items"][0]["value"] == "1")
     });
     wait_until(
         "the HPA scales worker back down to 1 after the drain",
         PATIENCE,
-        || (worker_replicas(&ns) == 1).then_some(()),
+        || (deployment_replicas(&ns, "worker") == 1).then_some(()),
     );
 }

@@ -22,22 +22,7 @@ use std::time::{Duration, Instant};
 static APISERVICE: Mutex<()> = Mutex::new(());
 
 fn replicas(namespace: &str) -> i64 {
-    replicas_of(namespace, "worker")
-}
-
-fn replicas_of(namespace: &str, deployment: &str) -> i64 {
-    kubectl_json(&["get", "deployment", deployment, "-n", namespace])["spec"]["replicas"]
-        .as_i64()
-        .unwrap_or(0)
-}
-
-fn raw(path: &str) -> Result<serde_json::Value, String> {
-    let output = kubectl(&["get", "--raw", path], None);
-    if output.status.success() {
-        serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
+    deployment_replicas(namespace, "worker")
 }
 
 fn scaled_object(namespace: &str, scaler_port: u16, polling_seconds: u32) -> String {
@@ -109,10 +94,7 @@ fn a_scaled_object_on_levees_scaler_wakes_on_the_push_scales_out_and_back_to_zer
         (levee.metric("levee_external_scaler_streams") >= 1.0).then_some(())
     });
     let pushed_at = Instant::now();
-    let jobs: Vec<String> = (0..450).map(|i| i.to_string()).collect();
-    let mut rpush = vec!["RPUSH", "jobs"];
-    rpush.extend(jobs.iter().map(String::as_str));
-    redis.cli(&rpush);
+    redis.push_jobs("jobs", 450);
     wait_until("the push wakes the workers", Duration::from_secs(60), || {
         (replicas(&ns) >= 1).then_some(())
     });
@@ -156,7 +138,6 @@ fn with_forwarding_kedas_hpa_and_levees_hpa_both_scale_through_levees_apiservice
     let namespace = TestNamespace::create("levee-e2e-delegate");
     let ns = namespace.name.clone();
     let mut keda = Keda::start();
-    let _guard = ApiServiceGuard;
     let redis = RedisServer::start();
     let worker = std::fs::read_to_string(repo_root().join("examples/worker.yaml")).unwrap();
     for name in ["worker", "keda-worker"] {
@@ -199,38 +180,27 @@ spec:
     // levee owns the APIService (the chart's objects, as in the metrics API suite) and forwards
     // what it does not serve to KEDA's adapter, asking as its own ServiceAccount (the chart's
     // delegated-metrics-reader role).
-    let api_port = free_port();
     let delegate = format!("https://127.0.0.1:{}", keda.adapter_port);
-    let sets = [
-        format!("metricsApi.service.port={api_port}"),
-        "metricsApi.service.externalName=localhost".to_string(),
-        format!("metricsApi.delegate.url={delegate}"),
-    ];
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let objects = render_chart("levee", LEVEE_NAMESPACE, &sets, &["templates/metrics-api.yaml"]);
-    let rbac = render_chart("levee", LEVEE_NAMESPACE, &sets, &["templates/rbac.yaml"]);
+    let delegate_set = format!("metricsApi.delegate.url={delegate}");
+    let rbac = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &[&delegate_set],
+        &["templates/rbac.yaml"],
+    );
     create_levee_namespace();
     apply_objects(&rbac, &[]);
-    let files = levee_e2e::secret_files(levee_e2e::rendered(&objects, "Secret"));
-    let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
     let flags = [
-        "--leader-elect=false".to_string(),
-        format!("--tls-cert-file={}", cert.display()),
-        format!("--tls-key-file={}", key.display()),
         format!("--delegate-external-metrics={delegate}"),
         format!("--delegate-ca-file={}", keda.tls.path("ca.crt")),
     ];
-    let levee = Levee::start_with_api_port(
+    let served = ServedMetricsApi::start(
         &ns,
+        &[&delegate_set],
         &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-        api_port,
     );
-    apply_objects(&objects, &[]);
-    wait_until("levee's APIService Available", Duration::from_secs(90), || {
-        let service = kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"]);
-        levee_e2e::keda::available(&service).then_some(())
-    });
-    let discovery = raw("/apis/external.metrics.k8s.io/v1beta1").unwrap();
+    let levee = &served.levee;
+    let discovery = raw_get("/apis/external.metrics.k8s.io/v1beta1").unwrap();
     let names: Vec<&str> = discovery["resources"]
         .as_array()
         .unwrap()
@@ -240,23 +210,17 @@ spec:
     assert!(names.contains(&"levee_pending"), "{discovery}");
     assert!(names.len() > 2, "KEDA's resources are listed too: {discovery}");
 
-    let push = |key: &str, count: usize| {
-        let jobs: Vec<String> = (0..count).map(|i| i.to_string()).collect();
-        let mut args = vec!["RPUSH", key];
-        args.extend(jobs.iter().map(String::as_str));
-        redis.cli(&args);
-    };
-    push("jobs", 1000);
-    push("emails", 300);
+    redis.push_jobs("jobs", 1000);
+    redis.push_jobs("emails", 300);
     wait_until(
         "levee's HPA scales worker to 1000 / 200 = 5",
         Duration::from_secs(120),
-        || (replicas_of(&ns, "worker") == 5).then_some(()),
+        || (deployment_replicas(&ns, "worker") == 5).then_some(()),
     );
     wait_until(
         "KEDA's HPA scales keda-worker to 300 / 50 = 6, through levee",
         Duration::from_secs(120),
-        || (replicas_of(&ns, "keda-worker") == 6).then_some(()),
+        || (deployment_replicas(&ns, "keda-worker") == 6).then_some(()),
     );
     let forwarded = levee.log();
     assert!(
@@ -275,23 +239,20 @@ spec:
     let error = wait_until(
         "KEDA's metric fails without its adapter",
         Duration::from_secs(30),
-        || raw(&theirs).err(),
+        || raw_get(&theirs).err(),
     );
     assert!(
         error.contains("cannot be reached"),
         "the error names the delegate: {error}"
     );
-    let list = raw(&ours).expect("levee's own metric still answers");
+    let list = raw_get(&ours).expect("levee's own metric still answers");
     assert_eq!(list["items"][0]["value"], "1000");
     let service = kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"]);
-    assert!(
-        levee_e2e::keda::available(&service),
-        "discovery still answers: {service}"
-    );
+    assert!(available(&service), "discovery still answers: {service}");
     redis.cli(&["DEL", "jobs"]);
     wait_until(
         "levee's HPA still scales worker down",
         Duration::from_secs(120),
-        || (replicas_of(&ns, "worker") == 1).then_some(()),
+        || (deployment_replicas(&ns, "worker") == 1).then_some(()),
     );
 }

@@ -10,7 +10,6 @@ use super::proto::{
 };
 use super::query::{Refusal, ScalerQuery};
 use crate::serving::cert::ServingCert;
-use crate::serving::common_name;
 use crate::serving::listener::{Accepted, ConnectionLimits, ConnectionMetrics, accept_loop};
 use crate::telemetry::Metrics;
 use crate::values::MetricValues;
@@ -278,13 +277,7 @@ async fn connection(
     accepted: Accepted,
     limits: ConnectionLimits,
 ) -> Result<(), String> {
-    let client = accepted
-        .tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(common_name);
+    let client = accepted.client_common_name();
     tracing::debug!(peer = %accepted.peer, client = client.as_deref().unwrap_or("-"), "external scaler connection");
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

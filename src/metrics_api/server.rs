@@ -9,7 +9,6 @@ use super::delegate::Delegate;
 use super::routes::{self, Access, Body as ReplyBody, Reply};
 use super::tls::server_config;
 use crate::serving::cert::ServingCert;
-use crate::serving::common_name;
 use crate::serving::listener::{Accepted, ConnectionLimits, ConnectionMetrics, accept_loop};
 use crate::telemetry::Metrics;
 use crate::values::MetricValues;
@@ -67,13 +66,7 @@ async fn connection(
     limits: ConnectionLimits,
 ) -> Result<(), String> {
     // The verifier only lets through certificates the requestheader CA signed.
-    let client_cn = accepted
-        .tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(common_name);
+    let client_cn = accepted.client_common_name();
     let service = hyper::service::service_fn(move |request| {
         let api = api.clone();
         let client_cn = client_cn.clone();

@@ -59,6 +59,19 @@ pub struct Accepted {
     pub peer: SocketAddr,
 }
 
+impl Accepted {
+    /// The common name of the client's certificate, if it presented one (the server's verifier
+    /// let through only certificates it trusts).
+    pub fn client_common_name(&self) -> Option<String> {
+        self.tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(super::common_name)
+    }
+}
+
 /// The open connections, and those still in their TLS handshake (oldest first) with the means
 /// to close them.
 #[derive(Default)]

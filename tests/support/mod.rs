@@ -113,6 +113,14 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("redis-cli {args:?} failed on port {}", self.port))
     }
 
+    /// Appends `count` jobs (`job-0`, `job-1`, ...) to the list `key` in one RPUSH.
+    pub fn push_jobs(&self, key: &str, count: usize) {
+        let jobs: Vec<String> = (0..count).map(|i| format!("job-{i}")).collect();
+        let mut args = vec!["RPUSH", key];
+        args.extend(jobs.iter().map(String::as_str));
+        self.cli(&args);
+    }
+
     /// Writes `entries` to the stream `key`, creates consumer group `group` at its start and
     /// delivers (without acknowledging) the first `delivered` entries to one consumer.
     pub fn fill_stream(&self, key: &str, group: &str, entries: usize, delivered: usize) {

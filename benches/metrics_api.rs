@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use levee::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use levee::metrics_api::server::{MetricsApi, serve};
 use levee::serving::cert::ServingCert;
-use levee::values::{MetricValues, PolicyValues};
+use levee::values::{MetricValues, PolicyValues, QueueValues};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,7 +156,9 @@ async fn main() {
             namespace: "jobs".into(),
             policy: format!("policy-{i}"),
             pending: 1000 + i as u64,
-            queues: vec![("events".into(), Some(1000 + i as u64))],
+            queues: vec![QueueValues::new("events", Some(1000 + i as u64), None)],
+            latency: None,
+            forecast: None,
             sampled_at: jiff::Timestamp::now(),
             sampled: std::time::Instant::now() + Duration::from_secs(3600),
             failed: false,

@@ -2,7 +2,8 @@
 # Installs everything `make test` and `make demo` need on a fresh machine, and nothing twice:
 # redis-server/redis-cli/redis-benchmark, openssl, iproute2 and iptables (the chaos tests' network
 # namespaces), curl (apt), the real queue libraries the sampler
-# tests write data with (BullMQ from npm, Celery and RQ from PyPI, into .cache/venv).
+# tests write data with (BullMQ from npm, Celery and RQ from PyPI, into .cache/venv, Sidekiq from
+# apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,8 @@ for tool in redis-server:redis-server redis-cli:redis-tools redis-benchmark:redi
   ip:iproute2 iptables:iptables curl:curl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
+# Sidekiq (and Ruby) from Debian: the latency tests write jobs with Sidekiq::Client.
+ruby -e "require 'sidekiq'" >/dev/null 2>&1 || missing+=(ruby-sidekiq)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]} with apt-get"
   as_root apt-get update -qq

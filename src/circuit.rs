@@ -1,23 +1,27 @@
 //! The circuit breaker: a pure, deterministic state machine (time is an input, no I/O).
 //!
 //! ```text
-//!            pending >= critical                 pending < warning and open >= minOpenDuration
+//!            critical (or forecast)              below warning and open >= minOpenDuration
 //!  Closed ───────────────────────▶ Open ──────────────────────────────────────────▶ HalfOpen
-//!    ▲                              ▲                pending >= critical               │
+//!    ▲                              ▲              critical (or forecast)              │
 //!    │                              └──────────────────────────────────────────────────┤
-//!    └──────────────────────────────────── pending <= recovery ────────────────────────┘
+//!    └──────────────────────────────────── at or below recovery ───────────────────────┘
 //! ```
-//! A new `levee.dev/reset` value forces Closed; failed samples apply `onSampleFailure` after N in
-//! a row. One tick makes at most one transition.
+//! "Critical" is the backlog (`pending`) or the latency at its critical threshold; "below
+//! warning" and "recovery" hold for every signal the policy sets. With `openAhead`, a backlog
+//! forecast to reach critical within that time opens too, and keeps an Open circuit from
+//! half-opening. A new `levee.dev/reset` value forces Closed; failed samples apply
+//! `onSampleFailure` after N in a row. One tick makes at most one transition.
 
 mod rules;
 
-pub use rules::{CircuitRules, OnSampleFailure, SampleFailureAction, Thresholds};
+pub use rules::{Bands, CircuitRules, LatencyThresholds, OnSampleFailure, SampleFailureAction, Thresholds};
 
 use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
 
 /// Where the circuit is.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -32,7 +36,9 @@ pub enum State {
 }
 
 /// How large the backlog is, relative to the thresholds.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub enum Level {
     /// Below warning.
     #[default]
@@ -58,10 +64,33 @@ impl fmt::Display for Level {
 /// What one tick saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Observation {
-    /// The weighted backlog total.
-    Pending(u64),
+    /// The queues were read.
+    Sampled(Measure),
     /// The sample could not be taken.
     SampleFailed,
+}
+
+impl Observation {
+    /// A sample of `pending` jobs, with no latency and no forecast.
+    pub fn pending(pending: u64) -> Self {
+        Observation::Sampled(Measure {
+            pending,
+            latency: None,
+            critical_in: None,
+        })
+    }
+}
+
+/// What a sample measured, and what the forecast makes of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Measure {
+    /// The weighted backlog total.
+    pub pending: u64,
+    /// The age of the oldest waiting job over the queues; `None` when no queue keeps one.
+    pub latency: Option<Duration>,
+    /// When the backlog will reach critical at its current growth; `None` when it is not growing
+    /// (or not forecast).
+    pub critical_in: Option<Duration>,
 }
 
 /// Why the state changed.
@@ -69,10 +98,18 @@ pub enum Observation {
 pub enum Cause {
     /// `pending >= critical`.
     ReachedCritical { pending: u64, critical: u64 },
-    /// `pending < warning` after the dwell.
-    BelowWarning { pending: u64, warning: u64 },
-    /// `pending <= recovery`.
-    Recovered { pending: u64, recovery: u64 },
+    /// `latency >= latency.critical`.
+    LatencyCritical { latency: Duration, critical: Duration },
+    /// The backlog is forecast to reach critical within `openAhead`.
+    CriticalForecast {
+        pending: u64,
+        critical: u64,
+        critical_in: Duration,
+    },
+    /// Every signal below warning after the dwell.
+    BelowWarning { measure: Measure },
+    /// Every signal at or below recovery.
+    Recovered { measure: Measure },
     /// A new `levee.dev/reset` value.
     Reset { value: String },
     /// `onSampleFailure` fired.
@@ -88,14 +125,27 @@ impl fmt::Display for Cause {
             Cause::ReachedCritical { pending, critical } => {
                 write!(f, "pending {pending} >= critical {critical}")
             }
-            Cause::BelowWarning { pending, warning } => {
+            Cause::LatencyCritical { latency, critical } => {
+                write!(f, "latency {latency:.1?} >= critical {critical:?}")
+            }
+            Cause::CriticalForecast {
+                pending,
+                critical,
+                critical_in,
+            } => write!(
+                f,
+                "pending {pending} is forecast to reach critical {critical} in {:.0?} (circuit.openAhead)",
+                critical_in
+            ),
+            Cause::BelowWarning { measure } => {
                 write!(
                     f,
-                    "pending {pending} < warning {warning} after the minimum open time"
+                    "{} below warning after the minimum open time",
+                    describe(measure)
                 )
             }
-            Cause::Recovered { pending, recovery } => {
-                write!(f, "pending {pending} <= recovery {recovery}")
+            Cause::Recovered { measure } => {
+                write!(f, "{} at or below recovery", describe(measure))
             }
             Cause::Reset { value } => write!(f, "reset requested (levee.dev/reset={value})"),
             Cause::SampleFailures {
@@ -108,6 +158,14 @@ impl fmt::Display for Cause {
                 )
             }
         }
+    }
+}
+
+/// The numbers of a measure, as the events show them.
+fn describe(measure: &Measure) -> String {
+    match measure.latency {
+        Some(latency) => format!("pending {}, latency {latency:.1?}", measure.pending),
+        None => format!("pending {}", measure.pending),
     }
 }
 
@@ -145,6 +203,8 @@ pub struct Circuit {
     pub failed_in_a_row: u32,
     pub prolonged: bool,
     pub last_reset: Option<String>,
+    /// The circuit is Open because critical was forecast (`openAhead`), not reached.
+    pub opened_on_forecast: bool,
 }
 
 impl Circuit {
@@ -157,8 +217,8 @@ impl Circuit {
         reset: Option<&str>,
     ) -> Decision {
         let mut decision = Decision::default();
-        if let Observation::Pending(pending) = observation {
-            let level = rules.level_of(pending);
+        if let Observation::Sampled(measure) = observation {
+            let level = rules.level_of(&measure);
             if level != self.level {
                 decision.level_change = Some((self.level, level));
                 self.level = level;
@@ -190,15 +250,10 @@ impl Circuit {
         at: Timestamp,
         observation: Observation,
     ) -> Option<Transition> {
-        let Thresholds {
-            warning,
-            critical,
-            recovery,
-        } = rules.thresholds;
-        let pending = match observation {
-            Observation::Pending(pending) => {
+        let measure = match observation {
+            Observation::Sampled(measure) => {
                 self.failed_in_a_row = 0;
-                pending
+                measure
             }
             Observation::SampleFailed => {
                 self.failed_in_a_row = self.failed_in_a_row.saturating_add(1);
@@ -217,16 +272,27 @@ impl Circuit {
             }
         };
         match self.state {
-            State::Closed | State::HalfOpen if pending >= critical => {
-                self.move_to(State::Open, at, Cause::ReachedCritical { pending, critical })
+            State::Closed | State::HalfOpen => {
+                if let Some(cause) = critical_cause(rules, &measure) {
+                    self.move_to(State::Open, at, cause)
+                } else if let Some(cause) = forecast_cause(rules, &measure) {
+                    let transition = self.move_to(State::Open, at, cause);
+                    self.opened_on_forecast = true;
+                    transition
+                } else if self.state == State::HalfOpen && rules.recovered(&measure) {
+                    self.move_to(State::Closed, at, Cause::Recovered { measure })
+                } else {
+                    None
+                }
             }
-            State::Open if pending < warning && self.dwelled(rules, at) => {
-                self.move_to(State::HalfOpen, at, Cause::BelowWarning { pending, warning })
+            State::Open
+                if rules.below_warning(&measure)
+                    && !rules.forecast_critical(&measure)
+                    && self.dwelled(rules, at) =>
+            {
+                self.move_to(State::HalfOpen, at, Cause::BelowWarning { measure })
             }
-            State::HalfOpen if pending <= recovery => {
-                self.move_to(State::Closed, at, Cause::Recovered { pending, recovery })
-            }
-            _ => None,
+            State::Open => None,
         }
     }
 
@@ -240,6 +306,7 @@ impl Circuit {
         if from == to {
             return None;
         }
+        self.opened_on_forecast = false;
         match to {
             State::Open => self.opened_since = Some(at),
             State::Closed => {
@@ -256,6 +323,36 @@ impl Circuit {
         self.transitions += 1;
         Some(Transition { from, to, cause })
     }
+}
+
+/// The signal at its critical level, if any: the backlog first, then the latency.
+fn critical_cause(rules: &CircuitRules, measure: &Measure) -> Option<Cause> {
+    if let Some(bands) = rules.depth
+        && measure.pending >= bands.critical
+    {
+        return Some(Cause::ReachedCritical {
+            pending: measure.pending,
+            critical: bands.critical,
+        });
+    }
+    let (bands, latency) = rules.latency.zip(measure.latency)?;
+    (latency >= bands.critical).then_some(Cause::LatencyCritical {
+        latency,
+        critical: bands.critical,
+    })
+}
+
+/// The forecast of critical within `openAhead`, if so.
+fn forecast_cause(rules: &CircuitRules, measure: &Measure) -> Option<Cause> {
+    let bands = rules.depth?;
+    let critical_in = measure.critical_in?;
+    rules
+        .forecast_critical(measure)
+        .then_some(Cause::CriticalForecast {
+            pending: measure.pending,
+            critical: bands.critical,
+            critical_in,
+        })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! names, labels) where it does so, as a JSON merge patch or a struct update.
 
 use crate::api::BackpressurePolicy;
-use crate::circuit::{CircuitRules, OnSampleFailure, Thresholds};
+use crate::circuit::{Bands, CircuitRules, OnSampleFailure};
 use jiff::SignedDuration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -45,11 +45,13 @@ pub fn policy_with(patch: Value) -> BackpressurePolicy {
 /// than from a parsed policy so that the circuit's tests do not go through the API.
 pub fn rules(warning: u64, critical: u64, recovery: u64) -> CircuitRules {
     CircuitRules {
-        thresholds: Thresholds {
+        depth: Some(Bands {
             warning,
             critical,
             recovery,
-        },
+        }),
+        latency: None,
+        open_ahead: None,
         min_open: SignedDuration::from_secs(30),
         alert_after: SignedDuration::from_secs(600),
         half_open_max_priority: 5,

@@ -203,8 +203,9 @@ impl Metrics {
         let _ = self.sample_duration.remove_label_values(&labels);
     }
 
-    /// Renders `levee_pending` and `levee_queue_depth` from the published values at each scrape,
-    /// rather than keeping a series per queue beside them (10,000 queues took 7 MB that way).
+    /// Renders `levee_pending`, `levee_queue_depth`, the latencies and the forecast from the
+    /// published values at each scrape, rather than keeping a series per queue beside them
+    /// (10,000 queues took 7 MB that way).
     pub fn render_values(&self, values: MetricValues) {
         self.registry
             .register(Box::new(ValuesCollector::new(values)))
@@ -226,11 +227,16 @@ impl Metrics {
     }
 }
 
-/// `levee_pending` and `levee_queue_depth`, read from the published values when scraped.
+/// `levee_pending`, `levee_queue_depth`, the latencies and the forecast, read from the published
+/// values when scraped.
 struct ValuesCollector {
     values: MetricValues,
     pending: Desc,
     queue_depth: Desc,
+    latency: Desc,
+    queue_latency: Desc,
+    growth: Desc,
+    critical_in: Desc,
 }
 
 impl ValuesCollector {
@@ -251,6 +257,26 @@ impl ValuesCollector {
                 "Depth of one queue (unweighted)",
                 &["namespace", "policy", "queue"],
             ),
+            latency: desc(
+                "levee_latency_seconds",
+                "Age of the oldest waiting job over a policy's queues",
+                &["namespace", "policy"],
+            ),
+            queue_latency: desc(
+                "levee_queue_latency_seconds",
+                "Age of the oldest waiting job of one queue",
+                &["namespace", "policy", "queue"],
+            ),
+            growth: desc(
+                "levee_growth_per_second",
+                "Jobs per second the backlog grows by (negative: drains), fitted over circuit.forecastWindow",
+                &["namespace", "policy"],
+            ),
+            critical_in: desc(
+                "levee_critical_in_seconds",
+                "Seconds until the backlog reaches critical at its steady growth (absent: not forecast)",
+                &["namespace", "policy"],
+            ),
         }
     }
 }
@@ -264,7 +290,7 @@ fn gauge_family(desc: &Desc, metrics: Vec<proto::Metric>) -> proto::MetricFamily
     family
 }
 
-fn gauge_metric(labels: &[(&str, &str)], value: u64) -> proto::Metric {
+fn gauge_metric(labels: &[(&str, &str)], value: f64) -> proto::Metric {
     let pairs = labels
         .iter()
         .map(|(name, value)| {
@@ -275,7 +301,7 @@ fn gauge_metric(labels: &[(&str, &str)], value: u64) -> proto::Metric {
         })
         .collect();
     let mut gauge = proto::Gauge::default();
-    gauge.set_value(value as f64);
+    gauge.set_value(value);
     let mut metric = proto::Metric::from_gauge(gauge);
     metric.set_label(pairs);
     metric
@@ -283,27 +309,53 @@ fn gauge_metric(labels: &[(&str, &str)], value: u64) -> proto::Metric {
 
 impl Collector for ValuesCollector {
     fn desc(&self) -> Vec<&Desc> {
-        vec![&self.pending, &self.queue_depth]
+        vec![
+            &self.pending,
+            &self.queue_depth,
+            &self.latency,
+            &self.queue_latency,
+            &self.growth,
+            &self.critical_in,
+        ]
     }
 
     fn collect(&self) -> Vec<proto::MetricFamily> {
-        let (mut pending, mut depths) = (Vec::new(), Vec::new());
+        let (mut pending, mut depths, mut latency, mut queue_latency) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut growth, mut critical_in) = (Vec::new(), Vec::new());
         for policy in self.values.all() {
             let labels = [
                 ("namespace", policy.namespace.as_str()),
                 ("policy", policy.policy.as_str()),
             ];
-            pending.push(gauge_metric(&labels, policy.pending));
-            for (queue, depth) in &policy.queues {
-                if let Some(depth) = depth {
-                    let [namespace, name] = labels;
-                    depths.push(gauge_metric(&[namespace, name, ("queue", queue)], *depth));
+            pending.push(gauge_metric(&labels, policy.pending as f64));
+            if let Some(age) = policy.latency {
+                latency.push(gauge_metric(&labels, age.as_secs_f64()));
+            }
+            if let Some(forecast) = policy.forecast {
+                growth.push(gauge_metric(&labels, forecast.growth_per_second));
+                if let Some(eta) = forecast.critical_in {
+                    critical_in.push(gauge_metric(&labels, eta.as_secs_f64()));
+                }
+            }
+            for queue in &policy.queues {
+                let [namespace, name] = labels;
+                let queue_labels = [namespace, name, ("queue", queue.name.as_str())];
+                if let Some(depth) = queue.depth {
+                    depths.push(gauge_metric(&queue_labels, depth as f64));
+                }
+                if let Some(age) = queue.latency {
+                    queue_latency.push(gauge_metric(&queue_labels, age.as_secs_f64()));
                 }
             }
         }
         vec![
             gauge_family(&self.pending, pending),
             gauge_family(&self.queue_depth, depths),
+            gauge_family(&self.latency, latency),
+            gauge_family(&self.queue_latency, queue_latency),
+            gauge_family(&self.growth, growth),
+            gauge_family(&self.critical_in, critical_in),
         ]
     }
 }
@@ -353,7 +405,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::values::PolicyValues;
+    use crate::values::{PolicyValues, QueueValues};
 
     #[test]
     fn pending_and_queue_depths_are_rendered_from_the_published_values() {
@@ -364,7 +416,15 @@ mod tests {
             namespace: "jobs".into(),
             policy: "p".into(),
             pending: 7,
-            queues: vec![("a".into(), Some(5)), ("b".into(), None)],
+            queues: vec![
+                QueueValues::new("a", Some(5), Some(std::time::Duration::from_millis(1500))),
+                QueueValues::new("b", None, None),
+            ],
+            latency: Some(std::time::Duration::from_millis(1500)),
+            forecast: Some(crate::forecast::Forecast {
+                growth_per_second: 2.5,
+                critical_in: None,
+            }),
             sampled_at: jiff::Timestamp::now(),
             sampled: std::time::Instant::now(),
             failed: false,
@@ -378,6 +438,15 @@ mod tests {
         );
         assert!(text.contains("levee_queue_depth{namespace=\"jobs\",policy=\"p\",queue=\"a\"} 5\n"));
         assert!(!text.contains("queue=\"b\""), "a queue never read has no series");
+        assert!(text.contains("levee_latency_seconds{namespace=\"jobs\",policy=\"p\"} 1.5\n"));
+        assert!(
+            text.contains("levee_queue_latency_seconds{namespace=\"jobs\",policy=\"p\",queue=\"a\"} 1.5\n")
+        );
+        assert!(text.contains("levee_growth_per_second{namespace=\"jobs\",policy=\"p\"} 2.5\n"));
+        assert!(
+            !text.contains("levee_critical_in_seconds{"),
+            "no forecast of critical, no series"
+        );
         values.forget("jobs", "p");
         assert!(
             !metrics.render().contains("levee_pending{"),

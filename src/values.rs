@@ -4,6 +4,7 @@
 //! whenever its values change (the external scaler's `StreamIsActive` pushes that way).
 
 use crate::circuit::{Level, State};
+use crate::forecast::Forecast;
 use jiff::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -11,16 +12,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// What the last tick of one policy measured.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PolicyValues {
     pub namespace: String,
     pub policy: String,
     /// The weighted backlog of the queues that could be read (the last one while Redis cannot
     /// be reached, which makes the sample `failed`).
     pub pending: u64,
-    /// Each queue's depth: the last one read (kept while a later read fails, which makes the
-    /// sample `failed`), `None` before any read succeeded.
-    pub queues: Vec<(String, Option<u64>)>,
+    /// Each queue's figures.
+    pub queues: Vec<QueueValues>,
+    /// The age of the oldest waiting job over the queues; `None` when no queue keeps one.
+    pub latency: Option<Duration>,
+    /// The backlog's forecast; `None` before enough samples.
+    pub forecast: Option<Forecast>,
     pub sampled_at: Timestamp,
     /// When it was measured on this process's monotonic clock: staleness is judged by this, so
     /// a wall clock stepped backwards cannot make an old sample look new.
@@ -32,6 +36,26 @@ pub struct PolicyValues {
     /// The circuit as last decided (the leader) or read from status (a follower); `None` until
     /// the first decision.
     pub circuit: Option<CircuitValues>,
+}
+
+/// One queue's figures: the last ones read (kept while a later read fails, which makes the sample
+/// `failed`), `None` before any read succeeded (and, for the latency, for a layout that keeps no
+/// enqueue time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueValues {
+    pub name: String,
+    pub depth: Option<u64>,
+    pub latency: Option<Duration>,
+}
+
+impl QueueValues {
+    pub fn new(name: &str, depth: Option<u64>, latency: Option<Duration>) -> Self {
+        Self {
+            name: name.to_string(),
+            depth,
+            latency,
+        }
+    }
 }
 
 /// The circuit's state and the backlog's level.
@@ -51,16 +75,15 @@ impl PolicyValues {
         if unreachable {
             self.pending = previous.pending;
             self.queues = previous.queues.clone();
+            self.latency = previous.latency;
             return;
         }
-        for (name, depth) in &mut self.queues {
-            if depth.is_none() {
-                *depth = previous
-                    .queues
-                    .iter()
-                    .find(|(previous_name, _)| previous_name == name)
-                    .and_then(|(_, previous_depth)| *previous_depth);
-            }
+        for queue in &mut self.queues {
+            let Some(last) = previous.queues.iter().find(|q| q.name == queue.name) else {
+                continue;
+            };
+            queue.depth = queue.depth.or(last.depth);
+            queue.latency = queue.latency.or(last.latency);
         }
     }
 
@@ -205,6 +228,8 @@ mod tests {
             policy: "p".into(),
             pending: 1,
             queues: Vec::new(),
+            latency: None,
+            forecast: None,
             sampled_at,
             sampled,
             failed: false,
@@ -218,16 +243,27 @@ mod tests {
         let now = Instant::now();
         let mut previous = values(Timestamp::now(), now);
         previous.pending = 9;
-        previous.queues = vec![("a".into(), Some(4)), ("b".into(), Some(5))];
+        previous.queues = vec![
+            QueueValues::new("a", Some(4), None),
+            QueueValues::new("b", Some(5), Some(Duration::from_secs(7))),
+        ];
         let mut partial = values(Timestamp::now(), now);
         partial.pending = 3;
-        partial.queues = vec![("a".into(), Some(3)), ("b".into(), None), ("new".into(), None)];
+        partial.queues = vec![
+            QueueValues::new("a", Some(3), None),
+            QueueValues::new("b", None, None),
+            QueueValues::new("new", None, None),
+        ];
         partial.failed = true;
         partial.keep_last_known(&previous, false);
         assert_eq!(partial.pending, 3, "the readable queues' total");
         assert_eq!(
             partial.queues,
-            vec![("a".into(), Some(3)), ("b".into(), Some(5)), ("new".into(), None)]
+            vec![
+                QueueValues::new("a", Some(3), None),
+                QueueValues::new("b", Some(5), Some(Duration::from_secs(7))),
+                QueueValues::new("new", None, None),
+            ]
         );
         let mut unreachable = values(Timestamp::now(), now);
         unreachable.pending = 0;

@@ -13,7 +13,7 @@ use levee::external_scaler::server::{Scaler, serve, server_config};
 use levee::serving::cert::ServingCert;
 use levee::serving::listener::ConnectionLimits;
 use levee::telemetry::Metrics;
-use levee::values::{CircuitValues, MetricValues, PolicyValues};
+use levee::values::{CircuitValues, MetricValues, PolicyValues, QueueValues};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -132,7 +132,9 @@ fn publish(values: &MetricValues, pending: u64, level: Level) {
         namespace: "jobs".into(),
         policy: "rule-engine".into(),
         pending,
-        queues: vec![("events".into(), Some(pending))],
+        queues: vec![QueueValues::new("events", Some(pending), None)],
+        latency: None,
+        forecast: None,
         sampled_at: jiff::Timestamp::now(),
         sampled: Instant::now(),
         failed: false,

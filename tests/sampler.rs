@@ -548,3 +548,243 @@ async fn a_restarted_redis_is_read_again_on_the_next_tick() {
         Ok(2)
     );
 }
+
+fn latency_of(sample: &Sample, name: &str) -> Option<Result<std::time::Duration, String>> {
+    sample
+        .queues
+        .iter()
+        .find(|q| q.name == name)
+        .unwrap()
+        .latency
+        .clone()
+}
+
+/// The age of a job enqueued at `enqueued_at` (seconds since the epoch) on Redis's clock now.
+fn redis_age(server: &RedisServer, enqueued_at: f64) -> f64 {
+    server.time().as_microsecond() as f64 / 1e6 - enqueued_at
+}
+
+fn assert_within_a_second(levee: Option<Result<std::time::Duration, String>>, expected: f64) {
+    let levee = levee
+        .expect("the layout keeps an enqueue time")
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (levee - expected).abs() <= 1.0,
+        "levee read {levee:.3} s, the library {expected:.3} s"
+    );
+}
+
+#[tokio::test]
+async fn sidekiq_latency_matches_sidekiq_queue_latency() {
+    let server = RedisServer::start();
+    let sidekiq = run_producer(
+        "ruby",
+        "sidekiq_latency.rb",
+        &[server.port.to_string(), "billing".into()],
+    );
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues("[{name: billing, type: sidekiq, key: billing}]"),
+        )
+        .await;
+    assert_eq!(
+        depth_of(&sample, "billing"),
+        Ok(sidekiq["size"].as_u64().unwrap())
+    );
+    let theirs = sidekiq["latency"].as_f64().unwrap();
+    assert!(theirs >= 2.0, "the oldest job waited 2 s: {sidekiq}");
+    assert_within_a_second(latency_of(&sample, "billing"), theirs);
+    assert_eq!(sample.round_trips, 1, "depth and latency in one pipeline");
+    // Sidekiq 8 writes integer milliseconds; the job at the tail is the oldest.
+    let now = server.time().as_millisecond();
+    let job = format!(
+        "{{\"class\":\"Bill\",\"jid\":\"a\",\"enqueued_at\":{}}}",
+        now - 5_000
+    );
+    server.cli(&["LPUSH", "queue:v8", &job]);
+    server.cli(&[
+        "LPUSH",
+        "queue:v8",
+        &format!("{{\"class\":\"Bill\",\"jid\":\"b\",\"enqueued_at\":{now}}}"),
+    ]);
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues("[{name: v8, type: sidekiq, key: v8}]"),
+        )
+        .await;
+    assert_within_a_second(latency_of(&sample, "v8"), 5.0);
+}
+
+#[tokio::test]
+async fn rq_latency_matches_the_enqueued_at_of_rq_oldest_job() {
+    let server = RedisServer::start();
+    let rq = run_producer(
+        "python",
+        "rq_latency.py",
+        &[server.port.to_string(), "reports".into()],
+    );
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues("[{name: reports, type: rq, key: reports}]"),
+        )
+        .await;
+    let expected = redis_age(&server, rq["enqueuedAt"].as_f64().unwrap());
+    assert!(expected >= 2.0, "{rq}");
+    assert_within_a_second(latency_of(&sample, "reports"), expected);
+    assert_eq!(depth_of(&sample, "reports"), Ok(rq["count"].as_u64().unwrap()));
+}
+
+#[tokio::test]
+async fn bullmq_latency_is_the_oldest_waiting_job_timestamp_prioritized_and_paused_included() {
+    let server = RedisServer::start();
+    for (queue, mode) in [("mail", ""), ("held", "paused")] {
+        let bull = run_producer(
+            "node",
+            "bullmq_latency.mjs",
+            &[server.port.to_string(), queue.into(), mode.into()],
+        );
+        let spec = format!("[{{name: q, type: bullmq, key: {queue}}}]");
+        let sample = Sampler::new().sample(&standalone(&server), &queues(&spec)).await;
+        let expected = redis_age(&server, bull["timestamp"].as_f64().unwrap() / 1000.0);
+        assert!(expected >= 1.5, "the prioritized job is the oldest: {bull}");
+        assert_within_a_second(latency_of(&sample, "q"), expected);
+    }
+    // A delayed job counts only with includeDelayed, and only from when it fell due: the one
+    // due in an hour adds nothing; one due 30 s ago has waited 30 s.
+    let due = server.time().as_millisecond() - 30_000;
+    server.cli(&["ZADD", "bull:late:delayed", &(due * 4096).to_string(), "7"]);
+    server.cli(&["HSET", "bull:late:7", "timestamp", &(due - 3_600_000).to_string()]);
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues("[{name: plain, type: bullmq, key: late}, {name: delayed, type: bullmq, key: late, includeDelayed: true}]"),
+        )
+        .await;
+    assert_eq!(latency_of(&sample, "plain"), Some(Ok(std::time::Duration::ZERO)));
+    assert_within_a_second(latency_of(&sample, "delayed"), 30.0);
+}
+
+#[tokio::test]
+async fn stream_latency_is_the_age_of_the_oldest_entry_the_group_has_not_acknowledged() {
+    let server = RedisServer::start();
+    let now = server.time().as_millisecond();
+    for age in [40_000, 30_000, 20_000] {
+        server.cli(&["XADD", "audit", &format!("{}-0", now - age), "job", "x"]);
+    }
+    server.cli(&["XGROUP", "CREATE", "audit", "writers", "0"]);
+    server.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "writers",
+        "w1",
+        "COUNT",
+        "2",
+        "STREAMS",
+        "audit",
+        ">",
+    ]);
+    server.cli(&["XACK", "audit", "writers", &format!("{}-0", now - 40_000)]);
+    let spec = "[{name: all, type: stream, key: audit}, {name: group, type: stream, key: audit, consumerGroup: writers}, {name: none, type: stream, key: missing}]";
+    let sample = Sampler::new().sample(&standalone(&server), &queues(spec)).await;
+    assert_within_a_second(latency_of(&sample, "all"), 40.0);
+    assert_within_a_second(latency_of(&sample, "group"), 30.0);
+    assert_eq!(latency_of(&sample, "none"), Some(Ok(std::time::Duration::ZERO)));
+    // Nothing pending: the first entry after the group's last-delivered ID.
+    server.cli(&["XACK", "audit", "writers", &format!("{}-0", now - 30_000)]);
+    let sample = Sampler::new().sample(&standalone(&server), &queues(spec)).await;
+    assert_within_a_second(latency_of(&sample, "group"), 20.0);
+    assert_eq!(
+        sample.latency().map(|l| l.as_secs()),
+        Some(40),
+        "the policy's is the largest"
+    );
+}
+
+#[tokio::test]
+async fn lists_zsets_and_celery_have_no_latency_and_cost_no_script() {
+    let server = RedisServer::start();
+    server.push_jobs("jobs", 3);
+    let spec = "[{name: l, type: list, key: jobs}, {name: z, type: zset, key: z}, {name: c, type: celery, key: celery}]";
+    let sample = Sampler::new().sample(&standalone(&server), &queues(spec)).await;
+    assert!(sample.queues.iter().all(|q| q.latency.is_none()));
+    assert_eq!(sample.latency(), None);
+    assert!(!server.cli(&["INFO", "commandstats"]).contains("cmdstat_eval"));
+}
+
+#[tokio::test]
+async fn a_flushed_script_is_loaded_again_in_one_more_round_trip() {
+    let server = RedisServer::start();
+    server.cli(&["LPUSH", "queue:default", "{\"enqueued_at\":1}"]);
+    let endpoint = standalone(&server);
+    let spec = queues("[{name: d, type: sidekiq, key: default}, {name: l, type: list, key: other}]");
+    let sampler = Sampler::new();
+    let first = sampler.sample(&endpoint, &spec).await;
+    assert_eq!(first.round_trips, 1, "the script was loaded with the connection");
+    server.cli(&["SCRIPT", "FLUSH"]);
+    let flushed = sampler.sample(&endpoint, &spec).await;
+    assert_eq!(flushed.round_trips, 2);
+    assert!(latency_of(&flushed, "d").unwrap().is_ok(), "{flushed:?}");
+    assert_eq!(depth_of(&flushed, "l"), Ok(0));
+    assert_eq!(sampler.sample(&endpoint, &spec).await.round_trips, 1);
+}
+
+#[tokio::test]
+async fn an_acl_user_without_scripting_loses_the_latency_only() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "reader",
+        "on",
+        ">secret",
+        "~*",
+        "+@read",
+        "+@connection",
+    ]);
+    server.cli(&["LPUSH", "queue:default", "{\"enqueued_at\":1}"]);
+    let credentials = Credentials {
+        username: Some("reader".into()),
+        password: Some("secret".into()),
+    };
+    let endpoint = endpoint_with(&format!("{{url: '{}'}}", server.url()), credentials, None);
+    let sample = Sampler::new()
+        .sample(&endpoint, &queues("[{name: d, type: sidekiq, key: default}]"))
+        .await;
+    assert_eq!(depth_of(&sample, "d"), Ok(1));
+    assert_eq!(sample.unreachable, None, "Redis answered");
+    assert!(!sample.failed());
+    let error = latency_of(&sample, "d").unwrap().unwrap_err();
+    assert!(
+        error.contains("+evalsha") && error.contains("readLatency"),
+        "{error}"
+    );
+    assert!(!error.contains("secret"));
+}
+
+#[tokio::test]
+async fn cluster_mode_reads_latency_in_the_same_pipeline_per_master() {
+    let cluster = RedisCluster::start(3);
+    let names: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    let now = cluster.owner("queue:s0").time().as_millisecond();
+    for (i, name) in names.iter().enumerate() {
+        let key = format!("queue:{name}");
+        let job = format!("{{\"enqueued_at\":{}}}", now - 1000 * (i as i64 + 1));
+        cluster.owner(&key).cli(&["LPUSH", &key, &job]);
+    }
+    let spec: String = names
+        .iter()
+        .map(|n| format!("{{name: {n}, type: sidekiq, key: {n}}},"))
+        .collect();
+    let endpoint = endpoint(&format!("{{url: '{}', mode: Cluster}}", cluster.url()));
+    let sample = Sampler::new()
+        .sample(&endpoint, &queues(&format!("[{spec}]")))
+        .await;
+    for (i, name) in names.iter().enumerate() {
+        assert_within_a_second(latency_of(&sample, name), i as f64 + 1.0);
+    }
+    assert_eq!(sample.round_trips, 3, "one pipeline per master");
+}

@@ -31,6 +31,9 @@ use jiff::SignedDuration;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.circuit.openAhead) || has(self.thresholds.critical)").message("circuit.openAhead forecasts when the backlog reaches thresholds.critical: set the depth thresholds too"))]
+#[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.readLatency").message("latency thresholds need readLatency: true"))]
+#[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.queues.exists(q, q.type in ['sidekiq', 'rq', 'bullmq', 'stream'])").message("latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq or stream): list, zset and celery queues have no latency"))]
 pub struct BackpressurePolicySpec {
     /// Where the queues live.
     pub redis: RedisSpec,
@@ -42,8 +45,12 @@ pub struct BackpressurePolicySpec {
     #[serde(default = "defaults::sample_interval")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('100ms')").message("must be at least 100ms, such as 1s or 500ms: shorter intervals busy-loop Redis and the API server"))]
     pub sample_interval: Duration,
-    /// Backlog sizes that drive the circuit.
+    /// Backlog sizes and queue latencies that drive the circuit.
     pub thresholds: Thresholds,
+    /// Also read the age of each queue's oldest waiting job (sidekiq, rq, bullmq and stream
+    /// queues), with a read-only script in the same round trip (the ACL user needs +evalsha).
+    #[serde(default = "defaults::read_latency")]
+    pub read_latency: bool,
     /// How the circuit dwells, whom it lets through, and when it alerts.
     #[serde(default)]
     pub circuit: CircuitSpec,
@@ -231,6 +238,15 @@ pub struct CircuitSpec {
     #[serde(default = "defaults::alert_after")]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 10m"))]
     pub alert_after: Duration,
+    /// Open as soon as the backlog, growing as it does, is forecast to reach critical within
+    /// this time (reason CriticalForecast); an Open circuit does not half-open while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 30s"))]
+    pub open_ahead: Option<Duration>,
+    /// How much history the growth rate is fitted over.
+    #[serde(default = "defaults::forecast_window")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('5s') && duration(self) <= duration('1h')").message("must be between 5s and 1h, such as 1m"))]
+    pub forecast_window: Duration,
 }
 
 impl Default for CircuitSpec {
@@ -240,6 +256,8 @@ impl Default for CircuitSpec {
             half_open_max_priority: defaults::half_open_max_priority(),
             open_max_priority: 0,
             alert_after: defaults::alert_after(),
+            open_ahead: None,
+            forecast_window: defaults::forecast_window(),
         }
     }
 }
@@ -251,7 +269,9 @@ impl BackpressurePolicySpec {
             SignedDuration::try_from(std::time::Duration::from(duration)).unwrap_or(SignedDuration::MAX)
         };
         CircuitRules {
-            thresholds: self.thresholds,
+            depth: self.thresholds.depth(),
+            latency: self.thresholds.latency(),
+            open_ahead: self.circuit.open_ahead.map(Into::into),
             min_open: signed(self.circuit.min_open_duration),
             alert_after: signed(self.circuit.alert_after),
             half_open_max_priority: self.circuit.half_open_max_priority,
@@ -332,6 +352,13 @@ pub struct BackpressurePolicyStatus {
     /// The weighted backlog of the last sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<u64>,
+    /// The age of the oldest waiting job over the queues, in seconds (absent when no queue keeps
+    /// an enqueue time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_seconds: Option<f64>,
+    /// The backlog's growth and when it reaches critical at that rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastStatus>,
     /// Each queue's depth, or why it could not be read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<QueueStatus>,
@@ -358,8 +385,21 @@ pub struct BackpressurePolicyStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// One queue's depth, or the error reading it.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// The forecast of the backlog.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ForecastStatus {
+    /// Jobs per second the backlog grows by (negative: it drains), fitted over
+    /// `circuit.forecastWindow`.
+    pub growth_per_second: f64,
+    /// Seconds until the backlog reaches critical at that rate (absent: it does not grow, or
+    /// grows too unsteadily to forecast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_in_seconds: Option<f64>,
+}
+
+/// One queue's depth and latency, or the errors reading them.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueStatus {
     /// The queue's name in the policy.
@@ -370,6 +410,13 @@ pub struct QueueStatus {
     /// Why it could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The age of its oldest waiting job, in seconds (absent for list, zset and celery queues,
+    /// which keep no enqueue time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_seconds: Option<f64>,
+    /// Why its latency could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_error: Option<String>,
 }
 
 /// Default values, shared by serde and the schema.
@@ -390,6 +437,12 @@ pub mod defaults {
     }
     pub fn alert_after() -> Duration {
         parse("10m")
+    }
+    pub fn forecast_window() -> Duration {
+        parse("1m")
+    }
+    pub fn read_latency() -> bool {
+        true
     }
     pub fn password_key() -> String {
         "password".into()
@@ -431,6 +484,8 @@ mod tests {
         assert_eq!((rules.half_open_max_priority, rules.open_max_priority), (5, 0));
         assert_eq!(rules.on_failure.action, SampleFailureAction::Hold);
         assert_eq!(rules.on_failure.after, 3);
-        assert_eq!(rules.thresholds.critical, 50);
+        assert_eq!(rules.depth.map(|d| d.critical), Some(50));
+        assert_eq!(rules.latency, None);
+        assert_eq!(rules.open_ahead, None);
     }
 }

@@ -3,13 +3,21 @@
 //!
 //! Where each piece lives: state, level, `openedSince`, `lastTransitionTime`, `transitions`,
 //! `lastReset` in their own fields; "not Closed since" in the `Throttling` condition's
-//! `lastTransitionTime`; `Prolonged` in its condition. The failed-sample count is not persisted: a
+//! `lastTransitionTime`, and an opening on the forecast in its reason (`CriticalForecast`);
+//! `Prolonged` in its condition. The failed-sample count is not persisted: a
 //! restart starts counting failed ticks from zero.
 
 use super::BackpressurePolicyStatus;
 use crate::circuit::{Circuit, State};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Reasons shared by conditions and events.
+pub mod reason {
+    /// The circuit opened on the forecast (`circuit.openAhead`), before the backlog reached
+    /// critical.
+    pub const CRITICAL_FORECAST: &str = "CriticalForecast";
+}
 
 /// Condition types levee sets.
 pub mod condition {
@@ -29,6 +37,10 @@ impl BackpressurePolicyStatus {
         let prolonged = self
             .condition(condition::PROLONGED)
             .is_some_and(|c| c.status == "True");
+        let opened_on_forecast = self.state == Some(State::Open)
+            && self
+                .condition(condition::THROTTLING)
+                .is_some_and(|c| c.reason == reason::CRITICAL_FORECAST);
         Circuit {
             state: self.state.unwrap_or_default(),
             level: self.level.unwrap_or_default(),
@@ -39,6 +51,7 @@ impl BackpressurePolicyStatus {
             failed_in_a_row: 0,
             prolonged,
             last_reset: self.last_reset.clone(),
+            opened_on_forecast,
         }
     }
 
@@ -55,6 +68,12 @@ impl BackpressurePolicyStatus {
                 let since = circuit.last_transition.unwrap_or(now);
                 ConditionValue::new(false, "Closed", "every target accepts traffic", since)
             }
+            (State::Open, Some(since)) if circuit.opened_on_forecast => ConditionValue::new(
+                true,
+                reason::CRITICAL_FORECAST,
+                "the circuit is Open: the backlog is forecast to reach critical within circuit.openAhead; targets above the state's priority limit are held back",
+                since,
+            ),
             (state, Some(since)) => ConditionValue::new(
                 true,
                 &state.to_string(),
@@ -173,21 +192,21 @@ mod tests {
     #[test]
     fn throttling_keeps_its_time_while_true_and_shows_the_state() {
         let mut circuit = Circuit::default();
-        circuit.step(&rules(), t(0), Observation::Pending(250), None);
+        circuit.step(&rules(), t(0), Observation::pending(250), None);
         let status = through_the_api(&circuit, t(0), &BackpressurePolicyStatus::default());
         let throttling = status.condition(condition::THROTTLING).unwrap();
         assert_eq!(
             (throttling.status.as_str(), throttling.reason.as_str()),
             ("True", "Open")
         );
-        circuit.step(&rules(), t(40), Observation::Pending(10), None);
+        circuit.step(&rules(), t(40), Observation::pending(10), None);
         let status = through_the_api(&circuit, t(40), &status);
         let throttling = status.condition(condition::THROTTLING).unwrap();
         assert_eq!(
             (throttling.reason.as_str(), throttling.last_transition_time.0),
             ("HalfOpen", t(0))
         );
-        circuit.step(&rules(), t(41), Observation::Pending(10), None);
+        circuit.step(&rules(), t(41), Observation::pending(10), None);
         let status = through_the_api(&circuit, t(41), &status);
         let throttling = status.condition(condition::THROTTLING).unwrap();
         assert_eq!(
@@ -204,7 +223,7 @@ mod tests {
     }
 
     fn observation(value: Option<u64>) -> Observation {
-        value.map_or(Observation::SampleFailed, Observation::Pending)
+        value.map_or(Observation::SampleFailed, Observation::pending)
     }
 
     proptest! {

@@ -2,26 +2,90 @@
 //! priorities. The API embeds the first two in the policy's spec (with their schema rules); the
 //! circuit reads them in the units it computes with.
 
-use super::{Level, State};
+use super::{Level, Measure, State};
 use jiff::SignedDuration;
 use kube::KubeSchema;
+use kube::core::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Backlog sizes (weighted pending jobs) that drive the circuit.
+/// The levels that drive the circuit: backlog sizes (weighted pending jobs), queue latency, or
+/// both (the worse of the two counts).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.recovery < self.warning && self.warning < self.critical").message("thresholds must satisfy recovery < warning < critical: lower recovery or raise critical"))]
+#[x_kube(validation = Rule::new("has(self.critical) || has(self.latency)").message("set the depth thresholds (warning, critical, recovery), latency thresholds, or both"))]
+#[x_kube(validation = Rule::new("has(self.warning) == has(self.critical) && has(self.critical) == has(self.recovery)").message("warning, critical and recovery go together: set all three or none"))]
+#[x_kube(validation = Rule::new("!has(self.critical) || !has(self.warning) || !has(self.recovery) || (self.recovery < self.warning && self.warning < self.critical)").message("thresholds must satisfy recovery < warning < critical: lower recovery or raise critical"))]
 pub struct Thresholds {
     /// From here the level is Warning, and an Open circuit must fall below it to half-open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub warning: u64,
+    pub warning: Option<u64>,
     /// From here the circuit opens and the level is Critical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub critical: u64,
+    pub critical: Option<u64>,
     /// At or below this a HalfOpen circuit closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub recovery: u64,
+    pub recovery: Option<u64>,
+    /// The same levels for the age of the oldest waiting job (the largest over the queues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyThresholds>,
+}
+
+/// Queue latencies (Go durations) that drive the circuit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.recovery) < duration(self.warning) && duration(self.warning) < duration(self.critical)").message("latency thresholds must satisfy recovery < warning < critical: lower recovery or raise critical"))]
+pub struct LatencyThresholds {
+    /// From here the level is Warning, and an Open circuit must fall below it to half-open.
+    pub warning: Duration,
+    /// From here the circuit opens and the level is Critical.
+    pub critical: Duration,
+    /// At or below this a HalfOpen circuit closes.
+    pub recovery: Duration,
+}
+
+impl Thresholds {
+    /// The depth levels, when set (the schema sets all three or none).
+    pub fn depth(&self) -> Option<Bands<u64>> {
+        Some(Bands {
+            warning: self.warning?,
+            critical: self.critical?,
+            recovery: self.recovery?,
+        })
+    }
+
+    /// The latency levels, when set.
+    pub fn latency(&self) -> Option<Bands<std::time::Duration>> {
+        self.latency.map(|latency| Bands {
+            warning: latency.warning.into(),
+            critical: latency.critical.into(),
+            recovery: latency.recovery.into(),
+        })
+    }
+}
+
+/// Warning, critical and recovery of one signal, in the unit the circuit compares it in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bands<T> {
+    pub warning: T,
+    pub critical: T,
+    pub recovery: T,
+}
+
+impl<T: PartialOrd> Bands<T> {
+    /// The level `value` is at.
+    pub fn level_of(&self, value: &T) -> Level {
+        if *value >= self.critical {
+            Level::Critical
+        } else if *value >= self.warning {
+            Level::Warning
+        } else {
+            Level::Normal
+        }
+    }
 }
 
 /// What to do after some sampling ticks in a row failed.
@@ -65,7 +129,12 @@ fn default_failure_after() -> u32 {
 /// The policy settings the circuit obeys, in the units it computes with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CircuitRules {
-    pub thresholds: Thresholds,
+    /// Backlog sizes; `None` when only latency drives the circuit.
+    pub depth: Option<Bands<u64>>,
+    /// Queue latencies; `None` when only the backlog drives the circuit.
+    pub latency: Option<Bands<std::time::Duration>>,
+    /// Open when the backlog is forecast to reach critical within this time.
+    pub open_ahead: Option<std::time::Duration>,
     /// An Open circuit stays Open at least this long.
     pub min_open: SignedDuration,
     /// Not Closed for this long makes the circuit Prolonged.
@@ -76,15 +145,40 @@ pub struct CircuitRules {
 }
 
 impl CircuitRules {
-    /// The level a backlog of `pending` is at.
-    pub fn level_of(&self, pending: u64) -> Level {
-        if pending >= self.thresholds.critical {
-            Level::Critical
-        } else if pending >= self.thresholds.warning {
-            Level::Warning
-        } else {
-            Level::Normal
-        }
+    /// The level of a measure: the worse of its backlog's and its latency's. A latency that is
+    /// unknown (no queue keeps an enqueue time) counts as none.
+    pub fn level_of(&self, measure: &Measure) -> Level {
+        let depth = self.depth.map(|bands| bands.level_of(&measure.pending));
+        let latency = self
+            .latency
+            .zip(measure.latency)
+            .map(|(bands, latency)| bands.level_of(&latency));
+        depth.max(latency).unwrap_or_default()
+    }
+
+    /// Whether every signal is below its warning level (an Open circuit may half-open).
+    pub fn below_warning(&self, measure: &Measure) -> bool {
+        self.depth.is_none_or(|bands| measure.pending < bands.warning)
+            && self
+                .latency
+                .zip(measure.latency)
+                .is_none_or(|(bands, latency)| latency < bands.warning)
+    }
+
+    /// Whether every signal is at or below its recovery level (a HalfOpen circuit may close).
+    pub fn recovered(&self, measure: &Measure) -> bool {
+        self.depth.is_none_or(|bands| measure.pending <= bands.recovery)
+            && self
+                .latency
+                .zip(measure.latency)
+                .is_none_or(|(bands, latency)| latency <= bands.recovery)
+    }
+
+    /// Whether the backlog is forecast to reach critical within `openAhead`.
+    pub fn forecast_critical(&self, measure: &Measure) -> bool {
+        self.open_ahead
+            .zip(measure.critical_in)
+            .is_some_and(|(ahead, critical_in)| critical_in <= ahead)
     }
 
     /// Whether a target of `priority` accepts traffic while the circuit is in `state`.

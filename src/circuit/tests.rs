@@ -29,7 +29,51 @@ fn t(seconds: i64) -> Timestamp {
 }
 
 fn pending(circuit: &mut Circuit, rules: &CircuitRules, at: i64, value: u64) -> Decision {
-    circuit.step(rules, t(at), Observation::Pending(value), None)
+    circuit.step(rules, t(at), Observation::pending(value), None)
+}
+
+fn measure(pending: u64) -> Measure {
+    Measure {
+        pending,
+        ..Measure::default()
+    }
+}
+
+fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
+/// Latency levels 10 s / 60 s / 5 s, beside the depth levels or alone.
+fn with_latency(depth: bool) -> CircuitRules {
+    CircuitRules {
+        depth: depth.then_some(hold().depth).flatten(),
+        latency: Some(Bands {
+            warning: secs(10),
+            critical: secs(60),
+            recovery: secs(5),
+        }),
+        ..hold()
+    }
+}
+
+fn step(circuit: &mut Circuit, rules: &CircuitRules, at: i64, measure: Measure) -> Decision {
+    circuit.step(rules, t(at), Observation::Sampled(measure), None)
+}
+
+fn aged(pending: u64, latency: u64) -> Measure {
+    Measure {
+        pending,
+        latency: Some(secs(latency)),
+        critical_in: None,
+    }
+}
+
+fn forecast(pending: u64, critical_in: u64) -> Measure {
+    Measure {
+        pending,
+        latency: None,
+        critical_in: Some(secs(critical_in)),
+    }
 }
 
 fn open_at(at: i64) -> Circuit {
@@ -37,6 +81,135 @@ fn open_at(at: i64) -> Circuit {
     pending(&mut circuit, &hold(), at, CRITICAL);
     assert_eq!(circuit.state, State::Open);
     circuit
+}
+
+#[test]
+fn latency_alone_opens_half_opens_and_closes_on_its_own_levels() {
+    let rules = with_latency(false);
+    let mut circuit = Circuit::default();
+    assert_eq!(
+        step(&mut circuit, &rules, 0, aged(1_000_000, 59)).transition,
+        None,
+        "depth has no levels"
+    );
+    assert_eq!(circuit.level, Level::Warning);
+    let opened = step(&mut circuit, &rules, 1, aged(0, 60)).transition.unwrap();
+    assert_eq!(
+        opened.cause,
+        Cause::LatencyCritical {
+            latency: secs(60),
+            critical: secs(60)
+        }
+    );
+    assert_eq!(opened.cause.to_string(), "latency 60.0s >= critical 60s");
+    assert_eq!(
+        step(&mut circuit, &rules, 40, aged(0, 10)).transition,
+        None,
+        "not below warning"
+    );
+    let half = step(&mut circuit, &rules, 41, aged(0, 9)).transition.unwrap();
+    assert_eq!(half.to, State::HalfOpen);
+    assert_eq!(step(&mut circuit, &rules, 42, aged(0, 6)).transition, None);
+    assert_eq!(
+        step(&mut circuit, &rules, 43, aged(0, 5)).transition.unwrap().to,
+        State::Closed
+    );
+}
+
+#[test]
+fn with_both_the_worse_signal_counts() {
+    let rules = with_latency(true);
+    let mut circuit = Circuit::default();
+    step(&mut circuit, &rules, 0, aged(WARNING, 1));
+    assert_eq!(circuit.level, Level::Warning, "depth at warning");
+    step(&mut circuit, &rules, 1, aged(0, 60));
+    assert_eq!(
+        (circuit.state, circuit.level),
+        (State::Open, Level::Critical),
+        "latency at critical"
+    );
+    // Half-opening needs both below warning; closing needs both at recovery.
+    assert_eq!(step(&mut circuit, &rules, 40, aged(WARNING, 1)).transition, None);
+    assert_eq!(step(&mut circuit, &rules, 41, aged(0, 10)).transition, None);
+    assert_eq!(
+        step(&mut circuit, &rules, 42, aged(WARNING - 1, 9))
+            .transition
+            .unwrap()
+            .to,
+        State::HalfOpen
+    );
+    assert_eq!(step(&mut circuit, &rules, 43, aged(RECOVERY, 6)).transition, None);
+    assert_eq!(
+        step(&mut circuit, &rules, 44, aged(RECOVERY + 1, 5)).transition,
+        None
+    );
+    assert_eq!(
+        step(&mut circuit, &rules, 45, aged(RECOVERY, 5))
+            .transition
+            .unwrap()
+            .to,
+        State::Closed
+    );
+    // A sample with no latency (no queue keeps one) is judged on its depth.
+    step(&mut circuit, &rules, 46, measure(CRITICAL - 1));
+    assert_eq!(circuit.level, Level::Warning);
+}
+
+#[test]
+fn a_forecast_of_critical_within_open_ahead_opens_and_keeps_open() {
+    let rules = CircuitRules {
+        open_ahead: Some(secs(30)),
+        ..hold()
+    };
+    let mut circuit = Circuit::default();
+    assert_eq!(step(&mut circuit, &rules, 0, forecast(150, 31)).transition, None);
+    let opened = step(&mut circuit, &rules, 1, forecast(150, 30))
+        .transition
+        .unwrap();
+    assert_eq!(
+        opened.cause,
+        Cause::CriticalForecast {
+            pending: 150,
+            critical: CRITICAL,
+            critical_in: secs(30)
+        }
+    );
+    assert!(circuit.opened_on_forecast);
+    assert_eq!(
+        circuit.level,
+        Level::Warning,
+        "the forecast does not change the level"
+    );
+    // Below warning after the dwell, but still forecast to reach critical: stays Open.
+    assert_eq!(step(&mut circuit, &rules, 40, forecast(10, 20)).transition, None);
+    let half = step(&mut circuit, &rules, 41, measure(10)).transition.unwrap();
+    assert_eq!(half.to, State::HalfOpen);
+    assert!(!circuit.opened_on_forecast);
+    assert_eq!(
+        step(&mut circuit, &rules, 42, forecast(10, 5))
+            .transition
+            .unwrap()
+            .to,
+        State::Open,
+        "HalfOpen re-opens on the forecast"
+    );
+    // Without openAhead a forecast changes nothing.
+    let mut plain = Circuit::default();
+    assert_eq!(step(&mut plain, &hold(), 0, forecast(150, 0)).transition, None);
+}
+
+#[test]
+fn reaching_critical_is_the_cause_even_when_it_was_forecast() {
+    let rules = CircuitRules {
+        open_ahead: Some(secs(30)),
+        ..hold()
+    };
+    let mut circuit = Circuit::default();
+    let opened = step(&mut circuit, &rules, 0, forecast(CRITICAL, 0))
+        .transition
+        .unwrap();
+    assert!(matches!(opened.cause, Cause::ReachedCritical { .. }));
+    assert!(!circuit.opened_on_forecast);
 }
 
 #[test]
@@ -120,10 +293,10 @@ fn one_tick_makes_one_transition() {
 #[test]
 fn level_follows_the_thresholds() {
     let r = hold();
-    assert_eq!(r.level_of(WARNING - 1), Level::Normal);
-    assert_eq!(r.level_of(WARNING), Level::Warning);
-    assert_eq!(r.level_of(CRITICAL - 1), Level::Warning);
-    assert_eq!(r.level_of(CRITICAL), Level::Critical);
+    assert_eq!(r.level_of(&measure(WARNING - 1)), Level::Normal);
+    assert_eq!(r.level_of(&measure(WARNING)), Level::Warning);
+    assert_eq!(r.level_of(&measure(CRITICAL - 1)), Level::Warning);
+    assert_eq!(r.level_of(&measure(CRITICAL)), Level::Critical);
     let mut circuit = Circuit::default();
     let decision = pending(&mut circuit, &r, 0, WARNING);
     assert_eq!(decision.level_change, Some((Level::Normal, Level::Warning)));
@@ -156,20 +329,20 @@ fn prolonged_counts_across_half_open_and_clears_when_closed() {
 #[test]
 fn reset_forces_closed_once_per_value() {
     let mut circuit = open_at(0);
-    let decision = circuit.step(&hold(), t(1), Observation::Pending(CRITICAL), Some("a"));
+    let decision = circuit.step(&hold(), t(1), Observation::pending(CRITICAL), Some("a"));
     assert!(decision.reset_applied);
     let transition = decision.transition.expect("reset closes");
     assert_eq!(transition.to, State::Closed);
     assert_eq!(transition.cause, Cause::Reset { value: "a".into() });
     assert_eq!(circuit.last_reset.as_deref(), Some("a"));
-    let again = circuit.step(&hold(), t(2), Observation::Pending(CRITICAL), Some("a"));
+    let again = circuit.step(&hold(), t(2), Observation::pending(CRITICAL), Some("a"));
     assert!(!again.reset_applied, "the same value is not applied twice");
     assert_eq!(
         again.transition.map(|t| t.to),
         Some(State::Open),
         "rules apply again"
     );
-    let next = circuit.step(&hold(), t(3), Observation::Pending(CRITICAL), Some("b"));
+    let next = circuit.step(&hold(), t(3), Observation::pending(CRITICAL), Some("b"));
     assert!(next.reset_applied);
     assert_eq!(circuit.state, State::Closed);
 }
@@ -177,7 +350,7 @@ fn reset_forces_closed_once_per_value() {
 #[test]
 fn reset_while_closed_is_recorded_without_transition() {
     let mut circuit = Circuit::default();
-    let decision = circuit.step(&hold(), t(0), Observation::Pending(0), Some("x"));
+    let decision = circuit.step(&hold(), t(0), Observation::pending(0), Some("x"));
     assert!(decision.reset_applied);
     assert_eq!(decision.transition, None);
     assert_eq!(circuit.transitions, 0);
@@ -265,7 +438,7 @@ fn run(r: &CircuitRules, ticks: &[(i64, Option<u64>)]) -> Vec<(Circuit, Decision
     let mut trace = Vec::new();
     for &(gap, value) in ticks {
         now += gap;
-        let observation = value.map_or(Observation::SampleFailed, Observation::Pending);
+        let observation = value.map_or(Observation::SampleFailed, Observation::pending);
         let decision = circuit.step(r, t(now), observation, None);
         trace.push((circuit.clone(), decision, now, value));
     }
@@ -316,12 +489,12 @@ proptest! {
         let mut now = 0;
         for (gap, value) in start {
             now += gap;
-            circuit.step(&r, t(now), value.map_or(Observation::SampleFailed, Observation::Pending), None);
+            circuit.step(&r, t(now), value.map_or(Observation::SampleFailed, Observation::pending), None);
         }
         let state = circuit.state;
         for (gap, value) in band {
             now += gap;
-            let decision = circuit.step(&r, t(now), Observation::Pending(value), None);
+            let decision = circuit.step(&r, t(now), Observation::pending(value), None);
             prop_assert_eq!(decision.transition, None);
             prop_assert_eq!(circuit.state, state);
         }
@@ -336,7 +509,7 @@ proptest! {
         let mut now = 0;
         for (gap, value) in ticks {
             now += gap;
-            prop_assert!(circuit.step(&r, t(now), Observation::Pending(value), None).transition.is_none());
+            prop_assert!(circuit.step(&r, t(now), Observation::pending(value), None).transition.is_none());
         }
     }
 
@@ -345,7 +518,7 @@ proptest! {
         let mut last = None;
         for (circuit, _, _, value) in run(&r, &ticks) {
             last = value.or(last);
-            prop_assert_eq!(circuit.level, last.map_or(Level::Normal, |v| r.level_of(v)));
+            prop_assert_eq!(circuit.level, last.map_or(Level::Normal, |v| r.level_of(&measure(v))));
         }
     }
 

@@ -4,8 +4,9 @@
 use super::{EXIT_PROBLEM, EXIT_USAGE, read_input};
 use crate::api::BackpressurePolicy;
 use crate::api::validation::check_documents;
-use crate::circuit::{Circuit, CircuitRules, Decision};
-use crate::sampler::{Credentials, Endpoint, Sample, Sampler};
+use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
+use crate::forecast::Forecaster;
+use crate::sampler::{Credentials, Endpoint, PreparedQueues, Sample, Sampler};
 use futures::future::join_all;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -36,8 +37,10 @@ pub struct SampleOptions {
 struct Watched {
     policy: BackpressurePolicy,
     endpoint: Endpoint,
+    queues: PreparedQueues,
     rules: CircuitRules,
     circuit: Circuit,
+    forecaster: Forecaster,
 }
 
 /// Runs the command; `out` receives the ticks, `err` the warnings.
@@ -56,7 +59,7 @@ pub async fn run(
             let sampler = sampler.clone();
             let out = out.clone();
             async move {
-                let sample = sampler.sample(&w.endpoint, &w.policy.spec.queues).await;
+                let sample = sampler.sample_prepared(&w.endpoint, &w.queues).await;
                 report(&mut w, &sample, options.output, &out);
                 sample.failed()
             }
@@ -77,7 +80,7 @@ pub async fn run(
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let sample = sampler.sample(&w.endpoint, &w.policy.spec.queues).await;
+                let sample = sampler.sample_prepared(&w.endpoint, &w.queues).await;
                 report(&mut w, &sample, output, &out);
             }
         }
@@ -142,6 +145,8 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
             Ok(endpoint) => {
                 let rules = policy.spec.circuit_rules();
                 watched.push(Watched {
+                    queues: PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency),
+                    forecaster: Forecaster::new(policy.spec.circuit.forecast_window.into()),
                     policy,
                     endpoint,
                     rules,
@@ -187,9 +192,15 @@ fn report(watched: &mut Watched, sample: &Sample, output: OutputFormat, out: &Mu
         .as_ref()
         .and_then(|a| a.get("levee.dev/reset"))
         .map(String::as_str);
+    let mut observation = sample.observation(watched.rules.latency.is_some());
+    if let Observation::Sampled(measure) = &mut observation {
+        watched.forecaster.observe(sample.at, measure.pending);
+        let critical = watched.rules.depth.map(|depth| depth.critical);
+        measure.critical_in = watched.forecaster.forecast(critical).and_then(|f| f.critical_in);
+    }
     let decision = watched
         .circuit
-        .step(&watched.rules, sample.at, sample.observation(), reset);
+        .step(&watched.rules, sample.at, observation, reset);
     let line = match output {
         OutputFormat::Json => {
             serde_json::to_string(&TickLine::new(watched, sample)).expect("a tick serializes")
@@ -207,16 +218,32 @@ struct TickLine<'a> {
     policy: &'a str,
     namespace: &'a str,
     pending: u64,
+    /// The largest latency over the queues, `null` when none keeps an enqueue time.
+    #[serde(rename = "latencySeconds")]
+    latency_seconds: Option<f64>,
     state: crate::circuit::State,
     level: crate::circuit::Level,
     queues: Vec<QueueLine<'a>>,
 }
 
+/// One queue: its depth (or error) and its latency (`null` for a layout with no enqueue time, or
+/// an error).
+#[derive(Serialize)]
+struct QueueLine<'a> {
+    name: &'a str,
+    #[serde(flatten)]
+    depth: DepthField<'a>,
+    #[serde(rename = "latencySeconds")]
+    latency_seconds: Option<f64>,
+    #[serde(rename = "latencyError", skip_serializing_if = "Option::is_none")]
+    latency_error: Option<&'a str>,
+}
+
 #[derive(Serialize)]
 #[serde(untagged)]
-enum QueueLine<'a> {
-    Depth { name: &'a str, depth: u64 },
-    Error { name: &'a str, error: &'a str },
+enum DepthField<'a> {
+    Depth { depth: u64 },
+    Error { error: &'a str },
 }
 
 impl<'a> TickLine<'a> {
@@ -225,21 +252,37 @@ impl<'a> TickLine<'a> {
             policy: watched.policy.metadata.name.as_deref().unwrap_or_default(),
             namespace: namespace_of(&watched.policy),
             pending: sample.pending(),
+            latency_seconds: sample.latency().map(seconds),
             state: watched.circuit.state,
             level: watched.circuit.level,
             queues: sample
                 .queues
                 .iter()
-                .map(|q| match &q.depth {
-                    Ok(depth) => QueueLine::Depth {
-                        name: &q.name,
-                        depth: *depth,
+                .map(|q| QueueLine {
+                    name: &q.name,
+                    depth: match &q.depth {
+                        Ok(depth) => DepthField::Depth { depth: *depth },
+                        Err(error) => DepthField::Error { error },
                     },
-                    Err(error) => QueueLine::Error { name: &q.name, error },
+                    latency_seconds: q
+                        .latency
+                        .as_ref()
+                        .and_then(|l| l.as_ref().ok().copied())
+                        .map(seconds),
+                    latency_error: q
+                        .latency
+                        .as_ref()
+                        .and_then(|l| l.as_ref().err())
+                        .map(String::as_str),
                 })
                 .collect(),
         }
     }
+}
+
+/// Seconds with millisecond precision.
+fn seconds(age: std::time::Duration) -> f64 {
+    (age.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 fn text_line(watched: &Watched, sample: &Sample, decision: &Decision) -> String {
@@ -247,9 +290,16 @@ fn text_line(watched: &Watched, sample: &Sample, decision: &Decision) -> String 
     let queues: Vec<String> = sample
         .queues
         .iter()
-        .map(|q| match &q.depth {
-            Ok(depth) => format!("{}={depth}", q.name),
-            Err(error) => format!("{}=ERROR({error})", q.name),
+        .map(|q| {
+            let depth = match &q.depth {
+                Ok(depth) => format!("{}={depth}", q.name),
+                Err(error) => format!("{}=ERROR({error})", q.name),
+            };
+            match &q.latency {
+                Some(Ok(age)) => format!("{depth}(latency {age:.1?})"),
+                Some(Err(error)) => format!("{depth}(latency ERROR({error}))"),
+                None => depth,
+            }
         })
         .collect();
     let mut line = format!(

@@ -55,12 +55,12 @@ mod tests {
         let started = Instant::now();
         let clock = CircuitClock::anchored(Timestamp::from_second(1_800_000_000).unwrap(), started);
         let mut circuit = Circuit::default();
-        circuit.step(&rules, clock.at(started), Observation::Pending(60), None);
+        circuit.step(&rules, clock.at(started), Observation::pending(60), None);
         assert_eq!(circuit.state, State::Open);
         // An hour's step back of the wall clock changes nothing here: 31 s later is 31 s later.
         let later = clock.at(started + Duration::from_secs(31));
         assert_eq!(later.as_second() - 1_800_000_000, 31);
-        circuit.step(&rules, later, Observation::Pending(10), None);
+        circuit.step(&rules, later, Observation::pending(10), None);
         assert_eq!(
             circuit.state,
             State::HalfOpen,

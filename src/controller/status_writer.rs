@@ -6,8 +6,9 @@ use super::actuator::Outcome;
 use super::secrets::EndpointProblem;
 use super::{Context, FIELD_MANAGER};
 use crate::api::status::{ConditionValue, condition};
-use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, QueueStatus};
+use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, ForecastStatus, QueueStatus};
 use crate::circuit::Circuit;
+use crate::forecast::Forecast;
 use crate::sampler::Sample;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -21,6 +22,8 @@ pub struct TickReport<'a> {
     pub targets: &'a Outcome,
     /// Why the HPA for `spec.scaleTarget` could not be applied, until it can.
     pub autoscaler_error: Option<&'a str>,
+    /// The backlog's forecast, once there are enough samples.
+    pub forecast: Option<Forecast>,
     pub dry_run: bool,
     pub now: Timestamp,
 }
@@ -38,6 +41,7 @@ pub fn next_status(
         Ok(sample) => {
             status.last_sample_time = Some(Time(sample.at));
             status.pending = Some(sample.pending());
+            status.latency_seconds = sample.latency().map(seconds);
             status.queues = sample
                 .queues
                 .iter()
@@ -45,6 +49,12 @@ pub fn next_status(
                     name: q.name.clone(),
                     depth: q.depth.as_ref().ok().copied(),
                     error: q.depth.as_ref().err().cloned(),
+                    latency_seconds: q
+                        .latency
+                        .as_ref()
+                        .and_then(|l| l.as_ref().ok().copied())
+                        .map(seconds),
+                    latency_error: q.latency.as_ref().and_then(|l| l.as_ref().err().cloned()),
                 })
                 .collect();
             let reachable = match &sample.unreachable {
@@ -58,12 +68,28 @@ pub fn next_status(
             status.set_condition(condition::REDIS_REACHABLE, value);
         }
     }
+    status.forecast = report.forecast.map(|forecast| ForecastStatus {
+        growth_per_second: round(forecast.growth_per_second, 1000.0),
+        critical_in_seconds: forecast.critical_in.map(|eta| round(eta.as_secs_f64(), 10.0)),
+    });
     status.record(report.circuit, now);
-    status.set_condition(condition::READY, readiness(report, now));
+    let uses_latency = policy.spec.thresholds.latency.is_some();
+    status.set_condition(condition::READY, readiness(report, uses_latency, now));
     status
 }
 
-fn readiness(report: &TickReport, now: Timestamp) -> ConditionValue {
+/// Seconds with millisecond precision, as status shows them.
+fn seconds(age: std::time::Duration) -> f64 {
+    round(age.as_secs_f64(), 1000.0)
+}
+
+fn round(value: f64, per_unit: f64) -> f64 {
+    (value * per_unit).round() / per_unit
+}
+
+/// Ready, or why not. A latency that cannot be read makes the policy not ready only when latency
+/// thresholds drive its circuit; otherwise it shows in the queue's `latencyError` alone.
+fn readiness(report: &TickReport, uses_latency: bool, now: Timestamp) -> ConditionValue {
     let not_ready = |reason: &str, message: &str| ConditionValue::new(false, reason, message, now);
     match report.sample {
         Err(problem) => return not_ready(problem.reason, &problem.message),
@@ -78,6 +104,14 @@ fn readiness(report: &TickReport, now: Timestamp) -> ConditionValue {
                     queue.depth.as_ref().err().map_or("", String::as_str)
                 );
                 return not_ready("QueueUnreadable", &message);
+            }
+            let latency_error = sample
+                .queues
+                .iter()
+                .find_map(|q| Some((&q.name, q.latency.as_ref()?.as_ref().err()?)));
+            if let (true, Some((queue, error))) = (uses_latency, latency_error) {
+                let message = format!("queue {queue}: {error}");
+                return not_ready("LatencyUnreadable", &message);
             }
         }
     }
@@ -127,10 +161,10 @@ pub fn worth_writing(old: &BackpressurePolicyStatus, new: &BackpressurePolicySta
             })
             .collect()
     };
-    let queue_errors = |s: &BackpressurePolicyStatus| -> Vec<(String, Option<String>)> {
+    let queue_errors = |s: &BackpressurePolicyStatus| -> Vec<(String, Option<String>, Option<String>)> {
         s.queues
             .iter()
-            .map(|q| (q.name.clone(), q.error.clone()))
+            .map(|q| (q.name.clone(), q.error.clone(), q.latency_error.clone()))
             .collect()
     };
     old.state != new.state
@@ -177,6 +211,7 @@ mod tests {
                 name: "events".into(),
                 weight: 1,
                 depth: Ok(7),
+                latency: None,
             }],
             round_trips: 1,
             unreachable: None,
@@ -191,6 +226,7 @@ mod tests {
             sample: Ok(&sample),
             targets,
             autoscaler_error,
+            forecast: None,
             dry_run: false,
             now: sample.at,
         };

@@ -10,7 +10,7 @@
 //! | `activationValue` | the figure above which the workload is active (scaled up from zero) | 0 |
 
 use crate::circuit::Level;
-use crate::values::PolicyValues;
+use crate::values::{PolicyValues, QueueValues};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -138,9 +138,11 @@ impl ScalerQuery {
         }
         match &self.figure {
             Figure::Pending => Ok(values.pending as f64),
-            Figure::QueueDepth(queue) => match values.queues.iter().find(|(name, _)| name == queue) {
-                Some((_, Some(depth))) => Ok(*depth as f64),
-                Some((_, None)) => Err(Refusal::Unavailable(format!(
+            Figure::QueueDepth(queue) => match values.queues.iter().find(|q| &q.name == queue) {
+                Some(QueueValues {
+                    depth: Some(depth), ..
+                }) => Ok(*depth as f64),
+                Some(_) => Err(Refusal::Unavailable(format!(
                     "queue {queue} of {}/{} has not been read yet",
                     self.namespace, self.policy
                 ))),
@@ -151,7 +153,7 @@ impl ScalerQuery {
                     values
                         .queues
                         .iter()
-                        .map(|(name, _)| name.as_str())
+                        .map(|q| q.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ))),
@@ -213,7 +215,12 @@ mod tests {
             namespace: "jobs".into(),
             policy: "p".into(),
             pending,
-            queues: vec![("events".into(), Some(pending)), ("audit".into(), None)],
+            queues: vec![
+                QueueValues::new("events", Some(pending), None),
+                QueueValues::new("audit", None, None),
+            ],
+            latency: None,
+            forecast: None,
             sampled_at: jiff::Timestamp::now(),
             sampled: Instant::now(),
             failed,

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use kube::core::{Expression, SelectorExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const GROUP: &str = "external.metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
@@ -17,6 +17,12 @@ pub const VERSION: &str = "v1beta1";
 pub const PENDING: &str = "levee_pending";
 /// One queue's depth (labels `policy`, `queue`).
 pub const QUEUE_DEPTH: &str = "levee_queue_depth";
+/// The age of a policy's oldest waiting job, in seconds (label `policy`).
+pub const LATENCY: &str = "levee_latency_seconds";
+/// The age of one queue's oldest waiting job, in seconds (labels `policy`, `queue`).
+pub const QUEUE_LATENCY: &str = "levee_queue_latency_seconds";
+/// Every metric levee serves, in discovery order.
+pub const SERVED: [&str; 4] = [PENDING, QUEUE_DEPTH, LATENCY, QUEUE_LATENCY];
 
 /// An HTTP status and a JSON (or plain text) body.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,7 +92,7 @@ fn metric_path(path: &str) -> Option<(String, String)> {
 
 /// Whether levee serves the metric named in a request path (any case, as the HPA lower-cases).
 pub fn serves(metric: &str) -> bool {
-    metric.eq_ignore_ascii_case(PENDING) || metric.eq_ignore_ascii_case(QUEUE_DEPTH)
+    SERVED.iter().any(|served| metric.eq_ignore_ascii_case(served))
 }
 
 /// The answer for a metric levee does not serve, given before any authorization is asked for.
@@ -95,7 +101,8 @@ pub fn unknown_metric(metric: &str) -> Reply {
         404,
         "NotFound",
         &format!(
-            "levee serves {PENDING} and {QUEUE_DEPTH}, not {}",
+            "levee serves {}, not {}",
+            SERVED.join(", "),
             metric.to_lowercase()
         ),
     )
@@ -164,7 +171,7 @@ pub fn is_discovery(path: &str) -> bool {
 /// serves is listed once).
 pub fn resource_list_with(delegated: Vec<Value>) -> Value {
     let resource = |name: &str| json!({"name": name, "singularName": "", "namespaced": true, "kind": "ExternalMetricValueList", "verbs": ["get"]});
-    let mut resources = vec![resource(PENDING), resource(QUEUE_DEPTH)];
+    let mut resources: Vec<Value> = SERVED.iter().map(|name| resource(name)).collect();
     resources.extend(
         delegated
             .into_iter()
@@ -178,10 +185,10 @@ pub fn resource_list_with(delegated: Vec<Value>) -> Value {
     })
 }
 
-/// One metric item: name, labels, sample time, window and value.
+/// One metric item: name, labels, sample time, window and value (a Kubernetes quantity).
 struct Item {
     labels: BTreeMap<String, String>,
-    value: u64,
+    value: String,
 }
 
 fn metric_list(
@@ -227,7 +234,7 @@ fn metric_list(
                 "metricLabels": item.labels,
                 "timestamp": timestamp.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 "window": window,
-                "value": item.value.to_string(),
+                "value": item.value,
             })
         }));
     }
@@ -273,22 +280,38 @@ fn items_of(policy: &PolicyValues, metric: &str) -> Vec<Item> {
         }
         labels
     };
-    if metric == PENDING {
-        return vec![Item {
+    let count = |n: u64| n.to_string();
+    // Seconds as a quantity in milli-units, the precision latency is read with.
+    let seconds = |age: Duration| format!("{}m", age.as_millis());
+    match metric {
+        PENDING => vec![Item {
             labels: labels(None),
-            value: policy.pending,
-        }];
-    }
-    policy
-        .queues
-        .iter()
-        .filter_map(|(queue, depth)| {
-            Some(Item {
-                labels: labels(Some(queue)),
-                value: (*depth)?,
+            value: count(policy.pending),
+        }],
+        LATENCY => policy
+            .latency
+            .map(|age| Item {
+                labels: labels(None),
+                value: seconds(age),
             })
-        })
-        .collect()
+            .into_iter()
+            .collect(),
+        _ => policy
+            .queues
+            .iter()
+            .filter_map(|queue| {
+                let value = if metric == QUEUE_LATENCY {
+                    seconds(queue.latency?)
+                } else {
+                    count(queue.depth?)
+                };
+                Some(Item {
+                    labels: labels(Some(&queue.name)),
+                    value,
+                })
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -2,23 +2,28 @@
 //!
 //! ```text
 //!  policy queues ──QueueProbe──▶ reads ──group by node──▶ one pipeline per node ──▶ depths
-//!                                         (hash slot in Cluster mode)    (concurrently)
+//!          └─────LatencyProbe──▶ script ─┘  (hash slot in Cluster mode)    (concurrently)  latencies
 //! ```
+//! A queue whose layout keeps an enqueue time also gets levee's latency script (EVALSHA) in the
+//! same pipeline. The script is loaded when a connection to a node is made; a node that answers
+//! `NOSCRIPT` anyway (its scripts flushed) gets the script's source once (EVAL loads it again).
 //! Connections are kept per endpoint (mode, URL, credentials, TLS), so every policy that names
 //! the same Redis shares them. A broken connection is dropped and re-dialled on the next tick; in
 //! Cluster and Sentinel mode the topology is re-discovered too.
 
 mod endpoint;
+mod latency;
 mod probe;
 mod redirect;
 pub mod slot;
 mod topology;
 
 pub use endpoint::{Credentials, Endpoint, NodeAddr, UrlError};
+pub use latency::LatencyProbe;
 pub use probe::{KeyRead, QueueError, QueueProbe, ReadKind};
 
 use crate::api::QueueSpec;
-use crate::circuit::Observation;
+use crate::circuit::{Measure, Observation};
 use futures::future::join_all;
 use jiff::Timestamp;
 use redis::aio::MultiplexedConnection;
@@ -35,6 +40,9 @@ pub struct QueueReading {
     pub weight: u32,
     /// The depth, or a message saying why it could not be read.
     pub depth: Result<u64, String>,
+    /// The age of the oldest waiting job (zero when none waits), or why it could not be read;
+    /// `None` for a layout that keeps no enqueue time (or with latency reads off).
+    pub latency: Option<Result<Duration, String>>,
 }
 
 /// One tick's readings of a policy's queues.
@@ -64,19 +72,38 @@ impl Sample {
             .fold(0, u64::saturating_add)
     }
 
-    /// True when any queue could not be read.
+    /// True when any queue's depth could not be read.
     pub fn failed(&self) -> bool {
         self.queues.iter().any(|q| q.depth.is_err())
     }
 
+    /// The policy's latency: the largest of the queues that count (weight above zero); `None`
+    /// when none of them keeps an enqueue time or none could be read.
+    pub fn latency(&self) -> Option<Duration> {
+        self.queues
+            .iter()
+            .filter(|q| q.weight > 0)
+            .filter_map(|q| q.latency.as_ref()?.as_ref().ok().copied())
+            .max()
+    }
+
+    /// True when any queue's latency could not be read.
+    pub fn latency_failed(&self) -> bool {
+        self.queues.iter().any(|q| matches!(q.latency, Some(Err(_))))
+    }
+
     /// What the circuit sees: a partial total would understate the backlog, so any failed queue
-    /// makes the whole tick a failed sample.
-    pub fn observation(&self) -> Observation {
-        if self.failed() {
-            Observation::SampleFailed
-        } else {
-            Observation::Pending(self.pending())
+    /// makes the whole tick a failed sample; so does a failed latency read when the circuit
+    /// `uses_latency` (latency thresholds).
+    pub fn observation(&self, uses_latency: bool) -> Observation {
+        if self.failed() || (uses_latency && self.latency_failed()) {
+            return Observation::SampleFailed;
         }
+        Observation::Sampled(Measure {
+            pending: self.pending(),
+            latency: self.latency(),
+            critical_in: None,
+        })
     }
 }
 
@@ -91,10 +118,23 @@ struct PreparedQueue {
     name: String,
     weight: u32,
     probe: QueueProbe,
+    latency: Option<LatencyProbe>,
+}
+
+impl PreparedQueue {
+    /// The reads this queue sends, depth first.
+    fn reads(&self) -> impl Iterator<Item = &KeyRead> {
+        self.probe
+            .reads
+            .iter()
+            .chain(self.latency.as_ref().map(|latency| &latency.read))
+    }
 }
 
 impl PreparedQueues {
-    pub fn new(queues: &[QueueSpec]) -> Self {
+    /// The queues' depth reads and, with `read_latency`, the latency read of each queue whose
+    /// layout keeps an enqueue time.
+    pub fn new(queues: &[QueueSpec], read_latency: bool) -> Self {
         Self {
             queues: queues
                 .iter()
@@ -102,6 +142,7 @@ impl PreparedQueues {
                     name: queue.name.clone(),
                     weight: queue.weight,
                     probe: QueueProbe::for_queue(queue),
+                    latency: read_latency.then(|| LatencyProbe::for_queue(queue)).flatten(),
                 })
                 .collect(),
         }
@@ -153,53 +194,60 @@ impl Sampler {
         self.endpoints.lock().expect("endpoint map lock").len()
     }
 
-    /// Reads every queue of one policy: one pipeline per Redis node, all nodes at once.
+    /// Reads every queue of one policy (depths and latencies): one pipeline per Redis node, all
+    /// nodes at once.
     pub async fn sample(&self, endpoint: &Endpoint, queues: &[QueueSpec]) -> Sample {
-        self.sample_prepared(endpoint, &PreparedQueues::new(queues)).await
+        self.sample_prepared(endpoint, &PreparedQueues::new(queues, true))
+            .await
     }
 
     /// Like `sample`, with the reads prepared once (per policy generation) rather than per tick.
     pub async fn sample_prepared(&self, endpoint: &Endpoint, prepared: &PreparedQueues) -> Sample {
         let started = Instant::now();
         let at = Timestamp::now();
-        let reads: Vec<&KeyRead> = prepared
-            .queues
-            .iter()
-            .flat_map(|q| q.probe.reads.iter())
-            .collect();
+        let reads: Vec<&KeyRead> = prepared.queues.iter().flat_map(PreparedQueue::reads).collect();
         let state = self.state_of(endpoint);
-        let (mut replies, mut round_trips, redirected) = self.read_all(endpoint, &state, &reads).await;
+        let (mut replies, mut round_trips, redirected) = self.read_all(endpoint, &state, &reads, false).await;
         if redirected {
             // The cluster moved slots: learn the new layout and read once more.
             state.lock().await.topology = None;
-            let (again, trips, _) = self.read_all(endpoint, &state, &reads).await;
+            let (again, trips, _) = self.read_all(endpoint, &state, &reads, false).await;
             replies = again;
             round_trips += trips;
         }
         round_trips += redirect::follow_asks(endpoint, &state, &reads, &mut replies).await;
+        round_trips += self.load_scripts(endpoint, &state, &reads, &mut replies).await;
         let unreachable = replies.iter().find_map(|r| r.as_ref().err()).cloned();
         let mut replies = replies.into_iter();
-        let queues = prepared
-            .queues
-            .iter()
-            .map(|PreparedQueue { name, weight, probe }| {
-                let own: Vec<Result<RedisResult<Value>, String>> =
-                    replies.by_ref().take(probe.reads.len()).collect();
-                let depth = match own.iter().find_map(|r| r.as_ref().err()) {
-                    Some(endpoint_error) => Err(endpoint_error.clone()),
-                    None => {
-                        let own: Vec<RedisResult<Value>> =
-                            own.into_iter().map(|r| r.expect("checked above")).collect();
-                        probe.depth(&own).map_err(|e| e.to_string())
+        let queues =
+            prepared
+                .queues
+                .iter()
+                .map(|queue| {
+                    let own: Vec<Result<RedisResult<Value>, String>> =
+                        replies.by_ref().take(queue.probe.reads.len()).collect();
+                    let depth = match own.iter().find_map(|r| r.as_ref().err()) {
+                        Some(endpoint_error) => Err(endpoint_error.clone()),
+                        None => {
+                            let own: Vec<RedisResult<Value>> =
+                                own.into_iter().map(|r| r.expect("checked above")).collect();
+                            queue.probe.depth(&own).map_err(|e| e.to_string())
+                        }
+                    };
+                    let latency = queue.latency.as_ref().map(|probe| {
+                        match replies.next().expect("one reply per read") {
+                            Ok(reply) => probe.age(&reply).map_err(|e| e.to_string()),
+                            Err(endpoint_error) => Err(endpoint_error),
+                        }
+                    });
+                    QueueReading {
+                        name: queue.name.clone(),
+                        weight: queue.weight,
+                        depth,
+                        latency,
                     }
-                };
-                QueueReading {
-                    name: name.clone(),
-                    weight: *weight,
-                    depth,
-                }
-            })
-            .collect();
+                })
+                .collect();
         Sample {
             at,
             queues,
@@ -220,13 +268,41 @@ impl Sampler {
         entry.0.clone()
     }
 
+    /// Sends the latency script's source to the nodes that answered `NOSCRIPT` (restarted, or
+    /// flushed): it runs and stays loaded. Returns the round trips made (none on most ticks).
+    async fn load_scripts(
+        &self,
+        endpoint: &Endpoint,
+        state: &tokio::sync::Mutex<EndpointState>,
+        reads: &[&KeyRead],
+        replies: &mut [Result<RedisResult<Value>, String>],
+    ) -> usize {
+        let unloaded: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter(|(_, reply)| matches!(reply, Ok(Err(error)) if latency::is_unloaded(error)))
+            .map(|(index, _)| index)
+            .collect();
+        if unloaded.is_empty() {
+            return 0;
+        }
+        let again: Vec<&KeyRead> = unloaded.iter().map(|&index| reads[index]).collect();
+        let (answers, round_trips, _) = self.read_all(endpoint, state, &again, true).await;
+        for (index, answer) in unloaded.into_iter().zip(answers) {
+            replies[index] = answer;
+        }
+        round_trips
+    }
+
     /// Replies in the order of `reads`: the server's reply, or an endpoint-level error message.
     /// Also returns the round trips made and whether any reply was a cluster redirection.
+    /// `load` sends scripts by their source rather than their SHA1.
     async fn read_all(
         &self,
         endpoint: &Endpoint,
         state: &tokio::sync::Mutex<EndpointState>,
         reads: &[&KeyRead],
+        load: bool,
     ) -> (Vec<Result<RedisResult<Value>, String>>, usize, bool) {
         let plan = match self.plan(endpoint, state, reads).await {
             Ok(plan) => plan,
@@ -237,7 +313,12 @@ impl Sampler {
             let mut pipeline = redis::pipe();
             pipeline.ignore_errors();
             for &index in &indices {
-                pipeline.add_command(reads[index].command());
+                let read = reads[index];
+                pipeline.add_command(if load {
+                    read.command_loading()
+                } else {
+                    read.command()
+                });
             }
             let mut connection = connection;
             let outcome = tokio::time::timeout(
@@ -258,7 +339,10 @@ impl Sampler {
                     for (index, value) in indices.into_iter().zip(values) {
                         redirected |= value.as_ref().err().is_some_and(is_redirect);
                         replies[index] = match value {
-                            Err(error) if is_access_error(&error) => {
+                            // A latency read the ACL forbids fails the latency alone.
+                            Err(error)
+                                if is_access_error(&error) && reads[index].kind != ReadKind::Latency =>
+                            {
                                 Err(node_message(endpoint, &node, &describe(&error, endpoint)))
                             }
                             value => Ok(value),
@@ -329,6 +413,8 @@ impl Sampler {
                             return Err(message);
                         }
                     };
+                    let mut connection = connection;
+                    latency::preload(&mut connection, endpoint.timeout).await;
                     state.connections.insert(node.clone(), connection.clone());
                     connection
                 }
@@ -412,6 +498,7 @@ mod tests {
             name: name.into(),
             weight,
             depth,
+            latency: None,
         }
     }
 
@@ -433,7 +520,7 @@ mod tests {
             reading("c", 0, Ok(99)),
         ]);
         assert_eq!(s.pending(), 25);
-        assert_eq!(s.observation(), Observation::Pending(25));
+        assert_eq!(s.observation(false), Observation::pending(25));
     }
 
     #[test]
@@ -444,6 +531,6 @@ mod tests {
         ]);
         assert!(s.failed());
         assert_eq!(s.pending(), 10);
-        assert_eq!(s.observation(), Observation::SampleFailed);
+        assert_eq!(s.observation(false), Observation::SampleFailed);
     }
 }

@@ -20,6 +20,8 @@ pub enum ReadKind {
     Xlen,
     /// `XINFO GROUPS`: a consumer group's pending entries and lag.
     XinfoGroups,
+    /// levee's latency script (`EVALSHA`), see `latency`.
+    Latency,
 }
 
 /// A read of one key.
@@ -27,6 +29,8 @@ pub enum ReadKind {
 pub struct KeyRead {
     pub kind: ReadKind,
     pub key: String,
+    /// Arguments after the key (the latency script's).
+    pub args: Vec<String>,
 }
 
 impl KeyRead {
@@ -34,11 +38,22 @@ impl KeyRead {
         Self {
             kind,
             key: key.into(),
+            args: Vec::new(),
         }
     }
 
-    /// The Redis command for this read.
+    /// The Redis command for this read (a script by its SHA1).
     pub fn command(&self) -> redis::Cmd {
+        self.build(false)
+    }
+
+    /// The command with a script's whole source (`EVAL`), which also loads it on the node: sent
+    /// after a node answered `NOSCRIPT`.
+    pub fn command_loading(&self) -> redis::Cmd {
+        self.build(true)
+    }
+
+    fn build(&self, load: bool) -> redis::Cmd {
         let mut command = match self.kind {
             ReadKind::Llen => redis::cmd("LLEN"),
             ReadKind::Zcard => redis::cmd("ZCARD"),
@@ -48,8 +63,18 @@ impl KeyRead {
                 command.arg("GROUPS");
                 command
             }
+            ReadKind::Latency if load => {
+                let mut command = redis::cmd("EVAL");
+                command.arg(super::latency::SCRIPT).arg(1);
+                command
+            }
+            ReadKind::Latency => {
+                let mut command = redis::cmd("EVALSHA");
+                command.arg(super::latency::SCRIPT_SHA.as_str()).arg(1);
+                command
+            }
         };
-        command.arg(&self.key);
+        command.arg(&self.key).arg(&self.args);
         command
     }
 }
@@ -209,6 +234,8 @@ pub enum QueueError {
     Server { key: String, message: String },
     /// A reply of a shape levee does not expect.
     Unexpected { key: String, reply: String },
+    /// The latency script failed (the depth may still be known).
+    Latency { key: String, message: String },
 }
 
 impl QueueError {
@@ -218,6 +245,7 @@ impl QueueError {
                 ReadKind::Llen => "list",
                 ReadKind::Zcard => "zset",
                 ReadKind::Xlen | ReadKind::XinfoGroups => "stream",
+                ReadKind::Latency => "queue of its type",
             };
             return QueueError::WrongType {
                 key: read.key.clone(),
@@ -255,6 +283,9 @@ impl fmt::Display for QueueError {
             ),
             QueueError::Server { key, message } => write!(f, "reading {key:?} failed: {message}"),
             QueueError::Unexpected { key, reply } => write!(f, "unexpected reply for {key:?}: {reply}"),
+            QueueError::Latency { key, message } => {
+                write!(f, "reading the latency of {key:?} failed: {message}")
+            }
         }
     }
 }

@@ -113,6 +113,14 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("redis-cli {args:?} failed on port {}", self.port))
     }
 
+    /// Redis's clock (`TIME`).
+    pub fn time(&self) -> jiff::Timestamp {
+        let reply = self.cli(&["TIME"]);
+        let mut parts = reply.lines().map(|l| l.trim().parse::<i64>().unwrap());
+        let (seconds, micros) = (parts.next().unwrap(), parts.next().unwrap());
+        jiff::Timestamp::from_microsecond(seconds * 1_000_000 + micros).unwrap()
+    }
+
     /// Appends `count` jobs (`job-0`, `job-1`, ...) to the list `key` in one RPUSH.
     pub fn push_jobs(&self, key: &str, count: usize) {
         let jobs: Vec<String> = (0..count).map(|i| format!("job-{i}")).collect();
@@ -459,6 +467,17 @@ pub fn run_producer(interpreter: &str, script: &str, args: &[String]) -> serde_j
                 "BullMQ is not installed: run `make deps` (npm ci in tests/producers)"
             );
             require("node")
+        }
+        "ruby" => {
+            let sidekiq = Command::new(require("ruby"))
+                .args(["-e", "require 'sidekiq'"])
+                .status()
+                .is_ok_and(|status| status.success());
+            assert!(
+                sidekiq,
+                "Sidekiq is not installed: run `make deps` (apt ruby-sidekiq)"
+            );
+            require("ruby")
         }
         _ => {
             let python = repo_root().join(".cache/venv/bin/python");

@@ -62,6 +62,87 @@ fn threshold_order_is_enforced() {
 }
 
 #[test]
+fn latency_thresholds_stand_alone_or_beside_depth_in_order() {
+    let latency = serde_json::json!({"warning": "30s", "critical": "2m", "recovery": "10s"});
+    let both = problems_of(|o| set(o, "/spec/thresholds/latency", latency.clone()));
+    assert_eq!(both, Vec::<String>::new());
+    let alone = problems_of(|o| set(o, "/spec/thresholds", serde_json::json!({"latency": latency})));
+    assert_eq!(alone, Vec::<String>::new());
+    let policy: Value = {
+        let mut object: Value = serde_yaml::from_str(VALID).unwrap();
+        set(
+            &mut object,
+            "/spec/thresholds",
+            serde_json::json!({"latency": latency}),
+        );
+        object
+    };
+    let rules = check_object(&policy).unwrap().spec.circuit_rules();
+    assert_eq!(rules.depth, None);
+    assert_eq!(
+        rules.latency.map(|l| l.critical),
+        Some(std::time::Duration::from_secs(120))
+    );
+    let disordered = serde_json::json!({"warning": "30s", "critical": "20s", "recovery": "10s"});
+    assert_one(
+        &problems_of(|o| set(o, "/spec/thresholds/latency", disordered)),
+        "jobs/rule-engine: spec.thresholds.latency: Invalid value: latency thresholds must satisfy recovery < warning < critical: lower recovery or raise critical",
+    );
+    assert_one(
+        &problems_of(|o| set(o, "/spec/thresholds", serde_json::json!({}))),
+        "jobs/rule-engine: spec.thresholds: Invalid value: set the depth thresholds (warning, critical, recovery), latency thresholds, or both",
+    );
+    assert_one(
+        &problems_of(|o| set(o, "/spec/thresholds", serde_json::json!({"critical": 10}))),
+        "jobs/rule-engine: spec.thresholds: Invalid value: warning, critical and recovery go together: set all three or none",
+    );
+}
+
+#[test]
+fn latency_needs_a_queue_that_keeps_an_enqueue_time_and_its_reads() {
+    let latency = serde_json::json!({"warning": "30s", "critical": "2m", "recovery": "10s"});
+    let problems = problems_of(|o| {
+        set(o, "/spec/thresholds/latency", latency.clone());
+        set(
+            o,
+            "/spec/queues",
+            serde_json::json!([{"name": "l", "type": "list", "key": "jobs"}]),
+        );
+    });
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec: Invalid value: latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq or stream): list, zset and celery queues have no latency",
+    );
+    let problems = problems_of(|o| {
+        set(o, "/spec/thresholds/latency", latency);
+        set(o, "/spec/readLatency", false.into());
+    });
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec: Invalid value: latency thresholds need readLatency: true",
+    );
+}
+
+#[test]
+fn open_ahead_needs_depth_thresholds_and_a_sane_window() {
+    assert!(problems_of(|o| set(o, "/spec/circuit/openAhead", "30s".into())).is_empty());
+    let latency = serde_json::json!({"latency": {"warning": "30s", "critical": "2m", "recovery": "10s"}});
+    let problems = problems_of(|o| {
+        set(o, "/spec/circuit/openAhead", "30s".into());
+        set(o, "/spec/thresholds", latency);
+    });
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec: Invalid value: circuit.openAhead forecasts when the backlog reaches thresholds.critical: set the depth thresholds too",
+    );
+    let problems = problems_of(|o| set(o, "/spec/circuit/forecastWindow", "2s".into()));
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.circuit.forecastWindow: Invalid value: \"2s\": must be between 5s and 1h, such as 1m",
+    );
+}
+
+#[test]
 fn duplicate_queue_names_are_refused() {
     let problems = problems_of(|o| set(o, "/spec/queues/1/name", "events".into()));
     assert_one(

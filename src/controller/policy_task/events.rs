@@ -4,7 +4,8 @@
 use super::super::Context;
 use super::super::actuator::Outcome;
 use crate::api::BackpressurePolicy;
-use crate::circuit::{Circuit, CircuitRules, Decision, Level, State};
+use crate::api::status::reason;
+use crate::circuit::{Cause, Circuit, CircuitRules, Decision, Level, State};
 use crate::sampler::Sample;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
@@ -34,10 +35,11 @@ pub async fn publish_decision(
         } else {
             "holding back"
         };
-        let (type_, reason) = match transition.to {
-            State::Open => (EventType::Warning, "CircuitOpened"),
-            State::HalfOpen => (EventType::Normal, "CircuitHalfOpened"),
-            State::Closed => (EventType::Normal, "CircuitClosed"),
+        let (type_, reason) = match (&transition.to, &transition.cause) {
+            (State::Open, Cause::CriticalForecast { .. }) => (EventType::Warning, reason::CRITICAL_FORECAST),
+            (State::Open, _) => (EventType::Warning, "CircuitOpened"),
+            (State::HalfOpen, _) => (EventType::Normal, "CircuitHalfOpened"),
+            (State::Closed, _) => (EventType::Normal, "CircuitClosed"),
         };
         let note = format!(
             "{dry}{} -> {}: {}; {verb} {held} of {} targets",
@@ -48,22 +50,15 @@ pub async fn publish_decision(
         );
         events.push((type_, reason, note));
     }
-    if let (Some((_, to)), Some(sample)) = (decision.level_change, sample) {
-        let pending = sample.pending();
-        let thresholds = rules.thresholds;
-        match to {
-            Level::Warning => events.push((
-                EventType::Warning,
-                "BacklogWarning",
-                format!("pending {pending} >= warning {}", thresholds.warning),
-            )),
-            Level::Critical => events.push((
-                EventType::Warning,
-                "BacklogCritical",
-                format!("pending {pending} >= critical {}", thresholds.critical),
-            )),
-            Level::Normal => {}
-        }
+    if let (Some((_, to)), Some(sample)) = (decision.level_change, sample)
+        && to != Level::Normal
+    {
+        let reason = if to == Level::Critical {
+            "BacklogCritical"
+        } else {
+            "BacklogWarning"
+        };
+        events.push((EventType::Warning, reason, level_note(rules, sample, to)));
     }
     if decision.prolonged_started {
         let since = circuit
@@ -94,6 +89,37 @@ pub async fn publish_decision(
     for (type_, reason, note) in events {
         publish(context, policy, type_, reason, note).await;
     }
+}
+
+/// What puts the policy at `level`: each signal at or above it, with its threshold.
+fn level_note(rules: &CircuitRules, sample: &Sample, level: Level) -> String {
+    let name = if level == Level::Critical {
+        "critical"
+    } else {
+        "warning"
+    };
+    let pending = sample.pending();
+    let depth = rules.depth.and_then(|bands| {
+        let threshold = if level == Level::Critical {
+            bands.critical
+        } else {
+            bands.warning
+        };
+        (pending >= threshold).then(|| format!("pending {pending} >= {name} {threshold}"))
+    });
+    let latency = rules.latency.zip(sample.latency()).and_then(|(bands, latency)| {
+        let threshold = if level == Level::Critical {
+            bands.critical
+        } else {
+            bands.warning
+        };
+        (latency >= threshold).then(|| format!("latency {latency:.1?} >= {name} {threshold:?}"))
+    });
+    [depth, latency]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Publishes one event about the policy.

@@ -16,6 +16,7 @@ use super::secrets::{self, EndpointProblem, resolve_endpoint};
 use super::status_writer::{TickReport, next_status, worth_writing, write};
 use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
+use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::{Endpoint, PreparedQueues, Sample};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -104,6 +105,9 @@ struct PolicyState {
     rules: CircuitRules,
     /// The policy's queues and the reads they take (rebuilt on a new generation).
     queues: PreparedQueues,
+    /// The backlog's recent history and what it forecasts (restarted on a new generation).
+    forecaster: Forecaster,
+    forecast: Option<Forecast>,
     circuit: Circuit,
     endpoint: Option<Result<Endpoint, EndpointProblem>>,
     /// Redis refused the endpoint (a rotated password?): rebuild it from the Secrets when the
@@ -131,7 +135,9 @@ impl PolicyState {
         let status = policy.status.clone().unwrap_or_default();
         Self {
             rules: policy.spec.circuit_rules(),
-            queues: PreparedQueues::new(&policy.spec.queues),
+            queues: PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency),
+            forecaster: Forecaster::new(policy.spec.circuit.forecast_window.into()),
+            forecast: None,
             circuit: status.circuit(),
             endpoint: None,
             endpoint_suspect: false,
@@ -152,7 +158,9 @@ impl PolicyState {
         let respecified = policy.metadata.generation != self.policy.metadata.generation;
         if respecified {
             self.rules = policy.spec.circuit_rules();
-            self.queues = PreparedQueues::new(&policy.spec.queues);
+            self.queues = PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency);
+            self.forecaster = Forecaster::new(policy.spec.circuit.forecast_window.into());
+            self.forecast = None;
             self.endpoint = None;
             self.endpoint_suspect = false;
             self.secret_backoff.succeeded();
@@ -279,6 +287,7 @@ async fn tick(context: &Context, state: &mut PolicyState) {
         sample: sample.as_ref(),
         targets: &targets,
         autoscaler_error: state.autoscaler_error.as_deref(),
+        forecast: state.forecast,
         dry_run: policy.spec.dry_run,
         now,
     };
@@ -314,9 +323,17 @@ impl PolicyState {
             Ok(endpoint) => Ok(context.sampler.sample_prepared(endpoint, &self.queues).await),
             Err(problem) => Err(problem.clone()),
         };
+        if let Ok(sample) = &sample
+            && !sample.failed()
+        {
+            self.forecaster.observe(sample.at, sample.pending());
+            self.forecast = self
+                .forecaster
+                .forecast(self.rules.depth.map(|depth| depth.critical));
+        }
         let (namespace, name) = self.names();
         record::record_sample(context, &namespace, &name, &sample);
-        record::publish_values(context, &self.policy, &sample);
+        record::publish_values(context, &self.policy, &sample, self.forecast);
         match &sample {
             // A rotated password shows up as an authentication error: re-read the Secrets (paced).
             Ok(sample) if sample.unreachable.is_some() => self.endpoint_suspect = true,
@@ -371,9 +388,14 @@ impl PolicyState {
         now: jiff::Timestamp,
         sample: &Result<Sample, EndpointProblem>,
     ) -> Decision {
-        let observation = sample
-            .as_ref()
-            .map_or(Observation::SampleFailed, Sample::observation);
+        let uses_latency = self.rules.latency.is_some();
+        let observation = match sample.as_ref().map(|s| s.observation(uses_latency)) {
+            Ok(Observation::Sampled(mut measure)) => {
+                measure.critical_in = self.forecast.and_then(|f| f.critical_in);
+                Observation::Sampled(measure)
+            }
+            _ => Observation::SampleFailed,
+        };
         let reset = self
             .policy
             .annotations()

@@ -5,8 +5,9 @@ use super::super::Context;
 use super::super::secrets::EndpointProblem;
 use crate::api::BackpressurePolicy;
 use crate::circuit::{Circuit, Level, State, Transition};
+use crate::forecast::Forecast;
 use crate::sampler::Sample;
-use crate::values::{CircuitValues, PolicyValues};
+use crate::values::{CircuitValues, PolicyValues, QueueValues};
 use jiff::Timestamp;
 use kube::ResourceExt;
 use std::time::Instant;
@@ -47,19 +48,24 @@ pub fn publish_values(
     context: &Context,
     policy: &BackpressurePolicy,
     sample: &Result<Sample, EndpointProblem>,
+    forecast: Option<Forecast>,
 ) {
     let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
-    let (pending, queues, sampled_at) = match sample {
+    let (pending, queues, latency, sampled_at) = match sample {
         Ok(sample) => (
             sample.pending(),
             sample
                 .queues
                 .iter()
-                .map(|q| (q.name.clone(), q.depth.as_ref().ok().copied()))
+                .map(|q| {
+                    let latency = q.latency.as_ref().and_then(|l| l.as_ref().ok().copied());
+                    QueueValues::new(&q.name, q.depth.as_ref().ok().copied(), latency)
+                })
                 .collect(),
+            sample.latency(),
             sample.at,
         ),
-        Err(_) => (0, Vec::new(), Timestamp::now()),
+        Err(_) => (0, Vec::new(), None, Timestamp::now()),
     };
     let mut values = PolicyValues {
         failed: sample.as_ref().map_or(true, Sample::failed),
@@ -67,6 +73,8 @@ pub fn publish_values(
         policy: name,
         pending,
         queues,
+        latency,
+        forecast,
         sampled_at,
         sampled: Instant::now(),
         interval: policy.spec.sample_interval.into(),

@@ -1,7 +1,7 @@
 //! Routes as the aggregator and the HPA call them, and every error as a `Status`.
 
 use super::*;
-use std::time::Duration;
+use crate::values::QueueValues;
 
 fn now() -> Instant {
     static NOW: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -15,10 +15,12 @@ fn values() -> MetricValues {
         policy: name.into(),
         pending,
         queues: vec![
-            ("events".into(), Some(pending - 10)),
-            ("retries".into(), Some(10)),
-            ("audit".into(), None),
+            QueueValues::new("events", Some(pending - 10), Some(Duration::from_millis(2500))),
+            QueueValues::new("retries", Some(10), None),
+            QueueValues::new("audit", None, None),
         ],
+        latency: (name != "mailer").then_some(Duration::from_millis(2500)),
+        forecast: None,
         sampled_at: Timestamp::from_second(1_800_000_000 - age).unwrap(),
         sampled: now() - Duration::from_secs(age as u64),
         failed,
@@ -58,14 +60,23 @@ fn a_delegates_resources_follow_levees_own_once() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["levee_pending", "levee_queue_depth", "externalmetrics"]);
+    assert_eq!(
+        names,
+        [
+            "levee_pending",
+            "levee_queue_depth",
+            "levee_latency_seconds",
+            "levee_queue_latency_seconds",
+            "externalmetrics"
+        ]
+    );
     assert!(is_discovery(BASE) && !is_discovery("/apis"));
 }
 
 const BASE: &str = "/apis/external.metrics.k8s.io/v1beta1";
 
 #[test]
-fn discovery_lists_both_metrics() {
+fn discovery_lists_every_metric() {
     let reply = get(BASE, None);
     assert_eq!(reply.status, 200);
     let body = json(&reply);
@@ -78,7 +89,7 @@ fn discovery_lists_both_metrics() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, [PENDING, QUEUE_DEPTH]);
+    assert_eq!(names, [PENDING, QUEUE_DEPTH, LATENCY, QUEUE_LATENCY]);
     assert_eq!(body["resources"][0]["kind"], "ExternalMetricValueList");
     assert_eq!(json(&get("/apis", None))["groups"][0]["name"], GROUP);
     assert_eq!(
@@ -105,6 +116,38 @@ fn openapi_is_a_quiet_404_and_health_is_plain_ok() {
             }
         );
     }
+}
+
+#[test]
+fn latency_in_seconds_as_milli_quantities_and_only_where_a_queue_keeps_one() {
+    let reply = get(
+        &format!("{BASE}/namespaces/jobs/levee_latency_seconds"),
+        Some("labelSelector=policy%3Drule-engine"),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let items = json(&reply)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["value"], "2500m");
+    assert_eq!(
+        items[0]["metricLabels"],
+        serde_json::json!({"policy": "rule-engine"})
+    );
+    let queues = get(
+        &format!("{BASE}/namespaces/jobs/levee_queue_latency_seconds"),
+        Some("labelSelector=policy%3Drule-engine"),
+    );
+    let items = json(&queues)["items"].as_array().unwrap().clone();
+    assert_eq!(
+        items.len(),
+        1,
+        "retries and audit keep no enqueue time: {items:?}"
+    );
+    assert_eq!(items[0]["metricLabels"]["queue"], "events");
+    let none = get(
+        &format!("{BASE}/namespaces/jobs/levee_latency_seconds"),
+        Some("labelSelector=policy%3Dmailer"),
+    );
+    assert_eq!(none.status, 404, "no latency is never a guessed zero");
 }
 
 #[test]

@@ -3,13 +3,16 @@
 //! - the floor: `redis-benchmark -P 1000 LLEN` (Redis's own pipelined rate), scaled to N reads;
 //! - one `EVAL` per queue without pipelining (the pattern KEDA's Redis list scaler uses).
 //!
+//! A second table: the same tick over Sidekiq queues, depth only (`readLatency: false`) against
+//! depth and latency (levee's script in the same pipeline).
+//!
 //! Run with `make bench` (or `cargo bench --bench sampler`); it prints a Markdown table.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use levee::api::{QueueSpec, RedisSpec};
-use levee::sampler::{Credentials, Endpoint, Sampler};
+use levee::sampler::{Credentials, Endpoint, PreparedQueues, Sampler};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -51,9 +54,28 @@ fn iterations(queues: usize) -> usize {
     }
 }
 
+/// A command in Redis's wire protocol (for `redis-cli --pipe`: JSON needs no quoting there).
+fn resp(args: &[&str]) -> String {
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command += &format!("${}\r\n{arg}\r\n", arg.len());
+    }
+    command
+}
+
 fn fill(server: &support::RedisServer, queues: usize) {
-    // One pipelined redis-cli call writes every list (RPUSH q<i> job).
-    let script: String = (0..queues).map(|i| format!("RPUSH q{i} job\n")).collect();
+    // One pipelined redis-cli call writes every list (RPUSH q<i> job) and every Sidekiq queue
+    // (one job enqueued 10 s ago, in `queue:s<i>`).
+    let enqueued_at = format!(
+        "{{\"class\":\"Bench\",\"jid\":\"1\",\"enqueued_at\":{:.3}}}",
+        server.time_ms() as f64 / 1000.0 - 10.0
+    );
+    let script: String = (0..queues)
+        .map(|i| {
+            resp(&["RPUSH", &format!("q{i}"), "job"])
+                + &resp(&["LPUSH", &format!("queue:s{i}"), &enqueued_at])
+        })
+        .collect();
     let mut child = Command::new("redis-cli")
         .args(["-p", &server.port.to_string(), "--pipe"])
         .stdin(std::process::Stdio::piped())
@@ -154,6 +176,36 @@ async fn main() {
             floor: floor(server.port, queues),
         });
     }
+    let mut latency_rows = Vec::new();
+    for &queues in &sizes {
+        let specs: Vec<QueueSpec> = (0..queues)
+            .map(|i| {
+                serde_json::from_value(
+                    serde_json::json!({"name": format!("s{i}"), "type": "sidekiq", "key": format!("s{i}")}),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut row = Vec::new();
+        for read_latency in [false, true] {
+            let prepared = PreparedQueues::new(&specs, read_latency);
+            let warm = sampler.sample_prepared(&endpoint, &prepared).await;
+            assert_eq!(warm.pending(), queues as u64);
+            assert_eq!(warm.latency().is_some(), read_latency);
+            let runs = iterations(queues);
+            let mut times = Vec::with_capacity(runs);
+            let mut round_trips = 0;
+            for _ in 0..runs {
+                let started = Instant::now();
+                let sample = sampler.sample_prepared(&endpoint, &prepared).await;
+                times.push(started.elapsed());
+                round_trips = sample.round_trips;
+                assert!(!read_latency || sample.latency().unwrap() >= Duration::from_secs(10));
+            }
+            row.push((stats(times), round_trips));
+        }
+        latency_rows.push((queues, row));
+    }
     println!(
         "| queues | levee tick (median / p90) | levee round trips | EVAL per queue (median / p90) | EVAL round trips | floor: redis-benchmark -P 1000 LLEN |"
     );
@@ -169,6 +221,25 @@ async fn main() {
             ms(row.eval.p90),
             row.queues,
             ms(row.floor),
+        );
+    }
+    print_latency_rows(latency_rows);
+}
+
+fn print_latency_rows(rows: Vec<(usize, Vec<(Stats, usize)>)>) {
+    println!();
+    println!(
+        "| Sidekiq queues | depth only (median / p90) | round trips | depth + latency (median / p90) | round trips |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for (queues, row) in rows {
+        let [(depth, depth_trips), (latency, latency_trips)] = <[_; 2]>::try_from(row).ok().unwrap();
+        println!(
+            "| {queues} | {:.4} ms / {:.4} ms | {depth_trips} | {:.4} ms / {:.4} ms | {latency_trips} |",
+            ms(depth.median),
+            ms(depth.p90),
+            ms(latency.median),
+            ms(latency.p90),
         );
     }
 }

@@ -561,7 +561,7 @@ fn latency_of(sample: &Sample, name: &str) -> Option<Result<std::time::Duration,
 
 /// The age of a job enqueued at `enqueued_at` (seconds since the epoch) on Redis's clock now.
 fn redis_age(server: &RedisServer, enqueued_at: f64) -> f64 {
-    server.time().as_microsecond() as f64 / 1e6 - enqueued_at
+    server.time_ms() as f64 / 1e3 - enqueued_at
 }
 
 fn assert_within_a_second(levee: Option<Result<std::time::Duration, String>>, expected: f64) {
@@ -598,7 +598,7 @@ async fn sidekiq_latency_matches_sidekiq_queue_latency() {
     assert_within_a_second(latency_of(&sample, "billing"), theirs);
     assert_eq!(sample.round_trips, 1, "depth and latency in one pipeline");
     // Sidekiq 8 writes integer milliseconds; the job at the tail is the oldest.
-    let now = server.time().as_millisecond();
+    let now = server.time_ms();
     let job = format!(
         "{{\"class\":\"Bill\",\"jid\":\"a\",\"enqueued_at\":{}}}",
         now - 5_000
@@ -655,7 +655,7 @@ async fn bullmq_latency_is_the_oldest_waiting_job_timestamp_prioritized_and_paus
     }
     // A delayed job counts only with includeDelayed, and only from when it fell due: the one
     // due in an hour adds nothing; one due 30 s ago has waited 30 s.
-    let due = server.time().as_millisecond() - 30_000;
+    let due = server.time_ms() - 30_000;
     server.cli(&["ZADD", "bull:late:delayed", &(due * 4096).to_string(), "7"]);
     server.cli(&["HSET", "bull:late:7", "timestamp", &(due - 3_600_000).to_string()]);
     let sample = Sampler::new()
@@ -671,7 +671,7 @@ async fn bullmq_latency_is_the_oldest_waiting_job_timestamp_prioritized_and_paus
 #[tokio::test]
 async fn stream_latency_is_the_age_of_the_oldest_entry_the_group_has_not_acknowledged() {
     let server = RedisServer::start();
-    let now = server.time().as_millisecond();
+    let now = server.time_ms();
     for age in [40_000, 30_000, 20_000] {
         server.cli(&["XADD", "audit", &format!("{}-0", now - age), "job", "x"]);
     }
@@ -769,7 +769,7 @@ async fn an_acl_user_without_scripting_loses_the_latency_only() {
 async fn cluster_mode_reads_latency_in_the_same_pipeline_per_master() {
     let cluster = RedisCluster::start(3);
     let names: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
-    let now = cluster.owner("queue:s0").time().as_millisecond();
+    let now = cluster.owner("queue:s0").time_ms();
     for (i, name) in names.iter().enumerate() {
         let key = format!("queue:{name}");
         let job = format!("{{\"enqueued_at\":{}}}", now - 1000 * (i as i64 + 1));

@@ -312,3 +312,117 @@ fn a_missing_target_is_reported_and_the_others_are_still_held_back() {
     fixture.wait_state("partial", "Open");
     fixture.wait_pods_accepting(false, 2);
 }
+
+#[test]
+fn a_steady_ramp_opens_the_circuit_before_the_backlog_reaches_critical() {
+    let fixture = Fixture::create();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    // 100 jobs a second from zero reaches critical (1,000) in 10 s; openAhead is 10 s, so the
+    // circuit opens as soon as the forecast has its five samples, far below critical.
+    fixture
+        .policy("ramp")
+        .set("queues", "[{name: q, type: list, key: ramp}]")
+        .set("thresholds", "{warning: 200, critical: 1000, recovery: 50}")
+        .set(
+            "circuit",
+            "{minOpenDuration: 2s, openAhead: 10s, forecastWindow: 10s}",
+        )
+        .apply();
+    fixture.wait_state("ramp", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+    let ramping = std::sync::atomic::AtomicBool::new(true);
+    let opened_below_critical = std::thread::scope(|scope| {
+        let ramp = scope.spawn(|| {
+            let mut pushed = 0;
+            while ramping.load(std::sync::atomic::Ordering::SeqCst) && pushed < 900 {
+                fixture.redis.push_jobs("ramp", 10);
+                pushed += 10;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let status = fixture.wait_state("ramp", "Open");
+        let depth: u64 = fixture.redis.cli(&["LLEN", "ramp"]).parse().unwrap();
+        ramping.store(false, std::sync::atomic::Ordering::SeqCst);
+        ramp.join().unwrap();
+        (status, depth)
+    });
+    let (status, depth_when_open) = opened_below_critical;
+    assert!(
+        depth_when_open < 1000,
+        "opened at {depth_when_open} jobs: {status}"
+    );
+    let throttling = fixture.condition("ramp", "Throttling");
+    assert_eq!(throttling["reason"], "CriticalForecast", "{throttling}");
+    let event = wait_until("a CriticalForecast event", PATIENCE, || {
+        fixture.events("CriticalForecast").pop()
+    });
+    assert!(
+        event.contains("Closed -> Open: pending") && event.contains("is forecast to reach critical 1000 in"),
+        "{event}"
+    );
+    fixture.wait_pods_accepting(false, 2);
+    // Held at a standstill the backlog does not grow: no forecast keeps the circuit Open, and
+    // below warning after the dwell it half-opens, then closes at recovery.
+    fixture.redis.cli(&["DEL", "ramp"]);
+    let closed = fixture.wait_state("ramp", "Closed");
+    assert_eq!(closed["transitions"], 3, "{closed}");
+    fixture.wait_pods_accepting(true, 2);
+}
+
+#[test]
+fn an_old_job_opens_the_circuit_on_latency_alone() {
+    let fixture = Fixture::create();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture
+        .policy("aged")
+        .set(
+            "queues",
+            "[{name: billing, type: sidekiq, key: billing}, {name: retries, type: list, key: retries}]",
+        )
+        .set(
+            "thresholds",
+            "{latency: {warning: 30s, critical: 60s, recovery: 10s}}",
+        )
+        .apply();
+    fixture.wait_state("aged", "Closed");
+    let status = fixture.status("aged");
+    assert_eq!(
+        status["latencySeconds"], 0.0,
+        "an empty queue has waited nothing: {status}"
+    );
+    // Depth has no thresholds here: a deep list alone changes nothing.
+    fixture.redis.push_jobs("retries", 5_000);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(fixture.status("aged")["state"], "Closed");
+    let now = fixture.redis.time_ms();
+    let job = format!(
+        "{{\"class\":\"Bill\",\"jid\":\"1\",\"enqueued_at\":{}}}",
+        (now - 120_000) as f64 / 1000.0
+    );
+    fixture.redis.cli(&["LPUSH", "queue:billing", &job]);
+    fixture.wait_state("aged", "Open");
+    fixture.wait_pods_accepting(false, 2);
+    let event = wait_until("a CircuitOpened event", PATIENCE, || {
+        fixture.events("CircuitOpened").pop()
+    });
+    assert!(
+        event.contains("Closed -> Open: latency 12") && event.contains(">= critical 60s"),
+        "{event}"
+    );
+    let status = wait_until("latency in status (heartbeat)", PATIENCE, || {
+        let status = fixture.status("aged");
+        status["latencySeconds"]
+            .as_f64()
+            .filter(|l| *l >= 120.0)
+            .map(|_| status)
+    });
+    let queues = status["queues"].as_array().unwrap();
+    assert!(queues[0]["latencySeconds"].as_f64().unwrap() >= 120.0, "{status}");
+    assert!(
+        queues[1].get("latencySeconds").is_none(),
+        "a list keeps no enqueue time: {status}"
+    );
+    fixture.redis.cli(&["DEL", "queue:billing"]);
+    fixture.wait_state("aged", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+}

@@ -113,12 +113,12 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("redis-cli {args:?} failed on port {}", self.port))
     }
 
-    /// Redis's clock (`TIME`).
-    pub fn time(&self) -> jiff::Timestamp {
+    /// Redis's clock (`TIME`), in milliseconds since the epoch.
+    pub fn time_ms(&self) -> i64 {
         let reply = self.cli(&["TIME"]);
         let mut parts = reply.lines().map(|l| l.trim().parse::<i64>().unwrap());
         let (seconds, micros) = (parts.next().unwrap(), parts.next().unwrap());
-        jiff::Timestamp::from_microsecond(seconds * 1_000_000 + micros).unwrap()
+        seconds * 1000 + micros / 1000
     }
 
     /// Appends `count` jobs (`job-0`, `job-1`, ...) to the list `key` in one RPUSH.

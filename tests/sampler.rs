@@ -788,3 +788,136 @@ async fn cluster_mode_reads_latency_in_the_same_pipeline_per_master() {
     }
     assert_eq!(sample.round_trips, 3, "one pipeline per master");
 }
+
+/// The keys of the queues `keyPattern` entries discovered, by entry name.
+async fn discovered(server: &RedisServer, yaml: &str, cap: usize) -> levee::sampler::Discovered {
+    Sampler::new()
+        .discover(&standalone(server), &queues(yaml), cap)
+        .await
+}
+
+fn keys_of(found: &levee::sampler::Discovered, entry: &str) -> Vec<String> {
+    found
+        .queues
+        .iter()
+        .filter(|q| q.name.starts_with(&format!("{entry}.")))
+        .map(|q| q.key.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn discovery_finds_exactly_the_libraries_own_lists_of_queues() {
+    let server = RedisServer::start();
+    let port = server.port.to_string();
+    let sidekiq = run_producer(
+        "ruby",
+        "sidekiq_queues.rb",
+        &[port.clone(), "billing".into(), "mailers".into(), "low".into()],
+    );
+    let rq = run_producer(
+        "python",
+        "rq_queues.py",
+        &[port.clone(), "reports".into(), "exports".into()],
+    );
+    let bull = run_producer(
+        "node",
+        "bullmq_queues.mjs",
+        &[port, "mail-eu".into(), "mail-us".into(), "thumbs".into()],
+    );
+    // Keys that look like queues but are not in any registry.
+    server.cli(&["RPUSH", "queue:stray", "x"]);
+    server.cli(&["RPUSH", "rq:queue:stray", "x"]);
+    let spec = "[{name: sk, type: sidekiq, keyPattern: '*'}, {name: rq, type: rq, keyPattern: '*'}, {name: bull, type: bullmq, keyPattern: '*'}, {name: mail, type: bullmq, keyPattern: 'mail-*'}]";
+    let found = discovered(&server, spec, 1000).await;
+    assert_eq!(found.error, None);
+    let names = |value: &serde_json::Value| -> Vec<String> {
+        value["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(keys_of(&found, "sk"), names(&sidekiq));
+    assert_eq!(keys_of(&found, "rq"), names(&rq));
+    assert_eq!(keys_of(&found, "bull"), names(&bull));
+    assert_eq!(keys_of(&found, "mail"), ["mail-eu", "mail-us"]);
+    assert!(found.queues.iter().any(|q| q.name == "sk.billing"));
+    // The discovered queues are sampled like any other, depth and latency.
+    let sample = Sampler::new().sample(&standalone(&server), &found.queues).await;
+    assert_eq!(depth_of(&sample, "sk.billing"), Ok(1));
+    assert_eq!(depth_of(&sample, "rq.reports"), Ok(1));
+    assert_eq!(depth_of(&sample, "mail.mail-eu"), Ok(1));
+    assert!(latency_of(&sample, "sk.billing").unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn key_patterns_scan_keys_of_their_type_and_the_cap_holds() {
+    let server = RedisServer::start();
+    for i in 0..30 {
+        server.cli(&["RPUSH", &format!("jobs:{i:02}"), "x"]);
+    }
+    server.cli(&["ZADD", "jobs:zset", "1", "a"]);
+    server.cli(&["XADD", "jobs:stream", "*", "f", "v"]);
+    server.cli(&["RPUSH", "other:1", "x"]);
+    let found = discovered(
+        &server,
+        "[{name: l, type: list, keyPattern: 'jobs:*', weight: 2}]",
+        1000,
+    )
+    .await;
+    assert_eq!(found.matched, 30, "lists only: {:?}", keys_of(&found, "l"));
+    assert!(
+        found
+            .queues
+            .iter()
+            .all(|q| q.weight == 2 && q.key.starts_with("jobs:"))
+    );
+    let streams = discovered(&server, "[{name: s, type: stream, keyPattern: 'jobs:*'}]", 1000).await;
+    assert_eq!(keys_of(&streams, "s"), ["jobs:stream"]);
+    let capped = discovered(&server, "[{name: l, type: list, keyPattern: 'jobs:*'}]", 10).await;
+    assert_eq!((capped.matched, capped.queues.len()), (30, 10));
+    assert_eq!(capped.queues[0].key, "jobs:00", "the first by name");
+}
+
+#[tokio::test]
+async fn discovery_in_cluster_mode_scans_every_master() {
+    let cluster = RedisCluster::start(3);
+    let keys: Vec<String> = (0..12).map(|i| format!("jobs:{i}")).collect();
+    for key in &keys {
+        cluster.owner(key).cli(&["RPUSH", key, "x"]);
+    }
+    let owners: std::collections::HashSet<u16> = keys.iter().map(|k| cluster.owner(k).port).collect();
+    assert_eq!(owners.len(), 3);
+    let endpoint = endpoint(&format!("{{url: '{}', mode: Cluster}}", cluster.url()));
+    let found = Sampler::new()
+        .discover(
+            &endpoint,
+            &queues("[{name: l, type: list, keyPattern: 'jobs:*'}]"),
+            1000,
+        )
+        .await;
+    assert_eq!(found.error, None);
+    assert_eq!(found.matched, 12);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_fails_discovery_with_its_address() {
+    let endpoint = endpoint(&format!(
+        "{{url: 'redis://127.0.0.1:{}/0', timeout: 200ms}}",
+        free_port()
+    ));
+    let found = Sampler::new()
+        .discover(
+            &endpoint,
+            &queues("[{name: s, type: sidekiq, keyPattern: '*'}]"),
+            1000,
+        )
+        .await;
+    let error = found.error.unwrap();
+    assert!(
+        error.starts_with("queue s: redis://127.0.0.1:") && error.contains("refused"),
+        "{error}"
+    );
+    assert!(found.queues.is_empty());
+}

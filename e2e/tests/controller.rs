@@ -426,3 +426,55 @@ fn an_old_job_opens_the_circuit_on_latency_alone() {
     fixture.wait_state("aged", "Closed");
     fixture.wait_pods_accepting(true, 2);
 }
+
+#[test]
+fn queues_named_by_a_pattern_are_discovered_in_the_background_and_capped() {
+    let fixture = Fixture::create();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    for key in ["jobs:a", "jobs:b", "jobs:c"] {
+        fixture.redis.push_jobs(key, 10);
+    }
+    fixture
+        .policy("found")
+        .set(
+            "queues",
+            "[{name: lists, type: list, keyPattern: 'jobs:*'}, {name: q, type: list, key: q}]",
+        )
+        .set("discovery", "{interval: 1s, maxQueues: 2}")
+        .apply();
+    let status = wait_until("two discovered queues in status", PATIENCE, || {
+        let status = fixture.status("found");
+        (status["queues"].as_array()?.len() == 3).then_some(status)
+    });
+    let names: Vec<&str> = status["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["q", "lists.jobs:a", "lists.jobs:b"], "{status}");
+    assert_eq!(status["discovery"]["matched"], 3, "{status}");
+    assert_eq!(status["discovery"]["sampled"], 2);
+    assert!(
+        status["discovery"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("matched 3 queues; the first 2"),
+        "{status}"
+    );
+    let event = wait_until("a DiscoveryIncomplete event", PATIENCE, || {
+        fixture.events("DiscoveryIncomplete").pop()
+    });
+    assert!(event.contains("discovery.maxQueues"), "{event}");
+    // The discovered queues count in the backlog: 10 + 10 + 30 more reaches critical 50.
+    fixture.redis.push_jobs("jobs:a", 30);
+    let open = fixture.wait_state("found", "Open");
+    assert_eq!(open["pending"], 50, "{open}");
+    // A queue that appears is found at the next discovery; raising the cap takes them all.
+    fixture.patch_policy("found", &json!({"spec": {"discovery": {"maxQueues": 10}}}));
+    fixture.redis.push_jobs("jobs:d", 1);
+    wait_until("four discovered queues", PATIENCE, || {
+        let status = fixture.status("found");
+        (status["discovery"]["sampled"] == 4 && status["discovery"].get("message").is_none()).then_some(())
+    });
+}

@@ -68,6 +68,33 @@ pub struct BackpressurePolicySpec {
     /// Decide and report, but touch no workload or pod.
     #[serde(default)]
     pub dry_run: bool,
+    /// How queues named by a `keyPattern` are found.
+    #[serde(default)]
+    pub discovery: DiscoverySpec,
+}
+
+/// How queues named by a `keyPattern` are found: in the background, never in a tick.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoverySpec {
+    /// How often the registries (or keys) are read again.
+    #[serde(default = "defaults::discovery_interval")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("must be at least 1s, such as 30s"))]
+    pub interval: Duration,
+    /// At most this many discovered queues per policy (the first ones by name); more are left
+    /// out and the policy says so.
+    #[serde(default = "defaults::max_discovered_queues")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_queues: u32,
+}
+
+impl Default for DiscoverySpec {
+    fn default() -> Self {
+        Self {
+            interval: defaults::discovery_interval(),
+            max_queues: defaults::max_discovered_queues(),
+        }
+    }
 }
 
 /// How to reach Redis. The URL never holds a password; credentials come from a Secret.
@@ -159,6 +186,8 @@ pub struct SecretKeyRef {
 #[x_kube(validation = Rule::new("!has(self.includeDelayed) || self.type == 'bullmq'").message("includeDelayed applies only to type bullmq: remove it or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.namespace) || self.type == 'sidekiq'").message("namespace applies only to type sidekiq: remove it or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.prioritySeparator) || self.type == 'celery'").message("prioritySeparator applies only to type celery: remove it or change the type"))]
+#[x_kube(validation = Rule::new("has(self.key) != has(self.keyPattern)").message("set key (one queue) or keyPattern (every queue it matches), not both"))]
+#[x_kube(validation = Rule::new("!has(self.keyPattern) || self.type != 'celery'").message("keyPattern does not apply to type celery: kombu keeps no registry of its queues; list each queue with key"))]
 pub struct QueueSpec {
     /// The queue's name in status and metrics (a DNS label: lower-case letters, digits, '-').
     #[schemars(
@@ -170,8 +199,17 @@ pub struct QueueSpec {
     #[serde(rename = "type")]
     pub queue_type: QueueType,
     /// The Redis key (for bullmq, celery, rq, sidekiq: the queue name those libraries use).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1, max = 1024))]
     pub key: String,
+    /// Instead of `key`: a glob (`*`, `?`, `[...]`) over the library's own list of queues
+    /// (sidekiq: the `queues` set; rq: `rq:queues`; bullmq: the queues with a `<prefix>:*:meta`
+    /// key) or, for list, zset and stream, over the keys of that type. Every queue it matches is
+    /// an entry of its own, named `<name>.<queue>`, found in the background every
+    /// `discovery.interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub key_pattern: Option<String>,
     /// Multiplies this queue's depth in the backlog total.
     #[serde(default = "defaults::weight")]
     #[schemars(range(min = 0, max = 1000000))]
@@ -359,9 +397,12 @@ pub struct BackpressurePolicyStatus {
     /// The backlog's growth and when it reaches critical at that rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forecast: Option<ForecastStatus>,
-    /// Each queue's depth, or why it could not be read.
+    /// Each queue's depth, or why it could not be read (discovered queues included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<QueueStatus>,
+    /// What the last discovery of `keyPattern` queues found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
     /// When the queues were last sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sample_time: Option<Time>,
@@ -383,6 +424,22 @@ pub struct BackpressurePolicyStatus {
     /// Ready, RedisReachable, Throttling, Prolonged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// What the last discovery found.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryStatus {
+    /// How many queues the patterns matched (before the cap).
+    pub matched: u64,
+    /// How many of them are sampled (at most `discovery.maxQueues`).
+    pub sampled: u64,
+    /// When the registries were last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_discovery_time: Option<Time>,
+    /// Why the last discovery failed, or that the cap left queues out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The forecast of the backlog.
@@ -443,6 +500,12 @@ pub mod defaults {
     }
     pub fn read_latency() -> bool {
         true
+    }
+    pub fn discovery_interval() -> Duration {
+        parse("30s")
+    }
+    pub fn max_discovered_queues() -> u32 {
+        1000
     }
     pub fn password_key() -> String {
         "password".into()

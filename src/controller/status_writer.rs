@@ -6,7 +6,9 @@ use super::actuator::Outcome;
 use super::secrets::EndpointProblem;
 use super::{Context, FIELD_MANAGER};
 use crate::api::status::{ConditionValue, condition};
-use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, ForecastStatus, QueueStatus};
+use crate::api::{
+    BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, ForecastStatus, QueueStatus,
+};
 use crate::circuit::Circuit;
 use crate::forecast::Forecast;
 use crate::sampler::Sample;
@@ -24,6 +26,8 @@ pub struct TickReport<'a> {
     pub autoscaler_error: Option<&'a str>,
     /// The backlog's forecast, once there are enough samples.
     pub forecast: Option<Forecast>,
+    /// What the last discovery of `keyPattern` entries found.
+    pub discovery: Option<&'a DiscoveryStatus>,
     pub dry_run: bool,
     pub now: Timestamp,
 }
@@ -68,6 +72,7 @@ pub fn next_status(
             status.set_condition(condition::REDIS_REACHABLE, value);
         }
     }
+    status.discovery = report.discovery.cloned();
     status.forecast = report.forecast.map(|forecast| ForecastStatus {
         growth_per_second: round(forecast.growth_per_second, 1000.0),
         critical_in_seconds: forecast.critical_in.map(|eta| round(eta.as_secs_f64(), 10.0)),
@@ -174,6 +179,13 @@ pub fn worth_writing(old: &BackpressurePolicyStatus, new: &BackpressurePolicySta
         || old.observed_generation != new.observed_generation
         || conditions(old) != conditions(new)
         || queue_errors(old) != queue_errors(new)
+        || discovered(old) != discovered(new)
+}
+
+/// What a discovery found, without when: a new set of queues or a new problem is worth a write.
+fn discovered(status: &BackpressurePolicyStatus) -> Option<(u64, u64, Option<&str>)> {
+    let discovery = status.discovery.as_ref()?;
+    Some((discovery.matched, discovery.sampled, discovery.message.as_deref()))
 }
 
 /// Server-side applies `status` to the policy's status subresource.
@@ -227,6 +239,7 @@ mod tests {
             targets,
             autoscaler_error,
             forecast: None,
+            discovery: None,
             dry_run: false,
             now: sample.at,
         };

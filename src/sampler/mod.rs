@@ -11,13 +11,16 @@
 //! the same Redis shares them. A broken connection is dropped and re-dialled on the next tick; in
 //! Cluster and Sentinel mode the topology is re-discovered too.
 
+mod discover;
 mod endpoint;
 mod latency;
 mod probe;
 mod redirect;
+mod registry;
 pub mod slot;
 mod topology;
 
+pub use discover::Discovered;
 pub use endpoint::{Credentials, Endpoint, NodeAddr, UrlError};
 pub use latency::LatencyProbe;
 pub use probe::{KeyRead, QueueError, QueueProbe, ReadKind};
@@ -133,11 +136,13 @@ impl PreparedQueue {
 
 impl PreparedQueues {
     /// The queues' depth reads and, with `read_latency`, the latency read of each queue whose
-    /// layout keeps an enqueue time.
+    /// layout keeps an enqueue time. Entries with a `keyPattern` are left out: discovery turns
+    /// them into queues of their own.
     pub fn new(queues: &[QueueSpec], read_latency: bool) -> Self {
         Self {
             queues: queues
                 .iter()
+                .filter(|queue| queue.key_pattern.is_none())
                 .map(|queue| PreparedQueue {
                     name: queue.name.clone(),
                     weight: queue.weight,

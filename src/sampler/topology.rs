@@ -67,6 +67,19 @@ impl Topology {
         }
     }
 
+    /// Every node that holds keys (each master once).
+    pub fn nodes(&self) -> Vec<NodeAddr> {
+        match self {
+            Topology::Single(node) => vec![node.clone()],
+            Topology::Slots(ranges) => {
+                let mut nodes: Vec<NodeAddr> = ranges.iter().map(|(_, _, n)| n.clone()).collect();
+                nodes.sort();
+                nodes.dedup();
+                nodes
+            }
+        }
+    }
+
     /// Whether `node` is part of this topology.
     pub fn contains(&self, node: &NodeAddr) -> bool {
         match self {

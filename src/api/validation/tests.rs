@@ -143,6 +143,24 @@ fn open_ahead_needs_depth_thresholds_and_a_sane_window() {
 }
 
 #[test]
+fn a_queue_names_a_key_or_a_pattern_and_celery_only_a_key() {
+    let problems = problems_of(|o| set(o, "/spec/queues/1/keyPattern", "jobs:*".into()));
+    assert_one(
+        &problems,
+        "jobs/rule-engine: spec.queues[1]: Invalid value: set key (one queue) or keyPattern (every queue it matches), not both",
+    );
+    let pattern = serde_json::json!({"name": "all", "type": "sidekiq", "keyPattern": "*"});
+    assert!(problems_of(|o| set(o, "/spec/queues/1", pattern)).is_empty());
+    let celery = serde_json::json!({"name": "c", "type": "celery", "keyPattern": "*"});
+    assert_one(
+        &problems_of(|o| set(o, "/spec/queues/1", celery)),
+        "jobs/rule-engine: spec.queues[1]: Invalid value: keyPattern does not apply to type celery: kombu keeps no registry of its queues; list each queue with key",
+    );
+    let neither = serde_json::json!({"name": "n", "type": "list"});
+    assert_eq!(problems_of(|o| set(o, "/spec/queues/1", neither)).len(), 1);
+}
+
+#[test]
 fn duplicate_queue_names_are_refused() {
     let problems = problems_of(|o| set(o, "/spec/queues/1/name", "events".into()));
     assert_one(

@@ -14,10 +14,10 @@ use super::backoff::Backoff;
 use super::marks::{ANNOTATION_RESET, Intent, Release};
 use super::secrets::{self, EndpointProblem, resolve_endpoint};
 use super::status_writer::{TickReport, next_status, worth_writing, write};
-use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
+use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, QueueSpec};
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
 use crate::forecast::{Forecast, Forecaster};
-use crate::sampler::{Endpoint, PreparedQueues, Sample};
+use crate::sampler::{Discovered, Endpoint, PreparedQueues, Sample};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
@@ -105,6 +105,10 @@ struct PolicyState {
     rules: CircuitRules,
     /// The policy's queues and the reads they take (rebuilt on a new generation).
     queues: PreparedQueues,
+    /// What the last discovery of `keyPattern` entries found (cleared on a new generation).
+    discovered: Option<Discovered>,
+    /// The same for status, with when it was found.
+    discovery_status: Option<DiscoveryStatus>,
     /// The backlog's recent history and what it forecasts (restarted on a new generation).
     forecaster: Forecaster,
     forecast: Option<Forecast>,
@@ -136,6 +140,8 @@ impl PolicyState {
         Self {
             rules: policy.spec.circuit_rules(),
             queues: PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency),
+            discovered: None,
+            discovery_status: None,
             forecaster: Forecaster::new(policy.spec.circuit.forecast_window.into()),
             forecast: None,
             circuit: status.circuit(),
@@ -159,6 +165,8 @@ impl PolicyState {
         if respecified {
             self.rules = policy.spec.circuit_rules();
             self.queues = PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency);
+            self.discovered = None;
+            self.discovery_status = None;
             self.forecaster = Forecaster::new(policy.spec.circuit.forecast_window.into());
             self.forecast = None;
             self.endpoint = None;
@@ -167,6 +175,59 @@ impl PolicyState {
         }
         self.policy = policy;
         respecified
+    }
+
+    /// The entries with a `keyPattern`, which discovery expands.
+    fn patterns(&self) -> Vec<QueueSpec> {
+        let queues = &self.policy.spec.queues;
+        queues
+            .iter()
+            .filter(|q| q.key_pattern.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Takes what a discovery found: the policy's queues become its own plus the discovered
+    /// ones (a failed discovery keeps the queues found before).
+    async fn take_discovered(&mut self, context: &Context, found: Discovered) {
+        let cap = self.policy.spec.discovery.max_queues as usize;
+        let message = match (&found.error, found.matched > cap) {
+            (Some(error), _) => Some(format!(
+                "discovery failed (the queues found before are kept): {error}"
+            )),
+            (None, true) => Some(format!(
+                "keyPattern matched {} queues; the first {cap} by name are sampled (discovery.maxQueues)",
+                found.matched
+            )),
+            (None, false) => None,
+        };
+        let previous_message = self.discovery_status.as_ref().and_then(|d| d.message.clone());
+        if message.is_some() && message != previous_message && context.is_leader() {
+            events::publish(
+                context,
+                &self.policy,
+                EventType::Warning,
+                "DiscoveryIncomplete",
+                message.clone().unwrap_or_default(),
+            )
+            .await;
+        }
+        let kept = match (&found.error, &self.discovered) {
+            (Some(_), Some(previous)) => previous.clone(),
+            _ => found.clone(),
+        };
+        self.discovery_status = Some(DiscoveryStatus {
+            matched: kept.matched.max(found.matched) as u64,
+            sampled: kept.queues.len() as u64,
+            last_discovery_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                context.clock.now(),
+            )),
+            message,
+        });
+        let mut queues = self.policy.spec.queues.clone();
+        queues.extend(kept.queues.iter().cloned());
+        self.queues = PreparedQueues::new(&queues, self.policy.spec.read_latency);
+        self.discovered = Some(kept);
     }
 
     /// Builds the endpoint from the Secrets when there is none, or when the last one failed and
@@ -243,22 +304,47 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
     // then hold their state between ticks, not the largest future a tick ever awaits.
     Box::pin(tick(&context, &mut state)).await;
     let mut interval = ticker(&state.policy);
+    let mut discovery = discovery_ticker(&state.policy);
+    // Discoveries run in their own task and report here; one at a time.
+    let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<(Option<i64>, Discovered)>(1);
+    let mut discovering: Option<JoinHandle<()>> = None;
     loop {
         // A stop (the sender dropped) or a newer object goes before a due tick.
         tokio::select! {
             biased;
             changed = latest.changed() => {
                 if changed.is_err() {
+                    discovering.take().inspect(JoinHandle::abort);
                     return;
                 }
                 let policy = latest.borrow_and_update().clone();
                 if state.update(policy) {
                     interval = ticker(&state.policy);
+                    discovery = discovery_ticker(&state.policy);
+                    discovering.take().inspect(JoinHandle::abort);
                 }
+            }
+            Some((generation, found)) = found_rx.recv() => {
+                discovering = None;
+                if generation == state.policy.metadata.generation {
+                    state.take_discovered(&context, found).await;
+                }
+            }
+            _ = discovery.tick(), if discovering.is_none() => {
+                discovering = state.start_discovery(&context, found_tx.clone());
             }
             _ = interval.tick() => Box::pin(tick(&context, &mut state)).await,
         }
     }
+}
+
+/// Discovery's interval: `discovery.interval`, the first at once (a policy without a
+/// `keyPattern` has nothing to do when it comes due).
+fn discovery_ticker(policy: &BackpressurePolicy) -> tokio::time::Interval {
+    let period: std::time::Duration = policy.spec.discovery.interval.into();
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
 }
 
 /// One tick, in phases: sample; a follower mirrors status and stops there; the leader keeps the
@@ -288,6 +374,7 @@ async fn tick(context: &Context, state: &mut PolicyState) {
         targets: &targets,
         autoscaler_error: state.autoscaler_error.as_deref(),
         forecast: state.forecast,
+        discovery: state.discovery_status.as_ref(),
         dry_run: policy.spec.dry_run,
         now,
     };
@@ -307,6 +394,27 @@ async fn tick(context: &Context, state: &mut PolicyState) {
 }
 
 impl PolicyState {
+    /// Starts a discovery of the `keyPattern` entries in its own task, when there are some and
+    /// the endpoint is known.
+    fn start_discovery(
+        &self,
+        context: &Context,
+        report: tokio::sync::mpsc::Sender<(Option<i64>, Discovered)>,
+    ) -> Option<JoinHandle<()>> {
+        let patterns = self.patterns();
+        if patterns.is_empty() {
+            return None;
+        }
+        let endpoint = self.endpoint.as_ref()?.as_ref().ok()?.clone();
+        let sampler = context.sampler.clone();
+        let cap = self.policy.spec.discovery.max_queues as usize;
+        let generation = self.policy.metadata.generation;
+        Some(tokio::spawn(async move {
+            let found = sampler.discover(&endpoint, &patterns, cap).await;
+            let _ = report.send((generation, found)).await;
+        }))
+    }
+
     /// The namespace and name of the policy.
     fn names(&self) -> (String, String) {
         (

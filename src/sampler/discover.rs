@@ -1,0 +1,152 @@
+//! Finds the queues a policy's `keyPattern` entries name: the libraries' registries (a set read
+//! with `SMEMBERS`) or the keys of a type (`SCAN`, on every master in Cluster mode). Runs in the
+//! background at `discovery.interval`, never in a tick; bounded in keys scanned and in time.
+
+use super::endpoint::{Endpoint, NodeAddr};
+use super::registry::{Source, expand};
+use super::topology::Topology;
+use super::{EndpointState, Sampler, connect};
+use crate::api::QueueSpec;
+use redis::aio::MultiplexedConnection;
+use std::time::Duration;
+
+/// Keys one `SCAN` call asks for.
+const SCAN_COUNT: usize = 1000;
+/// A scan of one node stops after this many calls (10 million keys looked at).
+const MAX_SCAN_CALLS: usize = 10_000;
+
+/// What a discovery found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Discovered {
+    /// The entries to sample, sorted by name, at most the cap.
+    pub queues: Vec<QueueSpec>,
+    /// How many the patterns matched before the cap.
+    pub matched: usize,
+    /// The first failure (the entries that could be read are kept).
+    pub error: Option<String>,
+}
+
+impl Sampler {
+    /// The queues that `entries` (those with a `keyPattern`) name, at most `cap` of them.
+    pub async fn discover(&self, endpoint: &Endpoint, entries: &[QueueSpec], cap: usize) -> Discovered {
+        let state = self.state_of(endpoint);
+        let mut found = Vec::new();
+        let mut error = None;
+        for entry in entries {
+            let Some(source) = Source::for_entry(entry) else {
+                continue;
+            };
+            match candidates(endpoint, &state, &source).await {
+                Ok(candidates) => {
+                    let names = candidates
+                        .iter()
+                        .filter_map(|c| source.queue_name(c).map(str::to_string));
+                    found.extend(expand(entry, names));
+                }
+                Err(message) => {
+                    error.get_or_insert(format!("queue {}: {message}", entry.name));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        let matched = found.len();
+        found.truncate(cap);
+        Discovered {
+            queues: found,
+            matched,
+            error,
+        }
+    }
+}
+
+/// The set members or keys `source` reads.
+async fn candidates(
+    endpoint: &Endpoint,
+    state: &tokio::sync::Mutex<EndpointState>,
+    source: &Source,
+) -> Result<Vec<String>, String> {
+    let topology = topology(endpoint, state).await?;
+    let deadline = endpoint.timeout.max(Duration::from_secs(1)) * 10;
+    let read = async {
+        match source {
+            Source::SetMembers { key, .. } => {
+                let node = topology.node_for(key.as_bytes()).clone();
+                let mut connection = connection(endpoint, state, &node).await?;
+                redis::cmd("SMEMBERS")
+                    .arg(key)
+                    .query_async::<Vec<String>>(&mut connection)
+                    .await
+                    .map_err(|e| format!("SMEMBERS {key}: {e}"))
+            }
+            Source::Scan { pattern, type_, .. } => {
+                let mut keys = Vec::new();
+                for node in topology.nodes() {
+                    let mut connection = connection(endpoint, state, &node).await?;
+                    keys.extend(scan(&mut connection, pattern, *type_).await?);
+                }
+                Ok(keys)
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| format!("{endpoint}: discovery took longer than {deadline:?}"))?
+}
+
+async fn scan(
+    connection: &mut MultiplexedConnection,
+    pattern: &str,
+    type_: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    for _ in 0..MAX_SCAN_CALLS {
+        let mut command = redis::cmd("SCAN");
+        command
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        if let Some(type_) = type_ {
+            command.arg("TYPE").arg(type_);
+        }
+        let (next, batch): (u64, Vec<String>) = command
+            .query_async(connection)
+            .await
+            .map_err(|e| format!("SCAN MATCH {pattern}: {e}"))?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            return Ok(keys);
+        }
+    }
+    Err(format!(
+        "SCAN MATCH {pattern} did not finish within {MAX_SCAN_CALLS} calls: narrow keyPattern"
+    ))
+}
+
+async fn topology(
+    endpoint: &Endpoint,
+    state: &tokio::sync::Mutex<EndpointState>,
+) -> Result<Topology, String> {
+    let mut state = state.lock().await;
+    if state.topology.is_none() {
+        state.topology = Some(Topology::discover(endpoint).await?);
+    }
+    Ok(state.topology.clone().expect("set above"))
+}
+
+async fn connection(
+    endpoint: &Endpoint,
+    state: &tokio::sync::Mutex<EndpointState>,
+    node: &NodeAddr,
+) -> Result<MultiplexedConnection, String> {
+    let mut state = state.lock().await;
+    if let Some(connection) = state.connections.get(node) {
+        return Ok(connection.clone());
+    }
+    let connection = connect(endpoint, node, endpoint.db(), true).await?;
+    state.connections.insert(node.clone(), connection.clone());
+    Ok(connection)
+}

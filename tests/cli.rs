@@ -105,6 +105,28 @@ fn sample_once_json_reads_every_queue_type_of_the_example_policy() {
     assert_eq!(tick["pending"], pending, "billing has weight 2");
     assert_eq!(tick["state"], "Closed");
     assert_eq!(tick["level"], "Normal");
+    // Latency: a number for the layouts that keep an enqueue time (Sidekiq jobs without
+    // `enqueued_at` count as not waiting, as in Sidekiq), null for the others, never a guess.
+    let latency = |queue: &str| {
+        let entry = tick["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == queue)
+            .unwrap();
+        entry["latencySeconds"].clone()
+    };
+    for queue in ["retries", "scheduled", "emails"] {
+        assert_eq!(latency(queue), Value::Null, "{queue}");
+    }
+    for queue in ["events", "audit", "reports"] {
+        assert!(
+            latency(queue).as_f64().is_some_and(|s| s >= 0.0),
+            "{queue}: {tick}"
+        );
+    }
+    assert_eq!(latency("billing"), Value::from(0.0));
+    assert!(tick["latencySeconds"].is_number(), "{tick}");
 }
 
 #[test]

@@ -5,8 +5,8 @@
 //! | --- | --- | --- |
 //! | `policy` | the BackpressurePolicy, in the ScaledObject's namespace | required |
 //! | `queue` | one of its queues: that queue's depth instead of the backlog | none |
-//! | `metric` | `pending` (the weighted backlog, or the queue's depth) or `level` (0 Normal, 1 Warning, 2 Critical) | `pending` |
-//! | `targetValue` | the figure one replica should handle (KEDA's AverageValue target) | 100 for `pending`, 1 for `level` |
+//! | `metric` | `pending` (the weighted backlog, or the queue's depth), `latency` (seconds the oldest job has waited, the policy's or the queue's) or `level` (0 Normal, 1 Warning, 2 Critical) | `pending` |
+//! | `targetValue` | the figure one replica should handle (KEDA's AverageValue target) | 100 for `pending`, 30 for `latency`, 1 for `level` |
 //! | `activationValue` | the figure above which the workload is active (scaled up from zero) | 0 |
 
 use crate::circuit::Level;
@@ -21,6 +21,10 @@ pub enum Figure {
     Pending,
     /// One queue's depth.
     QueueDepth(String),
+    /// The age of the oldest waiting job over the policy's queues, in seconds.
+    Latency,
+    /// The age of one queue's oldest waiting job, in seconds.
+    QueueLatency(String),
     /// The backlog's level: 0 Normal, 1 Warning, 2 Critical.
     Level,
 }
@@ -78,6 +82,8 @@ impl ScalerQuery {
         let figure = match (metadata.get("metric").map(String::as_str), queue) {
             (None | Some("pending"), None) => Figure::Pending,
             (None | Some("pending"), Some(queue)) => Figure::QueueDepth(queue.clone()),
+            (Some("latency"), None) => Figure::Latency,
+            (Some("latency"), Some(queue)) => Figure::QueueLatency(queue.clone()),
             (Some("level"), None) => Figure::Level,
             (Some("level"), Some(_)) => {
                 return Err(invalid(
@@ -86,11 +92,15 @@ impl ScalerQuery {
             }
             (Some(other), _) => {
                 return Err(invalid(format!(
-                    "metadata.metric {other:?} is not known: use pending or level"
+                    "metadata.metric {other:?} is not known: use pending, latency or level"
                 )));
             }
         };
-        let default_target = if figure == Figure::Level { 1.0 } else { 100.0 };
+        let default_target = match figure {
+            Figure::Level => 1.0,
+            Figure::Latency | Figure::QueueLatency(_) => 30.0,
+            Figure::Pending | Figure::QueueDepth(_) => 100.0,
+        };
         let target = number(metadata, "targetValue")?.unwrap_or(default_target);
         if target <= 0.0 {
             return Err(invalid(format!(
@@ -118,6 +128,8 @@ impl ScalerQuery {
         match &self.figure {
             Figure::Pending => format!("levee-{}-pending", self.policy),
             Figure::QueueDepth(queue) => format!("levee-{}-{queue}-depth", self.policy),
+            Figure::Latency => format!("levee-{}-latency", self.policy),
+            Figure::QueueLatency(queue) => format!("levee-{}-{queue}-latency", self.policy),
             Figure::Level => format!("levee-{}-level", self.policy),
         }
     }
@@ -138,24 +150,26 @@ impl ScalerQuery {
         }
         match &self.figure {
             Figure::Pending => Ok(values.pending as f64),
-            Figure::QueueDepth(queue) => match values.queues.iter().find(|q| &q.name == queue) {
-                Some(QueueValues {
+            Figure::QueueDepth(queue) => match self.queue(values, queue)? {
+                QueueValues {
                     depth: Some(depth), ..
-                }) => Ok(*depth as f64),
-                Some(_) => Err(Refusal::Unavailable(format!(
+                } => Ok(*depth as f64),
+                _ => Err(Refusal::Unavailable(format!(
                     "queue {queue} of {}/{} has not been read yet",
                     self.namespace, self.policy
                 ))),
-                None => Err(Refusal::NotFound(format!(
-                    "{}/{} has no queue {queue}: its queues are {}",
-                    self.namespace,
-                    self.policy,
-                    values
-                        .queues
-                        .iter()
-                        .map(|q| q.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+            },
+            Figure::Latency => values.latency.map(|age| age.as_secs_f64()).ok_or_else(|| {
+                Refusal::Unavailable(format!(
+                    "{}/{} has no latency: none of its queues keeps an enqueue time (sidekiq, rq, bullmq, stream), or it has not been read",
+                    self.namespace, self.policy
+                ))
+            }),
+            Figure::QueueLatency(queue) => match self.queue(values, queue)?.latency {
+                Some(age) => Ok(age.as_secs_f64()),
+                None => Err(Refusal::Unavailable(format!(
+                    "queue {queue} of {}/{} has no latency: its type keeps no enqueue time, or it has not been read",
+                    self.namespace, self.policy
                 ))),
             },
             Figure::Level => match values.circuit {
@@ -170,6 +184,23 @@ impl ScalerQuery {
                 ))),
             },
         }
+    }
+
+    /// The policy's queue named `queue`.
+    fn queue<'a>(&self, values: &'a PolicyValues, queue: &str) -> Result<&'a QueueValues, Refusal> {
+        values.queues.iter().find(|q| q.name == queue).ok_or_else(|| {
+            Refusal::NotFound(format!(
+                "{}/{} has no queue {queue}: its queues are {}",
+                self.namespace,
+                self.policy,
+                values
+                    .queues
+                    .iter()
+                    .map(|q| q.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
     }
 
     /// Whether the workload should run at all (KEDA scales it from zero when it is).
@@ -273,13 +304,48 @@ mod tests {
     }
 
     #[test]
+    fn latency_is_a_figure_in_seconds_and_refused_where_none_is_kept() {
+        let mut with_latency = values(7, false);
+        with_latency.latency = Some(Duration::from_millis(42_500));
+        with_latency.queues[0].latency = Some(Duration::from_secs(3));
+        let now = Instant::now();
+        let policy =
+            ScalerQuery::parse("jobs", &metadata(&[("policy", "p"), ("metric", "latency")])).unwrap();
+        assert_eq!(
+            (policy.target, policy.metric_name().as_str()),
+            (30.0, "levee-p-latency")
+        );
+        assert_eq!(policy.reading(Some(&with_latency), now), Ok(42.5));
+        assert!(matches!(
+            policy.reading(Some(&values(7, false)), now),
+            Err(Refusal::Unavailable(m)) if m.contains("keeps an enqueue time")
+        ));
+        let queue = ScalerQuery::parse(
+            "jobs",
+            &metadata(&[("policy", "p"), ("metric", "latency"), ("queue", "events")]),
+        )
+        .unwrap();
+        assert_eq!(queue.metric_name(), "levee-p-events-latency");
+        assert_eq!(queue.reading(Some(&with_latency), now), Ok(3.0));
+        let audit = ScalerQuery::parse(
+            "jobs",
+            &metadata(&[("policy", "p"), ("metric", "latency"), ("queue", "audit")]),
+        )
+        .unwrap();
+        assert!(matches!(
+            audit.reading(Some(&with_latency), now),
+            Err(Refusal::Unavailable(_))
+        ));
+    }
+
+    #[test]
     fn wrong_metadata_names_the_key_to_change() {
         let refused = |pairs: &[(&str, &str)]| match ScalerQuery::parse("jobs", &metadata(pairs)) {
             Err(Refusal::InvalidArgument(message)) => message,
             other => panic!("{pairs:?} gave {other:?}"),
         };
         assert!(refused(&[]).contains("metadata.policy is required"));
-        assert!(refused(&[("policy", "p"), ("metric", "latency")]).contains("use pending or level"));
+        assert!(refused(&[("policy", "p"), ("metric", "age")]).contains("use pending, latency or level"));
         assert!(
             refused(&[("policy", "p"), ("metric", "level"), ("queue", "q")]).contains("drop metadata.queue")
         );

@@ -32,13 +32,18 @@ fn ticks(output: &Output) -> Vec<Value> {
         .collect()
 }
 
-fn depth(tick: &Value, queue: &str) -> Value {
-    let entry = tick["queues"]
+/// The tick's entry for `queue`.
+fn queue_entry<'a>(tick: &'a Value, queue: &str) -> &'a Value {
+    tick["queues"]
         .as_array()
         .unwrap()
         .iter()
         .find(|q| q["name"] == queue)
-        .unwrap();
+        .unwrap()
+}
+
+fn depth(tick: &Value, queue: &str) -> Value {
+    let entry = queue_entry(tick, queue);
     entry
         .get("depth")
         .cloned()
@@ -107,15 +112,7 @@ fn sample_once_json_reads_every_queue_type_of_the_example_policy() {
     assert_eq!(tick["level"], "Normal");
     // Latency: a number for the layouts that keep an enqueue time (Sidekiq jobs without
     // `enqueued_at` count as not waiting, as in Sidekiq), null for the others, never a guess.
-    let latency = |queue: &str| {
-        let entry = tick["queues"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|q| q["name"] == queue)
-            .unwrap();
-        entry["latencySeconds"].clone()
-    };
+    let latency = |queue: &str| queue_entry(tick, queue)["latencySeconds"].clone();
     for queue in ["retries", "scheduled", "emails"] {
         assert_eq!(latency(queue), Value::Null, "{queue}");
     }

@@ -41,14 +41,12 @@ fn depths(sample: &Sample) -> Vec<(String, Result<u64, String>)> {
         .collect()
 }
 
+fn reading<'a>(sample: &'a Sample, name: &str) -> &'a levee::sampler::QueueReading {
+    sample.queues.iter().find(|q| q.name == name).unwrap()
+}
+
 fn depth_of(sample: &Sample, name: &str) -> Result<u64, String> {
-    sample
-        .queues
-        .iter()
-        .find(|q| q.name == name)
-        .unwrap()
-        .depth
-        .clone()
+    reading(sample, name).depth.clone()
 }
 
 #[tokio::test]
@@ -550,13 +548,7 @@ async fn a_restarted_redis_is_read_again_on_the_next_tick() {
 }
 
 fn latency_of(sample: &Sample, name: &str) -> Option<Result<std::time::Duration, String>> {
-    sample
-        .queues
-        .iter()
-        .find(|q| q.name == name)
-        .unwrap()
-        .latency
-        .clone()
+    reading(sample, name).latency.clone()
 }
 
 /// The age of a job enqueued at `enqueued_at` (seconds since the epoch) on Redis's clock now.

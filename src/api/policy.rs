@@ -300,6 +300,21 @@ impl Default for CircuitSpec {
     }
 }
 
+impl QueueSpec {
+    /// Sidekiq's key prefix: `<namespace>:` with a redis-namespace, else nothing.
+    pub fn sidekiq_prefix(&self) -> String {
+        self.namespace
+            .as_deref()
+            .map(|n| format!("{n}:"))
+            .unwrap_or_default()
+    }
+
+    /// BullMQ's key prefix (the `prefix` option, `bull` by default).
+    pub fn bullmq_prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or(defaults::BULLMQ_PREFIX)
+    }
+}
+
 impl BackpressurePolicySpec {
     /// The rules the circuit follows for this (validated) spec.
     pub fn circuit_rules(&self) -> CircuitRules {

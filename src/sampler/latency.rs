@@ -18,7 +18,7 @@
 //! guessing: they have no latency.
 
 use super::probe::{KeyRead, QueueError, ReadKind};
-use crate::api::{QueueSpec, QueueType, defaults};
+use crate::api::{QueueSpec, QueueType};
 use jiff::Timestamp;
 use redis::{RedisError, RedisResult, Value};
 use std::sync::LazyLock;
@@ -56,26 +56,18 @@ impl LatencyProbe {
         let key = queue.key.as_str();
         let (first_key, args, format) = match queue.queue_type {
             QueueType::List | QueueType::Zset | QueueType::Celery => return None,
-            QueueType::Sidekiq => {
-                let namespace = queue
-                    .namespace
-                    .as_deref()
-                    .map(|n| format!("{n}:"))
-                    .unwrap_or_default();
-                (
-                    format!("{namespace}queue:{key}"),
-                    vec!["sidekiq".to_string()],
-                    StampFormat::SidekiqEnqueuedAt,
-                )
-            }
+            QueueType::Sidekiq => (
+                format!("{}queue:{key}", queue.sidekiq_prefix()),
+                vec!["sidekiq".to_string()],
+                StampFormat::SidekiqEnqueuedAt,
+            ),
             QueueType::Rq => (
                 format!("rq:queue:{key}"),
                 vec!["rq".to_string(), "rq:job:".to_string()],
                 StampFormat::IsoUtc,
             ),
             QueueType::Bullmq => {
-                let prefix = queue.prefix.as_deref().unwrap_or(defaults::BULLMQ_PREFIX);
-                let base = format!("{prefix}:{key}:");
+                let base = format!("{}:{key}:", queue.bullmq_prefix());
                 let delayed = if queue.include_delayed == Some(true) {
                     "1"
                 } else {

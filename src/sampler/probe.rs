@@ -100,8 +100,7 @@ impl QueueProbe {
             QueueType::Stream if queue.consumer_group.is_some() => vec![KeyRead::new(XinfoGroups, key)],
             QueueType::Stream => vec![KeyRead::new(Xlen, key)],
             QueueType::Bullmq => {
-                let prefix = queue.prefix.as_deref().unwrap_or(defaults::BULLMQ_PREFIX);
-                let base = format!("{prefix}:{key}");
+                let base = format!("{}:{key}", queue.bullmq_prefix());
                 let mut reads = vec![
                     KeyRead::new(Llen, format!("{base}:wait")),
                     KeyRead::new(Llen, format!("{base}:paused")),
@@ -123,14 +122,10 @@ impl QueueProbe {
                     .collect()
             }
             QueueType::Rq => vec![KeyRead::new(Llen, format!("rq:queue:{key}"))],
-            QueueType::Sidekiq => {
-                let namespace = queue
-                    .namespace
-                    .as_deref()
-                    .map(|n| format!("{n}:"))
-                    .unwrap_or_default();
-                vec![KeyRead::new(Llen, format!("{namespace}queue:{key}"))]
-            }
+            QueueType::Sidekiq => vec![KeyRead::new(
+                Llen,
+                format!("{}queue:{key}", queue.sidekiq_prefix()),
+            )],
         };
         Self {
             reads,

@@ -7,7 +7,7 @@
 //! - Lists, sorted sets and streams have no registry: the keys of that type matching the pattern
 //!   (SCAN ... TYPE).
 
-use crate::api::{QueueSpec, QueueType, defaults};
+use crate::api::{QueueSpec, QueueType};
 
 /// Where a pattern's candidates come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,23 +35,16 @@ impl Source {
             suffix: String::new(),
         };
         Some(match entry.queue_type {
-            QueueType::Sidekiq => {
-                let namespace = entry
-                    .namespace
-                    .as_deref()
-                    .map(|n| format!("{n}:"))
-                    .unwrap_or_default();
-                Source::SetMembers {
-                    key: format!("{namespace}queues"),
-                    strip: String::new(),
-                }
-            }
+            QueueType::Sidekiq => Source::SetMembers {
+                key: format!("{}queues", entry.sidekiq_prefix()),
+                strip: String::new(),
+            },
             QueueType::Rq => Source::SetMembers {
                 key: "rq:queues".into(),
                 strip: "rq:queue:".into(),
             },
             QueueType::Bullmq => {
-                let prefix = entry.prefix.as_deref().unwrap_or(defaults::BULLMQ_PREFIX);
+                let prefix = entry.bullmq_prefix();
                 Source::Scan {
                     pattern: format!("{}:*:meta", escape_glob(prefix)),
                     type_: Some("hash"),

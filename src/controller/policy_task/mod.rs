@@ -217,7 +217,7 @@ impl PolicyState {
             _ => found.clone(),
         };
         self.discovery_status = Some(DiscoveryStatus {
-            matched: kept.matched.max(found.matched) as u64,
+            matched: kept.matched as u64,
             sampled: kept.queues.len() as u64,
             last_discovery_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 context.clock.now(),

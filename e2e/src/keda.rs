@@ -140,6 +140,15 @@ impl Keda {
             &logs.path().join("operator.log"),
         );
         let adapter_port = free_port();
+        // The adapter audits every request at Metadata level: who it saw asking, for the
+        // forwarding tests.
+        let audit_policy = logs.path().join("audit-policy.yaml");
+        std::fs::write(
+            &audit_policy,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n",
+        )
+        .unwrap();
+        let audit_log = logs.path().join("audit.log");
         let adapter = spawn(
             &dir.join("adapter"),
             &[
@@ -155,6 +164,8 @@ impl Keda {
                 &format!("--metrics-service-address=localhost:{grpc}"),
                 // Its plain /metrics port (it binds every interface; nothing here reads it).
                 &format!("--port={}", free_port()),
+                &format!("--audit-policy-file={}", audit_policy.display()),
+                &format!("--audit-log-path={}", audit_log.display()),
                 "--zap-log-level=info",
                 "--zap-encoder=console",
             ],
@@ -248,6 +259,20 @@ impl Keda {
     pub fn stop_adapter(&mut self) {
         let _ = self.adapter.kill();
         let _ = self.adapter.wait();
+    }
+
+    /// The users the adapter's audit log shows asking for a URI that contains `uri_part`.
+    pub fn audited_users(&self, uri_part: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(self.logs.path().join("audit.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| {
+                event["requestURI"]
+                    .as_str()
+                    .is_some_and(|uri| uri.contains(uri_part))
+            })
+            .filter_map(|event| event["user"]["username"].as_str().map(str::to_string))
+            .collect()
     }
 
     /// The operator's and the adapter's logs.

@@ -65,6 +65,10 @@ const VALUE_SETS: &[&[&str]] = &[
         "metricsApi.delegate.url=https://keda-metrics-apiserver.keda.svc:443",
         "metricsApi.delegate.caSecret=keda-ca",
     ],
+    &[
+        "metricsApi.delegate.url=https://keda-metrics-apiserver.keda.svc:443",
+        "metricsApi.delegate.clientCertSecret=levee-front-proxy",
+    ],
 ];
 
 fn helm_ok(args: &[&str]) -> String {
@@ -440,6 +444,51 @@ fn with_a_user_provided_certificate_the_chart_generates_nothing_and_skips_no_ver
         "{args:?}"
     );
     assert!(!args.iter().any(|arg| arg.starts_with("--tls-san")), "{args:?}");
+}
+
+#[test]
+fn forwarding_asks_as_levee_with_a_role_or_as_the_caller_with_a_front_proxy_certificate() {
+    let url = "metricsApi.delegate.url=https://keda-metrics-apiserver.keda.svc:443";
+    let as_levee = render_chart("levee", LEVEE_NAMESPACE, &[url], &[]);
+    assert!(named(&as_levee, "ClusterRole", "levee-delegated-metrics-reader").is_some());
+    let args = container_args(&as_levee);
+    assert!(
+        !args.iter().any(|arg| arg.starts_with("--delegate-client")),
+        "{args:?}"
+    );
+
+    let as_caller = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &[url, "metricsApi.delegate.clientCertSecret=levee-front-proxy"],
+        &[],
+    );
+    assert!(
+        named(&as_caller, "ClusterRole", "levee-delegated-metrics-reader").is_none(),
+        "asking as the caller, levee needs no read access of its own"
+    );
+    let args = container_args(&as_caller);
+    for flag in [
+        "--delegate-client-cert-file=/etc/levee/delegate-client/tls.crt",
+        "--delegate-client-key-file=/etc/levee/delegate-client/tls.key",
+    ] {
+        assert!(args.iter().any(|arg| arg == flag), "{flag} in {args:?}");
+    }
+    let pod = &rendered(&as_caller, "Deployment")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|volume| volume["name"] == "delegate-client")
+        .expect("the client certificate's volume");
+    assert_eq!(volume["secret"]["secretName"], "levee-front-proxy");
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["name"] == "delegate-client" && m["mountPath"] == "/etc/levee/delegate-client"),
+        "{mounts:?}"
+    );
 }
 
 /// Objects of `kind` named `name`.

@@ -6,7 +6,9 @@
 //! With forwarding on, levee owns the APIService and hands KEDA's metrics to KEDA's adapter: the
 //! HPA KEDA made for its own `redis` trigger keeps scaling through levee, beside an HPA on
 //! `levee_pending`; with KEDA's adapter down, levee's metrics still answer and KEDA's requests
-//! get an error naming the delegate.
+//! get an error naming the delegate. Forwarding as the caller (levee presenting the cluster's
+//! front-proxy client certificate), KEDA's adapter sees and authorizes the user who asked, never
+//! levee, which then holds no read access of its own.
 //!
 //! The tests take turns (one APIService per cluster). Named `with_keda` so that cargo runs it
 //! after the other suites: a cold KEDA build runs in the background meanwhile.
@@ -254,5 +256,120 @@ spec:
         "levee's HPA still scales worker down",
         Duration::from_secs(120),
         || (deployment_replicas(&ns, "worker") == 1).then_some(()),
+    );
+}
+
+#[test]
+fn forwarding_as_the_caller_the_delegate_sees_the_user_who_asked_and_not_levee() {
+    let _turn = APISERVICE.lock().unwrap_or_else(|e| e.into_inner());
+    install_crd();
+    let namespace = TestNamespace::create("levee-e2e-as-caller");
+    let ns = namespace.name.clone();
+    let keda = Keda::start();
+    let redis = RedisServer::start();
+    let worker = std::fs::read_to_string(repo_root().join("examples/worker.yaml")).unwrap();
+    let manifest = worker
+        .replace("namespace: jobs", &format!("namespace: {ns}"))
+        .replace("name: worker", "name: keda-worker")
+        .replace("app: worker", "app: keda-worker");
+    kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    let scaled_object = format!(
+        r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {{name: keda-worker, namespace: {ns}}}
+spec:
+  scaleTargetRef: {{name: keda-worker}}
+  pollingInterval: 2
+  minReplicaCount: 1
+  maxReplicaCount: 8
+  triggers:
+    - type: redis
+      metadata: {{address: "127.0.0.1:{port}", listName: emails, listLength: "50"}}
+"#,
+        port = redis.port
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&scaled_object));
+    redis.push_jobs("emails", 120);
+
+    // levee's RBAC as the chart renders it when it asks as the caller: no read access to
+    // external metrics of its own (a role left by another test is taken away).
+    let delegate = format!("https://127.0.0.1:{}", keda.adapter_port);
+    let sets = [
+        format!("metricsApi.delegate.url={delegate}"),
+        "metricsApi.delegate.clientCertSecret=levee-front-proxy".to_string(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    create_levee_namespace();
+    apply_objects(
+        &render_chart("levee", LEVEE_NAMESPACE, &sets, &["templates/rbac.yaml"]),
+        &[],
+    );
+    kubectl_ok(
+        &[
+            "delete",
+            "clusterrolebinding",
+            "levee-delegated-metrics-reader",
+            "--ignore-not-found",
+        ],
+        None,
+    );
+    // The cluster's front-proxy client certificate, which KEDA's adapter trusts through
+    // kube-system/extension-apiserver-authentication, as a user would mount it from a Secret.
+    let pki = std::path::Path::new(&std::env::var("KUBECONFIG").unwrap())
+        .parent()
+        .unwrap()
+        .join("pki");
+    let flags = [
+        format!("--delegate-external-metrics={delegate}"),
+        format!("--delegate-ca-file={}", keda.tls.path("ca.crt")),
+        format!(
+            "--delegate-client-cert-file={}",
+            pki.join("front-proxy-client.crt").display()
+        ),
+        format!(
+            "--delegate-client-key-file={}",
+            pki.join("front-proxy-client.key").display()
+        ),
+    ];
+    let _served = ServedMetricsApi::start(&ns, &sets, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // A user who may read external metrics in this namespace, and nothing else.
+    let user = "levee-e2e-alice";
+    apply_objects(
+        &[
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "external-metrics-reader", "namespace": ns},
+                "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": ["*"], "verbs": ["get", "list"]}]}),
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "external-metrics-reader", "namespace": ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "external-metrics-reader"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}),
+        ],
+        &[],
+    );
+    let theirs = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/s0-redis-emails?labelSelector=scaledobject.keda.sh%2Fname%3Dkeda-worker"
+    );
+    let list = wait_until(
+        "KEDA's metric answers the user through levee",
+        Duration::from_secs(60),
+        || {
+            let output = kubectl(&["get", "--raw", &theirs, &format!("--as={user}")], None);
+            output
+                .status
+                .success()
+                .then(|| serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap())
+        },
+    );
+    assert_eq!(list["items"][0]["value"], "120", "{list}");
+    let users = keda.audited_users("s0-redis-emails");
+    assert!(
+        users.iter().any(|u| u == user),
+        "KEDA's adapter saw {user}: {users:?}"
+    );
+    assert!(
+        !users.iter().any(|u| u.contains(":levee")),
+        "levee never asked as itself: {users:?}"
     );
 }

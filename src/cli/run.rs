@@ -3,7 +3,7 @@
 use crate::controller::{self, LeaseSettings, Settings};
 use crate::external_scaler::{self, server::Scaler};
 use crate::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
-use crate::metrics_api::delegate::Delegate;
+use crate::metrics_api::delegate::{Delegate, FrontProxyCertificate};
 use crate::metrics_api::server::{self, MetricsApi};
 use crate::serving::cert::ServingCert;
 use crate::serving::listener::ConnectionLimits;
@@ -53,12 +53,29 @@ pub struct RunArgs {
     /// Forward requests for the external metrics levee does not serve to this server (an https
     /// URL such as https://keda-metrics-apiserver.keda.svc:443: KEDA's metrics adapter,
     /// prometheus-adapter), so levee can own the APIService beside it. levee authorizes each
-    /// caller first, then asks the delegate with its own credentials.
+    /// caller first, then asks the delegate as the caller (with --delegate-client-cert-file) or
+    /// with its own credentials.
     #[arg(long, env = "LEVEE_DELEGATE_EXTERNAL_METRICS")]
     pub delegate_external_metrics: Option<String>,
     /// CA bundle (PEM) that verifies the delegate's serving certificate.
     #[arg(long, env = "LEVEE_DELEGATE_CA_FILE", requires = "delegate_external_metrics")]
     pub delegate_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) levee presents to the delegate as a front proxy, naming each
+    /// caller in X-Remote-User/-Group/-Extra-* headers: the delegate must trust its CA as its
+    /// requestheader client CA and its CN as an allowed name.
+    #[arg(
+        long,
+        env = "LEVEE_DELEGATE_CLIENT_CERT_FILE",
+        requires_all = ["delegate_external_metrics", "delegate_client_key_file"]
+    )]
+    pub delegate_client_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --delegate-client-cert-file.
+    #[arg(
+        long,
+        env = "LEVEE_DELEGATE_CLIENT_KEY_FILE",
+        requires = "delegate_client_cert_file"
+    )]
+    pub delegate_client_key_file: Option<std::path::PathBuf>,
     /// Serving certificate (PEM) of the metrics API; re-read when it changes. Without it levee
     /// generates a self-signed one for --tls-san.
     #[arg(long, env = "LEVEE_TLS_CERT_FILE", requires = "tls_key_file")]
@@ -210,7 +227,8 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// The delegate of `--delegate-external-metrics`, asked with levee's own credentials.
+/// The delegate of `--delegate-external-metrics`, asked as the caller with
+/// `--delegate-client-cert-file`, else with levee's own credentials.
 async fn delegate(args: &RunArgs) -> Result<Option<Delegate>, String> {
     let Some(url) = &args.delegate_external_metrics else {
         return Ok(None);
@@ -222,8 +240,18 @@ async fn delegate(args: &RunArgs) -> Result<Option<Delegate>, String> {
         None => None,
     };
     let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
-    let delegate = Delegate::new(url, ca.as_deref(), config)?;
-    tracing::info!(%url, "external metrics levee does not serve are forwarded");
+    let front_proxy = args
+        .delegate_client_cert_file
+        .clone()
+        .zip(args.delegate_client_key_file.clone())
+        .map(|(cert_file, key_file)| FrontProxyCertificate { cert_file, key_file });
+    let delegate = Delegate::new(url, ca.as_deref(), config, front_proxy.as_ref())?;
+    let asking_as = if front_proxy.is_some() {
+        "the caller"
+    } else {
+        "levee"
+    };
+    tracing::info!(%url, asking_as, "external metrics levee does not serve are forwarded");
     Ok(Some(delegate))
 }
 

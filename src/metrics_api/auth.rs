@@ -15,7 +15,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,8 @@ pub struct RequestHeaderConfig {
     pub allowed_names: Vec<String>,
     pub username_headers: Vec<String>,
     pub group_headers: Vec<String>,
+    /// Prefixes of the headers that carry the user's extra attributes (`X-Remote-Extra-`).
+    pub extra_header_prefixes: Vec<String>,
 }
 
 impl RequestHeaderConfig {
@@ -43,15 +45,19 @@ impl RequestHeaderConfig {
             allowed_names: list("requestheader-allowed-names"),
             username_headers: list("requestheader-username-headers"),
             group_headers: list("requestheader-group-headers"),
+            extra_header_prefixes: list("requestheader-extra-headers-prefix"),
         }
     }
 }
 
 /// An authenticated caller.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub user: String,
     pub groups: Vec<String>,
+    /// Extra attributes (a ServiceAccount token's `authentication.kubernetes.io/...` keys), keys in
+    /// lower case as Kubernetes compares them.
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 /// Why a request is refused before authorization.
@@ -95,7 +101,65 @@ pub fn identify(
         .iter()
         .flat_map(|name| header(name))
         .collect();
-    Ok(Identity { user, groups })
+    Ok(Identity {
+        user,
+        groups,
+        extra: extra_from_headers(headers, &config.extra_header_prefixes),
+    })
+}
+
+/// The extra attributes in headers named `<prefix><key>`: the key percent-decoded (kept as it
+/// came when it does not decode) and in lower case, values in the order they came (the
+/// requestheader convention the aggregator follows).
+fn extra_from_headers(headers: &http::HeaderMap, prefixes: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for prefix in prefixes.iter().map(|p| p.to_ascii_lowercase()) {
+        for (name, value) in headers {
+            let Some(key) = name.as_str().strip_prefix(prefix.as_str()) else {
+                continue;
+            };
+            if let Ok(value) = value.to_str() {
+                let key = percent_decode(key).unwrap_or_else(|| key.to_string());
+                extra
+                    .entry(key.to_lowercase())
+                    .or_default()
+                    .push(value.to_string());
+            }
+        }
+    }
+    extra
+}
+
+/// `%XX` sequences decoded; `None` for a malformed one or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `text` percent-encoded for a header name: every byte but ASCII letters, digits and `-._~`
+/// (header names travel in lower case; the hex digits decode either way).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// The live request-header trust: the CA in the TLS verifier and the header settings.
@@ -216,6 +280,7 @@ impl Authenticator {
         Ok(user.username.map(|name| Identity {
             user: name,
             groups: user.groups.unwrap_or_default(),
+            extra: user.extra.unwrap_or_default(),
         }))
     }
 }
@@ -265,6 +330,7 @@ impl Authorizer {
             spec: SubjectAccessReviewSpec {
                 user: Some(identity.user.clone()),
                 groups: Some(identity.groups.clone()),
+                extra: (!identity.extra.is_empty()).then(|| identity.extra.clone()),
                 resource_attributes,
                 non_resource_attributes,
                 ..Default::default()
@@ -296,6 +362,7 @@ mod tests {
             allowed_names: vec!["front-proxy-client".into()],
             username_headers: vec!["X-Remote-User".into()],
             group_headers: vec!["X-Remote-Group".into()],
+            extra_header_prefixes: vec!["X-Remote-Extra-".into()],
         }
     }
 
@@ -348,7 +415,8 @@ mod tests {
             identity,
             Identity {
                 user: "system:serviceaccount:kube-system:hpa".into(),
-                groups: vec!["a".into(), "b".into()]
+                groups: vec!["a".into(), "b".into()],
+                extra: BTreeMap::new(),
             }
         );
         assert!(
@@ -363,10 +431,53 @@ mod tests {
             ("requestheader-allowed-names", r#"["front-proxy-client"]"#),
             ("requestheader-username-headers", r#"["X-Remote-User"]"#),
             ("requestheader-group-headers", r#"["X-Remote-Group"]"#),
+            ("requestheader-extra-headers-prefix", r#"["X-Remote-Extra-"]"#),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(RequestHeaderConfig::from_config_map(&data), config());
+    }
+
+    #[test]
+    fn extra_attributes_come_from_the_prefixed_headers_with_their_keys_decoded() {
+        let h = headers(&[
+            ("X-Remote-User", "system:serviceaccount:kube-system:hpa"),
+            (
+                "X-Remote-Extra-Authentication.kubernetes.io%2Fcredential-id",
+                "JTI=1",
+            ),
+            ("X-Remote-Extra-Scopes", "a"),
+            ("X-Remote-Extra-Scopes", "b"),
+            ("X-Remote-Extra-Broken%zz", "kept"),
+            ("X-Other-Extra-Scopes", "not an extra"),
+        ]);
+        let identity = identify(Some("front-proxy-client"), &h, &config()).unwrap();
+        let expected: BTreeMap<String, Vec<String>> = [
+            ("authentication.kubernetes.io/credential-id", vec!["JTI=1"]),
+            ("broken%zz", vec!["kept"]),
+            ("scopes", vec!["a", "b"]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into_iter().map(str::to_string).collect()))
+        .collect();
+        assert_eq!(identity.extra, expected);
+    }
+
+    #[test]
+    fn percent_encoding_a_key_round_trips_and_makes_a_valid_header_name() {
+        for key in [
+            "authentication.kubernetes.io/credential-id",
+            "scopes",
+            "a b%c",
+            "ünï",
+        ] {
+            let encoded = percent_encode(key);
+            assert!(
+                http::HeaderName::from_bytes(format!("x-remote-extra-{encoded}").as_bytes()).is_ok(),
+                "{encoded}"
+            );
+            assert_eq!(percent_decode(&encoded).as_deref(), Some(key));
+        }
     }
 }

@@ -136,6 +136,7 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
         }),
         Access::Telemetry => Some(Resource::Path("/metrics".into())),
     };
+    let mut caller = None;
     if access != Access::Public {
         let identity = match authenticate(api, client_cn, parts, &access).await {
             Ok(identity) => identity,
@@ -162,6 +163,7 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
                 Err(error) => return routes::status(503, "ServiceUnavailable", &error),
             }
         }
+        caller = Some(identity);
     }
     if access == Access::Telemetry {
         return Reply {
@@ -169,14 +171,15 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
             body: ReplyBody::Prometheus(api.metrics.render()),
         };
     }
-    if let Some(delegate) = &api.delegate {
+    if let (Some(delegate), Some(caller)) = (&api.delegate, &caller) {
+        let headers = api.trust.config.read().expect("config lock").clone();
         match &access {
             Access::Metric { metric, .. } if !routes::serves(metric) => {
                 let path_and_query = parts.uri.path_and_query().map_or(path, |p| p.as_str());
-                return delegate.forward(path_and_query).await;
+                return delegate.forward(path_and_query, caller, &headers).await;
             }
             _ if routes::is_discovery(path) => {
-                let delegated = delegate.resources().await.unwrap_or_default();
+                let delegated = delegate.resources(caller, &headers).await.unwrap_or_default();
                 return Reply {
                     status: 200,
                     body: ReplyBody::Json(routes::resource_list_with(delegated)),

@@ -704,7 +704,9 @@ async fn lists_zsets_and_celery_have_no_latency_and_cost_no_script() {
     let sample = Sampler::new().sample(&standalone(&server), &queues(spec)).await;
     assert!(sample.queues.iter().all(|q| q.latency.is_none()));
     assert_eq!(sample.latency(), None);
-    assert!(!server.cli(&["INFO", "commandstats"]).contains("cmdstat_eval"));
+    let stats = server.cli(&["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_eval"), "{stats}");
+    assert!(!stats.contains("cmdstat_script"), "not even loaded: {stats}");
 }
 
 #[tokio::test]

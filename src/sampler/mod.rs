@@ -31,7 +31,7 @@ use futures::future::join_all;
 use jiff::Timestamp;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use topology::Topology;
@@ -159,6 +159,9 @@ impl PreparedQueues {
 struct EndpointState {
     topology: Option<Topology>,
     connections: HashMap<NodeAddr, MultiplexedConnection>,
+    /// Nodes levee loaded the latency script on (it stays in the server's script cache across
+    /// connections; a restarted node answers `NOSCRIPT` and the read loads it again).
+    scripted: HashSet<NodeAddr>,
 }
 
 /// An endpoint no policy sampled for this long is dropped with its connections (a rotated
@@ -391,6 +394,7 @@ impl Sampler {
         if state.topology.is_none() {
             let topology = Topology::discover(endpoint).await?;
             state.connections.retain(|node, _| topology.contains(node));
+            state.scripted.retain(|node| topology.contains(node));
             state.topology = Some(topology);
         }
         let topology = state.topology.as_ref().expect("set above");
@@ -418,12 +422,18 @@ impl Sampler {
                             return Err(message);
                         }
                     };
-                    let mut connection = connection;
-                    latency::preload(&mut connection, endpoint.timeout).await;
                     state.connections.insert(node.clone(), connection.clone());
                     connection
                 }
             };
+            // Once per node, and only when a read needs it, so the first tick of a latency read
+            // needs no second round trip.
+            if !state.scripted.contains(&node) && indices.iter().any(|&i| reads[i].kind == ReadKind::Latency)
+            {
+                let mut connection = connection.clone();
+                latency::preload(&mut connection, endpoint.timeout).await;
+                state.scripted.insert(node.clone());
+            }
             plan.push((node, connection, indices));
         }
         Ok(plan)

@@ -327,10 +327,11 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
             Some((generation, found)) = found_rx.recv() => {
                 discovering = None;
                 if generation == state.policy.metadata.generation {
-                    state.take_discovered(&context, found).await;
+                    // Boxed as a tick is: its event's future is not held between discoveries.
+                    Box::pin(state.take_discovered(&context, found)).await;
                 }
             }
-            _ = discovery.tick(), if discovering.is_none() => {
+            () = next_discovery(&mut discovery), if discovering.is_none() => {
                 discovering = state.start_discovery(&context, found_tx.clone());
             }
             _ = interval.tick() => Box::pin(tick(&context, &mut state)).await,
@@ -338,13 +339,26 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
     }
 }
 
-/// Discovery's interval: `discovery.interval`, the first at once (a policy without a
-/// `keyPattern` has nothing to do when it comes due).
-fn discovery_ticker(policy: &BackpressurePolicy) -> tokio::time::Interval {
+/// Discovery's interval: `discovery.interval`, the first at once; none for a policy without a
+/// `keyPattern` entry.
+fn discovery_ticker(policy: &BackpressurePolicy) -> Option<tokio::time::Interval> {
+    if !policy.spec.queues.iter().any(|q| q.key_pattern.is_some()) {
+        return None;
+    }
     let period: std::time::Duration = policy.spec.discovery.interval.into();
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval
+    Some(interval)
+}
+
+/// When the next discovery is due; never without a ticker.
+async fn next_discovery(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// One tick, in phases: sample; a follower mirrors status and stops there; the leader keeps the

@@ -2,15 +2,12 @@
 //! server for `/metrics`, `/healthz` and `/readyz`.
 
 use crate::values::MetricValues;
-use prometheus::core::{Collector, Desc};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, proto,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use warp::Filter;
 
 /// Log line format.
@@ -62,7 +59,13 @@ pub struct Metrics {
     /// Connections to the external scaler closed by a limit, by reason.
     pub external_scaler_connections_closed: IntCounterVec,
     ready: AtomicBool,
+    /// The published values rendered at each scrape (`render_values`).
+    values: std::sync::OnceLock<MetricValues>,
+    /// The length of the last rendering, to size the next one's buffer.
+    last_render_len: AtomicUsize,
 }
+
+mod values_text;
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
@@ -184,6 +187,8 @@ impl Metrics {
                 &["reason"],
             ),
             ready: AtomicBool::new(false),
+            values: std::sync::OnceLock::new(),
+            last_render_len: AtomicUsize::new(0),
             registry,
         })
     }
@@ -205,11 +210,9 @@ impl Metrics {
 
     /// Renders `levee_pending`, `levee_queue_depth`, the latencies and the forecast from the
     /// published values at each scrape, rather than keeping a series per queue beside them
-    /// (10,000 queues took 7 MB that way).
+    /// (10,000 queues took 7 MB that way). Called once; a second call is ignored.
     pub fn render_values(&self, values: MetricValues) {
-        self.registry
-            .register(Box::new(ValuesCollector::new(values)))
-            .expect("unique metric");
+        let _ = self.values.set(values);
     }
 
     /// Marks the process ready (`/readyz` answers 200).
@@ -217,146 +220,19 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// The text exposition of every metric.
+    /// The text exposition of every metric, in a buffer sized from the last one (a scrape at
+    /// 1,000 policies is megabytes: growing it by doubling held up to twice that).
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
+        let expected = self.last_render_len.load(Ordering::Relaxed);
+        let mut text = String::with_capacity(expected + expected / 16);
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
+            .encode_utf8(&self.registry.gather(), &mut text)
             .expect("text encoding never fails");
-        String::from_utf8(buffer).expect("the text format is UTF-8")
-    }
-}
-
-/// `levee_pending`, `levee_queue_depth`, the latencies and the forecast, read from the published
-/// values when scraped.
-struct ValuesCollector {
-    values: MetricValues,
-    pending: Desc,
-    queue_depth: Desc,
-    latency: Desc,
-    queue_latency: Desc,
-    growth: Desc,
-    critical_in: Desc,
-}
-
-impl ValuesCollector {
-    fn new(values: MetricValues) -> Self {
-        let desc = |name: &str, help: &str, labels: &[&str]| {
-            let labels = labels.iter().map(|l| l.to_string()).collect();
-            Desc::new(name.into(), help.into(), labels, HashMap::new()).expect("valid metric")
-        };
-        Self {
-            values,
-            pending: desc(
-                "levee_pending",
-                "Weighted backlog of a policy",
-                &["namespace", "policy"],
-            ),
-            queue_depth: desc(
-                "levee_queue_depth",
-                "Depth of one queue (unweighted)",
-                &["namespace", "policy", "queue"],
-            ),
-            latency: desc(
-                "levee_latency_seconds",
-                "Age of the oldest waiting job over a policy's queues",
-                &["namespace", "policy"],
-            ),
-            queue_latency: desc(
-                "levee_queue_latency_seconds",
-                "Age of the oldest waiting job of one queue",
-                &["namespace", "policy", "queue"],
-            ),
-            growth: desc(
-                "levee_growth_per_second",
-                "Jobs per second the backlog grows by (negative: drains), fitted over circuit.forecastWindow",
-                &["namespace", "policy"],
-            ),
-            critical_in: desc(
-                "levee_critical_in_seconds",
-                "Seconds until the backlog reaches critical at its steady growth (absent: not forecast)",
-                &["namespace", "policy"],
-            ),
+        if let Some(values) = self.values.get() {
+            values_text::write(values, &mut text);
         }
-    }
-}
-
-fn gauge_family(desc: &Desc, metrics: Vec<proto::Metric>) -> proto::MetricFamily {
-    let mut family = proto::MetricFamily::default();
-    family.set_name(desc.fq_name.clone());
-    family.set_help(desc.help.clone());
-    family.set_field_type(proto::MetricType::GAUGE);
-    family.set_metric(metrics);
-    family
-}
-
-fn gauge_metric(labels: &[(&str, &str)], value: f64) -> proto::Metric {
-    let pairs = labels
-        .iter()
-        .map(|(name, value)| {
-            let mut pair = proto::LabelPair::default();
-            pair.set_name(name.to_string());
-            pair.set_value(value.to_string());
-            pair
-        })
-        .collect();
-    let mut gauge = proto::Gauge::default();
-    gauge.set_value(value);
-    let mut metric = proto::Metric::from_gauge(gauge);
-    metric.set_label(pairs);
-    metric
-}
-
-impl Collector for ValuesCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![
-            &self.pending,
-            &self.queue_depth,
-            &self.latency,
-            &self.queue_latency,
-            &self.growth,
-            &self.critical_in,
-        ]
-    }
-
-    fn collect(&self) -> Vec<proto::MetricFamily> {
-        let (mut pending, mut depths, mut latency, mut queue_latency) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut growth, mut critical_in) = (Vec::new(), Vec::new());
-        for policy in self.values.all() {
-            let labels = [
-                ("namespace", policy.namespace.as_str()),
-                ("policy", policy.policy.as_str()),
-            ];
-            pending.push(gauge_metric(&labels, policy.pending as f64));
-            if let Some(age) = policy.latency {
-                latency.push(gauge_metric(&labels, age.as_secs_f64()));
-            }
-            if let Some(forecast) = policy.forecast {
-                growth.push(gauge_metric(&labels, forecast.growth_per_second));
-                if let Some(eta) = forecast.critical_in {
-                    critical_in.push(gauge_metric(&labels, eta.as_secs_f64()));
-                }
-            }
-            for queue in &policy.queues {
-                let [namespace, name] = labels;
-                let queue_labels = [namespace, name, ("queue", queue.name.as_str())];
-                if let Some(depth) = queue.depth {
-                    depths.push(gauge_metric(&queue_labels, depth as f64));
-                }
-                if let Some(age) = queue.latency {
-                    queue_latency.push(gauge_metric(&queue_labels, age.as_secs_f64()));
-                }
-            }
-        }
-        vec![
-            gauge_family(&self.pending, pending),
-            gauge_family(&self.queue_depth, depths),
-            gauge_family(&self.latency, latency),
-            gauge_family(&self.queue_latency, queue_latency),
-            gauge_family(&self.growth, growth),
-            gauge_family(&self.critical_in, critical_in),
-        ]
+        self.last_render_len.store(text.len(), Ordering::Relaxed);
+        text
     }
 }
 
@@ -452,5 +328,57 @@ mod tests {
             !metrics.render().contains("levee_pending{"),
             "a deleted policy's series go"
         );
+    }
+
+    #[test]
+    fn the_exposition_keeps_each_family_together_under_one_header() {
+        let metrics = Metrics::new();
+        let values = MetricValues::default();
+        metrics.render_values(values.clone());
+        for policy in ["a", "b"] {
+            metrics.circuit_state.with_label_values(&["jobs", policy]).set(2);
+            metrics
+                .sample_duration
+                .with_label_values(&["jobs", policy])
+                .observe(0.01);
+            values.publish(PolicyValues {
+                namespace: "jobs".into(),
+                policy: policy.into(),
+                pending: 3,
+                queues: vec![
+                    QueueValues::new("q\"1", Some(1), Some(std::time::Duration::from_secs(2))),
+                    QueueValues::new("q2", Some(2), None),
+                ],
+                latency: Some(std::time::Duration::from_secs(2)),
+                forecast: None,
+                sampled_at: jiff::Timestamp::now(),
+                sampled: std::time::Instant::now(),
+                failed: false,
+                interval: std::time::Duration::from_secs(1),
+                circuit: None,
+            });
+        }
+        let text = metrics.render();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap().to_string();
+                assert!(seen.insert(current.clone()), "{current} has two headers:\n{text}");
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix).filter(|base| *base == current))
+                    .unwrap_or(name);
+                assert_eq!(family, current, "{line} outside its family:\n{text}");
+            }
+        }
+        assert!(seen.contains("levee_queue_latency_seconds") && seen.contains("levee_circuit_state"));
+        assert!(
+            text.contains("levee_queue_depth{namespace=\"jobs\",policy=\"b\",queue=\"q\\\"1\"} 1\n"),
+            "a quote in a queue name is escaped:\n{text}"
+        );
+        assert_eq!(text.matches("levee_pending{").count(), 2);
     }
 }

@@ -94,6 +94,12 @@ impl Keda {
     /// Starts the operator and the adapter; returns once the operator answers its health check
     /// and the adapter its own (the APIService is registered by `serve_external_metrics`).
     pub fn start() -> Self {
+        Self::start_tuned(&[], &[])
+    }
+
+    /// `start` with extra operator flags and environment (KEDA's settings for many
+    /// ScaledObjects: `--kube-api-qps`, `KEDA_SCALEDOBJECT_CTRL_MAX_RECONCILES`).
+    pub fn start_tuned(operator_flags: &[&str], operator_env: &[(&str, &str)]) -> Self {
         install_keda_crds();
         apply_objects(
             &[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NAMESPACE}})],
@@ -124,19 +130,22 @@ impl Keda {
         let dir = keda_dir();
         let (grpc, health, operator_metrics) = (free_port(), free_port(), free_port());
         let certs_dir = certs.path().to_str().unwrap().to_string();
-        let operator = spawn(
+        let mut operator_args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            "--leader-elect=false".to_string(),
+            format!("--metrics-bind-address=127.0.0.1:{operator_metrics}"),
+            format!("--health-probe-bind-address=127.0.0.1:{health}"),
+            format!("--metrics-service-bind-address=127.0.0.1:{grpc}"),
+            format!("--cert-dir={certs_dir}"),
+            "--enable-cert-rotation=false".to_string(),
+            "--zap-log-level=info".to_string(),
+            "--zap-encoder=console".to_string(),
+        ];
+        operator_args.extend(operator_flags.iter().map(|flag| flag.to_string()));
+        let operator = spawn_with(
             &dir.join("operator"),
-            &[
-                &format!("--kubeconfig={kubeconfig}"),
-                "--leader-elect=false",
-                &format!("--metrics-bind-address=127.0.0.1:{operator_metrics}"),
-                &format!("--health-probe-bind-address=127.0.0.1:{health}"),
-                &format!("--metrics-service-bind-address=127.0.0.1:{grpc}"),
-                &format!("--cert-dir={certs_dir}"),
-                "--enable-cert-rotation=false",
-                "--zap-log-level=info",
-                "--zap-encoder=console",
-            ],
+            &operator_args.iter().map(String::as_str).collect::<Vec<_>>(),
+            operator_env,
             &logs.path().join("operator.log"),
         );
         let adapter_port = free_port();
@@ -314,9 +323,14 @@ pub fn external_scaler_protos() -> (String, String) {
 }
 
 fn spawn(binary: &std::path::Path, args: &[&str], log: &std::path::Path) -> Child {
+    spawn_with(binary, args, &[], log)
+}
+
+fn spawn_with(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> Child {
     let log_file = std::fs::File::create(log).unwrap();
     Command::new(binary)
         .args(args)
+        .envs(env.iter().copied())
         // All namespaces; KEDA's own namespace (Secrets of ClusterTriggerAuthentications).
         .env("WATCH_NAMESPACE", "")
         .env("KEDA_CLUSTER_OBJECT_NAMESPACE", KEDA_NAMESPACE)

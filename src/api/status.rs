@@ -13,6 +13,11 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Reasons shared by conditions and events.
+/// A latency in seconds as status and `levee sample` show it: millisecond precision.
+pub fn latency_seconds(age: std::time::Duration) -> f64 {
+    (age.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
 pub mod reason {
     /// The circuit opened on the forecast (`circuit.openAhead`), before the backlog reached
     /// critical.

@@ -3,6 +3,7 @@
 
 use super::{EXIT_PROBLEM, EXIT_USAGE, read_input};
 use crate::api::BackpressurePolicy;
+use crate::api::status::latency_seconds;
 use crate::api::validation::check_documents;
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
 use crate::forecast::Forecaster;
@@ -252,7 +253,7 @@ impl<'a> TickLine<'a> {
             policy: watched.policy.metadata.name.as_deref().unwrap_or_default(),
             namespace: namespace_of(&watched.policy),
             pending: sample.pending(),
-            latency_seconds: sample.latency().map(seconds),
+            latency_seconds: sample.latency().map(latency_seconds),
             state: watched.circuit.state,
             level: watched.circuit.level,
             queues: sample
@@ -268,7 +269,7 @@ impl<'a> TickLine<'a> {
                         .latency
                         .as_ref()
                         .and_then(|l| l.as_ref().ok().copied())
-                        .map(seconds),
+                        .map(latency_seconds),
                     latency_error: q
                         .latency
                         .as_ref()
@@ -278,11 +279,6 @@ impl<'a> TickLine<'a> {
                 .collect(),
         }
     }
-}
-
-/// Seconds with millisecond precision.
-fn seconds(age: std::time::Duration) -> f64 {
-    (age.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 fn text_line(watched: &Watched, sample: &Sample, decision: &Decision) -> String {

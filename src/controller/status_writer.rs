@@ -5,7 +5,7 @@
 use super::actuator::Outcome;
 use super::secrets::EndpointProblem;
 use super::{Context, FIELD_MANAGER};
-use crate::api::status::{ConditionValue, condition};
+use crate::api::status::{ConditionValue, condition, latency_seconds};
 use crate::api::{
     BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, ForecastStatus, QueueStatus,
 };
@@ -45,7 +45,7 @@ pub fn next_status(
         Ok(sample) => {
             status.last_sample_time = Some(Time(sample.at));
             status.pending = Some(sample.pending());
-            status.latency_seconds = sample.latency().map(seconds);
+            status.latency_seconds = sample.latency().map(latency_seconds);
             status.queues = sample
                 .queues
                 .iter()
@@ -57,7 +57,7 @@ pub fn next_status(
                         .latency
                         .as_ref()
                         .and_then(|l| l.as_ref().ok().copied())
-                        .map(seconds),
+                        .map(latency_seconds),
                     latency_error: q.latency.as_ref().and_then(|l| l.as_ref().err().cloned()),
                 })
                 .collect();
@@ -81,11 +81,6 @@ pub fn next_status(
     let uses_latency = policy.spec.thresholds.latency.is_some();
     status.set_condition(condition::READY, readiness(report, uses_latency, now));
     status
-}
-
-/// Seconds with millisecond precision, as status shows them.
-fn seconds(age: std::time::Duration) -> f64 {
-    round(age.as_secs_f64(), 1000.0)
 }
 
 fn round(value: f64, per_unit: f64) -> f64 {

@@ -305,9 +305,8 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
     Box::pin(tick(&context, &mut state)).await;
     let mut interval = ticker(&state.policy);
     let mut discovery = discovery_ticker(&state.policy);
-    // Discoveries run in their own task and report here; one at a time.
-    let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<(Option<i64>, Discovered)>(1);
-    let mut discovering: Option<JoinHandle<()>> = None;
+    // Discoveries run in their own task, one at a time; its result comes back through its handle.
+    let mut discovering: Option<JoinHandle<(Option<i64>, Discovered)>> = None;
     loop {
         // A stop (the sender dropped) or a newer object goes before a due tick.
         tokio::select! {
@@ -324,15 +323,18 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
                     discovering.take().inspect(JoinHandle::abort);
                 }
             }
-            Some((generation, found)) = found_rx.recv() => {
+            finished = discovered(&mut discovering), if discovering.is_some() => {
                 discovering = None;
+                let Ok((generation, found)) = finished else {
+                    continue;
+                };
                 if generation == state.policy.metadata.generation {
                     // Boxed as a tick is: its event's future is not held between discoveries.
                     Box::pin(state.take_discovered(&context, found)).await;
                 }
             }
             () = next_discovery(&mut discovery), if discovering.is_none() => {
-                discovering = state.start_discovery(&context, found_tx.clone());
+                discovering = state.start_discovery(&context);
             }
             _ = interval.tick() => Box::pin(tick(&context, &mut state)).await,
         }
@@ -349,6 +351,16 @@ fn discovery_ticker(policy: &BackpressurePolicy) -> Option<tokio::time::Interval
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     Some(interval)
+}
+
+/// What the running discovery found (an error when it panicked); never without one.
+async fn discovered(
+    running: &mut Option<JoinHandle<(Option<i64>, Discovered)>>,
+) -> Result<(Option<i64>, Discovered), tokio::task::JoinError> {
+    match running {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// When the next discovery is due; never without a ticker.
@@ -410,11 +422,7 @@ async fn tick(context: &Context, state: &mut PolicyState) {
 impl PolicyState {
     /// Starts a discovery of the `keyPattern` entries in its own task, when there are some and
     /// the endpoint is known.
-    fn start_discovery(
-        &self,
-        context: &Context,
-        report: tokio::sync::mpsc::Sender<(Option<i64>, Discovered)>,
-    ) -> Option<JoinHandle<()>> {
+    fn start_discovery(&self, context: &Context) -> Option<JoinHandle<(Option<i64>, Discovered)>> {
         let patterns = self.patterns();
         if patterns.is_empty() {
             return None;
@@ -424,8 +432,7 @@ impl PolicyState {
         let cap = self.policy.spec.discovery.max_queues as usize;
         let generation = self.policy.metadata.generation;
         Some(tokio::spawn(async move {
-            let found = sampler.discover(&endpoint, &patterns, cap).await;
-            let _ = report.send((generation, found)).await;
+            (generation, sampler.discover(&endpoint, &patterns, cap).await)
         }))
     }
 

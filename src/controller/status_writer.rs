@@ -13,7 +13,7 @@ use crate::circuit::Circuit;
 use crate::forecast::Forecast;
 use crate::sampler::Sample;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
@@ -148,33 +148,39 @@ fn readiness(report: &TickReport, uses_latency: bool, now: Timestamp) -> Conditi
 /// Whether `new` differs from `old` in something other than the live numbers (pending, depths,
 /// sample time), which are written on the heartbeat only.
 pub fn worth_writing(old: &BackpressurePolicyStatus, new: &BackpressurePolicyStatus) -> bool {
-    let conditions = |s: &BackpressurePolicyStatus| -> Vec<(String, String, String, String)> {
-        s.conditions
-            .iter()
-            .map(|c| {
-                (
-                    c.type_.clone(),
-                    c.status.clone(),
-                    c.reason.clone(),
-                    c.message.clone(),
-                )
-            })
-            .collect()
-    };
-    let queue_errors = |s: &BackpressurePolicyStatus| -> Vec<(String, Option<String>, Option<String>)> {
-        s.queues
-            .iter()
-            .map(|q| (q.name.clone(), q.error.clone(), q.latency_error.clone()))
-            .collect()
-    };
+    // Compared in place, every tick of every policy: nothing copied.
+    fn condition_key(c: &Condition) -> (&str, &str, &str, &str) {
+        (&c.type_, &c.status, &c.reason, &c.message)
+    }
+    fn queue_error_key(q: &QueueStatus) -> (&str, Option<&str>, Option<&str>) {
+        (&q.name, q.error.as_deref(), q.latency_error.as_deref())
+    }
     old.state != new.state
         || old.level != new.level
         || old.transitions != new.transitions
         || old.last_reset != new.last_reset
         || old.observed_generation != new.observed_generation
-        || conditions(old) != conditions(new)
-        || queue_errors(old) != queue_errors(new)
+        || !old
+            .conditions
+            .iter()
+            .map(condition_key)
+            .eq(new.conditions.iter().map(condition_key))
+        || !old
+            .queues
+            .iter()
+            .map(queue_error_key)
+            .eq(new.queues.iter().map(queue_error_key))
         || discovered(old) != discovered(new)
+}
+
+/// The server-side apply body of a status: serialized straight to the request's bytes, without
+/// a JSON tree in between.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusApply<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    status: &'a BackpressurePolicyStatus,
 }
 
 /// What a discovery found, without when: a new set of queues or a new problem is worth a write.
@@ -191,11 +197,11 @@ pub async fn write(
 ) -> kube::Result<()> {
     let api: Api<BackpressurePolicy> =
         Api::namespaced(context.client.clone(), &policy.namespace().unwrap_or_default());
-    let body = serde_json::json!({
-        "apiVersion": "levee.dev/v1alpha1",
-        "kind": "BackpressurePolicy",
-        "status": status,
-    });
+    let body = StatusApply {
+        api_version: "levee.dev/v1alpha1",
+        kind: "BackpressurePolicy",
+        status,
+    };
     api.patch_status(
         &policy.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),

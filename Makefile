@@ -64,10 +64,12 @@ manifests:
 	e2e/scripts/tools.sh install $(CURDIR)/.cache/bin >/dev/null
 	HELM=$(CURDIR)/.cache/bin/helm scripts/render-manifests.sh
 
-## bench: sampling tick (vs redis-benchmark, per-queue EVAL) and metrics API (vs a constant TLS server)
+## bench: sampling tick (vs redis-benchmark, per-queue EVAL), metrics API (vs a constant TLS server)
+## and one /metrics scrape at 1,000 policies (size, time, allocations)
 bench: deps
 	$(CARGO) bench --bench sampler
 	$(CARGO) bench --bench metrics_api
+	$(CARGO) bench --bench telemetry
 
 ## bench-controller: API writes at steady state and reaction time, on the local control plane
 bench-controller: deps

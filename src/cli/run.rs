@@ -133,6 +133,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
             duration: std::time::Duration::from(args.lease_duration).max(std::time::Duration::from_secs(2)),
         }),
         watch_namespace: args.watch_namespace.clone(),
+        // Twice the requests in flight: enough that the limit on requests, not this, paces
+        // writes, and few enough that a cold start does not queue every policy's at once.
+        concurrent_writers: usize::from(args.api_concurrency) * 2,
     };
     let cert = match serving_cert(&args) {
         Ok(cert) => Arc::new(cert),

@@ -85,6 +85,8 @@ pub struct Settings {
     pub lease: Option<leader::LeaseSettings>,
     /// Watch only this namespace (policies, workloads, pods); `None`: every namespace.
     pub watch_namespace: Option<String>,
+    /// Ticks that may be past sampling (writing status, marks, events) at once.
+    pub concurrent_writers: usize,
 }
 
 impl Settings {
@@ -129,6 +131,10 @@ pub struct Context {
     pub clock: clock::CircuitClock,
     leader: watch::Receiver<bool>,
     tasks: PolicyTasks,
+    /// `settings.concurrent_writers` permits: a cold start of 1,000 policies would otherwise
+    /// queue 1,000 ticks' worth of requests behind the client's concurrency limit at once, and
+    /// the allocator kept what they took (docs/benchmarks.md#scale).
+    writers: tokio::sync::Semaphore,
 }
 
 impl Context {
@@ -175,11 +181,12 @@ pub async fn run(
         stores,
         metrics: metrics.clone(),
         values,
-        settings,
         clock: clock::CircuitClock::start(),
         leader: leader.clone(),
         tasks: PolicyTasks::default(),
+        writers: tokio::sync::Semaphore::new(settings.concurrent_writers.max(1)),
         client: client.clone(),
+        settings,
     });
     let reflector_task = tokio::spawn(reflectors);
     let stores = &context.stores;
@@ -396,10 +403,12 @@ impl Context {
                 identity: "test".into(),
                 lease: None,
                 watch_namespace: None,
+                concurrent_writers: 64,
             },
             clock: clock::CircuitClock::start(),
             leader,
             tasks: PolicyTasks::default(),
+            writers: tokio::sync::Semaphore::new(64),
             client,
         })
     }

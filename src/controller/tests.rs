@@ -364,6 +364,7 @@ async fn a_follower_never_writes() {
         clock: leading.clock,
         leader,
         tasks: PolicyTasks::default(),
+        writers: tokio::sync::Semaphore::new(64),
     });
     let policy = Arc::new(policy(json!({})));
     let action = within_2s(reconcile(policy.clone(), context.clone()))

@@ -373,19 +373,33 @@ async fn next_discovery(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// One tick, in phases: sample; a follower mirrors status and stops there; the leader keeps the
-/// HPA in place, decides, saves the decision in status, acts on what status holds, and then
-/// reports (events wait: producers are held back first).
+/// One tick, in phases: sample; a follower mirrors status and stops there; the leader waits for
+/// a writer's slot, keeps the HPA in place, decides, saves the decision in status, acts on what
+/// status holds, and then reports (events wait: producers are held back first).
 async fn tick(context: &Context, state: &mut PolicyState) {
-    let policy = state.policy.clone();
     let sample = state.sample(context).await;
     if !context.is_leader() {
         state.follow_status(context);
         return;
     }
-    if policy.meta().deletion_timestamp.is_some() {
+    if state.policy.meta().deletion_timestamp.is_some() {
         return;
     }
+    // Sampling never waits here (a Redis that times out holds up no other policy); what writes
+    // does, and its future is only made once it may run.
+    let Ok(_writing) = context.writers.acquire().await else {
+        return;
+    };
+    Box::pin(decide_and_write(context, state, sample)).await;
+}
+
+/// The leader's part of a tick, after sampling.
+async fn decide_and_write(
+    context: &Context,
+    state: &mut PolicyState,
+    sample: Result<Sample, EndpointProblem>,
+) {
+    let policy = state.policy.clone();
     state.keep_autoscaler(context).await;
     let now = context.clock.now();
     let decision = state.decide(context, now, &sample);

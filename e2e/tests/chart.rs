@@ -1096,9 +1096,12 @@ fn the_alerts_are_valid_promql_and_fire_when_they_should() {
     promtool(&["test", "rules", "e2e/alerts/levee_test.yaml"]);
 }
 
-/// The metric names levee registers: the quoted `"levee_..."` names in src/telemetry.rs.
+/// The metric names levee exports: the quoted `"levee_..."` names in src/telemetry.rs and its modules.
 fn levee_metric_names() -> std::collections::BTreeSet<String> {
-    let source = std::fs::read_to_string(repo_root().join("src/telemetry.rs")).unwrap();
+    let mut source = std::fs::read_to_string(repo_root().join("src/telemetry.rs")).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("src/telemetry")).unwrap() {
+        source.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
     source
         .split('"')
         .skip(1)

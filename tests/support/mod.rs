@@ -255,7 +255,13 @@ impl RedisCluster {
                     .count()
                     == nodes.len()
             });
-            if ok && known {
+            // And every replica linked to its master, or the first write's WAIT may find none
+            // (seen on a busy machine: a replica still in its first sync).
+            let linked = nodes.iter().all(|n| {
+                let replication = n.cli(&["INFO", "replication"]);
+                !replication.contains("role:slave") || replication.contains("master_link_status:up")
+            });
+            if ok && known && linked {
                 return Self { nodes };
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -283,29 +283,42 @@ mod tests {
     use super::*;
     use crate::values::{PolicyValues, QueueValues};
 
+    /// The values of policy `jobs/<policy>` sampled just now, without latency or forecast.
+    fn published(policy: &str, pending: u64, queues: Vec<QueueValues>) -> PolicyValues {
+        PolicyValues {
+            namespace: "jobs".into(),
+            policy: policy.into(),
+            pending,
+            queues,
+            latency: None,
+            forecast: None,
+            sampled_at: jiff::Timestamp::now(),
+            sampled: std::time::Instant::now(),
+            failed: false,
+            interval: std::time::Duration::from_secs(1),
+            circuit: None,
+        }
+    }
+
     #[test]
     fn pending_and_queue_depths_are_rendered_from_the_published_values() {
         let metrics = Metrics::new();
         let values = MetricValues::default();
         metrics.render_values(values.clone());
         values.publish(PolicyValues {
-            namespace: "jobs".into(),
-            policy: "p".into(),
-            pending: 7,
-            queues: vec![
-                QueueValues::new("a", Some(5), Some(std::time::Duration::from_millis(1500))),
-                QueueValues::new("b", None, None),
-            ],
             latency: Some(std::time::Duration::from_millis(1500)),
             forecast: Some(crate::forecast::Forecast {
                 growth_per_second: 2.5,
                 critical_in: None,
             }),
-            sampled_at: jiff::Timestamp::now(),
-            sampled: std::time::Instant::now(),
-            failed: false,
-            interval: std::time::Duration::from_secs(1),
-            circuit: None,
+            ..published(
+                "p",
+                7,
+                vec![
+                    QueueValues::new("a", Some(5), Some(std::time::Duration::from_millis(1500))),
+                    QueueValues::new("b", None, None),
+                ],
+            )
         });
         let text = metrics.render();
         assert!(
@@ -342,20 +355,15 @@ mod tests {
                 .with_label_values(&["jobs", policy])
                 .observe(0.01);
             values.publish(PolicyValues {
-                namespace: "jobs".into(),
-                policy: policy.into(),
-                pending: 3,
-                queues: vec![
-                    QueueValues::new("q\"1", Some(1), Some(std::time::Duration::from_secs(2))),
-                    QueueValues::new("q2", Some(2), None),
-                ],
                 latency: Some(std::time::Duration::from_secs(2)),
-                forecast: None,
-                sampled_at: jiff::Timestamp::now(),
-                sampled: std::time::Instant::now(),
-                failed: false,
-                interval: std::time::Duration::from_secs(1),
-                circuit: None,
+                ..published(
+                    policy,
+                    3,
+                    vec![
+                        QueueValues::new("q\"1", Some(1), Some(std::time::Duration::from_secs(2))),
+                        QueueValues::new("q2", Some(2), None),
+                    ],
+                )
             });
         }
         let text = metrics.render();

@@ -50,6 +50,34 @@ spec:
     )
 }
 
+/// The Deployment `keda-worker` (examples/worker.yaml) and KEDA's own ScaledObject for it: a
+/// `redis` trigger on the list `emails` of the Redis on `port`, whose HPA asks for
+/// `s0-redis-emails`.
+fn keda_worker_on_emails(ns: &str, port: u16) {
+    let worker = std::fs::read_to_string(repo_root().join("examples/worker.yaml")).unwrap();
+    let manifest = worker
+        .replace("namespace: jobs", &format!("namespace: {ns}"))
+        .replace("name: worker", "name: keda-worker")
+        .replace("app: worker", "app: keda-worker");
+    kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    let scaled_object = format!(
+        r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {{name: keda-worker, namespace: {ns}}}
+spec:
+  scaleTargetRef: {{name: keda-worker}}
+  pollingInterval: 2
+  minReplicaCount: 1
+  maxReplicaCount: 8
+  triggers:
+    - type: redis
+      metadata: {{address: "127.0.0.1:{port}", listName: emails, listLength: "50"}}
+"#
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&scaled_object));
+}
+
 #[test]
 fn the_vendored_proto_is_the_one_in_kedas_module() {
     let (ours, theirs) = external_scaler_protos();
@@ -142,13 +170,10 @@ fn with_forwarding_kedas_hpa_and_levees_hpa_both_scale_through_levees_apiservice
     let mut keda = Keda::start();
     let redis = RedisServer::start();
     let worker = std::fs::read_to_string(repo_root().join("examples/worker.yaml")).unwrap();
-    for name in ["worker", "keda-worker"] {
-        let manifest = worker
-            .replace("namespace: jobs", &format!("namespace: {ns}"))
-            .replace("name: worker", &format!("name: {name}"))
-            .replace("app: worker", &format!("app: {name}"));
-        kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
-    }
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&worker.replace("namespace: jobs", &format!("namespace: {ns}"))),
+    );
     // levee's HPA on levee_pending for `worker` (queue `jobs`).
     PolicyYaml::new("scale", &ns, format!("{{url: '{}'}}", redis.url()))
         .set("queues", "[{name: jobs, type: list, key: jobs}]")
@@ -160,24 +185,7 @@ fn with_forwarding_kedas_hpa_and_levees_hpa_both_scale_through_levees_apiservice
         )
         .without("targets")
         .apply();
-    // KEDA's own redis trigger for `keda-worker` (list `emails`): its HPA asks for s0-redis-emails.
-    let scaled_object = format!(
-        r#"
-apiVersion: keda.sh/v1alpha1
-kind: ScaledObject
-metadata: {{name: keda-worker, namespace: {ns}}}
-spec:
-  scaleTargetRef: {{name: keda-worker}}
-  pollingInterval: 2
-  minReplicaCount: 1
-  maxReplicaCount: 8
-  triggers:
-    - type: redis
-      metadata: {{address: "127.0.0.1:{port}", listName: emails, listLength: "50"}}
-"#,
-        port = redis.port
-    );
-    kubectl_ok(&["apply", "-f", "-"], Some(&scaled_object));
+    keda_worker_on_emails(&ns, redis.port);
 
     // levee owns the APIService (the chart's objects, as in the metrics API suite) and forwards
     // what it does not serve to KEDA's adapter, asking as its own ServiceAccount (the chart's
@@ -267,29 +275,7 @@ fn forwarding_as_the_caller_the_delegate_sees_the_user_who_asked_and_not_levee()
     let ns = namespace.name.clone();
     let keda = Keda::start();
     let redis = RedisServer::start();
-    let worker = std::fs::read_to_string(repo_root().join("examples/worker.yaml")).unwrap();
-    let manifest = worker
-        .replace("namespace: jobs", &format!("namespace: {ns}"))
-        .replace("name: worker", "name: keda-worker")
-        .replace("app: worker", "app: keda-worker");
-    kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
-    let scaled_object = format!(
-        r#"
-apiVersion: keda.sh/v1alpha1
-kind: ScaledObject
-metadata: {{name: keda-worker, namespace: {ns}}}
-spec:
-  scaleTargetRef: {{name: keda-worker}}
-  pollingInterval: 2
-  minReplicaCount: 1
-  maxReplicaCount: 8
-  triggers:
-    - type: redis
-      metadata: {{address: "127.0.0.1:{port}", listName: emails, listLength: "50"}}
-"#,
-        port = redis.port
-    );
-    kubectl_ok(&["apply", "-f", "-"], Some(&scaled_object));
+    keda_worker_on_emails(&ns, redis.port);
     redis.push_jobs("emails", 120);
 
     // levee's RBAC as the chart renders it when it asks as the caller: no read access to

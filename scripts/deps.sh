@@ -18,10 +18,19 @@ for tool in redis-server:redis-server redis-cli:redis-tools redis-benchmark:redi
 done
 # Sidekiq (and Ruby) from Debian: the latency tests write jobs with Sidekiq::Client.
 ruby -e "require 'sidekiq'" >/dev/null 2>&1 || missing+=(ruby-sidekiq)
+# Under CI the kind suite runs: what its builds need (scripts/docker.sh, scripts/static.sh,
+# e2e/kind/node-image.sh) comes in this one apt run, since those builds then run side by side in
+# the background (scripts/prebuild.sh) and two apt runs at once would fight over dpkg's lock.
+if [ "${CI:-}" = true ]; then
+  for tool in dockerd:docker.io musl-gcc:musl-tools debootstrap:debootstrap zstd:zstd jq:jq; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
+  done
+  dpkg -s libseccomp-dev >/dev/null 2>&1 || missing+=(libseccomp-dev)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]} with apt-get"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
 fi
 # The Debian package starts a system redis on :6379; the tests start their own, on free ports.
 

@@ -27,7 +27,7 @@ as_root() { if [[ "$(id -u)" -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 if ! command -v dockerd >/dev/null 2>&1; then
   echo "docker: installing docker.io with apt-get" >&2
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker.io >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -o DPkg::Lock::Timeout=600 docker.io >/dev/null
 fi
 
 mkdir -p .cache
@@ -37,7 +37,7 @@ args=()
 # hence kind: runc goes through scripts/runc-capfilter, which asks only for what can be granted.
 bnd=$((16#$(awk '/^CapBnd:/ { print $2 }' /proc/self/status)))
 if ((bnd != (1 << ($(cat /proc/sys/kernel/cap_last_cap) + 1)) - 1)); then
-  command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq jq >/dev/null
+  command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -o DPkg::Lock::Timeout=600 jq >/dev/null
   echo "docker: this machine's capability bounding set is incomplete: runc via scripts/runc-capfilter" >&2
   args+=(--add-runtime "capfilter=$PWD/scripts/runc-capfilter" --default-runtime capfilter)
 fi

@@ -12,7 +12,7 @@ as_root() {
 if ! command -v musl-gcc >/dev/null 2>&1; then
   echo "static: installing musl-tools with apt-get"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq musl-tools >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -o DPkg::Lock::Timeout=600 musl-tools >/dev/null
 fi
 rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 # One optimisation unit over the whole program: a 28 % smaller binary, whose mapped code is a

@@ -120,7 +120,7 @@ debian_image() {
   local mirror image tmp
   image="levee-kind/debian:$SUITE-$(key debootstrap minbase "$SUITE")"
   if [[ -z "$names_only" ]] && ! have_image "$image"; then
-    command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
+    command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 debootstrap >&2
     # the machine's own Debian mirror
     mirror="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
       sed -n -E 's#^(deb|URIs:)[[:space:]]+(\[[^]]*\][[:space:]]+)?(https?://[^ ]*/debian)/?([[:space:]].*)?$#\3#p' | head -n1 || true)"
@@ -151,7 +151,7 @@ base_image() {
     "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION")"
   # runc needs cgo (nsenter) and libseccomp
-  dpkg -s libseccomp-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp-dev >&2
+  dpkg -s libseccomp-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 libseccomp-dev >&2
   runc="$(go_tools runc 1 "seccomp urfave_cli_no_docs" "" "github.com/opencontainers/runc@$RUNC_VERSION")"
   crictl="$(go_tools crictl 0 "" "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION")"
   cni="$(go_tools cni-plugins 0 "" "" \
@@ -283,7 +283,7 @@ busybox_image() {
   have_image "$image" && return
   ctx="$(mktemp -d -t levee-kind-img.XXXXXX)"
   docker run --rm -v "$ctx:/out" "$debian" sh -c \
-    'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null 2>&1 && cp /bin/busybox /out/' >&2
+    'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 busybox-static >/dev/null 2>&1 && cp /bin/busybox /out/' >&2
   mkdir -p "$ctx/root/bin" "$ctx/root/tmp" "$ctx/root/etc"
   chmod 1777 "$ctx/root/tmp"
   mv "$ctx/busybox" "$ctx/root/bin/busybox"
@@ -350,6 +350,10 @@ names_only=""
 build() {
   local debian kube base images image archive start=$SECONDS
   mkdir -p "$cache"
+  # One build at a time (scripts/prebuild.sh starts one in the background): whoever comes second
+  # waits for it, then finds the image built.
+  exec 9>"$cache/build.lock"
+  flock 9
   # Cached (in Docker or as an archive): nothing else is needed, not even the parts.
   image="$(names_only=1 node_image)"
   archive="$cache/${image//[:\/]/_}.tar.zst"

@@ -17,13 +17,16 @@ install() {
   cache="${LEVEE_CACHE:-$HOME/.cache/levee}"
   key="$(go env GOVERSION GOOS GOARCH | tr '\n' '-')${PROMETHEUS_MODULE_VERSION}"
   bin="$cache/promtool-$key"
+  mkdir -p "$cache"
+  # One build at a time (scripts/prebuild.sh starts one in the background).
+  exec 9>"$cache/promtool.lock"
+  flock 9
   if [[ ! -x "$bin" ]]; then
-    mkdir -p "$cache"
     tmp="$(mktemp -d)"
     trap 'rm -rf "$tmp"' RETURN
     echo "promtool: building $PROMETHEUS_MODULE_VERSION (a cold build takes several minutes)" >&2
     start=$SECONDS
-    (cd "$tmp" && GOBIN="$tmp/bin" GOFLAGS=-mod=mod nice -n 10 go install -trimpath -ldflags="-s -w" \
+    (cd "$tmp" && GOBIN="$tmp/bin" GOFLAGS=-mod=mod CGO_ENABLED=0 nice -n 10 go install -trimpath -ldflags="-s -w" \
       "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION")
     mv -f "$tmp/bin/promtool" "$bin"
     echo "promtool: built in $((SECONDS - start))s" >&2

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make test` (and so CI, .ci/run): every check and every test, phase by phase. The long cold
+# builds (the control plane, promtool, KEDA, kind's node image, the image's static binary) start
+# in the background right after the dependencies (scripts/prebuild.sh) and are joined where they
+# are needed. At the end, passed or failed, a table says how long each phase and each background
+# build took (also in .cache/test-phases.tsv), with a loud warning when the run passed 60 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .cache
+phases="$PWD/.cache/test-phases.tsv"
+prebuild="$PWD/.cache/prebuild"
+: >"$phases"
+run_start=$SECONDS
+warn_after=3600
+
+phase() { # phase NAME CMD...: runs CMD, records how long it took
+  local name="$1" start=$SECONDS status=0
+  shift
+  echo "make test: phase $name" >&2
+  "$@" || status=$?
+  printf '%s\t%s\t%s\n' "$name" "$((SECONDS - start))" "$status" >>"$phases"
+  return "$status"
+}
+
+report() {
+  local status=$? total=$((SECONDS - run_start))
+  scripts/prebuild.sh stop "$prebuild" 2>/dev/null || true
+  {
+    echo
+    echo "make test: where the time went (seconds)"
+    printf '  %-28s %8s  %s\n' phase seconds result
+    awk -F '\t' '{ printf "  %-28s %8d  %s\n", $1, $2, ($3 == 0 ? "ok" : "FAILED (" $3 ")") }' "$phases"
+    if [[ -s "$prebuild/times.tsv" ]]; then
+      echo "  background builds, beside the phases above:"
+      awk -F '\t' '{ printf "  %-28s %8d  %s\n", "  " $1, $2, ($3 == 0 ? "ok" : "failed: see .cache/prebuild/" $1 ".log") }' \
+        "$prebuild/times.tsv"
+    fi
+    printf '  %-28s %8d  (%d min %d s)\n' total "$total" $((total / 60)) $((total % 60))
+    if ((total > warn_after)); then
+      echo "################################################################################"
+      echo "# make test took $((total / 60)) minutes: more than $((warn_after / 60)). CI stops a run at 90."
+      echo "# The table above says which phase grew; docs/benchmarks.md#kind has the last figures."
+      echo "################################################################################"
+    fi
+  } >&2
+  exit "$status"
+}
+trap report EXIT
+
+phase deps scripts/deps.sh
+# Docker first, in the foreground: what dockerd starts inherits its priority, and the background
+# builds run at nice 19.
+if [[ "${CI:-}" == true ]]; then
+  phase docker scripts/docker.sh
+fi
+scripts/prebuild.sh start "$prebuild"
+phase lint make --no-print-directory lint
+phase unit cargo test
+phase e2e env LEVEE_KEDA_PREBUILD=1 e2e/scripts/with-cluster.sh cargo test -p levee-e2e
+phase kind e2e/scripts/kind.sh suite
+echo "make test: all green"

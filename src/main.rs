@@ -44,6 +44,9 @@ enum Command {
         /// Sample once and exit (1 if any sample failed).
         #[arg(long)]
         once: bool,
+        /// The most bytes one reply from Redis may hold (as `levee run --max-reply-bytes`).
+        #[arg(long, env = "LEVEE_MAX_REPLY_BYTES", default_value_t = levee::sampler::DEFAULT_MAX_REPLY_BYTES)]
+        max_reply_bytes: usize,
         /// Output format.
         #[arg(long, short = 'o', value_enum, default_value = "text")]
         output: OutputFormat,
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             redis_password,
             redis_ca_file,
             once,
+            max_reply_bytes,
             output,
         } => {
             let options = SampleOptions {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
                 password: redis_password,
                 ca_file: redis_ca_file,
                 once,
+                max_reply_bytes,
                 output,
             };
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");

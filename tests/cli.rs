@@ -126,6 +126,40 @@ fn sample_once_json_reads_every_queue_type_of_the_example_policy() {
     assert!(tick["latencySeconds"].is_number(), "{tick}");
 }
 
+/// `levee sample` discovers `keyPattern` entries as `levee run` does: a policy of patterns only
+/// reports the queues Sidekiq itself lists, with their depths, not a pending of 0.
+#[test]
+fn sample_once_discovers_key_pattern_queues_as_levee_run_does() {
+    let server = RedisServer::start();
+    let port = server.port.to_string();
+    let sidekiq = run_producer(
+        "ruby",
+        "sidekiq_queues.rb",
+        &[port.clone(), "billing".into(), "mailers".into(), "billing".into()],
+    );
+    assert_eq!(sidekiq["queues"], serde_json::json!(["billing", "mailers"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_policy(
+        &dir,
+        "apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {name: patterns, namespace: ns1}
+spec:
+  redis: {url: 'redis://127.0.0.1:1/0'}
+  queues:
+    - {name: sk, type: sidekiq, keyPattern: '*'}
+  thresholds: {warning: 3, critical: 5, recovery: 1}
+",
+    );
+    let output = sample_once_json(&file, &format!("redis://127.0.0.1:{port}/0"));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let tick = &ticks(&output)[0];
+    assert_eq!(depth(tick, "sk.billing"), 2, "{tick}");
+    assert_eq!(depth(tick, "sk.mailers"), 1, "{tick}");
+    assert_eq!(tick["pending"], 3, "{tick}");
+    assert_eq!(tick["queues"].as_array().unwrap().len(), 2, "{tick}");
+}
+
 #[test]
 fn sample_once_opens_the_circuit_at_critical() {
     let server = RedisServer::start();

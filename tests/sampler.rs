@@ -495,6 +495,43 @@ async fn passwords_and_acl_users_authenticate_and_never_leak() {
     assert!(!wrong.contains("wrong-pw") && !missing.contains("hunter2"));
 }
 
+/// A password with every character a URL's userinfo treats specially authenticates both ways:
+/// percent-encoded in the URL (`+` and `&` also as they are, as redis-cli reads them) and as the
+/// Secret holds it (no decoding at all).
+#[tokio::test]
+async fn passwords_with_url_special_characters_authenticate_through_the_url_and_the_secret() {
+    let password = "p+a&s%s@w:d";
+    let server = RedisServer::start_with(&["--requirepass", password]);
+    server.cli(&["RPUSH", "jobs", "1", "2"]);
+    let queue = queues("[{name: jobs, type: list, key: jobs}]");
+    let spec: RedisSpec = serde_yaml::from_str(&format!("{{url: '{}'}}", server.url())).unwrap();
+    let sampler = Sampler::new();
+    for userinfo in [
+        ":p%2Ba%26s%25s%40w%3Ad",
+        ":p+a&s%25s%40w%3Ad",
+        "default:p%2Ba%26s%25s%40w%3Ad",
+    ] {
+        let url = format!("redis://{userinfo}@127.0.0.1:{}/0", server.port);
+        let endpoint = Endpoint::from_spec(&spec, Some(&url), Credentials::default(), None).unwrap();
+        assert_eq!(
+            endpoint.credentials.password.as_deref(),
+            Some(password),
+            "{userinfo}"
+        );
+        assert_eq!(
+            depth_of(&sampler.sample(&endpoint, &queue).await, "jobs"),
+            Ok(2),
+            "{userinfo}"
+        );
+    }
+    let from_secret = Credentials {
+        username: None,
+        password: Some(password.into()),
+    };
+    let endpoint = Endpoint::from_spec(&spec, None, from_secret, None).unwrap();
+    assert_eq!(depth_of(&sampler.sample(&endpoint, &queue).await, "jobs"), Ok(2));
+}
+
 #[tokio::test]
 async fn refused_and_silent_endpoints_fail_with_their_address() {
     let port = free_port();
@@ -524,6 +561,65 @@ async fn refused_and_silent_endpoints_fail_with_their_address() {
     assert!(
         started.elapsed() < std::time::Duration::from_secs(5),
         "bounded by the timeout"
+    );
+}
+
+/// 200 policies on one Redis that never answers (a black hole) all see the failure after one
+/// dial's deadline, together, not one after another; a healthy Redis sampled meanwhile through
+/// the same sampler is never held up. (Before, each policy waited for the dial of the one ahead
+/// of it under the endpoint's lock: 200 policies took about 200 dials' time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_on_a_dead_redis_fail_together_and_hold_up_no_other() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let dead = endpoint(&format!(
+        "{{url: 'redis://127.0.0.1:{silent_port}/0', timeout: 500ms}}"
+    ));
+    let server = RedisServer::start();
+    server.push_jobs("jobs", 3);
+    let healthy = standalone(&server);
+    let queue = queues("[{name: jobs, type: list, key: jobs}]");
+    let sampler = Sampler::new();
+    let started = std::time::Instant::now();
+    let policies = futures::future::join_all((0..200).map(|_| {
+        let (sampler, dead, queue) = (sampler.clone(), dead.clone(), queue.clone());
+        tokio::spawn(async move {
+            let sample = sampler.sample(&dead, &queue).await;
+            (depth_of(&sample, "jobs"), started.elapsed())
+        })
+    }));
+    let meanwhile = async {
+        let mut slowest = std::time::Duration::ZERO;
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            let tick = std::time::Instant::now();
+            assert_eq!(depth_of(&sampler.sample(&healthy, &queue).await, "jobs"), Ok(3));
+            slowest = slowest.max(tick.elapsed());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        slowest
+    };
+    let (results, slowest_healthy) = tokio::join!(policies, meanwhile);
+    let latest = results
+        .into_iter()
+        .map(|joined| {
+            let (depth, at) = joined.unwrap();
+            let error = depth.unwrap_err();
+            assert!(error.contains(&silent_port.to_string()), "{error}");
+            at
+        })
+        .max()
+        .unwrap();
+    eprintln!(
+        "figure: 200 policies on a dead Redis all failed after {latest:?}; the healthy one's slowest sample {slowest_healthy:?}"
+    );
+    // One dial's deadline (2 x the 500 ms timeout) and a second of slack.
+    assert!(
+        latest < std::time::Duration::from_secs(2),
+        "the last failed after {latest:?}"
+    );
+    assert!(
+        slowest_healthy < std::time::Duration::from_millis(250),
+        "{slowest_healthy:?}"
     );
 }
 

@@ -121,9 +121,11 @@ pub struct RedisSpec {
     /// TLS settings for `rediss://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RedisTls>,
-    /// Deadline for connecting and for one sampling round trip.
+    /// Deadline for connecting and for one sampling round trip; at most 10s (a reply is bounded
+    /// in bytes and in this time).
     #[serde(default = "defaults::redis_timeout")]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 500ms"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('10s')").message("must be at most 10s, such as 500ms: a round trip that takes longer is a Redis in trouble"))]
     pub timeout: Duration,
 }
 

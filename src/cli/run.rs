@@ -1,7 +1,10 @@
 //! `levee run`: the controller, with its metrics and health endpoints, until SIGTERM or Ctrl-C.
 
 use crate::controller::{self, LeaseSettings, Settings};
-use crate::external_scaler::{self, server::Scaler};
+use crate::external_scaler::{
+    self,
+    server::{Scaler, StreamLimits},
+};
 use crate::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use crate::metrics_api::delegate::{Delegate, FrontProxyCertificate};
 use crate::metrics_api::server::{self, MetricsApi};
@@ -50,6 +53,17 @@ pub struct RunArgs {
         requires = "external_scaler_addr"
     )]
     pub external_scaler_client_ca_file: Option<std::path::PathBuf>,
+    /// At most this many `StreamIsActive` streams (external-push triggers) open at once.
+    #[arg(long, env = "LEVEE_EXTERNAL_SCALER_STREAMS", default_value_t = 1024)]
+    pub external_scaler_streams: usize,
+    /// At most this many `StreamIsActive` streams open at once for the ScaledObjects of one
+    /// namespace: one tenant cannot take the streams every other one needs.
+    #[arg(
+        long,
+        env = "LEVEE_EXTERNAL_SCALER_STREAMS_PER_NAMESPACE",
+        default_value_t = 64
+    )]
+    pub external_scaler_streams_per_namespace: usize,
     /// Forward requests for the external metrics levee does not serve to this server (an https
     /// URL such as https://keda-metrics-apiserver.keda.svc:443: KEDA's metrics adapter,
     /// prometheus-adapter), so levee can own the APIService beside it. levee authorizes each
@@ -111,6 +125,12 @@ pub struct RunArgs {
     /// This replica's identity in the Lease and in events (default: the pod name, else host-pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The most bytes one reply from a policy's Redis may hold (or the server may send between
+    /// two requests); past it the connection is dropped and the queue reports "reply larger
+    /// than N bytes". A bound per tenant: a policy naming a hostile server costs levee at most
+    /// this per request in flight.
+    #[arg(long, env = "LEVEE_MAX_REPLY_BYTES", default_value_t = crate::sampler::DEFAULT_MAX_REPLY_BYTES, value_parser = clap::value_parser!(usize))]
+    pub max_reply_bytes: usize,
 }
 
 /// Runs the controller; exit 1 when Kubernetes cannot be reached or the controller fails.
@@ -136,6 +156,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         // Twice the requests in flight: enough that the limit on requests, not this, paces
         // writes, and few enough that a cold start does not queue every policy's at once.
         concurrent_writers: usize::from(args.api_concurrency) * 2,
+        max_reply_bytes: args.max_reply_bytes,
     };
     let cert = match serving_cert(&args) {
         Ok(cert) => Arc::new(cert),
@@ -158,7 +179,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let delegate = match delegate(&args).await {
+    let delegate = match delegate(&args, &clients.unqueued).await {
         Ok(delegate) => delegate,
         Err(error) => {
             tracing::error!(%error, "cannot forward external metrics to the delegate");
@@ -170,7 +191,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     metrics.render_values(values.clone());
     let trust = Arc::new(RequestHeaderTrust::default());
     let trust_task = tokio::spawn(trust.clone().watch(clients.watches.clone()));
-    let heap_task = tokio::spawn(super::heap::give_back_freed_pages());
+    let heap_task = super::heap::start_giving_back_freed_pages();
     let api = Arc::new(MetricsApi {
         values: values.clone(),
         trust,
@@ -195,10 +216,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
         wait_for(stopped.clone()),
     ));
     let scaler = scaler_listener.map(|(listener, tls)| {
-        let scaler = Scaler {
-            values: values.clone(),
-            metrics: metrics.clone(),
-        };
+        let scaler = Scaler::new(
+            values.clone(),
+            metrics.clone(),
+            StreamLimits {
+                total: args.external_scaler_streams,
+                per_namespace: args.external_scaler_streams_per_namespace,
+            },
+        );
         tokio::spawn(external_scaler::server::serve(
             scaler,
             listener,
@@ -220,7 +245,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
         scaler.abort();
     }
     trust_task.abort();
-    heap_task.abort();
+    if let Some(heap_task) = heap_task {
+        heap_task.abort();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -232,10 +259,27 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
 /// The delegate of `--delegate-external-metrics`, asked as the caller with
 /// `--delegate-client-cert-file`, else with levee's own credentials.
-async fn delegate(args: &RunArgs) -> Result<Option<Delegate>, String> {
+async fn delegate(args: &RunArgs, client: &kube::Client) -> Result<Option<Delegate>, String> {
     let Some(url) = &args.delegate_external_metrics else {
         return Ok(None);
     };
+    if let Some(cert_file) = &args.delegate_client_cert_file {
+        let cert = std::fs::read(cert_file)
+            .map_err(|e| format!("reading --delegate-client-cert-file {}: {e}", cert_file.display()))?;
+        let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(client.clone(), "kube-system");
+        match api.get("extension-apiserver-authentication").await {
+            Ok(config_map) => {
+                let data = config_map.data.unwrap_or_default();
+                if let Some(ca) = data.get("requestheader-client-ca-file") {
+                    crate::metrics_api::delegate::check_not_issued_by_requestheader_ca(&cert, ca.as_bytes())?;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read kube-system/extension-apiserver-authentication to check that --delegate-client-cert-file is not the cluster's front-proxy certificate")
+            }
+        }
+    }
     let ca = match &args.delegate_ca_file {
         Some(path) => Some(
             std::fs::read(path).map_err(|e| format!("reading --delegate-ca-file {}: {e}", path.display()))?,

@@ -1,13 +1,16 @@
 //! `levee sample -f FILE`: samples a real Redis for each policy in a file and prints what levee
-//! would decide, tick by tick, without Kubernetes.
+//! would decide, tick by tick, without Kubernetes. `keyPattern` entries are discovered as
+//! `levee run` discovers them: before the first tick, then every `discovery.interval` (a failed
+//! discovery keeps the queues found before).
 
 use super::{EXIT_PROBLEM, EXIT_USAGE, read_input};
 use crate::api::BackpressurePolicy;
+use crate::api::QueueSpec;
 use crate::api::status::latency_seconds;
 use crate::api::validation::check_documents;
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
 use crate::forecast::Forecaster;
-use crate::sampler::{Credentials, Endpoint, PreparedQueues, Sample, Sampler};
+use crate::sampler::{Credentials, Discovered, Endpoint, PreparedQueues, Sample, Sampler};
 use futures::future::join_all;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -31,6 +34,7 @@ pub struct SampleOptions {
     pub password: Option<String>,
     pub ca_file: Option<String>,
     pub once: bool,
+    pub max_reply_bytes: usize,
     pub output: OutputFormat,
 }
 
@@ -42,6 +46,43 @@ struct Watched {
     rules: CircuitRules,
     circuit: Circuit,
     forecaster: Forecaster,
+    /// What the last discovery found, for the `keyPattern` entries.
+    discovered: Option<Discovered>,
+}
+
+impl Watched {
+    /// The entries with a `keyPattern`.
+    fn patterns(&self) -> Vec<QueueSpec> {
+        self.policy
+            .spec
+            .queues
+            .iter()
+            .filter(|queue| queue.key_pattern.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Discovers the `keyPattern` entries' queues (nothing without any) and samples them from
+    /// then on; returns what a person should know about the discovery.
+    async fn discover(&mut self, sampler: &Sampler) -> Option<String> {
+        let patterns = self.patterns();
+        if patterns.is_empty() {
+            return None;
+        }
+        let cap = self.policy.spec.discovery.max_queues as usize;
+        let found = sampler.discover(&self.endpoint, &patterns, cap).await;
+        let problem = found.problem(cap);
+        let kept = match (&found.error, self.discovered.take()) {
+            (Some(_), Some(previous)) => previous,
+            _ => found,
+        };
+        self.queues = PreparedQueues::new(
+            &kept.with_spec_queues(&self.policy.spec.queues),
+            self.policy.spec.read_latency,
+        );
+        self.discovered = Some(kept);
+        problem
+    }
 }
 
 /// Runs the command; `out` receives the ticks, `err` the warnings.
@@ -50,11 +91,19 @@ pub async fn run(
     out: Arc<Mutex<dyn Write + Send>>,
     err: &mut impl Write,
 ) -> ExitCode {
-    let watched = match load(&options, err) {
+    let mut watched = match load(&options, err) {
         Ok(watched) => watched,
         Err(code) => return code,
     };
     let sampler = Sampler::new();
+    let problems = join_all(watched.iter_mut().map(|w| w.discover(&sampler))).await;
+    let mut discovery_failed = false;
+    for (w, problem) in watched.iter().zip(problems) {
+        if let Some(problem) = problem {
+            let _ = writeln!(err, "{}: {problem}", display_name(&w.policy));
+            discovery_failed |= w.discovered.as_ref().is_some_and(|d| d.error.is_some());
+        }
+    }
     if options.once {
         let results = join_all(watched.into_iter().map(|mut w| {
             let sampler = sampler.clone();
@@ -66,7 +115,7 @@ pub async fn run(
             }
         }))
         .await;
-        return if results.into_iter().any(|failed| failed) {
+        return if discovery_failed || results.into_iter().any(|failed| failed) {
             ExitCode::from(EXIT_PROBLEM)
         } else {
             ExitCode::SUCCESS
@@ -79,8 +128,15 @@ pub async fn run(
         async move {
             let mut ticker = tokio::time::interval(w.policy.spec.sample_interval.into());
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let every: std::time::Duration = w.policy.spec.discovery.interval.into();
+            let mut discovered_at = tokio::time::Instant::now();
             loop {
                 ticker.tick().await;
+                if discovered_at.elapsed() >= every {
+                    // Its problems show in the queues it leaves out or keeps.
+                    let _ = w.discover(&sampler).await;
+                    discovered_at = tokio::time::Instant::now();
+                }
                 let sample = sampler.sample_prepared(&w.endpoint, &w.queues).await;
                 report(&mut w, &sample, output, &out);
             }
@@ -143,7 +199,8 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
             password: options.password.clone(),
         };
         match Endpoint::from_spec(redis, options.redis_url.as_deref(), credentials, ca_pem.clone()) {
-            Ok(endpoint) => {
+            Ok(mut endpoint) => {
+                endpoint.max_reply_bytes = options.max_reply_bytes;
                 let rules = policy.spec.circuit_rules();
                 watched.push(Watched {
                     queues: PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency),
@@ -152,6 +209,7 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
                     endpoint,
                     rules,
                     circuit: Circuit::default(),
+                    discovered: None,
                 });
             }
             Err(error) => {

@@ -62,13 +62,35 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short label for metrics.
+    /// A short label for metrics naming the cause: a failure inside the finalizer's arms is
+    /// labelled by what failed there, not by the finalizer that wrapped it.
     pub fn metric_label(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as Finalizer;
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(error) => match error.as_ref() {
+                Finalizer::ApplyFailed(inner) | Finalizer::CleanupFailed(inner) => inner.metric_label(),
+                Finalizer::AddFinalizer(_) | Finalizer::RemoveFinalizer(_) => "finalizer_write",
+                Finalizer::UnnamedObject | Finalizer::InvalidFinalizer => "finalizer",
+            },
             Error::Release(_) => "release",
         }
+    }
+}
+
+/// The `result` label of `levee_reconciliations_total` for one reconcile's outcome: `ok`, the
+/// cause of a failed reconcile ([`Error::metric_label`]), or what kept the controller from
+/// reconciling at all.
+fn reconcile_result_label<T, Q: std::error::Error + 'static>(
+    result: &std::result::Result<T, kube::runtime::controller::Error<Error, Q>>,
+) -> &'static str {
+    use kube::runtime::controller::Error as Run;
+    match result {
+        Ok(_) => "ok",
+        Err(Run::ReconcilerFailed(error, _)) => error.metric_label(),
+        Err(Run::QueueError(_)) => "watch",
+        Err(Run::ObjectNotFound(_)) => "not_found",
+        Err(Run::RunnerError(_)) => "runner",
     }
 }
 
@@ -87,6 +109,8 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// Ticks that may be past sampling (writing status, marks, events) at once.
     pub concurrent_writers: usize,
+    /// The bound on one reply from a policy's Redis, whatever it sends.
+    pub max_reply_bytes: usize,
 }
 
 impl Settings {
@@ -231,8 +255,12 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context.clone())
         .for_each(|result| {
-            let label = if result.is_ok() { "ok" } else { "error" };
-            context.metrics.reconciliations.with_label_values(&[label]).inc();
+            // Counted here only, once per outcome (error_policy does not count).
+            context
+                .metrics
+                .reconciliations
+                .with_label_values(&[reconcile_result_label(&result)])
+                .inc();
             match result {
                 Err(kube::runtime::controller::Error::QueueError(error)) => tracing::error!(
                     problem = %watch_problem::describe(&error),
@@ -404,6 +432,7 @@ impl Context {
                 lease: None,
                 watch_namespace: None,
                 concurrent_writers: 64,
+                max_reply_bytes: crate::sampler::DEFAULT_MAX_REPLY_BYTES,
             },
             clock: clock::CircuitClock::start(),
             leader,
@@ -424,12 +453,8 @@ fn forget(context: &Context, policy: &BackpressurePolicy) {
     context.values.forget(&namespace, &name);
 }
 
-fn error_policy(_policy: Arc<BackpressurePolicy>, error: &Error, context: Arc<Context>) -> Action {
-    tracing::warn!(%error, "reconcile failed; retrying");
-    context
-        .metrics
-        .reconciliations
-        .with_label_values(&[error.metric_label()])
-        .inc();
+/// Retries a failed reconcile; the failure is counted where every outcome is, in `run`.
+fn error_policy(_policy: Arc<BackpressurePolicy>, error: &Error, _context: Arc<Context>) -> Action {
+    tracing::warn!(%error, cause = error.metric_label(), "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

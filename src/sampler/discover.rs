@@ -2,12 +2,14 @@
 //! with `SMEMBERS`) or the keys of a type (`SCAN`, on every master in Cluster mode). Runs in the
 //! background at `discovery.interval`, never in a tick; bounded in keys scanned and in time.
 
+use super::connections::EndpointConnections;
 use super::endpoint::{Endpoint, NodeAddr};
 use super::registry::{Source, expand};
 use super::topology::Topology;
-use super::{EndpointState, Sampler, connect};
+use super::{Sampler, connect};
 use crate::api::QueueSpec;
 use redis::aio::MultiplexedConnection;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Keys one `SCAN` call asks for.
@@ -24,6 +26,29 @@ pub struct Discovered {
     pub matched: usize,
     /// The first failure (the entries that could be read are kept).
     pub error: Option<String>,
+}
+
+impl Discovered {
+    /// The queues a policy samples: its own entries (a `keyPattern` entry is left out by
+    /// `PreparedQueues`) and the ones found.
+    pub fn with_spec_queues(&self, spec_queues: &[QueueSpec]) -> Vec<QueueSpec> {
+        spec_queues.iter().chain(&self.queues).cloned().collect()
+    }
+
+    /// What a person should know about this discovery: a failure, or patterns that matched more
+    /// than `cap` queues; `None` when it found everything.
+    pub fn problem(&self, cap: usize) -> Option<String> {
+        match (&self.error, self.matched > cap) {
+            (Some(error), _) => Some(format!(
+                "discovery failed (the queues found before are kept): {error}"
+            )),
+            (None, true) => Some(format!(
+                "keyPattern matched {} queues; the first {cap} by name are sampled (discovery.maxQueues)",
+                self.matched
+            )),
+            (None, false) => None,
+        }
+    }
 }
 
 impl Sampler {
@@ -62,7 +87,7 @@ impl Sampler {
 /// The set members or keys `source` reads.
 async fn candidates(
     endpoint: &Endpoint,
-    state: &tokio::sync::Mutex<EndpointState>,
+    state: &EndpointConnections,
     source: &Source,
 ) -> Result<Vec<String>, String> {
     let topology = topology(endpoint, state).await?;
@@ -126,27 +151,19 @@ async fn scan(
     ))
 }
 
-async fn topology(
-    endpoint: &Endpoint,
-    state: &tokio::sync::Mutex<EndpointState>,
-) -> Result<Topology, String> {
-    let mut state = state.lock().await;
-    if state.topology.is_none() {
-        state.topology = Some(Topology::discover(endpoint).await?);
-    }
-    Ok(state.topology.clone().expect("set above"))
+async fn topology(endpoint: &Endpoint, state: &EndpointConnections) -> Result<Arc<Topology>, String> {
+    state.topology(endpoint).await
 }
 
 async fn connection(
     endpoint: &Endpoint,
-    state: &tokio::sync::Mutex<EndpointState>,
+    state: &EndpointConnections,
     node: &NodeAddr,
 ) -> Result<MultiplexedConnection, String> {
-    let mut state = state.lock().await;
-    if let Some(connection) = state.connections.get(node) {
-        return Ok(connection.clone());
-    }
-    let connection = connect(endpoint, node, endpoint.db(), true).await?;
-    state.connections.insert(node.clone(), connection.clone());
-    Ok(connection)
+    state
+        .connection(node, || {
+            let (endpoint, node) = (endpoint.clone(), node.clone());
+            async move { connect(&endpoint, &node, endpoint.db(), true).await }
+        })
+        .await
 }

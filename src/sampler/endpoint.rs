@@ -2,7 +2,7 @@
 //! their connections. The password never appears in `Debug`, `Display` or error messages.
 
 use crate::api::{RedisMode, RedisSpec, redact_password};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use redis::{IntoConnectionInfo, RedisConnectionInfo};
 use std::fmt;
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub struct Endpoint {
     pub ca_pem: Option<Vec<u8>>,
     pub insecure_skip_verify: bool,
     pub timeout: Duration,
+    /// The bound on one reply, whatever the server sends (`--max-reply-bytes`).
+    pub max_reply_bytes: usize,
 }
 
 /// A Redis URL that cannot be used.
@@ -62,6 +64,7 @@ impl Endpoint {
             ca_pem,
             insecure_skip_verify: spec.tls.as_ref().is_some_and(|tls| tls.insecure_skip_verify),
             timeout: spec.timeout.into(),
+            max_reply_bytes: super::bounded_reply::DEFAULT_MAX_REPLY_BYTES,
         })
     }
 
@@ -78,7 +81,7 @@ impl Endpoint {
         }
     }
 
-    fn uses_tls(&self) -> bool {
+    pub(super) fn uses_tls(&self) -> bool {
         self.url.scheme() == "rediss"
     }
 
@@ -87,18 +90,9 @@ impl Endpoint {
         self.url.path().trim_start_matches('/').parse().unwrap_or(0)
     }
 
-    /// Connection settings for `node`, with this endpoint's database, credentials and TLS.
-    pub fn connection_info(&self, node: &NodeAddr, db: i64, authenticate: bool) -> ConnectionInfo {
-        let addr = if self.uses_tls() {
-            ConnectionAddr::TcpTls {
-                host: node.host.clone(),
-                port: node.port,
-                insecure: self.insecure_skip_verify,
-                tls_params: None,
-            }
-        } else {
-            ConnectionAddr::Tcp(node.host.clone(), node.port)
-        };
+    /// The client's handshake settings for `node`: this endpoint's database and credentials
+    /// (the transport, TCP or TLS, is `dial.rs`'s).
+    pub fn connection_info(&self, node: &NodeAddr, db: i64, authenticate: bool) -> RedisConnectionInfo {
         let base = format!("redis://{}/", node.authority())
             .into_connection_info()
             .expect("a host:port URL is a valid connection info");
@@ -111,22 +105,7 @@ impl Endpoint {
                 redis = redis.set_password(password);
             }
         }
-        base.set_addr(addr).set_redis_settings(redis)
-    }
-
-    /// The client for `node`, trusting the endpoint's CA when one is given.
-    pub fn client(&self, node: &NodeAddr, db: i64, authenticate: bool) -> redis::RedisResult<redis::Client> {
-        let info = self.connection_info(node, db, authenticate);
-        match (&self.ca_pem, self.uses_tls()) {
-            (Some(ca), true) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            ),
-            _ => redis::Client::open(info),
-        }
+        redis
     }
 }
 
@@ -168,11 +147,12 @@ fn parse_url(text: &str) -> Result<url::Url, UrlError> {
     Ok(url)
 }
 
+/// A URL's user or password as it was before percent-encoding. Not form decoding: in a URL's
+/// userinfo `+` is a plus and `&` an ampersand, as redis-cli and redis-rs read them.
 fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={text}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// One Redis server's address.

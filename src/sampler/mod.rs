@@ -8,9 +8,13 @@
 //! same pipeline. The script is loaded when a connection to a node is made; a node that answers
 //! `NOSCRIPT` anyway (its scripts flushed) gets the script's source once (EVAL loads it again).
 //! Connections are kept per endpoint (mode, URL, credentials, TLS), so every policy that names
-//! the same Redis shares them. A broken connection is dropped and re-dialled on the next tick; in
-//! Cluster and Sentinel mode the topology is re-discovered too.
+//! the same Redis shares them, and no lock is held while one is dialled (`connections.rs`). A
+//! broken connection is dropped and re-dialled on the next tick; in Cluster and Sentinel mode the
+//! topology is re-discovered too.
 
+mod bounded_reply;
+mod connections;
+mod dial;
 mod discover;
 mod endpoint;
 mod latency;
@@ -20,6 +24,7 @@ mod registry;
 pub mod slot;
 mod topology;
 
+pub use bounded_reply::DEFAULT_MAX_REPLY_BYTES;
 pub use discover::Discovered;
 pub use endpoint::{Credentials, Endpoint, NodeAddr, UrlError};
 pub use latency::LatencyProbe;
@@ -27,14 +32,14 @@ pub use probe::{KeyRead, QueueError, QueueProbe, ReadKind};
 
 use crate::api::QueueSpec;
 use crate::circuit::{Measure, Observation};
+use connections::EndpointConnections;
 use futures::future::join_all;
 use jiff::Timestamp;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use topology::Topology;
 
 /// One queue's reading in a sample.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,22 +159,12 @@ impl PreparedQueues {
     }
 }
 
-/// Connections and topology of one endpoint.
-#[derive(Default)]
-struct EndpointState {
-    topology: Option<Topology>,
-    connections: HashMap<NodeAddr, MultiplexedConnection>,
-    /// Nodes levee loaded the latency script on (it stays in the server's script cache across
-    /// connections; a restarted node answers `NOSCRIPT` and the read loads it again).
-    scripted: HashSet<NodeAddr>,
-}
-
 /// An endpoint no policy sampled for this long is dropped with its connections (a rotated
 /// password or a changed URL leaves the old one behind).
 pub const IDLE_EVICTION: Duration = Duration::from_secs(300);
 
 /// An endpoint's state and when a policy last sampled it.
-type Entry = (Arc<tokio::sync::Mutex<EndpointState>>, Instant);
+type Entry = (Arc<EndpointConnections>, Instant);
 
 /// Samples queues; cheap to clone, shared by every policy.
 #[derive(Clone)]
@@ -218,7 +213,7 @@ impl Sampler {
         let (mut replies, mut round_trips, redirected) = self.read_all(endpoint, &state, &reads, false).await;
         if redirected {
             // The cluster moved slots: learn the new layout and read once more.
-            state.lock().await.topology = None;
+            state.forget_topology();
             let (again, trips, _) = self.read_all(endpoint, &state, &reads, false).await;
             replies = again;
             round_trips += trips;
@@ -265,7 +260,7 @@ impl Sampler {
         }
     }
 
-    fn state_of(&self, endpoint: &Endpoint) -> Arc<tokio::sync::Mutex<EndpointState>> {
+    fn state_of(&self, endpoint: &Endpoint) -> Arc<EndpointConnections> {
         let now = Instant::now();
         let mut endpoints = self.endpoints.lock().expect("endpoint map lock");
         endpoints.retain(|_, (_, used)| now.duration_since(*used) < self.idle_eviction);
@@ -281,7 +276,7 @@ impl Sampler {
     async fn load_scripts(
         &self,
         endpoint: &Endpoint,
-        state: &tokio::sync::Mutex<EndpointState>,
+        state: &EndpointConnections,
         reads: &[&KeyRead],
         replies: &mut [Result<RedisResult<Value>, String>],
     ) -> usize {
@@ -308,7 +303,7 @@ impl Sampler {
     async fn read_all(
         &self,
         endpoint: &Endpoint,
-        state: &tokio::sync::Mutex<EndpointState>,
+        state: &EndpointConnections,
         reads: &[&KeyRead],
         load: bool,
     ) -> (Vec<Result<RedisResult<Value>, String>>, usize, bool) {
@@ -372,12 +367,9 @@ impl Sampler {
             }
         }
         if !broken.is_empty() {
-            let mut state = state.lock().await;
-            for node in &broken {
-                state.connections.remove(node);
-            }
+            state.forget_connections(&broken);
             if endpoint.mode != crate::api::RedisMode::Standalone {
-                state.topology = None;
+                state.forget_topology();
             }
         }
         (replies, round_trips, redirected)
@@ -387,17 +379,10 @@ impl Sampler {
     async fn plan(
         &self,
         endpoint: &Endpoint,
-        state: &tokio::sync::Mutex<EndpointState>,
+        state: &EndpointConnections,
         reads: &[&KeyRead],
     ) -> Result<Vec<(NodeAddr, MultiplexedConnection, Vec<usize>)>, String> {
-        let mut state = state.lock().await;
-        if state.topology.is_none() {
-            let topology = Topology::discover(endpoint).await?;
-            state.connections.retain(|node, _| topology.contains(node));
-            state.scripted.retain(|node| topology.contains(node));
-            state.topology = Some(topology);
-        }
-        let topology = state.topology.as_ref().expect("set above");
+        let topology = state.topology(endpoint).await?;
         let mut by_node: BTreeMap<NodeAddr, Vec<usize>> = BTreeMap::new();
         for (index, read) in reads.iter().enumerate() {
             by_node
@@ -405,38 +390,29 @@ impl Sampler {
                 .or_default()
                 .push(index);
         }
-        let mut plan = Vec::with_capacity(by_node.len());
-        for (node, indices) in by_node {
-            let connection = match state.connections.get(&node) {
-                Some(connection) => connection.clone(),
-                None => {
-                    let connection = match connect(endpoint, &node, endpoint.db(), true).await {
-                        Ok(connection) => connection,
-                        Err(message) => {
-                            // The node may be a master that died and is being replaced (a
-                            // failover): ask the sentinel or the cluster again next tick rather
-                            // than dial the dead one for ever.
-                            if endpoint.mode != crate::api::RedisMode::Standalone {
-                                state.topology = None;
-                            }
-                            return Err(message);
-                        }
-                    };
-                    state.connections.insert(node.clone(), connection.clone());
-                    connection
-                }
-            };
+        // Every node's connection at once; the dials are shared with the other policies.
+        let connected = join_all(by_node.into_iter().map(|(node, indices)| async move {
+            let connection = state
+                .connection(&node, || {
+                    let (endpoint, node) = (endpoint.clone(), node.clone());
+                    async move { connect(&endpoint, &node, endpoint.db(), true).await }
+                })
+                .await?;
             // Once per node, and only when a read needs it, so the first tick of a latency read
             // needs no second round trip.
-            if !state.scripted.contains(&node) && indices.iter().any(|&i| reads[i].kind == ReadKind::Latency)
-            {
-                let mut connection = connection.clone();
-                latency::preload(&mut connection, endpoint.timeout).await;
-                state.scripted.insert(node.clone());
+            if indices.iter().any(|&i| reads[i].kind == ReadKind::Latency) && state.first_script_use(&node) {
+                latency::preload(&mut connection.clone(), endpoint.timeout).await;
             }
-            plan.push((node, connection, indices));
+            Ok::<_, String>((node, connection, indices))
+        }))
+        .await;
+        let plan: Result<Vec<_>, String> = connected.into_iter().collect();
+        if plan.is_err() && endpoint.mode != crate::api::RedisMode::Standalone {
+            // The node may be a master that died and is being replaced (a failover): ask the
+            // sentinel or the cluster again next tick rather than dial the dead one for ever.
+            state.forget_topology();
         }
-        Ok(plan)
+        plan
     }
 }
 
@@ -447,20 +423,9 @@ async fn connect(
     db: i64,
     authenticate: bool,
 ) -> Result<MultiplexedConnection, String> {
-    let client = endpoint
-        .client(node, db, authenticate)
-        .map_err(|e| node_message(endpoint, node, &describe(&e, endpoint)))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(endpoint.timeout))
-        .set_response_timeout(Some(endpoint.timeout));
-    match tokio::time::timeout(
-        endpoint.timeout * 2,
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await
-    {
+    match tokio::time::timeout(endpoint.timeout * 2, dial::dial(endpoint, node, db, authenticate)).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(error)) => Err(node_message(endpoint, node, &describe(&error, endpoint))),
+        Ok(Err(error)) => Err(node_message(endpoint, node, &describe_dial(&error, endpoint))),
         Err(_) => Err(node_message(
             endpoint,
             node,
@@ -486,6 +451,18 @@ fn is_access_error(error: &RedisError) -> bool {
 /// migration, is followed by `redirect`: the topology has not changed yet.)
 fn is_redirect(error: &RedisError) -> bool {
     error.code() == Some("MOVED")
+}
+
+/// A failed dial in words a person can act on.
+fn describe_dial(error: &dial::DialError, endpoint: &Endpoint) -> String {
+    match error {
+        dial::DialError::Io(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("connection refused: is Redis listening at {}?", endpoint.seed())
+        }
+        dial::DialError::Io(error) => error.to_string(),
+        dial::DialError::Tls(message) => message.clone(),
+        dial::DialError::Redis(error) => describe(error, endpoint),
+    }
 }
 
 /// A connection-level error in words a person can act on.

@@ -5,9 +5,10 @@
 //! preceded by `ASKING`, the way cluster clients do. (`MOVED`, the slot's new owner, is handled by
 //! re-discovering the topology.)
 
+use super::connections::EndpointConnections;
 use super::endpoint::{Endpoint, NodeAddr};
 use super::probe::KeyRead;
-use super::{EndpointState, connect, describe, node_message};
+use super::{connect, describe, node_message};
 use futures::future::join_all;
 use redis::{RedisError, RedisResult, Value};
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 /// it names: one pipeline per such node, concurrently. Returns the round trips made.
 pub(super) async fn follow_asks(
     endpoint: &Endpoint,
-    state: &tokio::sync::Mutex<EndpointState>,
+    state: &EndpointConnections,
     reads: &[&KeyRead],
     replies: &mut [Result<RedisResult<Value>, String>],
 ) -> usize {
@@ -45,7 +46,7 @@ pub(super) async fn follow_asks(
                 }
             }
             Err(message) => {
-                state.lock().await.connections.remove(&node);
+                state.forget_connections([&node]);
                 for index in indices {
                     replies[index] = Err(message.clone());
                 }
@@ -58,22 +59,17 @@ pub(super) async fn follow_asks(
 /// `ASKING` + the read, for each of `indices`, in one pipeline to `node`; the reads' replies.
 async fn ask(
     endpoint: &Endpoint,
-    state: &tokio::sync::Mutex<EndpointState>,
+    state: &EndpointConnections,
     node: &NodeAddr,
     reads: &[&KeyRead],
     indices: &[usize],
 ) -> Result<Vec<RedisResult<Value>>, String> {
-    let mut connection = {
-        let mut state = state.lock().await;
-        match state.connections.get(node) {
-            Some(connection) => connection.clone(),
-            None => {
-                let connection = connect(endpoint, node, endpoint.db(), true).await?;
-                state.connections.insert(node.clone(), connection.clone());
-                connection
-            }
-        }
-    };
+    let mut connection = state
+        .connection(node, || {
+            let (endpoint, node) = (endpoint.clone(), node.clone());
+            async move { connect(&endpoint, &node, endpoint.db(), true).await }
+        })
+        .await?;
     let mut pipeline = redis::pipe();
     pipeline.ignore_errors();
     for &index in indices {

@@ -6,6 +6,11 @@ use super::slot::slot_of;
 use crate::api::RedisMode;
 use redis::Value;
 
+/// At most this many masters in a cluster's layout: levee dials each, so a `CLUSTER SLOTS` that
+/// names more (Redis Cluster's own guidance stops at 1,000 nodes, masters and replicas) is
+/// refused rather than followed.
+pub const MAX_MASTERS: usize = 500;
+
 /// Where keys live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Topology {
@@ -46,7 +51,13 @@ impl Topology {
                 if slots.is_empty() {
                     return Err(format!("{endpoint}: the cluster has no slots assigned yet"));
                 }
-                Ok(Topology::Slots(slots))
+                let topology = Topology::Slots(slots);
+                if topology.nodes().len() > MAX_MASTERS {
+                    return Err(format!(
+                        "{endpoint}: CLUSTER SLOTS names more than {MAX_MASTERS} masters: levee dials at most that many per endpoint"
+                    ));
+                }
+                Ok(topology)
             }
         }
     }

@@ -190,17 +190,7 @@ impl PolicyState {
     /// Takes what a discovery found: the policy's queues become its own plus the discovered
     /// ones (a failed discovery keeps the queues found before).
     async fn take_discovered(&mut self, context: &Context, found: Discovered) {
-        let cap = self.policy.spec.discovery.max_queues as usize;
-        let message = match (&found.error, found.matched > cap) {
-            (Some(error), _) => Some(format!(
-                "discovery failed (the queues found before are kept): {error}"
-            )),
-            (None, true) => Some(format!(
-                "keyPattern matched {} queues; the first {cap} by name are sampled (discovery.maxQueues)",
-                found.matched
-            )),
-            (None, false) => None,
-        };
+        let message = found.problem(self.policy.spec.discovery.max_queues as usize);
         let previous_message = self.discovery_status.as_ref().and_then(|d| d.message.clone());
         if message.is_some() && message != previous_message && context.is_leader() {
             events::publish(
@@ -224,9 +214,10 @@ impl PolicyState {
             )),
             message,
         });
-        let mut queues = self.policy.spec.queues.clone();
-        queues.extend(kept.queues.iter().cloned());
-        self.queues = PreparedQueues::new(&queues, self.policy.spec.read_latency);
+        self.queues = PreparedQueues::new(
+            &kept.with_spec_queues(&self.policy.spec.queues),
+            self.policy.spec.read_latency,
+        );
         self.discovered = Some(kept);
     }
 
@@ -250,7 +241,12 @@ impl PolicyState {
             self.secret_backoff.succeeded();
             self.secret_versions = versions;
         }
-        let resolved = resolve_endpoint(&context.client, &context.stores.secrets, &self.policy).await;
+        let resolved = resolve_endpoint(&context.client, &context.stores.secrets, &self.policy)
+            .await
+            .map(|mut endpoint| {
+                endpoint.max_reply_bytes = context.settings.max_reply_bytes;
+                endpoint
+            });
         if resolved.is_err() || self.endpoint_suspect {
             self.secret_backoff.failed(now);
         }

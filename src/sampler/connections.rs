@@ -1,0 +1,147 @@
+//! One endpoint's topology and connections, shared by every policy that names the same Redis.
+//!
+//! No lock is held across a network call. The first caller that needs a connection (or the
+//! topology) starts the dial and leaves it in the map as a flight; every other caller awaits that
+//! same flight, so N policies on a Redis that does not answer wait one dial's time, not N dials
+//! in a row, and a healthy endpoint is never held up by another's.
+
+use super::endpoint::{Endpoint, NodeAddr};
+use super::topology::Topology;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use redis::aio::MultiplexedConnection;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+/// A dial or a discovery under way, awaited by everyone who needs its result.
+type Flight<T> = Shared<BoxFuture<'static, Result<T, String>>>;
+
+/// A result, or the flight that will bring it (with an id, so that only that flight's own
+/// outcome replaces it).
+enum Slot<T: Clone> {
+    Ready(T),
+    Flying(u64, Flight<T>),
+}
+
+#[derive(Default)]
+struct State {
+    topology: Option<Slot<Arc<Topology>>>,
+    connections: HashMap<NodeAddr, Slot<MultiplexedConnection>>,
+    /// Nodes levee loaded the latency script on (it stays in the server's script cache across
+    /// connections; a restarted node answers `NOSCRIPT` and the read loads it again).
+    scripted: HashSet<NodeAddr>,
+    flights: u64,
+}
+
+/// The topology and connections of one endpoint.
+#[derive(Default)]
+pub struct EndpointConnections {
+    state: Mutex<State>,
+}
+
+impl EndpointConnections {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("endpoint state lock")
+    }
+
+    /// Where the endpoint's keys live, discovered once and shared.
+    pub async fn topology(&self, endpoint: &Endpoint) -> Result<Arc<Topology>, String> {
+        let flight = {
+            let mut state = self.state();
+            match &state.topology {
+                Some(Slot::Ready(topology)) => return Ok(topology.clone()),
+                Some(Slot::Flying(id, flight)) => (*id, flight.clone()),
+                None => {
+                    let endpoint = endpoint.clone();
+                    let (id, flight) = launch(&mut state, async move {
+                        Topology::discover(&endpoint).await.map(Arc::new)
+                    });
+                    state.topology = Some(Slot::Flying(id, flight.clone()));
+                    (id, flight)
+                }
+            }
+        };
+        let (id, flight) = flight;
+        let outcome = flight.await;
+        let mut state = self.state();
+        if matches!(&state.topology, Some(Slot::Flying(flying, _)) if *flying == id) {
+            match &outcome {
+                Ok(topology) => {
+                    state.connections.retain(|node, _| topology.contains(node));
+                    state.scripted.retain(|node| topology.contains(node));
+                    state.topology = Some(Slot::Ready(topology.clone()));
+                }
+                Err(_) => state.topology = None,
+            }
+        }
+        outcome
+    }
+
+    /// A connection to `node`, dialled once and shared; `dial` makes it when there is none.
+    pub async fn connection<F>(
+        &self,
+        node: &NodeAddr,
+        dial: impl FnOnce() -> F,
+    ) -> Result<MultiplexedConnection, String>
+    where
+        F: Future<Output = Result<MultiplexedConnection, String>> + Send + 'static,
+    {
+        let (id, flight) = {
+            let mut state = self.state();
+            match state.connections.get(node) {
+                Some(Slot::Ready(connection)) => return Ok(connection.clone()),
+                Some(Slot::Flying(id, flight)) => (*id, flight.clone()),
+                None => {
+                    let (id, flight) = launch(&mut state, dial());
+                    state
+                        .connections
+                        .insert(node.clone(), Slot::Flying(id, flight.clone()));
+                    (id, flight)
+                }
+            }
+        };
+        let outcome = flight.await;
+        let mut state = self.state();
+        if matches!(state.connections.get(node), Some(Slot::Flying(flying, _)) if *flying == id) {
+            match &outcome {
+                Ok(connection) => {
+                    state
+                        .connections
+                        .insert(node.clone(), Slot::Ready(connection.clone()));
+                }
+                Err(_) => {
+                    state.connections.remove(node);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Forgets the topology: the next caller discovers it again.
+    pub fn forget_topology(&self) {
+        self.state().topology = None;
+    }
+
+    /// Drops the connections to `nodes` (broken): the next caller dials again.
+    pub fn forget_connections<'a>(&self, nodes: impl IntoIterator<Item = &'a NodeAddr>) {
+        let mut state = self.state();
+        for node in nodes {
+            state.connections.remove(node);
+        }
+    }
+
+    /// True the first time it is asked for `node` (since its topology was learnt): the caller
+    /// then loads the latency script there.
+    pub fn first_script_use(&self, node: &NodeAddr) -> bool {
+        self.state().scripted.insert(node.clone())
+    }
+}
+
+/// Starts `work` as a shared flight with a fresh id.
+fn launch<T: Clone + Send + Sync + 'static>(
+    state: &mut State,
+    work: impl Future<Output = Result<T, String>> + Send + 'static,
+) -> (u64, Flight<T>) {
+    state.flights += 1;
+    (state.flights, work.boxed().shared())
+}

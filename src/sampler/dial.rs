@@ -1,0 +1,152 @@
+//! Dials a Redis node: TCP, TLS for `rediss://` (the policy's CA, or the system's roots), and the
+//! connection's reader held to the reply bound (`bounded_reply.rs`), then the client's handshake
+//! (`HELLO`/`AUTH`/`SELECT`) over that stream. levee dials itself rather than let the client do
+//! it because the client offers no hook for a bounded reader.
+
+use super::bounded_reply::BoundedStream;
+use super::endpoint::{Endpoint, NodeAddr};
+use redis::aio::MultiplexedConnection;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use std::io;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// A byte stream the client can run over: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> Stream for S {}
+
+/// Why a dial failed, in words a person can act on (the caller adds the endpoint).
+#[derive(Debug)]
+pub enum DialError {
+    Io(io::Error),
+    Tls(String),
+    Redis(redis::RedisError),
+}
+
+/// TCP (and TLS) to `node`, the handshake, and a multiplexed connection whose driver runs in
+/// its own task; every reply bounded by `endpoint.max_reply_bytes`.
+pub async fn dial(
+    endpoint: &Endpoint,
+    node: &NodeAddr,
+    db: i64,
+    authenticate: bool,
+) -> Result<MultiplexedConnection, DialError> {
+    let tcp = TcpStream::connect((node.host.as_str(), node.port))
+        .await
+        .map_err(DialError::Io)?;
+    let _ = tcp.set_nodelay(true);
+    let stream: Box<dyn Stream> = if endpoint.uses_tls() {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(endpoint)?));
+        let name = ServerName::try_from(node.host.clone())
+            .map_err(|e| DialError::Tls(format!("{} is not a name TLS can verify: {e}", node.host)))?;
+        Box::new(
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| DialError::Tls(format!("TLS handshake: {e}")))?,
+        )
+    } else {
+        Box::new(tcp)
+    };
+    let info = endpoint.connection_info(node, db, authenticate);
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(endpoint.timeout));
+    let (connection, driver) = MultiplexedConnection::new_with_config(
+        &info,
+        BoundedStream::new(stream, endpoint.max_reply_bytes),
+        config,
+    )
+    .await
+    .map_err(DialError::Redis)?;
+    tokio::spawn(driver);
+    Ok(connection)
+}
+
+/// The TLS settings of `endpoint`: its CA (or the system's roots), or no verification at all
+/// with `insecureSkipVerify`.
+fn tls_config(endpoint: &Endpoint) -> Result<rustls::ClientConfig, DialError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DialError::Tls(e.to_string()))?;
+    if endpoint.insecure_skip_verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &endpoint.ca_pem {
+        Some(pem) => {
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| DialError::Tls(format!("the CA bundle does not parse: {e}")))?;
+                roots.add(cert).map_err(|e| {
+                    DialError::Tls(format!("the CA bundle holds an unusable certificate: {e}"))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(DialError::Tls("the CA bundle holds no PEM certificate".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `insecureSkipVerify`: any certificate and any name, but the handshake's signatures are still
+/// checked against the certificate presented.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -32,6 +32,16 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// The `kind` label values of `levee_api_writes_total`.
+pub const API_WRITE_KINDS: [&str; 6] = [
+    "status",
+    "workload",
+    "pod_condition",
+    "pod_annotations",
+    "event",
+    "hpa",
+];
+
 /// levee's metrics. Labels: `namespace`, `policy` (and `queue`, `from`/`to`, `kind`, `result`).
 pub struct Metrics {
     pub registry: Registry,
@@ -119,6 +129,16 @@ impl Metrics {
                 .expect("unique metric");
             metric
         };
+        let api_writes = counter(
+            "levee_api_writes_total",
+            "Writes to the Kubernetes API by kind",
+            &["kind"],
+        );
+        // Every kind exported from the start, at 0: a check that no write was made reads a
+        // series that exists, not a missing one.
+        for kind in API_WRITE_KINDS {
+            api_writes.with_label_values(&[kind]);
+        }
         Arc::new(Self {
             circuit_state: gauge(
                 "levee_circuit_state",
@@ -148,11 +168,7 @@ impl Metrics {
                 "Policy reconciliations by result",
                 &["result"],
             ),
-            api_writes: counter(
-                "levee_api_writes_total",
-                "Writes to the Kubernetes API by kind",
-                &["kind"],
-            ),
+            api_writes,
             metrics_api_requests: counter(
                 "levee_metrics_api_requests_total",
                 "Requests to the external metrics API by HTTP status code",

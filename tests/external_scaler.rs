@@ -9,7 +9,7 @@ mod support;
 use levee::circuit::{Level, State};
 use levee::external_scaler::proto::external_scaler_client::ExternalScalerClient;
 use levee::external_scaler::proto::{GetMetricsRequest, IsActiveResponse, ScaledObjectRef};
-use levee::external_scaler::server::{Scaler, serve, server_config};
+use levee::external_scaler::server::{Scaler, StreamLimits, serve, server_config};
 use levee::serving::cert::ServingCert;
 use levee::serving::listener::ConnectionLimits;
 use levee::telemetry::Metrics;
@@ -27,6 +27,12 @@ struct Server {
     metrics: Arc<Metrics>,
     tls: TlsFiles,
 }
+
+/// Few streams, so the tests can reach both caps.
+const STREAMS: StreamLimits = StreamLimits {
+    total: 12,
+    per_namespace: 8,
+};
 
 const LIMITS: ConnectionLimits = ConnectionLimits {
     max_connections: 16,
@@ -46,10 +52,7 @@ async fn start(client_ca: bool) -> Server {
     let port = free_port();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let (values, metrics) = (MetricValues::default(), Metrics::new());
-    let scaler = Scaler {
-        values: values.clone(),
-        metrics: metrics.clone(),
-    };
+    let scaler = Scaler::new(values.clone(), metrics.clone(), STREAMS);
     tokio::spawn(serve(scaler, listener, config, LIMITS, std::future::pending()));
     Server {
         port,
@@ -395,4 +398,79 @@ async fn connections_that_never_handshake_are_closed_and_the_cap_holds() {
     };
     assert!(by_reason("evicted") + by_reason("limit") >= LIMITS.max_connections as u64);
     assert!(by_reason("handshake_timeout") >= 1);
+}
+
+/// Streams for policies that do not exist are capped per namespace and in all
+/// (`RESOURCE_EXHAUSTED`), while a real policy's calls, in another namespace, still answer; an
+/// oversized request is refused without being read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_namespace_cannot_take_every_stream_and_requests_are_bounded() {
+    let server = start(false).await;
+    publish(&server.values, 5, Level::Normal);
+    let mut client = client(&server).await;
+    let in_namespace = |namespace: &str, policy: &str| ScaledObjectRef {
+        namespace: namespace.into(),
+        ..trigger(&[("policy", policy)])
+    };
+    let mut held = Vec::new();
+    for i in 0..STREAMS.per_namespace {
+        let stream = client
+            .stream_is_active(in_namespace("tenant-a", &format!("missing-{i}")))
+            .await
+            .unwrap_or_else(|status| panic!("stream {i}: {status}"));
+        held.push(stream.into_inner());
+    }
+    let refused = client
+        .stream_is_active(in_namespace("tenant-a", "one-more"))
+        .await
+        .unwrap_err();
+    assert_refused(
+        &refused,
+        tonic::Code::ResourceExhausted,
+        "namespace tenant-a already has 8",
+    );
+    for i in 0..STREAMS.total - STREAMS.per_namespace {
+        let stream = client
+            .stream_is_active(in_namespace("tenant-b", &format!("missing-{i}")))
+            .await
+            .unwrap();
+        held.push(stream.into_inner());
+    }
+    let refused = client
+        .stream_is_active(in_namespace("tenant-c", "p"))
+        .await
+        .unwrap_err();
+    assert_refused(
+        &refused,
+        tonic::Code::ResourceExhausted,
+        "12 StreamIsActive streams are open",
+    );
+    assert_eq!(requests(&server, "StreamIsActive", "ResourceExhausted"), 2);
+    // The real policy's calls are answered meanwhile, on the same connection.
+    let reply = client
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(trigger(&[("policy", "rule-engine")])),
+            metric_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.metric_values[0].metric_value, 5);
+    // A stream that ends gives its place back.
+    held.truncate(held.len() - 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reopened = loop {
+        match client.stream_is_active(in_namespace("tenant-c", "p")).await {
+            Ok(stream) => break stream,
+            Err(status) if Instant::now() < deadline => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("no place came back: {status}"),
+        }
+    };
+    drop(reopened);
+    let huge = trigger(&[("policy", "rule-engine"), ("queue", &"q".repeat(64 * 1024))]);
+    let refused = client.is_active(huge).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused}");
 }

@@ -53,7 +53,9 @@ fn writes_by_kind(levee: &Levee) -> Vec<(String, f64)> {
         .map(|kind| {
             (
                 kind.to_string(),
-                levee.metric(&format!("levee_api_writes_total{{kind=\"{kind}\"}}")),
+                levee
+                    .metric(&format!("levee_api_writes_total{{kind=\"{kind}\"}}"))
+                    .expect("/metrics answers and exports the series"),
             )
         })
         .collect()

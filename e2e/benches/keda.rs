@@ -263,7 +263,11 @@ fn levee_row(
             policy.apply();
         }
     }
-    let sampled = |levee: &Levee| levee.metric_sum("levee_sample_duration_seconds_count");
+    let sampled = |levee: &Levee| {
+        levee
+            .metric_sum("levee_sample_duration_seconds_count")
+            .expect("/metrics answers")
+    };
     let policies = if per_queue_policies {
         n
     } else {

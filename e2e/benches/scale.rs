@@ -228,7 +228,11 @@ async fn drain(pods: &Api<Pod>, redis: &RedisServer, burst: &[usize]) {
 fn writes_by_kind(levee: &Levee) -> Vec<f64> {
     WRITE_KINDS
         .iter()
-        .map(|kind| levee.metric(&format!("levee_api_writes_total{{kind=\"{kind}\"}}")))
+        .map(|kind| {
+            levee
+                .metric(&format!("levee_api_writes_total{{kind=\"{kind}\"}}"))
+                .expect("/metrics answers and exports the series")
+        })
         .collect()
 }
 

@@ -117,6 +117,23 @@ impl Keda {
         );
         tls.signed("levee", "/CN=levee", "subjectAltName=IP:127.0.0.1,DNS:localhost");
         tls.client_cert("keda-operator");
+        // levee's certificate for forwarding as the caller: from a CA of its own (this one), never
+        // the cluster's front-proxy CA (levee refuses that one). The adapter trusts both: the
+        // aggregator's front-proxy certificate and levee's.
+        tls.signed(
+            "levee-delegate",
+            "/CN=levee-delegate",
+            "extendedKeyUsage=clientAuth",
+        );
+        let kubeconfig_dir =
+            std::path::PathBuf::from(std::env::var("KUBECONFIG").expect("KUBECONFIG is set under make e2e"));
+        let cluster_front_proxy_ca = kubeconfig_dir.parent().unwrap().join("pki/front-proxy-ca.crt");
+        let requestheader_ca = format!(
+            "{}{}",
+            std::fs::read_to_string(&cluster_front_proxy_ca).unwrap(),
+            std::fs::read_to_string(tls.path("ca.crt")).unwrap()
+        );
+        std::fs::write(tls.path("requestheader-ca.crt"), requestheader_ca).unwrap();
         let certs = tempfile::tempdir().unwrap();
         for (from, to) in [
             ("ca.crt", "ca.crt"),
@@ -173,6 +190,14 @@ impl Keda {
                 &format!("--metrics-service-address=localhost:{grpc}"),
                 // Its plain /metrics port (it binds every interface; nothing here reads it).
                 &format!("--port={}", free_port()),
+                &format!(
+                    "--requestheader-client-ca-file={}",
+                    tls.path("requestheader-ca.crt")
+                ),
+                "--requestheader-allowed-names=front-proxy-client,levee-delegate",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 &format!("--audit-policy-file={}", audit_policy.display()),
                 &format!("--audit-log-path={}", audit_log.display()),
                 "--zap-log-level=info",

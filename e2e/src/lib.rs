@@ -508,21 +508,29 @@ impl Levee {
         (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
     }
 
-    /// The value of a metric series (`name{labels}` exactly as exposed), 0 when absent.
-    pub fn metric(&self, series: &str) -> f64 {
-        let text = self.get("/metrics").unwrap_or_default();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+    /// The value of a metric series (`name{labels}` exactly as exposed); `None` when `/metrics`
+    /// cannot be read or holds no such series, so a check on it cannot pass on nothing.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get("/metrics")?;
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
     }
 
-    /// The sum of every series of a metric.
-    pub fn metric_sum(&self, name: &str) -> f64 {
-        let text = self.get("/metrics").unwrap_or_default();
-        text.lines()
-            .filter(|line| line.starts_with(name) && !line.starts_with('#'))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    /// The sum of every series of a metric; `None` when `/metrics` cannot be read. A labelled
+    /// counter has no series until it is first counted, so a family without any sums to 0.
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let text = self.get("/metrics")?;
+        Some(
+            text.lines()
+                .filter(|line| {
+                    line.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
     }
 
     /// Its resident memory (VmRSS) in KiB.

@@ -211,8 +211,12 @@ fn kube_apiserver_restarted_while_open_flaps_no_producer_and_status_resumes() {
     let timeline = fixture.timeline("held");
     std::thread::sleep(Duration::from_secs(2));
     let pod_writes = |levee: &Levee| {
-        levee.metric("levee_api_writes_total{kind=\"pod_condition\"}")
-            + levee.metric("levee_api_writes_total{kind=\"pod_annotations\"}")
+        let kind = |kind: &str| {
+            levee
+                .metric(&format!("levee_api_writes_total{{kind=\"{kind}\"}}"))
+                .expect("/metrics answers and exports the series")
+        };
+        kind("pod_condition") + kind("pod_annotations")
     };
     let writes_before = pod_writes(&levee);
     let sampled_before = last_sample_time(&fixture);
@@ -291,7 +295,9 @@ fn kube_apiserver_restarted_while_open_flaps_no_producer_and_status_resumes() {
     );
     assert_eq!(plane.exited(), Vec::<String>::new(), "every component still runs");
     assert_eq!(
-        levee.metric_sum("levee_transitions_total"),
+        levee
+            .metric_sum("levee_transitions_total")
+            .expect("/metrics answers"),
         1.0,
         "Closed -> Open only"
     );
@@ -311,7 +317,7 @@ fn kube_apiserver_restarted_while_open_flaps_no_producer_and_status_resumes() {
         fixture.ns()
     );
     wait_until("levee closes the circuit", PATIENCE, || {
-        (levee.metric(&series) == 0.0).then_some(())
+        (levee.metric(&series)? == 0.0).then_some(())
     });
     let closed = drained.elapsed();
     let marked = wait_until("levee marks the pods accepting", PATIENCE, || {
@@ -330,7 +336,9 @@ fn kube_apiserver_restarted_while_open_flaps_no_producer_and_status_resumes() {
         "released {marked:?} after the drain"
     );
     assert_eq!(
-        levee.metric_sum("levee_transitions_total"),
+        levee
+            .metric_sum("levee_transitions_total")
+            .expect("/metrics answers"),
         3.0,
         "Open -> HalfOpen -> Closed"
     );

@@ -49,7 +49,7 @@ fn series(metric: &str, fixture: &Fixture, policy: &str) -> String {
 fn wait_levee_pending(levee: &Levee, fixture: &Fixture, policy: &str, pending: u64) {
     let series = series("levee_pending", fixture, policy);
     wait_until(&format!("levee_pending {pending}"), PATIENCE, || {
-        (levee.metric(&series) == pending as f64).then_some(())
+        (levee.metric(&series)? == pending as f64).then_some(())
     });
 }
 
@@ -141,7 +141,9 @@ fn sentinel_failover(open: bool) {
     let timeline = fixture.timeline("failover");
     std::thread::sleep(Duration::from_secs(1));
     let failures = series("levee_sample_failures_total", &fixture, "failover");
-    let failures_before = levee.metric(&failures);
+    let failures_before = levee
+        .metric(&failures)
+        .expect("/metrics answers and exports the series");
     master.stop(); // SIGKILL
     let killed = Instant::now();
     wait_until("the sentinel promotes the replica", PATIENCE, || {
@@ -161,7 +163,10 @@ fn sentinel_failover(open: bool) {
     // Past the point where onSampleFailure would have applied (40 ticks of 200 ms).
     std::thread::sleep(Duration::from_secs(10).saturating_sub(killed.elapsed()));
     let seen = timeline.stop();
-    let failed = levee.metric(&failures) - failures_before;
+    let failed = levee
+        .metric(&failures)
+        .expect("/metrics answers and exports the series")
+        - failures_before;
 
     assert_producers_saw(&seen, state, !open, "sentinel failover");
     assert!(
@@ -169,7 +174,9 @@ fn sentinel_failover(open: bool) {
         "{failed} failed ticks: onSampleFailure would have applied"
     );
     assert_eq!(
-        levee.metric_sum("levee_transitions_total"),
+        levee
+            .metric_sum("levee_transitions_total")
+            .expect("/metrics answers"),
         if open { 1.0 } else { 0.0 },
         "no transition but the first Open"
     );
@@ -223,7 +230,9 @@ fn cluster_slot_migration_is_followed_through_ask_and_moved() {
     let timeline = fixture.timeline("migrating");
     std::thread::sleep(Duration::from_secs(1));
     let failures = series("levee_sample_failures_total", &fixture, "migrating");
-    let failures_before = levee.metric(&failures);
+    let failures_before = levee
+        .metric(&failures)
+        .expect("/metrics answers and exports the series");
     let (asks_before, moves_before) = (error_count(source, "ASK"), error_count(source, "MOVED"));
     let slot = source.cli(&["CLUSTER", "KEYSLOT", "q"]);
     let (source_id, target_id) = (source.cli(&["CLUSTER", "MYID"]), target.cli(&["CLUSTER", "MYID"]));
@@ -255,14 +264,22 @@ fn cluster_slot_migration_is_followed_through_ask_and_moved() {
     wait_status_pending(&fixture, "migrating", 13);
     std::thread::sleep(Duration::from_secs(1));
     let seen = timeline.stop();
-    let failed = levee.metric(&failures) - failures_before;
+    let failed = levee
+        .metric(&failures)
+        .expect("/metrics answers and exports the series")
+        - failures_before;
     let moves = error_count(source, "MOVED") - moves_before;
 
     assert!(asks > 0, "levee never hit ASK on the source");
     assert!(moves > 0, "levee never hit MOVED on the source");
     assert_producers_saw(&seen, "Closed", true, "slot migration");
     assert_eq!(failed, 0.0, "no failed sample while the slot moved");
-    assert_eq!(levee.metric_sum("levee_transitions_total"), 0.0);
+    assert_eq!(
+        levee
+            .metric_sum("levee_transitions_total")
+            .expect("/metrics answers"),
+        0.0
+    );
     eprintln!(
         "figure: cluster slot migration: {asks} ASK replies (levee read the importing node's depth {followed_ask:?} after MIGRATE), {moves} MOVED replies (the new owner's depth {followed_moved:?} after SETSLOT NODE), {failed} failed ticks, {} looks at the producers, none changed",
         seen.len()
@@ -307,7 +324,9 @@ fn cluster_master_killed_its_replica_takes_over_and_levee_follows() {
     let timeline = fixture.timeline("failover");
     std::thread::sleep(Duration::from_secs(1));
     let failures = series("levee_sample_failures_total", &fixture, "failover");
-    let failures_before = levee.metric(&failures);
+    let failures_before = levee
+        .metric(&failures)
+        .expect("/metrics answers and exports the series");
     let index = cluster.nodes.iter().position(|n| n.port == owner).unwrap();
     cluster.nodes[index].stop(); // SIGKILL
     let killed = Instant::now();
@@ -331,14 +350,22 @@ fn cluster_master_killed_its_replica_takes_over_and_levee_follows() {
     wait_status_pending(&fixture, "failover", 20);
     std::thread::sleep(Duration::from_secs(10).saturating_sub(killed.elapsed()));
     let seen = timeline.stop();
-    let failed = levee.metric(&failures) - failures_before;
+    let failed = levee
+        .metric(&failures)
+        .expect("/metrics answers and exports the series")
+        - failures_before;
 
     assert_producers_saw(&seen, "Closed", true, "cluster failover");
     assert!(
         failed < 40.0,
         "{failed} failed ticks: onSampleFailure would have applied"
     );
-    assert_eq!(levee.metric_sum("levee_transitions_total"), 0.0);
+    assert_eq!(
+        levee
+            .metric_sum("levee_transitions_total")
+            .expect("/metrics answers"),
+        0.0
+    );
     assert_eq!(fixture.condition("failover", "RedisReachable")["status"], "True");
     eprintln!(
         "figure: cluster failover: master SIGKILLed -> its replica owned slot {slot} after {promoted:?}; levee reported the depth written on the new master {followed:?} after the kill; {failed} failed 200 ms ticks (onSampleFailure Open after 40); {} looks at the producers, none changed",

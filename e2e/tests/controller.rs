@@ -102,7 +102,9 @@ fn a_restarted_levee_keeps_the_circuit_without_flapping() {
     assert_eq!(after["transitions"], before["transitions"]);
     assert_eq!(fixture.events("CircuitOpened").len(), 1, "no second opening");
     assert_eq!(
-        levee.metric_sum("levee_transitions_total"),
+        levee
+            .metric_sum("levee_transitions_total")
+            .expect("/metrics answers"),
         0.0,
         "the new process made no transition"
     );
@@ -188,12 +190,16 @@ fn nothing_is_written_while_nothing_changes() {
     fixture.wait_state("quiet", "Closed");
     fixture.wait_pods_accepting(true, 2);
     std::thread::sleep(Duration::from_secs(1));
-    let settled = levee.metric_sum("levee_api_writes_total");
+    let settled = levee
+        .metric_sum("levee_api_writes_total")
+        .expect("/metrics answers");
     assert!(settled > 0.0);
     // 15 ticks at 200 ms, well inside the 30 s status heartbeat.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        levee.metric_sum("levee_api_writes_total"),
+        levee
+            .metric_sum("levee_api_writes_total")
+            .expect("/metrics answers"),
         settled,
         "no writes at steady state"
     );
@@ -208,9 +214,16 @@ fn only_the_leader_writes_and_a_follower_takes_over() {
     fixture.burst();
     fixture.wait_state("led", "Open");
     fixture.wait_pods_accepting(false, 2);
-    assert!(first.metric_sum("levee_api_writes_total") > 0.0);
+    assert!(
+        first
+            .metric_sum("levee_api_writes_total")
+            .expect("/metrics answers")
+            > 0.0
+    );
     assert_eq!(
-        second.metric_sum("levee_api_writes_total"),
+        second
+            .metric_sum("levee_api_writes_total")
+            .expect("/metrics answers"),
         0.0,
         "the follower writes nothing"
     );
@@ -230,7 +243,10 @@ fn only_the_leader_writes_and_a_follower_takes_over() {
     fixture.wait_state("led", "Closed");
     fixture.wait_pods_accepting(true, 2);
     assert!(
-        second.metric_sum("levee_api_writes_total") > 0.0,
+        second
+            .metric_sum("levee_api_writes_total")
+            .expect("/metrics answers")
+            > 0.0,
         "the new leader writes"
     );
     assert_eq!(

@@ -94,9 +94,24 @@ fn the_hpa_scales_workers_on_levee_pending_through_the_aggregator() {
         .output()
         .expect("curl runs");
     assert_eq!(String::from_utf8_lossy(&forged.stdout), "401");
-    assert!(levee.metric(r#"levee_metrics_api_requests_total{code="401"}"#) >= 1.0);
-    assert!(levee.metric(r#"levee_metrics_api_requests_total{code="200"}"#) >= 1.0);
-    assert!(levee.metric("levee_metrics_api_request_duration_seconds_count") >= 2.0);
+    assert!(
+        levee
+            .metric(r#"levee_metrics_api_requests_total{code="401"}"#)
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        levee
+            .metric(r#"levee_metrics_api_requests_total{code="200"}"#)
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        levee
+            .metric("levee_metrics_api_request_duration_seconds_count")
+            .expect("/metrics answers and exports the series")
+            >= 2.0
+    );
 
     redis.stop();
     let refused = wait_until("503 once the samples fail", PATIENCE, || raw_get(&path).err());
@@ -104,7 +119,12 @@ fn the_hpa_scales_workers_on_levee_pending_through_the_aggregator() {
         refused.contains("ServiceUnavailable") || refused.contains("503"),
         "{refused}"
     );
-    assert!(levee.metric(r#"levee_metrics_api_requests_total{code="503"}"#) >= 1.0);
+    assert!(
+        levee
+            .metric(r#"levee_metrics_api_requests_total{code="503"}"#)
+            .unwrap_or(0.0)
+            >= 1.0
+    );
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
         deployment_replicas(&ns, "worker"),

@@ -28,7 +28,9 @@ fn a_flood_of_idle_connections_is_closed_and_memory_stays_bounded() {
         .collect();
     std::thread::sleep(Duration::from_secs(1));
     let flooded = rss(&levee);
-    let open_gauge = levee.metric("levee_metrics_api_connections");
+    let open_gauge = levee
+        .metric("levee_metrics_api_connections")
+        .expect("/metrics answers and exports the series");
     assert!(
         open_gauge <= 1024.0,
         "at most 1,024 connections are held at once: {open_gauge}"
@@ -49,13 +51,15 @@ fn a_flood_of_idle_connections_is_closed_and_memory_stays_bounded() {
     wait_until(
         "the open-connections gauge back to 0",
         Duration::from_secs(10),
-        || (levee.metric("levee_metrics_api_connections") == 0.0).then_some(()),
+        || (levee.metric("levee_metrics_api_connections") == Some(0.0)).then_some(()),
     );
     drop(streams);
     // Freed pages are handed back to the system every 10 s (glibc builds).
     std::thread::sleep(Duration::from_secs(11));
     let after = rss(&levee);
-    let refused = levee.metric_sum("levee_metrics_api_connections_closed_total");
+    let refused = levee
+        .metric_sum("levee_metrics_api_connections_closed_total")
+        .expect("/metrics answers");
     eprintln!(
         "figure: {CONNECTIONS} idle connections: RSS {before:.1} MiB before, {flooded:.1} MiB with them open (gauge {open_gauge}), {after:.1} MiB after; all closed {all_closed:?} after opening; {refused} closed by a limit"
     );

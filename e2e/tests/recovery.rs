@@ -139,7 +139,12 @@ fn a_follower_takes_over_a_released_lease_within_seconds() {
     fixture.drain();
     fixture.wait_state("handed-over", "Closed");
     fixture.wait_pods_accepting(true, 2);
-    assert!(second.metric_sum("levee_api_writes_total") > 0.0);
+    assert!(
+        second
+            .metric_sum("levee_api_writes_total")
+            .expect("/metrics answers")
+            > 0.0
+    );
 }
 
 #[test]
@@ -333,7 +338,9 @@ fn a_rotated_secret_is_used_before_anything_fails() {
         "levee_sample_failures_total{{namespace=\"{}\",policy=\"rotating\"}}",
         fixture.ns()
     );
-    let failures_before = levee.metric(&series);
+    let failures_before = levee
+        .metric(&series)
+        .expect("/metrics answers and exports the series");
     kubectl_ok(&["apply", "-f", "-"], Some(&redis_secret(fixture.ns(), "new")));
     let started = Instant::now();
     wait_until("levee samples as user new", PATIENCE, || {
@@ -344,7 +351,9 @@ fn a_rotated_secret_is_used_before_anything_fails() {
         started.elapsed()
     );
     assert_eq!(
-        levee.metric(&series),
+        levee
+            .metric(&series)
+            .expect("/metrics answers and exports the series"),
         failures_before,
         "no sample failed on the way"
     );

@@ -243,3 +243,35 @@ fn levee_metrics_need_a_token_allowed_to_get_metrics() {
         "tokens are never logged"
     );
 }
+
+/// levee refuses to forward as the caller with a certificate of the cluster's requestheader CA
+/// (here the aggregator's own front-proxy client certificate): kube-apiserver trusts any such
+/// certificate to name any user, so it must never be copied into a Secret for levee.
+#[test]
+fn levee_refuses_the_clusters_front_proxy_certificate_for_its_delegate() {
+    let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG is set under make e2e");
+    let pki = std::path::Path::new(&kubeconfig).parent().unwrap().join("pki");
+    let output = Command::new(repo_root().join("target/debug/levee"))
+        .args([
+            "run",
+            "--leader-elect=false",
+            "--delegate-external-metrics=https://127.0.0.1:1",
+            &format!(
+                "--delegate-client-cert-file={}",
+                pki.join("front-proxy-client.crt").display()
+            ),
+            &format!(
+                "--delegate-client-key-file={}",
+                pki.join("front-proxy-client.key").display()
+            ),
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{logs}");
+    assert!(
+        logs.contains("is issued by the cluster's requestheader CA") && logs.contains("system:masters"),
+        "{logs}"
+    );
+}

@@ -121,7 +121,7 @@ fn a_scaled_object_on_levees_scaler_wakes_on_the_push_scales_out_and_back_to_zer
         || (replicas(&ns) == 0).then_some(()),
     );
     wait_until("levee serves KEDA's push stream", Duration::from_secs(60), || {
-        (levee.metric("levee_external_scaler_streams") >= 1.0).then_some(())
+        (levee.metric("levee_external_scaler_streams")? >= 1.0).then_some(())
     });
     let pushed_at = Instant::now();
     redis.push_jobs("jobs", 450);
@@ -134,10 +134,14 @@ fn a_scaled_object_on_levees_scaler_wakes_on_the_push_scales_out_and_back_to_zer
     wait_until("KEDA's HPA scales out to 5", Duration::from_secs(120), || {
         (replicas(&ns) == 5).then_some(())
     });
-    let gets = levee.metric("levee_external_scaler_requests_total{code=\"OK\",rpc=\"GetMetrics\"}");
+    let gets = levee
+        .metric("levee_external_scaler_requests_total{code=\"OK\",rpc=\"GetMetrics\"}")
+        .expect("/metrics answers and exports the series");
     assert!(gets >= 1.0, "KEDA asked levee for the figure ({gets} GetMetrics)");
     assert_eq!(
-        levee.metric("levee_external_scaler_connections_closed_total{reason=\"limit\"}"),
+        levee
+            .metric_sum("levee_external_scaler_connections_closed_total{reason=\"limit\"}")
+            .expect("/metrics answers"),
         0.0
     );
 
@@ -154,7 +158,9 @@ fn a_scaled_object_on_levees_scaler_wakes_on_the_push_scales_out_and_back_to_zer
         .and_then(|c| c.iter().find(|c| c["type"] == "Active").cloned())
         .unwrap_or_default();
     assert_eq!(condition["status"], "False", "{condition}");
-    let streams = levee.metric("levee_external_scaler_requests_total{code=\"OK\",rpc=\"StreamIsActive\"}");
+    let streams = levee
+        .metric("levee_external_scaler_requests_total{code=\"OK\",rpc=\"StreamIsActive\"}")
+        .expect("/metrics answers and exports the series");
     assert!(
         streams >= 2.0,
         "KEDA opened the push stream again after the change ({streams})"
@@ -300,22 +306,19 @@ fn forwarding_as_the_caller_the_delegate_sees_the_user_who_asked_and_not_levee()
         ],
         None,
     );
-    // The cluster's front-proxy client certificate, which KEDA's adapter trusts through
-    // kube-system/extension-apiserver-authentication, as a user would mount it from a Secret.
-    let pki = std::path::Path::new(&std::env::var("KUBECONFIG").unwrap())
-        .parent()
-        .unwrap()
-        .join("pki");
+    // A client certificate from a CA of levee's own, which KEDA's adapter was started trusting
+    // (--requestheader-client-ca-file, beside the cluster's front-proxy CA), as a user would
+    // mount it from a Secret. The cluster's own front-proxy certificate is refused: see below.
     let flags = [
         format!("--delegate-external-metrics={delegate}"),
         format!("--delegate-ca-file={}", keda.tls.path("ca.crt")),
         format!(
             "--delegate-client-cert-file={}",
-            pki.join("front-proxy-client.crt").display()
+            keda.tls.path("levee-delegate.crt")
         ),
         format!(
             "--delegate-client-key-file={}",
-            pki.join("front-proxy-client.key").display()
+            keda.tls.path("levee-delegate.key")
         ),
     ];
     let _served = ServedMetricsApi::start(&ns, &sets, &flags.iter().map(String::as_str).collect::<Vec<_>>());

@@ -374,3 +374,31 @@ async fn a_follower_never_writes() {
     context.tasks.stop(&policy);
     drop(sender);
 }
+
+/// A reconcile whose cleanup failed to release the producers: counted once, by its cause.
+#[tokio::test]
+async fn a_failed_reconcile_is_counted_once_by_its_cause() {
+    use kube::runtime::controller::Error as Run;
+    use kube::runtime::finalizer::Error as Finalizer;
+    use kube::runtime::reflector::ObjectRef;
+    let (client, _server) = mock();
+    let context = Context::for_tests(client, stores(vec![], vec![]));
+    let policy = Arc::new(policy(json!({})));
+    let error = Error::Finalizer(Box::new(Finalizer::CleanupFailed(Error::Release(
+        "jobs/api: forbidden".into(),
+    ))));
+    error_policy(policy.clone(), &error, context.clone());
+    let counted = |label: &str| context.metrics.reconciliations.with_label_values(&[label]).get();
+    assert_eq!(
+        counted("release") + counted("finalizer") + counted("error"),
+        0,
+        "error_policy counts nothing"
+    );
+    let result: std::result::Result<(), Run<Error, std::io::Error>> = Err(Run::ReconcilerFailed(
+        error,
+        Box::new(ObjectRef::from_obj(policy.as_ref()).erase()),
+    ));
+    assert_eq!(reconcile_result_label(&result), "release");
+    let ok: std::result::Result<(), Run<Error, std::io::Error>> = Ok(());
+    assert_eq!(reconcile_result_label(&ok), "ok");
+}

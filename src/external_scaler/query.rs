@@ -9,6 +9,7 @@
 //! | `targetValue` | the figure one replica should handle (KEDA's AverageValue target) | 100 for `pending`, 30 for `latency`, 1 for `level` |
 //! | `activationValue` | the figure above which the workload is active (scaled up from zero) | 0 |
 
+use crate::api::names::{check_dns_label, check_queue_name};
 use crate::circuit::Level;
 use crate::values::{PolicyValues, QueueValues};
 use std::collections::HashMap;
@@ -73,12 +74,17 @@ impl ScalerQuery {
         if namespace.is_empty() {
             return Err(invalid("the ScaledObject has no namespace".into()));
         }
+        check_dns_label("the ScaledObject's namespace", namespace).map_err(invalid)?;
         let policy = metadata
             .get("policy")
             .filter(|policy| !policy.is_empty())
             .ok_or_else(|| invalid("metadata.policy is required: the name of a BackpressurePolicy in the ScaledObject's namespace".into()))?
             .clone();
+        check_dns_label("metadata.policy", &policy).map_err(invalid)?;
         let queue = metadata.get("queue").filter(|queue| !queue.is_empty());
+        if let Some(queue) = queue {
+            check_queue_name(queue).map_err(|e| invalid(format!("metadata.queue: {e}")))?;
+        }
         let figure = match (metadata.get("metric").map(String::as_str), queue) {
             (None | Some("pending"), None) => Figure::Pending,
             (None | Some("pending"), Some(queue)) => Figure::QueueDepth(queue.clone()),
@@ -186,19 +192,13 @@ impl ScalerQuery {
         }
     }
 
-    /// The policy's queue named `queue`.
+    /// The policy's queue named `queue`. The refusal lists nothing: whoever can reach the
+    /// scaler is not told what a policy holds (its owner reads `status.queues`).
     fn queue<'a>(&self, values: &'a PolicyValues, queue: &str) -> Result<&'a QueueValues, Refusal> {
         values.queues.iter().find(|q| q.name == queue).ok_or_else(|| {
             Refusal::NotFound(format!(
-                "{}/{} has no queue {queue}: its queues are {}",
-                self.namespace,
-                self.policy,
-                values
-                    .queues
-                    .iter()
-                    .map(|q| q.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "{}/{} has no queue {queue} (its queues: kubectl get bpp -n {} {} -o jsonpath='{{.status.queues[*].name}}')",
+                self.namespace, self.policy, self.namespace, self.policy
             ))
         })
     }
@@ -358,6 +358,15 @@ mod tests {
         assert!(
             refused(&[("policy", "p"), ("listLength", "5")]).contains("unknown metadata key \"listLength\"")
         );
+        assert!(
+            refused(&[("policy", &"p".repeat(64))]).contains("metadata.policy must be 1 to 63 characters")
+        );
+        assert!(refused(&[("policy", "../p")]).contains("is not a DNS label"));
+        assert!(refused(&[("policy", "p"), ("queue", "a b")]).contains("metadata.queue: queue name"));
+        assert!(matches!(
+            ScalerQuery::parse("Jobs", &metadata(&[("policy", "p")])),
+            Err(Refusal::InvalidArgument(m)) if m.contains("the ScaledObject's namespace \"Jobs\" is not a DNS label")
+        ));
     }
 
     #[test]
@@ -378,7 +387,7 @@ mod tests {
         let other = ScalerQuery::parse("jobs", &metadata(&[("policy", "p"), ("queue", "nope")])).unwrap();
         assert!(matches!(
             other.reading(Some(&values(5, false)), now),
-            Err(Refusal::NotFound(m)) if m.contains("its queues are events, audit")
+            Err(Refusal::NotFound(m)) if m.contains("has no queue nope") && !m.contains("events") && !m.contains("audit")
         ));
     }
 }

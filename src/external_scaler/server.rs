@@ -31,17 +31,102 @@ use tonic::{Request, Response, Status};
 /// the connection is closed: a half-open connection (a peer that vanished) does not stay.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Streams (calls) open at once on one connection.
-const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Streams (calls) open at once on one connection. KEDA multiplexes every trigger that names
+/// one scaler address over one connection, so this is as high as the total below; the caps per
+/// namespace are what keep one tenant from taking them all.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// The largest request the scaler decodes: a trigger's metadata is a handful of short strings.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// A stream for a policy that has no values this long after it opened (there is no such policy,
+/// or levee has not sampled it since it started) ends with `NOT_FOUND`; KEDA opens it again.
+pub const MISSING_POLICY_GRACE: Duration = Duration::from_secs(30);
+
+/// How many `StreamIsActive` streams may be open at once, in all and per namespace (a
+/// ScaledObject's namespace): past either, a new one is refused with `RESOURCE_EXHAUSTED`, so
+/// one tenant's triggers cannot hold the streams every other tenant's need.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    pub total: usize,
+    pub per_namespace: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            total: 1024,
+            per_namespace: 64,
+        }
+    }
+}
+
+/// The streams open now, in all and by namespace.
+#[derive(Default)]
+struct OpenStreams {
+    total: usize,
+    by_namespace: std::collections::HashMap<String, usize>,
+}
 
 /// The external scaler: the values it answers from and where it counts its work.
 #[derive(Clone)]
 pub struct Scaler {
     pub values: MetricValues,
     pub metrics: Arc<Metrics>,
+    pub stream_limits: StreamLimits,
+    streams: Arc<std::sync::Mutex<OpenStreams>>,
+}
+
+/// A stream's place in the counts, given back when the stream ends.
+struct StreamSlot {
+    streams: Arc<std::sync::Mutex<OpenStreams>>,
+    namespace: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock().expect("stream counts");
+        open.total -= 1;
+        if let Some(count) = open.by_namespace.get_mut(&self.namespace) {
+            *count -= 1;
+            if *count == 0 {
+                open.by_namespace.remove(&self.namespace);
+            }
+        }
+    }
 }
 
 impl Scaler {
+    pub fn new(values: MetricValues, metrics: Arc<Metrics>, stream_limits: StreamLimits) -> Self {
+        Self {
+            values,
+            metrics,
+            stream_limits,
+            streams: Arc::default(),
+        }
+    }
+
+    /// A place for one more stream in `namespace`, or why there is none.
+    fn stream_slot(&self, namespace: &str) -> Result<StreamSlot, Status> {
+        let mut open = self.streams.lock().expect("stream counts");
+        let in_namespace = open.by_namespace.get(namespace).copied().unwrap_or(0);
+        if in_namespace >= self.stream_limits.per_namespace {
+            return Err(Status::resource_exhausted(format!(
+                "namespace {namespace} already has {in_namespace} StreamIsActive streams open, the most one namespace may (--external-scaler-streams-per-namespace): use the external scaler (polls) for some triggers"
+            )));
+        }
+        if open.total >= self.stream_limits.total {
+            return Err(Status::resource_exhausted(format!(
+                "{} StreamIsActive streams are open, the most levee holds (--external-scaler-streams): use the external scaler (polls) for some triggers",
+                open.total
+            )));
+        }
+        open.total += 1;
+        *open.by_namespace.entry(namespace.to_string()).or_default() += 1;
+        Ok(StreamSlot {
+            streams: self.streams.clone(),
+            namespace: namespace.to_string(),
+        })
+    }
+
     fn query(&self, rpc: &str, object: Option<&ScaledObjectRef>) -> Result<ScalerQuery, Status> {
         let object = object.ok_or_else(|| Status::invalid_argument("scaledObjectRef is required"))?;
         ScalerQuery::parse(&object.namespace, &object.scaler_metadata).map_err(|refusal| {
@@ -86,6 +171,7 @@ fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::NotFound => "NotFound",
         tonic::Code::Unavailable => "Unavailable",
         tonic::Code::Unimplemented => "Unimplemented",
+        tonic::Code::ResourceExhausted => "ResourceExhausted",
         _ => "Other",
     }
 }
@@ -113,9 +199,12 @@ impl ExternalScaler for Scaler {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         let query = self.query("StreamIsActive", Some(request.get_ref()))?;
+        let slot = self.stream_slot(&query.namespace).inspect_err(|status| {
+            self.count("StreamIsActive", status.code());
+        })?;
         self.count("StreamIsActive", tonic::Code::Ok);
         let (sender, receiver) = mpsc::channel(4);
-        tokio::spawn(push_verdicts(self.clone(), query, sender));
+        tokio::spawn(push_verdicts(self.clone(), query, sender, slot));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
@@ -179,13 +268,19 @@ async fn push_verdicts(
     scaler: Scaler,
     query: ScalerQuery,
     sender: mpsc::Sender<Result<IsActiveResponse, Status>>,
+    slot: StreamSlot,
 ) {
     scaler.metrics.external_scaler_streams.inc();
     let mut values = scaler.values.subscribe(&query.namespace, &query.policy);
     let mut last = None;
+    // Until the policy has values: a stream for a policy that does not exist does not stay.
+    let mut give_up = Some(tokio::time::Instant::now() + MISSING_POLICY_GRACE);
     loop {
         let reading = {
             let current = values.borrow_and_update();
+            if current.is_some() {
+                give_up = None;
+            }
             query.reading(current.as_deref(), Instant::now())
         };
         if let Ok(reading) = reading {
@@ -204,11 +299,18 @@ async fn push_verdicts(
         tokio::select! {
             changed = values.changed() => if changed.is_err() { break },
             _ = sender.closed() => break,
+            _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
+                if let Err(refusal) = query.reading(None, Instant::now()) {
+                    let _ = sender.send(Err(status(refusal))).await;
+                }
+                break;
+            }
         }
     }
     drop(values);
     scaler.values.unsubscribed(&query.namespace, &query.policy);
     scaler.metrics.external_scaler_streams.dec();
+    drop(slot);
 }
 
 /// The TLS configuration: levee's serving certificate, HTTP/2 only, and, with `client_ca`, only
@@ -259,7 +361,9 @@ pub async fn serve(
         open: scaler.metrics.external_scaler_connections.clone(),
         closed: scaler.metrics.external_scaler_connections_closed.clone(),
     };
-    let service = ExternalScalerServer::new(scaler);
+    let service = ExternalScalerServer::new(scaler)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES);
     accept_loop(
         "external scaler",
         listener,

@@ -130,36 +130,25 @@ fn extra_from_headers(headers: &http::HeaderMap, prefixes: &[String]) -> BTreeMa
     extra
 }
 
-/// `%XX` sequences decoded; `None` for a malformed one or bytes that are not UTF-8.
+/// `%XX` sequences decoded; `None` for bytes that are not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|text| text.into_owned())
 }
+
+/// What a header name keeps as it is: ASCII letters, digits and `-._~`.
+const HEADER_NAME_KEEPS: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// `text` percent-encoded for a header name: every byte but ASCII letters, digits and `-._~`
 /// (header names travel in lower case; the hex digits decode either way).
 pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, HEADER_NAME_KEEPS).to_string()
 }
 
 /// The live request-header trust: the CA in the TLS verifier and the header settings.

@@ -28,6 +28,8 @@ use std::time::Duration;
 /// aggregator's availability check gives levee 5 s for the whole of discovery).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest answer levee takes from the delegate (an external metric list is kilobytes).
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The client certificate levee presents to the delegate as a front proxy: PEM files.
 #[derive(Clone, Debug)]
@@ -166,11 +168,10 @@ impl Delegate {
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or("application/json")
                 .to_string();
-            let bytes = response
-                .into_body()
+            let bytes = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("its answer: {e} (at most {MAX_RESPONSE_BYTES} bytes)"))?
                 .to_bytes();
             Ok((status, content_type, bytes))
         };
@@ -178,6 +179,31 @@ impl Delegate {
             .await
             .map_err(|_| format!("no answer within {timeout:?}"))?
     }
+}
+
+/// Refuses a delegate client certificate that the cluster's requestheader CA signed (the PEM
+/// bundle `requestheader_ca`, from `kube-system/extension-apiserver-authentication`):
+/// kube-apiserver trusts any certificate of that CA to name any user in `X-Remote-User`,
+/// `system:masters` included, so whoever read it from levee's Secret would own the cluster.
+pub fn check_not_issued_by_requestheader_ca(cert_pem: &[u8], requestheader_ca: &[u8]) -> Result<(), String> {
+    let leaf_der = rustls_pemfile::certs(&mut &cert_pem[..])
+        .next()
+        .ok_or("--delegate-client-cert-file holds no CERTIFICATE block")?
+        .map_err(|e| format!("--delegate-client-cert-file: {e}"))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der)
+        .map_err(|e| format!("--delegate-client-cert-file does not parse: {e}"))?;
+    for ca_der in rustls_pemfile::certs(&mut &requestheader_ca[..]).flatten() {
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(&ca_der) else {
+            continue;
+        };
+        if leaf.issuer() == ca.subject() && leaf.verify_signature(Some(ca.public_key())).is_ok() {
+            return Err(format!(
+                "--delegate-client-cert-file is issued by the cluster's requestheader CA ({}): kube-apiserver trusts any certificate of that CA to name any user, system:masters included, so it must never sit in a Secret. Give the delegate a CA of its own and this certificate from it (docs/operations.md#forwarding-as-the-caller)",
+                ca.subject()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads `path` (the file of `flag`) and checks it holds a PEM block whose label ends in `label`.

@@ -21,6 +21,9 @@ pub fn record_sample(
     sample: &Result<Sample, EndpointProblem>,
 ) {
     let metrics = &context.metrics;
+    // Exported from the first tick on, at 0 until a sample fails: "no sample failed" is then a
+    // series that reads 0, not one that is missing.
+    let failures = metrics.sample_failures.with_label_values(&[namespace, name]);
     match sample {
         Ok(sample) => {
             metrics
@@ -28,16 +31,10 @@ pub fn record_sample(
                 .with_label_values(&[namespace, name])
                 .observe(sample.duration.as_secs_f64());
             if sample.failed() {
-                metrics
-                    .sample_failures
-                    .with_label_values(&[namespace, name])
-                    .inc();
+                failures.inc();
             }
         }
-        Err(_) => metrics
-            .sample_failures
-            .with_label_values(&[namespace, name])
-            .inc(),
+        Err(_) => failures.inc(),
     }
 }
 

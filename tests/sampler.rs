@@ -1011,3 +1011,19 @@ async fn an_unreachable_redis_fails_discovery_with_its_address() {
     );
     assert!(found.queues.is_empty());
 }
+
+/// Discovered names that cannot name a queue (too long, or characters status and metrics do not
+/// take) are left out and counted, so a tenant's keys cannot push a status past etcd's limit.
+#[tokio::test]
+async fn discovered_names_that_cannot_name_a_queue_are_left_out() {
+    let server = RedisServer::start();
+    let long = "x".repeat(300);
+    server.cli(&["SADD", "queues", "good", "bad name", &long]);
+    server.cli(&["LPUSH", "queue:good", "{}"]);
+    let found = discovered(&server, "[{name: sk, type: sidekiq, keyPattern: '*'}]", 1000).await;
+    assert_eq!(found.error, None);
+    assert_eq!(keys_of(&found, "sk"), vec!["good".to_string()]);
+    assert_eq!(found.refused, 2);
+    let problem = found.problem(1000).unwrap();
+    assert!(problem.contains("2 discovered names were left out"), "{problem}");
+}

@@ -26,6 +26,10 @@ pub struct Discovered {
     pub matched: usize,
     /// The first failure (the entries that could be read are kept).
     pub error: Option<String>,
+    /// Names found that cannot name a queue (too long, or characters status and metrics do not
+    /// take), left out, and the first of them.
+    pub refused: usize,
+    pub first_refused: Option<String>,
 }
 
 impl Discovered {
@@ -45,6 +49,11 @@ impl Discovered {
             (None, true) => Some(format!(
                 "keyPattern matched {} queues; the first {cap} by name are sampled (discovery.maxQueues)",
                 self.matched
+            )),
+            (None, false) if self.refused > 0 => Some(format!(
+                "{} discovered names were left out: they cannot name a queue ({})",
+                self.refused,
+                self.first_refused.as_deref().unwrap_or_default()
             )),
             (None, false) => None,
         }
@@ -74,12 +83,21 @@ impl Sampler {
             }
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));
+        // A key name is a tenant's data: one that cannot name a queue never reaches status.
+        let (mut found, refused): (Vec<QueueSpec>, Vec<QueueSpec>) = found
+            .into_iter()
+            .partition(|queue| crate::api::names::check_queue_name(&queue.name).is_ok());
+        let first_refused = refused
+            .first()
+            .and_then(|queue| crate::api::names::check_queue_name(&queue.name).err());
         let matched = found.len();
         found.truncate(cap);
         Discovered {
             queues: found,
             matched,
             error,
+            refused: refused.len(),
+            first_refused,
         }
     }
 }

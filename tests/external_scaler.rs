@@ -39,6 +39,7 @@ const LIMITS: ConnectionLimits = ConnectionLimits {
     handshake_timeout: Duration::from_secs(1),
     header_read_timeout: Duration::from_secs(1),
     max_header_bytes: 16 * 1024,
+    max_anonymous: 8,
 };
 
 /// The scaler on a free loopback port; with `client_ca`, only clients the test CA signed.

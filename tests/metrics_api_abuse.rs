@@ -27,6 +27,7 @@ const LIMITS: ConnectionLimits = ConnectionLimits {
     handshake_timeout: Duration::from_secs(3),
     header_read_timeout: Duration::from_secs(1),
     max_header_bytes: 16 * 1024,
+    max_anonymous: 8,
 };
 
 struct Server {
@@ -199,9 +200,9 @@ async fn idle_and_half_open_connections_are_closed_and_requests_still_answered()
             stream
         })
         .collect();
-    // Beyond the cap each new one evicts the oldest still in its handshake (or, in the instant
-    // before an evicted one is gone, is closed itself): the server never holds more than the
-    // cap, and a real client, which handshakes at once, gets through.
+    // Beyond the cap each new one evicts the oldest still in its handshake once that one is past
+    // its grace (250 ms; before, the new one is closed itself): the server never holds more than
+    // the cap, and a real client, which handshakes at once, gets through.
     let shed = || server.closed("evicted") + server.closed("limit");
     let deadline = Instant::now() + Duration::from_secs(2);
     while shed() < 300 - 64 && Instant::now() < deadline {
@@ -213,6 +214,7 @@ async fn idle_and_half_open_connections_are_closed_and_requests_still_answered()
         "open: {}",
         server.open()
     );
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (answer, took, _) = server.get("/healthz", 0).await;
     assert_eq!(
         answer.as_deref(),
@@ -241,8 +243,36 @@ async fn idle_and_half_open_connections_are_closed_and_requests_still_answered()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_connection_with_no_request_is_closed() {
     let server = start().await;
-    let (answer, _, mut tls) = server.get("/healthz", 0).await;
+    // An anonymous connection is not kept alive at all: closed after its answer.
+    let (answer, _, mut anonymous) = server.get("/healthz", 0).await;
     assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"));
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_millis(500), anonymous.read(&mut buffer)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed at once: {read:?}");
+    // The front proxy's is, until it sends nothing for the header read timeout.
+    server.tls.client_cert("front-proxy-client");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = server
+        .connector_as(Some(&server.tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Remote-User: system:kube-aggregator\r\n\r\n";
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).ends_with("ok") {
+        let read = tls.read(&mut buffer).await.unwrap();
+        assert!(
+            read > 0,
+            "the answer came whole: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200 OK"));
     let started = Instant::now();
     let mut buffer = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buffer)).await;
@@ -315,4 +345,61 @@ async fn callers_the_front_proxy_did_not_vouch_for_or_rbac_does_not_allow_are_re
         )
         .await;
     assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
+}
+
+/// Twice the connection cap of anonymous TLS clients (no client certificate), each holding a
+/// connection open without a request and opening another as soon as it is closed, cannot lock
+/// the aggregator out: anonymous connections are capped low and closed oldest first (and never
+/// kept alive after an answer), so the front proxy's requests keep getting answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connections_cannot_hold_the_slots_the_aggregator_needs() {
+    let server = start().await;
+    server.tls.client_cert("front-proxy-client");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut busy = Vec::new();
+    for _ in 0..LIMITS.max_connections * 2 {
+        let (stop, connector, port) = (stop.clone(), server.connector(), server.port);
+        busy.push(tokio::spawn(async move {
+            let mut buffer = vec![0u8; 64];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                let name = ServerName::try_from("localhost").unwrap();
+                if let Ok(mut tls) = connector.connect(name, tcp).await {
+                    let _ = tls.read(&mut buffer).await; // until the server closes it
+                }
+            }
+        }));
+    }
+    let discovery = "/apis/external.metrics.k8s.io/v1beta1";
+    let user = "X-Remote-User: system:kube-aggregator\r\n";
+    // Ten requests, each retried as the aggregator retries (it cannot be told from the others
+    // before its handshake, so it may be turned away at the door now and then).
+    let mut attempts = Vec::new();
+    for _ in 0..10 {
+        let mut attempt = 1;
+        while server
+            .status_as(discovery, Some(&server.tls), user)
+            .await
+            .as_deref()
+            != Some("HTTP/1.1 200 OK")
+        {
+            assert!(attempt < 20, "the aggregator got in within 20 attempts");
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        attempts.push(attempt);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("figure: the aggregator's 10 requests under the flood took {attempts:?} attempts each");
+    assert!(
+        server.closed("evicted_anonymous") >= LIMITS.max_connections as u64,
+        "{} anonymous connections closed to make room",
+        server.closed("evicted_anonymous")
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in busy {
+        task.abort();
+    }
 }

@@ -67,6 +67,9 @@ async fn connection(
 ) -> Result<(), String> {
     // The verifier only lets through certificates the requestheader CA signed.
     let client_cn = accepted.client_common_name();
+    // Only a verified client (the aggregator) keeps its connection between requests: an
+    // anonymous one (a probe, anyone else) holds a slot for one request at a time.
+    let keep_alive = accepted.verified_client;
     let service = hyper::service::service_fn(move |request| {
         let api = api.clone();
         let client_cn = client_cn.clone();
@@ -75,6 +78,7 @@ async fn connection(
     hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(keep_alive)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_header_size(limits.max_header_bytes)
         .serve_connection(TokioIo::new(accepted.tls), service)

@@ -1,14 +1,17 @@
 //! The accept loop of levee's TLS servers: a cap on open connections (a new one evicts the oldest
-//! still in its TLS handshake), a deadline on the handshake, and counts of what was closed and
-//! why. Each server then speaks its own protocol over the TLS stream (HTTP/1.1 for the metrics
-//! API, HTTP/2 gRPC for the external scaler).
+//! still in its TLS handshake, then the oldest anonymous one), a deadline on the handshake, a low
+//! cap on anonymous connections (no client certificate: past it the oldest goes), and counts of
+//! what was closed and why. So the clients that present a certificate the server trusts (the
+//! aggregator's front-proxy certificate, KEDA's) always find room, however many connections
+//! anyone else holds open. Each server then speaks its own protocol over the TLS stream
+//! (HTTP/1.1 for the metrics API, HTTP/2 gRPC for the external scaler).
 
 use prometheus::{IntCounterVec, IntGauge};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
@@ -30,6 +33,9 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Largest request head (HTTP/1.1) or header list (HTTP/2).
     pub max_header_bytes: usize,
+    /// Connections past their handshake without a client certificate, at most: a new one past
+    /// it closes the oldest. The rest of `max_connections` is kept for verified clients.
+    pub max_anonymous: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -40,6 +46,7 @@ impl Default for ConnectionLimits {
             // Longer than the HPA controller's 15 s sync, so its kept-alive connection lives on.
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 32 * 1024,
+            max_anonymous: 64,
         }
     }
 }
@@ -57,6 +64,8 @@ pub struct ConnectionMetrics {
 pub struct Accepted {
     pub tls: TlsStream<TcpStream>,
     pub peer: SocketAddr,
+    /// Whether the client presented a certificate the server's verifier trusts.
+    pub verified_client: bool,
 }
 
 impl Accepted {
@@ -72,34 +81,68 @@ impl Accepted {
     }
 }
 
-/// The open connections, and those still in their TLS handshake (oldest first) with the means
-/// to close them.
+/// Connections that may be closed to make room (oldest first): id, since when, and the means to
+/// close it.
+type Evictable = Mutex<VecDeque<(u64, Instant, oneshot::Sender<()>)>>;
+
+/// A handshake younger than this is never closed to make room: a real client (the aggregator)
+/// finishes its handshake in milliseconds, so a flood of new connections cannot keep evicting
+/// it before it is through; one that has not finished by then is fair game.
+const HANDSHAKE_GRACE: Duration = Duration::from_millis(250);
+
+/// The open connections; those still in their TLS handshake and those past it without a client
+/// certificate (oldest first) with the means to close them.
 #[derive(Default)]
 struct Connections {
     open: AtomicUsize,
     next_id: AtomicU64,
-    handshaking: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+    handshaking: Evictable,
+    anonymous: Evictable,
 }
 
 impl Connections {
-    /// Makes room for one more under `max`: false when every open connection is past its
-    /// handshake (the new one must go).
+    /// Makes room for one more under `max`, closing the oldest anonymous connection, else the
+    /// oldest handshake past its grace: false when neither is there (the new one must go).
     fn make_room(&self, max: usize) -> bool {
         if self.open.load(Ordering::SeqCst) < max {
             return true;
         }
-        match self
-            .handshaking
+        if let Some((_, _, evict)) = self.anonymous.lock().expect("connection table lock").pop_front() {
+            let _ = evict.send(());
+            return true;
+        }
+        let mut handshaking = self.handshaking.lock().expect("connection table lock");
+        if handshaking
+            .front()
+            .is_some_and(|(_, since, _)| since.elapsed() >= HANDSHAKE_GRACE)
+        {
+            let (_, _, evict) = handshaking.pop_front().expect("checked above");
+            let _ = evict.send(());
+            return true;
+        }
+        false
+    }
+
+    /// Lists an anonymous connection, closing the oldest one when there are already `max`;
+    /// returns its id and what closes it.
+    fn anonymous_started(&self, max: usize) -> (u64, oneshot::Receiver<()>) {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (evict, evicted) = oneshot::channel();
+        let mut anonymous = self.anonymous.lock().expect("connection table lock");
+        while anonymous.len() >= max.max(1) {
+            if let Some((_, _, oldest)) = anonymous.pop_front() {
+                let _ = oldest.send(());
+            }
+        }
+        anonymous.push_back((id, Instant::now(), evict));
+        (id, evicted)
+    }
+
+    fn anonymous_ended(&self, id: u64) {
+        self.anonymous
             .lock()
             .expect("connection table lock")
-            .pop_front()
-        {
-            Some((_, evict)) => {
-                let _ = evict.send(());
-                true
-            }
-            None => false,
-        }
+            .retain(|(other, _, _)| *other != id);
     }
 
     fn handshake_started(&self) -> (u64, oneshot::Receiver<()>) {
@@ -108,7 +151,7 @@ impl Connections {
         self.handshaking
             .lock()
             .expect("connection table lock")
-            .push_back((id, evict));
+            .push_back((id, Instant::now(), evict));
         (id, evicted)
     }
 
@@ -116,7 +159,7 @@ impl Connections {
         self.handshaking
             .lock()
             .expect("connection table lock")
-            .retain(|(other, _)| *other != id);
+            .retain(|(other, _, _)| *other != id);
     }
 }
 
@@ -176,7 +219,28 @@ where
                 limits,
             );
             let served = match accepted.await {
-                Ok(tls) => serve(Accepted { tls, peer }).await,
+                Ok(tls) => {
+                    let verified_client = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                    let accepted = Accepted {
+                        tls,
+                        peer,
+                        verified_client,
+                    };
+                    if verified_client {
+                        serve(accepted).await
+                    } else {
+                        let (id, evicted) = connections.anonymous_started(limits.max_anonymous);
+                        let served = tokio::select! {
+                            served = serve(accepted) => served,
+                            _ = evicted => {
+                                metrics.closed.with_label_values(&["evicted_anonymous"]).inc();
+                                Err(format!("{peer}: closed to make room (anonymous connections)"))
+                            }
+                        };
+                        connections.anonymous_ended(id);
+                        served
+                    }
+                }
                 Err(error) => Err(error),
             };
             if let Err(error) = served {

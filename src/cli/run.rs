@@ -315,7 +315,13 @@ async fn external_scaler_listener(
             std::fs::read(path)
                 .map_err(|e| format!("reading --external-scaler-client-ca-file {}: {e}", path.display()))?,
         ),
-        None => None,
+        None => {
+            tracing::warn!(
+                %addr,
+                "THE EXTERNAL SCALER AUTHENTICATES NO CLIENT: anything that reaches {addr} may read every policy's figures and hold StreamIsActive streams in any namespace's name. Set --external-scaler-client-ca-file (the chart does with externalScaler.clusterTriggerAuthentication)"
+            );
+            None
+        }
     };
     let tls = external_scaler::server::server_config(cert, client_ca.as_deref())?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -335,6 +335,25 @@ async fn callers_the_front_proxy_did_not_vouch_for_or_rbac_does_not_allow_are_re
         )
         .await;
     assert_eq!(status.as_deref(), Some("HTTP/1.1 403 Forbidden"));
+    // A namespace or metric name Kubernetes could not have is a 400 before any review (this
+    // API server denies every review: a 403 would mean one was made).
+    let long_metric = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/jobs/{}",
+        "m".repeat(300)
+    );
+    for path in [
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/Not_A_Label/levee_pending",
+        long_metric.as_str(),
+    ] {
+        let status = server
+            .status_as(
+                path,
+                Some(&server.tls),
+                "X-Remote-User: system:serviceaccount:jobs:nobody\r\n",
+            )
+            .await;
+        assert_eq!(status.as_deref(), Some("HTTP/1.1 400 Bad Request"), "{path}");
+    }
     // And discovery, which needs no review, goes through for it: the refusals above were about
     // who was asking.
     let status = server

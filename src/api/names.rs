@@ -23,6 +23,19 @@ pub fn check_dns_label(what: &str, text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `Ok` when `text` can be an external metric's name (levee's `levee_pending`, an adapter's
+/// `s0-redis-emails`): 1 to 253 letters, digits and `-._:`; else why not.
+pub fn check_metric_name(text: &str) -> Result<(), String> {
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._:".contains(b);
+    if text.is_empty() || text.len() > 253 || !text.as_bytes().iter().all(allowed) {
+        return Err(format!(
+            "the metric name must be 1 to 253 letters, digits and '-._:' (got {} bytes)",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
 /// `Ok` when `text` can name a queue in status, metrics and the scaler; else why not.
 pub fn check_queue_name(text: &str) -> Result<(), String> {
     if text.is_empty() || text.len() > MAX_QUEUE_NAME {
@@ -58,6 +71,16 @@ mod tests {
                 .unwrap_err()
                 .starts_with("namespace \"A\" is not a DNS label")
         );
+    }
+
+    #[test]
+    fn metric_names_are_what_adapters_use() {
+        for good in ["levee_pending", "s0-redis-emails", "a.b:c"] {
+            assert_eq!(check_metric_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "a b", "a/b", &"m".repeat(254)] {
+            assert!(check_metric_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -128,6 +128,13 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
         );
     }
     let access = routes::access(path);
+    // Names Kubernetes could not have: refused before any review is made or cached for them.
+    if let Access::Metric { namespace, metric } = &access
+        && let Err(reason) = crate::api::names::check_dns_label("the namespace", namespace)
+            .and_then(|()| crate::api::names::check_metric_name(metric))
+    {
+        return routes::status(400, "BadRequest", &reason);
+    }
     let resource = match &access {
         Access::Public => None,
         Access::Authenticated => None,

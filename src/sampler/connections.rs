@@ -46,7 +46,7 @@ impl EndpointConnections {
 
     /// Where the endpoint's keys live, discovered once and shared.
     pub async fn topology(&self, endpoint: &Endpoint) -> Result<Arc<Topology>, String> {
-        let flight = {
+        let (id, flight) = {
             let mut state = self.state();
             match &state.topology {
                 Some(Slot::Ready(topology)) => return Ok(topology.clone()),
@@ -61,7 +61,6 @@ impl EndpointConnections {
                 }
             }
         };
-        let (id, flight) = flight;
         let outcome = flight.await;
         let mut state = self.state();
         if matches!(&state.topology, Some(Slot::Flying(flying, _)) if *flying == id) {
@@ -77,22 +76,21 @@ impl EndpointConnections {
         outcome
     }
 
-    /// A connection to `node`, dialled once and shared; `dial` makes it when there is none.
-    pub async fn connection<F>(
+    /// A connection to `node` (the endpoint's database, authenticated), dialled once and shared.
+    pub async fn connection(
         &self,
+        endpoint: &Endpoint,
         node: &NodeAddr,
-        dial: impl FnOnce() -> F,
-    ) -> Result<MultiplexedConnection, String>
-    where
-        F: Future<Output = Result<MultiplexedConnection, String>> + Send + 'static,
-    {
+    ) -> Result<MultiplexedConnection, String> {
         let (id, flight) = {
             let mut state = self.state();
             match state.connections.get(node) {
                 Some(Slot::Ready(connection)) => return Ok(connection.clone()),
                 Some(Slot::Flying(id, flight)) => (*id, flight.clone()),
                 None => {
-                    let (id, flight) = launch(&mut state, dial());
+                    let (endpoint, dialled) = (endpoint.clone(), node.clone());
+                    let dial = async move { super::connect(&endpoint, &dialled, endpoint.db(), true).await };
+                    let (id, flight) = launch(&mut state, dial);
                     state
                         .connections
                         .insert(node.clone(), Slot::Flying(id, flight.clone()));

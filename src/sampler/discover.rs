@@ -2,14 +2,12 @@
 //! with `SMEMBERS`) or the keys of a type (`SCAN`, on every master in Cluster mode). Runs in the
 //! background at `discovery.interval`, never in a tick; bounded in keys scanned and in time.
 
+use super::Sampler;
 use super::connections::EndpointConnections;
-use super::endpoint::{Endpoint, NodeAddr};
+use super::endpoint::Endpoint;
 use super::registry::{Source, expand};
-use super::topology::Topology;
-use super::{Sampler, connect};
 use crate::api::QueueSpec;
 use redis::aio::MultiplexedConnection;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Keys one `SCAN` call asks for.
@@ -108,13 +106,13 @@ async fn candidates(
     state: &EndpointConnections,
     source: &Source,
 ) -> Result<Vec<String>, String> {
-    let topology = topology(endpoint, state).await?;
+    let topology = state.topology(endpoint).await?;
     let deadline = endpoint.timeout.max(Duration::from_secs(1)) * 10;
     let read = async {
         match source {
             Source::SetMembers { key, .. } => {
                 let node = topology.node_for(key.as_bytes()).clone();
-                let mut connection = connection(endpoint, state, &node).await?;
+                let mut connection = state.connection(endpoint, &node).await?;
                 redis::cmd("SMEMBERS")
                     .arg(key)
                     .query_async::<Vec<String>>(&mut connection)
@@ -124,7 +122,7 @@ async fn candidates(
             Source::Scan { pattern, type_, .. } => {
                 let mut keys = Vec::new();
                 for node in topology.nodes() {
-                    let mut connection = connection(endpoint, state, &node).await?;
+                    let mut connection = state.connection(endpoint, &node).await?;
                     keys.extend(scan(&mut connection, pattern, *type_).await?);
                 }
                 Ok(keys)
@@ -167,21 +165,4 @@ async fn scan(
     Err(format!(
         "SCAN MATCH {pattern} did not finish within {MAX_SCAN_CALLS} calls: narrow keyPattern"
     ))
-}
-
-async fn topology(endpoint: &Endpoint, state: &EndpointConnections) -> Result<Arc<Topology>, String> {
-    state.topology(endpoint).await
-}
-
-async fn connection(
-    endpoint: &Endpoint,
-    state: &EndpointConnections,
-    node: &NodeAddr,
-) -> Result<MultiplexedConnection, String> {
-    state
-        .connection(node, || {
-            let (endpoint, node) = (endpoint.clone(), node.clone());
-            async move { connect(&endpoint, &node, endpoint.db(), true).await }
-        })
-        .await
 }

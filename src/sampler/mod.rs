@@ -392,12 +392,7 @@ impl Sampler {
         }
         // Every node's connection at once; the dials are shared with the other policies.
         let connected = join_all(by_node.into_iter().map(|(node, indices)| async move {
-            let connection = state
-                .connection(&node, || {
-                    let (endpoint, node) = (endpoint.clone(), node.clone());
-                    async move { connect(&endpoint, &node, endpoint.db(), true).await }
-                })
-                .await?;
+            let connection = state.connection(endpoint, &node).await?;
             // Once per node, and only when a read needs it, so the first tick of a latency read
             // needs no second round trip.
             if indices.iter().any(|&i| reads[i].kind == ReadKind::Latency) && state.first_script_use(&node) {

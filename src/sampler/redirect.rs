@@ -8,7 +8,7 @@
 use super::connections::EndpointConnections;
 use super::endpoint::{Endpoint, NodeAddr};
 use super::probe::KeyRead;
-use super::{connect, describe, node_message};
+use super::{describe, node_message};
 use futures::future::join_all;
 use redis::{RedisError, RedisResult, Value};
 use std::collections::BTreeMap;
@@ -64,12 +64,7 @@ async fn ask(
     reads: &[&KeyRead],
     indices: &[usize],
 ) -> Result<Vec<RedisResult<Value>>, String> {
-    let mut connection = state
-        .connection(node, || {
-            let (endpoint, node) = (endpoint.clone(), node.clone());
-            async move { connect(&endpoint, &node, endpoint.db(), true).await }
-        })
-        .await?;
+    let mut connection = state.connection(endpoint, node).await?;
     let mut pipeline = redis::pipe();
     pipeline.ignore_errors();
     for &index in indices {

@@ -12,13 +12,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and one this process has not handed out before.
+///
+/// Ports come from 10000..20000: below the kernel's ephemeral range (32768 and up), so an outgoing
+/// connection cannot take one between this call and the server's bind, and two calls in one
+/// process never return the same port (asking the kernel for port 0 twice can: a test that
+/// started levee with its metrics and API ports equal probed its own TLS listener). Each test
+/// process starts at its own offset, so processes running side by side rarely meet.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % COUNT,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT) as u16;
+        let free = ["127.0.0.1", "0.0.0.0"]
+            .iter()
+            .all(|host| TcpListener::bind((*host, port)).is_ok());
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 fn require(binary: &str) -> PathBuf {

@@ -186,12 +186,17 @@ async fn main() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     trust.apply(&data);
+    let metrics = levee::telemetry::Metrics::new();
     let api = Arc::new(MetricsApi {
         values,
         trust,
         authorizer: Authorizer::new(allowing_client()),
-        authenticator: Authenticator::new(allowing_client()),
-        metrics: levee::telemetry::Metrics::new(),
+        authenticator: Authenticator::new(
+            allowing_client(),
+            Default::default(),
+            metrics.token_reviews.clone(),
+        ),
+        metrics,
         delegate: None,
     });
     let levee_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

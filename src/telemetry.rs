@@ -60,6 +60,8 @@ pub struct Metrics {
     pub metrics_api_connections: IntGauge,
     /// Connections closed by a limit, by reason.
     pub metrics_api_connections_closed: IntCounterVec,
+    /// TokenReviews of bearer tokens on the metrics API, by result (`auth::TOKEN_REVIEW_RESULTS`).
+    pub token_reviews: IntCounterVec,
     /// Calls to the KEDA external scaler, by rpc and gRPC status code.
     pub external_scaler_requests: IntCounterVec,
     /// `StreamIsActive` streams open now.
@@ -183,6 +185,11 @@ impl Metrics {
                 "levee_metrics_api_connections_closed_total",
                 "Connections to the external metrics API closed by a limit (limit, evicted, handshake_timeout)",
                 &["reason"],
+            ),
+            token_reviews: counter(
+                "levee_token_reviews_total",
+                "Bearer tokens on the metrics API by result: authenticated, rejected, failed (the review did not answer), over_budget (429: too many new tokens at once), too_long (over 4 KiB, not reviewed)",
+                &["result"],
             ),
             external_scaler_requests: counter(
                 "levee_external_scaler_requests_total",

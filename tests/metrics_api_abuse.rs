@@ -77,7 +77,7 @@ async fn start() -> Server {
         values: MetricValues::default(),
         trust,
         authorizer: Authorizer::new(client.clone()),
-        authenticator: Authenticator::new(client),
+        authenticator: Authenticator::new(client, Default::default(), metrics.token_reviews.clone()),
         metrics: metrics.clone(),
         delegate: None,
     });

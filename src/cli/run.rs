@@ -196,7 +196,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
         values: values.clone(),
         trust,
         authorizer: Authorizer::new(clients.unqueued.clone()),
-        authenticator: Authenticator::new(clients.unqueued.clone()),
+        authenticator: Authenticator::new(
+            clients.unqueued.clone(),
+            Default::default(),
+            metrics.token_reviews.clone(),
+        ),
         metrics: metrics.clone(),
         delegate,
     });
@@ -331,8 +335,8 @@ async fn external_scaler_listener(
 }
 
 /// The clients levee talks to Kubernetes with: requests time out after `timeout` and at most
-/// `concurrency` are in flight; the Lease and the metrics API's reviews have their own (never
-/// queued behind policy writes); watches may stay quiet for minutes (the watcher has its own idle
+/// `concurrency` are in flight; the Lease has its own, and the metrics API's reviews theirs (never
+/// queued behind policy writes, nor the Lease behind the reviews); watches may stay quiet for minutes (the watcher has its own idle
 /// timeout).
 async fn clients(timeout: std::time::Duration, concurrency: usize) -> Result<controller::ApiClients, String> {
     let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
@@ -340,6 +344,7 @@ async fn clients(timeout: std::time::Duration, concurrency: usize) -> Result<con
     let mut requests = config;
     requests.read_timeout = Some(timeout);
     requests.reset_reader_on_write = true;
+    let lease = kube::Client::try_from(requests.clone()).map_err(|e| e.to_string())?;
     let unqueued = kube::Client::try_from(requests.clone()).map_err(|e| e.to_string())?;
     let requests = kube::client::ClientBuilder::try_from(requests)
         .map_err(|e| e.to_string())?
@@ -348,6 +353,7 @@ async fn clients(timeout: std::time::Duration, concurrency: usize) -> Result<con
     Ok(controller::ApiClients {
         requests,
         watches,
+        lease,
         unqueued,
     })
 }

@@ -175,8 +175,11 @@ pub struct ApiClients {
     pub requests: Client,
     /// Watches, which may stay quiet for minutes.
     pub watches: Client,
-    /// Requests that must not wait behind policy writes (the Lease's renewals, the metrics
-    /// API's token and access reviews): with a timeout, not queued.
+    /// The Lease's renewals alone, on connections of their own: with a timeout, never queued
+    /// behind policy writes or the metrics API's reviews, whatever their callers send.
+    pub lease: Client,
+    /// Requests that must not wait behind policy writes (the metrics API's token and access
+    /// reviews, forwarding to a delegate): with a timeout, not queued.
     pub unqueued: Client,
 }
 
@@ -191,7 +194,8 @@ pub async fn run(
     let ApiClients {
         requests: client,
         watches: watch_client,
-        unqueued: lease_client,
+        lease: lease_client,
+        unqueued: _,
     } = clients;
     let (leader, lease_task) = leader::elect(lease_client, watch_client.clone(), &settings).await?;
     let (stores, reflectors) = start_reflectors(watch_client.clone(), &settings);

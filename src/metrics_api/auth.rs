@@ -6,6 +6,7 @@
 //! `/metrics`) present a bearer token, checked with a TokenReview. Metric and `/metrics` reads are
 //! then authorized with a SubjectAccessReview; reviews are cached for a few seconds.
 
+use super::review_budget::{ReviewBudget, ReviewLimits};
 use super::tls::RequestHeaderCa;
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -203,22 +204,59 @@ type Question = (Identity, Resource);
 /// Entries a cache keeps at most; beyond that it starts afresh (bounds memory under abuse).
 const CACHE_LIMIT: usize = 4096;
 
-/// Authenticates bearer tokens with TokenReviews, remembering the answers briefly.
+/// How long a token the API server accepted is still known: reviewed again every
+/// `DECISION_TTL`, but outside the review budget.
+const KNOWN_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// Bearer tokens longer than this are refused unread: a ServiceAccount token is about 1 KiB, and
+/// nothing past this is reviewed or cached.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// The results `levee_token_reviews_total` counts (all exported from the start, at 0).
+pub const TOKEN_REVIEW_RESULTS: [&str; 5] =
+    ["authenticated", "rejected", "failed", "over_budget", "too_long"];
+
+/// Why a bearer token did not identify its caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No token, a token past `MAX_TOKEN_BYTES`, or one the API server did not accept: a 401.
+    Unauthenticated(String),
+    /// The token is new and the review budget is spent: a 429, try again after the seconds given.
+    OverBudget(String, u64),
+}
+
+/// Authenticates bearer tokens with TokenReviews, remembering the answers briefly by the token's
+/// SHA-256 (the cache never holds a token), within a budget of reviews (`review_budget`).
 pub struct Authenticator {
     client: Client,
-    reviews: Mutex<HashMap<String, (Option<Identity>, Instant)>>,
+    reviews: Mutex<HashMap<TokenKey, (Option<Identity>, Instant)>>,
+    budget: ReviewBudget,
+    /// How long an answer is reused before the token is reviewed again (`DECISION_TTL`).
+    fresh_for: Duration,
+    /// `levee_token_reviews_total`, by result.
+    counted: prometheus::IntCounterVec,
 }
 
 impl Authenticator {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, limits: ReviewLimits, counted: prometheus::IntCounterVec) -> Self {
+        for result in TOKEN_REVIEW_RESULTS {
+            counted.with_label_values(&[result]);
+        }
         Self {
             client,
             reviews: Mutex::new(HashMap::new()),
+            budget: ReviewBudget::new(limits),
+            fresh_for: DECISION_TTL,
+            counted,
         }
     }
 
+    fn count(&self, result: &str) {
+        self.counted.with_label_values(&[result]).inc();
+    }
+
     /// The caller behind `Authorization: Bearer <token>`.
-    pub async fn identify(&self, headers: &http::HeaderMap) -> Result<Identity, Unauthenticated> {
+    pub async fn identify(&self, headers: &http::HeaderMap) -> Result<Identity, TokenRefusal> {
         let token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -226,29 +264,70 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                Unauthenticated(
+                TokenRefusal::Unauthenticated(
                     "no bearer token and no front-proxy client certificate: send a ServiceAccount token"
                         .into(),
                 )
             })?;
-        let cached = self.reviews.lock().expect("review lock").get(token).cloned();
-        let identity = match cached.filter(|(_, at)| at.elapsed() < DECISION_TTL) {
-            Some((identity, _)) => identity,
-            None => {
-                let identity = self.review(token).await?;
+        if token.len() > MAX_TOKEN_BYTES {
+            self.count("too_long");
+            return Err(TokenRefusal::Unauthenticated(format!(
+                "the bearer token is {} bytes, over the {MAX_TOKEN_BYTES} levee reviews: send a ServiceAccount token",
+                token.len()
+            )));
+        }
+        let key = token_key(token);
+        let cached = self.reviews.lock().expect("review lock").get(&key).cloned();
+        let identity = match cached {
+            Some((identity, at)) if at.elapsed() < self.fresh_for => identity,
+            cached => {
+                // A token the API server accepted a little while ago is reviewed again outside
+                // the budget: a flood of new tokens never locks out a scraper it already knows.
+                let known =
+                    cached.is_some_and(|(identity, at)| identity.is_some() && at.elapsed() < KNOWN_TOKEN_TTL);
+                let permit = match known {
+                    true => None,
+                    false => Some(self.budget.admit().map_err(|over| {
+                        self.count("over_budget");
+                        TokenRefusal::OverBudget(
+                            "too many new bearer tokens to review at once: try again shortly".into(),
+                            over.retry_after_seconds,
+                        )
+                    })?),
+                };
+                let reviewed = self.review(token).await;
+                drop(permit);
+                let identity = reviewed.inspect_err(|_| self.count("failed"))?;
+                self.count(if identity.is_some() {
+                    "authenticated"
+                } else {
+                    "rejected"
+                });
                 let mut reviews = self.reviews.lock().expect("review lock");
-                reviews.retain(|_, (_, at)| at.elapsed() < DECISION_TTL);
+                reviews.retain(|_, (identity, at)| {
+                    at.elapsed()
+                        < if identity.is_some() {
+                            KNOWN_TOKEN_TTL
+                        } else {
+                            DECISION_TTL
+                        }
+                });
+                if reviews.len() >= CACHE_LIMIT {
+                    reviews.retain(|_, (identity, _)| identity.is_some());
+                }
                 if reviews.len() >= CACHE_LIMIT {
                     reviews.clear();
                 }
-                reviews.insert(token.to_string(), (identity.clone(), Instant::now()));
+                reviews.insert(key, (identity.clone(), Instant::now()));
                 identity
             }
         };
-        identity.ok_or_else(|| Unauthenticated("the bearer token was not accepted by the API server".into()))
+        identity.ok_or_else(|| {
+            TokenRefusal::Unauthenticated("the bearer token was not accepted by the API server".into())
+        })
     }
 
-    async fn review(&self, token: &str) -> Result<Option<Identity>, Unauthenticated> {
+    async fn review(&self, token: &str) -> Result<Option<Identity>, TokenRefusal> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
@@ -260,7 +339,7 @@ impl Authenticator {
         let reviewed = api
             .create(&Default::default(), &review)
             .await
-            .map_err(|e| Unauthenticated(format!("TokenReview failed: {e}")))?;
+            .map_err(|e| TokenRefusal::Unauthenticated(format!("TokenReview failed: {e}")))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Ok(None);
@@ -272,6 +351,15 @@ impl Authenticator {
             extra: user.extra.unwrap_or_default(),
         }))
     }
+}
+
+/// The SHA-256 of a token: what the cache keeps in its place.
+type TokenKey = [u8; 32];
+
+/// The cache's key for a token.
+fn token_key(token: &str) -> TokenKey {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 /// Authorizes metric reads with SubjectAccessReviews, remembering decisions briefly.
@@ -364,6 +452,110 @@ mod tests {
             );
         }
         map
+    }
+
+    /// An authenticator whose API server accepts only the token `good`, counting its TokenReviews.
+    fn authenticator(limits: ReviewLimits) -> (Authenticator, Arc<std::sync::atomic::AtomicUsize>) {
+        let reviews = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = reviews.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let counter = counter.clone();
+            async move {
+                use http_body_util::BodyExt;
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let review: TokenReview = serde_json::from_slice(&body).unwrap();
+                let good = review.spec.token.as_deref() == Some("good");
+                let answer = serde_json::json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {},
+                    "status": {"authenticated": good, "user": {"username": "scraper"}}
+                });
+                Ok::<_, std::convert::Infallible>(http::Response::new(kube::client::Body::from(
+                    serde_json::to_vec(&answer).unwrap(),
+                )))
+            }
+        });
+        let counted =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("reviews", "reviews"), &["result"]).unwrap();
+        let authenticator = Authenticator::new(Client::new(service, "default"), limits, counted);
+        (authenticator, reviews)
+    }
+
+    fn bearer(token: &str) -> http::HeaderMap {
+        headers(&[("Authorization", &format!("Bearer {token}"))])
+    }
+
+    #[tokio::test]
+    async fn new_tokens_past_the_budget_are_refused_without_a_review() {
+        let limits = ReviewLimits {
+            concurrent: 4,
+            per_second: 0.001,
+            burst: 3.0,
+        };
+        let (authenticator, reviews) = authenticator(limits);
+        let mut over_budget = 0;
+        for i in 0..10 {
+            match authenticator.identify(&bearer(&format!("made-up-{i}"))).await {
+                Err(TokenRefusal::OverBudget(_, retry)) => {
+                    assert!(retry >= 1);
+                    over_budget += 1;
+                }
+                Err(TokenRefusal::Unauthenticated(_)) => {}
+                Ok(identity) => panic!("a made-up token identified {identity:?}"),
+            }
+        }
+        assert_eq!(
+            reviews.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "the burst only"
+        );
+        assert_eq!(over_budget, 7);
+        assert_eq!(authenticator.counted.with_label_values(&["over_budget"]).get(), 7);
+        assert!(
+            matches!(
+                authenticator.identify(&bearer("made-up-0")).await,
+                Err(TokenRefusal::Unauthenticated(_))
+            ),
+            "a token already rejected is answered from the cache, budget or not"
+        );
+        assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_known_token_is_reviewed_again_outside_the_budget() {
+        let limits = ReviewLimits {
+            concurrent: 4,
+            per_second: 0.001,
+            burst: 2.0,
+        };
+        let (mut authenticator, reviews) = authenticator(limits);
+        authenticator.fresh_for = Duration::from_millis(1);
+        assert_eq!(
+            authenticator.identify(&bearer("good")).await.unwrap().user,
+            "scraper"
+        );
+        let _ = authenticator.identify(&bearer("made-up")).await;
+        assert!(matches!(
+            authenticator.identify(&bearer("another")).await,
+            Err(TokenRefusal::OverBudget(..))
+        ));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            authenticator.identify(&bearer("good")).await.unwrap().user,
+            "scraper",
+            "the scraper is reviewed again though the budget is spent"
+        );
+        assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_token_over_4_kib_is_refused_unread() {
+        let (authenticator, reviews) = authenticator(ReviewLimits::default());
+        let refused = authenticator
+            .identify(&bearer(&"x".repeat(MAX_TOKEN_BYTES + 1)))
+            .await;
+        assert!(matches!(refused, Err(TokenRefusal::Unauthenticated(reason)) if reason.contains("4096")));
+        assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -153,6 +153,15 @@ pub fn status(code: u16, reason: &str, message: &str) -> Reply {
     }
 }
 
+/// A 429 `Status` that says when to try again (`details.retryAfterSeconds`, as kube-apiserver's).
+pub fn too_many_requests(message: &str, retry_after_seconds: u64) -> Reply {
+    let mut reply = status(429, "TooManyRequests", message);
+    if let Body::Json(body) = &mut reply.body {
+        body["details"] = json!({"retryAfterSeconds": retry_after_seconds});
+    }
+    reply
+}
+
 fn group() -> Value {
     let version = json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION});
     json!({"kind": "APIGroup", "apiVersion": "v1", "name": GROUP, "versions": [version], "preferredVersion": version})

@@ -4,7 +4,9 @@
 //! memory with `routes::respond`. A metric levee does not serve is a 404 before any review, or,
 //! with a delegate, reviewed and then forwarded to it (`delegate`).
 
-use super::auth::{Authenticator, Authorizer, Identity, RequestHeaderTrust, Resource, identify};
+use super::auth::{
+    Authenticator, Authorizer, Identity, RequestHeaderTrust, Resource, TokenRefusal, identify,
+};
 use super::delegate::Delegate;
 use super::routes::{self, Access, Body as ReplyBody, Reply};
 use super::tls::server_config;
@@ -151,9 +153,13 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
     if access != Access::Public {
         let identity = match authenticate(api, client_cn, parts, &access).await {
             Ok(identity) => identity,
-            Err(reason) => {
+            Err(TokenRefusal::Unauthenticated(reason)) => {
                 tracing::debug!(%path, %reason, "metrics API request refused: not authenticated");
                 return routes::status(401, "Unauthorized", &reason);
+            }
+            Err(TokenRefusal::OverBudget(reason, retry_after_seconds)) => {
+                tracing::debug!(%path, %reason, "metrics API request refused: TokenReview budget spent");
+                return routes::too_many_requests(&reason, retry_after_seconds);
             }
         };
         tracing::debug!(%path, user = %identity.user, "metrics API request");
@@ -208,7 +214,7 @@ async fn authenticate(
     client_cn: Option<&str>,
     parts: &http::request::Parts,
     access: &Access,
-) -> Result<Identity, String> {
+) -> Result<Identity, TokenRefusal> {
     let config = api.trust.config.read().expect("config lock").clone();
     match identify(client_cn, &parts.headers, &config) {
         Ok(identity) => Ok(identity),
@@ -216,9 +222,15 @@ async fn authenticate(
             .authenticator
             .identify(&parts.headers)
             .await
-            .map_err(|token| token.0)
-            .map_err(|token| format!("{token} ({})", refused.0)),
-        Err(refused) => Err(refused.0),
+            .map_err(|token| match token {
+                TokenRefusal::Unauthenticated(reason) => {
+                    TokenRefusal::Unauthenticated(format!("{reason} ({})", refused.0))
+                }
+                TokenRefusal::OverBudget(reason, retry_after_seconds) => {
+                    TokenRefusal::OverBudget(reason, retry_after_seconds)
+                }
+            }),
+        Err(refused) => Err(TokenRefusal::Unauthenticated(refused.0)),
     }
 }
 
@@ -240,12 +252,13 @@ mod tests {
             "requestheader-username-headers".to_string(),
             r#"["X-Remote-User"]"#.to_string(),
         )]));
+        let metrics = Metrics::new();
         let api = MetricsApi {
             values: MetricValues::default(),
             trust,
             authorizer: Authorizer::new(client.clone()),
-            authenticator: Authenticator::new(client),
-            metrics: Metrics::new(),
+            authenticator: Authenticator::new(client, Default::default(), metrics.token_reviews.clone()),
+            metrics,
             delegate: None,
         };
         (api, server)

@@ -1,14 +1,12 @@
 //! Logs (tracing, text or JSON), the Prometheus registry with levee's metrics, and the plain-HTTP
-//! server for `/metrics`, `/healthz` and `/readyz`.
+//! port for `/metrics`, `/healthz` and `/readyz` (`plain_port`).
 
 use crate::values::MetricValues;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use warp::Filter;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +58,10 @@ pub struct Metrics {
     pub metrics_api_connections: IntGauge,
     /// Connections closed by a limit, by reason.
     pub metrics_api_connections_closed: IntCounterVec,
+    /// Open connections to the plain port.
+    pub plain_connections: IntGauge,
+    /// Connections to the plain port closed by a limit, by reason.
+    pub plain_connections_closed: IntCounterVec,
     /// TokenReviews of bearer tokens on the metrics API, by result (`auth::TOKEN_REVIEW_RESULTS`).
     pub token_reviews: IntCounterVec,
     /// Calls to the KEDA external scaler, by rpc and gRPC status code.
@@ -77,6 +79,7 @@ pub struct Metrics {
     last_render_len: AtomicUsize,
 }
 
+pub mod plain_port;
 mod values_text;
 
 impl Metrics {
@@ -186,6 +189,15 @@ impl Metrics {
                 "Connections to the external metrics API closed by a limit (limit, evicted, handshake_timeout)",
                 &["reason"],
             ),
+            plain_connections: single_gauge(
+                "levee_plain_connections",
+                "Open connections to the plain port (probes, loopback /metrics)",
+            ),
+            plain_connections_closed: counter(
+                "levee_plain_connections_closed_total",
+                "Connections to the plain port closed by a limit (evicted_anonymous: the oldest, to make room at the cap)",
+                &["reason"],
+            ),
             token_reviews: counter(
                 "levee_token_reviews_total",
                 "Bearer tokens on the metrics API by result: authenticated, rejected, failed (the review did not answer), over_budget (429: too many new tokens at once), too_long (over 4 KiB, not reviewed)",
@@ -257,48 +269,6 @@ impl Metrics {
         self.last_render_len.store(text.len(), Ordering::Relaxed);
         text
     }
-}
-
-/// Serves `/healthz` and `/readyz` to everyone until `shutdown` resolves, and `/metrics` only to
-/// callers on loopback when `plain_loopback` (a sidecar, `kubectl port-forward`): the metrics name
-/// every tenant's policies and queues, so everyone else reads them over HTTPS with a token.
-pub async fn serve(
-    metrics: Arc<Metrics>,
-    addr: SocketAddr,
-    plain_loopback: bool,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let for_metrics = metrics.clone();
-    let metrics_route = warp::path!("metrics")
-        .and(warp::addr::remote())
-        .map(move |peer: Option<SocketAddr>| {
-            if plain_loopback && peer.is_some_and(|peer| peer.ip().is_loopback()) {
-                let reply = warp::reply::with_header(for_metrics.render(), "content-type", "text/plain; version=0.0.4");
-                warp::reply::with_status(reply, warp::http::StatusCode::OK)
-            } else {
-                let refusal = "/metrics is served over HTTPS on the metrics API port to a bearer token allowed to get the non-resource URL /metrics (or here to loopback callers with --metrics-plain-loopback)\n";
-                let reply = warp::reply::with_header(refusal.to_string(), "content-type", "text/plain; charset=utf-8");
-                warp::reply::with_status(reply, warp::http::StatusCode::FORBIDDEN)
-            }
-        });
-    let healthz = warp::path!("healthz").map(|| "ok".to_string());
-    let readyz = warp::path!("readyz").map(move || {
-        if metrics.ready.load(Ordering::SeqCst) {
-            warp::reply::with_status("ok".to_string(), warp::http::StatusCode::OK)
-        } else {
-            warp::reply::with_status(
-                "not ready".to_string(),
-                warp::http::StatusCode::SERVICE_UNAVAILABLE,
-            )
-        }
-    });
-    let routes = warp::get().and(metrics_route.or(healthz).or(readyz));
-    warp::serve(routes)
-        .bind(addr)
-        .await
-        .graceful(shutdown)
-        .run()
-        .await;
 }
 
 #[cfg(test)]

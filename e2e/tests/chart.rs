@@ -289,19 +289,21 @@ fn levee_runs_with_the_deployments_arguments_environment_and_certificate_and_is_
         std::time::Duration::from_secs(30),
         || (holder().as_deref() == Some(pod_name)).then_some(()),
     );
-    // The metrics API serves the chart's certificate for the Service's name.
+    // The metrics API serves the chart's certificate for the Service's name (curl verifies it
+    // against the chart's CA, or answers 000): an anonymous /metrics is then a 401.
     let service = format!("levee.{LEVEE_NAMESPACE}.svc");
-    let health = Command::new("curl")
-        .args(["-s", "--cacert", files.path().join("ca.crt").to_str().unwrap()])
+    let anonymous = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["--cacert", files.path().join("ca.crt").to_str().unwrap()])
         .args(["--resolve", &format!("{service}:{api_port}:127.0.0.1")])
-        .arg(format!("https://{service}:{api_port}/healthz"))
+        .arg(format!("https://{service}:{api_port}/metrics"))
         .output()
         .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&health.stdout),
-        "ok",
+        String::from_utf8_lossy(&anonymous.stdout),
+        "401",
         "{}",
-        String::from_utf8_lossy(&health.stderr)
+        String::from_utf8_lossy(&anonymous.stderr)
     );
     // Prometheus as the ServiceMonitor has it scrape: HTTPS to the name and CA it gives, with the
     // token of a ServiceAccount in metrics.readers. Anyone else is refused; so is the plain port.

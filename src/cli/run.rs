@@ -172,6 +172,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let plain_listener = match tokio::net::TcpListener::bind(args.metrics_addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, addr = %args.metrics_addr, "cannot listen on --metrics-addr (the probes' port)");
+            return ExitCode::from(1);
+        }
+    };
     let scaler_listener = match external_scaler_listener(&args, cert.clone()).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -205,10 +212,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
         delegate,
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(telemetry::serve(
+    let server = tokio::spawn(telemetry::plain_port::serve(
         metrics.clone(),
-        args.metrics_addr,
+        plain_listener,
         args.metrics_plain_loopback,
+        telemetry::plain_port::PLAIN_LIMITS,
         wait_for(stopped.clone()),
     ));
     let limits = ConnectionLimits::default();

@@ -378,7 +378,7 @@ pub async fn serve(
 
 async fn connection(
     service: ExternalScalerServer<Scaler>,
-    accepted: Accepted,
+    accepted: Accepted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
     limits: ConnectionLimits,
 ) -> Result<(), String> {
     let client = accepted.client_common_name();
@@ -389,7 +389,7 @@ async fn connection(
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .serve_connection(TokioIo::new(accepted.tls), TowerToHyperService::new(service))
+        .serve_connection(TokioIo::new(accepted.stream), TowerToHyperService::new(service))
         .await
         .map_err(|e| e.to_string())
 }

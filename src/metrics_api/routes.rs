@@ -34,7 +34,6 @@ pub struct Reply {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Body {
     Json(Value),
-    Text(&'static str),
     /// Prometheus text exposition.
     Prometheus(String),
     /// What a delegate answered, passed on as it came.
@@ -48,7 +47,7 @@ pub enum Body {
 /// SubjectAccessReview for `(namespace, metric)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// `/healthz`, `/readyz`, `/livez`: always allowed.
+    /// `/healthz`, `/readyz`, `/livez`: a 404 that points at the plain port, to anyone.
     Public,
     /// Discovery and OpenAPI: any authenticated caller.
     Authenticated,
@@ -108,13 +107,15 @@ pub fn unknown_metric(metric: &str) -> Reply {
     )
 }
 
+/// Probes are answered on the plain port only: an anonymous connection to the metrics API has
+/// no other business here than a bearer-token read of `/metrics`.
+pub const PROBES_ARE_ELSEWHERE: &str =
+    "the probes are served on the plain port (--metrics-addr, 8080 in the chart): /healthz, /readyz";
+
 /// Answers a GET of `path` with query `query` (undecoded), at `now` (monotonic).
 pub fn respond(path: &str, query: Option<&str>, values: &MetricValues, now: Instant) -> Reply {
     match path {
-        "/healthz" | "/readyz" | "/livez" => Reply {
-            status: 200,
-            body: Body::Text("ok"),
-        },
+        "/healthz" | "/readyz" | "/livez" => status(404, "NotFound", PROBES_ARE_ELSEWHERE),
         "/openapi/v2" | "/openapi/v3" => status(404, "NotFound", "levee publishes no OpenAPI document"),
         "/apis" => ok(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group()]})),
         _ if path == format!("/apis/{GROUP}") => ok(group()),

@@ -64,7 +64,7 @@ pub async fn serve(
 /// HTTP/1.1 over one TLS connection: header deadlines and sizes from `limits`.
 async fn connection(
     api: Arc<MetricsApi>,
-    accepted: Accepted,
+    accepted: Accepted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
     limits: ConnectionLimits,
 ) -> Result<(), String> {
     // The verifier only lets through certificates the requestheader CA signed.
@@ -83,7 +83,7 @@ async fn connection(
         .keep_alive(keep_alive)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_header_size(limits.max_header_bytes)
-        .serve_connection(TokioIo::new(accepted.tls), service)
+        .serve_connection(TokioIo::new(accepted.stream), service)
         .await
         .map_err(|e| e.to_string())
 }
@@ -106,10 +106,6 @@ pub async fn handle(
         .observe(started.elapsed().as_secs_f64());
     let (content_type, body) = match reply.body {
         ReplyBody::Json(value) => ("application/json".to_string(), Bytes::from(value.to_string())),
-        ReplyBody::Text(text) => (
-            "text/plain; charset=utf-8".to_string(),
-            Bytes::from_static(text.as_bytes()),
-        ),
         ReplyBody::Prometheus(text) => ("text/plain; version=0.0.4".to_string(), Bytes::from(text)),
         ReplyBody::Raw { content_type, bytes } => (content_type, bytes),
     };

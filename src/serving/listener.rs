@@ -1,10 +1,11 @@
-//! The accept loop of levee's TLS servers: a cap on open connections (a new one evicts the oldest
+//! The accept loop of levee's servers: a cap on open connections (a new one evicts the oldest
 //! still in its TLS handshake, then the oldest anonymous one), a deadline on the handshake, a low
 //! cap on anonymous connections (no client certificate: past it the oldest goes), and counts of
 //! what was closed and why. So the clients that present a certificate the server trusts (the
 //! aggregator's front-proxy certificate, KEDA's) always find room, however many connections
-//! anyone else holds open. Each server then speaks its own protocol over the TLS stream
-//! (HTTP/1.1 for the metrics API, HTTP/2 gRPC for the external scaler).
+//! anyone else holds open. Each server then speaks its own protocol over the stream (HTTP/1.1
+//! for the metrics API and the plain port, HTTP/2 gRPC for the external scaler). The plain port
+//! (`PlainTcp`) has no handshake and no client certificates: every connection is anonymous.
 
 use prometheus::{IntCounterVec, IntGauge};
 use std::collections::VecDeque;
@@ -12,10 +13,51 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+/// What turns an accepted TCP connection into the stream a server speaks over.
+pub trait Handshake: Clone + Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+    /// Whether the client presented a certificate the server's verifier trusts.
+    fn verified_client(stream: &Self::Stream) -> bool;
+}
+
+impl Handshake for TlsAcceptor {
+    type Stream = TlsStream<TcpStream>;
+
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = std::io::Result<Self::Stream>> + Send {
+        self.accept(tcp)
+    }
+
+    fn verified_client(stream: &Self::Stream) -> bool {
+        stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty())
+    }
+}
+
+/// Plain TCP: no handshake, no client certificate.
+#[derive(Clone, Copy, Debug)]
+pub struct PlainTcp;
+
+impl Handshake for PlainTcp {
+    type Stream = TcpStream;
+
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = std::io::Result<Self::Stream>> + Send {
+        std::future::ready(Ok(tcp))
+    }
+
+    fn verified_client(_: &Self::Stream) -> bool {
+        false
+    }
+}
 
 /// What keeps idle, slow or oversized clients from holding a server's memory and file
 /// descriptors: real clients (the aggregator, KEDA) keep a few connections alive and send small
@@ -60,19 +102,19 @@ pub struct ConnectionMetrics {
     pub closed: IntCounterVec,
 }
 
-/// A connection past its TLS handshake.
-pub struct Accepted {
-    pub tls: TlsStream<TcpStream>,
+/// A connection past its handshake.
+pub struct Accepted<S> {
+    pub stream: S,
     pub peer: SocketAddr,
     /// Whether the client presented a certificate the server's verifier trusts.
     pub verified_client: bool,
 }
 
-impl Accepted {
+impl Accepted<TlsStream<TcpStream>> {
     /// The common name of the client's certificate, if it presented one (the server's verifier
     /// let through only certificates it trusts).
     pub fn client_common_name(&self) -> Option<String> {
-        self.tls
+        self.stream
             .get_ref()
             .1
             .peer_certificates()
@@ -163,19 +205,20 @@ impl Connections {
     }
 }
 
-/// Accepts on `listener` until `shutdown` resolves; each connection that completes its TLS
+/// Accepts on `listener` until `shutdown` resolves; each connection that completes its
 /// handshake is handed to `serve` on a task of its own. `server` names the server in logs.
-pub async fn accept_loop<S, F>(
+pub async fn accept_loop<H, S, F>(
     server: &'static str,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: H,
     limits: ConnectionLimits,
     metrics: ConnectionMetrics,
     shutdown: impl std::future::Future<Output = ()>,
     serve: S,
 ) -> Result<(), String>
 where
-    S: Fn(Accepted) -> F + Clone + Send + 'static,
+    H: Handshake,
+    S: Fn(Accepted<H::Stream>) -> F + Clone + Send + 'static,
     F: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
     let connections = Arc::new(Connections::default());
@@ -219,10 +262,10 @@ where
                 limits,
             );
             let served = match accepted.await {
-                Ok(tls) => {
-                    let verified_client = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                Ok(stream) => {
+                    let verified_client = H::verified_client(&stream);
                     let accepted = Accepted {
-                        tls,
+                        stream,
                         peer,
                         verified_client,
                     };
@@ -252,18 +295,18 @@ where
     }
 }
 
-async fn handshake(
+async fn handshake<H: Handshake>(
     connections: &Connections,
     metrics: &ConnectionMetrics,
     (id, evicted): (u64, oneshot::Receiver<()>),
-    acceptor: TlsAcceptor,
+    acceptor: H,
     stream: TcpStream,
     peer: SocketAddr,
     limits: ConnectionLimits,
-) -> Result<TlsStream<TcpStream>, String> {
+) -> Result<H::Stream, String> {
     let closed = |reason: &str| metrics.closed.with_label_values(&[reason]).inc();
     let handshake = tokio::select! {
-        handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => handshake,
+        handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.handshake(stream)) => handshake,
         _ = evicted => {
             closed("evicted");
             return Err(format!("{peer} evicted during its TLS handshake: too many connections"));

@@ -355,3 +355,40 @@ fn crd_prints_the_committed_crd_and_version_prints_the_version() {
         format!("levee {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// An external scaler without a client CA would serve every policy's figures to anyone who
+/// reaches it: `levee run` refuses to start one unless told to, saying what to set.
+#[test]
+fn run_refuses_an_external_scaler_without_a_client_ca_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["run", "--tls-san", "localhost"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--external-metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--external-scaler-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let said = text(&output.stderr);
+    assert!(
+        said.contains("--external-scaler-client-ca-file")
+            && said.contains("--external-scaler-allow-unauthenticated"),
+        "names the flag to set and the one to run without: {said}"
+    );
+    let both = levee(&[
+        "run",
+        "--external-scaler-addr",
+        "127.0.0.1:9443",
+        "--external-scaler-client-ca-file",
+        "/dev/null",
+        "--external-scaler-allow-unauthenticated",
+    ]);
+    assert_eq!(both.status.code(), Some(2), "clap refuses the contradiction");
+}

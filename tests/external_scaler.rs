@@ -9,7 +9,7 @@ mod support;
 use levee::circuit::{Level, State};
 use levee::external_scaler::proto::external_scaler_client::ExternalScalerClient;
 use levee::external_scaler::proto::{GetMetricsRequest, IsActiveResponse, ScaledObjectRef};
-use levee::external_scaler::server::{Scaler, StreamLimits, serve, server_config};
+use levee::external_scaler::server::{ClientNames, Scaler, StreamLimits, serve, server_config};
 use levee::serving::cert::ServingCert;
 use levee::serving::listener::ConnectionLimits;
 use levee::telemetry::Metrics;
@@ -44,6 +44,11 @@ const LIMITS: ConnectionLimits = ConnectionLimits {
 
 /// The scaler on a free loopback port; with `client_ca`, only clients the test CA signed.
 async fn start(client_ca: bool) -> Server {
+    start_with(client_ca, ClientNames::default()).await
+}
+
+/// Like `start`, the client's certificate also checked against `names`.
+async fn start_with(client_ca: bool, names: ClientNames) -> Server {
     let tls = TlsFiles::generate();
     let cert = Arc::new(
         ServingCert::from_files(tls.path("server.crt").into(), tls.path("server.key").into()).unwrap(),
@@ -54,7 +59,14 @@ async fn start(client_ca: bool) -> Server {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let (values, metrics) = (MetricValues::default(), Metrics::new());
     let scaler = Scaler::new(values.clone(), metrics.clone(), STREAMS);
-    tokio::spawn(serve(scaler, listener, config, LIMITS, std::future::pending()));
+    tokio::spawn(serve(
+        scaler,
+        listener,
+        config,
+        names,
+        LIMITS,
+        std::future::pending(),
+    ));
     Server {
         port,
         values,
@@ -315,6 +327,37 @@ async fn stream_is_active_pushes_when_the_verdict_flips_and_only_then() {
         0,
         "the stream ended with its caller"
     );
+}
+
+#[tokio::test]
+async fn a_certificate_of_the_ca_with_another_common_name_is_unauthenticated() {
+    let names = ClientNames(vec!["keda-operator".to_string()].into());
+    let server = start_with(true, names).await;
+    publish(&server.values, 5, Level::Normal);
+    let call_as = |cn: &'static str| {
+        let server = &server;
+        async move {
+            server.tls.client_cert(cn);
+            let (ca, cert, key) = (
+                server.tls.path("ca.crt"),
+                server.tls.path("client.crt"),
+                server.tls.path("client.key"),
+            );
+            let channel = channel(server.port, &ca, Some((&cert, &key))).await.unwrap();
+            ExternalScalerClient::new(channel)
+                .is_active(trigger(&[("policy", "rule-engine")]))
+                .await
+        }
+    };
+    let refused = call_as("intruder").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("\"intruder\"")
+            && refused.message().contains("--external-scaler-client-names"),
+        "says which name and what to change: {}",
+        refused.message()
+    );
+    assert!(call_as("keda-operator").await.unwrap().into_inner().result);
 }
 
 #[tokio::test]

@@ -271,13 +271,14 @@ impl Keda {
     }
 
     /// levee's flags for a serving certificate KEDA trusts and an external scaler on `port` that
-    /// only KEDA's client certificate may call.
+    /// only KEDA's client certificate (CN `keda-operator`) may call.
     pub fn levee_flags(&self, port: u16) -> Vec<String> {
         vec![
             format!("--tls-cert-file={}", self.tls.path("levee.crt")),
             format!("--tls-key-file={}", self.tls.path("levee.key")),
             format!("--external-scaler-addr=127.0.0.1:{port}"),
             format!("--external-scaler-client-ca-file={}", self.tls.path("ca.crt")),
+            "--external-scaler-client-names=keda-operator".to_string(),
         ]
     }
 

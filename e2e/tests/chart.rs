@@ -60,6 +60,7 @@ const VALUE_SETS: &[&[&str]] = &[
         "externalScaler.enabled=true",
         "externalScaler.clusterTriggerAuthentication=false",
         "certManager.enabled=true",
+        "externalScaler.clientCaSecret=keda-client-ca",
     ],
     &[
         "metricsApi.delegate.url=https://keda-metrics-apiserver.keda.svc:443",
@@ -138,6 +139,14 @@ fn wrong_values_are_refused_with_a_message_naming_the_key() {
         (
             "externalScaler.enabled=true,tls.userProvided=true",
             "externalScaler.clusterTriggerAuthentication needs the chart's own certificate",
+        ),
+        (
+            "externalScaler.enabled=true,externalScaler.clusterTriggerAuthentication=false",
+            "the external scaler needs a client CA",
+        ),
+        (
+            "externalScaler.enabled=true,externalScaler.allowUnauthenticated=true",
+            "externalScaler.allowUnauthenticated=true contradicts a client CA",
         ),
         (
             "externalScaler.enabled=true,metrics.port=9443",
@@ -580,6 +589,7 @@ fn in_keda_mode_the_external_scaler_is_served_and_only_kedas_client_certificate_
     for flag in [
         "--external-scaler-addr=0.0.0.0:9443",
         "--external-scaler-client-ca-file=/etc/levee/tls/ca.crt",
+        "--external-scaler-client-names=keda-operator",
     ] {
         assert!(args.iter().any(|arg| arg == flag), "{flag} not in {args:?}");
     }
@@ -635,6 +645,54 @@ fn in_keda_mode_the_external_scaler_is_served_and_only_kedas_client_certificate_
             .any(|arg| arg.contains("external-scaler"))
     );
     assert!(named(&default, "Secret", "levee-keda-client").is_none());
+    // With a certificate the chart does not make, the CA of KEDA's client certificate comes from
+    // a Secret the operator names, mounted for levee alone.
+    let own_ca = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &[
+            "externalScaler.enabled=true",
+            "externalScaler.clusterTriggerAuthentication=false",
+            "certManager.enabled=true",
+            "externalScaler.clientCaSecret=keda-client-ca",
+            "externalScaler.clientNames[0]=keda-operator",
+        ],
+        &[],
+    );
+    let args = container_args(&own_ca);
+    for flag in [
+        "--external-scaler-client-ca-file=/etc/levee/scaler-client-ca/ca.crt",
+        "--external-scaler-client-names=keda-operator",
+    ] {
+        assert!(args.iter().any(|arg| arg == flag), "{flag} not in {args:?}");
+    }
+    let deployment = rendered(&own_ca, "Deployment");
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["name"] == "scaler-client-ca" && v["secret"]["secretName"] == "keda-client-ca"),
+        "{volumes:?}"
+    );
+    assert!(named(&own_ca, "ClusterTriggerAuthentication", "levee").is_none());
+    // Without any client CA only by saying so, and then levee is told too.
+    let open = render_chart(
+        "levee",
+        LEVEE_NAMESPACE,
+        &[
+            "externalScaler.enabled=true",
+            "externalScaler.clusterTriggerAuthentication=false",
+            "externalScaler.allowUnauthenticated=true",
+        ],
+        &[],
+    );
+    assert!(
+        container_args(&open)
+            .iter()
+            .any(|arg| arg == "--external-scaler-allow-unauthenticated")
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use crate::controller::{self, LeaseSettings, Settings};
 use crate::external_scaler::{
     self,
-    server::{Scaler, StreamLimits},
+    server::{ClientNames, Scaler, StreamLimits},
 };
 use crate::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use crate::metrics_api::delegate::{Delegate, FrontProxyCertificate};
@@ -53,6 +53,25 @@ pub struct RunArgs {
         requires = "external_scaler_addr"
     )]
     pub external_scaler_client_ca_file: Option<std::path::PathBuf>,
+    /// With a client CA: the common names the client's certificate must carry (comma-separated;
+    /// the chart's certificate for KEDA has `keda-operator`). Empty: any certificate the CA signed.
+    #[arg(
+        long,
+        env = "LEVEE_EXTERNAL_SCALER_CLIENT_NAMES",
+        value_delimiter = ',',
+        requires = "external_scaler_client_ca_file"
+    )]
+    pub external_scaler_client_names: Vec<String>,
+    /// Serve the external scaler to any client that reaches it, without a client CA: it then
+    /// trusts the namespace each request names. Without this flag levee refuses to start an
+    /// external scaler that has no --external-scaler-client-ca-file.
+    #[arg(
+        long,
+        env = "LEVEE_EXTERNAL_SCALER_ALLOW_UNAUTHENTICATED",
+        default_value_t = false,
+        conflicts_with = "external_scaler_client_ca_file"
+    )]
+    pub external_scaler_allow_unauthenticated: bool,
     /// At most this many `StreamIsActive` streams (external-push triggers) open at once.
     #[arg(long, env = "LEVEE_EXTERNAL_SCALER_STREAMS", default_value_t = 1024)]
     pub external_scaler_streams: usize,
@@ -240,6 +259,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             scaler,
             listener,
             tls,
+            ClientNames(args.external_scaler_client_names.clone().into()),
             limits,
             wait_for(stopped.clone()),
         ))
@@ -327,12 +347,17 @@ async fn external_scaler_listener(
             std::fs::read(path)
                 .map_err(|e| format!("reading --external-scaler-client-ca-file {}: {e}", path.display()))?,
         ),
-        None => {
+        None if args.external_scaler_allow_unauthenticated => {
             tracing::warn!(
                 %addr,
-                "THE EXTERNAL SCALER AUTHENTICATES NO CLIENT: anything that reaches {addr} may read every policy's figures and hold StreamIsActive streams in any namespace's name. Set --external-scaler-client-ca-file (the chart does with externalScaler.clusterTriggerAuthentication)"
+                "THE EXTERNAL SCALER AUTHENTICATES NO CLIENT (--external-scaler-allow-unauthenticated): anything that reaches {addr} may read every policy's figures and hold StreamIsActive streams in any namespace's name. Set --external-scaler-client-ca-file (the chart does with externalScaler.clusterTriggerAuthentication or externalScaler.clientCaSecret)"
             );
             None
+        }
+        None => {
+            return Err(format!(
+                "--external-scaler-addr {addr} needs --external-scaler-client-ca-file: the CA of KEDA's client certificate (the chart sets it with externalScaler.clusterTriggerAuthentication or externalScaler.clientCaSecret); to serve any client without one, pass --external-scaler-allow-unauthenticated"
+            ));
         }
     };
     let tls = external_scaler::server::server_config(cert, client_ca.as_deref())?;

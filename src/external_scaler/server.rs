@@ -348,11 +348,36 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Serves the external scaler on `listener` until `shutdown` resolves.
+/// Who may call: with a client CA, the common names its certificates must carry (KEDA's
+/// `keda-operator`); empty, any certificate the CA signed.
+#[derive(Clone, Debug, Default)]
+pub struct ClientNames(pub Arc<[String]>);
+
+impl ClientNames {
+    /// Why a client whose verified certificate has common name `cn` (None: no certificate, or a
+    /// server without a client CA) may not call; `None` when it may.
+    pub fn refusal(&self, cn: Option<&str>) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        match cn {
+            Some(cn) if self.0.iter().any(|name| name == cn) => None,
+            Some(cn) => Some(format!(
+                "the client certificate's CN {cn:?} is not one of --external-scaler-client-names ({})",
+                self.0.join(", ")
+            )),
+            None => Some("no client certificate: the external scaler needs KEDA's (tlsClientCert)".into()),
+        }
+    }
+}
+
+/// Serves the external scaler on `listener` until `shutdown` resolves; a client whose certificate
+/// `names` refuses gets UNAUTHENTICATED for every call, saying why.
 pub async fn serve(
     scaler: Scaler,
     listener: TcpListener,
     tls: rustls::ServerConfig,
+    names: ClientNames,
     limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
@@ -371,25 +396,54 @@ pub async fn serve(
         limits,
         metrics,
         shutdown,
-        move |accepted| connection(service.clone(), accepted, limits),
+        move |accepted| connection(service.clone(), names.clone(), accepted, limits),
     )
     .await
 }
 
 async fn connection(
     service: ExternalScalerServer<Scaler>,
+    names: ClientNames,
     accepted: Accepted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
     limits: ConnectionLimits,
 ) -> Result<(), String> {
     let client = accepted.client_common_name();
     tracing::debug!(peer = %accepted.peer, client = client.as_deref().unwrap_or("-"), "external scaler connection");
+    match names.refusal(client.as_deref()) {
+        None => serve_http2(accepted, TowerToHyperService::new(service), limits).await,
+        Some(refusal) => {
+            tracing::warn!(peer = %accepted.peer, %refusal, "external scaler client refused");
+            let refuse = tower::service_fn(move |_: http::Request<hyper::body::Incoming>| {
+                let status = Status::unauthenticated(refusal.clone());
+                async move { Ok::<_, std::convert::Infallible>(status.into_http::<tonic::body::Body>()) }
+            });
+            serve_http2(accepted, TowerToHyperService::new(refuse), limits).await
+        }
+    }
+}
+
+/// HTTP/2 over one TLS connection, with the keep-alive and stream limits above.
+async fn serve_http2<S>(
+    accepted: Accepted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    service: S,
+    limits: ConnectionLimits,
+) -> Result<(), String>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .serve_connection(TokioIo::new(accepted.stream), TowerToHyperService::new(service))
+        .serve_connection(TokioIo::new(accepted.stream), service)
         .await
         .map_err(|e| e.to_string())
 }

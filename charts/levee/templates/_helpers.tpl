@@ -48,7 +48,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- fail "choose one source for the metrics API certificate: set at most one of certManager.enabled, tls.selfSigned and tls.userProvided" -}}
 {{- end -}}
 {{- if and .Values.externalScaler.enabled .Values.externalScaler.clusterTriggerAuthentication (or .Values.certManager.enabled .Values.tls.selfSigned .Values.tls.userProvided) -}}
-{{- fail "externalScaler.clusterTriggerAuthentication needs the chart's own certificate (its CA signs KEDA's client certificate): set it to false with certManager.enabled, tls.selfSigned or tls.userProvided, and give KEDA the CA yourself (docs/integration.md#keda)" -}}
+{{- fail "externalScaler.clusterTriggerAuthentication needs the chart's own certificate (its CA signs KEDA's client certificate): set it to false with certManager.enabled, tls.selfSigned or tls.userProvided, and set externalScaler.clientCaSecret to the CA of the client certificate you give KEDA (docs/integration.md#keda)" -}}
+{{- end -}}
+{{- if and .Values.externalScaler.enabled (not (include "levee.kedaClient" .)) (not .Values.externalScaler.clientCaSecret) (not .Values.externalScaler.allowUnauthenticated) -}}
+{{- fail "the external scaler needs a client CA, or anyone who reaches it reads every policy's figures: keep externalScaler.clusterTriggerAuthentication=true (the chart's own certificate), or set externalScaler.clientCaSecret to a Secret in levee's namespace whose ca.crt signed KEDA's client certificate; externalScaler.allowUnauthenticated=true serves any client" -}}
+{{- end -}}
+{{- if and .Values.externalScaler.allowUnauthenticated (or (include "levee.kedaClient" .) .Values.externalScaler.clientCaSecret) -}}
+{{- fail "externalScaler.allowUnauthenticated=true contradicts a client CA (externalScaler.clusterTriggerAuthentication or externalScaler.clientCaSecret): set one or the other" -}}
 {{- end -}}
 {{- if and .Values.externalScaler.enabled (has (int .Values.metrics.port) (list 6443 9443)) -}}
 {{- fail "metrics.port must differ from 9443, the port of levee's external scaler" -}}

@@ -1,4 +1,5 @@
-//! No confused deputy: a Secret that did not opt in never leaves the cluster, a policy never takes
+//! No confused deputy: a Secret that did not opt in never leaves the cluster, one that names its
+//! hosts goes to no other, a policy never takes
 //! over an HPA it does not own, and levee's own metrics (which name every tenant's policies and
 //! queues) are read only by callers the API server authenticates and RBAC allows.
 
@@ -96,6 +97,88 @@ fn a_secret_that_did_not_opt_in_never_reaches_the_redis_url() {
         None,
     );
     wait_until("the consenting Secret's password reaches Redis", PATIENCE, || {
+        fake.has_received(&password).then_some(())
+    });
+}
+
+/// A credentials Secret that names its hosts (`levee.dev/redis-hosts`) is never sent elsewhere:
+/// someone who may edit policies in its namespace, but not read the Secret, cannot point a
+/// policy at a listener of their own to capture the password.
+#[test]
+fn a_secret_that_names_its_hosts_is_sent_nowhere_else() {
+    let fixture = Fixture::create();
+    let fake = FakeRedis::start();
+    let password = format!("pw-hosts-{}", std::process::id());
+    let ns = fixture.ns();
+    kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "redis-auth",
+            "-n",
+            ns,
+            &format!("--from-literal=password={password}"),
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "label",
+            "secret",
+            "redis-auth",
+            "-n",
+            ns,
+            "levee.dev/redis-secret=true",
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "annotate",
+            "secret",
+            "redis-auth",
+            "-n",
+            ns,
+            "levee.dev/redis-hosts=redis.jobs.svc:6379,*.redis.jobs.svc",
+        ],
+        None,
+    );
+    let _levee = Levee::start(ns, &["--leader-elect=false"]);
+    let redis = format!(
+        "{{url: 'redis://127.0.0.1:{}', timeout: 300ms, credentialsSecretRef: {{name: redis-auth}}}}",
+        fake.port
+    );
+    PolicyYaml::new("capture", ns, redis).apply();
+    let message = wait_until("Ready=False SecretHostNotAllowed", PATIENCE, || {
+        let ready = fixture.condition("capture", "Ready");
+        (ready["reason"] == "SecretHostNotAllowed")
+            .then(|| ready["message"].as_str().unwrap_or_default().to_string())
+    });
+    assert!(
+        message.contains("levee.dev/redis-hosts") && message.contains(&format!("127.0.0.1:{}", fake.port)),
+        "names the annotation and the host: {message}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        !fake.has_received(&password),
+        "the password reached a host the Secret does not name"
+    );
+
+    // The Secret's owner adds the host: now it is sent, which shows the listener would see it.
+    kubectl_ok(
+        &[
+            "annotate",
+            "--overwrite",
+            "secret",
+            "redis-auth",
+            "-n",
+            ns,
+            "levee.dev/redis-hosts=redis.jobs.svc:6379,127.0.0.1",
+        ],
+        None,
+    );
+    wait_until("the password reaches the host now named", PATIENCE, || {
         fake.has_received(&password).then_some(())
     });
 }

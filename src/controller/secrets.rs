@@ -10,13 +10,18 @@
 
 use super::indexed_store::IndexedStore;
 use crate::api::BackpressurePolicy;
-use crate::sampler::{Credentials, Endpoint};
+use crate::sampler::{Credentials, Endpoint, NodeAddr};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 
 /// The label a Secret carries to let levee read it.
 pub const LABEL_SECRET_CONSENT: &str = "levee.dev/redis-secret";
+
+/// The annotation with which a credentials Secret names the only hosts its password may be sent
+/// to: comma-separated `host`, `host:port` or `*.domain` entries. Without it, any policy of the
+/// Secret's namespace may send it wherever its URL points.
+pub const ANNOTATION_SECRET_HOSTS: &str = "levee.dev/redis-hosts";
 
 /// Why a policy's endpoint cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +70,11 @@ pub async fn resolve_endpoint(
     };
     let redis = &policy.spec.redis;
     let mut credentials = Credentials::default();
+    let mut credentials_secret = None;
     if let Some(reference) = &redis.credentials_secret_ref {
         let field = "spec.redis.credentialsSecretRef";
         let secret = secrets.read(&namespace, &reference.name, field).await?;
+        credentials_secret = Some(secret.clone());
         credentials.password = Some(text_key(&secret, &namespace, &reference.password_key, field)?);
         if let Some(username_key) = &reference.username_key {
             credentials.username = Some(text_key(&secret, &namespace, username_key, field)?);
@@ -79,10 +86,71 @@ pub async fn resolve_endpoint(
         let secret = secrets.read(&namespace, &reference.name, field).await?;
         ca_pem = Some(text_key(&secret, &namespace, &reference.key, field)?.into_bytes());
     }
-    Endpoint::from_spec(redis, None, credentials, ca_pem).map_err(|error| EndpointProblem {
-        reason: "InvalidRedisUrl",
-        message: format!("spec.redis.url: {error}"),
+    let endpoint =
+        Endpoint::from_spec(redis, None, credentials, ca_pem).map_err(|error| EndpointProblem {
+            reason: "InvalidRedisUrl",
+            message: format!("spec.redis.url: {error}"),
+        })?;
+    if let Some(secret) = credentials_secret {
+        check_secret_hosts(&secret, &endpoint.seed())?;
+    }
+    Ok(endpoint)
+}
+
+/// Whether the credentials `secret` may be sent to `seed` (the host the policy's URL names), by
+/// its `levee.dev/redis-hosts` annotation.
+fn check_secret_hosts(secret: &Secret, seed: &NodeAddr) -> Result<(), EndpointProblem> {
+    let Some(hosts) = secret.annotations().get(ANNOTATION_SECRET_HOSTS) else {
+        return Ok(());
+    };
+    if host_allowed(hosts, &seed.host, seed.port) {
+        return Ok(());
+    }
+    let (namespace, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+    Err(EndpointProblem {
+        reason: "SecretHostNotAllowed",
+        message: format!(
+            "Secret {namespace}/{name} (spec.redis.credentialsSecretRef) may be sent only to {hosts:?} (its {ANNOTATION_SECRET_HOSTS} annotation), and spec.redis.url names {}: fix the URL, or add the host to the annotation if it is yours to give",
+            seed.authority()
+        ),
     })
+}
+
+/// Whether `host:port` matches one of the comma-separated entries: `host` (any port),
+/// `host:port`, `[v6]:port`, or `*.domain` (any host under the domain, any port); hosts compare
+/// without case.
+pub fn host_allowed(entries: &str, host: &str, port: u16) -> bool {
+    let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
+    entries
+        .split(',')
+        .map(|entry| entry.trim().to_ascii_lowercase())
+        .filter(|entry| !entry.is_empty())
+        .any(|entry| {
+            let (pattern, wanted_port) = split_host_port(&entry);
+            let host_matches = match pattern.strip_prefix("*.") {
+                Some(domain) => host.strip_suffix(domain).is_some_and(|sub| sub.ends_with('.')),
+                None => host == pattern,
+            };
+            host_matches && wanted_port.is_none_or(|wanted| wanted == port)
+        })
+}
+
+/// `host:port`, `[v6]:port`, `[v6]`, a bare IPv6 address or a name: the host, and the port if
+/// the entry gives one.
+fn split_host_port(entry: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = entry.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':').and_then(|port| port.parse().ok())),
+            None => (rest, None),
+        };
+    }
+    match entry.split_once(':') {
+        Some((host, port)) if !port.contains(':') => match port.parse::<u16>() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (entry, None),
+        },
+        _ => (entry, None),
+    }
 }
 
 /// The opted-in Secrets, and the API to tell a missing Secret from one that did not opt in.
@@ -146,4 +214,43 @@ fn text_key(secret: &Secret, namespace: &str, key: &str, field: &str) -> Result<
         reason: "SecretKeyMissing",
         message: format!("Secret {namespace}/{name} key {key:?} is not UTF-8 text ({field})"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_match_by_name_port_and_domain() {
+        let entries =
+            "redis.jobs.svc:6379, Cache.Jobs.svc, *.redis.prod.svc, 10.0.0.5:6380, [fd00::1]:6379, ::2";
+        assert!(host_allowed(entries, "redis.jobs.svc", 6379));
+        assert!(
+            !host_allowed(entries, "redis.jobs.svc", 6380),
+            "the port is part of the entry"
+        );
+        assert!(
+            host_allowed(entries, "cache.jobs.svc", 1234),
+            "no port: any port; no case"
+        );
+        assert!(host_allowed(entries, "node-0.redis.prod.svc", 6379));
+        assert!(
+            !host_allowed(entries, "redis.prod.svc", 6379),
+            "*. is a subdomain"
+        );
+        assert!(!host_allowed(entries, "evil.redis.prod.svc.attacker.io", 6379));
+        assert!(host_allowed(entries, "10.0.0.5", 6380));
+        assert!(!host_allowed(entries, "10.0.0.5", 6379));
+        assert!(host_allowed(entries, "fd00::1", 6379));
+        assert!(host_allowed(entries, "[fd00::1]", 6379));
+        assert!(
+            host_allowed(entries, "::2", 6379),
+            "a bare IPv6 address: any port"
+        );
+        assert!(!host_allowed(entries, "127.0.0.1", 6379));
+        assert!(
+            !host_allowed("", "127.0.0.1", 6379),
+            "an empty annotation allows nothing"
+        );
+    }
 }

@@ -163,7 +163,8 @@ pub struct NodeAddr {
 }
 
 impl NodeAddr {
-    fn authority(&self) -> String {
+    /// `host:port`, an IPv6 host in brackets.
+    pub fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {

@@ -443,6 +443,42 @@ fn an_old_job_opens_the_circuit_on_latency_alone() {
     fixture.wait_pods_accepting(true, 2);
 }
 
+/// 10,000 discovered queues with long names would make a status of ~2.8 MB, more than etcd
+/// stores: the write failed, the decision was never saved, and producers (which follow only a
+/// saved decision) were never held back. The status now lists the first 500 queues and counts
+/// the rest, so the decision is saved and acted on.
+#[test]
+fn ten_thousand_discovered_queues_keep_the_status_small_and_the_circuit_acting() {
+    let fixture = Fixture::create();
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    let prefix = format!("jobs:{}:", "k".repeat(220));
+    fixture.redis.cli(&[
+        "EVAL",
+        "for i = 1, 10000 do redis.call('RPUSH', ARGV[1] .. i, 'job') end return 1",
+        "0",
+        &prefix,
+    ]);
+    fixture
+        .policy("many")
+        .set(
+            "queues",
+            format!("[{{name: m, type: list, keyPattern: '{prefix}*'}}]"),
+        )
+        .set("discovery", "{interval: 2s, maxQueues: 10000}")
+        .apply();
+    let open = fixture.wait_state("many", "Open");
+    assert_eq!(open["pending"], 10_000, "every queue is sampled");
+    assert_eq!(open["discovery"]["sampled"], 10_000);
+    assert_eq!(open["queues"].as_array().map(Vec::len), Some(500), "500 listed");
+    assert_eq!(open["queuesOmitted"], 9_500, "the rest counted");
+    fixture.wait_pods_accepting(false, 2);
+    let bytes = kubectl(&["get", "bpp", "many", "-n", fixture.ns(), "-o", "json"], None)
+        .stdout
+        .len();
+    eprintln!("figure: 10,000 discovered queues: the policy object is {bytes} bytes");
+    assert!(bytes < 512 * 1024, "{bytes} bytes");
+}
+
 #[test]
 fn queues_named_by_a_pattern_are_discovered_in_the_background_and_capped() {
     let fixture = Fixture::create();

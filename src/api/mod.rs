@@ -5,6 +5,7 @@ pub mod names;
 mod policy;
 mod redact;
 pub mod status;
+mod status_size;
 pub mod validation;
 
 pub use crd::{crd, crd_yaml};

@@ -417,6 +417,9 @@ pub struct BackpressurePolicyStatus {
     /// Each queue's depth, or why it could not be read (discovered queues included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<QueueStatus>,
+    /// Queues sampled but not listed in `queues`, which shows the first 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues_omitted: Option<u64>,
     /// What the last discovery of `keyPattern` queues found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryStatus>,

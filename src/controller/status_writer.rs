@@ -80,7 +80,7 @@ pub fn next_status(
     status.record(report.circuit, now);
     let uses_latency = policy.spec.thresholds.latency.is_some();
     status.set_condition(condition::READY, readiness(report, uses_latency, now));
-    status
+    status.bounded()
 }
 
 fn round(value: f64, per_unit: f64) -> f64 {
@@ -171,6 +171,7 @@ pub fn worth_writing(old: &BackpressurePolicyStatus, new: &BackpressurePolicySta
             .map(queue_error_key)
             .eq(new.queues.iter().map(queue_error_key))
         || discovered(old) != discovered(new)
+        || old.queues_omitted != new.queues_omitted
 }
 
 /// The server-side apply body of a status: serialized straight to the request's bytes, without

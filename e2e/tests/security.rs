@@ -183,6 +183,53 @@ fn a_secret_that_names_its_hosts_is_sent_nowhere_else() {
     });
 }
 
+/// Another team's pods that carry the target's labels (a Deployment whose pods match `api`'s
+/// selector too, a bare pod) are never marked: levee holds back only the pods the target owns.
+#[test]
+fn pods_with_the_targets_labels_but_another_owner_are_untouched() {
+    let fixture = Fixture::create();
+    let ns = fixture.ns();
+    let reports = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: reports, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: api, team: reports}}}}\n  template:\n    metadata: {{labels: {{app: api, team: reports}}}}\n    spec: {{containers: [{{name: reports, image: 'registry.k8s.io/pause:3.10'}}]}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: stray, namespace: {ns}, labels: {{app: api}}}}\nspec: {{containers: [{{name: stray, image: 'registry.k8s.io/pause:3.10'}}]}}\n"
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&reports));
+    let pods = |prefix: &str| -> Vec<serde_json::Value> {
+        kubectl_json(&["get", "pods", "-n", ns, "-l", "app=api"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|pod| {
+                pod["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|name| name.starts_with(prefix))
+            })
+            .cloned()
+            .collect()
+    };
+    wait_until("the other team's pod", PATIENCE, || {
+        (pods("reports-").len() == 1).then_some(())
+    });
+    let _levee = Levee::start(ns, &["--leader-elect=false"]);
+    fixture.apply_policy("held");
+    fixture.burst();
+    fixture.wait_state("held", "Open");
+    let accepting = |pod: &serde_json::Value| pod["metadata"]["annotations"]["levee.dev/accepting"].clone();
+    wait_until("api's own pods held back", PATIENCE, || {
+        let ours = pods("api-");
+        (ours.len() == 2 && ours.iter().all(|pod| accepting(pod) == "false")).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for pod in pods("reports-").iter().chain(&pods("stray")) {
+        let name = &pod["metadata"]["name"];
+        assert!(accepting(pod).is_null(), "{name} was marked: {pod}");
+        assert!(
+            pod["metadata"]["labels"]["levee.dev/policy"].is_null(),
+            "{name}: {pod}"
+        );
+        assert_eq!(pod_condition(pod, "levee.dev/accepting"), "-", "{name}: {pod}");
+    }
+}
+
 #[test]
 fn a_policy_does_not_take_over_an_hpa_it_does_not_own() {
     let fixture = Fixture::create();

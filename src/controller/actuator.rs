@@ -1,5 +1,6 @@
 //! Holds producers back: puts each target's marks (see `marks`) on the workload and on every pod
-//! its selector matches, writing only what differs from the in-memory stores, so a steady state
+//! its selector matches that is its own (by the pod's controller owner reference: another
+//! workload's pod with the same labels is left alone), writing only what differs from the in-memory stores, so a steady state
 //! costs no API writes and a new pod is marked on the next tick. Producers carrying the policy's
 //! label that it no longer selects are released on the same pass: what levee marked is found in
 //! the cluster, never remembered, so a restart, a failover or a deletion while levee was down
@@ -15,7 +16,7 @@ use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use std::collections::HashSet;
@@ -51,6 +52,24 @@ trait Workload:
     const KIND: TargetKind;
     fn store(stores: &Stores) -> &IndexedStore<Self>;
     fn selector(&self) -> Option<&LabelSelector>;
+    /// Whether `pod` is this workload's own by its controller owner reference: a pod of another
+    /// workload that carries the same labels is not.
+    fn owns(&self, pod: &Pod) -> bool;
+}
+
+/// The controller owner reference of `pod` (trimmed pods keep only that one).
+fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
+    pod.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|owner| owner.controller == Some(true))
+}
+
+/// Whether `workload` itself (kind and UID) controls `pod`: a StatefulSet's, a DaemonSet's pods.
+fn directly_owned<K: Resource<DynamicType = ()>>(workload: &K, pod: &Pod) -> bool {
+    controller_of(pod)
+        .is_some_and(|owner| owner.kind == K::kind(&()) && Some(&owner.uid) == workload.meta().uid.as_ref())
 }
 
 impl Workload for Deployment {
@@ -60,6 +79,16 @@ impl Workload for Deployment {
     }
     fn selector(&self) -> Option<&LabelSelector> {
         self.spec.as_ref().map(|spec| &spec.selector)
+    }
+    /// A Deployment's pods belong to its ReplicaSets, which the Deployment controller names
+    /// `<deployment>-<pod-template-hash>` (the hash is also the pod's label), so a pod is the
+    /// Deployment's when its controller is the ReplicaSet of that name: no ReplicaSet is watched.
+    fn owns(&self, pod: &Pod) -> bool {
+        let hash = pod.labels().get("pod-template-hash");
+        controller_of(pod).is_some_and(|owner| {
+            owner.kind == "ReplicaSet"
+                && hash.is_some_and(|hash| owner.name == format!("{}-{hash}", self.name_any()))
+        })
     }
 }
 
@@ -71,6 +100,9 @@ impl Workload for StatefulSet {
     fn selector(&self) -> Option<&LabelSelector> {
         self.spec.as_ref().map(|spec| &spec.selector)
     }
+    fn owns(&self, pod: &Pod) -> bool {
+        directly_owned(self, pod)
+    }
 }
 
 impl Workload for DaemonSet {
@@ -80,6 +112,9 @@ impl Workload for DaemonSet {
     }
     fn selector(&self) -> Option<&LabelSelector> {
         self.spec.as_ref().map(|spec| &spec.selector)
+    }
+    fn owns(&self, pod: &Pod) -> bool {
+        directly_owned(self, pod)
     }
 }
 
@@ -102,10 +137,13 @@ impl Pass<'_> {
                 .push(format!("{:?} {}/{name}", K::KIND, self.namespace));
             return;
         };
-        let pods = workload
+        let pods: Vec<Arc<Pod>> = workload
             .selector()
             .map(|selector| live_pods(self.context.stores.pods.selected(&self.namespace, selector)))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|pod| workload.owns(pod))
+            .collect();
         self.selected_pods.extend(pods.iter().map(|pod| pod.name_any()));
         // The pods first: their condition is what takes them out of their Services' endpoints.
         mark_pods(self.context, pods, marks, &mut self.outcome).await;

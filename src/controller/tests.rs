@@ -27,13 +27,19 @@ fn deployment(annotations: Value) -> Deployment {
     deployment
 }
 
-/// A pod of the target (`jobs/<name>`, `app: api`), with `annotations` (see [`mark`]) and
-/// `conditions`.
+/// A pod of the target (`jobs/<name>`, `app: api`, of its ReplicaSet `api-5f`), with
+/// `annotations` (see [`mark`]) and `conditions`.
 fn pod(name: &str, annotations: Value, conditions: Value) -> Pod {
-    let mut pod = fixtures::pod("jobs", name, &[("app", "api")]);
+    let mut pod = fixtures::pod("jobs", name, &[("app", "api"), ("pod-template-hash", "5f")]);
+    pod.metadata.owner_references = Some(vec![replica_set("api-5f")]);
     mark(&mut pod.metadata, annotations);
     pod.status = Some(serde_json::from_value(json!({"conditions": conditions})).unwrap());
     pod
+}
+
+/// A controller owner reference to the ReplicaSet `name`.
+fn replica_set(name: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name, "uid": format!("uid-{name}"), "controller": true})).unwrap()
 }
 
 /// Puts `annotations` on an object, and the policy label levee puts on what it marked (none on
@@ -192,6 +198,45 @@ async fn nothing_is_written_when_every_mark_is_in_place() {
             throttled: 1,
             ..Default::default()
         }
+    );
+}
+
+/// Another workload's pods with the target's labels (a ReplicaSet of another name, a pod with no
+/// owner, a hash that does not name the ReplicaSet) are never marked: no request is made.
+#[tokio::test]
+async fn pods_with_the_targets_labels_but_another_owner_are_left_alone() {
+    let (client, _server) = mock();
+    let ours = pod("p1", open_annotations(), open_condition());
+    let mut other_team = pod("other-1", json!({}), json!([]));
+    other_team.metadata.owner_references = Some(vec![replica_set("reports-7c")]);
+    let mut bare = pod("bare", json!({}), json!([]));
+    bare.metadata.owner_references = None;
+    let mut wrong_hash = pod("copy", json!({}), json!([]));
+    wrong_hash
+        .labels_mut()
+        .insert("pod-template-hash".into(), "99".into());
+    let context = Context::for_tests(
+        client,
+        stores(
+            vec![deployment(open_annotations())],
+            vec![ours, other_team, bare, wrong_hash],
+        ),
+    );
+    let policy = policy(json!({}));
+    let outcome = within_2s(actuator::act(
+        &context,
+        &policy,
+        Intent::Follow(State::Open),
+        &rules(&policy),
+    ))
+    .await;
+    assert_eq!(
+        outcome,
+        actuator::Outcome {
+            throttled: 1,
+            ..Default::default()
+        },
+        "only the Deployment's own pod counts, and it is marked already"
     );
 }
 

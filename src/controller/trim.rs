@@ -26,9 +26,16 @@ fn metadata(meta: &mut ObjectMeta) {
     }
 }
 
-/// A pod: its metadata and levee's own condition (the only one the actuator compares).
+/// A pod: its metadata, its controller's owner reference (which workload it belongs to) and
+/// levee's own condition (the only one the actuator compares).
 pub fn pod(pod: &mut Pod) {
+    let controller = pod
+        .metadata
+        .owner_references
+        .take()
+        .and_then(|owners| owners.into_iter().find(|owner| owner.controller == Some(true)));
     metadata(&mut pod.metadata);
+    pod.metadata.owner_references = controller.map(|owner| vec![owner]);
     pod.spec = None;
     let conditions = pod
         .status
@@ -111,7 +118,8 @@ mod tests {
                 "name": "api-1", "namespace": "jobs", "labels": {"app": "api", "levee.dev/policy": "p"},
                 "annotations": {"levee.dev/accepting": "false", "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4000)},
                 "managedFields": [{"manager": "kubelet", "operation": "Update"}],
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-5f", "uid": "u"}],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-5f", "uid": "u", "controller": true},
+                                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "c"}],
                 "deletionTimestamp": "2026-11-28T00:00:00Z"
             },
             "spec": {"containers": [{"name": "api", "image": "api:1", "env": [{"name": "A", "value": "x".repeat(4000)}]}]},
@@ -127,7 +135,13 @@ mod tests {
         assert_eq!(pod.metadata.labels.as_ref().unwrap()["levee.dev/policy"], "p");
         assert_eq!(pod.metadata.annotations.as_ref().unwrap().len(), 1);
         assert!(pod.metadata.deletion_timestamp.is_some());
-        assert!(pod.metadata.owner_references.is_none());
+        let owners = pod.metadata.owner_references.as_ref().unwrap();
+        assert_eq!(
+            owners.len(),
+            1,
+            "only the controller: which workload the pod belongs to"
+        );
+        assert_eq!(owners[0].name, "api-5f");
         let conditions = pod.status.unwrap().conditions.unwrap();
         assert_eq!(conditions.len(), 1, "only levee's own condition is kept");
         assert_eq!(conditions[0].reason.as_deref(), Some("CircuitOpen"));

@@ -649,14 +649,18 @@ mod tests {
     #[test]
     fn a_status_refused_for_its_size_is_told_from_an_api_server_that_is_away() {
         let api = |code: u16, message: &str| {
-            kube::Error::Api(
-                kube::core::Status::failure(message, "").with_code(code).boxed(),
-            )
+            kube::Error::Api(kube::core::Status::failure(message, "").with_code(code).boxed())
         };
         let etcd = "rpc error: code = ResourceExhausted desc = trying to send message larger than max (2543583 vs. 2097152)";
         assert!(refused_as_too_large(&api(500, etcd)));
-        assert!(refused_as_too_large(&api(500, "etcdserver: request is too large")));
-        assert!(refused_as_too_large(&api(422, "status.conditions[0].message: Too long")));
+        assert!(refused_as_too_large(&api(
+            500,
+            "etcdserver: request is too large"
+        )));
+        assert!(refused_as_too_large(&api(
+            422,
+            "status.conditions[0].message: Too long"
+        )));
         assert!(refused_as_too_large(&api(413, "request entity too large")));
         assert!(!refused_as_too_large(&api(500, "etcdserver: leader changed")));
         assert!(!refused_as_too_large(&api(429, "too many requests")));

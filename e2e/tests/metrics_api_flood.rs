@@ -1,5 +1,6 @@
 //! The real `levee run` process under a connection flood on its external metrics API (loopback,
-//! bounded): 2,000 TCP connections opened and never used. Before the connection limits, all
+//! bounded): 2,000 TCP connections opened and never used; and 2,000 anonymous TLS clients while
+//! the API server's aggregator reads a metric through it. Before the connection limits, all
 //! 2,000 were still open 90 s later and levee's memory went from 17 to 38 MiB; now the server
 //! closes each one that has not finished its TLS handshake within 5 s, holds at most 1,024 at
 //! once, and its memory stays bounded.
@@ -7,6 +8,8 @@
 use levee_e2e::redis::closed_by_server;
 use levee_e2e::*;
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const CONNECTIONS: usize = 2_000;
@@ -76,4 +79,166 @@ fn a_flood_of_idle_connections_is_closed_and_memory_stays_bounded() {
         "memory comes back once the connections are gone: {before:.1} -> {after:.1} MiB"
     );
     assert_eq!(levee.get("/readyz").as_deref(), Some("ok"), "levee still serves");
+}
+
+/// Anonymous TLS clients (no client certificate) that accept no answer from the server in
+/// return for holding a connection: `CLIENTS` of them, each reconnecting as soon as it is closed.
+fn flood_with_anonymous_tls(
+    port: u16,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServer))
+                .with_no_client_auth();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let connections = Arc::new(AtomicU64::new(0));
+            let tasks: Vec<_> = (0..clients)
+                .map(|_| {
+                    let (connector, stop, connections) =
+                        (connector.clone(), stop.clone(), connections.clone());
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut buffer = [0u8; 64];
+                        while !stop.load(Ordering::Relaxed) {
+                            let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            };
+                            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                            if let Ok(mut tls) = connector.connect(name, tcp).await {
+                                connections.fetch_add(1, Ordering::Relaxed);
+                                // Held until the server closes it (or the flood ends).
+                                let _ =
+                                    tokio::time::timeout(Duration::from_secs(2), tls.read(&mut buffer)).await;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let _ = task.await;
+            }
+            connections.load(Ordering::Relaxed)
+        })
+    })
+}
+
+/// Any server certificate: the flood does not care whom it floods.
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// 2,000 anonymous TLS clients holding and re-opening connections to the real `levee run` while
+/// the API server's aggregator asks for a metric through it: the aggregator's connection
+/// presented the front-proxy certificate, so it is never the one closed to make room, and every
+/// one of its requests is answered. (Before the anonymous cap, 1,024 such connections took every
+/// slot and locked the aggregator out.)
+#[test]
+fn two_thousand_anonymous_tls_clients_do_not_lock_the_aggregator_out() {
+    install_crd();
+    let namespace = TestNamespace::create("levee-anon-flood");
+    let ns = namespace.name.clone();
+    let redis = levee_e2e::redis::RedisServer::start();
+    levee_e2e::fixture::PolicyYaml::new("flooded", &ns, format!("{{url: '{}'}}", redis.url()))
+        .set("queues", "[{name: jobs, type: list, key: jobs}]")
+        .set("sampleInterval", "500ms")
+        .without("targets")
+        .apply();
+    redis.push_jobs("jobs", 7);
+    let served = ServedMetricsApi::start(&ns, &[], &[]);
+    let path = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/levee_pending?labelSelector=policy%3Dflooded"
+    );
+    let read = || {
+        raw_get(&path)
+            .ok()
+            .filter(|list| list["items"][0]["value"] == "7")
+    };
+    wait_until(
+        "levee_pending through the aggregator",
+        Duration::from_secs(60),
+        read,
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = flood_with_anonymous_tls(served.levee.api_port, 2_000, stop.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    let mut answered = 0;
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    for _ in 0..20 {
+        match raw_get(&path) {
+            Ok(list) if list["items"][0]["value"] == "7" => answered += 1,
+            other => failures.push(format!("{other:?}")),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let took = started.elapsed();
+    let evicted = served
+        .levee
+        .metric("levee_metrics_api_connections_closed_total{reason=\"evicted_anonymous\"}")
+        .expect("levee exports the series");
+    let open = served
+        .levee
+        .metric("levee_metrics_api_connections")
+        .expect("levee exports the gauge");
+    stop.store(true, Ordering::Relaxed);
+    let connections = flood.join().unwrap();
+    eprintln!(
+        "figure: 2,000 anonymous TLS clients ({connections} connections made): the aggregator's 20 requests in {took:.1?}, {answered} answered; {evicted} anonymous connections closed to make room; {open} open"
+    );
+    assert!(
+        failures.is_empty(),
+        "every request through the aggregator answered: {failures:?}"
+    );
+    assert!(
+        evicted >= 1_000.0,
+        "the flood was real and met the cap: {evicted} evicted"
+    );
+    assert!(open <= 1_024.0, "{open} open");
 }

@@ -6,6 +6,7 @@ pub mod heap;
 pub mod run;
 pub mod sample;
 pub mod serving_cert;
+mod serving_runtime;
 
 use std::process::ExitCode;
 

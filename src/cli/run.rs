@@ -1,5 +1,6 @@
 //! `levee run`: the controller, with its metrics and health endpoints, until SIGTERM or Ctrl-C.
 
+use super::serving_runtime::ServingRuntime;
 use crate::controller::{self, LeaseSettings, Settings};
 use crate::external_scaler::{
     self,
@@ -231,21 +232,33 @@ pub async fn run(args: RunArgs) -> ExitCode {
         delegate,
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(telemetry::plain_port::serve(
-        metrics.clone(),
-        plain_listener,
-        args.metrics_plain_loopback,
-        telemetry::plain_port::PLAIN_LIMITS,
-        wait_for(stopped.clone()),
-    ));
+    let serving = match ServingRuntime::start() {
+        Ok(serving) => serving,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the servers' threads");
+            return ExitCode::from(1);
+        }
+    };
     let limits = ConnectionLimits::default();
-    let metrics_api = tokio::spawn(server::serve(
-        api,
-        listener,
-        cert,
-        limits,
-        wait_for(stopped.clone()),
-    ));
+    let plain = {
+        let (metrics, stopped) = (metrics.clone(), stopped.clone());
+        let plain_loopback = args.metrics_plain_loopback;
+        serving.spawn(plain_listener, move |listener| {
+            telemetry::plain_port::serve(
+                metrics,
+                listener,
+                plain_loopback,
+                telemetry::plain_port::PLAIN_LIMITS,
+                wait_for(stopped),
+            )
+        })
+    };
+    let metrics_api = {
+        let stopped = stopped.clone();
+        serving.spawn(listener, move |listener| {
+            server::serve(api, listener, cert, limits, wait_for(stopped))
+        })
+    };
     let scaler = scaler_listener.map(|(listener, tls)| {
         let scaler = Scaler::new(
             values.clone(),
@@ -255,15 +268,19 @@ pub async fn run(args: RunArgs) -> ExitCode {
                 per_namespace: args.external_scaler_streams_per_namespace,
             },
         );
-        tokio::spawn(external_scaler::server::serve(
-            scaler,
-            listener,
-            tls,
-            ClientNames(args.external_scaler_client_names.clone().into()),
-            limits,
-            wait_for(stopped.clone()),
-        ))
+        let names = ClientNames(args.external_scaler_client_names.clone().into());
+        let stopped = stopped.clone();
+        serving.spawn(listener, move |listener| {
+            external_scaler::server::serve(scaler, listener, tls, names, limits, wait_for(stopped))
+        })
     });
+    let servers = match (plain, metrics_api, scaler.transpose()) {
+        (Ok(plain), Ok(metrics_api), Ok(scaler)) => [Some(plain), Some(metrics_api), scaler],
+        (Err(error), ..) | (_, Err(error), _) | (.., Err(error)) => {
+            tracing::error!(%error, "cannot move a listener onto the servers' threads");
+            return ExitCode::from(1);
+        }
+    };
     let signal = tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -271,11 +288,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
     });
     let result = controller::run(clients, settings, metrics, values, wait_for(stopped)).await;
     signal.abort();
-    server.abort();
-    metrics_api.abort();
-    if let Some(scaler) = scaler {
-        scaler.abort();
+    for server in servers.into_iter().flatten() {
+        server.abort();
     }
+    drop(serving);
     trust_task.abort();
     if let Some(heap_task) = heap_task {
         heap_task.abort();

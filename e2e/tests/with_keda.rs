@@ -362,3 +362,161 @@ fn forwarding_as_the_caller_the_delegate_sees_the_user_who_asked_and_not_levee()
         "levee never asked as itself: {users:?}"
     );
 }
+
+/// `count` `StreamIsActive` streams to levee's scaler on `port` naming policies that do not
+/// exist, spread over `namespaces` made-up namespaces, with KEDA's own client certificate (what
+/// 1,000 tenants' ScaledObjects naming missing policies would have KEDA open): each re-opened
+/// as soon as levee ends it, until `stop`. Returns how many were opened and how many refused.
+fn flood_streams(
+    keda: &Keda,
+    port: u16,
+    count: usize,
+    namespaces: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64)> {
+    use levee::external_scaler::proto::ScaledObjectRef;
+    use levee::external_scaler::proto::external_scaler_client::ExternalScalerClient;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let read = |name: &str| std::fs::read(keda.tls.path(name)).unwrap();
+    let (ca, cert, key) = (read("ca.crt"), read("client.crt"), read("client.key"));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut &ca[..]) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let chain = rustls_pemfile::certs(&mut &cert[..])
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls_pemfile::private_key(&mut &key[..]).unwrap().unwrap();
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let connector = connector.clone();
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                        let tls = connector.connect(name, tcp).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                    }
+                }))
+                .await
+                .expect("the flood connects as KEDA");
+            let (opened, refused) = (
+                std::sync::Arc::new(AtomicU64::new(0)),
+                std::sync::Arc::new(AtomicU64::new(0)),
+            );
+            let tasks: Vec<_> = (0..count)
+                .map(|i| {
+                    let mut client = ExternalScalerClient::new(channel.clone());
+                    let (stop, opened, refused) = (stop.clone(), opened.clone(), refused.clone());
+                    tokio::spawn(async move {
+                        let trigger = ScaledObjectRef {
+                            name: format!("so-{i}"),
+                            namespace: format!("tenant-{}", i % namespaces),
+                            scaler_metadata: [("policy".to_string(), format!("missing-{i}"))].into(),
+                        };
+                        while !stop.load(Ordering::Relaxed) {
+                            match client.stream_is_active(trigger.clone()).await {
+                                Ok(stream) => {
+                                    opened.fetch_add(1, Ordering::Relaxed);
+                                    let mut stream = stream.into_inner();
+                                    while let Ok(Some(_)) = stream.message().await {}
+                                }
+                                Err(_) => {
+                                    refused.fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            }
+            (opened.load(Ordering::Relaxed), refused.load(Ordering::Relaxed))
+        })
+    })
+}
+
+/// 1,000 `StreamIsActive` streams for policies that do not exist (20 namespaces of 50) do not
+/// keep a real ScaledObject from its own: KEDA's stream is opened beside them, a burst is pushed
+/// to it and wakes the workers, and KEDA's GetMetrics calls are answered. Before the caps and the
+/// missing-policy grace, ~256 such streams on KEDA's connection blocked every other call.
+#[test]
+fn a_thousand_streams_for_missing_policies_leave_a_real_scaled_object_its_own() {
+    let _turn = APISERVICE.lock().unwrap_or_else(|e| e.into_inner());
+    install_crd();
+    let namespace = TestNamespace::create("levee-e2e-kedaflood");
+    let ns = namespace.name.clone();
+    let keda = Keda::start();
+    let _guard = ApiServiceGuard;
+    keda.serve_external_metrics();
+    let redis = RedisServer::start();
+    let worker = std::fs::read_to_string(repo_root().join("examples/worker.yaml")).unwrap();
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&worker.replace("namespace: jobs", &format!("namespace: {ns}"))),
+    );
+    PolicyYaml::new("scale", &ns, format!("{{url: '{}'}}", redis.url()))
+        .set("queues", "[{name: jobs, type: list, key: jobs}]")
+        .set("sampleInterval", "500ms")
+        .set("thresholds", "{warning: 5000, critical: 9000, recovery: 100}")
+        .without("targets")
+        .apply();
+    let scaler_port = free_port();
+    let flags = keda.levee_flags(scaler_port);
+    let levee = Levee::start(&ns, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    keda.trigger_authentication(&ns);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = flood_streams(&keda, scaler_port, 1_000, 20, stop.clone());
+    wait_until("the flood's 1,000 streams open", Duration::from_secs(60), || {
+        (levee.metric("levee_external_scaler_streams")? >= 1_000.0).then_some(())
+    });
+    kubectl_ok(&["apply", "-f", "-"], Some(&scaled_object(&ns, scaler_port, 600)));
+    wait_until(
+        "KEDA's own stream opens beside them",
+        Duration::from_secs(90),
+        || (levee.metric("levee_external_scaler_streams")? >= 1_001.0).then_some(()),
+    );
+    wait_until(
+        "KEDA scales the idle workers to zero",
+        Duration::from_secs(90),
+        || (replicas(&ns) == 0).then_some(()),
+    );
+    let pushed_at = Instant::now();
+    redis.push_jobs("jobs", 450);
+    wait_until("the push wakes the workers", Duration::from_secs(60), || {
+        (replicas(&ns) >= 1).then_some(())
+    });
+    let woke = pushed_at.elapsed();
+    wait_until("KEDA's GetMetrics answered", Duration::from_secs(60), || {
+        (levee.metric("levee_external_scaler_requests_total{code=\"OK\",rpc=\"GetMetrics\"}")? >= 1.0)
+            .then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (opened, refused) = flood.join().unwrap();
+    let ended = levee
+        .metric("levee_external_scaler_requests_total{code=\"NotFound\",rpc=\"StreamIsActive\"}")
+        .unwrap_or(0.0);
+    eprintln!(
+        "figure: 1,000 streams for missing policies ({opened} opened, {refused} refused, {ended} ended as NotFound): KEDA's stream opened beside them, burst -> first worker in {woke:.1?}"
+    );
+    assert!(opened >= 1_000, "the flood held its 1,000 streams: {opened}");
+}

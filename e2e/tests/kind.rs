@@ -4,7 +4,8 @@
 //! Service in front of levee's pods. One test in phases, since it drives one cluster-wide install:
 //! a burst holds the producers back (they leave their Service's EndpointSlice) and scales the
 //! workers; the leader pod is deleted and the follower takes over without releasing anyone;
-//! `helm upgrade` keeps the certificate and the circuit; the drain lets everything go; deleting
+//! `helm upgrade` keeps the certificate and the circuit; the drain lets everything go; a tenant's
+//! hostile "Redis" restarts no levee pod; deleting
 //! the policies and `helm uninstall` leave every producer accepting and nothing of levee behind.
 //!
 //! Ignored unless asked for: `e2e/scripts/kind.sh` runs it with `--ignored` against its cluster.
@@ -186,6 +187,75 @@ fn wait_api_service_available() {
     );
 }
 
+/// Each levee pod's name, restart count and last termination reason.
+fn levee_restarts() -> Vec<(String, i64, String)> {
+    let pods = kubectl_json(&[
+        "get",
+        "pods",
+        "-n",
+        RELEASE_NS,
+        "-l",
+        "app.kubernetes.io/name=levee",
+    ]);
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
+        .map(|pod| {
+            let status = &pod["status"]["containerStatuses"][0];
+            (
+                pod["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                status["restartCount"].as_i64().unwrap_or(-1),
+                status["lastState"]["terminated"]["reason"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The namespace `hostile`: a busybox pod (the producer image) whose `nc` answers every
+/// connection on 6379 with `$4000000000` and then zeros without end, its Service, and a policy
+/// naming it with the longest timeout a policy may have.
+fn hostile_redis(busybox_image: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: hostile}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fake-redis, namespace: hostile, labels: {{app: fake-redis}}}}
+spec:
+  containers:
+    - name: fake
+      image: {busybox_image}
+      command: ["/bin/sh", "-c", "while true; do (printf '$4000000000
+'; cat /dev/zero) | nc -l -p 6379; done"]
+      resources: {{limits: {{memory: 32Mi}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: fake-redis, namespace: hostile}}
+spec:
+  selector: {{app: fake-redis}}
+  ports: [{{port: 6379}}]
+---
+apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {{name: hostile, namespace: hostile}}
+spec:
+  redis: {{url: "redis://fake-redis.hostile.svc:6379/0", timeout: 10s}}
+  queues: [{{name: q, type: list, key: q}}]
+  sampleInterval: 1s
+  thresholds: {{warning: 50, critical: 100, recovery: 20}}
+"#
+    )
+}
+
 fn api_service() -> Value {
     kubectl_json(&["get", "apiservice", "v1beta1.external.metrics.k8s.io"])
 }
@@ -302,6 +372,43 @@ fn levee_as_pods_in_kind() {
     wait_until("the HPA scales the workers down", PATIENCE, || {
         (worker_replicas() == 1).then_some(())
     });
+
+    // A tenant's hostile "Redis": a pod in another namespace answering every connection with a
+    // bulk string of 4 GB that never ends, and a policy there naming it with the longest timeout.
+    // Before replies were bounded both replicas were OOMKilled within 10 s; now they never
+    // restart, the APIService stays Available, and the smoke policy keeps sampling.
+    let restarts_before = levee_restarts();
+    kubectl_ok(&["apply", "-f", "-"], Some(&hostile_redis(&images()["producer"])));
+    let hostile_status = || kubectl_json(&["get", "bpp", "hostile", "-n", "hostile"])["status"].clone();
+    let refused = wait_until("the hostile Redis's reply is refused", PATIENCE, || {
+        let status = hostile_status();
+        let error = status["queues"][0]["error"].as_str().or_else(|| {
+            status["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "RedisReachable" && c["status"] == "False")?["message"]
+                .as_str()
+        })?;
+        error.contains("larger than").then(|| error.to_string())
+    });
+    let sampled_before = status()["lastSampleTime"].clone();
+    std::thread::sleep(Duration::from_secs(45));
+    let restarts_after = levee_restarts();
+    eprintln!(
+        "figure: kind, 45 s against a hostile Redis: {refused:?}; levee pods {restarts_before:?} -> {restarts_after:?}"
+    );
+    assert_eq!(
+        restarts_after, restarts_before,
+        "no levee pod restarted (nor was OOMKilled)"
+    );
+    wait_api_service_available();
+    assert_ne!(
+        status()["lastSampleTime"],
+        sampled_before,
+        "the smoke policy kept sampling"
+    );
+    wait_state("Closed");
+    kubectl_ok(&["delete", "namespace", "hostile", "--wait=false"], None);
 
     // Deleting the policies while Open, then helm uninstall: every producer accepting, nothing
     // of levee left.

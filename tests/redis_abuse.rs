@@ -158,3 +158,102 @@ fn a_hostile_redis_costs_levee_a_bounded_memory_and_other_policies_nothing() {
     );
     assert!(healthy.iter().all(|t| t["pending"] == 7), "{healthy:?}");
 }
+
+/// Reads one RESP command (an array of bulk strings) from `reader`; `None` at the end.
+fn read_command(reader: &mut BufReader<TcpStream>) -> Option<Vec<String>> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok().filter(|&n| n > 0)?;
+    let count: usize = line.trim().strip_prefix('*')?.parse().ok()?;
+    let mut parts = Vec::with_capacity(count);
+    for _ in 0..count {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let length: usize = line.trim().strip_prefix('$')?.parse().ok()?;
+        let mut data = vec![0u8; length + 2];
+        reader.read_exact(&mut data).ok()?;
+        data.truncate(length);
+        parts.push(String::from_utf8_lossy(&data).into_owned());
+    }
+    Some(parts)
+}
+
+/// A "Redis" that answers every SCAN with a cursor that never ends and 1,000 new key names of
+/// 1,000 bytes (just under the 1 MiB reply bound), and everything else with +OK.
+fn endless_scan() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let (started, mut batch) = (Instant::now(), 0u64);
+                while let Some(command) = read_command(&mut reader) {
+                    if started.elapsed() > STREAM_FOR {
+                        return;
+                    }
+                    let reply = if command[0].eq_ignore_ascii_case("SCAN") {
+                        batch += 1;
+                        let mut reply = b"*2\r\n$1\r\n1\r\n*1000\r\n".to_vec();
+                        for i in 0..1000 {
+                            let key = format!("jobs:{batch:08}:{i:04}:{}", "k".repeat(980));
+                            reply.extend(format!("${}\r\n{key}\r\n", key.len()).as_bytes());
+                        }
+                        reply
+                    } else {
+                        b"+OK\r\n".to_vec()
+                    };
+                    if writer.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A hostile server whose SCAN never ends, each reply full of new names: the discovery stops at
+/// 16 MiB of names (or 100,000 keys) and says to narrow the pattern, and levee's memory stays
+/// bounded. Before, it kept every name for up to 10,000 calls (10 GB) until the deadline.
+#[test]
+fn a_scan_that_never_ends_is_cut_at_a_bound_of_names() {
+    let port = endless_scan();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    let policy = policy("scanned", port, "1s").replace(
+        "    - {name: jobs, type: list, key: jobs}",
+        "    - {name: found, type: list, keyPattern: 'jobs:*'}",
+    );
+    std::fs::write(&file, policy).unwrap();
+    let started = Instant::now();
+    let levee = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["sample", "--once", "-f", file.to_str().unwrap(), "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = levee.id();
+    let mut peak = 0;
+    let waiter = std::thread::spawn(move || levee.wait_with_output().unwrap());
+    while !waiter.is_finished() && started.elapsed() < Duration::from_secs(60) {
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = waiter.join().unwrap();
+    let took = started.elapsed();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!(
+        "figure: endless SCAN: levee sample --once ended in {took:.1?}, peak RSS {} MiB",
+        peak / 1024
+    );
+    assert!(
+        said.contains("narrow keyPattern") && said.contains("matched more than"),
+        "{said}"
+    );
+    assert!(peak < 128 * 1024, "peak RSS {} MiB", peak / 1024);
+}

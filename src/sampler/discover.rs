@@ -1,6 +1,7 @@
 //! Finds the queues a policy's `keyPattern` entries name: the libraries' registries (a set read
 //! with `SMEMBERS`) or the keys of a type (`SCAN`, on every master in Cluster mode). Runs in the
-//! background at `discovery.interval`, never in a tick; bounded in keys scanned and in time.
+//! background at `discovery.interval`, never in a tick; bounded in calls, in keys and bytes
+//! collected, and in time.
 
 use super::Sampler;
 use super::connections::EndpointConnections;
@@ -14,6 +15,11 @@ use std::time::Duration;
 const SCAN_COUNT: usize = 1000;
 /// A scan of one node stops after this many calls (10 million keys looked at).
 const MAX_SCAN_CALLS: usize = 10_000;
+/// What one pattern's scan may collect, over every node: ten times the most queues a policy may
+/// discover, and the bytes of their names. A server that answers every SCAN with a full reply of
+/// new names (up to `--max-reply-bytes` each) stops here, not at the end of the process's memory.
+pub const MAX_SCANNED_KEYS: usize = 100_000;
+pub const MAX_SCANNED_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a discovery found.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -120,12 +126,12 @@ async fn candidates(
                     .map_err(|e| format!("SMEMBERS {key}: {e}"))
             }
             Source::Scan { pattern, type_, .. } => {
-                let mut keys = Vec::new();
+                let mut found = Scanned::default();
                 for node in topology.nodes() {
                     let mut connection = state.connection(endpoint, &node).await?;
-                    keys.extend(scan(&mut connection, pattern, *type_).await?);
+                    scan(&mut connection, pattern, *type_, &mut found).await?;
                 }
-                Ok(keys)
+                Ok(found.keys)
             }
         }
     };
@@ -134,12 +140,35 @@ async fn candidates(
         .map_err(|_| format!("{endpoint}: discovery took longer than {deadline:?}"))?
 }
 
+/// The keys a pattern's scan collected so far, over the nodes.
+#[derive(Default)]
+struct Scanned {
+    keys: Vec<String>,
+    bytes: usize,
+}
+
+impl Scanned {
+    /// Adds `batch`; an error once the scan holds more than `MAX_SCANNED_KEYS` keys or
+    /// `MAX_SCANNED_BYTES` of names.
+    fn add(&mut self, pattern: &str, batch: Vec<String>) -> Result<(), String> {
+        self.bytes += batch.iter().map(String::len).sum::<usize>();
+        self.keys.extend(batch);
+        if self.keys.len() > MAX_SCANNED_KEYS || self.bytes > MAX_SCANNED_BYTES {
+            return Err(format!(
+                "SCAN MATCH {pattern} matched more than {MAX_SCANNED_KEYS} keys or {} MiB of names: narrow keyPattern",
+                MAX_SCANNED_BYTES >> 20
+            ));
+        }
+        Ok(())
+    }
+}
+
 async fn scan(
     connection: &mut MultiplexedConnection,
     pattern: &str,
     type_: Option<&str>,
-) -> Result<Vec<String>, String> {
-    let mut keys = Vec::new();
+    found: &mut Scanned,
+) -> Result<(), String> {
     let mut cursor: u64 = 0;
     for _ in 0..MAX_SCAN_CALLS {
         let mut command = redis::cmd("SCAN");
@@ -156,10 +185,10 @@ async fn scan(
             .query_async(connection)
             .await
             .map_err(|e| format!("SCAN MATCH {pattern}: {e}"))?;
-        keys.extend(batch);
+        found.add(pattern, batch)?;
         cursor = next;
         if cursor == 0 {
-            return Ok(keys);
+            return Ok(());
         }
     }
     Err(format!(

@@ -47,6 +47,20 @@ report() {
 }
 trap report EXIT
 
+# One Cargo build directory for every clone on this machine: the dependencies compile once, and
+# each clone's own crates still rebuild (a fresh clone's files are newer than anything built
+# before it); the final binaries stay in the clone's target/. Past 40 GB it starts afresh.
+# LEVEE_SHARED_BUILD_DIR=0, or a CARGO_BUILD_BUILD_DIR of your own, turns it off.
+if [[ "${LEVEE_SHARED_BUILD_DIR:-1}" != 0 && -z "${CARGO_BUILD_BUILD_DIR:-}" ]]; then
+  export CARGO_BUILD_BUILD_DIR="$HOME/.cache/levee/cargo-build"
+  mkdir -p "$CARGO_BUILD_BUILD_DIR"
+  if (($(du -s --block-size=1G "$CARGO_BUILD_BUILD_DIR" | cut -f1) > 40)); then
+    echo "make test: $CARGO_BUILD_BUILD_DIR is over 40 GB; starting it afresh" >&2
+    rm -rf "$CARGO_BUILD_BUILD_DIR" && mkdir -p "$CARGO_BUILD_BUILD_DIR"
+  fi
+  echo "make test: Cargo's build directory (shared by this machine's clones): $CARGO_BUILD_BUILD_DIR" >&2
+fi
+
 phase deps scripts/deps.sh
 # Docker first, in the foreground: what dockerd starts inherits its priority, and the background
 # builds run at nice 19.

@@ -89,6 +89,42 @@ fn metric_path(path: &str) -> Option<(String, String)> {
     Some((decode(namespace)?, decode(metric)?))
 }
 
+/// The `labelSelector` of a request's query (undecoded), decoded.
+fn label_selector(query: Option<&str>) -> Option<String> {
+    query
+        .into_iter()
+        .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+        .find(|(key, _)| key == "labelSelector")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// What levee asks a delegate for a metric read: the path rebuilt from the namespace and metric
+/// that were checked and authorized (the metric in lower case, as reviewed), and of the query
+/// only its `labelSelector`, encoded again. Nothing else of the caller's path or query reaches
+/// the delegate (no `..`, no encoded slash, no parameter levee did not look at).
+pub fn delegated_path(namespace: &str, metric: &str, query: Option<&str>) -> String {
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let encode = |part: &str| percent_encoding::utf8_percent_encode(part, UNRESERVED).to_string();
+    let mut path = format!(
+        "/apis/{GROUP}/{VERSION}/namespaces/{}/{}",
+        encode(namespace),
+        encode(&metric.to_lowercase())
+    );
+    if let Some(selector) = label_selector(query) {
+        path.push('?');
+        path.push_str(
+            &url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("labelSelector", &selector)
+                .finish(),
+        );
+    }
+    path
+}
+
 /// Whether levee serves the metric named in a request path (any case, as the HPA lower-cases).
 pub fn serves(metric: &str) -> bool {
     SERVED.iter().any(|served| metric.eq_ignore_ascii_case(served))
@@ -212,12 +248,7 @@ fn metric_list(
         return unknown_metric(metric);
     }
     let metric = metric.to_lowercase();
-    let selector_text = query
-        .into_iter()
-        .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
-        .find(|(key, _)| key == "labelSelector")
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default();
+    let selector_text = label_selector(query).unwrap_or_default();
     let selector = match selector::parse(&selector_text) {
         Ok(selector) => selector,
         Err(error) => return status(400, "BadRequest", &error.to_string()),

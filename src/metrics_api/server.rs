@@ -187,9 +187,9 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
     if let (Some(delegate), Some(caller)) = (&api.delegate, &caller) {
         let headers = api.trust.config.read().expect("config lock").clone();
         match &access {
-            Access::Metric { metric, .. } if !routes::serves(metric) => {
-                let path_and_query = parts.uri.path_and_query().map_or(path, |p| p.as_str());
-                return delegate.forward(path_and_query, caller, &headers).await;
+            Access::Metric { namespace, metric } if !routes::serves(metric) => {
+                let rebuilt = routes::delegated_path(namespace, metric, parts.uri.query());
+                return delegate.forward(&rebuilt, caller, &headers).await;
             }
             _ if routes::is_discovery(path) => {
                 let delegated = delegate.resources(caller, &headers).await.unwrap_or_default();

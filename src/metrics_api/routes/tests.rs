@@ -272,3 +272,23 @@ fn access_tells_which_paths_need_authorization() {
         }
     );
 }
+
+#[test]
+fn a_delegated_read_is_rebuilt_from_the_checked_parts() {
+    assert_eq!(
+        delegated_path(
+            "jobs",
+            "S0-Redis-Emails",
+            Some("labelSelector=scaledobject.keda.sh%2Fname%3Dworker&watch=true&x=..%2F..")
+        ),
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/jobs/s0-redis-emails?labelSelector=scaledobject.keda.sh%2Fname%3Dworker"
+    );
+    assert_eq!(
+        delegated_path("jobs", "s0-redis-emails:a b", None),
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/jobs/s0-redis-emails%3Aa%20b"
+    );
+    assert_eq!(
+        delegated_path("jobs", "s0-redis-emails", None),
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/jobs/s0-redis-emails"
+    );
+}

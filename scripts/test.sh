@@ -47,13 +47,21 @@ report() {
 }
 trap report EXIT
 
-# One Cargo build directory for every clone on this machine: the dependencies compile once, and
-# each clone's own crates still rebuild (a fresh clone's files are newer than anything built
-# before it); the final binaries stay in the clone's target/. Past 40 GB it starts afresh.
+# One Cargo build directory for every clone on this machine: the dependencies compile once; the
+# final binaries stay in the clone's target/. Cargo judges a workspace crate fresh by its files'
+# times, and two clones' crates share artifact names: so the run holds the directory's lock (two
+# runs on one machine take turns) and first touches the clone's tracked files, which makes them
+# newer than anything another clone built there. Past 40 GB it starts afresh.
 # LEVEE_SHARED_BUILD_DIR=0, or a CARGO_BUILD_BUILD_DIR of your own, turns it off.
 if [[ "${LEVEE_SHARED_BUILD_DIR:-1}" != 0 && -z "${CARGO_BUILD_BUILD_DIR:-}" ]]; then
   export CARGO_BUILD_BUILD_DIR="$HOME/.cache/levee/cargo-build"
   mkdir -p "$CARGO_BUILD_BUILD_DIR"
+  exec {shared_build_lock}>"$CARGO_BUILD_BUILD_DIR.lock"
+  if ! flock -n "$shared_build_lock"; then
+    echo "make test: another run holds $CARGO_BUILD_BUILD_DIR; waiting for it" >&2
+    flock "$shared_build_lock"
+  fi
+  git ls-files -z | xargs -0 touch -c --
   if (($(du -s --block-size=1G "$CARGO_BUILD_BUILD_DIR" | cut -f1) > 40)); then
     echo "make test: $CARGO_BUILD_BUILD_DIR is over 40 GB; starting it afresh" >&2
     rm -rf "$CARGO_BUILD_BUILD_DIR" && mkdir -p "$CARGO_BUILD_BUILD_DIR"

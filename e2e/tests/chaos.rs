@@ -5,7 +5,8 @@
 use levee_e2e::fixture::{Fixture, PATIENCE, PolicyYaml};
 use levee_e2e::*;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 fn run(args: &[&str]) {
     let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
@@ -24,7 +25,9 @@ struct IsolatedRedis {
 
 impl IsolatedRedis {
     fn start() -> Self {
-        let id = std::process::id() % 250;
+        // Two per process (the tests of this file run side by side), none shared with another.
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let id = (std::process::id() % 120) * 2 + STARTED.fetch_add(1, Ordering::Relaxed) % 2;
         let (netns, host_link, peer) = (
             format!("levee-chaos-{id}"),
             format!("lvh{id}"),
@@ -204,4 +207,116 @@ fn dropped_packets_apply_on_sample_failure_and_the_circuit_resumes_when_they_flo
     let opened = fixture.events("CircuitOpened");
     assert_eq!(opened.len(), 1, "opened once: {opened:?}");
     assert!(opened[0].contains("failed samples in a row"), "{opened:?}");
+}
+
+/// Each policy's value of `metric` in levee's `/metrics` (`None` when it cannot be read).
+fn by_policy(levee: &Levee, metric: &str) -> Option<std::collections::HashMap<String, f64>> {
+    let text = levee.get("/metrics")?;
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                let labels = line.strip_prefix(metric)?.strip_prefix('{')?;
+                let (labels, value) = labels.split_once("} ")?;
+                let policy = labels.split("policy=\"").nth(1)?.split('"').next()?;
+                Some((policy.to_string(), value.trim().parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// 200 policies on one Redis whose packets are dropped all apply `onSampleFailure` within
+/// `after` x interval + one timeout + 1 s of the drop: no policy's tick waits for another's dial
+/// to the same dead server. Policies on a healthy Redis, beside them in the same levee, keep
+/// their interval meanwhile.
+#[test]
+fn two_hundred_policies_on_a_partitioned_redis_apply_on_sample_failure_together() {
+    if !may_run_chaos() {
+        return;
+    }
+    const DEAD: usize = 200;
+    const HEALTHY: usize = 5;
+    let fixture = Fixture::create();
+    let redis = IsolatedRedis::start();
+    let levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    let (dead, healthy) = (
+        format!("{{url: '{}', timeout: 300ms}}", redis.url()),
+        format!("{{url: '{}', timeout: 300ms}}", fixture.redis.url()),
+    );
+    // Targets that do not exist: the test is about sampling and deciding, not marking pods.
+    let policy = |name: String, redis: &str| {
+        PolicyYaml::new(&name, fixture.ns(), redis)
+            .set("sampleInterval", "1s")
+            .set("onSampleFailure", "{action: Open, after: 3}")
+            .set("targets", format!("[{{kind: Deployment, name: absent-{name}}}]"))
+            .yaml()
+    };
+    let mut manifests = String::new();
+    for i in 0..DEAD {
+        manifests += &policy(format!("dead-{i}"), &dead);
+        manifests += "---\n";
+    }
+    for i in 0..HEALTHY {
+        manifests += &policy(format!("healthy-{i}"), &healthy);
+        manifests += "---\n";
+    }
+    kubectl_ok(&["apply", "-f", "-"], Some(&manifests));
+    wait_until("every policy sampled and Closed", PATIENCE, || {
+        let states = by_policy(&levee, "levee_circuit_state")?;
+        (states.len() == DEAD + HEALTHY && states.values().all(|state| *state == 0.0)).then_some(())
+    });
+
+    let samples_before = by_policy(&levee, "levee_sample_duration_seconds_count").expect("/metrics");
+    redis.drop_packets(true);
+    let dropped = Instant::now();
+    let bound = 3 * Duration::from_secs(1) + Duration::from_millis(300) + Duration::from_secs(1);
+    let mut opened_at = std::collections::HashMap::new();
+    // Watched for the bound at least (the healthy policies' interval is judged over it), and
+    // until every dead policy opened or well past the bound.
+    while (opened_at.len() < DEAD || dropped.elapsed() < bound)
+        && dropped.elapsed() < bound + Duration::from_secs(10)
+    {
+        let states = by_policy(&levee, "levee_circuit_state").expect("/metrics");
+        let at = dropped.elapsed();
+        for (policy, state) in states {
+            if policy.starts_with("dead-") && state == 2.0 {
+                opened_at.entry(policy).or_insert(at);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let watched = dropped.elapsed();
+    let samples_after = by_policy(&levee, "levee_sample_duration_seconds_count").expect("/metrics");
+    let states = by_policy(&levee, "levee_circuit_state").expect("/metrics");
+    let (first, last) = (
+        opened_at.values().min().copied(),
+        opened_at.values().max().copied(),
+    );
+    let fewest_healthy_samples = (0..HEALTHY)
+        .map(|i| {
+            let name = format!("healthy-{i}");
+            assert_eq!(states.get(&name), Some(&0.0), "{name} stays Closed");
+            let count = |samples: &std::collections::HashMap<String, f64>| {
+                *samples
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("{name}'s sample count"))
+            };
+            count(&samples_after) - count(&samples_before)
+        })
+        .fold(f64::INFINITY, f64::min);
+    eprintln!(
+        "figure: packets dropped -> {} of {DEAD} policies Open (onSampleFailure after 3 of 1 s, 300 ms timeout), the first after {first:?}, the last after {last:?}; the healthy policies sampled at least {fewest_healthy_samples} times in {watched:?}",
+        opened_at.len()
+    );
+    assert_eq!(opened_at.len(), DEAD, "every policy on the dead Redis opened");
+    assert!(
+        last.expect("200 opened") <= bound,
+        "the last opened after {last:?}, past {bound:?}"
+    );
+    // An interval of 1 s: a sample a second, but for the tick in progress at either end.
+    let due = watched.as_secs_f64().floor() - 1.0;
+    assert!(
+        fewest_healthy_samples >= due,
+        "a healthy policy sampled {fewest_healthy_samples} times in {watched:?}"
+    );
+    redis.drop_packets(false);
 }

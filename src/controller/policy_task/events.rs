@@ -11,16 +11,19 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
-/// Events for a transition, a worse level, Prolonged and a reset, with the numbers behind them.
-pub async fn publish_decision(
-    context: &Context,
+/// An event to publish about a policy: its type, reason and note.
+pub type PendingEvent = (EventType, &'static str, String);
+
+/// The events of a decision: a transition, a worse level, Prolonged and a reset, with the
+/// numbers behind them (made when the tick decides, published after its writes).
+pub fn decision_events(
     policy: &BackpressurePolicy,
     decision: &Decision,
     rules: &CircuitRules,
     circuit: &Circuit,
     targets: &Outcome,
     sample: Option<&Sample>,
-) {
+) -> Vec<PendingEvent> {
     let mut events = Vec::new();
     let dry = if policy.spec.dry_run { "dryRun: " } else { "" };
     if let Some(transition) = &decision.transition {
@@ -86,9 +89,7 @@ pub async fn publish_decision(
             format!("{} not found", targets.missing.join(", ")),
         ));
     }
-    for (type_, reason, note) in events {
-        publish(context, policy, type_, reason, note).await;
-    }
+    events
 }
 
 /// What puts the policy at `level`: each signal at or above it, with its threshold.

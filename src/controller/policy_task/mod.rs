@@ -6,15 +6,16 @@
 
 mod events;
 mod record;
+mod writes;
 
 use super::Context;
 use super::actuator::{self, Outcome};
 use super::autoscaler;
 use super::backoff::Backoff;
-use super::marks::{ANNOTATION_RESET, Intent, Release};
+use super::marks::ANNOTATION_RESET;
 use super::secrets::{self, EndpointProblem, resolve_endpoint};
-use super::status_writer::{TickReport, next_status, worth_writing, write};
-use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, QueueSpec};
+use super::status_writer::{TickReport, next_status};
+use crate::api::{BackpressurePolicy, DiscoveryStatus, QueueSpec};
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
 use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::{Discovered, Endpoint, PreparedQueues, Sample};
@@ -25,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use writes::{Job, Writes};
 
 struct Running {
     latest: watch::Sender<Arc<BackpressurePolicy>>,
@@ -123,10 +125,8 @@ struct PolicyState {
     reported_problem: Option<&'static str>,
     /// The versions of the Secrets the endpoint was built from (a change rebuilds it).
     secret_versions: Vec<Option<String>>,
-    written: BackpressurePolicyStatus,
-    last_write: Option<Instant>,
-    /// Failed writes of the last pass over the targets, reported in the next status.
-    target_errors: Vec<String>,
+    /// What was written, and the pass writing what the ticks decided.
+    writes: Writes,
     /// The policy generation and HPA resource version last found in place (nothing to compare
     /// again until one of them changes).
     autoscaler_checked: Option<(Option<i64>, Option<String>)>,
@@ -150,9 +150,7 @@ impl PolicyState {
             secret_backoff: Backoff::default(),
             reported_problem: None,
             secret_versions: Vec::new(),
-            written: status,
-            last_write: None,
-            target_errors: Vec::new(),
+            writes: Writes::new(status),
             autoscaler_checked: None,
             autoscaler_error: None,
             policy,
@@ -310,6 +308,7 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
             changed = latest.changed() => {
                 if changed.is_err() {
                     discovering.take().inspect(JoinHandle::abort);
+                    state.writes.finish().await;
                     return;
                 }
                 let policy = latest.borrow_and_update().clone();
@@ -369,10 +368,11 @@ async fn next_discovery(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// One tick, in phases: sample; a follower mirrors status and stops there; the leader waits for
-/// a writer's slot, keeps the HPA in place, decides, saves the decision in status, acts on what
-/// status holds, and then reports (events wait: producers are held back first).
-async fn tick(context: &Context, state: &mut PolicyState) {
+/// One tick, in phases: sample; a follower mirrors status and stops there; the leader keeps the
+/// HPA in place, decides, and hands what to write to the policy's writes (status, then the
+/// targets brought to what status holds, then events: `writes.rs`), which never hold up the
+/// next tick.
+async fn tick(context: &Arc<Context>, state: &mut PolicyState) {
     let sample = state.sample(context).await;
     if !context.is_leader() {
         state.follow_status(context);
@@ -381,17 +381,12 @@ async fn tick(context: &Context, state: &mut PolicyState) {
     if state.policy.meta().deletion_timestamp.is_some() {
         return;
     }
-    // Sampling never waits here (a Redis that times out holds up no other policy); what writes
-    // does, and its future is only made once it may run.
-    let Ok(_writing) = context.writers.acquire().await else {
-        return;
-    };
-    Box::pin(decide_and_write(context, state, sample)).await;
+    Box::pin(decide_and_hand_over(context, state, sample)).await;
 }
 
 /// The leader's part of a tick, after sampling.
-async fn decide_and_write(
-    context: &Context,
+async fn decide_and_hand_over(
+    context: &Arc<Context>,
     state: &mut PolicyState,
     sample: Result<Sample, EndpointProblem>,
 ) {
@@ -401,7 +396,7 @@ async fn decide_and_write(
     let decision = state.decide(context, now, &sample);
     let targets = Outcome {
         missing: actuator::missing_targets(context, &policy),
-        errors: state.target_errors.clone(),
+        errors: state.writes.target_errors(),
         ..Outcome::default()
     };
     let report = TickReport {
@@ -414,19 +409,25 @@ async fn decide_and_write(
         dry_run: policy.spec.dry_run,
         now,
     };
-    let next = next_status(&policy, &state.written, &report);
-    state.save_status(context, next).await;
-    state.act_on_saved_decision(context).await;
-    events::publish_decision(
-        context,
+    let next = state
+        .writes
+        .with_written(|written| next_status(&policy, written, &report));
+    let events = events::decision_events(
         &policy,
         &decision,
         &state.rules,
         &state.circuit,
         &targets,
         sample.as_ref().ok(),
-    )
-    .await;
+    );
+    let job = Job {
+        policy,
+        rules: state.rules.clone(),
+        next,
+        decided: state.circuit.state,
+        events,
+    };
+    state.writes.submit(context, job);
 }
 
 impl PolicyState {
@@ -486,8 +487,7 @@ impl PolicyState {
     fn follow_status(&mut self, context: &Context) {
         let status = self.policy.status.clone().unwrap_or_default();
         self.circuit = status.circuit();
-        self.written = status;
-        self.last_write = None;
+        self.writes.follow(status);
         let (namespace, name) = self.names();
         record::record_circuit(context, &namespace, &name, &self.circuit);
     }
@@ -547,83 +547,6 @@ impl PolicyState {
             record::record_transition(context, &namespace, &name, transition);
         }
         decision
-    }
-
-    /// Writes `next` when it differs in substance or the heartbeat is due; kept as what status
-    /// holds once written.
-    async fn save_status(&mut self, context: &Context, next: BackpressurePolicyStatus) {
-        let heartbeat_due = self
-            .last_write
-            .is_none_or(|at| at.elapsed() >= context.settings.status_heartbeat);
-        let worth = worth_writing(&self.written, &next);
-        if !heartbeat_due && !worth {
-            return;
-        }
-        // Only the heartbeat waits for a free slot, and never in a queue.
-        let _slot = if worth {
-            None
-        } else {
-            match context.tasks.heartbeat_slots.try_acquire() {
-                Ok(slot) => Some(slot),
-                Err(_) => return,
-            }
-        };
-        let written = match write(context, &self.policy, &next).await {
-            Err(error) if refused_as_too_large(&error) => {
-                // The decision first: producers follow only a saved one, so a status the API
-                // server will not store must not keep the circuit from acting.
-                let (namespace, name) = self.names();
-                tracing::warn!(%namespace, policy = %name, %error, "the API server refused the status; writing the decision alone");
-                let decision = next.decision_only();
-                write(context, &self.policy, &decision).await.map(|()| decision)
-            }
-            written => written.map(|()| next),
-        };
-        match written {
-            Ok(next) => {
-                self.written = next;
-                let now = Instant::now();
-                // The first heartbeat waits a fraction of one more period (the policy's phase):
-                // policies started together then send their heartbeats spread over the whole
-                // period, not a thousand in the same second every 30 s.
-                let written_at = match self.last_write {
-                    Some(_) => now,
-                    None => {
-                        now + context
-                            .settings
-                            .status_heartbeat
-                            .mul_f64(phase_of(&task_key(&self.policy)))
-                    }
-                };
-                self.last_write = Some(written_at);
-            }
-            Err(error) => {
-                let (namespace, name) = self.names();
-                tracing::warn!(%namespace, policy = %name, %error, "writing status failed; retrying next tick")
-            }
-        }
-    }
-
-    /// Brings producers to the decision status holds: one that could not be saved waits for the
-    /// next tick rather than holding pods back on a state the next leader would not know.
-    async fn act_on_saved_decision(&mut self, context: &Context) {
-        let (namespace, name) = self.names();
-        let saved = self.written.state.unwrap_or_default();
-        if saved != self.circuit.state {
-            tracing::warn!(%namespace, policy = %name, decided = %self.circuit.state, %saved, "the decision is not saved in status yet; producers keep the saved one");
-        }
-        let intent = if self.policy.spec.dry_run {
-            Intent::Release(Release::DryRun)
-        } else {
-            Intent::Follow(saved)
-        };
-        let acted = actuator::act(context, &self.policy, intent, &self.rules).await;
-        self.target_errors = acted.errors;
-        context
-            .metrics
-            .throttled_targets
-            .with_label_values(&[&namespace, &name])
-            .set(acted.throttled as i64);
     }
 }
 

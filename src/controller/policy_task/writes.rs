@@ -1,0 +1,241 @@
+//! A policy's writes, apart from its ticks: a tick decides and hands over what to write (its
+//! status, the targets to bring to the saved decision, its events); one pass at a time writes
+//! them, in that order, in a task of its own. A tick that comes while a pass runs replaces what
+//! the next pass writes, keeping the events. So an API server that is slow or saturated delays
+//! what reaches it, never the sampling and deciding: 200 policies on a Redis that stops
+//! answering all decide on time however long their writes take, and the writes that were
+//! overtaken by a newer status are never sent.
+
+use super::super::Context;
+use super::super::actuator;
+use super::super::marks::{Intent, Release};
+use super::events::{self, PendingEvent};
+use super::{phase_of, refused_as_too_large, task_key};
+use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
+use crate::circuit::{CircuitRules, State};
+use crate::controller::status_writer::{worth_writing, write};
+use kube::ResourceExt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::task::JoinHandle;
+
+/// Events kept for passes not yet run, at most; older ones are dropped first.
+const MAX_PENDING_EVENTS: usize = 32;
+
+/// What one tick hands over to be written.
+pub struct Job {
+    pub policy: Arc<BackpressurePolicy>,
+    pub rules: CircuitRules,
+    /// The status the tick computed.
+    pub next: BackpressurePolicyStatus,
+    /// The state the circuit decided (status may not hold it yet).
+    pub decided: State,
+    pub events: Vec<PendingEvent>,
+}
+
+/// A policy's writes: what was last written, and the pass that writes the next.
+pub struct Writes {
+    shared: Arc<Mutex<Shared>>,
+    /// The task running passes, if one was started; aborted with the policy's task.
+    running: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    written: BackpressurePolicyStatus,
+    last_write: Option<Instant>,
+    /// Failed writes of the last pass over the targets, reported in the next status.
+    target_errors: Vec<String>,
+    /// What the next pass writes.
+    pending: Option<Job>,
+    /// Whether a task is running passes (it takes `pending` until there is none).
+    in_flight: bool,
+}
+
+impl Writes {
+    /// Starting from `status`, the policy's status as the API server holds it.
+    pub fn new(status: BackpressurePolicyStatus) -> Self {
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                written: status,
+                last_write: None,
+                target_errors: Vec::new(),
+                pending: None,
+                in_flight: false,
+            })),
+            running: None,
+        }
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().expect("policy writes lock")
+    }
+
+    /// The failed writes of the last pass over the targets.
+    pub fn target_errors(&self) -> Vec<String> {
+        self.shared().target_errors.clone()
+    }
+
+    /// `compute` run on the status last written (the lock held, nothing awaited).
+    pub fn with_written<T>(&self, compute: impl FnOnce(&BackpressurePolicyStatus) -> T) -> T {
+        compute(&self.shared().written)
+    }
+
+    /// A follower takes the leader's status as what was written.
+    pub fn follow(&self, status: BackpressurePolicyStatus) {
+        let mut shared = self.shared();
+        shared.written = status;
+        shared.last_write = None;
+    }
+
+    /// Hands `job` over: written by the running pass's successor, or by a pass started now.
+    pub fn submit(&mut self, context: &Arc<Context>, mut job: Job) {
+        let mut shared = self.shared();
+        if let Some(overtaken) = shared.pending.take() {
+            let mut kept = overtaken.events;
+            kept.append(&mut job.events);
+            let excess = kept.len().saturating_sub(MAX_PENDING_EVENTS);
+            kept.drain(..excess);
+            job.events = kept;
+        }
+        shared.pending = Some(job);
+        if shared.in_flight {
+            return;
+        }
+        shared.in_flight = true;
+        drop(shared);
+        self.running = Some(tokio::spawn(passes(context.clone(), self.shared.clone())));
+    }
+
+    /// Waits for the running pass and those queued behind it (a graceful stop).
+    pub async fn finish(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.await;
+        }
+    }
+}
+
+impl Drop for Writes {
+    fn drop(&mut self) {
+        self.running.take().inspect(JoinHandle::abort);
+    }
+}
+
+/// Runs passes while there is something to write.
+async fn passes(context: Arc<Context>, shared: Arc<Mutex<Shared>>) {
+    loop {
+        let job = {
+            let mut state = shared.lock().expect("policy writes lock");
+            match state.pending.take() {
+                Some(job) => job,
+                None => {
+                    state.in_flight = false;
+                    return;
+                }
+            }
+        };
+        // At most `concurrent_writers` passes over all policies write at once.
+        let Ok(_slot) = context.writers.acquire().await else {
+            shared.lock().expect("policy writes lock").in_flight = false;
+            return;
+        };
+        if !context.is_leader() {
+            continue;
+        }
+        Box::pin(pass(&context, &shared, job)).await;
+    }
+}
+
+/// One pass: the status, then the targets brought to what status holds, then the events
+/// (producers are held back before anything is reported).
+async fn pass(context: &Context, shared: &Mutex<Shared>, job: Job) {
+    save_status(context, shared, &job.policy, job.next).await;
+    let saved = shared
+        .lock()
+        .expect("policy writes lock")
+        .written
+        .state
+        .unwrap_or_default();
+    let (namespace, name) = (job.policy.namespace().unwrap_or_default(), job.policy.name_any());
+    if saved != job.decided {
+        tracing::warn!(%namespace, policy = %name, decided = %job.decided, %saved, "the decision is not saved in status yet; producers keep the saved one");
+    }
+    let intent = if job.policy.spec.dry_run {
+        Intent::Release(Release::DryRun)
+    } else {
+        Intent::Follow(saved)
+    };
+    let acted = actuator::act(context, &job.policy, intent, &job.rules).await;
+    shared.lock().expect("policy writes lock").target_errors = acted.errors;
+    context
+        .metrics
+        .throttled_targets
+        .with_label_values(&[&namespace, &name])
+        .set(acted.throttled as i64);
+    for (type_, reason, note) in job.events {
+        events::publish(context, &job.policy, type_, reason, note).await;
+    }
+}
+
+/// Writes `next` when it differs in substance from what was written or the heartbeat is due.
+async fn save_status(
+    context: &Context,
+    shared: &Mutex<Shared>,
+    policy: &BackpressurePolicy,
+    next: BackpressurePolicyStatus,
+) {
+    let (worth, heartbeat_due, first) = {
+        let state = shared.lock().expect("policy writes lock");
+        (
+            worth_writing(&state.written, &next),
+            state
+                .last_write
+                .is_none_or(|at| at.elapsed() >= context.settings.status_heartbeat),
+            state.last_write.is_none(),
+        )
+    };
+    if !heartbeat_due && !worth {
+        return;
+    }
+    // Only the heartbeat waits for a free slot, and never in a queue.
+    let _slot = if worth {
+        None
+    } else {
+        match context.tasks.heartbeat_slots.try_acquire() {
+            Ok(slot) => Some(slot),
+            Err(_) => return,
+        }
+    };
+    let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let written = match write(context, policy, &next).await {
+        Err(error) if refused_as_too_large(&error) => {
+            // The decision first: producers follow only a saved one, so a status the API
+            // server will not store must not keep the circuit from acting.
+            tracing::warn!(%namespace, policy = %name, %error, "the API server refused the status; writing the decision alone");
+            let decision = next.decision_only();
+            write(context, policy, &decision).await.map(|()| decision)
+        }
+        written => written.map(|()| next),
+    };
+    match written {
+        Ok(next) => {
+            let now = Instant::now();
+            // The first heartbeat waits a fraction of one more period (the policy's phase):
+            // policies started together then send their heartbeats spread over the whole
+            // period, not a thousand in the same second every 30 s.
+            let written_at = if first {
+                now + context
+                    .settings
+                    .status_heartbeat
+                    .mul_f64(phase_of(&task_key(policy)))
+            } else {
+                now
+            };
+            let mut state = shared.lock().expect("policy writes lock");
+            state.written = next;
+            state.last_write = Some(written_at);
+        }
+        Err(error) => {
+            tracing::warn!(%namespace, policy = %name, %error, "writing status failed; retrying next tick")
+        }
+    }
+}

@@ -2,7 +2,7 @@
 # Makes sure a Docker daemon answers (`docker info`), for `make image` and `make e2e-kind`.
 #   - one answers: use it, change nothing;
 #   - none, and CI=true: install docker.io with apt (if dockerd is missing), start dockerd in the
-#     background (log: .cache/dockerd.log) and wait until it answers;
+#     background (log: ~/.cache/levee/dockerd.log) and wait until it answers;
 #   - none, and not CI: exit 3 with one line saying why (a user's machine is never changed; `make
 #     test` skips the kind suite and says so).
 set -euo pipefail
@@ -30,8 +30,10 @@ if ! command -v dockerd >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -o DPkg::Lock::Timeout=600 docker.io >/dev/null
 fi
 
-mkdir -p .cache
-log="$PWD/.cache/dockerd.log"
+# dockerd outlives this run and this clone: what it runs and writes lives in the machine's cache.
+cache="${LEVEE_CACHE:-$HOME/.cache/levee}"
+mkdir -p "$cache/bin"
+log="$cache/dockerd.log"
 args=()
 # A capability bounding set short of the kernel's (a sandbox's) breaks `docker run --privileged`,
 # hence kind: runc goes through scripts/runc-capfilter, which asks only for what can be granted.
@@ -39,10 +41,23 @@ bnd=$((16#$(awk '/^CapBnd:/ { print $2 }' /proc/self/status)))
 if ((bnd != (1 << ($(cat /proc/sys/kernel/cap_last_cap) + 1)) - 1)); then
   command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -o DPkg::Lock::Timeout=600 jq >/dev/null
   echo "docker: this machine's capability bounding set is incomplete: runc via scripts/runc-capfilter" >&2
-  args+=(--add-runtime "capfilter=$PWD/scripts/runc-capfilter" --default-runtime capfilter)
+  cp scripts/runc-capfilter "$cache/bin/runc-capfilter.tmp"
+  mv -f "$cache/bin/runc-capfilter.tmp" "$cache/bin/runc-capfilter"
+  args+=(--add-runtime "capfilter=$cache/bin/runc-capfilter" --default-runtime capfilter)
 fi
+
+# Closes every descriptor past stderr: dockerd must not hold what the caller had open (make
+# test's lock on the shared build directory would be held for as long as dockerd runs, and every
+# later run would wait for it).
+close_inherited() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd="${fd##*/}"
+    if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+}
 echo "docker: starting dockerd in the background (log: $log)" >&2
-as_root nohup dockerd "${args[@]}" >"$log" 2>&1 </dev/null &
+(close_inherited && as_root nohup dockerd "${args[@]}" >"$log" 2>&1 </dev/null) &
 for ((i = 0; i < 120; i++)); do
   answers && { echo "docker: dockerd answers (after ${i}s)" >&2; exit 0; }
   sleep 1

@@ -680,3 +680,58 @@ impl Drop for AdmissionRefusal {
         }
     }
 }
+
+/// A ServiceAccount allowed to `get` the non-resource URL `/metrics` (a ClusterRole and its
+/// binding, deleted when this is dropped), and a token of it.
+pub struct MetricsReader {
+    pub token: String,
+    rbac: String,
+}
+
+impl MetricsReader {
+    /// The ServiceAccount `account` in `namespace`, created here.
+    pub fn create(namespace: &str, account: &str) -> Self {
+        kubectl_ok(&["create", "serviceaccount", account, "-n", namespace], None);
+        let rbac = format!("levee-metrics-{namespace}-{account}");
+        kubectl_ok(
+            &[
+                "create",
+                "clusterrole",
+                &rbac,
+                "--verb=get",
+                "--non-resource-url=/metrics",
+            ],
+            None,
+        );
+        kubectl_ok(
+            &[
+                "create",
+                "clusterrolebinding",
+                &rbac,
+                "--clusterrole",
+                &rbac,
+                &format!("--serviceaccount={namespace}:{account}"),
+            ],
+            None,
+        );
+        Self {
+            token: service_account_token(namespace, account),
+            rbac,
+        }
+    }
+}
+
+impl Drop for MetricsReader {
+    fn drop(&mut self) {
+        for kind in ["clusterrolebinding", "clusterrole"] {
+            let _ = kubectl(&["delete", kind, &self.rbac, "--ignore-not-found"], None);
+        }
+    }
+}
+
+/// A token of the ServiceAccount `account` in `namespace` (`kubectl create token`).
+pub fn service_account_token(namespace: &str, account: &str) -> String {
+    kubectl_ok(&["create", "token", account, "-n", namespace], None)
+        .trim()
+        .to_string()
+}

@@ -271,18 +271,6 @@ spec:
 }
 
 /// Cluster-scoped RBAC objects for one test, deleted when it ends.
-struct ClusterRbac {
-    name: String,
-}
-
-impl Drop for ClusterRbac {
-    fn drop(&mut self) {
-        for kind in ["clusterrolebinding", "clusterrole"] {
-            let _ = kubectl(&["delete", kind, &self.name, "--ignore-not-found"], None);
-        }
-    }
-}
-
 /// The HTTP status of a GET of `url` with an optional bearer token.
 fn status_of(url: &str, token: Option<&str>) -> String {
     let mut args = vec![
@@ -308,39 +296,9 @@ fn levee_metrics_need_a_token_allowed_to_get_metrics() {
         &["--leader-elect=false", "--metrics-plain-loopback=false"],
     );
     let ns = fixture.ns();
-    for account in ["scraper", "stranger"] {
-        kubectl_ok(&["create", "serviceaccount", account, "-n", ns], None);
-    }
-    let rbac = ClusterRbac {
-        name: format!("levee-metrics-{ns}"),
-    };
-    kubectl_ok(
-        &[
-            "create",
-            "clusterrole",
-            &rbac.name,
-            "--verb=get",
-            "--non-resource-url=/metrics",
-        ],
-        None,
-    );
-    kubectl_ok(
-        &[
-            "create",
-            "clusterrolebinding",
-            &rbac.name,
-            "--clusterrole",
-            &rbac.name,
-            &format!("--serviceaccount={ns}:scraper"),
-        ],
-        None,
-    );
-    let token = |account: &str| {
-        kubectl_ok(&["create", "token", account, "-n", ns], None)
-            .trim()
-            .to_string()
-    };
-    let (scraper, stranger) = (token("scraper"), token("stranger"));
+    let reader = MetricsReader::create(ns, "scraper");
+    kubectl_ok(&["create", "serviceaccount", "stranger", "-n", ns], None);
+    let (scraper, stranger) = (reader.token.clone(), service_account_token(ns, "stranger"));
     let https = format!("https://127.0.0.1:{}/metrics", levee.api_port);
     assert_eq!(status_of(&https, None), "401", "no token");
     assert_eq!(

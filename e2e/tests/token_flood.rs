@@ -54,33 +54,8 @@ fn ten_thousand_random_bearer_tokens_cost_a_bounded_number_of_token_reviews() {
     let https = format!("https://127.0.0.1:{}/metrics", leader.api_port);
 
     // A scraper allowed to read /metrics, reviewed once before the flood.
-    let ns = fixture.ns();
-    kubectl_ok(&["create", "serviceaccount", "scraper", "-n", ns], None);
-    let rbac = format!("levee-token-flood-{ns}");
-    kubectl_ok(
-        &[
-            "create",
-            "clusterrole",
-            &rbac,
-            "--verb=get",
-            "--non-resource-url=/metrics",
-        ],
-        None,
-    );
-    kubectl_ok(
-        &[
-            "create",
-            "clusterrolebinding",
-            &rbac,
-            "--clusterrole",
-            &rbac,
-            &format!("--serviceaccount={ns}:scraper"),
-        ],
-        None,
-    );
-    let scraper = kubectl_ok(&["create", "token", "scraper", "-n", ns], None)
-        .trim()
-        .to_string();
+    let reader = MetricsReader::create(fixture.ns(), "scraper");
+    let scraper = reader.token.clone();
     let scrape = || {
         let output = Command::new("curl")
             .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
@@ -179,5 +154,4 @@ fn ten_thousand_random_bearer_tokens_cost_a_bounded_number_of_token_reviews() {
         "the leader kept its Lease throughout: {holders:?}"
     );
     assert_eq!(transitions(&lease), transitions_before, "no leadership change");
-    let _ = kubectl(&["delete", "clusterrolebinding,clusterrole", &rbac], None);
 }

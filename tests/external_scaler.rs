@@ -40,6 +40,7 @@ const LIMITS: ConnectionLimits = ConnectionLimits {
     header_read_timeout: Duration::from_secs(1),
     max_header_bytes: 16 * 1024,
     max_anonymous: 8,
+    handshakes_at_once: 16,
 };
 
 /// The scaler on a free loopback port; with `client_ca`, only clients the test CA signed.

@@ -28,6 +28,7 @@ const LIMITS: ConnectionLimits = ConnectionLimits {
     header_read_timeout: Duration::from_secs(1),
     max_header_bytes: 16 * 1024,
     max_anonymous: 8,
+    handshakes_at_once: 64,
 };
 
 /// What anyone may ask without a certificate and be answered without a review: `/metrics` with no

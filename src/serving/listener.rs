@@ -3,21 +3,25 @@
 //! cap on anonymous connections (no client certificate: past it the oldest goes), and counts of
 //! what was closed and why. So the clients that present a certificate the server trusts (the
 //! aggregator's front-proxy certificate, KEDA's) always find room, however many connections
-//! anyone else holds open. Each server then speaks its own protocol over the stream (HTTP/1.1
+//! anyone else holds open. Handshakes take turns, shared fairly between client addresses
+//! (`handshake_turns`), so a flood of new connections from elsewhere does not queue the
+//! aggregator's behind all of its own. Each server then speaks its own protocol over the stream (HTTP/1.1
 //! for the metrics API and the plain port, HTTP/2 gRPC for the external scaler). The plain port
 //! (`PlainTcp`) has no handshake and no client certificates: every connection is anonymous.
 
 use prometheus::{IntCounterVec, IntGauge};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use super::handshake_turns::HandshakeTurns;
 
 /// What turns an accepted TCP connection into the stream a server speaks over.
 pub trait Handshake: Clone + Send + Sync + 'static {
@@ -78,6 +82,10 @@ pub struct ConnectionLimits {
     /// Connections past their handshake without a client certificate, at most: a new one past
     /// it closes the oldest. The rest of `max_connections` is kept for verified clients.
     pub max_anonymous: usize,
+    /// TLS handshakes run at once; past it a connection waits for a turn, and the next turn goes
+    /// to the waiting client address with the fewest handshakes running (`handshake_turns`).
+    /// The wait counts towards `handshake_timeout`.
+    pub handshakes_at_once: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -89,6 +97,7 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 32 * 1024,
             max_anonymous: 64,
+            handshakes_at_once: 64,
         }
     }
 }
@@ -132,23 +141,52 @@ type Evictable = Mutex<VecDeque<(u64, Instant, oneshot::Sender<()>)>>;
 /// it before it is through; one that has not finished by then is fair game.
 const HANDSHAKE_GRACE: Duration = Duration::from_millis(250);
 
+/// How long a new connection at the cap waits for the one closed to make room to give its slot
+/// back (it does as soon as its task next runs).
+const EVICTED_CLOSE: Duration = Duration::from_secs(1);
+
 /// The open connections; those still in their TLS handshake and those past it without a client
 /// certificate (oldest first) with the means to close them.
-#[derive(Default)]
 struct Connections {
-    open: AtomicUsize,
+    /// One per open connection, `max_connections` in all.
+    slots: Arc<Semaphore>,
     next_id: AtomicU64,
     handshaking: Evictable,
     anonymous: Evictable,
+    turns: Arc<HandshakeTurns>,
 }
 
 impl Connections {
-    /// Makes room for one more under `max`, closing the oldest anonymous connection, else the
-    /// oldest handshake past its grace: false when neither is there (the new one must go).
-    fn make_room(&self, max: usize) -> bool {
-        if self.open.load(Ordering::SeqCst) < max {
-            return true;
+    fn new(limits: &ConnectionLimits) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            next_id: AtomicU64::new(0),
+            handshaking: Evictable::default(),
+            anonymous: Evictable::default(),
+            turns: HandshakeTurns::new(limits.handshakes_at_once),
         }
+    }
+
+    /// A slot for a new connection: a free one, else the one of the oldest anonymous connection,
+    /// else of the oldest handshake past its grace, once that connection has closed. None when
+    /// there is neither (the new one must go). Waiting for the closed connection's slot keeps
+    /// the connections open at most `max_connections`, however fast a flood reconnects.
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        if !self.make_room() {
+            return None;
+        }
+        tokio::time::timeout(EVICTED_CLOSE, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Closes the oldest anonymous connection, else the oldest handshake past its grace: false
+    /// when neither is there.
+    fn make_room(&self) -> bool {
         if let Some((_, _, evict)) = self.anonymous.lock().expect("connection table lock").pop_front() {
             let _ = evict.send(());
             return true;
@@ -221,7 +259,7 @@ where
     S: Fn(Accepted<H::Stream>) -> F + Clone + Send + 'static,
     F: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
-    let connections = Arc::new(Connections::default());
+    let connections = Arc::new(Connections::new(&limits));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -234,13 +272,12 @@ where
                 }
             },
         };
-        if !connections.make_room(limits.max_connections) {
+        let Some(slot) = connections.slot().await else {
             metrics.closed.with_label_values(&["limit"]).inc();
             tracing::debug!(%peer, "{server}: too many connections; closing this one");
             drop(stream);
             continue;
-        }
-        connections.open.fetch_add(1, Ordering::SeqCst);
+        };
         // Listed as handshaking before its task first runs: the next connection over the cap can
         // evict it even if no task has had a turn since (a burst of connections in the backlog).
         let handshaking = connections.handshake_started();
@@ -290,7 +327,7 @@ where
                 tracing::debug!(%peer, %error, "{server} connection ended");
             }
             metrics.open.dec();
-            connections.open.fetch_sub(1, Ordering::SeqCst);
+            drop(slot);
         });
     }
 }
@@ -306,7 +343,10 @@ async fn handshake<H: Handshake>(
 ) -> Result<H::Stream, String> {
     let closed = |reason: &str| metrics.closed.with_label_values(&[reason]).inc();
     let handshake = tokio::select! {
-        handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.handshake(stream)) => handshake,
+        handshake = tokio::time::timeout(limits.handshake_timeout, async {
+            let _turn = connections.turns.wait(peer.ip()).await;
+            acceptor.handshake(stream).await
+        }) => handshake,
         _ = evicted => {
             closed("evicted");
             return Err(format!("{peer} evicted during its TLS handshake: too many connections"));

@@ -1,7 +1,9 @@
 //! What levee's TLS servers (the external metrics API, the KEDA external scaler) share: the
-//! serving certificate (`cert`) and the accept loop with its connection limits (`listener`).
+//! serving certificate (`cert`) and the accept loop with its connection limits (`listener`),
+//! its handshakes taking turns fairly between client addresses (`handshake_turns`).
 
 pub mod cert;
+pub mod handshake_turns;
 pub mod listener;
 
 use rustls::pki_types::CertificateDer;

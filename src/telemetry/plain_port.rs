@@ -23,6 +23,7 @@ pub const PLAIN_LIMITS: ConnectionLimits = ConnectionLimits {
     header_read_timeout: Duration::from_secs(10),
     max_header_bytes: 16 * 1024,
     max_anonymous: 256,
+    handshakes_at_once: 256,
 };
 
 const REFUSAL: &str = "/metrics is served over HTTPS on the metrics API port to a bearer token allowed to get the non-resource URL /metrics (or here to loopback callers with --metrics-plain-loopback)\n";

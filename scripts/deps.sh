@@ -2,7 +2,7 @@
 # Installs everything `make test` and `make demo` need on a fresh machine, and nothing twice:
 # redis-server/redis-cli/redis-benchmark, openssl, iproute2 and iptables (the chaos tests' network
 # namespaces), curl (apt), the real queue libraries the sampler
-# tests write data with (BullMQ from npm, Celery and RQ from PyPI, into .cache/venv, Sidekiq from
+# tests write data with (BullMQ from npm, Celery, RQ and nats-py from PyPI, into .cache/venv, Sidekiq from
 # apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +46,7 @@ fi
 
 want=$(stamp "$producers/requirements.txt")
 if [ "$(cat .cache/venv/.levee-stamp 2>/dev/null)" != "$want" ]; then
-  echo "deps: python venv (Celery, RQ)"
+  echo "deps: python venv (Celery, RQ, nats-py)"
   rm -rf .cache/venv
   python3 -m venv .cache/venv
   .cache/venv/bin/pip install -q --disable-pip-version-check -r "$producers/requirements.txt"

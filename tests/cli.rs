@@ -287,6 +287,12 @@ fn check_accepts_the_examples() {
     let output = levee(&["check", "-f", "examples/policy.yaml"]);
     assert!(output.status.success(), "{}", text(&output.stdout));
     assert_eq!(text(&output.stdout), "examples/policy.yaml: 1 policies valid\n");
+    let output = levee(&["check", "-f", "examples/nats-policy.yaml"]);
+    assert!(output.status.success(), "{}", text(&output.stdout));
+    assert_eq!(
+        text(&output.stdout),
+        "examples/nats-policy.yaml: 1 policies valid\n"
+    );
 }
 
 #[test]
@@ -309,7 +315,7 @@ fn check_prints_one_line_per_problem_and_exits_1() {
         "ns1/small: spec.queues: Invalid value: queue names must be unique: give every queue its own name
 ns1/small: spec.redis.url: Invalid value: \"redis://u:***@127.0.0.1:1/0\": must not contain a password: put it in a Secret and reference it with credentialsSecretRef
 ns1/small: spec.thresholds: Invalid value: thresholds must satisfy recovery < warning < critical: lower recovery or raise critical
-ns1/typo: spec.queues[1].type: Unsupported value: \"lst\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\"
+ns1/typo: spec.queues[1].type: Unsupported value: \"lst\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\", \"jetstream\"
 ns1/typo: spec.targets[0].priorty: unknown field: remove it or check its spelling against `levee crd`
 "
     );
@@ -391,4 +397,43 @@ fn run_refuses_an_external_scaler_without_a_client_ca_unless_told() {
         "--external-scaler-allow-unauthenticated",
     ]);
     assert_eq!(both.status.code(), Some(2), "clap refuses the contradiction");
+}
+
+#[test]
+fn sample_once_json_reads_a_jetstream_consumer_as_nats_own_client_does() {
+    let server = support::nats::NatsServer::start();
+    // 30 published, 12 delivered of which 2 acknowledged.
+    server.jetstream(&["fill", "EVENTS", "events", "writer", "30", "12", "2"]);
+    let expected = server.unprocessed_and_outstanding("EVENTS", "writer", &[]);
+    assert_eq!(expected, 28, "nats-py's own figure");
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {{name: events, namespace: ns1}}
+spec:
+  nats: {{url: '{}'}}
+  queues:
+    - {{name: events, type: jetstream, stream: EVENTS, consumer: writer}}
+    - {{name: missing, type: jetstream, stream: EVENTS, consumer: nobody}}
+  thresholds: {{warning: 10, critical: 20, recovery: 5}}
+",
+        server.url()
+    );
+    let file = write_policy(&dir, &body);
+    let output = levee(&["sample", "-f", &file, "--once", "-o", "json"]);
+    let tick = &ticks(&output)[0];
+    assert_eq!(depth(tick, "events"), expected, "{tick}");
+    let missing = depth(tick, "missing");
+    assert!(
+        missing
+            .as_str()
+            .is_some_and(|m| m.contains("consumer nobody") && m.contains("not found")),
+        "{missing}"
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a queue that cannot be read fails the run"
+    );
 }

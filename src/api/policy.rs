@@ -34,9 +34,16 @@ use jiff::SignedDuration;
 #[x_kube(validation = Rule::new("!has(self.circuit.openAhead) || has(self.thresholds.critical)").message("circuit.openAhead forecasts when the backlog reaches thresholds.critical: set the depth thresholds too"))]
 #[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.readLatency").message("latency thresholds need readLatency: true"))]
 #[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.queues.exists(q, q.type in ['sidekiq', 'rq', 'bullmq', 'stream'])").message("latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq or stream): list, zset and celery queues have no latency"))]
+#[x_kube(validation = Rule::new("has(self.redis) != has(self.nats)").message("name exactly one backend: spec.redis (Redis queues) or spec.nats (JetStream consumers)"))]
+#[x_kube(validation = Rule::new("!has(self.nats) || self.queues.all(q, q.type == 'jetstream')").message("under spec.nats every queue is type jetstream: move Redis queues to a policy with spec.redis"))]
+#[x_kube(validation = Rule::new("!has(self.redis) || self.queues.all(q, q.type != 'jetstream')").message("type jetstream reads a NATS JetStream consumer: it needs spec.nats, not spec.redis"))]
 pub struct BackpressurePolicySpec {
-    /// Where the queues live.
-    pub redis: RedisSpec,
+    /// Where the queues live, when they are Redis queues (exactly one of `redis` and `nats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// Where the queues live, when they are NATS JetStream consumers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsSpec>,
     /// The queues whose weighted depths add up to the backlog.
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self.all(q, self.exists_one(r, r.name == q.name))").message("queue names must be unique: give every queue its own name"))]
@@ -129,6 +136,26 @@ pub struct RedisSpec {
     pub timeout: Duration,
 }
 
+/// How to reach NATS. The URL never holds a password; credentials come from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsSpec {
+    /// `nats://host:port` of any server of the cluster (the request is routed to the
+    /// consumer's leader, the one server that answers it).
+    #[schemars(length(max = 2048), regex(pattern = r"^nats://[^\s]+$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^nats://[^/@]*@')").message("must not contain credentials: put them in a Secret and reference it with credentialsSecretRef"))]
+    pub url: String,
+    /// A Secret in the policy's namespace: with `usernameKey`, a user and password; without it,
+    /// the `passwordKey` value is the server's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// Deadline for connecting and for one tick's requests; at most 10s.
+    #[serde(default = "defaults::redis_timeout")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 500ms"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('10s')").message("must be at most 10s, such as 500ms: a request that takes longer is a server in trouble"))]
+    pub timeout: Duration,
+}
+
 /// How levee finds the Redis node that holds a key.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RedisMode {
@@ -188,7 +215,9 @@ pub struct SecretKeyRef {
 #[x_kube(validation = Rule::new("!has(self.includeDelayed) || self.type == 'bullmq'").message("includeDelayed applies only to type bullmq: remove it or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.namespace) || self.type == 'sidekiq'").message("namespace applies only to type sidekiq: remove it or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.prioritySeparator) || self.type == 'celery'").message("prioritySeparator applies only to type celery: remove it or change the type"))]
-#[x_kube(validation = Rule::new("has(self.key) != has(self.keyPattern)").message("set key (one queue) or keyPattern (every queue it matches), not both"))]
+#[x_kube(validation = Rule::new("self.type == 'jetstream' || has(self.key) != has(self.keyPattern)").message("set key (one queue) or keyPattern (every queue it matches), not both"))]
+#[x_kube(validation = Rule::new("self.type != 'jetstream' || (has(self.stream) && has(self.consumer) && !has(self.key) && !has(self.keyPattern))").message("type jetstream names a stream and a consumer (stream: EVENTS, consumer: writer), and no key or keyPattern"))]
+#[x_kube(validation = Rule::new("(!has(self.stream) && !has(self.consumer)) || self.type == 'jetstream'").message("stream and consumer apply only to type jetstream: remove them or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.keyPattern) || self.type != 'celery'").message("keyPattern does not apply to type celery: kombu keeps no registry of its queues; list each queue with key"))]
 pub struct QueueSpec {
     /// The queue's name in status and metrics (a DNS label: lower-case letters, digits, '-').
@@ -231,13 +260,21 @@ pub struct QueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub namespace: Option<String>,
+    /// jetstream only: the stream's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^.*>\s/\\]+$"))]
+    pub stream: Option<String>,
+    /// jetstream only: the durable consumer whose work not done is the depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^.*>\s/\\]+$"))]
+    pub consumer: Option<String>,
     /// celery only: kombu's `sep` transport option between a queue and its priority (default "\x06\x16").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16))]
     pub priority_separator: Option<String>,
 }
 
-/// The Redis layouts levee can read a depth from.
+/// The layouts levee can read a depth from (Redis's, and NATS JetStream consumers).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
@@ -255,6 +292,52 @@ pub enum QueueType {
     Rq,
     /// A Sidekiq queue (`queue:<key>`).
     Sidekiq,
+    /// A NATS JetStream consumer: messages not yet delivered plus delivered and not yet
+    /// acknowledged (`num_pending + num_ack_pending`, as `nats consumer info` shows them).
+    Jetstream,
+}
+
+/// A policy's backend, as its spec names it.
+#[derive(Clone, Copy, Debug)]
+pub enum BackendSpec<'a> {
+    Redis(&'a RedisSpec),
+    Nats(&'a NatsSpec),
+}
+
+impl BackpressurePolicySpec {
+    /// The backend the spec names; None when it names none (the CRD's rules refuse that, so only
+    /// an object the API server did not validate gets here). Redis wins when both are there.
+    pub fn backend(&self) -> Option<BackendSpec<'_>> {
+        match (&self.redis, &self.nats) {
+            (Some(redis), _) => Some(BackendSpec::Redis(redis)),
+            (None, Some(nats)) => Some(BackendSpec::Nats(nats)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Where a queue type's queues live: one per backend, so a match on it shows every place a new
+/// backend must answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Redis,
+    Nats,
+}
+
+impl QueueType {
+    /// The backend this type is read from.
+    pub fn backend(self) -> BackendKind {
+        match self {
+            QueueType::List
+            | QueueType::Zset
+            | QueueType::Stream
+            | QueueType::Bullmq
+            | QueueType::Celery
+            | QueueType::Rq
+            | QueueType::Sidekiq => BackendKind::Redis,
+            QueueType::Jetstream => BackendKind::Nats,
+        }
+    }
 }
 
 /// Dwell, priorities and alerting of the circuit.

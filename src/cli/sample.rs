@@ -1,16 +1,17 @@
-//! `levee sample -f FILE`: samples a real Redis for each policy in a file and prints what levee
+//! `levee sample -f FILE`: samples the real Redis (or NATS) of each policy in a file and prints what levee
 //! would decide, tick by tick, without Kubernetes. `keyPattern` entries are discovered as
 //! `levee run` discovers them: before the first tick, then every `discovery.interval` (a failed
 //! discovery keeps the queues found before).
 
 use super::{EXIT_PROBLEM, EXIT_USAGE, read_input};
-use crate::api::BackpressurePolicy;
 use crate::api::QueueSpec;
 use crate::api::status::latency_seconds;
 use crate::api::validation::check_documents;
+use crate::api::{BackendSpec, BackpressurePolicy};
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
 use crate::forecast::Forecaster;
-use crate::sampler::{Credentials, Discovered, Endpoint, PreparedQueues, Sample, Sampler};
+use crate::sampler::nats::{NatsAuth, NatsEndpoint};
+use crate::sampler::{BackendEndpoint, Credentials, Discovered, Endpoint, PreparedQueues, Sample, Sampler};
 use futures::future::join_all;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -38,10 +39,10 @@ pub struct SampleOptions {
     pub output: OutputFormat,
 }
 
-/// One policy being sampled: where its Redis is and what its circuit remembers.
+/// One policy being sampled: where its queues are and what its circuit remembers.
 struct Watched {
     policy: BackpressurePolicy,
-    endpoint: Endpoint,
+    endpoint: BackendEndpoint,
     queues: PreparedQueues,
     rules: CircuitRules,
     circuit: Circuit,
@@ -51,6 +52,18 @@ struct Watched {
 }
 
 impl Watched {
+    fn new(policy: BackpressurePolicy, endpoint: BackendEndpoint) -> Self {
+        Self {
+            queues: PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency),
+            forecaster: Forecaster::new(policy.spec.circuit.forecast_window.into()),
+            rules: policy.spec.circuit_rules(),
+            circuit: Circuit::default(),
+            discovered: None,
+            policy,
+            endpoint,
+        }
+    }
+
     /// The entries with a `keyPattern`.
     fn patterns(&self) -> Vec<QueueSpec> {
         self.policy
@@ -66,11 +79,14 @@ impl Watched {
     /// then on; returns what a person should know about the discovery.
     async fn discover(&mut self, sampler: &Sampler) -> Option<String> {
         let patterns = self.patterns();
+        let BackendEndpoint::Redis(endpoint) = &self.endpoint else {
+            return None;
+        };
         if patterns.is_empty() {
             return None;
         }
         let cap = self.policy.spec.discovery.max_queues as usize;
-        let found = sampler.discover(&self.endpoint, &patterns, cap).await;
+        let found = sampler.discover(endpoint, &patterns, cap).await;
         let problem = found.problem(cap);
         let kept = match (&found.error, self.discovered.take()) {
             (Some(_), Some(previous)) => previous,
@@ -109,7 +125,7 @@ pub async fn run(
             let sampler = sampler.clone();
             let out = out.clone();
             async move {
-                let sample = sampler.sample_prepared(&w.endpoint, &w.queues).await;
+                let sample = sampler.sample_backend(&w.endpoint, &w.queues).await;
                 report(&mut w, &sample, options.output, &out);
                 sample.failed()
             }
@@ -137,7 +153,7 @@ pub async fn run(
                     let _ = w.discover(&sampler).await;
                     discovered_at = tokio::time::Instant::now();
                 }
-                let sample = sampler.sample_prepared(&w.endpoint, &w.queues).await;
+                let sample = sampler.sample_backend(&w.endpoint, &w.queues).await;
                 report(&mut w, &sample, output, &out);
             }
         }
@@ -175,7 +191,31 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
     let mut problems = false;
     for policy in checked.policies {
         let name = display_name(&policy);
-        let redis = &policy.spec.redis;
+        let redis = match policy.spec.backend() {
+            Some(BackendSpec::Redis(redis)) => redis,
+            Some(BackendSpec::Nats(nats)) => {
+                if let Some(secret) = &nats.credentials_secret_ref {
+                    let _ = writeln!(
+                        err,
+                        "{name}: spec.nats.credentialsSecretRef: levee sample cannot read Secret {:?}: it connects without credentials",
+                        secret.name
+                    );
+                }
+                match NatsEndpoint::from_spec(nats, NatsAuth::None) {
+                    Ok(endpoint) => watched.push(Watched::new(policy, BackendEndpoint::Nats(endpoint))),
+                    Err(error) => {
+                        let _ = writeln!(err, "{name}: spec.nats.url: {error}");
+                        problems = true;
+                    }
+                }
+                continue;
+            }
+            None => {
+                let _ = writeln!(err, "{name}: spec: name a backend: spec.redis or spec.nats");
+                problems = true;
+                continue;
+            }
+        };
         if let Some(secret) = &redis.credentials_secret_ref
             && options.password.is_none()
         {
@@ -201,16 +241,7 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
         match Endpoint::from_spec(redis, options.redis_url.as_deref(), credentials, ca_pem.clone()) {
             Ok(mut endpoint) => {
                 endpoint.max_reply_bytes = options.max_reply_bytes;
-                let rules = policy.spec.circuit_rules();
-                watched.push(Watched {
-                    queues: PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency),
-                    forecaster: Forecaster::new(policy.spec.circuit.forecast_window.into()),
-                    policy,
-                    endpoint,
-                    rules,
-                    circuit: Circuit::default(),
-                    discovered: None,
-                });
+                watched.push(Watched::new(policy, BackendEndpoint::Redis(endpoint)));
             }
             Err(error) => {
                 let field = if options.redis_url.is_some() {

@@ -1,4 +1,5 @@
-//! Resolves a policy's Redis endpoint: its credentials and CA from Secrets in its namespace.
+//! Resolves a policy's endpoint (Redis or NATS): its credentials and CA from Secrets in its
+//! namespace.
 //! Each failure says which Secret or key is missing and which field names it.
 //!
 //! Secrets by consent: levee reads a Secret only when it carries the label
@@ -9,8 +10,9 @@
 //! policy task to rebuild its endpoint, with no failure needed and no read per tick.
 
 use super::indexed_store::IndexedStore;
-use crate::api::BackpressurePolicy;
-use crate::sampler::{Credentials, Endpoint, NodeAddr};
+use crate::api::{BackendSpec, BackpressurePolicy, NatsSpec, RedisSpec};
+use crate::sampler::nats::{NatsAuth, NatsEndpoint};
+use crate::sampler::{BackendEndpoint, Credentials, Endpoint, NodeAddr};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
@@ -33,7 +35,17 @@ pub struct EndpointProblem {
 
 /// The names of the Secrets `policy` references.
 fn referenced(policy: &BackpressurePolicy) -> Vec<&str> {
-    let redis = &policy.spec.redis;
+    let redis = match policy.spec.backend() {
+        Some(BackendSpec::Redis(redis)) => redis,
+        Some(BackendSpec::Nats(nats)) => {
+            return nats
+                .credentials_secret_ref
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+        }
+        None => return Vec::new(),
+    };
     let credentials = redis.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
     let ca = redis
         .tls
@@ -57,18 +69,78 @@ pub fn versions(store: &IndexedStore<Secret>, policy: &BackpressurePolicy) -> Ve
         .collect()
 }
 
-/// The endpoint of `policy`, from the opted-in Secrets it references.
+/// The endpoint of `policy`'s backend, from the opted-in Secrets it references.
 pub async fn resolve_endpoint(
     client: &Client,
     store: &IndexedStore<Secret>,
     policy: &BackpressurePolicy,
-) -> Result<Endpoint, EndpointProblem> {
+) -> Result<BackendEndpoint, EndpointProblem> {
     let namespace = policy.namespace().unwrap_or_default();
     let secrets = Watched {
         store,
         api: Api::namespaced(client.clone(), &namespace),
     };
-    let redis = &policy.spec.redis;
+    match policy.spec.backend() {
+        Some(BackendSpec::Redis(redis)) => resolve_redis(&secrets, &namespace, redis)
+            .await
+            .map(BackendEndpoint::Redis),
+        Some(BackendSpec::Nats(nats)) => resolve_nats(&secrets, &namespace, nats)
+            .await
+            .map(BackendEndpoint::Nats),
+        None => Err(EndpointProblem {
+            reason: "NoBackend",
+            message: "the policy names no backend: set spec.redis or spec.nats".into(),
+        }),
+    }
+}
+
+/// A NATS endpoint: with `usernameKey`, a user and password; without, the password key's value
+/// is the server's token.
+async fn resolve_nats(
+    secrets: &Watched<'_>,
+    namespace: &str,
+    nats: &NatsSpec,
+) -> Result<NatsEndpoint, EndpointProblem> {
+    let mut auth = NatsAuth::None;
+    let mut credentials_secret = None;
+    if let Some(reference) = &nats.credentials_secret_ref {
+        let field = "spec.nats.credentialsSecretRef";
+        let secret = secrets.read(namespace, &reference.name, field).await?;
+        let password = text_key(&secret, namespace, &reference.password_key, field)?;
+        auth = match &reference.username_key {
+            Some(username_key) => NatsAuth::UserPassword {
+                user: text_key(&secret, namespace, username_key, field)?,
+                password,
+            },
+            None => NatsAuth::Token(password),
+        };
+        credentials_secret = Some(secret);
+    }
+    let endpoint = NatsEndpoint::from_spec(nats, auth).map_err(|error| EndpointProblem {
+        reason: "InvalidNatsUrl",
+        message: format!("spec.nats.url: {error}"),
+    })?;
+    if let Some(secret) = credentials_secret {
+        let (host, port) = endpoint
+            .address
+            .rsplit_once(':')
+            .map(|(host, port)| (host.trim_matches(['[', ']']), port.parse().unwrap_or(4222)))
+            .unwrap_or((endpoint.address.as_str(), 4222));
+        let seed = NodeAddr {
+            host: host.to_string(),
+            port,
+        };
+        check_secret_hosts(&secret, &seed, "spec.nats")?;
+    }
+    Ok(endpoint)
+}
+
+async fn resolve_redis(
+    secrets: &Watched<'_>,
+    namespace: &str,
+    redis: &RedisSpec,
+) -> Result<Endpoint, EndpointProblem> {
+    let namespace = namespace.to_string();
     let mut credentials = Credentials::default();
     let mut credentials_secret = None;
     if let Some(reference) = &redis.credentials_secret_ref {
@@ -92,14 +164,14 @@ pub async fn resolve_endpoint(
             message: format!("spec.redis.url: {error}"),
         })?;
     if let Some(secret) = credentials_secret {
-        check_secret_hosts(&secret, &endpoint.seed())?;
+        check_secret_hosts(&secret, &endpoint.seed(), "spec.redis")?;
     }
     Ok(endpoint)
 }
 
 /// Whether the credentials `secret` may be sent to `seed` (the host the policy's URL names), by
 /// its `levee.dev/redis-hosts` annotation.
-fn check_secret_hosts(secret: &Secret, seed: &NodeAddr) -> Result<(), EndpointProblem> {
+fn check_secret_hosts(secret: &Secret, seed: &NodeAddr, backend: &str) -> Result<(), EndpointProblem> {
     let Some(hosts) = secret.annotations().get(ANNOTATION_SECRET_HOSTS) else {
         return Ok(());
     };
@@ -110,7 +182,7 @@ fn check_secret_hosts(secret: &Secret, seed: &NodeAddr) -> Result<(), EndpointPr
     Err(EndpointProblem {
         reason: "SecretHostNotAllowed",
         message: format!(
-            "Secret {namespace}/{name} (spec.redis.credentialsSecretRef) may be sent only to {hosts:?} (its {ANNOTATION_SECRET_HOSTS} annotation), and spec.redis.url names {}: fix the URL, or add the host to the annotation if it is yours to give",
+            "Secret {namespace}/{name} ({backend}.credentialsSecretRef) may be sent only to {hosts:?} (its {ANNOTATION_SECRET_HOSTS} annotation), and {backend}.url names {}: fix the URL, or add the host to the annotation if it is yours to give",
             seed.authority()
         ),
     })

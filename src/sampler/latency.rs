@@ -55,7 +55,8 @@ impl LatencyProbe {
     pub fn for_queue(queue: &QueueSpec) -> Option<Self> {
         let key = queue.key.as_str();
         let (first_key, args, format) = match queue.queue_type {
-            QueueType::List | QueueType::Zset | QueueType::Celery => return None,
+            // A JetStream consumer is read from NATS (`sampler::nats`), never from Redis.
+            QueueType::List | QueueType::Zset | QueueType::Celery | QueueType::Jetstream => return None,
             QueueType::Sidekiq => (
                 format!("{}queue:{key}", queue.sidekiq_prefix()),
                 vec!["sidekiq".to_string()],

@@ -1,4 +1,8 @@
-//! Reads queue depths from Redis.
+//! Reads queue depths: from Redis (this module and those beside it) and from NATS JetStream
+//! (`nats`), each policy from the one backend its spec names (`BackendEndpoint`). What every
+//! backend returns is a `Sample`; the circuit, controller, metrics API and scaler see only that.
+//!
+//! Redis:
 //!
 //! ```text
 //!  policy queues ──QueueProbe──▶ reads ──group by node──▶ one pipeline per node ──▶ depths
@@ -18,6 +22,7 @@ mod dial;
 mod discover;
 mod endpoint;
 mod latency;
+pub mod nats;
 mod probe;
 mod redirect;
 mod registry;
@@ -30,7 +35,7 @@ pub use endpoint::{Credentials, Endpoint, NodeAddr, UrlError};
 pub use latency::LatencyProbe;
 pub use probe::{KeyRead, QueueError, QueueProbe, ReadKind};
 
-use crate::api::QueueSpec;
+use crate::api::{BackendKind, QueueSpec};
 use crate::circuit::{Measure, Observation};
 use connections::EndpointConnections;
 use futures::future::join_all;
@@ -115,10 +120,19 @@ impl Sample {
     }
 }
 
+/// Where a policy's queues are read, with what it takes to reach them: one variant per backend,
+/// so a match on it shows every place a new backend must answer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum BackendEndpoint {
+    Redis(Endpoint),
+    Nats(nats::NatsEndpoint),
+}
+
 /// A policy's queues with the reads each takes, built once per policy generation.
 #[derive(Clone, Debug)]
 pub struct PreparedQueues {
     queues: Vec<PreparedQueue>,
+    consumers: Vec<nats::PreparedConsumer>,
 }
 
 #[derive(Clone, Debug)]
@@ -141,13 +155,15 @@ impl PreparedQueue {
 
 impl PreparedQueues {
     /// The queues' depth reads and, with `read_latency`, the latency read of each queue whose
-    /// layout keeps an enqueue time. Entries with a `keyPattern` are left out: discovery turns
-    /// them into queues of their own.
+    /// layout keeps an enqueue time; and the JetStream consumers. Entries with a `keyPattern` are
+    /// left out: discovery turns them into queues of their own.
     pub fn new(queues: &[QueueSpec], read_latency: bool) -> Self {
         Self {
+            consumers: nats::prepare(queues),
             queues: queues
                 .iter()
                 .filter(|queue| queue.key_pattern.is_none())
+                .filter(|queue| queue.queue_type.backend() == BackendKind::Redis)
                 .map(|queue| PreparedQueue {
                     name: queue.name.clone(),
                     weight: queue.weight,
@@ -170,6 +186,7 @@ type Entry = (Arc<EndpointConnections>, Instant);
 #[derive(Clone)]
 pub struct Sampler {
     endpoints: Arc<Mutex<HashMap<Endpoint, Entry>>>,
+    nats: nats::NatsSampler,
     idle_eviction: Duration,
 }
 
@@ -188,6 +205,7 @@ impl Sampler {
     pub fn with_idle_eviction(idle_eviction: Duration) -> Self {
         Self {
             endpoints: Arc::default(),
+            nats: nats::NatsSampler::default(),
             idle_eviction,
         }
     }
@@ -202,6 +220,17 @@ impl Sampler {
     pub async fn sample(&self, endpoint: &Endpoint, queues: &[QueueSpec]) -> Sample {
         self.sample_prepared(endpoint, &PreparedQueues::new(queues, true))
             .await
+    }
+
+    /// Reads every queue of one policy from its backend, the reads prepared once per generation.
+    pub async fn sample_backend(&self, endpoint: &BackendEndpoint, prepared: &PreparedQueues) -> Sample {
+        match endpoint {
+            BackendEndpoint::Redis(endpoint) => self.sample_prepared(endpoint, prepared).await,
+            BackendEndpoint::Nats(endpoint) => {
+                self.nats.evict_idle(self.idle_eviction);
+                self.nats.sample(endpoint, &prepared.consumers).await
+            }
+        }
     }
 
     /// Like `sample`, with the reads prepared once (per policy generation) rather than per tick.

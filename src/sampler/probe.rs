@@ -126,6 +126,8 @@ impl QueueProbe {
                 Llen,
                 format!("{}queue:{key}", queue.sidekiq_prefix()),
             )],
+            // Read from NATS (`sampler::nats`): `PreparedQueues` gives Redis only Redis layouts.
+            QueueType::Jetstream => Vec::new(),
         };
         Self {
             reads,

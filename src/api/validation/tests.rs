@@ -4,9 +4,15 @@ use super::*;
 use crate::fixtures::{self, set};
 
 const VALID: &str = include_str!("../../../examples/policy.yaml");
+const VALID_NATS: &str = include_str!("../../../examples/nats-policy.yaml");
 
 fn problems_of(edit: impl FnOnce(&mut Value)) -> Vec<String> {
-    let mut object: Value = serde_yaml::from_str(VALID).unwrap();
+    problems_in(VALID, edit)
+}
+
+/// The problems of the example `valid` once `edit`ed.
+fn problems_in(valid: &str, edit: impl FnOnce(&mut Value)) -> Vec<String> {
+    let mut object: Value = serde_yaml::from_str(valid).unwrap();
     edit(&mut object);
     match check_object(&object) {
         Ok(_) => Vec::new(),
@@ -23,7 +29,10 @@ fn assert_one(problems: &[String], expected: &str) {
 fn the_example_policy_is_valid_and_gets_defaults() {
     let policy = check_object(&serde_yaml::from_str(VALID).unwrap()).expect("valid");
     assert_eq!(policy.spec.queues[0].weight, 1);
-    assert_eq!(policy.spec.redis.mode, crate::api::RedisMode::Standalone);
+    assert_eq!(
+        policy.spec.redis.as_ref().unwrap().mode,
+        crate::api::RedisMode::Standalone
+    );
     assert_eq!(policy.spec.targets[0].priority, 5);
     assert!(!policy.spec.dry_run);
 }
@@ -37,7 +46,7 @@ fn defaults_fill_a_minimal_policy() {
         std::time::Duration::from_secs(1)
     );
     assert_eq!(
-        std::time::Duration::from(spec.redis.timeout),
+        std::time::Duration::from(spec.redis.as_ref().unwrap().timeout),
         std::time::Duration::from_millis(500)
     );
     assert_eq!(
@@ -272,7 +281,7 @@ fn unsupported_queue_type_lists_the_supported_ones() {
     let problems = problems_of(|o| set(o, "/spec/queues/0/type", "bull".into()));
     assert_one(
         &problems,
-        "jobs/rule-engine: spec.queues[0].type: Unsupported value: \"bull\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\"",
+        "jobs/rule-engine: spec.queues[0].type: Unsupported value: \"bull\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\", \"jetstream\"",
     );
 }
 
@@ -369,5 +378,65 @@ fn the_committed_crd_is_up_to_date() {
     assert!(
         committed == crate::api::crd_yaml(),
         "crds/levee.dev_backpressurepolicies.yaml is stale: run `make crds` (cargo run -- crd > crds/...)"
+    );
+}
+
+fn nats_problems_of(edit: impl FnOnce(&mut Value)) -> Vec<String> {
+    problems_in(VALID_NATS, edit)
+}
+
+#[test]
+fn a_policy_names_exactly_one_backend_and_its_queues_fit_it() {
+    let policy = check_object(&serde_yaml::from_str(VALID_NATS).unwrap()).expect("the NATS example is valid");
+    assert!(policy.spec.redis.is_none());
+    assert_eq!(policy.spec.queues[0].queue_type, crate::api::QueueType::Jetstream);
+    let one_backend = "jobs/event-writer: spec: Invalid value: name exactly one backend: spec.redis (Redis queues) or spec.nats (JetStream consumers)";
+    let both = nats_problems_of(|o| set(o, "/spec/redis", serde_json::json!({"url": "redis://r:6379"})));
+    assert!(both.iter().any(|p| p == one_backend), "{both:#?}");
+    let neither = nats_problems_of(|o| {
+        o["spec"].as_object_mut().unwrap().remove("nats");
+    });
+    assert_one(&neither, one_backend);
+    assert_one(
+        &nats_problems_of(|o| {
+            set(
+                o,
+                "/spec/queues/0",
+                serde_json::json!({"name": "jobs", "type": "list", "key": "jobs"}),
+            )
+        }),
+        "jobs/event-writer: spec: Invalid value: under spec.nats every queue is type jetstream: move Redis queues to a policy with spec.redis",
+    );
+    assert_one(
+        &problems_of(|o| {
+            set(
+                o,
+                "/spec/queues/0",
+                serde_json::json!({"name": "e", "type": "jetstream", "stream": "S", "consumer": "c"}),
+            )
+        }),
+        "jobs/rule-engine: spec: Invalid value: type jetstream reads a NATS JetStream consumer: it needs spec.nats, not spec.redis",
+    );
+    assert_one(
+        &nats_problems_of(|o| {
+            o["spec"]["queues"][0].as_object_mut().unwrap().remove("consumer");
+        }),
+        "jobs/event-writer: spec.queues[0]: Invalid value: type jetstream names a stream and a consumer (stream: EVENTS, consumer: writer), and no key or keyPattern",
+    );
+    assert_one(
+        &problems_of(|o| set(o, "/spec/queues/1/stream", "S".into())),
+        "jobs/rule-engine: spec.queues[1]: Invalid value: stream and consumer apply only to type jetstream: remove them or change the type",
+    );
+    let dotted = nats_problems_of(|o| set(o, "/spec/queues/0/stream", "EVENTS.x".into()));
+    assert!(
+        dotted.iter().any(|p| p.contains("spec.queues[0].stream")),
+        "{dotted:#?}"
+    );
+    let secret_in_url = nats_problems_of(|o| set(o, "/spec/nats/url", "nats://u:p@nats:4222".into()));
+    assert!(
+        secret_in_url
+            .iter()
+            .any(|p| p.contains("must not contain credentials")),
+        "{secret_in_url:#?}"
     );
 }

@@ -18,7 +18,7 @@ use super::status_writer::{TickReport, next_status};
 use crate::api::{BackpressurePolicy, DiscoveryStatus, QueueSpec};
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
 use crate::forecast::{Forecast, Forecaster};
-use crate::sampler::{Discovered, Endpoint, PreparedQueues, Sample};
+use crate::sampler::{BackendEndpoint, Discovered, PreparedQueues, Sample};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
@@ -115,7 +115,7 @@ struct PolicyState {
     forecaster: Forecaster,
     forecast: Option<Forecast>,
     circuit: Circuit,
-    endpoint: Option<Result<Endpoint, EndpointProblem>>,
+    endpoint: Option<Result<BackendEndpoint, EndpointProblem>>,
     /// Redis refused the endpoint (a rotated password?): rebuild it from the Secrets when the
     /// backoff allows.
     endpoint_suspect: bool,
@@ -242,7 +242,10 @@ impl PolicyState {
         let resolved = resolve_endpoint(&context.client, &context.stores.secrets, &self.policy)
             .await
             .map(|mut endpoint| {
-                endpoint.max_reply_bytes = context.settings.max_reply_bytes;
+                match &mut endpoint {
+                    BackendEndpoint::Redis(redis) => redis.max_reply_bytes = context.settings.max_reply_bytes,
+                    BackendEndpoint::Nats(_) => {}
+                }
                 endpoint
             });
         if resolved.is_err() || self.endpoint_suspect {
@@ -438,7 +441,10 @@ impl PolicyState {
         if patterns.is_empty() {
             return None;
         }
-        let endpoint = self.endpoint.as_ref()?.as_ref().ok()?.clone();
+        // Discovery reads Redis's registries and keys; the CRD allows keyPattern nowhere else.
+        let BackendEndpoint::Redis(endpoint) = self.endpoint.as_ref()?.as_ref().ok()?.clone() else {
+            return None;
+        };
         let sampler = context.sampler.clone();
         let cap = self.policy.spec.discovery.max_queues as usize;
         let generation = self.policy.metadata.generation;
@@ -460,7 +466,7 @@ impl PolicyState {
     async fn sample(&mut self, context: &Context) -> Result<Sample, EndpointProblem> {
         self.refresh_endpoint(context).await;
         let sample = match self.endpoint.as_ref().expect("refreshed above") {
-            Ok(endpoint) => Ok(context.sampler.sample_prepared(endpoint, &self.queues).await),
+            Ok(endpoint) => Ok(context.sampler.sample_backend(endpoint, &self.queues).await),
             Err(problem) => Err(problem.clone()),
         };
         if let Ok(sample) = &sample

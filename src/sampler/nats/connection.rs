@@ -1,0 +1,254 @@
+//! One connection to a NATS server, shared by every policy that names it: requests are sent at
+//! once and their replies matched by inbox token, so a tick's requests are all in flight together.
+//! Every byte the server sends is parsed within `wire::Limits`; a reply that breaks them breaks
+//! the connection (re-dialled on the next tick), and each request has its own deadline.
+
+use super::wire::{self, Limits, ServerOp};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How a client proves who it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+}
+
+/// A reply to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The header block's status (`503`: no server answers the subject), if any.
+    pub status: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+/// A live connection; dropping it stops its reader and closes the socket.
+pub struct Connection {
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    waiters: Waiters,
+    next_token: AtomicU64,
+    inbox: String,
+    /// Why the connection stopped, once it has.
+    broken: Arc<Mutex<Option<String>>>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// What the server said about itself in `INFO`.
+#[derive(serde::Deserialize, Default)]
+struct ServerInfo {
+    #[serde(default)]
+    tls_required: bool,
+    #[serde(default)]
+    headers: bool,
+}
+
+impl Connection {
+    /// Dials `address` (`host:port`), reads the server's INFO, authenticates and subscribes to
+    /// its reply inbox, all within `timeout`.
+    pub async fn connect(
+        address: &str,
+        auth: &NatsAuth,
+        limits: Limits,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        tokio::time::timeout(timeout, Self::handshake(address, auth, limits))
+            .await
+            .map_err(|_| format!("no NATS handshake with {address} within {timeout:?}"))?
+    }
+
+    async fn handshake(address: &str, auth: &NatsAuth, limits: Limits) -> Result<Self, String> {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("connecting to NATS at {address}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (mut read, mut write) = tcp.into_split();
+        let mut buffer = Vec::new();
+        let info = match next_op(&mut read, &mut buffer, limits).await? {
+            ServerOp::Info(json) => serde_json::from_slice::<ServerInfo>(&json).unwrap_or_default(),
+            other => return Err(format!("{address} is not a NATS server: it began with {other:?}")),
+        };
+        if info.tls_required {
+            return Err(format!(
+                "the NATS server at {address} requires TLS, which levee does not speak to NATS yet: allow plain connections from levee"
+            ));
+        }
+        if !info.headers {
+            return Err(format!(
+                "the NATS server at {address} does not support headers (NATS 2.2 or later is needed)"
+            ));
+        }
+        let mut connect = serde_json::json!({
+            "verbose": false, "pedantic": false, "lang": "rust", "name": "levee",
+            "version": env!("CARGO_PKG_VERSION"), "protocol": 1, "headers": true, "no_responders": true,
+        });
+        match auth {
+            NatsAuth::None => {}
+            NatsAuth::UserPassword { user, password } => {
+                connect["user"] = user.clone().into();
+                connect["pass"] = password.clone().into();
+            }
+            NatsAuth::Token(token) => connect["auth_token"] = token.clone().into(),
+        }
+        let inbox = format!("_INBOX.levee.{}.", random_token());
+        let hello = format!("CONNECT {connect}\r\nPING\r\nSUB {inbox}* 1\r\n");
+        write
+            .write_all(hello.as_bytes())
+            .await
+            .map_err(|e| format!("writing to NATS at {address}: {e}"))?;
+        loop {
+            match next_op(&mut read, &mut buffer, limits).await? {
+                ServerOp::Pong => break,
+                ServerOp::Ok | ServerOp::Info(_) | ServerOp::Ping => {}
+                ServerOp::Err(message) => {
+                    return Err(format!("the NATS server at {address} refused levee: {message}"));
+                }
+                ServerOp::Msg { .. } => {}
+            }
+        }
+        let writer = Arc::new(tokio::sync::Mutex::new(write));
+        let waiters = Waiters::default();
+        let broken = Arc::new(Mutex::new(None));
+        let reader = tokio::spawn(read_replies(
+            read,
+            buffer,
+            limits,
+            inbox.clone(),
+            writer.clone(),
+            waiters.clone(),
+            broken.clone(),
+        ));
+        Ok(Self {
+            writer,
+            waiters,
+            next_token: AtomicU64::new(1),
+            inbox,
+            broken,
+            reader,
+        })
+    }
+
+    /// Why the connection stopped, if it has.
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().expect("connection state lock").clone()
+    }
+
+    /// Sends an empty request on `subject` and waits for its reply up to `timeout`.
+    pub async fn request(&self, subject: &str, timeout: Duration) -> Result<Reply, String> {
+        if let Some(why) = self.broken() {
+            return Err(why);
+        }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        self.waiters.lock().expect("waiters lock").insert(token, sender);
+        let publish = format!("PUB {subject} {}{token} 0\r\n\r\n", self.inbox);
+        let sent = tokio::time::timeout(timeout, async {
+            self.writer.lock().await.write_all(publish.as_bytes()).await
+        })
+        .await;
+        let outcome = match sent {
+            Ok(Ok(())) => match tokio::time::timeout(timeout, receiver).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err(self
+                    .broken()
+                    .unwrap_or_else(|| "the NATS connection closed".into())),
+                Err(_) => Err(format!("no reply to {subject} within {timeout:?}")),
+            },
+            Ok(Err(error)) => Err(format!("writing to NATS: {error}")),
+            Err(_) => Err(format!("could not send {subject} within {timeout:?}")),
+        };
+        self.waiters.lock().expect("waiters lock").remove(&token);
+        outcome
+    }
+}
+
+/// Reads the next operation, reading more from the socket while it is incomplete.
+async fn next_op(read: &mut OwnedReadHalf, buffer: &mut Vec<u8>, limits: Limits) -> Result<ServerOp, String> {
+    loop {
+        if let Some((op, used)) = wire::parse(buffer, limits).map_err(|e| e.to_string())? {
+            buffer.drain(..used);
+            return Ok(op);
+        }
+        let mut chunk = [0u8; 8192];
+        let read = read
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading from NATS: {e}"))?;
+        if read == 0 {
+            return Err("the NATS server closed the connection".into());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Hands each reply to its waiter and answers the server's PINGs, until the connection fails.
+async fn read_replies(
+    mut read: OwnedReadHalf,
+    mut buffer: Vec<u8>,
+    limits: Limits,
+    inbox: String,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    waiters: Waiters,
+    broken: Arc<Mutex<Option<String>>>,
+) {
+    let why = loop {
+        match next_op(&mut read, &mut buffer, limits).await {
+            Ok(ServerOp::Msg {
+                subject,
+                status,
+                payload,
+            }) => {
+                let token = subject.strip_prefix(&inbox).and_then(|t| t.parse::<u64>().ok());
+                let waiter = token.and_then(|t| waiters.lock().expect("waiters lock").remove(&t));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Reply { status, payload });
+                }
+            }
+            Ok(ServerOp::Ping) => {
+                if let Err(error) = writer.lock().await.write_all(b"PONG\r\n").await {
+                    break format!("writing to NATS: {error}");
+                }
+            }
+            // The server keeps the connection after a permissions violation (the request then
+            // goes unanswered); after any other error it closes it.
+            Ok(ServerOp::Err(message)) if message.to_ascii_lowercase().contains("permissions violation") => {
+                tracing::warn!(%message, "the NATS server refused a request of levee's");
+            }
+            Ok(ServerOp::Err(message)) => break format!("the NATS server closed the connection: {message}"),
+            Ok(ServerOp::Pong | ServerOp::Ok | ServerOp::Info(_)) => {}
+            Err(error) => break error,
+        }
+    };
+    *broken.lock().expect("connection state lock") = Some(why);
+    // Waiters find their sender gone and read why from `broken`.
+    waiters.lock().expect("waiters lock").clear();
+}
+
+/// 16 random hex digits: the inbox is the connection's own.
+fn random_token() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system's random source");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

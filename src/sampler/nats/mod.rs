@@ -1,0 +1,333 @@
+//! Reads NATS JetStream consumers' backlogs: one `$JS.API.CONSUMER.INFO.<stream>.<consumer>`
+//! request per queue, all in flight at once on the one connection levee keeps per server (and
+//! credentials), shared by every policy that names it. The request is routed by the servers to
+//! the consumer's leader, the only one that answers it, so the figure is the leader's: never a
+//! follower's stale count, as a scrape of a monitoring page can be. The depth is the work not
+//! done: `num_pending` (not yet delivered) + `num_ack_pending` (delivered, not acknowledged), as
+//! `nats consumer info` shows them ("Unprocessed Messages" and "Outstanding Acks").
+
+mod connection;
+pub mod wire;
+
+pub use connection::NatsAuth;
+
+use crate::api::{NatsSpec, QueueSpec, QueueType};
+use connection::Connection;
+use futures::future::{BoxFuture, FutureExt, Shared, join_all};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{QueueReading, Sample};
+
+/// What one reply (or protocol line) from a NATS server may take: a consumer's info is a few
+/// KiB of JSON; the server's INFO lists its cluster's URLs.
+pub const LIMITS: wire::Limits = wire::Limits {
+    max_line: 64 * 1024,
+    max_payload: 256 * 1024,
+};
+
+/// A NATS server (any of its cluster) with the credentials to present.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NatsEndpoint {
+    /// `host:port`.
+    pub address: String,
+    pub auth: NatsAuth,
+    pub timeout: Duration,
+}
+
+impl NatsEndpoint {
+    /// The endpoint of a policy's `spec.nats`, with its credentials resolved by the caller.
+    pub fn from_spec(spec: &NatsSpec, auth: NatsAuth) -> Result<Self, String> {
+        let url = url::Url::parse(&spec.url).map_err(|e| format!("{:?} is not a URL: {e}", spec.url))?;
+        if url.scheme() != "nats" {
+            return Err(format!("{:?}: use a nats://host:port URL", spec.url));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("{:?} names no host: use nats://host:port", spec.url))?;
+        let port = url.port().unwrap_or(4222);
+        let address = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(Self {
+            address,
+            auth,
+            timeout: spec.timeout.into(),
+        })
+    }
+}
+
+/// One JetStream consumer to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedConsumer {
+    pub name: String,
+    pub weight: u32,
+    pub subject: String,
+    stream: String,
+    consumer: String,
+}
+
+/// The policy's JetStream queues, prepared once per generation.
+pub fn prepare(queues: &[QueueSpec]) -> Vec<PreparedConsumer> {
+    queues
+        .iter()
+        .filter(|q| q.queue_type == QueueType::Jetstream)
+        .filter_map(|q| {
+            let (stream, consumer) = (q.stream.clone()?, q.consumer.clone()?);
+            Some(PreparedConsumer {
+                name: q.name.clone(),
+                weight: q.weight,
+                subject: format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+                stream,
+                consumer,
+            })
+        })
+        .collect()
+}
+
+/// A dial under way, awaited by every policy that needs it.
+type Dial = Shared<BoxFuture<'static, Result<Arc<Connection>, String>>>;
+
+enum Slot {
+    Ready(Arc<Connection>),
+    Dialing(u64, Dial),
+}
+
+/// Each endpoint's connection (or dial) and when a policy last used it; and the last dial's id.
+type Slots = (HashMap<NatsEndpoint, (Slot, Instant)>, u64);
+
+/// The connections to NATS servers; cheap to clone, shared by every policy.
+#[derive(Clone, Default)]
+pub struct NatsSampler {
+    slots: Arc<Mutex<Slots>>,
+}
+
+impl NatsSampler {
+    /// Reads every consumer of one policy, all requests at once.
+    pub async fn sample(&self, endpoint: &NatsEndpoint, consumers: &[PreparedConsumer]) -> Sample {
+        let started = Instant::now();
+        let at = jiff::Timestamp::now();
+        let (queues, unreachable) = match self.connection(endpoint).await {
+            Ok(connection) => {
+                let replies = join_all(
+                    consumers
+                        .iter()
+                        .map(|c| connection.request(&c.subject, endpoint.timeout)),
+                )
+                .await;
+                // No reply at all: a server that stopped answering (packets dropped) keeps the
+                // socket open, so the connection is dialled again next tick.
+                let silent = !replies.is_empty() && replies.iter().all(Result::is_err);
+                let why = connection
+                    .broken()
+                    .or_else(|| silent.then(|| replies[0].clone().expect_err("all failed")));
+                if let Some(why) = why {
+                    self.forget(endpoint, &connection);
+                    let readings = consumers.iter().map(|c| reading(c, Err(why.clone()))).collect();
+                    (readings, Some(why))
+                } else {
+                    let readings = consumers
+                        .iter()
+                        .zip(replies)
+                        .map(|(c, reply)| reading(c, reply.and_then(|r| depth(c, &r))))
+                        .collect();
+                    (readings, None)
+                }
+            }
+            Err(why) => {
+                let readings = consumers.iter().map(|c| reading(c, Err(why.clone()))).collect();
+                (readings, Some(why))
+            }
+        };
+        Sample {
+            at,
+            queues,
+            round_trips: 1,
+            unreachable,
+            duration: started.elapsed(),
+        }
+    }
+
+    /// Drops connections no policy used for `idle`.
+    pub fn evict_idle(&self, idle: Duration) {
+        let mut slots = self.slots.lock().expect("nats connections lock");
+        slots.0.retain(|_, (_, used)| used.elapsed() < idle);
+    }
+
+    /// The endpoint's connection: the live one, the dial under way, or a new dial.
+    async fn connection(&self, endpoint: &NatsEndpoint) -> Result<Arc<Connection>, String> {
+        let (id, dial) = {
+            let mut slots = self.slots.lock().expect("nats connections lock");
+            let (map, flights) = &mut *slots;
+            match map.get_mut(endpoint) {
+                Some((Slot::Ready(connection), used)) if connection.broken().is_none() => {
+                    *used = Instant::now();
+                    return Ok(connection.clone());
+                }
+                Some((Slot::Dialing(id, dial), _)) => (*id, dial.clone()),
+                _ => {
+                    *flights += 1;
+                    let dialled = endpoint.clone();
+                    let dial = async move {
+                        Connection::connect(&dialled.address, &dialled.auth, LIMITS, dialled.timeout)
+                            .await
+                            .map(Arc::new)
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(
+                        endpoint.clone(),
+                        (Slot::Dialing(*flights, dial.clone()), Instant::now()),
+                    );
+                    (*flights, dial)
+                }
+            }
+        };
+        let outcome = dial.await;
+        let mut slots = self.slots.lock().expect("nats connections lock");
+        if matches!(slots.0.get(endpoint), Some((Slot::Dialing(flying, _), _)) if *flying == id) {
+            match &outcome {
+                Ok(connection) => {
+                    slots.0.insert(
+                        endpoint.clone(),
+                        (Slot::Ready(connection.clone()), Instant::now()),
+                    );
+                }
+                Err(_) => {
+                    slots.0.remove(endpoint);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Forgets `connection` (broken), unless another has replaced it already.
+    fn forget(&self, endpoint: &NatsEndpoint, connection: &Arc<Connection>) {
+        let mut slots = self.slots.lock().expect("nats connections lock");
+        if matches!(slots.0.get(endpoint), Some((Slot::Ready(held), _)) if Arc::ptr_eq(held, connection)) {
+            slots.0.remove(endpoint);
+        }
+    }
+}
+
+fn reading(consumer: &PreparedConsumer, depth: Result<u64, String>) -> QueueReading {
+    QueueReading {
+        name: consumer.name.clone(),
+        weight: consumer.weight,
+        depth,
+        latency: None,
+    }
+}
+
+/// What CONSUMER.INFO answers: the consumer's state, or an API error.
+#[derive(serde::Deserialize)]
+struct ConsumerInfo {
+    #[serde(default)]
+    num_pending: Option<u64>,
+    #[serde(default)]
+    num_ack_pending: Option<u64>,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    err_code: u32,
+    #[serde(default)]
+    description: String,
+}
+
+/// The consumer's work not done, from its CONSUMER.INFO reply.
+fn depth(consumer: &PreparedConsumer, reply: &connection::Reply) -> Result<u64, String> {
+    let (stream, name) = (&consumer.stream, &consumer.consumer);
+    if reply.status.as_deref().is_some_and(|s| s.starts_with("503")) {
+        return Err(format!(
+            "no server answers JetStream requests for consumer {name} of stream {stream}: is JetStream enabled on this NATS server (nats-server -js), and does the account have it?"
+        ));
+    }
+    let info: ConsumerInfo = serde_json::from_slice(&reply.payload)
+        .map_err(|e| format!("consumer {name} of stream {stream}: the reply is not JetStream's JSON: {e}"))?;
+    if let Some(error) = info.error {
+        let hint = match error.err_code {
+            10014 => ": create the consumer or fix spec.queues[].consumer",
+            10059 => ": create the stream or fix spec.queues[].stream",
+            _ => "",
+        };
+        return Err(format!(
+            "consumer {name} of stream {stream}: {} (JetStream {} {}){hint}",
+            error.description, error.code, error.err_code
+        ));
+    }
+    match (info.num_pending, info.num_ack_pending) {
+        (Some(pending), Some(ack_pending)) => Ok(pending.saturating_add(ack_pending)),
+        _ => Err(format!(
+            "consumer {name} of stream {stream}: the reply has no num_pending and num_ack_pending"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer() -> PreparedConsumer {
+        PreparedConsumer {
+            name: "events".into(),
+            weight: 1,
+            subject: "$JS.API.CONSUMER.INFO.EVENTS.writer".into(),
+            stream: "EVENTS".into(),
+            consumer: "writer".into(),
+        }
+    }
+
+    fn reply(status: Option<&str>, payload: &str) -> connection::Reply {
+        connection::Reply {
+            status: status.map(str::to_string),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_depth_is_pending_plus_ack_pending_and_errors_say_what_to_fix() {
+        let info = r#"{"type":"io.nats.jetstream.api.v1.consumer_info_response","num_pending":40,"num_ack_pending":2,"num_redelivered":0}"#;
+        assert_eq!(depth(&consumer(), &reply(None, info)), Ok(42));
+        let missing = r#"{"error":{"code":404,"err_code":10014,"description":"consumer not found"}}"#;
+        let error = depth(&consumer(), &reply(None, missing)).unwrap_err();
+        assert!(
+            error.contains("consumer not found") && error.contains("create the consumer"),
+            "{error}"
+        );
+        let error = depth(&consumer(), &reply(Some("503"), "")).unwrap_err();
+        assert!(error.contains("JetStream enabled"), "{error}");
+        assert!(
+            depth(&consumer(), &reply(None, "{}")).is_err(),
+            "a reply without the counts is no zero"
+        );
+        assert!(depth(&consumer(), &reply(None, "not json")).is_err());
+    }
+
+    #[test]
+    fn endpoints_come_from_nats_urls_only() {
+        let spec = |url: &str| NatsSpec {
+            url: url.into(),
+            credentials_secret_ref: None,
+            timeout: crate::api::defaults::redis_timeout(),
+        };
+        let endpoint = NatsEndpoint::from_spec(&spec("nats://nats.jobs.svc"), NatsAuth::None).unwrap();
+        assert_eq!(endpoint.address, "nats.jobs.svc:4222");
+        assert_eq!(
+            NatsEndpoint::from_spec(&spec("nats://[fd00::1]:4223"), NatsAuth::None)
+                .unwrap()
+                .address,
+            "[fd00::1]:4223"
+        );
+        assert!(NatsEndpoint::from_spec(&spec("redis://x:6379"), NatsAuth::None).is_err());
+    }
+}

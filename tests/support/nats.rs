@@ -1,0 +1,126 @@
+//! Real `nats-server` processes with JetStream, on free loopback ports; the binary comes from
+//! `scripts/nats-server.sh` (built from its Go module once per machine, cached). Every process is
+//! killed when its handle drops.
+
+use super::free_port;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The levee repository (this module is also compiled into the e2e crate, one level down).
+fn levee_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("scripts/nats-server.sh").is_file() {
+        manifest
+    } else {
+        manifest
+            .parent()
+            .expect("the e2e crate sits in the repository")
+            .to_path_buf()
+    }
+}
+
+/// The path of the nats-server binary, built or taken from the cache the first time it is asked.
+pub fn nats_server_binary() -> String {
+    static BINARY: OnceLock<String> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let output = Command::new(levee_root().join("scripts/nats-server.sh"))
+                .args(["install", &levee_root().join(".cache/bin").to_string_lossy()])
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("scripts/nats-server.sh runs");
+            assert!(
+                output.status.success(),
+                "scripts/nats-server.sh could not build nats-server (Go and the module proxy are needed)"
+            );
+            String::from_utf8(output.stdout).unwrap().trim().to_string()
+        })
+        .clone()
+}
+
+/// One `nats-server` process.
+pub struct NatsServer {
+    pub port: u16,
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// A server with JetStream.
+    pub fn start() -> Self {
+        Self::start_with(&["-js"])
+    }
+
+    /// A server with these extra arguments (`-js` for JetStream, `--auth TOKEN`, ...).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let server = Self { port, child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server on port {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `tests/producers/nats_jetstream.py` (nats-py, the NATS client from PyPI) against this
+    /// server: its last line is the consumer's info as nats-py reads it.
+    pub fn jetstream(&self, args: &[&str]) -> serde_json::Value {
+        let root = levee_root();
+        let python = root.join(".cache/venv/bin/python");
+        assert!(
+            python.is_file(),
+            "nats-py is not installed: run `make deps` (python venv in .cache/venv)"
+        );
+        let output = Command::new(python)
+            .arg(root.join("tests/producers/nats_jetstream.py"))
+            .arg(self.url())
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "nats_jetstream.py {args:?} failed: {}{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(stdout.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("nats_jetstream.py printed {stdout}: {e}"))
+    }
+
+    /// The consumer's work not done as NATS's own client reads it (`num_pending +
+    /// num_ack_pending`, "Unprocessed Messages" + "Outstanding Acks" in `nats consumer info`).
+    pub fn unprocessed_and_outstanding(&self, stream: &str, consumer: &str, extra: &[&str]) -> u64 {
+        let mut args = vec!["info", stream, consumer];
+        args.extend(extra);
+        let info = self.jetstream(&args);
+        info["num_pending"].as_u64().expect("num_pending")
+            + info["num_ack_pending"].as_u64().expect("num_ack_pending")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -51,14 +51,6 @@ async fn depths_equal_what_nats_own_client_reads_from_the_consumer() {
     assert_eq!(depth(&sample, "events"), Ok(expected_events));
     assert_eq!(depth(&sample, "mail"), Ok(expected_mail));
     assert_eq!(sample.pending(), expected_events + 3 * expected_mail);
-    assert_eq!(
-        sample
-            .queues
-            .iter()
-            .map(|q| q.latency.clone())
-            .collect::<Vec<_>>(),
-        [None, None]
-    );
 
     // Work done moves the figure as the consumer's own state does.
     server.jetstream(&["fill", "JOBS", "jobs", "worker", "12", "12", "12"]);
@@ -71,6 +63,107 @@ async fn depths_equal_what_nats_own_client_reads_from_the_consumer() {
         Ok(server.unprocessed_and_outstanding("JOBS", "worker", &[]))
     );
     assert_eq!(depth(&sample, "jobs"), Ok(0), "all 12 acknowledged");
+    assert_eq!(
+        latency(&sample, "jobs"),
+        Some(Ok(Duration::ZERO)),
+        "no work not done: no latency"
+    );
+}
+
+fn latency(sample: &Sample, name: &str) -> Option<Result<Duration, String>> {
+    sample
+        .queues
+        .iter()
+        .find(|q| q.name == name)
+        .unwrap()
+        .latency
+        .clone()
+}
+
+/// Seconds since the epoch, as the producer's clock gives them.
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The latency of a consumer is the age of the oldest message it has not had acknowledged, on
+/// its own filter subject: within 1 s of the time the producer published that message.
+#[tokio::test]
+async fn latency_is_the_age_of_the_oldest_unacknowledged_message_on_the_consumers_filter() {
+    let server = NatsServer::start();
+    // Four messages 0.5 s apart, three delivered, the first acknowledged: the oldest not
+    // acknowledged is the second.
+    let filled = server.jetstream(&["fill", "LAT", "lat", "worker", "4", "3", "1", "--spacing", "0.5"]);
+    let published: Vec<f64> = serde_json::from_value(filled["published"].clone()).unwrap();
+    // A filtered consumer: older messages on another subject are not its work.
+    let filter = ["--filter", "orders.eu"];
+    let fill = |count: &str, to: &str| {
+        let mut args = vec![
+            "fill",
+            "ORDERS",
+            "orders.>",
+            "eu",
+            count,
+            "0",
+            "0",
+            "--publish-to",
+            to,
+        ];
+        args.extend(filter);
+        server.jetstream(&args)
+    };
+    let us = fill("2", "orders.us");
+    std::thread::sleep(Duration::from_secs(3));
+    let eu = fill("2", "orders.eu");
+    let first_eu = eu["published"][0].as_f64().unwrap();
+    let first_us = us["published"][0].as_f64().unwrap();
+    assert_eq!(
+        server.unprocessed_and_outstanding("ORDERS", "eu", &[]),
+        2,
+        "only orders.eu is the consumer's"
+    );
+
+    let prepared = queues(
+        "[{name: lat, type: jetstream, stream: LAT, consumer: worker},
+          {name: eu, type: jetstream, stream: ORDERS, consumer: eu}]",
+    );
+    let sample = Sampler::new()
+        .sample_backend(&endpoint(&server.url(), NatsAuth::None), &prepared)
+        .await;
+    let now = now_seconds();
+    assert_eq!(depth(&sample, "lat"), Ok(3));
+    let lat = latency(&sample, "lat")
+        .expect("latency is read")
+        .unwrap()
+        .as_secs_f64();
+    let expected = now - published[1];
+    assert!(
+        (lat - expected).abs() < 1.0,
+        "levee {lat:.3} s, the second message's age {expected:.3} s"
+    );
+    let eu_latency = latency(&sample, "eu")
+        .expect("latency is read")
+        .unwrap()
+        .as_secs_f64();
+    let expected = now - first_eu;
+    assert!(
+        (eu_latency - expected).abs() < 1.0,
+        "levee {eu_latency:.3} s, the first orders.eu message's age {expected:.3} s (orders.us's {:.3} s is not the consumer's)",
+        now - first_us
+    );
+
+    // With latency off, none is read.
+    let depth_only: Vec<QueueSpec> =
+        serde_yaml::from_str("[{name: lat, type: jetstream, stream: LAT, consumer: worker}]").unwrap();
+    let sample = Sampler::new()
+        .sample_backend(
+            &endpoint(&server.url(), NatsAuth::None),
+            &PreparedQueues::new(&depth_only, false),
+        )
+        .await;
+    assert_eq!((depth(&sample, "lat"), latency(&sample, "lat")), (Ok(3), None));
 }
 
 #[tokio::test]
@@ -161,8 +254,9 @@ async fn a_server_without_jetstream_an_unreachable_one_and_wrong_credentials_are
     assert_eq!(depth(&right, "events"), Ok(4));
 }
 
-/// A "server" that greets like NATS and then answers the request with `reply`.
-async fn impostor(reply: Vec<u8>) -> u16 {
+/// A "server" that greets like NATS and then answers the request with `reply`, followed, when
+/// `endless`, by bytes that never end (else it holds the connection open).
+async fn impostor(reply: Vec<u8>, endless: bool) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -189,8 +283,8 @@ async fn impostor(reply: Vec<u8>) -> u16 {
                         let inbox = text[at..].split_whitespace().nth(2).unwrap_or("").to_string();
                         let reply = String::from_utf8_lossy(&reply).replace("INBOX", &inbox);
                         let _ = socket.write_all(reply.as_bytes()).await;
-                        // An endless reply goes on until levee hangs up.
-                        while socket.write_all(&[b'x'; 4096]).await.is_ok() {}
+                        while endless && socket.write_all(&[b'x'; 4096]).await.is_ok() {}
+                        let _ = socket.read(&mut buffer).await;
                         return;
                     }
                 }
@@ -204,14 +298,22 @@ async fn impostor(reply: Vec<u8>) -> u16 {
 async fn an_oversized_or_endless_reply_is_cut_off_at_the_bound() {
     let prepared = queues("[{name: events, type: jetstream, stream: EVENTS, consumer: writer}]");
     let sampler = Sampler::new();
-    for (reply, expected) in [
+    for (reply, endless, expected) in [
+        // Past what levee drops unread: the connection goes.
         (
             b"MSG INBOX 1 104857600\r\n".to_vec(),
-            "over the 262144-byte limit",
+            true,
+            "over the 67108864-byte limit",
         ),
-        (b"MSG INBOX 1 ".to_vec(), "longer than 65536 bytes"),
+        // Over what levee reads, dropped unread: that request fails.
+        (
+            [&b"MSG INBOX 1 1048576\r\n"[..], &vec![b'x'; 1048576], b"\r\n"].concat(),
+            false,
+            "a reply of 1048576 bytes, more than levee reads (262144 bytes)",
+        ),
+        (b"MSG INBOX 1 ".to_vec(), true, "longer than 65536 bytes"),
     ] {
-        let port = impostor(reply).await;
+        let port = impostor(reply, endless).await;
         let started = Instant::now();
         let sample = sampler
             .sample_backend(
@@ -227,4 +329,74 @@ async fn an_oversized_or_endless_reply_is_cut_off_at_the_bound() {
             started.elapsed()
         );
     }
+}
+
+/// In a 3-node cluster the consumer's leader steps down while levee samples every 50 ms through
+/// one node: every figure levee reports is the exact one (a follower never answers in its place),
+/// and the sampling goes on with the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_leader_stepping_down_never_yields_a_followers_figure() {
+    let cluster = support::nats::NatsCluster::start();
+    // 60 published, 25 delivered of which 10 acknowledged: 35 unprocessed, 15 outstanding acks.
+    let before = cluster.fill_replicated(&["EVENTS", "events", "writer", "60", "25", "10"]);
+    let expected = before["num_pending"].as_u64().unwrap() + before["num_ack_pending"].as_u64().unwrap();
+    assert_eq!(expected, 50, "nats-py's own figure");
+    let old_leader = before["leader"]
+        .as_str()
+        .expect("a clustered consumer has a leader")
+        .to_string();
+    // levee talks to a node that does not lead the consumer, so the request must be routed.
+    let (via, _) = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .find(|(i, _)| format!("n{}", i + 1) != old_leader)
+        .unwrap();
+    let url = cluster.nodes[via].url();
+    let prepared = queues("[{name: events, type: jetstream, stream: EVENTS, consumer: writer}]");
+    let sampler = Sampler::new();
+    let endpoint = endpoint(&url, NatsAuth::None);
+    assert_eq!(
+        depth(&sampler.sample_backend(&endpoint, &prepared).await, "events"),
+        Ok(expected)
+    );
+
+    let stepped = {
+        let leader_url = cluster.nodes[0].url();
+        tokio::task::spawn_blocking(move || {
+            support::nats::jetstream(&leader_url, &["stepdown", "EVENTS", "writer"])
+        })
+    };
+    let mut readings = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        readings.push((
+            started.elapsed(),
+            depth(&sampler.sample_backend(&endpoint, &prepared).await, "events"),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = stepped.await.unwrap();
+    let new_leader = after["leader"].as_str().unwrap().to_string();
+    assert_ne!(new_leader, old_leader, "the consumer has a new leader");
+    let wrong: Vec<_> = readings
+        .iter()
+        .filter(|(_, r)| matches!(r, Ok(d) if *d != expected))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "levee reported another figure than the leader's {expected}: {wrong:?}"
+    );
+    let failed = readings.iter().filter(|(_, r)| r.is_err()).count();
+    let last = readings.last().unwrap();
+    assert_eq!(
+        last.1,
+        Ok(expected),
+        "read from the new leader {new_leader}: {readings:?}"
+    );
+    eprintln!(
+        "figure: leader {old_leader} -> {new_leader}; {} samples in 6 s through node n{}, {failed} failed (an election: timeout or 10008), the rest {expected}",
+        readings.len(),
+        via + 1
+    );
 }

@@ -33,7 +33,7 @@ use jiff::SignedDuration;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.circuit.openAhead) || has(self.thresholds.critical)").message("circuit.openAhead forecasts when the backlog reaches thresholds.critical: set the depth thresholds too"))]
 #[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.readLatency").message("latency thresholds need readLatency: true"))]
-#[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.queues.exists(q, q.type in ['sidekiq', 'rq', 'bullmq', 'stream'])").message("latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq or stream): list, zset and celery queues have no latency"))]
+#[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.queues.exists(q, q.type in ['sidekiq', 'rq', 'bullmq', 'stream', 'jetstream'])").message("latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq, stream or jetstream): list, zset and celery queues have no latency"))]
 #[x_kube(validation = Rule::new("has(self.redis) != has(self.nats)").message("name exactly one backend: spec.redis (Redis queues) or spec.nats (JetStream consumers)"))]
 #[x_kube(validation = Rule::new("!has(self.nats) || self.queues.all(q, q.type == 'jetstream')").message("under spec.nats every queue is type jetstream: move Redis queues to a policy with spec.redis"))]
 #[x_kube(validation = Rule::new("!has(self.redis) || self.queues.all(q, q.type != 'jetstream')").message("type jetstream reads a NATS JetStream consumer: it needs spec.nats, not spec.redis"))]

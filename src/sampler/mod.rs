@@ -159,7 +159,7 @@ impl PreparedQueues {
     /// left out: discovery turns them into queues of their own.
     pub fn new(queues: &[QueueSpec], read_latency: bool) -> Self {
         Self {
-            consumers: nats::prepare(queues),
+            consumers: nats::prepare(queues, read_latency),
             queues: queues
                 .iter()
                 .filter(|queue| queue.key_pattern.is_none())

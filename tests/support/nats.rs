@@ -41,6 +41,37 @@ pub fn nats_server_binary() -> String {
         .clone()
 }
 
+/// Runs `tests/producers/nats_jetstream.py` (nats-py, the NATS client from PyPI) against the
+/// server at `url`: its last line is the consumer's info as nats-py reads it.
+pub fn jetstream(url: &str, args: &[&str]) -> serde_json::Value {
+    try_jetstream(url, args).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// Like `jetstream`, saying why it failed.
+pub fn try_jetstream(url: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let root = levee_root();
+    let python = root.join(".cache/venv/bin/python");
+    assert!(
+        python.is_file(),
+        "nats-py is not installed: run `make deps` (python venv in .cache/venv)"
+    );
+    let output = Command::new(python)
+        .arg(root.join("tests/producers/nats_jetstream.py"))
+        .arg(url)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "nats_jetstream.py {args:?} failed: {}{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .map_err(|e| format!("nats_jetstream.py printed {stdout}: {e}"))
+}
+
 /// One `nats-server` process.
 pub struct NatsServer {
     pub port: u16,
@@ -82,29 +113,9 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Runs `tests/producers/nats_jetstream.py` (nats-py, the NATS client from PyPI) against this
-    /// server: its last line is the consumer's info as nats-py reads it.
+    /// Runs `tests/producers/nats_jetstream.py` against this server (see `jetstream`).
     pub fn jetstream(&self, args: &[&str]) -> serde_json::Value {
-        let root = levee_root();
-        let python = root.join(".cache/venv/bin/python");
-        assert!(
-            python.is_file(),
-            "nats-py is not installed: run `make deps` (python venv in .cache/venv)"
-        );
-        let output = Command::new(python)
-            .arg(root.join("tests/producers/nats_jetstream.py"))
-            .arg(self.url())
-            .args(args)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "nats_jetstream.py {args:?} failed: {}{stdout}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_str(stdout.lines().last().unwrap_or(""))
-            .unwrap_or_else(|e| panic!("nats_jetstream.py printed {stdout}: {e}"))
+        jetstream(&self.url(), args)
     }
 
     /// The consumer's work not done as NATS's own client reads it (`num_pending +
@@ -122,5 +133,59 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Three `nats-server` processes routed into one JetStream cluster on loopback.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts the three nodes and waits until JetStream's meta leader is elected (a stream can be
+    /// created).
+    pub fn start() -> Self {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| {
+                let name = format!("n{}", i + 1);
+                let cluster = format!("nats://127.0.0.1:{route}");
+                NatsServer::start_with(&[
+                    "-js",
+                    "-n",
+                    &name,
+                    "--cluster_name",
+                    "levee",
+                    "--cluster",
+                    &cluster,
+                    "--routes",
+                    &route_list,
+                ])
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    /// `fill` (see `NatsServer::jetstream`) with the stream on all three nodes, retried while the
+    /// cluster is still electing its meta leader.
+    pub fn fill_replicated(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["fill"];
+        all.extend(args);
+        all.extend(["--replicas", "3"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match try_jetstream(&self.nodes[0].url(), &all) {
+                Ok(info) => return info,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+                Err(error) => panic!("no JetStream cluster within 30 s: {error}"),
+            }
+        }
     }
 }

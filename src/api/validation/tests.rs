@@ -120,7 +120,7 @@ fn latency_needs_a_queue_that_keeps_an_enqueue_time_and_its_reads() {
     });
     assert_one(
         &problems,
-        "jobs/rule-engine: spec: Invalid value: latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq or stream): list, zset and celery queues have no latency",
+        "jobs/rule-engine: spec: Invalid value: latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq, stream or jetstream): list, zset and celery queues have no latency",
     );
     let problems = problems_of(|o| {
         set(o, "/spec/thresholds/latency", latency);

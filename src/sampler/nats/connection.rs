@@ -1,7 +1,8 @@
 //! One connection to a NATS server, shared by every policy that names it: requests are sent at
 //! once and their replies matched by inbox token, so a tick's requests are all in flight together.
-//! Every byte the server sends is parsed within `wire::Limits`; a reply that breaks them breaks
-//! the connection (re-dialled on the next tick), and each request has its own deadline.
+//! Every byte the server sends is parsed within `wire::Limits`: a message over `max_payload` is
+//! dropped unread and fails its request only, anything worse breaks the connection (re-dialled
+//! on the next tick); and each request has its own deadline.
 
 use super::wire::{self, Limits, ServerOp};
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ pub struct Reply {
     /// The header block's status (`503`: no server answers the subject), if any.
     pub status: Option<String>,
     pub payload: Vec<u8>,
+    /// The size of a reply over the limit, dropped unread (`payload` is then empty).
+    pub oversized: Option<usize>,
 }
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
@@ -122,7 +125,7 @@ impl Connection {
                 ServerOp::Err(message) => {
                     return Err(format!("the NATS server at {address} refused levee: {message}"));
                 }
-                ServerOp::Msg { .. } => {}
+                ServerOp::Msg { .. } | ServerOp::Oversized { .. } => {}
             }
         }
         let writer = Arc::new(tokio::sync::Mutex::new(write));
@@ -152,17 +155,19 @@ impl Connection {
         self.broken.lock().expect("connection state lock").clone()
     }
 
-    /// Sends an empty request on `subject` and waits for its reply up to `timeout`.
-    pub async fn request(&self, subject: &str, timeout: Duration) -> Result<Reply, String> {
+    /// Sends a request with `body` on `subject` and waits for its reply up to `timeout`.
+    pub async fn request(&self, subject: &str, body: &[u8], timeout: Duration) -> Result<Reply, String> {
         if let Some(why) = self.broken() {
             return Err(why);
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         self.waiters.lock().expect("waiters lock").insert(token, sender);
-        let publish = format!("PUB {subject} {}{token} 0\r\n\r\n", self.inbox);
+        let mut publish = format!("PUB {subject} {}{token} {}\r\n", self.inbox, body.len()).into_bytes();
+        publish.extend_from_slice(body);
+        publish.extend_from_slice(b"\r\n");
         let sent = tokio::time::timeout(timeout, async {
-            self.writer.lock().await.write_all(publish.as_bytes()).await
+            self.writer.lock().await.write_all(&publish).await
         })
         .await;
         let outcome = match sent {
@@ -186,18 +191,39 @@ async fn next_op(read: &mut OwnedReadHalf, buffer: &mut Vec<u8>, limits: Limits)
     loop {
         if let Some((op, used)) = wire::parse(buffer, limits).map_err(|e| e.to_string())? {
             buffer.drain(..used);
+            if let ServerOp::Oversized { size, .. } = &op {
+                skip(read, buffer, size + 2).await?;
+            }
             return Ok(op);
         }
         let mut chunk = [0u8; 8192];
-        let read = read
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading from NATS: {e}"))?;
-        if read == 0 {
-            return Err("the NATS server closed the connection".into());
-        }
+        let read = read_some(read, &mut chunk).await?;
         buffer.extend_from_slice(&chunk[..read]);
     }
+}
+
+/// Reads what the socket has (at least a byte); the server hanging up is an error.
+async fn read_some(read: &mut OwnedReadHalf, chunk: &mut [u8]) -> Result<usize, String> {
+    match read.read(chunk).await {
+        Ok(0) => Err("the NATS server closed the connection".into()),
+        Ok(read) => Ok(read),
+        Err(error) => Err(format!("reading from NATS: {error}")),
+    }
+}
+
+/// Drops the next `count` bytes of the stream, the buffered ones first, keeping what follows.
+async fn skip(read: &mut OwnedReadHalf, buffer: &mut Vec<u8>, count: usize) -> Result<(), String> {
+    let buffered = count.min(buffer.len());
+    buffer.drain(..buffered);
+    let mut remaining = count - buffered;
+    let mut chunk = [0u8; 8192];
+    while remaining > 0 {
+        let read = read_some(read, &mut chunk).await?;
+        let dropped = read.min(remaining);
+        buffer.extend_from_slice(&chunk[dropped..read]);
+        remaining -= dropped;
+    }
+    Ok(())
 }
 
 /// Hands each reply to its waiter and answers the server's PINGs, until the connection fails.
@@ -217,11 +243,20 @@ async fn read_replies(
                 status,
                 payload,
             }) => {
-                let token = subject.strip_prefix(&inbox).and_then(|t| t.parse::<u64>().ok());
-                let waiter = token.and_then(|t| waiters.lock().expect("waiters lock").remove(&t));
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(Reply { status, payload });
-                }
+                let reply = Reply {
+                    status,
+                    payload,
+                    oversized: None,
+                };
+                deliver(&inbox, &waiters, &subject, reply);
+            }
+            Ok(ServerOp::Oversized { subject, size }) => {
+                let reply = Reply {
+                    status: None,
+                    payload: Vec::new(),
+                    oversized: Some(size),
+                };
+                deliver(&inbox, &waiters, &subject, reply);
             }
             Ok(ServerOp::Ping) => {
                 if let Err(error) = writer.lock().await.write_all(b"PONG\r\n").await {
@@ -241,6 +276,15 @@ async fn read_replies(
     *broken.lock().expect("connection state lock") = Some(why);
     // Waiters find their sender gone and read why from `broken`.
     waiters.lock().expect("waiters lock").clear();
+}
+
+/// Hands `reply` to the request its inbox subject names, if it still waits.
+fn deliver(inbox: &str, waiters: &Waiters, subject: &str, reply: Reply) {
+    let token = subject.strip_prefix(inbox).and_then(|t| t.parse::<u64>().ok());
+    let waiter = token.and_then(|t| waiters.lock().expect("waiters lock").remove(&t));
+    if let Some(waiter) = waiter {
+        let _ = waiter.send(reply);
+    }
 }
 
 /// 16 random hex digits: the inbox is the connection's own.

@@ -4,9 +4,13 @@
 //! the consumer's leader, the only one that answers it, so the figure is the leader's: never a
 //! follower's stale count, as a scrape of a monitoring page can be. The depth is the work not
 //! done: `num_pending` (not yet delivered) + `num_ack_pending` (delivered, not acknowledged), as
-//! `nats consumer info` shows them ("Unprocessed Messages" and "Outstanding Acks").
+//! `nats consumer info` shows them ("Unprocessed Messages" and "Outstanding Acks"). With latency
+//! on, a consumer with work not done gets a second request, `STREAM.MSG.GET` of the next message
+//! after its ack floor on its filter (the oldest it has not had acknowledged), and its latency is
+//! now − that message's stored time.
 
 mod connection;
+mod replies;
 pub mod wire;
 
 pub use connection::NatsAuth;
@@ -14,6 +18,7 @@ pub use connection::NatsAuth;
 use crate::api::{NatsSpec, QueueSpec, QueueType};
 use connection::Connection;
 use futures::future::{BoxFuture, FutureExt, Shared, join_all};
+use replies::ConsumerState;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +30,9 @@ use super::{QueueReading, Sample};
 pub const LIMITS: wire::Limits = wire::Limits {
     max_line: 64 * 1024,
     max_payload: 256 * 1024,
+    // A job message (read for latency) may be larger: up to the server's largest max_payload
+    // (64 MiB) it is dropped unread and only that read fails.
+    max_skip: 64 * 1024 * 1024,
 };
 
 /// A NATS server (any of its cluster) with the credentials to present.
@@ -69,10 +77,13 @@ pub struct PreparedConsumer {
     pub subject: String,
     stream: String,
     consumer: String,
+    /// Whether its latency is read.
+    latency: bool,
 }
 
-/// The policy's JetStream queues, prepared once per generation.
-pub fn prepare(queues: &[QueueSpec]) -> Vec<PreparedConsumer> {
+/// The policy's JetStream queues, prepared once per generation; with `read_latency`, their
+/// latencies too.
+pub fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedConsumer> {
     queues
         .iter()
         .filter(|q| q.queue_type == QueueType::Jetstream)
@@ -84,6 +95,7 @@ pub fn prepare(queues: &[QueueSpec]) -> Vec<PreparedConsumer> {
                 subject: format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
                 stream,
                 consumer,
+                latency: read_latency,
             })
         })
         .collect()
@@ -116,7 +128,7 @@ impl NatsSampler {
                 let replies = join_all(
                     consumers
                         .iter()
-                        .map(|c| connection.request(&c.subject, endpoint.timeout)),
+                        .map(|c| connection.request(&c.subject, b"", endpoint.timeout)),
                 )
                 .await;
                 // No reply at all: a server that stopped answering (packets dropped) keeps the
@@ -130,10 +142,28 @@ impl NatsSampler {
                     let readings = consumers.iter().map(|c| reading(c, Err(why.clone()))).collect();
                     (readings, Some(why))
                 } else {
-                    let readings = consumers
+                    let states: Vec<Result<ConsumerState, String>> = consumers
                         .iter()
                         .zip(replies)
-                        .map(|(c, reply)| reading(c, reply.and_then(|r| depth(c, &r))))
+                        .map(|(c, reply)| {
+                            reply.and_then(|r| replies::consumer_state(&c.stream, &c.consumer, &r))
+                        })
+                        .collect();
+                    let latencies = join_all(
+                        consumers
+                            .iter()
+                            .zip(&states)
+                            .map(|(c, state)| latency(&connection, c, state, at, endpoint.timeout)),
+                    )
+                    .await;
+                    let readings = consumers
+                        .iter()
+                        .zip(states)
+                        .zip(latencies)
+                        .map(|((c, state), latency)| QueueReading {
+                            latency,
+                            ..reading(c, state.map(|s| s.depth))
+                        })
                         .collect();
                     (readings, None)
                 }
@@ -214,6 +244,46 @@ impl NatsSampler {
     }
 }
 
+/// A consumer's latency (`None` with latency off): zero with no work not done, else the age of
+/// the oldest message it has not had acknowledged.
+async fn latency(
+    connection: &Connection,
+    consumer: &PreparedConsumer,
+    state: &Result<ConsumerState, String>,
+    at: jiff::Timestamp,
+    timeout: Duration,
+) -> Option<Result<Duration, String>> {
+    if !consumer.latency {
+        return None;
+    }
+    let state = match state {
+        Ok(state) if state.depth == 0 => return Some(Ok(Duration::ZERO)),
+        Ok(state) => state,
+        Err(error) => return Some(Err(error.clone())),
+    };
+    let subject = format!("$JS.API.STREAM.MSG.GET.{}", consumer.stream);
+    let found = join_all(
+        replies::oldest_message_requests(state)
+            .iter()
+            .map(|body| connection.request(&subject, body, timeout)),
+    )
+    .await;
+    let mut oldest: Option<(u64, jiff::Timestamp)> = None;
+    for reply in found {
+        let message = reply.and_then(|r| replies::message_found(&consumer.stream, &r));
+        match message {
+            Ok(Some(found)) if oldest.is_none_or(|(seq, _)| found.0 < seq) => oldest = Some(found),
+            Ok(_) => {}
+            Err(error) => return Some(Err(error)),
+        }
+    }
+    let age = oldest.map_or(Duration::ZERO, |(_, time)| {
+        let elapsed = at.duration_since(time);
+        Duration::try_from(elapsed).unwrap_or(Duration::ZERO)
+    });
+    Some(Ok(age))
+}
+
 fn reading(consumer: &PreparedConsumer, depth: Result<u64, String>) -> QueueReading {
     QueueReading {
         name: consumer.name.clone(),
@@ -223,95 +293,9 @@ fn reading(consumer: &PreparedConsumer, depth: Result<u64, String>) -> QueueRead
     }
 }
 
-/// What CONSUMER.INFO answers: the consumer's state, or an API error.
-#[derive(serde::Deserialize)]
-struct ConsumerInfo {
-    #[serde(default)]
-    num_pending: Option<u64>,
-    #[serde(default)]
-    num_ack_pending: Option<u64>,
-    #[serde(default)]
-    error: Option<ApiError>,
-}
-
-#[derive(serde::Deserialize)]
-struct ApiError {
-    #[serde(default)]
-    code: u16,
-    #[serde(default)]
-    err_code: u32,
-    #[serde(default)]
-    description: String,
-}
-
-/// The consumer's work not done, from its CONSUMER.INFO reply.
-fn depth(consumer: &PreparedConsumer, reply: &connection::Reply) -> Result<u64, String> {
-    let (stream, name) = (&consumer.stream, &consumer.consumer);
-    if reply.status.as_deref().is_some_and(|s| s.starts_with("503")) {
-        return Err(format!(
-            "no server answers JetStream requests for consumer {name} of stream {stream}: is JetStream enabled on this NATS server (nats-server -js), and does the account have it?"
-        ));
-    }
-    let info: ConsumerInfo = serde_json::from_slice(&reply.payload)
-        .map_err(|e| format!("consumer {name} of stream {stream}: the reply is not JetStream's JSON: {e}"))?;
-    if let Some(error) = info.error {
-        let hint = match error.err_code {
-            10014 => ": create the consumer or fix spec.queues[].consumer",
-            10059 => ": create the stream or fix spec.queues[].stream",
-            _ => "",
-        };
-        return Err(format!(
-            "consumer {name} of stream {stream}: {} (JetStream {} {}){hint}",
-            error.description, error.code, error.err_code
-        ));
-    }
-    match (info.num_pending, info.num_ack_pending) {
-        (Some(pending), Some(ack_pending)) => Ok(pending.saturating_add(ack_pending)),
-        _ => Err(format!(
-            "consumer {name} of stream {stream}: the reply has no num_pending and num_ack_pending"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn consumer() -> PreparedConsumer {
-        PreparedConsumer {
-            name: "events".into(),
-            weight: 1,
-            subject: "$JS.API.CONSUMER.INFO.EVENTS.writer".into(),
-            stream: "EVENTS".into(),
-            consumer: "writer".into(),
-        }
-    }
-
-    fn reply(status: Option<&str>, payload: &str) -> connection::Reply {
-        connection::Reply {
-            status: status.map(str::to_string),
-            payload: payload.as_bytes().to_vec(),
-        }
-    }
-
-    #[test]
-    fn the_depth_is_pending_plus_ack_pending_and_errors_say_what_to_fix() {
-        let info = r#"{"type":"io.nats.jetstream.api.v1.consumer_info_response","num_pending":40,"num_ack_pending":2,"num_redelivered":0}"#;
-        assert_eq!(depth(&consumer(), &reply(None, info)), Ok(42));
-        let missing = r#"{"error":{"code":404,"err_code":10014,"description":"consumer not found"}}"#;
-        let error = depth(&consumer(), &reply(None, missing)).unwrap_err();
-        assert!(
-            error.contains("consumer not found") && error.contains("create the consumer"),
-            "{error}"
-        );
-        let error = depth(&consumer(), &reply(Some("503"), "")).unwrap_err();
-        assert!(error.contains("JetStream enabled"), "{error}");
-        assert!(
-            depth(&consumer(), &reply(None, "{}")).is_err(),
-            "a reply without the counts is no zero"
-        );
-        assert!(depth(&consumer(), &reply(None, "not json")).is_err());
-    }
 
     #[test]
     fn endpoints_come_from_nats_urls_only() {

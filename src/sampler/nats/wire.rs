@@ -1,6 +1,8 @@
 //! The NATS client protocol as the server speaks it (`INFO`, `MSG`, `HMSG`, `PING`, `PONG`,
 //! `+OK`, `-ERR`), parsed from bytes with bounds: a control line longer than `max_line` or a
-//! message larger than `max_payload` is an error, never a buffer that grows. No I/O.
+//! message larger than `max_payload` is never buffered: up to `max_skip` it is reported as
+//! `Oversized` (the reader drops its bytes and that one request fails), past it it is an error
+//! (the connection goes). No I/O.
 
 /// One operation from the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,6 +15,12 @@ pub enum ServerOp {
         subject: String,
         status: Option<String>,
         payload: Vec<u8>,
+    },
+    /// A message of `size` bytes, over `max_payload`: the caller drops its next `size + 2`
+    /// bytes (the payload and its CRLF).
+    Oversized {
+        subject: String,
+        size: usize,
     },
     Ping,
     Pong,
@@ -37,6 +45,8 @@ pub enum WireError {
 pub struct Limits {
     pub max_line: usize,
     pub max_payload: usize,
+    /// The largest message dropped unread; a larger one ends the connection.
+    pub max_skip: usize,
 }
 
 /// The first operation in `buffer` and the bytes it took; `None` while it is incomplete.
@@ -74,14 +84,21 @@ pub fn parse(buffer: &[u8], limits: Limits) -> Result<Option<(ServerOp, usize)>,
             } else {
                 0
             };
-            if total > limits.max_payload {
-                return Err(WireError::TooLarge {
-                    size: total,
-                    limit: limits.max_payload,
-                });
-            }
             if header_size > total {
                 return Err(garbled(line));
+            }
+            if total > limits.max_skip {
+                return Err(WireError::TooLarge {
+                    size: total,
+                    limit: limits.max_skip,
+                });
+            }
+            if total > limits.max_payload {
+                let op = ServerOp::Oversized {
+                    subject: fields[0].to_string(),
+                    size: total,
+                };
+                return Ok(Some((op, after_line)));
             }
             let body_end = after_line + total;
             if buffer.len() < body_end + 2 {
@@ -138,6 +155,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_line: 64,
         max_payload: 32,
+        max_skip: 100,
     };
 
     #[test]
@@ -186,8 +204,22 @@ mod tests {
     #[test]
     fn oversized_endless_or_garbled_input_is_an_error_not_a_growing_buffer() {
         assert_eq!(
-            parse(b"MSG a 1 33\r\n", LIMITS),
-            Err(WireError::TooLarge { size: 33, limit: 32 })
+            parse(b"MSG a 1 33\r\nxx", LIMITS),
+            Ok(Some((
+                ServerOp::Oversized {
+                    subject: "a".into(),
+                    size: 33
+                },
+                12
+            ))),
+            "over max_payload: dropped unread, its control line taken"
+        );
+        assert_eq!(
+            parse(b"MSG a 1 101\r\n", LIMITS),
+            Err(WireError::TooLarge {
+                size: 101,
+                limit: 100
+            })
         );
         assert_eq!(parse(&[b'x'; 65], LIMITS), Err(WireError::LineTooLong(64)));
         assert!(matches!(parse(b"HELLO\r\n", LIMITS), Err(WireError::Garbled(_))));

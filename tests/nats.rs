@@ -51,6 +51,10 @@ async fn depths_equal_what_nats_own_client_reads_from_the_consumer() {
     assert_eq!(depth(&sample, "events"), Ok(expected_events));
     assert_eq!(depth(&sample, "mail"), Ok(expected_mail));
     assert_eq!(sample.pending(), expected_events + 3 * expected_mail);
+    assert_eq!(
+        sample.round_trips, 2,
+        "the infos, then the latency reads, each all at once"
+    );
 
     // Work done moves the figure as the consumer's own state does.
     server.jetstream(&["fill", "JOBS", "jobs", "worker", "12", "12", "12"]);

@@ -63,7 +63,8 @@ pub struct QueueReading {
 pub struct Sample {
     pub at: Timestamp,
     pub queues: Vec<QueueReading>,
-    /// Pipelines sent (one per Redis node holding the queues, plus one per retry).
+    /// Pipelines sent (one per Redis node holding the queues, plus one per retry); for NATS,
+    /// rounds of requests (the consumers' infos, then their latency reads).
     pub round_trips: usize,
     /// The first connection-level error (refused, timeout, authentication, topology), if any:
     /// Redis itself could not be reached, as opposed to a queue that could not be read.

@@ -123,7 +123,7 @@ impl NatsSampler {
     pub async fn sample(&self, endpoint: &NatsEndpoint, consumers: &[PreparedConsumer]) -> Sample {
         let started = Instant::now();
         let at = jiff::Timestamp::now();
-        let (queues, unreachable) = match self.connection(endpoint).await {
+        let (queues, unreachable, round_trips) = match self.connection(endpoint).await {
             Ok(connection) => {
                 let replies = join_all(
                     consumers
@@ -140,7 +140,7 @@ impl NatsSampler {
                 if let Some(why) = why {
                     self.forget(endpoint, &connection);
                     let readings = consumers.iter().map(|c| reading(c, Err(why.clone()))).collect();
-                    (readings, Some(why))
+                    (readings, Some(why), 1)
                 } else {
                     let states: Vec<Result<ConsumerState, String>> = consumers
                         .iter()
@@ -149,6 +149,11 @@ impl NatsSampler {
                             reply.and_then(|r| replies::consumer_state(&c.stream, &c.consumer, &r))
                         })
                         .collect();
+                    // The latency reads go out together, after the consumers' infos.
+                    let reads_latency = consumers
+                        .iter()
+                        .zip(&states)
+                        .any(|(c, state)| c.latency && state.as_ref().is_ok_and(|s| s.depth > 0));
                     let latencies = join_all(
                         consumers
                             .iter()
@@ -165,18 +170,18 @@ impl NatsSampler {
                             ..reading(c, state.map(|s| s.depth))
                         })
                         .collect();
-                    (readings, None)
+                    (readings, None, 1 + usize::from(reads_latency))
                 }
             }
             Err(why) => {
                 let readings = consumers.iter().map(|c| reading(c, Err(why.clone()))).collect();
-                (readings, Some(why))
+                (readings, Some(why), 0)
             }
         };
         Sample {
             at,
             queues,
-            round_trips: 1,
+            round_trips,
             unreachable,
             duration: started.elapsed(),
         }

@@ -121,16 +121,7 @@ async fn resolve_nats(
         message: format!("spec.nats.url: {error}"),
     })?;
     if let Some(secret) = credentials_secret {
-        let (host, port) = endpoint
-            .address
-            .rsplit_once(':')
-            .map(|(host, port)| (host.trim_matches(['[', ']']), port.parse().unwrap_or(4222)))
-            .unwrap_or((endpoint.address.as_str(), 4222));
-        let seed = NodeAddr {
-            host: host.to_string(),
-            port,
-        };
-        check_secret_hosts(&secret, &seed, "spec.nats")?;
+        check_secret_hosts(&secret, &endpoint.server, "spec.nats")?;
     }
     Ok(endpoint)
 }
@@ -140,23 +131,22 @@ async fn resolve_redis(
     namespace: &str,
     redis: &RedisSpec,
 ) -> Result<Endpoint, EndpointProblem> {
-    let namespace = namespace.to_string();
     let mut credentials = Credentials::default();
     let mut credentials_secret = None;
     if let Some(reference) = &redis.credentials_secret_ref {
         let field = "spec.redis.credentialsSecretRef";
-        let secret = secrets.read(&namespace, &reference.name, field).await?;
+        let secret = secrets.read(namespace, &reference.name, field).await?;
         credentials_secret = Some(secret.clone());
-        credentials.password = Some(text_key(&secret, &namespace, &reference.password_key, field)?);
+        credentials.password = Some(text_key(&secret, namespace, &reference.password_key, field)?);
         if let Some(username_key) = &reference.username_key {
-            credentials.username = Some(text_key(&secret, &namespace, username_key, field)?);
+            credentials.username = Some(text_key(&secret, namespace, username_key, field)?);
         }
     }
     let mut ca_pem = None;
     if let Some(reference) = redis.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()) {
         let field = "spec.redis.tls.caSecretRef";
-        let secret = secrets.read(&namespace, &reference.name, field).await?;
-        ca_pem = Some(text_key(&secret, &namespace, &reference.key, field)?.into_bytes());
+        let secret = secrets.read(namespace, &reference.name, field).await?;
+        ca_pem = Some(text_key(&secret, namespace, &reference.key, field)?.into_bytes());
     }
     let endpoint =
         Endpoint::from_spec(redis, None, credentials, ca_pem).map_err(|error| EndpointProblem {

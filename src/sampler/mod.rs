@@ -206,7 +206,7 @@ impl Sampler {
     pub fn with_idle_eviction(idle_eviction: Duration) -> Self {
         Self {
             endpoints: Arc::default(),
-            nats: nats::NatsSampler::default(),
+            nats: nats::NatsSampler::new(idle_eviction),
             idle_eviction,
         }
     }
@@ -227,10 +227,7 @@ impl Sampler {
     pub async fn sample_backend(&self, endpoint: &BackendEndpoint, prepared: &PreparedQueues) -> Sample {
         match endpoint {
             BackendEndpoint::Redis(endpoint) => self.sample_prepared(endpoint, prepared).await,
-            BackendEndpoint::Nats(endpoint) => {
-                self.nats.evict_idle(self.idle_eviction);
-                self.nats.sample(endpoint, &prepared.consumers).await
-            }
+            BackendEndpoint::Nats(endpoint) => self.nats.sample(endpoint, &prepared.consumers).await,
         }
     }
 

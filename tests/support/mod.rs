@@ -481,8 +481,17 @@ impl TlsFiles {
 }
 
 /// The repository root.
+/// The levee repository (this module is also compiled into the e2e crate, one level down).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("tests/support/mod.rs").is_file() {
+        manifest
+    } else {
+        manifest
+            .parent()
+            .expect("the e2e crate sits in the repository")
+            .to_path_buf()
+    }
 }
 
 /// Runs a producer script from `tests/producers` and returns its JSON output.

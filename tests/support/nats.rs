@@ -2,33 +2,19 @@
 //! `scripts/nats-server.sh` (built from its Go module once per machine, cached). Every process is
 //! killed when its handle drops.
 
-use super::free_port;
+use super::{free_port, repo_root};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// The levee repository (this module is also compiled into the e2e crate, one level down).
-fn levee_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if manifest.join("scripts/nats-server.sh").is_file() {
-        manifest
-    } else {
-        manifest
-            .parent()
-            .expect("the e2e crate sits in the repository")
-            .to_path_buf()
-    }
-}
 
 /// The path of the nats-server binary, built or taken from the cache the first time it is asked.
 pub fn nats_server_binary() -> String {
     static BINARY: OnceLock<String> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            let output = Command::new(levee_root().join("scripts/nats-server.sh"))
-                .args(["install", &levee_root().join(".cache/bin").to_string_lossy()])
+            let output = Command::new(repo_root().join("scripts/nats-server.sh"))
+                .args(["install", &repo_root().join(".cache/bin").to_string_lossy()])
                 .stderr(Stdio::inherit())
                 .output()
                 .expect("scripts/nats-server.sh runs");
@@ -49,7 +35,7 @@ pub fn jetstream(url: &str, args: &[&str]) -> serde_json::Value {
 
 /// Like `jetstream`, saying why it failed.
 pub fn try_jetstream(url: &str, args: &[&str]) -> Result<serde_json::Value, String> {
-    let root = levee_root();
+    let root = repo_root();
     let python = root.join(".cache/venv/bin/python");
     assert!(
         python.is_file(),

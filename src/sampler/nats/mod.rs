@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{QueueReading, Sample};
+use super::{NodeAddr, QueueReading, Sample};
 
 /// What one reply (or protocol line) from a NATS server may take: a consumer's info is a few
 /// KiB of JSON; the server's INFO lists its cluster's URLs.
@@ -38,8 +38,7 @@ pub const LIMITS: wire::Limits = wire::Limits {
 /// A NATS server (any of its cluster) with the credentials to present.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NatsEndpoint {
-    /// `host:port`.
-    pub address: String,
+    pub server: NodeAddr,
     pub auth: NatsAuth,
     pub timeout: Duration,
 }
@@ -55,14 +54,11 @@ impl NatsEndpoint {
             .host_str()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| format!("{:?} names no host: use nats://host:port", spec.url))?;
-        let port = url.port().unwrap_or(4222);
-        let address = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
         Ok(Self {
-            address,
+            server: NodeAddr {
+                host: host.trim_matches(['[', ']']).to_string(),
+                port: url.port().unwrap_or(4222),
+            },
             auth,
             timeout: spec.timeout.into(),
         })
@@ -113,12 +109,22 @@ enum Slot {
 type Slots = (HashMap<NatsEndpoint, (Slot, Instant)>, u64);
 
 /// The connections to NATS servers; cheap to clone, shared by every policy.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NatsSampler {
     slots: Arc<Mutex<Slots>>,
+    /// A connection no policy used for this long is dropped (a rotated password or a changed URL
+    /// leaves the old one behind).
+    idle_eviction: Duration,
 }
 
 impl NatsSampler {
+    pub fn new(idle_eviction: Duration) -> Self {
+        Self {
+            slots: Arc::default(),
+            idle_eviction,
+        }
+    }
+
     /// Reads every consumer of one policy, all requests at once.
     pub async fn sample(&self, endpoint: &NatsEndpoint, consumers: &[PreparedConsumer]) -> Sample {
         let started = Instant::now();
@@ -187,17 +193,12 @@ impl NatsSampler {
         }
     }
 
-    /// Drops connections no policy used for `idle`.
-    pub fn evict_idle(&self, idle: Duration) {
-        let mut slots = self.slots.lock().expect("nats connections lock");
-        slots.0.retain(|_, (_, used)| used.elapsed() < idle);
-    }
-
     /// The endpoint's connection: the live one, the dial under way, or a new dial.
     async fn connection(&self, endpoint: &NatsEndpoint) -> Result<Arc<Connection>, String> {
         let (id, dial) = {
             let mut slots = self.slots.lock().expect("nats connections lock");
             let (map, flights) = &mut *slots;
+            map.retain(|_, (_, used)| used.elapsed() < self.idle_eviction);
             match map.get_mut(endpoint) {
                 Some((Slot::Ready(connection), used)) if connection.broken().is_none() => {
                     *used = Instant::now();
@@ -208,9 +209,14 @@ impl NatsSampler {
                     *flights += 1;
                     let dialled = endpoint.clone();
                     let dial = async move {
-                        Connection::connect(&dialled.address, &dialled.auth, LIMITS, dialled.timeout)
-                            .await
-                            .map(Arc::new)
+                        Connection::connect(
+                            &dialled.server.authority(),
+                            &dialled.auth,
+                            LIMITS,
+                            dialled.timeout,
+                        )
+                        .await
+                        .map(Arc::new)
                     }
                     .boxed()
                     .shared();
@@ -310,11 +316,12 @@ mod tests {
             timeout: crate::api::defaults::redis_timeout(),
         };
         let endpoint = NatsEndpoint::from_spec(&spec("nats://nats.jobs.svc"), NatsAuth::None).unwrap();
-        assert_eq!(endpoint.address, "nats.jobs.svc:4222");
+        assert_eq!(endpoint.server.authority(), "nats.jobs.svc:4222");
         assert_eq!(
             NatsEndpoint::from_spec(&spec("nats://[fd00::1]:4223"), NatsAuth::None)
                 .unwrap()
-                .address,
+                .server
+                .authority(),
             "[fd00::1]:4223"
         );
         assert!(NatsEndpoint::from_spec(&spec("redis://x:6379"), NatsAuth::None).is_err());

@@ -7,12 +7,14 @@
 #   - Kubernetes (kubelet, kubeadm, kubectl, kube-apiserver, kube-controller-manager,
 #     kube-scheduler, kube-proxy) and etcd from the modules of e2e/controlplane/go.mod;
 #   - every image the node runs, built here and imported into the node's containerd: the
-#     control-plane components, kube-proxy, etcd, CoreDNS and pause at the tags kubeadm asks for,
+#     control-plane components, kube-proxy, etcd, CoreDNS (the plugins of e2e/kind/coredns/main.go)
+#     and pause at the tags kubeadm asks for,
 #     local-path-provisioner (kind's default storage), and a busybox (Debian's busybox-static) that
 #     writes the CNI configuration (e2e/kind/node/cni.yaml: kind's kindnetd has no source here).
 #
 #   e2e/kind/node-image.sh [build]   build or reuse it; prints its name (levee-kind/node:...)
 #   e2e/kind/node-image.sh kind      build or reuse kind itself; prints its path
+#   e2e/kind/node-image.sh coredns   build or reuse CoreDNS; prints the directory holding it
 #   e2e/kind/node-image.sh debian    the Debian rootfs image; prints its name
 #   e2e/kind/node-image.sh base      kind's base image (no Kubernetes); prints its name
 #   e2e/kind/node-image.sh busybox   the busybox image (Debian's busybox-static); prints its name
@@ -205,10 +207,34 @@ image_of() {
   rm -rf "$ctx"
 }
 
+# CoreDNS at kubeadm's version with the plugins of e2e/kind/coredns/main.go only (a module of its
+# own beside that main, requiring CoreDNS alone, so its dependencies resolve as upstream's own
+# go.mod selects them); prints the directory holding `coredns`.
+coredns_bin() {
+  local main="$here/coredns/main.go" dir tmp
+  dir="$cache/bin/coredns-$(key "$COREDNS_VERSION" "-s -w" "$(cat "$main")")"
+  if [[ ! -d "$dir" && -z "$names_only" ]]; then
+    tmp="$dir.tmp.$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp/src"
+    cp "$main" "$tmp/src/"
+    printf 'module levee.dev/e2e/kind/coredns\n\ngo 1.25\n\nrequire github.com/coredns/coredns %s\n' \
+      "$COREDNS_VERSION" >"$tmp/src/go.mod"
+    log "building CoreDNS $COREDNS_VERSION (the plugins of $main)"
+    (cd "$tmp/src" && timed "coredns built" env CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 19 \
+      go build -trimpath -ldflags='-s -w' -o "$tmp/coredns" . >&2)
+    mkdir "$tmp/bin"
+    mv "$tmp/coredns" "$tmp/bin/"
+    mv "$tmp/bin" "$dir"
+    rm -rf "$tmp"
+  fi
+  echo "$dir"
+}
+
 # The images the node runs, as `docker save` archives in a cached directory; prints it.
 node_images() {
   local debian="$1" kube="$2" coredns lpp dir tmp c pause_src
-  coredns="$(go_tools coredns 0 "" "" "github.com/coredns/coredns@$COREDNS_VERSION")"
+  coredns="$(coredns_bin)"
   lpp="$(go_tools local-path-provisioner 0 "" "" "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION")"
   pause_src="$(GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" |
     sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')/build/pause/linux/pause.c"
@@ -381,6 +407,7 @@ build() {
 case "${1:-build}" in
   build) build ;;
   kind) kind_bin ;;
+  coredns) coredns_bin ;;
   debian) debian_image ;;
   base) base_image "$(debian_image)" ;;
   busybox) image="levee-kind/busybox:$SUITE"; busybox_image "$(debian_image)" "$image"; echo "$image" ;;

@@ -29,9 +29,10 @@ unit: deps
 	$(CARGO) test
 
 ## e2e: the end-to-end suite on the local control plane and KEDA beside it (both built from Go
-## modules, cached; a cold KEDA build runs in the background while the first suites run)
+## modules, cached; a cold KEDA build runs in the background while the first suites run), its
+## test binaries in two lanes side by side, the floods alone (e2e/scripts/suites.sh)
 e2e:
-	LEVEE_KEDA_PREBUILD=1 e2e/scripts/with-cluster.sh cargo test -p levee-e2e
+	LEVEE_KEDA_PREBUILD=1 e2e/scripts/with-cluster.sh e2e/scripts/suites.sh
 
 ## e2e-kind: (machines with Docker; CI=true starts one) levee's image as pods on kind, then the suite
 e2e-kind: deps

@@ -78,6 +78,6 @@ fi
 scripts/prebuild.sh start "$prebuild"
 phase lint make --no-print-directory lint
 phase unit cargo test
-phase e2e env LEVEE_KEDA_PREBUILD=1 e2e/scripts/with-cluster.sh cargo test -p levee-e2e
+phase e2e env LEVEE_KEDA_PREBUILD=1 e2e/scripts/with-cluster.sh e2e/scripts/suites.sh
 phase kind e2e/scripts/kind.sh suite
 echo "make test: all green"

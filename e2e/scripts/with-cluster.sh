@@ -3,7 +3,7 @@
 # a temporary directory, runs "$@" with KUBECONFIG, LEVEE_KEDA_SRC and PATH (kubectl, helm,
 # promtool from .cache/bin) set,
 # and stops it again, whatever happens. `make e2e` and `make bench-controller` use it.
-#   e2e/scripts/with-cluster.sh cargo test -p levee-e2e
+#   e2e/scripts/with-cluster.sh e2e/scripts/suites.sh   (make e2e: the suites, two lanes side by side)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

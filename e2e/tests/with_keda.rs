@@ -152,11 +152,22 @@ fn a_scaled_object_on_levees_scaler_wakes_on_the_push_scales_out_and_back_to_zer
     wait_until("back to zero after the drain", Duration::from_secs(120), || {
         (replicas(&ns) == 0).then_some(())
     });
-    let active = kubectl_json(&["get", "scaledobject", "worker", "-n", &ns]);
-    let condition = active["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Active").cloned())
-        .unwrap_or_default();
+    // KEDA scales the Deployment before it writes the ScaledObject's status: the Active
+    // condition follows within a reconcile or two.
+    let active_condition = || {
+        kubectl_json(&["get", "scaledobject", "worker", "-n", &ns])["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Active").cloned())
+            .unwrap_or_default()
+    };
+    let settled = Instant::now() + Duration::from_secs(30);
+    let condition = loop {
+        let condition = active_condition();
+        if condition["status"] == "False" || Instant::now() > settled {
+            break condition;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert_eq!(condition["status"], "False", "{condition}");
     let streams = levee
         .metric("levee_external_scaler_requests_total{code=\"OK\",rpc=\"StreamIsActive\"}")

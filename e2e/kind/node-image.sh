@@ -216,15 +216,13 @@ coredns_bin() {
   if [[ ! -d "$dir" && -z "$names_only" ]]; then
     tmp="$dir.tmp.$$"
     rm -rf "$tmp"
-    mkdir -p "$tmp/src"
+    mkdir -p "$tmp/src" "$tmp/bin"
     cp "$main" "$tmp/src/"
     printf 'module levee.dev/e2e/kind/coredns\n\ngo 1.25\n\nrequire github.com/coredns/coredns %s\n' \
       "$COREDNS_VERSION" >"$tmp/src/go.mod"
     log "building CoreDNS $COREDNS_VERSION (the plugins of $main)"
     (cd "$tmp/src" && timed "coredns built" env CGO_ENABLED=0 GOFLAGS=-mod=mod nice -n 19 \
-      go build -trimpath -ldflags='-s -w' -o "$tmp/coredns" . >&2)
-    mkdir "$tmp/bin"
-    mv "$tmp/coredns" "$tmp/bin/"
+      go build -trimpath -ldflags='-s -w' -o "$tmp/bin/coredns" . >&2)
     mv "$tmp/bin" "$dir"
     rm -rf "$tmp"
   fi

@@ -160,15 +160,11 @@ fn a_scaled_object_on_levees_scaler_wakes_on_the_push_scales_out_and_back_to_zer
             .and_then(|c| c.iter().find(|c| c["type"] == "Active").cloned())
             .unwrap_or_default()
     };
-    let settled = Instant::now() + Duration::from_secs(30);
-    let condition = loop {
-        let condition = active_condition();
-        if condition["status"] == "False" || Instant::now() > settled {
-            break condition;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    assert_eq!(condition["status"], "False", "{condition}");
+    wait_until(
+        "the ScaledObject's Active condition False after the scale to zero",
+        Duration::from_secs(30),
+        || (active_condition()["status"] == "False").then_some(()),
+    );
     let streams = levee
         .metric("levee_external_scaler_requests_total{code=\"OK\",rpc=\"StreamIsActive\"}")
         .expect("/metrics answers and exports the series");

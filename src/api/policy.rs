@@ -33,17 +33,22 @@ use jiff::SignedDuration;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.circuit.openAhead) || has(self.thresholds.critical)").message("circuit.openAhead forecasts when the backlog reaches thresholds.critical: set the depth thresholds too"))]
 #[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.readLatency").message("latency thresholds need readLatency: true"))]
-#[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.queues.exists(q, q.type in ['sidekiq', 'rq', 'bullmq', 'stream', 'jetstream'])").message("latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq, stream or jetstream): list, zset and celery queues have no latency"))]
-#[x_kube(validation = Rule::new("has(self.redis) != has(self.nats)").message("name exactly one backend: spec.redis (Redis queues) or spec.nats (JetStream consumers)"))]
+#[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.queues.exists(q, q.type in ['sidekiq', 'rq', 'bullmq', 'stream', 'jetstream', 'kafka'])").message("latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq, stream, jetstream or kafka): list, zset and celery queues have no latency"))]
+#[x_kube(validation = Rule::new("(has(self.redis) ? 1 : 0) + (has(self.nats) ? 1 : 0) + (has(self.kafka) ? 1 : 0) == 1").message("name exactly one backend: spec.redis (Redis queues), spec.nats (JetStream consumers) or spec.kafka (Kafka consumer groups)"))]
 #[x_kube(validation = Rule::new("!has(self.nats) || self.queues.all(q, q.type == 'jetstream')").message("under spec.nats every queue is type jetstream: move Redis queues to a policy with spec.redis"))]
+#[x_kube(validation = Rule::new("!has(self.kafka) || self.queues.all(q, q.type == 'kafka')").message("under spec.kafka every queue is type kafka: move the other queues to a policy with their own backend"))]
 #[x_kube(validation = Rule::new("!has(self.redis) || self.queues.all(q, q.type != 'jetstream')").message("type jetstream reads a NATS JetStream consumer: it needs spec.nats, not spec.redis"))]
+#[x_kube(validation = Rule::new("!has(self.redis) || self.queues.all(q, q.type != 'kafka')").message("type kafka reads a Kafka consumer group's lag: it needs spec.kafka, not spec.redis"))]
 pub struct BackpressurePolicySpec {
-    /// Where the queues live, when they are Redis queues (exactly one of `redis` and `nats`).
+    /// Where the queues live, when they are Redis queues (exactly one of `redis`, `nats` and `kafka`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
     /// Where the queues live, when they are NATS JetStream consumers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsSpec>,
+    /// Where the queues live, when they are Kafka consumer groups' lags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSpec>,
     /// The queues whose weighted depths add up to the backlog.
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self.all(q, self.exists_one(r, r.name == q.name))").message("queue names must be unique: give every queue its own name"))]
@@ -156,6 +161,60 @@ pub struct NatsSpec {
     pub timeout: Duration,
 }
 
+/// How to reach a Kafka cluster. Credentials come from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// `host:port` of one or more brokers; levee learns the others (and who leads which
+    /// partition) from them.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 261)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[^\\\\s/@:]+:[0-9]{1,5}$') || s.matches('^\\\\[[0-9a-fA-F:.]+\\\\]:[0-9]{1,5}$'))").message("each bootstrap server is host:port, such as kafka-0.kafka.jobs.svc:9092 (no scheme, no credentials)"))]
+    pub bootstrap_servers: Vec<String>,
+    /// SASL authentication (over plain TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSasl>,
+    /// Deadline for connecting and for each request of a tick; at most 10s.
+    #[serde(default = "defaults::redis_timeout")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 500ms"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('10s')").message("must be at most 10s, such as 500ms: a request that takes longer is a broker in trouble"))]
+    pub timeout: Duration,
+}
+
+/// How levee authenticates to Kafka brokers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSasl {
+    /// The SASL mechanism the brokers' listener enables.
+    pub mechanism: SaslMechanism,
+    /// A Secret in the policy's namespace with the username (`usernameKey`, default
+    /// `username`) and the password (`passwordKey`, default `password`).
+    pub credentials_secret_ref: CredentialsSecretRef,
+}
+
+/// The SASL mechanisms levee speaks.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// Where a Kafka queue starts when its group has committed no offset for a partition, as the
+/// group's consumers would (`auto.offset.reset`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// The consumers start at the log's end: nothing is owed (Kafka's default).
+    #[default]
+    Latest,
+    /// The consumers start at the log's start: every record still kept is owed (never those
+    /// retention deleted).
+    Earliest,
+}
+
 /// How levee finds the Redis node that holds a key.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RedisMode {
@@ -210,12 +269,14 @@ pub struct SecretKeyRef {
 /// One queue of the backlog and how to read its depth.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.consumerGroup) || self.type == 'stream'").message("consumerGroup applies only to type stream: remove it or change the type"))]
+#[x_kube(validation = Rule::new("!has(self.consumerGroup) || self.type in ['stream', 'kafka']").message("consumerGroup applies only to types stream and kafka: remove it or change the type"))]
+#[x_kube(validation = Rule::new("self.type != 'kafka' || (has(self.consumerGroup) && !has(self.key) && !has(self.keyPattern))").message("type kafka names a consumerGroup (and a topic, or every topic the group commits to), and no key or keyPattern"))]
+#[x_kube(validation = Rule::new("(!has(self.topic) && !has(self.offsetReset)) || self.type == 'kafka'").message("topic and offsetReset apply only to type kafka: remove them or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.prefix) || self.type == 'bullmq'").message("prefix applies only to type bullmq: remove it or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.includeDelayed) || self.type == 'bullmq'").message("includeDelayed applies only to type bullmq: remove it or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.namespace) || self.type == 'sidekiq'").message("namespace applies only to type sidekiq: remove it or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.prioritySeparator) || self.type == 'celery'").message("prioritySeparator applies only to type celery: remove it or change the type"))]
-#[x_kube(validation = Rule::new("self.type == 'jetstream' || has(self.key) != has(self.keyPattern)").message("set key (one queue) or keyPattern (every queue it matches), not both"))]
+#[x_kube(validation = Rule::new("self.type in ['jetstream', 'kafka'] || has(self.key) != has(self.keyPattern)").message("set key (one queue) or keyPattern (every queue it matches), not both"))]
 #[x_kube(validation = Rule::new("self.type != 'jetstream' || (has(self.stream) && has(self.consumer) && !has(self.key) && !has(self.keyPattern))").message("type jetstream names a stream and a consumer (stream: EVENTS, consumer: writer), and no key or keyPattern"))]
 #[x_kube(validation = Rule::new("(!has(self.stream) && !has(self.consumer)) || self.type == 'jetstream'").message("stream and consumer apply only to type jetstream: remove them or change the type"))]
 #[x_kube(validation = Rule::new("!has(self.keyPattern) || self.type != 'celery'").message("keyPattern does not apply to type celery: kombu keeps no registry of its queues; list each queue with key"))]
@@ -245,7 +306,8 @@ pub struct QueueSpec {
     #[serde(default = "defaults::weight")]
     #[schemars(range(min = 0, max = 1000000))]
     pub weight: u32,
-    /// stream only: count entries this consumer group has not acknowledged yet.
+    /// stream: count entries this consumer group has not acknowledged yet; kafka: the group
+    /// whose lag is the depth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub consumer_group: Option<String>,
@@ -268,13 +330,20 @@ pub struct QueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^.*>\s/\\]+$"))]
     pub consumer: Option<String>,
+    /// kafka only: the topic; without it, every topic the group has committed offsets for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    pub topic: Option<String>,
+    /// kafka only: how a partition the group never committed to counts (default `latest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_reset: Option<OffsetReset>,
     /// celery only: kombu's `sep` transport option between a queue and its priority (default "\x06\x16").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16))]
     pub priority_separator: Option<String>,
 }
 
-/// The layouts levee can read a depth from (Redis's, and NATS JetStream consumers).
+/// The layouts levee can read a depth from (Redis's, NATS JetStream consumers, Kafka groups).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
@@ -295,6 +364,9 @@ pub enum QueueType {
     /// A NATS JetStream consumer: messages not yet delivered plus delivered and not yet
     /// acknowledged (`num_pending + num_ack_pending`, as `nats consumer info` shows them).
     Jetstream,
+    /// A Kafka consumer group's lag on a topic: the sum over its partitions of the high
+    /// watermark − the committed offset (the LAG of `kafka-consumer-groups.sh --describe`).
+    Kafka,
 }
 
 /// A policy's backend, as its spec names it.
@@ -302,16 +374,18 @@ pub enum QueueType {
 pub enum BackendSpec<'a> {
     Redis(&'a RedisSpec),
     Nats(&'a NatsSpec),
+    Kafka(&'a KafkaSpec),
 }
 
 impl BackpressurePolicySpec {
     /// The backend the spec names; None when it names none (the CRD's rules refuse that, so only
     /// an object the API server did not validate gets here). Redis wins when both are there.
     pub fn backend(&self) -> Option<BackendSpec<'_>> {
-        match (&self.redis, &self.nats) {
-            (Some(redis), _) => Some(BackendSpec::Redis(redis)),
-            (None, Some(nats)) => Some(BackendSpec::Nats(nats)),
-            (None, None) => None,
+        match (&self.redis, &self.nats, &self.kafka) {
+            (Some(redis), _, _) => Some(BackendSpec::Redis(redis)),
+            (None, Some(nats), _) => Some(BackendSpec::Nats(nats)),
+            (None, None, Some(kafka)) => Some(BackendSpec::Kafka(kafka)),
+            (None, None, None) => None,
         }
     }
 }
@@ -322,6 +396,7 @@ impl BackpressurePolicySpec {
 pub enum BackendKind {
     Redis,
     Nats,
+    Kafka,
 }
 
 impl QueueType {
@@ -336,6 +411,7 @@ impl QueueType {
             | QueueType::Rq
             | QueueType::Sidekiq => BackendKind::Redis,
             QueueType::Jetstream => BackendKind::Nats,
+            QueueType::Kafka => BackendKind::Kafka,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `levee sample -f FILE`: samples the real Redis (or NATS) of each policy in a file and prints what levee
+//! `levee sample -f FILE`: samples the real Redis (or NATS, or Kafka) of each policy in a file and prints what levee
 //! would decide, tick by tick, without Kubernetes. `keyPattern` entries are discovered as
 //! `levee run` discovers them: before the first tick, then every `discovery.interval` (a failed
 //! discovery keeps the queues found before).
@@ -10,6 +10,7 @@ use crate::api::validation::check_documents;
 use crate::api::{BackendSpec, BackpressurePolicy};
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
 use crate::forecast::Forecaster;
+use crate::sampler::kafka::{KafkaEndpoint, SaslAuth};
 use crate::sampler::nats::{NatsAuth, NatsEndpoint};
 use crate::sampler::{BackendEndpoint, Credentials, Discovered, Endpoint, PreparedQueues, Sample, Sampler};
 use futures::future::join_all;
@@ -210,8 +211,37 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
                 }
                 continue;
             }
+            Some(BackendSpec::Kafka(kafka)) => {
+                // The SASL identity: --username (default the Secret's usual key, "username") and
+                // --password, since levee sample reads no Secret.
+                let sasl = match (&kafka.sasl, &options.password) {
+                    (Some(sasl), Some(password)) => Some(SaslAuth {
+                        mechanism: sasl.mechanism,
+                        username: options.username.clone().unwrap_or_default(),
+                        password: password.clone(),
+                    }),
+                    (Some(sasl), None) => {
+                        let _ = writeln!(
+                            err,
+                            "{name}: spec.kafka.sasl: levee sample cannot read Secret {:?}: pass --username and --password",
+                            sasl.credentials_secret_ref.name
+                        );
+                        problems = true;
+                        continue;
+                    }
+                    (None, _) => None,
+                };
+                match KafkaEndpoint::from_spec(kafka, sasl) {
+                    Ok(endpoint) => watched.push(Watched::new(policy, BackendEndpoint::Kafka(endpoint))),
+                    Err(error) => {
+                        let _ = writeln!(err, "{name}: spec.kafka.bootstrapServers: {error}");
+                        problems = true;
+                    }
+                }
+                continue;
+            }
             None => {
-                let _ = writeln!(err, "{name}: spec: name a backend: spec.redis or spec.nats");
+                let _ = writeln!(err, "{name}: spec: name a backend: spec.redis, spec.nats or spec.kafka");
                 problems = true;
                 continue;
             }

@@ -1,4 +1,4 @@
-//! Resolves a policy's endpoint (Redis or NATS): its credentials and CA from Secrets in its
+//! Resolves a policy's endpoint (Redis, NATS or Kafka): its credentials and CA from Secrets in its
 //! namespace.
 //! Each failure says which Secret or key is missing and which field names it.
 //!
@@ -10,7 +10,8 @@
 //! policy task to rebuild its endpoint, with no failure needed and no read per tick.
 
 use super::indexed_store::IndexedStore;
-use crate::api::{BackendSpec, BackpressurePolicy, NatsSpec, RedisSpec};
+use crate::api::{BackendSpec, BackpressurePolicy, KafkaSpec, NatsSpec, RedisSpec};
+use crate::sampler::kafka::{KafkaEndpoint, SaslAuth};
 use crate::sampler::nats::{NatsAuth, NatsEndpoint};
 use crate::sampler::{BackendEndpoint, Credentials, Endpoint, NodeAddr};
 use k8s_openapi::api::core::v1::Secret;
@@ -42,6 +43,13 @@ fn referenced(policy: &BackpressurePolicy) -> Vec<&str> {
                 .credentials_secret_ref
                 .iter()
                 .map(|r| r.name.as_str())
+                .collect();
+        }
+        Some(BackendSpec::Kafka(kafka)) => {
+            return kafka
+                .sasl
+                .iter()
+                .map(|sasl| sasl.credentials_secret_ref.name.as_str())
                 .collect();
         }
         None => return Vec::new(),
@@ -87,9 +95,12 @@ pub async fn resolve_endpoint(
         Some(BackendSpec::Nats(nats)) => resolve_nats(&secrets, &namespace, nats)
             .await
             .map(BackendEndpoint::Nats),
+        Some(BackendSpec::Kafka(kafka)) => resolve_kafka(&secrets, &namespace, kafka)
+            .await
+            .map(BackendEndpoint::Kafka),
         None => Err(EndpointProblem {
             reason: "NoBackend",
-            message: "the policy names no backend: set spec.redis or spec.nats".into(),
+            message: "the policy names no backend: set spec.redis, spec.nats or spec.kafka".into(),
         }),
     }
 }
@@ -121,7 +132,41 @@ async fn resolve_nats(
         message: format!("spec.nats.url: {error}"),
     })?;
     if let Some(secret) = credentials_secret {
-        check_secret_hosts(&secret, &endpoint.server, "spec.nats")?;
+        check_secret_hosts(&secret, &endpoint.server, "spec.nats.url")?;
+    }
+    Ok(endpoint)
+}
+
+/// A Kafka endpoint: the SASL username (`usernameKey`, default `username`) and password from the
+/// Secret. The password goes to the bootstrap servers (checked against the Secret's hosts
+/// annotation) and to the brokers the cluster's own metadata names.
+async fn resolve_kafka(
+    secrets: &Watched<'_>,
+    namespace: &str,
+    kafka: &KafkaSpec,
+) -> Result<KafkaEndpoint, EndpointProblem> {
+    let mut sasl = None;
+    let mut credentials_secret = None;
+    if let Some(config) = &kafka.sasl {
+        let field = "spec.kafka.sasl.credentialsSecretRef";
+        let reference = &config.credentials_secret_ref;
+        let secret = secrets.read(namespace, &reference.name, field).await?;
+        let username_key = reference.username_key.as_deref().unwrap_or("username");
+        sasl = Some(SaslAuth {
+            mechanism: config.mechanism,
+            username: text_key(&secret, namespace, username_key, field)?,
+            password: text_key(&secret, namespace, &reference.password_key, field)?,
+        });
+        credentials_secret = Some(secret);
+    }
+    let endpoint = KafkaEndpoint::from_spec(kafka, sasl).map_err(|error| EndpointProblem {
+        reason: "InvalidKafkaServers",
+        message: format!("spec.kafka.bootstrapServers: {error}"),
+    })?;
+    if let Some(secret) = credentials_secret {
+        for server in &endpoint.bootstrap {
+            check_secret_hosts(&secret, server, "spec.kafka.bootstrapServers")?;
+        }
     }
     Ok(endpoint)
 }
@@ -154,14 +199,14 @@ async fn resolve_redis(
             message: format!("spec.redis.url: {error}"),
         })?;
     if let Some(secret) = credentials_secret {
-        check_secret_hosts(&secret, &endpoint.seed(), "spec.redis")?;
+        check_secret_hosts(&secret, &endpoint.seed(), "spec.redis.url")?;
     }
     Ok(endpoint)
 }
 
 /// Whether the credentials `secret` may be sent to `seed` (the host the policy's URL names), by
 /// its `levee.dev/redis-hosts` annotation.
-fn check_secret_hosts(secret: &Secret, seed: &NodeAddr, backend: &str) -> Result<(), EndpointProblem> {
+fn check_secret_hosts(secret: &Secret, seed: &NodeAddr, target: &str) -> Result<(), EndpointProblem> {
     let Some(hosts) = secret.annotations().get(ANNOTATION_SECRET_HOSTS) else {
         return Ok(());
     };
@@ -172,7 +217,7 @@ fn check_secret_hosts(secret: &Secret, seed: &NodeAddr, backend: &str) -> Result
     Err(EndpointProblem {
         reason: "SecretHostNotAllowed",
         message: format!(
-            "Secret {namespace}/{name} ({backend}.credentialsSecretRef) may be sent only to {hosts:?} (its {ANNOTATION_SECRET_HOSTS} annotation), and {backend}.url names {}: fix the URL, or add the host to the annotation if it is yours to give",
+            "Secret {namespace}/{name} may be sent only to {hosts:?} (its {ANNOTATION_SECRET_HOSTS} annotation), and {target} names {}: fix the address, or add the host to the annotation if it is yours to give",
             seed.authority()
         ),
     })

@@ -55,8 +55,12 @@ impl LatencyProbe {
     pub fn for_queue(queue: &QueueSpec) -> Option<Self> {
         let key = queue.key.as_str();
         let (first_key, args, format) = match queue.queue_type {
-            // A JetStream consumer is read from NATS (`sampler::nats`), never from Redis.
-            QueueType::List | QueueType::Zset | QueueType::Celery | QueueType::Jetstream => return None,
+            // JetStream consumers and Kafka groups are read from their brokers, never from Redis.
+            QueueType::List
+            | QueueType::Zset
+            | QueueType::Celery
+            | QueueType::Jetstream
+            | QueueType::Kafka => return None,
             QueueType::Sidekiq => (
                 format!("{}queue:{key}", queue.sidekiq_prefix()),
                 vec!["sidekiq".to_string()],

@@ -1,5 +1,5 @@
-//! Reads queue depths: from Redis (this module and those beside it) and from NATS JetStream
-//! (`nats`), each policy from the one backend its spec names (`BackendEndpoint`). What every
+//! Reads queue depths: from Redis (this module and those beside it), from NATS JetStream
+//! (`nats`) and from Kafka consumer groups (`kafka`), each policy from the one backend its spec names (`BackendEndpoint`). What every
 //! backend returns is a `Sample`; the circuit, controller, metrics API and scaler see only that.
 //!
 //! Redis:
@@ -22,6 +22,7 @@ mod dial;
 mod discover;
 mod endpoint;
 mod latency;
+pub mod kafka;
 pub mod nats;
 mod probe;
 mod redirect;
@@ -127,6 +128,7 @@ impl Sample {
 pub enum BackendEndpoint {
     Redis(Endpoint),
     Nats(nats::NatsEndpoint),
+    Kafka(kafka::KafkaEndpoint),
 }
 
 /// A policy's queues with the reads each takes, built once per policy generation.
@@ -134,6 +136,7 @@ pub enum BackendEndpoint {
 pub struct PreparedQueues {
     queues: Vec<PreparedQueue>,
     consumers: Vec<nats::PreparedConsumer>,
+    kafka: Vec<kafka::PreparedKafkaQueue>,
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +164,7 @@ impl PreparedQueues {
     pub fn new(queues: &[QueueSpec], read_latency: bool) -> Self {
         Self {
             consumers: nats::prepare(queues, read_latency),
+            kafka: kafka::prepare(queues, read_latency),
             queues: queues
                 .iter()
                 .filter(|queue| queue.key_pattern.is_none())
@@ -188,6 +192,7 @@ type Entry = (Arc<EndpointConnections>, Instant);
 pub struct Sampler {
     endpoints: Arc<Mutex<HashMap<Endpoint, Entry>>>,
     nats: nats::NatsSampler,
+    kafka: kafka::KafkaSampler,
     idle_eviction: Duration,
 }
 
@@ -207,6 +212,7 @@ impl Sampler {
         Self {
             endpoints: Arc::default(),
             nats: nats::NatsSampler::new(idle_eviction),
+            kafka: kafka::KafkaSampler::new(idle_eviction),
             idle_eviction,
         }
     }
@@ -228,6 +234,7 @@ impl Sampler {
         match endpoint {
             BackendEndpoint::Redis(endpoint) => self.sample_prepared(endpoint, prepared).await,
             BackendEndpoint::Nats(endpoint) => self.nats.sample(endpoint, &prepared.consumers).await,
+            BackendEndpoint::Kafka(endpoint) => self.kafka.sample(endpoint, &prepared.kafka).await,
         }
     }
 

@@ -126,8 +126,9 @@ impl QueueProbe {
                 Llen,
                 format!("{}queue:{key}", queue.sidekiq_prefix()),
             )],
-            // Read from NATS (`sampler::nats`): `PreparedQueues` gives Redis only Redis layouts.
-            QueueType::Jetstream => Vec::new(),
+            // Read from their brokers (`sampler::nats`, `sampler::kafka`): `PreparedQueues` gives
+            // Redis only Redis layouts.
+            QueueType::Jetstream | QueueType::Kafka => Vec::new(),
         };
         Self {
             reads,

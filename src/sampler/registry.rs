@@ -55,7 +55,7 @@ impl Source {
             QueueType::List => scan("list"),
             QueueType::Zset => scan("zset"),
             QueueType::Stream => scan("stream"),
-            QueueType::Celery | QueueType::Jetstream => return None,
+            QueueType::Celery | QueueType::Jetstream | QueueType::Kafka => return None,
         })
     }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod kafka;
 pub mod nats;
 
 use std::net::{TcpListener, TcpStream};

@@ -244,7 +244,7 @@ impl PolicyState {
             .map(|mut endpoint| {
                 match &mut endpoint {
                     BackendEndpoint::Redis(redis) => redis.max_reply_bytes = context.settings.max_reply_bytes,
-                    BackendEndpoint::Nats(_) => {}
+                    BackendEndpoint::Nats(_) | BackendEndpoint::Kafka(_) => {}
                 }
                 endpoint
             });

@@ -1,0 +1,313 @@
+//! What levee knows of one Kafka cluster, shared by every policy that names it: a connection per
+//! broker (dialled when first needed, one dial at a time, a failed dial remembered for a
+//! deadline so that the policies of a tick do not each wait on a dead broker), who leads which
+//! partition (Metadata: at first use, when a reply says the layout moved, and every
+//! `LAYOUT_MAX_AGE`) and which broker coordinates which group (FindCoordinator, batched).
+
+use super::KafkaEndpoint;
+use super::connection::{BrokerConnection, Call};
+use crate::sampler::NodeAddr;
+use kafka_protocol::messages::{
+    FindCoordinatorRequest, MetadataRequest, TopicName, metadata_request::MetadataRequestTopic,
+};
+use kafka_protocol::protocol::StrBytes;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The layout is asked again at least this often, moved or not.
+pub const LAYOUT_MAX_AGE: Duration = Duration::from_secs(300);
+/// A topic Metadata said does not exist is asked about again after this long (it may be created).
+const MISSING_TOPIC_RETRY: Duration = Duration::from_secs(10);
+/// The most topics levee keeps the layout of per cluster, and partitions per topic: a queue
+/// without `topic` covers the topics its group commits to, which the cluster decides.
+pub const MAX_TOPICS: usize = 1_000;
+pub const MAX_PARTITIONS: usize = 10_000;
+
+/// One topic's partitions and their leaders, or why it has none.
+#[derive(Clone, Debug)]
+pub enum TopicLayout {
+    Partitions(Vec<(i32, i32)>),
+    Missing(String, Instant),
+}
+
+#[derive(Default)]
+struct Layout {
+    brokers: HashMap<i32, NodeAddr>,
+    topics: HashMap<String, TopicLayout>,
+    coordinators: HashMap<String, i32>,
+    asked: Option<Instant>,
+}
+
+/// A broker's connection, or the last dial's failure.
+#[derive(Default)]
+struct Slot {
+    connection: Option<BrokerConnection>,
+    failed: Option<(Instant, String)>,
+}
+
+/// One cluster's shared state.
+pub struct Cluster {
+    endpoint: KafkaEndpoint,
+    layout: tokio::sync::Mutex<Layout>,
+    slots: Mutex<HashMap<NodeAddr, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+impl Cluster {
+    pub fn new(endpoint: KafkaEndpoint) -> Self {
+        Self {
+            endpoint,
+            layout: tokio::sync::Mutex::default(),
+            slots: Mutex::default(),
+        }
+    }
+
+    /// Sends `request` to `broker` on its shared connection (dialled if need be). A failure
+    /// drops the connection.
+    pub async fn call<R: Call>(&self, broker: &NodeAddr, request: &R) -> Result<R::Reply, String> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("kafka slots lock")
+            .entry(broker.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        let timeout = self.endpoint.timeout;
+        if slot.connection.is_none() {
+            if let Some((when, why)) = &slot.failed
+                && when.elapsed() < timeout
+            {
+                return Err(why.clone());
+            }
+            match BrokerConnection::connect(&broker.authority(), self.endpoint.sasl.as_ref(), timeout).await {
+                Ok(connection) => {
+                    slot.connection = Some(connection);
+                    slot.failed = None;
+                }
+                Err(why) => {
+                    slot.failed = Some((Instant::now(), why.clone()));
+                    return Err(why);
+                }
+            }
+        }
+        let connection = slot.connection.as_mut().expect("dialled above");
+        let outcome = connection.call(request, timeout).await;
+        if outcome.is_err() {
+            slot.connection = None;
+        }
+        outcome
+    }
+
+    /// The address of a broker by id.
+    pub async fn broker(&self, id: i32) -> Option<NodeAddr> {
+        self.layout.lock().await.brokers.get(&id).cloned()
+    }
+
+    /// The layouts of `topics`, asking Metadata when one is unknown, a missing one is due to be
+    /// asked again, the layout is older than `LAYOUT_MAX_AGE`, or `moved` says it changed.
+    /// Returns the layouts, the requests made and the connection failure if no broker answered.
+    pub async fn topics(
+        &self,
+        topics: &BTreeSet<String>,
+        moved: bool,
+    ) -> (HashMap<String, TopicLayout>, usize, Option<String>) {
+        let mut layout = self.layout.lock().await;
+        let due = moved
+            || layout.asked.is_none_or(|asked| asked.elapsed() > LAYOUT_MAX_AGE)
+            || topics.iter().any(|topic| match layout.topics.get(topic) {
+                None => true,
+                Some(TopicLayout::Missing(_, when)) => when.elapsed() > MISSING_TOPIC_RETRY,
+                Some(TopicLayout::Partitions(_)) => false,
+            });
+        let mut requests = 0;
+        let mut failure = None;
+        if due {
+            let mut wanted: BTreeSet<String> = layout.topics.keys().cloned().collect();
+            wanted.extend(topics.iter().cloned());
+            let wanted: Vec<String> = wanted.into_iter().take(MAX_TOPICS).collect();
+            let (outcome, sent) = self.ask_metadata(&layout, &wanted).await;
+            requests += sent;
+            match outcome {
+                Ok(fresh) => {
+                    layout.brokers.extend(fresh.brokers);
+                    layout.topics = fresh.topics;
+                    layout.asked = Some(Instant::now());
+                }
+                Err(why) => {
+                    failure = Some(why.clone());
+                    for topic in topics {
+                        if !matches!(layout.topics.get(topic), Some(TopicLayout::Partitions(_))) {
+                            layout
+                                .topics
+                                .insert(topic.clone(), TopicLayout::Missing(why.clone(), Instant::now()));
+                        }
+                    }
+                }
+            }
+        }
+        let found = topics
+            .iter()
+            .filter_map(|topic| Some((topic.clone(), layout.topics.get(topic)?.clone())))
+            .collect();
+        (found, requests, failure)
+    }
+
+    /// Metadata for `topics` from the first broker that answers: the known brokers, then the
+    /// bootstrap servers.
+    async fn ask_metadata(&self, layout: &Layout, topics: &[String]) -> (Result<Layout, String>, usize) {
+        let mut request = MetadataRequest::default();
+        request.topics = Some(
+            topics
+                .iter()
+                .map(|topic| {
+                    let mut entry = MetadataRequestTopic::default();
+                    entry.name = Some(TopicName(StrBytes::from_string(topic.clone())));
+                    entry
+                })
+                .collect(),
+        );
+        let mut candidates: Vec<NodeAddr> = layout.brokers.values().cloned().collect();
+        candidates.sort();
+        candidates.extend(self.endpoint.bootstrap.iter().cloned());
+        candidates.dedup();
+        let mut last = String::from("no bootstrap server");
+        for (asked, broker) in candidates.iter().enumerate() {
+            match self.call(broker, &request).await {
+                Ok(reply) => {
+                    let mut fresh = Layout::default();
+                    for broker in reply.brokers {
+                        if let Ok(port) = u16::try_from(broker.port) {
+                            let host = broker.host.as_str().to_string();
+                            fresh.brokers.insert(broker.node_id.0, NodeAddr { host, port });
+                        }
+                    }
+                    for topic in reply.topics {
+                        let Some(name) = topic.name else { continue };
+                        let name = name.0.as_str().to_string();
+                        let entry = if topic.error_code == 0 {
+                            let mut partitions: Vec<(i32, i32)> = topic
+                                .partitions
+                                .iter()
+                                .take(MAX_PARTITIONS)
+                                .map(|p| (p.partition_index, p.leader_id.0))
+                                .collect();
+                            partitions.sort();
+                            TopicLayout::Partitions(partitions)
+                        } else {
+                            TopicLayout::Missing(describe_topic_error(&name, topic.error_code), Instant::now())
+                        };
+                        fresh.topics.insert(name, entry);
+                    }
+                    return (Ok(fresh), asked + 1);
+                }
+                Err(why) => last = why,
+            }
+        }
+        (Err(last), candidates.len())
+    }
+
+    /// The coordinators of `groups`, asking FindCoordinator (one request for all of them) for
+    /// those not known or `forget`-ten. Returns each group's coordinator or why it has none, and
+    /// the requests made, and the connection failure if the broker asked did not answer.
+    pub async fn coordinators(
+        &self,
+        groups: &BTreeSet<String>,
+        forget: &BTreeSet<String>,
+    ) -> (HashMap<String, Result<NodeAddr, String>>, usize, Option<String>) {
+        let mut layout = self.layout.lock().await;
+        for group in forget {
+            layout.coordinators.remove(group);
+        }
+        let unknown: Vec<String> = groups
+            .iter()
+            .filter(|g| !layout.coordinators.contains_key(*g))
+            .cloned()
+            .collect();
+        let mut failed: HashMap<String, String> = HashMap::new();
+        let mut requests = 0;
+        let mut failure = None;
+        if !unknown.is_empty() {
+            let mut request = FindCoordinatorRequest::default();
+            request.key_type = 0;
+            request.coordinator_keys = unknown.iter().map(|g| StrBytes::from_string(g.clone())).collect();
+            let broker = self.any_broker(&layout);
+            requests += 1;
+            match self.call(&broker, &request).await {
+                Ok(reply) => {
+                    for found in reply.coordinators {
+                        let group = found.key.as_str().to_string();
+                        match u16::try_from(found.port) {
+                            Ok(port) if found.error_code == 0 => {
+                                let host = found.host.as_str().to_string();
+                                layout.brokers.insert(found.node_id.0, NodeAddr { host, port });
+                                layout.coordinators.insert(group, found.node_id.0);
+                            }
+                            _ => {
+                                let message = found.error_message.as_ref().map_or("", |m| m.as_str());
+                                failed.insert(
+                                    group.clone(),
+                                    format!(
+                                        "no coordinator for consumer group {group:?} ({}{message})",
+                                        error_name(found.error_code)
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(why) => {
+                    failure = Some(why.clone());
+                    for group in &unknown {
+                        failed.insert(group.clone(), why.clone());
+                    }
+                }
+            }
+        }
+        let answer = groups
+            .iter()
+            .map(|group| {
+                let found = layout
+                    .coordinators
+                    .get(group)
+                    .and_then(|id| layout.brokers.get(id).cloned())
+                    .ok_or_else(|| {
+                        failed
+                            .get(group)
+                            .cloned()
+                            .unwrap_or_else(|| format!("no coordinator for consumer group {group:?}"))
+                    });
+                (group.clone(), found)
+            })
+            .collect();
+        (answer, requests, failure)
+    }
+
+    fn any_broker(&self, layout: &Layout) -> NodeAddr {
+        let mut known: Vec<&NodeAddr> = layout.brokers.values().collect();
+        known.sort();
+        known
+            .first()
+            .map(|b| (*b).clone())
+            .unwrap_or_else(|| self.endpoint.bootstrap[0].clone())
+    }
+}
+
+/// An error code's name (`NOT_COORDINATOR (16)`).
+pub fn error_name(code: i16) -> String {
+    use kafka_protocol::error::ParseResponseErrorCode;
+    match code.err() {
+        Some(error) => format!("{error:?} ({code})"),
+        None => "no error".into(),
+    }
+}
+
+fn describe_topic_error(topic: &str, code: i16) -> String {
+    if code == 3 {
+        format!("topic {topic:?} does not exist on the cluster: check the queue's topic")
+    } else if code == 29 {
+        format!("levee may not describe topic {topic:?}: grant its user Describe on the topic")
+    } else {
+        format!("topic {topic:?}: {}", error_name(code))
+    }
+}

@@ -1,0 +1,893 @@
+//! Reads Kafka consumer groups' lags, as `kafka-consumer-groups.sh --describe` counts them (see
+//! `lag`). One tick of one policy, whatever its partition count:
+//!
+//! ```text
+//!  OffsetFetch ──▶ each group coordinator, all its groups in one request ─┐
+//!  ListOffsets ──▶ each partition leader, all its partitions (latest)      ├─▶ lag per partition
+//!   (earliest, only for partitions never committed under offsetReset: earliest)
+//!  Fetch ───────▶ each leader of a lagging partition, one batch at the      ──▶ latency
+//!                 committed offset per partition (with latency on)
+//! ```
+//! The requests of a round go to their brokers at once; Metadata and FindCoordinator only when
+//! the layout is not known, has moved (a reply says so: the round is retried once on the fresh
+//! layout) or is old (`cluster::LAYOUT_MAX_AGE`). The cluster's state, connections included, is
+//! shared by every policy that names the same bootstrap servers and credentials.
+
+mod cluster;
+mod connection;
+mod lag;
+mod records;
+mod sasl;
+
+pub use cluster::{MAX_PARTITIONS, MAX_TOPICS};
+pub use connection::MAX_FRAME_BYTES;
+pub use sasl::SaslAuth;
+
+use super::{NodeAddr, QueueReading, Sample};
+use crate::api::{KafkaSpec, OffsetReset, QueueSpec, QueueType};
+use cluster::{Cluster, TopicLayout, error_name};
+use futures::future::join_all;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
+use kafka_protocol::messages::{
+    BrokerId, DescribeGroupsRequest, FetchRequest, GroupId, ListOffsetsRequest, OffsetFetchRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use lag::PartitionOffsets;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A Kafka cluster (its bootstrap servers) with the credentials to present.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KafkaEndpoint {
+    pub bootstrap: Vec<NodeAddr>,
+    pub sasl: Option<SaslAuth>,
+    pub timeout: Duration,
+}
+
+impl KafkaEndpoint {
+    /// The endpoint of a policy's `spec.kafka`, with its SASL credentials resolved by the caller.
+    pub fn from_spec(spec: &KafkaSpec, sasl: Option<SaslAuth>) -> Result<Self, String> {
+        let bootstrap = spec
+            .bootstrap_servers
+            .iter()
+            .map(|server| parse_server(server))
+            .collect::<Result<Vec<_>, _>>()?;
+        if bootstrap.is_empty() {
+            return Err("name at least one bootstrap server (host:port)".into());
+        }
+        Ok(Self {
+            bootstrap,
+            sasl,
+            timeout: spec.timeout.into(),
+        })
+    }
+}
+
+fn parse_server(server: &str) -> Result<NodeAddr, String> {
+    let (host, port) = server
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{server:?} is not host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("{server:?}: the port is not a number from 1 to 65535"))?;
+    let host = host.trim_matches(['[', ']']);
+    if host.is_empty() {
+        return Err(format!("{server:?} names no host"));
+    }
+    Ok(NodeAddr {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// One Kafka queue to read: a group's lag on a topic (or on every topic it commits to).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedKafkaQueue {
+    pub name: String,
+    pub weight: u32,
+    topic: Option<String>,
+    group: String,
+    reset: OffsetReset,
+    latency: bool,
+}
+
+/// The policy's Kafka queues, prepared once per generation; with `read_latency`, their latencies
+/// too.
+pub fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedKafkaQueue> {
+    queues
+        .iter()
+        .filter(|q| q.queue_type == QueueType::Kafka)
+        .filter_map(|q| {
+            Some(PreparedKafkaQueue {
+                name: q.name.clone(),
+                weight: q.weight,
+                topic: q.topic.clone(),
+                group: q.consumer_group.clone()?,
+                reset: q.offset_reset.unwrap_or_default(),
+                latency: read_latency,
+            })
+        })
+        .collect()
+}
+
+type Partition = (String, i32);
+
+/// One tick's requests and the first connection-level failure among them.
+#[derive(Default)]
+struct Tally {
+    requests: usize,
+    unreachable: Option<String>,
+}
+
+impl Tally {
+    fn failed(&mut self, why: &str) {
+        self.unreachable.get_or_insert_with(|| why.to_string());
+    }
+}
+
+/// A partition's reading, or why it failed; `moved` when the layout changed under it (the
+/// partition's leader or its group's coordinator is elsewhere now).
+#[derive(Clone, Debug)]
+struct Failure {
+    message: String,
+    moved: bool,
+}
+
+fn moved_code(code: i16) -> bool {
+    // NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE,
+    // FENCED/UNKNOWN_LEADER_EPOCH, and the coordinator codes.
+    matches!(code, 3 | 5 | 6 | 74 | 75 | 14 | 15 | 16)
+}
+
+/// Kafka clusters' state; cheap to clone, shared by every policy.
+#[derive(Clone)]
+pub struct KafkaSampler {
+    clusters: Arc<Mutex<HashMap<KafkaEndpoint, (Arc<Cluster>, Instant)>>>,
+    idle_eviction: Duration,
+}
+
+impl KafkaSampler {
+    pub fn new(idle_eviction: Duration) -> Self {
+        Self {
+            clusters: Arc::default(),
+            idle_eviction,
+        }
+    }
+
+    fn cluster(&self, endpoint: &KafkaEndpoint) -> Arc<Cluster> {
+        let mut clusters = self.clusters.lock().expect("kafka clusters lock");
+        clusters.retain(|_, (_, used)| used.elapsed() < self.idle_eviction);
+        let entry = clusters
+            .entry(endpoint.clone())
+            .or_insert_with(|| (Arc::new(Cluster::new(endpoint.clone())), Instant::now()));
+        entry.1 = Instant::now();
+        entry.0.clone()
+    }
+
+    /// Reads every queue of one policy.
+    pub async fn sample(&self, endpoint: &KafkaEndpoint, queues: &[PreparedKafkaQueue]) -> Sample {
+        let started = Instant::now();
+        let at = jiff::Timestamp::now();
+        let cluster = self.cluster(endpoint);
+        let tick = Tick {
+            cluster: &cluster,
+            queues,
+            tally: Mutex::default(),
+        };
+        let readings = tick.run(at).await;
+        let tally = tick.tally.into_inner().expect("tally lock");
+        Sample {
+            at,
+            queues: readings,
+            round_trips: tally.requests,
+            unreachable: tally.unreachable,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+/// One policy's tick.
+struct Tick<'a> {
+    cluster: &'a Cluster,
+    queues: &'a [PreparedKafkaQueue],
+    /// Never held across an await.
+    tally: Mutex<Tally>,
+}
+
+/// What a group has committed: per partition of the topics asked (or of every topic it commits
+/// to), `None` where it has committed nothing.
+type Commits = HashMap<Partition, Option<i64>>;
+
+impl Tick<'_> {
+    fn count(&self, requests: usize) {
+        self.tally.lock().expect("tally lock").requests += requests;
+    }
+
+    fn failed(&self, why: &str) {
+        self.tally.lock().expect("tally lock").failed(why);
+    }
+
+    fn failed_opt(&self, why: Option<String>) {
+        if let Some(why) = why {
+            self.failed(&why);
+        }
+    }
+
+    async fn run(&self, at: jiff::Timestamp) -> Vec<QueueReading> {
+        let named: BTreeSet<String> = self.queues.iter().filter_map(|q| q.topic.clone()).collect();
+        let (mut layouts, sent, failure) = self.cluster.topics(&named, false).await;
+        self.count(sent);
+        self.failed_opt(failure);
+
+        // The groups' commits and the partitions' ends, at once.
+        let groups = self.group_requests(&layouts);
+        let known: Vec<Partition> = partitions_of(&layouts, named.iter());
+        let (commits, ends) = futures::join!(self.offset_fetch(&groups), self.list_offsets(&layouts, &known, -1));
+        let (mut commits, sent) = commits;
+        let (mut ends, sent_ends) = ends;
+        self.count(sent + sent_ends);
+
+        // Topics learned from a topic-less queue's commits, and anything the layout moved under.
+        let mut discovered: BTreeSet<String> = BTreeSet::new();
+        for queue in self.queues.iter().filter(|q| q.topic.is_none()) {
+            if let Some(Ok(group)) = commits.get(&queue.group) {
+                discovered.extend(group.keys().map(|(topic, _)| topic.clone()).take(MAX_TOPICS));
+            }
+        }
+        let moved = ends.values().any(|e| e.as_ref().is_err_and(|f| f.moved));
+        let new_topics: BTreeSet<String> = discovered.difference(&named).cloned().collect();
+        if moved || !new_topics.is_empty() {
+            let all: BTreeSet<String> = named.union(&discovered).cloned().collect();
+            let (fresh, sent, failure) = self.cluster.topics(&all, moved).await;
+            self.count(sent);
+            self.failed_opt(failure);
+            layouts = fresh;
+            let again: Vec<Partition> = partitions_of(&layouts, all.iter())
+                .into_iter()
+                .filter(|p| !matches!(ends.get(p), Some(Ok(_))))
+                .collect();
+            let (more, sent) = self.list_offsets(&layouts, &again, -1).await;
+            self.count(sent);
+            ends.extend(more);
+        }
+        let moved_groups: BTreeSet<String> = commits
+            .iter()
+            .filter(|(_, c)| c.as_ref().is_err_and(|f| f.moved))
+            .map(|(g, _)| g.clone())
+            .collect();
+        if !moved_groups.is_empty() {
+            let retry: BTreeMap<String, Option<Vec<Partition>>> = groups
+                .into_iter()
+                .filter(|(g, _)| moved_groups.contains(g))
+                .collect();
+            let (more, sent) = self.offset_fetch_after_forgetting(&retry, &moved_groups).await;
+            self.count(sent);
+            commits.extend(more);
+        }
+
+        // Offsets of each queue's partitions; the starts of those that need them.
+        let mut offsets: BTreeMap<&str, Result<Vec<(Partition, PartitionOffsets)>, String>> = BTreeMap::new();
+        let mut starts_needed: Vec<Partition> = Vec::new();
+        for queue in self.queues {
+            let read = self.queue_offsets(queue, &layouts, &commits, &ends);
+            if let Ok(partitions) = &read
+                && queue.reset == OffsetReset::Earliest
+            {
+                starts_needed.extend(
+                    partitions
+                        .iter()
+                        .filter(|(_, o)| o.committed.is_none())
+                        .map(|(p, _)| p.clone()),
+                );
+            }
+            offsets.insert(&queue.name, read);
+        }
+        let starts = if starts_needed.is_empty() {
+            HashMap::new()
+        } else {
+            starts_needed.sort();
+            starts_needed.dedup();
+            let (starts, sent) = self.list_offsets(&layouts, &starts_needed, -2).await;
+            self.count(sent);
+            starts
+        };
+        for (queue, read) in self.queues.iter().zip(offsets.values_mut().collect::<Vec<_>>()) {
+            let _ = queue;
+            if let Ok(partitions) = read {
+                for (partition, offsets) in partitions.iter_mut() {
+                    if let Some(Ok(start)) = starts.get(partition) {
+                        offsets.start = Some(*start);
+                    }
+                }
+            }
+        }
+        let unknown_groups = self.unknown_groups(&offsets).await;
+
+        // The oldest owed record of each lagging partition, for latency.
+        let mut owed: BTreeMap<Partition, i64> = BTreeMap::new();
+        for queue in self.queues.iter().filter(|q| q.latency) {
+            if let Some(Ok(partitions)) = offsets.get(queue.name.as_str()) {
+                for (partition, o) in partitions {
+                    if let Some(first) = o.first_owed(queue.reset) {
+                        let entry = owed.entry(partition.clone()).or_insert(first);
+                        *entry = (*entry).min(first);
+                    }
+                }
+            }
+        }
+        let stamps = if owed.is_empty() {
+            HashMap::new()
+        } else {
+            self.timestamps(&layouts, &owed).await
+        };
+
+        self.queues
+            .iter()
+            .map(|queue| {
+                let read = offsets.remove(queue.name.as_str()).expect("one per queue");
+                let read = match unknown_groups.get(&queue.group) {
+                    Some(why) => Err(why.clone()),
+                    None => read,
+                };
+                reading(queue, read, &stamps, at)
+            })
+            .collect()
+    }
+
+    /// Per group, the partitions to ask about: those of its queues' topics, or `None` (every
+    /// topic it commits to) when one of its queues names no topic.
+    fn group_requests(&self, layouts: &HashMap<String, TopicLayout>) -> BTreeMap<String, Option<Vec<Partition>>> {
+        let mut groups: BTreeMap<String, Option<Vec<Partition>>> = BTreeMap::new();
+        for queue in self.queues {
+            let entry = groups.entry(queue.group.clone()).or_insert_with(|| Some(Vec::new()));
+            match (&queue.topic, entry.as_mut()) {
+                (None, _) => *entry = None,
+                (Some(topic), Some(partitions)) => partitions.extend(partitions_of(layouts, std::iter::once(topic))),
+                (Some(_), None) => {}
+            }
+        }
+        for partitions in groups.values_mut().flatten() {
+            partitions.sort();
+            partitions.dedup();
+        }
+        groups
+    }
+
+    async fn offset_fetch_after_forgetting(
+        &self,
+        groups: &BTreeMap<String, Option<Vec<Partition>>>,
+        forget: &BTreeSet<String>,
+    ) -> (HashMap<String, Result<Commits, Failure>>, usize) {
+        let names: BTreeSet<String> = groups.keys().cloned().collect();
+        let (found, sent, failure) = self.cluster.coordinators(&names, forget).await;
+        self.failed_opt(failure);
+        let (commits, more) = self.offset_fetch_at(groups, found).await;
+        (commits, sent + more)
+    }
+
+    /// One OffsetFetch per coordinator, all its groups in it.
+    async fn offset_fetch(
+        &self,
+        groups: &BTreeMap<String, Option<Vec<Partition>>>,
+    ) -> (HashMap<String, Result<Commits, Failure>>, usize) {
+        let names: BTreeSet<String> = groups.keys().cloned().collect();
+        let (found, sent, failure) = self.cluster.coordinators(&names, &BTreeSet::new()).await;
+        self.failed_opt(failure);
+        let (commits, more) = self.offset_fetch_at(groups, found).await;
+        (commits, sent + more)
+    }
+
+    async fn offset_fetch_at(
+        &self,
+        groups: &BTreeMap<String, Option<Vec<Partition>>>,
+        coordinators: HashMap<String, Result<NodeAddr, String>>,
+    ) -> (HashMap<String, Result<Commits, Failure>>, usize) {
+        let mut answer: HashMap<String, Result<Commits, Failure>> = HashMap::new();
+        let mut by_coordinator: BTreeMap<NodeAddr, Vec<&String>> = BTreeMap::new();
+        for group in groups.keys() {
+            match coordinators.get(group) {
+                Some(Ok(coordinator)) => by_coordinator.entry(coordinator.clone()).or_default().push(group),
+                Some(Err(why)) => {
+                    answer.insert(
+                        group.clone(),
+                        Err(Failure {
+                            message: why.clone(),
+                            moved: false,
+                        }),
+                    );
+                }
+                None => {}
+            }
+        }
+        let requests = by_coordinator.len();
+        let cluster = self.cluster;
+        let replies = join_all(by_coordinator.into_iter().map(|(coordinator, names)| async move {
+            let mut request = OffsetFetchRequest::default();
+            request.groups = names
+                .iter()
+                .map(|group| {
+                    let mut entry = OffsetFetchRequestGroup::default();
+                    entry.group_id = GroupId(StrBytes::from_string((*group).clone()));
+                    entry.topics = groups[*group].as_ref().map(|partitions| topic_requests(partitions));
+                    entry
+                })
+                .collect();
+            (names, cluster.call(&coordinator, &request).await)
+        }))
+        .await;
+        for (names, reply) in replies {
+            match reply {
+                Ok(reply) => {
+                    for group in reply.groups {
+                        let name = group.group_id.0.as_str().to_string();
+                        let outcome = if group.error_code != 0 {
+                            Err(Failure {
+                                message: format!("consumer group {name:?}: {}", error_name(group.error_code)),
+                                moved: moved_code(group.error_code),
+                            })
+                        } else {
+                            group_commits(&name, &group.topics)
+                        };
+                        answer.insert(name, outcome);
+                    }
+                }
+                Err(why) => {
+                    self.failed(&why);
+                    for group in names {
+                        answer.insert(
+                            group.clone(),
+                            Err(Failure {
+                                message: why.clone(),
+                                moved: true,
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+        (answer, requests)
+    }
+
+    /// One ListOffsets per leader for `partitions` at `timestamp` (-1 latest, -2 earliest).
+    async fn list_offsets(
+        &self,
+        layouts: &HashMap<String, TopicLayout>,
+        partitions: &[Partition],
+        timestamp: i64,
+    ) -> (HashMap<Partition, Result<i64, Failure>>, usize) {
+        let (by_leader, mut answer) = self.by_leader(layouts, partitions).await;
+        let requests = by_leader.len();
+        let cluster = self.cluster;
+        let replies = join_all(by_leader.into_iter().map(|(leader, partitions)| async move {
+            let mut request = ListOffsetsRequest::default();
+            request.replica_id = BrokerId(-1);
+            request.isolation_level = 0;
+            request.topics = group_by_topic(&partitions)
+                .into_iter()
+                .map(|(topic, indexes)| {
+                    let mut entry = ListOffsetsTopic::default();
+                    entry.name = TopicName(StrBytes::from_string(topic));
+                    entry.partitions = indexes
+                        .into_iter()
+                        .map(|index| {
+                            let mut p = ListOffsetsPartition::default();
+                            p.partition_index = index;
+                            p.current_leader_epoch = -1;
+                            p.timestamp = timestamp;
+                            p
+                        })
+                        .collect();
+                    entry
+                })
+                .collect();
+            (partitions, cluster.call(&leader, &request).await)
+        }))
+        .await;
+        for (asked, reply) in replies {
+            match reply {
+                Ok(reply) => {
+                    for topic in reply.topics {
+                        let name = topic.name.0.as_str().to_string();
+                        for p in topic.partitions {
+                            let outcome = if p.error_code == 0 {
+                                Ok(p.offset)
+                            } else {
+                                Err(Failure {
+                                    message: format!(
+                                        "{name}/{}: ListOffsets: {}",
+                                        p.partition_index,
+                                        error_name(p.error_code)
+                                    ),
+                                    moved: moved_code(p.error_code),
+                                })
+                            };
+                            answer.insert((name.clone(), p.partition_index), outcome);
+                        }
+                    }
+                }
+                Err(why) => {
+                    self.failed(&why);
+                    for partition in asked {
+                        answer.insert(
+                            partition,
+                            Err(Failure {
+                                message: why.clone(),
+                                moved: true,
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+        (answer, requests)
+    }
+
+    /// `partitions` by their leaders' addresses; those whose leader is unknown, as failures.
+    async fn by_leader(
+        &self,
+        layouts: &HashMap<String, TopicLayout>,
+        partitions: &[Partition],
+    ) -> (BTreeMap<NodeAddr, Vec<Partition>>, HashMap<Partition, Result<i64, Failure>>) {
+        let mut by_leader: BTreeMap<NodeAddr, Vec<Partition>> = BTreeMap::new();
+        let mut failed = HashMap::new();
+        for partition in partitions {
+            let leader = match layouts.get(&partition.0) {
+                Some(TopicLayout::Partitions(list)) => list
+                    .iter()
+                    .find(|(index, _)| *index == partition.1)
+                    .map(|(_, leader)| *leader),
+                _ => None,
+            };
+            match leader.filter(|id| *id >= 0) {
+                Some(id) => match self.cluster.broker(id).await {
+                    Some(address) => by_leader.entry(address).or_default().push(partition.clone()),
+                    None => {
+                        failed.insert(partition.clone(), Err(leaderless(partition)));
+                    }
+                },
+                None => {
+                    failed.insert(partition.clone(), Err(leaderless(partition)));
+                }
+            }
+        }
+        (by_leader, failed)
+    }
+
+    /// A queue's partitions with their offsets, or the first reason one could not be read.
+    fn queue_offsets(
+        &self,
+        queue: &PreparedKafkaQueue,
+        layouts: &HashMap<String, TopicLayout>,
+        commits: &HashMap<String, Result<Commits, Failure>>,
+        ends: &HashMap<Partition, Result<i64, Failure>>,
+    ) -> Result<Vec<(Partition, PartitionOffsets)>, String> {
+        let group = match commits.get(&queue.group) {
+            Some(Ok(group)) => group,
+            Some(Err(failure)) => return Err(failure.message.clone()),
+            None => return Err(format!("consumer group {:?}: no coordinator answered", queue.group)),
+        };
+        let topics: Vec<String> = match &queue.topic {
+            Some(topic) => {
+                if let Some(TopicLayout::Missing(why, _)) = layouts.get(topic) {
+                    return Err(why.clone());
+                }
+                vec![topic.clone()]
+            }
+            None => {
+                let set: BTreeSet<String> = group.keys().map(|(t, _)| t.clone()).collect();
+                set.into_iter().collect()
+            }
+        };
+        let mut partitions = Vec::new();
+        for partition in partitions_of(layouts, topics.iter()) {
+            let end = match ends.get(&partition) {
+                Some(Ok(end)) => *end,
+                Some(Err(failure)) => return Err(failure.message.clone()),
+                None => return Err(format!("{}/{}: no end offset read", partition.0, partition.1)),
+            };
+            let committed = group.get(&partition).copied().flatten();
+            partitions.push((
+                partition,
+                PartitionOffsets {
+                    end,
+                    committed,
+                    start: None,
+                },
+            ));
+        }
+        Ok(partitions)
+    }
+
+    /// Groups of `latest` queues that committed nothing on any partition of their queues and
+    /// that the coordinator says do not exist (state Dead), which would otherwise read as a
+    /// silent 0: asked only then, one DescribeGroups per coordinator.
+    async fn unknown_groups(
+        &self,
+        offsets: &BTreeMap<&str, Result<Vec<(Partition, PartitionOffsets)>, String>>,
+    ) -> HashMap<String, String> {
+        let suspects: BTreeSet<String> = self
+            .queues
+            .iter()
+            // Under earliest, a group not yet made is a backlog waiting for its first consumer.
+            .filter(|q| q.reset == OffsetReset::Latest)
+            .filter(|q| match offsets.get(q.name.as_str()) {
+                Some(Ok(partitions)) => partitions.iter().all(|(_, o)| o.committed.is_none()),
+                _ => false,
+            })
+            .map(|q| q.group.clone())
+            .collect();
+        if suspects.is_empty() {
+            return HashMap::new();
+        }
+        let (coordinators, sent, failure) = self.cluster.coordinators(&suspects, &BTreeSet::new()).await;
+        self.failed_opt(failure);
+        self.count(sent);
+        let mut by_coordinator: BTreeMap<NodeAddr, Vec<String>> = BTreeMap::new();
+        for (group, coordinator) in coordinators {
+            if let Ok(coordinator) = coordinator {
+                by_coordinator.entry(coordinator).or_default().push(group);
+            }
+        }
+        self.count(by_coordinator.len());
+        let cluster = self.cluster;
+        let replies = join_all(by_coordinator.into_iter().map(|(coordinator, groups)| async move {
+            let mut request = DescribeGroupsRequest::default();
+            request.groups = groups
+                .iter()
+                .map(|g| GroupId(StrBytes::from_string(g.clone())))
+                .collect();
+            cluster.call(&coordinator, &request).await
+        }))
+        .await;
+        let mut unknown = HashMap::new();
+        for reply in replies.into_iter().flatten() {
+            for group in reply.groups {
+                let name = group.group_id.0.as_str().to_string();
+                let dead = group.group_state.as_str() == "Dead" || group.error_code == 69;
+                if dead {
+                    unknown.insert(
+                        name.clone(),
+                        format!(
+                            "consumer group {name:?} does not exist on the cluster (no member, no committed offset): check the queue's consumerGroup"
+                        ),
+                    );
+                }
+            }
+        }
+        unknown
+    }
+
+    /// The timestamp of the record at each partition's offset: one Fetch per leader (one batch
+    /// per partition); a partition whose records retention deleted is asked again at its log
+    /// start. Values: the record's time in ms, `None` when no record is there.
+    async fn timestamps(
+        &self,
+        layouts: &HashMap<String, TopicLayout>,
+        owed: &BTreeMap<Partition, i64>,
+    ) -> HashMap<Partition, Result<Option<i64>, String>> {
+        let (mut found, retry) = self.fetch_round(layouts, owed).await;
+        if !retry.is_empty() {
+            let (again, _) = self.fetch_round(layouts, &retry).await;
+            found.extend(again);
+        }
+        found
+    }
+
+    async fn fetch_round(
+        &self,
+        layouts: &HashMap<String, TopicLayout>,
+        owed: &BTreeMap<Partition, i64>,
+    ) -> (HashMap<Partition, Result<Option<i64>, String>>, BTreeMap<Partition, i64>) {
+        let wanted: Vec<Partition> = owed.keys().cloned().collect();
+        let (by_leader, unled) = self.by_leader(layouts, &wanted).await;
+        let mut found: HashMap<Partition, Result<Option<i64>, String>> = unled
+            .into_iter()
+            .map(|(p, f)| (p, Err(f.expect_err("unled").message)))
+            .collect();
+        let mut retry = BTreeMap::new();
+        self.count(by_leader.len());
+        let cluster = self.cluster;
+        let replies = join_all(by_leader.into_iter().map(|(leader, partitions)| async move {
+            let mut request = FetchRequest::default();
+            request.replica_id = BrokerId(-1);
+            request.max_wait_ms = 0;
+            request.min_bytes = 1;
+            request.max_bytes = i32::try_from(MAX_FRAME_BYTES / 2).unwrap_or(i32::MAX);
+            request.isolation_level = 0;
+            request.session_id = 0;
+            request.session_epoch = -1;
+            request.topics = group_by_topic(&partitions)
+                .into_iter()
+                .map(|(topic, indexes)| {
+                    let mut entry = FetchTopic::default();
+                    entry.partitions = indexes
+                        .into_iter()
+                        .map(|index| {
+                            let mut p = FetchPartition::default();
+                            p.partition = index;
+                            p.current_leader_epoch = -1;
+                            p.fetch_offset = owed[&(topic.clone(), index)];
+                            p.last_fetched_epoch = -1;
+                            p.log_start_offset = -1;
+                            p.partition_max_bytes = FETCH_PARTITION_BYTES;
+                            p
+                        })
+                        .collect();
+                    entry.topic = TopicName(StrBytes::from_string(topic));
+                    entry
+                })
+                .collect();
+            (partitions, cluster.call(&leader, &request).await)
+        }))
+        .await;
+        for (asked, reply) in replies {
+            match reply {
+                Ok(reply) => {
+                    for topic in reply.responses {
+                        let name = topic.topic.0.as_str().to_string();
+                        for p in topic.partitions {
+                            let partition = (name.clone(), p.partition_index);
+                            let Some(&offset) = owed.get(&partition) else { continue };
+                            let outcome = match p.error_code {
+                                0 => Ok(p.records.as_ref().and_then(|r| records::timestamp_at(r, offset))),
+                                // OFFSET_OUT_OF_RANGE: retention deleted the owed records; the
+                                // oldest still kept is at the log start.
+                                1 if p.log_start_offset > offset => {
+                                    retry.insert(partition.clone(), p.log_start_offset);
+                                    continue;
+                                }
+                                code => Err(format!(
+                                    "{name}/{}: Fetch for latency: {}",
+                                    p.partition_index,
+                                    error_name(code)
+                                )),
+                            };
+                            found.insert(partition, outcome);
+                        }
+                    }
+                }
+                Err(why) => {
+                    self.failed(&why);
+                    for partition in asked {
+                        found.insert(partition, Err(why.clone()));
+                    }
+                }
+            }
+        }
+        (found, retry)
+    }
+}
+
+/// The bytes asked of each partition in a latency fetch: one batch of small records, and at
+/// least the batch header of a larger one (the broker returns a whole first batch regardless).
+const FETCH_PARTITION_BYTES: i32 = 64 * 1024;
+
+fn leaderless(partition: &Partition) -> Failure {
+    Failure {
+        message: format!(
+            "{}/{}: no leader known (the partition is offline or being moved)",
+            partition.0, partition.1
+        ),
+        moved: true,
+    }
+}
+
+/// Every partition of `topics` that the layout knows.
+fn partitions_of<'t>(layouts: &HashMap<String, TopicLayout>, topics: impl Iterator<Item = &'t String>) -> Vec<Partition> {
+    topics
+        .filter_map(|topic| match layouts.get(topic) {
+            Some(TopicLayout::Partitions(list)) => {
+                Some(list.iter().map(|(index, _)| (topic.clone(), *index)).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn group_by_topic(partitions: &[Partition]) -> BTreeMap<String, Vec<i32>> {
+    let mut topics: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for (topic, index) in partitions {
+        topics.entry(topic.clone()).or_default().push(*index);
+    }
+    topics
+}
+
+fn topic_requests(partitions: &[Partition]) -> Vec<OffsetFetchRequestTopics> {
+    group_by_topic(partitions)
+        .into_iter()
+        .map(|(topic, indexes)| {
+            let mut entry = OffsetFetchRequestTopics::default();
+            entry.name = TopicName(StrBytes::from_string(topic));
+            entry.partition_indexes = indexes;
+            entry
+        })
+        .collect()
+}
+
+fn group_commits(
+    group: &str,
+    topics: &[kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseTopics],
+) -> Result<Commits, Failure> {
+    let mut commits = Commits::new();
+    for topic in topics.iter().take(MAX_TOPICS) {
+        let name = topic.name.0.as_str().to_string();
+        for p in topic.partitions.iter().take(MAX_PARTITIONS) {
+            if p.error_code != 0 {
+                return Err(Failure {
+                    message: format!(
+                        "consumer group {group:?} on {name}/{}: {}",
+                        p.partition_index,
+                        error_name(p.error_code)
+                    ),
+                    moved: moved_code(p.error_code),
+                });
+            }
+            commits.insert((name.clone(), p.partition_index), lag::committed(p.committed_offset));
+        }
+    }
+    Ok(commits)
+}
+
+fn reading(
+    queue: &PreparedKafkaQueue,
+    read: Result<Vec<(Partition, PartitionOffsets)>, String>,
+    stamps: &HashMap<Partition, Result<Option<i64>, String>>,
+    at: jiff::Timestamp,
+) -> QueueReading {
+    let depth = read
+        .as_ref()
+        .map(|partitions| {
+            partitions
+                .iter()
+                .map(|(_, o)| o.lag(queue.reset))
+                .fold(0, u64::saturating_add)
+        })
+        .map_err(Clone::clone);
+    let latency = queue.latency.then(|| {
+        let partitions = read.as_ref().map_err(Clone::clone)?;
+        let mut oldest = Duration::ZERO;
+        for (partition, offsets) in partitions {
+            if offsets.first_owed(queue.reset).is_none() {
+                continue;
+            }
+            match stamps.get(partition) {
+                Some(Ok(Some(millis))) => {
+                    let now = at.as_millisecond();
+                    let age = Duration::from_millis(u64::try_from(now.saturating_sub(*millis)).unwrap_or(0));
+                    oldest = oldest.max(age);
+                }
+                Some(Ok(None)) => {}
+                Some(Err(why)) => return Err(why.clone()),
+                None => return Err(format!("{}/{}: no record read for latency", partition.0, partition.1)),
+            }
+        }
+        Ok(oldest)
+    });
+    QueueReading {
+        name: queue.name.clone(),
+        weight: queue.weight,
+        depth,
+        latency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_servers_are_host_and_port() {
+        assert_eq!(
+            parse_server("kafka-0.kafka.jobs.svc:9092").unwrap().authority(),
+            "kafka-0.kafka.jobs.svc:9092"
+        );
+        assert_eq!(parse_server("[fd00::1]:9093").unwrap().authority(), "[fd00::1]:9093");
+        assert!(parse_server("kafka").is_err());
+        assert!(parse_server("kafka:http").is_err());
+        assert!(parse_server(":9092").is_err());
+    }
+}

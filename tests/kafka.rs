@@ -1,0 +1,268 @@
+//! The Kafka backend against a real broker (Apache Kafka 4.4, KRaft), the jobs produced and
+//! committed with Kafka's own Java client and the expected figures read with Kafka's own tools:
+//! every depth equals the LAG `kafka-consumer-groups.sh --describe` prints, latencies the
+//! records' own timestamps, a tick a fixed handful of requests at 1,000 partitions; unknown
+//! topics and groups, an unreachable or oversized broker, SASL right and wrong.
+
+mod support;
+
+use levee::api::{KafkaSpec, QueueSpec};
+use levee::sampler::kafka::{KafkaEndpoint, SaslAuth};
+use levee::sampler::{BackendEndpoint, PreparedQueues, Sample, Sampler};
+use std::time::Duration;
+use support::kafka::{KafkaBroker, SASL_PASSWORD, SASL_USER};
+
+fn queues(yaml: &str) -> PreparedQueues {
+    let queues: Vec<QueueSpec> = serde_yaml::from_str(yaml).unwrap();
+    PreparedQueues::new(&queues, true)
+}
+
+fn endpoint(servers: &str, sasl: Option<SaslAuth>) -> BackendEndpoint {
+    let spec: KafkaSpec = serde_yaml::from_str(&format!("{{bootstrapServers: [{servers}], timeout: 2s}}")).unwrap();
+    BackendEndpoint::Kafka(KafkaEndpoint::from_spec(&spec, sasl).unwrap())
+}
+
+fn reading<'a>(sample: &'a Sample, name: &str) -> &'a levee::sampler::QueueReading {
+    sample.queues.iter().find(|q| q.name == name).unwrap()
+}
+
+fn depth(sample: &Sample, name: &str) -> Result<u64, String> {
+    reading(sample, name).depth.clone()
+}
+
+fn latency(sample: &Sample, name: &str) -> Duration {
+    reading(sample, name)
+        .latency
+        .clone()
+        .expect("latency read")
+        .expect("latency ok")
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+#[tokio::test]
+async fn depths_equal_the_lag_kafka_consumer_groups_prints() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("orders", 3);
+    broker.create_topic("fresh", 2);
+    broker.produce("orders", 0, 50, None);
+    broker.produce("orders", 1, 30, None);
+    broker.produce("fresh", 0, 12, None);
+    broker.produce("fresh", 1, 5, None);
+    // billing: 20 of partition 0 done, partition 1 never committed, partition 2 empty.
+    broker.commit("billing", "orders", 0, 20);
+    broker.commit("billing", "orders", 2, 0);
+    // audit commits on both topics; a queue without a topic covers both.
+    broker.commit("audit", "orders", 1, 10);
+    broker.commit("audit", "fresh", 0, 2);
+    let tool_billing = broker.tool_lag("billing", "orders");
+    let tool_audit = broker.tool_lag("audit", "orders") + broker.tool_lag("audit", "fresh");
+    assert_eq!((tool_billing, tool_audit), (30, 30), "Kafka's own figures");
+    // offsetReset earliest on a group that never committed: every record the log keeps.
+    let earliest: i64 = broker.offsets("fresh", "earliest").iter().map(|(_, o)| o).sum();
+    let latest: i64 = broker.offsets("fresh", "latest").iter().map(|(_, o)| o).sum();
+
+    let prepared = queues(
+        "[{name: billing, type: kafka, topic: orders, consumerGroup: billing},
+          {name: audit, type: kafka, consumerGroup: audit, weight: 2},
+          {name: replay, type: kafka, topic: fresh, consumerGroup: newcomer, offsetReset: earliest},
+          {name: tail, type: kafka, topic: fresh, consumerGroup: audit}]",
+    );
+    let sampler = Sampler::new();
+    let target = endpoint(&broker.bootstrap(), None);
+    let first = sampler.sample_backend(&target, &prepared).await;
+    assert_eq!(first.unreachable, None, "{first:?}");
+    assert_eq!(depth(&first, "billing"), Ok(tool_billing));
+    assert_eq!(depth(&first, "audit"), Ok(tool_audit));
+    assert_eq!(depth(&first, "replay"), Ok(u64::try_from(latest - earliest).unwrap()));
+    assert_eq!(depth(&first, "tail"), Ok(broker.tool_lag("audit", "fresh")));
+    assert_eq!(first.pending(), 30 + 2 * 30 + 17 + 10);
+
+    // Once the layout is known: OffsetFetch (one coordinator, both groups), ListOffsets latest
+    // and earliest (one leader), Fetch for latency.
+    let second = sampler.sample_backend(&target, &prepared).await;
+    assert_eq!(depth(&second, "billing"), Ok(tool_billing));
+    assert_eq!(second.round_trips, 4, "{second:?}");
+
+    // Work done moves the figure as Kafka's tool sees it.
+    broker.commit("billing", "orders", 0, 50);
+    broker.commit("billing", "orders", 1, 25);
+    let after = sampler.sample_backend(&target, &prepared).await;
+    assert_eq!(depth(&after, "billing"), Ok(broker.tool_lag("billing", "orders")));
+    assert_eq!(depth(&after, "billing"), Ok(5));
+}
+
+#[tokio::test]
+async fn latency_is_the_age_of_the_record_at_the_committed_offset() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("jobs", 2);
+    let old = now_ms() - 90_000;
+    let older = now_ms() - 300_000;
+    // Partition 0: 10 records from 90 s ago, then 10 fresh; the group is past the first 10.
+    broker.produce("jobs", 0, 10, Some(older));
+    broker.produce("jobs", 0, 10, Some(old));
+    broker.produce("jobs", 0, 10, None);
+    broker.commit("workers", "jobs", 0, 10);
+    // Partition 1: nothing owed, whatever its records' age.
+    broker.produce("jobs", 1, 3, Some(older));
+    broker.commit("workers", "jobs", 1, 3);
+    // The same with compression Kafka's Java client applies: gzip (decoded), lz4 (not: the
+    // batch's first timestamp).
+    broker.create_topic("packed", 2);
+    broker.jobs("produce", &["packed", "0", "20", &old.to_string(), "200", "gzip"]);
+    broker.jobs("produce", &["packed", "1", "20", &old.to_string(), "200", "lz4"]);
+    broker.commit("workers", "packed", 0, 5);
+    broker.commit("workers", "packed", 1, 5);
+    broker.commit("idle", "jobs", 0, 30);
+    broker.commit("idle", "jobs", 1, 3);
+
+    let prepared = queues(
+        "[{name: jobs, type: kafka, topic: jobs, consumerGroup: workers},
+          {name: packed, type: kafka, topic: packed, consumerGroup: workers},
+          {name: idle, type: kafka, topic: jobs, consumerGroup: idle}]",
+    );
+    let sample = Sampler::new()
+        .sample_backend(&endpoint(&broker.bootstrap(), None), &prepared)
+        .await;
+    let expected = Duration::from_millis(u64::try_from(now_ms() - old).unwrap());
+    for name in ["jobs", "packed"] {
+        let read = latency(&sample, name);
+        let off = read.abs_diff(expected);
+        assert!(off <= Duration::from_secs(1), "{name}: {read:?} against {expected:?}");
+    }
+    assert_eq!(latency(&sample, "idle"), Duration::ZERO, "nothing owed");
+    assert_eq!(depth(&sample, "jobs"), Ok(broker.tool_lag("workers", "jobs")));
+}
+
+#[tokio::test]
+async fn an_unknown_topic_or_group_fails_its_queue_only() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("orders", 1);
+    broker.produce("orders", 0, 7, None);
+    broker.commit("billing", "orders", 0, 2);
+    let prepared = queues(
+        "[{name: billing, type: kafka, topic: orders, consumerGroup: billing},
+          {name: typo, type: kafka, topic: ordres, consumerGroup: billing},
+          {name: nobody, type: kafka, topic: orders, consumerGroup: nobody}]",
+    );
+    let sample = Sampler::new()
+        .sample_backend(&endpoint(&broker.bootstrap(), None), &prepared)
+        .await;
+    assert_eq!(depth(&sample, "billing"), Ok(5));
+    let typo = depth(&sample, "typo").unwrap_err();
+    assert!(typo.contains("topic \"ordres\" does not exist"), "{typo}");
+    let nobody = depth(&sample, "nobody").unwrap_err();
+    assert!(nobody.contains("consumer group \"nobody\" does not exist"), "{nobody}");
+    assert_eq!(sample.unreachable, None, "the cluster itself answered");
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_fails_every_queue_and_says_where() {
+    let port = support::free_port();
+    let prepared = queues("[{name: a, type: kafka, topic: t, consumerGroup: g}]");
+    let sample = Sampler::new()
+        .sample_backend(&endpoint(&format!("127.0.0.1:{port}"), None), &prepared)
+        .await;
+    let why = depth(&sample, "a").unwrap_err();
+    assert!(why.contains("connection refused"), "{why}");
+    assert!(sample.unreachable.is_some());
+}
+
+/// A "broker" that answers every request with a frame announcing `size` bytes and then sends
+/// them slowly, or not at all.
+async fn lying_broker(size: i32) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let _ = socket.write_all(&size.to_be_bytes()).await;
+                loop {
+                    if socket.write_all(&[0u8; 1024]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_oversized_or_endless_reply_is_refused_within_its_bounds() {
+    let prepared = queues("[{name: a, type: kafka, topic: t, consumerGroup: g}]");
+    let sampler = Sampler::new();
+    let huge = lying_broker(1 << 30).await;
+    let started = std::time::Instant::now();
+    let sample = sampler
+        .sample_backend(&endpoint(&format!("127.0.0.1:{huge}"), None), &prepared)
+        .await;
+    let why = depth(&sample, "a").unwrap_err();
+    assert!(why.contains("over levee's bound"), "{why}");
+    let endless = lying_broker(4 << 20).await;
+    let sample = sampler
+        .sample_backend(&endpoint(&format!("127.0.0.1:{endless}"), None), &prepared)
+        .await;
+    let why = depth(&sample, "a").unwrap_err();
+    assert!(why.contains("within"), "{why}");
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded in time");
+}
+
+#[tokio::test]
+async fn sasl_plain_and_scram_authenticate_and_a_wrong_password_says_what_to_check() {
+    let broker = KafkaBroker::start_sasl();
+    broker.create_topic("orders", 1);
+    broker.produce("orders", 0, 9, None);
+    broker.commit("billing", "orders", 0, 4);
+    let prepared = queues("[{name: billing, type: kafka, topic: orders, consumerGroup: billing}]");
+    let sasl_server = format!("127.0.0.1:{}", broker.sasl_port.unwrap());
+    let sampler = Sampler::new();
+    for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let auth = |password: &str| SaslAuth {
+            mechanism: serde_yaml::from_str(mechanism).unwrap(),
+            username: SASL_USER.into(),
+            password: password.into(),
+        };
+        let good = sampler
+            .sample_backend(&endpoint(&sasl_server, Some(auth(SASL_PASSWORD))), &prepared)
+            .await;
+        assert_eq!(depth(&good, "billing"), Ok(5), "{mechanism}");
+        let bad = sampler
+            .sample_backend(&endpoint(&sasl_server, Some(auth("wrong"))), &prepared)
+            .await;
+        let why = depth(&bad, "billing").unwrap_err();
+        assert!(why.contains("refused levee's SASL credentials"), "{mechanism}: {why}");
+    }
+    // No SASL against a SASL listener: the broker drops the connection.
+    let none = sampler
+        .sample_backend(&endpoint(&sasl_server, None), &prepared)
+        .await;
+    assert!(depth(&none, "billing").is_err());
+}
+
+#[tokio::test]
+async fn a_tick_is_a_fixed_handful_of_requests_at_a_thousand_partitions() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("wide", 1000);
+    for partition in [0, 499, 999] {
+        broker.produce("wide", partition, 4, None);
+        broker.commit("wide-workers", "wide", partition, 1);
+    }
+    let prepared = queues("[{name: wide, type: kafka, topic: wide, consumerGroup: wide-workers}]");
+    let sampler = Sampler::new();
+    let target = endpoint(&broker.bootstrap(), None);
+    let _ = sampler.sample_backend(&target, &prepared).await;
+    let sample = sampler.sample_backend(&target, &prepared).await;
+    assert_eq!(depth(&sample, "wide"), Ok(broker.tool_lag("wide-workers", "wide")));
+    assert_eq!(depth(&sample, "wide"), Ok(9));
+    assert_eq!(
+        sample.round_trips, 3,
+        "OffsetFetch, ListOffsets and Fetch, one each: {sample:?}"
+    );
+}

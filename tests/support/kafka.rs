@@ -1,0 +1,263 @@
+//! Real Apache Kafka brokers (KRaft, no ZooKeeper) on free loopback ports, from the jars
+//! `scripts/kafka.sh` fetches from Maven Central once per machine; and Kafka's own tools to make
+//! the work (its Java client, `tests/producers/KafkaJobs.java`) and to read the expected figures
+//! (`kafka-consumer-groups.sh --describe`'s ConsumerGroupCommand, GetOffsetShell). Every broker is
+//! killed when its handle drops.
+
+use super::{free_port, repo_root};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The directory holding `libs/` and `log4j2.properties`, fetched or taken from the cache.
+pub fn kafka_home() -> PathBuf {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let output = Command::new(repo_root().join("scripts/kafka.sh"))
+            .arg("install")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/kafka.sh runs");
+        assert!(
+            output.status.success(),
+            "scripts/kafka.sh could not fetch Kafka's jars (Maven and Maven Central are needed)"
+        );
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// `java` with Kafka's jars on the class path and its quiet log configuration.
+fn java() -> Command {
+    let home = kafka_home();
+    let mut command = Command::new("java");
+    command
+        .arg("-XX:TieredStopAtLevel=1")
+        .arg("-XX:+UseSerialGC")
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            home.join("log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!("{}/libs/*", home.display()));
+    command
+}
+
+fn run(mut command: Command, what: &str) -> Result<String, String> {
+    let output = command.output().map_err(|e| format!("{what}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    if !output.status.success() {
+        return Err(format!(
+            "{what} failed: {}{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(stdout)
+}
+
+/// A SASL user the broker knows, for `KafkaBroker::start_sasl`.
+pub const SASL_USER: &str = "levee";
+pub const SASL_PASSWORD: &str = "s3cret+%@:pass";
+
+/// One broker (and KRaft controller) process.
+pub struct KafkaBroker {
+    pub port: u16,
+    /// The SASL_PLAINTEXT listener's port, when started with SASL.
+    pub sasl_port: Option<u16>,
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl KafkaBroker {
+    /// A single-node cluster with a PLAINTEXT listener.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A single-node cluster that also listens with SASL (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512,
+    /// user `SASL_USER`), the PLAINTEXT listener kept for the tools.
+    pub fn start_sasl() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(sasl: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, controller) = (free_port(), free_port());
+        let sasl_port = sasl.then(free_port);
+        let mut listeners = format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}");
+        let mut protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_string();
+        let mut extra = String::new();
+        if let Some(sasl_port) = sasl_port {
+            listeners.push_str(&format!(",SASL_PLAINTEXT://127.0.0.1:{sasl_port}"));
+            protocols.push_str(",SASL_PLAINTEXT:SASL_PLAINTEXT");
+            let jaas = |module: &str, users: &str| {
+                format!("org.apache.kafka.common.security.{module} required{users};")
+            };
+            extra = format!(
+                "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n\
+                 listener.name.sasl_plaintext.plain.sasl.jaas.config={}\n\
+                 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config={}\n\
+                 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={}\n",
+                jaas(
+                    "plain.PlainLoginModule",
+                    &format!(" user_{SASL_USER}=\"{SASL_PASSWORD}\"")
+                ),
+                jaas("scram.ScramLoginModule", ""),
+                jaas("scram.ScramLoginModule", ""),
+            );
+        }
+        let properties = format!(
+            "process.roles=broker,controller\nnode.id=1\n\
+             controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+             listeners={listeners}\nadvertised.listeners={listeners}\n\
+             controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
+             listener.security.protocol.map={protocols}\n\
+             log.dirs={}\nnum.partitions=1\n\
+             offsets.topic.replication.factor=1\noffsets.topic.num.partitions=3\n\
+             transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
+             share.coordinator.state.topic.replication.factor=1\nshare.coordinator.state.topic.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n{extra}",
+            dir.path().join("data").display()
+        );
+        let config = dir.path().join("server.properties");
+        std::fs::write(&config, properties).unwrap();
+        let mut format = java();
+        format
+            .arg("kafka.tools.StorageTool")
+            .args(["format", "-t", "levee-test-cluster-0001", "-c"])
+            .arg(&config)
+            .arg("--standalone");
+        if sasl {
+            for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+                format.args([
+                    "--add-scram",
+                    &format!("{mechanism}=[name={SASL_USER},password={SASL_PASSWORD}]"),
+                ]);
+            }
+        }
+        run(format, "kafka-storage format").unwrap_or_else(|e| panic!("{e}"));
+        let log = std::fs::File::create(dir.path().join("kafka.log")).unwrap();
+        let child = java()
+            .arg("-Xmx512m")
+            .arg("kafka.Kafka")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the Kafka broker starts");
+        let broker = Self {
+            port,
+            sasl_port,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the Kafka broker on port {port} did not start: {}",
+                broker.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kafka.log")).unwrap_or_default()
+    }
+
+    /// Runs `tests/producers/KafkaJobs.java` (Kafka's own Java client) against this broker.
+    pub fn jobs(&self, command: &str, args: &[&str]) -> String {
+        let mut java = java();
+        java.arg(repo_root().join("tests/producers/KafkaJobs.java"))
+            .arg(command)
+            .arg(self.bootstrap())
+            .args(args);
+        run(java, &format!("KafkaJobs {command} {args:?}")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        self.jobs("create", &[topic, &partitions.to_string()]);
+    }
+
+    /// `count` records of `bytes` bytes on one partition, stamped `timestamp_ms` (or now).
+    pub fn produce(&self, topic: &str, partition: u32, count: u32, timestamp_ms: Option<i64>) {
+        let stamp = timestamp_ms.map_or("now".to_string(), |t| t.to_string());
+        self.jobs("produce", &[topic, &partition.to_string(), &count.to_string(), &stamp]);
+    }
+
+    pub fn commit(&self, group: &str, topic: &str, partition: u32, offset: i64) {
+        self.jobs("commit", &[group, topic, &partition.to_string(), &offset.to_string()]);
+    }
+
+    /// `kafka-consumer-groups.sh --describe --group GROUP`: the LAG of each (topic, partition)
+    /// row it prints, `None` for `-`.
+    pub fn describe_lags(&self, group: &str) -> Vec<(String, u32, Option<u64>)> {
+        let mut tool = java();
+        tool.arg("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand")
+            .args(["--bootstrap-server", &self.bootstrap(), "--describe", "--group", group]);
+        let output = run(tool, "kafka-consumer-groups --describe").unwrap_or_else(|e| panic!("{e}"));
+        output
+            .lines()
+            .filter_map(|line| {
+                let columns: Vec<&str> = line.split_whitespace().collect();
+                if columns.len() < 6 || columns[0] != group {
+                    return None;
+                }
+                Some((
+                    columns[1].to_string(),
+                    columns[2].parse().ok()?,
+                    columns[5].parse().ok(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The sum of the LAG column Kafka's own tool prints for `group` on `topic`, with the number
+    /// of rows it printed (a test that finds none fails rather than reading 0).
+    pub fn tool_lag(&self, group: &str, topic: &str) -> u64 {
+        let rows: Vec<_> = self
+            .describe_lags(group)
+            .into_iter()
+            .filter(|(t, _, _)| t == topic)
+            .collect();
+        assert!(!rows.is_empty(), "kafka-consumer-groups printed no row for {group} on {topic}");
+        rows.iter().filter_map(|(_, _, lag)| *lag).sum()
+    }
+
+    /// GetOffsetShell's offsets of every partition of `topic` at `time` (`earliest`, `latest`).
+    pub fn offsets(&self, topic: &str, time: &str) -> Vec<(u32, i64)> {
+        let mut tool = java();
+        tool.arg("org.apache.kafka.tools.GetOffsetShell").args([
+            "--bootstrap-server",
+            &self.bootstrap(),
+            "--topic",
+            topic,
+            "--time",
+            time,
+        ]);
+        let output = run(tool, "GetOffsetShell").unwrap_or_else(|e| panic!("{e}"));
+        output
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.trim().split(':');
+                let (_, partition, offset) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((partition.parse().ok()?, offset.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -10,7 +10,8 @@
 #   scripts/prebuild.sh stop DIR    stops both chains and whatever they started
 #
 # Go chain (one Go build cache for all of them; what they share is compiled once), in the order
-# the suites need them: nats-server, the local control plane, promtool, KEDA, then kind's node image (only when
+# the suites need them: Kafka's jars (a Maven fetch, no build: first, being mostly a download),
+# nats-server, the local control plane, promtool, KEDA, then kind's node image (only when
 # the kind suite will run: a Docker daemon answers or CI=true). Rust chain: the image's static
 # binary (scripts/static.sh), again only when the kind suite will run. A failed step is reported
 # by the script that needs it, when it tries again in the foreground.
@@ -30,7 +31,9 @@ kind_will_run() { [[ "${CI:-}" == true ]] || docker info >/dev/null 2>&1; }
 
 go_chain() {
   local dir="$1"
-  # nats-server first: the unit phase's JetStream tests need it, before anything else here.
+  # Kafka's jars and nats-server first: the unit phase's Kafka and JetStream tests need them,
+  # before anything else here.
+  step "$dir" kafka scripts/kafka.sh install || true
   step "$dir" nats-server scripts/nats-server.sh install "$PWD/.cache/bin" || true
   step "$dir" controlplane e2e/scripts/controlplane.sh build || true
   step "$dir" promtool e2e/scripts/promtool.sh install "$PWD/.cache/bin" || true

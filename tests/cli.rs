@@ -315,7 +315,7 @@ fn check_prints_one_line_per_problem_and_exits_1() {
         "ns1/small: spec.queues: Invalid value: queue names must be unique: give every queue its own name
 ns1/small: spec.redis.url: Invalid value: \"redis://u:***@127.0.0.1:1/0\": must not contain a password: put it in a Secret and reference it with credentialsSecretRef
 ns1/small: spec.thresholds: Invalid value: thresholds must satisfy recovery < warning < critical: lower recovery or raise critical
-ns1/typo: spec.queues[1].type: Unsupported value: \"lst\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\", \"jetstream\"
+ns1/typo: spec.queues[1].type: Unsupported value: \"lst\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\", \"jetstream\", \"kafka\"
 ns1/typo: spec.targets[0].priorty: unknown field: remove it or check its spelling against `levee crd`
 "
     );

@@ -18,7 +18,8 @@ fn queues(yaml: &str) -> PreparedQueues {
 }
 
 fn endpoint(servers: &str, sasl: Option<SaslAuth>) -> BackendEndpoint {
-    let spec: KafkaSpec = serde_yaml::from_str(&format!("{{bootstrapServers: [{servers}], timeout: 2s}}")).unwrap();
+    let spec: KafkaSpec =
+        serde_yaml::from_str(&format!("{{bootstrapServers: [{servers}], timeout: 2s}}")).unwrap();
     BackendEndpoint::Kafka(KafkaEndpoint::from_spec(&spec, sasl).unwrap())
 }
 
@@ -76,7 +77,10 @@ async fn depths_equal_the_lag_kafka_consumer_groups_prints() {
     assert_eq!(first.unreachable, None, "{first:?}");
     assert_eq!(depth(&first, "billing"), Ok(tool_billing));
     assert_eq!(depth(&first, "audit"), Ok(tool_audit));
-    assert_eq!(depth(&first, "replay"), Ok(u64::try_from(latest - earliest).unwrap()));
+    assert_eq!(
+        depth(&first, "replay"),
+        Ok(u64::try_from(latest - earliest).unwrap())
+    );
     assert_eq!(depth(&first, "tail"), Ok(broker.tool_lag("audit", "fresh")));
     assert_eq!(first.pending(), 30 + 2 * 30 + 17 + 10);
 
@@ -130,7 +134,10 @@ async fn latency_is_the_age_of_the_record_at_the_committed_offset() {
     for name in ["jobs", "packed"] {
         let read = latency(&sample, name);
         let off = read.abs_diff(expected);
-        assert!(off <= Duration::from_secs(1), "{name}: {read:?} against {expected:?}");
+        assert!(
+            off <= Duration::from_secs(1),
+            "{name}: {read:?} against {expected:?}"
+        );
     }
     assert_eq!(latency(&sample, "idle"), Duration::ZERO, "nothing owed");
     assert_eq!(depth(&sample, "jobs"), Ok(broker.tool_lag("workers", "jobs")));
@@ -154,7 +161,10 @@ async fn an_unknown_topic_or_group_fails_its_queue_only() {
     let typo = depth(&sample, "typo").unwrap_err();
     assert!(typo.contains("topic \"ordres\" does not exist"), "{typo}");
     let nobody = depth(&sample, "nobody").unwrap_err();
-    assert!(nobody.contains("consumer group \"nobody\" does not exist"), "{nobody}");
+    assert!(
+        nobody.contains("consumer group \"nobody\" does not exist"),
+        "{nobody}"
+    );
     assert_eq!(sample.unreachable, None, "the cluster itself answered");
 }
 
@@ -237,7 +247,10 @@ async fn sasl_plain_and_scram_authenticate_and_a_wrong_password_says_what_to_che
             .sample_backend(&endpoint(&sasl_server, Some(auth("wrong"))), &prepared)
             .await;
         let why = depth(&bad, "billing").unwrap_err();
-        assert!(why.contains("refused levee's SASL credentials"), "{mechanism}: {why}");
+        assert!(
+            why.contains("refused levee's SASL credentials"),
+            "{mechanism}: {why}"
+        );
     }
     // No SASL against a SASL listener: the broker drops the connection.
     let none = sampler
@@ -259,7 +272,10 @@ async fn a_tick_is_a_fixed_handful_of_requests_at_a_thousand_partitions() {
     let target = endpoint(&broker.bootstrap(), None);
     let _ = sampler.sample_backend(&target, &prepared).await;
     let sample = sampler.sample_backend(&target, &prepared).await;
-    assert_eq!(depth(&sample, "wide"), Ok(broker.tool_lag("wide-workers", "wide")));
+    assert_eq!(
+        depth(&sample, "wide"),
+        Ok(broker.tool_lag("wide-workers", "wide"))
+    );
     assert_eq!(depth(&sample, "wide"), Ok(9));
     assert_eq!(
         sample.round_trips, 3,

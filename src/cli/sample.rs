@@ -241,7 +241,10 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
                 continue;
             }
             None => {
-                let _ = writeln!(err, "{name}: spec: name a backend: spec.redis, spec.nats or spec.kafka");
+                let _ = writeln!(
+                    err,
+                    "{name}: spec: name a backend: spec.redis, spec.nats or spec.kafka"
+                );
                 problems = true;
                 continue;
             }

@@ -190,11 +190,17 @@ impl KafkaBroker {
     /// `count` records of `bytes` bytes on one partition, stamped `timestamp_ms` (or now).
     pub fn produce(&self, topic: &str, partition: u32, count: u32, timestamp_ms: Option<i64>) {
         let stamp = timestamp_ms.map_or("now".to_string(), |t| t.to_string());
-        self.jobs("produce", &[topic, &partition.to_string(), &count.to_string(), &stamp]);
+        self.jobs(
+            "produce",
+            &[topic, &partition.to_string(), &count.to_string(), &stamp],
+        );
     }
 
     pub fn commit(&self, group: &str, topic: &str, partition: u32, offset: i64) {
-        self.jobs("commit", &[group, topic, &partition.to_string(), &offset.to_string()]);
+        self.jobs(
+            "commit",
+            &[group, topic, &partition.to_string(), &offset.to_string()],
+        );
     }
 
     /// `kafka-consumer-groups.sh --describe --group GROUP`: the LAG of each (topic, partition)
@@ -202,7 +208,13 @@ impl KafkaBroker {
     pub fn describe_lags(&self, group: &str) -> Vec<(String, u32, Option<u64>)> {
         let mut tool = java();
         tool.arg("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand")
-            .args(["--bootstrap-server", &self.bootstrap(), "--describe", "--group", group]);
+            .args([
+                "--bootstrap-server",
+                &self.bootstrap(),
+                "--describe",
+                "--group",
+                group,
+            ]);
         let output = run(tool, "kafka-consumer-groups --describe").unwrap_or_else(|e| panic!("{e}"));
         output
             .lines()
@@ -228,7 +240,10 @@ impl KafkaBroker {
             .into_iter()
             .filter(|(t, _, _)| t == topic)
             .collect();
-        assert!(!rows.is_empty(), "kafka-consumer-groups printed no row for {group} on {topic}");
+        assert!(
+            !rows.is_empty(),
+            "kafka-consumer-groups printed no row for {group} on {topic}"
+        );
         rows.iter().filter_map(|(_, _, lag)| *lag).sum()
     }
 

@@ -5,6 +5,7 @@ use crate::fixtures::{self, set};
 
 const VALID: &str = include_str!("../../../examples/policy.yaml");
 const VALID_NATS: &str = include_str!("../../../examples/nats-policy.yaml");
+const VALID_KAFKA: &str = include_str!("../../../examples/kafka-policy.yaml");
 
 fn problems_of(edit: impl FnOnce(&mut Value)) -> Vec<String> {
     problems_in(VALID, edit)
@@ -120,7 +121,7 @@ fn latency_needs_a_queue_that_keeps_an_enqueue_time_and_its_reads() {
     });
     assert_one(
         &problems,
-        "jobs/rule-engine: spec: Invalid value: latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq, stream or jetstream): list, zset and celery queues have no latency",
+        "jobs/rule-engine: spec: Invalid value: latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq, stream, jetstream or kafka): list, zset and celery queues have no latency",
     );
     let problems = problems_of(|o| {
         set(o, "/spec/thresholds/latency", latency);
@@ -281,7 +282,7 @@ fn unsupported_queue_type_lists_the_supported_ones() {
     let problems = problems_of(|o| set(o, "/spec/queues/0/type", "bull".into()));
     assert_one(
         &problems,
-        "jobs/rule-engine: spec.queues[0].type: Unsupported value: \"bull\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\", \"jetstream\"",
+        "jobs/rule-engine: spec.queues[0].type: Unsupported value: \"bull\": supported values: \"list\", \"zset\", \"stream\", \"bullmq\", \"celery\", \"rq\", \"sidekiq\", \"jetstream\", \"kafka\"",
     );
 }
 
@@ -290,7 +291,7 @@ fn type_specific_fields_need_their_type() {
     let problems = problems_of(|o| set(o, "/spec/queues/1/consumerGroup", "g".into()));
     assert_one(
         &problems,
-        "jobs/rule-engine: spec.queues[1]: Invalid value: consumerGroup applies only to type stream: remove it or change the type",
+        "jobs/rule-engine: spec.queues[1]: Invalid value: consumerGroup applies only to types stream and kafka: remove it or change the type",
     );
 }
 
@@ -390,7 +391,7 @@ fn a_policy_names_exactly_one_backend_and_its_queues_fit_it() {
     let policy = check_object(&serde_yaml::from_str(VALID_NATS).unwrap()).expect("the NATS example is valid");
     assert!(policy.spec.redis.is_none());
     assert_eq!(policy.spec.queues[0].queue_type, crate::api::QueueType::Jetstream);
-    let one_backend = "jobs/event-writer: spec: Invalid value: name exactly one backend: spec.redis (Redis queues) or spec.nats (JetStream consumers)";
+    let one_backend = "jobs/event-writer: spec: Invalid value: name exactly one backend: spec.redis (Redis queues), spec.nats (JetStream consumers) or spec.kafka (Kafka consumer groups)";
     let both = nats_problems_of(|o| set(o, "/spec/redis", serde_json::json!({"url": "redis://r:6379"})));
     assert!(both.iter().any(|p| p == one_backend), "{both:#?}");
     let neither = nats_problems_of(|o| {
@@ -438,5 +439,72 @@ fn a_policy_names_exactly_one_backend_and_its_queues_fit_it() {
             .iter()
             .any(|p| p.contains("must not contain credentials")),
         "{secret_in_url:#?}"
+    );
+}
+
+fn kafka_problems_of(edit: impl FnOnce(&mut Value)) -> Vec<String> {
+    problems_in(VALID_KAFKA, edit)
+}
+
+#[test]
+fn a_kafka_policy_names_brokers_and_groups_and_only_kafka_queues() {
+    let policy =
+        check_object(&serde_yaml::from_str(VALID_KAFKA).unwrap()).expect("the Kafka example is valid");
+    let kafka = policy.spec.kafka.as_ref().expect("spec.kafka");
+    assert_eq!(kafka.bootstrap_servers.len(), 2);
+    assert_eq!(
+        policy.spec.queues[1].offset_reset,
+        Some(crate::api::OffsetReset::Earliest)
+    );
+    let both = kafka_problems_of(|o| set(o, "/spec/redis", serde_json::json!({"url": "redis://r:6379"})));
+    assert!(
+        both.iter().any(|p| p == "jobs/billing-pipeline: spec: Invalid value: name exactly one backend: spec.redis (Redis queues), spec.nats (JetStream consumers) or spec.kafka (Kafka consumer groups)"),
+        "{both:#?}"
+    );
+    assert_one(
+        &kafka_problems_of(|o| {
+            set(
+                o,
+                "/spec/queues/0",
+                serde_json::json!({"name": "jobs", "type": "bullmq", "key": "jobs"}),
+            )
+        }),
+        "jobs/billing-pipeline: spec: Invalid value: under spec.kafka every queue is type kafka: move the other queues to a policy with their own backend",
+    );
+    assert_one(
+        &problems_of(|o| {
+            set(
+                o,
+                "/spec/queues/0",
+                serde_json::json!({"name": "k", "type": "kafka", "topic": "t", "consumerGroup": "g"}),
+            )
+        }),
+        "jobs/rule-engine: spec: Invalid value: type kafka reads a Kafka consumer group's lag: it needs spec.kafka, not spec.redis",
+    );
+    assert_one(
+        &kafka_problems_of(|o| {
+            o["spec"]["queues"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("consumerGroup");
+        }),
+        "jobs/billing-pipeline: spec.queues[0]: Invalid value: type kafka names a consumerGroup (and a topic, or every topic the group commits to), and no key or keyPattern",
+    );
+    assert_one(
+        &problems_of(|o| set(o, "/spec/queues/1/topic", "t".into())),
+        "jobs/rule-engine: spec.queues[1]: Invalid value: topic and offsetReset apply only to type kafka: remove them or change the type",
+    );
+    for bad in ["kafka://k:9092", "k", "user:pw@k:9092", "k:port"] {
+        assert_one(
+            &kafka_problems_of(|o| set(o, "/spec/kafka/bootstrapServers/0", bad.into())),
+            "jobs/billing-pipeline: spec.kafka.bootstrapServers: Invalid value: each bootstrap server is host:port, such as kafka-0.kafka.jobs.svc:9092 (no scheme, no credentials)",
+        );
+    }
+    let mechanism = kafka_problems_of(|o| set(o, "/spec/kafka/sasl/mechanism", "GSSAPI".into()));
+    assert!(
+        mechanism
+            .iter()
+            .any(|p| p.contains("spec.kafka.sasl.mechanism") && p.contains("SCRAM-SHA-512")),
+        "{mechanism:#?}"
     );
 }

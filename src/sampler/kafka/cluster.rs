@@ -195,7 +195,10 @@ impl Cluster {
                             partitions.sort();
                             TopicLayout::Partitions(partitions)
                         } else {
-                            TopicLayout::Missing(describe_topic_error(&name, topic.error_code), Instant::now())
+                            TopicLayout::Missing(
+                                describe_topic_error(&name, topic.error_code),
+                                Instant::now(),
+                            )
                         };
                         fresh.topics.insert(name, entry);
                     }

@@ -8,9 +8,9 @@
 use super::sasl::{self, SaslAuth};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, ListOffsetsRequest,
-    MetadataRequest, OffsetFetchRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
-    SaslHandshakeRequest,
+    ApiKey, ApiVersionsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetFetchRequest, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use std::time::Duration;
@@ -42,13 +42,23 @@ macro_rules! call {
 
 call!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, 3);
 call!(MetadataRequest, MetadataResponse, Metadata, 12);
-call!(FindCoordinatorRequest, FindCoordinatorResponse, FindCoordinator, 4);
+call!(
+    FindCoordinatorRequest,
+    FindCoordinatorResponse,
+    FindCoordinator,
+    4
+);
 call!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, 8);
 call!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, 7);
 call!(FetchRequest, FetchResponse, Fetch, 12);
 call!(DescribeGroupsRequest, DescribeGroupsResponse, DescribeGroups, 5);
 call!(SaslHandshakeRequest, SaslHandshakeResponse, SaslHandshake, 1);
-call!(SaslAuthenticateRequest, SaslAuthenticateResponse, SaslAuthenticate, 2);
+call!(
+    SaslAuthenticateRequest,
+    SaslAuthenticateResponse,
+    SaslAuthenticate,
+    2
+);
 
 /// The keys levee needs a broker to serve at levee's version, with the Kafka release that first
 /// did (for the message to a user of an older one).
@@ -167,7 +177,8 @@ impl BrokerConnection {
     async fn read_frame(&mut self) -> Result<Bytes, String> {
         let closed = |e: std::io::Error| format!("reading from Kafka at {}: {e}", self.address);
         let size = self.stream.read_i32().await.map_err(closed)?;
-        let size = usize::try_from(size).map_err(|_| format!("{} sent a negative frame size", self.address))?;
+        let size =
+            usize::try_from(size).map_err(|_| format!("{} sent a negative frame size", self.address))?;
         if size > MAX_FRAME_BYTES {
             return Err(format!(
                 "{} sent a reply of {size} bytes, over levee's bound of {MAX_FRAME_BYTES}",
@@ -181,7 +192,10 @@ impl BrokerConnection {
             .map_err(|e| format!("reading from Kafka at {}: {e}", self.address))?;
         let bytes = Bytes::from(buffer);
         if bytes.remaining() < 4 {
-            return Err(format!("{} sent a reply of {size} bytes, too short", self.address));
+            return Err(format!(
+                "{} sent a reply of {size} bytes, too short",
+                self.address
+            ));
         }
         Ok(bytes)
     }

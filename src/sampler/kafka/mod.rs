@@ -115,6 +115,12 @@ pub fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedKafkaQue
 
 type Partition = (String, i32);
 
+/// A queue's partitions with their offsets, or why they could not be read.
+type QueueOffsets = Result<Vec<(Partition, PartitionOffsets)>, String>;
+
+/// Each cluster's state and when a policy last sampled it.
+type Clusters = HashMap<KafkaEndpoint, (Arc<Cluster>, Instant)>;
+
 /// One tick's requests and the first connection-level failure among them.
 #[derive(Default)]
 struct Tally {
@@ -145,7 +151,7 @@ fn moved_code(code: i16) -> bool {
 /// Kafka clusters' state; cheap to clone, shared by every policy.
 #[derive(Clone)]
 pub struct KafkaSampler {
-    clusters: Arc<Mutex<HashMap<KafkaEndpoint, (Arc<Cluster>, Instant)>>>,
+    clusters: Arc<Mutex<Clusters>>,
     idle_eviction: Duration,
 }
 
@@ -225,7 +231,10 @@ impl Tick<'_> {
         // The groups' commits and the partitions' ends, at once.
         let groups = self.group_requests(&layouts);
         let known: Vec<Partition> = partitions_of(&layouts, named.iter());
-        let (commits, ends) = futures::join!(self.offset_fetch(&groups), self.list_offsets(&layouts, &known, -1));
+        let (commits, ends) = futures::join!(
+            self.offset_fetch(&groups),
+            self.list_offsets(&layouts, &known, -1)
+        );
         let (mut commits, sent) = commits;
         let (mut ends, sent_ends) = ends;
         self.count(sent + sent_ends);
@@ -269,7 +278,7 @@ impl Tick<'_> {
         }
 
         // Offsets of each queue's partitions; the starts of those that need them.
-        let mut offsets: BTreeMap<&str, Result<Vec<(Partition, PartitionOffsets)>, String>> = BTreeMap::new();
+        let mut offsets: BTreeMap<&str, QueueOffsets> = BTreeMap::new();
         let mut starts_needed: Vec<Partition> = Vec::new();
         for queue in self.queues {
             let read = self.queue_offsets(queue, &layouts, &commits, &ends);
@@ -294,13 +303,10 @@ impl Tick<'_> {
             self.count(sent);
             starts
         };
-        for (queue, read) in self.queues.iter().zip(offsets.values_mut().collect::<Vec<_>>()) {
-            let _ = queue;
-            if let Ok(partitions) = read {
-                for (partition, offsets) in partitions.iter_mut() {
-                    if let Some(Ok(start)) = starts.get(partition) {
-                        offsets.start = Some(*start);
-                    }
+        for partitions in offsets.values_mut().flatten() {
+            for (partition, offsets) in partitions.iter_mut() {
+                if let Some(Ok(start)) = starts.get(partition) {
+                    offsets.start = Some(*start);
                 }
             }
         }
@@ -339,13 +345,20 @@ impl Tick<'_> {
 
     /// Per group, the partitions to ask about: those of its queues' topics, or `None` (every
     /// topic it commits to) when one of its queues names no topic.
-    fn group_requests(&self, layouts: &HashMap<String, TopicLayout>) -> BTreeMap<String, Option<Vec<Partition>>> {
+    fn group_requests(
+        &self,
+        layouts: &HashMap<String, TopicLayout>,
+    ) -> BTreeMap<String, Option<Vec<Partition>>> {
         let mut groups: BTreeMap<String, Option<Vec<Partition>>> = BTreeMap::new();
         for queue in self.queues {
-            let entry = groups.entry(queue.group.clone()).or_insert_with(|| Some(Vec::new()));
+            let entry = groups
+                .entry(queue.group.clone())
+                .or_insert_with(|| Some(Vec::new()));
             match (&queue.topic, entry.as_mut()) {
                 (None, _) => *entry = None,
-                (Some(topic), Some(partitions)) => partitions.extend(partitions_of(layouts, std::iter::once(topic))),
+                (Some(topic), Some(partitions)) => {
+                    partitions.extend(partitions_of(layouts, std::iter::once(topic)))
+                }
                 (Some(_), None) => {}
             }
         }
@@ -411,7 +424,9 @@ impl Tick<'_> {
                 .map(|group| {
                     let mut entry = OffsetFetchRequestGroup::default();
                     entry.group_id = GroupId(StrBytes::from_string((*group).clone()));
-                    entry.topics = groups[*group].as_ref().map(|partitions| topic_requests(partitions));
+                    entry.topics = groups[*group]
+                        .as_ref()
+                        .map(|partitions| topic_requests(partitions));
                     entry
                 })
                 .collect();
@@ -530,7 +545,10 @@ impl Tick<'_> {
         &self,
         layouts: &HashMap<String, TopicLayout>,
         partitions: &[Partition],
-    ) -> (BTreeMap<NodeAddr, Vec<Partition>>, HashMap<Partition, Result<i64, Failure>>) {
+    ) -> (
+        BTreeMap<NodeAddr, Vec<Partition>>,
+        HashMap<Partition, Result<i64, Failure>>,
+    ) {
         let mut by_leader: BTreeMap<NodeAddr, Vec<Partition>> = BTreeMap::new();
         let mut failed = HashMap::new();
         for partition in partitions {
@@ -563,11 +581,16 @@ impl Tick<'_> {
         layouts: &HashMap<String, TopicLayout>,
         commits: &HashMap<String, Result<Commits, Failure>>,
         ends: &HashMap<Partition, Result<i64, Failure>>,
-    ) -> Result<Vec<(Partition, PartitionOffsets)>, String> {
+    ) -> QueueOffsets {
         let group = match commits.get(&queue.group) {
             Some(Ok(group)) => group,
             Some(Err(failure)) => return Err(failure.message.clone()),
-            None => return Err(format!("consumer group {:?}: no coordinator answered", queue.group)),
+            None => {
+                return Err(format!(
+                    "consumer group {:?}: no coordinator answered",
+                    queue.group
+                ));
+            }
         };
         let topics: Vec<String> = match &queue.topic {
             Some(topic) => {
@@ -604,10 +627,7 @@ impl Tick<'_> {
     /// Groups of `latest` queues that committed nothing on any partition of their queues and
     /// that the coordinator says do not exist (state Dead), which would otherwise read as a
     /// silent 0: asked only then, one DescribeGroups per coordinator.
-    async fn unknown_groups(
-        &self,
-        offsets: &BTreeMap<&str, Result<Vec<(Partition, PartitionOffsets)>, String>>,
-    ) -> HashMap<String, String> {
+    async fn unknown_groups(&self, offsets: &BTreeMap<&str, QueueOffsets>) -> HashMap<String, String> {
         let suspects: BTreeSet<String> = self
             .queues
             .iter()
@@ -633,14 +653,18 @@ impl Tick<'_> {
         }
         self.count(by_coordinator.len());
         let cluster = self.cluster;
-        let replies = join_all(by_coordinator.into_iter().map(|(coordinator, groups)| async move {
-            let mut request = DescribeGroupsRequest::default();
-            request.groups = groups
-                .iter()
-                .map(|g| GroupId(StrBytes::from_string(g.clone())))
-                .collect();
-            cluster.call(&coordinator, &request).await
-        }))
+        let replies = join_all(
+            by_coordinator
+                .into_iter()
+                .map(|(coordinator, groups)| async move {
+                    let mut request = DescribeGroupsRequest::default();
+                    request.groups = groups
+                        .iter()
+                        .map(|g| GroupId(StrBytes::from_string(g.clone())))
+                        .collect();
+                    cluster.call(&coordinator, &request).await
+                }),
+        )
         .await;
         let mut unknown = HashMap::new();
         for reply in replies.into_iter().flatten() {
@@ -680,7 +704,10 @@ impl Tick<'_> {
         &self,
         layouts: &HashMap<String, TopicLayout>,
         owed: &BTreeMap<Partition, i64>,
-    ) -> (HashMap<Partition, Result<Option<i64>, String>>, BTreeMap<Partition, i64>) {
+    ) -> (
+        HashMap<Partition, Result<Option<i64>, String>>,
+        BTreeMap<Partition, i64>,
+    ) {
         let wanted: Vec<Partition> = owed.keys().cloned().collect();
         let (by_leader, unled) = self.by_leader(layouts, &wanted).await;
         let mut found: HashMap<Partition, Result<Option<i64>, String>> = unled
@@ -730,7 +757,9 @@ impl Tick<'_> {
                         let name = topic.topic.0.as_str().to_string();
                         for p in topic.partitions {
                             let partition = (name.clone(), p.partition_index);
-                            let Some(&offset) = owed.get(&partition) else { continue };
+                            let Some(&offset) = owed.get(&partition) else {
+                                continue;
+                            };
                             let outcome = match p.error_code {
                                 0 => Ok(p.records.as_ref().and_then(|r| records::timestamp_at(r, offset))),
                                 // OFFSET_OUT_OF_RANGE: retention deleted the owed records; the
@@ -776,12 +805,17 @@ fn leaderless(partition: &Partition) -> Failure {
 }
 
 /// Every partition of `topics` that the layout knows.
-fn partitions_of<'t>(layouts: &HashMap<String, TopicLayout>, topics: impl Iterator<Item = &'t String>) -> Vec<Partition> {
+fn partitions_of<'t>(
+    layouts: &HashMap<String, TopicLayout>,
+    topics: impl Iterator<Item = &'t String>,
+) -> Vec<Partition> {
     topics
         .filter_map(|topic| match layouts.get(topic) {
-            Some(TopicLayout::Partitions(list)) => {
-                Some(list.iter().map(|(index, _)| (topic.clone(), *index)).collect::<Vec<_>>())
-            }
+            Some(TopicLayout::Partitions(list)) => Some(
+                list.iter()
+                    .map(|(index, _)| (topic.clone(), *index))
+                    .collect::<Vec<_>>(),
+            ),
             _ => None,
         })
         .flatten()
@@ -826,7 +860,10 @@ fn group_commits(
                     moved: moved_code(p.error_code),
                 });
             }
-            commits.insert((name.clone(), p.partition_index), lag::committed(p.committed_offset));
+            commits.insert(
+                (name.clone(), p.partition_index),
+                lag::committed(p.committed_offset),
+            );
         }
     }
     Ok(commits)
@@ -834,7 +871,7 @@ fn group_commits(
 
 fn reading(
     queue: &PreparedKafkaQueue,
-    read: Result<Vec<(Partition, PartitionOffsets)>, String>,
+    read: QueueOffsets,
     stamps: &HashMap<Partition, Result<Option<i64>, String>>,
     at: jiff::Timestamp,
 ) -> QueueReading {
@@ -862,7 +899,12 @@ fn reading(
                 }
                 Some(Ok(None)) => {}
                 Some(Err(why)) => return Err(why.clone()),
-                None => return Err(format!("{}/{}: no record read for latency", partition.0, partition.1)),
+                None => {
+                    return Err(format!(
+                        "{}/{}: no record read for latency",
+                        partition.0, partition.1
+                    ));
+                }
             }
         }
         Ok(oldest)
@@ -885,7 +927,10 @@ mod tests {
             parse_server("kafka-0.kafka.jobs.svc:9092").unwrap().authority(),
             "kafka-0.kafka.jobs.svc:9092"
         );
-        assert_eq!(parse_server("[fd00::1]:9093").unwrap().authority(), "[fd00::1]:9093");
+        assert_eq!(
+            parse_server("[fd00::1]:9093").unwrap().authority(),
+            "[fd00::1]:9093"
+        );
         assert!(parse_server("kafka").is_err());
         assert!(parse_server("kafka:http").is_err());
         assert!(parse_server(":9092").is_err());

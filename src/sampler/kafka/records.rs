@@ -77,7 +77,9 @@ pub fn timestamp_at(records: &Bytes, offset: i64) -> Option<i64> {
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
 
     fn record(offset: i64, timestamp: i64) -> Record {
         Record {
@@ -89,7 +91,8 @@ mod tests {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset,
-            sequence: -1,
+            // The encoder keeps records in one batch while offset − sequence stays the same.
+            sequence: i32::try_from(offset).unwrap(),
             timestamp,
             key: None,
             value: Some(Bytes::from_static(b"job")),

@@ -34,7 +34,11 @@ fn mechanism_name(mechanism: SaslMechanism) -> &'static str {
 }
 
 /// Authenticates `connection` as `auth`, or says what to change.
-pub async fn authenticate(connection: &mut BrokerConnection, auth: &SaslAuth, timeout: Duration) -> Result<(), String> {
+pub async fn authenticate(
+    connection: &mut BrokerConnection,
+    auth: &SaslAuth,
+    timeout: Duration,
+) -> Result<(), String> {
     let name = mechanism_name(auth.mechanism);
     let mut handshake = SaslHandshakeRequest::default();
     handshake.mechanism = StrBytes::from_static_str(name);
@@ -44,7 +48,11 @@ pub async fn authenticate(connection: &mut BrokerConnection, auth: &SaslAuth, ti
         return Err(format!(
             "the broker at {} does not enable SASL {name} (it offers {}): set spec.kafka.sasl.mechanism to one of those",
             connection.address(),
-            if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+            if offered.is_empty() {
+                "none".to_string()
+            } else {
+                offered.join(", ")
+            }
         ));
     }
     match auth.mechanism {
@@ -58,7 +66,11 @@ pub async fn authenticate(connection: &mut BrokerConnection, auth: &SaslAuth, ti
 }
 
 /// One SaslAuthenticate round: the broker's bytes, or why it refused.
-async fn exchange(connection: &mut BrokerConnection, bytes: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
+async fn exchange(
+    connection: &mut BrokerConnection,
+    bytes: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     let mut request = SaslAuthenticateRequest::default();
     request.auth_bytes = bytes.into();
     let reply = connection.call(&request, timeout).await?;
@@ -66,7 +78,10 @@ async fn exchange(connection: &mut BrokerConnection, bytes: Vec<u8>, timeout: Du
         return Err(format!(
             "the broker at {} refused levee's SASL credentials ({}): check the username and password in spec.kafka.sasl.credentialsSecretRef",
             connection.address(),
-            reply.error_message.as_ref().map_or("no reason given", |m| m.as_str())
+            reply
+                .error_message
+                .as_ref()
+                .map_or("no reason given", |m| m.as_str())
         ));
     }
     Ok(reply.auth_bytes.to_vec())
@@ -92,16 +107,25 @@ impl Scram {
     };
 
     fn hmac(&self, key: &[u8], data: &[u8]) -> Vec<u8> {
-        hmac::sign(&hmac::Key::new(self.hmac, key), data).as_ref().to_vec()
+        hmac::sign(&hmac::Key::new(self.hmac, key), data)
+            .as_ref()
+            .to_vec()
     }
 }
 
-async fn scram(connection: &mut BrokerConnection, auth: &SaslAuth, hash: Scram, timeout: Duration) -> Result<(), String> {
+async fn scram(
+    connection: &mut BrokerConnection,
+    auth: &SaslAuth,
+    hash: Scram,
+    timeout: Duration,
+) -> Result<(), String> {
     let nonce = client_nonce();
     let first_bare = format!("n={},r={nonce}", scram_name(&auth.username));
     let server_first = exchange(connection, format!("n,,{first_bare}").into_bytes(), timeout).await?;
-    let server_first = String::from_utf8(server_first).map_err(|_| "the broker's SCRAM reply is not UTF-8".to_string())?;
-    let challenge = Challenge::parse(&server_first, &nonce).map_err(|e| format!("{}: {e}", connection.address()))?;
+    let server_first =
+        String::from_utf8(server_first).map_err(|_| "the broker's SCRAM reply is not UTF-8".to_string())?;
+    let challenge =
+        Challenge::parse(&server_first, &nonce).map_err(|e| format!("{}: {e}", connection.address()))?;
     let proof = challenge.proof(&hash, &first_bare, &server_first, &auth.password);
     let server_final = exchange(connection, proof.client_final.into_bytes(), timeout).await?;
     let server_final = String::from_utf8(server_final).unwrap_or_default();
@@ -149,12 +173,22 @@ impl Challenge {
         let iterations = NonZeroU32::new(iterations)
             .filter(|i| i.get() <= MAX_SCRAM_ITERATIONS)
             .ok_or_else(|| format!("the broker asks for {iterations} SCRAM iterations: levee does 1 to {MAX_SCRAM_ITERATIONS}"))?;
-        Ok(Self { nonce, salt, iterations })
+        Ok(Self {
+            nonce,
+            salt,
+            iterations,
+        })
     }
 
     fn proof(&self, hash: &Scram, first_bare: &str, server_first: &str, password: &str) -> Proof {
         let mut salted = vec![0u8; hash.digest.output_len()];
-        pbkdf2::derive(hash.pbkdf2, self.iterations, &self.salt, password.as_bytes(), &mut salted);
+        pbkdf2::derive(
+            hash.pbkdf2,
+            self.iterations,
+            &self.salt,
+            password.as_bytes(),
+            &mut salted,
+        );
         let client_key = hash.hmac(&salted, b"Client Key");
         let stored_key = digest::digest(hash.digest, &client_key);
         let without_proof = format!("c=biws,r={}", self.nonce);
@@ -199,7 +233,10 @@ mod tests {
             proof.client_final,
             "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
         );
-        assert_eq!(BASE64.encode(proof.server_signature), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        assert_eq!(
+            BASE64.encode(proof.server_signature),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
     }
 
     #[test]

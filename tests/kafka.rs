@@ -10,7 +10,7 @@ use levee::api::{KafkaSpec, QueueSpec};
 use levee::sampler::kafka::{KafkaEndpoint, SaslAuth};
 use levee::sampler::{BackendEndpoint, PreparedQueues, Sample, Sampler};
 use std::time::Duration;
-use support::kafka::{KafkaBroker, SASL_PASSWORD, SASL_USER};
+use support::kafka::{KafkaBroker, KafkaCluster, SASL_PASSWORD, SASL_USER};
 
 fn queues(yaml: &str) -> PreparedQueues {
     let queues: Vec<QueueSpec> = serde_yaml::from_str(yaml).unwrap();
@@ -281,4 +281,65 @@ async fn a_tick_is_a_fixed_handful_of_requests_at_a_thousand_partitions() {
         sample.round_trips, 3,
         "OffsetFetch, ListOffsets and Fetch, one each: {sample:?}"
     );
+}
+
+#[tokio::test]
+async fn a_killed_coordinator_and_leader_are_followed_and_the_figure_stays_exact() {
+    let mut cluster = KafkaCluster::start();
+    let tools = |cluster: &KafkaCluster, skip: usize| {
+        (0..3).find(|i| *i != skip).map(|i| cluster.nodes[i].bootstrap())
+    };
+    cluster.any().jobs("create", &["orders", "3", "3"]);
+    for partition in 0..3 {
+        cluster
+            .any()
+            .produce("orders", partition, 10 + partition * 5, None);
+    }
+    cluster.any().commit("billing", "orders", 0, 4);
+    cluster.any().commit("billing", "orders", 2, 11);
+    let expected = cluster.any().tool_lag("billing", "orders");
+    assert_eq!(
+        expected,
+        6 + 9,
+        "Kafka's own figure (partition 1 never committed: 0)"
+    );
+    // The group's coordinator leads one of the three partitions too: killing it moves both.
+    let coordinator = usize::try_from(cluster.coordinator(0, "billing")).unwrap() - 1;
+
+    let prepared = queues("[{name: billing, type: kafka, topic: orders, consumerGroup: billing}]");
+    let sampler = Sampler::new();
+    let target = endpoint(&cluster.bootstrap(), None);
+    let before = sampler.sample_backend(&target, &prepared).await;
+    assert_eq!(depth(&before, "billing"), Ok(expected), "{before:?}");
+
+    cluster.nodes[coordinator].kill();
+    let killed = std::time::Instant::now();
+    let mut failed_ticks = 0;
+    let mut consecutive_ok = 0;
+    while consecutive_ok < 3 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the figure did not come back within 30 s of the kill ({failed_ticks} failed ticks)"
+        );
+        let sample = sampler.sample_backend(&target, &prepared).await;
+        match depth(&sample, "billing") {
+            Ok(read) => {
+                assert_eq!(read, expected, "never a wrong figure, at {:?}", killed.elapsed());
+                consecutive_ok += 1;
+            }
+            Err(_) => {
+                failed_ticks += 1;
+                consecutive_ok = 0;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let live = tools(&cluster, coordinator).unwrap();
+    let moved_to =
+        usize::try_from(cluster.coordinator(if coordinator == 0 { 1 } else { 0 }, "billing")).unwrap() - 1;
+    assert_ne!(moved_to, coordinator, "the coordinator moved");
+    eprintln!("coordinator {coordinator} killed; figure back after {failed_ticks} failed ticks (via {live})");
+    // The dead broker is noticed by the controller within its session timeout (3 s here): a
+    // handful of ticks at 250 ms, which onSampleFailure's count absorbs.
+    assert!(failed_ticks <= 20, "{failed_ticks} failed ticks");
 }

@@ -1,7 +1,7 @@
 // Kafka's own Java client (the kafka-clients jar beside the broker's), run with Java's source
 // launcher: the jobs and commits the Kafka tests count, made as an application would make them.
 //
-//   java -cp 'libs/*' KafkaJobs.java create BOOT TOPIC PARTITIONS
+//   java -cp 'libs/*' KafkaJobs.java create BOOT TOPIC PARTITIONS [REPLICAS]
 //   java -cp 'libs/*' KafkaJobs.java produce BOOT TOPIC PARTITION COUNT [TIMESTAMP_MS] [BYTES] [COMPRESSION]
 //   java -cp 'libs/*' KafkaJobs.java commit BOOT GROUP TOPIC PARTITION OFFSET
 //   java -cp 'libs/*' KafkaJobs.java paused BOOT GROUP TOPIC FILE SECONDS
@@ -21,7 +21,7 @@ import org.apache.kafka.common.serialization.*;
 public class KafkaJobs {
     public static void main(String[] args) throws Exception {
         switch (args[0]) {
-            case "create" -> create(args[1], args[2], Integer.parseInt(args[3]));
+            case "create" -> create(args[1], args[2], Integer.parseInt(args[3]), args.length > 4 ? Short.parseShort(args[4]) : 1);
             case "produce" -> produce(args);
             case "commit" -> commit(args[1], args[2], args[3], Integer.parseInt(args[4]), Long.parseLong(args[5]));
             case "paused" -> paused(args[1], args[2], args[3], Path.of(args[4]), Integer.parseInt(args[5]));
@@ -29,9 +29,9 @@ public class KafkaJobs {
         }
     }
 
-    static void create(String boot, String topic, int partitions) throws Exception {
+    static void create(String boot, String topic, int partitions, short replicas) throws Exception {
         try (Admin admin = Admin.create(Map.of(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, boot))) {
-            admin.createTopics(List.of(new NewTopic(topic, partitions, (short) 1))).all().get();
+            admin.createTopics(List.of(new NewTopic(topic, partitions, replicas))).all().get();
         }
     }
 

@@ -83,7 +83,6 @@ impl KafkaBroker {
     }
 
     fn start_with(sasl: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let (port, controller) = (free_port(), free_port());
         let sasl_port = sasl.then(free_port);
         let mut listeners = format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}");
@@ -108,16 +107,61 @@ impl KafkaBroker {
                 jaas("scram.ScramLoginModule", ""),
             );
         }
+        let quorum = format!("controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n");
+        let scram: Vec<String> = if sasl {
+            ["SCRAM-SHA-256", "SCRAM-SHA-512"]
+                .iter()
+                .flat_map(|mechanism| {
+                    [
+                        "--add-scram".to_string(),
+                        format!("{mechanism}=[name={SASL_USER},password={SASL_PASSWORD}]"),
+                    ]
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut format_args = vec!["--standalone".to_string()];
+        format_args.extend(scram);
+        Self::start_node(
+            1,
+            port,
+            &listeners,
+            &protocols,
+            &format!("{quorum}{extra}"),
+            1,
+            &format_args,
+        )
+        .with_sasl_port(sasl_port)
+    }
+
+    fn with_sasl_port(mut self, sasl_port: Option<u16>) -> Self {
+        self.sasl_port = sasl_port;
+        self
+    }
+
+    /// One node (broker and controller) of a cluster whose topics are replicated `replicas`
+    /// times; `format_args` end the storage tool's command line.
+    fn start_node(
+        id: u32,
+        port: u16,
+        listeners: &str,
+        protocols: &str,
+        extra: &str,
+        replicas: u32,
+        format_args: &[String],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
         let properties = format!(
-            "process.roles=broker,controller\nnode.id=1\n\
-             controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+            "process.roles=broker,controller\nnode.id={id}\n\
              listeners={listeners}\nadvertised.listeners={listeners}\n\
              controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
              listener.security.protocol.map={protocols}\n\
-             log.dirs={}\nnum.partitions=1\n\
-             offsets.topic.replication.factor=1\noffsets.topic.num.partitions=3\n\
-             transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
-             share.coordinator.state.topic.replication.factor=1\nshare.coordinator.state.topic.min.isr=1\n\
+             log.dirs={}\nnum.partitions=1\ndefault.replication.factor={replicas}\n\
+             offsets.topic.replication.factor={replicas}\noffsets.topic.num.partitions=3\n\
+             transaction.state.log.replication.factor={replicas}\ntransaction.state.log.min.isr=1\n\
+             share.coordinator.state.topic.replication.factor={replicas}\nshare.coordinator.state.topic.min.isr=1\n\
+             broker.session.timeout.ms=3000\nbroker.heartbeat.interval.ms=500\n\
              group.initial.rebalance.delay.ms=0\n{extra}",
             dir.path().join("data").display()
         );
@@ -128,15 +172,7 @@ impl KafkaBroker {
             .arg("kafka.tools.StorageTool")
             .args(["format", "-t", "levee-test-cluster-0001", "-c"])
             .arg(&config)
-            .arg("--standalone");
-        if sasl {
-            for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
-                format.args([
-                    "--add-scram",
-                    &format!("{mechanism}=[name={SASL_USER},password={SASL_PASSWORD}]"),
-                ]);
-            }
-        }
+            .args(format_args);
         run(format, "kafka-storage format").unwrap_or_else(|e| panic!("{e}"));
         let log = std::fs::File::create(dir.path().join("kafka.log")).unwrap();
         let child = java()
@@ -149,7 +185,7 @@ impl KafkaBroker {
             .expect("the Kafka broker starts");
         let broker = Self {
             port,
-            sasl_port,
+            sasl_port: None,
             child,
             dir,
         };
@@ -267,6 +303,90 @@ impl KafkaBroker {
                 Some((partition.parse().ok()?, offset.parse().ok()?))
             })
             .collect()
+    }
+}
+
+impl KafkaBroker {
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three nodes, each broker and controller, with a static KRaft quorum of all three; topics are
+/// replicated three times and a dead broker is noticed within 3 s.
+pub struct KafkaCluster {
+    pub nodes: Vec<KafkaBroker>,
+}
+
+impl KafkaCluster {
+    pub fn start() -> Self {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, controller))| format!("{}@127.0.0.1:{controller}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let quorum = format!("controller.quorum.voters={voters}\n");
+        let handles: Vec<_> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(port, controller))| {
+                let quorum = quorum.clone();
+                std::thread::spawn(move || {
+                    let listeners =
+                        format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}");
+                    KafkaBroker::start_node(
+                        u32::try_from(i + 1).unwrap(),
+                        port,
+                        &listeners,
+                        "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                        &quorum,
+                        3,
+                        &[],
+                    )
+                })
+            })
+            .collect();
+        let nodes = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        Self { nodes }
+    }
+
+    /// Every node's address, for `bootstrapServers`.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(KafkaBroker::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A live node, for the tools.
+    pub fn any(&self) -> &KafkaBroker {
+        &self.nodes[0]
+    }
+
+    /// The node id of the broker coordinating `group`, as
+    /// `kafka-consumer-groups.sh --describe --state` prints it.
+    pub fn coordinator(&self, via: usize, group: &str) -> u32 {
+        let mut tool = java();
+        tool.arg("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand")
+            .args([
+                "--bootstrap-server",
+                &self.nodes[via].bootstrap(),
+                "--describe",
+                "--state",
+                "--group",
+                group,
+            ]);
+        let output = run(tool, "kafka-consumer-groups --describe --state").unwrap_or_else(|e| panic!("{e}"));
+        output
+            .lines()
+            .find(|line| line.starts_with(group))
+            .and_then(|line| line.split('(').nth(1)?.split(')').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no coordinator in {output}"))
     }
 }
 

@@ -46,7 +46,7 @@ fi
 
 want=$(stamp "$producers/requirements.txt")
 if [ "$(cat .cache/venv/.levee-stamp 2>/dev/null)" != "$want" ]; then
-  echo "deps: python venv (Celery, RQ, nats-py)"
+  echo "deps: python venv (Celery, RQ, nats-py, kafka-python)"
   rm -rf .cache/venv
   python3 -m venv .cache/venv
   .cache/venv/bin/pip install -q --disable-pip-version-check -r "$producers/requirements.txt"

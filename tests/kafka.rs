@@ -343,3 +343,82 @@ async fn a_killed_coordinator_and_leader_are_followed_and_the_figure_stays_exact
     // handful of ticks at 250 ms, which onSampleFailure's count absorbs.
     assert!(failed_ticks <= 20, "{failed_ticks} failed ticks");
 }
+
+#[tokio::test]
+async fn a_consumer_held_back_by_levee_pauses_and_resumes() {
+    let docs = std::fs::read_to_string(support::repo_root().join("docs/integration.md")).unwrap();
+    let section = &docs[docs
+        .find("### A Kafka consumer that pauses")
+        .expect("the section")..];
+    let start = section.find("```python\n").unwrap() + "```python\n".len();
+    let script = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("consumer.py"), script).unwrap();
+    let annotations = dir.path().join("annotations");
+    let annotate = |accepting: &str| {
+        // As the kubelet does: a new file swapped in.
+        let next = dir.path().join("annotations.next");
+        std::fs::write(
+            &next,
+            format!("levee.dev/accepting=\"{accepting}\"\nlevee.dev/policy=\"p\""),
+        )
+        .unwrap();
+        std::fs::rename(&next, &annotations).unwrap();
+    };
+    let broker = KafkaBroker::start();
+    broker.create_topic("upstream", 2);
+    broker.produce("upstream", 0, 15, None);
+    broker.produce("upstream", 1, 10, None);
+    let python = support::repo_root().join(".cache/venv/bin/python");
+    assert!(python.is_file(), "kafka-python is not installed: run `make deps`");
+    annotate("false");
+    let mut consumer = std::process::Command::new(python)
+        .arg(dir.path().join("consumer.py"))
+        .args([&broker.bootstrap(), "upstream", "stage"])
+        .env("LEVEE_ANNOTATIONS", &annotations)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prepared = queues(
+        "[{name: upstream, type: kafka, topic: upstream, consumerGroup: stage, offsetReset: earliest}]",
+    );
+    let sampler = Sampler::new();
+    let target = endpoint(&broker.bootstrap(), None);
+    // Held back: the group joins (its members show in Kafka's tool) and consumes nothing.
+    let joined = std::time::Instant::now();
+    while !broker
+        .describe_lags("stage")
+        .iter()
+        .any(|(topic, _, _)| topic == "upstream")
+    {
+        assert!(
+            joined.elapsed() < Duration::from_secs(30),
+            "the consumer never joined its group"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = depth(&sampler.sample_backend(&target, &prepared).await, "upstream");
+    annotate("true");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut left = held.clone();
+    while left != Ok(0) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        left = depth(&sampler.sample_backend(&target, &prepared).await, "upstream");
+    }
+    let _ = consumer.kill();
+    let output = consumer.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(held, Ok(25), "held back, the consumer took nothing");
+    assert_eq!(left, Ok(0), "let through, it worked the backlog off");
+    assert_eq!(
+        broker.tool_lag("stage", "upstream"),
+        0,
+        "as Kafka's own tool sees it"
+    );
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        ["paused", "resumed"],
+        "{printed}"
+    );
+}

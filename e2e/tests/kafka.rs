@@ -64,7 +64,12 @@ fn a_consumer_group_lag_opens_the_circuit_with_kafkas_own_figure() {
             .set("thresholds", "{warning: 20, critical: 40, recovery: 5}")
             .without("targets")
     };
-    policy("billing", "kafka-auth").apply();
+    policy("billing", "kafka-auth")
+        .set(
+            "scaleTarget",
+            "{kind: Deployment, name: billing-worker, maxReplicas: 20, pendingPerReplica: 10}",
+        )
+        .apply();
     policy("locked-out", "kafka-wrong").apply();
     let status = wait_until("the policy reports the group's lag", PATIENCE, || {
         let policy = kubectl_json(&["get", "bpp", "billing", "-n", &ns]);
@@ -81,6 +86,28 @@ fn a_consumer_group_lag_opens_the_circuit_with_kafkas_own_figure() {
     assert!(
         (3600.0..=age_now + 1.0).contains(&latency),
         "{latency} s, the records being {age_now} s old"
+    );
+    assert_eq!(status["queues"][0]["partitions"], 3, "{status}");
+    assert_eq!(status["queues"][0]["maxPartitionLag"], 30, "partition 0: 40 − 10");
+    // Three partitions: a fourth consumer would sit idle, so the HPA stops at three.
+    let capped = wait_until("the HPA is capped at the partitions", PATIENCE, || {
+        let hpa = kubectl_json(&["get", "hpa", "levee-billing", "-n", &ns]);
+        (hpa["spec"]["maxReplicas"] == 3).then_some(hpa)
+    });
+    assert_eq!(capped["spec"]["minReplicas"], 1);
+    let condition = wait_until("status says the HPA is capped", PATIENCE, || {
+        let policy = kubectl_json(&["get", "bpp", "billing", "-n", &ns]);
+        policy["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "ScaleCapped").cloned())
+    });
+    assert_eq!(condition["status"], "True", "{condition}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("maxReplicas 20 capped at 3"),
+        "{condition}"
     );
     let series = format!("levee_queue_depth{{namespace=\"{ns}\",policy=\"billing\",queue=\"orders\"}}");
     assert_eq!(levee.metric(&series), Some(expected as f64));

@@ -542,6 +542,10 @@ pub struct ScaleTarget {
     /// Pending jobs one worker replica is expected to handle (the HPA's AverageValue target).
     #[schemars(range(min = 1))]
     pub pending_per_replica: u64,
+    /// Under spec.kafka the HPA's upper bound is capped at the partitions of the policy's
+    /// topics (a consumer beyond them gets none and sits idle); true lifts the cap.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_idle_consumers: bool,
 }
 
 /// Workload kinds an HPA can scale.
@@ -653,6 +657,12 @@ pub struct QueueStatus {
     /// Why its latency could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_error: Option<String>,
+    /// kafka: the partitions the queue spans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
+    /// kafka: the largest lag of one partition (a skewed backlog shows here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_partition_lag: Option<u64>,
 }
 
 /// Default values, shared by serde and the schema.

@@ -30,6 +30,9 @@ pub mod condition {
     pub const REDIS_REACHABLE: &str = "RedisReachable";
     pub const THROTTLING: &str = "Throttling";
     pub const PROLONGED: &str = "Prolonged";
+    /// Under spec.kafka with a scaleTarget: whether the HPA's maxReplicas is capped at the
+    /// partition count.
+    pub const SCALE_CAPPED: &str = "ScaleCapped";
 }
 
 impl BackpressurePolicyStatus {

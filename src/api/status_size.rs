@@ -68,6 +68,8 @@ mod tests {
             error,
             latency_seconds: None,
             latency_error: None,
+            partitions: None,
+            max_partition_lag: None,
         }
     }
 

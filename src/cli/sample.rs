@@ -360,6 +360,11 @@ struct QueueLine<'a> {
     latency_seconds: Option<f64>,
     #[serde(rename = "latencyError", skip_serializing_if = "Option::is_none")]
     latency_error: Option<&'a str>,
+    /// kafka: the partitions the queue spans, and the largest lag of one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitions: Option<u32>,
+    #[serde(rename = "maxPartitionLag", skip_serializing_if = "Option::is_none")]
+    max_partition_lag: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -397,6 +402,8 @@ impl<'a> TickLine<'a> {
                         .as_ref()
                         .and_then(|l| l.as_ref().err())
                         .map(String::as_str),
+                    partitions: q.partitions.map(|p| p.count),
+                    max_partition_lag: q.partitions.map(|p| p.max_lag),
                 })
                 .collect(),
         }

@@ -19,8 +19,21 @@ pub fn hpa_name(policy: &BackpressurePolicy) -> String {
     format!("levee-{}", policy.name_any())
 }
 
-/// The HPA for `target`, as applied (pure).
-pub fn desired_hpa(policy: &BackpressurePolicy, target: &ScaleTarget) -> Value {
+/// The HPA's upper bound: `maxReplicas`, capped at `partitions` (a Kafka policy's partition
+/// count: consumers beyond it sit idle) unless `allowIdleConsumers`, and never below
+/// `minReplicas`.
+pub fn max_replicas(target: &ScaleTarget, partitions: Option<u32>) -> i32 {
+    match partitions.filter(|_| !target.allow_idle_consumers) {
+        Some(cap) => target
+            .max_replicas
+            .min(i32::try_from(cap).unwrap_or(i32::MAX))
+            .max(target.min_replicas),
+        None => target.max_replicas,
+    }
+}
+
+/// The HPA for `target`, as applied (pure); `partitions` as for `max_replicas`.
+pub fn desired_hpa(policy: &BackpressurePolicy, target: &ScaleTarget, partitions: Option<u32>) -> Value {
     let kind = match target.kind {
         ScaleKind::Deployment => "Deployment",
         ScaleKind::StatefulSet => "StatefulSet",
@@ -40,7 +53,7 @@ pub fn desired_hpa(policy: &BackpressurePolicy, target: &ScaleTarget) -> Value {
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target.name},
             "minReplicas": target.min_replicas,
-            "maxReplicas": target.max_replicas,
+            "maxReplicas": max_replicas(target, partitions),
             "metrics": [{
                 "type": "External",
                 "external": {
@@ -75,14 +88,20 @@ fn owned_by(hpa: &HorizontalPodAutoscaler, policy: &BackpressurePolicy) -> bool 
 
 /// Whether the HPA in the store matches the policy (pure): the one the policy wants is there
 /// with the wanted bounds, target and metric, or none is there when it wants none.
-pub fn in_place(policy: &BackpressurePolicy, existing: Option<&HorizontalPodAutoscaler>) -> bool {
+pub fn in_place(
+    policy: &BackpressurePolicy,
+    existing: Option<&HorizontalPodAutoscaler>,
+    partitions: Option<u32>,
+) -> bool {
     let Some(target) = &policy.spec.scale_target else {
         return existing.is_none_or(|hpa| !owned_by(hpa, policy));
     };
     let Some(hpa) = existing.filter(|hpa| owned_by(hpa, policy)) else {
         return false;
     };
-    let Ok(desired) = serde_json::from_value::<HorizontalPodAutoscaler>(desired_hpa(policy, target)) else {
+    let Ok(desired) =
+        serde_json::from_value::<HorizontalPodAutoscaler>(desired_hpa(policy, target, partitions))
+    else {
         return false;
     };
     let (Some(want), Some(have)) = (desired.spec, hpa.spec.as_ref()) else {
@@ -95,7 +114,11 @@ pub fn in_place(policy: &BackpressurePolicy, existing: Option<&HorizontalPodAuto
 }
 
 /// Applies or removes the managed HPA to match the policy.
-pub async fn sync(context: &Context, policy: &BackpressurePolicy) -> Result<(), SyncError> {
+pub async fn sync(
+    context: &Context,
+    policy: &BackpressurePolicy,
+    partitions: Option<u32>,
+) -> Result<(), SyncError> {
     let namespace = policy.namespace().unwrap_or_default();
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(context.client.clone(), &namespace);
     let name = hpa_name(policy);
@@ -116,7 +139,11 @@ pub async fn sync(context: &Context, policy: &BackpressurePolicy) -> Result<(), 
                 PatchParams::apply(FIELD_MANAGER)
             };
             match api
-                .patch(&name, &params, &Patch::Apply(desired_hpa(policy, target)))
+                .patch(
+                    &name,
+                    &params,
+                    &Patch::Apply(desired_hpa(policy, target, partitions)),
+                )
                 .await
             {
                 Ok(_) => {}
@@ -154,7 +181,7 @@ mod tests {
                 "scaleTarget": {"kind": "Deployment", "name": "worker", "minReplicas": 2, "maxReplicas": 20, "pendingPerReplica": 500}
             }
         }));
-        let hpa = desired_hpa(&policy, policy.spec.scale_target.as_ref().unwrap());
+        let hpa = desired_hpa(&policy, policy.spec.scale_target.as_ref().unwrap(), None);
         let typed: HorizontalPodAutoscaler =
             serde_json::from_value(hpa.clone()).expect("a valid autoscaling/v2 HPA");
         let spec = typed.spec.unwrap();
@@ -177,6 +204,23 @@ mod tests {
     }
 
     #[test]
+    fn a_kafka_policy_caps_replicas_at_its_partitions_unless_idle_consumers_are_allowed() {
+        let target: ScaleTarget = serde_json::from_value(json!(
+            {"kind": "Deployment", "name": "w", "minReplicas": 2, "maxReplicas": 20, "pendingPerReplica": 100}
+        ))
+        .unwrap();
+        assert_eq!(max_replicas(&target, None), 20);
+        assert_eq!(max_replicas(&target, Some(6)), 6);
+        assert_eq!(max_replicas(&target, Some(50)), 20);
+        assert_eq!(max_replicas(&target, Some(1)), 2, "never below minReplicas");
+        let idle = ScaleTarget {
+            allow_idle_consumers: true,
+            ..target
+        };
+        assert_eq!(max_replicas(&idle, Some(6)), 20);
+    }
+
+    #[test]
     fn only_the_hpa_the_policy_wants_counts_as_in_place() {
         let mut policy = fixtures::policy_with(json!({
             "metadata": {"uid": "u-1"},
@@ -185,21 +229,31 @@ mod tests {
             }
         }));
         let target = policy.spec.scale_target.clone().unwrap();
-        let applied: HorizontalPodAutoscaler = serde_json::from_value(desired_hpa(&policy, &target)).unwrap();
-        assert!(in_place(&policy, Some(&applied)));
-        assert!(!in_place(&policy, None), "deleted by hand: put back");
+        let applied: HorizontalPodAutoscaler =
+            serde_json::from_value(desired_hpa(&policy, &target, None)).unwrap();
+        assert!(in_place(&policy, Some(&applied), None));
+        assert!(!in_place(&policy, None, None), "deleted by hand: put back");
         let mut edited = applied.clone();
         edited.spec.as_mut().unwrap().max_replicas = 90;
-        assert!(!in_place(&policy, Some(&edited)), "edited by hand: put back");
+        assert!(
+            !in_place(&policy, Some(&edited), None),
+            "edited by hand: put back"
+        );
         let mut foreign = applied.clone();
         foreign.metadata.owner_references = None;
-        assert!(!in_place(&policy, Some(&foreign)), "not ours: reported by sync");
+        assert!(
+            !in_place(&policy, Some(&foreign), None),
+            "not ours: reported by sync"
+        );
         policy.spec.scale_target = None;
         assert!(
-            !in_place(&policy, Some(&applied)),
+            !in_place(&policy, Some(&applied), None),
             "ours but no longer wanted: deleted"
         );
-        assert!(in_place(&policy, Some(&foreign)), "someone else's is left alone");
-        assert!(in_place(&policy, None));
+        assert!(
+            in_place(&policy, Some(&foreign), None),
+            "someone else's is left alone"
+        );
+        assert!(in_place(&policy, None, None));
     }
 }

@@ -24,6 +24,8 @@ pub struct TickReport<'a> {
     pub targets: &'a Outcome,
     /// Why the HPA for `spec.scaleTarget` could not be applied, until it can.
     pub autoscaler_error: Option<&'a str>,
+    /// A Kafka policy's partition count (the cap on its scaleTarget), once read.
+    pub partition_cap: Option<u32>,
     /// The backlog's forecast, once there are enough samples.
     pub forecast: Option<Forecast>,
     /// What the last discovery of `keyPattern` entries found.
@@ -59,6 +61,8 @@ pub fn next_status(
                         .and_then(|l| l.as_ref().ok().copied())
                         .map(latency_seconds),
                     latency_error: q.latency.as_ref().and_then(|l| l.as_ref().err().cloned()),
+                    partitions: q.partitions.map(|p| p.count),
+                    max_partition_lag: q.partitions.map(|p| p.max_lag),
                 })
                 .collect();
             let reachable = match &sample.unreachable {
@@ -72,6 +76,9 @@ pub fn next_status(
             status.set_condition(condition::REDIS_REACHABLE, value);
         }
     }
+    if let (Some(target), Some(partitions)) = (&policy.spec.scale_target, report.partition_cap) {
+        status.set_condition(condition::SCALE_CAPPED, scale_cap(target, partitions, now));
+    }
     status.discovery = report.discovery.cloned();
     status.forecast = report.forecast.map(|forecast| ForecastStatus {
         growth_per_second: round(forecast.growth_per_second, 1000.0),
@@ -81,6 +88,31 @@ pub fn next_status(
     let uses_latency = policy.spec.thresholds.latency.is_some();
     status.set_condition(condition::READY, readiness(report, uses_latency, now));
     status.bounded()
+}
+
+/// Whether the HPA's maxReplicas is capped at a Kafka policy's partition count, in words.
+fn scale_cap(target: &crate::api::ScaleTarget, partitions: u32, now: Timestamp) -> ConditionValue {
+    let max = super::autoscaler::max_replicas(target, Some(partitions));
+    if max < target.max_replicas {
+        let message = format!(
+            "maxReplicas {} capped at {max}: the policy's topics have {partitions} partitions and a consumer beyond them gets none (set scaleTarget.allowIdleConsumers: true to lift the cap)",
+            target.max_replicas
+        );
+        ConditionValue::new(true, "PartitionCount", &message, now)
+    } else {
+        let why = if target.allow_idle_consumers {
+            format!(
+                "allowIdleConsumers: maxReplicas {} kept over {partitions} partitions",
+                target.max_replicas
+            )
+        } else {
+            format!(
+                "maxReplicas {} is within the {partitions} partitions",
+                target.max_replicas
+            )
+        };
+        ConditionValue::new(false, "NotCapped", &why, now)
+    }
 }
 
 fn round(value: f64, per_unit: f64) -> f64 {
@@ -226,6 +258,7 @@ mod tests {
                 weight: 1,
                 depth: Ok(7),
                 latency: None,
+                partitions: None,
             }],
             round_trips: 1,
             unreachable: None,
@@ -240,6 +273,7 @@ mod tests {
             sample: Ok(&sample),
             targets,
             autoscaler_error,
+            partition_cap: None,
             forecast: None,
             discovery: None,
             dry_run: false,

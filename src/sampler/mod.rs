@@ -57,6 +57,15 @@ pub struct QueueReading {
     /// The age of the oldest waiting job (zero when none waits), or why it could not be read;
     /// `None` for a layout that keeps no enqueue time (or with latency reads off).
     pub latency: Option<Result<Duration, String>>,
+    /// For a Kafka queue read: how many partitions it spans and the lag of the worst.
+    pub partitions: Option<PartitionSpread>,
+}
+
+/// A Kafka queue's partitions: their count and the largest lag among them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionSpread {
+    pub count: u32,
+    pub max_lag: u64,
 }
 
 /// One tick's readings of a policy's queues.
@@ -282,6 +291,7 @@ impl Sampler {
                         weight: queue.weight,
                         depth,
                         latency,
+                        partitions: None,
                     }
                 })
                 .collect();
@@ -520,6 +530,7 @@ mod tests {
             weight,
             depth,
             latency: None,
+            partitions: None,
         }
     }
 

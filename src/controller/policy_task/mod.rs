@@ -127,9 +127,11 @@ struct PolicyState {
     secret_versions: Vec<Option<String>>,
     /// What was written, and the pass writing what the ticks decided.
     writes: Writes,
-    /// The policy generation and HPA resource version last found in place (nothing to compare
-    /// again until one of them changes).
-    autoscaler_checked: Option<(Option<i64>, Option<String>)>,
+    /// The policy generation, HPA resource version and partition cap last found in place
+    /// (nothing to compare again until one of them changes).
+    autoscaler_checked: Option<(Option<i64>, Option<String>, Option<u32>)>,
+    /// A Kafka policy's partition count, from its last full read: caps the HPA's maxReplicas.
+    partition_cap: Option<u32>,
     /// The last failure to apply the managed HPA, shown in the Ready condition until it works.
     autoscaler_error: Option<String>,
 }
@@ -153,6 +155,7 @@ impl PolicyState {
             writes: Writes::new(status),
             autoscaler_checked: None,
             autoscaler_error: None,
+            partition_cap: None,
             policy,
         }
     }
@@ -394,6 +397,9 @@ async fn decide_and_hand_over(
     sample: Result<Sample, EndpointProblem>,
 ) {
     let policy = state.policy.clone();
+    if let Ok(sample) = &sample {
+        state.follow_partitions(sample);
+    }
     state.keep_autoscaler(context).await;
     let now = context.clock.now();
     let decision = state.decide(context, now, &sample);
@@ -407,6 +413,7 @@ async fn decide_and_hand_over(
         sample: sample.as_ref(),
         targets: &targets,
         autoscaler_error: state.autoscaler_error.as_deref(),
+        partition_cap: state.partition_cap,
         forecast: state.forecast,
         discovery: state.discovery_status.as_ref(),
         dry_run: policy.spec.dry_run,
@@ -498,6 +505,19 @@ impl PolicyState {
         record::record_circuit(context, &namespace, &name, &self.circuit);
     }
 
+    /// The partition count of a Kafka policy's queues, once every one of them has been read
+    /// (kept from the last full read otherwise): the cap on its workers' replicas.
+    fn follow_partitions(&mut self, sample: &Sample) {
+        let counts: Option<Vec<u32>> = sample
+            .queues
+            .iter()
+            .map(|q| q.partitions.map(|p| p.count))
+            .collect();
+        if let Some(counts) = counts.filter(|c| !c.is_empty()) {
+            self.partition_cap = Some(counts.into_iter().fold(0, u32::saturating_add));
+        }
+    }
+
     /// Puts the managed HPA back in place; compared again only when the policy or its HPA
     /// changed since it was last found in place.
     async fn keep_autoscaler(&mut self, context: &Context) {
@@ -506,18 +526,20 @@ impl PolicyState {
             .stores
             .autoscalers
             .get(&namespace, &autoscaler::hpa_name(&self.policy));
+        let partitions = self.partition_cap;
         let seen = (
             self.policy.metadata.generation,
             hpa.as_ref().and_then(|hpa| hpa.resource_version()),
+            partitions,
         );
         if self.autoscaler_checked.as_ref() == Some(&seen) {
             return;
         }
-        if autoscaler::in_place(&self.policy, hpa.as_deref()) {
+        if autoscaler::in_place(&self.policy, hpa.as_deref(), partitions) {
             self.autoscaler_checked = Some(seen);
             return;
         }
-        match autoscaler::sync(context, &self.policy).await {
+        match autoscaler::sync(context, &self.policy, partitions).await {
             Ok(()) => self.autoscaler_error = None,
             Err(error) => {
                 tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying");

@@ -23,7 +23,7 @@ pub use cluster::{MAX_PARTITIONS, MAX_TOPICS};
 pub use connection::MAX_FRAME_BYTES;
 pub use sasl::SaslAuth;
 
-use super::{NodeAddr, QueueReading, Sample};
+use super::{NodeAddr, PartitionSpread, QueueReading, Sample};
 use crate::api::{KafkaSpec, OffsetReset, QueueSpec, QueueType};
 use cluster::{Cluster, TopicLayout, error_name};
 use futures::future::join_all;
@@ -909,11 +909,20 @@ fn reading(
         }
         Ok(oldest)
     });
+    let partitions = read.as_ref().ok().map(|partitions| PartitionSpread {
+        count: u32::try_from(partitions.len()).unwrap_or(u32::MAX),
+        max_lag: partitions
+            .iter()
+            .map(|(_, o)| o.lag(queue.reset))
+            .max()
+            .unwrap_or(0),
+    });
     QueueReading {
         name: queue.name.clone(),
         weight: queue.weight,
         depth,
         latency,
+        partitions,
     }
 }
 

@@ -301,6 +301,7 @@ fn reading(consumer: &PreparedConsumer, depth: Result<u64, String>) -> QueueRead
         weight: consumer.weight,
         depth,
         latency: None,
+        partitions: None,
     }
 }
 

@@ -422,3 +422,53 @@ async fn a_consumer_held_back_by_levee_pauses_and_resumes() {
         "{printed}"
     );
 }
+
+#[tokio::test]
+async fn a_broker_whose_packets_are_dropped_fails_ticks_within_the_timeout_and_is_read_again() {
+    if !support::netns::may_run() {
+        return;
+    }
+    let isolated = support::netns::Isolated::create("kafka", 214);
+    let broker = KafkaBroker::start_isolated(&isolated);
+    broker.create_topic("orders", 2);
+    broker.produce("orders", 0, 12, None);
+    broker.commit("billing", "orders", 0, 2);
+    let expected = broker.tool_lag("billing", "orders");
+    let prepared = queues("[{name: billing, type: kafka, topic: orders, consumerGroup: billing}]");
+    let sampler = Sampler::new();
+    let spec: KafkaSpec = serde_yaml::from_str(&format!(
+        "{{bootstrapServers: ['{}'], timeout: 500ms}}",
+        broker.bootstrap()
+    ))
+    .unwrap();
+    let target = BackendEndpoint::Kafka(KafkaEndpoint::from_spec(&spec, None).unwrap());
+    assert_eq!(
+        depth(&sampler.sample_backend(&target, &prepared).await, "billing"),
+        Ok(expected)
+    );
+
+    // Packets vanish: no RST, so only the deadline ends each request.
+    isolated.drop_packets(broker.port, true);
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let sample = sampler.sample_backend(&target, &prepared).await;
+        let took = started.elapsed();
+        let why = depth(&sample, "billing").unwrap_err();
+        assert!(why.contains("within"), "a timeout: {why}");
+        assert!(sample.unreachable.is_some(), "{sample:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "bounded by the 500 ms deadline: {took:?}"
+        );
+    }
+
+    // Packets flow again: the figure is back, exact.
+    isolated.drop_packets(broker.port, false);
+    let restored = std::time::Instant::now();
+    let mut read = Err(String::new());
+    while read != Ok(expected) && restored.elapsed() < Duration::from_secs(15) {
+        read = depth(&sampler.sample_backend(&target, &prepared).await, "billing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(read, Ok(expected), "read again once packets flow");
+}

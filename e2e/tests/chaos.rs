@@ -3,68 +3,29 @@
 //! namespaces, iptables), as CI runs; elsewhere the test says it was skipped.
 
 use levee_e2e::fixture::{Fixture, PATIENCE, PolicyYaml};
+use levee_e2e::redis::netns::{self, Isolated};
 use levee_e2e::*;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-fn run(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(status.success(), "{args:?} failed");
-}
-
-/// A redis-server in a network namespace of its own, reached over a veth pair; its packets can
-/// be dropped with iptables inside the namespace. Torn down when dropped.
+/// A redis-server in a network namespace of its own (`netns::Isolated`), its packets dropped at
+/// will. Torn down when dropped.
 struct IsolatedRedis {
-    netns: String,
-    host_link: String,
-    address: String,
-    port: u16,
     server: Child,
+    port: u16,
+    // Last: the namespace goes after the server in it.
+    isolated: Isolated,
 }
 
 impl IsolatedRedis {
     fn start() -> Self {
-        // Two per process (the tests of this file run side by side), none shared with another.
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let id = (std::process::id() % 120) * 2 + STARTED.fetch_add(1, Ordering::Relaxed) % 2;
-        let (netns, host_link, peer) = (
-            format!("levee-chaos-{id}"),
-            format!("lvh{id}"),
-            format!("lvn{id}"),
-        );
-        let (host_ip, address) = (format!("10.213.{id}.1"), format!("10.213.{id}.2"));
-        let _ = Command::new("ip").args(["netns", "del", &netns]).status();
-        let _ = Command::new("ip").args(["link", "del", &host_link]).status();
-        run(&["ip", "netns", "add", &netns]);
-        run(&[
-            "ip", "link", "add", &host_link, "type", "veth", "peer", "name", &peer,
-        ]);
-        run(&["ip", "link", "set", &peer, "netns", &netns]);
-        run(&["ip", "addr", "add", &format!("{host_ip}/30"), "dev", &host_link]);
-        run(&["ip", "link", "set", &host_link, "up"]);
-        let inside = |args: &[&str]| {
-            let mut all = vec!["ip", "netns", "exec", netns.as_str()];
-            all.extend(args);
-            run(&all);
-        };
-        inside(&["ip", "addr", "add", &format!("{address}/30"), "dev", &peer]);
-        inside(&["ip", "link", "set", &peer, "up"]);
-        inside(&["ip", "link", "set", "lo", "up"]);
+        let isolated = Isolated::create("chaos", 213);
         let port = 6379;
-        let dir = std::env::temp_dir().join(&netns);
+        let dir = std::env::temp_dir().join(&isolated.netns);
         std::fs::create_dir_all(&dir).unwrap();
-        let server = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns,
-                "redis-server",
-                "--port",
-                &port.to_string(),
-                "--bind",
-                &address,
-            ])
+        let server = isolated
+            .command("redis-server")
+            .args(["--port", &port.to_string(), "--bind", &isolated.address])
             .args([
                 "--protected-mode",
                 "no",
@@ -80,15 +41,19 @@ impl IsolatedRedis {
             .spawn()
             .unwrap();
         let redis = Self {
-            netns,
-            host_link,
-            address,
-            port,
             server,
+            port,
+            isolated,
         };
         wait_until("the isolated redis answers", PATIENCE, || {
             let output = Command::new("redis-cli")
-                .args(["-h", &redis.address, "-p", &redis.port.to_string(), "ping"])
+                .args([
+                    "-h",
+                    &redis.isolated.address,
+                    "-p",
+                    &redis.port.to_string(),
+                    "ping",
+                ])
                 .output()
                 .ok()?;
             String::from_utf8_lossy(&output.stdout)
@@ -99,28 +64,12 @@ impl IsolatedRedis {
     }
 
     fn url(&self) -> String {
-        format!("redis://{}:{}/0", self.address, self.port)
+        format!("redis://{}:{}/0", self.isolated.address, self.port)
     }
 
     /// Drops (or lets through again) every packet to Redis's port, inside its namespace.
     fn drop_packets(&self, dropping: bool) {
-        let action = if dropping { "-A" } else { "-D" };
-        let port = self.port.to_string();
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.netns,
-            "iptables",
-            action,
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-j",
-            "DROP",
-        ]);
+        self.isolated.drop_packets(self.port, dropping);
     }
 }
 
@@ -128,38 +77,12 @@ impl Drop for IsolatedRedis {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
-        let _ = Command::new("ip").args(["link", "del", &self.host_link]).status();
     }
-}
-
-fn root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"))
-}
-
-/// Whether the chaos tests can run here (network namespaces and iptables need root). Under CI
-/// (`CI=true`) they must: there a machine that cannot run them fails the test rather than skip
-/// it, so CI can never pass without them. Elsewhere a non-root run skips, and says so.
-fn may_run_chaos() -> bool {
-    if root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the chaos tests need root (network namespaces, iptables) and CI=true requires them: run CI as root"
-    );
-    eprintln!(
-        "SKIPPED: network namespaces and iptables need root (CI runs as root; with CI=true this fails)"
-    );
-    false
 }
 
 #[test]
 fn dropped_packets_apply_on_sample_failure_and_the_circuit_resumes_when_they_flow() {
-    if !may_run_chaos() {
+    if !netns::may_run() {
         return;
     }
     let fixture = Fixture::create();
@@ -230,7 +153,7 @@ fn by_policy(levee: &Levee, metric: &str) -> Option<std::collections::HashMap<St
 /// their interval meanwhile.
 #[test]
 fn two_hundred_policies_on_a_partitioned_redis_apply_on_sample_failure_together() {
-    if !may_run_chaos() {
+    if !netns::may_run() {
         return;
     }
     const DEAD: usize = 200;

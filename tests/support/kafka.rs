@@ -4,6 +4,7 @@
 //! (`kafka-consumer-groups.sh --describe`'s ConsumerGroupCommand, GetOffsetShell). Every broker is
 //! killed when its handle drops.
 
+use super::netns::Isolated;
 use super::{free_port, repo_root};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -31,8 +32,16 @@ pub fn kafka_home() -> PathBuf {
 
 /// `java` with Kafka's jars on the class path and its quiet log configuration.
 fn java() -> Command {
+    java_in(None)
+}
+
+/// `java` as `java()`, run inside `netns` when given.
+fn java_in(netns: Option<&Isolated>) -> Command {
     let home = kafka_home();
-    let mut command = Command::new("java");
+    let mut command = match netns {
+        Some(isolated) => isolated.command("java"),
+        None => Command::new("java"),
+    };
     command
         .arg("-XX:TieredStopAtLevel=1")
         .arg("-XX:+UseSerialGC")
@@ -61,8 +70,24 @@ fn run(mut command: Command, what: &str) -> Result<String, String> {
 pub const SASL_USER: &str = "levee";
 pub const SASL_PASSWORD: &str = "s3cret+%@:pass";
 
+/// What a node is started with: its id, where it listens, the properties beyond the common ones,
+/// how many times its topics are replicated, the storage tool's last arguments, and the
+/// namespace it runs in.
+struct Node<'a> {
+    id: u32,
+    host: &'a str,
+    port: u16,
+    listeners: &'a str,
+    protocols: &'a str,
+    extra: &'a str,
+    replicas: u32,
+    format_args: &'a [String],
+    netns: Option<&'a Isolated>,
+}
+
 /// One broker (and KRaft controller) process.
 pub struct KafkaBroker {
+    pub host: String,
     pub port: u16,
     /// The SASL_PLAINTEXT listener's port, when started with SASL.
     pub sasl_port: Option<u16>,
@@ -123,16 +148,37 @@ impl KafkaBroker {
         };
         let mut format_args = vec!["--standalone".to_string()];
         format_args.extend(scram);
-        Self::start_node(
-            1,
+        Self::start_node(Node {
+            id: 1,
+            host: "127.0.0.1",
             port,
-            &listeners,
-            &protocols,
-            &format!("{quorum}{extra}"),
-            1,
-            &format_args,
-        )
+            listeners: &listeners,
+            protocols: &protocols,
+            extra: &format!("{quorum}{extra}"),
+            replicas: 1,
+            format_args: &format_args,
+            netns: None,
+        })
         .with_sasl_port(sasl_port)
+    }
+
+    /// A single-node cluster inside `isolated`'s namespace, listening on its address (so that its
+    /// packets can be dropped).
+    pub fn start_isolated(isolated: &Isolated) -> Self {
+        let (port, controller) = (9092, 9093);
+        let host = isolated.address.as_str();
+        let listeners = format!("PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}");
+        Self::start_node(Node {
+            id: 1,
+            host,
+            port,
+            listeners: &listeners,
+            protocols: "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            extra: &format!("controller.quorum.bootstrap.servers={host}:{controller}\n"),
+            replicas: 1,
+            format_args: &["--standalone".to_string()],
+            netns: Some(isolated),
+        })
     }
 
     fn with_sasl_port(mut self, sasl_port: Option<u16>) -> Self {
@@ -140,17 +186,19 @@ impl KafkaBroker {
         self
     }
 
-    /// One node (broker and controller) of a cluster whose topics are replicated `replicas`
-    /// times; `format_args` end the storage tool's command line.
-    fn start_node(
-        id: u32,
-        port: u16,
-        listeners: &str,
-        protocols: &str,
-        extra: &str,
-        replicas: u32,
-        format_args: &[String],
-    ) -> Self {
+    /// One node (broker and controller) of a cluster.
+    fn start_node(node: Node) -> Self {
+        let Node {
+            id,
+            host,
+            port,
+            listeners,
+            protocols,
+            extra,
+            replicas,
+            format_args,
+            netns,
+        } = node;
         let dir = tempfile::tempdir().unwrap();
         let properties = format!(
             "process.roles=broker,controller\nnode.id={id}\n\
@@ -175,7 +223,7 @@ impl KafkaBroker {
             .args(format_args);
         run(format, "kafka-storage format").unwrap_or_else(|e| panic!("{e}"));
         let log = std::fs::File::create(dir.path().join("kafka.log")).unwrap();
-        let child = java()
+        let child = java_in(netns)
             .arg("-Xmx512m")
             .arg("kafka.Kafka")
             .arg(&config)
@@ -184,13 +232,14 @@ impl KafkaBroker {
             .spawn()
             .expect("the Kafka broker starts");
         let broker = Self {
+            host: host.to_string(),
             port,
             sasl_port: None,
             child,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((host, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the Kafka broker on port {port} did not start: {}",
@@ -202,7 +251,7 @@ impl KafkaBroker {
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn log(&self) -> String {
@@ -338,15 +387,17 @@ impl KafkaCluster {
                 std::thread::spawn(move || {
                     let listeners =
                         format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}");
-                    KafkaBroker::start_node(
-                        u32::try_from(i + 1).unwrap(),
+                    KafkaBroker::start_node(Node {
+                        id: u32::try_from(i + 1).unwrap(),
+                        host: "127.0.0.1",
                         port,
-                        &listeners,
-                        "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                        &quorum,
-                        3,
-                        &[],
-                    )
+                        listeners: &listeners,
+                        protocols: "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                        extra: &quorum,
+                        replicas: 3,
+                        format_args: &[],
+                        netns: None,
+                    })
                 })
             })
             .collect();

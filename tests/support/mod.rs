@@ -8,6 +8,7 @@
 pub mod fixtures;
 pub mod kafka;
 pub mod nats;
+pub mod netns;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -71,6 +71,7 @@ bench: deps
 	$(CARGO) bench --bench sampler
 	$(CARGO) bench --bench metrics_api
 	$(CARGO) bench --bench telemetry
+	$(CARGO) bench --bench kafka
 
 ## bench-controller: API writes at steady state and reaction time, on the local control plane
 bench-controller: deps

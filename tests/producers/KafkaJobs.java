@@ -4,6 +4,7 @@
 //   java -cp 'libs/*' KafkaJobs.java create BOOT TOPIC PARTITIONS [REPLICAS]
 //   java -cp 'libs/*' KafkaJobs.java produce BOOT TOPIC PARTITION COUNT [TIMESTAMP_MS] [BYTES] [COMPRESSION]
 //   java -cp 'libs/*' KafkaJobs.java commit BOOT GROUP TOPIC PARTITION OFFSET
+//   java -cp 'libs/*' KafkaJobs.java fill BOOT TOPIC PARTITIONS PER_PARTITION GROUP COMMITTED
 //   java -cp 'libs/*' KafkaJobs.java paused BOOT GROUP TOPIC FILE SECONDS
 //
 // `paused` is the consumer docs/integration.md describes: it polls TOPIC in GROUP, pausing its
@@ -24,6 +25,7 @@ public class KafkaJobs {
             case "create" -> create(args[1], args[2], Integer.parseInt(args[3]), args.length > 4 ? Short.parseShort(args[4]) : 1);
             case "produce" -> produce(args);
             case "commit" -> commit(args[1], args[2], args[3], Integer.parseInt(args[4]), Long.parseLong(args[5]));
+            case "fill" -> fill(args[1], args[2], Integer.parseInt(args[3]), Integer.parseInt(args[4]), args[5], Long.parseLong(args[6]));
             case "paused" -> paused(args[1], args[2], args[3], Path.of(args[4]), Integer.parseInt(args[5]));
             default -> throw new IllegalArgumentException("unknown command " + args[0]);
         }
@@ -53,6 +55,31 @@ public class KafkaJobs {
                 producer.send(new ProducerRecord<>(topic, partition, timestamp, null, value));
             }
             producer.flush();
+        }
+    }
+
+    // A topic of PARTITIONS partitions, PER_PARTITION records on each, and GROUP's commit at
+    // COMMITTED on every one: a lag of PER_PARTITION − COMMITTED per partition, in one JVM.
+    static void fill(String boot, String topic, int partitions, int perPartition, String group, long committed) throws Exception {
+        create(boot, topic, partitions, (short) 1);
+        Properties props = new Properties();
+        props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, boot);
+        props.put(ProducerConfig.LINGER_MS_CONFIG, "5");
+        try (Producer<byte[], byte[]> producer = new KafkaProducer<>(props, new ByteArraySerializer(), new ByteArraySerializer())) {
+            for (int p = 0; p < partitions; p++) {
+                for (int i = 0; i < perPartition; i++) {
+                    producer.send(new ProducerRecord<>(topic, p, null, null, new byte[16]));
+                }
+            }
+            producer.flush();
+        }
+        Map<TopicPartition, OffsetAndMetadata> offsets = new HashMap<>();
+        for (int p = 0; p < partitions; p++) {
+            offsets.put(new TopicPartition(topic, p), new OffsetAndMetadata(committed));
+        }
+        try (Consumer<byte[], byte[]> consumer = new KafkaConsumer<>(consumerProps(boot, group), new ByteArrayDeserializer(), new ByteArrayDeserializer())) {
+            consumer.assign(offsets.keySet());
+            consumer.commitSync(offsets);
         }
     }
 

@@ -472,3 +472,47 @@ async fn a_broker_whose_packets_are_dropped_fails_ticks_within_the_timeout_and_i
     }
     assert_eq!(read, Ok(expected), "read again once packets flow");
 }
+
+#[test]
+fn levee_sample_prints_kafkas_own_lag_and_the_partitions() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("orders", 3);
+    broker.produce("orders", 0, 8, None);
+    broker.produce("orders", 2, 20, None);
+    broker.commit("billing", "orders", 0, 3);
+    broker.commit("billing", "orders", 2, 4);
+    let expected = broker.tool_lag("billing", "orders");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    let policy = std::fs::read_to_string(support::repo_root().join("examples/kafka-policy.yaml"))
+        .unwrap()
+        .replace(
+            "[\"kafka-0.kafka.jobs.svc:9092\", \"kafka-1.kafka.jobs.svc:9092\"]",
+            &format!("[\"{}\"]", broker.bootstrap()),
+        );
+    // Without SASL here: the example's sasl block goes, and so do the queues on other topics.
+    let policy: String = policy
+        .lines()
+        .filter(|line| {
+            !line.contains("sasl:") && !line.contains("name: fresh") && !line.contains("name: audit")
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&file, policy).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["sample", "-f", file.to_str().unwrap(), "--once", "-o", "json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap_or("")).unwrap();
+    assert_eq!(line["pending"], expected, "{line}");
+    assert_eq!(line["queues"][0]["depth"], expected, "{line}");
+    assert_eq!(line["queues"][0]["partitions"], 3, "{line}");
+    assert_eq!(line["queues"][0]["maxPartitionLag"], 16, "partition 2: 20 − 4");
+    assert!(line["queues"][0]["latencySeconds"].as_f64().is_some(), "{line}");
+}

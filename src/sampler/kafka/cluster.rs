@@ -130,7 +130,8 @@ impl Cluster {
             requests += sent;
             match outcome {
                 Ok(fresh) => {
-                    layout.brokers.extend(fresh.brokers);
+                    // The cluster's own list: a broker that left it is no longer asked.
+                    layout.brokers = fresh.brokers;
                     layout.topics = fresh.topics;
                     layout.asked = Some(Instant::now());
                 }
@@ -167,10 +168,7 @@ impl Cluster {
                 })
                 .collect(),
         );
-        let mut candidates: Vec<NodeAddr> = layout.brokers.values().cloned().collect();
-        candidates.sort();
-        candidates.extend(self.endpoint.bootstrap.iter().cloned());
-        candidates.dedup();
+        let candidates = self.candidates(layout);
         let mut last = String::from("no bootstrap server");
         for (asked, broker) in candidates.iter().enumerate() {
             match self.call(broker, &request).await {
@@ -234,9 +232,19 @@ impl Cluster {
             let mut request = FindCoordinatorRequest::default();
             request.key_type = 0;
             request.coordinator_keys = unknown.iter().map(|g| StrBytes::from_string(g.clone())).collect();
-            let broker = self.any_broker(&layout);
-            requests += 1;
-            match self.call(&broker, &request).await {
+            let mut answered = None;
+            let mut last = String::from("no bootstrap server");
+            for broker in self.candidates(&layout) {
+                requests += 1;
+                match self.call(&broker, &request).await {
+                    Ok(reply) => {
+                        answered = Some(reply);
+                        break;
+                    }
+                    Err(why) => last = why,
+                }
+            }
+            match answered.ok_or(last) {
                 Ok(reply) => {
                     for found in reply.coordinators {
                         let group = found.key.as_str().to_string();
@@ -286,13 +294,17 @@ impl Cluster {
         (answer, requests, failure)
     }
 
-    fn any_broker(&self, layout: &Layout) -> NodeAddr {
-        let mut known: Vec<&NodeAddr> = layout.brokers.values().collect();
+    /// The brokers to ask for the cluster's layout, in turn until one answers: those the last
+    /// Metadata named, then the bootstrap servers, each once.
+    fn candidates(&self, layout: &Layout) -> Vec<NodeAddr> {
+        let mut known: Vec<NodeAddr> = layout.brokers.values().cloned().collect();
         known.sort();
+        let mut seen = std::collections::HashSet::new();
         known
-            .first()
-            .map(|b| (*b).clone())
-            .unwrap_or_else(|| self.endpoint.bootstrap[0].clone())
+            .into_iter()
+            .chain(self.endpoint.bootstrap.iter().cloned())
+            .filter(|broker| seen.insert(broker.clone()))
+            .collect()
     }
 }
 

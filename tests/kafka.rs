@@ -495,11 +495,15 @@ fn levee_sample_prints_kafkas_own_lag_and_the_partitions() {
             "[\"kafka-0.kafka.jobs.svc:9092\", \"kafka-1.kafka.jobs.svc:9092\"]",
             &format!("[\"{}\"]", broker.bootstrap()),
         );
-    // Without SASL here: the example's sasl block goes, and so do the queues on other topics.
+    // Without TLS and SASL here: the example's tls and sasl lines go, and so do the queues on
+    // other topics.
     let policy: String = policy
         .lines()
         .filter(|line| {
-            !line.contains("sasl:") && !line.contains("name: fresh") && !line.contains("name: audit")
+            !line.contains("sasl:")
+                && !line.contains("tls:")
+                && !line.contains("name: fresh")
+                && !line.contains("name: audit")
         })
         .map(|line| format!("{line}\n"))
         .collect();
@@ -520,4 +524,37 @@ fn levee_sample_prints_kafkas_own_lag_and_the_partitions() {
     assert_eq!(line["queues"][0]["partitions"], 3, "{line}");
     assert_eq!(line["queues"][0]["maxPartitionLag"], 16, "partition 2: 20 − 4");
     assert!(line["queues"][0]["latencySeconds"].as_f64().is_some(), "{line}");
+}
+
+#[tokio::test]
+async fn tls_with_the_right_ca_reads_and_a_ca_mismatch_says_what_to_change() {
+    let files = support::TlsFiles::generate();
+    let broker = KafkaBroker::start_tls(&files);
+    broker.create_topic("orders", 1);
+    broker.produce("orders", 0, 6, None);
+    broker.commit("billing", "orders", 0, 1);
+    let prepared = queues("[{name: billing, type: kafka, topic: orders, consumerGroup: billing}]");
+    let spec: KafkaSpec = serde_yaml::from_str(&format!(
+        "{{bootstrapServers: ['127.0.0.1:{}'], tls: {{}}, timeout: 5s}}",
+        broker.sasl_port.unwrap()
+    ))
+    .unwrap();
+    let sampler = Sampler::new();
+    let with_ca =
+        |pem: Vec<u8>| BackendEndpoint::Kafka(KafkaEndpoint::from_spec(&spec, None).unwrap().with_ca(pem));
+    let ca = std::fs::read(files.path("ca.crt")).unwrap();
+    let good = sampler.sample_backend(&with_ca(ca), &prepared).await;
+    assert_eq!(
+        depth(&good, "billing"),
+        Ok(broker.tool_lag("billing", "orders")),
+        "{good:?}"
+    );
+    assert_eq!(depth(&good, "billing"), Ok(5));
+    // Another CA: refused, saying which setting to check.
+    let other = support::TlsFiles::generate();
+    let bad = sampler
+        .sample_backend(&with_ca(std::fs::read(other.path("ca.crt")).unwrap()), &prepared)
+        .await;
+    let why = depth(&bad, "billing").unwrap_err();
+    assert!(why.contains("check spec.kafka.tls.caSecretRef"), "{why}");
 }

@@ -170,7 +170,10 @@ pub struct KafkaSpec {
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 261)))]
     #[x_kube(validation = Rule::new("self.all(s, s.matches('^[^\\\\s/@:]+:[0-9]{1,5}$') || s.matches('^\\\\[[0-9a-fA-F:.]+\\\\]:[0-9]{1,5}$'))").message("each bootstrap server is host:port, such as kafka-0.kafka.jobs.svc:9092 (no scheme, no credentials)"))]
     pub bootstrap_servers: Vec<String>,
-    /// SASL authentication (over plain TCP).
+    /// TLS to the brokers (their SSL or SASL_SSL listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication (over TLS with `tls`, else plain TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSasl>,
     /// Deadline for connecting and for each request of a tick; at most 10s.
@@ -178,6 +181,19 @@ pub struct KafkaSpec {
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 500ms"))]
     #[x_kube(validation = Rule::new("duration(self) <= duration('10s')").message("must be at most 10s, such as 500ms: a request that takes longer is a broker in trouble"))]
     pub timeout: Duration,
+}
+
+/// TLS to Kafka brokers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTls {
+    /// A Secret key holding the PEM CA bundle that signed the brokers' certificates (without
+    /// it, the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Skip verifying the brokers' certificates (testing only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// How levee authenticates to Kafka brokers.

@@ -231,8 +231,15 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
                     }
                     (None, _) => None,
                 };
+                // The CA of spec.kafka.tls from --redis-ca-file, as for Redis.
                 match KafkaEndpoint::from_spec(kafka, sasl) {
-                    Ok(endpoint) => watched.push(Watched::new(policy, BackendEndpoint::Kafka(endpoint))),
+                    Ok(endpoint) => {
+                        let endpoint = match &ca_pem {
+                            Some(pem) => endpoint.with_ca(pem.clone()),
+                            None => endpoint,
+                        };
+                        watched.push(Watched::new(policy, BackendEndpoint::Kafka(endpoint)));
+                    }
                     Err(error) => {
                         let _ = writeln!(err, "{name}: spec.kafka.bootstrapServers: {error}");
                         problems = true;

@@ -46,11 +46,16 @@ fn referenced(policy: &BackpressurePolicy) -> Vec<&str> {
                 .collect();
         }
         Some(BackendSpec::Kafka(kafka)) => {
-            return kafka
+            let credentials = kafka
                 .sasl
                 .iter()
-                .map(|sasl| sasl.credentials_secret_ref.name.as_str())
-                .collect();
+                .map(|sasl| sasl.credentials_secret_ref.name.as_str());
+            let ca = kafka
+                .tls
+                .as_ref()
+                .and_then(|tls| tls.ca_secret_ref.as_ref())
+                .map(|r| r.name.as_str());
+            return credentials.chain(ca).collect();
         }
         None => return Vec::new(),
     };
@@ -159,10 +164,15 @@ async fn resolve_kafka(
         });
         credentials_secret = Some(secret);
     }
-    let endpoint = KafkaEndpoint::from_spec(kafka, sasl).map_err(|error| EndpointProblem {
+    let mut endpoint = KafkaEndpoint::from_spec(kafka, sasl).map_err(|error| EndpointProblem {
         reason: "InvalidKafkaServers",
         message: format!("spec.kafka.bootstrapServers: {error}"),
     })?;
+    if let Some(reference) = kafka.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()) {
+        let field = "spec.kafka.tls.caSecretRef";
+        let secret = secrets.read(namespace, &reference.name, field).await?;
+        endpoint = endpoint.with_ca(text_key(&secret, namespace, &reference.key, field)?.into_bytes());
+    }
     if let Some(secret) = credentials_secret {
         for server in &endpoint.bootstrap {
             check_secret_hosts(&secret, server, "spec.kafka.bootstrapServers")?;

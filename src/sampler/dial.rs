@@ -66,27 +66,37 @@ pub async fn dial(
 /// The TLS settings of `endpoint`: its CA (or the system's roots), or no verification at all
 /// with `insecureSkipVerify`.
 fn tls_config(endpoint: &Endpoint) -> Result<rustls::ClientConfig, DialError> {
+    client_tls_config(endpoint.ca_pem.as_deref(), endpoint.insecure_skip_verify).map_err(DialError::Tls)
+}
+
+/// A TLS client's settings: `ca_pem`'s certificates as the roots (the system's without it), or
+/// with `insecure_skip_verify` any certificate (the handshake's signatures still checked). Used
+/// for Redis and Kafka alike.
+pub fn client_tls_config(
+    ca_pem: Option<&[u8]>,
+    insecure_skip_verify: bool,
+) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| DialError::Tls(e.to_string()))?;
-    if endpoint.insecure_skip_verify {
+        .map_err(|e| e.to_string())?;
+    if insecure_skip_verify {
         return Ok(builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
             .with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
-    match &endpoint.ca_pem {
-        Some(pem) => {
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| DialError::Tls(format!("the CA bundle does not parse: {e}")))?;
-                roots.add(cert).map_err(|e| {
-                    DialError::Tls(format!("the CA bundle holds an unusable certificate: {e}"))
-                })?;
+    match ca_pem {
+        Some(mut pem) => {
+            for cert in rustls_pemfile::certs(&mut pem) {
+                let cert = cert.map_err(|e| format!("the CA bundle does not parse: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("the CA bundle holds an unusable certificate: {e}"))?;
             }
             if roots.is_empty() {
-                return Err(DialError::Tls("the CA bundle holds no PEM certificate".into()));
+                return Err("the CA bundle holds no PEM certificate".into());
             }
         }
         None => {

@@ -89,7 +89,7 @@ struct Node<'a> {
 pub struct KafkaBroker {
     pub host: String,
     pub port: u16,
-    /// The SASL_PLAINTEXT listener's port, when started with SASL.
+    /// The SASL_PLAINTEXT listener's port, when started with SASL (the SSL one with TLS).
     pub sasl_port: Option<u16>,
     child: Child,
     pub dir: tempfile::TempDir,
@@ -160,6 +160,37 @@ impl KafkaBroker {
             netns: None,
         })
         .with_sasl_port(sasl_port)
+    }
+
+    /// A single-node cluster that also listens with TLS (SSL), its certificate from `files`
+    /// (`TlsFiles`: server.key and server.crt, signed by ca.crt), the PLAINTEXT listener kept
+    /// for the tools. The TLS port is `sasl_port`'s sibling: `tls_port`.
+    pub fn start_tls(files: &super::TlsFiles) -> Self {
+        let (port, controller, tls_port) = (free_port(), free_port(), free_port());
+        let keystore = files.dir.path().join("keystore.pem");
+        let key = std::fs::read_to_string(files.path("server.key")).unwrap();
+        let crt = std::fs::read_to_string(files.path("server.crt")).unwrap();
+        std::fs::write(&keystore, format!("{key}{crt}")).unwrap();
+        let listeners = format!(
+            "PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},SSL://127.0.0.1:{tls_port}"
+        );
+        let extra = format!(
+            "controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+             ssl.keystore.type=PEM\nssl.keystore.location={}\n",
+            keystore.display()
+        );
+        Self::start_node(Node {
+            id: 1,
+            host: "127.0.0.1",
+            port,
+            listeners: &listeners,
+            protocols: "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL",
+            extra: &extra,
+            replicas: 1,
+            format_args: &["--standalone".to_string()],
+            netns: None,
+        })
+        .with_sasl_port(Some(tls_port))
     }
 
     /// A single-node cluster inside `isolated`'s namespace, listening on its address (so that its

@@ -80,7 +80,14 @@ impl Cluster {
             {
                 return Err(why.clone());
             }
-            match BrokerConnection::connect(&broker.authority(), self.endpoint.sasl.as_ref(), timeout).await {
+            match BrokerConnection::connect(
+                broker,
+                self.endpoint.tls.as_ref(),
+                self.endpoint.sasl.as_ref(),
+                timeout,
+            )
+            .await
+            {
                 Ok(connection) => {
                     slot.connection = Some(connection);
                     slot.failed = None;

@@ -5,7 +5,10 @@
 //! connection unread; every request has the endpoint's deadline. A connection that failed in any
 //! way is dropped by its owner, and dialled again when next needed.
 
+use super::KafkaTlsSettings;
 use super::sasl::{self, SaslAuth};
+use crate::sampler::NodeAddr;
+use crate::sampler::dial::client_tls_config;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
@@ -13,7 +16,10 @@ use kafka_protocol::messages::{
     SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -71,31 +77,63 @@ const NEEDED: [(ApiKey, i16, &str); 6] = [
     (ApiKey::DescribeGroups, DescribeGroupsRequest::VERSION, "2.4"),
 ];
 
+/// A byte stream to a broker: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> Stream for S {}
+
 /// A live connection to one broker.
 pub struct BrokerConnection {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     address: String,
     next_correlation: i32,
 }
 
 impl BrokerConnection {
-    /// Dials `address` (`host:port`), checks that the broker speaks levee's versions, and
+    /// Dials `broker` (over TLS with `tls`), checks that the broker speaks levee's versions, and
     /// authenticates with `sasl`, all within `timeout`.
-    pub async fn connect(address: &str, sasl: Option<&SaslAuth>, timeout: Duration) -> Result<Self, String> {
-        tokio::time::timeout(timeout, Self::handshake(address, sasl, timeout))
+    pub async fn connect(
+        broker: &NodeAddr,
+        tls: Option<&KafkaTlsSettings>,
+        sasl: Option<&SaslAuth>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let address = broker.authority();
+        tokio::time::timeout(timeout, Self::handshake(broker, tls, sasl, timeout))
             .await
             .map_err(|_| format!("no Kafka handshake with {address} within {timeout:?}"))?
     }
 
-    async fn handshake(address: &str, sasl: Option<&SaslAuth>, timeout: Duration) -> Result<Self, String> {
-        let stream = TcpStream::connect(address).await.map_err(|e| {
+    async fn handshake(
+        broker: &NodeAddr,
+        tls: Option<&KafkaTlsSettings>,
+        sasl: Option<&SaslAuth>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let address = broker.authority();
+        let address = address.as_str();
+        let tcp = TcpStream::connect(address).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
                 format!("connection refused: is a Kafka broker listening at {address}?")
             } else {
                 format!("connecting to Kafka at {address}: {e}")
             }
         })?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Stream> = match tls {
+            Some(tls) => {
+                let config = client_tls_config(tls.ca_pem.as_deref(), tls.insecure_skip_verify)
+                    .map_err(|e| format!("spec.kafka.tls: {e}"))?;
+                let name = ServerName::try_from(broker.host.clone())
+                    .map_err(|e| format!("{} is not a name TLS can verify: {e}", broker.host))?;
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+                Box::new(connector.connect(name, tcp).await.map_err(|e| {
+                    format!(
+                        "TLS handshake with the broker at {address}: {e}: check spec.kafka.tls.caSecretRef holds the CA that signed the brokers' certificates"
+                    )
+                })?)
+            }
+            None => Box::new(tcp),
+        };
         let mut connection = Self {
             stream,
             address: address.to_string(),

@@ -43,12 +43,21 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KafkaEndpoint {
     pub bootstrap: Vec<NodeAddr>,
+    pub tls: Option<KafkaTlsSettings>,
     pub sasl: Option<SaslAuth>,
     pub timeout: Duration,
 }
 
+/// TLS to the brokers: the CA bundle (the system's roots without it), or no verification.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KafkaTlsSettings {
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+}
+
 impl KafkaEndpoint {
-    /// The endpoint of a policy's `spec.kafka`, with its SASL credentials resolved by the caller.
+    /// The endpoint of a policy's `spec.kafka`, with its SASL credentials and CA bundle resolved
+    /// by the caller (`with_tls`).
     pub fn from_spec(spec: &KafkaSpec, sasl: Option<SaslAuth>) -> Result<Self, String> {
         let bootstrap = spec
             .bootstrap_servers
@@ -60,9 +69,21 @@ impl KafkaEndpoint {
         }
         Ok(Self {
             bootstrap,
+            tls: spec.tls.as_ref().map(|tls| KafkaTlsSettings {
+                ca_pem: None,
+                insecure_skip_verify: tls.insecure_skip_verify,
+            }),
             sasl,
             timeout: spec.timeout.into(),
         })
+    }
+
+    /// The endpoint with the CA bundle of `spec.kafka.tls.caSecretRef`.
+    pub fn with_ca(mut self, ca_pem: Vec<u8>) -> Self {
+        if let Some(tls) = &mut self.tls {
+            tls.ca_pem = Some(ca_pem);
+        }
+        self
     }
 }
 

@@ -80,14 +80,7 @@ impl Cluster {
             {
                 return Err(why.clone());
             }
-            match BrokerConnection::connect(
-                broker,
-                self.endpoint.tls.as_ref(),
-                self.endpoint.sasl.as_ref(),
-                timeout,
-            )
-            .await
-            {
+            match BrokerConnection::connect(broker, &self.endpoint).await {
                 Ok(connection) => {
                     slot.connection = Some(connection);
                     slot.failed = None;

@@ -5,8 +5,8 @@
 //! connection unread; every request has the endpoint's deadline. A connection that failed in any
 //! way is dropped by its owner, and dialled again when next needed.
 
-use super::KafkaTlsSettings;
-use super::sasl::{self, SaslAuth};
+use super::KafkaEndpoint;
+use super::sasl;
 use crate::sampler::NodeAddr;
 use crate::sampler::dial::client_tls_config;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -89,26 +89,17 @@ pub struct BrokerConnection {
 }
 
 impl BrokerConnection {
-    /// Dials `broker` (over TLS with `tls`), checks that the broker speaks levee's versions, and
-    /// authenticates with `sasl`, all within `timeout`.
-    pub async fn connect(
-        broker: &NodeAddr,
-        tls: Option<&KafkaTlsSettings>,
-        sasl: Option<&SaslAuth>,
-        timeout: Duration,
-    ) -> Result<Self, String> {
-        let address = broker.authority();
-        tokio::time::timeout(timeout, Self::handshake(broker, tls, sasl, timeout))
+    /// Dials `broker` of `endpoint`'s cluster (over TLS with its `tls`), checks that the broker
+    /// speaks levee's versions, and authenticates with its `sasl`, all within its `timeout`.
+    pub async fn connect(broker: &NodeAddr, endpoint: &KafkaEndpoint) -> Result<Self, String> {
+        let timeout = endpoint.timeout;
+        tokio::time::timeout(timeout, Self::handshake(broker, endpoint))
             .await
-            .map_err(|_| format!("no Kafka handshake with {address} within {timeout:?}"))?
+            .map_err(|_| format!("no Kafka handshake with {broker} within {timeout:?}"))?
     }
 
-    async fn handshake(
-        broker: &NodeAddr,
-        tls: Option<&KafkaTlsSettings>,
-        sasl: Option<&SaslAuth>,
-        timeout: Duration,
-    ) -> Result<Self, String> {
+    async fn handshake(broker: &NodeAddr, endpoint: &KafkaEndpoint) -> Result<Self, String> {
+        let (tls, sasl, timeout) = (endpoint.tls.as_ref(), endpoint.sasl.as_ref(), endpoint.timeout);
         let address = broker.authority();
         let address = address.as_str();
         let tcp = TcpStream::connect(address).await.map_err(|e| {

@@ -10,6 +10,7 @@ use levee::api::{KafkaSpec, QueueSpec};
 use levee::sampler::kafka::{KafkaEndpoint, SaslAuth};
 use levee::sampler::{BackendEndpoint, PreparedQueues, Sample, Sampler};
 use std::time::Duration;
+use support::held_back::HeldBackStage;
 use support::kafka::{KafkaBroker, KafkaCluster, SASL_PASSWORD, SASL_USER};
 
 fn queues(yaml: &str) -> PreparedQueues {
@@ -351,39 +352,13 @@ async fn a_killed_coordinator_and_leader_are_followed_and_the_figure_stays_exact
 
 #[tokio::test]
 async fn a_consumer_held_back_by_levee_pauses_and_resumes() {
-    let docs = std::fs::read_to_string(support::repo_root().join("docs/integration.md")).unwrap();
-    let section = &docs[docs
-        .find("### A Kafka consumer that pauses")
-        .expect("the section")..];
-    let start = section.find("```python\n").unwrap() + "```python\n".len();
-    let script = &section[start..start + section[start..].find("```").unwrap()];
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("consumer.py"), script).unwrap();
-    let annotations = dir.path().join("annotations");
-    let annotate = |accepting: &str| {
-        // As the kubelet does: a new file swapped in.
-        let next = dir.path().join("annotations.next");
-        std::fs::write(
-            &next,
-            format!("levee.dev/accepting=\"{accepting}\"\nlevee.dev/policy=\"p\""),
-        )
-        .unwrap();
-        std::fs::rename(&next, &annotations).unwrap();
-    };
+    let stage = HeldBackStage::from_docs("### A Kafka consumer that pauses");
     let broker = KafkaBroker::start();
     broker.create_topic("upstream", 2);
     broker.produce("upstream", 0, 15, None);
     broker.produce("upstream", 1, 10, None);
-    let python = support::repo_root().join(".cache/venv/bin/python");
-    assert!(python.is_file(), "kafka-python is not installed: run `make deps`");
-    annotate("false");
-    let mut consumer = std::process::Command::new(python)
-        .arg(dir.path().join("consumer.py"))
-        .args([&broker.bootstrap(), "upstream", "stage"])
-        .env("LEVEE_ANNOTATIONS", &annotations)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    stage.accepting(false);
+    let mut consumer = stage.spawn(&[broker.bootstrap(), "upstream".into(), "stage".into()]);
     let prepared = queues(
         "[{name: upstream, type: kafka, topic: upstream, consumerGroup: stage, offsetReset: earliest}]",
     );
@@ -404,7 +379,7 @@ async fn a_consumer_held_back_by_levee_pauses_and_resumes() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let held = depth(&sampler.sample_backend(&target, &prepared).await, "upstream");
-    annotate("true");
+    stage.accepting(true);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut left = held.clone();
     while left != Ok(0) && std::time::Instant::now() < deadline {

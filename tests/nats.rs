@@ -8,6 +8,7 @@ use levee::api::{NatsSpec, QueueSpec};
 use levee::sampler::nats::{NatsAuth, NatsEndpoint};
 use levee::sampler::{BackendEndpoint, PreparedQueues, Sample, Sampler};
 use std::time::{Duration, Instant};
+use support::held_back::HeldBackStage;
 use support::nats::NatsServer;
 
 fn queues(yaml: &str) -> PreparedQueues {
@@ -409,44 +410,22 @@ async fn a_consumer_leader_stepping_down_never_yields_a_followers_figure() {
 /// annotation it pulls nothing; let through, it works the consumer's backlog off.
 #[tokio::test]
 async fn a_stage_held_back_by_levee_stops_pulling_and_resumes() {
-    let docs = std::fs::read_to_string(support::repo_root().join("docs/integration.md")).unwrap();
-    let section = &docs[docs.find("### A NATS JetStream stage").expect("the section")..];
-    let start = section.find("```python\n").unwrap() + "```python\n".len();
-    let script = &section[start..start + section[start..].find("```").unwrap()];
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("stage.py"), script).unwrap();
-    let annotations = dir.path().join("annotations");
-    let annotate = |accepting: &str| {
-        // As the kubelet does: a new file swapped in.
-        let next = dir.path().join("annotations.next");
-        std::fs::write(
-            &next,
-            format!("levee.dev/accepting=\"{accepting}\"\nlevee.dev/policy=\"p\""),
-        )
-        .unwrap();
-        std::fs::rename(&next, &annotations).unwrap();
-    };
+    let stage = HeldBackStage::from_docs("### A NATS JetStream stage");
     let server = NatsServer::start();
     server.jetstream(&["fill", "UPSTREAM", "upstream", "stage", "25", "0", "0"]);
-    annotate("false");
-    let mut stage = std::process::Command::new(support::repo_root().join(".cache/venv/bin/python"))
-        .arg(dir.path().join("stage.py"))
-        .args([&server.url(), "UPSTREAM", "stage"])
-        .env("LEVEE_ANNOTATIONS", &annotations)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    stage.accepting(false);
+    let mut process = stage.spawn(&[server.url(), "UPSTREAM".into(), "stage".into()]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let held = server.unprocessed_and_outstanding("UPSTREAM", "stage", &[]);
-    annotate("true");
+    stage.accepting(true);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut left = held;
     while left > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         left = server.unprocessed_and_outstanding("UPSTREAM", "stage", &[]);
     }
-    let _ = stage.kill();
-    let output = stage.wait_with_output().unwrap();
+    let _ = process.kill();
+    let output = process.wait_with_output().unwrap();
     let printed = String::from_utf8_lossy(&output.stdout);
     assert_eq!(held, 25, "held back, the stage pulled nothing");
     assert_eq!(left, 0, "let through, it worked the backlog off");

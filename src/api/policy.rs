@@ -135,10 +135,48 @@ pub struct RedisSpec {
     pub tls: Option<RedisTls>,
     /// Deadline for connecting and for one sampling round trip; at most 10s (a reply is bounded
     /// in bytes and in this time).
-    #[serde(default = "defaults::redis_timeout")]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 500ms"))]
-    #[x_kube(validation = Rule::new("duration(self) <= duration('10s')").message("must be at most 10s, such as 500ms: a round trip that takes longer is a Redis in trouble"))]
-    pub timeout: Duration,
+    #[serde(default)]
+    pub timeout: RequestTimeout,
+}
+
+/// A backend's deadline for connecting and for one request: positive, at most 10s (500ms when
+/// unset). Every backend's `timeout` is this one type, so its rules are written once.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[serde(transparent)]
+pub struct RequestTimeout(pub Duration);
+
+impl JsonSchema for RequestTimeout {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RequestTimeout".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = Duration::json_schema(generator);
+        schema.insert(
+            "x-kubernetes-validations".into(),
+            serde_json::json!([
+                {"rule": "duration(self) > duration('0s')", "message": "must be a positive duration such as 500ms"},
+                {"rule": "duration(self) <= duration('10s')", "message": "must be at most 10s, such as 500ms: a request that takes longer is a backend in trouble"},
+            ]),
+        );
+        schema
+    }
+}
+
+impl Default for RequestTimeout {
+    fn default() -> Self {
+        Self(defaults::request_timeout())
+    }
+}
+
+impl From<RequestTimeout> for std::time::Duration {
+    fn from(timeout: RequestTimeout) -> Self {
+        timeout.0.into()
+    }
 }
 
 /// How to reach NATS. The URL never holds a password; credentials come from a Secret.
@@ -155,10 +193,8 @@ pub struct NatsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<CredentialsSecretRef>,
     /// Deadline for connecting and for one tick's requests; at most 10s.
-    #[serde(default = "defaults::redis_timeout")]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 500ms"))]
-    #[x_kube(validation = Rule::new("duration(self) <= duration('10s')").message("must be at most 10s, such as 500ms: a request that takes longer is a server in trouble"))]
-    pub timeout: Duration,
+    #[serde(default)]
+    pub timeout: RequestTimeout,
 }
 
 /// How to reach a Kafka cluster. Credentials come from a Secret.
@@ -177,10 +213,8 @@ pub struct KafkaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSasl>,
     /// Deadline for connecting and for each request of a tick; at most 10s.
-    #[serde(default = "defaults::redis_timeout")]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be a positive duration such as 500ms"))]
-    #[x_kube(validation = Rule::new("duration(self) <= duration('10s')").message("must be at most 10s, such as 500ms: a request that takes longer is a broker in trouble"))]
-    pub timeout: Duration,
+    #[serde(default)]
+    pub timeout: RequestTimeout,
 }
 
 /// TLS to Kafka brokers.
@@ -691,7 +725,7 @@ pub mod defaults {
     pub fn sample_interval() -> Duration {
         parse("1s")
     }
-    pub fn redis_timeout() -> Duration {
+    pub fn request_timeout() -> Duration {
         parse("500ms")
     }
     pub fn min_open_duration() -> Duration {

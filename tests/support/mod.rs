@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod held_back;
 pub mod kafka;
 pub mod nats;
 pub mod netns;

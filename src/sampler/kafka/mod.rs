@@ -20,6 +20,7 @@ mod records;
 mod sasl;
 
 pub use cluster::{MAX_PARTITIONS, MAX_TOPICS};
+use connection::Call;
 pub use connection::MAX_FRAME_BYTES;
 pub use sasl::SaslAuth;
 
@@ -252,13 +253,11 @@ impl Tick<'_> {
         // The groups' commits and the partitions' ends, at once.
         let groups = self.group_requests(&layouts);
         let known: Vec<Partition> = partitions_of(&layouts, named.iter());
-        let (commits, ends) = futures::join!(
-            self.offset_fetch(&groups),
+        let none_moved = BTreeSet::new();
+        let (mut commits, mut ends) = futures::join!(
+            self.offset_fetch(&groups, &none_moved),
             self.list_offsets(&layouts, &known, -1)
         );
-        let (mut commits, sent) = commits;
-        let (mut ends, sent_ends) = ends;
-        self.count(sent + sent_ends);
 
         // Topics learned from a topic-less queue's commits, and anything the layout moved under.
         let mut discovered: BTreeSet<String> = BTreeSet::new();
@@ -279,9 +278,7 @@ impl Tick<'_> {
                 .into_iter()
                 .filter(|p| !matches!(ends.get(p), Some(Ok(_))))
                 .collect();
-            let (more, sent) = self.list_offsets(&layouts, &again, -1).await;
-            self.count(sent);
-            ends.extend(more);
+            ends.extend(self.list_offsets(&layouts, &again, -1).await);
         }
         let moved_groups: BTreeSet<String> = commits
             .iter()
@@ -293,9 +290,7 @@ impl Tick<'_> {
                 .into_iter()
                 .filter(|(g, _)| moved_groups.contains(g))
                 .collect();
-            let (more, sent) = self.offset_fetch_after_forgetting(&retry, &moved_groups).await;
-            self.count(sent);
-            commits.extend(more);
+            commits.extend(self.offset_fetch(&retry, &moved_groups).await);
         }
 
         // Offsets of each queue's partitions; the starts of those that need them.
@@ -320,9 +315,7 @@ impl Tick<'_> {
         } else {
             starts_needed.sort();
             starts_needed.dedup();
-            let (starts, sent) = self.list_offsets(&layouts, &starts_needed, -2).await;
-            self.count(sent);
-            starts
+            self.list_offsets(&layouts, &starts_needed, -2).await
         };
         for partitions in offsets.values_mut().flatten() {
             for (partition, offsets) in partitions.iter_mut() {
@@ -390,70 +383,73 @@ impl Tick<'_> {
         groups
     }
 
-    async fn offset_fetch_after_forgetting(
+    /// One request to each broker at once, made by `request` from that broker's share: counted,
+    /// the first connection failure noted, each reply beside the share it answers.
+    async fn per_broker<K, R: Call>(
         &self,
-        groups: &BTreeMap<String, Option<Vec<Partition>>>,
-        forget: &BTreeSet<String>,
-    ) -> (HashMap<String, Result<Commits, Failure>>, usize) {
-        let names: BTreeSet<String> = groups.keys().cloned().collect();
-        let (found, sent, failure) = self.cluster.coordinators(&names, forget).await;
-        self.failed_opt(failure);
-        let (commits, more) = self.offset_fetch_at(groups, found).await;
-        (commits, sent + more)
+        shares: BTreeMap<NodeAddr, Vec<K>>,
+        request: impl Fn(&[K]) -> R,
+    ) -> Vec<(Vec<K>, Result<R::Reply, String>)> {
+        self.count(shares.len());
+        let cluster = self.cluster;
+        let request = &request;
+        let replies = join_all(shares.into_iter().map(|(broker, share)| async move {
+            let reply = cluster.call(&broker, &request(&share)).await;
+            (share, reply)
+        }))
+        .await;
+        for (_, reply) in &replies {
+            if let Err(why) = reply {
+                self.failed(why);
+            }
+        }
+        replies
     }
 
-    /// One OffsetFetch per coordinator, all its groups in it.
+    /// One OffsetFetch per coordinator, all its groups in it; the coordinators of the groups in
+    /// `forget` are looked up afresh (they moved).
     async fn offset_fetch(
         &self,
         groups: &BTreeMap<String, Option<Vec<Partition>>>,
-    ) -> (HashMap<String, Result<Commits, Failure>>, usize) {
+        forget: &BTreeSet<String>,
+    ) -> HashMap<String, Result<Commits, Failure>> {
         let names: BTreeSet<String> = groups.keys().cloned().collect();
-        let (found, sent, failure) = self.cluster.coordinators(&names, &BTreeSet::new()).await;
+        let (coordinators, sent, failure) = self.cluster.coordinators(&names, forget).await;
+        self.count(sent);
         self.failed_opt(failure);
-        let (commits, more) = self.offset_fetch_at(groups, found).await;
-        (commits, sent + more)
-    }
-
-    async fn offset_fetch_at(
-        &self,
-        groups: &BTreeMap<String, Option<Vec<Partition>>>,
-        coordinators: HashMap<String, Result<NodeAddr, String>>,
-    ) -> (HashMap<String, Result<Commits, Failure>>, usize) {
         let mut answer: HashMap<String, Result<Commits, Failure>> = HashMap::new();
-        let mut by_coordinator: BTreeMap<NodeAddr, Vec<&String>> = BTreeMap::new();
-        for group in groups.keys() {
-            match coordinators.get(group) {
-                Some(Ok(coordinator)) => by_coordinator.entry(coordinator.clone()).or_default().push(group),
-                Some(Err(why)) => {
+        let mut by_coordinator: BTreeMap<NodeAddr, Vec<String>> = BTreeMap::new();
+        for (group, coordinator) in coordinators {
+            match coordinator {
+                Ok(coordinator) => by_coordinator.entry(coordinator).or_default().push(group),
+                Err(why) => {
                     answer.insert(
-                        group.clone(),
+                        group,
                         Err(Failure {
-                            message: why.clone(),
+                            message: why,
                             moved: false,
                         }),
                     );
                 }
-                None => {}
             }
         }
-        let requests = by_coordinator.len();
-        let cluster = self.cluster;
-        let replies = join_all(by_coordinator.into_iter().map(|(coordinator, names)| async move {
-            let mut request = OffsetFetchRequest::default();
-            request.groups = names
-                .iter()
-                .map(|group| {
-                    let mut entry = OffsetFetchRequestGroup::default();
-                    entry.group_id = GroupId(StrBytes::from_string((*group).clone()));
-                    entry.topics = groups[*group]
-                        .as_ref()
-                        .map(|partitions| topic_requests(partitions));
-                    entry
-                })
-                .collect();
-            (names, cluster.call(&coordinator, &request).await)
-        }))
-        .await;
+        let replies = self
+            .per_broker(by_coordinator, |names| {
+                let mut request = OffsetFetchRequest::default();
+                request.groups = names
+                    .iter()
+                    .map(|group| {
+                        let mut entry = OffsetFetchRequestGroup::default();
+                        entry.group_id = GroupId(StrBytes::from_string(group.clone()));
+                        entry.topics = groups[group]
+                            .as_ref()
+                            .map(|partitions| topic_requests(partitions));
+                        entry
+                    })
+                    .collect();
+                request
+            })
+            .await;
         for (names, reply) in replies {
             match reply {
                 Ok(reply) => {
@@ -471,10 +467,9 @@ impl Tick<'_> {
                     }
                 }
                 Err(why) => {
-                    self.failed(&why);
                     for group in names {
                         answer.insert(
-                            group.clone(),
+                            group,
                             Err(Failure {
                                 message: why.clone(),
                                 moved: true,
@@ -484,7 +479,7 @@ impl Tick<'_> {
                 }
             }
         }
-        (answer, requests)
+        answer
     }
 
     /// One ListOffsets per leader for `partitions` at `timestamp` (-1 latest, -2 earliest).
@@ -493,35 +488,34 @@ impl Tick<'_> {
         layouts: &HashMap<String, TopicLayout>,
         partitions: &[Partition],
         timestamp: i64,
-    ) -> (HashMap<Partition, Result<i64, Failure>>, usize) {
+    ) -> HashMap<Partition, Result<i64, Failure>> {
         let (by_leader, mut answer) = self.by_leader(layouts, partitions).await;
-        let requests = by_leader.len();
-        let cluster = self.cluster;
-        let replies = join_all(by_leader.into_iter().map(|(leader, partitions)| async move {
-            let mut request = ListOffsetsRequest::default();
-            request.replica_id = BrokerId(-1);
-            request.isolation_level = 0;
-            request.topics = group_by_topic(&partitions)
-                .into_iter()
-                .map(|(topic, indexes)| {
-                    let mut entry = ListOffsetsTopic::default();
-                    entry.name = TopicName(StrBytes::from_string(topic));
-                    entry.partitions = indexes
-                        .into_iter()
-                        .map(|index| {
-                            let mut p = ListOffsetsPartition::default();
-                            p.partition_index = index;
-                            p.current_leader_epoch = -1;
-                            p.timestamp = timestamp;
-                            p
-                        })
-                        .collect();
-                    entry
-                })
-                .collect();
-            (partitions, cluster.call(&leader, &request).await)
-        }))
-        .await;
+        let replies = self
+            .per_broker(by_leader, |partitions| {
+                let mut request = ListOffsetsRequest::default();
+                request.replica_id = BrokerId(-1);
+                request.isolation_level = 0;
+                request.topics = group_by_topic(partitions)
+                    .into_iter()
+                    .map(|(topic, indexes)| {
+                        let mut entry = ListOffsetsTopic::default();
+                        entry.name = TopicName(StrBytes::from_string(topic));
+                        entry.partitions = indexes
+                            .into_iter()
+                            .map(|index| {
+                                let mut p = ListOffsetsPartition::default();
+                                p.partition_index = index;
+                                p.current_leader_epoch = -1;
+                                p.timestamp = timestamp;
+                                p
+                            })
+                            .collect();
+                        entry
+                    })
+                    .collect();
+                request
+            })
+            .await;
         for (asked, reply) in replies {
             match reply {
                 Ok(reply) => {
@@ -545,7 +539,6 @@ impl Tick<'_> {
                     }
                 }
                 Err(why) => {
-                    self.failed(&why);
                     for partition in asked {
                         answer.insert(
                             partition,
@@ -558,7 +551,7 @@ impl Tick<'_> {
                 }
             }
         }
-        (answer, requests)
+        answer
     }
 
     /// `partitions` by their leaders' addresses; those whose leader is unknown, as failures.
@@ -672,23 +665,19 @@ impl Tick<'_> {
                 by_coordinator.entry(coordinator).or_default().push(group);
             }
         }
-        self.count(by_coordinator.len());
-        let cluster = self.cluster;
-        let replies = join_all(
-            by_coordinator
-                .into_iter()
-                .map(|(coordinator, groups)| async move {
-                    let mut request = DescribeGroupsRequest::default();
-                    request.groups = groups
-                        .iter()
-                        .map(|g| GroupId(StrBytes::from_string(g.clone())))
-                        .collect();
-                    cluster.call(&coordinator, &request).await
-                }),
-        )
-        .await;
+        let replies = self
+            .per_broker(by_coordinator, |groups| {
+                let mut request = DescribeGroupsRequest::default();
+                request.groups = groups
+                    .iter()
+                    .map(|g| GroupId(StrBytes::from_string(g.clone())))
+                    .collect();
+                request
+            })
+            .await;
         let mut unknown = HashMap::new();
-        for reply in replies.into_iter().flatten() {
+        for (_, reply) in replies {
+            let Ok(reply) = reply else { continue };
             for group in reply.groups {
                 let name = group.group_id.0.as_str().to_string();
                 let dead = group.group_state.as_str() == "Dead" || group.error_code == 69;
@@ -736,41 +725,40 @@ impl Tick<'_> {
             .map(|(p, f)| (p, Err(f.expect_err("unled").message)))
             .collect();
         let mut retry = BTreeMap::new();
-        self.count(by_leader.len());
-        let cluster = self.cluster;
-        let replies = join_all(by_leader.into_iter().map(|(leader, partitions)| async move {
-            let mut request = FetchRequest::default();
-            request.replica_id = BrokerId(-1);
-            request.max_wait_ms = 0;
-            request.min_bytes = 1;
-            request.max_bytes = i32::try_from(MAX_FRAME_BYTES / 2).unwrap_or(i32::MAX);
-            request.isolation_level = 0;
-            request.session_id = 0;
-            request.session_epoch = -1;
-            request.topics = group_by_topic(&partitions)
-                .into_iter()
-                .map(|(topic, indexes)| {
-                    let mut entry = FetchTopic::default();
-                    entry.partitions = indexes
-                        .into_iter()
-                        .map(|index| {
-                            let mut p = FetchPartition::default();
-                            p.partition = index;
-                            p.current_leader_epoch = -1;
-                            p.fetch_offset = owed[&(topic.clone(), index)];
-                            p.last_fetched_epoch = -1;
-                            p.log_start_offset = -1;
-                            p.partition_max_bytes = FETCH_PARTITION_BYTES;
-                            p
-                        })
-                        .collect();
-                    entry.topic = TopicName(StrBytes::from_string(topic));
-                    entry
-                })
-                .collect();
-            (partitions, cluster.call(&leader, &request).await)
-        }))
-        .await;
+        let replies = self
+            .per_broker(by_leader, |partitions| {
+                let mut request = FetchRequest::default();
+                request.replica_id = BrokerId(-1);
+                request.max_wait_ms = 0;
+                request.min_bytes = 1;
+                request.max_bytes = i32::try_from(MAX_FRAME_BYTES / 2).unwrap_or(i32::MAX);
+                request.isolation_level = 0;
+                request.session_id = 0;
+                request.session_epoch = -1;
+                request.topics = group_by_topic(partitions)
+                    .into_iter()
+                    .map(|(topic, indexes)| {
+                        let mut entry = FetchTopic::default();
+                        entry.partitions = indexes
+                            .into_iter()
+                            .map(|index| {
+                                let mut p = FetchPartition::default();
+                                p.partition = index;
+                                p.current_leader_epoch = -1;
+                                p.fetch_offset = owed[&(topic.clone(), index)];
+                                p.last_fetched_epoch = -1;
+                                p.log_start_offset = -1;
+                                p.partition_max_bytes = FETCH_PARTITION_BYTES;
+                                p
+                            })
+                            .collect();
+                        entry.topic = TopicName(StrBytes::from_string(topic));
+                        entry
+                    })
+                    .collect();
+                request
+            })
+            .await;
         for (asked, reply) in replies {
             match reply {
                 Ok(reply) => {
@@ -800,7 +788,6 @@ impl Tick<'_> {
                     }
                 }
                 Err(why) => {
-                    self.failed(&why);
                     for partition in asked {
                         found.insert(partition, Err(why.clone()));
                     }

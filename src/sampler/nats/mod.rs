@@ -314,7 +314,7 @@ mod tests {
         let spec = |url: &str| NatsSpec {
             url: url.into(),
             credentials_secret_ref: None,
-            timeout: crate::api::defaults::redis_timeout(),
+            timeout: Default::default(),
         };
         let endpoint = NatsEndpoint::from_spec(&spec("nats://nats.jobs.svc"), NatsAuth::None).unwrap();
         assert_eq!(endpoint.server.authority(), "nats.jobs.svc:4222");

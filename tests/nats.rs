@@ -259,6 +259,90 @@ async fn a_server_without_jetstream_an_unreachable_one_and_wrong_credentials_are
     assert_eq!(depth(&right, "events"), Ok(4));
 }
 
+/// nkey and JWT (`.creds`) users, made with NATS's own nkeys and jwt libraries and checked by a
+/// real server: the right key is let in and reads what nats-py reads, another user's is refused.
+#[tokio::test]
+async fn nkey_and_creds_users_are_let_in_and_another_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    support::nats::nats_keys("nkey", dir.path());
+    support::nats::nats_keys("creds", dir.path());
+    let path = |name: &str| dir.path().join(name).to_string_lossy().to_string();
+    let prepared = queues("[{name: events, type: jetstream, stream: EVENTS, consumer: writer}]");
+    let sampler = Sampler::new();
+    let seed = std::fs::read_to_string(path("user.nk"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (jwt, creds_seed) =
+        levee::sampler::nats::nkey::parse_creds(&std::fs::read_to_string(path("user.creds")).unwrap())
+            .unwrap();
+
+    let nkey_server = NatsServer::start_with(&["-js", "-c", &path("nkey.conf")]);
+    let nkey = ["--nkey", &path("user.nk")];
+    let mut fill = vec!["fill", "EVENTS", "events", "writer", "4", "1", "0"];
+    fill.extend(nkey);
+    nkey_server.jetstream(&fill);
+    let expected = nkey_server.unprocessed_and_outstanding("EVENTS", "writer", &nkey);
+    let right = sampler
+        .sample_backend(
+            &endpoint(&nkey_server.url(), NatsAuth::Nkey { seed: seed.clone() }),
+            &prepared,
+        )
+        .await;
+    assert_eq!(depth(&right, "events"), Ok(expected));
+    assert_eq!(expected, 4);
+    let stranger = sampler
+        .sample_backend(
+            &endpoint(
+                &nkey_server.url(),
+                NatsAuth::Nkey {
+                    seed: creds_seed.clone(),
+                },
+            ),
+            &prepared,
+        )
+        .await;
+    let refused = stranger
+        .unreachable
+        .expect("a key the server does not know is refused");
+    assert!(
+        refused.contains("refused levee") && refused.contains("Authorization"),
+        "{refused}"
+    );
+
+    let operator_server = NatsServer::start_with(&["-js", "-c", &path("operator.conf")]);
+    let creds = ["--creds", &path("user.creds")];
+    let mut fill = vec!["fill", "EVENTS", "events", "writer", "6", "2", "1"];
+    fill.extend(creds);
+    operator_server.jetstream(&fill);
+    let expected = operator_server.unprocessed_and_outstanding("EVENTS", "writer", &creds);
+    let right = sampler
+        .sample_backend(
+            &endpoint(
+                &operator_server.url(),
+                NatsAuth::Credentials {
+                    jwt: jwt.clone(),
+                    seed: creds_seed,
+                },
+            ),
+            &prepared,
+        )
+        .await;
+    assert_eq!(depth(&right, "events"), Ok(expected));
+    assert_eq!(expected, 5, "6 published, 1 acknowledged");
+    // The JWT signed with another user's seed: the server sees the signature does not match.
+    let forged = sampler
+        .sample_backend(
+            &endpoint(&operator_server.url(), NatsAuth::Credentials { jwt, seed }),
+            &prepared,
+        )
+        .await;
+    let refused = forged
+        .unreachable
+        .expect("a JWT signed by another key is refused");
+    assert!(refused.contains("refused levee"), "{refused}");
+}
+
 /// A "server" that greets like NATS and then answers the request with `reply`, followed, when
 /// `endless`, by bytes that never end (else it holds the connection open).
 async fn impostor(reply: Vec<u8>, endless: bool) -> u16 {

@@ -188,8 +188,9 @@ pub struct NatsSpec {
     #[schemars(length(max = 2048), regex(pattern = r"^nats://[^\s]+$"))]
     #[x_kube(validation = Rule::new("!self.matches('^nats://[^/@]*@')").message("must not contain credentials: put them in a Secret and reference it with credentialsSecretRef"))]
     pub url: String,
-    /// A Secret in the policy's namespace: with `usernameKey`, a user and password; without it,
-    /// the `passwordKey` value is the server's token.
+    /// A Secret in the policy's namespace. Its key `creds` (a .creds file) or else `nkey` (a user
+    /// nkey seed) when present; otherwise with `usernameKey`, a user and password, and without
+    /// it, the `passwordKey` value is the server's token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<CredentialsSecretRef>,
     /// Deadline for connecting and for one tick's requests; at most 10s.

@@ -12,7 +12,7 @@
 use super::indexed_store::IndexedStore;
 use crate::api::{BackendSpec, BackpressurePolicy, KafkaSpec, NatsSpec, RedisSpec};
 use crate::sampler::kafka::{KafkaEndpoint, SaslAuth};
-use crate::sampler::nats::{NatsAuth, NatsEndpoint};
+use crate::sampler::nats::{NatsAuth, NatsEndpoint, nkey};
 use crate::sampler::{BackendEndpoint, Credentials, Endpoint, NodeAddr};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
@@ -110,8 +110,9 @@ pub async fn resolve_endpoint(
     }
 }
 
-/// A NATS endpoint: with `usernameKey`, a user and password; without, the password key's value
-/// is the server's token.
+/// A NATS endpoint. The Secret's keys say how levee proves itself: `creds` (a `.creds` file, as
+/// `nsc generate creds` writes it), else `nkey` (a user nkey seed, `SU…`), else with `usernameKey`
+/// a user and password, else the password key's value is the server's token.
 async fn resolve_nats(
     secrets: &Watched<'_>,
     namespace: &str,
@@ -122,13 +123,29 @@ async fn resolve_nats(
     if let Some(reference) = &nats.credentials_secret_ref {
         let field = "spec.nats.credentialsSecretRef";
         let secret = secrets.read(namespace, &reference.name, field).await?;
-        let password = text_key(&secret, namespace, &reference.password_key, field)?;
-        auth = match &reference.username_key {
-            Some(username_key) => NatsAuth::UserPassword {
-                user: text_key(&secret, namespace, username_key, field)?,
-                password,
-            },
-            None => NatsAuth::Token(password),
+        let has = |key: &str| secret.data.as_ref().is_some_and(|data| data.contains_key(key));
+        let invalid = |message: String| EndpointProblem {
+            reason: "InvalidNatsCredentials",
+            message: format!("{field}: Secret {namespace}/{}: {message}", reference.name),
+        };
+        auth = if has("creds") {
+            let text = text_key(&secret, namespace, "creds", field)?;
+            let (jwt, seed) = nkey::parse_creds(&text).map_err(|e| invalid(format!("key creds: {e}")))?;
+            nkey::UserKey::from_seed(&seed).map_err(|e| invalid(format!("key creds: the seed: {e}")))?;
+            NatsAuth::Credentials { jwt, seed }
+        } else if has("nkey") {
+            let seed = text_key(&secret, namespace, "nkey", field)?;
+            nkey::UserKey::from_seed(&seed).map_err(|e| invalid(format!("key nkey: {e}")))?;
+            NatsAuth::Nkey { seed }
+        } else {
+            let password = text_key(&secret, namespace, &reference.password_key, field)?;
+            match &reference.username_key {
+                Some(username_key) => NatsAuth::UserPassword {
+                    user: text_key(&secret, namespace, username_key, field)?,
+                    password,
+                },
+                None => NatsAuth::Token(password),
+            }
         };
         credentials_secret = Some(secret);
     }

@@ -3,10 +3,14 @@
     nats_jetstream.py URL fill STREAM SUBJECT CONSUMER PUBLISH FETCH ACK [--token T]
         creates the stream and a durable pull consumer (explicit acks, 10 min ack wait),
         publishes PUBLISH messages, fetches FETCH of them and acknowledges ACK of those
+    nats_jetstream.py URL fill-many STREAM SUBJECT CONSUMERS PUBLISH
+        creates the stream on SUBJECT.> and durable pull consumers c-0 .. c-(CONSUMERS-1), c-i filtered on
+        SUBJECT.i, and publishes PUBLISH messages on each SUBJECT.i; prints {"consumers": CONSUMERS}
     nats_jetstream.py URL info STREAM CONSUMER [--token T]
     nats_jetstream.py URL stepdown STREAM CONSUMER
         asks the consumer's leader to step down and waits (10 s at most) for another to lead it
-Options: --token T (the server's token), --replicas N (the stream's replicas, for a cluster),
+Options: --token T (the server's token), --nkey FILE (a user nkey seed), --creds FILE (a .creds
+file), --replicas N (the stream's replicas, for a cluster),
 --filter SUBJ (the consumer's filter subject), --publish-to SUBJ (where fill publishes; default
 SUBJECT), --spacing S (seconds between publishes).
 
@@ -26,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 async def main(argv):
     options = {}
-    for name in ("--token", "--replicas", "--filter", "--publish-to", "--spacing"):
+    for name in ("--token", "--nkey", "--creds", "--replicas", "--filter", "--publish-to", "--spacing"):
         if name in argv:
             at = argv.index(name)
             options[name] = argv[at + 1]
@@ -36,7 +40,14 @@ async def main(argv):
     spacing = float(options.get("--spacing", "0"))
     published = []
     url, command = argv[0], argv[1]
-    nc = await nats.connect(url, token=token, connect_timeout=5, max_reconnect_attempts=0)
+    nc = await nats.connect(
+        url,
+        token=token,
+        nkeys_seed=options.get("--nkey"),
+        user_credentials=options.get("--creds"),
+        connect_timeout=5,
+        max_reconnect_attempts=0,
+    )
     js = nc.jetstream()
     if command == "fill":
         stream, subject, consumer = argv[2], argv[3], argv[4]
@@ -63,6 +74,24 @@ async def main(argv):
                 fetched += await subscription.fetch(fetch - len(fetched), timeout=5)
             for message in fetched[:ack]:
                 await message.ack_sync()
+    elif command == "fill-many":
+        stream, subject, consumers, publish = argv[2], argv[3], int(argv[4]), int(argv[5])
+        await js.add_stream(name=stream, subjects=[f"{subject}.>"], num_replicas=replicas)
+        for c in range(consumers):
+            await js.add_consumer(
+                stream,
+                ConsumerConfig(
+                    durable_name=f"c-{c}",
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=600,
+                    filter_subject=f"{subject}.{c}",
+                ),
+            )
+            for i in range(publish):
+                await js.publish(f"{subject}.{c}", f"job-{i}".encode())
+        print(json.dumps({"consumers": consumers}))
+        await nc.close()
+        return
     elif command == "stepdown":
         stream, consumer = argv[2], argv[3]
         before = (await js.consumer_info(stream, consumer)).cluster.leader

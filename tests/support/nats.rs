@@ -27,6 +27,30 @@ pub fn nats_server_binary() -> String {
         .clone()
 }
 
+/// NATS credentials made in `dir` by `tests/producers/natskeys` (NATS's own nkeys and jwt
+/// libraries, built once with Go from the modules nats-server already uses): `nkey` writes
+/// `nkey.conf` and `user.nk`, `creds` writes `operator.conf` and `user.creds`.
+pub fn nats_keys(kind: &str, dir: &std::path::Path) {
+    static BINARY: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let binary = BINARY.get_or_init(|| {
+        let out = repo_root().join(".cache/bin/natskeys");
+        let built = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(repo_root().join("tests/producers/natskeys"))
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOTOOLCHAIN", "local")
+            .env("CGO_ENABLED", "0")
+            .status()
+            .expect("go runs");
+        assert!(built.success(), "tests/producers/natskeys did not build");
+        out
+    });
+    let made = Command::new(binary).arg(kind).arg(dir).status().unwrap();
+    assert!(made.success(), "natskeys {kind} failed");
+}
+
 /// Runs `tests/producers/nats_jetstream.py` (nats-py, the NATS client from PyPI) against the
 /// server at `url`: its last line is the consumer's info as nats-py reads it.
 pub fn jetstream(url: &str, args: &[&str]) -> serde_json::Value {

@@ -4,6 +4,7 @@
 //! dropped unread and fails its request only, anything worse breaks the connection (re-dialled
 //! on the next tick); and each request has its own deadline.
 
+use super::nkey::UserKey;
 use super::wire::{self, Limits, ServerOp};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// How a client proves who it is.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub enum NatsAuth {
     #[default]
     None,
@@ -25,6 +26,27 @@ pub enum NatsAuth {
         password: String,
     },
     Token(String),
+    /// A user nkey seed (`SU…`): the public key sent, the server's nonce signed.
+    Nkey {
+        seed: String,
+    },
+    /// A `.creds` file's user JWT and seed (decentralised auth): the JWT sent, the nonce signed.
+    Credentials {
+        jwt: String,
+        seed: String,
+    },
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NatsAuth::None => "None",
+            NatsAuth::UserPassword { .. } => "UserPassword(redacted)",
+            NatsAuth::Token(_) => "Token(redacted)",
+            NatsAuth::Nkey { .. } => "Nkey(redacted)",
+            NatsAuth::Credentials { .. } => "Credentials(redacted)",
+        })
+    }
 }
 
 /// A reply to a request.
@@ -63,6 +85,9 @@ struct ServerInfo {
     tls_required: bool,
     #[serde(default)]
     headers: bool,
+    /// What an nkey or JWT user signs to prove itself.
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 impl Connection {
@@ -111,6 +136,20 @@ impl Connection {
                 connect["pass"] = password.clone().into();
             }
             NatsAuth::Token(token) => connect["auth_token"] = token.clone().into(),
+            NatsAuth::Nkey { seed } => {
+                let key = UserKey::from_seed(seed).map_err(|e| format!("the nkey seed: {e}"))?;
+                connect["nkey"] = key.public.clone().into();
+                if let Some(nonce) = &info.nonce {
+                    connect["sig"] = key.sign(nonce.as_bytes()).into();
+                }
+            }
+            NatsAuth::Credentials { jwt, seed } => {
+                let key = UserKey::from_seed(seed).map_err(|e| format!("the .creds file's seed: {e}"))?;
+                connect["jwt"] = jwt.clone().into();
+                if let Some(nonce) = &info.nonce {
+                    connect["sig"] = key.sign(nonce.as_bytes()).into();
+                }
+            }
         }
         let inbox = format!("_INBOX.levee.{}.", random_token());
         let hello = format!("CONNECT {connect}\r\nPING\r\nSUB {inbox}* 1\r\n");

@@ -10,6 +10,7 @@
 //! now − that message's stored time.
 
 mod connection;
+pub mod nkey;
 mod replies;
 pub mod wire;
 

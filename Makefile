@@ -66,12 +66,14 @@ manifests:
 	HELM=$(CURDIR)/.cache/bin/helm scripts/render-manifests.sh
 
 ## bench: sampling tick (vs redis-benchmark, per-queue EVAL), metrics API (vs a constant TLS server)
-## and one /metrics scrape at 1,000 policies (size, time, allocations)
+## and one /metrics scrape at 1,000 policies (size, time, allocations); Kafka at 1/100/1,000
+## partitions and NATS at 1/100/1,000 consumers on a real broker and server (requests, tick time)
 bench: deps
 	$(CARGO) bench --bench sampler
 	$(CARGO) bench --bench metrics_api
 	$(CARGO) bench --bench telemetry
 	$(CARGO) bench --bench kafka
+	$(CARGO) bench --bench nats
 
 ## bench-controller: API writes at steady state and reaction time, on the local control plane
 bench-controller: deps
@@ -89,10 +91,13 @@ bench-scale: deps static
 
 ## bench-keda: levee and KEDA (built from its module) side by side on one Redis, for N of
 ## LEVEE_KEDA_BENCH_SIZES (default 10 100 1000) lists: Redis commands and round trips, metric
-## latency through the aggregator, burst -> first scale-up, memory (docs/benchmarks.md#keda)
+## latency through the aggregator, burst -> first scale-up, memory; then the same on a real Kafka
+## broker and nats-server for N of LEVEE_KEDA_BROKER_SIZES (default 1 10 100) consumers: what the
+## broker / server counts it was asked, metric latency, memory (docs/benchmarks.md#keda)
 bench-keda: deps
 	$(CARGO) build --release --bin levee
-	LEVEE_BIN=$(CURDIR)/target/release/levee e2e/scripts/with-cluster.sh cargo bench -p levee-e2e --bench keda
+	LEVEE_BIN=$(CURDIR)/target/release/levee e2e/scripts/with-cluster.sh sh -c \
+	  'cargo bench -p levee-e2e --bench keda && cargo bench -p levee-e2e --bench keda_brokers'
 
 ## fuzz: a minute of libFuzzer on each network-facing parser (needs the nightly toolchain)
 fuzz:

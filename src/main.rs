@@ -32,15 +32,27 @@ enum Command {
         /// Use this Redis instead of spec.redis.url (it may carry user:password@).
         #[arg(long, env = "LEVEE_REDIS_URL")]
         redis_url: Option<String>,
-        /// ACL username, instead of the policy's credentials Secret.
-        #[arg(long, env = "LEVEE_REDIS_USERNAME")]
+        /// Username (Redis ACL, Kafka SASL, NATS user), instead of the policy's credentials Secret.
+        #[arg(long, visible_alias = "username", env = "LEVEE_REDIS_USERNAME")]
         redis_username: Option<String>,
-        /// Password, instead of the policy's credentials Secret.
-        #[arg(long, env = "LEVEE_REDIS_PASSWORD", hide_env_values = true)]
+        /// Password (or, for NATS without --username, the token), instead of the policy's
+        /// credentials Secret.
+        #[arg(
+            long,
+            visible_alias = "password",
+            env = "LEVEE_REDIS_PASSWORD",
+            hide_env_values = true
+        )]
         redis_password: Option<String>,
-        /// PEM CA bundle for rediss://, instead of the policy's CA Secret.
-        #[arg(long)]
+        /// PEM CA bundle (rediss://, spec.kafka.tls, spec.nats.tls), instead of the policy's CA Secret.
+        #[arg(long, visible_alias = "ca-file")]
         redis_ca_file: Option<String>,
+        /// A NATS .creds file (the Secret's `creds` key), instead of the policy's credentials Secret.
+        #[arg(long)]
+        nats_creds: Option<String>,
+        /// A file holding a NATS user nkey seed (the Secret's `nkey` key).
+        #[arg(long)]
+        nats_nkey: Option<String>,
         /// Sample once and exit (1 if any sample failed).
         #[arg(long)]
         once: bool,
@@ -77,6 +89,8 @@ fn main() -> ExitCode {
             redis_username,
             redis_password,
             redis_ca_file,
+            nats_creds,
+            nats_nkey,
             once,
             max_reply_bytes,
             output,
@@ -87,6 +101,8 @@ fn main() -> ExitCode {
                 username: redis_username,
                 password: redis_password,
                 ca_file: redis_ca_file,
+                nats_creds,
+                nats_nkey,
                 once,
                 max_reply_bytes,
                 output,

@@ -437,3 +437,65 @@ spec:
         "a queue that cannot be read fails the run"
     );
 }
+
+/// levee sample reads a NATS server that only lets JWT users in, with the .creds file the
+/// policy's Secret would hold (made with NATS's own libraries), over TLS with --ca-file; without
+/// them it says what to pass.
+#[test]
+fn sample_reads_a_jetstream_consumer_with_a_creds_file_over_tls() {
+    let keys = tempfile::tempdir().unwrap();
+    support::nats::nats_keys("creds", keys.path());
+    let path = |name: &str| keys.path().join(name).to_string_lossy().to_string();
+    let files = support::TlsFiles::generate();
+    let server = support::nats::NatsServer::start_with(&[
+        "-js",
+        "-c",
+        &path("operator.conf"),
+        "--tls",
+        "--tlscert",
+        &files.path("server.crt"),
+        "--tlskey",
+        &files.path("server.key"),
+    ]);
+    let access = ["--creds", &path("user.creds"), "--ca", &files.path("ca.crt")];
+    let mut fill = vec!["fill", "EVENTS", "events", "writer", "9", "3", "1"];
+    fill.extend(access);
+    server.jetstream(&fill);
+    let expected = server.unprocessed_and_outstanding("EVENTS", "writer", &access);
+    assert_eq!(expected, 8, "nats-py's own figure");
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {{name: events, namespace: ns1}}
+spec:
+  nats: {{url: '{}', credentialsSecretRef: {{name: nats-auth}}, tls: {{caSecretRef: {{name: nats-ca}}}}}}
+  queues:
+    - {{name: events, type: jetstream, stream: EVENTS, consumer: writer}}
+  thresholds: {{warning: 10, critical: 20, recovery: 5}}
+",
+        server.url()
+    );
+    let file = write_policy(&dir, &body);
+    let ca = files.path("ca.crt");
+    let creds = path("user.creds");
+    let output = levee(&[
+        "sample",
+        "-f",
+        &file,
+        "--once",
+        "-o",
+        "json",
+        "--nats-creds",
+        &creds,
+        "--ca-file",
+        &ca,
+    ]);
+    assert_eq!(depth(&ticks(&output)[0], "events"), expected);
+    assert_eq!(output.status.code(), Some(0));
+
+    let without = levee(&["sample", "-f", &file, "--once", "-o", "json", "--ca-file", &ca]);
+    let said = String::from_utf8_lossy(&without.stderr);
+    assert!(said.contains("pass --nats-creds"), "{said}");
+    assert_eq!(without.status.code(), Some(1), "the server refuses levee");
+}

@@ -343,6 +343,129 @@ async fn nkey_and_creds_users_are_let_in_and_another_key_is_refused() {
     assert!(refused.contains("refused levee"), "{refused}");
 }
 
+/// A server with a `tls {}` block: read over TLS with the right CA (the figure nats-py reads over
+/// TLS too); a CA that did not sign it, no `tls` where the server requires it, and `tls` where
+/// the server offers none are each refused with what to change.
+#[tokio::test]
+async fn tls_with_the_right_ca_reads_and_a_mismatch_says_what_to_change() {
+    let files = support::TlsFiles::generate();
+    let server = NatsServer::start_with(&[
+        "-js",
+        "--tls",
+        "--tlscert",
+        &files.path("server.crt"),
+        "--tlskey",
+        &files.path("server.key"),
+    ]);
+    let ca = ["--ca", &files.path("ca.crt")];
+    let mut fill = vec!["fill", "EVENTS", "events", "writer", "7", "2", "2"];
+    fill.extend(ca);
+    server.jetstream(&fill);
+    let expected = server.unprocessed_and_outstanding("EVENTS", "writer", &ca);
+    let prepared = queues("[{name: events, type: jetstream, stream: EVENTS, consumer: writer}]");
+    let sampler = Sampler::new();
+    let spec = |tls: bool| NatsSpec {
+        url: server.url(),
+        credentials_secret_ref: None,
+        tls: tls.then(Default::default),
+        timeout: levee::api::RequestTimeout(kube::core::Duration::from(Duration::from_secs(2))),
+    };
+    let with_ca = |pem: Vec<u8>| {
+        BackendEndpoint::Nats(
+            NatsEndpoint::from_spec(&spec(true), NatsAuth::None)
+                .unwrap()
+                .with_ca(pem),
+        )
+    };
+    let good = sampler
+        .sample_backend(&with_ca(std::fs::read(files.path("ca.crt")).unwrap()), &prepared)
+        .await;
+    assert_eq!(depth(&good, "events"), Ok(expected));
+    assert_eq!(expected, 5, "7 published, 2 acknowledged");
+
+    let other = support::TlsFiles::generate();
+    let mismatch = sampler
+        .sample_backend(&with_ca(std::fs::read(other.path("ca.crt")).unwrap()), &prepared)
+        .await;
+    let why = mismatch
+        .unreachable
+        .expect("a CA that did not sign the server's certificate");
+    assert!(why.contains("check spec.nats.tls.caSecretRef"), "{why}");
+
+    let plain_to_tls = sampler
+        .sample_backend(
+            &BackendEndpoint::Nats(NatsEndpoint::from_spec(&spec(false), NatsAuth::None).unwrap()),
+            &prepared,
+        )
+        .await;
+    let why = plain_to_tls.unreachable.expect("the server requires TLS");
+    assert!(why.contains("requires TLS: set spec.nats.tls"), "{why}");
+
+    let plain = NatsServer::start();
+    let tls_to_plain = sampler
+        .sample_backend(
+            &BackendEndpoint::Nats(
+                NatsEndpoint::from_spec(
+                    &NatsSpec {
+                        url: plain.url(),
+                        ..spec(true)
+                    },
+                    NatsAuth::None,
+                )
+                .unwrap(),
+            ),
+            &prepared,
+        )
+        .await;
+    let why = tls_to_plain.unreachable.expect("the server offers no TLS");
+    assert!(why.contains("offers no TLS"), "{why}");
+}
+
+/// A server whose packets vanish (no RST, only the deadline ends a request): each tick fails
+/// within the policy's timeout, saying so, and once packets flow the figure is back, exact.
+#[tokio::test]
+async fn a_server_whose_packets_are_dropped_fails_ticks_within_the_timeout_and_is_read_again() {
+    if !support::netns::may_run() {
+        return;
+    }
+    let isolated = support::netns::Isolated::create("nats", 215);
+    let server = NatsServer::start_isolated(&isolated);
+    server.jetstream(&["fill", "EVENTS", "events", "writer", "11", "4", "1"]);
+    let expected = server.unprocessed_and_outstanding("EVENTS", "writer", &[]);
+    assert_eq!(expected, 10, "11 published, 1 acknowledged");
+    let prepared = queues("[{name: events, type: jetstream, stream: EVENTS, consumer: writer}]");
+    let sampler = Sampler::new();
+    let spec: NatsSpec =
+        serde_yaml::from_str(&format!("{{url: '{}', timeout: 500ms}}", server.url())).unwrap();
+    let target = BackendEndpoint::Nats(NatsEndpoint::from_spec(&spec, NatsAuth::None).unwrap());
+    assert_eq!(
+        depth(&sampler.sample_backend(&target, &prepared).await, "events"),
+        Ok(expected)
+    );
+
+    isolated.drop_packets(server.port, true);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let sample = sampler.sample_backend(&target, &prepared).await;
+        let took = started.elapsed();
+        let why = depth(&sample, "events").unwrap_err();
+        assert!(why.contains("within"), "a timeout: {why}");
+        assert!(
+            took < Duration::from_secs(3),
+            "bounded by the 500 ms deadline: {took:?}"
+        );
+    }
+
+    isolated.drop_packets(server.port, false);
+    let restored = Instant::now();
+    let mut read = Err(String::new());
+    while read != Ok(expected) && restored.elapsed() < Duration::from_secs(15) {
+        read = depth(&sampler.sample_backend(&target, &prepared).await, "events");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(read, Ok(expected), "read again once packets flow");
+}
+
 /// A "server" that greets like NATS and then answers the request with `reply`, followed, when
 /// `endless`, by bytes that never end (else it holds the connection open).
 async fn impostor(reply: Vec<u8>, endless: bool) -> u16 {

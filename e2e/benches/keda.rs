@@ -14,6 +14,9 @@
 //! scale-up of its Deployment, and resident memory (KEDA: operator + adapter). Prints Markdown
 //! rows for docs/benchmarks.md.
 
+mod common;
+
+use common::{deployment, latency};
 use levee_e2e::fixture::PolicyYaml;
 use levee_e2e::keda::Keda;
 use levee_e2e::redis::RedisServer;
@@ -23,7 +26,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(30);
-const LATENCY_SAMPLES: usize = 200;
 const POLLING_SECONDS: u64 = 10;
 /// Above this many ScaledObjects KEDA's operator runs with the settings KEDA documents for many
 /// of them: with its defaults (20 requests/s to the API server, 5 concurrent reconciles) it had
@@ -68,29 +70,6 @@ fn calls_per_second(redis: &RedisServer) -> BTreeMap<String, f64> {
         .filter(|(name, _)| !matches!(name.as_str(), "config" | "info"))
         .map(|(name, calls)| (name, calls as f64 / WINDOW.as_secs_f64()))
         .collect()
-}
-
-fn deployment(name: &str) -> Value {
-    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}}})
-}
-
-/// p50 and p99 of sequential GETs of `path` through the aggregator, in ms.
-fn latency(runtime: &tokio::runtime::Runtime, client: &kube::Client, path: &str) -> (f64, f64) {
-    let mut took: Vec<f64> = runtime.block_on(async {
-        let mut took = Vec::with_capacity(LATENCY_SAMPLES);
-        for _ in 0..LATENCY_SAMPLES {
-            let request = http::Request::get(path).body(Vec::new()).unwrap();
-            let started = Instant::now();
-            client.request_text(request).await.expect("the metric answers");
-            took.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-        took
-    });
-    took.sort_by(f64::total_cmp);
-    (took[took.len() / 2], took[took.len() * 99 / 100])
 }
 
 /// The replica count of `deployment` once it has not changed for three HPA syncs (the HPA may

@@ -15,7 +15,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 fn secret(namespace: &str, name: &str, password: &str) {
     let yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{levee.dev/redis-secret: 'true'}}}}\nstringData: {{username: {SASL_USER}, password: '{password}'}}\n"
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{levee.dev/secret: 'true'}}}}\nstringData: {{username: {SASL_USER}, password: '{password}'}}\n"
     );
     let applied = kubectl(&["apply", "-f", "-"], Some(&yaml));
     assert!(
@@ -126,7 +126,7 @@ fn a_consumer_group_lag_opens_the_circuit_with_kafkas_own_figure() {
             .as_array()
             .and_then(|c| {
                 c.iter()
-                    .find(|c| c["type"] == "RedisReachable" && c["status"] == "False")
+                    .find(|c| c["type"] == "BackendReachable" && c["status"] == "False")
             })
             .cloned()
     });

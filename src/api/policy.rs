@@ -193,6 +193,9 @@ pub struct NatsSpec {
     /// it, the `passwordKey` value is the server's token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<CredentialsSecretRef>,
+    /// TLS to the servers (their `tls {}` block; the server's INFO says when it requires it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTls>,
     /// Deadline for connecting and for one tick's requests; at most 10s.
     #[serde(default)]
     pub timeout: RequestTimeout,
@@ -209,7 +212,7 @@ pub struct KafkaSpec {
     pub bootstrap_servers: Vec<String>,
     /// TLS to the brokers (their SSL or SASL_SSL listener).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<KafkaTls>,
+    pub tls: Option<ServerTls>,
     /// SASL authentication (over TLS with `tls`, else plain TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSasl>,
@@ -218,15 +221,15 @@ pub struct KafkaSpec {
     pub timeout: RequestTimeout,
 }
 
-/// TLS to Kafka brokers.
+/// TLS to Kafka brokers or NATS servers.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct KafkaTls {
-    /// A Secret key holding the PEM CA bundle that signed the brokers' certificates (without
+pub struct ServerTls {
+    /// A Secret key holding the PEM CA bundle that signed the servers' certificates (without
     /// it, the system's roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
-    /// Skip verifying the brokers' certificates (testing only).
+    /// Skip verifying the servers' certificates (testing only).
     #[serde(default)]
     pub insecure_skip_verify: bool,
 }
@@ -450,6 +453,27 @@ pub enum BackendKind {
     Kafka,
 }
 
+impl BackendKind {
+    /// The backend's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Redis => "Redis",
+            BackendKind::Nats => "NATS",
+            BackendKind::Kafka => "Kafka",
+        }
+    }
+}
+
+impl<'a> BackendSpec<'a> {
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendSpec::Redis(_) => BackendKind::Redis,
+            BackendSpec::Nats(_) => BackendKind::Nats,
+            BackendSpec::Kafka(_) => BackendKind::Kafka,
+        }
+    }
+}
+
 impl QueueType {
     /// The backend this type is read from.
     pub fn backend(self) -> BackendKind {
@@ -655,7 +679,8 @@ pub struct BackpressurePolicyStatus {
     /// The generation of the spec this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, RedisReachable, Throttling, Prolonged.
+    /// Ready, BackendReachable (and on Redis policies its older name RedisReachable), Throttling,
+    /// Prolonged, ScaleCapped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

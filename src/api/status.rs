@@ -27,6 +27,10 @@ pub mod reason {
 /// Condition types levee sets.
 pub mod condition {
     pub const READY: &str = "Ready";
+    /// Whether the policy's backend (Redis, NATS or Kafka) answered the last sample.
+    pub const BACKEND_REACHABLE: &str = "BackendReachable";
+    /// `BackendReachable`'s name from before there were other backends: still written, the same,
+    /// on Redis policies, for the alerts and `kubectl wait`s that name it.
     pub const REDIS_REACHABLE: &str = "RedisReachable";
     pub const THROTTLING: &str = "Throttling";
     pub const PROLONGED: &str = "Prolonged";

@@ -8,10 +8,11 @@ use crate::api::QueueSpec;
 use crate::api::status::latency_seconds;
 use crate::api::validation::check_documents;
 use crate::api::{BackendSpec, BackpressurePolicy};
-use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
+use crate::circuit::{Circuit, CircuitRules, Decision};
+use crate::controller::judgement;
 use crate::forecast::Forecaster;
 use crate::sampler::kafka::{KafkaEndpoint, SaslAuth};
-use crate::sampler::nats::{NatsAuth, NatsEndpoint};
+use crate::sampler::nats::{NatsAuth, NatsEndpoint, nkey};
 use crate::sampler::{BackendEndpoint, Credentials, Discovered, Endpoint, PreparedQueues, Sample, Sampler};
 use futures::future::join_all;
 use jiff::Timestamp;
@@ -35,9 +36,40 @@ pub struct SampleOptions {
     pub username: Option<String>,
     pub password: Option<String>,
     pub ca_file: Option<String>,
+    /// A NATS .creds file.
+    pub nats_creds: Option<String>,
+    /// A file holding a NATS user nkey seed.
+    pub nats_nkey: Option<String>,
     pub once: bool,
     pub max_reply_bytes: usize,
     pub output: OutputFormat,
+}
+
+/// The NATS credentials given on the command line, as the Secret's keys would give them: a
+/// .creds file, else an nkey seed file, else a password (a token without a username).
+fn nats_auth(options: &SampleOptions) -> Result<NatsAuth, String> {
+    let read = |flag: &str, path: &str| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {flag} {path}: {e}"))
+    };
+    if let Some(path) = &options.nats_creds {
+        let (jwt, seed) = nkey::parse_creds(&read("--nats-creds", path)?)
+            .map_err(|e| format!("--nats-creds {path}: {e}"))?;
+        nkey::UserKey::from_seed(&seed).map_err(|e| format!("--nats-creds {path}: the seed: {e}"))?;
+        return Ok(NatsAuth::Credentials { jwt, seed });
+    }
+    if let Some(path) = &options.nats_nkey {
+        let seed = read("--nats-nkey", path)?.trim().to_string();
+        nkey::UserKey::from_seed(&seed).map_err(|e| format!("--nats-nkey {path}: {e}"))?;
+        return Ok(NatsAuth::Nkey { seed });
+    }
+    Ok(match (&options.username, &options.password) {
+        (Some(user), Some(password)) => NatsAuth::UserPassword {
+            user: user.clone(),
+            password: password.clone(),
+        },
+        (None, Some(token)) => NatsAuth::Token(token.clone()),
+        _ => NatsAuth::None,
+    })
 }
 
 /// One policy being sampled: where its queues are and what its circuit remembers.
@@ -195,15 +227,31 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
         let redis = match policy.spec.backend() {
             Some(BackendSpec::Redis(redis)) => redis,
             Some(BackendSpec::Nats(nats)) => {
-                if let Some(secret) = &nats.credentials_secret_ref {
+                let auth = match nats_auth(options) {
+                    Ok(auth) => auth,
+                    Err(error) => {
+                        let _ = writeln!(err, "{name}: {error}");
+                        problems = true;
+                        continue;
+                    }
+                };
+                if let Some(secret) = &nats.credentials_secret_ref
+                    && auth == NatsAuth::None
+                {
                     let _ = writeln!(
                         err,
-                        "{name}: spec.nats.credentialsSecretRef: levee sample cannot read Secret {:?}: it connects without credentials",
+                        "{name}: spec.nats.credentialsSecretRef: levee sample cannot read Secret {:?}: it connects without credentials (pass --nats-creds, --nats-nkey, or --password with or without --username)",
                         secret.name
                     );
                 }
-                match NatsEndpoint::from_spec(nats, NatsAuth::None) {
-                    Ok(endpoint) => watched.push(Watched::new(policy, BackendEndpoint::Nats(endpoint))),
+                match NatsEndpoint::from_spec(nats, auth) {
+                    Ok(endpoint) => {
+                        let endpoint = match &ca_pem {
+                            Some(pem) => endpoint.with_ca(pem.clone()),
+                            None => endpoint,
+                        };
+                        watched.push(Watched::new(policy, BackendEndpoint::Nats(endpoint)))
+                    }
                     Err(error) => {
                         let _ = writeln!(err, "{name}: spec.nats.url: {error}");
                         problems = true;
@@ -315,22 +363,15 @@ fn namespace_of(policy: &BackpressurePolicy) -> &str {
 }
 
 fn report(watched: &mut Watched, sample: &Sample, output: OutputFormat, out: &Mutex<dyn Write + Send>) {
-    let reset = watched
-        .policy
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("levee.dev/reset"))
-        .map(String::as_str);
-    let mut observation = sample.observation(watched.rules.latency.is_some());
-    if let Observation::Sampled(measure) = &mut observation {
-        watched.forecaster.observe(sample.at, measure.pending);
-        let critical = watched.rules.depth.map(|depth| depth.critical);
-        measure.critical_in = watched.forecaster.forecast(critical).and_then(|f| f.critical_in);
-    }
-    let decision = watched
-        .circuit
-        .step(&watched.rules, sample.at, observation, reset);
+    let forecast = judgement::forecast(&mut watched.forecaster, &watched.rules, sample);
+    let decision = judgement::step(
+        &mut watched.circuit,
+        &watched.rules,
+        &watched.policy,
+        sample.at,
+        Some(sample),
+        forecast,
+    );
     let line = match output {
         OutputFormat::Json => {
             serde_json::to_string(&TickLine::new(watched, sample)).expect("a tick serializes")

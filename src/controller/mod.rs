@@ -16,6 +16,7 @@ mod autoscaler;
 mod backoff;
 mod clock;
 mod indexed_store;
+pub mod judgement;
 mod leader;
 pub mod marks;
 mod policy_task;
@@ -32,7 +33,7 @@ use futures::{FutureExt, StreamExt};
 use indexed_store::IndexedStore;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -137,8 +138,9 @@ pub struct Stores {
     pub daemon_sets: IndexedStore<DaemonSet>,
     /// The HPAs levee manages (labelled `app.kubernetes.io/managed-by: levee`).
     pub autoscalers: IndexedStore<HorizontalPodAutoscaler>,
-    /// The Secrets that let levee read them (labelled `levee.dev/redis-secret: "true"`); no other.
-    pub secrets: IndexedStore<Secret>,
+    /// The Secrets that let levee read them (labelled `levee.dev/secret: "true"`, or the older
+    /// `levee.dev/redis-secret: "true"`); no other.
+    pub secrets: secrets::OptedInSecrets,
 }
 
 /// What every reconcile and every policy task shares.
@@ -324,11 +326,12 @@ fn start_reflectors(
         stateful_sets: IndexedStore::default(),
         daemon_sets: IndexedStore::default(),
         autoscalers: IndexedStore::default(),
-        secrets: IndexedStore::default(),
+        secrets: secrets::OptedInSecrets::default(),
     };
     let all_of = watcher::Config::default;
     let managed = all_of().labels("app.kubernetes.io/managed-by=levee");
     let opted_in = all_of().labels(&format!("{}=true", secrets::LABEL_SECRET_CONSENT));
+    let opted_in_legacy = all_of().labels(&format!("{}=true", secrets::LABEL_SECRET_CONSENT_LEGACY));
     let streams = futures::future::join_all([
         reflect(
             stores.pods.clone(),
@@ -366,9 +369,16 @@ fn start_reflectors(
         )
         .boxed(),
         reflect(
-            stores.secrets.clone(),
-            settings.api(client),
+            stores.secrets.labelled.clone(),
+            settings.api(client.clone()),
             opted_in,
+            trim::secret,
+        )
+        .boxed(),
+        reflect(
+            stores.secrets.legacy.clone(),
+            settings.api(client),
+            opted_in_legacy,
             trim::secret,
         )
         .boxed(),

@@ -3,14 +3,15 @@
 //! Each failure says which Secret or key is missing and which field names it.
 //!
 //! Secrets by consent: levee reads a Secret only when it carries the label
-//! `levee.dev/redis-secret: "true"`. The label is part of the watch itself (only labelled
-//! Secrets are watched, into the `secrets` store), so the value of any other Secret never reaches
-//! levee, and someone who may only edit policies cannot make levee send an arbitrary Secret to a
-//! host of their choosing. Being watched, a rotated Secret is seen at once: `versions` tells the
-//! policy task to rebuild its endpoint, with no failure needed and no read per tick.
+//! `levee.dev/secret: "true"` (or the label it had while Redis was the only backend,
+//! `levee.dev/redis-secret: "true"`, which keeps working). The label is part of the watch itself
+//! (only labelled Secrets are watched, into [`OptedInSecrets`]), so the value of any other Secret
+//! never reaches levee, and someone who may only edit policies cannot make levee send an arbitrary
+//! Secret to a host of their choosing. Being watched, a rotated Secret is seen at once: `versions`
+//! tells the policy task to rebuild its endpoint, with no failure needed and no read per tick.
 
 use super::indexed_store::IndexedStore;
-use crate::api::{BackendSpec, BackpressurePolicy, KafkaSpec, NatsSpec, RedisSpec};
+use crate::api::{BackendSpec, BackpressurePolicy, KafkaSpec, NatsSpec, RedisSpec, SecretKeyRef};
 use crate::sampler::kafka::{KafkaEndpoint, SaslAuth};
 use crate::sampler::nats::{NatsAuth, NatsEndpoint, nkey};
 use crate::sampler::{BackendEndpoint, Credentials, Endpoint, NodeAddr};
@@ -18,13 +19,40 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 
-/// The label a Secret carries to let levee read it.
-pub const LABEL_SECRET_CONSENT: &str = "levee.dev/redis-secret";
+/// The label a Secret carries to let levee read it, for every backend.
+pub const LABEL_SECRET_CONSENT: &str = "levee.dev/secret";
+/// The consent label from before there were other backends than Redis; still honoured.
+pub const LABEL_SECRET_CONSENT_LEGACY: &str = "levee.dev/redis-secret";
 
 /// The annotation with which a credentials Secret names the only hosts its password may be sent
 /// to: comma-separated `host`, `host:port` or `*.domain` entries. Without it, any policy of the
 /// Secret's namespace may send it wherever its URL points.
-pub const ANNOTATION_SECRET_HOSTS: &str = "levee.dev/redis-hosts";
+pub const ANNOTATION_SECRET_HOSTS: &str = "levee.dev/secret-hosts";
+/// The hosts annotation's name from before there were other backends; still honoured.
+pub const ANNOTATION_SECRET_HOSTS_LEGACY: &str = "levee.dev/redis-hosts";
+
+/// The Secrets that let levee read them: one watch per consent label (a label selector cannot say
+/// "this label or that one"), looked up as one.
+#[derive(Clone, Default)]
+pub struct OptedInSecrets {
+    /// Labelled `levee.dev/secret: "true"`.
+    pub labelled: IndexedStore<Secret>,
+    /// Labelled `levee.dev/redis-secret: "true"`.
+    pub legacy: IndexedStore<Secret>,
+}
+
+impl OptedInSecrets {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.labelled
+            .get(namespace, name)
+            .or_else(|| self.legacy.get(namespace, name))
+    }
+
+    pub async fn wait_until_ready(&self) {
+        self.labelled.wait_until_ready().await;
+        self.legacy.wait_until_ready().await;
+    }
+}
 
 /// Why a policy's endpoint cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,41 +64,49 @@ pub struct EndpointProblem {
 
 /// The names of the Secrets `policy` references.
 fn referenced(policy: &BackpressurePolicy) -> Vec<&str> {
-    let redis = match policy.spec.backend() {
-        Some(BackendSpec::Redis(redis)) => redis,
-        Some(BackendSpec::Nats(nats)) => {
-            return nats
-                .credentials_secret_ref
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect();
-        }
-        Some(BackendSpec::Kafka(kafka)) => {
-            let credentials = kafka
+    let (credentials, ca) = match policy.spec.backend() {
+        Some(BackendSpec::Redis(redis)) => (
+            redis.credentials_secret_ref.as_ref().map(|r| r.name.as_str()),
+            redis.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()),
+        ),
+        Some(BackendSpec::Nats(nats)) => (
+            nats.credentials_secret_ref.as_ref().map(|r| r.name.as_str()),
+            nats.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()),
+        ),
+        Some(BackendSpec::Kafka(kafka)) => (
+            kafka
                 .sasl
-                .iter()
-                .map(|sasl| sasl.credentials_secret_ref.name.as_str());
-            let ca = kafka
-                .tls
                 .as_ref()
-                .and_then(|tls| tls.ca_secret_ref.as_ref())
-                .map(|r| r.name.as_str());
-            return credentials.chain(ca).collect();
-        }
-        None => return Vec::new(),
+                .map(|sasl| sasl.credentials_secret_ref.name.as_str()),
+            kafka.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()),
+        ),
+        None => (None, None),
     };
-    let credentials = redis.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
-    let ca = redis
-        .tls
-        .as_ref()
-        .and_then(|tls| tls.ca_secret_ref.as_ref())
-        .map(|r| r.name.as_str());
-    credentials.into_iter().chain(ca).collect()
+    credentials
+        .into_iter()
+        .chain(ca.map(|r| r.name.as_str()))
+        .collect()
+}
+
+/// The PEM CA bundle that `reference` (a `tls.caSecretRef`, named `field`) holds, if any.
+async fn ca_bundle(
+    secrets: &Watched<'_>,
+    namespace: &str,
+    reference: Option<&SecretKeyRef>,
+    field: &str,
+) -> Result<Option<Vec<u8>>, EndpointProblem> {
+    let Some(reference) = reference else {
+        return Ok(None);
+    };
+    let secret = secrets.read(namespace, &reference.name, field).await?;
+    Ok(Some(
+        text_key(&secret, namespace, &reference.key, field)?.into_bytes(),
+    ))
 }
 
 /// The resource versions of the (opted-in) Secrets `policy` references, as the store holds them:
 /// when they change, the endpoint is rebuilt.
-pub fn versions(store: &IndexedStore<Secret>, policy: &BackpressurePolicy) -> Vec<Option<String>> {
+pub fn versions(store: &OptedInSecrets, policy: &BackpressurePolicy) -> Vec<Option<String>> {
     let namespace = policy.namespace().unwrap_or_default();
     referenced(policy)
         .into_iter()
@@ -85,7 +121,7 @@ pub fn versions(store: &IndexedStore<Secret>, policy: &BackpressurePolicy) -> Ve
 /// The endpoint of `policy`'s backend, from the opted-in Secrets it references.
 pub async fn resolve_endpoint(
     client: &Client,
-    store: &IndexedStore<Secret>,
+    store: &OptedInSecrets,
     policy: &BackpressurePolicy,
 ) -> Result<BackendEndpoint, EndpointProblem> {
     let namespace = policy.namespace().unwrap_or_default();
@@ -149,10 +185,14 @@ async fn resolve_nats(
         };
         credentials_secret = Some(secret);
     }
-    let endpoint = NatsEndpoint::from_spec(nats, auth).map_err(|error| EndpointProblem {
+    let mut endpoint = NatsEndpoint::from_spec(nats, auth).map_err(|error| EndpointProblem {
         reason: "InvalidNatsUrl",
         message: format!("spec.nats.url: {error}"),
     })?;
+    let reference = nats.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref());
+    if let Some(ca_pem) = ca_bundle(secrets, namespace, reference, "spec.nats.tls.caSecretRef").await? {
+        endpoint = endpoint.with_ca(ca_pem);
+    }
     if let Some(secret) = credentials_secret {
         check_secret_hosts(&secret, &endpoint.server, "spec.nats.url")?;
     }
@@ -185,10 +225,9 @@ async fn resolve_kafka(
         reason: "InvalidKafkaServers",
         message: format!("spec.kafka.bootstrapServers: {error}"),
     })?;
-    if let Some(reference) = kafka.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()) {
-        let field = "spec.kafka.tls.caSecretRef";
-        let secret = secrets.read(namespace, &reference.name, field).await?;
-        endpoint = endpoint.with_ca(text_key(&secret, namespace, &reference.key, field)?.into_bytes());
+    let reference = kafka.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref());
+    if let Some(ca_pem) = ca_bundle(secrets, namespace, reference, "spec.kafka.tls.caSecretRef").await? {
+        endpoint = endpoint.with_ca(ca_pem);
     }
     if let Some(secret) = credentials_secret {
         for server in &endpoint.bootstrap {
@@ -214,12 +253,8 @@ async fn resolve_redis(
             credentials.username = Some(text_key(&secret, namespace, username_key, field)?);
         }
     }
-    let mut ca_pem = None;
-    if let Some(reference) = redis.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()) {
-        let field = "spec.redis.tls.caSecretRef";
-        let secret = secrets.read(namespace, &reference.name, field).await?;
-        ca_pem = Some(text_key(&secret, namespace, &reference.key, field)?.into_bytes());
-    }
+    let reference = redis.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref());
+    let ca_pem = ca_bundle(secrets, namespace, reference, "spec.redis.tls.caSecretRef").await?;
     let endpoint =
         Endpoint::from_spec(redis, None, credentials, ca_pem).map_err(|error| EndpointProblem {
             reason: "InvalidRedisUrl",
@@ -232,22 +267,26 @@ async fn resolve_redis(
 }
 
 /// Whether the credentials `secret` may be sent to `seed` (the host the policy's URL names), by
-/// its `levee.dev/redis-hosts` annotation.
+/// its `levee.dev/secret-hosts` annotation (or the older `levee.dev/redis-hosts`; with both, each
+/// must allow it).
 fn check_secret_hosts(secret: &Secret, seed: &NodeAddr, target: &str) -> Result<(), EndpointProblem> {
-    let Some(hosts) = secret.annotations().get(ANNOTATION_SECRET_HOSTS) else {
-        return Ok(());
-    };
-    if host_allowed(hosts, &seed.host, seed.port) {
-        return Ok(());
+    for annotation in [ANNOTATION_SECRET_HOSTS, ANNOTATION_SECRET_HOSTS_LEGACY] {
+        let Some(hosts) = secret.annotations().get(annotation) else {
+            continue;
+        };
+        if host_allowed(hosts, &seed.host, seed.port) {
+            continue;
+        }
+        let (namespace, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+        return Err(EndpointProblem {
+            reason: "SecretHostNotAllowed",
+            message: format!(
+                "Secret {namespace}/{name} may be sent only to {hosts:?} (its {annotation} annotation), and {target} names {}: fix the address, or add the host to the annotation if it is yours to give",
+                seed.authority()
+            ),
+        });
     }
-    let (namespace, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-    Err(EndpointProblem {
-        reason: "SecretHostNotAllowed",
-        message: format!(
-            "Secret {namespace}/{name} may be sent only to {hosts:?} (its {ANNOTATION_SECRET_HOSTS} annotation), and {target} names {}: fix the address, or add the host to the annotation if it is yours to give",
-            seed.authority()
-        ),
-    })
+    Ok(())
 }
 
 /// Whether `host:port` matches one of the comma-separated entries: `host` (any port),
@@ -289,7 +328,7 @@ fn split_host_port(entry: &str) -> (&str, Option<u16>) {
 
 /// The opted-in Secrets, and the API to tell a missing Secret from one that did not opt in.
 struct Watched<'a> {
-    store: &'a IndexedStore<Secret>,
+    store: &'a OptedInSecrets,
     api: Api<Secret>,
 }
 
@@ -311,7 +350,7 @@ impl Watched<'_> {
             Some(_) => Err(EndpointProblem {
                 reason: "SecretNotOptedIn",
                 message: format!(
-                    "Secret {namespace}/{name} ({field}) does not let levee read it: levee reads only Secrets labelled {LABEL_SECRET_CONSENT}=true; label it (kubectl label secret {name} -n {namespace} {LABEL_SECRET_CONSENT}=true) or fix {field}.name"
+                    "Secret {namespace}/{name} ({field}) does not let levee read it: levee reads only Secrets labelled {LABEL_SECRET_CONSENT}=true (or the older {LABEL_SECRET_CONSENT_LEGACY}=true); label it (kubectl label secret {name} -n {namespace} {LABEL_SECRET_CONSENT}=true) or fix {field}.name"
                 ),
             }),
             None => Err(EndpointProblem {

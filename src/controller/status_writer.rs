@@ -7,7 +7,7 @@ use super::secrets::EndpointProblem;
 use super::{Context, FIELD_MANAGER};
 use crate::api::status::{ConditionValue, condition, latency_seconds};
 use crate::api::{
-    BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, ForecastStatus, QueueStatus,
+    BackendKind, BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, ForecastStatus, QueueStatus,
 };
 use crate::circuit::Circuit;
 use crate::forecast::Forecast;
@@ -43,6 +43,8 @@ pub fn next_status(
     let mut status = previous.clone();
     status.observed_generation = policy.metadata.generation;
     let now = report.now;
+    let kind = policy.spec.backend().map(|backend| backend.kind());
+    let backend = kind.map_or("the backend", BackendKind::name);
     match report.sample {
         Ok(sample) => {
             status.last_sample_time = Some(Time(sample.at));
@@ -66,14 +68,19 @@ pub fn next_status(
                 })
                 .collect();
             let reachable = match &sample.unreachable {
-                None => ConditionValue::new(true, "Sampled", "Redis answered the last sample", now),
+                None => ConditionValue::new(
+                    true,
+                    "Sampled",
+                    &format!("{backend} answered the last sample"),
+                    now,
+                ),
                 Some(error) => ConditionValue::new(false, "SampleFailed", error, now),
             };
-            status.set_condition(condition::REDIS_REACHABLE, reachable);
+            set_reachable(&mut status, kind, reachable);
         }
         Err(problem) => {
             let value = ConditionValue::new(false, problem.reason, &problem.message, now);
-            status.set_condition(condition::REDIS_REACHABLE, value);
+            set_reachable(&mut status, kind, value);
         }
     }
     if let (Some(target), Some(partitions)) = (&policy.spec.scale_target, report.partition_cap) {
@@ -88,6 +95,14 @@ pub fn next_status(
     let uses_latency = policy.spec.thresholds.latency.is_some();
     status.set_condition(condition::READY, readiness(report, uses_latency, now));
     status.bounded()
+}
+
+/// `BackendReachable`, and on a Redis policy the same under its older name `RedisReachable`.
+fn set_reachable(status: &mut BackpressurePolicyStatus, kind: Option<BackendKind>, value: ConditionValue) {
+    if kind == Some(BackendKind::Redis) {
+        status.set_condition(condition::REDIS_REACHABLE, value.clone());
+    }
+    status.set_condition(condition::BACKEND_REACHABLE, value);
 }
 
 /// Whether the HPA's maxReplicas is capped at a Kafka policy's partition count, in words.

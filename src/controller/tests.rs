@@ -67,7 +67,7 @@ fn stores(deployments: Vec<Deployment>, pods: Vec<Pod>) -> Stores {
         stateful_sets: IndexedStore::from_objects([]),
         daemon_sets: IndexedStore::from_objects([]),
         autoscalers: IndexedStore::from_objects([]),
-        secrets: IndexedStore::from_objects([]),
+        secrets: secrets::OptedInSecrets::default(),
     }
 }
 

@@ -150,7 +150,7 @@ impl ScalerQuery {
         })?;
         if values.stale(now) {
             return Err(Refusal::Unavailable(format!(
-                "the last sample of {}/{} failed or is stale: see its RedisReachable condition",
+                "the last sample of {}/{} failed or is stale: see its BackendReachable condition",
                 self.namespace, self.policy
             )));
         }
@@ -378,7 +378,7 @@ mod tests {
         );
         assert!(matches!(
             query.reading(Some(&values(5, true)), now),
-            Err(Refusal::Unavailable(m)) if m.contains("RedisReachable")
+            Err(Refusal::Unavailable(m)) if m.contains("BackendReachable")
         ));
         assert!(matches!(
             query.reading(Some(&values(5, false)), now + Duration::from_secs(10)),

@@ -282,7 +282,7 @@ fn metric_list(
     if !stale.is_empty() {
         // Acting on an old or partial number would scale the wrong way: the HPA holds instead.
         let message = format!(
-            "the last sample of {} in {namespace} failed or is older than 3 sample intervals: see the policy's RedisReachable condition",
+            "the last sample of {} in {namespace} failed or is older than 3 sample intervals: see the policy's BackendReachable condition",
             stale.join(", ")
         );
         return status(503, "ServiceUnavailable", &message);

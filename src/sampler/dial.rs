@@ -69,9 +69,42 @@ fn tls_config(endpoint: &Endpoint) -> Result<rustls::ClientConfig, DialError> {
     client_tls_config(endpoint.ca_pem.as_deref(), endpoint.insecure_skip_verify).map_err(DialError::Tls)
 }
 
+/// TLS to a Kafka broker or a NATS server: the CA bundle (the system's roots without it), or no
+/// verification.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+}
+
+impl TlsSettings {
+    /// `tcp`, dialled to `host` at `address`, wrapped in TLS; a failure names `field` (the
+    /// policy's `tls`) and says what to check.
+    pub async fn wrap(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+        address: &str,
+        field: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let config = client_tls_config(self.ca_pem.as_deref(), self.insecure_skip_verify)
+            .map_err(|e| format!("{field}: {e}"))?;
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host} is not a name TLS can verify: {e}"))?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                format!(
+                    "TLS handshake with {address}: {e}: check {field}.caSecretRef holds the CA that signed its certificate"
+                )
+            })
+    }
+}
+
 /// A TLS client's settings: `ca_pem`'s certificates as the roots (the system's without it), or
 /// with `insecure_skip_verify` any certificate (the handshake's signatures still checked). Used
-/// for Redis and Kafka alike.
+/// for Redis, Kafka and NATS alike.
 pub fn client_tls_config(
     ca_pem: Option<&[u8]>,
     insecure_skip_verify: bool,

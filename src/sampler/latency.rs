@@ -17,18 +17,13 @@
 //! Lists, sorted sets and Celery queues hold no enqueue time that levee could read without
 //! guessing: they have no latency.
 
-use super::probe::{KeyRead, QueueError, ReadKind};
+use super::key_read::SCRIPT;
+use super::key_read::{KeyRead, ReadKind};
+use super::probe::QueueError;
 use crate::api::{QueueSpec, QueueType};
 use jiff::Timestamp;
 use redis::{RedisError, RedisResult, Value};
-use std::sync::LazyLock;
 use std::time::Duration;
-
-/// The script's source.
-pub const SCRIPT: &str = include_str!("latency.lua");
-
-/// The SHA1 that EVALSHA names the script by.
-pub static SCRIPT_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(SCRIPT).get_hash().to_string());
 
 /// How a layout writes the enqueue time the script returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,6 +22,7 @@ mod dial;
 mod discover;
 mod endpoint;
 pub mod kafka;
+mod key_read;
 mod latency;
 pub mod nats;
 mod probe;

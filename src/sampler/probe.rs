@@ -8,76 +8,10 @@
 //!   the list `<queue><sep><n>` (sep `\x06\x16` by default); kombu's queue size sums them all.
 //! - RQ: the list `rq:queue:<name>`. Sidekiq: the list `[<namespace>:]queue:<name>`.
 
+pub use super::key_read::{KeyRead, ReadKind};
 use crate::api::{QueueSpec, QueueType, defaults};
 use redis::{RedisError, RedisResult, Value};
 use std::fmt;
-
-/// A single Redis read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadKind {
-    Llen,
-    Zcard,
-    Xlen,
-    /// `XINFO GROUPS`: a consumer group's pending entries and lag.
-    XinfoGroups,
-    /// levee's latency script (`EVALSHA`), see `latency`.
-    Latency,
-}
-
-/// A read of one key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRead {
-    pub kind: ReadKind,
-    pub key: String,
-    /// Arguments after the key (the latency script's).
-    pub args: Vec<String>,
-}
-
-impl KeyRead {
-    fn new(kind: ReadKind, key: impl Into<String>) -> Self {
-        Self {
-            kind,
-            key: key.into(),
-            args: Vec::new(),
-        }
-    }
-
-    /// The Redis command for this read (a script by its SHA1).
-    pub fn command(&self) -> redis::Cmd {
-        self.build(false)
-    }
-
-    /// The command with a script's whole source (`EVAL`), which also loads it on the node: sent
-    /// after a node answered `NOSCRIPT`.
-    pub fn command_loading(&self) -> redis::Cmd {
-        self.build(true)
-    }
-
-    fn build(&self, load: bool) -> redis::Cmd {
-        let mut command = match self.kind {
-            ReadKind::Llen => redis::cmd("LLEN"),
-            ReadKind::Zcard => redis::cmd("ZCARD"),
-            ReadKind::Xlen => redis::cmd("XLEN"),
-            ReadKind::XinfoGroups => {
-                let mut command = redis::cmd("XINFO");
-                command.arg("GROUPS");
-                command
-            }
-            ReadKind::Latency if load => {
-                let mut command = redis::cmd("EVAL");
-                command.arg(super::latency::SCRIPT).arg(1);
-                command
-            }
-            ReadKind::Latency => {
-                let mut command = redis::cmd("EVALSHA");
-                command.arg(super::latency::SCRIPT_SHA.as_str()).arg(1);
-                command
-            }
-        };
-        command.arg(&self.key).arg(&self.args);
-        command
-    }
-}
 
 /// The reads that make up one queue's depth.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //   java -cp 'libs/*' KafkaJobs.java produce BOOT TOPIC PARTITION COUNT [TIMESTAMP_MS] [BYTES] [COMPRESSION]
 //   java -cp 'libs/*' KafkaJobs.java commit BOOT GROUP TOPIC PARTITION OFFSET
 //   java -cp 'libs/*' KafkaJobs.java fill BOOT TOPIC PARTITIONS PER_PARTITION GROUP COMMITTED
+//   java -cp 'libs/*' KafkaJobs.java fill-many BOOT TOPIC TOPICS PARTITIONS PER_PARTITION GROUP COMMITTED
 //   java -cp 'libs/*' KafkaJobs.java paused BOOT GROUP TOPIC FILE SECONDS
 //
 // `paused` is the consumer docs/integration.md describes: it polls TOPIC in GROUP, pausing its
@@ -25,7 +26,8 @@ public class KafkaJobs {
             case "create" -> create(args[1], args[2], Integer.parseInt(args[3]), args.length > 4 ? Short.parseShort(args[4]) : 1);
             case "produce" -> produce(args);
             case "commit" -> commit(args[1], args[2], args[3], Integer.parseInt(args[4]), Long.parseLong(args[5]));
-            case "fill" -> fill(args[1], args[2], Integer.parseInt(args[3]), Integer.parseInt(args[4]), args[5], Long.parseLong(args[6]));
+            case "fill" -> fill(args[1], args[2], 0, Integer.parseInt(args[3]), Integer.parseInt(args[4]), args[5], Long.parseLong(args[6]));
+            case "fill-many" -> fill(args[1], args[2], Integer.parseInt(args[3]), Integer.parseInt(args[4]), Integer.parseInt(args[5]), args[6], Long.parseLong(args[7]));
             case "paused" -> paused(args[1], args[2], args[3], Path.of(args[4]), Integer.parseInt(args[5]));
             default -> throw new IllegalArgumentException("unknown command " + args[0]);
         }
@@ -59,27 +61,44 @@ public class KafkaJobs {
     }
 
     // A topic of PARTITIONS partitions, PER_PARTITION records on each, and GROUP's commit at
-    // COMMITTED on every one: a lag of PER_PARTITION − COMMITTED per partition, in one JVM.
-    static void fill(String boot, String topic, int partitions, int perPartition, String group, long committed) throws Exception {
-        create(boot, topic, partitions, (short) 1);
+    // COMMITTED on every one: a lag of PER_PARTITION − COMMITTED per partition, in one JVM. With
+    // TOPICS (fill-many), topics TOPIC-0 .. TOPIC-(TOPICS-1), each read by its own group GROUP-i.
+    static void fill(String boot, String topic, int topics, int partitions, int perPartition, String group, long committed) throws Exception {
+        List<String> names = new ArrayList<>();
+        List<String> groups = new ArrayList<>();
+        if (topics == 0) {
+            names.add(topic);
+            groups.add(group);
+        }
+        for (int t = 0; t < topics; t++) {
+            names.add(topic + "-" + t);
+            groups.add(group + "-" + t);
+        }
+        try (Admin admin = Admin.create(Map.of(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, boot))) {
+            admin.createTopics(names.stream().map(n -> new NewTopic(n, partitions, (short) 1)).toList()).all().get();
+        }
         Properties props = new Properties();
         props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, boot);
         props.put(ProducerConfig.LINGER_MS_CONFIG, "5");
         try (Producer<byte[], byte[]> producer = new KafkaProducer<>(props, new ByteArraySerializer(), new ByteArraySerializer())) {
-            for (int p = 0; p < partitions; p++) {
-                for (int i = 0; i < perPartition; i++) {
-                    producer.send(new ProducerRecord<>(topic, p, null, null, new byte[16]));
+            for (String name : names) {
+                for (int p = 0; p < partitions; p++) {
+                    for (int i = 0; i < perPartition; i++) {
+                        producer.send(new ProducerRecord<>(name, p, null, null, new byte[16]));
+                    }
                 }
             }
             producer.flush();
         }
-        Map<TopicPartition, OffsetAndMetadata> offsets = new HashMap<>();
-        for (int p = 0; p < partitions; p++) {
-            offsets.put(new TopicPartition(topic, p), new OffsetAndMetadata(committed));
-        }
-        try (Consumer<byte[], byte[]> consumer = new KafkaConsumer<>(consumerProps(boot, group), new ByteArrayDeserializer(), new ByteArrayDeserializer())) {
-            consumer.assign(offsets.keySet());
-            consumer.commitSync(offsets);
+        for (int t = 0; t < names.size(); t++) {
+            Map<TopicPartition, OffsetAndMetadata> offsets = new HashMap<>();
+            for (int p = 0; p < partitions; p++) {
+                offsets.put(new TopicPartition(names.get(t), p), new OffsetAndMetadata(committed));
+            }
+            try (Consumer<byte[], byte[]> consumer = new KafkaConsumer<>(consumerProps(boot, groups.get(t)), new ByteArrayDeserializer(), new ByteArrayDeserializer())) {
+                consumer.assign(offsets.keySet());
+                consumer.commitSync(offsets);
+            }
         }
     }
 

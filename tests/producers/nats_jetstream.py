@@ -10,7 +10,7 @@
     nats_jetstream.py URL stepdown STREAM CONSUMER
         asks the consumer's leader to step down and waits (10 s at most) for another to lead it
 Options: --token T (the server's token), --nkey FILE (a user nkey seed), --creds FILE (a .creds
-file), --replicas N (the stream's replicas, for a cluster),
+file), --ca FILE (TLS, verifying the server with this CA), --replicas N (the stream's replicas, for a cluster),
 --filter SUBJ (the consumer's filter subject), --publish-to SUBJ (where fill publishes; default
 SUBJECT), --spacing S (seconds between publishes).
 
@@ -21,6 +21,7 @@ time each message was published at (seconds since the epoch, in order).
 
 import asyncio
 import json
+import ssl
 import sys
 import time
 
@@ -30,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 async def main(argv):
     options = {}
-    for name in ("--token", "--nkey", "--creds", "--replicas", "--filter", "--publish-to", "--spacing"):
+    for name in ("--token", "--nkey", "--creds", "--ca", "--replicas", "--filter", "--publish-to", "--spacing"):
         if name in argv:
             at = argv.index(name)
             options[name] = argv[at + 1]
@@ -40,9 +41,13 @@ async def main(argv):
     spacing = float(options.get("--spacing", "0"))
     published = []
     url, command = argv[0], argv[1]
+    tls = None
+    if "--ca" in options:
+        tls = ssl.create_default_context(cafile=options["--ca"])
     nc = await nats.connect(
         url,
         token=token,
+        tls=tls,
         nkeys_seed=options.get("--nkey"),
         user_credentials=options.get("--creds"),
         connect_timeout=5,

@@ -91,6 +91,8 @@ pub struct KafkaBroker {
     pub port: u16,
     /// The SASL_PLAINTEXT listener's port, when started with SASL (the SSL one with TLS).
     pub sasl_port: Option<u16>,
+    /// Where its JMX answers (loopback brokers only), for `requests_handled`.
+    jmx_port: Option<u16>,
     child: Child,
     pub dir: tempfile::TempDir,
 }
@@ -254,7 +256,19 @@ impl KafkaBroker {
             .args(format_args);
         run(format, "kafka-storage format").unwrap_or_else(|e| panic!("{e}"));
         let log = std::fs::File::create(dir.path().join("kafka.log")).unwrap();
-        let child = java_in(netns)
+        let jmx_port = netns.is_none().then(free_port);
+        let mut java = java_in(netns);
+        if let Some(jmx) = jmx_port {
+            java.args([
+                format!("-Dcom.sun.management.jmxremote.port={jmx}"),
+                format!("-Dcom.sun.management.jmxremote.rmi.port={jmx}"),
+                "-Dcom.sun.management.jmxremote.host=127.0.0.1".into(),
+                "-Djava.rmi.server.hostname=127.0.0.1".into(),
+                "-Dcom.sun.management.jmxremote.authenticate=false".into(),
+                "-Dcom.sun.management.jmxremote.ssl=false".into(),
+            ]);
+        }
+        let child = java
             .arg("-Xmx512m")
             .arg("kafka.Kafka")
             .arg(&config)
@@ -266,6 +280,7 @@ impl KafkaBroker {
             host: host.to_string(),
             port,
             sasl_port: None,
+            jmx_port,
             child,
             dir,
         };
@@ -287,6 +302,42 @@ impl KafkaBroker {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kafka.log")).unwrap_or_default()
+    }
+
+    /// The requests this broker has handled since it started, by type, as the broker counts them
+    /// (the `Count` of `kafka.network:type=RequestMetrics,name=RequestsPerSec`, every version
+    /// summed), read over JMX with Kafka's own JmxTool.
+    pub fn requests_handled(&self) -> std::collections::BTreeMap<String, u64> {
+        let jmx = self.jmx_port.expect("a loopback broker has JMX");
+        let mut tool = java();
+        tool.arg("org.apache.kafka.tools.JmxTool").args([
+            "--jmx-url",
+            &format!("service:jmx:rmi:///jndi/rmi://127.0.0.1:{jmx}/jmxrmi"),
+            "--object-name",
+            "kafka.network:type=RequestMetrics,name=RequestsPerSec,*",
+            "--attributes",
+            "Count",
+            "--one-time",
+            "true",
+            "--report-format",
+            "properties",
+        ]);
+        let printed = run(tool, "JmxTool").unwrap_or_else(|e| panic!("{e}"));
+        let mut handled = std::collections::BTreeMap::new();
+        for line in printed.lines() {
+            let Some((name, count)) = line.rsplit_once(":Count=") else {
+                continue;
+            };
+            let request = name.split(',').find_map(|tag| tag.strip_prefix("request="));
+            if let (Some(request), Ok(count)) = (request, count.trim().parse::<u64>()) {
+                *handled.entry(request.to_string()).or_insert(0) += count;
+            }
+        }
+        assert!(
+            !handled.is_empty(),
+            "JmxTool printed no request counts: {printed}"
+        );
+        handled
     }
 
     /// Runs `tests/producers/KafkaJobs.java` (Kafka's own Java client) against this broker.

@@ -84,7 +84,11 @@ pub fn try_jetstream(url: &str, args: &[&str]) -> Result<serde_json::Value, Stri
 
 /// One `nats-server` process.
 pub struct NatsServer {
+    /// Where it listens: loopback, or an isolated namespace's address.
+    pub host: String,
     pub port: u16,
+    /// Its HTTP monitoring port, when started with one (`start_monitored`).
+    pub monitor_port: Option<u16>,
     child: Child,
     pub dir: tempfile::TempDir,
 }
@@ -97,30 +101,93 @@ impl NatsServer {
 
     /// A server with these extra arguments (`-js` for JetStream, `--auth TOKEN`, ...).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::spawn(
+            Command::new(nats_server_binary()),
+            "127.0.0.1",
+            free_port(),
+            extra,
+        )
+    }
+
+    /// A JetStream server inside `isolated`'s namespace, listening on its address (so that its
+    /// packets can be dropped).
+    pub fn start_isolated(isolated: &super::netns::Isolated) -> Self {
+        Self::spawn(
+            isolated.command(&nats_server_binary()),
+            &isolated.address,
+            4222,
+            &["-js"],
+        )
+    }
+
+    fn spawn(mut command: Command, host: &str, port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(nats_server_binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        let child = command
+            .args(["-a", host, "-p", &port.to_string(), "-sd"])
             .arg(dir.path())
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts");
-        let server = Self { port, child, dir };
+        let server = Self {
+            host: host.to_string(),
+            port,
+            monitor_port: None,
+            child,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((host, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "nats-server on port {port} did not start"
+                "nats-server on {host}:{port} did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
         server
     }
 
+    /// A server with these extra arguments and an HTTP monitoring port (`/varz`, `/jsz`, ...).
+    pub fn start_monitored(extra: &[&str]) -> Self {
+        let monitor_port = free_port();
+        let mut args = extra.to_vec();
+        let port = monitor_port.to_string();
+        args.extend(["-m", &port]);
+        let mut server = Self::start_with(&args);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", monitor_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server's monitoring port did not open"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.monitor_port = Some(monitor_port);
+        server
+    }
+
+    /// The body of a GET of the monitoring port (HTTP/1.0: unchunked, then closed), as the
+    /// server's own counters and KEDA's `nats-jetstream` scaler read it.
+    pub fn monitoring(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let port = self.monitor_port.expect("started with start_monitored");
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        body.to_string()
+    }
+
+    /// The server's `/varz`: its counters (connections, HTTP requests by path, JetStream API
+    /// requests).
+    pub fn varz(&self) -> serde_json::Value {
+        serde_json::from_str(&self.monitoring("/varz")).expect("/varz is JSON")
+    }
+
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Runs `tests/producers/nats_jetstream.py` against this server (see `jetstream`).

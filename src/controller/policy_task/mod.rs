@@ -12,11 +12,11 @@ use super::Context;
 use super::actuator::{self, Outcome};
 use super::autoscaler;
 use super::backoff::Backoff;
-use super::marks::ANNOTATION_RESET;
+use super::judgement;
 use super::secrets::{self, EndpointProblem, resolve_endpoint};
 use super::status_writer::{TickReport, next_status};
 use crate::api::{BackpressurePolicy, DiscoveryStatus, QueueSpec};
-use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
+use crate::circuit::{Circuit, CircuitRules, Decision};
 use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::{BackendEndpoint, Discovered, PreparedQueues, Sample};
 use kube::runtime::events::EventType;
@@ -476,13 +476,8 @@ impl PolicyState {
             Ok(endpoint) => Ok(context.sampler.sample_backend(endpoint, &self.queues).await),
             Err(problem) => Err(problem.clone()),
         };
-        if let Ok(sample) = &sample
-            && !sample.failed()
-        {
-            self.forecaster.observe(sample.at, sample.pending());
-            self.forecast = self
-                .forecaster
-                .forecast(self.rules.depth.map(|depth| depth.critical));
+        if let Ok(sample) = &sample {
+            self.forecast = judgement::forecast(&mut self.forecaster, &self.rules, sample);
         }
         let (namespace, name) = self.names();
         record::record_sample(context, &namespace, &name, &sample);
@@ -555,20 +550,14 @@ impl PolicyState {
         now: jiff::Timestamp,
         sample: &Result<Sample, EndpointProblem>,
     ) -> Decision {
-        let uses_latency = self.rules.latency.is_some();
-        let observation = match sample.as_ref().map(|s| s.observation(uses_latency)) {
-            Ok(Observation::Sampled(mut measure)) => {
-                measure.critical_in = self.forecast.and_then(|f| f.critical_in);
-                Observation::Sampled(measure)
-            }
-            _ => Observation::SampleFailed,
-        };
-        let reset = self
-            .policy
-            .annotations()
-            .get(ANNOTATION_RESET)
-            .map(String::as_str);
-        let decision = self.circuit.step(&self.rules, now, observation, reset);
+        let decision = judgement::step(
+            &mut self.circuit,
+            &self.rules,
+            &self.policy,
+            now,
+            sample.as_ref().ok(),
+            self.forecast,
+        );
         let (namespace, name) = self.names();
         record::record_circuit(context, &namespace, &name, &self.circuit);
         if let Some(transition) = &decision.transition {

@@ -8,7 +8,6 @@
 use super::KafkaEndpoint;
 use super::sasl;
 use crate::sampler::NodeAddr;
-use crate::sampler::dial::client_tls_config;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
@@ -16,8 +15,6 @@ use kafka_protocol::messages::{
     SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
-use rustls::pki_types::ServerName;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -111,18 +108,15 @@ impl BrokerConnection {
         })?;
         let _ = tcp.set_nodelay(true);
         let stream: Box<dyn Stream> = match tls {
-            Some(tls) => {
-                let config = client_tls_config(tls.ca_pem.as_deref(), tls.insecure_skip_verify)
-                    .map_err(|e| format!("spec.kafka.tls: {e}"))?;
-                let name = ServerName::try_from(broker.host.clone())
-                    .map_err(|e| format!("{} is not a name TLS can verify: {e}", broker.host))?;
-                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-                Box::new(connector.connect(name, tcp).await.map_err(|e| {
-                    format!(
-                        "TLS handshake with the broker at {address}: {e}: check spec.kafka.tls.caSecretRef holds the CA that signed the brokers' certificates"
-                    )
-                })?)
-            }
+            Some(tls) => Box::new(
+                tls.wrap(
+                    tcp,
+                    &broker.host,
+                    &format!("the broker at {address}"),
+                    "spec.kafka.tls",
+                )
+                .await?,
+            ),
             None => Box::new(tcp),
         };
         let mut connection = Self {

@@ -24,6 +24,7 @@ use connection::Call;
 pub use connection::MAX_FRAME_BYTES;
 pub use sasl::SaslAuth;
 
+use super::dial::TlsSettings;
 use super::{NodeAddr, PartitionSpread, QueueReading, Sample};
 use crate::api::{KafkaSpec, OffsetReset, QueueSpec, QueueType};
 use cluster::{Cluster, TopicLayout, error_name};
@@ -44,16 +45,9 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KafkaEndpoint {
     pub bootstrap: Vec<NodeAddr>,
-    pub tls: Option<KafkaTlsSettings>,
+    pub tls: Option<TlsSettings>,
     pub sasl: Option<SaslAuth>,
     pub timeout: Duration,
-}
-
-/// TLS to the brokers: the CA bundle (the system's roots without it), or no verification.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct KafkaTlsSettings {
-    pub ca_pem: Option<Vec<u8>>,
-    pub insecure_skip_verify: bool,
 }
 
 impl KafkaEndpoint {
@@ -70,7 +64,7 @@ impl KafkaEndpoint {
         }
         Ok(Self {
             bootstrap,
-            tls: spec.tls.as_ref().map(|tls| KafkaTlsSettings {
+            tls: spec.tls.as_ref().map(|tls| TlsSettings {
                 ca_pem: None,
                 insecure_skip_verify: tls.insecure_skip_verify,
             }),

@@ -6,13 +6,20 @@
 
 use super::nkey::UserKey;
 use super::wire::{self, Limits, ServerOp};
+use crate::sampler::NodeAddr;
+use crate::sampler::dial::TlsSettings;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type OwnedReadHalf = ReadHalf<Box<dyn Stream>>;
+type OwnedWriteHalf = WriteHalf<Box<dyn Stream>>;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -83,6 +90,9 @@ impl Drop for Connection {
 struct ServerInfo {
     #[serde(default)]
     tls_required: bool,
+    /// Offered beside plain connections (`allow_non_tls`).
+    #[serde(default)]
+    tls_available: bool,
     #[serde(default)]
     headers: bool,
     /// What an nkey or JWT user signs to prove itself.
@@ -91,35 +101,65 @@ struct ServerInfo {
 }
 
 impl Connection {
-    /// Dials `address` (`host:port`), reads the server's INFO, authenticates and subscribes to
-    /// its reply inbox, all within `timeout`.
+    /// Dials `server`, reads its INFO, upgrades to TLS with `tls`, authenticates and subscribes
+    /// to its reply inbox, all within `timeout`.
     pub async fn connect(
-        address: &str,
+        server: &NodeAddr,
+        tls: Option<&TlsSettings>,
         auth: &NatsAuth,
         limits: Limits,
         timeout: Duration,
     ) -> Result<Self, String> {
-        tokio::time::timeout(timeout, Self::handshake(address, auth, limits))
+        let address = server.authority();
+        tokio::time::timeout(timeout, Self::handshake(server, tls, auth, limits))
             .await
             .map_err(|_| format!("no NATS handshake with {address} within {timeout:?}"))?
     }
 
-    async fn handshake(address: &str, auth: &NatsAuth, limits: Limits) -> Result<Self, String> {
-        let tcp = TcpStream::connect(address)
+    async fn handshake(
+        server: &NodeAddr,
+        tls: Option<&TlsSettings>,
+        auth: &NatsAuth,
+        limits: Limits,
+    ) -> Result<Self, String> {
+        let address = server.authority();
+        let address = address.as_str();
+        let mut tcp = TcpStream::connect(address)
             .await
             .map_err(|e| format!("connecting to NATS at {address}: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let (mut read, mut write) = tcp.into_split();
         let mut buffer = Vec::new();
-        let info = match next_op(&mut read, &mut buffer, limits).await? {
+        let info = match next_op(&mut tcp, &mut buffer, limits).await? {
             ServerOp::Info(json) => serde_json::from_slice::<ServerInfo>(&json).unwrap_or_default(),
             other => return Err(format!("{address} is not a NATS server: it began with {other:?}")),
         };
-        if info.tls_required {
-            return Err(format!(
-                "the NATS server at {address} requires TLS, which levee does not speak to NATS yet: allow plain connections from levee"
-            ));
-        }
+        let stream: Box<dyn Stream> = match tls {
+            Some(_) if !info.tls_required && !info.tls_available => {
+                return Err(format!(
+                    "the NATS server at {address} offers no TLS: remove spec.nats.tls, or give the server a tls block"
+                ));
+            }
+            Some(tls) => {
+                // Nothing read past INFO belongs to the TLS session (the server waits for it).
+                buffer.clear();
+                Box::new(
+                    tls.wrap(
+                        tcp,
+                        &server.host,
+                        &format!("the NATS server at {address}"),
+                        "spec.nats.tls",
+                    )
+                    .await?,
+                )
+            }
+            None if info.tls_required => {
+                return Err(format!(
+                    "the NATS server at {address} requires TLS: set spec.nats.tls (caSecretRef: the CA that signed its certificate)"
+                ));
+            }
+            None => Box::new(tcp),
+        };
+        let (mut read, mut write) = tokio::io::split(stream);
         if !info.headers {
             return Err(format!(
                 "the NATS server at {address} does not support headers (NATS 2.2 or later is needed)"
@@ -226,7 +266,11 @@ impl Connection {
 }
 
 /// Reads the next operation, reading more from the socket while it is incomplete.
-async fn next_op(read: &mut OwnedReadHalf, buffer: &mut Vec<u8>, limits: Limits) -> Result<ServerOp, String> {
+async fn next_op(
+    read: &mut (impl AsyncRead + Unpin),
+    buffer: &mut Vec<u8>,
+    limits: Limits,
+) -> Result<ServerOp, String> {
     loop {
         if let Some((op, used)) = wire::parse(buffer, limits).map_err(|e| e.to_string())? {
             buffer.drain(..used);
@@ -242,7 +286,7 @@ async fn next_op(read: &mut OwnedReadHalf, buffer: &mut Vec<u8>, limits: Limits)
 }
 
 /// Reads what the socket has (at least a byte); the server hanging up is an error.
-async fn read_some(read: &mut OwnedReadHalf, chunk: &mut [u8]) -> Result<usize, String> {
+async fn read_some(read: &mut (impl AsyncRead + Unpin), chunk: &mut [u8]) -> Result<usize, String> {
     match read.read(chunk).await {
         Ok(0) => Err("the NATS server closed the connection".into()),
         Ok(read) => Ok(read),
@@ -251,7 +295,7 @@ async fn read_some(read: &mut OwnedReadHalf, chunk: &mut [u8]) -> Result<usize, 
 }
 
 /// Drops the next `count` bytes of the stream, the buffered ones first, keeping what follows.
-async fn skip(read: &mut OwnedReadHalf, buffer: &mut Vec<u8>, count: usize) -> Result<(), String> {
+async fn skip(read: &mut (impl AsyncRead + Unpin), buffer: &mut Vec<u8>, count: usize) -> Result<(), String> {
     let buffered = count.min(buffer.len());
     buffer.drain(..buffered);
     let mut remaining = count - buffered;

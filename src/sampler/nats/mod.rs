@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::dial::TlsSettings;
 use super::{NodeAddr, QueueReading, Sample};
 
 /// What one reply (or protocol line) from a NATS server may take: a consumer's info is a few
@@ -41,6 +42,7 @@ pub const LIMITS: wire::Limits = wire::Limits {
 pub struct NatsEndpoint {
     pub server: NodeAddr,
     pub auth: NatsAuth,
+    pub tls: Option<TlsSettings>,
     pub timeout: Duration,
 }
 
@@ -61,8 +63,20 @@ impl NatsEndpoint {
                 port: url.port().unwrap_or(4222),
             },
             auth,
+            tls: spec.tls.as_ref().map(|tls| TlsSettings {
+                ca_pem: None,
+                insecure_skip_verify: tls.insecure_skip_verify,
+            }),
             timeout: spec.timeout.into(),
         })
+    }
+
+    /// The endpoint with the CA bundle of `spec.nats.tls.caSecretRef`.
+    pub fn with_ca(mut self, ca_pem: Vec<u8>) -> Self {
+        if let Some(tls) = &mut self.tls {
+            tls.ca_pem = Some(ca_pem);
+        }
+        self
     }
 }
 
@@ -211,7 +225,8 @@ impl NatsSampler {
                     let dialled = endpoint.clone();
                     let dial = async move {
                         Connection::connect(
-                            &dialled.server.authority(),
+                            &dialled.server,
+                            dialled.tls.as_ref(),
                             &dialled.auth,
                             LIMITS,
                             dialled.timeout,
@@ -315,6 +330,7 @@ mod tests {
         let spec = |url: &str| NatsSpec {
             url: url.into(),
             credentials_secret_ref: None,
+            tls: None,
             timeout: Default::default(),
         };
         let endpoint = NatsEndpoint::from_spec(&spec("nats://nats.jobs.svc"), NatsAuth::None).unwrap();

@@ -1,9 +1,10 @@
 //! NATS JetStream sampling-tick benchmark on one real nats-server (started here): 1, 100 and
 //! 1,000 durable consumers with work not done, read by as many policies as the CRD's 64 queues a
 //! policy take (1, 2, 16), all ticking at once as `levee run` ticks them; depth only
-//! (`readLatency: false`) and with latency (one STREAM.MSG.GET per consumer with work). Requests
-//! a tick come from the sampler's own count, connections from the server's own `/varz`; each
-//! depth is checked against what nats-py reads of one consumer once per size.
+//! (`readLatency: false`) and with latency (one STREAM.MSG.GET per consumer with work). JetStream
+//! API requests a tick and connections come from the server's own `/varz`, round trips (requests
+//! all in flight at once count as one) from the sampler's; each depth is checked against what
+//! nats-py reads of one consumer once per size.
 //!
 //! Run with `make bench` (or `cargo bench --bench nats`); it prints a Markdown table.
 
@@ -31,9 +32,14 @@ fn main() {
     let spec: NatsSpec = serde_yaml::from_str(&format!("{{url: '{}', timeout: 5s}}", server.url())).unwrap();
     let endpoint = BackendEndpoint::Nats(NatsEndpoint::from_spec(&spec, NatsAuth::None).unwrap());
     println!(
-        "| consumers (policies) | depth only (median / p90) | requests a tick | depth + latency (median / p90) | requests a tick | connections (server's /varz) |"
+        "| consumers (policies) | depth only (median / p90) | requests / round trips a tick | depth + latency (median / p90) | requests / round trips a tick | connections (server's /varz) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
+    let api_requests = || {
+        server.varz()["jetstream"]["stats"]["api"]["total"]
+            .as_u64()
+            .expect("/varz counts JetStream API requests")
+    };
     for consumers in [1usize, 100, 1000] {
         let stream = format!("bench-{consumers}");
         server.jetstream(&[
@@ -72,8 +78,10 @@ fn main() {
             };
             let _ = tick();
             let mut times = Vec::new();
-            let mut requests = 0;
-            for _ in 0..if consumers >= 1000 { 50 } else { 200 } {
+            let mut round_trips = 0;
+            let ticks = if consumers >= 1000 { 50 } else { 200 };
+            let asked_before = api_requests();
+            for _ in 0..ticks {
                 let started = Instant::now();
                 let samples = tick();
                 times.push(started.elapsed());
@@ -85,14 +93,15 @@ fn main() {
                         }
                     }
                 }
-                requests = samples.iter().map(|s| s.round_trips).sum::<usize>();
+                round_trips = samples.iter().map(|s| s.round_trips).sum::<usize>();
             }
+            let requests = (api_requests() - asked_before) as f64 / f64::from(ticks);
             connections = server.varz()["connections"]
                 .as_u64()
                 .expect("/varz counts connections");
             let (median, p90) = (percentile(&mut times, 0.5), percentile(&mut times, 0.9));
             cells.push(format!(
-                "{:.3} ms / {:.3} ms | {requests}",
+                "{:.3} ms / {:.3} ms | {requests:.0} / {round_trips}",
                 median.as_secs_f64() * 1000.0,
                 p90.as_secs_f64() * 1000.0
             ));

@@ -1,50 +1,27 @@
-//! Reads queue depths: from Redis (this module and those beside it), from NATS JetStream
-//! (`nats`) and from Kafka consumer groups (`kafka`), each policy from the one backend its spec names (`BackendEndpoint`). What every
-//! backend returns is a `Sample`; the circuit, controller, metrics API and scaler see only that.
-//!
-//! Redis:
-//!
-//! ```text
-//!  policy queues ──QueueProbe──▶ reads ──group by node──▶ one pipeline per node ──▶ depths
-//!          └─────LatencyProbe──▶ script ─┘  (hash slot in Cluster mode)    (concurrently)  latencies
-//! ```
-//! A queue whose layout keeps an enqueue time also gets levee's latency script (EVALSHA) in the
-//! same pipeline. The script is loaded when a connection to a node is made; a node that answers
-//! `NOSCRIPT` anyway (its scripts flushed) gets the script's source once (EVAL loads it again).
-//! Connections are kept per endpoint (mode, URL, credentials, TLS), so every policy that names
-//! the same Redis shares them, and no lock is held while one is dialled (`connections.rs`). A
-//! broken connection is dropped and re-dialled on the next tick; in Cluster and Sentinel mode the
-//! topology is re-discovered too.
+//! Reads queue depths, each policy from the one backend its spec names (`BackendEndpoint`): Redis
+//! (`redis`), NATS JetStream (`nats`) and Kafka consumer groups (`kafka`), one module each. What a
+//! backend takes is a policy's prepared queues and its endpoint; what it returns is a `Sample`.
+//! The circuit, controller, metrics API and scaler see only that. Shared here: the sample, the
+//! dispatch (an exhaustive match over the backends), a node's address and the TLS client settings.
 
-mod bounded_reply;
-mod connections;
-mod dial;
-mod discover;
-mod endpoint;
 pub mod kafka;
-mod key_read;
-mod latency;
 pub mod nats;
-mod probe;
-mod redirect;
-mod registry;
-pub mod slot;
-mod topology;
+mod node_addr;
+pub mod redis;
+mod tls;
 
-pub use bounded_reply::DEFAULT_MAX_REPLY_BYTES;
-pub use discover::Discovered;
-pub use endpoint::{Credentials, Endpoint, NodeAddr, UrlError};
-pub use latency::LatencyProbe;
-pub use probe::{KeyRead, QueueError, QueueProbe, ReadKind};
+pub use self::redis::slot;
+pub use self::redis::{
+    Credentials, DEFAULT_MAX_REPLY_BYTES, Discovered, Endpoint, KeyRead, LatencyProbe, QueueError,
+    QueueProbe, ReadKind, UrlError,
+};
+pub use node_addr::NodeAddr;
 
-use crate::api::{BackendKind, QueueSpec};
+use self::redis::EndpointConnections;
+use crate::api::QueueSpec;
 use crate::circuit::{Measure, Observation};
-use connections::EndpointConnections;
-use futures::future::join_all;
 use jiff::Timestamp;
-use redis::aio::MultiplexedConnection;
-use redis::{RedisError, RedisResult, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -144,27 +121,9 @@ pub enum BackendEndpoint {
 /// A policy's queues with the reads each takes, built once per policy generation.
 #[derive(Clone, Debug)]
 pub struct PreparedQueues {
-    queues: Vec<PreparedQueue>,
+    queues: Vec<self::redis::PreparedQueue>,
     consumers: Vec<nats::PreparedConsumer>,
     kafka: Vec<kafka::PreparedKafkaQueue>,
-}
-
-#[derive(Clone, Debug)]
-struct PreparedQueue {
-    name: String,
-    weight: u32,
-    probe: QueueProbe,
-    latency: Option<LatencyProbe>,
-}
-
-impl PreparedQueue {
-    /// The reads this queue sends, depth first.
-    fn reads(&self) -> impl Iterator<Item = &KeyRead> {
-        self.probe
-            .reads
-            .iter()
-            .chain(self.latency.as_ref().map(|latency| &latency.read))
-    }
 }
 
 impl PreparedQueues {
@@ -175,17 +134,7 @@ impl PreparedQueues {
         Self {
             consumers: nats::prepare(queues, read_latency),
             kafka: kafka::prepare(queues, read_latency),
-            queues: queues
-                .iter()
-                .filter(|queue| queue.key_pattern.is_none())
-                .filter(|queue| queue.queue_type.backend() == BackendKind::Redis)
-                .map(|queue| PreparedQueue {
-                    name: queue.name.clone(),
-                    weight: queue.weight,
-                    probe: QueueProbe::for_queue(queue),
-                    latency: read_latency.then(|| LatencyProbe::for_queue(queue)).flatten(),
-                })
-                .collect(),
+            queues: self::redis::prepare(queues, read_latency),
         }
     }
 }
@@ -246,278 +195,6 @@ impl Sampler {
             BackendEndpoint::Nats(endpoint) => self.nats.sample(endpoint, &prepared.consumers).await,
             BackendEndpoint::Kafka(endpoint) => self.kafka.sample(endpoint, &prepared.kafka).await,
         }
-    }
-
-    /// Like `sample`, with the reads prepared once (per policy generation) rather than per tick.
-    pub async fn sample_prepared(&self, endpoint: &Endpoint, prepared: &PreparedQueues) -> Sample {
-        let started = Instant::now();
-        let at = Timestamp::now();
-        let reads: Vec<&KeyRead> = prepared.queues.iter().flat_map(PreparedQueue::reads).collect();
-        let state = self.state_of(endpoint);
-        let (mut replies, mut round_trips, redirected) = self.read_all(endpoint, &state, &reads, false).await;
-        if redirected {
-            // The cluster moved slots: learn the new layout and read once more.
-            state.forget_topology();
-            let (again, trips, _) = self.read_all(endpoint, &state, &reads, false).await;
-            replies = again;
-            round_trips += trips;
-        }
-        round_trips += redirect::follow_asks(endpoint, &state, &reads, &mut replies).await;
-        round_trips += self.load_scripts(endpoint, &state, &reads, &mut replies).await;
-        let unreachable = replies.iter().find_map(|r| r.as_ref().err()).cloned();
-        let mut replies = replies.into_iter();
-        let queues =
-            prepared
-                .queues
-                .iter()
-                .map(|queue| {
-                    let own: Vec<Result<RedisResult<Value>, String>> =
-                        replies.by_ref().take(queue.probe.reads.len()).collect();
-                    let depth = match own.iter().find_map(|r| r.as_ref().err()) {
-                        Some(endpoint_error) => Err(endpoint_error.clone()),
-                        None => {
-                            let own: Vec<RedisResult<Value>> =
-                                own.into_iter().map(|r| r.expect("checked above")).collect();
-                            queue.probe.depth(&own).map_err(|e| e.to_string())
-                        }
-                    };
-                    let latency = queue.latency.as_ref().map(|probe| {
-                        match replies.next().expect("one reply per read") {
-                            Ok(reply) => probe.age(&reply).map_err(|e| e.to_string()),
-                            Err(endpoint_error) => Err(endpoint_error),
-                        }
-                    });
-                    QueueReading {
-                        name: queue.name.clone(),
-                        weight: queue.weight,
-                        depth,
-                        latency,
-                        partitions: None,
-                    }
-                })
-                .collect();
-        Sample {
-            at,
-            queues,
-            round_trips,
-            unreachable,
-            duration: started.elapsed(),
-        }
-    }
-
-    fn state_of(&self, endpoint: &Endpoint) -> Arc<EndpointConnections> {
-        let now = Instant::now();
-        let mut endpoints = self.endpoints.lock().expect("endpoint map lock");
-        endpoints.retain(|_, (_, used)| now.duration_since(*used) < self.idle_eviction);
-        let entry = endpoints
-            .entry(endpoint.clone())
-            .or_insert_with(|| (Arc::default(), now));
-        entry.1 = now;
-        entry.0.clone()
-    }
-
-    /// Sends the latency script's source to the nodes that answered `NOSCRIPT` (restarted, or
-    /// flushed): it runs and stays loaded. Returns the round trips made (none on most ticks).
-    async fn load_scripts(
-        &self,
-        endpoint: &Endpoint,
-        state: &EndpointConnections,
-        reads: &[&KeyRead],
-        replies: &mut [Result<RedisResult<Value>, String>],
-    ) -> usize {
-        let unloaded: Vec<usize> = replies
-            .iter()
-            .enumerate()
-            .filter(|(_, reply)| matches!(reply, Ok(Err(error)) if latency::is_unloaded(error)))
-            .map(|(index, _)| index)
-            .collect();
-        if unloaded.is_empty() {
-            return 0;
-        }
-        let again: Vec<&KeyRead> = unloaded.iter().map(|&index| reads[index]).collect();
-        let (answers, round_trips, _) = self.read_all(endpoint, state, &again, true).await;
-        for (index, answer) in unloaded.into_iter().zip(answers) {
-            replies[index] = answer;
-        }
-        round_trips
-    }
-
-    /// Replies in the order of `reads`: the server's reply, or an endpoint-level error message.
-    /// Also returns the round trips made and whether any reply was a cluster redirection.
-    /// `load` sends scripts by their source rather than their SHA1.
-    async fn read_all(
-        &self,
-        endpoint: &Endpoint,
-        state: &EndpointConnections,
-        reads: &[&KeyRead],
-        load: bool,
-    ) -> (Vec<Result<RedisResult<Value>, String>>, usize, bool) {
-        let plan = match self.plan(endpoint, state, reads).await {
-            Ok(plan) => plan,
-            Err(message) => return (reads.iter().map(|_| Err(message.clone())).collect(), 0, false),
-        };
-        let round_trips = plan.len();
-        let results = join_all(plan.into_iter().map(|(node, connection, indices)| async move {
-            let mut pipeline = redis::pipe();
-            pipeline.ignore_errors();
-            for &index in &indices {
-                let read = reads[index];
-                pipeline.add_command(if load {
-                    read.command_loading()
-                } else {
-                    read.command()
-                });
-            }
-            let mut connection = connection;
-            let outcome = tokio::time::timeout(
-                endpoint.timeout,
-                pipeline.query_async::<Vec<RedisResult<Value>>>(&mut connection),
-            )
-            .await;
-            (node, indices, outcome)
-        }))
-        .await;
-        let mut replies: Vec<Result<RedisResult<Value>, String>> =
-            reads.iter().map(|_| Err(String::new())).collect();
-        let mut redirected = false;
-        let mut broken = Vec::new();
-        for (node, indices, outcome) in results {
-            match outcome {
-                Ok(Ok(values)) if values.len() == indices.len() => {
-                    for (index, value) in indices.into_iter().zip(values) {
-                        redirected |= value.as_ref().err().is_some_and(is_redirect);
-                        replies[index] = match value {
-                            // A latency read the ACL forbids fails the latency alone.
-                            Err(error)
-                                if is_access_error(&error) && reads[index].kind != ReadKind::Latency =>
-                            {
-                                Err(node_message(endpoint, &node, &describe(&error, endpoint)))
-                            }
-                            value => Ok(value),
-                        };
-                    }
-                }
-                failure => {
-                    let message = match failure {
-                        Ok(Ok(values)) => format!("{} replies for {} reads", values.len(), indices.len()),
-                        Ok(Err(error)) => describe(&error, endpoint),
-                        Err(_) => format!("no answer within {:?}", endpoint.timeout),
-                    };
-                    let message = node_message(endpoint, &node, &message);
-                    for index in indices {
-                        replies[index] = Err(message.clone());
-                    }
-                    broken.push(node);
-                }
-            }
-        }
-        if !broken.is_empty() {
-            state.forget_connections(&broken);
-            if endpoint.mode != crate::api::RedisMode::Standalone {
-                state.forget_topology();
-            }
-        }
-        (replies, round_trips, redirected)
-    }
-
-    /// Which node gets which reads, with a connection to each.
-    async fn plan(
-        &self,
-        endpoint: &Endpoint,
-        state: &EndpointConnections,
-        reads: &[&KeyRead],
-    ) -> Result<Vec<(NodeAddr, MultiplexedConnection, Vec<usize>)>, String> {
-        let topology = state.topology(endpoint).await?;
-        let mut by_node: BTreeMap<NodeAddr, Vec<usize>> = BTreeMap::new();
-        for (index, read) in reads.iter().enumerate() {
-            by_node
-                .entry(topology.node_for(read.key.as_bytes()).clone())
-                .or_default()
-                .push(index);
-        }
-        // Every node's connection at once; the dials are shared with the other policies.
-        let connected = join_all(by_node.into_iter().map(|(node, indices)| async move {
-            let connection = state.connection(endpoint, &node).await?;
-            // Once per node, and only when a read needs it, so the first tick of a latency read
-            // needs no second round trip.
-            if indices.iter().any(|&i| reads[i].kind == ReadKind::Latency) && state.first_script_use(&node) {
-                latency::preload(&mut connection.clone(), endpoint.timeout).await;
-            }
-            Ok::<_, String>((node, connection, indices))
-        }))
-        .await;
-        let plan: Result<Vec<_>, String> = connected.into_iter().collect();
-        if plan.is_err() && endpoint.mode != crate::api::RedisMode::Standalone {
-            // The node may be a master that died and is being replaced (a failover): ask the
-            // sentinel or the cluster again next tick rather than dial the dead one for ever.
-            state.forget_topology();
-        }
-        plan
-    }
-}
-
-/// A multiplexed connection to `node` with the endpoint's deadline on connecting and replies.
-async fn connect(
-    endpoint: &Endpoint,
-    node: &NodeAddr,
-    db: i64,
-    authenticate: bool,
-) -> Result<MultiplexedConnection, String> {
-    match tokio::time::timeout(endpoint.timeout * 2, dial::dial(endpoint, node, db, authenticate)).await {
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(error)) => Err(node_message(endpoint, node, &describe_dial(&error, endpoint))),
-        Err(_) => Err(node_message(
-            endpoint,
-            node,
-            &format!("no connection within {:?}", endpoint.timeout * 2),
-        )),
-    }
-}
-
-fn node_message(endpoint: &Endpoint, node: &NodeAddr, message: &str) -> String {
-    if endpoint.seed() == *node {
-        format!("{endpoint}: {message}")
-    } else {
-        format!("{endpoint} (node {node}): {message}")
-    }
-}
-
-/// Errors about who levee is, not about the queue: reported as the endpoint's.
-fn is_access_error(error: &RedisError) -> bool {
-    matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
-}
-
-/// The slot has a new owner: re-discover the topology. (An `ASK`, a slot half-way through a
-/// migration, is followed by `redirect`: the topology has not changed yet.)
-fn is_redirect(error: &RedisError) -> bool {
-    error.code() == Some("MOVED")
-}
-
-/// A failed dial in words a person can act on.
-fn describe_dial(error: &dial::DialError, endpoint: &Endpoint) -> String {
-    match error {
-        dial::DialError::Io(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
-            format!("connection refused: is Redis listening at {}?", endpoint.seed())
-        }
-        dial::DialError::Io(error) => error.to_string(),
-        dial::DialError::Tls(message) => message.clone(),
-        dial::DialError::Redis(error) => describe(error, endpoint),
-    }
-}
-
-/// A connection-level error in words a person can act on.
-fn describe(error: &RedisError, endpoint: &Endpoint) -> String {
-    match error.code() {
-        Some("NOAUTH") => "Redis requires a password: set credentialsSecretRef".into(),
-        Some("WRONGPASS") => {
-            "authentication failed: check the username and password in credentialsSecretRef".into()
-        }
-        Some("NOPERM") => format!("the ACL user may not read queues ({error}): grant it +@read"),
-        _ if error.is_connection_refusal() => {
-            format!("connection refused: is Redis listening at {}?", endpoint.seed())
-        }
-        _ if error.is_timeout() => format!("no answer within {:?}", endpoint.timeout),
-        _ => error.to_string(),
     }
 }
 

@@ -24,7 +24,7 @@ use connection::Call;
 pub use connection::MAX_FRAME_BYTES;
 pub use sasl::SaslAuth;
 
-use super::dial::TlsSettings;
+use super::tls::TlsSettings;
 use super::{NodeAddr, PartitionSpread, QueueReading, Sample};
 use crate::api::{KafkaSpec, OffsetReset, QueueSpec, QueueType};
 use cluster::{Cluster, TopicLayout, error_name};

@@ -7,7 +7,7 @@
 use super::nkey::UserKey;
 use super::wire::{self, Limits, ServerOp};
 use crate::sampler::NodeAddr;
-use crate::sampler::dial::TlsSettings;
+use crate::sampler::tls::TlsSettings;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

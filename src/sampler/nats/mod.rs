@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::dial::TlsSettings;
+use super::tls::TlsSettings;
 use super::{NodeAddr, QueueReading, Sample};
 
 /// What one reply (or protocol line) from a NATS server may take: a consumer's info is a few

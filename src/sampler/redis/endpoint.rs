@@ -2,6 +2,7 @@
 //! their connections. The password never appears in `Debug`, `Display` or error messages.
 
 use crate::api::{RedisMode, RedisSpec, redact_password};
+use crate::sampler::NodeAddr;
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 use std::fmt;
 use std::time::Duration;
@@ -153,30 +154,6 @@ fn percent_decode(text: &str) -> String {
     percent_encoding::percent_decode_str(text)
         .decode_utf8_lossy()
         .into_owned()
-}
-
-/// One Redis server's address.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl NodeAddr {
-    /// `host:port`, an IPv6 host in brackets.
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl fmt::Display for NodeAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.authority())
-    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! Which Redis node holds a key: the URL's node (Standalone), the master a sentinel names
 //! (Sentinel), or the master that owns the key's hash slot (Cluster, from `CLUSTER SLOTS`).
 
-use super::endpoint::{Endpoint, NodeAddr};
+use super::endpoint::Endpoint;
 use super::slot::slot_of;
 use crate::api::RedisMode;
+use crate::sampler::NodeAddr;
 use redis::Value;
 
 /// At most this many masters in a cluster's layout: levee dials each, so a `CLUSTER SLOTS` that

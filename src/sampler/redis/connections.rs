@@ -5,8 +5,9 @@
 //! same flight, so N policies on a Redis that does not answer wait one dial's time, not N dials
 //! in a row, and a healthy endpoint is never held up by another's.
 
-use super::endpoint::{Endpoint, NodeAddr};
+use super::endpoint::Endpoint;
 use super::topology::Topology;
+use crate::sampler::NodeAddr;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
 use std::collections::{HashMap, HashSet};

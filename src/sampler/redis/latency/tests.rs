@@ -1,6 +1,6 @@
 use super::*;
 use crate::fixtures;
-use crate::sampler::key_read::SCRIPT_SHA;
+use crate::sampler::redis::key_read::SCRIPT_SHA;
 
 fn queue(yaml: &str) -> QueueSpec {
     serde_yaml::from_str(yaml).unwrap()

@@ -6,9 +6,10 @@
 //! re-discovering the topology.)
 
 use super::connections::EndpointConnections;
-use super::endpoint::{Endpoint, NodeAddr};
+use super::endpoint::Endpoint;
 use super::probe::KeyRead;
 use super::{describe, node_message};
+use crate::sampler::NodeAddr;
 use futures::future::join_all;
 use redis::{RedisError, RedisResult, Value};
 use std::collections::BTreeMap;

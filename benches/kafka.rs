@@ -5,7 +5,11 @@
 //! to one broker), the figure is checked against `kafka-consumer-groups.sh --describe` once per
 //! size.
 //!
-//! Run with `make bench` (or `cargo bench --bench kafka`); it prints a Markdown table.
+//! Then 1, 10 and 100 policies of one queue each (each its own topic and group), ticking together
+//! as the controller makes the policies of one cluster tick: the requests of all of them in a
+//! tick (summed over their samples) and the time until the last has its sample.
+//!
+//! Run with `make bench` (or `cargo bench --bench kafka`); it prints two Markdown tables.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -81,5 +85,62 @@ fn main() {
             ));
         }
         println!("| {partitions} | {} | {} |", cells[0], cells[1]);
+    }
+
+    println!(
+        "\n| policies ticking together | tick, all of them (median / p90) | requests a tick, all of them |"
+    );
+    println!("|---:|---:|---:|");
+    broker.jobs(
+        "fill-many",
+        &[
+            "p",
+            "100",
+            "1",
+            &PER_PARTITION.to_string(),
+            "g",
+            &COMMITTED.to_string(),
+        ],
+    );
+    for policies in [1usize, 10, 100] {
+        let prepared: Vec<PreparedQueues> = (0..policies)
+            .map(|i| {
+                let queues: Vec<QueueSpec> = serde_yaml::from_str(&format!(
+                    "[{{name: q, type: kafka, topic: p-{i}, consumerGroup: g-{i}}}]"
+                ))
+                .unwrap();
+                PreparedQueues::new(&queues, false)
+            })
+            .collect();
+        let sampler = Sampler::new();
+        let tick = || {
+            runtime.block_on(futures::future::join_all(
+                prepared
+                    .iter()
+                    .map(|queues| sampler.sample_backend(&endpoint, queues)),
+            ))
+        };
+        let _ = tick();
+        let mut times = Vec::new();
+        let mut requests = 0;
+        for _ in 0..100 {
+            let started = Instant::now();
+            let samples = tick();
+            times.push(started.elapsed());
+            for sample in &samples {
+                assert_eq!(
+                    sample.queues[0].depth,
+                    Ok(u64::from(PER_PARTITION - COMMITTED)),
+                    "{sample:?}"
+                );
+            }
+            requests = samples.iter().map(|s| s.round_trips).sum::<usize>();
+        }
+        let (median, p90) = (percentile(&mut times, 0.5), percentile(&mut times, 0.9));
+        println!(
+            "| {policies} | {:.3} ms / {:.3} ms | {requests} |",
+            median.as_secs_f64() * 1000.0,
+            p90.as_secs_f64() * 1000.0
+        );
     }
 }

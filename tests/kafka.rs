@@ -44,6 +44,53 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// Two policies of one cluster that tick together are read in one cluster tick: one OffsetFetch
+/// for both groups, one ListOffsets for all their partitions, one Fetch for their latencies. Each
+/// still gets its own figure, equal to Kafka's tool, under its own queue name (both are `orders`);
+/// ticking apart, each pays its own requests.
+#[tokio::test]
+async fn policies_ticking_together_share_one_cluster_tick() {
+    let broker = KafkaBroker::start();
+    // Topics t-0 and t-1 of 3 partitions, 6 records each, groups g-0 and g-1 committed at 1.
+    broker.jobs("fill-many", &["t", "2", "3", "6", "g", "1"]);
+    let (lag_a, lag_b) = (broker.tool_lag("g-0", "t-0"), broker.tool_lag("g-1", "t-1"));
+    assert_eq!((lag_a, lag_b), (15, 15));
+    let a = queues("[{name: orders, type: kafka, topic: t-0, consumerGroup: g-0}]");
+    let b = queues("[{name: orders, type: kafka, topic: t-1, consumerGroup: g-1}]");
+    let sampler = Sampler::new();
+    let target = endpoint(&broker.bootstrap(), None);
+    // The first tick learns the layout and the coordinators.
+    let _ = futures::join!(
+        sampler.sample_backend(&target, &a),
+        sampler.sample_backend(&target, &b)
+    );
+
+    let (sample_a, sample_b) = futures::join!(
+        sampler.sample_backend(&target, &a),
+        sampler.sample_backend(&target, &b)
+    );
+    assert_eq!(depth(&sample_a, "orders"), Ok(lag_a));
+    assert_eq!(depth(&sample_b, "orders"), Ok(lag_b));
+    assert_eq!(sample_a.queues.len(), 1, "only its own queues: {sample_a:?}");
+    assert_eq!(
+        sample_a.round_trips + sample_b.round_trips,
+        3,
+        "one OffsetFetch, one ListOffsets, one Fetch for both policies"
+    );
+
+    let sample_a = sampler.sample_backend(&target, &a).await;
+    let sample_b = sampler.sample_backend(&target, &b).await;
+    assert_eq!(
+        (depth(&sample_a, "orders"), depth(&sample_b, "orders")),
+        (Ok(lag_a), Ok(lag_b))
+    );
+    assert_eq!(
+        sample_a.round_trips + sample_b.round_trips,
+        6,
+        "apart, three each"
+    );
+}
+
 #[tokio::test]
 async fn depths_equal_the_lag_kafka_consumer_groups_prints() {
     let broker = KafkaBroker::start();

@@ -15,7 +15,7 @@ use super::backoff::Backoff;
 use super::judgement;
 use super::secrets::{self, EndpointProblem, resolve_endpoint};
 use super::status_writer::{TickReport, next_status};
-use crate::api::{BackpressurePolicy, DiscoveryStatus, QueueSpec};
+use crate::api::{BackendSpec, BackpressurePolicy, DiscoveryStatus, QueueSpec};
 use crate::circuit::{Circuit, CircuitRules, Decision};
 use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::{BackendEndpoint, Discovered, PreparedQueues, Sample};
@@ -274,15 +274,47 @@ impl PolicyState {
     }
 }
 
-/// Ticks every `sampleInterval`: the first at once, the next at an offset within the interval
-/// that the policy's UID fixes, so a thousand policies started together do not all tick in the
-/// same instant (each tick then runs beside few others, and the API server sees an even load).
+/// Ticks every `sampleInterval`, at an offset within the interval that the policy's UID fixes, so
+/// a thousand policies started together do not all tick in the same instant (each tick then runs
+/// beside few others, and the API server sees an even load). Kafka policies are the exception:
+/// those of one cluster share its phase, on one grid of the process's time, so that with one
+/// interval they tick in the same instant and the sampler reads them in one cluster tick
+/// (`sampler/kafka/batch.rs`); a late tick skips to the grid rather than drift off it.
 fn ticker(policy: &BackpressurePolicy) -> tokio::time::Interval {
     let period: std::time::Duration = policy.spec.sample_interval.into();
-    let phase = period.mul_f64(phase_of(&task_key(policy)));
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let now = tokio::time::Instant::now();
+    let (start, missed) = match policy.spec.backend() {
+        Some(BackendSpec::Kafka(kafka)) => {
+            let phase = period.mul_f64(phase_of(&kafka.bootstrap_servers.join(",")));
+            (
+                on_grid(*GRID_ORIGIN, now, period) + phase,
+                tokio::time::MissedTickBehavior::Skip,
+            )
+        }
+        _ => (
+            now + period.mul_f64(phase_of(&task_key(policy))),
+            tokio::time::MissedTickBehavior::Delay,
+        ),
+    };
+    let mut interval = tokio::time::interval_at(start, period);
+    interval.set_missed_tick_behavior(missed);
     interval
+}
+
+/// Where the grids of the tickers that share one start (`on_grid`).
+static GRID_ORIGIN: std::sync::LazyLock<tokio::time::Instant> =
+    std::sync::LazyLock::new(tokio::time::Instant::now);
+
+/// The first instant at or after `now` that is a whole number of `period`s after `origin`.
+fn on_grid(
+    origin: tokio::time::Instant,
+    now: tokio::time::Instant,
+    period: std::time::Duration,
+) -> tokio::time::Instant {
+    let elapsed = now.saturating_duration_since(origin).as_nanos();
+    let period_ns = period.as_nanos().max(1);
+    let periods = elapsed.div_ceil(period_ns);
+    origin + std::time::Duration::from_nanos(u64::try_from(periods * period_ns).unwrap_or(u64::MAX))
 }
 
 /// What identifies a policy's task and fixes its phases: its UID (its name where none is set).
@@ -584,7 +616,7 @@ fn refused_as_too_large(error: &kube::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{phase_of, refused_as_too_large};
+    use super::{on_grid, phase_of, refused_as_too_large};
 
     #[test]
     fn a_status_refused_for_its_size_is_told_from_an_api_server_that_is_away() {
@@ -605,6 +637,17 @@ mod tests {
         assert!(!refused_as_too_large(&api(500, "etcdserver: leader changed")));
         assert!(!refused_as_too_large(&api(429, "too many requests")));
         assert!(!refused_as_too_large(&api(409, "conflict")));
+    }
+
+    #[test]
+    fn a_grid_instant_is_the_first_whole_period_at_or_after_now() {
+        let origin = tokio::time::Instant::now();
+        let period = std::time::Duration::from_millis(1000);
+        let at = |ms: u64| origin + std::time::Duration::from_millis(ms);
+        assert_eq!(on_grid(origin, at(0), period), at(0));
+        assert_eq!(on_grid(origin, at(1), period), at(1000));
+        assert_eq!(on_grid(origin, at(2500), period), at(3000));
+        assert_eq!(on_grid(origin, at(3000), period), at(3000));
     }
 
     #[test]

@@ -13,12 +13,14 @@
 //! layout) or is old (`cluster::LAYOUT_MAX_AGE`). The cluster's state, connections included, is
 //! shared by every policy that names the same bootstrap servers and credentials.
 
+mod batch;
 mod cluster;
 mod connection;
 mod lag;
 mod records;
 mod sasl;
 
+use batch::Batch;
 pub use cluster::{MAX_PARTITIONS, MAX_TOPICS};
 use connection::Call;
 pub use connection::MAX_FRAME_BYTES;
@@ -168,6 +170,8 @@ fn moved_code(code: i16) -> bool {
 #[derive(Clone)]
 pub struct KafkaSampler {
     clusters: Arc<Mutex<Clusters>>,
+    /// Each cluster's open batch (`batch.rs`).
+    batches: Arc<Mutex<HashMap<KafkaEndpoint, Batch>>>,
     idle_eviction: Duration,
 }
 
@@ -175,6 +179,7 @@ impl KafkaSampler {
     pub fn new(idle_eviction: Duration) -> Self {
         Self {
             clusters: Arc::default(),
+            batches: Arc::default(),
             idle_eviction,
         }
     }
@@ -189,8 +194,39 @@ impl KafkaSampler {
         entry.0.clone()
     }
 
-    /// Reads every queue of one policy.
+    /// Reads every queue of one policy, in one cluster tick with the other policies of its
+    /// cluster that ask within `batch::WINDOW`.
     pub async fn sample(&self, endpoint: &KafkaEndpoint, queues: &[PreparedKafkaQueue]) -> Sample {
+        let receiver = {
+            let mut batches = self.batches.lock().expect("kafka batches lock");
+            match batches.get_mut(endpoint) {
+                Some(batch) => batch.join(queues),
+                None => {
+                    let mut batch = Batch::default();
+                    let receiver = batch.join(queues);
+                    batches.insert(endpoint.clone(), batch);
+                    // Its own task: a policy dropping its tick never strands the others.
+                    let (sampler, endpoint) = (self.clone(), endpoint.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(batch::WINDOW).await;
+                        let batch = sampler
+                            .batches
+                            .lock()
+                            .expect("kafka batches lock")
+                            .remove(&endpoint)
+                            .expect("the batch this task opened");
+                        let sample = sampler.tick(&endpoint, &batch.queues).await;
+                        batch.deliver(sample);
+                    });
+                    receiver
+                }
+            }
+        };
+        receiver.await.unwrap_or_else(|_| batch::lost(queues))
+    }
+
+    /// One tick of the cluster over `queues` (every policy's of the batch).
+    async fn tick(&self, endpoint: &KafkaEndpoint, queues: &[PreparedKafkaQueue]) -> Sample {
         let started = Instant::now();
         let at = jiff::Timestamp::now();
         let cluster = self.cluster(endpoint);
@@ -211,7 +247,7 @@ impl KafkaSampler {
     }
 }
 
-/// One policy's tick.
+/// One cluster tick (the queues of every policy in its batch).
 struct Tick<'a> {
     cluster: &'a Cluster,
     queues: &'a [PreparedKafkaQueue],

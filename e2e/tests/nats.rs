@@ -2,7 +2,8 @@
 //! nats-server, the work made with nats-py, `levee run` reading the consumer. Its status and
 //! `levee_queue_depth` equal what NATS's own client reads (unprocessed + outstanding acks), the
 //! circuit opens on it, and the API server refuses a policy that mixes backends with the CRD's
-//! own message.
+//! own message. A server that admits only JWT users over TLS is read with the `.creds` file and
+//! the CA from Secrets; a wrong CA says which field to check.
 
 use levee_e2e::fixture::PolicyYaml;
 use levee_e2e::redis::nats::NatsServer;
@@ -60,5 +61,100 @@ fn a_jetstream_consumer_backlog_opens_the_circuit_with_the_brokers_own_figure() 
     assert!(
         said.contains("under spec.nats every queue is type jetstream"),
         "{said}"
+    );
+}
+
+/// A Secret from `files` (key = path), opted in with levee's label.
+fn secret_from_files(namespace: &str, name: &str, files: &[(&str, String)]) {
+    let mut args = vec!["create", "secret", "generic", name, "-n", namespace];
+    let pairs: Vec<String> = files
+        .iter()
+        .map(|(key, path)| format!("--from-file={key}={path}"))
+        .collect();
+    args.extend(pairs.iter().map(String::as_str));
+    kubectl_ok(&args, None);
+    kubectl_ok(
+        &["label", "secret", name, "-n", namespace, "levee.dev/secret=true"],
+        None,
+    );
+}
+
+/// A server that lets only JWT users in, over TLS: levee reads it with the `.creds` file and the
+/// CA from opted-in Secrets (its figure equal to nats-py's with the same file); a policy whose CA
+/// Secret holds another CA is `BackendReachable=False` saying which field to check, Ready
+/// `NatsUnreachable`, while the first keeps working.
+#[test]
+fn creds_and_a_tls_ca_come_from_secrets_and_a_wrong_ca_says_what_to_change() {
+    install_crd();
+    let namespace = TestNamespace::create("levee-e2e-nats-tls");
+    let ns = namespace.name.clone();
+    let keys = tempfile::tempdir().unwrap();
+    levee_e2e::redis::nats::nats_keys("creds", keys.path());
+    let path = |name: &str| keys.path().join(name).to_string_lossy().to_string();
+    let files = levee_e2e::redis::TlsFiles::generate();
+    let other = levee_e2e::redis::TlsFiles::generate();
+    let nats = NatsServer::start_with(&[
+        "-js",
+        "-c",
+        &path("operator.conf"),
+        "--tls",
+        "--tlscert",
+        &files.path("server.crt"),
+        "--tlskey",
+        &files.path("server.key"),
+    ]);
+    let access = ["--creds", &path("user.creds"), "--ca", &files.path("ca.crt")];
+    let mut fill = vec!["fill", "EVENTS", "events", "writer", "12", "5", "2"];
+    fill.extend(access);
+    nats.jetstream(&fill);
+    let expected = nats.unprocessed_and_outstanding("EVENTS", "writer", &access);
+    assert_eq!(expected, 10, "nats-py's own figure");
+
+    secret_from_files(&ns, "nats-auth", &[("creds", path("user.creds"))]);
+    secret_from_files(&ns, "nats-ca", &[("ca.crt", files.path("ca.crt"))]);
+    secret_from_files(&ns, "other-ca", &[("ca.crt", other.path("ca.crt"))]);
+    let _levee = Levee::start(&ns, &[]);
+    for (name, ca) in [("events", "nats-ca"), ("mistrusted", "other-ca")] {
+        PolicyYaml::new(name, &ns, "")
+            .without("redis")
+            .set(
+                "nats",
+                format!(
+                    "{{url: '{}', credentialsSecretRef: {{name: nats-auth}}, tls: {{caSecretRef: {{name: {ca}}}}}}}",
+                    nats.url()
+                ),
+            )
+            .set("queues", "[{name: events, type: jetstream, stream: EVENTS, consumer: writer}]")
+            .set("thresholds", "{warning: 20, critical: 30, recovery: 5}")
+            .without("targets")
+            .apply();
+    }
+    wait_until(
+        "the policy reads the consumer over TLS as a JWT user",
+        PATIENCE,
+        || {
+            let policy = kubectl_json(&["get", "bpp", "events", "-n", &ns]);
+            (policy["status"]["pending"] == expected).then_some(())
+        },
+    );
+    let conditions = wait_until("the mistrusted policy says why", PATIENCE, || {
+        let policy = kubectl_json(&["get", "bpp", "mistrusted", "-n", &ns]);
+        let conditions = policy["status"]["conditions"].as_array()?.clone();
+        conditions
+            .iter()
+            .any(|c| c["type"] == "BackendReachable" && c["status"] == "False")
+            .then_some(conditions)
+    });
+    let reachable = conditions
+        .iter()
+        .find(|c| c["type"] == "BackendReachable")
+        .unwrap();
+    let message = reachable["message"].as_str().unwrap_or_default();
+    assert!(message.contains("check spec.nats.tls.caSecretRef"), "{reachable}");
+    let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
+    assert_eq!(ready["reason"], "NatsUnreachable", "{ready}");
+    assert!(
+        conditions.iter().all(|c| c["type"] != "RedisReachable"),
+        "a NATS policy carries no Redis-named condition: {conditions:?}"
     );
 }

@@ -93,7 +93,7 @@ pub fn next_status(
     });
     status.record(report.circuit, now);
     let uses_latency = policy.spec.thresholds.latency.is_some();
-    status.set_condition(condition::READY, readiness(report, uses_latency, now));
+    status.set_condition(condition::READY, readiness(report, kind, uses_latency, now));
     status.bounded()
 }
 
@@ -134,15 +134,30 @@ fn round(value: f64, per_unit: f64) -> f64 {
     (value * per_unit).round() / per_unit
 }
 
+/// Ready's reason when the backend did not answer: `RedisUnreachable` (as before there were other
+/// backends), `NatsUnreachable`, `KafkaUnreachable`.
+fn unreachable_reason(kind: Option<BackendKind>) -> &'static str {
+    match kind {
+        Some(BackendKind::Redis) | None => "RedisUnreachable",
+        Some(BackendKind::Nats) => "NatsUnreachable",
+        Some(BackendKind::Kafka) => "KafkaUnreachable",
+    }
+}
+
 /// Ready, or why not. A latency that cannot be read makes the policy not ready only when latency
 /// thresholds drive its circuit; otherwise it shows in the queue's `latencyError` alone.
-fn readiness(report: &TickReport, uses_latency: bool, now: Timestamp) -> ConditionValue {
+fn readiness(
+    report: &TickReport,
+    kind: Option<BackendKind>,
+    uses_latency: bool,
+    now: Timestamp,
+) -> ConditionValue {
     let not_ready = |reason: &str, message: &str| ConditionValue::new(false, reason, message, now);
     match report.sample {
         Err(problem) => return not_ready(problem.reason, &problem.message),
         Ok(sample) => {
             if let Some(error) = &sample.unreachable {
-                return not_ready("RedisUnreachable", error);
+                return not_ready(unreachable_reason(kind), error);
             }
             if let Some(queue) = sample.queues.iter().find(|q| q.depth.is_err()) {
                 let message = format!(

@@ -164,6 +164,7 @@ async fn main() {
             failed: false,
             interval: Duration::from_secs(1),
             circuit: None,
+            memory: None,
         });
     }
     let trust = Arc::new(RequestHeaderTrust::default());

@@ -89,6 +89,7 @@ fn main() {
             failed: false,
             interval: Duration::from_secs(1),
             circuit: None,
+            memory: None,
         });
     }
     let mut size = 0;

@@ -290,6 +290,7 @@ mod tests {
             failed: false,
             interval: std::time::Duration::from_secs(1),
             circuit: None,
+            memory: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct PolicyValues {
     /// The circuit as last decided (the leader) or read from status (a follower); `None` until
     /// the first decision.
     pub circuit: Option<CircuitValues>,
+    /// Redis policies: the fullest master's memory at the last sample that read it (used bytes,
+    /// and `maxmemory` when set).
+    pub memory: Option<(u64, Option<u64>)>,
 }
 
 /// One queue's figures: the last ones read (kept while a later read fails, which makes the sample
@@ -72,6 +75,7 @@ impl PolicyValues {
     /// circuit is the one last decided until the next decision replaces it.
     pub fn keep_last_known(&mut self, previous: &PolicyValues, unreachable: bool) {
         self.circuit = self.circuit.or(previous.circuit);
+        self.memory = self.memory.or(previous.memory);
         if unreachable {
             self.pending = previous.pending;
             self.queues = previous.queues.clone();
@@ -235,6 +239,7 @@ mod tests {
             failed: false,
             interval: Duration::from_secs(1),
             circuit: None,
+            memory: None,
         }
     }
 

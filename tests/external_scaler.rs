@@ -159,6 +159,7 @@ fn publish(values: &MetricValues, pending: u64, level: Level) {
         // openssl (seconds on a busy machine): staleness is not what these tests are about.
         interval: Duration::from_secs(60),
         circuit: None,
+        memory: None,
     });
     values.publish_circuit(
         "jobs",

@@ -530,3 +530,39 @@ fn queues_named_by_a_pattern_are_discovered_in_the_background_and_capped() {
         (status["discovery"]["sampled"] == 4 && status["discovery"].get("message").is_none()).then_some(())
     });
 }
+
+/// A Redis whose maxmemory-policy would delete queued jobs when full: the policy says so
+/// (JobsSafe=False, reason EvictionPolicy, naming the policy and what to set) with a Warning
+/// event, status shows the memory INFO reports; set to noeviction, JobsSafe turns True.
+#[test]
+fn an_evicting_redis_is_reported_with_what_to_set() {
+    let fixture = Fixture::create();
+    fixture.redis.cli(&["CONFIG", "SET", "maxmemory", "64mb"]);
+    fixture.redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture.apply_policy("evicting");
+    let unsafe_jobs = wait_until("JobsSafe=False", PATIENCE, || {
+        let condition = fixture.condition("evicting", "JobsSafe");
+        (condition["status"] == "False").then_some(condition)
+    });
+    assert_eq!(unsafe_jobs["reason"], "EvictionPolicy", "{unsafe_jobs}");
+    let message = unsafe_jobs["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("allkeys-lru") && message.contains("CONFIG SET maxmemory-policy noeviction"),
+        "{message}"
+    );
+    wait_until("a Warning event EvictionPolicy", PATIENCE, || {
+        (!fixture.events("EvictionPolicy").is_empty()).then_some(())
+    });
+    let memory = fixture.status("evicting")["memory"].clone();
+    assert_eq!(memory["maxBytes"], 64 * 1024 * 1024, "{memory}");
+    assert_eq!(memory["evictionPolicy"], "allkeys-lru", "{memory}");
+    assert!(memory["usedBytes"].as_u64().is_some_and(|used| used > 0), "{memory}");
+
+    fixture.redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let safe = wait_until("JobsSafe=True", PATIENCE, || {
+        let condition = fixture.condition("evicting", "JobsSafe");
+        (condition["status"] == "True").then_some(condition)
+    });
+    assert_eq!(safe["reason"], "NoEviction", "{safe}");
+}

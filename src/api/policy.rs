@@ -652,6 +652,9 @@ pub struct BackpressurePolicyStatus {
     /// The backlog's growth and when it reaches critical at that rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forecast: Option<ForecastStatus>,
+    /// Redis policies: the memory of the fullest master at the last sample (`INFO memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStatus>,
     /// Each queue's depth, or why it could not be read (discovered queues included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<QueueStatus>,
@@ -712,6 +715,27 @@ pub struct ForecastStatus {
     /// grows too unsteadily to forecast).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critical_in_seconds: Option<f64>,
+}
+
+/// A Redis policy's memory: the fullest master's `INFO memory`, or why it could not be read.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryStatus {
+    /// `used_memory`, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    /// `maxmemory`, in bytes (absent: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// `maxmemory-policy`: what Redis does when it reaches `maxmemory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction_policy: Option<String>,
+    /// The master it was read from (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Why it could not be read (for instance an ACL that refuses `INFO`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One queue's depth and latency, or the errors reading them.

@@ -37,6 +37,9 @@ pub mod condition {
     /// Under spec.kafka with a scaleTarget: whether the HPA's maxReplicas is capped at the
     /// partition count.
     pub const SCALE_CAPPED: &str = "ScaleCapped";
+    /// Redis policies: whether a full Redis would refuse writes (`noeviction`, or no
+    /// `maxmemory`) rather than delete keys, queued jobs among them.
+    pub const JOBS_SAFE: &str = "JobsSafe";
 }
 
 impl BackpressurePolicyStatus {

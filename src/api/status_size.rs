@@ -39,6 +39,14 @@ impl BackpressurePolicyStatus {
         if let Some(message) = self.discovery.as_mut().and_then(|d| d.message.as_mut()) {
             cut(message, MAX_MESSAGE_CHARS);
         }
+        if let Some(memory) = self.memory.as_mut() {
+            for text in [&mut memory.error, &mut memory.eviction_policy, &mut memory.node]
+                .into_iter()
+                .flatten()
+            {
+                cut(text, MAX_MESSAGE_CHARS);
+            }
+        }
         self
     }
 
@@ -50,6 +58,7 @@ impl BackpressurePolicyStatus {
             queues_omitted: None,
             discovery: None,
             forecast: None,
+            memory: None,
             ..self.clone()
         }
     }

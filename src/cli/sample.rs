@@ -395,6 +395,26 @@ struct TickLine<'a> {
     state: crate::circuit::State,
     level: crate::circuit::Level,
     queues: Vec<QueueLine<'a>>,
+    /// Redis policies: the fullest master's memory, or why it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<MemoryLine<'a>>,
+}
+
+/// `INFO memory` of the fullest master: `maxBytes` null when `maxmemory` is 0.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MemoryLine<'a> {
+    Read {
+        #[serde(rename = "usedBytes")]
+        used_bytes: u64,
+        #[serde(rename = "maxBytes")]
+        max_bytes: Option<u64>,
+        #[serde(rename = "evictionPolicy")]
+        eviction_policy: &'a str,
+    },
+    Failed {
+        error: &'a str,
+    },
 }
 
 /// One queue: its depth (or error) and its latency (`null` for a layout with no enqueue time, or
@@ -454,6 +474,14 @@ impl<'a> TickLine<'a> {
                     max_partition_lag: q.partitions.map(|p| p.max_lag),
                 })
                 .collect(),
+            memory: sample.memory.as_ref().map(|memory| match memory {
+                Ok(memory) => MemoryLine::Read {
+                    used_bytes: memory.used_bytes,
+                    max_bytes: memory.max_bytes,
+                    eviction_policy: &memory.eviction_policy,
+                },
+                Err(error) => MemoryLine::Failed { error },
+            }),
         }
     }
 }
@@ -483,6 +511,17 @@ fn text_line(watched: &Watched, sample: &Sample, decision: &Decision) -> String 
         sample.pending(),
         queues.join(" ")
     );
+    match &sample.memory {
+        Some(Ok(memory)) => {
+            let max = memory.max_bytes.map_or("-".to_string(), |max| max.to_string());
+            line.push_str(&format!(
+                " memory={}/{max}({})",
+                memory.used_bytes, memory.eviction_policy
+            ));
+        }
+        Some(Err(error)) => line.push_str(&format!(" memory=ERROR({error})")),
+        None => {}
+    }
     if let Some(transition) = &decision.transition {
         line.push_str(&format!(
             "\n  {} -> {}: {}",
@@ -491,6 +530,11 @@ fn text_line(watched: &Watched, sample: &Sample, decision: &Decision) -> String 
     }
     if decision.prolonged_started {
         line.push_str("\n  prolonged: the circuit has not been Closed for circuit.alertAfter");
+    }
+    if let Some(Ok(memory)) = &sample.memory
+        && let Some(warning) = memory.eviction_warning()
+    {
+        line.push_str(&format!("\n  warning: {warning}"));
     }
     line
 }

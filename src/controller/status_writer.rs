@@ -5,13 +5,14 @@
 use super::actuator::Outcome;
 use super::secrets::EndpointProblem;
 use super::{Context, FIELD_MANAGER};
+use crate::api::MemoryStatus;
 use crate::api::status::{ConditionValue, condition, latency_seconds};
 use crate::api::{
     BackendKind, BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, ForecastStatus, QueueStatus,
 };
 use crate::circuit::Circuit;
 use crate::forecast::Forecast;
-use crate::sampler::Sample;
+use crate::sampler::{Memory, Sample};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
@@ -77,6 +78,12 @@ pub fn next_status(
                 Some(error) => ConditionValue::new(false, "SampleFailed", error, now),
             };
             set_reachable(&mut status, kind, reachable);
+            if let Some(memory) = &sample.memory {
+                status.memory = Some(memory_status(memory));
+                if let Ok(memory) = memory {
+                    status.set_condition(condition::JOBS_SAFE, jobs_safe(memory, now));
+                }
+            }
         }
         Err(problem) => {
             let value = ConditionValue::new(false, problem.reason, &problem.message, now);
@@ -95,6 +102,48 @@ pub fn next_status(
     let uses_latency = policy.spec.thresholds.latency.is_some();
     status.set_condition(condition::READY, readiness(report, kind, uses_latency, now));
     status.bounded()
+}
+
+/// A Redis sample's memory reading as status shows it.
+fn memory_status(memory: &Result<Memory, String>) -> MemoryStatus {
+    match memory {
+        Ok(memory) => MemoryStatus {
+            used_bytes: Some(memory.used_bytes),
+            max_bytes: memory.max_bytes,
+            eviction_policy: Some(memory.eviction_policy.clone()),
+            node: Some(memory.node.clone()),
+            error: None,
+        },
+        Err(error) => MemoryStatus {
+            error: Some(error.clone()),
+            ..MemoryStatus::default()
+        },
+    }
+}
+
+/// Whether a full Redis would refuse writes rather than delete keys (queued jobs among them), and
+/// what to set when it would not.
+fn jobs_safe(memory: &Memory, now: Timestamp) -> ConditionValue {
+    let node = &memory.node;
+    match (memory.eviction_warning(), memory.max_bytes) {
+        (Some(warning), _) => ConditionValue::new(false, "EvictionPolicy", &warning, now),
+        (None, None) => ConditionValue::new(
+            true,
+            "NoMemoryLimit",
+            &format!(
+                "{node} has no maxmemory: Redis evicts nothing (it grows until its machine runs out; set maxmemory, with maxmemory-policy noeviction, to have it refuse writes instead)"
+            ),
+            now,
+        ),
+        (None, Some(_)) => ConditionValue::new(
+            true,
+            "NoEviction",
+            &format!(
+                "{node}: maxmemory-policy noeviction: a full Redis refuses writes rather than delete jobs"
+            ),
+            now,
+        ),
+    }
 }
 
 /// `BackendReachable`, and on a Redis policy the same under its older name `RedisReachable`.
@@ -292,6 +341,7 @@ mod tests {
             }],
             round_trips: 1,
             unreachable: None,
+            memory: None,
             duration: std::time::Duration::from_millis(1),
         }
     }

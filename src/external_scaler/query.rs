@@ -260,6 +260,7 @@ mod tests {
                 state: State::Open,
                 level: Level::Critical,
             }),
+            memory: None,
         }
     }
 

@@ -12,7 +12,7 @@ mod tls;
 
 pub use self::redis::slot;
 pub use self::redis::{
-    Credentials, DEFAULT_MAX_REPLY_BYTES, Discovered, Endpoint, KeyRead, LatencyProbe, QueueError,
+    Credentials, DEFAULT_MAX_REPLY_BYTES, Discovered, Endpoint, KeyRead, LatencyProbe, Memory, QueueError,
     QueueProbe, ReadKind, UrlError,
 };
 pub use node_addr::NodeAddr;
@@ -57,6 +57,9 @@ pub struct Sample {
     /// The first connection-level error (refused, timeout, authentication, topology), if any:
     /// Redis itself could not be reached, as opposed to a queue that could not be read.
     pub unreachable: Option<String>,
+    /// Redis only: the fullest master's memory (`INFO memory`, in the tick's own pipelines), or
+    /// why it could not be read (an ACL that refuses `INFO` costs this figure alone).
+    pub memory: Option<Result<Memory, String>>,
     pub duration: Duration,
 }
 
@@ -218,6 +221,7 @@ mod tests {
             queues,
             round_trips: 1,
             unreachable: None,
+            memory: None,
             duration: Duration::ZERO,
         }
     }

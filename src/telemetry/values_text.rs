@@ -1,5 +1,5 @@
 //! The series read from the published values at each scrape (`levee_pending`,
-//! `levee_queue_depth`, the latencies and the forecast), written straight into the text
+//! `levee_queue_depth`, the latencies, the forecast and Redis memory), written straight into the text
 //! exposition. Going through the Prometheus client's `MetricFamily` structures instead built a
 //! label pair, a string per label and a metric per series on every scrape: at 1,000 policies of
 //! 10 queues that was most of the 17.5 MB one scrape held at once (docs/benchmarks.md#metrics).
@@ -21,7 +21,7 @@ enum Value {
     Queue(fn(&QueueValues) -> Option<f64>),
 }
 
-const FAMILIES: [Family; 6] = [
+const FAMILIES: [Family; 8] = [
     Family {
         name: "levee_pending",
         help: "Weighted backlog of a policy",
@@ -46,6 +46,16 @@ const FAMILIES: [Family; 6] = [
         name: "levee_growth_per_second",
         help: "Jobs per second the backlog grows by (negative: drains), fitted over circuit.forecastWindow",
         value: Value::Policy(|p| p.forecast.map(|f| f.growth_per_second)),
+    },
+    Family {
+        name: "levee_redis_memory_used_bytes",
+        help: "used_memory of a Redis policy's fullest master (INFO memory)",
+        value: Value::Policy(|p| p.memory.map(|(used, _)| used as f64)),
+    },
+    Family {
+        name: "levee_redis_memory_max_bytes",
+        help: "maxmemory of a Redis policy's fullest master (absent: no limit)",
+        value: Value::Policy(|p| p.memory.and_then(|(_, max)| max).map(|max| max as f64)),
     },
     Family {
         name: "levee_critical_in_seconds",

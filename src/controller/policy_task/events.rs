@@ -1,10 +1,10 @@
 //! The events a tick publishes about its policy: transitions, a worse level, Prolonged, a reset,
-//! missing targets and endpoint problems.
+//! missing targets, endpoint problems and a Redis that would delete jobs when full.
 
 use super::super::Context;
 use super::super::actuator::Outcome;
 use crate::api::BackpressurePolicy;
-use crate::api::status::reason;
+use crate::api::status::{condition, reason};
 use crate::circuit::{Cause, Circuit, CircuitRules, Decision, Level, State};
 use crate::sampler::Sample;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -13,6 +13,23 @@ use kube::runtime::events::{Event, EventType};
 
 /// An event to publish about a policy: its type, reason and note.
 pub type PendingEvent = (EventType, &'static str, String);
+
+/// A Warning when `JobsSafe` turns False (a Redis that deletes keys when full), with what to set.
+pub fn condition_events(
+    written: &crate::api::BackpressurePolicyStatus,
+    next: &crate::api::BackpressurePolicyStatus,
+) -> Vec<PendingEvent> {
+    let unsafe_now = next
+        .condition(condition::JOBS_SAFE)
+        .filter(|c| c.status == "False");
+    let unsafe_before = written
+        .condition(condition::JOBS_SAFE)
+        .is_some_and(|c| c.status == "False");
+    match unsafe_now {
+        Some(now) if !unsafe_before => vec![(EventType::Warning, "EvictionPolicy", now.message.clone())],
+        _ => Vec::new(),
+    }
+}
 
 /// The events of a decision: a transition, a worse level, Prolonged and a reset, with the
 /// numbers behind them (made when the tick decides, published after its writes).

@@ -451,10 +451,12 @@ async fn decide_and_hand_over(
         dry_run: policy.spec.dry_run,
         now,
     };
-    let next = state
-        .writes
-        .with_written(|written| next_status(&policy, written, &report));
-    let events = events::decision_events(
+    let (next, warnings) = state.writes.with_written(|written| {
+        let next = next_status(&policy, written, &report);
+        let warnings = events::condition_events(written, &next);
+        (next, warnings)
+    });
+    let mut events = events::decision_events(
         &policy,
         &decision,
         &state.rules,
@@ -462,6 +464,7 @@ async fn decide_and_hand_over(
         &targets,
         sample.as_ref().ok(),
     );
+    events.extend(warnings);
     let job = Job {
         policy,
         rules: state.rules.clone(),

@@ -76,6 +76,12 @@ pub fn publish_values(
         sampled: Instant::now(),
         interval: policy.spec.sample_interval.into(),
         circuit: None,
+        memory: sample
+            .as_ref()
+            .ok()
+            .and_then(|s| s.memory.as_ref())
+            .and_then(|m| m.as_ref().ok())
+            .map(|m| (m.used_bytes, m.max_bytes)),
     };
     if let Some(previous) = context.values.get(&values.namespace, &values.policy) {
         values.keep_last_known(&previous, sample.is_err());

@@ -26,6 +26,7 @@ fn values() -> MetricValues {
         failed,
         interval: Duration::from_secs(1),
         circuit: None,
+        memory: None,
     };
     values.publish(policy("rule-engine", 1500, 1, false));
     values.publish(policy("mailer", 40, 0, false));

@@ -49,6 +49,7 @@ impl Batch {
                 queues,
                 round_trips: if index == 0 { sample.round_trips } else { 0 },
                 unreachable: sample.unreachable.clone(),
+                memory: None,
                 duration: sample.duration,
             });
         }
@@ -79,6 +80,7 @@ pub(super) fn lost(queues: &[PreparedKafkaQueue]) -> Sample {
             .collect(),
         round_trips: 0,
         unreachable: Some(why),
+        memory: None,
         duration: Duration::ZERO,
     }
 }

@@ -242,6 +242,7 @@ impl KafkaSampler {
             queues: readings,
             round_trips: tally.requests,
             unreachable: tally.unreachable,
+            memory: None,
             duration: started.elapsed(),
         }
     }

@@ -204,6 +204,7 @@ impl NatsSampler {
             queues,
             round_trips,
             unreachable,
+            memory: None,
             duration: started.elapsed(),
         }
     }

@@ -19,6 +19,7 @@ mod discover;
 mod endpoint;
 mod key_read;
 mod latency;
+mod memory;
 mod probe;
 mod redirect;
 mod registry;
@@ -29,6 +30,8 @@ pub use bounded_reply::DEFAULT_MAX_REPLY_BYTES;
 pub use discover::Discovered;
 pub use endpoint::{Credentials, Endpoint, UrlError};
 pub use latency::LatencyProbe;
+pub use memory::Memory;
+use memory::fullest;
 pub use probe::{KeyRead, QueueError, QueueProbe, ReadKind};
 
 use super::{NodeAddr, PreparedQueues, QueueReading, Sample, Sampler};
@@ -77,6 +80,17 @@ pub(super) fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedQ
         .collect()
 }
 
+/// What one round of pipelines read.
+struct ReadOutcome {
+    /// In the order of the reads: the server's reply, or an endpoint-level error message.
+    replies: Vec<Result<RedisResult<Value>, String>>,
+    round_trips: usize,
+    /// Whether a reply was a cluster redirection.
+    redirected: bool,
+    /// Every master's memory (when asked), or why one could not be read.
+    memory: Result<Vec<Memory>, String>,
+}
+
 impl Sampler {
     /// Like `sample`, with the reads prepared once (per policy generation) rather than per tick.
     pub async fn sample_prepared(&self, endpoint: &Endpoint, prepared: &PreparedQueues) -> Sample {
@@ -84,14 +98,20 @@ impl Sampler {
         let at = Timestamp::now();
         let reads: Vec<&KeyRead> = prepared.queues.iter().flat_map(PreparedQueue::reads).collect();
         let state = self.state_of(endpoint);
-        let (mut replies, mut round_trips, redirected) = self.read_all(endpoint, &state, &reads, false).await;
-        if redirected {
+        let mut read = self.read_all(endpoint, &state, &reads, false, true).await;
+        if read.redirected {
             // The cluster moved slots: learn the new layout and read once more.
             state.forget_topology();
-            let (again, trips, _) = self.read_all(endpoint, &state, &reads, false).await;
-            replies = again;
-            round_trips += trips;
+            let trips = read.round_trips;
+            read = self.read_all(endpoint, &state, &reads, false, true).await;
+            read.round_trips += trips;
         }
+        let ReadOutcome {
+            mut replies,
+            mut round_trips,
+            memory,
+            ..
+        } = read;
         round_trips += redirect::follow_asks(endpoint, &state, &reads, &mut replies).await;
         round_trips += self.load_scripts(endpoint, &state, &reads, &mut replies).await;
         let unreachable = replies.iter().find_map(|r| r.as_ref().err()).cloned();
@@ -131,6 +151,9 @@ impl Sampler {
             queues,
             round_trips,
             unreachable,
+            memory: Some(memory.and_then(|nodes| {
+                fullest(nodes).ok_or_else(|| "no Redis node answered INFO memory".to_string())
+            })),
             duration: started.elapsed(),
         }
     }
@@ -165,26 +188,35 @@ impl Sampler {
             return 0;
         }
         let again: Vec<&KeyRead> = unloaded.iter().map(|&index| reads[index]).collect();
-        let (answers, round_trips, _) = self.read_all(endpoint, state, &again, true).await;
-        for (index, answer) in unloaded.into_iter().zip(answers) {
+        let read = self.read_all(endpoint, state, &again, true, false).await;
+        for (index, answer) in unloaded.into_iter().zip(read.replies) {
             replies[index] = answer;
         }
-        round_trips
+        read.round_trips
     }
 
-    /// Replies in the order of `reads`: the server's reply, or an endpoint-level error message.
-    /// Also returns the round trips made and whether any reply was a cluster redirection.
-    /// `load` sends scripts by their source rather than their SHA1.
+    /// Replies in the order of `reads`: the server's reply, or an endpoint-level error message;
+    /// the round trips made and whether any reply was a cluster redirection; with `memory`, every
+    /// master's `INFO memory` in the same pipelines. `load` sends scripts by their source rather
+    /// than their SHA1.
     async fn read_all(
         &self,
         endpoint: &Endpoint,
         state: &EndpointConnections,
         reads: &[&KeyRead],
         load: bool,
-    ) -> (Vec<Result<RedisResult<Value>, String>>, usize, bool) {
-        let plan = match self.plan(endpoint, state, reads).await {
+        memory: bool,
+    ) -> ReadOutcome {
+        let plan = match self.plan(endpoint, state, reads, memory).await {
             Ok(plan) => plan,
-            Err(message) => return (reads.iter().map(|_| Err(message.clone())).collect(), 0, false),
+            Err(message) => {
+                return ReadOutcome {
+                    replies: reads.iter().map(|_| Err(message.clone())).collect(),
+                    round_trips: 0,
+                    redirected: false,
+                    memory: Err(message),
+                };
+            }
         };
         let round_trips = plan.len();
         let results = join_all(plan.into_iter().map(|(node, connection, indices)| async move {
@@ -197,6 +229,10 @@ impl Sampler {
                 } else {
                     read.command()
                 });
+            }
+            // Each master's memory, in the same round trip.
+            if memory {
+                pipeline.add_command(memory::command());
             }
             let mut connection = connection;
             let outcome = tokio::time::timeout(
@@ -211,9 +247,25 @@ impl Sampler {
             reads.iter().map(|_| Err(String::new())).collect();
         let mut redirected = false;
         let mut broken = Vec::new();
+        let mut memories: Result<Vec<Memory>, String> = Ok(Vec::new());
+        let expected = |indices: &[usize]| indices.len() + usize::from(memory);
         for (node, indices, outcome) in results {
             match outcome {
-                Ok(Ok(values)) if values.len() == indices.len() => {
+                Ok(Ok(mut values)) if values.len() == expected(&indices) => {
+                    if memory {
+                        let read = match values.pop().expect("the INFO reply") {
+                            Ok(reply) => Memory::parse(&node, &reply),
+                            Err(error) => Err(node_message(
+                                endpoint,
+                                &node,
+                                &format!("INFO memory: {}", describe(&error, endpoint)),
+                            )),
+                        };
+                        memories = memories.and_then(|mut all| {
+                            all.push(read?);
+                            Ok(all)
+                        });
+                    }
                     for (index, value) in indices.into_iter().zip(values) {
                         redirected |= value.as_ref().err().is_some_and(is_redirect);
                         replies[index] = match value {
@@ -229,13 +281,18 @@ impl Sampler {
                 }
                 failure => {
                     let message = match failure {
-                        Ok(Ok(values)) => format!("{} replies for {} reads", values.len(), indices.len()),
+                        Ok(Ok(values)) => {
+                            format!("{} replies for {} reads", values.len(), expected(&indices))
+                        }
                         Ok(Err(error)) => describe(&error, endpoint),
                         Err(_) => format!("no answer within {:?}", endpoint.timeout),
                     };
                     let message = node_message(endpoint, &node, &message);
                     for index in indices {
                         replies[index] = Err(message.clone());
+                    }
+                    if memory && memories.is_ok() {
+                        memories = Err(message);
                     }
                     broken.push(node);
                 }
@@ -247,7 +304,12 @@ impl Sampler {
                 state.forget_topology();
             }
         }
-        (replies, round_trips, redirected)
+        ReadOutcome {
+            replies,
+            round_trips,
+            redirected,
+            memory: memories,
+        }
     }
 
     /// Which node gets which reads, with a connection to each.
@@ -256,9 +318,16 @@ impl Sampler {
         endpoint: &Endpoint,
         state: &EndpointConnections,
         reads: &[&KeyRead],
+        memory: bool,
     ) -> Result<Vec<(NodeAddr, MultiplexedConnection, Vec<usize>)>, String> {
         let topology = state.topology(endpoint).await?;
         let mut by_node: BTreeMap<NodeAddr, Vec<usize>> = BTreeMap::new();
+        if memory {
+            // Every master, the ones without this policy's keys too: any of them can fill up.
+            for node in topology.nodes() {
+                by_node.entry(node).or_default();
+            }
+        }
         for (index, read) in reads.iter().enumerate() {
             by_node
                 .entry(topology.node_for(read.key.as_bytes()).clone())

@@ -1,0 +1,201 @@
+//! Redis memory as levee reads it (`INFO memory`, in the tick's own pipeline) against what Redis
+//! itself reports: real BullMQ jobs of two sizes (the same depth, a different memory), an ACL
+//! that refuses `INFO` (only the memory figure is lost), and a Cluster whose fullest master is
+//! not the one holding the policy's queue.
+
+mod support;
+
+use levee::api::{QueueSpec, RedisSpec};
+use levee::sampler::{Credentials, Endpoint, Memory, Sample, Sampler};
+use support::*;
+
+fn queues(yaml: &str) -> Vec<QueueSpec> {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+fn endpoint(redis_yaml: &str, credentials: Credentials) -> Endpoint {
+    let spec: RedisSpec = serde_yaml::from_str(redis_yaml).unwrap();
+    Endpoint::from_spec(&spec, None, credentials, None).unwrap()
+}
+
+/// A field of the server's own `INFO memory`.
+fn info(server: &RedisServer, field: &str) -> String {
+    server
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix(field)?
+                .strip_prefix(':')
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("INFO memory has no {field}"))
+}
+
+fn memory(sample: &Sample) -> Memory {
+    sample
+        .memory
+        .clone()
+        .expect("a Redis sample reads memory")
+        .expect("memory read")
+}
+
+/// `used` within 1 % (and 256 KiB) of Redis's own figure read just after: what the two
+/// connections' buffers and the reading itself change in between.
+fn close_to(used: u64, info: u64) -> bool {
+    used.abs_diff(info) <= (info / 100).max(256 * 1024)
+}
+
+#[tokio::test]
+async fn the_memory_figure_equals_info_memory_and_tells_jobs_of_two_sizes_apart() {
+    let policy = "[{name: mail, type: bullmq, key: mail}]";
+    let mut read = Vec::new();
+    for bytes in ["50", "20000"] {
+        let server = RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"]);
+        let counts = run_producer(
+            "node",
+            "bullmq_sized.mjs",
+            &[
+                server.port.to_string(),
+                "mail".into(),
+                "1000".into(),
+                bytes.into(),
+            ],
+        );
+        assert_eq!(counts["wait"], 1000, "BullMQ's own count");
+        let endpoint = endpoint(&format!("{{url: '{}'}}", server.url()), Credentials::default());
+        let sample = Sampler::new().sample(&endpoint, &queues(policy)).await;
+        let memory = memory(&sample);
+        let used: u64 = info(&server, "used_memory").parse().unwrap();
+        assert!(
+            close_to(memory.used_bytes, used),
+            "levee {} vs INFO {used}",
+            memory.used_bytes
+        );
+        assert_eq!(
+            memory.max_bytes,
+            Some(info(&server, "maxmemory").parse().unwrap())
+        );
+        assert_eq!(memory.max_bytes, Some(64 * 1024 * 1024));
+        assert_eq!(memory.eviction_policy, info(&server, "maxmemory_policy"));
+        assert_eq!(memory.eviction_warning(), None, "noeviction refuses writes");
+        assert_eq!(sample.round_trips, 1, "INFO rides in the depth's pipeline");
+        read.push((sample.queues[0].depth.clone(), memory.used_bytes));
+    }
+    assert_eq!(read[0].0, Ok(1000));
+    assert_eq!(read[0].0, read[1].0, "the same depth");
+    assert!(
+        read[1].1 > read[0].1 + 15 * 1024 * 1024,
+        "20 KB jobs hold 20 MB more than 50-byte ones: {read:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_acl_that_refuses_info_costs_the_memory_figure_only() {
+    let server = RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "reader",
+        "on",
+        ">secret",
+        "~*",
+        "+@read",
+        "+@connection",
+    ]);
+    server.cli(&["RPUSH", "jobs", "a", "b", "c"]);
+    let credentials = Credentials {
+        username: Some("reader".into()),
+        password: Some("secret".into()),
+    };
+    let endpoint = endpoint(&format!("{{url: '{}'}}", server.url()), credentials);
+    let sample = Sampler::new()
+        .sample(&endpoint, &queues("[{name: jobs, type: list, key: jobs}]"))
+        .await;
+    assert_eq!(sample.queues[0].depth, Ok(3));
+    assert!(!sample.failed(), "{sample:?}");
+    let error = sample.memory.clone().unwrap().unwrap_err();
+    assert!(error.contains("INFO memory"), "{error}");
+    assert!(!error.contains("secret"), "{error}");
+}
+
+#[tokio::test]
+async fn an_evicting_redis_is_named_with_what_to_set() {
+    let server = RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
+    server.cli(&["RPUSH", "jobs", "a"]);
+    let endpoint = endpoint(&format!("{{url: '{}'}}", server.url()), Credentials::default());
+    let list = queues("[{name: jobs, type: list, key: jobs}]");
+    let sampler = Sampler::new();
+    let warning = memory(&sampler.sample(&endpoint, &list).await)
+        .eviction_warning()
+        .unwrap();
+    assert!(
+        warning.contains("allkeys-lru") && warning.contains("CONFIG SET maxmemory-policy noeviction"),
+        "{warning}"
+    );
+    for (policy, warns) in [
+        ("volatile-lru", true),
+        ("allkeys-lfu", true),
+        ("noeviction", false),
+    ] {
+        server.cli(&["CONFIG", "SET", "maxmemory-policy", policy]);
+        let memory = memory(&sampler.sample(&endpoint, &list).await);
+        assert_eq!(memory.eviction_policy, policy);
+        assert_eq!(memory.eviction_warning().is_some(), warns, "{policy}");
+    }
+    server.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let memory = memory(&sampler.sample(&endpoint, &list).await);
+    assert_eq!(memory.max_bytes, None, "maxmemory 0: no limit");
+    assert_eq!(
+        memory.eviction_warning(),
+        None,
+        "without a limit nothing is evicted"
+    );
+}
+
+#[tokio::test]
+async fn in_cluster_mode_the_figure_is_the_fullest_masters() {
+    let cluster = RedisCluster::start(3);
+    for node in &cluster.nodes {
+        node.cli(&["CONFIG", "SET", "maxmemory", "256mb"]);
+    }
+    let queue_owner = cluster.owner("jobs").port;
+    // Fill a master that does not hold the queue: 8 MB in one key of its own.
+    let (filler_key, filler) = (0..100)
+        .map(|i| format!("filler-{i}"))
+        .find_map(|key| {
+            let owner = cluster.owner(&key);
+            (owner.port != queue_owner).then(|| (key.clone(), owner))
+        })
+        .expect("a key on another master");
+    filler.cli(&[
+        "EVAL",
+        "return redis.call('SET', KEYS[1], string.rep('x', tonumber(ARGV[1])))",
+        "1",
+        &filler_key,
+        &(8 * 1024 * 1024).to_string(),
+    ]);
+    cluster.owner("jobs").cli(&["RPUSH", "jobs", "a", "b"]);
+    let endpoint = endpoint(
+        &format!("{{url: '{}', mode: Cluster}}", cluster.url()),
+        Credentials::default(),
+    );
+    let sample = Sampler::new()
+        .sample(&endpoint, &queues("[{name: jobs, type: list, key: jobs}]"))
+        .await;
+    assert_eq!(sample.queues[0].depth, Ok(2));
+    let memory = memory(&sample);
+    assert_eq!(
+        memory.node,
+        format!("127.0.0.1:{}", filler.port),
+        "the fullest master"
+    );
+    let used: u64 = info(filler, "used_memory").parse().unwrap();
+    assert!(
+        close_to(memory.used_bytes, used),
+        "levee {} vs INFO {used}",
+        memory.used_bytes
+    );
+    assert_eq!(sample.round_trips, 3, "one pipeline per master, the INFO in each");
+}

@@ -93,21 +93,8 @@ async fn the_memory_figure_equals_info_memory_and_tells_jobs_of_two_sizes_apart(
 #[tokio::test]
 async fn an_acl_that_refuses_info_costs_the_memory_figure_only() {
     let server = RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
-    server.cli(&[
-        "ACL",
-        "SETUSER",
-        "reader",
-        "on",
-        ">secret",
-        "~*",
-        "+@read",
-        "+@connection",
-    ]);
+    let credentials = server.add_read_only_user();
     server.cli(&["RPUSH", "jobs", "a", "b", "c"]);
-    let credentials = Credentials {
-        username: Some("reader".into()),
-        password: Some("secret".into()),
-    };
     let endpoint = endpoint(&format!("{{url: '{}'}}", server.url()), credentials);
     let sample = Sampler::new()
         .sample(&endpoint, &queues("[{name: jobs, type: list, key: jobs}]"))

@@ -831,21 +831,8 @@ async fn a_flushed_script_is_loaded_again_in_one_more_round_trip() {
 #[tokio::test]
 async fn an_acl_user_without_scripting_loses_the_latency_only() {
     let server = RedisServer::start();
-    server.cli(&[
-        "ACL",
-        "SETUSER",
-        "reader",
-        "on",
-        ">secret",
-        "~*",
-        "+@read",
-        "+@connection",
-    ]);
+    let credentials = server.add_read_only_user();
     server.cli(&["LPUSH", "queue:default", "{\"enqueued_at\":1}"]);
-    let credentials = Credentials {
-        username: Some("reader".into()),
-        password: Some("secret".into()),
-    };
     let endpoint = endpoint_with(&format!("{{url: '{}'}}", server.url()), credentials, None);
     let sample = Sampler::new()
         .sample(&endpoint, &queues("[{name: d, type: sidekiq, key: default}]"))

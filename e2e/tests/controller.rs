@@ -538,7 +538,9 @@ fn queues_named_by_a_pattern_are_discovered_in_the_background_and_capped() {
 fn an_evicting_redis_is_reported_with_what_to_set() {
     let fixture = Fixture::create();
     fixture.redis.cli(&["CONFIG", "SET", "maxmemory", "64mb"]);
-    fixture.redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    fixture
+        .redis
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
     let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
     fixture.apply_policy("evicting");
     let unsafe_jobs = wait_until("JobsSafe=False", PATIENCE, || {
@@ -557,9 +559,14 @@ fn an_evicting_redis_is_reported_with_what_to_set() {
     let memory = fixture.status("evicting")["memory"].clone();
     assert_eq!(memory["maxBytes"], 64 * 1024 * 1024, "{memory}");
     assert_eq!(memory["evictionPolicy"], "allkeys-lru", "{memory}");
-    assert!(memory["usedBytes"].as_u64().is_some_and(|used| used > 0), "{memory}");
+    assert!(
+        memory["usedBytes"].as_u64().is_some_and(|used| used > 0),
+        "{memory}"
+    );
 
-    fixture.redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    fixture
+        .redis
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     let safe = wait_until("JobsSafe=True", PATIENCE, || {
         let condition = fixture.condition("evicting", "JobsSafe");
         (condition["status"] == "True").then_some(condition)

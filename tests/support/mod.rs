@@ -132,6 +132,25 @@ impl RedisServer {
         (output.status.success() && !text.starts_with("ERR") && !text.contains("LOADING")).then_some(text)
     }
 
+    /// An ACL user `reader` (password `secret`) that may read every key and connect, and
+    /// nothing else (no scripts, no `INFO`): what a cautious operator gives a monitoring tool.
+    pub fn add_read_only_user(&self) -> levee::sampler::Credentials {
+        self.cli(&[
+            "ACL",
+            "SETUSER",
+            "reader",
+            "on",
+            ">secret",
+            "~*",
+            "+@read",
+            "+@connection",
+        ]);
+        levee::sampler::Credentials {
+            username: Some("reader".into()),
+            password: Some("secret".into()),
+        }
+    }
+
     /// Runs a redis-cli command against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
         self.try_cli(args)

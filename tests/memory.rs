@@ -121,8 +121,8 @@ async fn an_evicting_redis_is_named_with_what_to_set() {
         "{warning}"
     );
     for (policy, warns) in [
-        ("volatile-lru", true),
         ("allkeys-lfu", true),
+        ("allkeys-random", true),
         ("noeviction", false),
     ] {
         server.cli(&["CONFIG", "SET", "maxmemory-policy", policy]);
@@ -130,6 +130,27 @@ async fn an_evicting_redis_is_named_with_what_to_set() {
         assert_eq!(memory.eviction_policy, policy);
         assert_eq!(memory.eviction_warning().is_some(), warns, "{policy}");
     }
+    // volatile-*: judged by whether the queue's keys carry a TTL, as PTTL says.
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+    let sample = sampler.sample(&endpoint, &list).await;
+    let volatile = memory(&sample);
+    assert_eq!(volatile.queue_keys_with_ttl, Some(Vec::new()));
+    assert_eq!(volatile.eviction_warning(), None, "no queue key has a TTL");
+    assert_eq!(
+        sample.round_trips, 2,
+        "the PTTLs are a second round, only under volatile-*"
+    );
+    server.cli(&["PEXPIRE", "jobs", "600000"]);
+    let volatile = memory(&sampler.sample(&endpoint, &list).await);
+    assert_eq!(volatile.queue_keys_with_ttl, Some(vec!["jobs".to_string()]));
+    let warning = volatile
+        .eviction_warning()
+        .expect("a queue key with a TTL may be evicted");
+    assert!(
+        warning.contains("volatile-lru") && warning.contains("jobs"),
+        "{warning}"
+    );
+    server.cli(&["PERSIST", "jobs"]);
     server.cli(&["CONFIG", "SET", "maxmemory", "0"]);
     server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
     let memory = memory(&sampler.sample(&endpoint, &list).await);

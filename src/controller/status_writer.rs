@@ -135,6 +135,15 @@ fn jobs_safe(memory: &Memory, now: Timestamp) -> ConditionValue {
             ),
             now,
         ),
+        (None, Some(_)) if memory.eviction_policy.starts_with("volatile-") => ConditionValue::new(
+            true,
+            "NoQueueKeyWithTtl",
+            &format!(
+                "{node}: maxmemory-policy {} evicts only keys that carry a TTL, and none of this policy's queue keys does",
+                memory.eviction_policy
+            ),
+            now,
+        ),
         (None, Some(_)) => ConditionValue::new(
             true,
             "NoEviction",

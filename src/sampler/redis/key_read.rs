@@ -19,6 +19,8 @@ pub enum ReadKind {
     XinfoGroups,
     /// levee's latency script (`EVALSHA`), see `latency`.
     Latency,
+    /// `PTTL`: whether a queue key carries a TTL (a `volatile-*` Redis may evict it).
+    Pttl,
 }
 
 /// A read of one key.
@@ -55,6 +57,7 @@ impl KeyRead {
             ReadKind::Llen => redis::cmd("LLEN"),
             ReadKind::Zcard => redis::cmd("ZCARD"),
             ReadKind::Xlen => redis::cmd("XLEN"),
+            ReadKind::Pttl => redis::cmd("PTTL"),
             ReadKind::XinfoGroups => {
                 let mut command = redis::cmd("XINFO");
                 command.arg("GROUPS");

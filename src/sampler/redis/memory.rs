@@ -13,7 +13,13 @@ pub struct Memory {
     /// `maxmemory`, `None` when it is 0 (no limit).
     pub max_bytes: Option<u64>,
     pub eviction_policy: String,
+    /// Under a `volatile-*` policy with a limit: the policy's queue keys that carry a TTL (what
+    /// such a Redis may evict), at most `MAX_TTL_KEYS` of them; `None` when not read.
+    pub queue_keys_with_ttl: Option<Vec<String>>,
 }
+
+/// The most keys with a TTL a reading names.
+pub const MAX_TTL_KEYS: usize = 5;
 
 /// The `INFO memory` command.
 pub fn command() -> redis::Cmd {
@@ -47,6 +53,7 @@ impl Memory {
             used_bytes: number("used_memory")?,
             max_bytes: (max > 0).then_some(max),
             eviction_policy: field("maxmemory_policy")?.to_string(),
+            queue_keys_with_ttl: None,
         })
     }
 
@@ -59,10 +66,18 @@ impl Memory {
         if policy == "noeviction" {
             return None;
         }
-        let what = if policy.starts_with("volatile-") {
-            "deletes keys that carry a TTL, queued jobs among them when their keys have one (levee does not read the queue keys' TTLs)"
-        } else {
-            "deletes keys, queued jobs among them"
+        let what = match (policy.starts_with("volatile-"), &self.queue_keys_with_ttl) {
+            (false, _) => "deletes keys, queued jobs among them".to_string(),
+            // No queue key carries a TTL: this policy evicts none of them.
+            (true, Some(keys)) if keys.is_empty() => return None,
+            (true, Some(keys)) => format!(
+                "deletes keys that carry a TTL, and queue keys of this policy do: {}",
+                keys.join(", ")
+            ),
+            (true, None) => {
+                "deletes keys that carry a TTL, queued jobs among them when their keys have one (their TTLs could not be read)"
+                    .to_string()
+            }
         };
         Some(format!(
             "{node} has maxmemory-policy {policy} with maxmemory {max} bytes: when full it {what}. Set maxmemory-policy noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf), as BullMQ requires"
@@ -137,7 +152,26 @@ mod tests {
             lru.contains("allkeys-lru") && lru.contains("Set maxmemory-policy noeviction"),
             "{lru}"
         );
-        assert!(warning(100, "volatile-ttl").unwrap().contains("carry a TTL"));
+        assert!(
+            warning(100, "volatile-ttl")
+                .unwrap()
+                .contains("could not be read")
+        );
+        let volatile = |keys: Vec<&str>| {
+            let mut memory = Memory::parse(&node(), &info(10, 100, "volatile-lru")).unwrap();
+            memory.queue_keys_with_ttl = Some(keys.into_iter().map(String::from).collect());
+            memory.eviction_warning()
+        };
+        assert_eq!(
+            volatile(Vec::new()),
+            None,
+            "no queue key has a TTL: none is evicted"
+        );
+        assert!(
+            volatile(vec!["bull:mail:wait"])
+                .unwrap()
+                .contains("bull:mail:wait")
+        );
     }
 
     #[test]
@@ -147,6 +181,7 @@ mod tests {
             used_bytes: used,
             max_bytes: max,
             eviction_policy: "noeviction".into(),
+            queue_keys_with_ttl: None,
         };
         let picked = fullest(vec![at(900, Some(1000)), at(50, Some(60)), at(5000, None)]).unwrap();
         assert_eq!(picked.node, "n900", "90 % beats 83 % and a node with no limit");

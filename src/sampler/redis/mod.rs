@@ -146,16 +146,58 @@ impl Sampler {
                     }
                 })
                 .collect();
+        let mut memory = memory
+            .and_then(|nodes| fullest(nodes).ok_or_else(|| "no Redis node answered INFO memory".to_string()));
+        if let Ok(fullest) = &mut memory
+            && fullest.max_bytes.is_some()
+            && fullest.eviction_policy.starts_with("volatile-")
+        {
+            let (keys, trips) = self.keys_with_ttl(endpoint, &state, &reads).await;
+            fullest.queue_keys_with_ttl = keys;
+            round_trips += trips;
+        }
         Sample {
             at,
             queues,
             round_trips,
             unreachable,
-            memory: Some(memory.and_then(|nodes| {
-                fullest(nodes).ok_or_else(|| "no Redis node answered INFO memory".to_string())
-            })),
+            memory: Some(memory),
             duration: started.elapsed(),
         }
+    }
+
+    /// The keys of `reads` that carry a TTL (`PTTL` of each, one pipeline per node): what a
+    /// `volatile-*` Redis may evict. `None` when one could not be read. Asked only of a Redis
+    /// with such a policy, so other ticks pay nothing.
+    async fn keys_with_ttl(
+        &self,
+        endpoint: &Endpoint,
+        state: &EndpointConnections,
+        reads: &[&KeyRead],
+    ) -> (Option<Vec<String>>, usize) {
+        let mut keys: Vec<&str> = reads
+            .iter()
+            .filter(|read| read.kind != ReadKind::Latency)
+            .map(|read| read.key.as_str())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let ttl_reads: Vec<KeyRead> = keys
+            .iter()
+            .map(|key| KeyRead::new(ReadKind::Pttl, *key))
+            .collect();
+        let refs: Vec<&KeyRead> = ttl_reads.iter().collect();
+        let read = self.read_all(endpoint, state, &refs, false, false).await;
+        let mut with_ttl = Vec::new();
+        for (key, reply) in keys.iter().zip(read.replies) {
+            match reply {
+                Ok(Ok(Value::Int(ttl))) if ttl >= 0 => with_ttl.push(key.to_string()),
+                Ok(Ok(Value::Int(_))) => {}
+                _ => return (None, read.round_trips),
+            }
+        }
+        with_ttl.truncate(memory::MAX_TTL_KEYS);
+        (Some(with_ttl), read.round_trips)
     }
 
     fn state_of(&self, endpoint: &Endpoint) -> Arc<EndpointConnections> {

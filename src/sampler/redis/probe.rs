@@ -177,7 +177,7 @@ impl QueueError {
                 ReadKind::Llen => "list",
                 ReadKind::Zcard => "zset",
                 ReadKind::Xlen | ReadKind::XinfoGroups => "stream",
-                ReadKind::Latency => "queue of its type",
+                ReadKind::Latency | ReadKind::Pttl => "queue of its type",
             };
             return QueueError::WrongType {
                 key: read.key.clone(),

@@ -35,6 +35,7 @@ go_chain() {
   # before anything else here.
   step "$dir" kafka scripts/kafka.sh install || true
   step "$dir" nats-server scripts/nats-server.sh install "$PWD/.cache/bin" || true
+  step "$dir" natscli scripts/nats-server.sh install-cli "$PWD/.cache/bin" || true
   step "$dir" controlplane e2e/scripts/controlplane.sh build || true
   step "$dir" promtool e2e/scripts/promtool.sh install "$PWD/.cache/bin" || true
   step "$dir" keda e2e/scripts/keda.sh build || true

@@ -406,6 +406,11 @@ fn sample_once_json_reads_a_jetstream_consumer_as_nats_own_client_does() {
     server.jetstream(&["fill", "EVENTS", "events", "writer", "30", "12", "2"]);
     let expected = server.unprocessed_and_outstanding("EVENTS", "writer", &[]);
     assert_eq!(expected, 28, "nats-py's own figure");
+    assert_eq!(
+        server.consumer_info_tool("EVENTS", "writer"),
+        expected,
+        "nats consumer info's"
+    );
     let dir = tempfile::tempdir().unwrap();
     let body = format!(
         "apiVersion: levee.dev/v1alpha1

@@ -31,8 +31,10 @@ fn depth(sample: &Sample, name: &str) -> Result<u64, String> {
         .clone()
 }
 
+/// Each depth equals what NATS's own tools read of the consumer: `nats consumer info`'s
+/// "Unprocessed Messages" + "Outstanding Acks", and nats-py's `consumer_info`.
 #[tokio::test]
-async fn depths_equal_what_nats_own_client_reads_from_the_consumer() {
+async fn depths_equal_what_nats_own_tools_read_from_the_consumer() {
     let server = NatsServer::start();
     // 50 published, 20 delivered of which 5 acknowledged: 30 unprocessed, 15 outstanding acks.
     server.jetstream(&["fill", "EVENTS", "events.>", "writer", "50", "20", "5"]);
@@ -40,6 +42,14 @@ async fn depths_equal_what_nats_own_client_reads_from_the_consumer() {
     let expected_events = server.unprocessed_and_outstanding("EVENTS", "writer", &[]);
     let expected_mail = server.unprocessed_and_outstanding("MAIL", "sender", &[]);
     assert_eq!((expected_events, expected_mail), (45, 7), "nats-py's own figures");
+    assert_eq!(
+        (
+            server.consumer_info_tool("EVENTS", "writer"),
+            server.consumer_info_tool("MAIL", "sender")
+        ),
+        (expected_events, expected_mail),
+        "nats consumer info's own figures"
+    );
     let prepared = queues(
         "[{name: events, type: jetstream, stream: EVENTS, consumer: writer},
           {name: mail, type: jetstream, stream: MAIL, consumer: sender, weight: 3}]",
@@ -66,6 +76,10 @@ async fn depths_equal_what_nats_own_client_reads_from_the_consumer() {
     assert_eq!(
         depth(&sample, "jobs"),
         Ok(server.unprocessed_and_outstanding("JOBS", "worker", &[]))
+    );
+    assert_eq!(
+        depth(&sample, "jobs"),
+        Ok(server.consumer_info_tool("JOBS", "worker"))
     );
     assert_eq!(depth(&sample, "jobs"), Ok(0), "all 12 acknowledged");
     assert_eq!(

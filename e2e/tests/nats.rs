@@ -22,6 +22,11 @@ fn a_jetstream_consumer_backlog_opens_the_circuit_with_the_brokers_own_figure() 
     nats.jetstream(&["fill", "EVENTS", "events", "writer", "40", "15", "6"]);
     let expected = nats.unprocessed_and_outstanding("EVENTS", "writer", &[]);
     assert_eq!(expected, 34, "nats-py's own figure");
+    assert_eq!(
+        nats.consumer_info_tool("EVENTS", "writer"),
+        expected,
+        "nats consumer info's"
+    );
 
     let levee = Levee::start(&ns, &[]);
     PolicyYaml::new("events", &ns, "")

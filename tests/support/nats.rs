@@ -51,6 +51,25 @@ pub fn nats_keys(kind: &str, dir: &std::path::Path) {
     assert!(made.success(), "natskeys {kind} failed");
 }
 
+/// NATS's own command-line tool (natscli's `nats`), built once by `scripts/nats-server.sh`.
+pub fn nats_cli_binary() -> String {
+    static BINARY: OnceLock<String> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let output = Command::new(repo_root().join("scripts/nats-server.sh"))
+                .args(["install-cli", &repo_root().join(".cache/bin").to_string_lossy()])
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("scripts/nats-server.sh runs");
+            assert!(
+                output.status.success(),
+                "scripts/nats-server.sh could not build natscli (Go and the module proxy are needed)"
+            );
+            String::from_utf8(output.stdout).unwrap().trim().to_string()
+        })
+        .clone()
+}
+
 /// Runs `tests/producers/nats_jetstream.py` (nats-py, the NATS client from PyPI) against the
 /// server at `url`: its last line is the consumer's info as nats-py reads it.
 pub fn jetstream(url: &str, args: &[&str]) -> serde_json::Value {
@@ -193,6 +212,31 @@ impl NatsServer {
     /// Runs `tests/producers/nats_jetstream.py` against this server (see `jetstream`).
     pub fn jetstream(&self, args: &[&str]) -> serde_json::Value {
         jetstream(&self.url(), args)
+    }
+
+    /// What `nats consumer info STREAM CONSUMER` (NATS's own tool) prints as "Unprocessed
+    /// Messages" + "Outstanding Acks": its JSON's `num_pending + num_ack_pending`.
+    pub fn consumer_info_tool(&self, stream: &str, consumer: &str) -> u64 {
+        let output = Command::new(nats_cli_binary())
+            .args([
+                "--server",
+                &self.url(),
+                "consumer",
+                "info",
+                stream,
+                consumer,
+                "--json",
+            ])
+            .output()
+            .expect("nats runs");
+        assert!(
+            output.status.success(),
+            "nats consumer info failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let info: serde_json::Value = serde_json::from_slice(&output.stdout).expect("nats prints JSON");
+        info["num_pending"].as_u64().expect("num_pending")
+            + info["num_ack_pending"].as_u64().expect("num_ack_pending")
     }
 
     /// The consumer's work not done as NATS's own client reads it (`num_pending +

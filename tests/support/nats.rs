@@ -11,20 +11,27 @@ use std::time::{Duration, Instant};
 /// The path of the nats-server binary, built or taken from the cache the first time it is asked.
 pub fn nats_server_binary() -> String {
     static BINARY: OnceLock<String> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let output = Command::new(repo_root().join("scripts/nats-server.sh"))
-                .args(["install", &repo_root().join(".cache/bin").to_string_lossy()])
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("scripts/nats-server.sh runs");
-            assert!(
-                output.status.success(),
-                "scripts/nats-server.sh could not build nats-server (Go and the module proxy are needed)"
-            );
-            String::from_utf8(output.stdout).unwrap().trim().to_string()
-        })
-        .clone()
+    BINARY.get_or_init(|| installed("install", "nats-server")).clone()
+}
+
+/// NATS's own command-line tool (natscli's `nats`), built once by `scripts/nats-server.sh`.
+pub fn nats_cli_binary() -> String {
+    static BINARY: OnceLock<String> = OnceLock::new();
+    BINARY.get_or_init(|| installed("install-cli", "natscli")).clone()
+}
+
+/// `scripts/nats-server.sh <subcommand>` into `.cache/bin`: the installed binary's path.
+fn installed(subcommand: &str, what: &str) -> String {
+    let output = Command::new(repo_root().join("scripts/nats-server.sh"))
+        .args([subcommand, &repo_root().join(".cache/bin").to_string_lossy()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/nats-server.sh runs");
+    assert!(
+        output.status.success(),
+        "scripts/nats-server.sh could not build {what} (Go and the module proxy are needed)"
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 /// NATS credentials made in `dir` by `tests/producers/natskeys` (NATS's own nkeys and jwt
@@ -49,25 +56,6 @@ pub fn nats_keys(kind: &str, dir: &std::path::Path) {
     });
     let made = Command::new(binary).arg(kind).arg(dir).status().unwrap();
     assert!(made.success(), "natskeys {kind} failed");
-}
-
-/// NATS's own command-line tool (natscli's `nats`), built once by `scripts/nats-server.sh`.
-pub fn nats_cli_binary() -> String {
-    static BINARY: OnceLock<String> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let output = Command::new(repo_root().join("scripts/nats-server.sh"))
-                .args(["install-cli", &repo_root().join(".cache/bin").to_string_lossy()])
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("scripts/nats-server.sh runs");
-            assert!(
-                output.status.success(),
-                "scripts/nats-server.sh could not build natscli (Go and the module proxy are needed)"
-            );
-            String::from_utf8(output.stdout).unwrap().trim().to_string()
-        })
-        .clone()
 }
 
 /// Runs `tests/producers/nats_jetstream.py` (nats-py, the NATS client from PyPI) against the

@@ -195,6 +195,7 @@ async fn main() {
             let runs = iterations(queues);
             let mut times = Vec::with_capacity(runs);
             let mut round_trips = 0;
+            server.cli(&["CONFIG", "RESETSTAT"]);
             for _ in 0..runs {
                 let started = Instant::now();
                 let sample = sampler.sample_prepared(&endpoint, &prepared).await;
@@ -202,7 +203,8 @@ async fn main() {
                 round_trips = sample.round_trips;
                 assert!(!read_latency || sample.latency().unwrap() >= Duration::from_secs(10));
             }
-            row.push((stats(times), round_trips));
+            let per_queue = redis_usec(&server) / (runs * queues) as f64;
+            row.push((stats(times), round_trips, per_queue));
         }
         latency_rows.push((queues, row));
     }
@@ -226,20 +228,47 @@ async fn main() {
     print_latency_rows(latency_rows);
 }
 
-fn print_latency_rows(rows: Vec<(usize, Vec<(Stats, usize)>)>) {
+/// The microseconds Redis spent in commands since the last `CONFIG RESETSTAT`, as its own
+/// `INFO commandstats` counts them (the reset and this read left out).
+fn redis_usec(server: &support::RedisServer) -> f64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            if name == "config" {
+                return None;
+            }
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("usec="))?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// One cell of the latency table: tick times, round trips, Redis's microseconds a queue.
+type LatencyCell = (Stats, usize, f64);
+
+fn print_latency_rows(rows: Vec<(usize, Vec<LatencyCell>)>) {
     println!();
     println!(
-        "| Sidekiq queues | depth only (median / p90) | round trips | depth + latency (median / p90) | round trips |"
+        "| Sidekiq queues | depth only (median / p90) | round trips | depth + latency (median / p90) | round trips | Redis time a queue: depth / with latency (INFO commandstats) |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for (queues, row) in rows {
-        let [(depth, depth_trips), (latency, latency_trips)] = <[_; 2]>::try_from(row).ok().unwrap();
+        let [
+            (depth, depth_trips, depth_usec),
+            (latency, latency_trips, latency_usec),
+        ] = <[_; 2]>::try_from(row).ok().unwrap();
         println!(
-            "| {queues} | {:.4} ms / {:.4} ms | {depth_trips} | {:.4} ms / {:.4} ms | {latency_trips} |",
+            "| {queues} | {:.4} ms / {:.4} ms | {depth_trips} | {:.4} ms / {:.4} ms | {latency_trips} | {depth_usec:.2} µs / {latency_usec:.2} µs ({:.1}×) |",
             ms(depth.median),
             ms(depth.p90),
             ms(latency.median),
             ms(latency.p90),
+            latency_usec / depth_usec,
         );
     }
 }

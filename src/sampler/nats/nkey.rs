@@ -2,6 +2,7 @@
 //! decoded, its public key derived, and the server's nonce signed with it (Ed25519, as the NATS
 //! protocol's CONNECT asks); and the JWT and seed read out of a `.creds` file.
 
+use crate::sampler::slot::crc16;
 use base64::Engine;
 use data_encoding::BASE32_NOPAD;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -76,22 +77,6 @@ pub fn parse_creds(text: &str) -> Result<(String, String), String> {
     let seed = after("BEGIN USER NKEY SEED")
         .ok_or("no -----BEGIN USER NKEY SEED----- block: the .creds file holds no seed")?;
     Ok((jwt, seed))
-}
-
-/// CRC-16/XMODEM, the nkey checksum.
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for byte in data {
-        crc ^= u16::from(*byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
 }
 
 #[cfg(test)]

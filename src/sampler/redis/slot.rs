@@ -19,7 +19,9 @@ fn hash_tag(key: &[u8]) -> &[u8] {
     key
 }
 
-fn crc16(bytes: &[u8]) -> u16 {
+/// CRC-16/XMODEM (polynomial 0x1021, initial 0): Redis Cluster's key hash, and the checksum of
+/// NATS nkeys.
+pub fn crc16(bytes: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for &byte in bytes {
         crc ^= u16::from(byte) << 8;

@@ -7,14 +7,16 @@
 //!    │                              └──────────────────────────────────────────────────┤
 //!    └──────────────────────────────────── at or below recovery ───────────────────────┘
 //! ```
-//! "Critical" is the backlog (`pending`) or the latency at its critical threshold; "below
+//! "Critical" is the backlog (`pending`), the latency or Redis memory at its critical threshold; "below
 //! warning" and "recovery" hold for every signal the policy sets. With `openAhead`, a backlog
 //! forecast to reach critical within that time opens too, and keeps an Open circuit from
 //! half-opening. A new `levee.dev/reset` value forces Closed; failed samples apply
 //! `onSampleFailure` after N in a row. One tick makes at most one transition.
 
+mod memory;
 mod rules;
 
+pub use memory::{Bytes, MemoryAmount, MemoryThresholds, MemoryUse};
 pub use rules::{Bands, CircuitRules, LatencyThresholds, OnSampleFailure, SampleFailureAction, Thresholds};
 
 use jiff::Timestamp;
@@ -75,8 +77,7 @@ impl Observation {
     pub fn pending(pending: u64) -> Self {
         Observation::Sampled(Measure {
             pending,
-            latency: None,
-            critical_in: None,
+            ..Measure::default()
         })
     }
 }
@@ -91,6 +92,8 @@ pub struct Measure {
     /// When the backlog will reach critical at its current growth; `None` when it is not growing
     /// (or not forecast).
     pub critical_in: Option<Duration>,
+    /// Redis memory (the fullest master's); `None` when not read.
+    pub memory: Option<MemoryUse>,
 }
 
 /// Why the state changed.
@@ -100,6 +103,12 @@ pub enum Cause {
     ReachedCritical { pending: u64, critical: u64 },
     /// `latency >= latency.critical`.
     LatencyCritical { latency: Duration, critical: Duration },
+    /// Redis memory at `memory.critical` (in bytes against `maxmemory`).
+    MemoryCritical {
+        used: u64,
+        critical: MemoryAmount,
+        critical_bytes: u64,
+    },
     /// The backlog is forecast to reach critical within `openAhead`.
     CriticalForecast {
         pending: u64,
@@ -128,6 +137,19 @@ impl fmt::Display for Cause {
             Cause::LatencyCritical { latency, critical } => {
                 write!(f, "latency {latency:.1?} >= critical {critical:?}")
             }
+            Cause::MemoryCritical {
+                used,
+                critical,
+                critical_bytes,
+            } => match critical {
+                MemoryAmount::Percent(_) => write!(
+                    f,
+                    "Redis memory {} >= critical {critical} ({})",
+                    Bytes(*used),
+                    Bytes(*critical_bytes)
+                ),
+                MemoryAmount::Bytes(_) => write!(f, "Redis memory {} >= critical {critical}", Bytes(*used)),
+            },
             Cause::CriticalForecast {
                 pending,
                 critical,
@@ -163,10 +185,14 @@ impl fmt::Display for Cause {
 
 /// The numbers of a measure, as the events show them.
 fn describe(measure: &Measure) -> String {
-    match measure.latency {
-        Some(latency) => format!("pending {}, latency {latency:.1?}", measure.pending),
-        None => format!("pending {}", measure.pending),
+    let mut text = format!("pending {}", measure.pending);
+    if let Some(latency) = measure.latency {
+        text.push_str(&format!(", latency {latency:.1?}"));
     }
+    if let Some(memory) = measure.memory {
+        text.push_str(&format!(", Redis memory {}", Bytes(memory.used)));
+    }
+    text
 }
 
 /// A change of state.
@@ -325,7 +351,7 @@ impl Circuit {
     }
 }
 
-/// The signal at its critical level, if any: the backlog first, then the latency.
+/// The signal at its critical level, if any: the backlog first, then the latency, then memory.
 fn critical_cause(rules: &CircuitRules, measure: &Measure) -> Option<Cause> {
     if let Some(bands) = rules.depth
         && measure.pending >= bands.critical
@@ -335,10 +361,19 @@ fn critical_cause(rules: &CircuitRules, measure: &Measure) -> Option<Cause> {
             critical: bands.critical,
         });
     }
-    let (bands, latency) = rules.latency.zip(measure.latency)?;
-    (latency >= bands.critical).then_some(Cause::LatencyCritical {
-        latency,
-        critical: bands.critical,
+    if let Some((bands, latency)) = rules.latency.zip(measure.latency)
+        && latency >= bands.critical
+    {
+        return Some(Cause::LatencyCritical {
+            latency,
+            critical: bands.critical,
+        });
+    }
+    let (bands, used) = rules.memory_bands(measure)?;
+    (used >= bands.critical).then_some(Cause::MemoryCritical {
+        used,
+        critical: rules.memory?.critical,
+        critical_bytes: bands.critical,
     })
 }
 

@@ -51,6 +51,7 @@ pub fn rules(warning: u64, critical: u64, recovery: u64) -> CircuitRules {
             recovery,
         }),
         latency: None,
+        memory: None,
         open_ahead: None,
         min_open: SignedDuration::from_secs(30),
         alert_after: SignedDuration::from_secs(600),

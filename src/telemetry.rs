@@ -327,10 +327,30 @@ mod tests {
         );
         assert!(text.contains("levee_growth_per_second{namespace=\"jobs\",policy=\"p\"} 2.5\n"));
         assert!(
+            !text.contains("levee_redis_memory_ratio{"),
+            "no memory read is no ratio"
+        );
+        assert!(
             !text.contains("levee_critical_in_seconds{"),
             "no forecast of critical, no series"
         );
+        values.publish(PolicyValues {
+            memory: Some(crate::values::MemoryValues {
+                used: 600,
+                max: Some(800),
+                warning: Some(560),
+            }),
+            ..published("m", 0, Vec::new())
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains("levee_redis_memory_ratio{namespace=\"jobs\",policy=\"m\"} 0.75\n"),
+            "{text}"
+        );
+        assert!(text.contains("levee_redis_memory_used_bytes{namespace=\"jobs\",policy=\"m\"} 600\n"));
+        assert!(text.contains("levee_redis_memory_warning_bytes{namespace=\"jobs\",policy=\"m\"} 560\n"));
         values.forget("jobs", "p");
+        values.forget("jobs", "m");
         assert!(
             !metrics.render().contains("levee_pending{"),
             "a deleted policy's series go"

@@ -36,9 +36,20 @@ pub struct PolicyValues {
     /// The circuit as last decided (the leader) or read from status (a follower); `None` until
     /// the first decision.
     pub circuit: Option<CircuitValues>,
-    /// Redis policies: the fullest master's memory at the last sample that read it (used bytes,
-    /// and `maxmemory` when set).
-    pub memory: Option<(u64, Option<u64>)>,
+    /// Redis policies: the fullest master's memory at the last sample that read it.
+    pub memory: Option<MemoryValues>,
+}
+
+/// A Redis policy's memory figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryValues {
+    /// `used_memory` of the fullest master.
+    pub used: u64,
+    /// Its `maxmemory`, `None` without a limit.
+    pub max: Option<u64>,
+    /// The policy's `thresholds.memory.warning` in bytes (`None`: no memory thresholds, or a
+    /// percentage of no limit).
+    pub warning: Option<u64>,
 }
 
 /// One queue's figures: the last ones read (kept while a later read fails, which makes the sample
@@ -89,6 +100,12 @@ impl PolicyValues {
             queue.depth = queue.depth.or(last.depth);
             queue.latency = queue.latency.or(last.latency);
         }
+    }
+
+    /// `used_memory / maxmemory` of the fullest master; `None` without a reading or a limit.
+    pub fn memory_ratio(&self) -> Option<f64> {
+        let memory = self.memory?;
+        Some(memory.used as f64 / memory.max? as f64)
     }
 
     /// Whether an autoscaler should not act on these values at `now` (monotonic).

@@ -1,11 +1,13 @@
 //! Redis memory as levee reads it (`INFO memory`, in the tick's own pipeline) against what Redis
 //! itself reports: real BullMQ jobs of two sizes (the same depth, a different memory), an ACL
 //! that refuses `INFO` (only the memory figure is lost), and a Cluster whose fullest master is
-//! not the one holding the policy's queue.
+//! not the one holding the policy's queue; and a memory-only policy whose circuit opens before
+//! Redis refuses writes.
 
 mod support;
 
-use levee::api::{QueueSpec, RedisSpec};
+use levee::api::{BackpressurePolicySpec, QueueSpec, RedisSpec};
+use levee::circuit::{Cause, Circuit, CircuitRules, Decision, MemoryAmount, Observation, State};
 use levee::sampler::{Credentials, Endpoint, Memory, Sample, Sampler};
 use support::*;
 
@@ -206,4 +208,137 @@ async fn in_cluster_mode_the_figure_is_the_fullest_masters() {
         memory.used_bytes
     );
     assert_eq!(sample.round_trips, 3, "one pipeline per master, the INFO in each");
+}
+
+/// A memory-only policy's rules and the circuit's decision on one sample of `spec`'s Redis.
+struct MemoryPolicy {
+    spec: BackpressurePolicySpec,
+    rules: CircuitRules,
+    circuit: Circuit,
+}
+
+impl MemoryPolicy {
+    fn new(server: &RedisServer) -> Self {
+        let spec: BackpressurePolicySpec = serde_yaml::from_str(&format!(
+            "{{redis: {{url: '{}'}}, queues: [{{name: mail, type: bullmq, key: mail}}], thresholds: {{memory: {{warning: '60%', critical: '80%', recovery: '50%'}}}}}}",
+            server.url()
+        ))
+        .unwrap();
+        Self {
+            rules: spec.circuit_rules(),
+            spec,
+            circuit: Circuit::default(),
+        }
+    }
+
+    /// Samples the queue and steps the circuit.
+    async fn tick(&mut self, sampler: &Sampler) -> (Sample, Decision) {
+        let redis = self.spec.redis.as_ref().unwrap();
+        let endpoint = Endpoint::from_spec(redis, None, Credentials::default(), None).unwrap();
+        let sample = sampler.sample(&endpoint, &self.spec.queues).await;
+        let decision = self
+            .circuit
+            .step(&self.rules, sample.at, sample.observation(&self.rules), None);
+        (sample, decision)
+    }
+}
+
+/// Adds `count` BullMQ jobs of `bytes` bytes to the queue `mail`; BullMQ's own waiting count.
+fn add_jobs(server: &RedisServer, count: u64, bytes: u64) -> u64 {
+    let args = [
+        server.port.to_string(),
+        "mail".into(),
+        count.to_string(),
+        bytes.to_string(),
+    ];
+    run_producer("node", "bullmq_sized.mjs", &args)["wait"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_memory_only_policy_opens_before_redis_refuses_writes() {
+    const MAX: u64 = 32 * 1024 * 1024;
+    let server = RedisServer::start_with(&["--maxmemory", "32mb", "--maxmemory-policy", "noeviction"]);
+    let sampler = Sampler::new();
+    let mut policy = MemoryPolicy::new(&server);
+    let (opened, waiting) = loop {
+        // 100 jobs of 20 KB a batch: about 2 MB, 6 % of maxmemory.
+        let waiting = add_jobs(&server, 100, 20_000);
+        let (sample, decision) = policy.tick(&sampler).await;
+        if let Some(transition) = decision.transition {
+            assert_eq!(transition.to, State::Open, "{transition:?}");
+            assert!(
+                matches!(
+                    transition.cause,
+                    Cause::MemoryCritical {
+                        critical: MemoryAmount::Percent(80),
+                        ..
+                    }
+                ),
+                "{}",
+                transition.cause
+            );
+            break (memory(&sample), waiting);
+        }
+        assert!(waiting < 2_000, "the circuit never opened: {:?}", memory(&sample));
+    };
+    let used: u64 = info(&server, "used_memory").parse().unwrap();
+    assert!(
+        close_to(opened.used_bytes, used),
+        "levee {} vs INFO {used}",
+        opened.used_bytes
+    );
+    assert!(
+        opened.used_bytes >= MAX * 80 / 100 && opened.used_bytes < MAX * 90 / 100,
+        "opened at {} of {MAX}",
+        opened.used_bytes
+    );
+    // Redis still takes writes when the producers are held back ...
+    let mut connection = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let write: redis::RedisResult<()> = redis::cmd("SET")
+        .arg("still-writable")
+        .arg("x")
+        .query(&mut connection);
+    assert!(write.is_ok(), "{write:?}");
+    // ... and refuses them had they gone on: noeviction answers OOM at maxmemory.
+    let megabyte = vec![b'x'; 1024 * 1024];
+    let refused = (0..32).find_map(|i| {
+        let write: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("fill-{i}"))
+            .arg(&megabyte)
+            .query(&mut connection);
+        write.err()
+    });
+    assert_eq!(
+        refused.as_ref().and_then(|e| e.code()),
+        Some("OOM"),
+        "{refused:?}"
+    );
+
+    // The same depth in jobs of 50 bytes holds a fraction of the memory: nothing opens.
+    let small = RedisServer::start_with(&["--maxmemory", "32mb", "--maxmemory-policy", "noeviction"]);
+    assert_eq!(add_jobs(&small, waiting, 50), waiting);
+    let mut policy = MemoryPolicy::new(&small);
+    let (sample, decision) = policy.tick(&sampler).await;
+    assert_eq!(sample.queues[0].depth, Ok(waiting));
+    assert_eq!(decision.transition, None, "{:?}", memory(&sample));
+    assert_eq!(policy.circuit.state, State::Closed);
+}
+
+#[tokio::test]
+async fn percentages_of_a_redis_without_maxmemory_fail_the_sample() {
+    let server = RedisServer::start_with(&[]);
+    add_jobs(&server, 10, 50);
+    let mut policy = MemoryPolicy::new(&server);
+    let (sample, _) = policy.tick(&Sampler::new()).await;
+    assert_eq!(memory(&sample).max_bytes, None);
+    assert_eq!(
+        sample.observation(&policy.rules),
+        Observation::SampleFailed,
+        "80% of no limit is no threshold: the circuit must not read it as Normal"
+    );
 }

@@ -1089,6 +1089,7 @@ fn the_alerts_and_the_dashboard_use_only_metrics_levee_exports() {
         "LeveeProlonged",
         "LeveeSamplingFailing",
         "LeveeMetricsApiErrors",
+        "LeveeRedisMemoryWarning",
     ] {
         assert!(alerts.contains(&alert), "{alert} missing from {alerts:?}");
     }

@@ -34,6 +34,7 @@ use jiff::SignedDuration;
 #[x_kube(validation = Rule::new("!has(self.circuit.openAhead) || has(self.thresholds.critical)").message("circuit.openAhead forecasts when the backlog reaches thresholds.critical: set the depth thresholds too"))]
 #[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.readLatency").message("latency thresholds need readLatency: true"))]
 #[x_kube(validation = Rule::new("!has(self.thresholds.latency) || self.queues.exists(q, q.type in ['sidekiq', 'rq', 'bullmq', 'stream', 'jetstream', 'kafka'])").message("latency thresholds need a queue that keeps an enqueue time (sidekiq, rq, bullmq, stream, jetstream or kafka): list, zset and celery queues have no latency"))]
+#[x_kube(validation = Rule::new("!has(self.thresholds.memory) || has(self.redis)").message("thresholds.memory read Redis memory (INFO memory): they need spec.redis, not a NATS or Kafka backend"))]
 #[x_kube(validation = Rule::new("(has(self.redis) ? 1 : 0) + (has(self.nats) ? 1 : 0) + (has(self.kafka) ? 1 : 0) == 1").message("name exactly one backend: spec.redis (Redis queues), spec.nats (JetStream consumers) or spec.kafka (Kafka consumer groups)"))]
 #[x_kube(validation = Rule::new("!has(self.nats) || self.queues.all(q, q.type == 'jetstream')").message("under spec.nats every queue is type jetstream: move Redis queues to a policy with spec.redis"))]
 #[x_kube(validation = Rule::new("!has(self.kafka) || self.queues.all(q, q.type == 'kafka')").message("under spec.kafka every queue is type kafka: move the other queues to a policy with their own backend"))]
@@ -560,6 +561,7 @@ impl BackpressurePolicySpec {
         CircuitRules {
             depth: self.thresholds.depth(),
             latency: self.thresholds.latency(),
+            memory: self.thresholds.memory(),
             open_ahead: self.circuit.open_ahead.map(Into::into),
             min_open: signed(self.circuit.min_open_duration),
             alert_after: signed(self.circuit.alert_after),

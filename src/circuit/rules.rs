@@ -2,6 +2,7 @@
 //! priorities. The API embeds the first two in the policy's spec (with their schema rules); the
 //! circuit reads them in the units it computes with.
 
+use super::memory::{MemoryAmount, MemoryThresholds};
 use super::{Level, Measure, State};
 use jiff::SignedDuration;
 use kube::KubeSchema;
@@ -9,11 +10,11 @@ use kube::core::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The levels that drive the circuit: backlog sizes (weighted pending jobs), queue latency, or
-/// both (the worse of the two counts).
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+/// The levels that drive the circuit: backlog sizes (weighted pending jobs), queue latency,
+/// Redis memory, or any of them together (the worst counts).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.critical) || has(self.latency)").message("set the depth thresholds (warning, critical, recovery), latency thresholds, or both"))]
+#[x_kube(validation = Rule::new("has(self.critical) || has(self.latency) || has(self.memory)").message("set the depth thresholds (warning, critical, recovery), latency or memory thresholds, or several of them"))]
 #[x_kube(validation = Rule::new("has(self.warning) == has(self.critical) && has(self.critical) == has(self.recovery)").message("warning, critical and recovery go together: set all three or none"))]
 #[x_kube(validation = Rule::new("!has(self.critical) || !has(self.warning) || !has(self.recovery) || (self.recovery < self.warning && self.warning < self.critical)").message("thresholds must satisfy recovery < warning < critical: lower recovery or raise critical"))]
 pub struct Thresholds {
@@ -32,6 +33,10 @@ pub struct Thresholds {
     /// The same levels for the age of the oldest waiting job (the largest over the queues).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyThresholds>,
+    /// The same levels for Redis memory: percentages of `maxmemory` (`"85%"`) or quantities
+    /// (`"2Gi"`, for a Redis without a limit), of its fullest master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryThresholds>,
 }
 
 /// Queue latencies (Go durations) that drive the circuit.
@@ -64,6 +69,11 @@ impl Thresholds {
             critical: latency.critical.into(),
             recovery: latency.recovery.into(),
         })
+    }
+
+    /// The memory levels, when set.
+    pub fn memory(&self) -> Option<Bands<MemoryAmount>> {
+        self.memory.as_ref()?.bands()
     }
 }
 
@@ -133,6 +143,8 @@ pub struct CircuitRules {
     pub depth: Option<Bands<u64>>,
     /// Queue latencies; `None` when only the backlog drives the circuit.
     pub latency: Option<Bands<std::time::Duration>>,
+    /// Redis memory; `None` when memory does not drive the circuit.
+    pub memory: Option<Bands<MemoryAmount>>,
     /// Open when the backlog is forecast to reach critical within this time.
     pub open_ahead: Option<std::time::Duration>,
     /// An Open circuit stays Open at least this long.
@@ -145,15 +157,18 @@ pub struct CircuitRules {
 }
 
 impl CircuitRules {
-    /// The level of a measure: the worse of its backlog's and its latency's. A latency that is
-    /// unknown (no queue keeps an enqueue time) counts as none.
+    /// The level of a measure: the worst of its backlog's, its latency's and its memory's. A
+    /// latency or a memory that is unknown counts as none.
     pub fn level_of(&self, measure: &Measure) -> Level {
         let depth = self.depth.map(|bands| bands.level_of(&measure.pending));
         let latency = self
             .latency
             .zip(measure.latency)
             .map(|(bands, latency)| bands.level_of(&latency));
-        depth.max(latency).unwrap_or_default()
+        let memory = self
+            .memory_bands(measure)
+            .map(|(bands, used)| bands.level_of(&used));
+        depth.max(latency).max(memory).unwrap_or_default()
     }
 
     /// Whether every signal is below its warning level (an Open circuit may half-open).
@@ -163,6 +178,9 @@ impl CircuitRules {
                 .latency
                 .zip(measure.latency)
                 .is_none_or(|(bands, latency)| latency < bands.warning)
+            && self
+                .memory_bands(measure)
+                .is_none_or(|(bands, used)| used < bands.warning)
     }
 
     /// Whether every signal is at or below its recovery level (a HalfOpen circuit may close).
@@ -172,6 +190,22 @@ impl CircuitRules {
                 .latency
                 .zip(measure.latency)
                 .is_none_or(|(bands, latency)| latency <= bands.recovery)
+            && self
+                .memory_bands(measure)
+                .is_none_or(|(bands, used)| used <= bands.recovery)
+    }
+
+    /// The memory levels in bytes against the measure's limit, with the memory used; `None`
+    /// when memory does not drive the circuit or the measure cannot say (no reading, or
+    /// percentages of a Redis without `maxmemory`).
+    pub fn memory_bands(&self, measure: &Measure) -> Option<(Bands<u64>, u64)> {
+        let memory = measure.memory?;
+        Some((self.memory?.in_bytes(memory.max)?, memory.used))
+    }
+
+    /// Whether the measure carries what the memory thresholds need (always, without them).
+    pub fn memory_readable(&self, measure: &Measure) -> bool {
+        self.memory.is_none() || self.memory_bands(measure).is_some()
     }
 
     /// Whether the backlog is forecast to reach critical within `openAhead`.

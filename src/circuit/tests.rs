@@ -56,6 +56,28 @@ fn with_latency(depth: bool) -> CircuitRules {
     }
 }
 
+/// Memory levels 70 % / 85 % / 60 % of maxmemory, beside the depth levels or alone.
+fn with_memory(depth: bool) -> CircuitRules {
+    CircuitRules {
+        depth: depth.then_some(hold().depth).flatten(),
+        memory: Some(Bands {
+            warning: MemoryAmount::Percent(70),
+            critical: MemoryAmount::Percent(85),
+            recovery: MemoryAmount::Percent(60),
+        }),
+        ..hold()
+    }
+}
+
+/// `pending` jobs with `used` bytes of a Redis whose maxmemory is `max`.
+fn filled(pending: u64, used: u64, max: Option<u64>) -> Measure {
+    Measure {
+        pending,
+        memory: Some(MemoryUse { used, max }),
+        ..Measure::default()
+    }
+}
+
 fn step(circuit: &mut Circuit, rules: &CircuitRules, at: i64, measure: Measure) -> Decision {
     circuit.step(rules, t(at), Observation::Sampled(measure), None)
 }
@@ -64,15 +86,15 @@ fn aged(pending: u64, latency: u64) -> Measure {
     Measure {
         pending,
         latency: Some(secs(latency)),
-        critical_in: None,
+        ..Measure::default()
     }
 }
 
 fn forecast(pending: u64, critical_in: u64) -> Measure {
     Measure {
         pending,
-        latency: None,
         critical_in: Some(secs(critical_in)),
+        ..Measure::default()
     }
 }
 
@@ -542,4 +564,79 @@ proptest! {
         }
         prop_assert!(r.accepts(State::Closed, priority));
     }
+}
+
+#[test]
+fn memory_alone_opens_at_critical_and_closes_at_recovery() {
+    let rules = with_memory(false);
+    let mut circuit = Circuit::default();
+    assert_eq!(
+        step(&mut circuit, &rules, 0, filled(0, 700, Some(1000))).transition,
+        None
+    );
+    assert_eq!(circuit.level, Level::Warning);
+    let opened = step(&mut circuit, &rules, 1, filled(0, 850, Some(1000)))
+        .transition
+        .unwrap();
+    assert_eq!(
+        opened.cause,
+        Cause::MemoryCritical {
+            used: 850,
+            critical: MemoryAmount::Percent(85),
+            critical_bytes: 850,
+        }
+    );
+    assert_eq!(circuit.level, Level::Critical);
+    // Below warning only after the dwell; then at or below recovery to close.
+    assert_eq!(
+        step(&mut circuit, &rules, 10, filled(0, 650, Some(1000))).transition,
+        None
+    );
+    let half = step(&mut circuit, &rules, 31, filled(0, 650, Some(1000)))
+        .transition
+        .unwrap();
+    assert_eq!(half.to, State::HalfOpen);
+    assert_eq!(
+        step(&mut circuit, &rules, 32, filled(0, 601, Some(1000))).transition,
+        None
+    );
+    let closed = step(&mut circuit, &rules, 33, filled(0, 600, Some(1000)))
+        .transition
+        .unwrap();
+    assert_eq!(closed.to, State::Closed);
+}
+
+#[test]
+fn the_worst_signal_sets_the_level_and_memory_keeps_an_open_circuit_open() {
+    let rules = with_memory(true);
+    let mut circuit = Circuit::default();
+    // Few jobs, but big ones: memory alone opens.
+    let opened = step(&mut circuit, &rules, 0, filled(10, 900, Some(1000)));
+    assert_eq!(opened.transition.unwrap().to, State::Open);
+    // The backlog drained, memory still above warning: no half-open after the dwell.
+    assert_eq!(
+        step(&mut circuit, &rules, 40, filled(0, 750, Some(1000))).transition,
+        None
+    );
+    assert_eq!(circuit.level, Level::Warning);
+}
+
+#[test]
+fn percentages_of_no_limit_and_unread_memory_drive_nothing() {
+    let rules = with_memory(false);
+    let unlimited = filled(0, u64::MAX, None);
+    assert!(!rules.memory_readable(&unlimited));
+    assert!(!rules.memory_readable(&measure(0)));
+    assert_eq!(rules.level_of(&unlimited), Level::Normal);
+    let quantities = CircuitRules {
+        memory: Some(Bands {
+            warning: MemoryAmount::Bytes(70),
+            critical: MemoryAmount::Bytes(85),
+            recovery: MemoryAmount::Bytes(60),
+        }),
+        ..hold()
+    };
+    assert!(quantities.memory_readable(&filled(0, 90, None)));
+    assert_eq!(quantities.level_of(&filled(0, 90, None)), Level::Critical);
+    assert!(hold().memory_readable(&measure(0)));
 }

@@ -29,8 +29,7 @@ pub fn step(
     sample: Option<&Sample>,
     forecast: Option<Forecast>,
 ) -> Decision {
-    let uses_latency = rules.latency.is_some();
-    let observation = match sample.map(|sample| sample.observation(uses_latency)) {
+    let observation = match sample.map(|sample| sample.observation(rules)) {
         Some(Observation::Sampled(mut measure)) => {
             measure.critical_in = forecast.and_then(|f| f.critical_in);
             Observation::Sampled(measure)

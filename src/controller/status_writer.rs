@@ -10,7 +10,7 @@ use crate::api::status::{ConditionValue, condition, latency_seconds};
 use crate::api::{
     BackendKind, BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, ForecastStatus, QueueStatus,
 };
-use crate::circuit::Circuit;
+use crate::circuit::{Circuit, Thresholds};
 use crate::forecast::Forecast;
 use crate::sampler::{Memory, Sample};
 use jiff::Timestamp;
@@ -99,8 +99,8 @@ pub fn next_status(
         critical_in_seconds: forecast.critical_in.map(|eta| round(eta.as_secs_f64(), 10.0)),
     });
     status.record(report.circuit, now);
-    let uses_latency = policy.spec.thresholds.latency.is_some();
-    status.set_condition(condition::READY, readiness(report, kind, uses_latency, now));
+    let thresholds = &policy.spec.thresholds;
+    status.set_condition(condition::READY, readiness(report, kind, thresholds, now));
     status.bounded()
 }
 
@@ -118,6 +118,22 @@ fn memory_status(memory: &Result<Memory, String>) -> MemoryStatus {
             error: Some(error.clone()),
             ..MemoryStatus::default()
         },
+    }
+}
+
+/// Why the tick could not judge a policy with memory thresholds by memory, if it could not.
+fn memory_unreadable(thresholds: &Thresholds, sample: &Sample) -> Option<String> {
+    let bands = thresholds.memory()?;
+    match sample.memory.as_ref() {
+        None => Some("thresholds.memory read Redis memory, and this backend has none: remove them".into()),
+        Some(Err(error)) => Some(format!(
+            "thresholds.memory need INFO memory: {error} (grant the ACL user +info)"
+        )),
+        Some(Ok(memory)) if bands.in_bytes(memory.max_bytes).is_none() => Some(format!(
+            "thresholds.memory are percentages of maxmemory, and {} has none: set maxmemory (with maxmemory-policy noeviction), or write the thresholds as quantities such as 2Gi",
+            memory.node
+        )),
+        Some(Ok(_)) => None,
     }
 }
 
@@ -207,7 +223,7 @@ fn unreachable_reason(kind: Option<BackendKind>) -> &'static str {
 fn readiness(
     report: &TickReport,
     kind: Option<BackendKind>,
-    uses_latency: bool,
+    thresholds: &Thresholds,
     now: Timestamp,
 ) -> ConditionValue {
     let not_ready = |reason: &str, message: &str| ConditionValue::new(false, reason, message, now);
@@ -229,9 +245,12 @@ fn readiness(
                 .queues
                 .iter()
                 .find_map(|q| Some((&q.name, q.latency.as_ref()?.as_ref().err()?)));
-            if let (true, Some((queue, error))) = (uses_latency, latency_error) {
+            if let (true, Some((queue, error))) = (thresholds.latency.is_some(), latency_error) {
                 let message = format!("queue {queue}: {error}");
                 return not_ready("LatencyUnreadable", &message);
+            }
+            if let Some(message) = memory_unreadable(thresholds, sample) {
+                return not_ready("MemoryUnreadable", &message);
             }
         }
     }

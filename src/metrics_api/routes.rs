@@ -21,8 +21,10 @@ pub const QUEUE_DEPTH: &str = "levee_queue_depth";
 pub const LATENCY: &str = "levee_latency_seconds";
 /// The age of one queue's oldest waiting job, in seconds (labels `policy`, `queue`).
 pub const QUEUE_LATENCY: &str = "levee_queue_latency_seconds";
+/// `used_memory / maxmemory` of a Redis policy's fullest master (label `policy`).
+pub const MEMORY_RATIO: &str = "levee_redis_memory_ratio";
 /// Every metric levee serves, in discovery order.
-pub const SERVED: [&str; 4] = [PENDING, QUEUE_DEPTH, LATENCY, QUEUE_LATENCY];
+pub const SERVED: [&str; 5] = [PENDING, QUEUE_DEPTH, LATENCY, QUEUE_LATENCY, MEMORY_RATIO];
 
 /// An HTTP status and a JSON (or plain text) body.
 #[derive(Clone, Debug, PartialEq)]
@@ -334,6 +336,15 @@ fn items_of(policy: &PolicyValues, metric: &str) -> Vec<Item> {
             .map(|age| Item {
                 labels: labels(None),
                 value: seconds(age),
+            })
+            .into_iter()
+            .collect(),
+        // A ratio as a quantity in milli-units (0.725 is 725m).
+        MEMORY_RATIO => policy
+            .memory_ratio()
+            .map(|ratio| Item {
+                labels: labels(None),
+                value: format!("{}m", (ratio * 1000.0).round() as u64),
             })
             .into_iter()
             .collect(),

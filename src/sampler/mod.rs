@@ -19,7 +19,7 @@ pub use node_addr::NodeAddr;
 
 use self::redis::EndpointConnections;
 use crate::api::QueueSpec;
-use crate::circuit::{Measure, Observation};
+use crate::circuit::{CircuitRules, Measure, MemoryUse, Observation};
 use jiff::Timestamp;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -97,18 +97,33 @@ impl Sample {
         self.queues.iter().any(|q| matches!(q.latency, Some(Err(_))))
     }
 
+    /// The fullest master's memory, when it was read.
+    pub fn memory_use(&self) -> Option<MemoryUse> {
+        let memory = self.memory.as_ref()?.as_ref().ok()?;
+        Some(MemoryUse {
+            used: memory.used_bytes,
+            max: memory.max_bytes,
+        })
+    }
+
     /// What the circuit sees: a partial total would understate the backlog, so any failed queue
-    /// makes the whole tick a failed sample; so does a failed latency read when the circuit
-    /// `uses_latency` (latency thresholds).
-    pub fn observation(&self, uses_latency: bool) -> Observation {
-        if self.failed() || (uses_latency && self.latency_failed()) {
-            return Observation::SampleFailed;
-        }
-        Observation::Sampled(Measure {
+    /// makes the whole tick a failed sample; so does a signal `rules` have thresholds for and the
+    /// tick could not read (a latency, or the memory: INFO refused, or percentages of a Redis
+    /// without `maxmemory`).
+    pub fn observation(&self, rules: &CircuitRules) -> Observation {
+        let measure = Measure {
             pending: self.pending(),
             latency: self.latency(),
+            memory: self.memory_use(),
             critical_in: None,
-        })
+        };
+        if self.failed()
+            || (rules.latency.is_some() && self.latency_failed())
+            || !rules.memory_readable(&measure)
+        {
+            return Observation::SampleFailed;
+        }
+        Observation::Sampled(measure)
     }
 }
 
@@ -234,7 +249,10 @@ mod tests {
             reading("c", 0, Ok(99)),
         ]);
         assert_eq!(s.pending(), 25);
-        assert_eq!(s.observation(false), Observation::pending(25));
+        assert_eq!(
+            s.observation(&crate::fixtures::rules(10, 20, 5)),
+            Observation::pending(25)
+        );
     }
 
     #[test]
@@ -245,6 +263,9 @@ mod tests {
         ]);
         assert!(s.failed());
         assert_eq!(s.pending(), 10);
-        assert_eq!(s.observation(false), Observation::SampleFailed);
+        assert_eq!(
+            s.observation(&crate::fixtures::rules(10, 20, 5)),
+            Observation::SampleFailed
+        );
     }
 }

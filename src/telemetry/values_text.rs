@@ -21,7 +21,7 @@ enum Value {
     Queue(fn(&QueueValues) -> Option<f64>),
 }
 
-const FAMILIES: [Family; 8] = [
+const FAMILIES: [Family; 10] = [
     Family {
         name: "levee_pending",
         help: "Weighted backlog of a policy",
@@ -50,12 +50,22 @@ const FAMILIES: [Family; 8] = [
     Family {
         name: "levee_redis_memory_used_bytes",
         help: "used_memory of a Redis policy's fullest master (INFO memory)",
-        value: Value::Policy(|p| p.memory.map(|(used, _)| used as f64)),
+        value: Value::Policy(|p| p.memory.map(|m| m.used as f64)),
     },
     Family {
         name: "levee_redis_memory_max_bytes",
         help: "maxmemory of a Redis policy's fullest master (absent: no limit)",
-        value: Value::Policy(|p| p.memory.and_then(|(_, max)| max).map(|max| max as f64)),
+        value: Value::Policy(|p| p.memory.and_then(|m| m.max).map(|max| max as f64)),
+    },
+    Family {
+        name: "levee_redis_memory_warning_bytes",
+        help: "thresholds.memory.warning of a Redis policy, in bytes (absent: no memory thresholds, or a percentage of no maxmemory)",
+        value: Value::Policy(|p| p.memory.and_then(|m| m.warning).map(|w| w as f64)),
+    },
+    Family {
+        name: "levee_redis_memory_ratio",
+        help: "used_memory / maxmemory of a Redis policy's fullest master (absent: no limit)",
+        value: Value::Policy(PolicyValues::memory_ratio),
     },
     Family {
         name: "levee_critical_in_seconds",

@@ -100,12 +100,92 @@ fn latency_thresholds_stand_alone_or_beside_depth_in_order() {
     );
     assert_one(
         &problems_of(|o| set(o, "/spec/thresholds", serde_json::json!({}))),
-        "jobs/rule-engine: spec.thresholds: Invalid value: set the depth thresholds (warning, critical, recovery), latency thresholds, or both",
+        "jobs/rule-engine: spec.thresholds: Invalid value: set the depth thresholds (warning, critical, recovery), latency or memory thresholds, or several of them",
     );
     assert_one(
         &problems_of(|o| set(o, "/spec/thresholds", serde_json::json!({"critical": 10}))),
         "jobs/rule-engine: spec.thresholds: Invalid value: warning, critical and recovery go together: set all three or none",
     );
+}
+
+#[test]
+fn memory_thresholds_in_one_unit_in_order_and_only_on_redis() {
+    let memory = |w: &str, c: &str, r: &str| serde_json::json!({"warning": w, "critical": c, "recovery": r});
+    for (w, c, r) in [
+        ("70%", "85%", "60%"),
+        ("9%", "10%", "0%"),
+        ("1536Mi", "2048Mi", "1Mi"),
+        ("2Gi", "3Gi", "1Gi"),
+    ] {
+        let alone = problems_of(|o| {
+            set(
+                o,
+                "/spec/thresholds",
+                serde_json::json!({"memory": memory(w, c, r)}),
+            )
+        });
+        assert_eq!(alone, Vec::<String>::new(), "{w} {c} {r}");
+    }
+    let beside = problems_of(|o| set(o, "/spec/thresholds/memory", memory("70%", "85%", "60%")));
+    assert_eq!(beside, Vec::<String>::new());
+    let mut object: Value = serde_yaml::from_str(VALID).unwrap();
+    set(
+        &mut object,
+        "/spec/thresholds",
+        serde_json::json!({"memory": memory("70%", "100%", "60%")}),
+    );
+    let rules = check_object(&object).unwrap().spec.circuit_rules();
+    assert_eq!(rules.depth, None);
+    assert_eq!(
+        rules.memory.map(|m| m.critical),
+        Some(crate::circuit::MemoryAmount::Percent(100))
+    );
+    assert_one(
+        &problems_of(|o| set(o, "/spec/thresholds/memory", memory("85%", "70%", "60%"))),
+        "jobs/rule-engine: spec.thresholds.memory: Invalid value: memory thresholds must satisfy recovery < warning < critical: lower recovery or raise critical",
+    );
+    assert_one(
+        &problems_of(|o| set(o, "/spec/thresholds/memory", memory("9%", "100%", "10%"))),
+        "jobs/rule-engine: spec.thresholds.memory: Invalid value: memory thresholds must satisfy recovery < warning < critical: lower recovery or raise critical",
+    );
+    let mixed = problems_of(|o| set(o, "/spec/thresholds/memory", memory("1536Mi", "2Gi", "1Gi")));
+    assert!(
+        mixed
+            .iter()
+            .any(|p| p.contains("write the three memory thresholds in one unit")),
+        "{mixed:#?}"
+    );
+    let percent_and_bytes = problems_of(|o| set(o, "/spec/thresholds/memory", memory("70%", "2Gi", "60%")));
+    assert!(
+        percent_and_bytes.iter().any(|p| p.contains("in one unit")),
+        "{percent_and_bytes:#?}"
+    );
+    let bad = problems_of(|o| set(o, "/spec/thresholds/memory", memory("70%", "1.5Gi", "60%")));
+    assert!(
+        bad.iter()
+            .any(|p| p.starts_with("jobs/rule-engine: spec.thresholds.memory.critical:")),
+        "{bad:#?}"
+    );
+    let on_nats = problems_in(VALID_NATS, |o| {
+        set(o, "/spec/thresholds/memory", memory("70%", "85%", "60%"))
+    });
+    assert_one(
+        &on_nats,
+        &format!(
+            "{}: spec: Invalid value: thresholds.memory read Redis memory (INFO memory): they need spec.redis, not a NATS or Kafka backend",
+            name_of(VALID_NATS)
+        ),
+    );
+}
+
+/// `namespace/name` of an example policy.
+fn name_of(example: &str) -> String {
+    let object: Value = serde_yaml::from_str(example).unwrap();
+    format!(
+        "{}/{}",
+        object["metadata"]["namespace"].as_str().unwrap_or("default"),
+        object["metadata"]["name"].as_str().unwrap()
+    )
 }
 
 #[test]

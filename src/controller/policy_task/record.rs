@@ -7,7 +7,7 @@ use crate::api::BackpressurePolicy;
 use crate::circuit::{Circuit, Level, State, Transition};
 use crate::forecast::Forecast;
 use crate::sampler::Sample;
-use crate::values::{CircuitValues, PolicyValues, QueueValues};
+use crate::values::{CircuitValues, MemoryValues, PolicyValues, QueueValues};
 use jiff::Timestamp;
 use kube::ResourceExt;
 use std::time::Instant;
@@ -81,7 +81,15 @@ pub fn publish_values(
             .ok()
             .and_then(|s| s.memory.as_ref())
             .and_then(|m| m.as_ref().ok())
-            .map(|m| (m.used_bytes, m.max_bytes)),
+            .map(|m| MemoryValues {
+                used: m.used_bytes,
+                max: m.max_bytes,
+                warning: policy
+                    .spec
+                    .thresholds
+                    .memory()
+                    .and_then(|bands| bands.warning.bytes(m.max_bytes)),
+            }),
     };
     if let Some(previous) = context.values.get(&values.namespace, &values.policy) {
         values.keep_last_known(&previous, sample.is_err());

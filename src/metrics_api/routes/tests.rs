@@ -1,7 +1,7 @@
 //! Routes as the aggregator and the HPA call them, and every error as a `Status`.
 
 use super::*;
-use crate::values::QueueValues;
+use crate::values::{MemoryValues, QueueValues};
 
 fn now() -> Instant {
     static NOW: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -26,7 +26,18 @@ fn values() -> MetricValues {
         failed,
         interval: Duration::from_secs(1),
         circuit: None,
-        memory: None,
+        memory: match name {
+            "rule-engine" => Some(MemoryValues {
+                used: 725_000,
+                max: Some(1_000_000),
+                warning: None,
+            }),
+            "mailer" => Some(MemoryValues {
+                used: 725_000,
+                ..MemoryValues::default()
+            }),
+            _ => None,
+        },
     };
     values.publish(policy("rule-engine", 1500, 1, false));
     values.publish(policy("mailer", 40, 0, false));
@@ -67,6 +78,7 @@ fn a_delegates_resources_follow_levees_own_once() {
             "levee_queue_depth",
             "levee_latency_seconds",
             "levee_queue_latency_seconds",
+            "levee_redis_memory_ratio",
             "externalmetrics"
         ]
     );
@@ -89,7 +101,10 @@ fn discovery_lists_every_metric() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, [PENDING, QUEUE_DEPTH, LATENCY, QUEUE_LATENCY]);
+    assert_eq!(
+        names,
+        [PENDING, QUEUE_DEPTH, LATENCY, QUEUE_LATENCY, MEMORY_RATIO]
+    );
     assert_eq!(body["resources"][0]["kind"], "ExternalMetricValueList");
     assert_eq!(json(&get("/apis", None))["groups"][0]["name"], GROUP);
     assert_eq!(
@@ -144,6 +159,26 @@ fn latency_in_seconds_as_milli_quantities_and_only_where_a_queue_keeps_one() {
         Some("labelSelector=policy%3Dmailer"),
     );
     assert_eq!(none.status, 404, "no latency is never a guessed zero");
+}
+
+#[test]
+fn memory_ratio_as_a_milli_quantity_and_absent_without_maxmemory() {
+    let reply = get(
+        &format!("{BASE}/namespaces/jobs/levee_redis_memory_ratio"),
+        Some("labelSelector=policy%3Drule-engine"),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let items = json(&reply)["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["value"], "725m");
+    let unlimited = get(
+        &format!("{BASE}/namespaces/jobs/levee_redis_memory_ratio"),
+        Some("labelSelector=policy%3Dmailer"),
+    );
+    assert_eq!(
+        unlimited.status, 404,
+        "no maxmemory is no ratio, never a guessed zero"
+    );
 }
 
 #[test]

@@ -196,6 +196,7 @@ async fn main() {
             let mut times = Vec::with_capacity(runs);
             let mut round_trips = 0;
             server.cli(&["CONFIG", "RESETSTAT"]);
+            let cpu_before = redis_cpu_seconds(&server);
             for _ in 0..runs {
                 let started = Instant::now();
                 let sample = sampler.sample_prepared(&endpoint, &prepared).await;
@@ -203,8 +204,10 @@ async fn main() {
                 round_trips = sample.round_trips;
                 assert!(!read_latency || sample.latency().unwrap() >= Duration::from_secs(10));
             }
-            let per_queue = redis_usec(&server) / (runs * queues) as f64;
-            row.push((stats(times), round_trips, per_queue));
+            let ticks = (runs * queues) as f64;
+            let per_queue = redis_usec(&server) / ticks;
+            let cpu_per_queue = (redis_cpu_seconds(&server) - cpu_before) * 1e6 / ticks;
+            row.push((stats(times), round_trips, per_queue, cpu_per_queue));
         }
         latency_rows.push((queues, row));
     }
@@ -228,15 +231,20 @@ async fn main() {
     print_latency_rows(latency_rows);
 }
 
-/// The microseconds Redis spent in commands since the last `CONFIG RESETSTAT`, as its own
-/// `INFO commandstats` counts them (the reset and this read left out).
+/// Commands levee's latency script calls on Sidekiq queues: Redis counts them in
+/// `INFO commandstats` on their own and again inside the script's (`evalsha`) time.
+const CALLED_BY_THE_SCRIPT: [&str; 2] = ["time", "lindex"];
+
+/// The microseconds Redis spent in the commands clients sent since the last `CONFIG RESETSTAT`,
+/// as its own `INFO commandstats` counts them (the reset, this read, and the commands run inside
+/// scripts, already in the script's time, left out).
 fn redis_usec(server: &support::RedisServer) -> f64 {
     server
         .cli(&["INFO", "commandstats"])
         .lines()
         .filter_map(|line| {
             let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            if name == "config" {
+            if name == "config" || CALLED_BY_THE_SCRIPT.contains(&name) {
                 return None;
             }
             fields
@@ -248,27 +256,44 @@ fn redis_usec(server: &support::RedisServer) -> f64 {
         .sum()
 }
 
-/// One cell of the latency table: tick times, round trips, Redis's microseconds a queue.
-type LatencyCell = (Stats, usize, f64);
+/// The CPU Redis has used (`INFO cpu`: `used_cpu_sys + used_cpu_user`, seconds): with reading
+/// the requests and writing the replies, which commandstats leaves out.
+fn redis_cpu_seconds(server: &support::RedisServer) -> f64 {
+    server
+        .cli(&["INFO", "cpu"])
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.trim().split_once(':')?;
+            ["used_cpu_sys", "used_cpu_user"]
+                .contains(&name)
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// One cell of the latency table: tick times, round trips, Redis's microseconds a queue in
+/// commands and in CPU.
+type LatencyCell = (Stats, usize, f64, f64);
 
 fn print_latency_rows(rows: Vec<(usize, Vec<LatencyCell>)>) {
     println!();
     println!(
-        "| Sidekiq queues | depth only (median / p90) | round trips | depth + latency (median / p90) | round trips | Redis time a queue: depth / with latency (INFO commandstats) |"
+        "| Sidekiq queues | depth only (median / p90) | round trips | depth + latency (median / p90) | round trips | Redis time a queue: depth / with latency (INFO commandstats) | Redis CPU a queue: depth / with latency (INFO cpu) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for (queues, row) in rows {
         let [
-            (depth, depth_trips, depth_usec),
-            (latency, latency_trips, latency_usec),
+            (depth, depth_trips, depth_usec, depth_cpu),
+            (latency, latency_trips, latency_usec, latency_cpu),
         ] = <[_; 2]>::try_from(row).ok().unwrap();
         println!(
-            "| {queues} | {:.4} ms / {:.4} ms | {depth_trips} | {:.4} ms / {:.4} ms | {latency_trips} | {depth_usec:.2} µs / {latency_usec:.2} µs ({:.1}×) |",
+            "| {queues} | {:.4} ms / {:.4} ms | {depth_trips} | {:.4} ms / {:.4} ms | {latency_trips} | {depth_usec:.2} µs / {latency_usec:.2} µs ({:.1}×) | {depth_cpu:.2} µs / {latency_cpu:.2} µs ({:.1}×) |",
             ms(depth.median),
             ms(depth.p90),
             ms(latency.median),
             ms(latency.p90),
             latency_usec / depth_usec,
+            latency_cpu / depth_cpu,
         );
     }
 }

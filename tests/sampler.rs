@@ -872,6 +872,77 @@ async fn cluster_mode_reads_latency_in_the_same_pipeline_per_master() {
     assert_eq!(sample.round_trips, 3, "one pipeline per master");
 }
 
+/// How many times Redis ran `command` since the last `CONFIG RESETSTAT` (`INFO commandstats`).
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_nodes_latency_queues_cost_one_script_run_and_keep_their_own_errors() {
+    let server = RedisServer::start();
+    let now = server.time_ms();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let job = format!("{{\"enqueued_at\":{}}}", now - 1000 * (i as i64 + 2));
+        server.cli(&["LPUSH", &format!("queue:{name}"), &job]);
+    }
+    server.cli(&["XADD", "audit", "1-1", "f", "v"]);
+    server.cli(&["XGROUP", "CREATE", "audit", "writers", "0"]);
+    // A key of the wrong type under one queue: its latency fails, and only its.
+    server.cli(&["SET", "queue:broken", "x"]);
+    let spec = "[{name: a, type: sidekiq, key: a}, {name: b, type: sidekiq, key: b}, {name: broken, type: sidekiq, key: broken}, {name: c, type: sidekiq, key: c}, {name: audit, type: stream, key: audit, consumerGroup: writers}]";
+    let sampler = Sampler::new();
+    let warm = sampler.sample(&standalone(&server), &queues(spec)).await;
+    assert_eq!(warm.round_trips, 1);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let sample = sampler.sample(&standalone(&server), &queues(spec)).await;
+    assert_eq!(calls(&server, "evalsha"), 1, "one script run for five queues");
+    assert_eq!(calls(&server, "lindex"), 4, "inside it, one read a Sidekiq queue");
+    assert_eq!(sample.round_trips, 1);
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        assert_within_a_second(latency_of(&sample, name), i as f64 + 2.0);
+    }
+    let wrong = latency_of(&sample, "broken").unwrap().unwrap_err();
+    assert!(wrong.contains("another type"), "{wrong}");
+    // Entry 1-1 is from 1970: the group has not read it, so it waits since then.
+    let audit = latency_of(&sample, "audit").unwrap().unwrap();
+    assert!(audit.as_secs() > 1_000_000_000, "{audit:?}");
+}
+
+#[tokio::test]
+async fn in_cluster_mode_one_script_run_per_hash_slot() {
+    let cluster = RedisCluster::start(3);
+    // Six queues in two hash slots ({x} and {y}), and two in slots of their own.
+    let names = ["{x}1", "{x}2", "{x}3", "{y}1", "{y}2", "{y}3", "p", "q"];
+    let now = cluster.owner("queue:p").time_ms();
+    for name in names {
+        let key = format!("queue:{name}");
+        cluster
+            .owner(&key)
+            .cli(&["LPUSH", &key, &format!("{{\"enqueued_at\":{}}}", now - 3000)]);
+    }
+    let spec: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{{name: q{i}, type: sidekiq, key: '{n}'}},"))
+        .collect();
+    let endpoint = endpoint(&format!("{{url: '{}', mode: Cluster}}", cluster.url()));
+    let sampler = Sampler::new();
+    sampler.sample(&endpoint, &queues(&format!("[{spec}]"))).await;
+    for node in &cluster.nodes {
+        node.cli(&["CONFIG", "RESETSTAT"]);
+    }
+    let sample = sampler.sample(&endpoint, &queues(&format!("[{spec}]"))).await;
+    let runs: u64 = cluster.nodes.iter().map(|node| calls(node, "evalsha")).sum();
+    assert_eq!(runs, 4, "one run per hash slot: {{x}}, {{y}}, p, q");
+    for i in 0..names.len() {
+        assert_within_a_second(latency_of(&sample, &format!("q{i}")), 3.0);
+    }
+}
+
 /// The keys of the queues `keyPattern` entries discovered, by entry name.
 async fn discovered(server: &RedisServer, yaml: &str, cap: usize) -> levee::sampler::Discovered {
     Sampler::new()

@@ -5,7 +5,8 @@
 //!          └─────LatencyProbe──▶ script ─┘  (hash slot in Cluster mode)    (concurrently)  latencies
 //! ```
 //! A queue whose layout keeps an enqueue time also gets levee's latency script (EVALSHA) in the
-//! same pipeline. The script is loaded when a connection to a node is made; a node that answers
+//! same pipeline: one run for all of a node's latency queues (in Cluster mode, one per hash slot),
+//! at most 1,000 queues a run (`latency_batch.rs`). The script is loaded when a connection to a node is made; a node that answers
 //! `NOSCRIPT` anyway (its scripts flushed) gets the script's source once (EVAL loads it again).
 //! Connections are kept per endpoint (mode, URL, credentials, TLS), so every policy that names
 //! the same Redis shares them, and no lock is held while one is dialled (`connections.rs`). A
@@ -19,6 +20,7 @@ mod discover;
 mod endpoint;
 mod key_read;
 mod latency;
+mod latency_batch;
 mod memory;
 mod probe;
 mod redirect;
@@ -261,16 +263,21 @@ impl Sampler {
             }
         };
         let round_trips = plan.len();
+        // A script's keys must share a hash slot in Cluster mode; elsewhere one run a node.
+        let cluster = endpoint.mode == crate::api::RedisMode::Cluster;
+        let group_of = |read: &KeyRead| {
+            if cluster {
+                slot::slot_of(read.key.as_bytes())
+            } else {
+                0
+            }
+        };
         let results = join_all(plan.into_iter().map(|(node, connection, indices)| async move {
+            let commands = latency_batch::commands(reads, &indices, group_of);
             let mut pipeline = redis::pipe();
             pipeline.ignore_errors();
-            for &index in &indices {
-                let read = reads[index];
-                pipeline.add_command(if load {
-                    read.command_loading()
-                } else {
-                    read.command()
-                });
+            for command in &commands {
+                pipeline.add_command(latency_batch::build(command, reads, load));
             }
             // Each master's memory, in the same round trip.
             if memory {
@@ -282,7 +289,7 @@ impl Sampler {
                 pipeline.query_async::<Vec<RedisResult<Value>>>(&mut connection),
             )
             .await;
-            (node, indices, outcome)
+            (node, commands, outcome)
         }))
         .await;
         let mut replies: Vec<Result<RedisResult<Value>, String>> =
@@ -290,10 +297,10 @@ impl Sampler {
         let mut redirected = false;
         let mut broken = Vec::new();
         let mut memories: Result<Vec<Memory>, String> = Ok(Vec::new());
-        let expected = |indices: &[usize]| indices.len() + usize::from(memory);
-        for (node, indices, outcome) in results {
+        let expected = |commands: &[latency_batch::Command]| commands.len() + usize::from(memory);
+        for (node, commands, outcome) in results {
             match outcome {
-                Ok(Ok(mut values)) if values.len() == expected(&indices) => {
+                Ok(Ok(mut values)) if values.len() == expected(&commands) => {
                     if memory {
                         let read = match values.pop().expect("the INFO reply") {
                             Ok(reply) => Memory::parse(&node, &reply),
@@ -308,29 +315,33 @@ impl Sampler {
                             Ok(all)
                         });
                     }
-                    for (index, value) in indices.into_iter().zip(values) {
-                        redirected |= value.as_ref().err().is_some_and(is_redirect);
-                        replies[index] = match value {
-                            // A latency read the ACL forbids fails the latency alone.
-                            Err(error)
-                                if is_access_error(&error) && reads[index].kind != ReadKind::Latency =>
-                            {
-                                Err(node_message(endpoint, &node, &describe(&error, endpoint)))
-                            }
-                            value => Ok(value),
-                        };
+                    for (command, value) in commands.iter().zip(values) {
+                        for (&index, value) in
+                            command.reads().iter().zip(latency_batch::split(command, value))
+                        {
+                            redirected |= value.as_ref().err().is_some_and(is_redirect);
+                            replies[index] = match value {
+                                // A latency read the ACL forbids fails the latency alone.
+                                Err(error)
+                                    if is_access_error(&error) && reads[index].kind != ReadKind::Latency =>
+                                {
+                                    Err(node_message(endpoint, &node, &describe(&error, endpoint)))
+                                }
+                                value => Ok(value),
+                            };
+                        }
                     }
                 }
                 failure => {
                     let message = match failure {
                         Ok(Ok(values)) => {
-                            format!("{} replies for {} reads", values.len(), expected(&indices))
+                            format!("{} replies for {} commands", values.len(), expected(&commands))
                         }
                         Ok(Err(error)) => describe(&error, endpoint),
                         Err(_) => format!("no answer within {:?}", endpoint.timeout),
                     };
                     let message = node_message(endpoint, &node, &message);
-                    for index in indices {
+                    for &index in commands.iter().flat_map(latency_batch::Command::reads) {
                         replies[index] = Err(message.clone());
                     }
                     if memory && memories.is_ok() {

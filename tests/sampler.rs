@@ -710,6 +710,32 @@ async fn sidekiq_latency_matches_sidekiq_queue_latency() {
         )
         .await;
     assert_within_a_second(latency_of(&sample, "v8"), 5.0);
+    // A retried job keeps enqueued_at where it first was (not last), and args may hold a field
+    // of the same name: the whole job is decoded then, and only the job's own field counts.
+    let retried = format!(
+        "{{\"enqueued_at\":{},\"class\":\"Bill\",\"args\":[{{\"enqueued_at\":1}}]}}",
+        (now - 7_000) as f64 / 1000.0
+    );
+    server.cli(&["RPUSH", "queue:retried", &retried]);
+    server.cli(&[
+        "RPUSH",
+        "queue:nested",
+        "{\"class\":\"Bill\",\"args\":[{\"enqueued_at\":1}]}",
+    ]);
+    let sample = Sampler::new()
+        .sample(
+            &standalone(&server),
+            &queues(
+                "[{name: retried, type: sidekiq, key: retried}, {name: nested, type: sidekiq, key: nested}]",
+            ),
+        )
+        .await;
+    assert_within_a_second(latency_of(&sample, "retried"), 7.0);
+    assert_eq!(
+        latency_of(&sample, "nested"),
+        Some(Ok(std::time::Duration::ZERO)),
+        "an argument's enqueued_at is not the job's"
+    );
 }
 
 #[tokio::test]

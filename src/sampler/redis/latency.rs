@@ -102,10 +102,17 @@ impl LatencyProbe {
             Ok(other) => return Err(unexpected(key, other)),
             Err(error) => return Err(script_error(key, error)),
         };
+        // {seconds, microseconds, n, n stamps}: the script's reply for one queue.
+        if let Some(Value::ServerError(error)) = values.get(2) {
+            return Err(script_error(key, &error.clone().into()));
+        }
         let texts: Option<Vec<String>> = values.iter().map(text).collect();
-        let Some([seconds, micros, stamps @ ..]) = texts.as_deref() else {
+        let Some([seconds, micros, count, stamps @ ..]) = texts.as_deref() else {
             return Err(unexpected(key, &Value::Array(values.clone())));
         };
+        if count.parse::<usize>().ok() != Some(stamps.len()) {
+            return Err(unexpected(key, &Value::Array(values.clone())));
+        }
         let now = redis_time(seconds, micros).ok_or_else(|| unexpected(key, &values[0]))?;
         let mut oldest: Option<Timestamp> = None;
         for stamp in stamps {

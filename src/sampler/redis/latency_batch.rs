@@ -82,9 +82,9 @@ pub fn build(command: &Command, reads: &[&KeyRead], load: bool) -> redis::Cmd {
     cmd
 }
 
-/// One reply per read of a command: a single read's own; a script run's split per queue (the
-/// clock with that queue's stamps, or that queue's error), or its error (`NOSCRIPT`, `NOPERM`,
-/// a redirection) for each of its reads.
+/// One reply per read of a command: a single read's own; a script run's split per queue, each
+/// shaped as a run over that queue alone (`{seconds, microseconds, n, n stamps}`), or that
+/// queue's error; or the run's error (`NOSCRIPT`, `NOPERM`, a redirection) for each of its reads.
 pub fn split(command: &Command, reply: RedisResult<Value>) -> Vec<RedisResult<Value>> {
     let count = command.reads().len();
     if let Command::Single(_) = command {
@@ -99,19 +99,24 @@ pub fn split(command: &Command, reply: RedisResult<Value>) -> Vec<RedisResult<Va
     let (Some(seconds), Some(micros)) = (values.next(), values.next()) else {
         return vec![Ok(Value::Array(Vec::new())); count];
     };
-    let mut per_queue: Vec<RedisResult<Value>> = values
-        .map(|queue| match queue {
-            Value::Array(stamps) => {
-                let mut reply = vec![seconds.clone(), micros.clone()];
-                reply.extend(stamps);
+    let mut per_queue = Vec::with_capacity(count);
+    while per_queue.len() < count {
+        let Some(head) = values.next() else { break };
+        per_queue.push(match head {
+            Value::Int(n) => {
+                let mut reply = vec![seconds.clone(), micros.clone(), Value::Int(n)];
+                reply.extend(values.by_ref().take(usize::try_from(n).unwrap_or(0)));
                 Ok(Value::Array(reply))
             }
             Value::ServerError(error) => Err(error.into()),
-            other => Ok(other),
-        })
-        .collect();
-    // A reply that answers fewer queues than asked (never from levee's script) reads as
-    // nothing the probes can parse.
+            // Never from levee's script: what follows cannot be attributed to a queue.
+            other => {
+                per_queue.push(Ok(other));
+                break;
+            }
+        });
+    }
+    // A reply that answers fewer queues than asked reads as nothing the probes can parse.
     per_queue.resize_with(count, || Ok(Value::Nil));
     per_queue.truncate(count);
     per_queue
@@ -204,25 +209,32 @@ mod tests {
         let reply = Value::Array(vec![
             text("100"),
             text("5"),
-            Value::Array(vec![text("99.5")]),
-            Value::Array(vec![]),
-            Value::Array(vec![text("1"), text("2")]),
+            Value::Int(1),
+            text("99.5"),
+            Value::Int(0),
+            Value::Int(2),
+            text("1"),
+            text("2"),
         ]);
         let split = split(&command, Ok(reply));
         assert_eq!(split.len(), 3);
         assert_eq!(
             split[0].as_ref().unwrap(),
-            &Value::Array(vec![text("100"), text("5"), text("99.5")])
+            &Value::Array(vec![text("100"), text("5"), Value::Int(1), text("99.5")])
         );
         assert_eq!(
             split[1].as_ref().unwrap(),
-            &Value::Array(vec![text("100"), text("5")])
+            &Value::Array(vec![text("100"), text("5"), Value::Int(0)])
         );
         assert_eq!(
             split[2].as_ref().unwrap(),
-            &Value::Array(vec![text("100"), text("5"), text("1"), text("2")])
+            &Value::Array(vec![text("100"), text("5"), Value::Int(2), text("1"), text("2")])
         );
-        let short = super::split(&command, Ok(Value::Array(vec![text("1"), text("2")])));
-        assert_eq!(short.iter().filter(|r| matches!(r, Ok(Value::Nil))).count(), 3);
+        let short = super::split(
+            &command,
+            Ok(Value::Array(vec![text("1"), text("2"), Value::Int(0)])),
+        );
+        assert!(matches!(short[0], Ok(Value::Array(_))));
+        assert_eq!(short.iter().filter(|r| matches!(r, Ok(Value::Nil))).count(), 2);
     }
 }

@@ -10,9 +10,13 @@ fn bulk(text: &str) -> Value {
     Value::BulkString(text.as_bytes().to_vec())
 }
 
-/// A script reply at Redis time `now` (seconds, microseconds) with `stamps`.
+/// A script reply for one queue at Redis time `now` (seconds, microseconds) with `stamps`.
 fn reply(now: (i64, i64), stamps: &[&str]) -> RedisResult<Value> {
-    let mut values = vec![bulk(&now.0.to_string()), bulk(&now.1.to_string())];
+    let mut values = vec![
+        bulk(&now.0.to_string()),
+        bulk(&now.1.to_string()),
+        Value::Int(stamps.len() as i64),
+    ];
     values.extend(stamps.iter().map(|s| bulk(s)));
     Ok(Value::Array(values))
 }

@@ -573,3 +573,95 @@ fn an_evicting_redis_is_reported_with_what_to_set() {
     });
     assert_eq!(safe["reason"], "NoEviction", "{safe}");
 }
+
+/// Appends one job of `payload` to BullMQ's wait list of `events` (`redis-cli -x`: the job on
+/// stdin, past the command line's limit on one argument); what Redis answered.
+fn push_job(redis: &levee_e2e::redis::RedisServer, payload: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "-x", "RPUSH", "bull:events:wait"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(payload).unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A memory-only policy over a Redis with `maxmemory`: a producer that writes 200 KB jobs while
+/// its pods accept is held back at the memory critical before Redis refuses any write; had it
+/// gone on, Redis would have answered OOM; drained, the producers accept again.
+#[test]
+fn a_memory_policy_holds_producers_back_before_redis_answers_oom() {
+    let fixture = Fixture::create();
+    fixture.redis.cli(&["CONFIG", "SET", "maxmemory", "32mb"]);
+    fixture
+        .redis
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let _levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture
+        .policy("memory")
+        .set(
+            "thresholds",
+            "{memory: {warning: '60%', critical: '80%', recovery: '50%'}}",
+        )
+        .apply();
+    fixture.wait_state("memory", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+
+    let payload = vec![b'x'; 200 * 1024];
+    let started = std::time::Instant::now();
+    let mut pushed = 0;
+    // The producer writes while every pod of it accepts (levee's condition on the pods).
+    while fixture
+        .api_pods()
+        .iter()
+        .any(|(_, condition, _, _)| condition == "True")
+    {
+        let reply = push_job(&fixture.redis, &payload);
+        assert!(
+            reply.parse::<u64>().is_ok(),
+            "Redis refused job {pushed} before levee held the producers back: {reply}"
+        );
+        pushed += 1;
+        assert!(
+            started.elapsed() < PATIENCE * 4,
+            "never held back after {pushed} jobs of 200 KB"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let open = fixture.wait_state("memory", "Open");
+    let memory = &open["memory"];
+    let max = memory["maxBytes"].as_u64().unwrap();
+    assert_eq!(max, 32 * 1024 * 1024, "{memory}");
+    assert!(
+        memory["usedBytes"]
+            .as_u64()
+            .is_some_and(|used| used >= max * 8 / 10 && used < max),
+        "held back at 80 %, below maxmemory: {memory}"
+    );
+    let opened = wait_until("a CircuitOpened event", PATIENCE, || {
+        fixture.events("CircuitOpened").pop()
+    });
+    assert!(
+        opened.contains("Redis memory") && opened.contains(">= critical 80% of maxmemory"),
+        "{opened}"
+    );
+    assert!(
+        pushed > 64,
+        "the backlog grew to critical by memory: {pushed} jobs"
+    );
+    // What the producers were kept from: the same writes would soon have been refused.
+    let refused = (0..100)
+        .map(|_| push_job(&fixture.redis, &payload))
+        .find(|reply| reply.contains("OOM"));
+    assert!(
+        refused.is_some(),
+        "Redis at maxmemory refuses writes (noeviction)"
+    );
+
+    fixture.drain();
+    fixture.wait_state("memory", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+}

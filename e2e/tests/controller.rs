@@ -186,23 +186,52 @@ fn dry_run_decides_and_reports_but_leaves_producers_accepting() {
 fn nothing_is_written_while_nothing_changes() {
     let fixture = Fixture::create();
     let levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
-    fixture.apply_policy("quiet");
+    fixture
+        .policy("quiet")
+        .set("thresholds", "{warning: 2000, critical: 5000, recovery: 500}")
+        .apply();
     fixture.wait_state("quiet", "Closed");
     fixture.wait_pods_accepting(true, 2);
-    std::thread::sleep(Duration::from_secs(1));
-    let settled = levee
-        .metric_sum("levee_api_writes_total")
-        .expect("/metrics answers");
-    assert!(settled > 0.0);
-    // 15 ticks at 200 ms, well inside the 30 s status heartbeat.
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
+    let writes = || {
         levee
             .metric_sum("levee_api_writes_total")
-            .expect("/metrics answers"),
-        settled,
-        "no writes at steady state"
-    );
+            .expect("/metrics answers")
+    };
+    fixture.redis.push_jobs("retries", 1000);
+    wait_until("pending 1000 in status", PATIENCE, || {
+        (fixture.status("quiet")["pending"] == 1000).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = writes();
+    assert!(settled > 0.0);
+    // 15 ticks at 200 ms, well inside the 5 min status heartbeat.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(writes(), settled, "no writes at steady state");
+    // 5 % more jobs is not a meaningful move: status keeps showing 1000 ...
+    fixture.redis.push_jobs("retries", 50);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(writes(), settled, "a move under a tenth waits for the heartbeat");
+    assert_eq!(fixture.status("quiet")["pending"], 1000);
+    // ... a tenth more is written at once.
+    fixture.redis.push_jobs("retries", 60);
+    wait_until("pending 1110 in status", PATIENCE, || {
+        (fixture.status("quiet")["pending"] == 1110).then_some(())
+    });
+    // A policy's own statusHeartbeat rewrites it with the numbers of the last sample (after
+    // the write that records the new generation).
+    fixture.patch_policy("quiet", &json!({"spec": {"statusHeartbeat": "2s"}}));
+    let generation =
+        kubectl_json(&["get", "bpp", "quiet", "-n", fixture.ns()])["metadata"]["generation"].clone();
+    let recorded = wait_until("the new generation in status", PATIENCE, || {
+        let status = fixture.status("quiet");
+        (status["observedGeneration"] == generation).then_some(status)
+    });
+    let before = writes();
+    wait_until("a heartbeat within 2 s", PATIENCE, || {
+        let status = fixture.status("quiet");
+        (status["lastSampleTime"] != recorded["lastSampleTime"]).then_some(())
+    });
+    assert!(writes() > before);
 }
 
 #[test]

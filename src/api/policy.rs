@@ -84,6 +84,12 @@ pub struct BackpressurePolicySpec {
     /// How queues named by a `keyPattern` are found.
     #[serde(default)]
     pub discovery: DiscoverySpec,
+    /// How often status is rewritten when nothing moved (default: levee's `--status-heartbeat`,
+    /// 5m). A change of state, level or condition is written at once, and pending, latency, the
+    /// time to critical and memory as soon as they move by a tenth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("must be at least 1s, such as 5m"))]
+    pub status_heartbeat: Option<Duration>,
 }
 
 /// How queues named by a `keyPattern` are found: in the background, never in a tick.

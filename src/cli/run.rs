@@ -121,8 +121,9 @@ pub struct RunArgs {
     /// --leader-election-namespace, localhost and 127.0.0.1).
     #[arg(long, value_delimiter = ',')]
     pub tls_san: Vec<String>,
-    /// Rewrite each policy's status at least this often, even when nothing changed.
-    #[arg(long, env = "LEVEE_STATUS_HEARTBEAT", default_value = "30s")]
+    /// Rewrite each policy's status at least this often when nothing moved (a policy's
+    /// `statusHeartbeat` overrides it).
+    #[arg(long, env = "LEVEE_STATUS_HEARTBEAT", default_value = "5m")]
     pub status_heartbeat: kube::core::Duration,
     /// Log line format.
     #[arg(long, env = "LEVEE_LOG_FORMAT", value_enum, default_value = "text")]

@@ -313,6 +313,37 @@ pub fn worth_writing(old: &BackpressurePolicyStatus, new: &BackpressurePolicySta
         || old.queues_omitted != new.queues_omitted
 }
 
+/// How far a live number must move from what status shows before it is written ahead of the
+/// heartbeat: a tenth of the value written (and at least 1, so a small backlog is shown exactly).
+const MEANINGFUL_SHARE: f64 = 0.1;
+
+/// Whether `new` has moved far from `old` in a live number a person reads in `kubectl get bpp`:
+/// the pending backlog, the latency, the time to critical (by a tenth of the value written, at
+/// least one job or one second; appearing or going counts) and Redis memory (by a tenth of what
+/// was used, or any change of its limit, policy or error). Per-queue depths, the growth rate and
+/// the sample time are left to the heartbeat.
+pub fn moved(old: &BackpressurePolicyStatus, new: &BackpressurePolicyStatus) -> bool {
+    fn far(old: Option<f64>, new: Option<f64>, at_least: f64) -> bool {
+        match (old, new) {
+            (Some(old), Some(new)) => (new - old).abs() >= (old.abs() * MEANINGFUL_SHARE).max(at_least),
+            (None, None) => false,
+            _ => true,
+        }
+    }
+    let critical_in = |s: &BackpressurePolicyStatus| s.forecast.as_ref().and_then(|f| f.critical_in_seconds);
+    fn memory(s: &BackpressurePolicyStatus) -> Option<(Option<u64>, Option<&str>, Option<&str>)> {
+        s.memory
+            .as_ref()
+            .map(|m| (m.max_bytes, m.eviction_policy.as_deref(), m.error.as_deref()))
+    }
+    let used = |s: &BackpressurePolicyStatus| s.memory.as_ref().and_then(|m| m.used_bytes).map(|u| u as f64);
+    far(old.pending.map(|p| p as f64), new.pending.map(|p| p as f64), 1.0)
+        || far(old.latency_seconds, new.latency_seconds, 1.0)
+        || far(critical_in(old), critical_in(new), 1.0)
+        || far(used(old), used(new), 1.0)
+        || memory(old) != memory(new)
+}
+
 /// The server-side apply body of a status: serialized straight to the request's bytes, without
 /// a JSON tree in between.
 #[derive(Debug, serde::Serialize)]
@@ -420,5 +451,72 @@ mod tests {
         let (_, reason, message) = ready_condition(Some("forbidden"), &targets);
         assert_eq!(reason, "TargetNotFound");
         assert!(message.contains("Deployment jobs/api not found"), "{message}");
+    }
+
+    fn with(pending: u64, latency: Option<f64>, used: Option<u64>) -> BackpressurePolicyStatus {
+        BackpressurePolicyStatus {
+            pending: Some(pending),
+            latency_seconds: latency,
+            memory: used.map(|used| MemoryStatus {
+                used_bytes: Some(used),
+                max_bytes: Some(1 << 30),
+                ..MemoryStatus::default()
+            }),
+            ..BackpressurePolicyStatus::default()
+        }
+    }
+
+    #[test]
+    fn live_numbers_are_written_when_they_move_by_a_tenth_and_small_backlogs_exactly() {
+        let written = with(1_000, Some(30.0), Some(100 << 20));
+        assert!(
+            !moved(&written, &with(1_099, Some(32.9), Some(109 << 20))),
+            "under a tenth"
+        );
+        assert!(
+            moved(&written, &with(1_100, Some(30.0), Some(100 << 20))),
+            "pending"
+        );
+        assert!(
+            moved(&written, &with(900, Some(30.0), Some(100 << 20))),
+            "pending down"
+        );
+        assert!(
+            moved(&written, &with(1_000, Some(33.0), Some(100 << 20))),
+            "latency"
+        );
+        assert!(
+            moved(&written, &with(1_000, None, Some(100 << 20))),
+            "latency gone"
+        );
+        assert!(
+            moved(&written, &with(1_000, Some(30.0), Some(110 << 20))),
+            "memory"
+        );
+        assert!(moved(&written, &with(1_000, Some(30.0), None)), "memory gone");
+        assert!(
+            moved(&with(3, None, None), &with(4, None, None)),
+            "one job of a small backlog"
+        );
+        assert!(!moved(&with(3, None, None), &with(3, None, None)));
+        let forecast = |eta: Option<f64>| BackpressurePolicyStatus {
+            forecast: Some(ForecastStatus {
+                growth_per_second: 1.0,
+                critical_in_seconds: eta,
+            }),
+            ..with(1_000, None, None)
+        };
+        assert!(
+            moved(&forecast(None), &forecast(Some(120.0))),
+            "critical forecast appears"
+        );
+        assert!(!moved(&forecast(Some(120.0)), &forecast(Some(115.0))));
+        assert!(moved(&forecast(Some(120.0)), &forecast(Some(100.0))));
+        let mut noisy = forecast(None);
+        noisy.forecast.as_mut().unwrap().growth_per_second = -3.0;
+        assert!(
+            !moved(&forecast(None), &noisy),
+            "the growth rate waits for the heartbeat"
+        );
     }
 }

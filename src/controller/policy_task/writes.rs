@@ -13,7 +13,7 @@ use super::events::{self, PendingEvent};
 use super::{phase_of, refused_as_too_large, task_key};
 use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
 use crate::circuit::{CircuitRules, State};
-use crate::controller::status_writer::{worth_writing, write};
+use crate::controller::status_writer::{moved, worth_writing, write};
 use kube::ResourceExt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -120,6 +120,15 @@ impl Drop for Writes {
     }
 }
 
+/// How often the policy's status is rewritten when nothing moved: its `statusHeartbeat`, else
+/// levee's `--status-heartbeat`.
+fn heartbeat_of(context: &Context, policy: &BackpressurePolicy) -> std::time::Duration {
+    policy
+        .spec
+        .status_heartbeat
+        .map_or(context.settings.status_heartbeat, Into::into)
+}
+
 /// Runs passes while there is something to write.
 async fn passes(context: Arc<Context>, shared: Arc<Mutex<Shared>>) {
     loop {
@@ -176,27 +185,27 @@ async fn pass(context: &Context, shared: &Mutex<Shared>, job: Job) {
     }
 }
 
-/// Writes `next` when it differs in substance from what was written or the heartbeat is due.
+/// Writes `next` when it differs in substance from what was written (at once), or when a live
+/// number moved far from what status shows or the heartbeat is due (when a slot is free).
 async fn save_status(
     context: &Context,
     shared: &Mutex<Shared>,
     policy: &BackpressurePolicy,
     next: BackpressurePolicyStatus,
 ) {
-    let (worth, heartbeat_due, first) = {
+    let heartbeat = heartbeat_of(context, policy);
+    let (worth, due, first) = {
         let state = shared.lock().expect("policy writes lock");
         (
             worth_writing(&state.written, &next),
-            state
-                .last_write
-                .is_none_or(|at| at.elapsed() >= context.settings.status_heartbeat),
+            moved(&state.written, &next) || state.last_write.is_none_or(|at| at.elapsed() >= heartbeat),
             state.last_write.is_none(),
         )
     };
-    if !heartbeat_due && !worth {
+    if !due && !worth {
         return;
     }
-    // Only the heartbeat waits for a free slot, and never in a queue.
+    // Only a heartbeat or a moved number waits for a free slot, and never in a queue.
     let _slot = if worth {
         None
     } else {
@@ -223,10 +232,7 @@ async fn save_status(
             // policies started together then send their heartbeats spread over the whole
             // period, not a thousand in the same second every 30 s.
             let written_at = if first {
-                now + context
-                    .settings
-                    .status_heartbeat
-                    .mul_f64(phase_of(&task_key(policy)))
+                now + heartbeat.mul_f64(phase_of(&task_key(policy)))
             } else {
                 now
             };

@@ -164,9 +164,18 @@ pub struct Context {
 }
 
 impl Context {
-    /// Whether this replica may write.
+    /// Whether this replica holds the leader Lease.
     pub fn is_leader(&self) -> bool {
         *self.leader.borrow()
+    }
+
+    /// Whether this replica acts on `policy`: decides, writes its status and events, marks its
+    /// producers and honours its finalizer (every replica samples and serves it). Every call
+    /// site that acts asks this per policy; today the answer is the same for all of them (the
+    /// holder of the leader Lease owns every policy), so that handing a share of the policies to
+    /// each replica is a change of this function alone.
+    pub fn owns(&self, _policy: &BackpressurePolicy) -> bool {
+        self.is_leader()
     }
 }
 
@@ -391,7 +400,7 @@ fn start_reflectors(
 /// Keeps one policy task per policy; only the leader adds and honours the finalizer.
 #[tracing::instrument(skip_all, fields(policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
 async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Result<Action> {
-    if !context.is_leader() {
+    if !context.owns(&policy) {
         if policy.meta().deletion_timestamp.is_none() {
             context.tasks.ensure(&context, policy);
         } else {

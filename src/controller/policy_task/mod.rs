@@ -193,7 +193,7 @@ impl PolicyState {
     async fn take_discovered(&mut self, context: &Context, found: Discovered) {
         let message = found.problem(self.policy.spec.discovery.max_queues as usize);
         let previous_message = self.discovery_status.as_ref().and_then(|d| d.message.clone());
-        if message.is_some() && message != previous_message && context.is_leader() {
+        if message.is_some() && message != previous_message && context.owns(&self.policy) {
             events::publish(
                 context,
                 &self.policy,
@@ -257,7 +257,7 @@ impl PolicyState {
         self.endpoint_suspect = false;
         match &resolved {
             Ok(_) => self.reported_problem = None,
-            Err(problem) if context.is_leader() && self.reported_problem != Some(problem.reason) => {
+            Err(problem) if context.owns(&self.policy) && self.reported_problem != Some(problem.reason) => {
                 self.reported_problem = Some(problem.reason);
                 events::publish(
                     context,
@@ -412,7 +412,7 @@ async fn next_discovery(ticker: &mut Option<tokio::time::Interval>) {
 /// next tick.
 async fn tick(context: &Arc<Context>, state: &mut PolicyState) {
     let sample = state.sample(context).await;
-    if !context.is_leader() {
+    if !context.owns(&state.policy) {
         state.follow_status(context);
         return;
     }

@@ -147,7 +147,8 @@ async fn passes(context: Arc<Context>, shared: Arc<Mutex<Shared>>) {
             shared.lock().expect("policy writes lock").in_flight = false;
             return;
         };
-        if !context.is_leader() {
+        // A replica that no longer owns the policy writes nothing (the fence of a handover).
+        if !context.owns(&job.policy) {
             continue;
         }
         Box::pin(pass(&context, &shared, job)).await;
@@ -228,11 +229,12 @@ async fn save_status(
     match written {
         Ok(next) => {
             let now = Instant::now();
-            // The first heartbeat waits a fraction of one more period (the policy's phase):
+            // The first heartbeat comes a fraction of the period later (the policy's phase):
             // policies started together then send their heartbeats spread over the whole
-            // period, not a thousand in the same second every 30 s.
+            // period, not a thousand in the same second, and none waits more than one period.
             let written_at = if first {
-                now + heartbeat.mul_f64(phase_of(&task_key(policy)))
+                let early = heartbeat.mul_f64(1.0 - phase_of(&task_key(policy)));
+                now.checked_sub(early).unwrap_or(now)
             } else {
                 now
             };

@@ -396,8 +396,9 @@ fn main() {
         );
     }
     println!(
-        "\n(each build measured over {:.0} s after {:.0} s of settling; 1 s sample interval, 30 s status heartbeat, info logs)",
+        "\n(each build measured over {:.0} s after {:.0} s of settling; 1 s sample interval, {:.0} s status heartbeat unless the build says otherwise, info logs)",
         measure_for().as_secs_f64(),
-        SETTLE.as_secs_f64()
+        SETTLE.as_secs_f64(),
+        HEARTBEAT.as_secs_f64()
     );
 }

@@ -5,8 +5,8 @@
 //! | --- | --- | --- |
 //! | `policy` | the BackpressurePolicy, in the ScaledObject's namespace | required |
 //! | `queue` | one of its queues: that queue's depth instead of the backlog | none |
-//! | `metric` | `pending` (the weighted backlog, or the queue's depth), `latency` (seconds the oldest job has waited, the policy's or the queue's) or `level` (0 Normal, 1 Warning, 2 Critical) | `pending` |
-//! | `targetValue` | the figure one replica should handle (KEDA's AverageValue target) | 100 for `pending`, 30 for `latency`, 1 for `level` |
+//! | `metric` | `pending` (the weighted backlog, or the queue's depth), `latency` (seconds the oldest job has waited, the policy's or the queue's), `level` (0 Normal, 1 Warning, 2 Critical) or `memory` (Redis policies: `used_memory / maxmemory` of the fullest master) | `pending` |
+//! | `targetValue` | the figure one replica should handle (KEDA's AverageValue target) | 100 for `pending`, 30 for `latency`, 1 for `level`, 0.7 for `memory` |
 //! | `activationValue` | the figure above which the workload is active (scaled up from zero) | 0 |
 
 use crate::api::names::{check_dns_label, check_queue_name};
@@ -28,6 +28,8 @@ pub enum Figure {
     QueueLatency(String),
     /// The backlog's level: 0 Normal, 1 Warning, 2 Critical.
     Level,
+    /// Redis memory: `used_memory / maxmemory` of the fullest master.
+    Memory,
 }
 
 /// One trigger's question, read from its metadata.
@@ -91,19 +93,21 @@ impl ScalerQuery {
             (Some("latency"), None) => Figure::Latency,
             (Some("latency"), Some(queue)) => Figure::QueueLatency(queue.clone()),
             (Some("level"), None) => Figure::Level,
-            (Some("level"), Some(_)) => {
-                return Err(invalid(
-                    "metadata.metric level is the policy's, not a queue's: drop metadata.queue".into(),
-                ));
+            (Some("memory"), None) => Figure::Memory,
+            (Some(metric @ ("level" | "memory")), Some(_)) => {
+                return Err(invalid(format!(
+                    "metadata.metric {metric} is the policy's, not a queue's: drop metadata.queue"
+                )));
             }
             (Some(other), _) => {
                 return Err(invalid(format!(
-                    "metadata.metric {other:?} is not known: use pending, latency or level"
+                    "metadata.metric {other:?} is not known: use pending, latency, level or memory"
                 )));
             }
         };
         let default_target = match figure {
             Figure::Level => 1.0,
+            Figure::Memory => 0.7,
             Figure::Latency | Figure::QueueLatency(_) => 30.0,
             Figure::Pending | Figure::QueueDepth(_) => 100.0,
         };
@@ -137,6 +141,7 @@ impl ScalerQuery {
             Figure::Latency => format!("levee-{}-latency", self.policy),
             Figure::QueueLatency(queue) => format!("levee-{}-{queue}-latency", self.policy),
             Figure::Level => format!("levee-{}-level", self.policy),
+            Figure::Memory => format!("levee-{}-memory", self.policy),
         }
     }
 
@@ -178,6 +183,12 @@ impl ScalerQuery {
                     self.namespace, self.policy
                 ))),
             },
+            Figure::Memory => values.memory_ratio().ok_or_else(|| {
+                Refusal::Unavailable(format!(
+                    "{}/{} has no memory ratio: its Redis has no maxmemory, refuses INFO, or it is not a Redis policy",
+                    self.namespace, self.policy
+                ))
+            }),
             Figure::Level => match values.circuit {
                 Some(circuit) => Ok(match circuit.level {
                     Level::Normal => 0.0,
@@ -340,13 +351,40 @@ mod tests {
     }
 
     #[test]
+    fn memory_is_the_ratio_to_maxmemory_and_refused_without_one() {
+        let now = Instant::now();
+        let query = ScalerQuery::parse("jobs", &metadata(&[("policy", "p"), ("metric", "memory")])).unwrap();
+        assert_eq!(
+            (query.target, query.metric_name().as_str()),
+            (0.7, "levee-p-memory")
+        );
+        let mut full = values(7, false);
+        full.memory = Some(crate::values::MemoryValues {
+            used: 600,
+            max: Some(800),
+            warning: None,
+        });
+        assert_eq!(query.reading(Some(&full), now), Ok(0.75));
+        full.memory.as_mut().unwrap().max = None;
+        assert!(matches!(
+            query.reading(Some(&full), now),
+            Err(Refusal::Unavailable(m)) if m.contains("no maxmemory")
+        ));
+    }
+
+    #[test]
     fn wrong_metadata_names_the_key_to_change() {
         let refused = |pairs: &[(&str, &str)]| match ScalerQuery::parse("jobs", &metadata(pairs)) {
             Err(Refusal::InvalidArgument(message)) => message,
             other => panic!("{pairs:?} gave {other:?}"),
         };
         assert!(refused(&[]).contains("metadata.policy is required"));
-        assert!(refused(&[("policy", "p"), ("metric", "age")]).contains("use pending, latency or level"));
+        assert!(
+            refused(&[("policy", "p"), ("metric", "age")]).contains("use pending, latency, level or memory")
+        );
+        assert!(
+            refused(&[("policy", "p"), ("metric", "memory"), ("queue", "q")]).contains("drop metadata.queue")
+        );
         assert!(
             refused(&[("policy", "p"), ("metric", "level"), ("queue", "q")]).contains("drop metadata.queue")
         );

@@ -8,6 +8,7 @@ mod support;
 
 use levee::api::{BackpressurePolicySpec, QueueSpec, RedisSpec};
 use levee::circuit::{Cause, Circuit, CircuitRules, Decision, MemoryAmount, Observation, State};
+use levee::sampler::redis::MEMORY_MAX_AGE;
 use levee::sampler::{Credentials, Endpoint, Memory, Sample, Sampler};
 use support::*;
 
@@ -128,12 +129,17 @@ async fn an_evicting_redis_is_named_with_what_to_set() {
         ("noeviction", false),
     ] {
         server.cli(&["CONFIG", "SET", "maxmemory-policy", policy]);
+        // Within MEMORY_MAX_AGE a tick reuses the reading of the last one.
+        let cached = memory(&sampler.sample(&endpoint, &list).await);
+        assert_ne!(cached.eviction_policy, policy, "a reading this recent is shared");
+        tokio::time::sleep(MEMORY_MAX_AGE).await;
         let memory = memory(&sampler.sample(&endpoint, &list).await);
         assert_eq!(memory.eviction_policy, policy);
         assert_eq!(memory.eviction_warning().is_some(), warns, "{policy}");
     }
     // volatile-*: judged by whether the queue's keys carry a TTL, as PTTL says.
     server.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+    tokio::time::sleep(MEMORY_MAX_AGE).await;
     let sample = sampler.sample(&endpoint, &list).await;
     let volatile = memory(&sample);
     assert_eq!(volatile.queue_keys_with_ttl, Some(Vec::new()));
@@ -155,6 +161,7 @@ async fn an_evicting_redis_is_named_with_what_to_set() {
     server.cli(&["PERSIST", "jobs"]);
     server.cli(&["CONFIG", "SET", "maxmemory", "0"]);
     server.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    tokio::time::sleep(MEMORY_MAX_AGE).await;
     let memory = memory(&sampler.sample(&endpoint, &list).await);
     assert_eq!(memory.max_bytes, None, "maxmemory 0: no limit");
     assert_eq!(

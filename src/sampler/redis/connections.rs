@@ -6,6 +6,7 @@
 //! in a row, and a healthy endpoint is never held up by another's.
 
 use super::endpoint::Endpoint;
+use super::memory::Memory;
 use super::topology::Topology;
 use crate::sampler::NodeAddr;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -13,6 +14,7 @@ use redis::aio::MultiplexedConnection;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A dial or a discovery under way, awaited by everyone who needs its result.
 type Flight<T> = Shared<BoxFuture<'static, Result<T, String>>>;
@@ -31,6 +33,8 @@ struct State {
     /// Nodes levee loaded the latency script on (it stays in the server's script cache across
     /// connections; a restarted node answers `NOSCRIPT` and the read loads it again).
     scripted: HashSet<NodeAddr>,
+    /// Each node's last `INFO memory` and when it was read, for the ticks of other policies.
+    memory: HashMap<NodeAddr, (Instant, Memory)>,
     flights: u64,
 }
 
@@ -69,6 +73,7 @@ impl EndpointConnections {
                 Ok(topology) => {
                     state.connections.retain(|node, _| topology.contains(node));
                     state.scripted.retain(|node| topology.contains(node));
+                    state.memory.retain(|node, _| topology.contains(node));
                     state.topology = Some(Slot::Ready(topology.clone()));
                 }
                 Err(_) => state.topology = None,
@@ -127,6 +132,21 @@ impl EndpointConnections {
         for node in nodes {
             state.connections.remove(node);
         }
+    }
+
+    /// `node`'s memory as read at most `max_age` ago by any policy's tick on this endpoint.
+    pub fn recent_memory(&self, node: &NodeAddr, max_age: Duration) -> Option<Memory> {
+        let state = self.state();
+        let (at, memory) = state.memory.get(node)?;
+        (at.elapsed() <= max_age).then(|| memory.clone())
+    }
+
+    /// Keeps `memory`, just read from `node`.
+    pub fn remember_memory(&self, node: &NodeAddr, memory: &Memory) {
+        let mut state = self.state();
+        state
+            .memory
+            .insert(node.clone(), (Instant::now(), memory.clone()));
     }
 
     /// True the first time it is asked for `node` (since its topology was learnt): the caller

@@ -251,7 +251,7 @@ impl Sampler {
         load: bool,
         memory: bool,
     ) -> ReadOutcome {
-        let plan = match self.plan(endpoint, state, reads, memory).await {
+        let (plan, recent) = match self.plan(endpoint, state, reads, memory).await {
             Ok(plan) => plan,
             Err(message) => {
                 return ReadOutcome {
@@ -272,36 +272,36 @@ impl Sampler {
                 0
             }
         };
-        let results = join_all(plan.into_iter().map(|(node, connection, indices)| async move {
-            let commands = latency_batch::commands(reads, &indices, group_of);
+        let results = join_all(plan.into_iter().map(|plan| async move {
+            let commands = latency_batch::commands(reads, &plan.indices, group_of);
             let mut pipeline = redis::pipe();
             pipeline.ignore_errors();
             for command in &commands {
                 pipeline.add_command(latency_batch::build(command, reads, load));
             }
-            // Each master's memory, in the same round trip.
-            if memory {
+            // The node's memory, in the same round trip.
+            if plan.info {
                 pipeline.add_command(memory::command());
             }
-            let mut connection = connection;
+            let mut connection = plan.connection;
             let outcome = tokio::time::timeout(
                 endpoint.timeout,
                 pipeline.query_async::<Vec<RedisResult<Value>>>(&mut connection),
             )
             .await;
-            (node, commands, outcome)
+            (plan.node, plan.info, commands, outcome)
         }))
         .await;
         let mut replies: Vec<Result<RedisResult<Value>, String>> =
             reads.iter().map(|_| Err(String::new())).collect();
         let mut redirected = false;
         let mut broken = Vec::new();
-        let mut memories: Result<Vec<Memory>, String> = Ok(Vec::new());
-        let expected = |commands: &[latency_batch::Command]| commands.len() + usize::from(memory);
-        for (node, commands, outcome) in results {
+        let mut memories: Result<Vec<Memory>, String> = Ok(recent);
+        let expected = |commands: &[latency_batch::Command], info: bool| commands.len() + usize::from(info);
+        for (node, info, commands, outcome) in results {
             match outcome {
-                Ok(Ok(mut values)) if values.len() == expected(&commands) => {
-                    if memory {
+                Ok(Ok(mut values)) if values.len() == expected(&commands, info) => {
+                    if info {
                         let read = match values.pop().expect("the INFO reply") {
                             Ok(reply) => Memory::parse(&node, &reply),
                             Err(error) => Err(node_message(
@@ -310,6 +310,9 @@ impl Sampler {
                                 &format!("INFO memory: {}", describe(&error, endpoint)),
                             )),
                         };
+                        if let Ok(memory) = &read {
+                            state.remember_memory(&node, memory);
+                        }
                         memories = memories.and_then(|mut all| {
                             all.push(read?);
                             Ok(all)
@@ -335,7 +338,11 @@ impl Sampler {
                 failure => {
                     let message = match failure {
                         Ok(Ok(values)) => {
-                            format!("{} replies for {} commands", values.len(), expected(&commands))
+                            format!(
+                                "{} replies for {} commands",
+                                values.len(),
+                                expected(&commands, info)
+                            )
                         }
                         Ok(Err(error)) => describe(&error, endpoint),
                         Err(_) => format!("no answer within {:?}", endpoint.timeout),
@@ -344,7 +351,7 @@ impl Sampler {
                     for &index in commands.iter().flat_map(latency_batch::Command::reads) {
                         replies[index] = Err(message.clone());
                     }
-                    if memory && memories.is_ok() {
+                    if info && memories.is_ok() {
                         memories = Err(message);
                     }
                     broken.push(node);
@@ -365,37 +372,49 @@ impl Sampler {
         }
     }
 
-    /// Which node gets which reads, with a connection to each.
+    /// Which node gets which reads, with a connection to each, and (with `memory`) whether it
+    /// is asked for `INFO memory`; the memories another tick read recently enough.
     async fn plan(
         &self,
         endpoint: &Endpoint,
         state: &EndpointConnections,
         reads: &[&KeyRead],
         memory: bool,
-    ) -> Result<Vec<(NodeAddr, MultiplexedConnection, Vec<usize>)>, String> {
+    ) -> Result<(Vec<NodePlan>, Vec<Memory>), String> {
         let topology = state.topology(endpoint).await?;
-        let mut by_node: BTreeMap<NodeAddr, Vec<usize>> = BTreeMap::new();
+        let mut by_node: BTreeMap<NodeAddr, (Vec<usize>, bool)> = BTreeMap::new();
+        let mut recent = Vec::new();
         if memory {
             // Every master, the ones without this policy's keys too: any of them can fill up.
+            // A reading another policy's tick took within MEMORY_MAX_AGE is used as it is.
             for node in topology.nodes() {
-                by_node.entry(node).or_default();
+                match state.recent_memory(&node, MEMORY_MAX_AGE) {
+                    Some(memory) => recent.push(memory),
+                    None => by_node.entry(node).or_default().1 = true,
+                }
             }
         }
         for (index, read) in reads.iter().enumerate() {
             by_node
                 .entry(topology.node_for(read.key.as_bytes()).clone())
                 .or_default()
+                .0
                 .push(index);
         }
         // Every node's connection at once; the dials are shared with the other policies.
-        let connected = join_all(by_node.into_iter().map(|(node, indices)| async move {
+        let connected = join_all(by_node.into_iter().map(|(node, (indices, info))| async move {
             let connection = state.connection(endpoint, &node).await?;
             // Once per node, and only when a read needs it, so the first tick of a latency read
             // needs no second round trip.
             if indices.iter().any(|&i| reads[i].kind == ReadKind::Latency) && state.first_script_use(&node) {
                 latency::preload(&mut connection.clone(), endpoint.timeout).await;
             }
-            Ok::<_, String>((node, connection, indices))
+            Ok::<_, String>(NodePlan {
+                node,
+                connection,
+                indices,
+                info,
+            })
         }))
         .await;
         let plan: Result<Vec<_>, String> = connected.into_iter().collect();
@@ -404,9 +423,24 @@ impl Sampler {
             // sentinel or the cluster again next tick rather than dial the dead one for ever.
             state.forget_topology();
         }
-        plan
+        Ok((plan?, recent))
     }
 }
+
+/// What one node of a tick is sent.
+struct NodePlan {
+    node: NodeAddr,
+    connection: MultiplexedConnection,
+    /// The reads it answers, by index.
+    indices: Vec<usize>,
+    /// Whether its `INFO memory` is asked for (none recent enough from another tick).
+    info: bool,
+}
+
+/// How old a node's `INFO memory` may be and still serve another policy's tick on the same
+/// endpoint: 1,000 policies ticking every second on one Redis then ask it about 4 times a second,
+/// not 1,000.
+pub const MEMORY_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A multiplexed connection to `node` with the endpoint's deadline on connecting and replies.
 async fn connect(

@@ -1,7 +1,7 @@
 //! `levee run`: the controller, with its metrics and health endpoints, until SIGTERM or Ctrl-C.
 
 use super::serving_runtime::ServingRuntime;
-use crate::controller::{self, LeaseSettings, Settings};
+use crate::controller::{self, LeaseSettings, OwnershipMode, Settings};
 use crate::external_scaler::{
     self,
     server::{ClientNames, Scaler, StreamLimits},
@@ -140,6 +140,12 @@ pub struct RunArgs {
     /// How long a leader keeps the Lease without renewing it; a follower takes over after this.
     #[arg(long, default_value = "15s")]
     pub lease_duration: kube::core::Duration,
+    /// Who acts on a policy: `leader`, the holder of the Lease --leader-election-name, acts on
+    /// every policy; `shards`, each replica holds a Lease of its own
+    /// (`<leader-election-name>-<identity>`) and acts on the policies it wins in the ring of the
+    /// live ones (docs/architecture.md#policies-spread-over-the-replicas).
+    #[arg(long, env = "LEVEE_OWNERSHIP", value_enum, default_value = "leader")]
+    pub ownership: OwnershipMode,
     /// Watch only this namespace (policies, their workloads and pods); default: all namespaces.
     #[arg(long, env = "LEVEE_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -173,6 +179,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             namespace: args.leader_election_namespace.clone(),
             duration: std::time::Duration::from(args.lease_duration).max(std::time::Duration::from_secs(2)),
         }),
+        ownership: args.ownership,
         watch_namespace: args.watch_namespace.clone(),
         // Twice the requests in flight: enough that the limit on requests, not this, paces
         // writes, and few enough that a cold start does not queue every policy's at once.

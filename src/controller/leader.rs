@@ -30,27 +30,27 @@ pub struct LeaseSettings {
 }
 
 impl LeaseSettings {
-    fn renew_every(&self) -> Duration {
+    pub(super) fn renew_every(&self) -> Duration {
         self.duration / 3
     }
 
     /// A holder that could not renew for this long steps down.
-    fn renew_deadline(&self) -> Duration {
+    pub(super) fn renew_deadline(&self) -> Duration {
         self.duration * 2 / 3
     }
 }
 
-/// The parts of a Lease the election reads.
+/// The parts of a Lease the election (and the shards' ring) reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Record {
-    holder: Option<String>,
-    renewed: Option<Timestamp>,
-    transitions: i32,
-    duration: Option<Duration>,
+pub(super) struct Record {
+    pub(super) holder: Option<String>,
+    pub(super) renewed: Option<Timestamp>,
+    pub(super) transitions: i32,
+    pub(super) duration: Option<Duration>,
 }
 
 impl Record {
-    fn of(lease: &Lease) -> Self {
+    pub(super) fn of(lease: &Lease) -> Self {
         let spec = lease.spec.clone().unwrap_or_default();
         Self {
             holder: spec.holder_identity.filter(|h| !h.is_empty()),
@@ -124,7 +124,8 @@ pub async fn elect(
     let (stop, stopped) = oneshot::channel();
     let changed = Arc::new(Notify::new());
     let watched: Api<Lease> = Api::namespaced(watch_client, &lease.namespace);
-    let watch_task = tokio::spawn(notify_changes(watched, lease.name.clone(), changed.clone()));
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", lease.name));
+    let watch_task = tokio::spawn(notify_changes(watched, config, changed.clone()));
     let candidate = Candidate {
         api: Api::namespaced(client, &lease.namespace),
         identity: settings.identity.clone(),
@@ -139,9 +140,8 @@ pub async fn elect(
     Ok((receiver, Some(Election { stop, task })))
 }
 
-/// Wakes the candidate whenever the Lease changes.
-async fn notify_changes(api: Api<Lease>, name: String, changed: Arc<Notify>) {
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+/// Wakes the candidate whenever a Lease `config` selects changes.
+pub(super) async fn notify_changes(api: Api<Lease>, config: watcher::Config, changed: Arc<Notify>) {
     let mut events = watcher(api, config).boxed();
     while let Some(event) = events.next().await {
         match event {

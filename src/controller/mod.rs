@@ -20,7 +20,9 @@ pub mod judgement;
 mod leader;
 pub mod marks;
 mod policy_task;
+mod ring;
 mod secrets;
+mod shards;
 mod status_writer;
 mod trim;
 mod watch_problem;
@@ -106,6 +108,9 @@ pub struct Settings {
     pub identity: String,
     /// `None` turns leader election off (this replica always writes).
     pub lease: Option<leader::LeaseSettings>,
+    /// With a lease: who acts on a policy, the holder of the one Lease or the replica that wins
+    /// it in the ring of replica Leases (`shards.rs`).
+    pub ownership: OwnershipMode,
     /// Watch only this namespace (policies, workloads, pods); `None`: every namespace.
     pub watch_namespace: Option<String>,
     /// Ticks that may be past sampling (writing status, marks, events) at once.
@@ -128,6 +133,55 @@ impl Settings {
 }
 
 pub use leader::LeaseSettings;
+pub use shards::RING_LABEL;
+
+/// Who acts on a policy when there are Leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OwnershipMode {
+    /// The holder of the leader Lease acts on every policy.
+    Leader,
+    /// Each replica holds a Lease of its own and acts on the policies it wins in their ring.
+    Shards,
+}
+
+/// How this replica learns which policies it acts on.
+enum Ownership {
+    /// Every policy while this replica holds the leader Lease (always, without one).
+    Leader(watch::Receiver<bool>),
+    /// The policies it wins in the ring of the live replicas.
+    Shards(watch::Receiver<shards::ShardView>),
+}
+
+impl Ownership {
+    /// Fires whenever this replica may have gained policies: becoming leader, or the ring's
+    /// members or this replica's acting changing.
+    fn gains(&self) -> futures::stream::BoxStream<'static, ()> {
+        match self {
+            Self::Leader(leader) => tokio_stream::wrappers::WatchStream::from_changes(leader.clone())
+                .filter(|leading| futures::future::ready(*leading))
+                .map(|_| ())
+                .boxed(),
+            Self::Shards(view) => tokio_stream::wrappers::WatchStream::from_changes(view.clone())
+                .map(|_| ())
+                .boxed(),
+        }
+    }
+}
+
+/// Started with the controller, stopped after its policy tasks.
+enum OwnershipTask {
+    Election(leader::Election),
+    Membership(shards::Membership),
+}
+
+impl OwnershipTask {
+    async fn stop(self) {
+        match self {
+            Self::Election(election) => election.release().await,
+            Self::Membership(membership) => membership.leave().await,
+        }
+    }
+}
 
 /// In-memory copies of the objects the actuator reads, kept current by watches.
 #[derive(Clone)]
@@ -155,7 +209,7 @@ pub struct Context {
     pub settings: Settings,
     /// The circuit's time: wall time at start, advanced monotonically.
     pub clock: clock::CircuitClock,
-    leader: watch::Receiver<bool>,
+    ownership: Ownership,
     tasks: PolicyTasks,
     /// `settings.concurrent_writers` permits: a cold start of 1,000 policies would otherwise
     /// queue 1,000 ticks' worth of requests behind the client's concurrency limit at once, and
@@ -164,19 +218,22 @@ pub struct Context {
 }
 
 impl Context {
-    /// Whether this replica holds the leader Lease.
-    pub fn is_leader(&self) -> bool {
-        *self.leader.borrow()
-    }
-
     /// Whether this replica acts on `policy`: decides, writes its status and events, marks its
     /// producers and honours its finalizer (every replica samples and serves it). Every call
-    /// site that acts asks this per policy; today the answer is the same for all of them (the
-    /// holder of the leader Lease owns every policy), so that handing a share of the policies to
-    /// each replica is a change of this function alone.
-    pub fn owns(&self, _policy: &BackpressurePolicy) -> bool {
-        self.is_leader()
+    /// site that acts asks this per policy: with `--ownership=leader` the holder of the leader
+    /// Lease owns every policy, with `--ownership=shards` the replica that wins the policy in the
+    /// ring of live replicas, while its own Lease is held.
+    pub fn owns(&self, policy: &BackpressurePolicy) -> bool {
+        match &self.ownership {
+            Ownership::Leader(leader) => *leader.borrow(),
+            Ownership::Shards(view) => view.borrow().owns(&self.settings.identity, &ring_key(policy)),
+        }
     }
+}
+
+/// What places a policy in the ring: the same on every replica, and stable over its life.
+fn ring_key(policy: &BackpressurePolicy) -> String {
+    format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any())
 }
 
 /// The clients the controller uses.
@@ -208,7 +265,21 @@ pub async fn run(
         lease: lease_client,
         unqueued: _,
     } = clients;
-    let (leader, lease_task) = leader::elect(lease_client, watch_client.clone(), &settings).await?;
+    let (ownership, ownership_task) = match (&settings.lease, settings.ownership) {
+        (Some(lease), OwnershipMode::Shards) => {
+            let (view, membership) =
+                shards::join(lease_client, watch_client.clone(), &settings, lease.clone()).await?;
+            (
+                Ownership::Shards(view),
+                Some(OwnershipTask::Membership(membership)),
+            )
+        }
+        _ => {
+            let (leader, election) = leader::elect(lease_client, watch_client.clone(), &settings).await?;
+            (Ownership::Leader(leader), election.map(OwnershipTask::Election))
+        }
+    };
+    let gains = ownership.gains();
     let (stores, reflectors) = start_reflectors(watch_client.clone(), &settings);
     let reporter = Reporter {
         controller: "levee".into(),
@@ -221,7 +292,7 @@ pub async fn run(
         metrics: metrics.clone(),
         values,
         clock: clock::CircuitClock::start(),
-        leader: leader.clone(),
+        ownership,
         tasks: PolicyTasks::default(),
         writers: tokio::sync::Semaphore::new(settings.concurrent_writers.max(1)),
         client: client.clone(),
@@ -254,10 +325,8 @@ pub async fn run(
     let shutdown = async move {
         let _ = stopped.await;
     };
-    // Becoming leader re-reconciles every policy, so finalizers and status catch up at once.
-    let became_leader = tokio_stream::wrappers::WatchStream::from_changes(leader)
-        .filter(|leading| futures::future::ready(*leading))
-        .map(|_| ());
+    // Gaining policies (becoming leader, the ring changing) re-reconciles every policy, so
+    // finalizers and status catch up at once.
     let policies: Api<BackpressurePolicy> = context.settings.api(watch_client);
     let (policy_store, policy_writer) = reflector::store();
     let policy_watch = reflector::reflector(
@@ -266,7 +335,7 @@ pub async fn run(
     )
     .applied_objects();
     let controller = Controller::for_stream(policy_watch, policy_store)
-        .reconcile_all_on(became_leader)
+        .reconcile_all_on(gains)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context.clone())
         .for_each(|result| {
@@ -295,8 +364,8 @@ pub async fn run(
     }
     context.tasks.stop_all(SHUTDOWN_GRACE).await;
     reflector_task.abort();
-    if let Some(lease) = lease_task {
-        lease.release().await;
+    if let Some(task) = ownership_task {
+        task.stop().await;
     }
     tracing::info!("levee controller stopped");
     Ok(())
@@ -453,12 +522,13 @@ impl Context {
                 status_heartbeat: Duration::from_secs(30),
                 identity: "test".into(),
                 lease: None,
+                ownership: OwnershipMode::Leader,
                 watch_namespace: None,
                 concurrent_writers: 64,
                 max_reply_bytes: crate::sampler::DEFAULT_MAX_REPLY_BYTES,
             },
             clock: clock::CircuitClock::start(),
-            leader,
+            ownership: Ownership::Leader(leader),
             tasks: PolicyTasks::default(),
             writers: tokio::sync::Semaphore::new(64),
             client,

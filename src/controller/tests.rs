@@ -407,7 +407,7 @@ async fn a_follower_never_writes() {
         recorder: leading.recorder.clone(),
         settings: leading.settings.clone(),
         clock: leading.clock,
-        leader,
+        ownership: Ownership::Leader(leader),
         tasks: PolicyTasks::default(),
         writers: tokio::sync::Semaphore::new(64),
     });

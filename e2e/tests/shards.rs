@@ -1,0 +1,395 @@
+//! Policies spread over three replicas (`--ownership=shards`): each acts on the policies it wins
+//! in the ring of replica Leases, a replica SIGKILLed mid-Open has its policies resumed by the
+//! others from status (producers never released, no second transition), one that can no longer
+//! renew its Lease stops acting before another takes its policies, and scaling 3 -> 5 -> 2 during
+//! a burst releases no producer.
+
+use levee_e2e::fixture::{Fixture, PATIENCE, PolicyYaml, producer_deployment};
+use levee_e2e::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Enough policies that three replicas all owning none but one is a 1-in-6,500 chance.
+const POLICIES: usize = 9;
+const LEASE: &str = "--lease-duration=6s";
+const REPLICAS: [&str; 3] = ["shard-a", "shard-b", "shard-c"];
+
+fn policy_name(i: usize) -> String {
+    format!("sharded-{i}")
+}
+
+fn producer(i: usize) -> String {
+    format!("producer-{i}")
+}
+
+/// The replica `identity` in the ring `ring`.
+fn replica(fixture: &Fixture, ring: &str, identity: &str, extra: &[&str]) -> Levee {
+    let mut args = vec![
+        "--ownership=shards",
+        "--leader-election-name",
+        ring,
+        "--identity",
+        identity,
+    ];
+    args.extend(extra);
+    Levee::start(fixture.ns(), &args)
+}
+
+/// The holders of the ring's Leases.
+fn ring_holders(ring: &str) -> BTreeSet<String> {
+    let leases = kubectl_json(&[
+        "get",
+        "leases",
+        "-n",
+        LEVEE_NAMESPACE,
+        "-l",
+        &format!("levee.dev/shards={ring}"),
+    ]);
+    leases["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|lease| lease["spec"]["holderIdentity"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Nine producers of one pod each and nine policies, each holding back its own.
+fn sharded_policies(fixture: &Fixture) {
+    let deployments: String = (0..POLICIES)
+        .map(|i| producer_deployment(fixture.ns(), &producer(i), 1))
+        .collect();
+    kubectl_ok(&["apply", "-f", "-"], Some(&deployments));
+    for i in 0..POLICIES {
+        PolicyYaml::new(
+            &policy_name(i),
+            fixture.ns(),
+            format!("{{url: '{}', timeout: 300ms}}", fixture.redis.url()),
+        )
+        .set("queues", format!("[{{name: q, type: list, key: q{i}}}]"))
+        .set(
+            "targets",
+            format!("[{{kind: Deployment, name: {}}}]", producer(i)),
+        )
+        .set("circuit", "{minOpenDuration: 2s}")
+        .apply();
+    }
+}
+
+fn burst(fixture: &Fixture) {
+    for i in 0..POLICIES {
+        let key = format!("q{i}");
+        let mut args = vec!["RPUSH", key.as_str()];
+        args.extend(std::iter::repeat_n("job", 60));
+        fixture.redis.cli(&args);
+    }
+}
+
+fn drain(fixture: &Fixture) {
+    let keys: Vec<String> = (0..POLICIES).map(|i| format!("q{i}")).collect();
+    let mut args = vec!["DEL"];
+    args.extend(keys.iter().map(String::as_str));
+    fixture.redis.cli(&args);
+}
+
+/// `(policy, state, transitions)` of every policy.
+fn states(fixture: &Fixture) -> BTreeMap<String, (String, u64)> {
+    let list = kubectl_json(&["get", "bpp", "-n", fixture.ns()]);
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|policy| {
+            (
+                policy["metadata"]["name"].as_str().unwrap().to_string(),
+                (
+                    policy["status"]["state"].as_str().unwrap_or("-").to_string(),
+                    policy["status"]["transitions"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `accepting` of the producers' pods: (pod's app label, condition levee.dev/accepting).
+fn producer_pods(fixture: &Fixture) -> Vec<(String, String)> {
+    let pods = kubectl_json(&["get", "pods", "-n", fixture.ns()]);
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|pod| {
+            let app = pod["metadata"]["labels"]["app"].as_str()?;
+            app.starts_with("producer-")
+                .then(|| (app.to_string(), pod_condition(pod, "levee.dev/accepting")))
+        })
+        .collect()
+}
+
+fn wait_producers_accepting(fixture: &Fixture, accepting: &str) {
+    wait_until(
+        &format!("{POLICIES} producers with accepting={accepting}"),
+        PATIENCE,
+        || {
+            let pods = producer_pods(fixture);
+            (pods.len() == POLICIES && pods.iter().all(|(_, c)| c == accepting)).then_some(())
+        },
+    );
+}
+
+/// Who reported `reason` about each policy (events.k8s.io `reportingInstance`).
+fn reporters(fixture: &Fixture, reason: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let events = kubectl_json(&["get", "events.events.k8s.io", "-n", fixture.ns()]);
+    let mut by_policy: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for event in events["items"].as_array().unwrap() {
+        if event["reason"] != reason || event["regarding"]["kind"] != "BackpressurePolicy" {
+            continue;
+        }
+        let policy = event["regarding"]["name"].as_str().unwrap_or_default();
+        let instance = event["reportingInstance"].as_str().unwrap_or_default();
+        by_policy
+            .entry(policy.to_string())
+            .or_default()
+            .insert(instance.to_string());
+    }
+    by_policy
+}
+
+fn all_in(states: &BTreeMap<String, (String, u64)>, state: &str) -> bool {
+    states.len() == POLICIES && states.values().all(|(s, _)| s == state)
+}
+
+#[test]
+fn a_replica_killed_mid_open_has_its_policies_resumed_by_the_others() {
+    let fixture = Fixture::create();
+    let ring = format!("levee-{}", fixture.ns());
+    let mut replicas: BTreeMap<&str, Levee> = REPLICAS
+        .iter()
+        .map(|identity| (*identity, replica(&fixture, &ring, identity, &[LEASE])))
+        .collect();
+    wait_until("three replica Leases", PATIENCE, || {
+        (ring_holders(&ring).len() == 3).then_some(())
+    });
+    sharded_policies(&fixture);
+    wait_until("9 producer pods", PATIENCE, || {
+        (producer_pods(&fixture).len() == POLICIES).then_some(())
+    });
+    wait_producers_accepting(&fixture, "True");
+    burst(&fixture);
+    wait_until("every policy Open", PATIENCE, || {
+        all_in(&states(&fixture), "Open").then_some(())
+    });
+    wait_producers_accepting(&fixture, "False");
+
+    // Each policy was opened by one replica, and the policies are spread over more than one.
+    let opened = wait_until("an Open event per policy", PATIENCE, || {
+        let opened = reporters(&fixture, "CircuitOpened");
+        (opened.len() == POLICIES).then_some(opened)
+    });
+    assert!(
+        opened.values().all(|who| who.len() == 1),
+        "a policy opened by two replicas: {opened:?}"
+    );
+    let owners: BTreeSet<&String> = opened.values().flatten().collect();
+    assert!(owners.len() >= 2, "every policy on one replica: {opened:?}");
+    let victim = opened[&policy_name(0)].first().unwrap().clone();
+    let its_policies: Vec<&String> = opened
+        .iter()
+        .filter(|(_, who)| who.contains(&victim))
+        .map(|(policy, _)| policy)
+        .collect();
+    let before = states(&fixture);
+
+    replicas.get_mut(victim.as_str()).unwrap().kill();
+    let killed = Instant::now();
+    // Past its Lease's expiry and the takeover: nothing released, nothing transitioned again.
+    while killed.elapsed() < Duration::from_secs(12) {
+        let pods = producer_pods(&fixture);
+        assert!(
+            pods.iter().all(|(_, c)| c == "False"),
+            "a producer was released after {:?}: {pods:?}",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = states(&fixture);
+    assert_eq!(
+        before, after,
+        "the takeover changed a state or counted a transition"
+    );
+
+    let drained = Instant::now();
+    drain(&fixture);
+    wait_until("every policy Closed", PATIENCE, || {
+        all_in(&states(&fixture), "Closed").then_some(())
+    });
+    wait_producers_accepting(&fixture, "True");
+    let closed = reporters(&fixture, "CircuitClosed");
+    eprintln!(
+        "figure: {} policies over {} replicas; {victim} SIGKILLed mid-Open, its {} policies closed by the others {:?} after the drain (6 s lease)",
+        POLICIES,
+        owners.len(),
+        its_policies.len(),
+        drained.elapsed()
+    );
+    for policy in its_policies {
+        let by = &closed[policy];
+        assert!(
+            !by.is_empty() && !by.contains(&victim),
+            "{policy} closed by {by:?}, not by a surviving replica"
+        );
+    }
+}
+
+#[test]
+fn a_replica_that_cannot_renew_stops_acting_before_another_takes_its_policies() {
+    let fixture = Fixture::create();
+    let ring = format!("levee-cut-{}", fixture.ns());
+    let replicas: Vec<Levee> = REPLICAS
+        .iter()
+        .map(|identity| replica(&fixture, &ring, identity, &[LEASE]))
+        .collect();
+    wait_until("three replica Leases", PATIENCE, || {
+        (ring_holders(&ring).len() == 3).then_some(())
+    });
+    // What each replica logged before the refusal is not looked at.
+    let offsets: Vec<usize> = replicas.iter().map(|r| r.log().len()).collect();
+    let since = |i: usize| {
+        replicas[i]
+            .log()
+            .get(offsets[i]..)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let cut = format!("{ring}-shard-a");
+    let _refused = AdmissionRefusal::install(
+        &format!("refuse-{cut}"),
+        serde_json::json!({"resourceRules": [{
+            "apiGroups": ["coordination.k8s.io"], "apiVersions": ["*"],
+            "operations": ["UPDATE"], "resources": ["leases"],
+        }]}),
+        &format!("object.metadata.name != '{cut}'"),
+    );
+    let started = Instant::now();
+    let mut stopped = None;
+    let mut dropped = None;
+    let dropped_by = |log: &str| {
+        log.lines().any(|line| {
+            line.contains("shard ring changed")
+                && line.contains("acting=true")
+                && !line.contains("\"shard-a\"")
+        })
+    };
+    while (stopped.is_none() || dropped.is_none()) && started.elapsed() < PATIENCE {
+        if stopped.is_none() && since(0).contains("acting=false") {
+            stopped = Some(started.elapsed());
+        }
+        if dropped.is_none() && (1..3).all(|i| dropped_by(&since(i))) {
+            dropped = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = stopped.expect("shard-a stopped acting");
+    let dropped = dropped.expect("the others dropped shard-a from the ring");
+    eprintln!(
+        "figure: renewals of one replica refused -> it stops acting after {stopped:?}, the others take its policies after {dropped:?} (6 s lease)"
+    );
+    assert!(
+        stopped < dropped,
+        "shard-a still acted when the others took its policies"
+    );
+    let log = since(1);
+    let last = log.lines().rfind(|line| line.contains("shard ring changed"));
+    assert!(
+        last.is_some_and(|line| line.contains("[\"shard-b\", \"shard-c\"]")),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn scaling_three_to_five_to_two_during_a_burst_releases_no_producer() {
+    let fixture = Fixture::create();
+    let ring = format!("levee-scale-{}", fixture.ns());
+    let mut replicas: BTreeMap<&str, Levee> = REPLICAS
+        .iter()
+        .map(|identity| (*identity, replica(&fixture, &ring, identity, &[LEASE])))
+        .collect();
+    wait_until("three replica Leases", PATIENCE, || {
+        (ring_holders(&ring).len() == 3).then_some(())
+    });
+    sharded_policies(&fixture);
+    wait_until("9 producer pods", PATIENCE, || {
+        (producer_pods(&fixture).len() == POLICIES).then_some(())
+    });
+    wait_producers_accepting(&fixture, "True");
+    burst(&fixture);
+    wait_until("every policy Open", PATIENCE, || {
+        all_in(&states(&fixture), "Open").then_some(())
+    });
+    wait_producers_accepting(&fixture, "False");
+    let before = states(&fixture);
+    let held_back = |when: &str| {
+        let pods = producer_pods(&fixture);
+        assert!(
+            pods.len() == POLICIES && pods.iter().all(|(_, c)| c == "False"),
+            "a producer was released {when}: {pods:?}"
+        );
+    };
+
+    // 3 -> 5: the newcomers act one lease duration after they joined.
+    for identity in ["shard-d", "shard-e"] {
+        replicas.insert(identity, replica(&fixture, &ring, identity, &[LEASE]));
+    }
+    let started = Instant::now();
+    wait_until("five replica Leases", PATIENCE, || {
+        (ring_holders(&ring).len() == 5).then_some(())
+    });
+    while !["shard-d", "shard-e"]
+        .iter()
+        .all(|identity| replicas[identity].log().contains("acting=true"))
+    {
+        held_back("while two replicas joined");
+        assert!(started.elapsed() < PATIENCE, "the newcomers never acted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let joined = started.elapsed();
+    // 5 -> 2: the first three stopped one after another (SIGTERM: each deletes its Lease).
+    for identity in REPLICAS {
+        replicas.get_mut(identity).unwrap().stop();
+        held_back(&format!("after {identity} stopped"));
+    }
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(4) {
+        held_back("after the scale-down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        ring_holders(&ring).len(),
+        2,
+        "the stopped replicas' Leases are gone"
+    );
+    assert_eq!(
+        states(&fixture),
+        before,
+        "a handover changed a state or counted a transition"
+    );
+
+    let drained = Instant::now();
+    drain(&fixture);
+    wait_until("every policy Closed", PATIENCE, || {
+        all_in(&states(&fixture), "Closed").then_some(())
+    });
+    wait_producers_accepting(&fixture, "True");
+    let closed = reporters(&fixture, "CircuitClosed");
+    eprintln!(
+        "figure: 3 -> 5 replicas (the two new ones acting {joined:?} after they started, 6 s lease) -> 2 during an Open burst: no producer released; all {POLICIES} closed by the last two {:?} after the drain",
+        drained.elapsed()
+    );
+    for (policy, by) in &closed {
+        assert!(
+            by.iter().all(|who| who == "shard-d" || who == "shard-e"),
+            "{policy} closed by {by:?}"
+        );
+    }
+    assert_eq!(closed.len(), POLICIES);
+}

@@ -1,0 +1,490 @@
+//! Policies spread over the replicas (`--ownership=shards`): each replica holds a Lease of its own
+//! (`<ring>-<identity>`, labelled `levee.dev/shards: <ring>`), renewed every third of the lease
+//! duration, and lists the others' after each renewal. The live replicas form a ring
+//! (`ring::owner`): a policy is acted on by the replica that wins it. As with the leader Lease,
+//! time is this process's monotonic clock, never the Leases' timestamps.
+//!
+//! No policy is acted on by two replicas at once:
+//! - a replica acts only while its last renewal and listing began within two thirds of the lease
+//!   duration, so one cut off from the API server stops by itself;
+//! - a replica that stopped renewing leaves the others' ring once its Lease has not changed for a
+//!   whole lease duration as they observed it, after it stopped acting;
+//! - a joining replica counts in the others' ring from their next listing on, but acts only a
+//!   whole lease duration after its Lease was written: by then every replica still acting has
+//!   listed since and let go of what the newcomer wins. A replica that finds no other Lease held
+//!   acts at once (nobody else can be acting).
+//!
+//! A replica stopping deletes its Lease once its policy tasks are done: the others take its
+//! policies on their next listing, which the watch on the Leases brings at once.
+
+use super::leader::{LeaseSettings, Record, notify_changes};
+use super::ring;
+use super::{Result, Settings};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// The label that puts a replica's Lease in a ring; its value is the ring's name.
+pub const RING_LABEL: &str = "levee.dev/shards";
+
+/// A Lease left unchanged this many lease durations is deleted by whoever sees it so (a replica
+/// that crashed never deletes its own).
+const STALE_LEASES_DELETED_AFTER: u32 = 4;
+
+/// What a replica knows of the ring, as last listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardView {
+    /// The live replicas, sorted; this one among them while it holds its Lease.
+    pub members: Vec<String>,
+    /// Until when this replica may act (None: it may not).
+    pub acting_until: Option<Instant>,
+}
+
+impl ShardView {
+    /// Whether `me` acts on the policy `key` now.
+    pub fn owns(&self, me: &str, key: &str) -> bool {
+        self.acting_until.is_some_and(|until| Instant::now() < until)
+            && ring::owner(key, &self.members) == Some(me)
+    }
+
+    /// What changes who owns what: the members, and whether this replica acts.
+    fn shape(&self) -> (&[String], bool) {
+        (&self.members, self.acting_until.is_some())
+    }
+}
+
+/// A replica's Lease as this replica has seen it, and since when unchanged.
+#[derive(Clone, Debug)]
+struct Observed {
+    record: Record,
+    since: Instant,
+}
+
+/// The replicas whose Leases are live at `now`: held, and changed within their duration as
+/// observed here (`me` counts while `holding`).
+fn live_members(
+    observed: &BTreeMap<String, Observed>,
+    me: &str,
+    holding: bool,
+    now: Instant,
+    duration: Duration,
+) -> Vec<String> {
+    let mut members: Vec<String> = observed
+        .values()
+        .filter_map(|seen| {
+            let holder = seen.record.holder.as_deref()?;
+            let live = if holder == me {
+                holding
+            } else {
+                now.duration_since(seen.since) < seen.record.duration.unwrap_or(duration)
+            };
+            live.then(|| holder.to_string())
+        })
+        .collect();
+    members.sort();
+    members.dedup();
+    members
+}
+
+/// This replica's hold on its own Lease.
+#[derive(Clone, Copy, Debug, Default)]
+struct Holding {
+    /// When the last successful renewal began.
+    renewed: Option<Instant>,
+    /// When the last successful listing began.
+    listed: Option<Instant>,
+    /// When the current run of renewals began, and whether another replica held a Lease then.
+    joined: Option<(Instant, bool)>,
+}
+
+impl Holding {
+    /// Until when this replica may act (None: not now), given the lease settings.
+    fn acting_until(&self, now: Instant, lease: &LeaseSettings) -> Option<Instant> {
+        let (joined, others) = self.joined?;
+        if others && now.duration_since(joined) < lease.duration {
+            return None;
+        }
+        let oldest = self.renewed?.min(self.listed?);
+        let until = oldest + lease.renew_deadline();
+        (now < until).then_some(until)
+    }
+
+    /// When the wait after joining is over, if it is still running.
+    fn join_wait_ends(&self, lease: &LeaseSettings) -> Option<Instant> {
+        match self.joined {
+            Some((joined, true)) => Some(joined + lease.duration),
+            _ => None,
+        }
+    }
+}
+
+/// The running ring membership; `leave` stops it and deletes this replica's Lease.
+pub struct Membership {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Membership {
+    pub async fn leave(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Joins the ring `lease.name`; the receiver carries what this replica knows of it.
+pub async fn join(
+    client: Client,
+    watch_client: Client,
+    settings: &Settings,
+    lease: LeaseSettings,
+) -> Result<(watch::Receiver<ShardView>, Membership)> {
+    let (sender, receiver) = watch::channel(ShardView::default());
+    let (stop, stopped) = oneshot::channel();
+    let changed = Arc::new(Notify::new());
+    let selector = format!("{RING_LABEL}={}", lease.name);
+    let watched: Api<Lease> = Api::namespaced(watch_client, &lease.namespace);
+    let config = watcher::Config::default().labels(&selector);
+    let watch_task = tokio::spawn(notify_changes(watched, config, changed.clone()));
+    let replica = Replica {
+        api: Api::namespaced(client, &lease.namespace),
+        identity: settings.identity.clone(),
+        lease_name: lease_name(&lease.name, &settings.identity),
+        selector,
+        lease,
+        observed: BTreeMap::new(),
+        holding: Holding::default(),
+    };
+    let task = tokio::spawn(async move {
+        replica.take_part(sender, changed, stopped).await;
+        watch_task.abort();
+    });
+    Ok((receiver, Membership { stop, task }))
+}
+
+/// The name of `identity`'s Lease in `ring` (a Lease name is at most 253 characters).
+fn lease_name(ring: &str, identity: &str) -> String {
+    let mut name = format!("{ring}-{identity}");
+    name.truncate(253);
+    name
+}
+
+struct Replica {
+    api: Api<Lease>,
+    identity: String,
+    lease_name: String,
+    selector: String,
+    lease: LeaseSettings,
+    observed: BTreeMap<String, Observed>,
+    holding: Holding,
+}
+
+impl Replica {
+    async fn take_part(
+        mut self,
+        view: watch::Sender<ShardView>,
+        changed: Arc<Notify>,
+        mut stopped: oneshot::Receiver<()>,
+    ) {
+        loop {
+            let due = self.renewal_due();
+            match tokio::time::timeout(self.lease.renew_deadline(), self.step(due)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "shard lease update failed; retrying"),
+                Err(_) => tracing::warn!("a shard lease request hung; retrying"),
+            }
+            let now = Instant::now();
+            let members = self.members(now);
+            let next = ShardView {
+                acting_until: self.holding.acting_until(now, &self.lease),
+                members,
+            };
+            view.send_if_modified(|current| {
+                let reshaped = current.shape() != next.shape();
+                if reshaped {
+                    tracing::info!(
+                        members = ?next.members,
+                        acting = next.acting_until.is_some(),
+                        identity = %self.identity,
+                        "shard ring changed"
+                    );
+                }
+                *current = next;
+                reshaped
+            });
+            let wait = self.wait(now);
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed.notified() => {}
+            }
+        }
+        view.send_modify(|current| current.acting_until = None);
+        if let Err(error) = self.api.delete(&self.lease_name, &DeleteParams::default()).await {
+            tracing::warn!(%error, "deleting this replica's shard lease failed; it goes stale by itself");
+        }
+    }
+
+    fn members(&self, now: Instant) -> Vec<String> {
+        let holding = self
+            .holding
+            .renewed
+            .is_some_and(|at| now.duration_since(at) < self.lease.renew_deadline());
+        live_members(&self.observed, &self.identity, holding, now, self.lease.duration)
+    }
+
+    fn renewal_due(&self) -> bool {
+        self.holding
+            .renewed
+            .is_none_or(|at| at.elapsed() >= self.lease.renew_every())
+    }
+
+    /// How long to sleep: to the next renewal, the end of the join wait, or the moment acting
+    /// would lapse, whichever comes first (a failed step retries after a second).
+    fn wait(&self, now: Instant) -> Duration {
+        let next_renewal = self
+            .holding
+            .renewed
+            .map(|at| at + self.lease.renew_every())
+            .filter(|at| *at > now);
+        let Some(next_renewal) = next_renewal else {
+            return Duration::from_secs(1);
+        };
+        let mut wake = next_renewal;
+        if let Some(ends) = self.holding.join_wait_ends(&self.lease).filter(|at| *at > now) {
+            wake = wake.min(ends);
+        }
+        wake.duration_since(now)
+    }
+
+    /// Renews this replica's Lease when `renew`, then lists the ring.
+    async fn step(&mut self, renew: bool) -> kube::Result<()> {
+        if renew {
+            let started = Instant::now();
+            match self.renew().await {
+                Ok(()) => self.holding.renewed = Some(started),
+                Err(error) => {
+                    let lapsed = self
+                        .holding
+                        .renewed
+                        .is_none_or(|at| at.elapsed() >= self.lease.renew_deadline());
+                    if lapsed {
+                        self.holding.joined = None;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        let started = Instant::now();
+        let leases = self
+            .api
+            .list(&ListParams::default().labels(&self.selector))
+            .await?;
+        self.holding.listed = Some(started);
+        self.observe(leases.items, started).await;
+        if self.holding.joined.is_none() && self.holding.renewed.is_some() {
+            let others = self.observed.values().any(|seen| {
+                seen.record
+                    .holder
+                    .as_deref()
+                    .is_some_and(|holder| holder != self.identity)
+            });
+            self.holding.joined = Some((started, others));
+        }
+        Ok(())
+    }
+
+    /// Takes a listing in; deletes the Leases stale long enough.
+    async fn observe(&mut self, leases: Vec<Lease>, now: Instant) {
+        let mut seen = BTreeMap::new();
+        let mut stale = Vec::new();
+        for lease in leases {
+            let name = lease.name_any();
+            let record = Record::of(&lease);
+            let since = match self.observed.get(&name) {
+                Some(before) if before.record == record => before.since,
+                _ => now,
+            };
+            let duration = record.duration.unwrap_or(self.lease.duration);
+            if name != self.lease_name && now.duration_since(since) >= duration * STALE_LEASES_DELETED_AFTER {
+                stale.push((name.clone(), lease.resource_version()));
+            }
+            seen.insert(name, Observed { record, since });
+        }
+        self.observed = seen;
+        for (name, version) in stale {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: version,
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match self.api.delete(&name, &params).await {
+                Ok(_) => tracing::info!(lease = %name, "deleted a stale shard lease"),
+                Err(error) => tracing::debug!(lease = %name, %error, "a stale shard lease was not deleted"),
+            }
+        }
+    }
+
+    /// Writes this replica's Lease as held now (creating it if missing).
+    async fn renew(&self) -> kube::Result<()> {
+        let now = MicroTime(jiff::Timestamp::now());
+        let seconds = i32::try_from(self.lease.duration.as_secs()).unwrap_or(i32::MAX);
+        match self.api.get_opt(&self.lease_name).await? {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.lease_name.clone()),
+                        namespace: Some(self.lease.namespace.clone()),
+                        labels: Some([(RING_LABEL.to_string(), self.lease.name.clone())].into()),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.identity.clone()),
+                        acquire_time: Some(now.clone()),
+                        renew_time: Some(now),
+                        lease_duration_seconds: Some(seconds),
+                        ..Default::default()
+                    }),
+                };
+                self.api.create(&PostParams::default(), &lease).await?;
+            }
+            Some(mut lease) => {
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                spec.holder_identity = Some(self.identity.clone());
+                spec.renew_time = Some(now);
+                spec.lease_duration_seconds = Some(seconds);
+                self.api
+                    .replace(&self.lease_name, &PostParams::default(), &lease)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(15);
+
+    fn settings() -> LeaseSettings {
+        LeaseSettings {
+            name: "levee".into(),
+            namespace: "levee-system".into(),
+            duration: LEASE,
+        }
+    }
+
+    fn held(holder: &str, since: Instant) -> Observed {
+        Observed {
+            record: Record {
+                holder: Some(holder.into()),
+                duration: Some(LEASE),
+                ..Record::of(&Lease::default())
+            },
+            since,
+        }
+    }
+
+    #[test]
+    fn a_lease_unchanged_for_its_duration_leaves_the_ring() {
+        let start = Instant::now();
+        let observed: BTreeMap<String, Observed> = [
+            ("levee-a".to_string(), held("a", start)),
+            ("levee-b".to_string(), held("b", start + Duration::from_secs(10))),
+        ]
+        .into();
+        let at = start + LEASE;
+        assert_eq!(live_members(&observed, "me", false, at, LEASE), vec!["b"]);
+        assert_eq!(
+            live_members(&observed, "a", true, at, LEASE),
+            vec!["a", "b"],
+            "a replica's own Lease counts while it holds it"
+        );
+    }
+
+    #[test]
+    fn a_released_lease_is_no_member() {
+        let start = Instant::now();
+        let mut released = held("a", start);
+        released.record.holder = None;
+        let observed: BTreeMap<String, Observed> = [("levee-a".to_string(), released)].into();
+        assert!(live_members(&observed, "b", false, start, LEASE).is_empty());
+    }
+
+    #[test]
+    fn a_newcomer_waits_a_lease_duration_unless_alone() {
+        let lease = settings();
+        let start = Instant::now();
+        let mut holding = Holding {
+            renewed: Some(start),
+            listed: Some(start),
+            joined: Some((start, true)),
+        };
+        assert_eq!(holding.acting_until(start + Duration::from_secs(1), &lease), None);
+        holding.renewed = Some(start + LEASE);
+        holding.listed = Some(start + LEASE);
+        assert_eq!(
+            holding.acting_until(start + LEASE, &lease),
+            Some(start + LEASE + lease.renew_deadline())
+        );
+        let alone = Holding {
+            joined: Some((start, false)),
+            ..holding
+        };
+        let renewed = Holding {
+            renewed: Some(start),
+            listed: Some(start),
+            ..alone
+        };
+        assert!(renewed.acting_until(start, &lease).is_some());
+    }
+
+    #[test]
+    fn a_replica_that_cannot_renew_stops_before_the_others_drop_it() {
+        let lease = settings();
+        let start = Instant::now();
+        let holding = Holding {
+            renewed: Some(start),
+            listed: Some(start + Duration::from_secs(1)),
+            joined: Some((start, false)),
+        };
+        let until = holding.acting_until(start, &lease).unwrap();
+        assert_eq!(until, start + lease.renew_deadline());
+        assert_eq!(holding.acting_until(until, &lease), None);
+        // The others saw its last renewal no earlier than it began, and drop it a whole lease
+        // duration after that.
+        assert!(until < start + LEASE);
+    }
+
+    #[test]
+    fn the_view_owns_nothing_once_acting_lapsed() {
+        let members = vec!["a".to_string()];
+        let lapsed = ShardView {
+            members: members.clone(),
+            acting_until: Some(Instant::now()),
+        };
+        assert!(!lapsed.owns("a", "ns/p"));
+        let acting = ShardView {
+            members,
+            acting_until: Some(Instant::now() + LEASE),
+        };
+        assert!(acting.owns("a", "ns/p"));
+        assert!(!acting.owns("b", "ns/p"));
+    }
+
+    #[test]
+    fn a_lease_name_fits_kubernetes() {
+        assert_eq!(lease_name("levee", "levee-7d9f-abcde"), "levee-levee-7d9f-abcde");
+        assert_eq!(lease_name("levee", &"x".repeat(400)).len(), 253);
+    }
+}

@@ -19,7 +19,11 @@ const VALUE_SETS: &[&[&str]] = &[
     &[],
     &["tls.selfSigned=true", "serviceMonitor.enabled=true"],
     &["tls.userProvided=true"],
-    &["certManager.enabled=true"],
+    &[
+        "certManager.enabled=true",
+        "replicas=3",
+        "leaderElection.ownership=shards",
+    ],
     &[
         "certManager.enabled=true",
         "certManager.issuerRef.name=corp-ca",
@@ -103,6 +107,7 @@ fn wrong_values_are_refused_with_a_message_naming_the_key() {
         ("log.format=xml", "value must be one of 'json', 'text'"),
         ("statusHeartbeat=soon", "/statusHeartbeat"),
         ("leaderElection.leaseDuration=15", "/leaderElection/leaseDuration"),
+        ("leaderElection.ownership=sharded", "/leaderElection/ownership"),
         ("metricsApi.service.port=70000", "/metricsApi/service/port"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("watchNamespace=Jobs_1", "/watchNamespace"),
@@ -825,7 +830,11 @@ fn with_watch_namespace_levee_gets_a_role_in_that_namespace_and_nothing_cluster_
     assert_eq!(election["metadata"]["namespace"], LEVEE_NAMESPACE);
     let mut lease = verbs_of(election, "leases");
     lease.sort();
-    assert_eq!(lease, ["create", "get", "list", "patch", "update", "watch"]);
+    // delete: with ownership shards a replica deletes its own Lease when it stops, and stale ones.
+    assert_eq!(
+        lease,
+        ["create", "delete", "get", "list", "patch", "update", "watch"]
+    );
 
     let scoped = render_chart(
         "levee",

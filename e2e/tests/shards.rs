@@ -159,27 +159,40 @@ fn all_in(states: &BTreeMap<String, (String, u64)>, state: &str) -> bool {
     states.len() == POLICIES && states.values().all(|(s, _)| s == state)
 }
 
+/// The three replicas of `ring`, once each holds its Lease, and the nine policies Open after a
+/// burst, every producer held back.
+fn every_policy_open_on_three_replicas(fixture: &Fixture, ring: &str) -> BTreeMap<&'static str, Levee> {
+    let replicas = three_replicas(fixture, ring);
+    sharded_policies(fixture);
+    wait_until("9 producer pods", PATIENCE, || {
+        (producer_pods(fixture).len() == POLICIES).then_some(())
+    });
+    wait_producers_accepting(fixture, "True");
+    burst(fixture);
+    wait_until("every policy Open", PATIENCE, || {
+        all_in(&states(fixture), "Open").then_some(())
+    });
+    wait_producers_accepting(fixture, "False");
+    replicas
+}
+
+/// REPLICAS in `ring`, once each holds its Lease.
+fn three_replicas(fixture: &Fixture, ring: &str) -> BTreeMap<&'static str, Levee> {
+    let replicas = REPLICAS
+        .iter()
+        .map(|identity| (*identity, replica(fixture, ring, identity, &[LEASE])))
+        .collect();
+    wait_until("three replica Leases", PATIENCE, || {
+        (ring_holders(ring).len() == 3).then_some(())
+    });
+    replicas
+}
+
 #[test]
 fn a_replica_killed_mid_open_has_its_policies_resumed_by_the_others() {
     let fixture = Fixture::create();
     let ring = format!("levee-{}", fixture.ns());
-    let mut replicas: BTreeMap<&str, Levee> = REPLICAS
-        .iter()
-        .map(|identity| (*identity, replica(&fixture, &ring, identity, &[LEASE])))
-        .collect();
-    wait_until("three replica Leases", PATIENCE, || {
-        (ring_holders(&ring).len() == 3).then_some(())
-    });
-    sharded_policies(&fixture);
-    wait_until("9 producer pods", PATIENCE, || {
-        (producer_pods(&fixture).len() == POLICIES).then_some(())
-    });
-    wait_producers_accepting(&fixture, "True");
-    burst(&fixture);
-    wait_until("every policy Open", PATIENCE, || {
-        all_in(&states(&fixture), "Open").then_some(())
-    });
-    wait_producers_accepting(&fixture, "False");
+    let mut replicas = every_policy_open_on_three_replicas(&fixture, &ring);
 
     // Each policy was opened by one replica, and the policies are spread over more than one.
     let opened = wait_until("an Open event per policy", PATIENCE, || {
@@ -245,13 +258,7 @@ fn a_replica_killed_mid_open_has_its_policies_resumed_by_the_others() {
 fn a_replica_that_cannot_renew_stops_acting_before_another_takes_its_policies() {
     let fixture = Fixture::create();
     let ring = format!("levee-cut-{}", fixture.ns());
-    let replicas: Vec<Levee> = REPLICAS
-        .iter()
-        .map(|identity| replica(&fixture, &ring, identity, &[LEASE]))
-        .collect();
-    wait_until("three replica Leases", PATIENCE, || {
-        (ring_holders(&ring).len() == 3).then_some(())
-    });
+    let replicas: Vec<Levee> = three_replicas(&fixture, &ring).into_values().collect();
     // What each replica logged before the refusal is not looked at.
     let offsets: Vec<usize> = replicas.iter().map(|r| r.log().len()).collect();
     let since = |i: usize| {
@@ -310,23 +317,7 @@ fn a_replica_that_cannot_renew_stops_acting_before_another_takes_its_policies() 
 fn scaling_three_to_five_to_two_during_a_burst_releases_no_producer() {
     let fixture = Fixture::create();
     let ring = format!("levee-scale-{}", fixture.ns());
-    let mut replicas: BTreeMap<&str, Levee> = REPLICAS
-        .iter()
-        .map(|identity| (*identity, replica(&fixture, &ring, identity, &[LEASE])))
-        .collect();
-    wait_until("three replica Leases", PATIENCE, || {
-        (ring_holders(&ring).len() == 3).then_some(())
-    });
-    sharded_policies(&fixture);
-    wait_until("9 producer pods", PATIENCE, || {
-        (producer_pods(&fixture).len() == POLICIES).then_some(())
-    });
-    wait_producers_accepting(&fixture, "True");
-    burst(&fixture);
-    wait_until("every policy Open", PATIENCE, || {
-        all_in(&states(&fixture), "Open").then_some(())
-    });
-    wait_producers_accepting(&fixture, "False");
+    let mut replicas = every_policy_open_on_three_replicas(&fixture, &ring);
     let before = states(&fixture);
     let held_back = |when: &str| {
         let pods = producer_pods(&fixture);

@@ -44,8 +44,8 @@ impl LeaseSettings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Record {
     pub(super) holder: Option<String>,
-    pub(super) renewed: Option<Timestamp>,
-    pub(super) transitions: i32,
+    renewed: Option<Timestamp>,
+    transitions: i32,
     pub(super) duration: Option<Duration>,
 }
 
@@ -94,15 +94,36 @@ fn next_move(record: Option<&Record>, me: &str, unchanged_for: Duration, lease: 
     }
 }
 
-/// The running election; `release` gives the Lease up.
-pub struct Election {
+/// A loop over Leases running in the background, beside a watch on them that wakes it; `stop`
+/// lets the loop give its Lease up and waits for that to be written.
+pub struct LeaseTask {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
-impl Election {
-    /// Releases the Lease (if held) and waits for that to be written.
-    pub async fn release(self) {
+impl LeaseTask {
+    /// Spawns `lease_loop(changed, stopped)` and a watch of the Leases `config` selects in `api`
+    /// that notifies `changed`; the watch ends with the loop.
+    pub(super) fn spawn<F>(
+        api: Api<Lease>,
+        config: watcher::Config,
+        lease_loop: impl FnOnce(Arc<Notify>, oneshot::Receiver<()>) -> F,
+    ) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        let changed = Arc::new(Notify::new());
+        let watch_task = tokio::spawn(notify_changes(api, config, changed.clone()));
+        let running = lease_loop(changed, stopped);
+        let task = tokio::spawn(async move {
+            running.await;
+            watch_task.abort();
+        });
+        Self { stop, task }
+    }
+
+    pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
@@ -114,18 +135,15 @@ pub async fn elect(
     client: Client,
     watch_client: Client,
     settings: &Settings,
-) -> Result<(watch::Receiver<bool>, Option<Election>)> {
+) -> Result<(watch::Receiver<bool>, Option<LeaseTask>)> {
     let Some(lease) = settings.lease.clone() else {
         // Always leading: the receiver keeps this value after the sender is dropped.
         let (_, receiver) = watch::channel(true);
         return Ok((receiver, None));
     };
     let (sender, receiver) = watch::channel(false);
-    let (stop, stopped) = oneshot::channel();
-    let changed = Arc::new(Notify::new());
     let watched: Api<Lease> = Api::namespaced(watch_client, &lease.namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={}", lease.name));
-    let watch_task = tokio::spawn(notify_changes(watched, config, changed.clone()));
     let candidate = Candidate {
         api: Api::namespaced(client, &lease.namespace),
         identity: settings.identity.clone(),
@@ -133,15 +151,14 @@ pub async fn elect(
         observed: None,
         renewed: None,
     };
-    let task = tokio::spawn(async move {
-        candidate.campaign(sender, changed, stopped).await;
-        watch_task.abort();
+    let task = LeaseTask::spawn(watched, config, |changed, stopped| {
+        candidate.campaign(sender, changed, stopped)
     });
-    Ok((receiver, Some(Election { stop, task })))
+    Ok((receiver, Some(task)))
 }
 
-/// Wakes the candidate whenever a Lease `config` selects changes.
-pub(super) async fn notify_changes(api: Api<Lease>, config: watcher::Config, changed: Arc<Notify>) {
+/// Wakes the loop whenever a Lease `config` selects changes.
+async fn notify_changes(api: Api<Lease>, config: watcher::Config, changed: Arc<Notify>) {
     let mut events = watcher(api, config).boxed();
     while let Some(event) = events.next().await {
         match event {

@@ -133,7 +133,6 @@ impl Settings {
 }
 
 pub use leader::LeaseSettings;
-pub use shards::RING_LABEL;
 
 /// Who acts on a policy when there are Leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -164,21 +163,6 @@ impl Ownership {
             Self::Shards(view) => tokio_stream::wrappers::WatchStream::from_changes(view.clone())
                 .map(|_| ())
                 .boxed(),
-        }
-    }
-}
-
-/// Started with the controller, stopped after its policy tasks.
-enum OwnershipTask {
-    Election(leader::Election),
-    Membership(shards::Membership),
-}
-
-impl OwnershipTask {
-    async fn stop(self) {
-        match self {
-            Self::Election(election) => election.release().await,
-            Self::Membership(membership) => membership.leave().await,
         }
     }
 }
@@ -269,14 +253,11 @@ pub async fn run(
         (Some(lease), OwnershipMode::Shards) => {
             let (view, membership) =
                 shards::join(lease_client, watch_client.clone(), &settings, lease.clone()).await?;
-            (
-                Ownership::Shards(view),
-                Some(OwnershipTask::Membership(membership)),
-            )
+            (Ownership::Shards(view), Some(membership))
         }
         _ => {
             let (leader, election) = leader::elect(lease_client, watch_client.clone(), &settings).await?;
-            (Ownership::Leader(leader), election.map(OwnershipTask::Election))
+            (Ownership::Leader(leader), election)
         }
     };
     let gains = ownership.gains();

@@ -17,7 +17,7 @@
 //! A replica stopping deletes its Lease once its policy tasks are done: the others take its
 //! policies on their next listing, which the watch on the Leases brings at once.
 
-use super::leader::{LeaseSettings, Record, notify_changes};
+use super::leader::{LeaseSettings, LeaseTask, Record};
 use super::ring;
 use super::{Result, Settings};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -29,10 +29,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot, watch};
-use tokio::task::JoinHandle;
 
 /// The label that puts a replica's Lease in a ring; its value is the ring's name.
-pub const RING_LABEL: &str = "levee.dev/shards";
+const RING_LABEL: &str = "levee.dev/shards";
 
 /// A Lease left unchanged this many lease durations is deleted by whoever sees it so (a replica
 /// that crashed never deletes its own).
@@ -125,33 +124,18 @@ impl Holding {
     }
 }
 
-/// The running ring membership; `leave` stops it and deletes this replica's Lease.
-pub struct Membership {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Membership {
-    pub async fn leave(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
-
-/// Joins the ring `lease.name`; the receiver carries what this replica knows of it.
+/// Joins the ring `lease.name`; the receiver carries what this replica knows of it. Stopping
+/// the task deletes this replica's Lease.
 pub async fn join(
     client: Client,
     watch_client: Client,
     settings: &Settings,
     lease: LeaseSettings,
-) -> Result<(watch::Receiver<ShardView>, Membership)> {
+) -> Result<(watch::Receiver<ShardView>, LeaseTask)> {
     let (sender, receiver) = watch::channel(ShardView::default());
-    let (stop, stopped) = oneshot::channel();
-    let changed = Arc::new(Notify::new());
     let selector = format!("{RING_LABEL}={}", lease.name);
     let watched: Api<Lease> = Api::namespaced(watch_client, &lease.namespace);
     let config = watcher::Config::default().labels(&selector);
-    let watch_task = tokio::spawn(notify_changes(watched, config, changed.clone()));
     let replica = Replica {
         api: Api::namespaced(client, &lease.namespace),
         identity: settings.identity.clone(),
@@ -161,11 +145,10 @@ pub async fn join(
         observed: BTreeMap::new(),
         holding: Holding::default(),
     };
-    let task = tokio::spawn(async move {
-        replica.take_part(sender, changed, stopped).await;
-        watch_task.abort();
+    let task = LeaseTask::spawn(watched, config, |changed, stopped| {
+        replica.take_part(sender, changed, stopped)
     });
-    Ok((receiver, Membership { stop, task }))
+    Ok((receiver, task))
 }
 
 /// The name of `identity`'s Lease in `ring` (a Lease name is at most 253 characters).
@@ -385,12 +368,16 @@ mod tests {
     }
 
     fn held(holder: &str, since: Instant) -> Observed {
+        let lease = Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(i32::try_from(LEASE.as_secs()).unwrap()),
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        };
         Observed {
-            record: Record {
-                holder: Some(holder.into()),
-                duration: Some(LEASE),
-                ..Record::of(&Lease::default())
-            },
+            record: Record::of(&lease),
             since,
         }
     }

@@ -448,23 +448,12 @@ spec:
 /// them it says what to pass.
 #[test]
 fn sample_reads_a_jetstream_consumer_with_a_creds_file_over_tls() {
-    let keys = tempfile::tempdir().unwrap();
-    support::nats::nats_keys("creds", keys.path());
-    let path = |name: &str| keys.path().join(name).to_string_lossy().to_string();
-    let files = support::TlsFiles::generate();
-    let server = support::nats::NatsServer::start_with(&[
-        "-js",
-        "-c",
-        &path("operator.conf"),
-        "--tls",
-        "--tlscert",
-        &files.path("server.crt"),
-        "--tlskey",
-        &files.path("server.key"),
-    ]);
-    let access = ["--creds", &path("user.creds"), "--ca", &files.path("ca.crt")];
+    let nats = support::nats::JwtTlsNats::start();
+    let server = &nats.server;
+    let access = nats.access();
+    let access: Vec<&str> = access.iter().map(String::as_str).collect();
     let mut fill = vec!["fill", "EVENTS", "events", "writer", "9", "3", "1"];
-    fill.extend(access);
+    fill.extend(&access);
     server.jetstream(&fill);
     let expected = server.unprocessed_and_outstanding("EVENTS", "writer", &access);
     assert_eq!(expected, 8, "nats-py's own figure");
@@ -482,8 +471,7 @@ spec:
         server.url()
     );
     let file = write_policy(&dir, &body);
-    let ca = files.path("ca.crt");
-    let creds = path("user.creds");
+    let (ca, creds) = (nats.ca(), nats.creds());
     let output = levee(&[
         "sample",
         "-f",

@@ -93,30 +93,19 @@ fn creds_and_a_tls_ca_come_from_secrets_and_a_wrong_ca_says_what_to_change() {
     install_crd();
     let namespace = TestNamespace::create("levee-e2e-nats-tls");
     let ns = namespace.name.clone();
-    let keys = tempfile::tempdir().unwrap();
-    levee_e2e::redis::nats::nats_keys("creds", keys.path());
-    let path = |name: &str| keys.path().join(name).to_string_lossy().to_string();
-    let files = levee_e2e::redis::TlsFiles::generate();
+    let jwt_tls = levee_e2e::redis::nats::JwtTlsNats::start();
+    let nats = &jwt_tls.server;
     let other = levee_e2e::redis::TlsFiles::generate();
-    let nats = NatsServer::start_with(&[
-        "-js",
-        "-c",
-        &path("operator.conf"),
-        "--tls",
-        "--tlscert",
-        &files.path("server.crt"),
-        "--tlskey",
-        &files.path("server.key"),
-    ]);
-    let access = ["--creds", &path("user.creds"), "--ca", &files.path("ca.crt")];
+    let access = jwt_tls.access();
+    let access: Vec<&str> = access.iter().map(String::as_str).collect();
     let mut fill = vec!["fill", "EVENTS", "events", "writer", "12", "5", "2"];
-    fill.extend(access);
+    fill.extend(&access);
     nats.jetstream(&fill);
     let expected = nats.unprocessed_and_outstanding("EVENTS", "writer", &access);
     assert_eq!(expected, 10, "nats-py's own figure");
 
-    secret_from_files(&ns, "nats-auth", &[("creds", path("user.creds"))]);
-    secret_from_files(&ns, "nats-ca", &[("ca.crt", files.path("ca.crt"))]);
+    secret_from_files(&ns, "nats-auth", &[("creds", jwt_tls.creds())]);
+    secret_from_files(&ns, "nats-ca", &[("ca.crt", jwt_tls.ca())]);
     secret_from_files(&ns, "other-ca", &[("ca.crt", other.path("ca.crt"))]);
     let _levee = Levee::start(&ns, &[]);
     for (name, ca) in [("events", "nats-ca"), ("mistrusted", "other-ca")] {

@@ -245,6 +245,51 @@ impl Drop for NatsServer {
     }
 }
 
+/// A JetStream server that lets in only the JWT users of an operator made by [`nats_keys`]
+/// (`creds`), and only over TLS.
+pub struct JwtTlsNats {
+    pub server: NatsServer,
+    /// `operator.conf` and `user.creds`.
+    pub keys: tempfile::TempDir,
+    /// `ca.crt`, `server.crt`, `server.key`.
+    pub tls: super::TlsFiles,
+}
+
+impl JwtTlsNats {
+    pub fn start() -> Self {
+        let keys = tempfile::tempdir().unwrap();
+        nats_keys("creds", keys.path());
+        let tls = super::TlsFiles::generate();
+        let config = keys.path().join("operator.conf").to_string_lossy().to_string();
+        let server = NatsServer::start_with(&[
+            "-js",
+            "-c",
+            &config,
+            "--tls",
+            "--tlscert",
+            &tls.path("server.crt"),
+            "--tlskey",
+            &tls.path("server.key"),
+        ]);
+        Self { server, keys, tls }
+    }
+
+    /// The user's `.creds` file.
+    pub fn creds(&self) -> String {
+        self.keys.path().join("user.creds").to_string_lossy().to_string()
+    }
+
+    /// The CA that signed the server's certificate.
+    pub fn ca(&self) -> String {
+        self.tls.path("ca.crt")
+    }
+
+    /// What `tests/producers/nats_jetstream.py` needs to get in: `--creds <file> --ca <file>`.
+    pub fn access(&self) -> [String; 4] {
+        ["--creds".into(), self.creds(), "--ca".into(), self.ca()]
+    }
+}
+
 /// Three `nats-server` processes routed into one JetStream cluster on loopback.
 pub struct NatsCluster {
     pub nodes: Vec<NatsServer>,

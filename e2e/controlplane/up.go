@@ -167,7 +167,16 @@ func up(ctx context.Context, sup *supervisor, dir string, apiPort int, fakeKubel
 		return err
 	}
 
-	if err := sup.start("kube-apiserver", apiserverArgs(p, etcdURL, apiPort)...); err != nil {
+	auditPolicy := filepath.Join(dir, "audit-policy.yaml")
+	if err := os.WriteFile(auditPolicy, []byte(auditPolicyYAML), 0o644); err != nil {
+		return err
+	}
+	audit := []string{
+		"--audit-policy-file=" + auditPolicy,
+		"--audit-log-path=" + filepath.Join(sup.logDir, "audit.jsonl"),
+		"--audit-log-format=json",
+	}
+	if err := sup.start("kube-apiserver", append(apiserverArgs(p, etcdURL, apiPort), audit...)...); err != nil {
 		return err
 	}
 	if err := waitFor(ctx, "kube-apiserver", client, server+"/readyz", "ok"); err != nil {
@@ -200,6 +209,27 @@ func up(ctx context.Context, sup *supervisor, dir string, apiPort int, fakeKubel
 	fmt.Printf("controlplane ready: KUBECONFIG=%s\n", admin)
 	return nil
 }
+
+// auditPolicyYAML logs, at the Metadata level (who, with which User-Agent, what, when, the
+// answer's code), every write to the objects levee acts on: tests check which replica wrote
+// what against its Lease. Nothing else is logged.
+const auditPolicyYAML = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete]
+    resources:
+      - group: levee.dev
+        resources: [backpressurepolicies, backpressurepolicies/status]
+      - group: coordination.k8s.io
+        resources: [leases]
+      - group: ""
+        resources: [pods, pods/status]
+      - group: apps
+        resources: [deployments, statefulsets, daemonsets]
+  - level: None
+`
 
 func apiserverArgs(p *pki, etcdURL string, port int) []string {
 	return []string{

@@ -2,8 +2,11 @@
 //! in the ring of replica Leases, a replica SIGKILLed mid-Open has its policies resumed by the
 //! others from status (producers never released, no second transition), one that can no longer
 //! renew its Lease stops acting before another takes its policies, and scaling 3 -> 5 -> 2 during
-//! a burst releases no producer.
+//! a burst releases no producer. In the first and the last, the API server's audit log shows every
+//! write made by a replica within one lease duration of its last renewal, and the writers of each
+//! policy following one another, never interleaving.
 
+use levee_e2e::audit;
 use levee_e2e::fixture::{Fixture, PATIENCE, PolicyYaml, producer_deployment};
 use levee_e2e::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 /// Enough policies that three replicas all owning none but one is a 1-in-6,500 chance.
 const POLICIES: usize = 9;
 const LEASE: &str = "--lease-duration=6s";
+const LEASE_DURATION: Duration = Duration::from_secs(6);
 const REPLICAS: [&str; 3] = ["shard-a", "shard-b", "shard-c"];
 
 fn policy_name(i: usize) -> String {
@@ -155,6 +159,93 @@ fn reporters(fixture: &Fixture, reason: &str) -> BTreeMap<String, BTreeSet<Strin
     by_policy
 }
 
+/// The policy a write in the audit log was for: the policy itself, its status, its producer
+/// Deployment (`producer-<i>`) or one of that Deployment's pods (`producer-<i>-<hash>-<id>`).
+fn policy_written(fixture: &Fixture, write: &audit::Write) -> Option<String> {
+    if write.namespace != fixture.ns() {
+        return None;
+    }
+    match write.resource.as_str() {
+        "backpressurepolicies" => Some(write.name.clone()),
+        "pods" | "deployments" => {
+            let rest = write.name.strip_prefix("producer-")?;
+            let index: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            Some(policy_name(index.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// Checks the audit log of the run so far: every write a replica of `ring` made for a policy
+/// (its status, its producers' Deployment and pods) was made within one lease duration of that
+/// replica's last renewal of its Lease (the fence: the others take its policies only after its
+/// Lease went unrenewed that long), and each policy's writers follow one another: once another
+/// replica wrote for a policy, the one before never writes for it again.
+fn writes_follow_the_leases(fixture: &Fixture, ring: &str) {
+    let log = audit::writes();
+    let mut renewals: BTreeMap<String, Vec<jiff::Timestamp>> = BTreeMap::new();
+    for write in &log {
+        let Some(replica) = &write.replica else { continue };
+        if write.resource == "leases"
+            && write.namespace == LEVEE_NAMESPACE
+            && write.name == format!("{ring}-{replica}")
+            && matches!(write.verb.as_str(), "create" | "update")
+            && write.succeeded()
+        {
+            renewals.entry(replica.clone()).or_default().push(write.at);
+        }
+    }
+    let mut writers: BTreeMap<String, Vec<(jiff::Timestamp, String)>> = BTreeMap::new();
+    let mut latest = Duration::ZERO;
+    for write in log.iter().filter(|write| write.succeeded()) {
+        let (Some(replica), Some(policy)) = (&write.replica, policy_written(fixture, write)) else {
+            continue;
+        };
+        let last_renewal = renewals
+            .get(replica)
+            .and_then(|times| times.iter().filter(|renewed| **renewed <= write.at).max());
+        let Some(last_renewal) = last_renewal else {
+            panic!("{replica} wrote {write:?} before it ever held its Lease");
+        };
+        let since = write.at.duration_since(*last_renewal).unsigned_abs();
+        assert!(
+            since <= LEASE_DURATION,
+            "{replica} wrote {write:?} {since:?} after its last renewal ({last_renewal}): past the lease"
+        );
+        latest = latest.max(since);
+        writers
+            .entry(policy)
+            .or_default()
+            .push((write.at, replica.clone()));
+    }
+    // Rendezvous hashing moves a policy only to a replica that joined or away from one that left,
+    // and no replica here comes back: so a replica writing for a policy again after another did
+    // means two acted on it at once.
+    let mut handovers = 0;
+    for (policy, writes) in &writers {
+        let mut writes = writes.clone();
+        writes.sort();
+        let mut turns: Vec<&str> = Vec::new();
+        for (_, replica) in &writes {
+            if turns.last() != Some(&replica.as_str()) {
+                turns.push(replica);
+            }
+        }
+        handovers += turns.len() - 1;
+        let distinct: BTreeSet<&&str> = turns.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            turns.len(),
+            "{policy}'s writers interleave: {turns:?}"
+        );
+    }
+    let checked: usize = writers.values().map(Vec::len).sum();
+    assert_eq!(writers.len(), POLICIES, "writes for every policy: {writers:?}");
+    eprintln!(
+        "figure: audit log: {checked} writes for {POLICIES} policies, the latest {latest:?} after its replica's last renewal ({LEASE_DURATION:?} lease); {handovers} handovers, writers never interleaving"
+    );
+}
+
 fn all_in(states: &BTreeMap<String, (String, u64)>, state: &str) -> bool {
     states.len() == POLICIES && states.values().all(|(s, _)| s == state)
 }
@@ -252,6 +343,7 @@ fn a_replica_killed_mid_open_has_its_policies_resumed_by_the_others() {
             "{policy} closed by {by:?}, not by a surviving replica"
         );
     }
+    writes_follow_the_leases(&fixture, &ring);
 }
 
 #[test]
@@ -383,4 +475,5 @@ fn scaling_three_to_five_to_two_during_a_burst_releases_no_producer() {
         );
     }
     assert_eq!(closed.len(), POLICIES);
+    writes_follow_the_leases(&fixture, &ring);
 }

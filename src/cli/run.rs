@@ -163,14 +163,14 @@ pub struct RunArgs {
 /// Runs the controller; exit 1 when Kubernetes cannot be reached or the controller fails.
 pub async fn run(args: RunArgs) -> ExitCode {
     telemetry::init_logging(args.log_format);
-    let clients = match clients(args.api_timeout.into(), args.api_concurrency.into()).await {
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let clients = match clients(args.api_timeout.into(), args.api_concurrency.into(), &identity).await {
         Ok(clients) => clients,
         Err(error) => {
             tracing::error!(%error, "cannot reach Kubernetes: set KUBECONFIG or run in a pod with a service account");
             return ExitCode::from(1);
         }
     };
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
     let settings = Settings {
         status_heartbeat: args.status_heartbeat.into(),
         identity,
@@ -394,9 +394,17 @@ async fn external_scaler_listener(
 /// The clients levee talks to Kubernetes with: requests time out after `timeout` and at most
 /// `concurrency` are in flight; the Lease has its own, and the metrics API's reviews theirs (never
 /// queued behind policy writes, nor the Lease behind the reviews); watches may stay quiet for minutes (the watcher has its own idle
-/// timeout).
-async fn clients(timeout: std::time::Duration, concurrency: usize) -> Result<controller::ApiClients, String> {
-    let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+/// timeout). Every request names this replica in its User-Agent (`levee/<version> (<identity>)`),
+/// so the API server's audit log says which replica made each write.
+async fn clients(
+    timeout: std::time::Duration,
+    concurrency: usize,
+    identity: &str,
+) -> Result<controller::ApiClients, String> {
+    let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    config
+        .headers
+        .push((http::header::USER_AGENT, user_agent(identity)));
     let watches = kube::Client::try_from(config.clone()).map_err(|e| e.to_string())?;
     let mut requests = config;
     requests.read_timeout = Some(timeout);
@@ -433,6 +441,13 @@ fn serving_cert(args: &RunArgs) -> Result<ServingCert, String> {
     ServingCert::self_signed(&names)
 }
 
+/// `levee/<version> (<identity>)`; an identity no header may carry is left out.
+fn user_agent(identity: &str) -> http::HeaderValue {
+    let product = concat!("levee/", env!("CARGO_PKG_VERSION"));
+    http::HeaderValue::from_str(&format!("{product} ({identity})"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static(product))
+}
+
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "levee".into());
     format!("{}-{}", host.trim(), std::process::id())
@@ -451,4 +466,19 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_agent;
+
+    #[test]
+    fn the_user_agent_names_the_replica_when_a_header_can_carry_it() {
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            user_agent("levee-7d9f-x2k4p"),
+            format!("levee/{version} (levee-7d9f-x2k4p)")
+        );
+        assert_eq!(user_agent("line\nbreak"), format!("levee/{version}"));
+    }
 }

@@ -19,12 +19,13 @@
 #      KubeletConfiguration gets failCgroupV1: false (kubelet 1.35+ refuses v1 otherwise);
 #   5. builds levee's image (make static, scripts/image.sh) and the test images
 #      (e2e/kind/test-images.sh: Redis, a producer, a worker) and `kind load`s them;
-#   6. `helm install`s charts/levee with levee running as pods (2 replicas, leader election, the
-#      chart's certificate) and checks: both replicas Ready, the Lease held by one of them, the
-#      APIService Available through the ClusterIP Service, external.metrics.k8s.io discovery.
+#   6. `helm install`s charts/levee with levee running as pods (3 replicas sharing the policies,
+#      leaderElection.ownership=shards, the chart's certificate) and checks: every replica Ready,
+#      each holding its ring Lease, the APIService Available through the ClusterIP Service,
+#      external.metrics.k8s.io discovery.
 # The test images' names are in .cache/kind/images (role=image per line) for the suite.
-# `all` then runs e2e/tests/kind.rs (ignored elsewhere): a burst, the leader pod deleted, helm
-# upgrade, the drain, the policies deleted and helm uninstall, all against levee's own pods.
+# `all` then runs e2e/tests/kind.rs (ignored elsewhere): a burst, the policy's owner pod deleted,
+# helm upgrade, the drain, the policies deleted and helm uninstall, all against levee's own pods.
 # KIND_CLUSTER_NAME overrides the cluster's name (levee-e2e).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -95,18 +96,23 @@ up() {
   log "helm install of the chart with $image as pods"
   helm install levee charts/levee --namespace levee-system --create-namespace \
     --set image.repository="${image%:*}" --set image.tag="${image##*:}" --set image.pullPolicy=Never \
-    --set replicas=2 --wait --timeout 3m
+    --set replicas=3 --set leaderElection.ownership=shards --wait --timeout 3m
   kubectl -n levee-system rollout status deployment/levee --timeout=120s
-  local holder=""
+  local holders=""
   for _ in $(seq 60); do
-    holder="$(kubectl -n levee-system get lease levee -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)"
-    [[ -n "$holder" ]] && break
+    holders="$(kubectl -n levee-system get leases -l levee.dev/shards=levee \
+      -o jsonpath='{range .items[*]}{.spec.holderIdentity}{"\n"}{end}' 2>/dev/null || true)"
+    [[ "$(grep -c . <<<"$holders")" == 3 ]] && break
     sleep 1
   done
-  kubectl -n levee-system get pod "$holder" >/dev/null # the Lease holder is one of the pods
+  [[ "$(grep -c . <<<"$holders")" == 3 ]] || { log "three ring Leases expected, found: $holders"; exit 1; }
+  local holder
+  for holder in $holders; do
+    kubectl -n levee-system get pod "$holder" >/dev/null # each ring Lease is held by one of the pods
+  done
   kubectl wait --for condition=Available apiservice/v1beta1.external.metrics.k8s.io --timeout=120s
   kubectl get --raw /apis/external.metrics.k8s.io/v1beta1 | grep -q levee_pending
-  log "levee runs as pods, led by $holder, and serves external.metrics.k8s.io ($((SECONDS - start))s)"
+  log "levee runs as 3 pods sharing the policies ($(echo $holders)) and serves external.metrics.k8s.io ($((SECONDS - start))s)"
   echo "KUBECONFIG=$kubeconfig"
 }
 

@@ -1,9 +1,10 @@
-//! levee as users run it: its own image as two pods in a kind cluster (`e2e/scripts/kind.sh`
-//! installs the chart first), producers that are real containers with a real readiness probe and
-//! the `levee.dev/accepting` gate, workers scaled by the HPA through the aggregator and the real
-//! Service in front of levee's pods. One test in phases, since it drives one cluster-wide install:
-//! a burst holds the producers back (they leave their Service's EndpointSlice) and scales the
-//! workers; the leader pod is deleted and the follower takes over without releasing anyone;
+//! levee as users run it: its own image as three pods sharing the policies in a kind cluster
+//! (`e2e/scripts/kind.sh` installs the chart with `leaderElection.ownership=shards` first),
+//! producers that are real containers with a real readiness probe and the `levee.dev/accepting`
+//! gate, workers scaled by the HPA through the aggregator and the real Service in front of levee's
+//! pods. One test in phases, since it drives one cluster-wide install: a burst holds the producers
+//! back (they leave their Service's EndpointSlice) and scales the workers; the pod that owns the
+//! policy is deleted and the others take it over without releasing anyone;
 //! `helm upgrade` keeps the certificate and the circuit; the drain lets everything go; a tenant's
 //! hostile "Redis" restarts no levee pod; deleting
 //! the policies and `helm uninstall` leave every producer accepting and nothing of levee behind.
@@ -157,14 +158,32 @@ fn worker_replicas() -> i64 {
         .unwrap_or(0)
 }
 
-fn lease_holder_pod() -> String {
-    wait_until("a levee pod holds the Lease", PATIENCE, || {
-        let lease = kubectl_json(&["get", "lease", "levee", "-n", RELEASE_NS]);
-        lease["spec"]["holderIdentity"]
-            .as_str()
-            .filter(|h| !h.is_empty())
-            .map(str::to_string)
-    })
+/// The holders of the ring's Leases (one per live replica, `levee-<pod>`).
+fn ring_holders() -> Vec<String> {
+    let leases = kubectl_json(&["get", "leases", "-n", RELEASE_NS, "-l", "levee.dev/shards=levee"]);
+    leases["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|lease| lease["spec"]["holderIdentity"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The levee pods that reported `reason` about the smoke policy (events.k8s.io
+/// `reportingInstance`, the pod name).
+fn reporters(reason: &str) -> Vec<String> {
+    let events = kubectl_json(&["get", "events.events.k8s.io", "-n", NS]);
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| {
+            event["reason"] == reason
+                && event["regarding"]["kind"] == "BackpressurePolicy"
+                && event["regarding"]["name"] == "smoke"
+        })
+        .filter_map(|event| event["reportingInstance"].as_str().map(str::to_string))
+        .collect()
 }
 
 fn tls_secret_ca() -> String {
@@ -289,27 +308,34 @@ fn levee_as_pods_in_kind() {
         worker_replicas()
     );
 
-    // The leader pod deleted: the other replica leads within the lease, nobody is released.
-    let leader = lease_holder_pod();
-    let started = Instant::now();
-    let handover = producers_stay_held_while("the leader handover", || {
-        kubectl_ok(
-            &["delete", "pod", &leader, "-n", RELEASE_NS, "--wait=false"],
-            None,
-        );
-        wait_until("another pod holds the Lease", PATIENCE, || {
-            let holder = lease_holder_pod();
-            (holder != leader).then_some(holder)
-        });
-        let handover = started.elapsed();
-        // Watch the producers a little longer: the new leader must not release them either.
-        std::thread::sleep(Duration::from_secs(3));
-        handover
+    // The pod that owns the policy deleted: it gives up its ring Lease as it stops, the other two
+    // take the policy over, the Deployment's new pod joins the ring, and nobody is released.
+    let opened_by = wait_until("the CircuitOpened event", PATIENCE, || {
+        let by = reporters("CircuitOpened");
+        (!by.is_empty()).then_some(by)
     });
-    eprintln!("figure: leader pod deleted -> the other replica leads after {handover:?}");
+    assert_eq!(opened_by.len(), 1, "opened by one pod: {opened_by:?}");
+    let owner = opened_by[0].clone();
+    assert!(ring_holders().contains(&owner), "{owner} holds a ring Lease");
+    let started = Instant::now();
+    let (gone, rejoined) = producers_stay_held_while("the owner's handover", || {
+        kubectl_ok(&["delete", "pod", &owner, "-n", RELEASE_NS, "--wait=false"], None);
+        let gone = wait_until("the owner's ring Lease gone", PATIENCE, || {
+            (!ring_holders().contains(&owner)).then(|| started.elapsed())
+        });
+        let rejoined = wait_until("three ring Leases again", PATIENCE, || {
+            (ring_holders().len() == 3).then(|| started.elapsed())
+        });
+        // Watch the producers a little longer: the new owner must not release them either.
+        std::thread::sleep(Duration::from_secs(3));
+        (gone, rejoined)
+    });
+    eprintln!(
+        "figure: the owner pod deleted -> its ring Lease gone after {gone:?}, the new pod in the ring after {rejoined:?}"
+    );
     assert!(
-        handover < Duration::from_secs(15),
-        "handover within the 15 s lease"
+        gone < Duration::from_secs(15),
+        "the owner gives its Lease up as it stops, within the 15 s lease"
     );
 
     // helm upgrade: the certificate and the circuit survive; producers are not flapped.
@@ -364,10 +390,16 @@ fn levee_as_pods_in_kind() {
         "no transition across the upgrade"
     );
 
-    // The drain: everything comes back, the workers scale down.
+    // The drain: everything comes back, the workers scale down; the policy closed by a replica
+    // other than the deleted owner.
     drain();
     wait_state("Closed");
     wait_producers(true);
+    let closed_by = reporters("CircuitClosed");
+    assert!(
+        !closed_by.is_empty() && !closed_by.contains(&owner),
+        "closed by {closed_by:?}, not by a pod that took over from {owner}"
+    );
     wait_until("the HPA scales the workers down", PATIENCE, || {
         (worker_replicas() == 1).then_some(())
     });
@@ -455,22 +487,36 @@ fn levee_as_pods_in_kind() {
         let pods = kubectl_json(&["get", "pods", "-n", RELEASE_NS]);
         (pods["items"] == serde_json::json!([])).then_some(())
     });
-    let left = kubectl_ok(
-        &[
-            "get",
-            "all,lease,secret,configmap,serviceaccount,role,rolebinding,networkpolicy,poddisruptionbudget",
-            "-n",
-            RELEASE_NS,
-            "-o",
-            "name",
-        ],
-        None,
-    );
-    let left: Vec<&str> = left
+    // The ring Leases go with their Pods (owner references), the garbage collector deleting
+    // whatever a stopping pod could no longer delete itself once its Role was gone.
+    let mut left = Vec::new();
+    let emptied = Instant::now();
+    while emptied.elapsed() < PATIENCE {
+        left = kubectl_ok(
+            &[
+                "get",
+                "all,lease,secret,configmap,serviceaccount,role,rolebinding,networkpolicy,poddisruptionbudget",
+                "-n",
+                RELEASE_NS,
+                "-o",
+                "name",
+            ],
+            None,
+        )
         .lines()
         .filter(|name| !name.ends_with("/kube-root-ca.crt") && !name.ends_with("/default"))
+        .map(str::to_string)
         .collect();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(left.is_empty(), "left in {RELEASE_NS}: {left:?}");
+    eprintln!(
+        "figure: helm uninstall -> nothing of levee left in {RELEASE_NS} {:?} after its pods were gone",
+        emptied.elapsed()
+    );
     let cluster_wide = kubectl_ok(
         &[
             "get",

@@ -152,6 +152,11 @@ pub struct RunArgs {
     /// This replica's identity in the Lease and in events (default: the pod name, else host-pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The uid of this replica's Pod (the chart sets it from the downward API), --identity being
+    /// the Pod's name: with --ownership=shards the replica's Lease names the Pod as its owner, so
+    /// it goes with the Pod even when levee could not delete it (as after `helm uninstall`).
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
     /// The most bytes one reply from a policy's Redis may hold (or the server may send between
     /// two requests); past it the connection is dropped and the queue reports "reply larger
     /// than N bytes". A bound per tenant: a policy naming a hostile server costs levee at most
@@ -178,6 +183,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             name: args.leader_election_name.clone(),
             namespace: args.leader_election_namespace.clone(),
             duration: std::time::Duration::from(args.lease_duration).max(std::time::Duration::from_secs(2)),
+            pod_uid: args.pod_uid.clone(),
         }),
         ownership: args.ownership,
         watch_namespace: args.watch_namespace.clone(),

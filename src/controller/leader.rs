@@ -27,6 +27,11 @@ pub struct LeaseSettings {
     pub namespace: String,
     /// How long a holder keeps the Lease without renewing it.
     pub duration: Duration,
+    /// The uid of this replica's Pod, whose name is the replica's identity. A ring Lease
+    /// (`--ownership=shards`) names that Pod as its owner, so that the garbage collector deletes
+    /// the Lease with the Pod even when the replica could not (`helm uninstall` removes the Role
+    /// while the pods are still stopping).
+    pub pod_uid: Option<String>,
 }
 
 impl LeaseSettings {
@@ -391,6 +396,7 @@ mod tests {
             name: "levee".into(),
             namespace: "levee-system".into(),
             duration: LEASE,
+            pod_uid: None,
         };
         assert!(settings.renew_every() < settings.renew_deadline());
         assert!(settings.renew_deadline() < settings.duration);

@@ -21,7 +21,7 @@ use super::leader::{LeaseSettings, LeaseTask, Record};
 use super::ring;
 use super::{Result, Settings};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -156,6 +156,18 @@ fn lease_name(ring: &str, identity: &str) -> String {
     let mut name = format!("{ring}-{identity}");
     name.truncate(253);
     name
+}
+
+/// The Pod `name` (uid `uid`) as the owner of a Lease, when the Pod's uid is known: the garbage
+/// collector then deletes the Lease once the Pod is gone.
+fn pod_owner(name: &str, uid: Option<&str>) -> Option<Vec<OwnerReference>> {
+    Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: name.into(),
+        uid: uid?.into(),
+        ..Default::default()
+    }])
 }
 
 struct Replica {
@@ -317,6 +329,10 @@ impl Replica {
     }
 
     /// Writes this replica's Lease as held now (creating it if missing).
+    fn owner(&self) -> Option<Vec<OwnerReference>> {
+        pod_owner(&self.identity, self.lease.pod_uid.as_deref())
+    }
+
     async fn renew(&self) -> kube::Result<()> {
         let now = MicroTime(jiff::Timestamp::now());
         let seconds = i32::try_from(self.lease.duration.as_secs()).unwrap_or(i32::MAX);
@@ -327,6 +343,7 @@ impl Replica {
                         name: Some(self.lease_name.clone()),
                         namespace: Some(self.lease.namespace.clone()),
                         labels: Some([(RING_LABEL.to_string(), self.lease.name.clone())].into()),
+                        owner_references: self.owner(),
                         ..Default::default()
                     },
                     spec: Some(LeaseSpec {
@@ -340,6 +357,9 @@ impl Replica {
                 self.api.create(&PostParams::default(), &lease).await?;
             }
             Some(mut lease) => {
+                if let Some(owner) = self.owner() {
+                    lease.metadata.owner_references = Some(owner);
+                }
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some(self.identity.clone());
                 spec.renew_time = Some(now);
@@ -364,7 +384,29 @@ mod tests {
             name: "levee".into(),
             namespace: "levee-system".into(),
             duration: LEASE,
+            pod_uid: None,
         }
+    }
+
+    #[test]
+    fn a_ring_lease_is_owned_by_the_replicas_pod_when_its_uid_is_known() {
+        assert_eq!(pod_owner("levee-7d9f-x2k4p", None), None);
+        let owner = pod_owner("levee-7d9f-x2k4p", Some("0b8e-uid")).unwrap();
+        assert_eq!(owner.len(), 1);
+        let pod = &owner[0];
+        assert_eq!(
+            (
+                pod.api_version.as_str(),
+                pod.kind.as_str(),
+                pod.name.as_str(),
+                pod.uid.as_str()
+            ),
+            ("v1", "Pod", "levee-7d9f-x2k4p", "0b8e-uid")
+        );
+        assert_eq!(
+            pod.block_owner_deletion, None,
+            "needs no finalizer rights on pods"
+        );
     }
 
     fn held(holder: &str, since: Instant) -> Observed {

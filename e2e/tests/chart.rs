@@ -279,6 +279,8 @@ fn levee_runs_with_the_deployments_arguments_environment_and_certificate_and_is_
             let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
                 Some("metadata.namespace") => LEVEE_NAMESPACE.to_string(),
                 Some("metadata.name") => pod_name.to_string(),
+                // Only a ring Lease (ownership: shards, not the default) names its Pod as owner.
+                Some("metadata.uid") => "7d9f8-chart-uid".to_string(),
                 Some(other) => panic!("unexpected fieldRef {other}"),
                 None => var["value"].as_str().unwrap().to_string(),
             };

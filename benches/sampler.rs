@@ -4,14 +4,15 @@
 //! - one `EVAL` per queue without pipelining (the pattern KEDA's Redis list scaler uses).
 //!
 //! A second table: the same tick over Sidekiq queues, depth only (`readLatency: false`) against
-//! depth and latency (levee's script in the same pipeline).
+//! depth and latency (levee's script in the same pipeline), every tick and with the default
+//! `latencyRefresh` (a tenth of the queues' latency a tick at a 1 s interval).
 //!
 //! Run with `make bench` (or `cargo bench --bench sampler`); it prints a Markdown table.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use levee::api::{QueueSpec, RedisSpec};
+use levee::api::{BackpressurePolicySpec, QueueSpec, RedisSpec};
 use levee::sampler::{Credentials, Endpoint, PreparedQueues, Sampler};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -187,8 +188,9 @@ async fn main() {
             })
             .collect();
         let mut row = Vec::new();
-        for read_latency in [false, true] {
-            let prepared = PreparedQueues::new(&specs, read_latency);
+        for reads in LatencyReads::ALL {
+            let prepared = reads.prepare(&server, &specs);
+            let read_latency = reads != LatencyReads::DepthOnly;
             let warm = sampler.sample_prepared(&endpoint, &prepared).await;
             assert_eq!(warm.pending(), queues as u64);
             assert_eq!(warm.latency().is_some(), read_latency);
@@ -271,6 +273,46 @@ fn redis_cpu_seconds(server: &support::RedisServer) -> f64 {
         .sum()
 }
 
+/// What a tick of the latency table reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LatencyReads {
+    /// `readLatency: false`: one `LLEN` a queue.
+    DepthOnly,
+    /// `latencyRefresh: 0s`: every queue's latency every tick.
+    EveryTick,
+    /// The defaults, `latencyRefresh: 10s` at `sampleInterval: 1s`: a tenth of the queues' latency
+    /// a tick, the others estimated.
+    Refreshed,
+}
+
+impl LatencyReads {
+    const ALL: [Self; 3] = [Self::DepthOnly, Self::EveryTick, Self::Refreshed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::DepthOnly => "depth only (`readLatency: false`)",
+            Self::EveryTick => "depth + latency every tick (`latencyRefresh: 0s`)",
+            Self::Refreshed => "depth + latency, `latencyRefresh: 10s` (default) at a 1 s interval",
+        }
+    }
+
+    fn prepare(self, server: &support::RedisServer, queues: &[QueueSpec]) -> PreparedQueues {
+        let refresh = match self {
+            Self::DepthOnly => return PreparedQueues::new(queues, false),
+            Self::EveryTick => "0s",
+            Self::Refreshed => "10s",
+        };
+        let spec: BackpressurePolicySpec = serde_json::from_value(serde_json::json!({
+            "redis": {"url": server.url(), "timeout": "10s", "latencyRefresh": refresh},
+            "queues": queues,
+            "sampleInterval": "1s",
+            "thresholds": {"warning": 100, "critical": 200, "recovery": 50},
+        }))
+        .unwrap();
+        PreparedQueues::for_policy(&spec, queues)
+    }
+}
+
 /// One cell of the latency table: tick times, round trips, Redis's microseconds a queue in
 /// commands and in CPU.
 type LatencyCell = (Stats, usize, f64, f64);
@@ -278,23 +320,21 @@ type LatencyCell = (Stats, usize, f64, f64);
 fn print_latency_rows(rows: Vec<(usize, Vec<LatencyCell>)>) {
     println!();
     println!(
-        "| Sidekiq queues | depth only (median / p90) | round trips | depth + latency (median / p90) | round trips | Redis time a queue: depth / with latency (INFO commandstats) | Redis CPU a queue: depth / with latency (INFO cpu) |"
+        "| Sidekiq queues | reads | tick (median / p90) | round trips | Redis time a queue (INFO commandstats), × depth only | Redis CPU a queue (INFO cpu), × depth only |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|");
     for (queues, row) in rows {
-        let [
-            (depth, depth_trips, depth_usec, depth_cpu),
-            (latency, latency_trips, latency_usec, latency_cpu),
-        ] = <[_; 2]>::try_from(row).ok().unwrap();
-        println!(
-            "| {queues} | {:.4} ms / {:.4} ms | {depth_trips} | {:.4} ms / {:.4} ms | {latency_trips} | {depth_usec:.2} µs / {latency_usec:.2} µs ({:.1}×) | {depth_cpu:.2} µs / {latency_cpu:.2} µs ({:.1}×) |",
-            ms(depth.median),
-            ms(depth.p90),
-            ms(latency.median),
-            ms(latency.p90),
-            latency_usec / depth_usec,
-            latency_cpu / depth_cpu,
-        );
+        let (_, _, depth_usec, depth_cpu) = row[0];
+        for (reads, (tick, trips, usec, cpu)) in LatencyReads::ALL.into_iter().zip(row) {
+            println!(
+                "| {queues} | {} | {:.4} ms / {:.4} ms | {trips} | {usec:.2} µs ({:.1}×) | {cpu:.2} µs ({:.1}×) |",
+                reads.label(),
+                ms(tick.median),
+                ms(tick.p90),
+                usec / depth_usec,
+                cpu / depth_cpu,
+            );
+        }
     }
 }
 

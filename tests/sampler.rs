@@ -741,6 +741,140 @@ async fn sidekiq_latency_matches_sidekiq_queue_latency() {
     );
 }
 
+/// How many `LINDEX` Redis ran since the last `CONFIG RESETSTAT` (levee's latency script calls one
+/// per Sidekiq queue it reads; `INFO commandstats` counts the commands a script calls).
+fn lindex_calls(server: &RedisServer) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_lindex:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// A policy over `queues` with its Redis at `server` and `extra` spec fields (YAML).
+fn policy_spec(
+    server: &RedisServer,
+    redis: &str,
+    queues: &str,
+    extra: &str,
+) -> levee::api::BackpressurePolicySpec {
+    serde_yaml::from_str(&format!(
+        "{{redis: {{url: '{}', {redis}}}, queues: {queues}, sampleInterval: 1s, {extra}}}",
+        server.url()
+    ))
+    .unwrap()
+}
+
+fn sidekiq_job(enqueued_at_ms: i64) -> String {
+    format!("{{\"class\":\"Report\",\"jid\":\"j{enqueued_at_ms}\",\"enqueued_at\":{enqueued_at_ms}}}")
+}
+
+#[tokio::test]
+async fn latency_is_read_every_latency_refresh_spread_over_the_ticks_and_estimated_in_between() {
+    let server = RedisServer::start();
+    run_producer(
+        "ruby",
+        "sidekiq_latency.rb",
+        &[server.port.to_string(), "billing".into()],
+    );
+    let now = server.time_ms();
+    let mut names = vec!["billing".to_string()];
+    for i in 1..10 {
+        server.cli(&["LPUSH", &format!("queue:q{i}"), &sidekiq_job(now - 1_000)]);
+        names.push(format!("q{i}"));
+    }
+    let queues: Vec<String> = names
+        .iter()
+        .map(|name| format!("{{name: {name}, type: sidekiq, key: {name}}}"))
+        .collect();
+    let spec = policy_spec(
+        &server,
+        "latencyRefresh: 5s",
+        &format!("[{}]", queues.join(", ")),
+        "thresholds: {warning: 100, critical: 200, recovery: 50}",
+    );
+    let prepared = levee::sampler::PreparedQueues::for_policy(&spec, &spec.queues);
+    let sampler = Sampler::new();
+    let endpoint = standalone(&server);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let mut last = None;
+    for _ in 0..6 {
+        let sample = sampler.sample_prepared(&endpoint, &prepared).await;
+        assert_eq!(sample.round_trips, 1);
+        assert!(
+            sample.queues.iter().all(|q| matches!(q.latency, Some(Ok(_)))),
+            "{sample:?}"
+        );
+        last = Some(sample);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        lindex_calls(&server),
+        10 + 5 * 2,
+        "every queue on the first tick, then a fifth of them a tick (every tick would be 60)"
+    );
+    // Between reads the figure still equals Sidekiq's own: the oldest job has not run.
+    let sidekiq = run_producer(
+        "ruby",
+        "sidekiq_latency.rb",
+        &[server.port.to_string(), "billing".into(), "read".into()],
+    );
+    let theirs = sidekiq["latency"].as_f64().unwrap();
+    let last = last.unwrap();
+    assert_within_a_second(latency_of(&last, "billing"), theirs);
+    // A worker takes the oldest job: the estimate stays above the true age until the next read
+    // (an upper bound); a queue emptied reads 0 without a read.
+    server.cli(&["RPOP", "queue:billing"]);
+    server.cli(&["DEL", "queue:q1"]);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let sample = sampler.sample_prepared(&endpoint, &prepared).await;
+    let theirs = run_producer(
+        "ruby",
+        "sidekiq_latency.rb",
+        &[server.port.to_string(), "billing".into(), "read".into()],
+    )["latency"]
+        .as_f64()
+        .unwrap();
+    let estimate = latency_of(&sample, "billing").unwrap().unwrap().as_secs_f64();
+    assert!(estimate >= theirs, "levee {estimate:.3} s, Sidekiq {theirs:.3} s");
+    assert_eq!(latency_of(&sample, "q1"), Some(Ok(std::time::Duration::ZERO)));
+    assert_eq!(lindex_calls(&server), 2, "a tick reads two of the ten");
+}
+
+#[tokio::test]
+async fn an_estimate_at_the_lowest_latency_threshold_is_read_again_in_the_same_tick() {
+    let server = RedisServer::start();
+    let now = server.time_ms();
+    server.cli(&["LPUSH", "queue:edge", &sidekiq_job(now - 19_300)]);
+    let spec = policy_spec(
+        &server,
+        "latencyRefresh: 10m",
+        "[{name: edge, type: sidekiq, key: edge}]",
+        "thresholds: {latency: {recovery: 20s, warning: 30s, critical: 60s}}",
+    );
+    let prepared = levee::sampler::PreparedQueues::for_policy(&spec, &spec.queues);
+    let sampler = Sampler::new();
+    let endpoint = standalone(&server);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let first = sampler.sample_prepared(&endpoint, &prepared).await;
+    assert_within_a_second(latency_of(&first, "edge"), 19.3);
+    // The job runs and a younger one waits; below 20 s levee keeps its upper bound.
+    server.cli(&["DEL", "queue:edge"]);
+    server.cli(&["LPUSH", "queue:edge", &sidekiq_job(server.time_ms() - 5_000)]);
+    let estimated = sampler.sample_prepared(&endpoint, &prepared).await;
+    let estimate = latency_of(&estimated, "edge").unwrap().unwrap();
+    assert!(
+        estimate >= std::time::Duration::from_secs(19) && estimate < std::time::Duration::from_secs(20),
+        "{estimate:?}"
+    );
+    assert_eq!(lindex_calls(&server), 1);
+    // Once the estimate reaches the recovery threshold, the tick reads the queue again.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let confirmed = sampler.sample_prepared(&endpoint, &prepared).await;
+    assert_within_a_second(latency_of(&confirmed, "edge"), 6.0);
+    assert_eq!(lindex_calls(&server), 2);
+}
+
 #[tokio::test]
 async fn rq_latency_matches_the_enqueued_at_of_rq_oldest_job() {
     let server = RedisServer::start();

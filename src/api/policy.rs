@@ -144,6 +144,13 @@ pub struct RedisSpec {
     /// in bytes and in this time).
     #[serde(default)]
     pub timeout: RequestTimeout,
+    /// How often each queue's oldest job is read again for its latency (with `readLatency`);
+    /// in between, its latency is the age at the last read plus the time since (zero when its
+    /// depth reads zero), and a figure that reaches the lowest latency threshold is read again
+    /// in the same tick. `0s` reads it every tick.
+    #[serde(default = "defaults::latency_refresh")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('0s') && duration(self) <= duration('10m')").message("must be between 0s (read every tick) and 10m, such as 10s"))]
+    pub latency_refresh: Duration,
 }
 
 /// A backend's deadline for connecting and for one request: positive, at most 10s (500ms when
@@ -797,6 +804,9 @@ pub mod defaults {
     }
     pub fn read_latency() -> bool {
         true
+    }
+    pub fn latency_refresh() -> Duration {
+        parse("10s")
     }
     pub fn discovery_interval() -> Duration {
         parse("30s")

@@ -87,7 +87,7 @@ struct Watched {
 impl Watched {
     fn new(policy: BackpressurePolicy, endpoint: BackendEndpoint) -> Self {
         Self {
-            queues: PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency),
+            queues: PreparedQueues::for_policy(&policy.spec, &policy.spec.queues),
             forecaster: Forecaster::new(policy.spec.circuit.forecast_window.into()),
             rules: policy.spec.circuit_rules(),
             circuit: Circuit::default(),
@@ -125,10 +125,11 @@ impl Watched {
             (Some(_), Some(previous)) => previous,
             _ => found,
         };
-        self.queues = PreparedQueues::new(
+        self.queues = PreparedQueues::for_policy(
+            &self.policy.spec,
             &kept.with_spec_queues(&self.policy.spec.queues),
-            self.policy.spec.read_latency,
-        );
+        )
+        .continuing(&self.queues);
         self.discovered = Some(kept);
         problem
     }

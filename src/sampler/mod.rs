@@ -18,7 +18,8 @@ pub use self::redis::{
 pub use node_addr::NodeAddr;
 
 use self::redis::EndpointConnections;
-use crate::api::QueueSpec;
+use self::redis::latency_refresh::{LatencyRefresh, LatencySchedule};
+use crate::api::{BackpressurePolicySpec, QueueSpec};
 use crate::circuit::{CircuitRules, Measure, MemoryUse, Observation};
 use jiff::Timestamp;
 use std::collections::HashMap;
@@ -136,24 +137,53 @@ pub enum BackendEndpoint {
     Kafka(kafka::KafkaEndpoint),
 }
 
-/// A policy's queues with the reads each takes, built once per policy generation.
+/// A policy's queues with the reads each takes, built once per policy generation, and when each
+/// Redis queue's latency is read again (its state is shared by clones).
 #[derive(Clone, Debug)]
 pub struct PreparedQueues {
     queues: Vec<self::redis::PreparedQueue>,
+    latency_schedule: Arc<Mutex<LatencySchedule>>,
     consumers: Vec<nats::PreparedConsumer>,
     kafka: Vec<kafka::PreparedKafkaQueue>,
 }
 
 impl PreparedQueues {
     /// The queues' depth reads and, with `read_latency`, the latency read of each queue whose
-    /// layout keeps an enqueue time; and the JetStream consumers. Entries with a `keyPattern` are
-    /// left out: discovery turns them into queues of their own.
+    /// layout keeps an enqueue time (every tick); and the JetStream consumers. Entries with a
+    /// `keyPattern` are left out: discovery turns them into queues of their own.
     pub fn new(queues: &[QueueSpec], read_latency: bool) -> Self {
+        Self::with_latency_refresh(queues, read_latency, LatencyRefresh::EVERY_TICK)
+    }
+
+    /// `queues` (the spec's, or with the discovered ones) as `spec` reads them: its
+    /// `readLatency`, and its Redis queues' latency read every `spec.redis.latencyRefresh`.
+    pub fn for_policy(spec: &BackpressurePolicySpec, queues: &[QueueSpec]) -> Self {
+        let refresh = spec
+            .redis
+            .as_ref()
+            .map_or(Duration::ZERO, |redis| redis.latency_refresh.into());
+        let confirm_at = spec.thresholds.latency().map(|bands| bands.recovery);
+        let refresh = LatencyRefresh::new(refresh, spec.sample_interval.into(), confirm_at);
+        Self::with_latency_refresh(queues, spec.read_latency, refresh)
+    }
+
+    fn with_latency_refresh(queues: &[QueueSpec], read_latency: bool, refresh: LatencyRefresh) -> Self {
+        let queues_redis = self::redis::prepare(queues, read_latency);
         Self {
+            latency_schedule: Arc::new(Mutex::new(LatencySchedule::new(refresh, queues_redis.len()))),
             consumers: nats::prepare(queues, read_latency),
             kafka: kafka::prepare(queues, read_latency),
-            queues: self::redis::prepare(queues, read_latency),
+            queues: queues_redis,
         }
+    }
+
+    /// These queues, keeping `previous`'s latency reads when the Redis queues are the same (a
+    /// discovery that found nothing new does not make the next tick read every latency).
+    pub fn continuing(mut self, previous: &PreparedQueues) -> Self {
+        if self.queues == previous.queues {
+            self.latency_schedule = Arc::clone(&previous.latency_schedule);
+        }
+        self
     }
 }
 

@@ -141,7 +141,7 @@ impl PolicyState {
         let status = policy.status.clone().unwrap_or_default();
         Self {
             rules: policy.spec.circuit_rules(),
-            queues: PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency),
+            queues: PreparedQueues::for_policy(&policy.spec, &policy.spec.queues),
             discovered: None,
             discovery_status: None,
             forecaster: Forecaster::new(policy.spec.circuit.forecast_window.into()),
@@ -165,7 +165,7 @@ impl PolicyState {
         let respecified = policy.metadata.generation != self.policy.metadata.generation;
         if respecified {
             self.rules = policy.spec.circuit_rules();
-            self.queues = PreparedQueues::new(&policy.spec.queues, policy.spec.read_latency);
+            self.queues = PreparedQueues::for_policy(&policy.spec, &policy.spec.queues);
             self.discovered = None;
             self.discovery_status = None;
             self.forecaster = Forecaster::new(policy.spec.circuit.forecast_window.into());
@@ -215,10 +215,11 @@ impl PolicyState {
             )),
             message,
         });
-        self.queues = PreparedQueues::new(
+        self.queues = PreparedQueues::for_policy(
+            &self.policy.spec,
             &kept.with_spec_queues(&self.policy.spec.queues),
-            self.policy.spec.read_latency,
-        );
+        )
+        .continuing(&self.queues);
         self.discovered = Some(kept);
     }
 

@@ -21,6 +21,7 @@ mod endpoint;
 mod key_read;
 mod latency;
 mod latency_batch;
+pub(super) mod latency_refresh;
 mod memory;
 mod probe;
 mod redirect;
@@ -47,7 +48,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct PreparedQueue {
     name: String,
     weight: u32,
@@ -56,12 +57,14 @@ pub(super) struct PreparedQueue {
 }
 
 impl PreparedQueue {
-    /// The reads this queue sends, depth first.
-    fn reads(&self) -> impl Iterator<Item = &KeyRead> {
-        self.probe
-            .reads
-            .iter()
-            .chain(self.latency.as_ref().map(|latency| &latency.read))
+    /// The reads this queue sends, depth first, its latency read only when `read_latency`.
+    fn reads(&self, read_latency: bool) -> impl Iterator<Item = &KeyRead> {
+        self.probe.reads.iter().chain(
+            self.latency
+                .as_ref()
+                .filter(|_| read_latency)
+                .map(|latency| &latency.read),
+        )
     }
 }
 
@@ -82,6 +85,56 @@ pub(super) fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedQ
         .collect()
 }
 
+/// Each queue's reading from its replies (in the order of the reads): its depth, and its latency
+/// read where `latency_due` says so, else estimated from its last read (`latency_refresh`).
+fn readings(
+    prepared: &PreparedQueues,
+    latency_due: &[bool],
+    replies: Vec<Result<RedisResult<Value>, String>>,
+    started: Instant,
+) -> Vec<QueueReading> {
+    let mut replies = replies.into_iter();
+    let mut schedule = prepared.latency_schedule.lock().expect("latency schedule lock");
+    let queues = prepared
+        .queues
+        .iter()
+        .zip(latency_due)
+        .enumerate()
+        .map(|(slot, (queue, &due))| {
+            let own: Vec<Result<RedisResult<Value>, String>> =
+                replies.by_ref().take(queue.probe.reads.len()).collect();
+            let depth = match own.iter().find_map(|r| r.as_ref().err()) {
+                Some(endpoint_error) => Err(endpoint_error.clone()),
+                None => {
+                    let own: Vec<RedisResult<Value>> =
+                        own.into_iter().map(|r| r.expect("checked above")).collect();
+                    queue.probe.depth(&own).map_err(|e| e.to_string())
+                }
+            };
+            let latency = queue.latency.as_ref().map(|probe| {
+                if !due {
+                    return schedule.estimate(slot, &depth, started);
+                }
+                let read = match replies.next().expect("one reply per read") {
+                    Ok(reply) => probe.age(&reply).map_err(|e| e.to_string()),
+                    Err(endpoint_error) => Err(endpoint_error),
+                };
+                schedule.record(slot, &read, started);
+                read
+            });
+            QueueReading {
+                name: queue.name.clone(),
+                weight: queue.weight,
+                depth,
+                latency,
+                partitions: None,
+            }
+        })
+        .collect();
+    schedule.end_tick();
+    queues
+}
+
 /// What one round of pipelines read.
 struct ReadOutcome {
     /// In the order of the reads: the server's reply, or an endpoint-level error message.
@@ -98,7 +151,18 @@ impl Sampler {
     pub async fn sample_prepared(&self, endpoint: &Endpoint, prepared: &PreparedQueues) -> Sample {
         let started = Instant::now();
         let at = Timestamp::now();
-        let reads: Vec<&KeyRead> = prepared.queues.iter().flat_map(PreparedQueue::reads).collect();
+        let latency_due: Vec<bool> = {
+            let schedule = prepared.latency_schedule.lock().expect("latency schedule lock");
+            (0..prepared.queues.len())
+                .map(|slot| schedule.due(slot, started))
+                .collect()
+        };
+        let reads: Vec<&KeyRead> = prepared
+            .queues
+            .iter()
+            .zip(&latency_due)
+            .flat_map(|(queue, &due)| queue.reads(due))
+            .collect();
         let state = self.state_of(endpoint);
         let mut read = self.read_all(endpoint, &state, &reads, false, true).await;
         if read.redirected {
@@ -117,37 +181,7 @@ impl Sampler {
         round_trips += redirect::follow_asks(endpoint, &state, &reads, &mut replies).await;
         round_trips += self.load_scripts(endpoint, &state, &reads, &mut replies).await;
         let unreachable = replies.iter().find_map(|r| r.as_ref().err()).cloned();
-        let mut replies = replies.into_iter();
-        let queues =
-            prepared
-                .queues
-                .iter()
-                .map(|queue| {
-                    let own: Vec<Result<RedisResult<Value>, String>> =
-                        replies.by_ref().take(queue.probe.reads.len()).collect();
-                    let depth = match own.iter().find_map(|r| r.as_ref().err()) {
-                        Some(endpoint_error) => Err(endpoint_error.clone()),
-                        None => {
-                            let own: Vec<RedisResult<Value>> =
-                                own.into_iter().map(|r| r.expect("checked above")).collect();
-                            queue.probe.depth(&own).map_err(|e| e.to_string())
-                        }
-                    };
-                    let latency = queue.latency.as_ref().map(|probe| {
-                        match replies.next().expect("one reply per read") {
-                            Ok(reply) => probe.age(&reply).map_err(|e| e.to_string()),
-                            Err(endpoint_error) => Err(endpoint_error),
-                        }
-                    });
-                    QueueReading {
-                        name: queue.name.clone(),
-                        weight: queue.weight,
-                        depth,
-                        latency,
-                        partitions: None,
-                    }
-                })
-                .collect();
+        let queues = readings(prepared, &latency_due, replies, started);
         let mut memory = memory
             .and_then(|nodes| fullest(nodes).ok_or_else(|| "no Redis node answered INFO memory".to_string()));
         if let Ok(fullest) = &mut memory

@@ -165,6 +165,8 @@ async fn main() {
             interval: Duration::from_secs(1),
             circuit: None,
             memory: None,
+            source: Default::default(),
+            published: 0,
         });
     }
     let trust = Arc::new(RequestHeaderTrust::default());
@@ -199,6 +201,7 @@ async fn main() {
         ),
         metrics,
         delegate: None,
+        peers: None,
     });
     let levee_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let levee_port = levee_listener.local_addr().unwrap().port();

@@ -90,6 +90,8 @@ fn main() {
             interval: Duration::from_secs(1),
             circuit: None,
             memory: None,
+            source: Default::default(),
+            published: 0,
         });
     }
     let mut size = 0;

@@ -64,6 +64,11 @@ pub struct Metrics {
     pub plain_connections_closed: IntCounterVec,
     /// TokenReviews of bearer tokens on the metrics API, by result (`auth::TOKEN_REVIEW_RESULTS`).
     pub token_reviews: IntCounterVec,
+    /// TokenReviews of the peers' bearer tokens on `/peer/values`, by result (the same results).
+    pub peer_token_reviews: IntCounterVec,
+    /// This replica's requests for its peers' values, by peer and result
+    /// (`controller::peers::FETCH_RESULTS`).
+    pub peer_fetches: IntCounterVec,
     /// Calls to the KEDA external scaler, by rpc and gRPC status code.
     pub external_scaler_requests: IntCounterVec,
     /// `StreamIsActive` streams open now.
@@ -203,6 +208,16 @@ impl Metrics {
                 "Bearer tokens on the metrics API by result: authenticated, rejected, failed (the review did not answer), over_budget (429: too many new tokens at once), too_long (over 4 KiB, not reviewed)",
                 &["result"],
             ),
+            peer_token_reviews: counter(
+                "levee_peer_token_reviews_total",
+                "Bearer tokens of peers asking for /peer/values by result (as levee_token_reviews_total)",
+                &["result"],
+            ),
+            peer_fetches: counter(
+                "levee_peer_fetches_total",
+                "Requests for a peer's values by peer and result: ok, unreachable (no connection, TLS or a timeout), refused (an HTTP error status), invalid (an answer levee cannot take)",
+                &["peer", "result"],
+            ),
             external_scaler_requests: counter(
                 "levee_external_scaler_requests_total",
                 "Calls to the KEDA external scaler by rpc and gRPC status code",
@@ -291,6 +306,8 @@ mod tests {
             interval: std::time::Duration::from_secs(1),
             circuit: None,
             memory: None,
+            source: Default::default(),
+            published: 0,
         }
     }
 

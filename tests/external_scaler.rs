@@ -160,6 +160,8 @@ fn publish(values: &MetricValues, pending: u64, level: Level) {
         interval: Duration::from_secs(60),
         circuit: None,
         memory: None,
+        source: Default::default(),
+        published: 0,
     });
     values.publish_circuit(
         "jobs",

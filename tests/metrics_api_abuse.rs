@@ -86,6 +86,7 @@ async fn start() -> Server {
         authenticator: Authenticator::new(client, Default::default(), metrics.token_reviews.clone()),
         metrics: metrics.clone(),
         delegate: None,
+        peers: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -269,10 +269,11 @@ pub fn levee_kubeconfig() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         create_levee_namespace();
+        // With ownership=shards the chart adds the peers' ClusterRole (`get` on /peer/values).
         let rbac = render_chart(
             "levee",
             LEVEE_NAMESPACE,
-            &[],
+            &["leaderElection.ownership=shards"],
             &["templates/serviceaccount.yaml", "templates/rbac.yaml"],
         );
         apply_objects(&rbac, &[]);
@@ -292,6 +293,53 @@ pub fn levee_kubeconfig() -> PathBuf {
         });
         let path = repo_root().join("target/e2e-levee.kubeconfig");
         std::fs::write(&path, serde_json::to_string_pretty(&kubeconfig).unwrap()).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// The Leases of levee's replicas in the ring `ring` (`--ownership=shards`) in `namespace`.
+pub fn ring_leases(namespace: &str, ring: &str) -> Vec<Value> {
+    let leases = kubectl_json(&[
+        "get",
+        "leases",
+        "-n",
+        namespace,
+        "-l",
+        &format!("levee.dev/shards={ring}"),
+    ]);
+    leases["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The holders of those Leases.
+pub fn ring_holders(namespace: &str, ring: &str) -> std::collections::BTreeSet<String> {
+    ring_leases(namespace, ring)
+        .iter()
+        .filter_map(|lease| lease["spec"]["holderIdentity"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A file holding a token of levee's ServiceAccount for the audience `levee-peers`, as the chart
+/// projects into each pod (`--peer-token-file`).
+pub fn peer_token_file() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        levee_kubeconfig();
+        let token = kubectl_ok(
+            &[
+                "create",
+                "token",
+                "levee",
+                "-n",
+                LEVEE_NAMESPACE,
+                "--audience",
+                levee::metrics_api::routes::PEER_AUDIENCE,
+                "--duration=2h",
+            ],
+            None,
+        );
+        let path = repo_root().join("target/e2e-peer.token");
+        std::fs::write(&path, token.trim()).unwrap();
         path
     })
     .clone()

@@ -158,17 +158,6 @@ fn worker_replicas() -> i64 {
         .unwrap_or(0)
 }
 
-/// The holders of the ring's Leases (one per live replica, `levee-<pod>`).
-fn ring_holders() -> Vec<String> {
-    let leases = kubectl_json(&["get", "leases", "-n", RELEASE_NS, "-l", "levee.dev/shards=levee"]);
-    leases["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|lease| lease["spec"]["holderIdentity"].as_str().map(str::to_string))
-        .collect()
-}
-
 /// The levee pods that reported `reason` about the smoke policy (events.k8s.io
 /// `reportingInstance`, the pod name).
 fn reporters(reason: &str) -> Vec<String> {
@@ -316,15 +305,18 @@ fn levee_as_pods_in_kind() {
     });
     assert_eq!(opened_by.len(), 1, "opened by one pod: {opened_by:?}");
     let owner = opened_by[0].clone();
-    assert!(ring_holders().contains(&owner), "{owner} holds a ring Lease");
+    assert!(
+        ring_holders(RELEASE_NS, "levee").contains(&owner),
+        "{owner} holds a ring Lease"
+    );
     let started = Instant::now();
     let (gone, rejoined) = producers_stay_held_while("the owner's handover", || {
         kubectl_ok(&["delete", "pod", &owner, "-n", RELEASE_NS, "--wait=false"], None);
         let gone = wait_until("the owner's ring Lease gone", PATIENCE, || {
-            (!ring_holders().contains(&owner)).then(|| started.elapsed())
+            (!ring_holders(RELEASE_NS, "levee").contains(&owner)).then(|| started.elapsed())
         });
         let rejoined = wait_until("three ring Leases again", PATIENCE, || {
-            (ring_holders().len() == 3).then(|| started.elapsed())
+            (ring_holders(RELEASE_NS, "levee").len() == 3).then(|| started.elapsed())
         });
         // Watch the producers a little longer: the new owner must not release them either.
         std::thread::sleep(Duration::from_secs(3));

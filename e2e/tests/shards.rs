@@ -4,7 +4,8 @@
 //! renew its Lease stops acting before another takes its policies, and scaling 3 -> 5 -> 2 during
 //! a burst releases no producer. In the first and the last, the API server's audit log shows every
 //! write made by a replica within one lease duration of its last renewal, and the writers of each
-//! policy following one another, never interleaving.
+//! policy following one another, never interleaving. Replicas share what they sample: only a
+//! policy's owner reads its queues, and every replica serves every policy.
 
 use levee_e2e::audit;
 use levee_e2e::fixture::{Fixture, PATIENCE, PolicyYaml, producer_deployment};
@@ -26,35 +27,23 @@ fn producer(i: usize) -> String {
     format!("producer-{i}")
 }
 
-/// The replica `identity` in the ring `ring`.
+/// The replica `identity` in the ring `ring`, sharing the values of the policies it owns with
+/// its peers (`--peer-url` on its metrics API port, as the chart sets it).
 fn replica(fixture: &Fixture, ring: &str, identity: &str, extra: &[&str]) -> Levee {
+    let api_port = levee_e2e::redis::free_port();
+    let peer_url = format!("--peer-url=https://127.0.0.1:{api_port}");
+    let token = format!("--peer-token-file={}", peer_token_file().display());
     let mut args = vec![
         "--ownership=shards",
         "--leader-election-name",
         ring,
         "--identity",
         identity,
+        &peer_url,
+        &token,
     ];
     args.extend(extra);
-    Levee::start(fixture.ns(), &args)
-}
-
-/// The holders of the ring's Leases.
-fn ring_holders(ring: &str) -> BTreeSet<String> {
-    let leases = kubectl_json(&[
-        "get",
-        "leases",
-        "-n",
-        LEVEE_NAMESPACE,
-        "-l",
-        &format!("levee.dev/shards={ring}"),
-    ]);
-    leases["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|lease| lease["spec"]["holderIdentity"].as_str().map(str::to_string))
-        .collect()
+    Levee::start_with_api_port(fixture.ns(), &args, api_port)
 }
 
 /// Nine producers of one pod each and nine policies, each holding back its own.
@@ -274,7 +263,7 @@ fn three_replicas(fixture: &Fixture, ring: &str) -> BTreeMap<&'static str, Levee
         .map(|identity| (*identity, replica(fixture, ring, identity, &[LEASE])))
         .collect();
     wait_until("three replica Leases", PATIENCE, || {
-        (ring_holders(ring).len() == 3).then_some(())
+        (ring_holders(LEVEE_NAMESPACE, ring).len() == 3).then_some(())
     });
     replicas
 }
@@ -425,7 +414,7 @@ fn scaling_three_to_five_to_two_during_a_burst_releases_no_producer() {
     }
     let started = Instant::now();
     wait_until("five replica Leases", PATIENCE, || {
-        (ring_holders(&ring).len() == 5).then_some(())
+        (ring_holders(LEVEE_NAMESPACE, &ring).len() == 5).then_some(())
     });
     while !["shard-d", "shard-e"]
         .iter()
@@ -447,7 +436,7 @@ fn scaling_three_to_five_to_two_during_a_burst_releases_no_producer() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        ring_holders(&ring).len(),
+        ring_holders(LEVEE_NAMESPACE, &ring).len(),
         2,
         "the stopped replicas' Leases are gone"
     );
@@ -476,4 +465,273 @@ fn scaling_three_to_five_to_two_during_a_burst_releases_no_producer() {
     }
     assert_eq!(closed.len(), POLICIES);
     writes_follow_the_leases(&fixture, &ring);
+}
+
+/// `calls` of `command` in Redis's `INFO commandstats` (a command never called since the last
+/// `CONFIG RESETSTAT` has no line: 0).
+fn command_calls(fixture: &Fixture, command: &str) -> u64 {
+    let stats = fixture.redis.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn series(fixture: &Fixture, metric: &str, i: usize) -> String {
+    format!(
+        "{metric}{{namespace=\"{}\",policy=\"{}\"}}",
+        fixture.ns(),
+        policy_name(i)
+    )
+}
+
+/// Over `window`: the LLEN calls Redis counted, and how many samples each replica took of each
+/// policy (`levee_sample_duration_seconds_count`).
+fn sampling_over(
+    fixture: &Fixture,
+    replicas: &BTreeMap<&'static str, Levee>,
+    window: Duration,
+) -> (u64, Vec<BTreeMap<&'static str, f64>>) {
+    let counts = || -> Vec<BTreeMap<&'static str, f64>> {
+        (0..POLICIES)
+            .map(|i| {
+                let count = series(fixture, "levee_sample_duration_seconds_count", i);
+                replicas
+                    .iter()
+                    .map(|(identity, levee)| (*identity, levee.metric(&count).unwrap_or(0.0)))
+                    .collect()
+            })
+            .collect()
+    };
+    let before = counts();
+    fixture.redis.cli(&["CONFIG", "RESETSTAT"]);
+    std::thread::sleep(window);
+    let calls = command_calls(fixture, "llen");
+    let after = counts();
+    let taken = before
+        .iter()
+        .zip(after)
+        .map(|(before, after)| {
+            after
+                .into_iter()
+                .map(|(identity, count)| (identity, count - before[identity]))
+                .collect()
+        })
+        .collect();
+    (calls, taken)
+}
+
+/// Checks that each policy was sampled by one replica, about once a tick: Redis counted about one
+/// LLEN per policy per tick over `window` (three replicas each sampling would be three), and
+/// each policy's samples came from one replica (a few from another at most, while values from
+/// its owner were late).
+fn sampled_once_per_tick(fixture: &Fixture, replicas: &BTreeMap<&'static str, Levee>, window: Duration) {
+    let ticks = window.as_secs_f64() / 0.2;
+    let (calls, taken) = sampling_over(fixture, replicas, window);
+    let once = POLICIES as f64 * ticks;
+    eprintln!(
+        "figure: {} replicas sharing with their peers, {POLICIES} policies of one list every 200 ms over {window:?}: Redis counted {calls} LLEN ({:.2} a policy a tick)",
+        replicas.len(),
+        calls as f64 / once,
+    );
+    assert!(
+        calls as f64 >= once * 0.6 && (calls as f64) <= once * 1.5,
+        "{calls} LLEN for {once} policy ticks: {taken:?}"
+    );
+    for (i, by_replica) in taken.iter().enumerate() {
+        let most = by_replica.values().cloned().fold(0.0, f64::max);
+        let all: f64 = by_replica.values().sum();
+        assert!(
+            most >= ticks * 0.6 && all <= most * 1.5,
+            "{} was sampled by more than its owner: {by_replica:?}",
+            policy_name(i)
+        );
+    }
+}
+
+/// `GET /peer/values` of `identity` (its URL and certificate from its ring Lease) with `token`,
+/// pinned to `fingerprint` when given (else the Lease's).
+fn ask_peer(
+    ring: &str,
+    identity: &str,
+    token: &str,
+    fingerprint: Option<&str>,
+) -> Result<(u16, serde_json::Value, usize), String> {
+    let leases = ring_leases(LEVEE_NAMESPACE, ring);
+    let lease = leases
+        .iter()
+        .find(|lease| lease["spec"]["holderIdentity"] == identity)
+        .unwrap_or_else(|| panic!("no ring Lease held by {identity}"));
+    let annotations = &lease["metadata"]["annotations"];
+    let base: http::Uri = annotations["levee.dev/peer-url"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pinned = annotations["levee.dev/peer-cert-sha256"].as_str().unwrap();
+    let url: http::Uri = format!("https://{}/peer/values", base.authority().unwrap())
+        .parse()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = runtime.block_on(levee::serving::pinned::get(
+        &url,
+        fingerprint.unwrap_or(pinned),
+        token,
+        64 << 20,
+    ))?;
+    let body = serde_json::from_slice(&answer.body).unwrap_or(serde_json::Value::Null);
+    Ok((answer.status, body, answer.body.len()))
+}
+
+#[test]
+fn only_a_policys_owner_samples_it_and_every_replica_serves_every_policy() {
+    let fixture = Fixture::create();
+    let ring = format!("levee-{}", fixture.ns());
+    sharded_policies(&fixture);
+    // Below every threshold: the circuits stay Closed, the backlogs differ per policy.
+    for i in 0..POLICIES {
+        let key = format!("q{i}");
+        let mut args = vec!["RPUSH", key.as_str()];
+        args.extend(std::iter::repeat_n("job", i + 1));
+        fixture.redis.cli(&args);
+    }
+    let every_replica_serves_every_backlog = |replicas: &BTreeMap<&'static str, Levee>| {
+        replicas.values().all(|levee| {
+            (0..POLICIES).all(|i| levee.metric(&series(&fixture, "levee_pending", i)) == Some((i + 1) as f64))
+        })
+    };
+
+    // Before: three replicas that share nothing (no --peer-url) each sample every policy.
+    let unshared_ring = format!("{ring}-unshared");
+    let unshared: BTreeMap<&'static str, Levee> = REPLICAS
+        .iter()
+        .map(|identity| {
+            let args = [
+                "--ownership=shards",
+                "--leader-election-name",
+                &unshared_ring,
+                "--identity",
+                identity,
+                LEASE,
+            ];
+            (*identity, Levee::start(fixture.ns(), &args))
+        })
+        .collect();
+    wait_until("every unshared replica serving every backlog", PATIENCE, || {
+        every_replica_serves_every_backlog(&unshared).then_some(())
+    });
+    let window = Duration::from_secs(6);
+    let (calls, _) = sampling_over(&fixture, &unshared, window);
+    let once = POLICIES as f64 * window.as_secs_f64() / 0.2;
+    eprintln!(
+        "figure: 3 replicas without peers, {POLICIES} policies of one list every 200 ms over {window:?}: Redis counted {calls} LLEN ({:.2} a policy a tick)",
+        calls as f64 / once
+    );
+    assert!(
+        calls as f64 >= once * 2.4,
+        "{calls} LLEN: not every replica sampled"
+    );
+    drop(unshared);
+
+    let mut replicas = three_replicas(&fixture, &ring);
+    wait_until("every replica serving every policy's backlog", PATIENCE, || {
+        every_replica_serves_every_backlog(&replicas).then_some(())
+    });
+    // Past the replicas' first ticks and the join wait (one lease duration).
+    std::thread::sleep(LEASE_DURATION);
+    sampled_once_per_tick(&fixture, &replicas, Duration::from_secs(6));
+    for levee in replicas.values() {
+        let fetched = levee.metric_sum("levee_peer_fetches_total").unwrap_or(0.0);
+        assert!(fetched > 0.0, "a replica that never asked its peers");
+    }
+
+    // Each replica's answer holds the policies it owns, and together they hold each once.
+    let token = std::fs::read_to_string(peer_token_file()).unwrap();
+    let mut shared: BTreeMap<String, &str> = BTreeMap::new();
+    let mut bytes = 0;
+    for identity in REPLICAS {
+        let (status, answer, size) = ask_peer(&ring, identity, &token, None).unwrap();
+        bytes += size;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["replica"], identity);
+        for policy in answer["policies"].as_array().unwrap() {
+            assert_eq!(policy["namespace"], fixture.ns());
+            let name = policy["policy"].as_str().unwrap().to_string();
+            assert!(
+                shared.insert(name.clone(), identity).is_none(),
+                "{name} shared by two replicas"
+            );
+        }
+    }
+    assert_eq!(
+        shared.len(),
+        POLICIES,
+        "every policy shared by its owner: {shared:?}"
+    );
+    eprintln!(
+        "figure: /peer/values of the three replicas: {bytes} bytes for {POLICIES} policies of one queue ({} a policy)",
+        bytes / POLICIES
+    );
+
+    // Only levee's peers get in: a token for the API server is refused, as is a token for the
+    // peers' audience of an account without `get` on /peer/values; another certificate fails.
+    let api_token = service_account_token(LEVEE_NAMESPACE, "levee");
+    let (status, answer, _) = ask_peer(&ring, "shard-a", &api_token, None).unwrap();
+    assert_eq!(status, 401, "a token not made for levee-peers: {answer}");
+    kubectl_ok(
+        &["create", "serviceaccount", "stranger", "-n", fixture.ns()],
+        None,
+    );
+    let stranger = kubectl_ok(
+        &[
+            "create",
+            "token",
+            "stranger",
+            "-n",
+            fixture.ns(),
+            "--audience",
+            "levee-peers",
+        ],
+        None,
+    );
+    let (status, answer, _) = ask_peer(&ring, "shard-a", stranger.trim(), None).unwrap();
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("may not get /peer/values"),
+        "{answer}"
+    );
+    let error = ask_peer(&ring, "shard-a", &token, Some(&"0".repeat(64))).unwrap_err();
+    assert!(error.contains("TLS"), "{error}");
+
+    // The owner of most policies SIGKILLed: the others serve its policies throughout (values
+    // from the owner go stale, then each samples them itself until the new owner shares them),
+    // and once the ring is two, each policy is sampled once a tick again.
+    let victim = *REPLICAS
+        .iter()
+        .max_by_key(|identity| shared.values().filter(|owner| owner == identity).count())
+        .unwrap();
+    replicas.get_mut(victim).unwrap().kill();
+    replicas.remove(victim);
+    let killed = Instant::now();
+    let mut gaps = 0;
+    while killed.elapsed() < LEASE_DURATION * 2 {
+        if !every_replica_serves_every_backlog(&replicas) {
+            gaps += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        gaps, 0,
+        "a replica stopped serving a policy after {victim} was killed"
+    );
+    // The victim left the others' ring one lease duration after its last renewal: they own its
+    // policies by now.
+    sampled_once_per_tick(&fixture, &replicas, Duration::from_secs(6));
 }

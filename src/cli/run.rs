@@ -1,6 +1,7 @@
 //! `levee run`: the controller, with its metrics and health endpoints, until SIGTERM or Ctrl-C.
 
 use super::serving_runtime::ServingRuntime;
+use crate::controller::peers::PeerSettings;
 use crate::controller::{self, LeaseSettings, OwnershipMode, Settings};
 use crate::external_scaler::{
     self,
@@ -8,7 +9,8 @@ use crate::external_scaler::{
 };
 use crate::metrics_api::auth::{Authenticator, Authorizer, RequestHeaderTrust};
 use crate::metrics_api::delegate::{Delegate, FrontProxyCertificate};
-use crate::metrics_api::server::{self, MetricsApi};
+use crate::metrics_api::routes;
+use crate::metrics_api::server::{self, MetricsApi, PeerServing};
 use crate::serving::cert::ServingCert;
 use crate::serving::listener::ConnectionLimits;
 use crate::telemetry::{self, LogFormat, Metrics};
@@ -163,6 +165,19 @@ pub struct RunArgs {
     /// this per request in flight.
     #[arg(long, env = "LEVEE_MAX_REPLY_BYTES", default_value_t = crate::sampler::DEFAULT_MAX_REPLY_BYTES, value_parser = clap::value_parser!(usize))]
     pub max_reply_bytes: usize,
+    /// With --ownership=shards: where the other replicas reach this one's metrics API
+    /// (https://<pod IP>:6443; the chart sets it). Only a policy's owner then samples it; the
+    /// others take its values from the owner (docs/architecture.md#who-samples).
+    #[arg(long, env = "LEVEE_PEER_URL", requires = "peer_token_file")]
+    pub peer_url: Option<String>,
+    /// The token this replica presents to its peers: a projected ServiceAccount token of
+    /// audience `levee-peers` (the chart mounts one), re-read at each round.
+    #[arg(long, env = "LEVEE_PEER_TOKEN_FILE", requires = "peer_url")]
+    pub peer_token_file: Option<std::path::PathBuf>,
+    /// How often this replica asks each peer for what it published since the last answer: well
+    /// under three sample intervals, since older values are stale (and then sampled here).
+    #[arg(long, env = "LEVEE_PEER_SYNC_INTERVAL", default_value = "250ms")]
+    pub peer_sync_interval: kube::core::Duration,
 }
 
 /// Runs the controller; exit 1 when Kubernetes cannot be reached or the controller fails.
@@ -173,6 +188,20 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(clients) => clients,
         Err(error) => {
             tracing::error!(%error, "cannot reach Kubernetes: set KUBECONFIG or run in a pod with a service account");
+            return ExitCode::from(1);
+        }
+    };
+    let cert = match serving_cert(&args) {
+        Ok(cert) => Arc::new(cert),
+        Err(error) => {
+            tracing::error!(%error, "the metrics API has no usable serving certificate");
+            return ExitCode::from(1);
+        }
+    };
+    let peer = match peer_settings(&args, &cert) {
+        Ok(peer) => peer,
+        Err(error) => {
+            tracing::error!(%error, "cannot share values with the peers");
             return ExitCode::from(1);
         }
     };
@@ -191,13 +220,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         // writes, and few enough that a cold start does not queue every policy's at once.
         concurrent_writers: usize::from(args.api_concurrency) * 2,
         max_reply_bytes: args.max_reply_bytes,
-    };
-    let cert = match serving_cert(&args) {
-        Ok(cert) => Arc::new(cert),
-        Err(error) => {
-            tracing::error!(%error, "the metrics API has no usable serving certificate");
-            return ExitCode::from(1);
-        }
+        peer: peer.clone(),
     };
     let listener = match tokio::net::TcpListener::bind(args.external_metrics_addr).await {
         Ok(listener) => listener,
@@ -242,6 +265,15 @@ pub async fn run(args: RunArgs) -> ExitCode {
             Default::default(),
             metrics.token_reviews.clone(),
         ),
+        peers: peer.as_ref().map(|_| PeerServing {
+            replica: settings.identity.clone(),
+            authenticator: Authenticator::new(
+                clients.unqueued.clone(),
+                Default::default(),
+                metrics.peer_token_reviews.clone(),
+            )
+            .for_audience(routes::PEER_AUDIENCE),
+        }),
         metrics: metrics.clone(),
         delegate,
     });
@@ -431,6 +463,34 @@ async fn clients(
 
 async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// This replica as a peer (`--peer-url`), which needs `--ownership=shards`.
+fn peer_settings(args: &RunArgs, cert: &Arc<ServingCert>) -> Result<Option<PeerSettings>, String> {
+    let (Some(url), Some(token_file)) = (&args.peer_url, &args.peer_token_file) else {
+        return Ok(None);
+    };
+    if args.ownership != OwnershipMode::Shards || !args.leader_elect {
+        return Err("--peer-url needs --ownership=shards (with --leader-elect): only then does each policy have an owner other replicas ask".into());
+    }
+    let parsed: http::Uri = url
+        .parse()
+        .map_err(|e| format!("--peer-url {url:?} is not a URL: {e}"))?;
+    if parsed.scheme_str() != Some("https") || parsed.host().is_none() {
+        return Err(format!(
+            "--peer-url {url:?} must be an https:// URL of this replica's metrics API, such as https://10.0.0.7:6443"
+        ));
+    }
+    let sync_every = std::time::Duration::from(args.peer_sync_interval);
+    if sync_every < std::time::Duration::from_millis(50) {
+        return Err(format!("--peer-sync-interval {sync_every:?} is under 50ms"));
+    }
+    Ok(Some(PeerSettings {
+        url: url.clone(),
+        cert: cert.clone(),
+        token_file: token_file.clone(),
+        sync_every,
+    }))
 }
 
 fn serving_cert(args: &RunArgs) -> Result<ServingCert, String> {

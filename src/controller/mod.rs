@@ -19,6 +19,7 @@ mod indexed_store;
 pub mod judgement;
 mod leader;
 pub mod marks;
+pub mod peers;
 mod policy_task;
 mod ring;
 mod secrets;
@@ -117,6 +118,9 @@ pub struct Settings {
     pub concurrent_writers: usize,
     /// The bound on one reply from a policy's Redis, whatever it sends.
     pub max_reply_bytes: usize,
+    /// With `--ownership=shards`: this replica as a peer, so that only a policy's owner samples
+    /// it (`peers.rs`); `None`: every replica samples every policy.
+    pub peer: Option<peers::PeerSettings>,
 }
 
 impl Settings {
@@ -208,16 +212,23 @@ impl Context {
     /// Lease owns every policy, with `--ownership=shards` the replica that wins the policy in the
     /// ring of live replicas, while its own Lease is held.
     pub fn owns(&self, policy: &BackpressurePolicy) -> bool {
+        self.owns_key(&policy.namespace().unwrap_or_default(), &policy.name_any())
+    }
+
+    /// `owns` for the policy `name` in `namespace`.
+    pub fn owns_key(&self, namespace: &str, name: &str) -> bool {
         match &self.ownership {
             Ownership::Leader(leader) => *leader.borrow(),
-            Ownership::Shards(view) => view.borrow().owns(&self.settings.identity, &ring_key(policy)),
+            Ownership::Shards(view) => view
+                .borrow()
+                .owns(&self.settings.identity, &ring_key(namespace, name)),
         }
     }
 }
 
 /// What places a policy in the ring: the same on every replica, and stable over its life.
-fn ring_key(policy: &BackpressurePolicy) -> String {
-    format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any())
+fn ring_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 /// The clients the controller uses.
@@ -280,6 +291,14 @@ pub async fn run(
         settings,
     });
     let reflector_task = tokio::spawn(reflectors);
+    let peer_task = match (&context.ownership, &context.settings.peer) {
+        (Ownership::Shards(view), Some(peer)) => Some(tokio::spawn(peers::sync(
+            context.clone(),
+            view.clone(),
+            peer.clone(),
+        ))),
+        _ => None,
+    };
     let stores = &context.stores;
     futures::join!(
         stores.pods.wait_until_ready(),
@@ -345,6 +364,7 @@ pub async fn run(
     }
     context.tasks.stop_all(SHUTDOWN_GRACE).await;
     reflector_task.abort();
+    peer_task.inspect(tokio::task::JoinHandle::abort);
     if let Some(task) = ownership_task {
         task.stop().await;
     }
@@ -507,6 +527,7 @@ impl Context {
                 watch_namespace: None,
                 concurrent_writers: 64,
                 max_reply_bytes: crate::sampler::DEFAULT_MAX_REPLY_BYTES,
+                peer: None,
             },
             clock: clock::CircuitClock::start(),
             ownership: Ownership::Leader(leader),

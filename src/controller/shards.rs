@@ -16,6 +16,10 @@
 //!
 //! A replica stopping deletes its Lease once its policy tasks are done: the others take its
 //! policies on their next listing, which the watch on the Leases brings at once.
+//!
+//! With peers (`--peer-url`), a replica's Lease also says where the others ask it for the values
+//! of the policies it owns, and the SHA-256 of the certificate it answers with
+//! (`super::peers`).
 
 use super::leader::{LeaseSettings, LeaseTask, Record};
 use super::ring;
@@ -33,6 +37,51 @@ use tokio::sync::{Notify, oneshot, watch};
 /// The label that puts a replica's Lease in a ring; its value is the ring's name.
 const RING_LABEL: &str = "levee.dev/shards";
 
+/// Where a replica answers its peers (`levee.dev/peer-url`), and the SHA-256 of its serving
+/// certificate (`levee.dev/peer-cert-sha256`).
+const PEER_URL_ANNOTATION: &str = "levee.dev/peer-url";
+const PEER_CERT_ANNOTATION: &str = "levee.dev/peer-cert-sha256";
+
+/// Where a peer answers, as its Lease says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddress {
+    pub url: http::Uri,
+    /// The SHA-256 of its serving certificate, lower-case hex.
+    pub fingerprint: String,
+}
+
+impl PeerAddress {
+    /// The address a Lease's annotations give, when both are there and well formed.
+    fn of(lease: &Lease) -> Option<Self> {
+        let annotations = lease.metadata.annotations.as_ref()?;
+        let url = annotations
+            .get(PEER_URL_ANNOTATION)
+            .filter(|url| url.len() <= 2048)?;
+        let fingerprint = annotations.get(PEER_CERT_ANNOTATION)?.to_ascii_lowercase();
+        let url: http::Uri = url.parse().ok()?;
+        let hex = fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+        (url.scheme_str() == Some("https") && url.host().is_some() && hex)
+            .then_some(Self { url, fingerprint })
+    }
+}
+
+/// What this replica writes on its Lease for its peers: its `--peer-url`, and its serving
+/// certificate's fingerprint (read at each renewal: a rotated certificate is published with it).
+#[derive(Clone)]
+pub struct PeerAdvert {
+    pub url: String,
+    pub cert: Arc<crate::serving::cert::ServingCert>,
+}
+
+impl PeerAdvert {
+    fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (PEER_URL_ANNOTATION.to_string(), self.url.clone()),
+            (PEER_CERT_ANNOTATION.to_string(), self.cert.fingerprint()),
+        ])
+    }
+}
+
 /// A Lease left unchanged this many lease durations is deleted by whoever sees it so (a replica
 /// that crashed never deletes its own).
 const STALE_LEASES_DELETED_AFTER: u32 = 4;
@@ -44,6 +93,8 @@ pub struct ShardView {
     pub members: Vec<String>,
     /// Until when this replica may act (None: it may not).
     pub acting_until: Option<Instant>,
+    /// The other live members that answer their peers, and where.
+    pub peers: BTreeMap<String, PeerAddress>,
 }
 
 impl ShardView {
@@ -64,6 +115,7 @@ impl ShardView {
 struct Observed {
     record: Record,
     since: Instant,
+    peer: Option<PeerAddress>,
 }
 
 /// The replicas whose Leases are live at `now`: held, and changed within their duration as
@@ -144,6 +196,10 @@ pub async fn join(
         lease,
         observed: BTreeMap::new(),
         holding: Holding::default(),
+        advert: settings.peer.as_ref().map(|peer| PeerAdvert {
+            url: peer.url.clone(),
+            cert: peer.cert.clone(),
+        }),
     };
     let task = LeaseTask::spawn(watched, config, |changed, stopped| {
         replica.take_part(sender, changed, stopped)
@@ -178,6 +234,7 @@ struct Replica {
     lease: LeaseSettings,
     observed: BTreeMap<String, Observed>,
     holding: Holding,
+    advert: Option<PeerAdvert>,
 }
 
 impl Replica {
@@ -198,6 +255,7 @@ impl Replica {
             let members = self.members(now);
             let next = ShardView {
                 acting_until: self.holding.acting_until(now, &self.lease),
+                peers: self.peers(&members),
                 members,
             };
             view.send_if_modified(|current| {
@@ -232,6 +290,19 @@ impl Replica {
             .renewed
             .is_some_and(|at| now.duration_since(at) < self.lease.renew_deadline());
         live_members(&self.observed, &self.identity, holding, now, self.lease.duration)
+    }
+
+    /// The members other than this one whose Leases say where they answer.
+    fn peers(&self, members: &[String]) -> BTreeMap<String, PeerAddress> {
+        self.observed
+            .values()
+            .filter_map(|seen| {
+                let holder = seen.record.holder.as_deref()?;
+                let address = seen.peer.clone()?;
+                (holder != self.identity && members.iter().any(|m| m == holder))
+                    .then(|| (holder.to_string(), address))
+            })
+            .collect()
     }
 
     fn renewal_due(&self) -> bool {
@@ -310,7 +381,8 @@ impl Replica {
             if name != self.lease_name && now.duration_since(since) >= duration * STALE_LEASES_DELETED_AFTER {
                 stale.push((name.clone(), lease.resource_version()));
             }
-            seen.insert(name, Observed { record, since });
+            let peer = PeerAddress::of(&lease);
+            seen.insert(name, Observed { record, since, peer });
         }
         self.observed = seen;
         for (name, version) in stale {
@@ -343,6 +415,7 @@ impl Replica {
                         name: Some(self.lease_name.clone()),
                         namespace: Some(self.lease.namespace.clone()),
                         labels: Some([(RING_LABEL.to_string(), self.lease.name.clone())].into()),
+                        annotations: self.advert.as_ref().map(PeerAdvert::annotations),
                         owner_references: self.owner(),
                         ..Default::default()
                     },
@@ -359,6 +432,13 @@ impl Replica {
             Some(mut lease) => {
                 if let Some(owner) = self.owner() {
                     lease.metadata.owner_references = Some(owner);
+                }
+                if let Some(advert) = &self.advert {
+                    lease
+                        .metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .extend(advert.annotations());
                 }
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some(self.identity.clone());
@@ -421,7 +501,29 @@ mod tests {
         Observed {
             record: Record::of(&lease),
             since,
+            peer: None,
         }
+    }
+
+    #[test]
+    fn a_peer_address_needs_an_https_url_and_a_sha256() {
+        let lease = |url: &str, sha: &str| Lease {
+            metadata: ObjectMeta {
+                annotations: Some(BTreeMap::from([
+                    (PEER_URL_ANNOTATION.to_string(), url.to_string()),
+                    (PEER_CERT_ANNOTATION.to_string(), sha.to_string()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            ..Lease::default()
+        };
+        let sha = "AB".repeat(32);
+        let address = PeerAddress::of(&lease("https://10.0.0.7:6443", &sha)).unwrap();
+        assert_eq!(address.url.port_u16(), Some(6443));
+        assert_eq!(address.fingerprint, "ab".repeat(32));
+        assert_eq!(PeerAddress::of(&lease("http://10.0.0.7:6443", &sha)), None);
+        assert_eq!(PeerAddress::of(&lease("https://10.0.0.7:6443", "abc")), None);
+        assert_eq!(PeerAddress::of(&Lease::default()), None);
     }
 
     #[test]
@@ -501,11 +603,13 @@ mod tests {
         let lapsed = ShardView {
             members: members.clone(),
             acting_until: Some(Instant::now()),
+            peers: BTreeMap::new(),
         };
         assert!(!lapsed.owns("a", "ns/p"));
         let acting = ShardView {
             members,
             acting_until: Some(Instant::now() + LEASE),
+            peers: BTreeMap::new(),
         };
         assert!(acting.owns("a", "ns/p"));
         assert!(!acting.owns("b", "ns/p"));

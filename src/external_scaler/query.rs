@@ -272,6 +272,8 @@ mod tests {
                 level: Level::Critical,
             }),
             memory: None,
+            source: Default::default(),
+            published: 0,
         }
     }
 

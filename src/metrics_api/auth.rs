@@ -235,6 +235,8 @@ pub struct Authenticator {
     fresh_for: Duration,
     /// `levee_token_reviews_total`, by result.
     counted: prometheus::IntCounterVec,
+    /// The audience a token must be good for (`None`: the API server's own).
+    audience: Option<String>,
 }
 
 impl Authenticator {
@@ -248,7 +250,15 @@ impl Authenticator {
             budget: ReviewBudget::new(limits),
             fresh_for: DECISION_TTL,
             counted,
+            audience: None,
         }
+    }
+
+    /// Accepts only tokens made for `audience` (a projected ServiceAccount token's), which the
+    /// API server itself refuses.
+    pub fn for_audience(mut self, audience: &str) -> Self {
+        self.audience = Some(audience.to_string());
+        self
     }
 
     fn count(&self, result: &str) {
@@ -331,7 +341,7 @@ impl Authenticator {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                ..Default::default()
+                audiences: self.audience.clone().map(|audience| vec![audience]),
             },
             ..Default::default()
         };
@@ -342,6 +352,12 @@ impl Authenticator {
             .map_err(|e| TokenRefusal::Unauthenticated(format!("TokenReview failed: {e}")))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
+            return Ok(None);
+        }
+        // The API server answers with the audiences the token is good for of those asked.
+        if let Some(audience) = &self.audience
+            && !status.audiences.unwrap_or_default().contains(audience)
+        {
             return Ok(None);
         }
         let user = status.user.unwrap_or_default();

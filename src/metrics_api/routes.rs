@@ -57,13 +57,22 @@ pub enum Access {
     Metric { namespace: String, metric: String },
     /// levee's own Prometheus metrics: `get` on the non-resource path `/metrics`.
     Telemetry,
+    /// Another replica asking for the values of the policies this one owns: `get` on the
+    /// non-resource path `/peer/values`, with a token made for the audience `PEER_AUDIENCE`.
+    Peer,
 }
+
+/// The path where a replica serves its peers (`crate::values::peer_wire`).
+pub const PEER_PATH: &str = "/peer/values";
+/// The audience of the tokens peers present: the API server itself takes none of them.
+pub const PEER_AUDIENCE: &str = "levee-peers";
 
 /// What a path needs before it is answered.
 pub fn access(path: &str) -> Access {
     match path {
         "/healthz" | "/readyz" | "/livez" => Access::Public,
         "/metrics" => Access::Telemetry,
+        PEER_PATH => Access::Peer,
         _ => match metric_path(path) {
             Some((namespace, metric)) => Access::Metric {
                 namespace,

@@ -2,7 +2,9 @@
 //! `crate::serving`) with an optional front-proxy client certificate, then per request: authenticate (certificate + request headers, or a bearer token
 //! for `/metrics`), authorize metric and `/metrics` reads (SubjectAccessReview), and answer from
 //! memory with `routes::respond`. A metric levee does not serve is a 404 before any review, or,
-//! with a delegate, reviewed and then forwarded to it (`delegate`).
+//! with a delegate, reviewed and then forwarded to it (`delegate`). With peers, the other
+//! replicas ask `/peer/values` for the values of the policies this one owns (a bearer token of
+//! the audience `levee-peers`, and `get` on that path).
 
 use super::auth::{
     Authenticator, Authorizer, Identity, RequestHeaderTrust, Resource, TokenRefusal, identify,
@@ -13,7 +15,7 @@ use super::tls::server_config;
 use crate::serving::cert::ServingCert;
 use crate::serving::listener::{Accepted, ConnectionLimits, ConnectionMetrics, accept_loop};
 use crate::telemetry::Metrics;
-use crate::values::MetricValues;
+use crate::values::{MetricValues, peer_wire};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -34,6 +36,16 @@ pub struct MetricsApi {
     pub metrics: Arc<Metrics>,
     /// The server asked for the metrics levee does not serve (`--delegate-external-metrics`).
     pub delegate: Option<Delegate>,
+    /// What the peers may ask for (`--peer-url`); `None`: `/peer/values` is a 404.
+    pub peers: Option<PeerServing>,
+}
+
+/// This replica as its peers' source of values.
+pub struct PeerServing {
+    /// Its identity, named in each answer.
+    pub replica: String,
+    /// Reviews the peers' tokens (audience `routes::PEER_AUDIENCE`).
+    pub authenticator: Authenticator,
 }
 
 /// Serves on `listener` until `shutdown` resolves.
@@ -144,6 +156,14 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
             metric: metric.clone(),
         }),
         Access::Telemetry => Some(Resource::Path("/metrics".into())),
+        Access::Peer if api.peers.is_none() => {
+            return routes::status(
+                404,
+                "NotFound",
+                "this replica shares no values with peers (no --peer-url)",
+            );
+        }
+        Access::Peer => Some(Resource::Path(routes::PEER_PATH.into())),
     };
     let mut caller = None;
     if access != Access::Public {
@@ -184,6 +204,18 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
             body: ReplyBody::Prometheus(api.metrics.render()),
         };
     }
+    if let (Access::Peer, Some(peers)) = (&access, &api.peers) {
+        let epoch = peer_wire::process_epoch();
+        let (owned, upto) = api.values.owned_since(peer_wire::since(parts.uri.query(), epoch));
+        let answer = peer_wire::encode(&peers.replica, epoch, upto, &owned, std::time::Instant::now());
+        return Reply {
+            status: 200,
+            body: ReplyBody::Raw {
+                content_type: "application/json".into(),
+                bytes: Bytes::from(serde_json::to_vec(&answer).expect("values serialize")),
+            },
+        };
+    }
     if let (Some(delegate), Some(caller)) = (&api.delegate, &caller) {
         let headers = api.trust.config.read().expect("config lock").clone();
         match &access {
@@ -212,6 +244,10 @@ async fn authenticate(
     access: &Access,
 ) -> Result<Identity, TokenRefusal> {
     let config = api.trust.config.read().expect("config lock").clone();
+    if *access == Access::Peer {
+        let peers = api.peers.as_ref().expect("checked before");
+        return peers.authenticator.identify(&parts.headers).await;
+    }
     match identify(client_cn, &parts.headers, &config) {
         Ok(identity) => Ok(identity),
         Err(refused) if client_cn.is_none() && *access == Access::Telemetry => api
@@ -256,6 +292,7 @@ mod tests {
             authenticator: Authenticator::new(client, Default::default(), metrics.token_reviews.clone()),
             metrics,
             delegate: None,
+            peers: None,
         };
         (api, server)
     }

@@ -64,6 +64,15 @@ impl ServingCert {
             .collect()
     }
 
+    /// The SHA-256 of the certificate in use (`super::pinned`): what peers pin.
+    pub fn fingerprint(&self) -> String {
+        let key = self.current();
+        key.cert
+            .first()
+            .map(|der| super::pinned::fingerprint(der.as_ref()))
+            .unwrap_or_default()
+    }
+
     fn current(&self) -> Arc<CertifiedKey> {
         let mut current = self.current.lock().expect("cert lock");
         if let Some((cert, key)) = &self.files

@@ -1,10 +1,12 @@
 //! What levee's TLS servers (the external metrics API, the KEDA external scaler) share: the
 //! serving certificate (`cert`) and the accept loop with its connection limits (`listener`),
-//! its handshakes taking turns fairly between client addresses (`handshake_turns`).
+//! its handshakes taking turns fairly between client addresses (`handshake_turns`); and the
+//! client of a peer known by its certificate's fingerprint (`pinned`).
 
 pub mod cert;
 pub mod handshake_turns;
 pub mod listener;
+pub mod pinned;
 
 use rustls::pki_types::CertificateDer;
 

@@ -407,14 +407,20 @@ async fn next_discovery(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// One tick, in phases: sample; a follower mirrors status and stops there; the leader keeps the
+/// One tick, in phases: a replica that does not own the policy and has fresh values from its
+/// owner (`peers.rs`) mirrors status and stops there, leaving Redis alone; else sample; a
+/// follower mirrors status and stops there; the leader keeps the
 /// HPA in place, decides, and hands what to write to the policy's writes (status, then the
 /// targets brought to what status holds, then events: `writes.rs`), which never hold up the
 /// next tick.
 async fn tick(context: &Arc<Context>, state: &mut PolicyState) {
+    if state.owner_publishes(context) {
+        state.follow_status(context, false);
+        return;
+    }
     let sample = state.sample(context).await;
     if !context.owns(&state.policy) {
-        state.follow_status(context);
+        state.follow_status(context, true);
         return;
     }
     if state.policy.meta().deletion_timestamp.is_some() {
@@ -481,7 +487,7 @@ impl PolicyState {
     /// the endpoint is known.
     fn start_discovery(&self, context: &Context) -> Option<JoinHandle<(Option<i64>, Discovered)>> {
         let patterns = self.patterns();
-        if patterns.is_empty() {
+        if patterns.is_empty() || self.owner_publishes(context) {
             return None;
         }
         // Discovery reads Redis's registries and keys; the CRD allows keyPattern nowhere else.
@@ -527,13 +533,30 @@ impl PolicyState {
         sample
     }
 
-    /// A follower takes the leader's status as the circuit, so taking over resumes it exactly.
-    fn follow_status(&mut self, context: &Context) {
+    /// A follower takes the leader's status as the circuit, so taking over resumes it exactly;
+    /// it publishes that circuit with its values unless they came from the owner (`publish`
+    /// false), whose circuit is newer than the status it wrote.
+    fn follow_status(&mut self, context: &Context, publish: bool) {
         let status = self.policy.status.clone().unwrap_or_default();
         self.circuit = status.circuit();
         self.writes.follow(status);
         let (namespace, name) = self.names();
-        record::record_circuit(context, &namespace, &name, &self.circuit);
+        if publish {
+            record::record_circuit(context, &namespace, &name, &self.circuit);
+        } else {
+            record::record_circuit_series(context, &namespace, &name, &self.circuit);
+        }
+    }
+
+    /// Whether this replica leaves the policy to its owner this tick: it does not act on it, and
+    /// holds values the owner sampled within three intervals (`peers.rs`).
+    fn owner_publishes(&self, context: &Context) -> bool {
+        let (namespace, name) = self.names();
+        !context.owns(&self.policy)
+            && context
+                .values
+                .get(&namespace, &name)
+                .is_some_and(|values| values.fresh_from_peer(Instant::now()))
     }
 
     /// The partition count of a Kafka policy's queues, once every one of them has been read

@@ -7,7 +7,7 @@ use crate::api::BackpressurePolicy;
 use crate::circuit::{Circuit, Level, State, Transition};
 use crate::forecast::Forecast;
 use crate::sampler::Sample;
-use crate::values::{CircuitValues, MemoryValues, PolicyValues, QueueValues};
+use crate::values::{CircuitValues, MemoryValues, PolicyValues, QueueValues, Source};
 use jiff::Timestamp;
 use kube::ResourceExt;
 use std::time::Instant;
@@ -90,6 +90,12 @@ pub fn publish_values(
                     .memory()
                     .and_then(|bands| bands.warning.bytes(m.max_bytes)),
             }),
+        source: if context.owns(policy) {
+            Source::Owner
+        } else {
+            Source::Follower
+        },
+        published: 0,
     };
     if let Some(previous) = context.values.get(&values.namespace, &values.policy) {
         values.keep_last_known(&previous, sample.is_err());
@@ -108,6 +114,11 @@ pub fn record_circuit(context: &Context, namespace: &str, name: &str, circuit: &
             level: circuit.level,
         },
     );
+    record_circuit_series(context, namespace, name, circuit);
+}
+
+/// The circuit's series alone.
+pub fn record_circuit_series(context: &Context, namespace: &str, name: &str, circuit: &Circuit) {
     let state = match circuit.state {
         State::Closed => 0,
         State::HalfOpen => 1,

@@ -38,6 +38,8 @@ fn values() -> MetricValues {
             }),
             _ => None,
         },
+        source: Default::default(),
+        published: 0,
     };
     values.publish(policy("rule-engine", 1500, 1, false));
     values.publish(policy("mailer", 40, 0, false));

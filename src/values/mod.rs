@@ -2,11 +2,18 @@
 //! by whatever publishes them (the external metrics API, the KEDA external scaler, levee's own
 //! `/metrics`). No reader ever calls Redis. A reader may also subscribe to one policy and be woken
 //! whenever its values change (the external scaler's `StreamIsActive` pushes that way).
+//!
+//! With `--ownership=shards` and peers (`peer_wire`), a replica holds the values of the
+//! policies it acts on, sampled here, and those of the others, taken from their owners: every
+//! replica answers for every policy while Redis is sampled once per policy per tick.
+
+pub mod peer_wire;
 
 use crate::circuit::{Level, State};
 use crate::forecast::Forecast;
 use jiff::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -38,6 +45,23 @@ pub struct PolicyValues {
     pub circuit: Option<CircuitValues>,
     /// Redis policies: the fullest master's memory at the last sample that read it.
     pub memory: Option<MemoryValues>,
+    /// Who measured them.
+    pub source: Source,
+    /// Where these stand in the store's publications (set by the store): a peer asks for what
+    /// was published since the last number it saw.
+    pub published: u64,
+}
+
+/// Who measured a policy's values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// This replica, acting on the policy: what it shares with its peers.
+    #[default]
+    Owner,
+    /// This replica, not acting on the policy, while no fresh values came from its owner.
+    Follower,
+    /// The replica named, which acted on the policy when it sent them.
+    Peer(String),
 }
 
 /// A Redis policy's memory figures.
@@ -108,6 +132,13 @@ impl PolicyValues {
         Some(memory.used as f64 / memory.max? as f64)
     }
 
+    /// Whether these came from the policy's owner within three sample intervals of `now`: a
+    /// replica not acting on the policy then leaves Redis alone.
+    pub fn fresh_from_peer(&self, now: Instant) -> bool {
+        matches!(self.source, Source::Peer(_))
+            && now.saturating_duration_since(self.sampled) <= self.interval * 3
+    }
+
     /// Whether an autoscaler should not act on these values at `now` (monotonic).
     pub fn stale(&self, now: Instant) -> bool {
         self.failed || now.saturating_duration_since(self.sampled) > self.interval * 3
@@ -124,12 +155,21 @@ type Policies = BTreeMap<String, Slot>;
 #[derive(Clone, Default)]
 pub struct MetricValues {
     namespaces: Arc<RwLock<HashMap<String, Policies>>>,
+    /// The last publication's number. Each is numbered while its slot is held (or the whole
+    /// store is), so a reader that took this number before looking at the slots has seen every
+    /// publication up to it.
+    published: Arc<AtomicU64>,
 }
 
 impl MetricValues {
+    fn next_number(&self) -> u64 {
+        self.published.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     /// Replaces a policy's values.
-    pub fn publish(&self, values: PolicyValues) {
+    pub fn publish(&self, mut values: PolicyValues) {
         let mut namespaces = self.namespaces.write().expect("metric values lock");
+        values.published = self.next_number();
         let policies = namespaces.entry(values.namespace.clone()).or_default();
         match policies.get(&values.policy) {
             Some(slot) => {
@@ -139,6 +179,43 @@ impl MetricValues {
                 policies.insert(values.policy.clone(), watch::Sender::new(Some(Arc::new(values))));
             }
         }
+    }
+
+    /// Takes values a peer sent for a policy this replica runs (a slot holds values already) and
+    /// does not sample as its owner: in place of its own sample while they are fresh (however
+    /// recent its own: the replica then stops sampling the policy), else when newer than what it
+    /// holds; whether they were taken.
+    pub fn take_from_peer(&self, values: PolicyValues) -> bool {
+        let fresh = values.fresh_from_peer(Instant::now());
+        let namespaces = self.namespaces.read().expect("metric values lock");
+        let Some(slot) = namespaces
+            .get(&values.namespace)
+            .and_then(|policies| policies.get(&values.policy))
+        else {
+            return false;
+        };
+        slot.send_if_modified(|held| match held {
+            Some(current)
+                if (current.source == Source::Follower && fresh)
+                    || (current.source != Source::Owner && current.sampled < values.sampled) =>
+            {
+                *held = Some(Arc::new(PolicyValues {
+                    published: self.next_number(),
+                    ..values
+                }));
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// The values this replica sampled as the owner and published after the publication
+    /// numbered `since`, sorted, and the number of the last publication they include.
+    pub fn owned_since(&self, since: u64) -> (Vec<Arc<PolicyValues>>, u64) {
+        let upto = self.published.load(Ordering::SeqCst);
+        let mut owned = self.all();
+        owned.retain(|values| values.source == Source::Owner && values.published > since);
+        (owned, upto)
     }
 
     /// Sets a policy's circuit; subscribers are woken only when it changed.
@@ -152,7 +229,9 @@ impl MetricValues {
         };
         slot.send_if_modified(|values| match values {
             Some(values) if values.circuit != Some(circuit) => {
-                Arc::make_mut(values).circuit = Some(circuit);
+                let values = Arc::make_mut(values);
+                values.circuit = Some(circuit);
+                values.published = self.next_number();
                 true
             }
             _ => false,
@@ -257,7 +336,64 @@ mod tests {
             interval: Duration::from_secs(1),
             circuit: None,
             memory: None,
+            source: Source::Owner,
+            published: 0,
         }
+    }
+
+    #[test]
+    fn peer_values_replace_only_older_values_of_a_policy_run_here_and_not_sampled_as_owner() {
+        let store = MetricValues::default();
+        let start = Instant::now();
+        let from_peer = |pending: u64, at: Instant| PolicyValues {
+            pending,
+            source: Source::Peer("shard-b".into()),
+            ..values(Timestamp::now(), at)
+        };
+        assert!(
+            !store.take_from_peer(from_peer(1, start)),
+            "a policy not run here is not invented"
+        );
+        let now = Instant::now();
+        let mut follower = values(Timestamp::now(), now);
+        follower.source = Source::Follower;
+        store.publish(follower);
+        assert!(
+            store.take_from_peer(from_peer(5, now - Duration::from_millis(100))),
+            "fresh values from the owner replace a follower's own sample, even a newer one"
+        );
+        let start = now + Duration::from_millis(500);
+        assert!(store.take_from_peer(from_peer(2, start + Duration::from_secs(1))));
+        assert!(
+            !store.take_from_peer(from_peer(3, start)),
+            "older than what is held"
+        );
+        let held = store.get("jobs", "p").unwrap();
+        assert_eq!(held.pending, 2);
+        assert!(held.fresh_from_peer(start + Duration::from_secs(4)));
+        assert!(!held.fresh_from_peer(start + Duration::from_secs(5)));
+        assert!(
+            store.owned_since(0).0.is_empty(),
+            "a peer's values are not shared on"
+        );
+        store.publish(values(Timestamp::now(), start + Duration::from_secs(2)));
+        assert!(
+            !store.take_from_peer(from_peer(4, start + Duration::from_secs(9))),
+            "the owner's own samples are never replaced"
+        );
+        let (owned, upto) = store.owned_since(0);
+        assert_eq!(owned.len(), 1);
+        assert!(store.owned_since(upto).0.is_empty(), "nothing new since");
+        store.publish_circuit(
+            "jobs",
+            "p",
+            CircuitValues {
+                state: State::Open,
+                level: Level::Critical,
+            },
+        );
+        let (changed, _) = store.owned_since(upto);
+        assert_eq!(changed.len(), 1, "a new circuit is a new publication");
     }
 
     #[test]

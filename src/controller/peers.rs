@@ -1,0 +1,216 @@
+//! Only a policy's owner samples it (`--ownership=shards` with `--peer-url`): every
+//! `--peer-sync-interval` each replica asks each live peer for the values of the policies that
+//! peer owns (`GET /peer/values` on its metrics API port, `crate::values::peer_wire`) and
+//! serves them as its own, so the external metrics API, the KEDA external scaler and `/metrics`
+//! answer for every policy on every replica while Redis is sampled once per policy per tick.
+//!
+//! The peer is known by its ring Lease: its URL, and the SHA-256 of its serving certificate,
+//! the one certificate accepted (`crate::serving::pinned`). This replica presents the token in
+//! `--peer-token-file` (a projected ServiceAccount token of audience `levee-peers`, which the
+//! kubelet renews and the API server itself refuses), re-read at each round; the peer reviews
+//! it and checks `get` on `/peer/values`. An answer is bounded in bytes, time and count.
+//!
+//! A replica that has no fresh values from a policy's owner (the owner away, a peer refused)
+//! samples the policy itself, as before peers (`policy_task`): the metrics never stop while the
+//! owner is unreachable, at the cost of that Redis load for that while.
+
+use super::Context;
+use super::shards::{PeerAddress, ShardView};
+use crate::serving::cert::ServingCert;
+use crate::serving::pinned;
+use crate::values::peer_wire::{self, PeerValues};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The results `levee_peer_fetches_total` counts.
+pub const FETCH_RESULTS: [&str; 4] = ["ok", "unreachable", "refused", "invalid"];
+
+/// The most bytes one peer's answer may hold: 10,000 policies of 10 queues are about 5 MB
+/// (the first answer holds them all; the next, what was published since).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// The longest token file read (a ServiceAccount token is about 1 KiB).
+const MAX_TOKEN_BYTES: u64 = 4096;
+
+/// This replica as a peer.
+#[derive(Clone, Debug)]
+pub struct PeerSettings {
+    /// Where the others reach this replica's metrics API (`--peer-url`).
+    pub url: String,
+    /// The certificate it answers with, whose fingerprint its Lease publishes.
+    pub cert: Arc<ServingCert>,
+    /// The token it presents (`--peer-token-file`).
+    pub token_file: PathBuf,
+    /// How often it asks each peer (`--peer-sync-interval`).
+    pub sync_every: Duration,
+}
+
+/// Asks the peers for their values every `settings.sync_every`, until dropped.
+pub async fn sync(context: Arc<Context>, view: watch::Receiver<ShardView>, settings: PeerSettings) {
+    let mut ticker = tokio::time::interval(settings.sync_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Time for one round, past which a peer counts as unreachable.
+    let timeout = settings.sync_every.max(Duration::from_secs(2));
+    let mut token_problem_logged = false;
+    // Per peer: its process and the last of its publications taken.
+    let mut seen: HashMap<String, (u64, u64)> = HashMap::new();
+    loop {
+        ticker.tick().await;
+        let peers: Vec<(String, PeerAddress)> = view.borrow().peers.clone().into_iter().collect();
+        if peers.is_empty() {
+            continue;
+        }
+        let token = match read_token(&settings.token_file) {
+            Ok(token) => {
+                token_problem_logged = false;
+                token
+            }
+            Err(error) => {
+                if !token_problem_logged {
+                    tracing::warn!(%error, "cannot ask the peers for their values; sampling every policy here");
+                    token_problem_logged = true;
+                }
+                continue;
+            }
+        };
+        let rounds = peers.iter().map(|(identity, address)| {
+            let since = seen.get(identity).copied();
+            fetch(&context, identity, address, &token, since, timeout)
+        });
+        let results = futures::future::join_all(rounds).await;
+        for ((identity, _), result) in peers.iter().zip(results) {
+            if let Some(position) = result {
+                seen.insert(identity.clone(), position);
+            }
+        }
+        seen.retain(|identity, _| peers.iter().any(|(peer, _)| peer == identity));
+    }
+}
+
+/// The token in `path` (a small local file: read in place).
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("--peer-token-file {}: {e}", path.display()))?
+        .len();
+    if size > MAX_TOKEN_BYTES {
+        return Err(format!(
+            "--peer-token-file {} holds {size} bytes, over {MAX_TOKEN_BYTES}: give it a ServiceAccount token",
+            path.display()
+        ));
+    }
+    let token =
+        std::fs::read_to_string(path).map_err(|e| format!("--peer-token-file {}: {e}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(format!("--peer-token-file {} is empty", path.display()));
+    }
+    Ok(token)
+}
+
+/// One round with one peer, asking for what it published since `since` (its epoch and last
+/// publication seen): its values taken for the policies this replica runs and does not own.
+/// Returns where the peer's publications now stand, when it answered.
+async fn fetch(
+    context: &Context,
+    identity: &str,
+    address: &PeerAddress,
+    token: &str,
+    since: Option<(u64, u64)>,
+    timeout: Duration,
+) -> Option<(u64, u64)> {
+    let asked = Instant::now();
+    let url = match peer_url(&address.url, since) {
+        Ok(url) => url,
+        Err(error) => return count(context, identity, "invalid", &error),
+    };
+    let answer = match tokio::time::timeout(
+        timeout,
+        pinned::get(&url, &address.fingerprint, token, MAX_ANSWER_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => return count(context, identity, "unreachable", &error),
+        Err(_) => {
+            return count(
+                context,
+                identity,
+                "unreachable",
+                &format!("no answer within {timeout:?}"),
+            );
+        }
+    };
+    if answer.status != 200 {
+        let said = String::from_utf8_lossy(&answer.body[..answer.body.len().min(512)]).into_owned();
+        return count(
+            context,
+            identity,
+            "refused",
+            &format!("HTTP {}: {said}", answer.status),
+        );
+    }
+    let answer = match serde_json::from_slice::<PeerValues>(&answer.body) {
+        Ok(answer) => answer,
+        Err(error) => return count(context, identity, "invalid", &error.to_string()),
+    };
+    let position = (answer.epoch, answer.upto);
+    let policies = match peer_wire::decode(answer, asked) {
+        Ok(policies) => policies,
+        Err(error) => return count(context, identity, "invalid", &error),
+    };
+    for values in policies {
+        if !context.owns_key(&values.namespace, &values.policy) {
+            context.values.take_from_peer(values);
+        }
+    }
+    count(context, identity, "ok", "");
+    Some(position)
+}
+
+/// The peer path on `base`'s authority, asking for what was published since `since`.
+fn peer_url(base: &http::Uri, since: Option<(u64, u64)>) -> Result<http::Uri, String> {
+    let authority = base.authority().ok_or("no host")?;
+    let query = since.map_or(String::new(), |(epoch, upto)| {
+        format!("?epoch={epoch}&since={upto}")
+    });
+    format!(
+        "https://{authority}{}{query}",
+        crate::metrics_api::routes::PEER_PATH
+    )
+    .parse()
+    .map_err(|e: http::uri::InvalidUri| e.to_string())
+}
+
+/// Counts a round's result (and logs a failure); `None`, for a round without an answer to take.
+fn count(context: &Context, identity: &str, result: &str, error: &str) -> Option<(u64, u64)> {
+    context
+        .metrics
+        .peer_fetches
+        .with_label_values(&[identity, result])
+        .inc();
+    if result != "ok" {
+        tracing::debug!(peer = %identity, result, %error, "asking a peer for its values failed");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_url;
+
+    #[test]
+    fn the_peer_path_goes_on_the_peers_authority() {
+        let base = "https://10.1.2.3:6443/anything".parse().unwrap();
+        assert_eq!(
+            peer_url(&base, None).unwrap().to_string(),
+            "https://10.1.2.3:6443/peer/values"
+        );
+        assert_eq!(
+            peer_url(&base, Some((7, 40))).unwrap().to_string(),
+            "https://10.1.2.3:6443/peer/values?epoch=7&since=40"
+        );
+    }
+}

@@ -1407,3 +1407,60 @@ fn helm_upgrade_keeps_the_generated_ca_and_uninstall_removes_everything() {
     let left = kubectl(&["get", "secret", secret_name, "-n", ns], None);
     assert!(!left.status.success(), "the Secret outlived the release");
 }
+
+/// With `ownership: shards` each pod answers its peers: `--peer-url` on its pod IP and the
+/// metrics API's port, a projected token of audience `levee-peers` for `--peer-token-file`, and
+/// the ClusterRole that lets levee's account (only) get `/peer/values`. Under a leader, none.
+#[test]
+fn shards_give_each_pod_a_peer_url_and_a_token_for_its_peers_only() {
+    let peers = |sets: &[&str]| {
+        let objects = render_chart("levee", LEVEE_NAMESPACE, sets, &[]);
+        let deployment = rendered(&objects, "Deployment");
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let args: Vec<String> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|arg| arg.as_str().unwrap().to_string())
+            .collect();
+        let pod_ip = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|var| var["name"] == "POD_IP")
+            .map(|var| var["valueFrom"]["fieldRef"]["fieldPath"].clone());
+        let token = pod["volumes"].as_array().and_then(|volumes| {
+            volumes
+                .iter()
+                .find(|volume| volume["name"] == "peer-token")
+                .map(|volume| volume["projected"]["sources"][0]["serviceAccountToken"].clone())
+        });
+        let role = objects
+            .iter()
+            .find(|object| object["kind"] == "ClusterRole" && object["metadata"]["name"] == "levee-peer")
+            .map(|role| role["rules"].clone());
+        (args, pod_ip, token, role)
+    };
+    let (args, pod_ip, token, role) = peers(&["leaderElection.ownership=shards"]);
+    assert!(
+        args.contains(&"--peer-url=https://$(POD_IP):6443".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--peer-token-file=/var/run/secrets/levee/peer/token".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(pod_ip, Some(Value::from("status.podIP")));
+    let token = token.expect("a projected token volume");
+    assert_eq!(token["audience"], levee::metrics_api::routes::PEER_AUDIENCE);
+    assert_eq!(token["path"], "token");
+    assert_eq!(
+        role.expect("the peers' ClusterRole"),
+        serde_json::json!([{"nonResourceURLs": ["/peer/values"], "verbs": ["get"]}])
+    );
+
+    let (args, pod_ip, token, role) = peers(&[]);
+    assert!(!args.iter().any(|arg| arg.starts_with("--peer-")), "{args:?}");
+    assert_eq!((pod_ip, token, role), (None, None, None));
+}

@@ -269,11 +269,10 @@ pub fn levee_kubeconfig() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         create_levee_namespace();
-        // With ownership=shards the chart adds the peers' ClusterRole (`get` on /peer/values).
         let rbac = render_chart(
             "levee",
             LEVEE_NAMESPACE,
-            &["leaderElection.ownership=shards"],
+            &[],
             &["templates/serviceaccount.yaml", "templates/rbac.yaml"],
         );
         apply_objects(&rbac, &[]);

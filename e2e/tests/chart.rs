@@ -253,6 +253,14 @@ fn levee_runs_with_the_deployments_arguments_environment_and_certificate_and_is_
             "--leader-election-name=levee",
             format!("--leader-election-name={lease}"),
         ),
+        (
+            "--peer-url=https://$(POD_IP):6443",
+            format!("--peer-url=https://127.0.0.1:{api_port}"),
+        ),
+        (
+            "--peer-token-file=/var/run/secrets/levee/peer/token",
+            format!("--peer-token-file={}", peer_token_file().display()),
+        ),
     ];
     let mut args: Vec<String> = Vec::new();
     for arg in container["args"].as_array().unwrap() {
@@ -281,6 +289,7 @@ fn levee_runs_with_the_deployments_arguments_environment_and_certificate_and_is_
                 Some("metadata.name") => pod_name.to_string(),
                 // Only a ring Lease (ownership: shards, not the default) names its Pod as owner.
                 Some("metadata.uid") => "7d9f8-chart-uid".to_string(),
+                Some("status.podIP") => "127.0.0.1".to_string(),
                 Some(other) => panic!("unexpected fieldRef {other}"),
                 None => var["value"].as_str().unwrap().to_string(),
             };
@@ -860,7 +869,8 @@ fn with_watch_namespace_levee_gets_a_role_in_that_namespace_and_nothing_cluster_
         serde_json::json!([{"kind": "ServiceAccount", "name": "levee", "namespace": LEVEE_NAMESPACE}])
     );
     // What stays cluster-wide grants nothing on the watched resources: reviews (auth-delegator),
-    // the request-header CA in kube-system, the Lease, and /metrics for its readers.
+    // the request-header CA in kube-system, the Lease, /metrics for its readers and /peer/values
+    // for the replicas.
     for object in &scoped {
         let kind = object["kind"].as_str().unwrap();
         let name = object["metadata"]["name"].as_str().unwrap();
@@ -884,6 +894,15 @@ fn with_watch_namespace_levee_gets_a_role_in_that_namespace_and_nothing_cluster_
                 assert_eq!(resources, ["leases"]);
             }
             ("RoleBinding", "levee-leader-election") => {}
+            ("ClusterRole", "levee-peer") => {
+                assert_eq!(
+                    object["rules"],
+                    serde_json::json!([{"nonResourceURLs": ["/peer/values"], "verbs": ["get"]}])
+                )
+            }
+            ("ClusterRoleBinding", "levee-peer") => {
+                assert_eq!(object["roleRef"]["name"], "levee-peer")
+            }
             other => panic!("with watchNamespace the chart also renders {other:?}"),
         }
     }
@@ -1408,11 +1427,12 @@ fn helm_upgrade_keeps_the_generated_ca_and_uninstall_removes_everything() {
     assert!(!left.status.success(), "the Secret outlived the release");
 }
 
-/// With `ownership: shards` each pod answers its peers: `--peer-url` on its pod IP and the
-/// metrics API's port, a projected token of audience `levee-peers` for `--peer-token-file`, and
-/// the ClusterRole that lets levee's account (only) get `/peer/values`. Under a leader, none.
+/// With leader election (either ownership) each pod answers its peers: `--peer-url` on its pod
+/// IP and the metrics API's port, a projected token of audience `levee-peers` for
+/// `--peer-token-file`, and the ClusterRole that lets levee's account (only) get
+/// `/peer/values`. Without leader election, none.
 #[test]
-fn shards_give_each_pod_a_peer_url_and_a_token_for_its_peers_only() {
+fn each_pod_gets_a_peer_url_and_a_token_for_its_peers_only() {
     let peers = |sets: &[&str]| {
         let objects = render_chart("levee", LEVEE_NAMESPACE, sets, &[]);
         let deployment = rendered(&objects, "Deployment");
@@ -1442,25 +1462,27 @@ fn shards_give_each_pod_a_peer_url_and_a_token_for_its_peers_only() {
             .map(|role| role["rules"].clone());
         (args, pod_ip, token, role)
     };
-    let (args, pod_ip, token, role) = peers(&["leaderElection.ownership=shards"]);
-    assert!(
-        args.contains(&"--peer-url=https://$(POD_IP):6443".to_string()),
-        "{args:?}"
-    );
-    assert!(
-        args.contains(&"--peer-token-file=/var/run/secrets/levee/peer/token".to_string()),
-        "{args:?}"
-    );
-    assert_eq!(pod_ip, Some(Value::from("status.podIP")));
-    let token = token.expect("a projected token volume");
-    assert_eq!(token["audience"], levee::metrics_api::routes::PEER_AUDIENCE);
-    assert_eq!(token["path"], "token");
-    assert_eq!(
-        role.expect("the peers' ClusterRole"),
-        serde_json::json!([{"nonResourceURLs": ["/peer/values"], "verbs": ["get"]}])
-    );
+    for sets in [&[][..], &["leaderElection.ownership=shards"][..]] {
+        let (args, pod_ip, token, role) = peers(sets);
+        assert!(
+            args.contains(&"--peer-url=https://$(POD_IP):6443".to_string()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--peer-token-file=/var/run/secrets/levee/peer/token".to_string()),
+            "{args:?}"
+        );
+        assert_eq!(pod_ip, Some(Value::from("status.podIP")));
+        let token = token.expect("a projected token volume");
+        assert_eq!(token["audience"], levee::metrics_api::routes::PEER_AUDIENCE);
+        assert_eq!(token["path"], "token");
+        assert_eq!(
+            role.expect("the peers' ClusterRole"),
+            serde_json::json!([{"nonResourceURLs": ["/peer/values"], "verbs": ["get"]}])
+        );
+    }
 
-    let (args, pod_ip, token, role) = peers(&[]);
+    let (args, pod_ip, token, role) = peers(&["leaderElection.enabled=false"]);
     assert!(!args.iter().any(|arg| arg.starts_with("--peer-")), "{args:?}");
     assert_eq!((pod_ip, token, role), (None, None, None));
 }

@@ -587,23 +587,68 @@ fn ask_peer(
     Ok((answer.status, body, answer.body.len()))
 }
 
-#[test]
-fn only_a_policys_owner_samples_it_and_every_replica_serves_every_policy() {
-    let fixture = Fixture::create();
-    let ring = format!("levee-{}", fixture.ns());
-    sharded_policies(&fixture);
-    // Below every threshold: the circuits stay Closed, the backlogs differ per policy.
+/// Pushes `i + 1` jobs on policy `i`'s list: below every threshold, the circuits stay Closed and
+/// the backlogs differ.
+fn small_backlogs(fixture: &Fixture) {
     for i in 0..POLICIES {
         let key = format!("q{i}");
         let mut args = vec!["RPUSH", key.as_str()];
         args.extend(std::iter::repeat_n("job", i + 1));
         fixture.redis.cli(&args);
     }
-    let every_replica_serves_every_backlog = |replicas: &BTreeMap<&'static str, Levee>| {
-        replicas.values().all(|levee| {
-            (0..POLICIES).all(|i| levee.metric(&series(&fixture, "levee_pending", i)) == Some((i + 1) as f64))
-        })
+}
+
+/// Whether every replica's `/metrics` shows every policy's backlog (`small_backlogs`).
+fn serves_every_backlog(fixture: &Fixture, replicas: &BTreeMap<&'static str, Levee>) -> bool {
+    replicas.values().all(|levee| {
+        (0..POLICIES).all(|i| levee.metric(&series(fixture, "levee_pending", i)) == Some((i + 1) as f64))
+    })
+}
+
+/// Under a leader (the default ownership) with peers, the follower serves the leader's values and
+/// leaves Redis alone.
+#[test]
+fn a_follower_serves_the_leaders_values_and_leaves_redis_alone() {
+    let fixture = Fixture::create();
+    let lease = format!("levee-led-{}", fixture.ns());
+    sharded_policies(&fixture);
+    small_backlogs(&fixture);
+    let token = format!("--peer-token-file={}", peer_token_file().display());
+    let start = |identity: &str| {
+        let api_port = levee_e2e::redis::free_port();
+        let peer_url = format!("--peer-url=https://127.0.0.1:{api_port}");
+        let args = [
+            "--leader-election-name",
+            &lease,
+            "--identity",
+            identity,
+            LEASE,
+            &peer_url,
+            &token,
+        ];
+        Levee::start_with_api_port(fixture.ns(), &args, api_port)
     };
+    let mut replicas = BTreeMap::new();
+    replicas.insert("led-a", start("led-a"));
+    wait_until("led-a holds the lease", PATIENCE, || {
+        (lease_holder(&lease).as_deref() == Some("led-a")).then_some(())
+    });
+    replicas.insert("led-b", start("led-b"));
+    wait_until("both replicas serving every policy's backlog", PATIENCE, || {
+        serves_every_backlog(&fixture, &replicas).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    sampled_once_per_tick(&fixture, &replicas, Duration::from_secs(6));
+}
+
+#[test]
+fn only_a_policys_owner_samples_it_and_every_replica_serves_every_policy() {
+    let fixture = Fixture::create();
+    let ring = format!("levee-{}", fixture.ns());
+    sharded_policies(&fixture);
+    small_backlogs(&fixture);
+    let every_replica_serves_every_backlog =
+        |replicas: &BTreeMap<&'static str, Levee>| serves_every_backlog(&fixture, replicas);
 
     // Before: three replicas that share nothing (no --peer-url) each sample every policy.
     let unshared_ring = format!("{ring}-unshared");

@@ -165,9 +165,9 @@ pub struct RunArgs {
     /// this per request in flight.
     #[arg(long, env = "LEVEE_MAX_REPLY_BYTES", default_value_t = crate::sampler::DEFAULT_MAX_REPLY_BYTES, value_parser = clap::value_parser!(usize))]
     pub max_reply_bytes: usize,
-    /// With --ownership=shards: where the other replicas reach this one's metrics API
-    /// (https://<pod IP>:6443; the chart sets it). Only a policy's owner then samples it; the
-    /// others take its values from the owner (docs/architecture.md#who-samples).
+    /// Where the other replicas reach this one's metrics API (https://<pod IP>:6443; the chart
+    /// sets it). Only a policy's owner (the leader, or its replica with --ownership=shards) then
+    /// samples it; the others take its values from the owner (docs/architecture.md#who-samples).
     #[arg(long, env = "LEVEE_PEER_URL", requires = "peer_token_file")]
     pub peer_url: Option<String>,
     /// The token this replica presents to its peers: a projected ServiceAccount token of
@@ -465,13 +465,15 @@ async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-/// This replica as a peer (`--peer-url`), which needs `--ownership=shards`.
+/// This replica as a peer (`--peer-url`), which needs a Lease (`--leader-elect`).
 fn peer_settings(args: &RunArgs, cert: &Arc<ServingCert>) -> Result<Option<PeerSettings>, String> {
     let (Some(url), Some(token_file)) = (&args.peer_url, &args.peer_token_file) else {
         return Ok(None);
     };
-    if args.ownership != OwnershipMode::Shards || !args.leader_elect {
-        return Err("--peer-url needs --ownership=shards (with --leader-elect): only then does each policy have an owner other replicas ask".into());
+    if !args.leader_elect {
+        return Err(
+            "--peer-url needs --leader-elect: without a Lease no replica says where it answers".into(),
+        );
     }
     let parsed: http::Uri = url
         .parse()

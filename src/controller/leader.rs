@@ -7,6 +7,7 @@
 //!   holder that stopped renewing (crash, lost node) once the Lease has not changed for a whole
 //!   lease duration.
 
+use super::peers::{PeerAddress, PeerAdvert, Peers};
 use super::{Result, Settings};
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -136,15 +137,18 @@ impl LeaseTask {
 
 /// Starts the election; the receiver says whether this replica leads. Without lease settings the
 /// replica always leads.
+/// Also returns the leader as a peer while another replica leads and its Lease says where it
+/// answers (`peers.rs`).
 pub async fn elect(
     client: Client,
     watch_client: Client,
     settings: &Settings,
-) -> Result<(watch::Receiver<bool>, Option<LeaseTask>)> {
+) -> Result<(watch::Receiver<bool>, Option<LeaseTask>, watch::Receiver<Peers>)> {
+    let (peers_sender, peers) = watch::channel(Peers::new());
     let Some(lease) = settings.lease.clone() else {
         // Always leading: the receiver keeps this value after the sender is dropped.
         let (_, receiver) = watch::channel(true);
-        return Ok((receiver, None));
+        return Ok((receiver, None, peers));
     };
     let (sender, receiver) = watch::channel(false);
     let watched: Api<Lease> = Api::namespaced(watch_client, &lease.namespace);
@@ -155,11 +159,13 @@ pub async fn elect(
         lease,
         observed: None,
         renewed: None,
+        advert: settings.peer.as_ref().map(PeerAdvert::of),
+        peers: peers_sender,
     };
     let task = LeaseTask::spawn(watched, config, |changed, stopped| {
         candidate.campaign(sender, changed, stopped)
     });
-    Ok((receiver, Some(task)))
+    Ok((receiver, Some(task), peers))
 }
 
 /// Wakes the loop whenever a Lease `config` selects changes.
@@ -184,6 +190,10 @@ struct Candidate {
     observed: Option<(Record, Instant)>,
     /// When our last renewal (or acquisition) was written.
     renewed: Option<Instant>,
+    /// What this replica writes on the Lease while it leads, for its followers.
+    advert: Option<PeerAdvert>,
+    /// The leader, for a follower, when its Lease says where it answers.
+    peers: watch::Sender<Peers>,
 }
 
 impl Candidate {
@@ -252,6 +262,20 @@ impl Candidate {
             now - unchanged_since,
             self.lease.duration,
         );
+        let leader = match (decided, &record, &lease) {
+            (Move::Follow(_), Some(record), Some(lease)) => record
+                .holder
+                .clone()
+                .zip(PeerAddress::of(lease))
+                .into_iter()
+                .collect(),
+            _ => Peers::new(),
+        };
+        self.peers.send_if_modified(|peers| {
+            let changed = *peers != leader;
+            *peers = leader;
+            changed
+        });
         match decided {
             Move::Follow(left) => {
                 self.renewed = None;
@@ -287,6 +311,7 @@ impl Candidate {
                     metadata: ObjectMeta {
                         name: Some(self.lease.name.clone()),
                         namespace: Some(self.lease.namespace.clone()),
+                        annotations: self.advert.as_ref().map(PeerAdvert::annotations),
                         ..Default::default()
                     },
                     spec: Some(LeaseSpec {
@@ -301,6 +326,13 @@ impl Candidate {
                 self.api.create(&PostParams::default(), &lease).await?;
             }
             Some(mut lease) => {
+                if let Some(advert) = &self.advert {
+                    lease
+                        .metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .extend(advert.annotations());
+                }
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 if taking_over {
                     spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);

@@ -118,8 +118,8 @@ pub struct Settings {
     pub concurrent_writers: usize,
     /// The bound on one reply from a policy's Redis, whatever it sends.
     pub max_reply_bytes: usize,
-    /// With `--ownership=shards`: this replica as a peer, so that only a policy's owner samples
-    /// it (`peers.rs`); `None`: every replica samples every policy.
+    /// This replica as a peer, so that only a policy's owner (the leader, or its replica in the
+    /// ring) samples it (`peers.rs`); `None`: every replica samples every policy.
     pub peer: Option<peers::PeerSettings>,
 }
 
@@ -260,15 +260,21 @@ pub async fn run(
         lease: lease_client,
         unqueued: _,
     } = clients;
-    let (ownership, ownership_task) = match (&settings.lease, settings.ownership) {
+    let (ownership, ownership_task, peer_source) = match (&settings.lease, settings.ownership) {
         (Some(lease), OwnershipMode::Shards) => {
             let (view, membership) =
                 shards::join(lease_client, watch_client.clone(), &settings, lease.clone()).await?;
-            (Ownership::Shards(view), Some(membership))
+            let source = peers::PeerSource::Shards(view.clone());
+            (Ownership::Shards(view), Some(membership), source)
         }
         _ => {
-            let (leader, election) = leader::elect(lease_client, watch_client.clone(), &settings).await?;
-            (Ownership::Leader(leader), election)
+            let (leader, election, leaders) =
+                leader::elect(lease_client, watch_client.clone(), &settings).await?;
+            (
+                Ownership::Leader(leader),
+                election,
+                peers::PeerSource::Leader(leaders),
+            )
         }
     };
     let gains = ownership.gains();
@@ -291,14 +297,11 @@ pub async fn run(
         settings,
     });
     let reflector_task = tokio::spawn(reflectors);
-    let peer_task = match (&context.ownership, &context.settings.peer) {
-        (Ownership::Shards(view), Some(peer)) => Some(tokio::spawn(peers::sync(
-            context.clone(),
-            view.clone(),
-            peer.clone(),
-        ))),
-        _ => None,
-    };
+    let peer_task = context
+        .settings
+        .peer
+        .clone()
+        .map(|peer| tokio::spawn(peers::sync(context.clone(), peer_source, peer)));
     let stores = &context.stores;
     futures::join!(
         stores.pods.wait_until_ready(),

@@ -1,10 +1,10 @@
-//! Only a policy's owner samples it (`--ownership=shards` with `--peer-url`): every
+//! Only a policy's owner samples it (`--peer-url`, with either ownership): every
 //! `--peer-sync-interval` each replica asks each live peer for the values of the policies that
 //! peer owns (`GET /peer/values` on its metrics API port, `crate::values::peer_wire`) and
 //! serves them as its own, so the external metrics API, the KEDA external scaler and `/metrics`
 //! answer for every policy on every replica while Redis is sampled once per policy per tick.
 //!
-//! The peer is known by its ring Lease: its URL, and the SHA-256 of its serving certificate,
+//! The peer is known by its Lease (its ring Lease, or the leader Lease it holds): its URL, and the SHA-256 of its serving certificate,
 //! the one certificate accepted (`crate::serving::pinned`). This replica presents the token in
 //! `--peer-token-file` (a projected ServiceAccount token of audience `levee-peers`, which the
 //! kubelet renews and the API server itself refuses), re-read at each round; the peer reviews
@@ -15,10 +15,12 @@
 //! owner is unreachable, at the cost of that Redis load for that while.
 
 use super::Context;
-use super::shards::{PeerAddress, ShardView};
+use super::shards::ShardView;
 use crate::serving::cert::ServingCert;
 use crate::serving::pinned;
 use crate::values::peer_wire::{self, PeerValues};
+use k8s_openapi::api::coordination::v1::Lease;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +37,77 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 /// The longest token file read (a ServiceAccount token is about 1 KiB).
 const MAX_TOKEN_BYTES: u64 = 4096;
 
+/// Where a replica answers its peers (`levee.dev/peer-url`), and the SHA-256 of its serving
+/// certificate (`levee.dev/peer-cert-sha256`).
+pub(super) const PEER_URL_ANNOTATION: &str = "levee.dev/peer-url";
+pub(super) const PEER_CERT_ANNOTATION: &str = "levee.dev/peer-cert-sha256";
+
+/// Where a peer answers, as its Lease says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddress {
+    pub url: http::Uri,
+    /// The SHA-256 of its serving certificate, lower-case hex.
+    pub fingerprint: String,
+}
+
+impl PeerAddress {
+    /// The address a Lease's annotations give, when both are there and well formed.
+    pub(super) fn of(lease: &Lease) -> Option<Self> {
+        let annotations = lease.metadata.annotations.as_ref()?;
+        let url = annotations
+            .get(PEER_URL_ANNOTATION)
+            .filter(|url| url.len() <= 2048)?;
+        let fingerprint = annotations.get(PEER_CERT_ANNOTATION)?.to_ascii_lowercase();
+        let url: http::Uri = url.parse().ok()?;
+        let hex = fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+        (url.scheme_str() == Some("https") && url.host().is_some() && hex)
+            .then_some(Self { url, fingerprint })
+    }
+}
+
+/// What this replica writes on its Lease for its peers: its `--peer-url`, and its serving
+/// certificate's fingerprint (read at each renewal: a rotated certificate is published with it).
+#[derive(Clone)]
+pub struct PeerAdvert {
+    pub url: String,
+    pub cert: Arc<crate::serving::cert::ServingCert>,
+}
+
+impl PeerAdvert {
+    pub(super) fn of(settings: &PeerSettings) -> Self {
+        Self {
+            url: settings.url.clone(),
+            cert: settings.cert.clone(),
+        }
+    }
+
+    pub(super) fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (PEER_URL_ANNOTATION.to_string(), self.url.clone()),
+            (PEER_CERT_ANNOTATION.to_string(), self.cert.fingerprint()),
+        ])
+    }
+}
+
+/// The other replicas that answer their peers, by identity: under shards the other live
+/// members, under a leader the leader (for a follower).
+pub type Peers = BTreeMap<String, PeerAddress>;
+
+/// Where this replica learns who its peers are.
+pub enum PeerSource {
+    Shards(watch::Receiver<ShardView>),
+    Leader(watch::Receiver<Peers>),
+}
+
+impl PeerSource {
+    fn current(&self) -> Peers {
+        match self {
+            Self::Shards(view) => view.borrow().peers.clone(),
+            Self::Leader(peers) => peers.borrow().clone(),
+        }
+    }
+}
+
 /// This replica as a peer.
 #[derive(Clone, Debug)]
 pub struct PeerSettings {
@@ -49,7 +122,7 @@ pub struct PeerSettings {
 }
 
 /// Asks the peers for their values every `settings.sync_every`, until dropped.
-pub async fn sync(context: Arc<Context>, view: watch::Receiver<ShardView>, settings: PeerSettings) {
+pub async fn sync(context: Arc<Context>, source: PeerSource, settings: PeerSettings) {
     let mut ticker = tokio::time::interval(settings.sync_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Time for one round, past which a peer counts as unreachable.
@@ -59,7 +132,7 @@ pub async fn sync(context: Arc<Context>, view: watch::Receiver<ShardView>, setti
     let mut seen: HashMap<String, (u64, u64)> = HashMap::new();
     loop {
         ticker.tick().await;
-        let peers: Vec<(String, PeerAddress)> = view.borrow().peers.clone().into_iter().collect();
+        let peers: Vec<(String, PeerAddress)> = source.current().into_iter().collect();
         if peers.is_empty() {
             continue;
         }

@@ -22,6 +22,7 @@
 //! (`super::peers`).
 
 use super::leader::{LeaseSettings, LeaseTask, Record};
+use super::peers::{PeerAddress, PeerAdvert};
 use super::ring;
 use super::{Result, Settings};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -36,51 +37,6 @@ use tokio::sync::{Notify, oneshot, watch};
 
 /// The label that puts a replica's Lease in a ring; its value is the ring's name.
 const RING_LABEL: &str = "levee.dev/shards";
-
-/// Where a replica answers its peers (`levee.dev/peer-url`), and the SHA-256 of its serving
-/// certificate (`levee.dev/peer-cert-sha256`).
-const PEER_URL_ANNOTATION: &str = "levee.dev/peer-url";
-const PEER_CERT_ANNOTATION: &str = "levee.dev/peer-cert-sha256";
-
-/// Where a peer answers, as its Lease says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerAddress {
-    pub url: http::Uri,
-    /// The SHA-256 of its serving certificate, lower-case hex.
-    pub fingerprint: String,
-}
-
-impl PeerAddress {
-    /// The address a Lease's annotations give, when both are there and well formed.
-    fn of(lease: &Lease) -> Option<Self> {
-        let annotations = lease.metadata.annotations.as_ref()?;
-        let url = annotations
-            .get(PEER_URL_ANNOTATION)
-            .filter(|url| url.len() <= 2048)?;
-        let fingerprint = annotations.get(PEER_CERT_ANNOTATION)?.to_ascii_lowercase();
-        let url: http::Uri = url.parse().ok()?;
-        let hex = fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
-        (url.scheme_str() == Some("https") && url.host().is_some() && hex)
-            .then_some(Self { url, fingerprint })
-    }
-}
-
-/// What this replica writes on its Lease for its peers: its `--peer-url`, and its serving
-/// certificate's fingerprint (read at each renewal: a rotated certificate is published with it).
-#[derive(Clone)]
-pub struct PeerAdvert {
-    pub url: String,
-    pub cert: Arc<crate::serving::cert::ServingCert>,
-}
-
-impl PeerAdvert {
-    fn annotations(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (PEER_URL_ANNOTATION.to_string(), self.url.clone()),
-            (PEER_CERT_ANNOTATION.to_string(), self.cert.fingerprint()),
-        ])
-    }
-}
 
 /// A Lease left unchanged this many lease durations is deleted by whoever sees it so (a replica
 /// that crashed never deletes its own).
@@ -196,10 +152,7 @@ pub async fn join(
         lease,
         observed: BTreeMap::new(),
         holding: Holding::default(),
-        advert: settings.peer.as_ref().map(|peer| PeerAdvert {
-            url: peer.url.clone(),
-            cert: peer.cert.clone(),
-        }),
+        advert: settings.peer.as_ref().map(PeerAdvert::of),
     };
     let task = LeaseTask::spawn(watched, config, |changed, stopped| {
         replica.take_part(sender, changed, stopped)
@@ -507,6 +460,7 @@ mod tests {
 
     #[test]
     fn a_peer_address_needs_an_https_url_and_a_sha256() {
+        use super::super::peers::{PEER_CERT_ANNOTATION, PEER_URL_ANNOTATION};
         let lease = |url: &str, sha: &str| Lease {
             metadata: ObjectMeta {
                 annotations: Some(BTreeMap::from([

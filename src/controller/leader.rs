@@ -327,11 +327,7 @@ impl Candidate {
             }
             Some(mut lease) => {
                 if let Some(advert) = &self.advert {
-                    lease
-                        .metadata
-                        .annotations
-                        .get_or_insert_with(Default::default)
-                        .extend(advert.annotations());
+                    advert.write_on(&mut lease.metadata);
                 }
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 if taking_over {

@@ -81,6 +81,14 @@ impl PeerAdvert {
         }
     }
 
+    /// Puts the annotations on an existing Lease's metadata, keeping its others.
+    pub(super) fn write_on(&self, metadata: &mut kube::api::ObjectMeta) {
+        metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .extend(self.annotations());
+    }
+
     pub(super) fn annotations(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             (PEER_URL_ANNOTATION.to_string(), self.url.clone()),

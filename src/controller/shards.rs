@@ -387,11 +387,7 @@ impl Replica {
                     lease.metadata.owner_references = Some(owner);
                 }
                 if let Some(advert) = &self.advert {
-                    lease
-                        .metadata
-                        .annotations
-                        .get_or_insert_with(Default::default)
-                        .extend(advert.annotations());
+                    advert.write_on(&mut lease.metadata);
                 }
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some(self.identity.clone());

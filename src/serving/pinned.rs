@@ -1,7 +1,8 @@
 //! A GET over TLS to a server known by the SHA-256 of its certificate rather than by a CA:
 //! levee's replicas publish that of their serving certificate on their ring Lease, and a peer
 //! accepts exactly that certificate, whichever way it was made (the chart's CA, cert-manager,
-//! self-signed). Bounded in bytes here and in time by the caller.
+//! self-signed). Bounded in bytes here and in time by the caller. The verifier also serves the
+//! sampler's `insecureSkipVerify` (any certificate).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -18,15 +19,34 @@ pub fn fingerprint(der: &[u8]) -> String {
     digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Accepts the one certificate whose SHA-256 is `fingerprint`; the handshake's signatures are
-/// checked as usual.
+/// Which server certificate a TLS client accepts: the one whose SHA-256 is `pinned`, or any
+/// (`None`: a policy's `insecureSkipVerify`). The handshake's signatures are checked against
+/// the certificate presented either way.
 #[derive(Debug)]
-struct Pinned {
-    fingerprint: String,
+pub struct AcceptedCertificate {
+    pinned: Option<String>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Pinned {
+impl AcceptedCertificate {
+    /// Any certificate, any name.
+    pub fn any(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            pinned: None,
+            provider,
+        }
+    }
+
+    /// Only the certificate whose SHA-256 (hex) is `fingerprint`.
+    pub fn pinned(fingerprint: &str, provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            pinned: Some(fingerprint.to_ascii_lowercase()),
+            provider,
+        }
+    }
+}
+
+impl ServerCertVerifier for AcceptedCertificate {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -35,12 +55,11 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity.as_ref()) == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
+        match &self.pinned {
+            Some(pinned) if fingerprint(end_entity.as_ref()) != *pinned => Err(rustls::Error::General(
                 "the server's certificate is not the one its Lease names".into(),
-            ))
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
         }
     }
 
@@ -108,10 +127,7 @@ pub async fn get(
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            fingerprint: fingerprint.to_ascii_lowercase(),
-            provider,
-        }))
+        .with_custom_certificate_verifier(Arc::new(AcceptedCertificate::pinned(fingerprint, provider)))
         .with_no_client_auth();
     // The name is not checked (the fingerprint is); it is only what the handshake carries.
     let name = ServerName::try_from("levee-peer").expect("a valid DNS name");

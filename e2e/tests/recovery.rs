@@ -147,6 +147,42 @@ fn a_follower_takes_over_a_released_lease_within_seconds() {
     );
 }
 
+/// The kind suite caught a new owner opening a circuit again (a second transition, a new
+/// `openedSince`) when it took over a moment after the open: it stepped the circuit it had
+/// mirrored at its previous tick, from before the open. A 5 s interval leaves the follower's
+/// last mirror before the open in most runs, unless taking over reads status afresh.
+#[test]
+fn a_follower_taking_over_just_after_the_open_resumes_that_open() {
+    let fixture = Fixture::create();
+    let lease = format!("levee-resume-{}", fixture.ns());
+    let (mut first, second) = Levee::leader_and_follower(fixture.ns(), &lease, &[]);
+    fixture.policy("resumed").set("sampleInterval", "5s").apply();
+    fixture.wait_state("resumed", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+    fixture.burst();
+    let opened = wait_until("resumed opens", PATIENCE, || {
+        let status = fixture.status("resumed");
+        (status["state"] == "Open").then_some(status)
+    });
+    first.stop();
+    wait_until("second takes the released lease", PATIENCE, || {
+        (lease_holder(&lease).as_deref() == Some("second")).then_some(())
+    });
+    // Two of second's ticks as the leader.
+    std::thread::sleep(Duration::from_secs(11));
+    let resumed = fixture.status("resumed");
+    assert_eq!(resumed["state"], "Open", "{resumed}");
+    assert_eq!(
+        (&resumed["openedSince"], &resumed["transitions"]),
+        (&opened["openedSince"], &opened["transitions"]),
+        "the new leader resumed the open, not opened again: {}",
+        second.log()
+    );
+    assert_eq!(fixture.events("CircuitOpened").len(), 1, "opened once");
+    let pods = fixture.api_pods();
+    assert!(pods.iter().all(|(_, c, _, _)| c == "False"), "{pods:?}");
+}
+
 #[test]
 fn a_leader_that_cannot_renew_steps_down_before_a_follower_takes_over() {
     let fixture = Fixture::create();

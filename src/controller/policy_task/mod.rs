@@ -134,6 +134,9 @@ struct PolicyState {
     partition_cap: Option<u32>,
     /// The last failure to apply the managed HPA, shown in the Ready condition until it works.
     autoscaler_error: Option<String>,
+    /// Whether this replica acted on the policy at its last tick: one that starts to (a
+    /// handover, or the task's start) first resumes the circuit from the API server.
+    acting: bool,
 }
 
 impl PolicyState {
@@ -156,6 +159,7 @@ impl PolicyState {
             autoscaler_checked: None,
             autoscaler_error: None,
             partition_cap: None,
+            acting: false,
             policy,
         }
     }
@@ -415,16 +419,24 @@ async fn next_discovery(ticker: &mut Option<tokio::time::Interval>) {
 /// next tick.
 async fn tick(context: &Arc<Context>, state: &mut PolicyState) {
     if state.owner_publishes(context) {
+        state.acting = false;
         state.follow_status(context, false);
         return;
     }
     let sample = state.sample(context).await;
     if !context.owns(&state.policy) {
+        state.acting = false;
         state.follow_status(context, true);
         return;
     }
     if state.policy.meta().deletion_timestamp.is_some() {
         return;
+    }
+    if !state.acting {
+        state.acting = Box::pin(state.resume(context)).await;
+        if !state.acting {
+            return;
+        }
     }
     Box::pin(decide_and_hand_over(context, state, sample)).await;
 }
@@ -545,6 +557,29 @@ impl PolicyState {
             record::record_circuit(context, &namespace, &name, &self.circuit);
         } else {
             record::record_circuit_series(context, &namespace, &name, &self.circuit);
+        }
+    }
+
+    /// Takes the circuit from the status the API server holds now (a read that bypasses the
+    /// watch), before this replica starts to act on the policy. What the last tick mirrored, or
+    /// the watch's copy, can be a tick older than the previous owner's last write: a circuit it
+    /// opened a moment before the handover would be taken as Closed and opened again, a second
+    /// transition with a new `openedSince`. False, and nothing acted on, when the read fails.
+    async fn resume(&mut self, context: &Context) -> bool {
+        let (namespace, name) = self.names();
+        let api: kube::Api<BackpressurePolicy> = kube::Api::namespaced(context.client.clone(), &namespace);
+        match api.get_status(&name).await {
+            Ok(fresh) => {
+                let mut policy = (*self.policy).clone();
+                policy.status = fresh.status;
+                self.policy = Arc::new(policy);
+                self.follow_status(context, false);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%namespace, policy = %name, %error, "reading the policy's status to take it over failed; retrying next tick");
+                false
+            }
         }
     }
 

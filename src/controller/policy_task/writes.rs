@@ -159,6 +159,10 @@ async fn passes(context: Arc<Context>, shared: Arc<Mutex<Shared>>) {
 /// (producers are held back before anything is reported).
 async fn pass(context: &Context, shared: &Mutex<Shared>, job: Job) {
     save_status(context, shared, &job.policy, job.next).await;
+    // Lost while the status was written: the new owner acts on the targets from that status.
+    if !context.owns(&job.policy) {
+        return;
+    }
     let saved = shared
         .lock()
         .expect("policy writes lock")

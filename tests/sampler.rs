@@ -800,12 +800,13 @@ async fn latency_is_read_every_latency_refresh_spread_over_the_ticks_and_estimat
     let mut last = None;
     for _ in 0..6 {
         let sample = sampler.sample_prepared(&endpoint, &prepared).await;
+        let sampled_at = server.time_ms();
         assert_eq!(sample.round_trips, 1);
         assert!(
             sample.queues.iter().all(|q| matches!(q.latency, Some(Ok(_)))),
             "{sample:?}"
         );
-        last = Some(sample);
+        last = Some((sample, sampled_at));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(
@@ -813,15 +814,26 @@ async fn latency_is_read_every_latency_refresh_spread_over_the_ticks_and_estimat
         10 + 5 * 2,
         "every queue on the first tick, then a fifth of them a tick (every tick would be 60)"
     );
-    // Between reads the figure still equals Sidekiq's own: the oldest job has not run.
+    // Between reads the figure still equals Sidekiq's own: the oldest job has not run. Sidekiq
+    // reads it later (Ruby takes a second or more to start on a loaded machine), so its figure
+    // is levee's plus the time that passed between the two, on Redis's clock.
+    let (last, sampled_at) = last.unwrap();
+    let before = server.time_ms();
     let sidekiq = run_producer(
         "ruby",
         "sidekiq_latency.rb",
         &[server.port.to_string(), "billing".into(), "read".into()],
     );
+    let after = server.time_ms();
     let theirs = sidekiq["latency"].as_f64().unwrap();
-    let last = last.unwrap();
-    assert_within_a_second(latency_of(&last, "billing"), theirs);
+    let ours = latency_of(&last, "billing").unwrap().unwrap().as_secs_f64();
+    let since = |at: i64| (at - sampled_at) as f64 / 1e3;
+    assert!(
+        (ours + since(before) - 0.5..=ours + since(after) + 0.5).contains(&theirs),
+        "levee read {ours:.3} s, Sidekiq {theirs:.3} s read {:.3} to {:.3} s later",
+        since(before),
+        since(after)
+    );
     // A worker takes the oldest job: the estimate stays above the true age until the next read
     // (an upper bound); a queue emptied reads 0 without a read.
     server.cli(&["RPOP", "queue:billing"]);

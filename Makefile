@@ -82,7 +82,8 @@ bench-controller: deps
 
 ## bench-scale: LEVEE_SCALE_SIZES policies (default 100 1000 5000) of 10 queues, each holding back its
 ## own Deployment, on a fresh local control plane each: RSS, CPU, writes by kind, a 20-policy burst.
-## Measures the image's static binary (LEVEE_SCALE_BINS="a b" compares builds on one cluster).
+## Measures the image's static binary (LEVEE_SCALE_BINS="a b" compares builds on one cluster),
+## LEVEE_SCALE_REPLICAS of it (default 1; several share the policies: --ownership=shards, peers).
 bench-scale: deps static
 	for n in $${LEVEE_SCALE_SIZES:-100 1000 5000}; do \
 	  LEVEE_SCALE_POLICIES=$$n LEVEE_BIN=$(CURDIR)/target/x86_64-unknown-linux-musl/release/levee \

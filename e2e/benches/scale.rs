@@ -1,8 +1,11 @@
 //! Scale benchmark on the local control plane (`make bench-scale`): `LEVEE_SCALE_POLICIES`
 //! policies (default 1,000), each sampling 10 list queues on one Redis every second and holding
-//! back its own one-pod Deployment. Measures, for one levee process:
-//! 1. resident memory, CPU and API writes per minute by kind at steady state (nothing changing:
-//!    the only writes due are the status heartbeats, one per policy per 5 min, the default);
+//! back its own one-pod Deployment. Measures, for each count in `LEVEE_SCALE_REPLICAS` (default
+//! "1"; "3 1" measures 3 replicas, then 1, on the same objects) of levee processes, several
+//! sharing the policies with `--ownership=shards` and peers as the chart runs them:
+//! 1. resident memory and CPU per replica, API writes per minute by kind over all of them and
+//!    Redis commands a second at steady state (nothing changing: the only writes due are the
+//!    status heartbeats, one per policy per 5 min, the default);
 //! 2. a burst: 20 policies pushed over critical at once (one atomic script in Redis), and the
 //!    time until the last of their 20 pods shows `levee.dev/accepting=False`, seen by a watch.
 //!
@@ -32,6 +35,15 @@ fn policies() -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000)
+}
+
+/// The replica counts to measure, one after the other: `LEVEE_SCALE_REPLICAS`, else 1.
+fn replica_counts() -> Vec<usize> {
+    let counts = std::env::var("LEVEE_SCALE_REPLICAS").unwrap_or_else(|_| "1".into());
+    counts
+        .split_whitespace()
+        .map(|n| n.parse().expect("LEVEE_SCALE_REPLICAS: counts such as \"3 1\""))
+        .collect()
 }
 
 fn measure_for() -> Duration {
@@ -225,13 +237,57 @@ async fn drain(pods: &Api<Pod>, redis: &RedisServer, burst: &[usize]) {
     }
 }
 
-fn writes_by_kind(levee: &Levee) -> Vec<f64> {
+/// API writes by kind, summed over the replicas.
+fn writes_by_kind(replicas: &[Levee]) -> Vec<f64> {
     WRITE_KINDS
         .iter()
         .map(|kind| {
-            levee
-                .metric(&format!("levee_api_writes_total{{kind=\"{kind}\"}}"))
-                .expect("/metrics answers and exports the series")
+            replicas
+                .iter()
+                .map(|levee| {
+                    levee
+                        .metric(&format!("levee_api_writes_total{{kind=\"{kind}\"}}"))
+                        .expect("/metrics answers and exports the series")
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// Every command Redis has processed since it started (`INFO stats`).
+fn redis_commands(redis: &RedisServer) -> u64 {
+    let info = redis.cli(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats has total_commands_processed")
+}
+
+/// `replicas` levee processes running `binary`: one alone without a Lease, or a ring sharing
+/// the policies with peers (`--peer-url` on each one's metrics API port, as the chart sets it).
+fn start_replicas(binary: &Path, ns: &str, replicas: usize) -> Vec<Levee> {
+    // As in production: info logs.
+    let env = [("RUST_LOG".to_string(), "info".to_string())];
+    if replicas == 1 {
+        return vec![Levee::start_binary(binary, ns, &["--leader-elect=false"], &env)];
+    }
+    let ring = format!("levee-scale-{ns}");
+    let token = format!("--peer-token-file={}", peer_token_file().display());
+    (0..replicas)
+        .map(|i| {
+            let api_port = levee_e2e::redis::free_port();
+            let peer_url = format!("--peer-url=https://127.0.0.1:{api_port}");
+            let identity = format!("replica-{i}");
+            let args = [
+                "--ownership=shards",
+                "--leader-election-name",
+                &ring,
+                "--identity",
+                &identity,
+                &peer_url,
+                &token,
+            ];
+            Levee::start_binary_with_api_port(binary, ns, &args, &env, api_port)
         })
         .collect()
 }
@@ -258,19 +314,27 @@ fn binaries() -> Vec<PathBuf> {
     vec![binary]
 }
 
-/// One row of the table.
-struct Row {
-    binary: String,
+/// One replica's resident memory and CPU at steady state.
+struct Usage {
     rss: f64,
     peak: f64,
     anon: f64,
     cpu: f64,
+}
+
+/// One row of the table.
+struct Row {
+    binary: String,
+    replicas: Vec<Usage>,
+    /// Until every pod was marked, when the run started on unmarked pods (the first).
+    marked_after: Option<Duration>,
     writes_per_minute: Vec<f64>,
+    redis_per_second: f64,
     bursts: Vec<Option<Duration>>,
 }
 
 fn measure(
-    binary: &Path,
+    (binary, replica_count): (&Path, usize),
     runtime: &tokio::runtime::Runtime,
     client: &kube::Client,
     ns: &str,
@@ -278,10 +342,12 @@ fn measure(
     count: usize,
 ) -> Row {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    // As in production: info logs.
-    let env = [("RUST_LOG".to_string(), "info".to_string())];
-    let mut levee = Levee::start_binary(binary, ns, &["--leader-elect=false"], &env);
+    let unmarked = runtime
+        .block_on(pods_marked(&pods, "true"))
+        .map(|(_, marked)| marked)
+        == Some(0);
     let started = Instant::now();
+    let mut replicas = start_replicas(binary, ns, replica_count);
     runtime.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(1200);
         while pods_marked(&pods, "true").await.map(|(_, marked)| marked) != Some(count) {
@@ -289,31 +355,52 @@ fn measure(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
+    let marked_after = unmarked.then(|| started.elapsed());
     eprintln!(
-        "{}: every pod marked accepting {:?} after the start",
+        "{} x{}: every pod marked accepting {marked_after:?} after the start",
         binary.display(),
-        started.elapsed()
+        replicas.len()
     );
     std::thread::sleep(SETTLE);
 
-    let (writes_before, cpu_before) = (writes_by_kind(&levee), levee.cpu_time().unwrap());
+    let cpu_time = |replicas: &[Levee]| -> Vec<Duration> {
+        replicas.iter().map(|levee| levee.cpu_time().unwrap()).collect()
+    };
+    let (writes_before, cpu_before) = (writes_by_kind(&replicas), cpu_time(&replicas));
+    let commands_before = redis_commands(redis);
     let measured = Instant::now();
     std::thread::sleep(measure_for());
-    let (writes_after, cpu_after) = (writes_by_kind(&levee), levee.cpu_time().unwrap());
+    let (writes_after, cpu_after) = (writes_by_kind(&replicas), cpu_time(&replicas));
+    let commands_after = redis_commands(redis);
     let elapsed = measured.elapsed();
     let minutes = elapsed.as_secs_f64() / 60.0;
     let mib = |kib: Option<u64>| kib.unwrap_or_default() as f64 / 1024.0;
-    let (rss, anon) = (mib(levee.rss_kib()), mib(levee.anon_rss_kib()));
+    let mut usage: Vec<Usage> = replicas
+        .iter()
+        .zip(cpu_before.iter().zip(&cpu_after))
+        .map(|(levee, (before, after))| Usage {
+            rss: mib(levee.rss_kib()),
+            peak: 0.0,
+            anon: mib(levee.anon_rss_kib()),
+            cpu: (*after - *before).as_secs_f64() / elapsed.as_secs_f64() * 100.0,
+        })
+        .collect();
     let writes_per_minute: Vec<f64> = writes_before
         .iter()
         .zip(&writes_after)
         .map(|(before, after)| (after - before) / minutes)
         .collect();
-    let cpu = (cpu_after - cpu_before).as_secs_f64() / elapsed.as_secs_f64() * 100.0;
-    eprintln!(
-        "{}: steady state: RSS {rss:.1} MiB (anonymous {anon:.1}), CPU {cpu:.1} %, writes/min {writes_per_minute:.0?}",
-        binary.display()
-    );
+    let redis_per_second = (commands_after - commands_before) as f64 / elapsed.as_secs_f64();
+    for (i, replica) in usage.iter().enumerate() {
+        eprintln!(
+            "{} replica {i}: steady state: RSS {:.1} MiB (anonymous {:.1}), CPU {:.1} %",
+            binary.display(),
+            replica.rss,
+            replica.anon,
+            replica.cpu
+        );
+    }
+    eprintln!("writes/min over all replicas {writes_per_minute:.0?}, Redis {redis_per_second:.0} commands/s");
 
     let burst_policies: Vec<usize> = (0..BURST).map(|i| i * count / BURST).collect();
     let mut bursts = Vec::new();
@@ -324,20 +411,42 @@ fn measure(
         runtime.block_on(drain(&pods, redis, &burst_policies));
     }
     bursts.sort_by_key(|took| took.unwrap_or(Duration::MAX));
-    let peak = mib(levee.peak_rss_kib());
-    levee.stop();
+    for (replica, levee) in usage.iter_mut().zip(&replicas) {
+        replica.peak = mib(levee.peak_rss_kib());
+    }
+    // Stopped together: one stopping alone would hand its policies to the others first.
+    for levee in &mut replicas {
+        levee.signal_stop();
+    }
+    for levee in &mut replicas {
+        levee.stop();
+    }
     Row {
         binary: binary
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned(),
-        rss,
-        peak,
-        anon,
-        cpu,
+        replicas: usage,
+        marked_after,
         writes_per_minute,
+        redis_per_second,
         bursts,
+    }
+}
+
+/// `min / median / max` of `values`, each formatted by `format`.
+fn spread(values: &[f64], format: impl Fn(f64) -> String) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.as_slice() {
+        [one] => format(*one),
+        _ => format!(
+            "{} / {} / {}",
+            format(sorted[0]),
+            format(sorted[sorted.len() / 2]),
+            format(sorted[sorted.len() - 1])
+        ),
     }
 }
 
@@ -365,38 +474,55 @@ fn main() {
         started.elapsed()
     );
 
-    let rows: Vec<Row> = binaries()
-        .iter()
-        .map(|binary| measure(binary, &runtime, &client, &ns, &redis, count))
-        .collect();
+    let mut rows = Vec::new();
+    for binary in binaries() {
+        for replica_count in replica_counts() {
+            rows.push(measure(
+                (&binary, replica_count),
+                &runtime,
+                &client,
+                &ns,
+                &redis,
+                count,
+            ));
+        }
+    }
     println!(
-        "| build | policies | queues | RSS steady (peak; of which anonymous) | CPU of one core | writes/min: {} | heartbeats due/min | burst of {BURST} -> last pod held (min / median / max of {CYCLES}) |",
+        "| build | replicas | policies | queues | RSS steady a replica (peak; anonymous) | CPU of one core a replica | writes/min over all replicas: {} | heartbeats due/min | Redis commands/s | every pod marked after the start | burst of {BURST} -> last pod held (min / median / max of {CYCLES}) |",
         WRITE_KINDS.join(" / ")
     );
-    println!("|---|---:|---:|---:|---:|---|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|");
     for row in rows {
         let writes: Vec<String> = row.writes_per_minute.iter().map(|w| format!("{w:.0}")).collect();
         let ms = |took: Option<Duration>| match took {
             Some(took) => format!("{:.0}", took.as_secs_f64() * 1000.0),
             None => format!("> {}", BURST_PATIENCE.as_millis()),
         };
+        let of = |field: fn(&Usage) -> f64| -> Vec<f64> { row.replicas.iter().map(field).collect() };
+        let mib = |v: f64| format!("{v:.1}");
         println!(
-            "| {} | {count} | {} | {:.1} MiB ({:.1}; {:.1}) | {:.1} % | {} | {:.0} | {} / {} / {} ms |",
+            "| {} | {} | {count} | {} | {} MiB ({}; {}) | {} % | {} | {:.0} | {:.0} | {} | {} / {} / {} ms |",
             row.binary,
+            row.replicas.len(),
             count * QUEUES,
-            row.rss,
-            row.peak,
-            row.anon,
-            row.cpu,
+            spread(&of(|u| u.rss), mib),
+            spread(&of(|u| u.peak), mib),
+            spread(&of(|u| u.anon), mib),
+            spread(&of(|u| u.cpu), mib),
             writes.join(" / "),
             count as f64 * 60.0 / HEARTBEAT.as_secs_f64(),
+            row.redis_per_second,
+            row.marked_after.map_or("marks in place".into(), |after| format!(
+                "{:.0} s",
+                after.as_secs_f64()
+            )),
             ms(row.bursts[0]),
             ms(row.bursts[CYCLES / 2]),
             ms(row.bursts[CYCLES - 1]),
         );
     }
     println!(
-        "\n(each build measured over {:.0} s after {:.0} s of settling; 1 s sample interval, {:.0} s status heartbeat unless the build says otherwise, info logs)",
+        "\n(each build measured over {:.0} s after {:.0} s of settling; 1 s sample interval, {:.0} s status heartbeat unless the build says otherwise, info logs; several replicas: min / median / max over them)",
         measure_for().as_secs_f64(),
         SETTLE.as_secs_f64(),
         HEARTBEAT.as_secs_f64()

@@ -460,7 +460,18 @@ impl Levee {
     /// Like `start`, running `binary` (not LEVEE_BIN's) with `env` added: the scale benchmark
     /// compares builds on the same cluster.
     pub fn start_binary(binary: &Path, namespace: &str, extra: &[&str], env: &[(String, String)]) -> Self {
-        let (metrics_port, api_port) = (redis::free_port(), redis::free_port());
+        Self::start_binary_with_api_port(binary, namespace, extra, env, redis::free_port())
+    }
+
+    /// Like `start_binary`, its metrics API listening on `api_port` (a replica's `--peer-url`).
+    pub fn start_binary_with_api_port(
+        binary: &Path,
+        namespace: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+        api_port: u16,
+    ) -> Self {
+        let metrics_port = redis::free_port();
         let args = Self::run_args(namespace, extra, metrics_port, api_port);
         Self::launch_binary(binary, &args, env, metrics_port, api_port)
     }
@@ -610,9 +621,14 @@ impl Levee {
         Some(Duration::from_millis(ticks * 10))
     }
 
+    /// Sends it SIGTERM without waiting (several replicas stopped together).
+    pub fn signal_stop(&self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+    }
+
     /// Stops it like Kubernetes does (SIGTERM) and waits.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        self.signal_stop();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {

@@ -350,8 +350,21 @@ fn measure(
     let mut replicas = start_replicas(binary, ns, replica_count);
     runtime.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(1200);
-        while pods_marked(&pods, "true").await.map(|(_, marked)| marked) != Some(count) {
+        let mut progress = Instant::now();
+        loop {
+            let marked = pods_marked(&pods, "true").await.map(|(_, marked)| marked);
+            if marked == Some(count) {
+                break;
+            }
             assert!(Instant::now() < deadline, "every pod marked accepting");
+            // How the marking progresses: where a start spends its time.
+            if progress.elapsed() >= Duration::from_secs(10) {
+                eprintln!(
+                    "{:?} after the start: {marked:?} of {count} pods marked",
+                    started.elapsed()
+                );
+                progress = Instant::now();
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });

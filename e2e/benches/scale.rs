@@ -272,11 +272,10 @@ fn start_replicas(binary: &Path, ns: &str, replicas: usize) -> Vec<Levee> {
         return vec![Levee::start_binary(binary, ns, &["--leader-elect=false"], &env)];
     }
     let ring = format!("levee-scale-{ns}");
-    let token = format!("--peer-token-file={}", peer_token_file().display());
     (0..replicas)
         .map(|i| {
             let api_port = levee_e2e::redis::free_port();
-            let peer_url = format!("--peer-url=https://127.0.0.1:{api_port}");
+            let [peer_url, token] = peer_args(api_port);
             let identity = format!("replica-{i}");
             let args = [
                 "--ownership=shards",

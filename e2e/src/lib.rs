@@ -344,6 +344,15 @@ pub fn peer_token_file() -> PathBuf {
     .clone()
 }
 
+/// The flags that make a replica share what it samples with its peers, as the chart sets them:
+/// `--peer-url` on its metrics API port `api_port`, and the token it shows them.
+pub fn peer_args(api_port: u16) -> [String; 2] {
+    [
+        format!("--peer-url=https://127.0.0.1:{api_port}"),
+        format!("--peer-token-file={}", peer_token_file().display()),
+    ]
+}
+
 /// levee as the cluster's external metrics API: the chart's own metrics API objects (its generated
 /// CA and serving certificate, the Service, ExternalName `localhost` or `host_address()` since
 /// there is no kube-proxy here, and the APIService with the CA as caBundle) rendered with `sets`,

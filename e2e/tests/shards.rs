@@ -31,8 +31,7 @@ fn producer(i: usize) -> String {
 /// its peers (`--peer-url` on its metrics API port, as the chart sets it).
 fn replica(fixture: &Fixture, ring: &str, identity: &str, extra: &[&str]) -> Levee {
     let api_port = levee_e2e::redis::free_port();
-    let peer_url = format!("--peer-url=https://127.0.0.1:{api_port}");
-    let token = format!("--peer-token-file={}", peer_token_file().display());
+    let [peer_url, token] = peer_args(api_port);
     let mut args = vec![
         "--ownership=shards",
         "--leader-election-name",
@@ -613,10 +612,9 @@ fn a_follower_serves_the_leaders_values_and_leaves_redis_alone() {
     let lease = format!("levee-led-{}", fixture.ns());
     sharded_policies(&fixture);
     small_backlogs(&fixture);
-    let token = format!("--peer-token-file={}", peer_token_file().display());
     let start = |identity: &str| {
         let api_port = levee_e2e::redis::free_port();
-        let peer_url = format!("--peer-url=https://127.0.0.1:{api_port}");
+        let [peer_url, token] = peer_args(api_port);
         let args = [
             "--leader-election-name",
             &lease,

@@ -69,6 +69,8 @@ pub struct Metrics {
     /// This replica's requests for its peers' values, by peer and result
     /// (`controller::peers::FETCH_RESULTS`).
     pub peer_fetches: IntCounterVec,
+    /// Policies with a task on this replica: those it owns (and, without peers, every one).
+    pub policy_tasks: IntGauge,
     /// Calls to the KEDA external scaler, by rpc and gRPC status code.
     pub external_scaler_requests: IntCounterVec,
     /// `StreamIsActive` streams open now.
@@ -217,6 +219,10 @@ impl Metrics {
                 "levee_peer_fetches_total",
                 "Requests for a peer's values by peer and result: ok, unreachable (no connection, TLS or a timeout), refused (an HTTP error status), invalid (an answer levee cannot take)",
                 &["peer", "result"],
+            ),
+            policy_tasks: single_gauge(
+                "levee_policy_tasks",
+                "Policies this replica runs a task for: those it owns; with peers, others only while their owner's values do not arrive",
             ),
             external_scaler_requests: counter(
                 "levee_external_scaler_requests_total",

@@ -549,6 +549,20 @@ fn sampled_once_per_tick(fixture: &Fixture, replicas: &BTreeMap<&'static str, Le
     }
 }
 
+/// Waits until the replicas' policy tasks (`levee_policy_tasks`) add up to the policies, one
+/// each: a replica runs tasks for its share only, none for a policy whose owner's values reach it.
+fn tasks_split_the_policies(replicas: &BTreeMap<&'static str, Levee>) {
+    wait_until("one task a policy over the replicas", PATIENCE, || {
+        let tasks: Vec<f64> = replicas
+            .values()
+            .map(|levee| levee.metric("levee_policy_tasks").expect("levee_policy_tasks"))
+            .collect();
+        eprintln!("policy tasks by replica: {tasks:?}");
+        (tasks.iter().sum::<f64>() == POLICIES as f64 && tasks.iter().all(|&n| n < POLICIES as f64))
+            .then_some(())
+    });
+}
+
 /// `GET /peer/values` of `identity` (its URL and certificate from its ring Lease) with `token`,
 /// pinned to `fingerprint` when given (else the Lease's).
 fn ask_peer(
@@ -637,6 +651,14 @@ fn a_follower_serves_the_leaders_values_and_leaves_redis_alone() {
     });
     std::thread::sleep(Duration::from_secs(2));
     sampled_once_per_tick(&fixture, &replicas, Duration::from_secs(6));
+    wait_until("the leader alone running policy tasks", PATIENCE, || {
+        let tasks = |identity: &str| {
+            replicas[identity]
+                .metric("levee_policy_tasks")
+                .expect("levee_policy_tasks")
+        };
+        (tasks("led-a") == POLICIES as f64 && tasks("led-b") == 0.0).then_some(())
+    });
 }
 
 #[test]
@@ -687,6 +709,7 @@ fn only_a_policys_owner_samples_it_and_every_replica_serves_every_policy() {
     // Past the replicas' first ticks and the join wait (one lease duration).
     std::thread::sleep(LEASE_DURATION);
     sampled_once_per_tick(&fixture, &replicas, Duration::from_secs(6));
+    tasks_split_the_policies(&replicas);
     for levee in replicas.values() {
         let fetched = levee.metric_sum("levee_peer_fetches_total").unwrap_or(0.0);
         assert!(fetched > 0.0, "a replica that never asked its peers");
@@ -777,4 +800,5 @@ fn only_a_policys_owner_samples_it_and_every_replica_serves_every_policy() {
     // The victim left the others' ring one lease duration after its last renewal: they own its
     // policies by now.
     sampled_once_per_tick(&fixture, &replicas, Duration::from_secs(6));
+    tasks_split_the_policies(&replicas);
 }

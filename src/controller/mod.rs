@@ -8,8 +8,9 @@
 //!            status (SSA) · events · actuator ──▶ workload + pod annotations, pod condition
 //!  Pods / Deployments / StatefulSets / DaemonSets ──reflectors──▶ in-memory stores
 //! ```
-//! Every replica samples; only the Lease holder writes. A follower mirrors the circuit from the
-//! policy's status, so a new leader continues where the old one stopped.
+//! Only a policy's owner (the leader, or its replica in the ring) samples, decides and writes
+//! for it; with peers the others keep no task for it and serve the owner's values. A replica
+//! that takes a policy over resumes the circuit from its status.
 
 mod actuator;
 mod autoscaler;
@@ -302,6 +303,7 @@ pub async fn run(
         .peer
         .clone()
         .map(|peer| tokio::spawn(peers::sync(context.clone(), peer_source, peer)));
+    let standby_task = tokio::spawn(policy_task::check_standbys(context.clone()));
     let stores = &context.stores;
     futures::join!(
         stores.pods.wait_until_ready(),
@@ -368,6 +370,7 @@ pub async fn run(
     context.tasks.stop_all(SHUTDOWN_GRACE).await;
     reflector_task.abort();
     peer_task.inspect(tokio::task::JoinHandle::abort);
+    standby_task.abort();
     if let Some(task) = ownership_task {
         task.stop().await;
     }
@@ -470,14 +473,15 @@ fn start_reflectors(
     })
 }
 
-/// Keeps one policy task per policy; only the leader adds and honours the finalizer.
+/// Keeps a task for each policy this replica owns (for every policy without peers) and the
+/// others on standby; only the owner adds and honours the finalizer.
 #[tracing::instrument(skip_all, fields(policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
 async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Result<Action> {
     if !context.owns(&policy) {
         if policy.meta().deletion_timestamp.is_none() {
-            context.tasks.ensure(&context, policy);
+            context.tasks.stand_by(&context, policy);
         } else {
-            // The leader releases the targets; a follower stops sampling and serving the policy.
+            // The owner releases the targets; another replica stops serving the policy.
             context.tasks.stop(&policy);
             forget(&context, &policy);
         }

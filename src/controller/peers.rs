@@ -242,11 +242,7 @@ async fn fetch(
         Ok(policies) => policies,
         Err(error) => return count(context, identity, "invalid", &error),
     };
-    for values in policies {
-        if !context.owns_key(&values.namespace, &values.policy) {
-            context.values.take_from_peer(values);
-        }
-    }
+    context.tasks.take_from_peers(context, policies);
     count(context, identity, "ok", "");
     Some(position)
 }

@@ -181,20 +181,26 @@ impl MetricValues {
         }
     }
 
-    /// Takes values a peer sent for a policy this replica runs (a slot holds values already) and
+    /// Takes values a peer sent for a policy this replica knows of (the caller's to check) and
     /// does not sample as its owner: in place of its own sample while they are fresh (however
     /// recent its own: the replica then stops sampling the policy), else when newer than what it
     /// holds; whether they were taken.
     pub fn take_from_peer(&self, values: PolicyValues) -> bool {
         let fresh = values.fresh_from_peer(Instant::now());
-        let namespaces = self.namespaces.read().expect("metric values lock");
-        let Some(slot) = namespaces
-            .get(&values.namespace)
-            .and_then(|policies| policies.get(&values.policy))
-        else {
-            return false;
-        };
+        let mut namespaces = self.namespaces.write().expect("metric values lock");
+        let slot = namespaces
+            .entry(values.namespace.clone())
+            .or_default()
+            .entry(values.policy.clone())
+            .or_insert_with(|| watch::Sender::new(None));
         slot.send_if_modified(|held| match held {
+            None => {
+                *held = Some(Arc::new(PolicyValues {
+                    published: self.next_number(),
+                    ..values
+                }));
+                true
+            }
             Some(current)
                 if (current.source == Source::Follower && fresh)
                     || (current.source != Source::Owner && current.sampled < values.sampled) =>
@@ -342,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn peer_values_replace_only_older_values_of_a_policy_run_here_and_not_sampled_as_owner() {
+    fn peer_values_replace_only_older_values_of_a_policy_not_sampled_here_as_owner() {
         let store = MetricValues::default();
         let start = Instant::now();
         let from_peer = |pending: u64, at: Instant| PolicyValues {
@@ -351,9 +357,10 @@ mod tests {
             ..values(Timestamp::now(), at)
         };
         assert!(
-            !store.take_from_peer(from_peer(1, start)),
-            "a policy not run here is not invented"
+            store.take_from_peer(from_peer(1, start)),
+            "a policy with no values here takes the owner's"
         );
+        store.forget("jobs", "p");
         let now = Instant::now();
         let mut follower = values(Timestamp::now(), now);
         follower.source = Source::Follower;

@@ -28,17 +28,42 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use writes::{Job, Writes};
 
-struct Running {
+/// A policy this replica knows of, and its task when it runs one.
+struct Entry {
+    /// Its UID: a policy recreated under the same name gets a new task.
+    uid: String,
     latest: watch::Sender<Arc<BackpressurePolicy>>,
-    handle: JoinHandle<()>,
+    /// `None` while the replica stands by: it does not own the policy and serves what the owner
+    /// publishes (`peers.rs`).
+    task: Option<JoinHandle<()>>,
+    /// Since when it has stood by (or was first known), for the grace before it samples the
+    /// policy itself because the owner's values do not arrive.
+    idle_since: Instant,
+}
+
+impl Entry {
+    fn start(&mut self, context: &Arc<Context>) {
+        self.task = Some(tokio::spawn(run(context.clone(), self.latest.subscribe())));
+    }
+
+    fn running(&self) -> bool {
+        self.task.as_ref().is_some_and(|task| !task.is_finished())
+    }
 }
 
 /// Heartbeat-only status writes in flight at once, over every policy.
 const HEARTBEATS_IN_FLIGHT: usize = 8;
 
-/// The running policy tasks, by policy UID.
+/// How often a replica with peers looks for policies it stands by whose owner's values stopped
+/// arriving.
+pub const STANDBY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The policies this replica knows of, by namespace and name, and their tasks. A replica runs a
+/// task for each policy it owns, and, without peers, for every policy. With peers it keeps no
+/// task for a policy it does not own while the owner's values arrive (they are served as they
+/// come, `peers.rs`): one replica's tasks are its share of the policies, not all of them.
 pub struct PolicyTasks {
-    running: Mutex<HashMap<String, Running>>,
+    known: Mutex<HashMap<String, Entry>>,
     /// A heartbeat (a status write with nothing new in it) is sent only when one of these is
     /// free, else on a later tick: heartbeats then never queue up in front of a transition's
     /// write, however many policies there are (5,000 policies owe the API server 167 a second).
@@ -48,7 +73,7 @@ pub struct PolicyTasks {
 impl Default for PolicyTasks {
     fn default() -> Self {
         Self {
-            running: Mutex::default(),
+            known: Mutex::default(),
             heartbeat_slots: tokio::sync::Semaphore::new(HEARTBEATS_IN_FLIGHT),
         }
     }
@@ -57,35 +82,108 @@ impl Default for PolicyTasks {
 impl PolicyTasks {
     /// Starts the policy's task, or hands the running one the latest object.
     pub fn ensure(&self, context: &Arc<Context>, policy: Arc<BackpressurePolicy>) {
-        let uid = task_key(&policy);
-        let mut running = self.running.lock().expect("task map lock");
-        if let Some(task) = running.get(&uid).filter(|task| !task.handle.is_finished()) {
-            task.latest.send_replace(policy);
-            return;
-        }
-        let (latest, receiver) = watch::channel(policy);
-        let handle = tokio::spawn(run(context.clone(), receiver));
-        running.insert(uid, Running { latest, handle });
+        self.keep(context, policy, true);
     }
 
-    /// Stops the policy's task.
-    pub fn stop(&self, policy: &BackpressurePolicy) {
-        let uid = task_key(policy);
-        if let Some(task) = self.running.lock().expect("task map lock").remove(&uid) {
-            task.handle.abort();
+    /// Keeps the latest object of a policy this replica does not own: a running task gets it
+    /// (it stops once the owner's values arrive); none is started while peers serve it, else
+    /// (no `--peer-url`) one is, as every replica then samples every policy.
+    pub fn stand_by(&self, context: &Arc<Context>, policy: Arc<BackpressurePolicy>) {
+        self.keep(context, policy, context.settings.peer.is_none());
+    }
+
+    fn keep(&self, context: &Arc<Context>, policy: Arc<BackpressurePolicy>, run_it: bool) {
+        let key = policy_key(&policy);
+        let uid = task_key(&policy);
+        let mut known = self.known.lock().expect("task map lock");
+        if let Some(entry) = known.get_mut(&key).filter(|entry| entry.uid == uid) {
+            entry.latest.send_replace(policy);
+            if run_it && !entry.running() {
+                entry.start(context);
+            }
+            return;
         }
+        let mut entry = Entry {
+            uid,
+            latest: watch::Sender::new(policy),
+            task: None,
+            idle_since: Instant::now(),
+        };
+        if run_it {
+            entry.start(context);
+        }
+        if let Some(previous) = known.insert(key, entry) {
+            previous.task.inspect(JoinHandle::abort);
+        }
+    }
+
+    /// Forgets the policy, stopping its task.
+    pub fn stop(&self, policy: &BackpressurePolicy) {
+        let removed = self
+            .known
+            .lock()
+            .expect("task map lock")
+            .remove(&policy_key(policy));
+        if let Some(task) = removed.and_then(|entry| entry.task) {
+            task.abort();
+        }
+    }
+
+    /// Takes values peers sent, for the policies this replica knows of and does not own (under
+    /// the map's lock: a policy deleted meanwhile is not brought back).
+    pub fn take_from_peers(&self, context: &Context, policies: Vec<crate::values::PolicyValues>) {
+        let known = self.known.lock().expect("task map lock");
+        for values in policies {
+            let key = super::ring_key(&values.namespace, &values.policy);
+            if known.contains_key(&key) && !context.owns_key(&values.namespace, &values.policy) {
+                context.values.take_from_peer(values);
+            }
+        }
+    }
+
+    /// Starts a task for each policy stood by that needs one: this replica owns it now, or the
+    /// owner's values have not been fresh for three sample intervals (the owner away or
+    /// unreachable): the metrics never stop, at the cost of sampling it here meanwhile. A task
+    /// that ended otherwise (a panic) is started again. Counts the tasks (`levee_policy_tasks`).
+    pub fn check_standbys(&self, context: &Arc<Context>) {
+        let now = Instant::now();
+        let mut known = self.known.lock().expect("task map lock");
+        let mut running = 0;
+        for (key, entry) in known.iter_mut() {
+            if entry.running() {
+                running += 1;
+                continue;
+            }
+            if entry.task.take().is_some() {
+                entry.idle_since = now;
+            }
+            let policy = entry.latest.borrow().clone();
+            let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
+            let grace = std::time::Duration::from(policy.spec.sample_interval) * 3;
+            let owner_away = now.saturating_duration_since(entry.idle_since) >= grace
+                && !context
+                    .values
+                    .get(&namespace, &name)
+                    .is_some_and(|values| values.fresh_from_peer(now));
+            if context.owns_key(&namespace, &name) || owner_away {
+                tracing::debug!(policy = %key, owner_away, "starting the task of a policy stood by");
+                entry.start(context);
+                running += 1;
+            }
+        }
+        context.metrics.policy_tasks.set(running);
     }
 
     /// Stops every task (shutdown): a task between ticks stops at once, one in a tick finishes
     /// it (its status, producers and events stay consistent) unless `grace` runs out first.
     pub async fn stop_all(&self, grace: std::time::Duration) {
         let handles: Vec<JoinHandle<()>> = self
-            .running
+            .known
             .lock()
             .expect("task map lock")
             .drain()
             // Dropping the sender ends the task's loop once its current tick is done.
-            .map(|(_, task)| task.handle)
+            .filter_map(|(_, entry)| entry.task)
             .collect();
         let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
         if tokio::time::timeout(grace, futures::future::join_all(handles))
@@ -98,6 +196,16 @@ impl PolicyTasks {
             );
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
+    }
+}
+
+/// Checks the policies stood by every [`STANDBY_CHECK`], until dropped.
+pub async fn check_standbys(context: Arc<Context>) {
+    let mut ticker = tokio::time::interval(STANDBY_CHECK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        context.tasks.check_standbys(&context);
     }
 }
 
@@ -322,6 +430,11 @@ fn on_grid(
     origin + std::time::Duration::from_nanos(u64::try_from(periods * period_ns).unwrap_or(u64::MAX))
 }
 
+/// Where the task map keeps a policy: its namespace and name, as peers name it.
+fn policy_key(policy: &BackpressurePolicy) -> String {
+    super::ring_key(&policy.namespace().unwrap_or_default(), &policy.name_any())
+}
+
 /// What identifies a policy's task and fixes its phases: its UID (its name where none is set).
 fn task_key(policy: &BackpressurePolicy) -> String {
     policy.uid().unwrap_or_else(|| policy.name_any())
@@ -339,7 +452,9 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
     let mut state = PolicyState::new(latest.borrow_and_update().clone());
     // A tick's future is boxed for its duration only: the thousand tasks of a thousand policies
     // then hold their state between ticks, not the largest future a tick ever awaits.
-    Box::pin(tick(&context, &mut state)).await;
+    if !Box::pin(tick(&context, &mut state)).await {
+        return state.stand_by(&context).await;
+    }
     let mut interval = ticker(&state.policy);
     let mut discovery = discovery_ticker(&state.policy);
     // Discoveries run in their own task, one at a time; its result comes back through its handle.
@@ -374,7 +489,12 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
             () = next_discovery(&mut discovery), if discovering.is_none() => {
                 discovering = state.start_discovery(&context);
             }
-            _ = interval.tick() => Box::pin(tick(&context, &mut state)).await,
+            _ = interval.tick() => {
+                if !Box::pin(tick(&context, &mut state)).await {
+                    discovering.take().inspect(JoinHandle::abort);
+                    return state.stand_by(&context).await;
+                }
+            }
         }
     }
 }
@@ -412,33 +532,32 @@ async fn next_discovery(ticker: &mut Option<tokio::time::Interval>) {
 }
 
 /// One tick, in phases: a replica that does not own the policy and has fresh values from its
-/// owner (`peers.rs`) mirrors status and stops there, leaving Redis alone; else sample; a
-/// follower mirrors status and stops there; the leader keeps the
+/// owner (`peers.rs`) stops the task there (false), leaving Redis to the owner; else sample; a
+/// replica that does not own the policy mirrors status and stops there; the owner keeps the
 /// HPA in place, decides, and hands what to write to the policy's writes (status, then the
 /// targets brought to what status holds, then events: `writes.rs`), which never hold up the
-/// next tick.
-async fn tick(context: &Arc<Context>, state: &mut PolicyState) {
+/// next tick. True while the task goes on.
+async fn tick(context: &Arc<Context>, state: &mut PolicyState) -> bool {
     if state.owner_publishes(context) {
-        state.acting = false;
-        state.follow_status(context, false);
-        return;
+        return false;
     }
     let sample = state.sample(context).await;
     if !context.owns(&state.policy) {
         state.acting = false;
         state.follow_status(context, true);
-        return;
+        return true;
     }
     if state.policy.meta().deletion_timestamp.is_some() {
-        return;
+        return true;
     }
     if !state.acting {
         state.acting = Box::pin(state.resume(context)).await;
         if !state.acting {
-            return;
+            return true;
         }
     }
     Box::pin(decide_and_hand_over(context, state, sample)).await;
+    true
 }
 
 /// The leader's part of a tick, after sampling.
@@ -581,6 +700,16 @@ impl PolicyState {
                 false
             }
         }
+    }
+
+    /// Ends the task of a policy whose owner publishes its values: what it was writing is
+    /// finished, and the series only the policy's owner publishes (the circuit's, the
+    /// sampling's) leave this replica's `/metrics`; its values stay, as the owner sends them.
+    async fn stand_by(mut self, context: &Context) {
+        self.writes.finish().await;
+        let (namespace, name) = self.names();
+        context.metrics.forget_policy(&namespace, &name);
+        tracing::debug!(%namespace, policy = %name, "the owner publishes the policy's values; standing by");
     }
 
     /// Whether this replica leaves the policy to its owner this tick: it does not act on it, and

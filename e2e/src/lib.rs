@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod audit;
 pub mod fixture;
 pub mod keda;
+pub mod partition;
 
 /// Real `redis-server` processes (shared with the levee crate's tests).
 #[path = "../../tests/support/mod.rs"]
@@ -464,6 +465,13 @@ impl Levee {
         let metrics_port = redis::free_port();
         let args = Self::run_args(namespace, extra, metrics_port, api_port);
         Self::launch(&args, &[], metrics_port, api_port)
+    }
+
+    /// Like `start_with_api_port`, with `env` added (a kubeconfig of its own, say).
+    pub fn start_with_env(namespace: &str, extra: &[&str], env: &[(String, String)], api_port: u16) -> Self {
+        let metrics_port = redis::free_port();
+        let args = Self::run_args(namespace, extra, metrics_port, api_port);
+        Self::launch(&args, env, metrics_port, api_port)
     }
 
     /// Like `start`, running `binary` (not LEVEE_BIN's) with `env` added: the scale benchmark

@@ -1,7 +1,8 @@
 //! Policies spread over three replicas (`--ownership=shards`): each acts on the policies it wins
 //! in the ring of replica Leases, a replica SIGKILLed mid-Open has its policies resumed by the
 //! others from status (producers never released, no second transition), one that can no longer
-//! renew its Lease stops acting before another takes its policies, and scaling 3 -> 5 -> 2 during
+//! renew its Lease (refused by admission) or is cut off from the API server (a blackholed link)
+//! stops acting before another takes its policies, and scaling 3 -> 5 -> 2 during
 //! a burst releases no producer. In the first and the last, the API server's audit log shows every
 //! write made by a replica within one lease duration of its last renewal, and the writers of each
 //! policy following one another, never interleaving. Replicas share what they sample: only a
@@ -30,6 +31,17 @@ fn producer(i: usize) -> String {
 /// The replica `identity` in the ring `ring`, sharing the values of the policies it owns with
 /// its peers (`--peer-url` on its metrics API port, as the chart sets it).
 fn replica(fixture: &Fixture, ring: &str, identity: &str, extra: &[&str]) -> Levee {
+    replica_with_env(fixture, ring, identity, extra, &[])
+}
+
+/// `replica` with `env` added.
+fn replica_with_env(
+    fixture: &Fixture,
+    ring: &str,
+    identity: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Levee {
     let api_port = levee_e2e::redis::free_port();
     let [peer_url, token] = peer_args(api_port);
     let mut args = vec![
@@ -42,7 +54,7 @@ fn replica(fixture: &Fixture, ring: &str, identity: &str, extra: &[&str]) -> Lev
         &token,
     ];
     args.extend(extra);
-    Levee::start_with_api_port(fixture.ns(), &args, api_port)
+    Levee::start_with_env(fixture.ns(), &args, env, api_port)
 }
 
 /// Nine producers of one pod each and nine policies, each holding back its own.
@@ -242,6 +254,12 @@ fn all_in(states: &BTreeMap<String, (String, u64)>, state: &str) -> bool {
 /// burst, every producer held back.
 fn every_policy_open_on_three_replicas(fixture: &Fixture, ring: &str) -> BTreeMap<&'static str, Levee> {
     let replicas = three_replicas(fixture, ring);
+    open_every_policy(fixture);
+    replicas
+}
+
+/// The nine policies Open after a burst, every producer held back.
+fn open_every_policy(fixture: &Fixture) {
     sharded_policies(fixture);
     wait_until("9 producer pods", PATIENCE, || {
         (producer_pods(fixture).len() == POLICIES).then_some(())
@@ -252,7 +270,6 @@ fn every_policy_open_on_three_replicas(fixture: &Fixture, ring: &str) -> BTreeMa
         all_in(&states(fixture), "Open").then_some(())
     });
     wait_producers_accepting(fixture, "False");
-    replicas
 }
 
 /// REPLICAS in `ring`, once each holds its Lease.
@@ -391,6 +408,123 @@ fn a_replica_that_cannot_renew_stops_acting_before_another_takes_its_policies() 
         last.is_some_and(|line| line.contains("[\"shard-b\", \"shard-c\"]")),
         "{last:?}"
     );
+}
+
+/// The replica owning the most policies, as their Open events say.
+fn owner_of_most(fixture: &Fixture) -> String {
+    let opened = wait_until("an Open event per policy", PATIENCE, || {
+        let opened = reporters(fixture, "CircuitOpened");
+        (opened.len() == POLICIES).then_some(opened)
+    });
+    REPLICAS
+        .iter()
+        .max_by_key(|identity| opened.values().filter(|who| who.contains(**identity)).count())
+        .unwrap()
+        .to_string()
+}
+
+/// A network cut, not a refusal: each replica reaches the API server through a link the test
+/// cuts (`levee_e2e::partition`), so the partitioned one's requests hang unanswered. It stops
+/// acting before the others take its policies, never writes past its Lease, no producer is
+/// released and no circuit moves; healed, it joins the ring again.
+#[test]
+fn a_replica_cut_off_from_the_api_server_stops_acting_before_another_takes_its_policies() {
+    let fixture = Fixture::create();
+    let ring = format!("levee-net-{}", fixture.ns());
+    let links: BTreeMap<&str, levee_e2e::partition::ApiServerLink> = REPLICAS
+        .iter()
+        .map(|identity| (*identity, levee_e2e::partition::ApiServerLink::open()))
+        .collect();
+    let replicas: BTreeMap<&str, Levee> = REPLICAS
+        .iter()
+        .map(|identity| {
+            let env = links[identity].env();
+            (
+                *identity,
+                replica_with_env(&fixture, &ring, identity, &[LEASE], &env),
+            )
+        })
+        .collect();
+    wait_until("three replica Leases", PATIENCE, || {
+        (ring_holders(LEVEE_NAMESPACE, &ring).len() == 3).then_some(())
+    });
+    open_every_policy(&fixture);
+    let victim = owner_of_most(&fixture);
+    let before = states(&fixture);
+    let offsets: BTreeMap<&str, usize> = replicas
+        .iter()
+        .map(|(identity, levee)| (*identity, levee.log().len()))
+        .collect();
+    let since = |identity: &str| {
+        replicas[identity]
+            .log()
+            .get(offsets[identity]..)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let others: Vec<&str> = REPLICAS.into_iter().filter(|r| *r != victim).collect();
+    let without_victim = |log: &str| {
+        log.lines().any(|line| {
+            line.contains("shard ring changed")
+                && line.contains("acting=true")
+                && !line.contains(&format!("\"{victim}\""))
+        })
+    };
+
+    links[victim.as_str()].cut();
+    let started = Instant::now();
+    let (mut stopped, mut dropped) = (None, None);
+    while (stopped.is_none() || dropped.is_none()) && started.elapsed() < PATIENCE {
+        if stopped.is_none() && since(&victim).contains("acting=false") {
+            stopped = Some(started.elapsed());
+        }
+        if dropped.is_none() && others.iter().all(|other| without_victim(&since(other))) {
+            dropped = Some(started.elapsed());
+        }
+        assert!(
+            producer_pods(&fixture)
+                .iter()
+                .all(|(_, accepting)| accepting == "False"),
+            "a producer released during the cut"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = stopped.expect("the cut-off replica stopped acting");
+    let dropped = dropped.expect("the others dropped it from the ring");
+    eprintln!(
+        "figure: {victim} cut off from the API server -> it stops acting after {stopped:?}, the others take its policies after {dropped:?} (6 s lease)"
+    );
+    assert!(
+        stopped < dropped,
+        "{victim} still acted when the others took its policies"
+    );
+    // The others act on its policies: a tick or two past the handover, still Open, no new
+    // transition, every producer held.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(states(&fixture), before, "a circuit moved across the partition");
+    wait_producers_accepting(&fixture, "False");
+    writes_follow_the_leases(&fixture, &ring);
+
+    links[victim.as_str()].heal();
+    wait_until("the healed replica back in the others' ring", PATIENCE, || {
+        others
+            .iter()
+            .all(|other| {
+                since(other)
+                    .lines()
+                    .rev()
+                    .find(|line| line.contains("shard ring changed"))
+                    .is_some_and(|line| REPLICAS.iter().all(|r| line.contains(&format!("\"{r}\""))))
+            })
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        states(&fixture),
+        before,
+        "a circuit moved when the replica came back"
+    );
+    wait_producers_accepting(&fixture, "False");
 }
 
 #[test]

@@ -160,6 +160,14 @@ pub async fn join(
     Ok((receiver, task))
 }
 
+/// Sleeps until `at` (for ever without one).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The name of `identity`'s Lease in `ring` (a Lease name is at most 253 characters).
 fn lease_name(ring: &str, identity: &str) -> String {
     let mut name = format!("{ring}-{identity}");
@@ -199,7 +207,30 @@ impl Replica {
     ) {
         loop {
             let due = self.renewal_due();
-            match tokio::time::timeout(self.lease.renew_deadline(), self.step(due)).await {
+            // A renewal that hangs (the API server cut off) must not hold the view past the
+            // moment acting lapses: the view lets go then, and says so, while the step waits.
+            let mut lapses = self.holding.acting_until(Instant::now(), &self.lease);
+            let identity = self.identity.clone();
+            let stepped = {
+                let step = tokio::time::timeout(self.lease.renew_deadline(), self.step(due));
+                tokio::pin!(step);
+                loop {
+                    tokio::select! {
+                        stepped = &mut step => break stepped,
+                        () = sleep_until(lapses), if lapses.is_some() => {
+                            lapses = None;
+                            view.send_if_modified(|current| {
+                                let lapsed = current.acting_until.take().is_some();
+                                if lapsed {
+                                    tracing::info!(members = ?current.members, acting = false, %identity, "shard ring changed");
+                                }
+                                lapsed
+                            });
+                        }
+                    }
+                }
+            };
+            match stepped {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::warn!(%error, "shard lease update failed; retrying"),
                 Err(_) => tracing::warn!("a shard lease request hung; retrying"),

@@ -167,6 +167,7 @@ async fn main() {
             memory: None,
             source: Default::default(),
             published: 0,
+            changed: 0,
         });
     }
     let trust = Arc::new(RequestHeaderTrust::default());

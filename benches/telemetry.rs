@@ -92,6 +92,7 @@ fn main() {
             memory: None,
             source: Default::default(),
             published: 0,
+            changed: 0,
         });
     }
     let mut size = 0;

@@ -314,6 +314,7 @@ mod tests {
             memory: None,
             source: Default::default(),
             published: 0,
+            changed: 0,
         }
     }
 

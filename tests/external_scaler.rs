@@ -162,6 +162,7 @@ fn publish(values: &MetricValues, pending: u64, level: Level) {
         memory: None,
         source: Default::default(),
         published: 0,
+        changed: 0,
     });
     values.publish_circuit(
         "jobs",

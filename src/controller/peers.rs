@@ -237,14 +237,15 @@ async fn fetch(
         Ok(answer) => answer,
         Err(error) => return count(context, identity, "invalid", &error.to_string()),
     };
-    let position = (answer.epoch, answer.upto);
-    let policies = match peer_wire::decode(answer, asked) {
-        Ok(policies) => policies,
+    let (epoch, upto) = (answer.epoch, answer.upto);
+    let received = match peer_wire::decode(answer, asked) {
+        Ok(received) => received,
         Err(error) => return count(context, identity, "invalid", &error),
     };
-    context.tasks.take_from_peers(context, policies);
+    let whole = context.tasks.take_from_peers(context, received);
     count(context, identity, "ok", "");
-    Some(position)
+    // A confirmation of values this replica does not hold: the whole answer next time.
+    Some((epoch, if whole { upto } else { 0 }))
 }
 
 /// The peer path on `base`'s authority, asking for what was published since `since`.

@@ -206,8 +206,10 @@ async fn decide(api: &MetricsApi, client_cn: Option<&str>, parts: &http::request
     }
     if let (Access::Peer, Some(peers)) = (&access, &api.peers) {
         let epoch = peer_wire::process_epoch();
-        let (owned, upto) = api.values.owned_since(peer_wire::since(parts.uri.query(), epoch));
-        let answer = peer_wire::encode(&peers.replica, epoch, upto, &owned, std::time::Instant::now());
+        let since = peer_wire::since(parts.uri.query(), epoch);
+        let (owned, upto) = api.values.owned_since(since);
+        let now = std::time::Instant::now();
+        let answer = peer_wire::encode(&peers.replica, epoch, (since, upto), &owned, now);
         return Reply {
             status: 200,
             body: ReplyBody::Raw {

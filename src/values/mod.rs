@@ -50,6 +50,10 @@ pub struct PolicyValues {
     /// Where these stand in the store's publications (set by the store): a peer asks for what
     /// was published since the last number it saw.
     pub published: u64,
+    /// The owner's publication at which these values last differed from the ones before, in
+    /// anything but when they were sampled (set by the owner's store; a peer's values keep the
+    /// owner's number): a peer that holds them is only told they were sampled again.
+    pub changed: u64,
 }
 
 /// Who measured a policy's values.
@@ -126,6 +130,19 @@ impl PolicyValues {
         }
     }
 
+    /// Whether these say what `other` says, when they were sampled aside.
+    pub fn same_content(&self, other: &PolicyValues) -> bool {
+        self.pending == other.pending
+            && self.queues == other.queues
+            && self.latency == other.latency
+            && self.forecast == other.forecast
+            && self.failed == other.failed
+            && self.interval == other.interval
+            && self.circuit == other.circuit
+            && self.memory == other.memory
+            && self.source == other.source
+    }
+
     /// `used_memory / maxmemory` of the fullest master; `None` without a reading or a limit.
     pub fn memory_ratio(&self) -> Option<f64> {
         let memory = self.memory?;
@@ -173,12 +190,48 @@ impl MetricValues {
         let policies = namespaces.entry(values.namespace.clone()).or_default();
         match policies.get(&values.policy) {
             Some(slot) => {
+                values.changed = match slot.borrow().as_deref() {
+                    Some(previous) if previous.same_content(&values) => previous.changed,
+                    _ => values.published,
+                };
                 slot.send_replace(Some(Arc::new(values)));
             }
             None => {
+                values.changed = values.published;
                 policies.insert(values.policy.clone(), watch::Sender::new(Some(Arc::new(values))));
             }
         }
+    }
+
+    /// Takes a peer's word that a policy's values, as they stood at its publication `changed`,
+    /// were sampled again at `sampled` (`sampled_at` on the wall clock): the held values are
+    /// renewed when they came from that peer at that publication (subscribers are not woken:
+    /// nothing they read changed). False when they did not: this replica holds other values and
+    /// needs the peer's whole answer.
+    pub fn confirm_from_peer(&self, confirmed: &peer_wire::Confirmed) -> bool {
+        let namespaces = self.namespaces.read().expect("metric values lock");
+        let Some(slot) = namespaces
+            .get(&confirmed.namespace)
+            .and_then(|policies| policies.get(&confirmed.policy))
+        else {
+            return false;
+        };
+        let mut renewed = false;
+        slot.send_if_modified(|held| {
+            if let Some(current) = held
+                && current.source == confirmed.source
+                && current.changed == confirmed.changed
+            {
+                renewed = true;
+                if current.sampled < confirmed.sampled {
+                    let values = Arc::make_mut(current);
+                    values.sampled = confirmed.sampled;
+                    values.sampled_at = confirmed.sampled_at;
+                }
+            }
+            false
+        });
+        renewed
     }
 
     /// Takes values a peer sent for a policy this replica knows of (the caller's to check) and
@@ -238,6 +291,7 @@ impl MetricValues {
                 let values = Arc::make_mut(values);
                 values.circuit = Some(circuit);
                 values.published = self.next_number();
+                values.changed = values.published;
                 true
             }
             _ => false,
@@ -344,6 +398,7 @@ mod tests {
             memory: None,
             source: Source::Owner,
             published: 0,
+            changed: 0,
         }
     }
 

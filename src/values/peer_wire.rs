@@ -7,8 +7,12 @@
 //!
 //! A peer asks for what changed: `?epoch=E&since=N` returns the policies published after the
 //! owner's publication `N` when `E` is the owner's process (its `epoch`), else all of them; the
-//! answer says up to which publication it goes (`upto`). Every tick publishes, so the bytes a
-//! peer reads follow the policies' ticks, not how often it asks.
+//! answer says up to which publication it goes (`upto`). Every tick publishes, but a policy
+//! whose values did not change since `N` (nothing but when they were sampled: `changed` <= `N`)
+//! is only confirmed: its name, the publication its values stand at, and when it was sampled
+//! again, about a tenth of its values' bytes. A receiver that does not hold those values asks
+//! for everything next time. So the bytes a peer reads follow what moved, not how many
+//! policies tick nor how often it asks.
 
 use super::{CircuitValues, MemoryValues, PolicyValues, QueueValues, Source};
 use crate::api::names::{check_dns_label, check_queue_name};
@@ -37,6 +41,39 @@ pub struct PeerValues {
     /// The last publication the answer includes: ask `since` it next.
     pub upto: u64,
     pub policies: Vec<WirePolicy>,
+    /// The policies sampled again since `since` whose values did not change.
+    #[serde(default)]
+    pub confirmed: Vec<WireConfirmed>,
+}
+
+/// A policy sampled again, its values as they stood at the owner's publication `changed`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireConfirmed {
+    namespace: String,
+    policy: String,
+    changed: u64,
+    sampled_at_ms: i64,
+    age_ms: u64,
+}
+
+/// A confirmation, checked and placed on this process's clock.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Confirmed {
+    pub namespace: String,
+    pub policy: String,
+    pub changed: u64,
+    pub sampled_at: Timestamp,
+    pub sampled: Instant,
+    /// The peer that sent it, as the values it renews name it.
+    pub source: Source,
+}
+
+/// What an answer carries once checked.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub values: Vec<PolicyValues>,
+    pub confirmed: Vec<Confirmed>,
 }
 
 /// What identifies this process among a replica's restarts.
@@ -76,6 +113,9 @@ pub struct WirePolicy {
     sampled_at_ms: i64,
     /// How long before the answer was built the sample was taken.
     age_ms: u64,
+    /// The owner's publication at which the values last changed.
+    #[serde(default)]
+    changed: u64,
     failed: bool,
     interval_ms: u64,
     circuit: Option<WireCircuit>,
@@ -116,10 +156,31 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The answer of `replica` (process `epoch`) holding `owned` up to publication `upto`, at `now`.
-pub fn encode(replica: &str, epoch: u64, upto: u64, owned: &[Arc<PolicyValues>], now: Instant) -> PeerValues {
-    let policies = owned
+/// The answer of `replica` (process `epoch`) holding `owned` up to publication `upto`, at `now`,
+/// to a peer that has what was published up to `since`: values that changed after it go whole,
+/// the others are confirmed.
+pub fn encode(
+    replica: &str,
+    epoch: u64,
+    (since, upto): (u64, u64),
+    owned: &[Arc<PolicyValues>],
+    now: Instant,
+) -> PeerValues {
+    let (changed, unchanged): (Vec<&Arc<PolicyValues>>, Vec<&Arc<PolicyValues>>) = owned
         .iter()
+        .partition(|values| since == 0 || values.changed > since);
+    let confirmed = unchanged
+        .into_iter()
+        .map(|values| WireConfirmed {
+            namespace: values.namespace.clone(),
+            policy: values.policy.clone(),
+            changed: values.changed,
+            sampled_at_ms: values.sampled_at.as_millisecond(),
+            age_ms: millis(now.saturating_duration_since(values.sampled)),
+        })
+        .collect();
+    let policies = changed
+        .into_iter()
         .map(|values| WirePolicy {
             namespace: values.namespace.clone(),
             policy: values.policy.clone(),
@@ -140,6 +201,7 @@ pub fn encode(replica: &str, epoch: u64, upto: u64, owned: &[Arc<PolicyValues>],
             }),
             sampled_at_ms: values.sampled_at.as_millisecond(),
             age_ms: millis(now.saturating_duration_since(values.sampled)),
+            changed: values.changed,
             failed: values.failed,
             interval_ms: millis(values.interval),
             circuit: values.circuit.map(|circuit| WireCircuit {
@@ -158,26 +220,52 @@ pub fn encode(replica: &str, epoch: u64, upto: u64, owned: &[Arc<PolicyValues>],
         epoch,
         upto,
         policies,
+        confirmed,
     }
 }
 
 /// The policies of an answer to a request sent at `asked` (on this process's clock), each
 /// checked; an answer over the counts is refused whole, a bad entry alone is left out.
-pub fn decode(answer: PeerValues, asked: Instant) -> Result<Vec<PolicyValues>, String> {
-    if answer.policies.len() > MAX_POLICIES {
+pub fn decode(answer: PeerValues, asked: Instant) -> Result<Received, String> {
+    let count = answer.policies.len().saturating_add(answer.confirmed.len());
+    if count > MAX_POLICIES {
         return Err(format!(
-            "{} policies in one answer, over the {MAX_POLICIES} levee takes",
-            answer.policies.len()
+            "{count} policies in one answer, over the {MAX_POLICIES} levee takes"
         ));
     }
     if answer.replica.is_empty() || answer.replica.len() > 253 {
         return Err("the answer names no replica (1 to 253 characters)".into());
     }
-    Ok(answer
-        .policies
-        .into_iter()
-        .filter_map(|policy| checked(policy, &answer.replica, asked).ok())
-        .collect())
+    let replica = answer.replica;
+    Ok(Received {
+        values: answer
+            .policies
+            .into_iter()
+            .filter_map(|policy| checked(policy, &replica, asked).ok())
+            .collect(),
+        confirmed: answer
+            .confirmed
+            .into_iter()
+            .filter_map(|confirmed| checked_confirmation(confirmed, &replica, asked).ok())
+            .collect(),
+    })
+}
+
+fn checked_confirmation(wire: WireConfirmed, replica: &str, asked: Instant) -> Result<Confirmed, String> {
+    check_dns_label("the namespace", &wire.namespace)?;
+    check_dns_label("the policy", &wire.policy)?;
+    let age = Duration::from_millis(wire.age_ms);
+    if age > MAX_AGE {
+        return Err(format!("age {age:?}"));
+    }
+    Ok(Confirmed {
+        namespace: wire.namespace,
+        policy: wire.policy,
+        changed: wire.changed,
+        sampled_at: Timestamp::from_millisecond(wire.sampled_at_ms).map_err(|e| e.to_string())?,
+        sampled: asked.checked_sub(age).ok_or("an age before this process began")?,
+        source: Source::Peer(replica.to_string()),
+    })
 }
 
 fn checked(wire: WirePolicy, replica: &str, asked: Instant) -> Result<PolicyValues, String> {
@@ -236,6 +324,7 @@ fn checked(wire: WirePolicy, replica: &str, asked: Instant) -> Result<PolicyValu
         }),
         source: Source::Peer(replica.to_string()),
         published: 0,
+        changed: wire.changed,
     })
 }
 
@@ -272,6 +361,7 @@ mod tests {
             }),
             source: Source::Owner,
             published: 0,
+            changed: 0,
         }
     }
 
@@ -284,16 +374,28 @@ mod tests {
         let start = Instant::now();
         let sampled = start + Duration::from_secs(10);
         let sent = sampled + Duration::from_millis(300);
-        let answer = round_trip(&encode("shard-a", 1, 1, &[Arc::new(owned("p", sampled))], sent));
+        let answer = round_trip(&encode(
+            "shard-a",
+            1,
+            (0, 1),
+            &[Arc::new(owned("p", sampled))],
+            sent,
+        ));
         let asked = sent;
-        let received = decode(answer, asked).unwrap();
+        let received = decode(answer, asked).unwrap().values;
         assert_eq!(received.len(), 1);
         let mut expected = owned("p", sampled);
         expected.source = Source::Peer("shard-a".into());
         assert_eq!(received[0], expected);
         // Asked 50 ms before the owner answered: the sample is placed 50 ms earlier (older).
-        let answer = round_trip(&encode("shard-a", 1, 1, &[Arc::new(owned("p", sampled))], sent));
-        let received = decode(answer, sent - Duration::from_millis(50)).unwrap();
+        let answer = round_trip(&encode(
+            "shard-a",
+            1,
+            (0, 1),
+            &[Arc::new(owned("p", sampled))],
+            sent,
+        ));
+        let received = decode(answer, sent - Duration::from_millis(50)).unwrap().values;
         assert_eq!(received[0].sampled, sampled - Duration::from_millis(50));
     }
 
@@ -317,18 +419,30 @@ mod tests {
         let mut answer = round_trip(&encode(
             "shard-a",
             1,
-            1,
+            (0, 1),
             &[Arc::new(owned("good", now)), Arc::new(owned("bad", now))],
             now,
         ));
         answer.policies[1].namespace = "Not A Label".into();
-        let mut nonsense = round_trip(&encode("shard-a", 1, 1, &[Arc::new(owned("zero", now))], now));
+        let mut nonsense = round_trip(&encode(
+            "shard-a",
+            1,
+            (0, 1),
+            &[Arc::new(owned("zero", now))],
+            now,
+        ));
         nonsense.policies[0].interval_ms = 0;
         answer.policies.append(&mut nonsense.policies);
-        let mut queue = round_trip(&encode("shard-a", 1, 1, &[Arc::new(owned("queue", now))], now));
+        let mut queue = round_trip(&encode(
+            "shard-a",
+            1,
+            (0, 1),
+            &[Arc::new(owned("queue", now))],
+            now,
+        ));
         queue.policies[0].queues[0].name = "spaces are not allowed".into();
         answer.policies.append(&mut queue.policies);
-        let received = decode(answer, now).unwrap();
+        let received = decode(answer, now).unwrap().values;
         let names: Vec<&str> = received.iter().map(|v| v.policy.as_str()).collect();
         assert_eq!(names, ["good"]);
 
@@ -337,12 +451,72 @@ mod tests {
             epoch: 1,
             upto: 1,
             policies: vec![
-                round_trip(&encode("shard-a", 1, 1, &[Arc::new(owned("p", now))], now))
+                round_trip(&encode("shard-a", 1, (0, 1), &[Arc::new(owned("p", now))], now))
                     .policies
                     .remove(0);
                 MAX_POLICIES + 1
             ],
+            confirmed: Vec::new(),
         };
         assert!(decode(many, now).unwrap_err().contains("over the 100000"));
+    }
+
+    #[test]
+    fn values_that_did_not_change_are_only_confirmed_and_renew_what_the_peer_holds() {
+        use crate::values::MetricValues;
+        let owner = MetricValues::default();
+        let start = Instant::now() + Duration::from_secs(5);
+        owner.publish(owned("quiet", start));
+        owner.publish(owned("busy", start));
+        let (first, upto) = owner.owned_since(0);
+        let whole = round_trip(&encode("shard-a", 1, (0, upto), &first, start));
+        assert_eq!(
+            (whole.policies.len(), whole.confirmed.len()),
+            (2, 0),
+            "a first answer is whole"
+        );
+        let receiver = MetricValues::default();
+        for values in decode(whole, start).unwrap().values {
+            assert!(receiver.take_from_peer(values));
+        }
+
+        // A tick later: "busy" moved, "quiet" was sampled again with the same figures.
+        let later = start + Duration::from_secs(1);
+        owner.publish(owned("quiet", later));
+        let mut busy = owned("busy", later);
+        busy.pending = 43;
+        owner.publish(busy);
+        let (next, upto_next) = owner.owned_since(upto);
+        let answer = round_trip(&encode("shard-a", 1, (upto, upto_next), &next, later));
+        let whole_bytes = serde_json::to_vec(&answer.policies[0]).unwrap().len();
+        let confirmed_bytes = serde_json::to_vec(&answer.confirmed[0]).unwrap().len();
+        assert_eq!(answer.policies.len(), 1);
+        assert_eq!(answer.policies[0].policy, "busy");
+        assert_eq!(answer.confirmed.len(), 1);
+        assert!(
+            confirmed_bytes * 3 < whole_bytes,
+            "{confirmed_bytes} vs {whole_bytes} bytes"
+        );
+        let received = decode(answer, later).unwrap();
+        for values in received.values {
+            assert!(receiver.take_from_peer(values));
+        }
+        let confirmed = &received.confirmed[0];
+        assert!(receiver.confirm_from_peer(confirmed));
+        let quiet = receiver.get("jobs", "quiet").unwrap();
+        assert_eq!(quiet.sampled, later, "renewed");
+        assert_eq!(quiet.pending, 42);
+        assert_eq!(receiver.get("jobs", "busy").unwrap().pending, 43);
+
+        // Another replica's values, or values of another publication, are not renewed by it.
+        let mut stranger = confirmed.clone();
+        stranger.source = Source::Peer("shard-b".into());
+        assert!(!receiver.confirm_from_peer(&stranger));
+        let mut other = confirmed.clone();
+        other.changed += 100;
+        assert!(!receiver.confirm_from_peer(&other));
+        let mut unknown = confirmed.clone();
+        unknown.policy = "never-sent".into();
+        assert!(!receiver.confirm_from_peer(&unknown));
     }
 }

@@ -129,16 +129,28 @@ impl PolicyTasks {
         }
     }
 
-    /// Takes values peers sent, for the policies this replica knows of and does not own (under
-    /// the map's lock: a policy deleted meanwhile is not brought back).
-    pub fn take_from_peers(&self, context: &Context, policies: Vec<crate::values::PolicyValues>) {
+    /// Takes what a peer sent for the policies this replica knows of and does not own (under
+    /// the map's lock: a policy deleted meanwhile is not brought back): its values, and its
+    /// confirmations that values it sent before were sampled again. False when a confirmation
+    /// named values this replica does not hold (it took another's, or its own sample since):
+    /// the peer is then asked for everything.
+    pub fn take_from_peers(&self, context: &Context, received: crate::values::peer_wire::Received) -> bool {
         let known = self.known.lock().expect("task map lock");
-        for values in policies {
-            let key = super::ring_key(&values.namespace, &values.policy);
-            if known.contains_key(&key) && !context.owns_key(&values.namespace, &values.policy) {
+        let takes = |namespace: &str, policy: &str| {
+            known.contains_key(&super::ring_key(namespace, policy)) && !context.owns_key(namespace, policy)
+        };
+        for values in received.values {
+            if takes(&values.namespace, &values.policy) {
                 context.values.take_from_peer(values);
             }
         }
+        let unheld = received
+            .confirmed
+            .iter()
+            .filter(|confirmed| takes(&confirmed.namespace, &confirmed.policy))
+            .filter(|confirmed| !context.values.confirm_from_peer(confirmed))
+            .count();
+        unheld == 0
     }
 
     /// Starts a task for each policy stood by that needs one: this replica owns it now, or the

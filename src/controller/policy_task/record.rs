@@ -96,6 +96,7 @@ pub fn publish_values(
             Source::Follower
         },
         published: 0,
+        changed: 0,
     };
     if let Some(previous) = context.values.get(&values.namespace, &values.policy) {
         values.keep_last_known(&previous, sample.is_err());

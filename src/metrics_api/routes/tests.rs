@@ -40,6 +40,7 @@ fn values() -> MetricValues {
         },
         source: Default::default(),
         published: 0,
+        changed: 0,
     };
     values.publish(policy("rule-engine", 1500, 1, false));
     values.publish(policy("mailer", 40, 0, false));

@@ -316,26 +316,33 @@ async fn a_missing_target_is_reported_without_requests() {
 async fn a_new_policy_first_gets_the_finalizer() {
     let (client, mut server) = mock();
     let context = Context::for_tests(client, stores(vec![], vec![]));
-    let policy = policy(json!({}));
-    let reply = json!(policy);
+    let policy = Arc::new(policy(json!({})));
+    let reply = json!(self::policy(json!({"finalizers": ["other.example/keep", FINALIZER]})));
     let verifier = tokio::spawn(async move {
-        let body = expect(
-            &mut server,
-            "PATCH",
-            "/apis/levee.dev/v1alpha1/namespaces/jobs/backpressurepolicies/p",
-            JSON_PATCH,
-            reply,
-        )
-        .await;
-        let added = body
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|op| op["value"] == json!([FINALIZER]) || op["value"] == FINALIZER);
-        assert!(added, "adds {FINALIZER}: {body}");
+        let (request, respond) = server.next_request().await.expect("a request");
+        assert_eq!(request.method(), "PATCH");
+        assert_eq!(
+            request.uri().path(),
+            "/apis/levee.dev/v1alpha1/namespaces/jobs/backpressurepolicies/p"
+        );
+        assert!(
+            request.uri().query().unwrap_or_default().contains("fieldManager=levee-finalizer"),
+            "{}",
+            request.uri()
+        );
+        let content_type = request.headers()["content-type"].to_str().unwrap().to_string();
+        assert_eq!(content_type, "application/apply-patch+yaml");
+        let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        respond.send_response(Response::new(Body::from(serde_json::to_vec(&reply).unwrap())));
+        // Only its own entry, so the apply keeps any other finalizer; the uid, so it never
+        // creates a policy deleted meanwhile.
+        assert_eq!(body["metadata"]["finalizers"], json!([FINALIZER]), "{body}");
+        assert_eq!(body["metadata"]["uid"], "u1", "{body}");
+        assert!(body.get("spec").is_none(), "{body}");
     });
-    within_2s(reconcile(Arc::new(policy), context)).await.unwrap();
+    within_2s(reconcile(policy.clone(), context.clone())).await.unwrap();
     verifier.await.unwrap();
+    context.tasks.stop(&policy);
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod actuator;
 mod autoscaler;
 mod backoff;
 mod clock;
+mod fresh_status;
 mod indexed_store;
 pub mod judgement;
 mod leader;
@@ -200,6 +201,8 @@ pub struct Context {
     pub clock: clock::CircuitClock,
     ownership: Ownership,
     tasks: PolicyTasks,
+    /// Status read afresh for the policies about to be taken over, one LIST for all of them.
+    fresh_status: fresh_status::FreshStatus,
     /// `settings.concurrent_writers` permits: a cold start of 1,000 policies would otherwise
     /// queue 1,000 ticks' worth of requests behind the client's concurrency limit at once, and
     /// the allocator kept what they took (docs/benchmarks.md#scale).
@@ -293,6 +296,7 @@ pub async fn run(
         clock: clock::CircuitClock::start(),
         ownership,
         tasks: PolicyTasks::default(),
+        fresh_status: fresh_status::FreshStatus::default(),
         writers: tokio::sync::Semaphore::new(settings.concurrent_writers.max(1)),
         client: client.clone(),
         settings,
@@ -573,6 +577,7 @@ impl Context {
             clock: clock::CircuitClock::start(),
             ownership: Ownership::Leader(leader),
             tasks: PolicyTasks::default(),
+            fresh_status: fresh_status::FreshStatus::default(),
             writers: tokio::sync::Semaphore::new(64),
             client,
         })

@@ -317,7 +317,9 @@ async fn a_new_policy_first_gets_the_finalizer() {
     let (client, mut server) = mock();
     let context = Context::for_tests(client, stores(vec![], vec![]));
     let policy = Arc::new(policy(json!({})));
-    let reply = json!(self::policy(json!({"finalizers": ["other.example/keep", FINALIZER]})));
+    let reply = json!(self::policy(
+        json!({"finalizers": ["other.example/keep", FINALIZER]})
+    ));
     let verifier = tokio::spawn(async move {
         let (request, respond) = server.next_request().await.expect("a request");
         assert_eq!(request.method(), "PATCH");
@@ -326,13 +328,18 @@ async fn a_new_policy_first_gets_the_finalizer() {
             "/apis/levee.dev/v1alpha1/namespaces/jobs/backpressurepolicies/p"
         );
         assert!(
-            request.uri().query().unwrap_or_default().contains("fieldManager=levee-finalizer"),
+            request
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .contains("fieldManager=levee-finalizer"),
             "{}",
             request.uri()
         );
         let content_type = request.headers()["content-type"].to_str().unwrap().to_string();
         assert_eq!(content_type, "application/apply-patch+yaml");
-        let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        let body: Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
         respond.send_response(Response::new(Body::from(serde_json::to_vec(&reply).unwrap())));
         // Only its own entry, so the apply keeps any other finalizer; the uid, so it never
         // creates a policy deleted meanwhile.
@@ -340,7 +347,9 @@ async fn a_new_policy_first_gets_the_finalizer() {
         assert_eq!(body["metadata"]["uid"], "u1", "{body}");
         assert!(body.get("spec").is_none(), "{body}");
     });
-    within_2s(reconcile(policy.clone(), context.clone())).await.unwrap();
+    within_2s(reconcile(policy.clone(), context.clone()))
+        .await
+        .unwrap();
     verifier.await.unwrap();
     context.tasks.stop(&policy);
 }
@@ -416,6 +425,7 @@ async fn a_follower_never_writes() {
         clock: leading.clock,
         ownership: Ownership::Leader(leader),
         tasks: PolicyTasks::default(),
+        fresh_status: fresh_status::FreshStatus::default(),
         writers: tokio::sync::Semaphore::new(64),
     });
     let policy = Arc::new(policy(json!({})));

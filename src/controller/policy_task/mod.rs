@@ -691,24 +691,26 @@ impl PolicyState {
         }
     }
 
-    /// Takes the circuit from the status the API server holds now (a read that bypasses the
-    /// watch), before this replica starts to act on the policy. What the last tick mirrored, or
-    /// the watch's copy, can be a tick older than the previous owner's last write: a circuit it
-    /// opened a moment before the handover would be taken as Closed and opened again, a second
-    /// transition with a new `openedSince`. False, and nothing acted on, when the read fails.
+    /// Takes the circuit from the status the API server holds now (a consistent read past the
+    /// watch, shared with every other policy taken over at once: `fresh_status.rs`), before this
+    /// replica starts to act on the policy. What the last tick mirrored, or the watch's copy, can
+    /// be a tick older than the previous owner's last write: a circuit it opened a moment before
+    /// the handover would be taken as Closed and opened again, a second transition with a new
+    /// `openedSince`. False, and nothing acted on, when the read fails or the policy is gone.
     async fn resume(&mut self, context: &Context) -> bool {
         let (namespace, name) = self.names();
-        let api: kube::Api<BackpressurePolicy> = kube::Api::namespaced(context.client.clone(), &namespace);
-        match api.get_status(&name).await {
-            Ok(fresh) => {
+        let api: kube::Api<BackpressurePolicy> = context.settings.api(context.client.clone());
+        match context.fresh_status.read(&api, &namespace, &name).await {
+            Ok(Some(status)) => {
                 let mut policy = (*self.policy).clone();
-                policy.status = fresh.status;
+                policy.status = status;
                 self.policy = Arc::new(policy);
                 self.follow_status(context, false);
                 true
             }
+            Ok(None) => false,
             Err(error) => {
-                tracing::warn!(%namespace, policy = %name, %error, "reading the policy's status to take it over failed; retrying next tick");
+                tracing::warn!(%namespace, policy = %name, %error, "reading the policies' status to take this one over failed; retrying next tick");
                 false
             }
         }

@@ -166,7 +166,10 @@ impl Ownership {
                 .filter(|leading| futures::future::ready(*leading))
                 .map(|_| ())
                 .boxed(),
+            // Only a change after which this replica acts can gain it a policy: acting lapsing
+            // (an API server too slow to renew against) reconciles nothing.
             Self::Shards(view) => tokio_stream::wrappers::WatchStream::from_changes(view.clone())
+                .filter(|view| futures::future::ready(view.acting_until.is_some()))
                 .map(|_| ())
                 .boxed(),
         }
@@ -203,6 +206,9 @@ pub struct Context {
     tasks: PolicyTasks,
     /// Status read afresh for the policies about to be taken over, one LIST for all of them.
     fresh_status: fresh_status::FreshStatus,
+    /// The policies this replica put the finalizer on, by UID, and the resourceVersion of the
+    /// watch's copy then (`with_finalizer`).
+    finalized: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// `settings.concurrent_writers` permits: a cold start of 1,000 policies would otherwise
     /// queue 1,000 ticks' worth of requests behind the client's concurrency limit at once, and
     /// the allocator kept what they took (docs/benchmarks.md#scale).
@@ -297,6 +303,7 @@ pub async fn run(
         ownership,
         tasks: PolicyTasks::default(),
         fresh_status: fresh_status::FreshStatus::default(),
+        finalized: Default::default(),
         writers: tokio::sync::Semaphore::new(settings.concurrent_writers.max(1)),
         client: client.clone(),
         settings,
@@ -493,7 +500,7 @@ async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Re
     }
     let namespace = policy.namespace().unwrap_or_default();
     let api: Api<BackpressurePolicy> = Api::namespaced(context.client.clone(), &namespace);
-    let policy = with_finalizer(&api, policy).await?;
+    let policy = with_finalizer(&context, &api, policy).await?;
     let for_event = context.clone();
     finalizer(&api, FINALIZER, policy, |event| async move {
         match event {
@@ -520,13 +527,29 @@ async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Re
 /// behind the API server fails for as long as it lags: at 5,000 policies on three replicas the
 /// watch fell minutes behind and every policy a replica took over was refused (422) and retried,
 /// none of it acted on.
+/// A copy the watch still shows as it was when this replica put the finalizer on (the same
+/// resourceVersion) is taken as having it: no second apply each time the policy is reconciled
+/// before the watch catches up.
 async fn with_finalizer(
+    context: &Context,
     api: &Api<BackpressurePolicy>,
     policy: Arc<BackpressurePolicy>,
 ) -> Result<Arc<BackpressurePolicy>> {
     let has_it = policy.finalizers().iter().any(|f| f == FINALIZER);
     if has_it || policy.meta().deletion_timestamp.is_some() {
         return Ok(policy);
+    }
+    let uid = policy.uid().unwrap_or_default();
+    let applied_to = context
+        .finalized
+        .lock()
+        .expect("finalized lock")
+        .get(&uid)
+        .cloned();
+    if applied_to.is_some() && applied_to == policy.resource_version() {
+        let mut known = (*policy).clone();
+        known.finalizers_mut().push(FINALIZER.to_string());
+        return Ok(Arc::new(known));
     }
     let entry = serde_json::json!({
         "apiVersion": BackpressurePolicy::api_version(&()),
@@ -539,6 +562,13 @@ async fn with_finalizer(
         .patch(&policy.name_any(), &params, &kube::api::Patch::Apply(entry))
         .await?;
     trim::policy(&mut patched);
+    if let Some(version) = policy.resource_version() {
+        context
+            .finalized
+            .lock()
+            .expect("finalized lock")
+            .insert(uid, version);
+    }
     Ok(Arc::new(patched))
 }
 
@@ -578,6 +608,7 @@ impl Context {
             ownership: Ownership::Leader(leader),
             tasks: PolicyTasks::default(),
             fresh_status: fresh_status::FreshStatus::default(),
+            finalized: Default::default(),
             writers: tokio::sync::Semaphore::new(64),
             client,
         })
@@ -592,6 +623,9 @@ fn forget(context: &Context, policy: &BackpressurePolicy) {
     let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
     context.metrics.forget_policy(&namespace, &name);
     context.values.forget(&namespace, &name);
+    if let Some(uid) = policy.uid() {
+        context.finalized.lock().expect("finalized lock").remove(&uid);
+    }
 }
 
 /// Retries a failed reconcile; the failure is counted where every outcome is, in `run`.

@@ -316,9 +316,9 @@ async fn a_missing_target_is_reported_without_requests() {
 async fn a_new_policy_first_gets_the_finalizer() {
     let (client, mut server) = mock();
     let context = Context::for_tests(client, stores(vec![], vec![]));
-    let policy = Arc::new(policy(json!({})));
+    let policy = Arc::new(policy(json!({"resourceVersion": "7"})));
     let reply = json!(self::policy(
-        json!({"finalizers": ["other.example/keep", FINALIZER]})
+        json!({"finalizers": ["other.example/keep", FINALIZER], "resourceVersion": "8"})
     ));
     let verifier = tokio::spawn(async move {
         let (request, respond) = server.next_request().await.expect("a request");
@@ -351,6 +351,11 @@ async fn a_new_policy_first_gets_the_finalizer() {
         .await
         .unwrap();
     verifier.await.unwrap();
+    // The watch still shows version 7, without it: taken as having it, no second request (the
+    // mock server is gone, a request would fail the reconcile).
+    within_2s(reconcile(policy.clone(), context.clone()))
+        .await
+        .unwrap();
     context.tasks.stop(&policy);
 }
 
@@ -426,6 +431,7 @@ async fn a_follower_never_writes() {
         ownership: Ownership::Leader(leader),
         tasks: PolicyTasks::default(),
         fresh_status: fresh_status::FreshStatus::default(),
+        finalized: Default::default(),
         writers: tokio::sync::Semaphore::new(64),
     });
     let policy = Arc::new(policy(json!({})));

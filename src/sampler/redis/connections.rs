@@ -35,6 +35,8 @@ struct State {
     scripted: HashSet<NodeAddr>,
     /// Each node's last `INFO memory` and when it was read, for the ticks of other policies.
     memory: HashMap<NodeAddr, (Instant, Memory)>,
+    /// When each node's connection last answered a pipeline, whoever sent it.
+    answered: HashMap<NodeAddr, Instant>,
     flights: u64,
 }
 
@@ -74,6 +76,7 @@ impl EndpointConnections {
                     state.connections.retain(|node, _| topology.contains(node));
                     state.scripted.retain(|node| topology.contains(node));
                     state.memory.retain(|node, _| topology.contains(node));
+                    state.answered.retain(|node, _| topology.contains(node));
                     state.topology = Some(Slot::Ready(topology.clone()));
                 }
                 Err(_) => state.topology = None,
@@ -112,6 +115,8 @@ impl EndpointConnections {
                     state
                         .connections
                         .insert(node.clone(), Slot::Ready(connection.clone()));
+                    // A new connection counts as heard from: its silence starts now.
+                    state.answered.insert(node.clone(), Instant::now());
                 }
                 Err(_) => {
                     state.connections.remove(node);
@@ -131,7 +136,36 @@ impl EndpointConnections {
         let mut state = self.state();
         for node in nodes {
             state.connections.remove(node);
+            state.answered.remove(node);
         }
+    }
+
+    /// Notes that `node`'s connection just answered a pipeline: it is alive.
+    pub fn answered(&self, node: &NodeAddr) {
+        self.state().answered.insert(node.clone(), Instant::now());
+    }
+
+    /// Drops the connections to `nodes` that a pipeline waited on in vain, if they have
+    /// answered nothing for `silent_for` either (nor since they were dialled): a late reply on a
+    /// connection that still answers others is a busy server or a busy levee (a stall of the
+    /// process times out everything in flight at once, before the replies already received
+    /// are read), and a new connection would only add a dial and its commands to the load. One
+    /// that answers nobody is dialled again. Returns whether any was dropped.
+    pub fn forget_silent<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a NodeAddr>,
+        silent_for: Duration,
+    ) -> bool {
+        let mut state = self.state();
+        let mut dropped = false;
+        for node in nodes {
+            if silent(state.answered.get(node).copied(), Instant::now(), silent_for) {
+                state.connections.remove(node);
+                state.answered.remove(node);
+                dropped = true;
+            }
+        }
+        dropped
     }
 
     /// `node`'s memory as read at most `max_age` ago by any policy's tick on this endpoint.
@@ -156,6 +190,11 @@ impl EndpointConnections {
     }
 }
 
+/// Whether a connection last heard from at `answered` has been silent for `silent_for` at `now`.
+fn silent(answered: Option<Instant>, now: Instant, silent_for: Duration) -> bool {
+    answered.is_none_or(|at| now.saturating_duration_since(at) >= silent_for)
+}
+
 /// Starts `work` as a shared flight with a fresh id.
 fn launch<T: Clone + Send + Sync + 'static>(
     state: &mut State,
@@ -163,4 +202,19 @@ fn launch<T: Clone + Send + Sync + 'static>(
 ) -> (u64, Flight<T>) {
     state.flights += 1;
     (state.flights, work.boxed().shared())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_heard_from_within_the_silence_is_kept() {
+        let now = Instant::now();
+        let silence = Duration::from_secs(2);
+        assert!(silent(None, now, silence), "never heard from");
+        assert!(silent(Some(now - Duration::from_secs(3)), now, silence));
+        assert!(!silent(Some(now - Duration::from_secs(1)), now, silence));
+        assert!(!silent(Some(now), now, silence));
+    }
 }

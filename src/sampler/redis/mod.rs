@@ -330,9 +330,13 @@ impl Sampler {
             reads.iter().map(|_| Err(String::new())).collect();
         let mut redirected = false;
         let mut broken = Vec::new();
+        let mut silent = Vec::new();
         let mut memories: Result<Vec<Memory>, String> = Ok(recent);
         let expected = |commands: &[latency_batch::Command], info: bool| commands.len() + usize::from(info);
         for (node, info, commands, outcome) in results {
+            if matches!(outcome, Ok(Ok(_))) {
+                state.answered(&node);
+            }
             match outcome {
                 Ok(Ok(mut values)) if values.len() == expected(&commands, info) => {
                     if info {
@@ -370,6 +374,12 @@ impl Sampler {
                     }
                 }
                 failure => {
+                    // Late (ours or the client's own response timeout), not broken.
+                    let timed_out = match &failure {
+                        Err(_) => true,
+                        Ok(Err(error)) => error.is_timeout(),
+                        Ok(Ok(_)) => false,
+                    };
                     let message = match failure {
                         Ok(Ok(values)) => {
                             format!(
@@ -388,15 +398,18 @@ impl Sampler {
                     if info && memories.is_ok() {
                         memories = Err(message);
                     }
-                    broken.push(node);
+                    if timed_out {
+                        silent.push(node);
+                    } else {
+                        broken.push(node);
+                    }
                 }
             }
         }
-        if !broken.is_empty() {
-            state.forget_connections(&broken);
-            if endpoint.mode != crate::api::RedisMode::Standalone {
-                state.forget_topology();
-            }
+        state.forget_connections(&broken);
+        let dropped_silent = state.forget_silent(&silent, silence(endpoint.timeout));
+        if (!broken.is_empty() || dropped_silent) && endpoint.mode != crate::api::RedisMode::Standalone {
+            state.forget_topology();
         }
         ReadOutcome {
             replies,
@@ -475,6 +488,12 @@ struct NodePlan {
 /// endpoint: 1,000 policies ticking every second on one Redis then ask it about 4 times a second,
 /// not 1,000.
 pub const MEMORY_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long a connection that let a pipeline time out must have answered nothing before it is
+/// dialled again: four timeouts, and at least a second.
+fn silence(timeout: std::time::Duration) -> std::time::Duration {
+    (timeout * 4).max(std::time::Duration::from_secs(1))
+}
 
 /// A multiplexed connection to `node` with the endpoint's deadline on connecting and replies.
 async fn connect(

@@ -291,10 +291,7 @@ fn a_replica_killed_mid_open_has_its_policies_resumed_by_the_others() {
     let mut replicas = every_policy_open_on_three_replicas(&fixture, &ring);
 
     // Each policy was opened by one replica, and the policies are spread over more than one.
-    let opened = wait_until("an Open event per policy", PATIENCE, || {
-        let opened = reporters(&fixture, "CircuitOpened");
-        (opened.len() == POLICIES).then_some(opened)
-    });
+    let opened = opened_by(&fixture);
     assert!(
         opened.values().all(|who| who.len() == 1),
         "a policy opened by two replicas: {opened:?}"
@@ -377,18 +374,11 @@ fn a_replica_that_cannot_renew_stops_acting_before_another_takes_its_policies() 
     let started = Instant::now();
     let mut stopped = None;
     let mut dropped = None;
-    let dropped_by = |log: &str| {
-        log.lines().any(|line| {
-            line.contains("shard ring changed")
-                && line.contains("acting=true")
-                && !line.contains("\"shard-a\"")
-        })
-    };
     while (stopped.is_none() || dropped.is_none()) && started.elapsed() < PATIENCE {
         if stopped.is_none() && since(0).contains("acting=false") {
             stopped = Some(started.elapsed());
         }
-        if dropped.is_none() && (1..3).all(|i| dropped_by(&since(i))) {
+        if dropped.is_none() && (1..3).all(|i| left_the_ring(&since(i), "shard-a")) {
             dropped = Some(started.elapsed());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -410,12 +400,26 @@ fn a_replica_that_cannot_renew_stops_acting_before_another_takes_its_policies() 
     );
 }
 
-/// The replica owning the most policies, as their Open events say.
-fn owner_of_most(fixture: &Fixture) -> String {
-    let opened = wait_until("an Open event per policy", PATIENCE, || {
+/// Who opened each policy, once every policy has its Open event.
+fn opened_by(fixture: &Fixture) -> BTreeMap<String, BTreeSet<String>> {
+    wait_until("an Open event per policy", PATIENCE, || {
         let opened = reporters(fixture, "CircuitOpened");
         (opened.len() == POLICIES).then_some(opened)
-    });
+    })
+}
+
+/// Whether `log` (a replica's, acting) shows a ring without `victim`: it took its policies.
+fn left_the_ring(log: &str, victim: &str) -> bool {
+    log.lines().any(|line| {
+        line.contains("shard ring changed")
+            && line.contains("acting=true")
+            && !line.contains(&format!("\"{victim}\""))
+    })
+}
+
+/// The replica owning the most policies, as their Open events say.
+fn owner_of_most(fixture: &Fixture) -> String {
+    let opened = opened_by(fixture);
     REPLICAS
         .iter()
         .max_by_key(|identity| opened.values().filter(|who| who.contains(**identity)).count())
@@ -463,13 +467,6 @@ fn a_replica_cut_off_from_the_api_server_stops_acting_before_another_takes_its_p
             .to_string()
     };
     let others: Vec<&str> = REPLICAS.into_iter().filter(|r| *r != victim).collect();
-    let without_victim = |log: &str| {
-        log.lines().any(|line| {
-            line.contains("shard ring changed")
-                && line.contains("acting=true")
-                && !line.contains(&format!("\"{victim}\""))
-        })
-    };
 
     links[victim.as_str()].cut();
     let started = Instant::now();
@@ -478,7 +475,7 @@ fn a_replica_cut_off_from_the_api_server_stops_acting_before_another_takes_its_p
         if stopped.is_none() && since(&victim).contains("acting=false") {
             stopped = Some(started.elapsed());
         }
-        if dropped.is_none() && others.iter().all(|other| without_victim(&since(other))) {
+        if dropped.is_none() && others.iter().all(|other| left_the_ring(&since(other), &victim)) {
             dropped = Some(started.elapsed());
         }
         assert!(

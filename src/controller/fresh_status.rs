@@ -19,12 +19,12 @@ use tokio::time::Instant;
 /// Status by `namespace/name`, as one LIST found it.
 type Listed = HashMap<String, Option<BackpressurePolicyStatus>>;
 
-/// The last LIST and when it began; a LIST runs at a time.
 /// Reads in flight past which the next ones share a LIST.
 const CROWD: usize = 16;
 
 #[derive(Default)]
 pub struct FreshStatus {
+    /// The last LIST and when it began; a LIST runs at a time.
     last: Mutex<Option<(Instant, Arc<Listed>)>>,
     /// Reads in flight now.
     waiting: AtomicUsize,
@@ -40,27 +40,27 @@ impl Drop for Waiting<'_> {
 }
 
 impl FreshStatus {
-    /// The status of `namespace/name` read by a GET, or with a crowd by a LIST of `api`, that
-    /// began after this call: `None` when the policy is not there (deleted), `Some(None)` when
-    /// it has no status yet.
+    /// The status of `namespace/name` read by a GET in its namespace, or with a crowd by a LIST
+    /// over `scope` (every namespace, or the one levee watches), that began after this call:
+    /// `None` when the policy is not there (deleted), `Some(None)` when it has no status yet.
     pub async fn read(
         &self,
-        api: &Api<BackpressurePolicy>,
+        scope: &Api<BackpressurePolicy>,
         namespace: &str,
         name: &str,
     ) -> Result<Option<Option<BackpressurePolicyStatus>>, kube::Error> {
         let asked = Instant::now();
         let _waiting = Waiting(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::SeqCst) < CROWD {
-            let api = Api::<BackpressurePolicy>::namespaced(api.clone().into_client(), namespace);
-            return Ok(api.get_opt(name).await?.map(|policy| policy.status));
+            let own = Api::<BackpressurePolicy>::namespaced(scope.clone().into_client(), namespace);
+            return Ok(own.get_opt(name).await?.map(|policy| policy.status));
         }
         let mut last = self.last.lock().await;
         let listed = match last.as_ref() {
             Some((began, listed)) if *began >= asked => listed.clone(),
             _ => {
                 let began = Instant::now();
-                let listed = Arc::new(list_all(api).await?);
+                let listed = Arc::new(list_all(scope).await?);
                 *last = Some((began, listed.clone()));
                 listed
             }

@@ -227,11 +227,14 @@ impl Context {
 
     /// `owns` for the policy `name` in `namespace`.
     pub fn owns_key(&self, namespace: &str, name: &str) -> bool {
+        self.owns_ring_key(&ring_key(namespace, name))
+    }
+
+    /// `owns` for the policy at `key` in the ring ([`ring_key`]).
+    fn owns_ring_key(&self, key: &str) -> bool {
         match &self.ownership {
             Ownership::Leader(leader) => *leader.borrow(),
-            Ownership::Shards(view) => view
-                .borrow()
-                .owns(&self.settings.identity, &ring_key(namespace, name)),
+            Ownership::Shards(view) => view.borrow().owns(&self.settings.identity, key),
         }
     }
 }

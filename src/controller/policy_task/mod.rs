@@ -169,15 +169,16 @@ impl PolicyTasks {
             if entry.task.take().is_some() {
                 entry.idle_since = now;
             }
-            let policy = entry.latest.borrow().clone();
-            let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
-            let grace = std::time::Duration::from(policy.spec.sample_interval) * 3;
+            // The key is the ring's (`namespace/name`): nothing to allocate for each policy every
+            // second.
+            let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+            let grace = std::time::Duration::from(entry.latest.borrow().spec.sample_interval) * 3;
             let owner_away = now.saturating_duration_since(entry.idle_since) >= grace
                 && !context
                     .values
-                    .get(&namespace, &name)
+                    .get(namespace, name)
                     .is_some_and(|values| values.fresh_from_peer(now));
-            if context.owns_key(&namespace, &name) || owner_away {
+            if context.owns_ring_key(key) || owner_away {
                 tracing::debug!(policy = %key, owner_away, "starting the task of a policy stood by");
                 entry.start(context);
                 running += 1;

@@ -290,13 +290,23 @@ fn writes_by_kind(replicas: &[Levee]) -> Vec<f64> {
         .collect()
 }
 
-/// Every command Redis has processed since it started (`INFO stats`).
-fn redis_commands(redis: &RedisServer) -> u64 {
+/// A counter of Redis's `INFO stats` since it started.
+fn redis_stat(redis: &RedisServer, name: &str) -> u64 {
     let info = redis.cli(&["INFO", "stats"]);
     info.lines()
-        .find_map(|line| line.strip_prefix("total_commands_processed:"))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|n| n.trim().parse().ok())
-        .expect("INFO stats has total_commands_processed")
+        .unwrap_or_else(|| panic!("INFO stats has {name}"))
+}
+
+/// Every command Redis has processed since it started.
+fn redis_commands(redis: &RedisServer) -> u64 {
+    redis_stat(redis, "total_commands_processed")
+}
+
+/// Every connection Redis has accepted since it started.
+fn redis_connections(redis: &RedisServer) -> u64 {
+    redis_stat(redis, "total_connections_received")
 }
 
 /// `replicas` levee processes running `binary`: one alone without a Lease, or a ring sharing
@@ -368,6 +378,8 @@ struct Row {
     settled_after: Option<Duration>,
     writes_per_minute: Vec<f64>,
     redis_per_second: f64,
+    /// Connections Redis accepted while measured (each replica keeps one; more are redials).
+    redis_connections: u64,
     bursts: Vec<Option<Duration>>,
 }
 
@@ -418,11 +430,11 @@ fn measure(
         replicas.iter().map(|levee| levee.cpu_time().unwrap()).collect()
     };
     let (writes_before, cpu_before) = (writes_by_kind(&replicas), cpu_time(&replicas));
-    let commands_before = redis_commands(redis);
+    let (commands_before, connections_before) = (redis_commands(redis), redis_connections(redis));
     let measured = Instant::now();
     std::thread::sleep(measure_for());
     let (writes_after, cpu_after) = (writes_by_kind(&replicas), cpu_time(&replicas));
-    let commands_after = redis_commands(redis);
+    let (commands_after, connections_after) = (redis_commands(redis), redis_connections(redis));
     let elapsed = measured.elapsed();
     let minutes = elapsed.as_secs_f64() / 60.0;
     let mib = |kib: Option<u64>| kib.unwrap_or_default() as f64 / 1024.0;
@@ -442,6 +454,7 @@ fn measure(
         .map(|(before, after)| (after - before) / minutes)
         .collect();
     let redis_per_second = (commands_after - commands_before) as f64 / elapsed.as_secs_f64();
+    let redis_connections = connections_after - connections_before;
     for (i, replica) in usage.iter().enumerate() {
         eprintln!(
             "{} replica {i}: steady state: RSS {:.1} MiB (anonymous {:.1}), CPU {:.1} %",
@@ -451,7 +464,9 @@ fn measure(
             replica.cpu
         );
     }
-    eprintln!("writes/min over all replicas {writes_per_minute:.0?}, Redis {redis_per_second:.0} commands/s");
+    eprintln!(
+        "writes/min over all replicas {writes_per_minute:.0?}, Redis {redis_per_second:.0} commands/s, {redis_connections} connections opened"
+    );
 
     let burst_policies: Vec<usize> = (0..BURST).map(|i| i * count / BURST).collect();
     let mut bursts = Vec::new();
@@ -483,6 +498,7 @@ fn measure(
         settled_after,
         writes_per_minute,
         redis_per_second,
+        redis_connections,
         bursts,
     }
 }
@@ -540,7 +556,7 @@ fn main() {
         }
     }
     println!(
-        "| build | replicas | policies | queues | RSS steady a replica (peak; anonymous) | CPU of one core a replica | writes/min over all replicas: {} | heartbeats due/min | Redis commands/s | every pod marked after the start | then settled after | burst of {BURST} -> last pod held (min / median / max of {CYCLES}) |",
+        "| build | replicas | policies | queues | RSS steady a replica (peak; anonymous) | CPU of one core a replica | writes/min over all replicas: {} | heartbeats due/min | Redis commands/s (connections opened) | every pod marked after the start | then settled after | burst of {BURST} -> last pod held (min / median / max of {CYCLES}) |",
         WRITE_KINDS.join(" / ")
     );
     println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|");
@@ -553,7 +569,7 @@ fn main() {
         let of = |field: fn(&Usage) -> f64| -> Vec<f64> { row.replicas.iter().map(field).collect() };
         let mib = |v: f64| format!("{v:.1}");
         println!(
-            "| {} | {} | {count} | {} | {} MiB ({}; {}) | {} % | {} | {:.0} | {:.0} | {} | {} | {} / {} / {} ms |",
+            "| {} | {} | {count} | {} | {} MiB ({}; {}) | {} % | {} | {:.0} | {:.0} ({}) | {} | {} | {} / {} / {} ms |",
             row.binary,
             row.replicas.len(),
             count * QUEUES,
@@ -564,6 +580,7 @@ fn main() {
             writes.join(" / "),
             count as f64 * 60.0 / HEARTBEAT.as_secs_f64(),
             row.redis_per_second,
+            row.redis_connections,
             row.marked_after.map_or("marks in place".into(), |after| format!(
                 "{:.0} s",
                 after.as_secs_f64()

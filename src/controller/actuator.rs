@@ -8,14 +8,13 @@
 
 use super::indexed_store::IndexedStore;
 use super::marks::{Intent, LABEL_POLICY, Marks, Release};
+use super::stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
 use super::{Context, FIELD_MANAGER, Result, Stores};
 use crate::api::{BackpressurePolicy, TargetKind};
 use crate::circuit::CircuitRules;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -54,11 +53,11 @@ trait Workload:
     fn selector(&self) -> Option<&LabelSelector>;
     /// Whether `pod` is this workload's own by its controller owner reference: a pod of another
     /// workload that carries the same labels is not.
-    fn owns(&self, pod: &Pod) -> bool;
+    fn owns(&self, pod: &StoredPod) -> bool;
 }
 
 /// The controller owner reference of `pod` (trimmed pods keep only that one).
-fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
+fn controller_of(pod: &StoredPod) -> Option<&OwnerReference> {
     pod.metadata
         .owner_references
         .as_ref()?
@@ -67,12 +66,12 @@ fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
 }
 
 /// Whether `workload` itself (kind and UID) controls `pod`: a StatefulSet's, a DaemonSet's pods.
-fn directly_owned<K: Resource<DynamicType = ()>>(workload: &K, pod: &Pod) -> bool {
+fn directly_owned<K: Resource<DynamicType = ()>>(workload: &K, pod: &StoredPod) -> bool {
     controller_of(pod)
         .is_some_and(|owner| owner.kind == K::kind(&()) && Some(&owner.uid) == workload.meta().uid.as_ref())
 }
 
-impl Workload for Deployment {
+impl Workload for StoredDeployment {
     const KIND: TargetKind = TargetKind::Deployment;
     fn store(stores: &Stores) -> &IndexedStore<Self> {
         &stores.deployments
@@ -83,7 +82,7 @@ impl Workload for Deployment {
     /// A Deployment's pods belong to its ReplicaSets, which the Deployment controller names
     /// `<deployment>-<pod-template-hash>` (the hash is also the pod's label), so a pod is the
     /// Deployment's when its controller is the ReplicaSet of that name: no ReplicaSet is watched.
-    fn owns(&self, pod: &Pod) -> bool {
+    fn owns(&self, pod: &StoredPod) -> bool {
         let hash = pod.labels().get("pod-template-hash");
         controller_of(pod).is_some_and(|owner| {
             owner.kind == "ReplicaSet"
@@ -92,7 +91,7 @@ impl Workload for Deployment {
     }
 }
 
-impl Workload for StatefulSet {
+impl Workload for StoredStatefulSet {
     const KIND: TargetKind = TargetKind::StatefulSet;
     fn store(stores: &Stores) -> &IndexedStore<Self> {
         &stores.stateful_sets
@@ -100,12 +99,12 @@ impl Workload for StatefulSet {
     fn selector(&self) -> Option<&LabelSelector> {
         self.spec.as_ref().map(|spec| &spec.selector)
     }
-    fn owns(&self, pod: &Pod) -> bool {
+    fn owns(&self, pod: &StoredPod) -> bool {
         directly_owned(self, pod)
     }
 }
 
-impl Workload for DaemonSet {
+impl Workload for StoredDaemonSet {
     const KIND: TargetKind = TargetKind::DaemonSet;
     fn store(stores: &Stores) -> &IndexedStore<Self> {
         &stores.daemon_sets
@@ -113,7 +112,7 @@ impl Workload for DaemonSet {
     fn selector(&self) -> Option<&LabelSelector> {
         self.spec.as_ref().map(|spec| &spec.selector)
     }
-    fn owns(&self, pod: &Pod) -> bool {
+    fn owns(&self, pod: &StoredPod) -> bool {
         directly_owned(self, pod)
     }
 }
@@ -137,7 +136,7 @@ impl Pass<'_> {
                 .push(format!("{:?} {}/{name}", K::KIND, self.namespace));
             return;
         };
-        let pods: Vec<Arc<Pod>> = workload
+        let pods: Vec<Arc<StoredPod>> = workload
             .selector()
             .map(|selector| live_pods(self.context.stores.pods.selected(&self.namespace, selector)))
             .unwrap_or_default()
@@ -193,7 +192,7 @@ impl Pass<'_> {
 }
 
 /// Pods that are not being deleted.
-fn live_pods(pods: Vec<Arc<Pod>>) -> Vec<Arc<Pod>> {
+fn live_pods(pods: Vec<Arc<StoredPod>>) -> Vec<Arc<StoredPod>> {
     pods.into_iter()
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
         .collect()
@@ -222,9 +221,9 @@ pub async fn act(
             pass.outcome.throttled += 1;
         }
         match target.kind {
-            TargetKind::Deployment => pass.mark_target::<Deployment>(&target.name, &marks).await,
-            TargetKind::StatefulSet => pass.mark_target::<StatefulSet>(&target.name, &marks).await,
-            TargetKind::DaemonSet => pass.mark_target::<DaemonSet>(&target.name, &marks).await,
+            TargetKind::Deployment => pass.mark_target::<StoredDeployment>(&target.name, &marks).await,
+            TargetKind::StatefulSet => pass.mark_target::<StoredStatefulSet>(&target.name, &marks).await,
+            TargetKind::DaemonSet => pass.mark_target::<StoredDaemonSet>(&target.name, &marks).await,
         }
     }
     let release = match intent {
@@ -241,13 +240,13 @@ pub async fn act(
             .map(|t| t.name.as_str())
             .collect()
     };
-    pass.release_strays::<Deployment>(&targeted(TargetKind::Deployment), &stray)
+    pass.release_strays::<StoredDeployment>(&targeted(TargetKind::Deployment), &stray)
         .await;
-    pass.release_strays::<StatefulSet>(&targeted(TargetKind::StatefulSet), &stray)
+    pass.release_strays::<StoredStatefulSet>(&targeted(TargetKind::StatefulSet), &stray)
         .await;
-    pass.release_strays::<DaemonSet>(&targeted(TargetKind::DaemonSet), &stray)
+    pass.release_strays::<StoredDaemonSet>(&targeted(TargetKind::DaemonSet), &stray)
         .await;
-    let stray_pods: Vec<Arc<Pod>> = context
+    let stray_pods: Vec<Arc<StoredPod>> = context
         .stores
         .pods
         .labelled(&pass.namespace, LABEL_POLICY, &pass.policy)
@@ -289,7 +288,7 @@ pub async fn release(context: &Context, policy: &BackpressurePolicy) -> Result<(
 
 /// Marks `pods`: the conditions of every pod first (they take pods out of their Services'
 /// endpoints), then the metadata.
-async fn mark_pods(context: &Context, pods: Vec<Arc<Pod>>, marks: &Marks, outcome: &mut Outcome) {
+async fn mark_pods(context: &Context, pods: Vec<Arc<StoredPod>>, marks: &Marks, outcome: &mut Outcome) {
     if pods.is_empty() {
         return;
     }
@@ -316,10 +315,15 @@ enum PodPart {
 }
 
 /// Writes one part of a pod's marks if it differs; `Ok(true)` when it wrote.
-async fn mark_pod(context: &Context, pod: Arc<Pod>, marks: &Marks, part: PodPart) -> Result<bool, String> {
+async fn mark_pod(
+    context: &Context,
+    pod: Arc<StoredPod>,
+    marks: &Marks,
+    part: PodPart,
+) -> Result<bool, String> {
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
-    let api: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
+    let api: Api<StoredPod> = Api::namespaced(context.client.clone(), &namespace);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()

@@ -27,6 +27,7 @@ mod ring;
 mod secrets;
 mod shards;
 mod status_writer;
+mod stored;
 mod trim;
 mod watch_problem;
 
@@ -36,9 +37,7 @@ use crate::telemetry::Metrics;
 use crate::values::MetricValues;
 use futures::{FutureExt, StreamExt};
 use indexed_store::IndexedStore;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -47,6 +46,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use policy_task::PolicyTasks;
 use std::sync::Arc;
 use std::time::Duration;
+use stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
 use tokio::sync::watch;
 
 /// The finalizer that lets levee release a policy's producers before the policy goes away.
@@ -179,10 +179,10 @@ impl Ownership {
 /// In-memory copies of the objects the actuator reads, kept current by watches.
 #[derive(Clone)]
 pub struct Stores {
-    pub pods: IndexedStore<Pod>,
-    pub deployments: IndexedStore<Deployment>,
-    pub stateful_sets: IndexedStore<StatefulSet>,
-    pub daemon_sets: IndexedStore<DaemonSet>,
+    pub pods: IndexedStore<StoredPod>,
+    pub deployments: IndexedStore<StoredDeployment>,
+    pub stateful_sets: IndexedStore<StoredStatefulSet>,
+    pub daemon_sets: IndexedStore<StoredDaemonSet>,
     /// The HPAs levee manages (labelled `app.kubernetes.io/managed-by: levee`).
     pub autoscalers: IndexedStore<HorizontalPodAutoscaler>,
     /// The Secrets that let levee read them (labelled `levee.dev/secret: "true"`, or the older
@@ -443,21 +443,21 @@ fn start_reflectors(
             stores.deployments.clone(),
             settings.api(client.clone()),
             all_of(),
-            trim::deployment,
+            trim::workload,
         )
         .boxed(),
         reflect(
             stores.stateful_sets.clone(),
             settings.api(client.clone()),
             all_of(),
-            trim::stateful_set,
+            trim::workload,
         )
         .boxed(),
         reflect(
             stores.daemon_sets.clone(),
             settings.api(client.clone()),
             all_of(),
-            trim::daemon_set,
+            trim::workload,
         )
         .boxed(),
         reflect(

@@ -60,10 +60,15 @@ fn open_condition() -> Value {
     json!([{"type": "levee.dev/accepting", "status": "False", "reason": "CircuitOpen"}])
 }
 
+/// `object` as a store keeps it (what the API server's JSON of it parses into).
+fn stored<S: serde::de::DeserializeOwned>(object: impl serde::Serialize) -> S {
+    serde_json::from_value(serde_json::to_value(object).unwrap()).unwrap()
+}
+
 fn stores(deployments: Vec<Deployment>, pods: Vec<Pod>) -> Stores {
     Stores {
-        pods: IndexedStore::from_objects(pods),
-        deployments: IndexedStore::from_objects(deployments),
+        pods: IndexedStore::from_objects(pods.into_iter().map(stored)),
+        deployments: IndexedStore::from_objects(deployments.into_iter().map(stored)),
         stateful_sets: IndexedStore::from_objects([]),
         daemon_sets: IndexedStore::from_objects([]),
         autoscalers: IndexedStore::from_objects([]),

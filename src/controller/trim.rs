@@ -1,15 +1,14 @@
 //! What the in-memory stores keep of each object: only what the actuator and the autoscaler read.
 //! A pod as the API server sends it is mostly its spec, status and managed fields, a workload
-//! mostly its pod template and `last-applied-configuration`; dropping those before they reach a
-//! store is most of levee's memory at scale.
+//! mostly its pod template and `last-applied-configuration`; a pod's spec and a workload's
+//! template are not even parsed (`stored.rs`), and what is parsed but never read is dropped here
+//! before it reaches a store: together most of levee's memory at scale.
 
 use super::marks::CONDITION_ACCEPTING;
+use super::stored::{StoredPod, StoredWorkload};
 use crate::api::BackpressurePolicy;
-use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec,
-};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The annotations levee reads all start with this.
@@ -28,7 +27,7 @@ fn metadata(meta: &mut ObjectMeta) {
 
 /// A pod: its metadata, its controller's owner reference (which workload it belongs to) and
 /// levee's own condition (the only one the actuator compares).
-pub fn pod(pod: &mut Pod) {
+pub fn pod(pod: &mut StoredPod) {
     let controller = pod
         .metadata
         .owner_references
@@ -36,51 +35,14 @@ pub fn pod(pod: &mut Pod) {
         .and_then(|owners| owners.into_iter().find(|owner| owner.controller == Some(true)));
     metadata(&mut pod.metadata);
     pod.metadata.owner_references = controller.map(|owner| vec![owner]);
-    pod.spec = None;
-    let conditions = pod
-        .status
-        .take()
-        .and_then(|status| status.conditions)
-        .map(|conditions| {
-            conditions
-                .into_iter()
-                .filter(|c| c.type_ == CONDITION_ACCEPTING)
-                .collect()
-        });
-    pod.status = Some(PodStatus {
-        conditions,
-        ..PodStatus::default()
-    });
+    if let Some(conditions) = pod.status.as_mut().and_then(|status| status.conditions.as_mut()) {
+        conditions.retain(|c| c.type_ == CONDITION_ACCEPTING);
+    }
 }
 
-/// A Deployment: its metadata and selector.
-pub fn deployment(deployment: &mut Deployment) {
-    metadata(&mut deployment.metadata);
-    deployment.status = None;
-    deployment.spec = deployment.spec.take().map(|spec| DeploymentSpec {
-        selector: spec.selector,
-        ..DeploymentSpec::default()
-    });
-}
-
-/// A StatefulSet: its metadata and selector.
-pub fn stateful_set(set: &mut StatefulSet) {
-    metadata(&mut set.metadata);
-    set.status = None;
-    set.spec = set.spec.take().map(|spec| StatefulSetSpec {
-        selector: spec.selector,
-        ..StatefulSetSpec::default()
-    });
-}
-
-/// A DaemonSet: its metadata and selector.
-pub fn daemon_set(set: &mut DaemonSet) {
-    metadata(&mut set.metadata);
-    set.status = None;
-    set.spec = set.spec.take().map(|spec| DaemonSetSpec {
-        selector: spec.selector,
-        ..DaemonSetSpec::default()
-    });
+/// A workload (its selector is all its spec a stored one has): its metadata.
+pub fn workload<K>(workload: &mut StoredWorkload<K>) {
+    metadata(&mut workload.metadata);
 }
 
 /// A policy: everything but its managed fields and kubectl's copy of the last applied object
@@ -109,11 +71,12 @@ pub fn secret(secret: &mut Secret) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
     use serde_json::json;
 
     #[test]
     fn a_pod_keeps_what_the_actuator_reads_and_little_else() {
-        let mut pod: Pod = serde_json::from_value(json!({
+        let mut pod: StoredPod = serde_json::from_value(json!({
             "metadata": {
                 "name": "api-1", "namespace": "jobs", "labels": {"app": "api", "levee.dev/policy": "p"},
                 "annotations": {"levee.dev/accepting": "false", "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4000)},
@@ -148,17 +111,18 @@ mod tests {
     }
 
     #[test]
-    fn a_deployment_keeps_its_selector() {
-        let mut deployment: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "api", "annotations": {"levee.dev/accepting": "true", "other": "x"}},
+    fn a_workload_keeps_its_selector_and_levees_annotations() {
+        let mut deployment: StoredWorkload<Deployment> = serde_json::from_value(json!({
+            "metadata": {"name": "api", "annotations": {"levee.dev/accepting": "true", "other": "x"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
             "spec": {"selector": {"matchLabels": {"app": "api"}},
                      "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "api"}]}}}
         }))
         .unwrap();
-        super::deployment(&mut deployment);
+        super::workload(&mut deployment);
         let spec = deployment.spec.unwrap();
         assert_eq!(spec.selector.match_labels.unwrap()["app"], "api");
-        assert!(spec.template.spec.is_none());
+        assert!(deployment.metadata.managed_fields.is_none());
         assert_eq!(deployment.metadata.annotations.unwrap().len(), 1);
     }
 }

@@ -46,11 +46,19 @@ pub fn workload<K>(workload: &mut StoredWorkload<K>) {
 }
 
 /// A policy: everything but its managed fields and kubectl's copy of the last applied object
-/// (the spec, status and levee's own annotations are read).
+/// (the spec, status and levee's own annotations are read), its lists without the room their
+/// parsing left over: a list of 10 queues grows to room for 16 as it is parsed, 1.5 KiB of 4 in
+/// the spec's and 0.8 of 2.7 in the status's (every replica holds every policy).
 pub fn policy(policy: &mut BackpressurePolicy) {
     policy.metadata.managed_fields = None;
     if let Some(annotations) = policy.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
+    }
+    policy.spec.queues.shrink_to_fit();
+    policy.spec.targets.shrink_to_fit();
+    if let Some(status) = policy.status.as_mut() {
+        status.queues.shrink_to_fit();
+        status.conditions.shrink_to_fit();
     }
 }
 
@@ -108,6 +116,32 @@ mod tests {
         let conditions = pod.status.unwrap().conditions.unwrap();
         assert_eq!(conditions.len(), 1, "only levee's own condition is kept");
         assert_eq!(conditions[0].reason.as_deref(), Some("CircuitOpen"));
+    }
+
+    #[test]
+    fn a_policy_keeps_no_spare_room_in_its_lists() {
+        let queues: Vec<_> = (0..10)
+            .map(|q| json!({"name": format!("q{q}"), "type": "list", "key": format!("k{q}")}))
+            .collect();
+        let statuses: Vec<_> = (0..10)
+            .map(|q| json!({"name": format!("q{q}"), "depth": 0}))
+            .collect();
+        let parsed = crate::fixtures::policy_with(json!({
+            "metadata": {"managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+            "spec": {"queues": queues},
+            "status": {"queues": statuses},
+        }));
+        // From text, as the watch parses it (a parsed JSON value knows its lengths; text does not).
+        let mut policy: BackpressurePolicy =
+            serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
+        assert!(
+            policy.spec.queues.capacity() > 10,
+            "parsing leaves room: nothing to check"
+        );
+        super::policy(&mut policy);
+        assert_eq!(policy.spec.queues.capacity(), 10);
+        assert_eq!(policy.status.as_ref().unwrap().queues.capacity(), 10);
+        assert!(policy.metadata.managed_fields.is_none());
     }
 
     #[test]

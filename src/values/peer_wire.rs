@@ -280,7 +280,7 @@ fn checked(wire: WirePolicy, replica: &str, asked: Instant) -> Result<PolicyValu
         return Err(format!("age {age:?}, interval {interval:?}"));
     }
     let sampled = asked.checked_sub(age).ok_or("an age before this process began")?;
-    let queues = wire
+    let mut queues = wire
         .queues
         .into_iter()
         .map(|queue| {
@@ -292,6 +292,9 @@ fn checked(wire: WirePolicy, replica: &str, asked: Instant) -> Result<PolicyValu
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
+    // Collected in place, the list keeps the room parsing left (16 for 10 queues); a replica
+    // holds the values of every policy its peers own.
+    queues.shrink_to_fit();
     let forecast = match wire.forecast {
         Some(forecast) if !forecast.growth_per_second.is_finite() => {
             return Err("a forecast that is not a number".into());

@@ -320,7 +320,7 @@ const MEANINGFUL_SHARE: f64 = 0.1;
 /// Whether `new` has moved far from `old` in a live number a person reads in `kubectl get bpp`:
 /// the pending backlog, the latency, the time to critical (by a tenth of the value written, at
 /// least one job or one second; appearing or going counts) and Redis memory (by a tenth of what
-/// was used, or any change of its limit, policy or error). Per-queue depths, the growth rate and
+/// was used and at least a MiB, or any change of its limit, policy or error). Per-queue depths, the growth rate and
 /// the sample time are left to the heartbeat.
 pub fn moved(old: &BackpressurePolicyStatus, new: &BackpressurePolicyStatus) -> bool {
     fn far(old: Option<f64>, new: Option<f64>, at_least: f64) -> bool {
@@ -340,9 +340,15 @@ pub fn moved(old: &BackpressurePolicyStatus, new: &BackpressurePolicyStatus) -> 
     far(old.pending.map(|p| p as f64), new.pending.map(|p| p as f64), 1.0)
         || far(old.latency_seconds, new.latency_seconds, 1.0)
         || far(critical_in(old), critical_in(new), 1.0)
-        || far(used(old), used(new), 1.0)
+        || far(used(old), used(new), MEMORY_AT_LEAST)
         || memory(old) != memory(new)
 }
+
+/// The least change of Redis's used memory written ahead of the heartbeat: on a nearly empty
+/// Redis a tenth is a few hundred KiB, which its client buffers alone come and go by from one
+/// tick to the next (5,000 policies on one such Redis wrote status three times as often as the
+/// heartbeats called for).
+const MEMORY_AT_LEAST: f64 = (1 << 20) as f64;
 
 /// The server-side apply body of a status: serialized straight to the request's bytes, without
 /// a JSON tree in between.
@@ -494,6 +500,17 @@ mod tests {
             "memory"
         );
         assert!(moved(&written, &with(1_000, Some(30.0), None)), "memory gone");
+        assert!(
+            !moved(
+                &with(1_000, None, Some(1 << 20)),
+                &with(1_000, None, Some(3 << 19))
+            ),
+            "half a MiB of a nearly empty Redis: its client buffers"
+        );
+        assert!(moved(
+            &with(1_000, None, Some(1 << 20)),
+            &with(1_000, None, Some(2 << 20))
+        ));
         assert!(
             moved(&with(3, None, None), &with(4, None, None)),
             "one job of a small backlog"

@@ -6,6 +6,21 @@ use levee::cli::sample::{OutputFormat, SampleOptions};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+/// The static (musl) build allocates with jemalloc: at 5,000 policies musl's own malloc, free
+/// and their lock took about 45 % of levee's CPU (docs/benchmarks.md). The glibc build keeps
+/// glibc's, tuned in `levee::cli::heap`.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read when it starts (a C string): two arenas whatever the node's core
+/// count (jemalloc would make four per core it sees, and each keeps its own free pages, like
+/// glibc's arenas), and freed pages handed back by a thread of its own rather than by the
+/// threads that free them.
+#[cfg(target_env = "musl")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: &[u8; 33] = b"narenas:2,background_thread:true\0";
+
 /// Backpressure for Redis job queues on Kubernetes.
 #[derive(Parser)]
 #[command(name = "levee", version, about)]

@@ -2,8 +2,9 @@
 //! eight malloc arenas per core and keeps the pages freed inside them until asked: with a
 //! thousand policies ticking every second that held tens of MiB that held nothing (88.1 against
 //! 76.3 MiB with this, docs/benchmarks.md#scale). So: two arenas, and the freed pages handed back
-//! every few seconds, on a blocking thread (a trim walks the whole heap). The static image's
-//! allocator (musl) has neither arenas nor `malloc_trim`: there nothing here runs.
+//! every few seconds, on a blocking thread (a trim walks the whole heap). The static image
+//! allocates with jemalloc, set up in `src/main.rs` (two arenas, its own thread hands pages
+//! back): there nothing here runs.
 
 /// At most two malloc arenas. Call before any thread starts.
 pub fn limit_arenas() {
@@ -15,7 +16,7 @@ pub fn limit_arenas() {
 }
 
 /// Starts handing freed heap pages back to the system every 10 s, for ever; `None` where the
-/// allocator has no such call (musl).
+/// allocator hands pages back itself (the static build: jemalloc).
 pub fn start_giving_back_freed_pages() -> Option<tokio::task::JoinHandle<()>> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -80,16 +80,11 @@ impl Writes {
         compute(&self.shared().written)
     }
 
-    /// A follower, or a replica taking the policy over, takes the status the API server holds
-    /// as what was written, when its last sample was (`lastSampleTime`): the heartbeat goes on
-    /// from there, so a takeover or a restart writes nothing before the heartbeat falls due
-    /// unless something in it changed. (Before, the three replicas taking 5,000 policies over
-    /// wrote each once more, some 3,300 writes paced over minutes of the API server's time.)
+    /// A follower takes the leader's status as what was written.
     pub fn follow(&self, status: BackpressurePolicyStatus) {
-        let written_at = written_at(&status, jiff::Timestamp::now(), Instant::now());
         let mut shared = self.shared();
         shared.written = status;
-        shared.last_write = written_at;
+        shared.last_write = None;
     }
 
     /// Hands `job` over: written by the running pass's successor, or by a pass started now.
@@ -254,68 +249,5 @@ async fn save_status(
         Err(error) => {
             tracing::warn!(%namespace, policy = %name, %error, "writing status failed; retrying next tick")
         }
-    }
-}
-
-/// The instant `status` was written, by its `lastSampleTime` (`now_wall` and `now` being the same
-/// moment): `None` when it has none, or when it is older than this machine's clock can count
-/// back (then the heartbeat is due at once).
-fn written_at(status: &BackpressurePolicyStatus, now_wall: jiff::Timestamp, now: Instant) -> Option<Instant> {
-    let at = status.last_sample_time.as_ref()?.0;
-    // A time ahead of this clock (another replica's skew) counts as now.
-    let age = std::time::Duration::try_from(now_wall.duration_since(at)).unwrap_or_default();
-    now.checked_sub(age)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use std::time::Duration;
-
-    fn sampled(at: jiff::Timestamp) -> BackpressurePolicyStatus {
-        BackpressurePolicyStatus {
-            last_sample_time: Some(Time(at)),
-            ..BackpressurePolicyStatus::default()
-        }
-    }
-
-    #[test]
-    fn a_status_taken_over_counts_as_written_when_it_was_sampled() {
-        let (wall, now) = (jiff::Timestamp::now(), Instant::now() + Duration::from_secs(3600));
-        let two_minutes_ago = wall - jiff::SignedDuration::from_secs(120);
-        assert_eq!(
-            written_at(&sampled(two_minutes_ago), wall, now),
-            Some(now - Duration::from_secs(120))
-        );
-        let ahead = wall + jiff::SignedDuration::from_secs(5);
-        assert_eq!(
-            written_at(&sampled(ahead), wall, now),
-            Some(now),
-            "a clock ahead counts as now"
-        );
-        assert_eq!(
-            written_at(&BackpressurePolicyStatus::default(), wall, now),
-            None,
-            "never written"
-        );
-    }
-
-    #[test]
-    fn a_followed_status_waits_for_its_heartbeat() {
-        let writes = Writes::new(BackpressurePolicyStatus::default());
-        assert!(
-            writes.shared().last_write.is_none(),
-            "nothing written: due at once"
-        );
-        writes.follow(sampled(
-            jiff::Timestamp::now() - jiff::SignedDuration::from_secs(10),
-        ));
-        let last = writes.shared().last_write.expect("written ten seconds ago");
-        assert!(
-            (9..=11).contains(&last.elapsed().as_secs()),
-            "{:?}",
-            last.elapsed()
-        );
     }
 }

@@ -23,14 +23,19 @@ fn standalone(server: &RedisServer) -> Endpoint {
     endpoint(&format!("{{url: '{}'}}", server.url()))
 }
 
-fn connected_clients(server: &RedisServer) -> u32 {
-    let info = server.cli(&["INFO", "clients"]);
+/// The field `name` of the `section` of Redis's `INFO`.
+fn info_field(server: &RedisServer, section: &str, name: &str) -> u64 {
+    let info = server.cli(&["INFO", section]);
     info.lines()
-        .find_map(|l| l.strip_prefix("connected_clients:"))
-        .unwrap()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("INFO {section} has no {name}"))
         .trim()
-        .parse::<u32>()
+        .parse()
         .unwrap()
+}
+
+fn connected_clients(server: &RedisServer) -> u64 {
+    info_field(server, "clients", "connected_clients")
 }
 
 fn depths(sample: &Sample) -> Vec<(String, Result<u64, String>)> {
@@ -633,13 +638,7 @@ async fn policies_on_a_dead_redis_fail_together_and_hold_up_no_other() {
 }
 
 fn connections_received(server: &RedisServer) -> u64 {
-    let info = server.cli(&["INFO", "stats"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_connections_received:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    info_field(server, "stats", "total_connections_received")
 }
 
 /// Thousands of policies ticking at once through one connection with a tight timeout: the

@@ -49,7 +49,7 @@ pub struct SelectorSpec {
     pub selector: LabelSelector,
 }
 
-// By hand: derived, they would ask the kind itself to be Clone, Debug and Default.
+// By hand: derived, they would ask the kind itself to be Clone and Debug.
 impl<K> Clone for StoredWorkload<K> {
     fn clone(&self) -> Self {
         Self {
@@ -66,27 +66,6 @@ impl<K> std::fmt::Debug for StoredWorkload<K> {
             .field("metadata", &self.metadata)
             .field("spec", &self.spec)
             .finish()
-    }
-}
-
-impl<K> Default for StoredWorkload<K> {
-    fn default() -> Self {
-        Self {
-            metadata: ObjectMeta::default(),
-            spec: None,
-            kind: PhantomData,
-        }
-    }
-}
-
-impl<K> StoredWorkload<K> {
-    /// A workload with this metadata and selector (tests build them).
-    pub fn new(metadata: ObjectMeta, selector: Option<LabelSelector>) -> Self {
-        Self {
-            metadata,
-            spec: selector.map(|selector| SelectorSpec { selector }),
-            kind: PhantomData,
-        }
     }
 }
 

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub peer_fetches: IntCounterVec,
     /// Policies with a task on this replica: those it owns (and, without peers, every one).
     pub policy_tasks: IntGauge,
+    /// Bytes the allocator counts as held by levee's allocations (`cli::heap`).
+    pub heap_allocated: IntGauge,
     /// Calls to the KEDA external scaler, by rpc and gRPC status code.
     pub external_scaler_requests: IntCounterVec,
     /// `StreamIsActive` streams open now.
@@ -219,6 +221,10 @@ impl Metrics {
                 "levee_peer_fetches_total",
                 "Requests for a peer's values by peer and result: ok, unreachable (no connection, TLS or a timeout), refused (an HTTP error status), invalid (an answer levee cannot take)",
                 &["peer", "result"],
+            ),
+            heap_allocated: single_gauge(
+                "levee_heap_allocated_bytes",
+                "Bytes of heap held by levee's allocations, as the allocator counts them (resident memory adds the allocator's free pages, stacks and the binary); updated every 10 s",
             ),
             policy_tasks: single_gauge(
                 "levee_policy_tasks",

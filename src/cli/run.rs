@@ -255,7 +255,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     metrics.render_values(values.clone());
     let trust = Arc::new(RequestHeaderTrust::default());
     let trust_task = tokio::spawn(trust.clone().watch(clients.watches.clone()));
-    let heap_task = super::heap::start_giving_back_freed_pages();
+    let heap_task = super::heap::start_tending(metrics.heap_allocated.clone());
     let api = Arc::new(MetricsApi {
         values: values.clone(),
         trust,
@@ -339,9 +339,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
     drop(serving);
     trust_task.abort();
-    if let Some(heap_task) = heap_task {
-        heap_task.abort();
-    }
+    heap_task.abort();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

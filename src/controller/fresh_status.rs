@@ -24,18 +24,24 @@ const CROWD: usize = 16;
 
 #[derive(Default)]
 pub struct FreshStatus {
-    /// The last LIST and when it began; a LIST runs at a time.
+    /// The last LIST and when it began, while reads are in flight (only a read that asked
+    /// before it began can take from it); a LIST runs at a time.
     last: Mutex<Option<(Instant, Arc<Listed>)>>,
     /// Reads in flight now.
     waiting: AtomicUsize,
 }
 
-/// Counts a read in flight while alive.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts a read in flight while alive; the last one out lets the LIST go (every policy's
+/// status, held for nothing until the next handover otherwise).
+struct Waiting<'a>(&'a FreshStatus);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if self.0.waiting.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Ok(mut last) = self.0.last.try_lock()
+        {
+            *last = None;
+        }
     }
 }
 
@@ -50,7 +56,7 @@ impl FreshStatus {
         name: &str,
     ) -> Result<Option<Option<BackpressurePolicyStatus>>, kube::Error> {
         let asked = Instant::now();
-        let _waiting = Waiting(&self.waiting);
+        let _waiting = Waiting(self);
         if self.waiting.fetch_add(1, Ordering::SeqCst) < CROWD {
             let own = Api::<BackpressurePolicy>::namespaced(scope.clone().into_client(), namespace);
             return Ok(own.get_opt(name).await?.map(|policy| policy.status));
@@ -148,6 +154,10 @@ mod tests {
                 .expect("with a status");
             assert_eq!(status.transitions, name.len() as u64, "{name}");
         }
+        assert!(
+            fresh.last.try_lock().unwrap().is_none(),
+            "the LIST is let go once no read is in flight"
+        );
         let (gets, lists) = answering.await.unwrap();
         assert!(gets <= CROWD, "{gets} GETs");
         assert!(

@@ -1,15 +1,16 @@
 //! Holds producers back: puts each target's marks (see `marks`) on the workload and on every pod
 //! its selector matches that is its own (by the pod's controller owner reference: another
-//! workload's pod with the same labels is left alone), writing only what differs from the in-memory stores, so a steady state
-//! costs no API writes and a new pod is marked on the next tick. Producers carrying the policy's
-//! label that it no longer selects are released on the same pass: what levee marked is found in
-//! the cluster, never remembered, so a restart, a failover or a deletion while levee was down
-//! strands nobody.
+//! workload's pod with the same labels is left alone), writing only what differs from the
+//! in-memory stores, so a steady state costs no API writes and a new pod is marked on the next
+//! tick. The stores take what these writes return ahead of the watch: a watch that lags does not
+//! make the next pass write the same marks again. Producers carrying the policy's label that it
+//! no longer selects are released on the same pass: what levee marked is found in the cluster,
+//! never remembered, so a restart, a failover or a deletion while levee was down strands nobody.
 
 use super::indexed_store::IndexedStore;
 use super::marks::{Intent, LABEL_POLICY, Marks, Release};
 use super::stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
-use super::{Context, FIELD_MANAGER, Result, Stores};
+use super::{Context, FIELD_MANAGER, Result, Stores, trim};
 use crate::api::{BackpressurePolicy, TargetKind};
 use crate::circuit::CircuitRules;
 use futures::StreamExt;
@@ -174,7 +175,9 @@ impl Pass<'_> {
             .patch(&name, &params, &Patch::Merge(marks.metadata_patch()))
             .await
         {
-            Ok(_) => {
+            Ok(mut written) => {
+                trim::workload(&mut written);
+                K::store(&self.context.stores).wrote(written);
                 self.outcome.writes += 1;
                 self.context
                     .metrics
@@ -335,9 +338,11 @@ async fn mark_pod(
                 return Ok(false);
             }
             let patch = Patch::Strategic(marks.condition_patch(Timestamp::now()));
-            api.patch_status(&name, &params, &patch)
+            let written = api
+                .patch_status(&name, &params, &patch)
                 .await
                 .map_err(|error| format!("pod {namespace}/{name} condition: {error}"))?;
+            wrote(context, written);
             context
                 .metrics
                 .api_writes
@@ -348,9 +353,11 @@ async fn mark_pod(
             if !marks.metadata_differs(pod.metadata.annotations.as_ref(), pod.metadata.labels.as_ref()) {
                 return Ok(false);
             }
-            api.patch(&name, &params, &Patch::Merge(marks.metadata_patch()))
+            let written = api
+                .patch(&name, &params, &Patch::Merge(marks.metadata_patch()))
                 .await
                 .map_err(|error| format!("pod {namespace}/{name} labels and annotations: {error}"))?;
+            wrote(context, written);
             context
                 .metrics
                 .api_writes
@@ -359,4 +366,11 @@ async fn mark_pod(
         }
     }
     Ok(true)
+}
+
+/// Keeps the pod a write returned, as the watch will show it: the next pass compares with what
+/// was written even while the watch lags behind.
+fn wrote(context: &Context, mut pod: StoredPod) {
+    trim::pod(&mut pod);
+    context.stores.pods.wrote(pod);
 }

@@ -6,78 +6,135 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::watcher::Event;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
-/// `(namespace, name)`.
-type Key = (String, String);
+/// A namespace, name, label or value, allocated once and shared by the object's entry and every
+/// index that names it.
+type Name = Arc<str>;
 
-/// The objects and their indexes.
+/// The names of the objects one label pair is on, sorted: most pairs are on one object (a pod's
+/// `pod-template-hash`, a producer's `app`), for which a set would allocate a node of room for
+/// eleven.
+type Names = Vec<Name>;
+
+/// The objects and their indexes, looked up by `&str` (no key is allocated to find one).
 struct Entries<K> {
-    objects: HashMap<Key, Arc<K>>,
-    /// Names by namespace.
-    by_namespace: HashMap<String, BTreeSet<String>>,
-    /// Names by `(namespace, label key, label value)`.
-    by_label: HashMap<(String, String, String), BTreeSet<String>>,
+    /// Objects by namespace, then name: a namespace's map is also its index.
+    objects: HashMap<Name, HashMap<Name, Arc<K>>>,
+    /// Names by namespace, label key and value.
+    by_label: HashMap<Name, HashMap<Name, HashMap<Name, Names>>>,
 }
 
 impl<K> Default for Entries<K> {
     fn default() -> Self {
         Self {
             objects: HashMap::new(),
-            by_namespace: HashMap::new(),
             by_label: HashMap::new(),
         }
     }
 }
 
+/// `name`, shared with the key `map` holds for it when there is one (a namespace, a label key:
+/// the same few for many objects).
+fn shared<V>(map: &HashMap<Name, V>, name: &str) -> Name {
+    map.get_key_value(name)
+        .map_or_else(|| Name::from(name), |(key, _)| key.clone())
+}
+
 impl<K: ResourceExt> Entries<K> {
     fn insert(&mut self, object: Arc<K>) {
-        let key = (object.namespace().unwrap_or_default(), object.name_any());
-        self.remove(&key);
-        let (namespace, name) = &key;
-        self.by_namespace
-            .entry(namespace.clone())
-            .or_default()
-            .insert(name.clone());
+        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+        self.remove(&namespace, &name);
+        let namespace = shared(&self.objects, &namespace);
+        let name = Name::from(name);
+        let by_key = self.by_label.entry(namespace.clone()).or_default();
         for (label, value) in object.labels() {
-            self.by_label
-                .entry((namespace.clone(), label.clone(), value.clone()))
+            let label = shared(by_key, label);
+            let names = by_key
+                .entry(label)
                 .or_default()
-                .insert(name.clone());
+                .entry(Name::from(value.as_str()))
+                .or_default();
+            if let Err(at) = names.binary_search(&name) {
+                names.insert(at, name.clone());
+            }
         }
-        self.objects.insert(key, object);
+        if by_key.is_empty() {
+            self.by_label.remove(&namespace);
+        }
+        self.objects.entry(namespace).or_default().insert(name, object);
     }
 
-    fn remove(&mut self, key: &Key) {
-        let Some(old) = self.objects.remove(key) else {
+    /// Whether the copy held of `object` is of a later version than it. Resource versions of one
+    /// resource compare as decimal numbers (KEP-5504, stable in Kubernetes 1.35, for exactly
+    /// this: a client's copy that writes run ahead of); one that is not such a number compares
+    /// as not newer, so the object is taken as it always was.
+    fn holds_newer_than(&self, object: &K) -> bool {
+        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+        let version = |object: &K| object.resource_version()?.parse::<u64>().ok();
+        match (
+            self.get(&namespace, &name).and_then(|held| version(held)),
+            version(object),
+        ) {
+            (Some(held), Some(incoming)) => held > incoming,
+            _ => false,
+        }
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) {
+        let Some(in_namespace) = self.objects.get_mut(namespace) else {
             return;
         };
-        let (namespace, name) = key;
-        if let Some(names) = self.by_namespace.get_mut(namespace) {
-            names.remove(name);
-            if names.is_empty() {
-                self.by_namespace.remove(namespace);
-            }
+        let Some(old) = in_namespace.remove(name) else {
+            return;
+        };
+        if in_namespace.is_empty() {
+            self.objects.remove(namespace);
         }
+        let Some(by_key) = self.by_label.get_mut(namespace) else {
+            return;
+        };
         for (label, value) in old.labels() {
-            let index = (namespace.clone(), label.clone(), value.clone());
-            if let Some(names) = self.by_label.get_mut(&index) {
-                names.remove(name);
+            let Some(by_value) = by_key.get_mut(label.as_str()) else {
+                continue;
+            };
+            if let Some(names) = by_value.get_mut(value.as_str()) {
+                if let Ok(at) = names.binary_search_by(|held| (**held).cmp(name)) {
+                    names.remove(at);
+                }
                 if names.is_empty() {
-                    self.by_label.remove(&index);
+                    by_value.remove(value.as_str());
                 }
             }
+            if by_value.is_empty() {
+                by_key.remove(label.as_str());
+            }
+        }
+        if by_key.is_empty() {
+            self.by_label.remove(namespace);
         }
     }
 
-    fn named(&self, namespace: &str, names: Option<&BTreeSet<String>>) -> Vec<Arc<K>> {
+    fn get(&self, namespace: &str, name: &str) -> Option<&Arc<K>> {
+        self.objects.get(namespace)?.get(name)
+    }
+
+    /// The names `label=value` is on in `namespace`.
+    fn labelled(&self, namespace: &str, label: &str, value: &str) -> Option<&Names> {
+        self.by_label.get(namespace)?.get(label)?.get(value)
+    }
+
+    fn named<'a>(&self, namespace: &str, names: impl IntoIterator<Item = &'a Name>) -> Vec<Arc<K>> {
         names
             .into_iter()
-            .flatten()
-            .filter_map(|name| self.objects.get(&(namespace.to_string(), name.clone())).cloned())
+            .filter_map(|name| self.get(namespace, name).cloned())
             .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.objects.values().map(HashMap::len).sum()
     }
 }
 
@@ -148,11 +205,30 @@ impl<K: ResourceExt> IndexedStore<K> {
                 drop(inner);
                 self.ready_sender.send_replace(true);
             }
-            Event::Apply(object) => inner.live.insert(Arc::new(object)),
-            Event::Delete(object) => {
-                let key = (object.namespace().unwrap_or_default(), object.name_any());
-                inner.live.remove(&key);
+            Event::Apply(object) => {
+                if !inner.live.holds_newer_than(&object) {
+                    inner.live.insert(Arc::new(object));
+                }
             }
+            Event::Delete(object) => {
+                inner
+                    .live
+                    .remove(&object.namespace().unwrap_or_default(), &object.name_any());
+            }
+        }
+    }
+
+    /// Takes `object` as a write of this replica's returned it, ahead of the watch: a watch that
+    /// lags (an API server under load) would otherwise show the object as it was before the
+    /// write, and the next pass would make the same write again, and again, adding to the load
+    /// that made the watch lag. Only an object the store holds is replaced (one deleted since
+    /// stays deleted), and never by an older one: the watch's events from before the write,
+    /// arriving after it, are skipped the same way (`Apply`).
+    pub fn wrote(&self, object: K) {
+        let mut inner = self.inner.write().expect("store lock");
+        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+        if inner.live.get(&namespace, &name).is_some() && !inner.live.holds_newer_than(&object) {
+            inner.live.insert(Arc::new(object));
         }
     }
 
@@ -165,18 +241,14 @@ impl<K: ResourceExt> IndexedStore<K> {
     /// The object `namespace/name`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         let inner = self.inner.read().expect("store lock");
-        inner
-            .live
-            .objects
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+        inner.live.get(namespace, name).cloned()
     }
 
     /// The objects of `namespace` labelled `label=value`.
     pub fn labelled(&self, namespace: &str, label: &str, value: &str) -> Vec<Arc<K>> {
         let inner = self.inner.read().expect("store lock");
-        let index = (namespace.to_string(), label.to_string(), value.to_string());
-        inner.live.named(namespace, inner.live.by_label.get(&index))
+        let names = inner.live.labelled(namespace, label, value);
+        inner.live.named(namespace, names.into_iter().flatten())
     }
 
     /// The objects of `namespace` that `selector` matches; none for a selector that matches
@@ -192,18 +264,23 @@ impl<K: ResourceExt> IndexedStore<K> {
         let inner = self.inner.read().expect("store lock");
         let live = &inner.live;
         // Start from the smallest set one `matchLabels` pair picks; without any, the namespace.
-        let candidates = selector
+        let smallest = selector
             .match_labels
             .iter()
             .flatten()
-            .map(|(label, value)| {
-                live.by_label
-                    .get(&(namespace.to_string(), label.clone(), value.clone()))
-            })
-            .min_by_key(|names| names.map_or(0, BTreeSet::len))
-            .unwrap_or_else(|| live.by_namespace.get(namespace));
+            .map(|(label, value)| live.labelled(namespace, label, value))
+            .min_by_key(|names| names.map_or(0, Vec::len));
+        let candidates = match smallest {
+            Some(names) => live.named(namespace, names.into_iter().flatten()),
+            None => {
+                let mut all: Vec<(&Name, &Arc<K>)> =
+                    live.objects.get(namespace).into_iter().flatten().collect();
+                all.sort_unstable_by_key(|(name, _)| *name);
+                all.into_iter().map(|(_, object)| object.clone()).collect()
+            }
+        };
         let empty = BTreeMap::new();
-        live.named(namespace, candidates)
+        candidates
             .into_iter()
             .filter(|object| parsed.matches(object.meta().labels.as_ref().unwrap_or(&empty)))
             .collect()
@@ -211,7 +288,7 @@ impl<K: ResourceExt> IndexedStore<K> {
 
     /// How many objects the store holds.
     pub fn len(&self) -> usize {
-        self.inner.read().expect("store lock").live.objects.len()
+        self.inner.read().expect("store lock").live.len()
     }
 
     /// Whether the store holds no object.
@@ -312,6 +389,53 @@ mod tests {
         );
         store.apply(Event::InitDone);
         assert_eq!(names(store.labelled("a", "app", "api")), ["kept"]);
+    }
+
+    fn at_version(mut pod: Pod, version: &str) -> Pod {
+        pod.metadata.resource_version = Some(version.into());
+        pod
+    }
+
+    fn version(store: &IndexedStore<Pod>, name: &str) -> Option<String> {
+        store
+            .get("a", name)
+            .and_then(|pod| pod.metadata.resource_version.clone())
+    }
+
+    #[test]
+    fn an_older_copy_never_replaces_a_newer_one() {
+        let store = IndexedStore::from_objects([at_version(pod("a", "p", &[("app", "api")]), "12")]);
+        store.apply(Event::Apply(at_version(pod("a", "p", &[("app", "old")]), "9")));
+        assert_eq!(version(&store, "p").as_deref(), Some("12"));
+        assert_eq!(
+            names(store.labelled("a", "app", "api")),
+            ["p"],
+            "the index keeps the newer labels"
+        );
+        store.apply(Event::Apply(at_version(pod("a", "p", &[("app", "new")]), "13")));
+        assert_eq!(version(&store, "p").as_deref(), Some("13"));
+        // Versions that are not numbers cannot be compared: the latest event wins, as it always did.
+        store.apply(Event::Apply(at_version(pod("a", "p", &[]), "x")));
+        assert_eq!(version(&store, "p").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_write_is_taken_for_an_object_held_and_newer_only() {
+        let store = IndexedStore::from_objects([at_version(pod("a", "p", &[]), "12")]);
+        store.wrote(at_version(pod("a", "p", &[("marked", "yes")]), "15"));
+        assert_eq!(version(&store, "p").as_deref(), Some("15"));
+        assert_eq!(names(store.labelled("a", "marked", "yes")), ["p"]);
+        store.wrote(at_version(pod("a", "p", &[]), "14"));
+        assert_eq!(
+            version(&store, "p").as_deref(),
+            Some("15"),
+            "an older write's answer"
+        );
+        store.wrote(at_version(pod("a", "gone", &[]), "16"));
+        assert!(
+            store.get("a", "gone").is_none(),
+            "a write never brings back a deleted object"
+        );
     }
 
     #[tokio::test]

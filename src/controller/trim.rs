@@ -5,7 +5,7 @@
 //! before it reaches a store: together most of levee's memory at scale.
 
 use super::marks::CONDITION_ACCEPTING;
-use super::stored::{StoredPod, StoredWorkload};
+use super::stored::StoredPod;
 use crate::api::BackpressurePolicy;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
@@ -41,8 +41,8 @@ pub fn pod(pod: &mut StoredPod) {
 }
 
 /// A workload (its selector is all its spec a stored one has): its metadata.
-pub fn workload<K>(workload: &mut StoredWorkload<K>) {
-    metadata(&mut workload.metadata);
+pub fn workload<K: kube::Resource>(workload: &mut K) {
+    metadata(workload.meta_mut());
 }
 
 /// A policy: everything but its managed fields and kubectl's copy of the last applied object
@@ -79,6 +79,7 @@ pub fn secret(secret: &mut Secret) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::stored::StoredWorkload;
     use k8s_openapi::api::apps::v1::Deployment;
     use serde_json::json;
 

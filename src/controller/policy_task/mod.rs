@@ -683,7 +683,9 @@ impl PolicyState {
     fn follow_status(&mut self, context: &Context, publish: bool) {
         let status = self.policy.status.clone().unwrap_or_default();
         self.circuit = status.circuit();
-        self.writes.follow(status);
+        let heartbeat = writes::heartbeat_of(context, &self.policy);
+        self.writes
+            .follow(status, heartbeat, phase_of(&task_key(&self.policy)));
         let (namespace, name) = self.names();
         if publish {
             record::record_circuit(context, &namespace, &name, &self.circuit);

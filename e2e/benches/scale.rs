@@ -364,6 +364,9 @@ struct Usage {
     rss: f64,
     peak: f64,
     anon: f64,
+    /// What its allocator counts as held by its allocations (`levee_heap_allocated_bytes`),
+    /// MiB; `None` for a build without that metric.
+    heap: Option<f64>,
     cpu: f64,
 }
 
@@ -424,6 +427,16 @@ fn measure(
         binary.display(),
         replicas.len()
     );
+    // What a start wrote to get there, and at what rate the API server took it.
+    if let Some(after) = marked_after {
+        let writes = writes_by_kind(&replicas);
+        let total: f64 = writes.iter().sum();
+        eprintln!(
+            "writes until then by kind {WRITE_KINDS:?}: {writes:.0?}, {:.1} a policy, {:.0} a second",
+            total / count as f64,
+            total / after.as_secs_f64()
+        );
+    }
     let settled_after = settle(&replicas, count);
 
     let cpu_time = |replicas: &[Levee]| -> Vec<Duration> {
@@ -445,6 +458,9 @@ fn measure(
             rss: mib(levee.rss_kib()),
             peak: 0.0,
             anon: mib(levee.anon_rss_kib()),
+            heap: levee
+                .metric("levee_heap_allocated_bytes")
+                .map(|bytes| bytes / 1024.0 / 1024.0),
             cpu: (*after - *before).as_secs_f64() / elapsed.as_secs_f64() * 100.0,
         })
         .collect();
@@ -457,10 +473,11 @@ fn measure(
     let redis_connections = connections_after - connections_before;
     for (i, replica) in usage.iter().enumerate() {
         eprintln!(
-            "{} replica {i}: steady state: RSS {:.1} MiB (anonymous {:.1}), CPU {:.1} %",
+            "{} replica {i}: steady state: RSS {:.1} MiB (anonymous {:.1}, heap allocated {:.1?}), CPU {:.1} %",
             binary.display(),
             replica.rss,
             replica.anon,
+            replica.heap,
             replica.cpu
         );
     }
@@ -556,7 +573,7 @@ fn main() {
         }
     }
     println!(
-        "| build | replicas | policies | queues | RSS steady a replica (peak; anonymous) | CPU of one core a replica | writes/min over all replicas: {} | heartbeats due/min | Redis commands/s (connections opened) | every pod marked after the start | then settled after | burst of {BURST} -> last pod held (min / median / max of {CYCLES}) |",
+        "| build | replicas | policies | queues | RSS steady a replica (peak; anonymous; heap allocated) | CPU of one core a replica | writes/min over all replicas: {} | heartbeats due/min | Redis commands/s (connections opened) | every pod marked after the start | then settled after | burst of {BURST} -> last pod held (min / median / max of {CYCLES}) |",
         WRITE_KINDS.join(" / ")
     );
     println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|");
@@ -568,14 +585,16 @@ fn main() {
         };
         let of = |field: fn(&Usage) -> f64| -> Vec<f64> { row.replicas.iter().map(field).collect() };
         let mib = |v: f64| format!("{v:.1}");
+        let heap: Option<Vec<f64>> = row.replicas.iter().map(|u| u.heap).collect();
         println!(
-            "| {} | {} | {count} | {} | {} MiB ({}; {}) | {} % | {} | {:.0} | {:.0} ({}) | {} | {} | {} / {} / {} ms |",
+            "| {} | {} | {count} | {} | {} MiB ({}; {}; {}) | {} % | {} | {:.0} | {:.0} ({}) | {} | {} | {} / {} / {} ms |",
             row.binary,
             row.replicas.len(),
             count * QUEUES,
             spread(&of(|u| u.rss), mib),
             spread(&of(|u| u.peak), mib),
             spread(&of(|u| u.anon), mib),
+            heap.map_or("not exported".into(), |heap| spread(&heap, mib)),
             spread(&of(|u| u.cpu), mib),
             writes.join(" / "),
             count as f64 * 60.0 / HEARTBEAT.as_secs_f64(),

@@ -175,9 +175,8 @@ impl Pass<'_> {
             .patch(&name, &params, &Patch::Merge(marks.metadata_patch()))
             .await
         {
-            Ok(mut written) => {
-                trim::workload(&mut written);
-                K::store(&self.context.stores).wrote(written);
+            Ok(written) => {
+                keep_written(K::store(&self.context.stores), written, trim::workload);
                 self.outcome.writes += 1;
                 self.context
                     .metrics
@@ -342,7 +341,7 @@ async fn mark_pod(
                 .patch_status(&name, &params, &patch)
                 .await
                 .map_err(|error| format!("pod {namespace}/{name} condition: {error}"))?;
-            wrote(context, written);
+            keep_written(&context.stores.pods, written, trim::pod);
             context
                 .metrics
                 .api_writes
@@ -357,7 +356,7 @@ async fn mark_pod(
                 .patch(&name, &params, &Patch::Merge(marks.metadata_patch()))
                 .await
                 .map_err(|error| format!("pod {namespace}/{name} labels and annotations: {error}"))?;
-            wrote(context, written);
+            keep_written(&context.stores.pods, written, trim::pod);
             context
                 .metrics
                 .api_writes
@@ -368,9 +367,9 @@ async fn mark_pod(
     Ok(true)
 }
 
-/// Keeps the pod a write returned, as the watch will show it: the next pass compares with what
-/// was written even while the watch lags behind.
-fn wrote(context: &Context, mut pod: StoredPod) {
-    trim::pod(&mut pod);
-    context.stores.pods.wrote(pod);
+/// Keeps the object a write returned, trimmed as the watch's copies are: the next pass compares
+/// with what was written even while the watch lags behind.
+fn keep_written<K: ResourceExt>(store: &IndexedStore<K>, mut written: K, trim: fn(&mut K)) {
+    trim(&mut written);
+    store.wrote(written);
 }

@@ -67,20 +67,15 @@ impl<K: ResourceExt> Entries<K> {
         self.objects.entry(namespace).or_default().insert(name, object);
     }
 
-    /// Whether the copy held of `object` is of a later version than it. Resource versions of one
-    /// resource compare as decimal numbers (KEP-5504, stable in Kubernetes 1.35, for exactly
-    /// this: a client's copy that writes run ahead of); one that is not such a number compares
-    /// as not newer, so the object is taken as it always was.
-    fn holds_newer_than(&self, object: &K) -> bool {
+    /// The copy held of `object`, if any, and whether it is of a later version than `object`.
+    /// Resource versions of one resource compare as decimal numbers (KEP-5504, stable in
+    /// Kubernetes 1.35, for exactly this: a client's copy that writes run ahead of); one that is
+    /// not such a number compares as not newer, so the object is taken as it always was.
+    fn held_and_newer(&self, object: &K) -> Option<bool> {
         let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+        let held = self.get(&namespace, &name)?;
         let version = |object: &K| object.resource_version()?.parse::<u64>().ok();
-        match (
-            self.get(&namespace, &name).and_then(|held| version(held)),
-            version(object),
-        ) {
-            (Some(held), Some(incoming)) => held > incoming,
-            _ => false,
-        }
+        Some(matches!((version(held), version(object)), (Some(held), Some(incoming)) if held > incoming))
     }
 
     fn remove(&mut self, namespace: &str, name: &str) {
@@ -206,7 +201,7 @@ impl<K: ResourceExt> IndexedStore<K> {
                 self.ready_sender.send_replace(true);
             }
             Event::Apply(object) => {
-                if !inner.live.holds_newer_than(&object) {
+                if inner.live.held_and_newer(&object) != Some(true) {
                     inner.live.insert(Arc::new(object));
                 }
             }
@@ -226,8 +221,7 @@ impl<K: ResourceExt> IndexedStore<K> {
     /// arriving after it, are skipped the same way (`Apply`).
     pub fn wrote(&self, object: K) {
         let mut inner = self.inner.write().expect("store lock");
-        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-        if inner.live.get(&namespace, &name).is_some() && !inner.live.holds_newer_than(&object) {
+        if inner.live.held_and_newer(&object) == Some(false) {
             inner.live.insert(Arc::new(object));
         }
     }

@@ -45,7 +45,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use policy_task::PolicyTasks;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
 use tokio::sync::watch;
 
@@ -206,6 +206,8 @@ pub struct Context {
     tasks: PolicyTasks,
     /// Status read afresh for the policies about to be taken over, one LIST for all of them.
     fresh_status: fresh_status::FreshStatus,
+    /// When each peer last answered (the standby rule leaves an answering owner alone).
+    peer_answers: peers::PeerAnswers,
     /// The policies this replica put the finalizer on, by UID, and the resourceVersion of the
     /// watch's copy then (`with_finalizer`).
     finalized: std::sync::Mutex<std::collections::HashMap<String, String>>,
@@ -230,11 +232,41 @@ impl Context {
         self.owns_ring_key(&ring_key(namespace, name))
     }
 
+    /// Whether the owner of the policy at `key` (another replica) answered its peers at `since`
+    /// or later: alive and reachable, so its values will come. Under a leader, whether the
+    /// leader (a follower's one peer) did.
+    fn owner_answered_since(&self, key: &str, since: Instant) -> bool {
+        match &self.ownership {
+            Ownership::Leader(_) => self.peer_answers.any_answered_since(since),
+            Ownership::Shards(view) => {
+                let view = view.borrow();
+                ring::owner(key, &view.members).is_some_and(|owner| {
+                    owner != self.settings.identity && self.peer_answers.answered_since(owner, since)
+                })
+            }
+        }
+    }
+
     /// `owns` for the policy at `key` in the ring ([`ring_key`]).
     fn owns_ring_key(&self, key: &str) -> bool {
+        matches!(self.acting_on_ring_key(key), shards::Acting::Yes(_))
+    }
+
+    /// Whether this replica acts on `policy` now, may again without a handover (its acting
+    /// paused within one run of its ring Lease: nobody else acted meanwhile), or does not own
+    /// it. Under a leader there is no pause: acting or not.
+    pub fn acting_on(&self, policy: &BackpressurePolicy) -> shards::Acting {
+        self.acting_on_ring_key(&ring_key(
+            &policy.namespace().unwrap_or_default(),
+            &policy.name_any(),
+        ))
+    }
+
+    fn acting_on_ring_key(&self, key: &str) -> shards::Acting {
         match &self.ownership {
-            Ownership::Leader(leader) => *leader.borrow(),
-            Ownership::Shards(view) => view.borrow().owns(&self.settings.identity, key),
+            Ownership::Leader(leader) if *leader.borrow() => shards::Acting::Yes(0),
+            Ownership::Leader(_) => shards::Acting::No,
+            Ownership::Shards(view) => view.borrow().acting(&self.settings.identity, key),
         }
     }
 }
@@ -306,6 +338,7 @@ pub async fn run(
         ownership,
         tasks: PolicyTasks::default(),
         fresh_status: fresh_status::FreshStatus::default(),
+        peer_answers: peers::PeerAnswers::default(),
         finalized: Default::default(),
         writers: tokio::sync::Semaphore::new(settings.concurrent_writers.max(1)),
         client: client.clone(),
@@ -583,8 +616,13 @@ const FINALIZER_MANAGER: &str = "levee-finalizer";
 impl Context {
     /// A leading context over the given client and stores, for tests against a mock API server.
     pub(crate) fn for_tests(client: Client, stores: Stores) -> Arc<Self> {
+        Self::for_tests_leading(client, stores, true)
+    }
+
+    /// `for_tests`, leading or following.
+    pub(crate) fn for_tests_leading(client: Client, stores: Stores, leading: bool) -> Arc<Self> {
         // A receiver keeps the last value after its sender is gone.
-        let (_, leader) = watch::channel(true);
+        let (_, leader) = watch::channel(leading);
         Arc::new(Self {
             recorder: Recorder::new(
                 client.clone(),
@@ -611,6 +649,7 @@ impl Context {
             ownership: Ownership::Leader(leader),
             tasks: PolicyTasks::default(),
             fresh_status: fresh_status::FreshStatus::default(),
+            peer_answers: peers::PeerAnswers::default(),
             finalized: Default::default(),
             writers: tokio::sync::Semaphore::new(64),
             client,

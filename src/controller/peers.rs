@@ -10,9 +10,11 @@
 //! kubelet renews and the API server itself refuses), re-read at each round; the peer reviews
 //! it and checks `get` on `/peer/values`. An answer is bounded in bytes, time and count.
 //!
-//! A replica that has no fresh values from a policy's owner (the owner away, a peer refused)
-//! samples the policy itself, as before peers (`policy_task`): the metrics never stop while the
-//! owner is unreachable, at the cost of that Redis load for that while.
+//! A replica that has no fresh values from a policy's owner while that owner does not answer
+//! (killed, cut off, refusing this replica) samples the policy itself, as before peers
+//! (`policy_task`): the metrics never stop while the owner is unreachable, at the cost of that
+//! Redis load for that while. An owner that answers but is late with a policy (a busy start) is
+//! left to it: standing in for it would add every replica's load to what made it late.
 
 use super::Context;
 use super::shards::ShardView;
@@ -41,6 +43,41 @@ const MAX_TOKEN_BYTES: u64 = 4096;
 /// certificate (`levee.dev/peer-cert-sha256`).
 pub(super) const PEER_URL_ANNOTATION: &str = "levee.dev/peer-url";
 pub(super) const PEER_CERT_ANNOTATION: &str = "levee.dev/peer-cert-sha256";
+
+/// When each peer last answered this replica's round with values taken: the standby rule stands
+/// in only for an owner that does not answer.
+#[derive(Debug, Default)]
+pub struct PeerAnswers(std::sync::Mutex<HashMap<String, Instant>>);
+
+impl PeerAnswers {
+    pub(super) fn answered(&self, identity: &str, at: Instant) {
+        let mut answers = self.0.lock().expect("peer answers lock");
+        match answers.get_mut(identity) {
+            Some(last) => *last = (*last).max(at),
+            None => {
+                answers.insert(identity.to_string(), at);
+            }
+        }
+    }
+
+    /// Whether `identity` answered at `since` or later.
+    pub fn answered_since(&self, identity: &str, since: Instant) -> bool {
+        let answers = self.0.lock().expect("peer answers lock");
+        answers.get(identity).is_some_and(|at| *at >= since)
+    }
+
+    /// Whether any peer answered at `since` or later (a follower's one peer is the leader).
+    pub fn any_answered_since(&self, since: Instant) -> bool {
+        let answers = self.0.lock().expect("peer answers lock");
+        answers.values().any(|at| *at >= since)
+    }
+
+    /// Forgets the peers no longer in `current`.
+    fn keep_only(&self, current: &[(String, PeerAddress)]) {
+        let mut answers = self.0.lock().expect("peer answers lock");
+        answers.retain(|identity, _| current.iter().any(|(peer, _)| peer == identity));
+    }
+}
 
 /// Where a peer answers, as its Lease says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +205,7 @@ pub async fn sync(context: Arc<Context>, source: PeerSource, settings: PeerSetti
             }
         }
         seen.retain(|identity, _| peers.iter().any(|(peer, _)| peer == identity));
+        context.peer_answers.keep_only(&peers);
     }
 }
 
@@ -243,6 +281,7 @@ async fn fetch(
         Err(error) => return count(context, identity, "invalid", &error),
     };
     let whole = context.tasks.take_from_peers(context, received);
+    context.peer_answers.answered(identity, asked);
     count(context, identity, "ok", "");
     // A confirmation of values this replica does not hold: the whole answer next time.
     Some((epoch, if whole { upto } else { 0 }))

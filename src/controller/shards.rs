@@ -51,18 +51,44 @@ pub struct ShardView {
     pub acting_until: Option<Instant>,
     /// The other live members that answer their peers, and where.
     pub peers: BTreeMap<String, PeerAddress>,
+    /// This replica's run of holding its Lease, counted from 1 at each join. Within one run no
+    /// other replica can have dropped it from their ring, so none acted on what it owns: a pause
+    /// in its acting (a renewal late) is no handover, and what it held stands.
+    pub run: u64,
+}
+
+/// Whether a replica acts on a policy now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acting {
+    /// It does, in this run of holding its Lease (`ShardView::run`; 0 under a leader).
+    Yes(u64),
+    /// It wins the policy in the ring, in this run, but may not act for the moment: its last
+    /// renewal or listing is late, or it has just joined.
+    Paused(u64),
+    /// Another replica owns it, or nobody.
+    No,
 }
 
 impl ShardView {
     /// Whether `me` acts on the policy `key` now.
     pub fn owns(&self, me: &str, key: &str) -> bool {
-        self.acting_until.is_some_and(|until| Instant::now() < until)
-            && ring::owner(key, &self.members) == Some(me)
+        matches!(self.acting(me, key), Acting::Yes(_))
     }
 
-    /// What changes who owns what: the members, and whether this replica acts.
-    fn shape(&self) -> (&[String], bool) {
-        (&self.members, self.acting_until.is_some())
+    /// Whether `me` acts on the policy `key` now, may again in this run, or does not own it.
+    pub fn acting(&self, me: &str, key: &str) -> Acting {
+        if ring::owner(key, &self.members) != Some(me) {
+            Acting::No
+        } else if self.acting_until.is_some_and(|until| Instant::now() < until) {
+            Acting::Yes(self.run)
+        } else {
+            Acting::Paused(self.run)
+        }
+    }
+
+    /// What changes who owns what: the members, whether this replica acts, and in which run.
+    fn shape(&self) -> (&[String], bool, u64) {
+        (&self.members, self.acting_until.is_some(), self.run)
     }
 }
 
@@ -109,6 +135,8 @@ struct Holding {
     listed: Option<Instant>,
     /// When the current run of renewals began, and whether another replica held a Lease then.
     joined: Option<(Instant, bool)>,
+    /// How many runs there have been (`ShardView::run`).
+    run: u64,
 }
 
 impl Holding {
@@ -121,6 +149,30 @@ impl Holding {
         let oldest = self.renewed?.min(self.listed?);
         let until = oldest + lease.renew_deadline();
         (now < until).then_some(until)
+    }
+
+    /// Takes a renewal that began at `started` and was answered at `answered`. One answered a
+    /// whole lease duration or more after the last one began may have landed after the others
+    /// dropped this replica from their ring and took its policies: it joins again, and waits a
+    /// lease duration before it acts, as a newcomer does, while the others let go.
+    fn renewed(&mut self, started: Instant, answered: Instant, lease: &LeaseSettings) {
+        if self
+            .renewed
+            .is_some_and(|last| answered.saturating_duration_since(last) >= lease.duration)
+        {
+            self.joined = None;
+        }
+        self.renewed = Some(started);
+    }
+
+    /// Takes a listing that began at `started`, in which another replica held a Lease when
+    /// `others`: the first after a renewal starts a run.
+    fn listed(&mut self, started: Instant, others: bool) {
+        self.listed = Some(started);
+        if self.joined.is_none() && self.renewed.is_some() {
+            self.joined = Some((started, others));
+            self.run += 1;
+        }
     }
 
     /// When the wait after joining is over, if it is still running.
@@ -241,6 +293,7 @@ impl Replica {
                 acting_until: self.holding.acting_until(now, &self.lease),
                 peers: self.peers(&members),
                 members,
+                run: self.holding.run,
             };
             view.send_if_modified(|current| {
                 let reshaped = current.shape() != next.shape();
@@ -318,7 +371,7 @@ impl Replica {
         if renew {
             let started = Instant::now();
             match self.renew().await {
-                Ok(()) => self.holding.renewed = Some(started),
+                Ok(()) => self.holding.renewed(started, Instant::now(), &self.lease),
                 Err(error) => {
                     let lapsed = self
                         .holding
@@ -336,17 +389,14 @@ impl Replica {
             .api
             .list(&ListParams::default().labels(&self.selector))
             .await?;
-        self.holding.listed = Some(started);
         self.observe(leases.items, started).await;
-        if self.holding.joined.is_none() && self.holding.renewed.is_some() {
-            let others = self.observed.values().any(|seen| {
-                seen.record
-                    .holder
-                    .as_deref()
-                    .is_some_and(|holder| holder != self.identity)
-            });
-            self.holding.joined = Some((started, others));
-        }
+        let others = self.observed.values().any(|seen| {
+            seen.record
+                .holder
+                .as_deref()
+                .is_some_and(|holder| holder != self.identity)
+        });
+        self.holding.listed(started, others);
         Ok(())
     }
 
@@ -541,6 +591,7 @@ mod tests {
             renewed: Some(start),
             listed: Some(start),
             joined: Some((start, true)),
+            run: 1,
         };
         assert_eq!(holding.acting_until(start + Duration::from_secs(1), &lease), None);
         holding.renewed = Some(start + LEASE);
@@ -569,6 +620,7 @@ mod tests {
             renewed: Some(start),
             listed: Some(start + Duration::from_secs(1)),
             joined: Some((start, false)),
+            run: 1,
         };
         let until = holding.acting_until(start, &lease).unwrap();
         assert_eq!(until, start + lease.renew_deadline());
@@ -585,15 +637,59 @@ mod tests {
             members: members.clone(),
             acting_until: Some(Instant::now()),
             peers: BTreeMap::new(),
+            run: 3,
         };
         assert!(!lapsed.owns("a", "ns/p"));
+        assert_eq!(lapsed.acting("a", "ns/p"), Acting::Paused(3));
         let acting = ShardView {
             members,
             acting_until: Some(Instant::now() + LEASE),
             peers: BTreeMap::new(),
+            run: 3,
         };
         assert!(acting.owns("a", "ns/p"));
+        assert_eq!(acting.acting("a", "ns/p"), Acting::Yes(3));
         assert!(!acting.owns("b", "ns/p"));
+        assert_eq!(acting.acting("b", "ns/p"), Acting::No);
+    }
+
+    /// A renewal answered late, but before the others could drop this replica, keeps its run
+    /// (what it held stands); one answered a lease duration or more after the last one began
+    /// starts a new run, after a newcomer's wait.
+    #[test]
+    fn a_renewal_answered_after_a_lease_duration_joins_again() {
+        let lease = settings();
+        let start = Instant::now();
+        let mut holding = Holding::default();
+        let renew_on_time = |holding: &mut Holding, from: Instant, to: Instant| {
+            let mut at = from;
+            while at <= to {
+                holding.renewed(at, at, &lease);
+                holding.listed(at, true);
+                at += lease.renew_every();
+            }
+        };
+        let acting_from = start + LEASE;
+        renew_on_time(&mut holding, start, acting_from);
+        assert_eq!(holding.run, 1);
+        assert!(holding.acting_until(acting_from, &lease).is_some());
+
+        let late = acting_from + lease.renew_every();
+        let answered = acting_from + LEASE - Duration::from_millis(1);
+        holding.renewed(late, answered, &lease);
+        holding.listed(answered, true);
+        assert_eq!(holding.run, 1, "nobody can have dropped it");
+        assert!(holding.acting_until(answered, &lease).is_some());
+
+        let too_late = late + lease.renew_every();
+        let answered = late + LEASE;
+        holding.renewed(too_late, answered, &lease);
+        holding.listed(answered, true);
+        assert_eq!(holding.run, 2, "the others may have dropped it");
+        assert_eq!(holding.acting_until(answered, &lease), None);
+        renew_on_time(&mut holding, answered, answered + LEASE);
+        assert!(holding.acting_until(answered + LEASE, &lease).is_some());
+        assert_eq!(holding.run, 2);
     }
 
     #[test]

@@ -481,6 +481,31 @@ async fn deleting_a_policy_releases_its_producers_then_the_finalizer() {
     verifier.await.unwrap();
 }
 
+/// The standby rule samples a policy whose owner's values are late only while the owner does not
+/// answer its peers: an owner that answers (alive, late on a busy start) is left to it.
+#[tokio::test]
+async fn a_standby_stands_in_only_for_an_owner_that_does_not_answer() {
+    for answering in [false, true] {
+        let (client, _server) = mock();
+        let context = Context::for_tests_leading(client, stores(vec![], vec![]), false);
+        let mut policy = policy(json!({}));
+        policy.spec.sample_interval = "100ms".parse().unwrap();
+        let policy = Arc::new(policy);
+        context.tasks.keep(&context, policy.clone(), false);
+        // Three sample intervals without the owner's values, and twice as long again.
+        for _ in 0..9 {
+            if answering {
+                context.peer_answers.answered("leader", Instant::now());
+            }
+            context.tasks.check_standbys(&context);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let tasks = context.metrics.policy_tasks.get();
+        context.tasks.stop(&policy);
+        assert_eq!(tasks, i64::from(!answering), "owner answering: {answering}");
+    }
+}
+
 #[tokio::test]
 async fn a_follower_never_writes() {
     let (client, _server) = mock();
@@ -498,6 +523,7 @@ async fn a_follower_never_writes() {
         ownership: Ownership::Leader(leader),
         tasks: PolicyTasks::default(),
         fresh_status: fresh_status::FreshStatus::default(),
+        peer_answers: peers::PeerAnswers::default(),
         finalized: Default::default(),
         writers: tokio::sync::Semaphore::new(64),
     });

@@ -14,8 +14,9 @@ use super::autoscaler;
 use super::backoff::Backoff;
 use super::judgement;
 use super::secrets::{self, EndpointProblem, resolve_endpoint};
+use super::shards::Acting;
 use super::status_writer::{TickReport, next_status};
-use crate::api::{BackendSpec, BackpressurePolicy, DiscoveryStatus, QueueSpec};
+use crate::api::{BackendSpec, BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, QueueSpec};
 use crate::circuit::{Circuit, CircuitRules, Decision};
 use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::{BackendEndpoint, Discovered, PreparedQueues, Sample};
@@ -92,7 +93,8 @@ impl PolicyTasks {
         self.keep(context, policy, context.settings.peer.is_none());
     }
 
-    fn keep(&self, context: &Arc<Context>, policy: Arc<BackpressurePolicy>, run_it: bool) {
+    /// Keeps the latest object of a policy, starting its task when `run_it`.
+    pub(super) fn keep(&self, context: &Arc<Context>, policy: Arc<BackpressurePolicy>, run_it: bool) {
         let key = policy_key(&policy);
         let uid = task_key(&policy);
         let mut known = self.known.lock().expect("task map lock");
@@ -154,8 +156,10 @@ impl PolicyTasks {
     }
 
     /// Starts a task for each policy stood by that needs one: this replica owns it now, or the
-    /// owner's values have not been fresh for three sample intervals (the owner away or
-    /// unreachable): the metrics never stop, at the cost of sampling it here meanwhile. A task
+    /// owner's values have not been fresh for three sample intervals and the owner has not
+    /// answered its peers for as long (away or unreachable): the metrics never stop, at the cost
+    /// of sampling it here meanwhile. An owner that answers but is late (a busy start) is left
+    /// to it: at 10,000 policies every replica stood in for every late one, on top of its own. A task
     /// that ended otherwise (a panic) is started again. Counts the tasks (`levee_policy_tasks`).
     pub fn check_standbys(&self, context: &Arc<Context>) {
         let now = Instant::now();
@@ -177,7 +181,8 @@ impl PolicyTasks {
                 && !context
                     .values
                     .get(namespace, name)
-                    .is_some_and(|values| values.fresh_from_peer(now));
+                    .is_some_and(|values| values.fresh_from_peer(now))
+                && !context.owner_answered_since(key, now.checked_sub(grace).unwrap_or(now));
             if context.owns_ring_key(key) || owner_away {
                 tracing::debug!(policy = %key, owner_away, "starting the task of a policy stood by");
                 entry.start(context);
@@ -255,9 +260,11 @@ struct PolicyState {
     partition_cap: Option<u32>,
     /// The last failure to apply the managed HPA, shown in the Ready condition until it works.
     autoscaler_error: Option<String>,
-    /// Whether this replica acted on the policy at its last tick: one that starts to (a
-    /// handover, or the task's start) first resumes the circuit from the API server.
-    acting: bool,
+    /// The run of this replica's ring Lease in which it acted on the policy at its last tick
+    /// (`shards::Acting`; 0 under a leader). One that starts to (a handover, the task's start, a
+    /// new run) first resumes the circuit from the API server; one whose acting only paused
+    /// within the run goes on from its own circuit, which nobody else can have moved.
+    acting: Option<u64>,
 }
 
 impl PolicyState {
@@ -280,7 +287,7 @@ impl PolicyState {
             autoscaler_checked: None,
             autoscaler_error: None,
             partition_cap: None,
-            acting: false,
+            acting: None,
             policy,
         }
     }
@@ -555,19 +562,25 @@ async fn tick(context: &Arc<Context>, state: &mut PolicyState) -> bool {
         return false;
     }
     let sample = state.sample(context).await;
-    if !context.owns(&state.policy) {
-        state.acting = false;
-        state.follow_status(context, true);
-        return true;
-    }
+    let run = match context.acting_on(&state.policy) {
+        Acting::Yes(run) => run,
+        // Its own circuit stands: no other replica can have acted on the policy in this run.
+        Acting::Paused(run) if state.acting == Some(run) => return true,
+        Acting::Paused(_) | Acting::No => {
+            state.acting = None;
+            let status = state.policy.status.clone().unwrap_or_default();
+            state.follow_status(context, status, true);
+            return true;
+        }
+    };
     if state.policy.meta().deletion_timestamp.is_some() {
         return true;
     }
-    if !state.acting {
-        state.acting = Box::pin(state.resume(context)).await;
-        if !state.acting {
+    if state.acting != Some(run) {
+        if !Box::pin(state.resume(context)).await {
             return true;
         }
+        state.acting = Some(run);
     }
     Box::pin(decide_and_hand_over(context, state, sample)).await;
     true
@@ -677,11 +690,11 @@ impl PolicyState {
         sample
     }
 
-    /// A follower takes the leader's status as the circuit, so taking over resumes it exactly;
-    /// it publishes that circuit with its values unless they came from the owner (`publish`
-    /// false), whose circuit is newer than the status it wrote.
-    fn follow_status(&mut self, context: &Context, publish: bool) {
-        let status = self.policy.status.clone().unwrap_or_default();
+    /// A follower takes the owner's status (the watch's copy, or one read afresh) as the
+    /// circuit, so taking over resumes it exactly; it publishes that circuit with its values
+    /// unless they came from the owner (`publish` false), whose circuit is newer than the status
+    /// it wrote.
+    fn follow_status(&mut self, context: &Context, status: BackpressurePolicyStatus, publish: bool) {
         self.circuit = status.circuit();
         let heartbeat = writes::heartbeat_of(context, &self.policy);
         self.writes
@@ -704,11 +717,10 @@ impl PolicyState {
         let (namespace, name) = self.names();
         let api: kube::Api<BackpressurePolicy> = context.settings.api(context.client.clone());
         match context.fresh_status.read(&api, &namespace, &name).await {
+            // Only the status is taken: the policy stays the watch's copy, shared with the
+            // store (a copy of each policy taken over was 5-6 MiB after a restart at 5,000).
             Ok(Some(status)) => {
-                let mut policy = (*self.policy).clone();
-                policy.status = status;
-                self.policy = Arc::new(policy);
-                self.follow_status(context, false);
+                self.follow_status(context, status.unwrap_or_default(), false);
                 true
             }
             Ok(None) => false,

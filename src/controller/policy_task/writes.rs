@@ -9,6 +9,7 @@
 use super::super::Context;
 use super::super::actuator;
 use super::super::marks::{Intent, Release};
+use super::super::shards::Acting;
 use super::events::{self, PendingEvent};
 use super::{phase_of, refused_as_too_large, task_key};
 use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
@@ -97,19 +98,14 @@ impl Writes {
         let mut shared = self.shared();
         shared.written = status;
         shared.last_write = last_write;
+        // What a pass held back while acting paused is not this status's to write.
+        shared.pending = None;
     }
 
     /// Hands `job` over: written by the running pass's successor, or by a pass started now.
-    pub fn submit(&mut self, context: &Arc<Context>, mut job: Job) {
+    pub fn submit(&mut self, context: &Arc<Context>, job: Job) {
         let mut shared = self.shared();
-        if let Some(overtaken) = shared.pending.take() {
-            let mut kept = overtaken.events;
-            kept.append(&mut job.events);
-            let excess = kept.len().saturating_sub(MAX_PENDING_EVENTS);
-            kept.drain(..excess);
-            job.events = kept;
-        }
-        shared.pending = Some(job);
+        shared.queue(job);
         if shared.in_flight {
             return;
         }
@@ -123,6 +119,32 @@ impl Writes {
         if let Some(running) = self.running.take() {
             let _ = running.await;
         }
+    }
+}
+
+impl Shared {
+    /// Makes `job` the next pass's, keeping the events of the one it overtakes (the newest
+    /// [`MAX_PENDING_EVENTS`]).
+    fn queue(&mut self, mut job: Job) {
+        if let Some(overtaken) = self.pending.take() {
+            let mut kept = overtaken.events;
+            kept.append(&mut job.events);
+            let excess = kept.len().saturating_sub(MAX_PENDING_EVENTS);
+            kept.drain(..excess);
+            job.events = kept;
+        }
+        self.pending = Some(job);
+    }
+
+    /// Puts back a job no pass may write yet (acting paused), ahead of any newer one, and ends
+    /// the passes: the next tick's pass writes the newest status with all their events.
+    fn hold_back(&mut self, job: Job) {
+        let newer = self.pending.take();
+        self.queue(job);
+        if let Some(newer) = newer {
+            self.queue(newer);
+        }
+        self.in_flight = false;
     }
 }
 
@@ -170,9 +192,16 @@ async fn passes(context: Arc<Context>, shared: Arc<Mutex<Shared>>) {
             shared.lock().expect("policy writes lock").in_flight = false;
             return;
         };
-        // A replica that no longer owns the policy writes nothing (the fence of a handover).
-        if !context.owns(&job.policy) {
-            continue;
+        match context.acting_on(&job.policy) {
+            Acting::Yes(_) => {}
+            // Acting paused within its run: the job waits for the next tick's, which takes its
+            // events (a transition's event is not lost to a late renewal).
+            Acting::Paused(_) => {
+                shared.lock().expect("policy writes lock").hold_back(job);
+                return;
+            }
+            // A replica that no longer owns the policy writes nothing (the fence of a handover).
+            Acting::No => continue,
         }
         Box::pin(pass(&context, &shared, job)).await;
     }
@@ -281,6 +310,46 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     const PERIOD: Duration = Duration::from_secs(300);
+
+    fn job(decided: State, reason: &'static str) -> Job {
+        let policy = crate::fixtures::policy_with(serde_json::json!({}));
+        Job {
+            rules: policy.spec.circuit_rules(),
+            policy: Arc::new(policy),
+            next: BackpressurePolicyStatus::default(),
+            decided,
+            events: vec![(kube::runtime::events::EventType::Normal, reason, String::new())],
+        }
+    }
+
+    fn reasons(job: &Job) -> Vec<&'static str> {
+        job.events.iter().map(|(_, reason, _)| *reason).collect()
+    }
+
+    /// A job held back while acting paused keeps its events for the next pass, behind none
+    /// that is newer; a status taken over (a handover, a resume) drops what was held.
+    #[test]
+    fn a_job_held_back_while_acting_paused_keeps_its_events_until_a_takeover() {
+        let writes = Writes::new(BackpressurePolicyStatus::default());
+        {
+            let mut shared = writes.shared();
+            shared.in_flight = true;
+            shared.queue(job(State::Open, "Later"));
+            shared.hold_back(job(State::Open, "CircuitOpened"));
+            assert!(!shared.in_flight, "the passes end");
+            let next = shared.pending.as_ref().expect("held");
+            assert_eq!(reasons(next), ["CircuitOpened", "Later"], "oldest first");
+            shared.pending = None;
+            shared.hold_back(job(State::HalfOpen, "CircuitHalfOpen"));
+            shared.queue(job(State::HalfOpen, "Tick"));
+            assert_eq!(
+                reasons(shared.pending.as_ref().unwrap()),
+                ["CircuitHalfOpen", "Tick"]
+            );
+        }
+        writes.follow(BackpressurePolicyStatus::default(), PERIOD, 0.5);
+        assert!(writes.shared().pending.is_none());
+    }
 
     /// When the heartbeat of a status taken over `age` ago at `phase` falls due, from now.
     fn due_in(age: Duration, phase: f64) -> Duration {

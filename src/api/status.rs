@@ -70,6 +70,20 @@ impl BackpressurePolicyStatus {
         }
     }
 
+    /// Keeps only what [`Self::circuit`] reads and when the status was sampled (the heartbeat of a
+    /// status taken over counts from it): the queues, the other conditions, memory and discovery
+    /// are what most of a status weighs.
+    pub fn keep_circuit_only(&mut self) {
+        self.queues = Vec::new();
+        self.queues_omitted = None;
+        self.memory = None;
+        self.discovery = None;
+        self.forecast = None;
+        self.conditions
+            .retain(|c| c.type_ == condition::THROTTLING || c.type_ == condition::PROLONGED);
+        self.conditions.shrink_to_fit();
+    }
+
     /// Writes the circuit's memory, with the `Throttling` and `Prolonged` conditions, as of `now`.
     pub fn record(&mut self, circuit: &Circuit, now: Timestamp) {
         self.state = Some(circuit.state);

@@ -656,3 +656,56 @@ async fn a_stage_held_back_by_levee_stops_pulling_and_resumes() {
         "{printed}"
     );
 }
+
+/// Thousands of policies reading one server at once through the one connection they share, on a
+/// 2 ms timeout: the replies that come late fail their samples, but the connection keeps
+/// answering the others, so it is kept. (Before, a policy whose requests all came late dropped
+/// the shared connection and the next policy dialled a new one, as the Redis sampler did before
+/// `late_replies_on_a_connection_that_still_answers_keep_it` in tests/sampler.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_replies_on_a_connection_that_still_answers_keep_it() {
+    let server = NatsServer::start_monitored(&["-js"]);
+    server.jetstream(&["fill", "EVENTS", "events", "writer", "3", "0", "0"]);
+    let prepared = queues("[{name: events, type: jetstream, stream: EVENTS, consumer: writer}]");
+    let spec: NatsSpec = serde_yaml::from_str(&format!("{{url: '{}', timeout: 2ms}}", server.url())).unwrap();
+    let tight = BackendEndpoint::Nats(NatsEndpoint::from_spec(&spec, NatsAuth::None).unwrap());
+    let sampler = Sampler::new();
+    let mut read = Err(String::new());
+    for _ in 0..50 {
+        read = depth(&sampler.sample_backend(&tight, &prepared).await, "events");
+        if read.is_ok() {
+            break;
+        }
+    }
+    assert_eq!(read, Ok(3), "one sample at a time answers within 2 ms");
+    let opened = |server: &NatsServer| {
+        server.varz()["total_connections"]
+            .as_u64()
+            .expect("total_connections")
+    };
+    let before = opened(&server);
+    let mut late = 0;
+    for _ in 0..5 {
+        let ticks = futures::future::join_all((0..2000).map(|_| {
+            let (sampler, tight, prepared) = (sampler.clone(), tight.clone(), prepared.clone());
+            tokio::spawn(async move { depth(&sampler.sample_backend(&tight, &prepared).await, "events") })
+        }))
+        .await;
+        for read in ticks {
+            match read.unwrap() {
+                Ok(depth) => assert_eq!(depth, 3),
+                Err(error) => {
+                    assert!(error.contains("within"), "{error}");
+                    late += 1;
+                }
+            }
+        }
+    }
+    let dialled = opened(&server) - before;
+    eprintln!("figure: 10,000 samples at once on a 2 ms timeout: {late} late, {dialled} connections opened");
+    assert!(late > 0, "no reply came late: the test shows nothing");
+    assert!(
+        dialled <= 2,
+        "{dialled} connections opened for {late} late replies"
+    );
+}

@@ -246,6 +246,14 @@ impl Sampler {
     }
 }
 
+/// How long a connection that let a request time out must have answered nothing (nobody's
+/// request) before it is dialled again: four timeouts, and at least a second. A late reply on a
+/// connection every policy on that server shares, while it still answers others, is a busy
+/// server or a busy levee; dialling again would only add to the load.
+fn silence(timeout: Duration) -> Duration {
+    (timeout * 4).max(Duration::from_secs(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

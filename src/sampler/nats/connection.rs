@@ -11,7 +11,7 @@ use crate::sampler::tls::TlsSettings;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -76,6 +76,8 @@ pub struct Connection {
     inbox: String,
     /// Why the connection stopped, once it has.
     broken: Arc<Mutex<Option<String>>>,
+    /// When the server last sent anything (the handshake's PONG at first).
+    heard: Arc<Mutex<Instant>>,
     reader: JoinHandle<()>,
 }
 
@@ -210,6 +212,7 @@ impl Connection {
         let writer = Arc::new(tokio::sync::Mutex::new(write));
         let waiters = Waiters::default();
         let broken = Arc::new(Mutex::new(None));
+        let heard = Arc::new(Mutex::new(Instant::now()));
         let reader = tokio::spawn(read_replies(
             read,
             buffer,
@@ -217,7 +220,7 @@ impl Connection {
             inbox.clone(),
             writer.clone(),
             waiters.clone(),
-            broken.clone(),
+            (broken.clone(), heard.clone()),
         ));
         Ok(Self {
             writer,
@@ -225,6 +228,7 @@ impl Connection {
             next_token: AtomicU64::new(1),
             inbox,
             broken,
+            heard,
             reader,
         })
     }
@@ -232,6 +236,11 @@ impl Connection {
     /// Why the connection stopped, if it has.
     pub fn broken(&self) -> Option<String> {
         self.broken.lock().expect("connection state lock").clone()
+    }
+
+    /// Whether the server has sent nothing for `quiet` (nor since the handshake).
+    pub fn silent_for(&self, quiet: Duration) -> bool {
+        self.heard.lock().expect("connection state lock").elapsed() >= quiet
     }
 
     /// Sends a request with `body` on `subject` and waits for its reply up to `timeout`.
@@ -317,10 +326,14 @@ async fn read_replies(
     inbox: String,
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     waiters: Waiters,
-    broken: Arc<Mutex<Option<String>>>,
+    (broken, heard): (Arc<Mutex<Option<String>>>, Arc<Mutex<Instant>>),
 ) {
     let why = loop {
-        match next_op(&mut read, &mut buffer, limits).await {
+        let op = next_op(&mut read, &mut buffer, limits).await;
+        if op.is_ok() {
+            *heard.lock().expect("connection state lock") = Instant::now();
+        }
+        match op {
             Ok(ServerOp::Msg {
                 subject,
                 status,

@@ -152,14 +152,20 @@ impl NatsSampler {
                         .map(|c| connection.request(&c.subject, b"", endpoint.timeout)),
                 )
                 .await;
-                // No reply at all: a server that stopped answering (packets dropped) keeps the
-                // socket open, so the connection is dialled again next tick.
-                let silent = !replies.is_empty() && replies.iter().all(Result::is_err);
-                let why = connection
-                    .broken()
-                    .or_else(|| silent.then(|| replies[0].clone().expect_err("all failed")));
+                // No reply at all: the sample fails. A server that stopped answering (packets
+                // dropped) keeps the socket open, so the connection is dialled again next tick
+                // once it has sent nothing for `silence` either; one that still answers other
+                // policies' requests is kept (before, every policy whose requests all came late
+                // on a busy machine dropped the connection they all share).
+                let unanswered = !replies.is_empty() && replies.iter().all(Result::is_err);
+                let broken = connection.broken();
+                let why = broken
+                    .clone()
+                    .or_else(|| unanswered.then(|| replies[0].clone().expect_err("all failed")));
                 if let Some(why) = why {
-                    self.forget(endpoint, &connection);
+                    if broken.is_some() || connection.silent_for(crate::sampler::silence(endpoint.timeout)) {
+                        self.forget(endpoint, &connection);
+                    }
                     let readings = consumers.iter().map(|c| reading(c, Err(why.clone()))).collect();
                     (readings, Some(why), 1)
                 } else {

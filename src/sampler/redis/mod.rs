@@ -407,7 +407,7 @@ impl Sampler {
             }
         }
         state.forget_connections(&broken);
-        let dropped_silent = state.forget_silent(&silent, silence(endpoint.timeout));
+        let dropped_silent = state.forget_silent(&silent, super::silence(endpoint.timeout));
         if (!broken.is_empty() || dropped_silent) && endpoint.mode != crate::api::RedisMode::Standalone {
             state.forget_topology();
         }
@@ -488,12 +488,6 @@ struct NodePlan {
 /// endpoint: 1,000 policies ticking every second on one Redis then ask it about 4 times a second,
 /// not 1,000.
 pub const MEMORY_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// How long a connection that let a pipeline time out must have answered nothing before it is
-/// dialled again: four timeouts, and at least a second.
-fn silence(timeout: std::time::Duration) -> std::time::Duration {
-    (timeout * 4).max(std::time::Duration::from_secs(1))
-}
 
 /// A multiplexed connection to `node` with the endpoint's deadline on connecting and replies.
 async fn connect(

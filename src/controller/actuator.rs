@@ -7,16 +7,16 @@
 //! no longer selects are released on the same pass: what levee marked is found in the cluster,
 //! never remembered, so a restart, a failover or a deletion while levee was down strands nobody.
 
-use super::indexed_store::IndexedStore;
+use super::indexed_store::{Indexed, IndexedStore};
+use super::kept::{KeptPod, KeptWorkload};
 use super::marks::{Intent, LABEL_POLICY, Marks, Release};
 use super::stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
-use super::{Context, FIELD_MANAGER, Result, Stores, trim};
+use super::{Context, FIELD_MANAGER, Result, Stores};
 use crate::api::{BackpressurePolicy, TargetKind};
 use crate::circuit::CircuitRules;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use std::collections::HashSet;
@@ -38,83 +38,73 @@ pub struct Outcome {
     pub errors: Vec<String>,
 }
 
-/// A kind of workload a policy can hold back: where levee keeps its copies, and which pods are
-/// its own.
+/// A kind of workload a policy can hold back (as the API server sends it: what a patch
+/// returns): where levee keeps its copies, and which pods are its own.
 trait Workload:
     Resource<Scope = NamespaceResourceScope, DynamicType = ()>
     + Clone
     + std::fmt::Debug
     + serde::de::DeserializeOwned
+    + Into<KeptWorkload>
     + Send
     + Sync
     + 'static
 {
     const KIND: TargetKind;
-    fn store(stores: &Stores) -> &IndexedStore<Self>;
-    fn selector(&self) -> Option<&LabelSelector>;
-    /// Whether `pod` is this workload's own by its controller owner reference: a pod of another
+    fn store(stores: &Stores) -> &IndexedStore<KeptWorkload>;
+    /// Whether `pod` is `workload`'s own by its controller owner reference: a pod of another
     /// workload that carries the same labels is not.
-    fn owns(&self, pod: &StoredPod) -> bool;
+    fn owns(workload: &KeptWorkload, pod: &KeptPod) -> bool;
 }
 
-/// The controller owner reference of `pod` (trimmed pods keep only that one).
-fn controller_of(pod: &StoredPod) -> Option<&OwnerReference> {
-    pod.metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|owner| owner.controller == Some(true))
-}
-
-/// Whether `workload` itself (kind and UID) controls `pod`: a StatefulSet's, a DaemonSet's pods.
-fn directly_owned<K: Resource<DynamicType = ()>>(workload: &K, pod: &StoredPod) -> bool {
-    controller_of(pod)
-        .is_some_and(|owner| owner.kind == K::kind(&()) && Some(&owner.uid) == workload.meta().uid.as_ref())
+/// Whether `workload` itself (kind `K` and UID) controls `pod`: a StatefulSet's, a DaemonSet's
+/// pods.
+fn directly_owned<K: Resource<DynamicType = ()>>(workload: &KeptWorkload, pod: &KeptPod) -> bool {
+    pod.controller
+        .as_ref()
+        .is_some_and(|owner| *owner.kind == *K::kind(&()) && owner.uid == workload.meta.uid)
 }
 
 impl Workload for StoredDeployment {
     const KIND: TargetKind = TargetKind::Deployment;
-    fn store(stores: &Stores) -> &IndexedStore<Self> {
+    fn store(stores: &Stores) -> &IndexedStore<KeptWorkload> {
         &stores.deployments
-    }
-    fn selector(&self) -> Option<&LabelSelector> {
-        self.spec.as_ref().map(|spec| &spec.selector)
     }
     /// A Deployment's pods belong to its ReplicaSets, which the Deployment controller names
     /// `<deployment>-<pod-template-hash>` (the hash is also the pod's label), so a pod is the
     /// Deployment's when its controller is the ReplicaSet of that name: no ReplicaSet is watched.
-    fn owns(&self, pod: &StoredPod) -> bool {
-        let hash = pod.labels().get("pod-template-hash");
-        controller_of(pod).is_some_and(|owner| {
-            owner.kind == "ReplicaSet"
-                && hash.is_some_and(|hash| owner.name == format!("{}-{hash}", self.name_any()))
+    fn owns(workload: &KeptWorkload, pod: &KeptPod) -> bool {
+        let hash = pod.label("pod-template-hash");
+        pod.controller.as_ref().is_some_and(|owner| {
+            &*owner.kind == "ReplicaSet"
+                && hash.is_some_and(|hash| {
+                    owner
+                        .name
+                        .strip_prefix(&*workload.meta.name)
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        == Some(hash)
+                })
         })
     }
 }
 
 impl Workload for StoredStatefulSet {
     const KIND: TargetKind = TargetKind::StatefulSet;
-    fn store(stores: &Stores) -> &IndexedStore<Self> {
+    fn store(stores: &Stores) -> &IndexedStore<KeptWorkload> {
         &stores.stateful_sets
     }
-    fn selector(&self) -> Option<&LabelSelector> {
-        self.spec.as_ref().map(|spec| &spec.selector)
-    }
-    fn owns(&self, pod: &StoredPod) -> bool {
-        directly_owned(self, pod)
+    fn owns(workload: &KeptWorkload, pod: &KeptPod) -> bool {
+        directly_owned::<Self>(workload, pod)
     }
 }
 
 impl Workload for StoredDaemonSet {
     const KIND: TargetKind = TargetKind::DaemonSet;
-    fn store(stores: &Stores) -> &IndexedStore<Self> {
+    fn store(stores: &Stores) -> &IndexedStore<KeptWorkload> {
         &stores.daemon_sets
     }
-    fn selector(&self) -> Option<&LabelSelector> {
-        self.spec.as_ref().map(|spec| &spec.selector)
-    }
-    fn owns(&self, pod: &StoredPod) -> bool {
-        directly_owned(self, pod)
+    fn owns(workload: &KeptWorkload, pod: &KeptPod) -> bool {
+        directly_owned::<Self>(workload, pod)
     }
 }
 
@@ -137,46 +127,47 @@ impl Pass<'_> {
                 .push(format!("{:?} {}/{name}", K::KIND, self.namespace));
             return;
         };
-        let pods: Vec<Arc<StoredPod>> = workload
-            .selector()
-            .map(|selector| live_pods(self.context.stores.pods.selected(&self.namespace, selector)))
+        let pods: Vec<Arc<KeptPod>> = workload
+            .selector
+            .as_ref()
+            .map(|selector| self.context.stores.pods.selected(&self.namespace, selector))
             .unwrap_or_default()
             .into_iter()
-            .filter(|pod| workload.owns(pod))
+            .filter(|pod| !pod.meta.deleting && K::owns(&workload, pod))
             .collect();
-        self.selected_pods.extend(pods.iter().map(|pod| pod.name_any()));
+        self.selected_pods
+            .extend(pods.iter().map(|pod| pod.name().to_string()));
         // The pods first: their condition is what takes them out of their Services' endpoints.
         mark_pods(self.context, pods, marks, &mut self.outcome).await;
-        self.mark_workload(workload.as_ref(), marks).await;
+        self.mark_workload::<K>(&workload, marks).await;
     }
 
     /// Releases the workloads of kind `K` labelled with the policy that it no longer targets.
     async fn release_strays<K: Workload>(&mut self, targeted: &[&str], stray: &Marks) {
         let labelled = K::store(&self.context.stores).labelled(&self.namespace, LABEL_POLICY, &self.policy);
         for workload in labelled {
-            if !targeted.contains(&workload.name_any().as_str()) {
-                self.mark_workload(workload.as_ref(), stray).await;
+            if !targeted.contains(&workload.name()) {
+                self.mark_workload::<K>(&workload, stray).await;
             }
         }
     }
 
-    async fn mark_workload<K: Workload>(&mut self, workload: &K, marks: &Marks) {
-        let meta = workload.meta();
-        if !marks.metadata_differs(meta.annotations.as_ref(), meta.labels.as_ref()) {
+    async fn mark_workload<K: Workload>(&mut self, workload: &KeptWorkload, marks: &Marks) {
+        if !marks.metadata_differs(&workload.meta.annotations, &workload.meta.labels) {
             return;
         }
-        let name = workload.name_any();
+        let name = workload.name();
         let api: Api<K> = Api::namespaced(self.context.client.clone(), &self.namespace);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
         match api
-            .patch(&name, &params, &Patch::Merge(marks.metadata_patch()))
+            .patch(name, &params, &Patch::Merge(marks.metadata_patch()))
             .await
         {
             Ok(written) => {
-                keep_written(K::store(&self.context.stores), written, trim::workload);
+                K::store(&self.context.stores).wrote(written.into());
                 self.outcome.writes += 1;
                 self.context
                     .metrics
@@ -191,13 +182,6 @@ impl Pass<'_> {
             }
         }
     }
-}
-
-/// Pods that are not being deleted.
-fn live_pods(pods: Vec<Arc<StoredPod>>) -> Vec<Arc<StoredPod>> {
-    pods.into_iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .collect()
 }
 
 /// Brings every target of `policy` to the marks `intent` gives it, then releases every producer
@@ -248,12 +232,12 @@ pub async fn act(
         .await;
     pass.release_strays::<StoredDaemonSet>(&targeted(TargetKind::DaemonSet), &stray)
         .await;
-    let stray_pods: Vec<Arc<StoredPod>> = context
+    let stray_pods: Vec<Arc<KeptPod>> = context
         .stores
         .pods
         .labelled(&pass.namespace, LABEL_POLICY, &pass.policy)
         .into_iter()
-        .filter(|pod| !pass.selected_pods.contains(&pod.name_any()))
+        .filter(|pod| !pass.selected_pods.contains(pod.name()))
         .collect();
     mark_pods(context, stray_pods, &stray, &mut pass.outcome).await;
     pass.outcome
@@ -290,7 +274,7 @@ pub async fn release(context: &Context, policy: &BackpressurePolicy) -> Result<(
 
 /// Marks `pods`: the conditions of every pod first (they take pods out of their Services'
 /// endpoints), then the metadata.
-async fn mark_pods(context: &Context, pods: Vec<Arc<StoredPod>>, marks: &Marks, outcome: &mut Outcome) {
+async fn mark_pods(context: &Context, pods: Vec<Arc<KeptPod>>, marks: &Marks, outcome: &mut Outcome) {
     if pods.is_empty() {
         return;
     }
@@ -319,29 +303,27 @@ enum PodPart {
 /// Writes one part of a pod's marks if it differs; `Ok(true)` when it wrote.
 async fn mark_pod(
     context: &Context,
-    pod: Arc<StoredPod>,
+    pod: Arc<KeptPod>,
     marks: &Marks,
     part: PodPart,
 ) -> Result<bool, String> {
-    let namespace = pod.namespace().unwrap_or_default();
-    let name = pod.name_any();
-    let api: Api<StoredPod> = Api::namespaced(context.client.clone(), &namespace);
+    let (namespace, name) = (pod.namespace(), pod.name());
+    let api: Api<StoredPod> = Api::namespaced(context.client.clone(), namespace);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
     match part {
         PodPart::Condition => {
-            let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref());
-            if !marks.condition_differs(conditions) {
+            if !marks.condition_differs(pod.accepting.as_ref()) {
                 return Ok(false);
             }
             let patch = Patch::Strategic(marks.condition_patch(Timestamp::now()));
             let written = api
-                .patch_status(&name, &params, &patch)
+                .patch_status(name, &params, &patch)
                 .await
                 .map_err(|error| format!("pod {namespace}/{name} condition: {error}"))?;
-            keep_written(&context.stores.pods, written, trim::pod);
+            context.stores.pods.wrote(written.into());
             context
                 .metrics
                 .api_writes
@@ -349,14 +331,14 @@ async fn mark_pod(
                 .inc();
         }
         PodPart::Metadata => {
-            if !marks.metadata_differs(pod.metadata.annotations.as_ref(), pod.metadata.labels.as_ref()) {
+            if !marks.metadata_differs(&pod.meta.annotations, &pod.meta.labels) {
                 return Ok(false);
             }
             let written = api
-                .patch(&name, &params, &Patch::Merge(marks.metadata_patch()))
+                .patch(name, &params, &Patch::Merge(marks.metadata_patch()))
                 .await
                 .map_err(|error| format!("pod {namespace}/{name} labels and annotations: {error}"))?;
-            keep_written(&context.stores.pods, written, trim::pod);
+            context.stores.pods.wrote(written.into());
             context
                 .metrics
                 .api_writes
@@ -365,11 +347,4 @@ async fn mark_pod(
         }
     }
     Ok(true)
-}
-
-/// Keeps the object a write returned, trimmed as the watch's copies are: the next pass compares
-/// with what was written even while the watch lags behind.
-fn keep_written<K: ResourceExt>(store: &IndexedStore<K>, mut written: K, trim: fn(&mut K)) {
-    trim(&mut written);
-    store.wrote(written);
 }

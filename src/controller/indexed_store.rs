@@ -2,13 +2,45 @@
 //! by label, so that a target's pods and the producers a policy labelled are found by lookup
 //! instead of a scan over every object each tick (which cost O(policies × pods) a second).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::ResourceExt;
-use kube::core::{Selector, SelectorExt};
+use super::kept::KeptSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
+
+/// What a store reads of an object: where it is, its labels and its version.
+pub trait Indexed {
+    fn namespace(&self) -> &str;
+    fn name(&self) -> &str;
+    fn labels(&self) -> impl Iterator<Item = (&str, &str)>;
+    fn label(&self, key: &str) -> Option<&str>;
+    fn resource_version(&self) -> Option<&str>;
+}
+
+/// Kinds stored as the API server sends them (opted-in Secrets, managed HPAs) are indexed by
+/// their `ObjectMeta`.
+impl<K: k8s_openapi::Metadata<Ty = ObjectMeta>> Indexed for K {
+    fn namespace(&self) -> &str {
+        self.metadata().namespace.as_deref().unwrap_or_default()
+    }
+    fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+    fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.metadata()
+            .labels
+            .iter()
+            .flatten()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+    }
+    fn label(&self, key: &str) -> Option<&str> {
+        self.metadata().labels.as_ref()?.get(key).map(String::as_str)
+    }
+    fn resource_version(&self) -> Option<&str> {
+        self.metadata().resource_version.as_deref()
+    }
+}
 
 /// A namespace, name, label or value, allocated once and shared by the object's entry and every
 /// index that names it.
@@ -43,11 +75,11 @@ fn shared<V>(map: &HashMap<Name, V>, name: &str) -> Name {
         .map_or_else(|| Name::from(name), |(key, _)| key.clone())
 }
 
-impl<K: ResourceExt> Entries<K> {
+impl<K: Indexed> Entries<K> {
     fn insert(&mut self, object: Arc<K>) {
-        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-        self.remove(&namespace, &name);
-        let namespace = shared(&self.objects, &namespace);
+        let (namespace, name) = (object.namespace(), object.name());
+        self.remove(namespace, name);
+        let namespace = shared(&self.objects, namespace);
         let name = Name::from(name);
         let by_key = self.by_label.entry(namespace.clone()).or_default();
         for (label, value) in object.labels() {
@@ -55,7 +87,7 @@ impl<K: ResourceExt> Entries<K> {
             let names = by_key
                 .entry(label)
                 .or_default()
-                .entry(Name::from(value.as_str()))
+                .entry(Name::from(value))
                 .or_default();
             if let Err(at) = names.binary_search(&name) {
                 names.insert(at, name.clone());
@@ -72,8 +104,7 @@ impl<K: ResourceExt> Entries<K> {
     /// Kubernetes 1.35, for exactly this: a client's copy that writes run ahead of); one that is
     /// not such a number compares as not newer, so the object is taken as it always was.
     fn held_and_newer(&self, object: &K) -> Option<bool> {
-        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-        let held = self.get(&namespace, &name)?;
+        let held = self.get(object.namespace(), object.name())?;
         let version = |object: &K| object.resource_version()?.parse::<u64>().ok();
         Some(matches!((version(held), version(object)), (Some(held), Some(incoming)) if held > incoming))
     }
@@ -92,19 +123,19 @@ impl<K: ResourceExt> Entries<K> {
             return;
         };
         for (label, value) in old.labels() {
-            let Some(by_value) = by_key.get_mut(label.as_str()) else {
+            let Some(by_value) = by_key.get_mut(label) else {
                 continue;
             };
-            if let Some(names) = by_value.get_mut(value.as_str()) {
+            if let Some(names) = by_value.get_mut(value) {
                 if let Ok(at) = names.binary_search_by(|held| (**held).cmp(name)) {
                     names.remove(at);
                 }
                 if names.is_empty() {
-                    by_value.remove(value.as_str());
+                    by_value.remove(value);
                 }
             }
             if by_value.is_empty() {
-                by_key.remove(label.as_str());
+                by_key.remove(label);
             }
         }
         if by_key.is_empty() {
@@ -157,7 +188,7 @@ impl<K> Clone for IndexedStore<K> {
     }
 }
 
-impl<K: ResourceExt> Default for IndexedStore<K> {
+impl<K: Indexed> Default for IndexedStore<K> {
     fn default() -> Self {
         let (ready_sender, ready) = watch::channel(false);
         Self {
@@ -171,7 +202,7 @@ impl<K: ResourceExt> Default for IndexedStore<K> {
     }
 }
 
-impl<K: ResourceExt> IndexedStore<K> {
+impl<K: Indexed> IndexedStore<K> {
     /// A store holding `objects`, ready (for tests).
     pub fn from_objects(objects: impl IntoIterator<Item = K>) -> Self {
         let store = Self::default();
@@ -206,9 +237,7 @@ impl<K: ResourceExt> IndexedStore<K> {
                 }
             }
             Event::Delete(object) => {
-                inner
-                    .live
-                    .remove(&object.namespace().unwrap_or_default(), &object.name_any());
+                inner.live.remove(object.namespace(), object.name());
             }
         }
     }
@@ -247,21 +276,17 @@ impl<K: ResourceExt> IndexedStore<K> {
 
     /// The objects of `namespace` that `selector` matches; none for a selector that matches
     /// everything (apps/v1 workloads always have one, and selecting every pod would be a
-    /// mistake) or that is not valid.
-    pub fn selected(&self, namespace: &str, selector: &LabelSelector) -> Vec<Arc<K>> {
-        let Ok(parsed) = Selector::try_from(selector.clone()) else {
-            return Vec::new();
-        };
-        if parsed.selects_all() {
+    /// mistake).
+    pub fn selected(&self, namespace: &str, selector: &KeptSelector) -> Vec<Arc<K>> {
+        if selector.selects_all() {
             return Vec::new();
         }
         let inner = self.inner.read().expect("store lock");
         let live = &inner.live;
         // Start from the smallest set one `matchLabels` pair picks; without any, the namespace.
         let smallest = selector
-            .match_labels
+            .equal
             .iter()
-            .flatten()
             .map(|(label, value)| live.labelled(namespace, label, value))
             .min_by_key(|names| names.map_or(0, Vec::len));
         let candidates = match smallest {
@@ -273,10 +298,9 @@ impl<K: ResourceExt> IndexedStore<K> {
                 all.into_iter().map(|(_, object)| object.clone()).collect()
             }
         };
-        let empty = BTreeMap::new();
         candidates
             .into_iter()
-            .filter(|object| parsed.matches(object.meta().labels.as_ref().unwrap_or(&empty)))
+            .filter(|object| selector.matches(|key| object.label(key)))
             .collect()
     }
 
@@ -296,23 +320,18 @@ mod tests {
     use super::*;
     use crate::fixtures::pod;
     use k8s_openapi::api::core::v1::Pod;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn names(pods: Vec<Arc<Pod>>) -> Vec<String> {
-        let mut names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+        let mut names: Vec<String> = pods.iter().map(|p| p.name().to_string()).collect();
         names.sort();
         names
     }
 
-    fn match_labels(pairs: &[(&str, &str)]) -> LabelSelector {
-        LabelSelector {
-            match_labels: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..LabelSelector::default()
+    fn match_labels(pairs: &[(&str, &str)]) -> KeptSelector {
+        KeptSelector {
+            equal: pairs.iter().copied().collect(),
+            ..KeptSelector::default()
         }
     }
 
@@ -337,20 +356,21 @@ mod tests {
                 .selected("a", &match_labels(&[("app", "nothing")]))
                 .is_empty()
         );
-        let expressions = LabelSelector {
+        let expressions = KeptSelector::parse(LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "app".into(),
                 operator: "In".into(),
                 values: Some(vec!["worker".into(), "api".into()]),
             }]),
             ..LabelSelector::default()
-        };
+        })
+        .unwrap();
         assert_eq!(
             names(store.selected("a", &expressions)),
             ["api-1", "api-2", "worker"]
         );
         assert!(
-            store.selected("a", &LabelSelector::default()).is_empty(),
+            store.selected("a", &KeptSelector::default()).is_empty(),
             "an empty selector selects nothing"
         );
         assert_eq!(names(store.labelled("b", "tier", "web")), ["api-1"]);

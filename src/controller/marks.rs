@@ -4,11 +4,10 @@
 //! the marks and telling whether an object already carries them (so nothing is written while
 //! nothing changes).
 
+use super::kept::{AcceptingCondition, Pairs};
 use crate::circuit::{CircuitRules, State};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::PodCondition;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
 /// Annotation with the circuit's state (`Closed`, `HalfOpen`, `Open`).
 pub const ANNOTATION_STATE: &str = "levee.dev/circuit-state";
@@ -126,14 +125,10 @@ impl Marks {
 
     /// Whether `annotations` lack any of the marks, or `labels` the policy label (or still carry
     /// it once released).
-    pub fn metadata_differs(
-        &self,
-        annotations: Option<&BTreeMap<String, String>>,
-        labels: Option<&BTreeMap<String, String>>,
-    ) -> bool {
-        let label = labels.and_then(|l| l.get(LABEL_POLICY));
+    pub fn metadata_differs(&self, annotations: &Pairs, labels: &Pairs) -> bool {
+        let label = labels.get(LABEL_POLICY);
         let label_differs = if self.labelled {
-            label != Some(&self.policy)
+            label != Some(self.policy.as_str())
         } else {
             label.is_some()
         };
@@ -141,7 +136,7 @@ impl Marks {
             || self
                 .annotation_values()
                 .iter()
-                .any(|(key, value)| annotations.and_then(|a| a.get(*key)) != Some(value))
+                .any(|(key, value)| annotations.get(key) != Some(value.as_str()))
     }
 
     /// A JSON merge patch setting the annotations and setting (or removing) the policy label.
@@ -164,10 +159,9 @@ impl Marks {
     }
 
     /// Whether the pod's `levee.dev/accepting` condition is missing or says something else.
-    pub fn condition_differs(&self, conditions: Option<&[PodCondition]>) -> bool {
-        let current = conditions.and_then(|c| c.iter().find(|c| c.type_ == CONDITION_ACCEPTING));
+    pub fn condition_differs(&self, current: Option<&AcceptingCondition>) -> bool {
         current
-            .is_none_or(|c| c.status != self.condition_status() || c.reason.as_deref() != Some(self.reason))
+            .is_none_or(|c| *c.status != *self.condition_status() || c.reason.as_deref() != Some(self.reason))
     }
 
     /// A strategic merge patch of `pods/status` setting the condition (merged by `type`).
@@ -186,6 +180,8 @@ impl Marks {
 mod tests {
     use super::*;
     use crate::fixtures;
+    use k8s_openapi::api::core::v1::PodCondition;
+    use std::collections::BTreeMap;
 
     fn rules() -> CircuitRules {
         CircuitRules {
@@ -219,24 +215,29 @@ mod tests {
         let labels: BTreeMap<String, String> =
             serde_json::from_value(patch["metadata"]["labels"].clone()).unwrap();
         assert_eq!(labels.get(LABEL_POLICY).map(String::as_str), Some("p"));
-        assert!(!marks.metadata_differs(Some(&annotations), Some(&labels)));
-        assert!(marks.metadata_differs(None, Some(&labels)));
+        let (none, labels): (Pairs, Pairs) = (Pairs::default(), labels.into_iter().collect());
+        assert!(!marks.metadata_differs(&annotations.clone().into_iter().collect(), &labels));
+        assert!(marks.metadata_differs(&none, &labels));
         assert!(
-            marks.metadata_differs(Some(&annotations), None),
+            marks.metadata_differs(&annotations.clone().into_iter().collect(), &none),
             "a pod without the label is relabelled"
         );
-        let mut other = annotations.clone();
+        let mut other = annotations;
         other.insert(ANNOTATION_ACCEPTING.into(), "true".into());
-        assert!(marks.metadata_differs(Some(&other), Some(&labels)));
+        assert!(marks.metadata_differs(&other.into_iter().collect(), &labels));
 
         let condition: PodCondition = serde_json::from_value(
             marks.condition_patch(Timestamp::UNIX_EPOCH)["status"]["conditions"][0].clone(),
         )
         .unwrap();
-        assert!(!marks.condition_differs(Some(std::slice::from_ref(&condition))));
+        let kept = AcceptingCondition {
+            status: condition.status.into(),
+            reason: condition.reason.map(String::into_boxed_str),
+        };
+        assert!(!marks.condition_differs(Some(&kept)));
         assert!(marks.condition_differs(None));
         let closed = Marks::new("p", Intent::Follow(State::Closed), 10, &rules());
-        assert!(closed.condition_differs(Some(&[condition])));
+        assert!(closed.condition_differs(Some(&kept)));
     }
 
     #[test]
@@ -246,8 +247,9 @@ mod tests {
         assert_eq!(patch["metadata"]["labels"][LABEL_POLICY], Value::Null);
         let annotations: BTreeMap<String, String> =
             serde_json::from_value(patch["metadata"]["annotations"].clone()).unwrap();
-        let labelled = BTreeMap::from([(LABEL_POLICY.to_string(), "p".to_string())]);
-        assert!(released.metadata_differs(Some(&annotations), Some(&labelled)));
-        assert!(!released.metadata_differs(Some(&annotations), None));
+        let annotations: Pairs = annotations.into_iter().collect();
+        let labelled: Pairs = [(LABEL_POLICY, "p")].into_iter().collect();
+        assert!(released.metadata_differs(&annotations, &labelled));
+        assert!(!released.metadata_differs(&annotations, &Pairs::default()));
     }
 }

@@ -19,6 +19,7 @@ mod clock;
 mod fresh_status;
 mod indexed_store;
 pub mod judgement;
+mod kept;
 mod leader;
 pub mod marks;
 pub mod peers;
@@ -38,6 +39,7 @@ use crate::values::MetricValues;
 use futures::{FutureExt, StreamExt};
 use indexed_store::IndexedStore;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kept::{KeptPod, KeptWorkload};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -46,7 +48,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use policy_task::PolicyTasks;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
 use tokio::sync::watch;
 
 /// The finalizer that lets levee release a policy's producers before the policy goes away.
@@ -179,10 +180,10 @@ impl Ownership {
 /// In-memory copies of the objects the actuator reads, kept current by watches.
 #[derive(Clone)]
 pub struct Stores {
-    pub pods: IndexedStore<StoredPod>,
-    pub deployments: IndexedStore<StoredDeployment>,
-    pub stateful_sets: IndexedStore<StoredStatefulSet>,
-    pub daemon_sets: IndexedStore<StoredDaemonSet>,
+    pub pods: IndexedStore<KeptPod>,
+    pub deployments: IndexedStore<KeptWorkload>,
+    pub stateful_sets: IndexedStore<KeptWorkload>,
+    pub daemon_sets: IndexedStore<KeptWorkload>,
     /// The HPAs levee manages (labelled `app.kubernetes.io/managed-by: levee`).
     pub autoscalers: IndexedStore<HorizontalPodAutoscaler>,
     /// The Secrets that let levee read them (labelled `levee.dev/secret: "true"`, or the older
@@ -425,27 +426,39 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps `store` current from a watch on `api` (each object trimmed to what levee reads),
-/// re-watching with backoff.
-fn reflect<K>(
+/// Keeps `store` current from a watch on `api`, each object kept as `keep` makes it (only what
+/// levee reads), re-watching with backoff.
+fn reflect<W, K>(
     store: IndexedStore<K>,
-    api: Api<K>,
+    api: Api<W>,
     config: watcher::Config,
-    trim: fn(&mut K),
+    keep: fn(W) -> K,
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    W: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    W::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: indexed_store::Indexed + Send + Sync + 'static,
 {
     watcher(api, config.any_semantic())
-        .modify(trim)
         .default_backoff()
         .for_each(move |event| {
             if let Ok(event) = event {
-                store.apply(event);
+                store.apply(kept(event, keep));
             }
             futures::future::ready(())
         })
+}
+
+/// A watch event with its object kept as `keep` makes it.
+fn kept<W, K>(event: watcher::Event<W>, keep: fn(W) -> K) -> watcher::Event<K> {
+    use watcher::Event;
+    match event {
+        Event::Apply(object) => Event::Apply(keep(object)),
+        Event::Delete(object) => Event::Delete(keep(object)),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(keep(object)),
+        Event::InitDone => Event::InitDone,
+    }
 }
 
 fn start_reflectors(
@@ -467,30 +480,30 @@ fn start_reflectors(
     let streams = futures::future::join_all([
         reflect(
             stores.pods.clone(),
-            settings.api(client.clone()),
+            settings.api::<stored::StoredPod>(client.clone()),
             all_of(),
-            trim::pod,
+            KeptPod::from,
         )
         .boxed(),
         reflect(
             stores.deployments.clone(),
-            settings.api(client.clone()),
+            settings.api::<stored::StoredDeployment>(client.clone()),
             all_of(),
-            trim::workload,
+            KeptWorkload::from,
         )
         .boxed(),
         reflect(
             stores.stateful_sets.clone(),
-            settings.api(client.clone()),
+            settings.api::<stored::StoredStatefulSet>(client.clone()),
             all_of(),
-            trim::workload,
+            KeptWorkload::from,
         )
         .boxed(),
         reflect(
             stores.daemon_sets.clone(),
-            settings.api(client.clone()),
+            settings.api::<stored::StoredDaemonSet>(client.clone()),
             all_of(),
-            trim::workload,
+            KeptWorkload::from,
         )
         .boxed(),
         reflect(

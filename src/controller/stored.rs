@@ -1,12 +1,11 @@
-//! What the in-memory stores hold of a pod and of a workload, read straight from the API server's
-//! JSON: the metadata, a pod's conditions and a workload's selector, which is all the actuator
-//! reads. The rest is skipped as it is parsed. k8s-openapi's `Pod` is 2,176 bytes before any of
-//! its heap (its spec is inline even when absent) and a `Deployment` 2,400; these are about 400,
-//! and levee keeps one of each for every pod and workload it watches (5,000 policies holding back
-//! a Deployment each: about 19 MB a replica less, in the stores alone).
+//! A pod and a workload as levee parses them from the API server's JSON (a watch event, what a
+//! patch returns): the metadata, a pod's conditions and a workload's selector. The rest is
+//! skipped as it is parsed. k8s-openapi's `Pod` is 2,176 bytes before any of its heap (its spec
+//! is inline even when absent) and a `Deployment` 2,400; these are about 400. The stores keep
+//! less still (`kept.rs`).
 //!
-//! They are Kubernetes resources of their kinds to kube (watch, patch and the stores take them
-//! like the full types), with the full types' group, version, kind and path.
+//! They are Kubernetes resources of their kinds to kube (watch and patch take them like the full
+//! types), with the full types' group, version, kind and path.
 
 use k8s_openapi::Metadata;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};

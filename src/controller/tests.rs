@@ -3,6 +3,7 @@
 //! test by timeout). The same behaviour runs against a real control plane in e2e/.
 
 use super::marks::Intent;
+use super::stored::{StoredDeployment, StoredPod};
 use super::*;
 use crate::circuit::{CircuitRules, State};
 use crate::fixtures;
@@ -60,15 +61,22 @@ fn open_condition() -> Value {
     json!([{"type": "levee.dev/accepting", "status": "False", "reason": "CircuitOpen"}])
 }
 
-/// `object` as a store keeps it (what the API server's JSON of it parses into).
-fn stored<S: serde::de::DeserializeOwned>(object: impl serde::Serialize) -> S {
-    serde_json::from_value(serde_json::to_value(object).unwrap()).unwrap()
+/// `pod` as the store keeps it: parsed as the API server's JSON of it is, then kept.
+fn kept_pod(pod: Pod) -> KeptPod {
+    let parsed: StoredPod = serde_json::from_value(serde_json::to_value(pod).unwrap()).unwrap();
+    parsed.into()
+}
+
+/// `deployment` as the store keeps it.
+fn kept_deployment(deployment: Deployment) -> KeptWorkload {
+    let parsed: StoredDeployment = serde_json::from_value(serde_json::to_value(deployment).unwrap()).unwrap();
+    parsed.into()
 }
 
 fn stores(deployments: Vec<Deployment>, pods: Vec<Pod>) -> Stores {
     Stores {
-        pods: IndexedStore::from_objects(pods.into_iter().map(stored)),
-        deployments: IndexedStore::from_objects(deployments.into_iter().map(stored)),
+        pods: IndexedStore::from_objects(pods.into_iter().map(kept_pod)),
+        deployments: IndexedStore::from_objects(deployments.into_iter().map(kept_deployment)),
         stateful_sets: IndexedStore::from_objects([]),
         daemon_sets: IndexedStore::from_objects([]),
         autoscalers: IndexedStore::from_objects([]),
@@ -232,11 +240,13 @@ async fn a_pass_compares_with_what_the_last_one_wrote_while_the_watch_lags() {
     context
         .stores
         .pods
-        .apply(kube::runtime::watcher::Event::Apply(stored(unmarked)));
+        .apply(kube::runtime::watcher::Event::Apply(kept_pod(unmarked)));
     context
         .stores
         .deployments
-        .apply(kube::runtime::watcher::Event::Apply(stored(unmarked_deployment)));
+        .apply(kube::runtime::watcher::Event::Apply(kept_deployment(
+            unmarked_deployment,
+        )));
     // Any request now would hang (nothing answers it) and fail the test by its timeout.
     let second = within_2s(actuator::act(&context, &policy, open, &rules(&policy))).await;
     assert_eq!(second.writes, 0, "{second:?}");

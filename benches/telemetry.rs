@@ -2,9 +2,11 @@
 //! per-policy series levee keeps, a sample-duration histogram per policy, a depth and a latency
 //! per queue), rendered as a scrape renders it. Reports its size, the time to render it and what
 //! one render allocates (bytes in all, and the most held at once), counted by a wrapping global
-//! allocator. Run with `cargo bench --bench telemetry`.
+//! allocator, and what the per-policy series hold between scrapes. Run with
+//! `cargo bench --bench telemetry`.
 
-use levee::telemetry::Metrics;
+use levee::circuit::{Level, State};
+use levee::telemetry::{Change, Metrics};
 use levee::values::{MetricValues, PolicyValues, QueueValues};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,18 +56,88 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Bytes a policy held by the same series as Prometheus client metrics, as levee kept them
+/// before it kept its own (docs/benchmarks.md: the per-policy series).
+fn held_by_client_metrics() -> f64 {
+    use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+    let registry = Registry::new();
+    let labels = &["namespace", "policy"];
+    let gauge = |name: &str, help: &str| {
+        let gauge = IntGaugeVec::new(Opts::new(name, help), labels).unwrap();
+        registry.register(Box::new(gauge.clone())).unwrap();
+        gauge
+    };
+    let gauges = [
+        gauge(
+            "levee_circuit_state",
+            "Circuit state: 0 Closed, 1 HalfOpen, 2 Open",
+        ),
+        gauge("levee_level", "Backlog level: 0 Normal, 1 Warning, 2 Critical"),
+        gauge(
+            "levee_prolonged",
+            "1 while the Prolonged condition is True (not Closed for circuit.alertAfter)",
+        ),
+        gauge("levee_throttled_targets", "Targets currently held back"),
+    ];
+    let failures = IntCounterVec::new(
+        Opts::new("levee_sample_failures_total", "Ticks whose sample failed"),
+        labels,
+    )
+    .unwrap();
+    let durations = HistogramVec::new(
+        HistogramOpts::new(
+            "levee_sample_duration_seconds",
+            "Time to sample all queues of a policy",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]),
+        labels,
+    )
+    .unwrap();
+    registry.register(Box::new(failures.clone())).unwrap();
+    registry.register(Box::new(durations.clone())).unwrap();
+    let empty = LIVE.load(Ordering::Relaxed);
+    for i in 0..POLICIES {
+        let policy = format!("policy-{i}");
+        let at = ["jobs", policy.as_str()];
+        for gauge in &gauges {
+            gauge.with_label_values(&at).set(0);
+        }
+        failures.with_label_values(&at).inc();
+        durations.with_label_values(&at).observe(0.002);
+    }
+    let held = LIVE.load(Ordering::Relaxed) - empty;
+    drop((registry, gauges, failures, durations));
+    held as f64 / POLICIES as f64
+}
+
 fn main() {
+    let client_bytes = held_by_client_metrics();
     let metrics = Metrics::new();
     let values = MetricValues::default();
     metrics.render_values(values.clone());
+    let before_series = LIVE.load(Ordering::Relaxed);
     for i in 0..POLICIES {
-        let labels = ["jobs", &format!("policy-{i}")];
-        metrics.circuit_state.with_label_values(&labels).set(0);
-        metrics.level.with_label_values(&labels).set(0);
-        metrics.prolonged.with_label_values(&labels).set(0);
-        metrics.throttled_targets.with_label_values(&labels).set(0);
-        metrics.sample_failures.with_label_values(&labels).inc();
-        metrics.sample_duration.with_label_values(&labels).observe(0.002);
+        let policy = format!("policy-{i}");
+        let circuit = Change::Circuit {
+            state: State::Closed,
+            level: Level::Normal,
+            prolonged: false,
+        };
+        for change in [
+            circuit,
+            Change::ThrottledTargets(0),
+            Change::Sample {
+                took: Some(0.002),
+                failed: true,
+            },
+        ] {
+            metrics.policies.record("jobs", &policy, change);
+        }
+    }
+    let series_held = LIVE.load(Ordering::Relaxed) - before_series;
+    for i in 0..POLICIES {
         values.publish(PolicyValues {
             namespace: "jobs".into(),
             policy: format!("policy-{i}"),
@@ -116,11 +188,13 @@ fn main() {
         text.lines().filter(|line| !line.starts_with('#')).count()
     };
     println!(
-        "| {POLICIES} policies, {} queues | {lines} series | {:.1} MB | {:.1} ms (median of {RENDERS}) | {:.1} MB allocated, {:.1} MB at most at once |",
+        "| {POLICIES} policies, {} queues | {lines} series | {:.1} MB | {:.1} ms (median of {RENDERS}) | {:.1} MB allocated, {:.1} MB at most at once | per-policy series: {:.0} bytes a policy (as Prometheus client metrics: {:.0}) |",
         POLICIES * QUEUES,
         size as f64 / 1e6,
         took[RENDERS / 2].as_secs_f64() * 1000.0,
         allocated as f64 / 1e6,
         peak as f64 / 1e6,
+        series_held as f64 / POLICIES as f64,
+        client_bytes,
     );
 }

@@ -2,9 +2,7 @@
 //! port for `/metrics`, `/healthz` and `/readyz` (`plain_port`).
 
 use crate::values::MetricValues;
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -43,13 +41,8 @@ pub const API_WRITE_KINDS: [&str; 6] = [
 /// levee's metrics. Labels: `namespace`, `policy` (and `queue`, `from`/`to`, `kind`, `result`).
 pub struct Metrics {
     pub registry: Registry,
-    pub circuit_state: IntGaugeVec,
-    pub level: IntGaugeVec,
-    pub prolonged: IntGaugeVec,
-    pub transitions: IntCounterVec,
-    pub sample_duration: HistogramVec,
-    pub sample_failures: IntCounterVec,
-    pub throttled_targets: IntGaugeVec,
+    /// The series of each policy this replica acts on (state, level, samples, transitions).
+    pub policies: PolicySeries,
     pub reconciliations: IntCounterVec,
     pub api_writes: IntCounterVec,
     pub metrics_api_requests: IntCounterVec,
@@ -89,18 +82,14 @@ pub struct Metrics {
 }
 
 pub mod plain_port;
+mod policy_series;
 mod values_text;
+
+pub use policy_series::{Change, PolicySeries};
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
-            metric
-        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -108,21 +97,6 @@ impl Metrics {
                 .expect("unique metric");
             metric
         };
-        let policy = &["namespace", "policy"];
-        let sample_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "levee_sample_duration_seconds",
-                "Time to sample all queues of a policy",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            policy,
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(sample_duration.clone()))
-            .expect("unique metric");
         let metrics_api_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "levee_metrics_api_request_duration_seconds",
@@ -154,29 +128,7 @@ impl Metrics {
             api_writes.with_label_values(&[kind]);
         }
         Arc::new(Self {
-            circuit_state: gauge(
-                "levee_circuit_state",
-                "Circuit state: 0 Closed, 1 HalfOpen, 2 Open",
-                policy,
-            ),
-            level: gauge(
-                "levee_level",
-                "Backlog level: 0 Normal, 1 Warning, 2 Critical",
-                policy,
-            ),
-            prolonged: gauge(
-                "levee_prolonged",
-                "1 while the Prolonged condition is True (not Closed for circuit.alertAfter)",
-                policy,
-            ),
-            transitions: counter(
-                "levee_transitions_total",
-                "Circuit state changes",
-                &["namespace", "policy", "from", "to"],
-            ),
-            sample_duration,
-            sample_failures: counter("levee_sample_failures_total", "Ticks whose sample failed", policy),
-            throttled_targets: gauge("levee_throttled_targets", "Targets currently held back", policy),
+            policies: PolicySeries::default(),
             reconciliations: counter(
                 "levee_reconciliations_total",
                 "Policy reconciliations by result",
@@ -257,17 +209,7 @@ impl Metrics {
 
     /// Removes every series of a deleted policy.
     pub fn forget_policy(&self, namespace: &str, policy: &str) {
-        let labels = [namespace, policy];
-        for gauge in [
-            &self.circuit_state,
-            &self.level,
-            &self.prolonged,
-            &self.throttled_targets,
-        ] {
-            let _ = gauge.remove_label_values(&labels);
-        }
-        let _ = self.sample_failures.remove_label_values(&labels);
-        let _ = self.sample_duration.remove_label_values(&labels);
+        self.policies.forget(namespace, policy);
     }
 
     /// Renders `levee_pending`, `levee_queue_depth`, the latencies and the forecast from the
@@ -290,6 +232,7 @@ impl Metrics {
         TextEncoder::new()
             .encode_utf8(&self.registry.gather(), &mut text)
             .expect("text encoding never fails");
+        self.policies.write(&mut text);
         if let Some(values) = self.values.get() {
             values_text::write(values, &mut text);
         }
@@ -393,11 +336,17 @@ mod tests {
         let values = MetricValues::default();
         metrics.render_values(values.clone());
         for policy in ["a", "b"] {
-            metrics.circuit_state.with_label_values(&["jobs", policy]).set(2);
-            metrics
-                .sample_duration
-                .with_label_values(&["jobs", policy])
-                .observe(0.01);
+            let circuit = Change::Circuit {
+                state: crate::circuit::State::Open,
+                level: crate::circuit::Level::Critical,
+                prolonged: false,
+            };
+            metrics.policies.record("jobs", policy, circuit);
+            let sample = Change::Sample {
+                took: Some(0.01),
+                failed: false,
+            };
+            metrics.policies.record("jobs", policy, sample);
             values.publish(PolicyValues {
                 latency: Some(std::time::Duration::from_secs(2)),
                 ..published(

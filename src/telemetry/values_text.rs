@@ -128,7 +128,7 @@ fn write_family(family: &Family, policies: &[Arc<PolicyValues>], out: &mut Strin
 
 /// A label value with `\`, `"` and line feeds escaped, as the text format requires (a
 /// discovered queue's name comes from Redis and may hold any of them).
-fn escape_into(value: &str, out: &mut String) {
+pub(super) fn escape_into(value: &str, out: &mut String) {
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -140,7 +140,7 @@ fn escape_into(value: &str, out: &mut String) {
 }
 
 /// A sample value: integers without a fraction, `+Inf`/`-Inf`/`NaN` spelled as the format does.
-fn write_number(value: f64, out: &mut String) {
+pub(super) fn write_number(value: f64, out: &mut String) {
     if value.is_nan() {
         out.push_str("NaN");
     } else if value.is_infinite() {

@@ -4,9 +4,10 @@
 use super::super::Context;
 use super::super::secrets::EndpointProblem;
 use crate::api::BackpressurePolicy;
-use crate::circuit::{Circuit, Level, State, Transition};
+use crate::circuit::{Circuit, Transition};
 use crate::forecast::Forecast;
 use crate::sampler::Sample;
+use crate::telemetry::Change;
 use crate::values::{CircuitValues, MemoryValues, PolicyValues, QueueValues, Source};
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -20,22 +21,19 @@ pub fn record_sample(
     name: &str,
     sample: &Result<Sample, EndpointProblem>,
 ) {
-    let metrics = &context.metrics;
     // Exported from the first tick on, at 0 until a sample fails: "no sample failed" is then a
     // series that reads 0, not one that is missing.
-    let failures = metrics.sample_failures.with_label_values(&[namespace, name]);
-    match sample {
-        Ok(sample) => {
-            metrics
-                .sample_duration
-                .with_label_values(&[namespace, name])
-                .observe(sample.duration.as_secs_f64());
-            if sample.failed() {
-                failures.inc();
-            }
-        }
-        Err(_) => failures.inc(),
-    }
+    let change = match sample {
+        Ok(sample) => Change::Sample {
+            took: Some(sample.duration.as_secs_f64()),
+            failed: sample.failed(),
+        },
+        Err(_) => Change::Sample {
+            took: None,
+            failed: true,
+        },
+    };
+    context.metrics.policies.record(namespace, name, change);
 }
 
 /// Publishes the sample's values (every replica serves them): the external metrics API answers
@@ -120,40 +118,19 @@ pub fn record_circuit(context: &Context, namespace: &str, name: &str, circuit: &
 
 /// The circuit's series alone.
 pub fn record_circuit_series(context: &Context, namespace: &str, name: &str, circuit: &Circuit) {
-    let state = match circuit.state {
-        State::Closed => 0,
-        State::HalfOpen => 1,
-        State::Open => 2,
+    let change = Change::Circuit {
+        state: circuit.state,
+        level: circuit.level,
+        prolonged: circuit.prolonged,
     };
-    let level = match circuit.level {
-        Level::Normal => 0,
-        Level::Warning => 1,
-        Level::Critical => 2,
-    };
-    context
-        .metrics
-        .circuit_state
-        .with_label_values(&[namespace, name])
-        .set(state);
-    context
-        .metrics
-        .level
-        .with_label_values(&[namespace, name])
-        .set(level);
-    context
-        .metrics
-        .prolonged
-        .with_label_values(&[namespace, name])
-        .set(i64::from(circuit.prolonged));
+    context.metrics.policies.record(namespace, name, change);
 }
 
 /// Counts a transition.
 pub fn record_transition(context: &Context, namespace: &str, name: &str, transition: &Transition) {
-    let labels = [
-        namespace,
-        name,
-        &transition.from.to_string(),
-        &transition.to.to_string(),
-    ];
-    context.metrics.transitions.with_label_values(&labels).inc();
+    let change = Change::Transition {
+        from: transition.from,
+        to: transition.to,
+    };
+    context.metrics.policies.record(namespace, name, change);
 }

@@ -232,11 +232,8 @@ async fn pass(context: &Context, shared: &Mutex<Shared>, job: Job) {
     };
     let acted = actuator::act(context, &job.policy, intent, &job.rules).await;
     shared.lock().expect("policy writes lock").target_errors = acted.errors;
-    context
-        .metrics
-        .throttled_targets
-        .with_label_values(&[&namespace, &name])
-        .set(acted.throttled as i64);
+    let throttled = crate::telemetry::Change::ThrottledTargets(acted.throttled);
+    context.metrics.policies.record(&namespace, &name, throttled);
     for (type_, reason, note) in job.events {
         events::publish(context, &job.policy, type_, reason, note).await;
     }

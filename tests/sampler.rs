@@ -1178,7 +1178,7 @@ fn keys_of(found: &levee::sampler::Discovered, entry: &str) -> Vec<String> {
         .queues
         .iter()
         .filter(|q| q.name.starts_with(&format!("{entry}.")))
-        .map(|q| q.key.clone())
+        .map(|q| q.key.to_string())
         .collect()
 }
 
@@ -1254,7 +1254,7 @@ async fn key_patterns_scan_keys_of_their_type_and_the_cap_holds() {
     assert_eq!(keys_of(&streams, "s"), ["jobs:stream"]);
     let capped = discovered(&server, "[{name: l, type: list, keyPattern: 'jobs:*'}]", 10).await;
     assert_eq!((capped.matched, capped.queues.len()), (30, 10));
-    assert_eq!(capped.queues[0].key, "jobs:00", "the first by name");
+    assert_eq!(&*capped.queues[0].key, "jobs:00", "the first by name");
 }
 
 #[tokio::test]

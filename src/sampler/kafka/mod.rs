@@ -122,8 +122,8 @@ pub fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedKafkaQue
             Some(PreparedKafkaQueue {
                 name: q.name.clone(),
                 weight: q.weight,
-                topic: q.topic.clone(),
-                group: q.consumer_group.clone()?,
+                topic: q.topic.as_deref().map(String::from),
+                group: q.consumer_group.as_deref()?.to_string(),
                 reset: q.offset_reset.unwrap_or_default(),
                 latency: read_latency,
             })

@@ -99,7 +99,10 @@ pub fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedConsumer
         .iter()
         .filter(|q| q.queue_type == QueueType::Jetstream)
         .filter_map(|q| {
-            let (stream, consumer) = (q.stream.clone()?, q.consumer.clone()?);
+            let (stream, consumer) = (
+                q.stream.as_deref()?.to_string(),
+                q.consumer.as_deref()?.to_string(),
+            );
             Some(PreparedConsumer {
                 name: q.name.clone(),
                 weight: q.weight,

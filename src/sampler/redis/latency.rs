@@ -48,7 +48,7 @@ pub struct LatencyProbe {
 impl LatencyProbe {
     /// The probe for a queue, or `None` for a layout that keeps no enqueue time.
     pub fn for_queue(queue: &QueueSpec) -> Option<Self> {
-        let key = queue.key.as_str();
+        let key = &*queue.key;
         let (first_key, args, format) = match queue.queue_type {
             // JetStream consumers and Kafka groups are read from their brokers, never from Redis.
             QueueType::List
@@ -83,7 +83,7 @@ impl LatencyProbe {
                 key.to_string(),
                 vec![
                     "stream".to_string(),
-                    queue.consumer_group.clone().unwrap_or_default(),
+                    queue.consumer_group.as_deref().unwrap_or_default().to_string(),
                 ],
                 StampFormat::StreamId,
             ),

@@ -27,7 +27,7 @@ impl QueueProbe {
     /// The probe for a queue of the policy.
     pub fn for_queue(queue: &QueueSpec) -> Self {
         use ReadKind::*;
-        let key = queue.key.as_str();
+        let key = &*queue.key;
         let reads = match queue.queue_type {
             QueueType::List => vec![KeyRead::new(Llen, key)],
             QueueType::Zset => vec![KeyRead::new(Zcard, key)],
@@ -66,7 +66,7 @@ impl QueueProbe {
         };
         Self {
             reads,
-            consumer_group: queue.consumer_group.clone(),
+            consumer_group: queue.consumer_group.as_deref().map(String::from),
         }
     }
 

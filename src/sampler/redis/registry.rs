@@ -85,7 +85,7 @@ pub fn expand(entry: &QueueSpec, names: impl IntoIterator<Item = String>) -> Vec
         .into_iter()
         .map(|queue| QueueSpec {
             name: format!("{}.{queue}", entry.name),
-            key: queue,
+            key: queue.into(),
             key_pattern: None,
             ..entry.clone()
         })
@@ -282,7 +282,7 @@ mod tests {
             &pattern,
             ["mail-b", "reports", "mail-a", "mail-a"].map(String::from),
         );
-        let names: Vec<(&str, &str)> = found.iter().map(|q| (q.name.as_str(), q.key.as_str())).collect();
+        let names: Vec<(&str, &str)> = found.iter().map(|q| (q.name.as_str(), &*q.key)).collect();
         assert_eq!(names, [("mail.mail-a", "mail-a"), ("mail.mail-b", "mail-b")]);
         assert!(
             found

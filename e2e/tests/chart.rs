@@ -1194,11 +1194,15 @@ fn levee_metric_names() -> std::collections::BTreeSet<String> {
         source.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
     }
     source
-        .split('"')
+        .split("\"levee_")
         .skip(1)
-        .step_by(2)
-        .filter(|literal| literal.starts_with("levee_"))
-        .map(str::to_string)
+        .filter_map(|tail| {
+            let end = tail.find('"')?;
+            let name = &tail[..end];
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                .then(|| format!("levee_{name}"))
+        })
         .collect()
 }
 

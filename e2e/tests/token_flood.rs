@@ -34,11 +34,16 @@ fn token_reviews_on_the_api_server() -> f64 {
 /// transfer writes its status code on a line.
 fn curl_config(url: &str, tokens: std::ops::Range<usize>, hasher: &RandomState) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().unwrap();
+    let first = tokens.start;
     for i in tokens {
+        if i > first {
+            // `next` separates transfers; one after the last would leave curl a transfer with no URL.
+            writeln!(file, "next").unwrap();
+        }
         let token = format!("{:016x}{:016x}", hasher.hash_one((i, 1)), hasher.hash_one((i, 2)));
         writeln!(
             file,
-            "url = \"{url}\"\nheader = \"Authorization: Bearer {token}\"\ninsecure\nsilent\noutput = \"/dev/null\"\nwrite-out = \"%{{http_code}}\\n\"\nnext"
+            "url = \"{url}\"\nheader = \"Authorization: Bearer {token}\"\ninsecure\nsilent\noutput = \"/dev/null\"\nwrite-out = \"%{{http_code}}\\n\""
         )
         .unwrap();
     }

@@ -83,6 +83,7 @@ pub struct Metrics {
 
 pub mod plain_port;
 mod policy_series;
+mod text;
 mod values_text;
 
 pub use policy_series::{Change, PolicySeries};

@@ -8,6 +8,7 @@
 use super::indexed_store::Indexed;
 use super::marks::CONDITION_ACCEPTING;
 use super::stored::{StoredPod, StoredWorkload};
+use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::core::Expression;
 
@@ -97,6 +98,15 @@ pub struct AcceptingCondition {
     pub reason: Option<Box<str>>,
 }
 
+impl From<PodCondition> for AcceptingCondition {
+    fn from(condition: PodCondition) -> Self {
+        Self {
+            status: condition.status.into(),
+            reason: condition.reason.map(String::into_boxed_str),
+        }
+    }
+}
+
 /// A pod: its metadata, its controller (which workload it belongs to) and levee's condition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeptPod {
@@ -125,10 +135,7 @@ impl From<StoredPod> for KeptPod {
             .into_iter()
             .flatten()
             .find(|condition| condition.type_ == CONDITION_ACCEPTING)
-            .map(|condition| AcceptingCondition {
-                status: condition.status.into(),
-                reason: condition.reason.map(String::into_boxed_str),
-            });
+            .map(AcceptingCondition::from);
         Self {
             meta: meta.into(),
             controller,

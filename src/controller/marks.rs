@@ -230,10 +230,7 @@ mod tests {
             marks.condition_patch(Timestamp::UNIX_EPOCH)["status"]["conditions"][0].clone(),
         )
         .unwrap();
-        let kept = AcceptingCondition {
-            status: condition.status.into(),
-            reason: condition.reason.map(String::into_boxed_str),
-        };
+        let kept = AcceptingCondition::from(condition);
         assert!(!marks.condition_differs(Some(&kept)));
         assert!(marks.condition_differs(None));
         let closed = Marks::new("p", Intent::Follow(State::Closed), 10, &rules());

@@ -3,13 +3,12 @@
 //! `levee_sample_failures_total`, `levee_sample_duration_seconds`), a few numbers a policy
 //! written straight into the text exposition at each scrape. The Prometheus client kept each
 //! series as a metric of its own holding a copy of its family's name, help and label names and
-//! a label pair per label: about 4.5 KiB for the seven families of one policy, against the
-//! ~300 bytes of numbers here (docs/benchmarks.md).
+//! a label pair per label: 3,177 bytes a policy against 602 here (`cargo bench --bench
+//! telemetry`, docs/benchmarks.md#metrics).
 
-use super::values_text::{escape_into, write_number};
+use super::text::{FamilyText, write_number};
 use crate::circuit::{Level, State};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 
 /// `levee_sample_duration_seconds`'s bucket bounds, in seconds.
@@ -79,33 +78,44 @@ pub struct PolicySeries {
     policies: Mutex<ByNamespace>,
 }
 
-/// A gauge family of a policy: its name, help and value.
-struct Gauge {
+/// A family with one series a policy: its name, help, type and value.
+struct OneAPolicy {
     name: &'static str,
     help: &'static str,
-    value: fn(&Series) -> Option<i64>,
+    kind: &'static str,
+    value: fn(&Series) -> Option<f64>,
 }
 
-const GAUGES: [Gauge; 4] = [
-    Gauge {
+const ONE_A_POLICY: [OneAPolicy; 5] = [
+    OneAPolicy {
         name: "levee_circuit_state",
         help: "Circuit state: 0 Closed, 1 HalfOpen, 2 Open",
-        value: |s| s.circuit_state,
+        kind: "gauge",
+        value: |s| s.circuit_state.map(|v| v as f64),
     },
-    Gauge {
+    OneAPolicy {
         name: "levee_level",
         help: "Backlog level: 0 Normal, 1 Warning, 2 Critical",
-        value: |s| s.level,
+        kind: "gauge",
+        value: |s| s.level.map(|v| v as f64),
     },
-    Gauge {
+    OneAPolicy {
         name: "levee_prolonged",
         help: "1 while the Prolonged condition is True (not Closed for circuit.alertAfter)",
-        value: |s| s.prolonged,
+        kind: "gauge",
+        value: |s| s.prolonged.map(|v| v as f64),
     },
-    Gauge {
+    OneAPolicy {
         name: "levee_throttled_targets",
         help: "Targets currently held back",
-        value: |s| s.throttled_targets,
+        kind: "gauge",
+        value: |s| s.throttled_targets.map(|v| v as f64),
+    },
+    OneAPolicy {
+        name: "levee_sample_failures_total",
+        help: "Ticks whose sample failed",
+        kind: "counter",
+        value: |s| s.sample_failures.map(|v| v as f64),
     },
 ];
 
@@ -174,93 +184,82 @@ impl PolicySeries {
             })
             .collect();
         sorted.sort_unstable_by_key(|(namespace, policy, _)| (*namespace, *policy));
-        for gauge in &GAUGES {
-            let mut family = Family::new(gauge.name, gauge.help, "gauge");
+        for family in &ONE_A_POLICY {
+            let mut text = FamilyText::new(family.name, family.help, family.kind);
             for (namespace, policy, series) in &sorted {
-                if let Some(value) = (gauge.value)(series) {
+                if let Some(value) = (family.value)(series) {
                     let labels = [("namespace", *namespace), ("policy", *policy)];
-                    family.series(out, gauge.name, &labels, value as f64);
+                    text.series(out, family.name, &labels, value);
                 }
             }
         }
-        let mut failures = Family::new(
-            "levee_sample_failures_total",
-            "Ticks whose sample failed",
-            "counter",
-        );
-        for (namespace, policy, series) in &sorted {
-            if let Some(count) = series.sample_failures {
-                let labels = [("namespace", *namespace), ("policy", *policy)];
-                failures.series(out, "levee_sample_failures_total", &labels, count as f64);
-            }
-        }
-        self.write_durations(&sorted, out);
-        self.write_transitions(&sorted, out);
+        write_durations(&sorted, out);
+        write_transitions(&sorted, out);
     }
+}
 
-    fn write_durations(&self, sorted: &[(&str, &str, &Series)], out: &mut String) {
-        const NAME: &str = "levee_sample_duration_seconds";
-        let mut family = Family::new(NAME, "Time to sample all queues of a policy", "histogram");
-        let mut bound = String::new();
-        for (namespace, policy, series) in sorted {
-            let Some(durations) = &series.sample_duration else {
-                continue;
-            };
-            let mut cumulated = 0;
-            for (at, count) in durations.buckets.iter().enumerate() {
-                cumulated += count;
-                bound.clear();
-                write_number(DURATION_BOUNDS[at], &mut bound);
-                let labels = [
-                    ("namespace", *namespace),
-                    ("policy", *policy),
-                    ("le", bound.as_str()),
-                ];
-                family.series(
-                    out,
-                    "levee_sample_duration_seconds_bucket",
-                    &labels,
-                    cumulated as f64,
-                );
-            }
-            let labels = [("namespace", *namespace), ("policy", *policy), ("le", "+Inf")];
+fn write_durations(sorted: &[(&str, &str, &Series)], out: &mut String) {
+    const NAME: &str = "levee_sample_duration_seconds";
+    let mut family = FamilyText::new(NAME, "Time to sample all queues of a policy", "histogram");
+    let mut bound = String::new();
+    for (namespace, policy, series) in sorted {
+        let Some(durations) = &series.sample_duration else {
+            continue;
+        };
+        let mut cumulated = 0;
+        for (at, count) in durations.buckets.iter().enumerate() {
+            cumulated += count;
+            bound.clear();
+            write_number(DURATION_BOUNDS[at], &mut bound);
+            let labels = [
+                ("namespace", *namespace),
+                ("policy", *policy),
+                ("le", bound.as_str()),
+            ];
             family.series(
                 out,
                 "levee_sample_duration_seconds_bucket",
                 &labels,
-                durations.count as f64,
-            );
-            let labels = [("namespace", *namespace), ("policy", *policy)];
-            family.series(out, "levee_sample_duration_seconds_sum", &labels, durations.sum);
-            family.series(
-                out,
-                "levee_sample_duration_seconds_count",
-                &labels,
-                durations.count as f64,
+                cumulated as f64,
             );
         }
+        let labels = [("namespace", *namespace), ("policy", *policy), ("le", "+Inf")];
+        family.series(
+            out,
+            "levee_sample_duration_seconds_bucket",
+            &labels,
+            durations.count as f64,
+        );
+        let labels = [("namespace", *namespace), ("policy", *policy)];
+        family.series(out, "levee_sample_duration_seconds_sum", &labels, durations.sum);
+        family.series(
+            out,
+            "levee_sample_duration_seconds_count",
+            &labels,
+            durations.count as f64,
+        );
     }
+}
 
-    fn write_transitions(&self, sorted: &[(&str, &str, &Series)], out: &mut String) {
-        const NAME: &str = "levee_transitions_total";
-        let mut family = Family::new(NAME, "Circuit state changes", "counter");
-        for (namespace, policy, series) in sorted {
-            for (at, count) in series.transitions.iter().enumerate() {
-                if *count == 0 {
-                    continue;
-                }
-                let (from, to) = (
-                    STATES[at / STATES.len()].to_string(),
-                    STATES[at % STATES.len()].to_string(),
-                );
-                let labels = [
-                    ("from", from.as_str()),
-                    ("namespace", *namespace),
-                    ("policy", *policy),
-                    ("to", to.as_str()),
-                ];
-                family.series(out, NAME, &labels, *count as f64);
+fn write_transitions(sorted: &[(&str, &str, &Series)], out: &mut String) {
+    const NAME: &str = "levee_transitions_total";
+    let mut family = FamilyText::new(NAME, "Circuit state changes", "counter");
+    for (namespace, policy, series) in sorted {
+        for (at, count) in series.transitions.iter().enumerate() {
+            if *count == 0 {
+                continue;
             }
+            let (from, to) = (
+                STATES[at / STATES.len()].to_string(),
+                STATES[at % STATES.len()].to_string(),
+            );
+            let labels = [
+                ("from", from.as_str()),
+                ("namespace", *namespace),
+                ("policy", *policy),
+                ("to", to.as_str()),
+            ];
+            family.series(out, NAME, &labels, *count as f64);
         }
     }
 }
@@ -270,48 +269,6 @@ fn state_index(state: State) -> usize {
         State::Closed => 0,
         State::HalfOpen => 1,
         State::Open => 2,
-    }
-}
-
-/// One family being written: its header goes out before its first series.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: &'static str,
-    written: bool,
-}
-
-impl Family {
-    fn new(name: &'static str, help: &'static str, kind: &'static str) -> Self {
-        Self {
-            name,
-            help,
-            kind,
-            written: false,
-        }
-    }
-
-    /// Writes one series `name{labels} value`.
-    fn series(&mut self, out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
-        if !self.written {
-            let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-            let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
-            self.written = true;
-        }
-        out.push_str(name);
-        out.push('{');
-        for (at, (label, value)) in labels.iter().enumerate() {
-            if at > 0 {
-                out.push(',');
-            }
-            out.push_str(label);
-            out.push_str("=\"");
-            escape_into(value, out);
-            out.push('"');
-        }
-        out.push_str("} ");
-        write_number(value, out);
-        out.push('\n');
     }
 }
 

@@ -4,8 +4,8 @@
 //! label pair, a string per label and a metric per series on every scrape: at 1,000 policies of
 //! 10 queues that was most of the 17.5 MB one scrape held at once (docs/benchmarks.md#metrics).
 
+use super::text::FamilyText;
 use crate::values::{MetricValues, PolicyValues, QueueValues};
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// A gauge family: its name, help, and the value of a policy or of one of its queues.
@@ -88,88 +88,23 @@ pub fn write(values: &MetricValues, out: &mut String) {
 }
 
 fn write_family(family: &Family, policies: &[Arc<PolicyValues>], out: &mut String) {
-    let mut header = false;
-    let mut series = |out: &mut String, policy: &PolicyValues, queue: Option<&str>, value: f64| {
-        if !header {
-            let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
-            let _ = writeln!(out, "# TYPE {} gauge", family.name);
-            header = true;
-        }
-        out.push_str(family.name);
-        out.push_str("{namespace=\"");
-        escape_into(&policy.namespace, out);
-        out.push_str("\",policy=\"");
-        escape_into(&policy.policy, out);
-        if let Some(queue) = queue {
-            out.push_str("\",queue=\"");
-            escape_into(queue, out);
-        }
-        out.push_str("\"} ");
-        write_number(value, out);
-        out.push('\n');
-    };
+    let mut text = FamilyText::new(family.name, family.help, "gauge");
     for policy in policies {
+        let at = [("namespace", &*policy.namespace), ("policy", &*policy.policy)];
         match family.value {
             Value::Policy(value) => {
                 if let Some(v) = value(policy) {
-                    series(out, policy, None, v);
+                    text.series(out, family.name, &at, v);
                 }
             }
             Value::Queue(value) => {
                 for queue in &policy.queues {
                     if let Some(v) = value(queue) {
-                        series(out, policy, Some(&queue.name), v);
+                        let labels = [at[0], at[1], ("queue", &*queue.name)];
+                        text.series(out, family.name, &labels, v);
                     }
                 }
             }
-        }
-    }
-}
-
-/// A label value with `\`, `"` and line feeds escaped, as the text format requires (a
-/// discovered queue's name comes from Redis and may hold any of them).
-pub(super) fn escape_into(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// A sample value: integers without a fraction, `+Inf`/`-Inf`/`NaN` spelled as the format does.
-pub(super) fn write_number(value: f64, out: &mut String) {
-    if value.is_nan() {
-        out.push_str("NaN");
-    } else if value.is_infinite() {
-        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
-    } else {
-        let _ = write!(out, "{value}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped_and_numbers_spelled_as_the_format_does() {
-        let mut out = String::new();
-        escape_into("a\\b\"c\nd", &mut out);
-        assert_eq!(out, "a\\\\b\\\"c\\nd");
-        for (value, text) in [
-            (7.0, "7"),
-            (1.5, "1.5"),
-            (-0.25, "-0.25"),
-            (f64::INFINITY, "+Inf"),
-            (f64::NEG_INFINITY, "-Inf"),
-            (f64::NAN, "NaN"),
-        ] {
-            let mut out = String::new();
-            write_number(value, &mut out);
-            assert_eq!(out, text);
         }
     }
 }

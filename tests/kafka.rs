@@ -216,6 +216,49 @@ async fn an_unknown_topic_or_group_fails_its_queue_only() {
     assert_eq!(sample.unreachable, None, "the cluster itself answered");
 }
 
+/// levee never writes to a broker it reads: a Kafka broker creates a topic a Metadata request
+/// names when `auto.create.topics.enable` is on (Kafka's default) and the request allows it, which
+/// levee's did until issue 39 (two missing topics named by `levee sample --once` were created).
+#[tokio::test]
+async fn naming_missing_topics_creates_none() {
+    let broker = KafkaBroker::start();
+    broker.create_topic("present", 1);
+    let prepared = queues(
+        "[{name: a, type: kafka, topic: never-made-a, consumerGroup: g},
+          {name: b, type: kafka, topic: never-made-b, consumerGroup: g}]",
+    );
+    let sampler = Sampler::new();
+    // Until the group's coordinator is up (a new cluster makes its offsets topic at first use),
+    // and three ticks more.
+    let (mut said, mut ticks_since) = (Vec::new(), 0);
+    for _ in 0..60 {
+        let sample = sampler
+            .sample_backend(&endpoint(&broker.bootstrap(), None), &prepared)
+            .await;
+        let why = depth(&sample, "a").unwrap_err();
+        if why.contains("topic \"never-made-a\" does not exist") {
+            ticks_since += 1;
+            if ticks_since == 3 {
+                break;
+            }
+        }
+        said.push(why);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(ticks_since, 3, "the missing topic was never reported: {said:?}");
+    let topics = broker.topics();
+    assert!(
+        topics.contains(&"present".to_string()),
+        "the tool lists topics: {topics:?}"
+    );
+    for missing in ["never-made-a", "never-made-b"] {
+        assert!(
+            !topics.contains(&missing.to_string()),
+            "{missing} was created: {topics:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_broker_fails_every_queue_and_says_where() {
     let port = support::free_port();
@@ -263,7 +306,8 @@ async fn an_oversized_or_endless_reply_is_refused_within_its_bounds() {
         .await;
     let why = depth(&sample, "a").unwrap_err();
     assert!(why.contains("over levee's bound"), "{why}");
-    let endless = lying_broker(4 << 20).await;
+    // Under the handshake's 64 KiB bound, sent a KiB every 50 ms: the deadline ends it.
+    let endless = lying_broker(60 << 10).await;
     let sample = sampler
         .sample_backend(&endpoint(&format!("127.0.0.1:{endless}"), None), &prepared)
         .await;

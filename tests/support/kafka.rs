@@ -243,7 +243,8 @@ impl KafkaBroker {
              transaction.state.log.replication.factor={replicas}\ntransaction.state.log.min.isr=1\n\
              share.coordinator.state.topic.replication.factor={replicas}\nshare.coordinator.state.topic.min.isr=1\n\
              broker.session.timeout.ms=3000\nbroker.heartbeat.interval.ms=500\n\
-             group.initial.rebalance.delay.ms=0\n{extra}",
+             group.initial.rebalance.delay.ms=0\n\
+             auto.create.topics.enable=true\n{extra}",
             dir.path().join("data").display()
         );
         let config = dir.path().join("server.properties");
@@ -412,6 +413,22 @@ impl KafkaBroker {
             "kafka-consumer-groups printed no row for {group} on {topic}"
         );
         rows.iter().filter_map(|(_, _, lag)| *lag).sum()
+    }
+
+    /// The cluster's topics as Kafka's own `kafka-topics.sh --list` prints them.
+    pub fn topics(&self) -> Vec<String> {
+        let mut tool = java();
+        tool.arg("org.apache.kafka.tools.TopicCommand").args([
+            "--bootstrap-server",
+            &self.bootstrap(),
+            "--list",
+        ]);
+        let output = run(tool, "kafka-topics --list").unwrap_or_else(|e| panic!("{e}"));
+        output
+            .lines()
+            .map(|line| line.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 
     /// GetOffsetShell's offsets of every partition of `topic` at `time` (`earliest`, `latest`).

@@ -1,28 +1,47 @@
 //! What levee knows of one Kafka cluster, shared by every policy that names it: a connection per
-//! broker (dialled when first needed, one dial at a time, a failed dial remembered for a
-//! deadline so that the policies of a tick do not each wait on a dead broker), who leads which
-//! partition (Metadata: at first use, when a reply says the layout moved, and every
-//! `LAYOUT_MAX_AGE`) and which broker coordinates which group (FindCoordinator, batched).
+//! broker (dialled when first needed, one dial at a time, a failed dial not tried again for a
+//! back-off that doubles up to `DIAL_BACKOFF_MAX`, so that the policies of a tick do not each
+//! wait on a dead broker), who leads which partition (Metadata: at first use, when a reply says
+//! the layout moved, and every `LAYOUT_MAX_AGE`) and which broker coordinates which group
+//! (FindCoordinator, batched).
+//!
+//! Tenants share a cluster, so Metadata asks for exactly the topics the tick needs, never a
+//! window of every topic known (another namespace's names could fill it and push a policy's topic
+//! out: its lag read as 0); a topic the broker does not describe is an error on its queues.
+//! Metadata never lets the broker create a topic (`allow_auto_topic_creation` false): levee
+//! never writes to a broker it reads. What a Metadata reply may name is bounded (`MAX_BROKERS`,
+//! `MAX_PARTITIONS`) and the connections kept are those of the brokers it names.
 
 use super::KafkaEndpoint;
+use super::connection::reply_budget;
 use super::connection::{BrokerConnection, Call};
 use crate::sampler::NodeAddr;
 use kafka_protocol::messages::{
-    FindCoordinatorRequest, MetadataRequest, TopicName, metadata_request::MetadataRequestTopic,
+    FindCoordinatorRequest, MetadataRequest, MetadataResponse, TopicName,
+    metadata_request::MetadataRequestTopic,
 };
 use kafka_protocol::protocol::StrBytes;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// The layout is asked again at least this often, moved or not.
 pub const LAYOUT_MAX_AGE: Duration = Duration::from_secs(300);
 /// A topic Metadata said does not exist is asked about again after this long (it may be created).
 const MISSING_TOPIC_RETRY: Duration = Duration::from_secs(10);
-/// The most topics levee keeps the layout of per cluster, and partitions per topic: a queue
-/// without `topic` covers the topics its group commits to, which the cluster decides.
+/// The most topics one queue without `topic` covers (the topics its group commits to, which the
+/// cluster decides), and partitions per topic; more is an error on that queue, never a silent
+/// undercount. Kafka's own default cap is 200,000 partitions a cluster; 10,000 in one topic is
+/// well past any job queue.
 pub const MAX_TOPICS: usize = 1_000;
 pub const MAX_PARTITIONS: usize = 10_000;
+/// The most topics one Metadata request names: a tick needing more asks in several.
+const TOPICS_PER_METADATA: usize = 500;
+/// The most brokers a Metadata reply may name: the largest clusters run a few hundred.
+pub const MAX_BROKERS: usize = 1_000;
+/// A failed dial waits this long before the next (the endpoint's timeout at first, doubling).
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// One topic's partitions and their leaders, or why it has none.
 #[derive(Clone, Debug)]
@@ -34,16 +53,24 @@ pub enum TopicLayout {
 #[derive(Default)]
 struct Layout {
     brokers: HashMap<i32, NodeAddr>,
-    topics: HashMap<String, TopicLayout>,
+    /// Each topic asked about, and when a tick last needed it (a topic no tick needed for
+    /// `LAYOUT_MAX_AGE` is forgotten).
+    topics: HashMap<String, (TopicLayout, Instant)>,
     coordinators: HashMap<String, i32>,
     asked: Option<Instant>,
 }
 
-/// A broker's connection, or the last dial's failure.
+/// A broker's connection, or the last dial's failure and how long to wait before the next.
 #[derive(Default)]
 struct Slot {
     connection: Option<BrokerConnection>,
-    failed: Option<(Instant, String)>,
+    failed: Option<DialFailure>,
+}
+
+struct DialFailure {
+    at: Instant,
+    why: String,
+    backoff: Duration,
 }
 
 /// One cluster's shared state.
@@ -51,6 +78,8 @@ pub struct Cluster {
     endpoint: KafkaEndpoint,
     layout: tokio::sync::Mutex<Layout>,
     slots: Mutex<HashMap<NodeAddr, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// The reply bytes its connections may hold at once (`connection::REPLIES_IN_FLIGHT_BYTES`).
+    budget: Arc<Semaphore>,
 }
 
 impl Cluster {
@@ -59,6 +88,7 @@ impl Cluster {
             endpoint,
             layout: tokio::sync::Mutex::default(),
             slots: Mutex::default(),
+            budget: reply_budget(),
         }
     }
 
@@ -74,29 +104,55 @@ impl Cluster {
             .clone();
         let mut slot = slot.lock().await;
         let timeout = self.endpoint.timeout;
-        if slot.connection.is_none() {
-            if let Some((when, why)) = &slot.failed
-                && when.elapsed() < timeout
-            {
-                return Err(why.clone());
-            }
-            match BrokerConnection::connect(broker, &self.endpoint).await {
-                Ok(connection) => {
-                    slot.connection = Some(connection);
-                    slot.failed = None;
+        // Taken out while in use: a call dropped half way (the tick's deadline) leaves no
+        // half-read connection behind.
+        let mut connection = match slot.connection.take() {
+            Some(connection) => connection,
+            None => {
+                if let Some(failed) = &slot.failed
+                    && failed.at.elapsed() < failed.backoff
+                {
+                    return Err(failed.why.clone());
                 }
-                Err(why) => {
-                    slot.failed = Some((Instant::now(), why.clone()));
-                    return Err(why);
+                match BrokerConnection::connect(broker, &self.endpoint, self.budget.clone()).await {
+                    Ok(connection) => {
+                        slot.failed = None;
+                        connection
+                    }
+                    Err(why) => {
+                        let backoff = slot
+                            .failed
+                            .as_ref()
+                            .map_or(timeout, |f| f.backoff.saturating_mul(2))
+                            .min(DIAL_BACKOFF_MAX);
+                        slot.failed = Some(DialFailure {
+                            at: Instant::now(),
+                            why: why.clone(),
+                            backoff,
+                        });
+                        return Err(why);
+                    }
                 }
             }
-        }
-        let connection = slot.connection.as_mut().expect("dialled above");
+        };
         let outcome = connection.call(request, timeout).await;
-        if outcome.is_err() {
-            slot.connection = None;
+        if outcome.is_ok() {
+            slot.connection = Some(connection);
         }
         outcome
+    }
+
+    /// Drops the connections of brokers the cluster no longer names.
+    fn prune_slots(&self, layout: &Layout) {
+        let keep: HashSet<&NodeAddr> = layout
+            .brokers
+            .values()
+            .chain(self.endpoint.bootstrap.iter())
+            .collect();
+        self.slots
+            .lock()
+            .expect("kafka slots lock")
+            .retain(|address, _| keep.contains(address));
     }
 
     /// The address of a broker by id.
@@ -104,44 +160,62 @@ impl Cluster {
         self.layout.lock().await.brokers.get(&id).cloned()
     }
 
-    /// The layouts of `topics`, asking Metadata when one is unknown, a missing one is due to be
-    /// asked again, the layout is older than `LAYOUT_MAX_AGE`, or `moved` says it changed.
-    /// Returns the layouts, the requests made and the connection failure if no broker answered.
+    /// The layouts of `topics` (what one tick needs), asking Metadata for exactly them when one
+    /// is unknown, a missing one is due to be asked again, the layout is older than
+    /// `LAYOUT_MAX_AGE`, or `moved` says it changed. A topic asked about and not described by
+    /// the broker is `Missing`. Returns the layouts, the requests made and the connection
+    /// failure if no broker answered.
     pub async fn topics(
         &self,
         topics: &BTreeSet<String>,
         moved: bool,
     ) -> (HashMap<String, TopicLayout>, usize, Option<String>) {
         let mut layout = self.layout.lock().await;
+        let now = Instant::now();
         let due = moved
             || layout.asked.is_none_or(|asked| asked.elapsed() > LAYOUT_MAX_AGE)
             || topics.iter().any(|topic| match layout.topics.get(topic) {
                 None => true,
-                Some(TopicLayout::Missing(_, when)) => when.elapsed() > MISSING_TOPIC_RETRY,
-                Some(TopicLayout::Partitions(_)) => false,
+                Some((TopicLayout::Missing(_, when), _)) => when.elapsed() > MISSING_TOPIC_RETRY,
+                Some((TopicLayout::Partitions(_), _)) => false,
             });
         let mut requests = 0;
         let mut failure = None;
         if due {
-            let mut wanted: BTreeSet<String> = layout.topics.keys().cloned().collect();
-            wanted.extend(topics.iter().cloned());
-            let wanted: Vec<String> = wanted.into_iter().take(MAX_TOPICS).collect();
+            let wanted: Vec<String> = topics.iter().cloned().collect();
             let (outcome, sent) = self.ask_metadata(&layout, &wanted).await;
             requests += sent;
             match outcome {
                 Ok(fresh) => {
                     // The cluster's own list: a broker that left it is no longer asked.
                     layout.brokers = fresh.brokers;
-                    layout.topics = fresh.topics;
-                    layout.asked = Some(Instant::now());
+                    layout
+                        .topics
+                        .retain(|_, (_, needed)| needed.elapsed() < LAYOUT_MAX_AGE);
+                    for topic in topics {
+                        let found = fresh.topics.get(topic).map_or_else(
+                            || {
+                                TopicLayout::Missing(
+                                    format!(
+                                        "topic {topic:?}: the broker's Metadata reply does not describe it"
+                                    ),
+                                    now,
+                                )
+                            },
+                            |(found, _)| found.clone(),
+                        );
+                        layout.topics.insert(topic.clone(), (found, now));
+                    }
+                    layout.asked = Some(now);
+                    self.prune_slots(&layout);
                 }
                 Err(why) => {
                     failure = Some(why.clone());
                     for topic in topics {
-                        if !matches!(layout.topics.get(topic), Some(TopicLayout::Partitions(_))) {
+                        if !matches!(layout.topics.get(topic), Some((TopicLayout::Partitions(_), _))) {
                             layout
                                 .topics
-                                .insert(topic.clone(), TopicLayout::Missing(why.clone(), Instant::now()));
+                                .insert(topic.clone(), (TopicLayout::Missing(why.clone(), now), now));
                         }
                     }
                 }
@@ -149,15 +223,42 @@ impl Cluster {
         }
         let found = topics
             .iter()
-            .filter_map(|topic| Some((topic.clone(), layout.topics.get(topic)?.clone())))
+            .filter_map(|topic| {
+                let (found, needed) = layout.topics.get_mut(topic)?;
+                *needed = now;
+                Some((topic.clone(), found.clone()))
+            })
             .collect();
         (found, requests, failure)
     }
 
-    /// Metadata for `topics` from the first broker that answers: the known brokers, then the
-    /// bootstrap servers.
+    /// Metadata for `topics` (in requests of at most `TOPICS_PER_METADATA`), each from the first
+    /// broker that answers: the known brokers, then the bootstrap servers.
     async fn ask_metadata(&self, layout: &Layout, topics: &[String]) -> (Result<Layout, String>, usize) {
+        let mut fresh = Layout::default();
+        let mut sent = 0;
+        let chunks: Vec<&[String]> = if topics.is_empty() {
+            vec![&[]]
+        } else {
+            topics.chunks(TOPICS_PER_METADATA).collect()
+        };
+        for chunk in chunks {
+            let (outcome, asked) = self.ask_metadata_once(layout, chunk).await;
+            sent += asked;
+            match outcome {
+                Ok(part) => {
+                    fresh.brokers = part.brokers;
+                    fresh.topics.extend(part.topics);
+                }
+                Err(why) => return (Err(why), sent),
+            }
+        }
+        (Ok(fresh), sent)
+    }
+
+    async fn ask_metadata_once(&self, layout: &Layout, topics: &[String]) -> (Result<Layout, String>, usize) {
         let mut request = MetadataRequest::default();
+        request.allow_auto_topic_creation = false;
         request.topics = Some(
             topics
                 .iter()
@@ -172,36 +273,7 @@ impl Cluster {
         let mut last = String::from("no bootstrap server");
         for (asked, broker) in candidates.iter().enumerate() {
             match self.call(broker, &request).await {
-                Ok(reply) => {
-                    let mut fresh = Layout::default();
-                    for broker in reply.brokers {
-                        if let Ok(port) = u16::try_from(broker.port) {
-                            let host = broker.host.as_str().to_string();
-                            fresh.brokers.insert(broker.node_id.0, NodeAddr { host, port });
-                        }
-                    }
-                    for topic in reply.topics {
-                        let Some(name) = topic.name else { continue };
-                        let name = name.0.as_str().to_string();
-                        let entry = if topic.error_code == 0 {
-                            let mut partitions: Vec<(i32, i32)> = topic
-                                .partitions
-                                .iter()
-                                .take(MAX_PARTITIONS)
-                                .map(|p| (p.partition_index, p.leader_id.0))
-                                .collect();
-                            partitions.sort();
-                            TopicLayout::Partitions(partitions)
-                        } else {
-                            TopicLayout::Missing(
-                                describe_topic_error(&name, topic.error_code),
-                                Instant::now(),
-                            )
-                        };
-                        fresh.topics.insert(name, entry);
-                    }
-                    return (Ok(fresh), asked + 1);
-                }
+                Ok(reply) => return (read_metadata(reply, broker), asked + 1),
                 Err(why) => last = why,
             }
         }
@@ -306,6 +378,51 @@ impl Cluster {
             .filter(|broker| seen.insert(broker.clone()))
             .collect()
     }
+}
+
+/// The layout a Metadata reply describes, bounded: at most `MAX_BROKERS` brokers and
+/// `MAX_PARTITIONS` partitions a topic, or an error that says which bound it passed.
+fn read_metadata(reply: MetadataResponse, broker: &NodeAddr) -> Result<Layout, String> {
+    if reply.brokers.len() > MAX_BROKERS {
+        return Err(format!(
+            "the broker at {broker} names {} brokers in its cluster, over levee's bound of {MAX_BROKERS}",
+            reply.brokers.len()
+        ));
+    }
+    let now = Instant::now();
+    let mut fresh = Layout::default();
+    for broker in reply.brokers {
+        if let Ok(port) = u16::try_from(broker.port) {
+            let host = broker.host.as_str().to_string();
+            fresh.brokers.insert(broker.node_id.0, NodeAddr { host, port });
+        }
+    }
+    for topic in reply.topics {
+        let Some(name) = topic.name else { continue };
+        let name = name.0.as_str().to_string();
+        let entry = if topic.error_code != 0 {
+            TopicLayout::Missing(describe_topic_error(&name, topic.error_code), now)
+        } else if topic.partitions.len() > MAX_PARTITIONS {
+            TopicLayout::Missing(
+                format!(
+                    "topic {name:?} has {} partitions, over levee's bound of {MAX_PARTITIONS}",
+                    topic.partitions.len()
+                ),
+                now,
+            )
+        } else {
+            let mut partitions: Vec<(i32, i32)> = topic
+                .partitions
+                .iter()
+                .map(|p| (p.partition_index, p.leader_id.0))
+                .collect();
+            partitions.sort();
+            partitions.dedup_by_key(|(index, _)| *index);
+            TopicLayout::Partitions(partitions)
+        };
+        fresh.topics.insert(name, (entry, now));
+    }
+    Ok(fresh)
 }
 
 /// An error code's name (`NOT_COORDINATOR (16)`).

@@ -1,10 +1,13 @@
 //! One connection to a Kafka broker, shared by every policy whose cluster it serves: a request
 //! is written and its reply read while the connection is held, so requests on one connection go
 //! one at a time (the brokers of a tick are asked at once, each on its own connection). Every
-//! reply is bounded: its size is read first and a frame over `MAX_FRAME_BYTES` breaks the
+//! reply is bounded before a byte of it is allocated: its size is read first, checked against
+//! what the request can bring back (`Call::reply_bound`: a ListOffsets reply for three
+//! partitions is a few hundred bytes, not `MAX_FRAME_BYTES`), and then against the cluster's
+//! budget of reply bytes in flight (`REPLIES_IN_FLIGHT_BYTES`, shared by all its connections), so
+//! that 64 brokers answering at once cost what one does. A frame over its bound breaks the
 //! connection unread; every request has the endpoint's deadline. A connection that failed in any
 //! way is dropped by its owner, and dialled again when next needed.
-
 use super::KafkaEndpoint;
 use super::sasl;
 use crate::sampler::NodeAddr;
@@ -15,22 +18,45 @@ use kafka_protocol::messages::{
     SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// The largest reply levee reads. The metadata of a few thousand partitions and a fetch of one
 /// batch per lagging partition fit with room to spare; a broker that sends more is not one levee
 /// should trust with its memory.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 
+/// The reply bytes one cluster may hold read and not yet decoded at once, over all its
+/// connections: two of the largest frames. Without it, a topic with a partition on each of 64
+/// brokers cost 64 × 8 MiB in one tick (527 MiB resident, issue 39); with it, the brokers' replies
+/// past the budget wait their turn (within the call's deadline).
+pub const REPLIES_IN_FLIGHT_BYTES: usize = 2 * MAX_FRAME_BYTES;
+
+/// What the error of a reply refused for its size says, for a caller that asks again in smaller
+/// parts.
+pub const OVERSIZED: &str = "over levee's bound";
+
+/// The budget in permits of a KiB each (a semaphore counts in `u32`).
+pub fn reply_budget() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(REPLIES_IN_FLIGHT_BYTES / 1024))
+}
+
 /// A request levee sends: its key, the version levee speaks (every one served since Kafka 3.0
-/// and still by Kafka 4.x) and its reply's type.
+/// and still by Kafka 4.x), its reply's type and the most bytes that reply can take.
 pub trait Call: Encodable + HeaderVersion {
     const KEY: ApiKey;
     const VERSION: i16;
     type Reply: Decodable + HeaderVersion;
+
+    /// The largest reply this request can bring back from an honest broker; a larger one is
+    /// refused unread.
+    fn reply_bound(&self) -> usize {
+        MAX_FRAME_BYTES
+    }
 }
 
 macro_rules! call {
@@ -41,26 +67,73 @@ macro_rules! call {
             type Reply = kafka_protocol::messages::$reply;
         }
     };
+    ($request:ident, $reply:ident, $key:ident, $version:literal, $bound:expr) => {
+        impl Call for $request {
+            const KEY: ApiKey = ApiKey::$key;
+            const VERSION: i16 = $version;
+            type Reply = kafka_protocol::messages::$reply;
+
+            fn reply_bound(&self) -> usize {
+                let bound: fn(&Self) -> usize = $bound;
+                bound(self).min(MAX_FRAME_BYTES)
+            }
+        }
+    };
 }
 
-call!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, 3);
+/// A reply's fixed part (header, throttle time, error code, tagged fields) with room to spare.
+const REPLY_OVERHEAD: usize = 1024;
+
+call!(ApiVersionsRequest, ApiVersionsResponse, ApiVersions, 3, |_| 64
+    * 1024);
 call!(MetadataRequest, MetadataResponse, Metadata, 12);
+// A coordinator is a node id, a host name (at most 255 bytes), a port and an error message.
 call!(
     FindCoordinatorRequest,
     FindCoordinatorResponse,
     FindCoordinator,
-    4
+    4,
+    |request| REPLY_OVERHEAD
+        + request
+            .coordinator_keys
+            .iter()
+            .map(|key| key.len() + 1024)
+            .sum::<usize>()
 );
 call!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, 8);
-call!(ListOffsetsRequest, ListOffsetsResponse, ListOffsets, 7);
-call!(FetchRequest, FetchResponse, Fetch, 12);
+// Each partition asked: its index, error code, timestamp, offset and leader epoch (27 bytes).
+call!(
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    ListOffsets,
+    7,
+    |request| REPLY_OVERHEAD
+        + request
+            .topics
+            .iter()
+            .map(|topic| 64 + topic.name.0.len() + 64 * topic.partitions.len())
+            .sum::<usize>()
+);
+// What the request asks at most, and one whole batch more: a broker returns the first batch
+// whole even when it is larger than the bytes asked. A topic's largest batch is its
+// `max.message.bytes`, 1 MiB by default.
+call!(FetchRequest, FetchResponse, Fetch, 12, |request| {
+    usize::try_from(request.max_bytes).unwrap_or(0) + (1 << 20) + REPLY_OVERHEAD
+});
 call!(DescribeGroupsRequest, DescribeGroupsResponse, DescribeGroups, 5);
-call!(SaslHandshakeRequest, SaslHandshakeResponse, SaslHandshake, 1);
+call!(
+    SaslHandshakeRequest,
+    SaslHandshakeResponse,
+    SaslHandshake,
+    1,
+    |_| 64 * 1024
+);
 call!(
     SaslAuthenticateRequest,
     SaslAuthenticateResponse,
     SaslAuthenticate,
-    2
+    2,
+    |_| 64 * 1024
 );
 
 /// The keys levee needs a broker to serve at levee's version, with the Kafka release that first
@@ -83,19 +156,29 @@ pub struct BrokerConnection {
     stream: Box<dyn Stream>,
     address: String,
     next_correlation: i32,
+    /// The cluster's budget of reply bytes in flight.
+    budget: Arc<Semaphore>,
 }
 
 impl BrokerConnection {
     /// Dials `broker` of `endpoint`'s cluster (over TLS with its `tls`), checks that the broker
     /// speaks levee's versions, and authenticates with its `sasl`, all within its `timeout`.
-    pub async fn connect(broker: &NodeAddr, endpoint: &KafkaEndpoint) -> Result<Self, String> {
+    pub async fn connect(
+        broker: &NodeAddr,
+        endpoint: &KafkaEndpoint,
+        budget: Arc<Semaphore>,
+    ) -> Result<Self, String> {
         let timeout = endpoint.timeout;
-        tokio::time::timeout(timeout, Self::handshake(broker, endpoint))
+        tokio::time::timeout(timeout, Self::handshake(broker, endpoint, budget))
             .await
             .map_err(|_| format!("no Kafka handshake with {broker} within {timeout:?}"))?
     }
 
-    async fn handshake(broker: &NodeAddr, endpoint: &KafkaEndpoint) -> Result<Self, String> {
+    async fn handshake(
+        broker: &NodeAddr,
+        endpoint: &KafkaEndpoint,
+        budget: Arc<Semaphore>,
+    ) -> Result<Self, String> {
         let (tls, sasl, timeout) = (endpoint.tls.as_ref(), endpoint.sasl.as_ref(), endpoint.timeout);
         let address = broker.authority();
         let address = address.as_str();
@@ -123,6 +206,7 @@ impl BrokerConnection {
             stream,
             address: address.to_string(),
             next_correlation: 1,
+            budget,
         };
         let mut hello = ApiVersionsRequest::default();
         hello.client_software_name = StrBytes::from_static_str("levee");
@@ -182,7 +266,8 @@ impl BrokerConnection {
             .write_all(&frame)
             .await
             .map_err(|e| format!("writing to Kafka at {}: {e}", self.address))?;
-        let mut reply = self.read_frame().await?;
+        let budget = self.budget.clone();
+        let (mut reply, _held) = self.read_frame(request.reply_bound(), &budget).await?;
         let header = ResponseHeader::decode(&mut reply, R::Reply::header_version(R::VERSION))
             .map_err(|e| format!("{} sent a malformed reply header: {e}", self.address))?;
         if header.correlation_id != correlation {
@@ -196,18 +281,28 @@ impl BrokerConnection {
         Ok(decoded)
     }
 
-    /// One reply frame, its size checked before a byte of it is read.
-    async fn read_frame(&mut self) -> Result<Bytes, String> {
+    /// One reply frame, its size checked against `bound` and room for it taken from `budget`
+    /// (held until the reply is decoded) before a byte of it is read.
+    async fn read_frame<'b>(
+        &mut self,
+        bound: usize,
+        budget: &'b Semaphore,
+    ) -> Result<(Bytes, SemaphorePermit<'b>), String> {
         let closed = |e: std::io::Error| format!("reading from Kafka at {}: {e}", self.address);
         let size = self.stream.read_i32().await.map_err(closed)?;
         let size =
             usize::try_from(size).map_err(|_| format!("{} sent a negative frame size", self.address))?;
-        if size > MAX_FRAME_BYTES {
+        if size > bound {
             return Err(format!(
-                "{} sent a reply of {size} bytes, over levee's bound of {MAX_FRAME_BYTES}",
+                "{} sent a reply of {size} bytes, {OVERSIZED} of {bound} for what was asked",
                 self.address
             ));
         }
+        let kib = u32::try_from(size.div_ceil(1024)).expect("bounded by MAX_FRAME_BYTES");
+        let held = budget
+            .acquire_many(kib)
+            .await
+            .map_err(|_| "the cluster's reply budget is closed".to_string())?;
         let mut buffer = vec![0u8; size];
         self.stream
             .read_exact(&mut buffer)
@@ -220,6 +315,6 @@ impl BrokerConnection {
                 self.address
             ));
         }
-        Ok(bytes)
+        Ok((bytes, held))
     }
 }

@@ -16,14 +16,15 @@
 mod batch;
 mod cluster;
 mod connection;
+mod inflate;
 mod lag;
 mod records;
 mod sasl;
 
 use batch::Batch;
-pub use cluster::{MAX_PARTITIONS, MAX_TOPICS};
-use connection::Call;
-pub use connection::MAX_FRAME_BYTES;
+pub use cluster::{MAX_BROKERS, MAX_PARTITIONS, MAX_TOPICS};
+use connection::{Call, OVERSIZED};
+pub use connection::{MAX_FRAME_BYTES, REPLIES_IN_FLIGHT_BYTES};
 pub use sasl::SaslAuth;
 
 use super::tls::TlsSettings;
@@ -235,7 +236,17 @@ impl KafkaSampler {
             queues,
             tally: Mutex::default(),
         };
-        let readings = tick.run(at).await;
+        let deadline = endpoint.timeout.saturating_mul(TICK_DEADLINE_TIMEOUTS);
+        let readings = match tokio::time::timeout(deadline, tick.run(at)).await {
+            Ok(readings) => readings,
+            Err(_) => {
+                let why = format!(
+                    "the Kafka cluster tick did not end within {deadline:?} ({TICK_DEADLINE_TIMEOUTS} × spec.kafka.timeout): its brokers answer too slowly"
+                );
+                tick.failed(&why);
+                queues.iter().map(|queue| failed_reading(queue, &why)).collect()
+            }
+        };
         let tally = tick.tally.into_inner().expect("tally lock");
         Sample {
             at,
@@ -245,6 +256,23 @@ impl KafkaSampler {
             memory: None,
             duration: started.elapsed(),
         }
+    }
+}
+
+/// A cluster tick ends within this many request timeouts, whatever its brokers do: its rounds
+/// (Metadata, FindCoordinator, OffsetFetch with ListOffsets, a retry on a moved layout, the
+/// starts, DescribeGroups, two Fetch rounds for latency) each take at most one when brokers
+/// answer; a broker that trickles its replies, or a Metadata that sends levee from one dead
+/// broker to the next, meets this bound instead.
+pub const TICK_DEADLINE_TIMEOUTS: u32 = 8;
+
+fn failed_reading(queue: &PreparedKafkaQueue, why: &str) -> QueueReading {
+    QueueReading {
+        name: queue.name.clone(),
+        weight: queue.weight,
+        depth: Err(why.to_string()),
+        latency: queue.latency.then(|| Err(why.to_string())),
+        partitions: None,
     }
 }
 
@@ -294,7 +322,7 @@ impl Tick<'_> {
         let mut discovered: BTreeSet<String> = BTreeSet::new();
         for queue in self.queues.iter().filter(|q| q.topic.is_none()) {
             if let Some(Ok(group)) = commits.get(&queue.group) {
-                discovered.extend(group.keys().map(|(topic, _)| topic.clone()).take(MAX_TOPICS));
+                discovered.extend(group.keys().map(|(topic, _)| topic.clone()));
             }
         }
         let moved = ends.values().any(|e| e.as_ref().is_err_and(|f| f.moved));
@@ -430,7 +458,10 @@ impl Tick<'_> {
         }))
         .await;
         for (_, reply) in &replies {
-            if let Err(why) = reply {
+            // A reply refused for its size came from a broker that answers: not unreachable.
+            if let Err(why) = reply
+                && !why.contains(OVERSIZED)
+            {
                 self.failed(why);
             }
         }
@@ -464,28 +495,51 @@ impl Tick<'_> {
                 }
             }
         }
-        let replies = self
-            .per_broker(by_coordinator, |names| {
-                let mut request = OffsetFetchRequest::default();
-                request.groups = names
-                    .iter()
-                    .map(|group| {
-                        let mut entry = OffsetFetchRequestGroup::default();
-                        entry.group_id = GroupId(StrBytes::from_string(group.clone()));
-                        entry.topics = groups[group]
-                            .as_ref()
-                            .map(|partitions| topic_requests(partitions));
-                        entry
-                    })
-                    .collect();
-                request
+        let request = |names: &[String]| {
+            let mut request = OffsetFetchRequest::default();
+            request.groups = names
+                .iter()
+                .map(|group| {
+                    let mut entry = OffsetFetchRequestGroup::default();
+                    entry.group_id = GroupId(StrBytes::from_string(group.clone()));
+                    entry.topics = groups[group]
+                        .as_ref()
+                        .map(|partitions| topic_requests(partitions));
+                    entry
+                })
+                .collect();
+            request
+        };
+        let coordinator_of: HashMap<String, NodeAddr> = by_coordinator
+            .iter()
+            .flat_map(|(coordinator, names)| names.iter().map(|g| (g.clone(), coordinator.clone())))
+            .collect();
+        let mut replies = self.per_broker(by_coordinator, request).await;
+        // A reply too large for the bound: one group's commits (another tenant's, perhaps, with
+        // kilobytes of metadata a partition) must not fail the others asked with it. Each group
+        // is asked again alone, one after the other, and only the one too large fails.
+        let oversized: Vec<String> = replies
+            .iter()
+            .filter(|(names, reply)| {
+                names.len() > 1 && reply.as_ref().is_err_and(|why| why.contains(OVERSIZED))
             })
-            .await;
+            .flat_map(|(names, _)| names.clone())
+            .collect();
+        replies.retain(|(names, reply)| {
+            !(names.len() > 1 && reply.as_ref().is_err_and(|why| why.contains(OVERSIZED)))
+        });
+        for group in oversized {
+            let alone = BTreeMap::from([(coordinator_of[&group].clone(), vec![group])]);
+            replies.extend(self.per_broker(alone, request).await);
+        }
         for (names, reply) in replies {
             match reply {
                 Ok(reply) => {
                     for group in reply.groups {
                         let name = group.group_id.0.as_str().to_string();
+                        if !groups.contains_key(&name) {
+                            continue;
+                        }
                         let outcome = if group.error_code != 0 {
                             Err(Failure {
                                 message: format!("consumer group {name:?}: {}", error_name(group.error_code)),
@@ -498,12 +552,13 @@ impl Tick<'_> {
                     }
                 }
                 Err(why) => {
+                    let moved = !why.contains(OVERSIZED);
                     for group in names {
                         answer.insert(
                             group,
                             Err(Failure {
                                 message: why.clone(),
-                                moved: true,
+                                moved,
                             }),
                         );
                     }
@@ -638,14 +693,18 @@ impl Tick<'_> {
             }
         };
         let topics: Vec<String> = match &queue.topic {
-            Some(topic) => {
-                if let Some(TopicLayout::Missing(why, _)) = layouts.get(topic) {
-                    return Err(why.clone());
-                }
-                vec![topic.clone()]
-            }
+            Some(topic) => match layouts.get(topic) {
+                Some(TopicLayout::Partitions(_)) => vec![topic.clone()],
+                Some(TopicLayout::Missing(why, _)) => return Err(why.clone()),
+                None => return Err(no_layout(topic)),
+            },
             None => {
                 let set: BTreeSet<String> = group.keys().map(|(t, _)| t.clone()).collect();
+                // A topic the group once committed to and that was deleted since is no backlog
+                // (as kafka-consumer-groups.sh leaves it out); one never asked about is unknown.
+                if let Some(unknown) = set.iter().find(|t| !layouts.contains_key(*t)) {
+                    return Err(no_layout(unknown));
+                }
                 set.into_iter().collect()
             }
         };
@@ -833,6 +892,10 @@ impl Tick<'_> {
 /// least the batch header of a larger one (the broker returns a whole first batch regardless).
 const FETCH_PARTITION_BYTES: i32 = 64 * 1024;
 
+fn no_layout(topic: &str) -> String {
+    format!("topic {topic:?}: its partitions are not known (no broker described it this tick)")
+}
+
 fn leaderless(partition: &Partition) -> Failure {
     Failure {
         message: format!(
@@ -885,10 +948,28 @@ fn group_commits(
     group: &str,
     topics: &[kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseTopics],
 ) -> Result<Commits, Failure> {
+    if topics.len() > MAX_TOPICS {
+        return Err(Failure {
+            message: format!(
+                "consumer group {group:?} commits to {} topics, over levee's bound of {MAX_TOPICS}: name the queue's topic",
+                topics.len()
+            ),
+            moved: false,
+        });
+    }
     let mut commits = Commits::new();
-    for topic in topics.iter().take(MAX_TOPICS) {
+    for topic in topics {
         let name = topic.name.0.as_str().to_string();
-        for p in topic.partitions.iter().take(MAX_PARTITIONS) {
+        if topic.partitions.len() > MAX_PARTITIONS {
+            return Err(Failure {
+                message: format!(
+                    "consumer group {group:?} on {name}: {} partitions, over levee's bound of {MAX_PARTITIONS}",
+                    topic.partitions.len()
+                ),
+                moved: false,
+            });
+        }
+        for p in &topic.partitions {
             if p.error_code != 0 {
                 return Err(Failure {
                     message: format!(

@@ -1,7 +1,9 @@
 //! SASL over a broker connection (Kafka's SaslHandshake, then SaslAuthenticate frames): PLAIN,
 //! and SCRAM-SHA-256/512 (RFC 5802, RFC 7677), the server's signature checked so that a broker
 //! that does not know the password is not trusted either. What the broker sends is bounded: the
-//! SCRAM iteration count it asks for is capped, so a hostile broker cannot make levee spin.
+//! SCRAM iteration count it asks for is capped at Kafka's own largest, and the hashing runs on a
+//! blocking thread, never on the async runtime's workers, so a broker asking for the most still
+//! delays no other policy's tick.
 
 use super::connection::BrokerConnection;
 use crate::api::SaslMechanism;
@@ -13,9 +15,11 @@ use ring::{digest, hmac, pbkdf2};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// Kafka's own SCRAM accepts 4,096 to 16,384 iterations; more than this from a broker is a
-/// broker to refuse.
-const MAX_SCRAM_ITERATIONS: u32 = 100_000;
+/// Kafka's own SCRAM credentials have 4,096 to 16,384 iterations (`kafka-configs.sh` refuses
+/// more: `ScramMechanism.maxIterations`), so a broker asking for more is not a Kafka broker to
+/// trust. 16,384 rounds of PBKDF2-HMAC-SHA-512 take about 10 ms of one core here; 100,000 took
+/// 60 ms, and a broker asking for them at every dial kept a core busy (issue 39).
+const MAX_SCRAM_ITERATIONS: u32 = 16_384;
 
 /// A SASL identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -126,7 +130,11 @@ async fn scram(
         String::from_utf8(server_first).map_err(|_| "the broker's SCRAM reply is not UTF-8".to_string())?;
     let challenge =
         Challenge::parse(&server_first, &nonce).map_err(|e| format!("{}: {e}", connection.address()))?;
-    let proof = challenge.proof(&hash, &first_bare, &server_first, &auth.password);
+    let password = auth.password.clone();
+    let (first, server) = (first_bare.clone(), server_first.clone());
+    let proof = tokio::task::spawn_blocking(move || challenge.proof(&hash, &first, &server, &password))
+        .await
+        .map_err(|_| "the SCRAM proof's computation ended early".to_string())?;
     let server_final = exchange(connection, proof.client_final.into_bytes(), timeout).await?;
     let server_final = String::from_utf8(server_final).unwrap_or_default();
     match server_final.strip_prefix("v=").map(|v| BASE64.decode(v)) {
@@ -246,6 +254,9 @@ mod tests {
         let greedy = Challenge::parse("r=mineX,s=AAAA,i=2000000000", "mine").unwrap_err();
         assert!(greedy.contains("2000000000 SCRAM iterations"), "{greedy}");
         assert!(Challenge::parse("r=mineX,s=AAAA,i=0", "mine").is_err());
+        // Issue 39's broker: 100,000 iterations, past what Kafka itself ever stores.
+        assert!(Challenge::parse("r=mineX,s=AAAA,i=100000", "mine").is_err());
+        assert!(Challenge::parse("r=mineX,s=AAAA,i=16384", "mine").is_ok());
     }
 
     #[test]

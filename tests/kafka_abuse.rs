@@ -1,0 +1,393 @@
+//! A tenant's hostile Kafka cluster costs levee a bounded amount, and a neighbour on a shared
+//! cluster changes nobody's figures (issue 39). The hostile clusters are fake brokers in this
+//! test (`support::fake_kafka`), each telling one lie; `levee sample` (the binary as a user runs
+//! it, the sampler `levee run` uses) reads them, its peak RSS watched. `LEVEE_ABUSE_BIN` runs the
+//! suite against another build of levee, for the before/after figures in docs/benchmarks.md.
+
+mod support;
+
+use bytes::Bytes;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::fake_kafka::{Commit, FakeKafka, Script};
+
+/// Each case's bound on levee's resident memory, as issue 39 asks.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
+fn levee_bin() -> String {
+    std::env::var("LEVEE_ABUSE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_levee").to_string())
+}
+
+/// The most resident memory the process has had, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn policy(name: &str, bootstrap: &str, queues: &str) -> String {
+    format!(
+        "apiVersion: levee.dev/v1alpha1
+kind: BackpressurePolicy
+metadata: {{name: {name}, namespace: {name}}}
+spec:
+  kafka: {{bootstrapServers: ['{bootstrap}'], timeout: 2s}}
+  sampleInterval: 500ms
+  queues:
+{queues}
+  thresholds: {{warning: 100000, critical: 200000, recovery: 50000}}
+"
+    )
+}
+
+/// What `levee sample` printed of each policy's ticks, its peak RSS, and its stderr.
+struct Run {
+    ticks: Vec<Value>,
+    peak_kib: u64,
+    stderr: String,
+}
+
+impl Run {
+    fn of(&self, policy: &str) -> Vec<&Value> {
+        self.ticks.iter().filter(|t| t["policy"] == policy).collect()
+    }
+}
+
+/// Runs `levee sample` on `policies` for `watched` (or once, when `None`), watching its RSS.
+fn sample(policies: &[String], watched: Option<Duration>) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.yaml");
+    std::fs::write(&file, policies.join("---\n")).unwrap();
+    let mut args = vec!["sample", "-f", file.to_str().unwrap(), "-o", "json"];
+    if watched.is_none() {
+        args.push("--once");
+    }
+    let mut levee = Command::new(levee_bin())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = levee.id();
+    let lines = BufReader::new(levee.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        lines
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+            .collect::<Vec<Value>>()
+    });
+    let mut errors = levee.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = errors.read_to_string(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let until = watched.unwrap_or(Duration::from_secs(60));
+    let mut peak = 0;
+    while started.elapsed() < until {
+        match peak_rss_kib(pid) {
+            Some(kib) => peak = peak.max(kib),
+            None => break,
+        }
+        if levee.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = levee.wait();
+    Run {
+        ticks: reader.join().unwrap(),
+        peak_kib: peak,
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// A v2 record batch's 61-byte header with `codec`, `records` declared, then `body`.
+fn batch(base_offset: i64, codec: i16, records: i32, first_timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&base_offset.to_be_bytes());
+    bytes.extend_from_slice(&i32::try_from(49 + body.len()).unwrap().to_be_bytes());
+    bytes.extend_from_slice(&0i32.to_be_bytes());
+    bytes.push(2);
+    bytes.extend_from_slice(&0u32.to_be_bytes());
+    bytes.extend_from_slice(&codec.to_be_bytes());
+    bytes.extend_from_slice(&(records - 1).to_be_bytes());
+    bytes.extend_from_slice(&first_timestamp.to_be_bytes());
+    bytes.extend_from_slice(&first_timestamp.to_be_bytes());
+    bytes.extend_from_slice(&[0xffu8; 8]);
+    bytes.extend_from_slice(&[0xffu8; 2]);
+    bytes.extend_from_slice(&[0xffu8; 4]);
+    bytes.extend_from_slice(&records.to_be_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// One topic `jobs` of one partition ending at 1,500, group `workers` committed at 1,000: a lag
+/// of 500, and a Fetch at the committed offset that returns `records`.
+fn lagging(records: Vec<u8>) -> Script {
+    Script {
+        topics: BTreeMap::from([("jobs".to_string(), 1)]),
+        end_offset: 1_500,
+        commits: BTreeMap::from([(
+            "workers".to_string(),
+            vec![Commit {
+                topic: "jobs".into(),
+                partition: 0,
+                offset: 1_000,
+                metadata_bytes: 0,
+            }],
+        )]),
+        fetch_records: Some(Bytes::from(records)),
+        list_offsets_padding: 0,
+    }
+}
+
+const WORKERS: &str = "    - {name: jobs, type: kafka, topic: jobs, consumerGroup: workers}";
+
+/// Every tick of `run`'s `policy` read a depth of 500 with no error, and latency as read.
+fn every_tick_reads_500(run: &Run, policy: &str) {
+    let ticks = run.of(policy);
+    assert!(!ticks.is_empty(), "{policy}: no tick at all: {}", run.stderr);
+    for tick in &ticks {
+        assert_eq!(tick["pending"], 500, "{policy}: {tick}");
+        assert!(tick["queues"][0]["error"].is_null(), "{policy}: {tick}");
+    }
+}
+
+/// Row 1: a 94-byte snappy batch at the committed offset that declares 4 GiB of output. Before:
+/// 4,087 MiB resident in 4 s, the tick a success. Now: not inflated; the latency is the batch's
+/// first timestamp.
+#[test]
+fn a_snappy_batch_declaring_four_gib_is_not_inflated() {
+    let liar = [
+        0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0,
+    ];
+    let stamp = jiff::Timestamp::now().as_millisecond() - 60_000;
+    let records = batch(1_000, 2, 1, stamp, &liar);
+    assert_eq!(records.len(), 94);
+    let kafka = FakeKafka::start(lagging(records), 1);
+    let run = sample(
+        &[policy("snappy", &kafka.bootstrap(), WORKERS)],
+        Some(Duration::from_secs(4)),
+    );
+    eprintln!(
+        "figure: snappy 4 GiB batch: peak RSS {} KiB, {} ticks",
+        run.peak_kib,
+        run.ticks.len()
+    );
+    every_tick_reads_500(&run, "snappy");
+    let latency = run.of("snappy")[0]["latencySeconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        (59.0..120.0).contains(&latency),
+        "the batch's first timestamp: {latency}"
+    );
+    assert!(run.peak_kib < RSS_BOUND_KIB, "peak RSS {} KiB", run.peak_kib);
+}
+
+/// Row 2: a 1 MiB gzip batch that inflates to 1 GiB. Before: 1,053 MiB, every tick.
+#[test]
+fn a_gzip_batch_inflating_to_one_gib_is_cut_at_the_bound() {
+    let gzip = Command::new("sh")
+        .args(["-c", "head -c 1073741824 /dev/zero | gzip -9"])
+        .output()
+        .unwrap();
+    assert!(gzip.status.success());
+    eprintln!("figure: the gzip bomb is {} bytes", gzip.stdout.len());
+    let stamp = jiff::Timestamp::now().as_millisecond() - 30_000;
+    let kafka = FakeKafka::start(lagging(batch(1_000, 1, 1, stamp, &gzip.stdout)), 1);
+    let run = sample(
+        &[policy("gzip", &kafka.bootstrap(), WORKERS)],
+        Some(Duration::from_secs(4)),
+    );
+    eprintln!(
+        "figure: gzip 1 GiB batch: peak RSS {} KiB, {} ticks",
+        run.peak_kib,
+        run.ticks.len()
+    );
+    every_tick_reads_500(&run, "gzip");
+    assert!(run.peak_kib < RSS_BOUND_KIB, "peak RSS {} KiB", run.peak_kib);
+}
+
+/// Row 4: a topic with a partition on each of 64 brokers, each ListOffsets reply padded to just
+/// under the 8 MiB frame bound. Before: 527 MiB every tick. Now each reply is refused at its
+/// size, which is over what three partitions' offsets can take.
+#[test]
+fn sixty_four_brokers_padding_their_replies_cost_one_bound() {
+    let mut script = lagging(Vec::new());
+    script.topics.insert("jobs".into(), 64);
+    script.list_offsets_padding = 8 * 1024 * 1024 - 4096;
+    script.fetch_records = None;
+    let kafka = FakeKafka::start(script, 64);
+    let run = sample(
+        &[policy("wide", &kafka.bootstrap(), WORKERS)],
+        Some(Duration::from_secs(4)),
+    );
+    eprintln!(
+        "figure: 64 padded brokers: peak RSS {} KiB, {} ticks",
+        run.peak_kib,
+        run.ticks.len()
+    );
+    let ticks = run.of("wide");
+    assert!(!ticks.is_empty(), "no tick: {}", run.stderr);
+    for tick in ticks {
+        let error = tick["queues"][0]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("over levee's bound"), "{tick}");
+    }
+    assert!(run.peak_kib < RSS_BOUND_KIB, "peak RSS {} KiB", run.peak_kib);
+}
+
+/// Row 5: another namespace's 1,000 topics (a group without `topic` committing to all of them,
+/// the most one queue may span), sorting before the victim's topic on the same cluster. Before:
+/// the victim read depth 0, no error, every tick (one Metadata window of 1,000 names for the
+/// cluster). Now Metadata asks for what each tick needs; both read their own figures.
+#[test]
+fn a_neighbours_thousand_topics_leave_the_victims_lag_exact() {
+    let mut script = lagging(Vec::new());
+    script.fetch_records = None;
+    script.topics.insert("zz-victim".into(), 1);
+    script.commits.insert(
+        "victim".into(),
+        vec![Commit {
+            topic: "zz-victim".into(),
+            partition: 0,
+            offset: 1_000,
+            metadata_bytes: 0,
+        }],
+    );
+    let mut hostile = Vec::new();
+    for index in 0..1_000 {
+        let topic = format!("aa-{index:04}");
+        script.topics.insert(topic.clone(), 1);
+        hostile.push(Commit {
+            topic,
+            partition: 0,
+            offset: 1_499,
+            metadata_bytes: 0,
+        });
+    }
+    script.commits.insert("hostile".into(), hostile);
+    let kafka = FakeKafka::start(script, 1);
+    let policies = [
+        policy(
+            "victim",
+            &kafka.bootstrap(),
+            "    - {name: jobs, type: kafka, topic: zz-victim, consumerGroup: victim}",
+        ),
+        policy(
+            "neighbour",
+            &kafka.bootstrap(),
+            "    - {name: all, type: kafka, consumerGroup: hostile}",
+        ),
+    ];
+    let run = sample(&policies, Some(Duration::from_secs(4)));
+    eprintln!(
+        "figure: 1,000 neighbour topics: peak RSS {} KiB, {} ticks",
+        run.peak_kib,
+        run.ticks.len()
+    );
+    every_tick_reads_500(&run, "victim");
+    let neighbour = run.of("neighbour");
+    assert!(!neighbour.is_empty());
+    for tick in neighbour {
+        assert_eq!(tick["pending"], 1_000, "the neighbour's own figure: {tick}");
+    }
+    let asked = kafka.asked.lock().unwrap();
+    assert!(!asked.metadata.is_empty());
+    for (topics, auto_create) in &asked.metadata {
+        assert!(!auto_create, "Metadata let the broker create {topics:?}");
+    }
+}
+
+/// Row 6: a neighbour's group with 4 KB of commit metadata on each of 2,200 partitions, asked in
+/// the same OffsetFetch as the victim's group (one cluster tick). Before: the reply passed the
+/// bound and the victim's tick failed every time. Now only the neighbour's queue fails.
+#[test]
+fn a_neighbours_fat_commits_fail_its_own_queue_only() {
+    let mut script = lagging(Vec::new());
+    script.fetch_records = None;
+    script.topics.insert("wide".into(), 2_200);
+    script.commits.insert(
+        "fat".into(),
+        (0..2_200)
+            .map(|partition| Commit {
+                topic: "wide".into(),
+                partition,
+                offset: 0,
+                metadata_bytes: 4_000,
+            })
+            .collect(),
+    );
+    let kafka = FakeKafka::start(script, 1);
+    let policies = [
+        policy("victim", &kafka.bootstrap(), WORKERS),
+        policy(
+            "neighbour",
+            &kafka.bootstrap(),
+            "    - {name: wide, type: kafka, topic: wide, consumerGroup: fat}",
+        ),
+    ];
+    let run = sample(&policies, None);
+    eprintln!("figure: fat commits: peak RSS {} KiB", run.peak_kib);
+    every_tick_reads_500(&run, "victim");
+    let neighbour = run.of("neighbour");
+    assert_eq!(neighbour.len(), 1, "{}", run.stderr);
+    let error = neighbour[0]["queues"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("over levee's bound"), "{}", neighbour[0]);
+    let asked = kafka.asked.lock().unwrap();
+    assert!(
+        asked.offset_fetch_groups.contains(&2),
+        "both groups were asked in one OffsetFetch first: {:?}",
+        asked.offset_fetch_groups
+    );
+    assert!(run.peak_kib < RSS_BOUND_KIB, "peak RSS {} KiB", run.peak_kib);
+}
+
+/// A queue without `topic` whose group commits to more topics than levee reads for one queue
+/// fails, saying so and what to change, never a silent undercount of the first 1,000.
+#[test]
+fn a_group_committing_to_more_topics_than_the_bound_fails_its_queue() {
+    let mut script = lagging(Vec::new());
+    script.fetch_records = None;
+    let commits = (0..1_001)
+        .map(|index| {
+            let topic = format!("t-{index:04}");
+            script.topics.insert(topic.clone(), 1);
+            Commit {
+                topic,
+                partition: 0,
+                offset: 1_499,
+                metadata_bytes: 0,
+            }
+        })
+        .collect();
+    script.commits.insert("everything".into(), commits);
+    let kafka = FakeKafka::start(script, 1);
+    let run = sample(
+        &[policy(
+            "wide",
+            &kafka.bootstrap(),
+            "    - {name: all, type: kafka, consumerGroup: everything}",
+        )],
+        None,
+    );
+    let ticks = run.of("wide");
+    assert_eq!(ticks.len(), 1, "{}", run.stderr);
+    let error = ticks[0]["queues"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("commits to 1001 topics, over levee's bound of 1000: name the queue's topic"),
+        "{}",
+        ticks[0]
+    );
+}

@@ -130,7 +130,27 @@ fn batch(base_offset: i64, codec: i16, records: i32, first_timestamp: i64, body:
     bytes.extend_from_slice(&[0xffu8; 4]);
     bytes.extend_from_slice(&records.to_be_bytes());
     bytes.extend_from_slice(body);
+    // A well-formed batch but for its lie: its CRC-32C (over attributes to the end) is right,
+    // as a decoder that checks it (kafka-protocol's did) would want.
+    let crc = crc32c(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
     bytes
+}
+
+/// CRC-32C (Castagnoli), bit by bit.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 /// One topic `jobs` of one partition ending at 1,500, group `workers` committed at 1,000: a lag
@@ -149,7 +169,7 @@ fn lagging(records: Vec<u8>) -> Script {
             }],
         )]),
         fetch_records: Some(Bytes::from(records)),
-        list_offsets_padding: 0,
+        ..Script::default()
     }
 }
 
@@ -170,10 +190,11 @@ fn every_tick_reads_500(run: &Run, policy: &str) {
 /// first timestamp.
 #[test]
 fn a_snappy_batch_declaring_four_gib_is_not_inflated() {
-    let liar = [
-        0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0, 0, 0,
-    ];
+    // Kafka's snappy framing (xerial: a 16-byte magic, then length-prefixed raw blocks), one
+    // 13-byte block whose stated length is 4 GiB.
+    let mut liar = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01".to_vec();
+    liar.extend_from_slice(&13u32.to_be_bytes());
+    liar.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0, 0, 0, 0, 0, 0]);
     let stamp = jiff::Timestamp::now().as_millisecond() - 60_000;
     let records = batch(1_000, 2, 1, stamp, &liar);
     assert_eq!(records.len(), 94);
@@ -390,4 +411,38 @@ fn a_group_committing_to_more_topics_than_the_bound_fails_its_queue() {
         "{}",
         ticks[0]
     );
+}
+
+/// A 25-byte Metadata reply whose broker array claims 2^31 entries. Before: kafka-protocol's
+/// decoder asked for 206 GB at once and levee aborted (`memory allocation of 206158430208 bytes
+/// failed`), every replica in turn; its decoders are bounded now (vendor/kafka-protocol).
+#[test]
+fn a_reply_claiming_billions_of_entries_does_not_abort_levee() {
+    let mut claim = vec![0u8; 4];
+    let mut count: u64 = (1 << 31) + 1;
+    while count >= 0x80 {
+        claim.push(u8::try_from(count & 0x7f).unwrap() | 0x80);
+        count >>= 7;
+    }
+    claim.push(u8::try_from(count).unwrap());
+    claim.extend_from_slice(&[0u8; 16]);
+    let mut script = lagging(Vec::new());
+    script.raw_metadata = Some(claim);
+    let kafka = FakeKafka::start(script, 1);
+    let run = sample(
+        &[policy("claims", &kafka.bootstrap(), WORKERS)],
+        Some(Duration::from_secs(2)),
+    );
+    eprintln!(
+        "figure: billion-entry claim: peak RSS {} KiB, {} ticks",
+        run.peak_kib,
+        run.ticks.len()
+    );
+    assert!(!run.stderr.contains("memory allocation"), "{}", run.stderr);
+    let ticks = run.of("claims");
+    assert!(ticks.len() >= 2, "levee kept ticking: {}", run.stderr);
+    for tick in ticks {
+        let error = tick["queues"][0]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("malformed"), "{tick}");
+    }
 }

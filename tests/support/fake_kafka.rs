@@ -48,6 +48,8 @@ pub struct Script {
     pub commits: BTreeMap<String, Vec<Commit>>,
     /// What a Fetch returns as each partition's records.
     pub fetch_records: Option<Bytes>,
+    /// A Metadata reply's body as these bytes, whatever they say.
+    pub raw_metadata: Option<Vec<u8>>,
     /// Bytes nobody asked for (a tagged field), added to every ListOffsets reply.
     pub list_offsets_padding: usize,
 }
@@ -162,7 +164,10 @@ impl Broker {
             }
             ApiKey::Metadata => {
                 let asked = MetadataRequest::decode(request, version).unwrap();
-                self.metadata(asked, version, out);
+                match &self.script.raw_metadata {
+                    Some(raw) => out.extend_from_slice(raw),
+                    None => self.metadata(asked, version, out),
+                }
             }
             ApiKey::FindCoordinator => {
                 let asked = FindCoordinatorRequest::decode(request, version).unwrap();

@@ -20,6 +20,7 @@ mod fresh_status;
 mod indexed_store;
 pub mod judgement;
 mod kept;
+mod kept_secret;
 mod leader;
 pub mod marks;
 pub mod peers;
@@ -475,8 +476,8 @@ fn start_reflectors(
     };
     let all_of = watcher::Config::default;
     let managed = all_of().labels("app.kubernetes.io/managed-by=levee");
-    let opted_in = all_of().labels(&format!("{}=true", secrets::LABEL_SECRET_CONSENT));
-    let opted_in_legacy = all_of().labels(&format!("{}=true", secrets::LABEL_SECRET_CONSENT_LEGACY));
+    let opted_in = secrets::watch_config(secrets::LABEL_SECRET_CONSENT);
+    let opted_in_legacy = secrets::watch_config(secrets::LABEL_SECRET_CONSENT_LEGACY);
     let streams = futures::future::join_all([
         reflect(
             stores.pods.clone(),
@@ -515,14 +516,14 @@ fn start_reflectors(
         .boxed(),
         reflect(
             stores.secrets.labelled.clone(),
-            settings.api(client.clone()),
+            settings.api::<kept_secret::StoredSecret>(client.clone()),
             opted_in,
             trim::secret,
         )
         .boxed(),
         reflect(
             stores.secrets.legacy.clone(),
-            settings.api(client),
+            settings.api::<kept_secret::StoredSecret>(client),
             opted_in_legacy,
             trim::secret,
         )

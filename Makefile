@@ -100,10 +100,13 @@ bench-keda: deps
 	LEVEE_BIN=$(CURDIR)/target/release/levee e2e/scripts/with-cluster.sh sh -c \
 	  'cargo bench -p levee-e2e --bench keda && cargo bench -p levee-e2e --bench keda_brokers'
 
-## fuzz: a minute of libFuzzer on each network-facing parser (needs the nightly toolchain)
+## fuzz: a minute of libFuzzer on each network-facing parser, the brokers' replies under a 256 MiB
+## RSS limit (needs the nightly toolchain)
 fuzz:
 	cd fuzz && cargo +nightly fuzz run selector -- -max_total_time=60
 	cd fuzz && cargo +nightly fuzz run metric_request -- -max_total_time=60
+	cd fuzz && cargo +nightly fuzz run kafka_records -- -max_total_time=60 -rss_limit_mb=256
+	cd fuzz && cargo +nightly fuzz run kafka_reply -- -max_total_time=60 -rss_limit_mb=256
 
 ## demo: local control plane + Redis + the chart; a burst opens the circuit, the HPA scales the workers, all recovers
 demo: deps build

@@ -425,6 +425,11 @@ fn read_metadata(reply: MetadataResponse, broker: &NodeAddr) -> Result<Layout, S
     Ok(fresh)
 }
 
+/// Whether a Metadata reply describes a layout within levee's bounds (for the fuzz targets).
+pub(super) fn read_metadata_checked(reply: MetadataResponse, broker: &NodeAddr) -> Result<(), String> {
+    read_metadata(reply, broker).map(|_| ())
+}
+
 /// An error code's name (`NOT_COORDINATOR (16)`).
 pub fn error_name(code: i16) -> String {
     use kafka_protocol::error::ParseResponseErrorCode;

@@ -1046,9 +1046,80 @@ fn reading(
     }
 }
 
+/// What a broker sends, parsed as levee parses it, for the fuzz targets
+/// (`fuzz/fuzz_targets/kafka_records.rs`, `kafka_reply.rs`): any bytes give an answer or an
+/// error, never a panic, and never more memory than their bounds.
+#[doc(hidden)]
+pub mod untrusted {
+    use super::connection::Call;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Decodable, HeaderVersion};
+
+    /// The timestamp of the record at or after `offset` in a Fetch's records.
+    pub fn record_timestamp(records: &[u8], offset: i64) -> Option<i64> {
+        super::records::timestamp_at(&bytes::Bytes::copy_from_slice(records), offset)
+    }
+
+    /// Decodes `frame` (a reply header and body) as the reply to levee's request `kind` (any
+    /// byte: it picks one of the eight replies levee reads), then reads it as the sampler does.
+    /// Whether it decoded.
+    pub fn reply(kind: u8, frame: &[u8]) -> bool {
+        match kind % 8 {
+            0 => decode::<ApiVersionsRequest>(frame).is_some(),
+            1 => decode::<MetadataRequest>(frame).is_some_and(|reply| {
+                let broker = crate::sampler::NodeAddr {
+                    host: "fuzz".into(),
+                    port: 9092,
+                };
+                super::cluster::read_metadata_checked(reply, &broker).is_ok()
+            }),
+            2 => decode::<FindCoordinatorRequest>(frame).is_some(),
+            3 => decode::<OffsetFetchRequest>(frame).is_some_and(|reply| {
+                reply
+                    .groups
+                    .iter()
+                    .all(|group| super::group_commits("fuzz", &group.topics).is_ok())
+            }),
+            4 => decode::<ListOffsetsRequest>(frame).is_some(),
+            5 => decode::<FetchRequest>(frame).is_some_and(|reply| {
+                for topic in reply.responses {
+                    for partition in topic.partitions {
+                        if let Some(records) = partition.records {
+                            let _ = super::records::timestamp_at(&records, 0);
+                        }
+                    }
+                }
+                true
+            }),
+            6 => decode::<DescribeGroupsRequest>(frame).is_some(),
+            _ => decode::<SaslAuthenticateRequest>(frame).is_some(),
+        }
+    }
+
+    fn decode<R: Call>(frame: &[u8]) -> Option<R::Reply> {
+        let mut bytes = bytes::Bytes::copy_from_slice(frame);
+        ResponseHeader::decode(&mut bytes, R::Reply::header_version(R::VERSION)).ok()?;
+        R::Reply::decode(&mut bytes, R::VERSION).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// What the fuzz targets run for minutes (`make fuzz`), briefly in every `make test`.
+        #[test]
+        fn any_reply_is_read_without_a_panic(kind: u8, frame in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = untrusted::reply(kind, &frame);
+        }
+
+        #[test]
+        fn any_records_are_walked_without_a_panic(offset: i64, records in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = untrusted::record_timestamp(&records, offset);
+        }
+    }
 
     #[test]
     fn bootstrap_servers_are_host_and_port() {

@@ -8,7 +8,7 @@
 //! never remembered, so a restart, a failover or a deletion while levee was down strands nobody.
 
 use super::indexed_store::{Indexed, IndexedStore};
-use super::kept::{KeptPod, KeptWorkload};
+use super::kept::{KeptPod, KeptWorkload, LABEL_POD_TEMPLATE_HASH};
 use super::marks::{Intent, LABEL_POLICY, Marks, Release};
 use super::stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
 use super::{Context, FIELD_MANAGER, Result, Stores};
@@ -74,7 +74,7 @@ impl Workload for StoredDeployment {
     /// `<deployment>-<pod-template-hash>` (the hash is also the pod's label), so a pod is the
     /// Deployment's when its controller is the ReplicaSet of that name: no ReplicaSet is watched.
     fn owns(workload: &KeptWorkload, pod: &KeptPod) -> bool {
-        let hash = pod.label("pod-template-hash");
+        let hash = pod.label(LABEL_POD_TEMPLATE_HASH);
         pod.controller.as_ref().is_some_and(|owner| {
             &*owner.kind == "ReplicaSet"
                 && hash.is_some_and(|hash| {

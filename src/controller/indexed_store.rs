@@ -15,6 +15,11 @@ pub trait Indexed {
     fn name(&self) -> &str;
     fn labels(&self) -> impl Iterator<Item = (&str, &str)>;
     fn label(&self, key: &str) -> Option<&str>;
+    /// Whether some of its labels were not kept (`kept.rs`): a selector over a label it lacks
+    /// may still match it.
+    fn labels_truncated(&self) -> bool {
+        false
+    }
     fn resource_version(&self) -> Option<&str>;
 }
 
@@ -57,6 +62,9 @@ struct Entries<K> {
     objects: HashMap<Name, HashMap<Name, Arc<K>>>,
     /// Names by namespace, label key and value.
     by_label: HashMap<Name, HashMap<Name, HashMap<Name, Names>>>,
+    /// Names by namespace of the objects whose labels were not all kept: the index cannot rule
+    /// them out of a selection.
+    truncated: HashMap<Name, Names>,
 }
 
 impl<K> Default for Entries<K> {
@@ -64,6 +72,7 @@ impl<K> Default for Entries<K> {
         Self {
             objects: HashMap::new(),
             by_label: HashMap::new(),
+            truncated: HashMap::new(),
         }
     }
 }
@@ -96,6 +105,12 @@ impl<K: Indexed> Entries<K> {
         if by_key.is_empty() {
             self.by_label.remove(&namespace);
         }
+        if object.labels_truncated() {
+            let names = self.truncated.entry(namespace.clone()).or_default();
+            if let Err(at) = names.binary_search(&name) {
+                names.insert(at, name.clone());
+            }
+        }
         self.objects.entry(namespace).or_default().insert(name, object);
     }
 
@@ -118,6 +133,16 @@ impl<K: Indexed> Entries<K> {
         };
         if in_namespace.is_empty() {
             self.objects.remove(namespace);
+        }
+        if old.labels_truncated()
+            && let Some(names) = self.truncated.get_mut(namespace)
+        {
+            if let Ok(at) = names.binary_search_by(|held| (**held).cmp(name)) {
+                names.remove(at);
+            }
+            if names.is_empty() {
+                self.truncated.remove(namespace);
+            }
         }
         let Some(by_key) = self.by_label.get_mut(namespace) else {
             return;
@@ -276,7 +301,8 @@ impl<K: Indexed> IndexedStore<K> {
 
     /// The objects of `namespace` that `selector` matches; none for a selector that matches
     /// everything (apps/v1 workloads always have one, and selecting every pod would be a
-    /// mistake).
+    /// mistake). An object whose labels were not all kept is matched as it may be: a requirement
+    /// over a label it lacks is met (`KeptSelector::matches`).
     pub fn selected(&self, namespace: &str, selector: &KeptSelector) -> Vec<Arc<K>> {
         if selector.selects_all() {
             return Vec::new();
@@ -290,7 +316,15 @@ impl<K: Indexed> IndexedStore<K> {
             .map(|(label, value)| live.labelled(namespace, label, value))
             .min_by_key(|names| names.map_or(0, Vec::len));
         let candidates = match smallest {
-            Some(names) => live.named(namespace, names.into_iter().flatten()),
+            Some(names) => match live.truncated.get(namespace) {
+                None => live.named(namespace, names.into_iter().flatten()),
+                Some(truncated) => {
+                    let mut names: Vec<&Name> = names.into_iter().flatten().chain(truncated).collect();
+                    names.sort_unstable();
+                    names.dedup();
+                    live.named(namespace, names)
+                }
+            },
             None => {
                 let mut all: Vec<(&Name, &Arc<K>)> =
                     live.objects.get(namespace).into_iter().flatten().collect();
@@ -300,7 +334,7 @@ impl<K: Indexed> IndexedStore<K> {
         };
         candidates
             .into_iter()
-            .filter(|object| selector.matches(|key| object.label(key)))
+            .filter(|object| selector.matches(|key| object.label(key), object.labels_truncated()))
             .collect()
     }
 

@@ -2,6 +2,7 @@
 //! method, path, content type and body, and an unexpected request hangs the call (and fails the
 //! test by timeout). The same behaviour runs against a real control plane in e2e/.
 
+use super::indexed_store::Indexed;
 use super::marks::Intent;
 use super::stored::{StoredDeployment, StoredPod};
 use super::*;
@@ -315,6 +316,64 @@ async fn pods_with_the_targets_labels_but_another_owner_are_left_alone() {
         },
         "only the Deployment's own pod counts, and it is marked already"
     );
+}
+
+/// Pods with 10,000 labels that sort before `app`: levee keeps 64 of them (`kept.rs`), not the
+/// `app: api` the target's selector reads. The target's own pod is held back all the same, and
+/// another owner's with the same labels is still left alone: the owner decides.
+#[tokio::test]
+async fn pods_whose_selected_label_is_not_kept_are_held_back_by_their_owner() {
+    let (client, mut server) = mock();
+    let many = |pod: &mut Pod| {
+        let labels = pod.labels_mut();
+        for i in 0..10_000 {
+            labels.insert(format!("a0.example.com/label-{i:05}"), "v".into());
+        }
+    };
+    let mut ours = pod("p1", json!({}), json!([]));
+    many(&mut ours);
+    let mut other_team = pod("other-1", json!({}), json!([]));
+    other_team.metadata.owner_references = Some(vec![replica_set("reports-7c")]);
+    many(&mut other_team);
+    let (ours, other_team) = (kept_pod(ours), kept_pod(other_team));
+    assert_eq!(
+        (ours.label("app"), ours.labels_truncated()),
+        (None, true),
+        "app is not kept"
+    );
+    let mut stores = stores(vec![deployment(open_annotations())], vec![]);
+    stores.pods = IndexedStore::from_objects([ours, other_team]);
+    let context = Context::for_tests(client, stores);
+    let policy = policy(json!({}));
+    let verifier = tokio::spawn(async move {
+        let reply = json!(pod("p1", open_annotations(), open_condition()));
+        expect(
+            &mut server,
+            "PATCH",
+            "/api/v1/namespaces/jobs/pods/p1/status",
+            STRATEGIC,
+            reply.clone(),
+        )
+        .await;
+        expect(
+            &mut server,
+            "PATCH",
+            "/api/v1/namespaces/jobs/pods/p1",
+            MERGE,
+            reply,
+        )
+        .await;
+    });
+    let outcome = within_2s(actuator::act(
+        &context,
+        &policy,
+        Intent::Follow(State::Open),
+        &rules(&policy),
+    ))
+    .await;
+    verifier.await.unwrap();
+    assert_eq!((outcome.writes, outcome.throttled), (2, 1), "{outcome:?}");
+    assert!(outcome.errors.is_empty(), "{outcome:?}");
 }
 
 #[tokio::test]

@@ -262,6 +262,7 @@ fn sixty_four_brokers_padding_their_replies_cost_one_bound() {
     );
     let ticks = run.of("wide");
     assert!(!ticks.is_empty(), "no tick: {}", run.stderr);
+    eprintln!("figure: it said {}", ticks[0]["queues"][0]["error"]);
     for tick in ticks {
         let error = tick["queues"][0]["error"].as_str().unwrap_or_default();
         assert!(error.contains("over levee's bound"), "{tick}");
@@ -440,6 +441,9 @@ fn a_reply_claiming_billions_of_entries_does_not_abort_levee() {
     );
     assert!(!run.stderr.contains("memory allocation"), "{}", run.stderr);
     let ticks = run.of("claims");
+    if let Some(first) = ticks.first() {
+        eprintln!("figure: it said {}", first["queues"][0]["error"]);
+    }
     assert!(ticks.len() >= 2, "levee kept ticking: {}", run.stderr);
     for tick in ticks {
         let error = tick["queues"][0]["error"].as_str().unwrap_or_default();

@@ -107,6 +107,7 @@ fuzz:
 	cd fuzz && cargo +nightly fuzz run metric_request -- -max_total_time=60
 	cd fuzz && cargo +nightly fuzz run kafka_records -- -max_total_time=60 -rss_limit_mb=256
 	cd fuzz && cargo +nightly fuzz run kafka_reply -- -max_total_time=60 -rss_limit_mb=256
+	cd fuzz && cargo +nightly fuzz run nats_reply -- -max_total_time=60 -rss_limit_mb=256
 
 ## demo: local control plane + Redis + the chart; a burst opens the circuit, the HPA scales the workers, all recovers
 demo: deps build

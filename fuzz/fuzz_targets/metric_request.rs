@@ -2,9 +2,10 @@
 #![no_main]
 
 use levee::metrics_api::routes::respond;
-use levee::metrics_api::values::{MetricValues, PolicyValues};
+use levee::values::{MetricValues, PolicyValues, QueueValues, Source};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 fn values() -> &'static MetricValues {
     static VALUES: OnceLock<MetricValues> = OnceLock::new();
@@ -14,12 +15,18 @@ fn values() -> &'static MetricValues {
             namespace: "jobs".into(),
             policy: "p".into(),
             pending: 7,
-            queues: vec![("q".into(), Some(7))],
+            queues: vec![QueueValues::new("q", Some(7), None)],
+            latency: None,
+            forecast: None,
             sampled_at: jiff::Timestamp::UNIX_EPOCH,
-            sampled: std::time::Instant::now(),
+            sampled: Instant::now(),
             failed: false,
             interval: std::time::Duration::from_secs(1),
             circuit: None,
+            memory: None,
+            source: Source::Owner,
+            published: 0,
+            changed: 0,
         });
         values
     })
@@ -31,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             Some((path, query)) => (path, Some(query)),
             None => (text, None),
         };
-        let reply = respond(path, query, values(), jiff::Timestamp::UNIX_EPOCH);
+        let reply = respond(path, query, values(), Instant::now());
         assert!((200..600).contains(&reply.status));
     }
 });

@@ -1,8 +1,13 @@
 //! One connection to a NATS server, shared by every policy that names it: requests are sent at
-//! once and their replies matched by inbox token, so a tick's requests are all in flight together.
+//! once and their replies matched by inbox token, so a tick's requests are in flight together.
 //! Every byte the server sends is parsed within `wire::Limits`: a message over `max_payload` is
 //! dropped unread and fails its request only, anything worse breaks the connection (re-dialled
-//! on the next tick); and each request has its own deadline.
+//! on the next tick); and each request has a deadline.
+//!
+//! At most [`MAX_IN_FLIGHT`] requests are in flight on a connection: a request takes a turn
+//! before it is registered or written, so the connection's state per request (its waiter, and
+//! the reply handed over) never holds more than that many, whatever the server answers or fails
+//! to. A request past the cap waits for a turn in order of arrival, within its own deadline.
 
 use super::nkey::UserKey;
 use super::wire::{self, Limits, ServerOp};
@@ -68,9 +73,40 @@ pub struct Reply {
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 
+/// The most requests in flight at once on one connection, shared by every policy naming the
+/// server. Each may hold a reply of up to `LIMITS.max_payload` (256 KiB) between the reader and
+/// its caller, so this bounds those at 16 MiB per connection, whatever the server sends. It is
+/// two ticks' worth ([`super::MAX_IN_FLIGHT_PER_TICK`]), and more would not read faster: a
+/// server answers JetStream API requests from a queue of its own, and at a millisecond a round
+/// trip 64 in flight still carry 64,000 requests a second. Past it a request waits for a turn,
+/// in order of arrival, rather than failing: a burst of policies ticking together on a healthy
+/// server is then only delayed, and a request that gets no turn within its deadline fails alone
+/// (on its own queue), saying why.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// When a request (or a round of them) must be answered by, and the timeout it came from (named
+/// in errors).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: tokio::time::Instant,
+    pub timeout: Duration,
+}
+
+impl Deadline {
+    /// `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + timeout,
+            timeout,
+        }
+    }
+}
+
 /// A live connection; dropping it stops its reader and closes the socket.
 pub struct Connection {
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    /// `MAX_IN_FLIGHT` turns; a request holds one from before it is registered until it is done.
+    turns: tokio::sync::Semaphore,
     waiters: Waiters,
     next_token: AtomicU64,
     inbox: String,
@@ -224,6 +260,7 @@ impl Connection {
         ));
         Ok(Self {
             writer,
+            turns: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             waiters,
             next_token: AtomicU64::new(1),
             inbox,
@@ -243,10 +280,21 @@ impl Connection {
         self.heard.lock().expect("connection state lock").elapsed() >= quiet
     }
 
-    /// Sends a request with `body` on `subject` and waits for its reply up to `timeout`.
-    pub async fn request(&self, subject: &str, body: &[u8], timeout: Duration) -> Result<Reply, String> {
+    /// Sends a request with `body` on `subject` once it has a turn, and waits for its reply; all
+    /// of it by `deadline`. Nothing is sent once the deadline has passed.
+    pub async fn request(&self, subject: &str, body: &[u8], deadline: Deadline) -> Result<Reply, String> {
+        let timeout = deadline.timeout;
+        let turn = tokio::time::timeout_at(deadline.at, self.turns.acquire()).await;
+        let Ok(Ok(_turn)) = turn else {
+            return Err(format!(
+                "no turn to send {subject} within {timeout:?}: {MAX_IN_FLIGHT} requests (levee's bound per connection) were in flight to this NATS server, or waiting before this one, all that time; the server answers the policies that name it too slowly: check its load, or raise spec.nats.timeout"
+            ));
+        };
         if let Some(why) = self.broken() {
             return Err(why);
+        }
+        if tokio::time::Instant::now() >= deadline.at {
+            return Err(format!("could not send {subject} within {timeout:?}"));
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
@@ -254,12 +302,13 @@ impl Connection {
         let mut publish = format!("PUB {subject} {}{token} {}\r\n", self.inbox, body.len()).into_bytes();
         publish.extend_from_slice(body);
         publish.extend_from_slice(b"\r\n");
-        let sent = tokio::time::timeout(timeout, async {
+        let sent = tokio::time::timeout_at(deadline.at, async {
             self.writer.lock().await.write_all(&publish).await
         })
         .await;
+        drop(publish);
         let outcome = match sent {
-            Ok(Ok(())) => match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(())) => match tokio::time::timeout_at(deadline.at, receiver).await {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(_)) => Err(self
                     .broken()

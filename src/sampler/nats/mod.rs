@@ -5,20 +5,38 @@
 //! follower's stale count, as a scrape of a monitoring page can be. The depth is the work not
 //! done: `num_pending` (not yet delivered) + `num_ack_pending` (delivered, not acknowledged), as
 //! `nats consumer info` shows them ("Unprocessed Messages" and "Outstanding Acks"). With latency
-//! on, a consumer with work not done gets a second request, `STREAM.MSG.GET` of the next message
-//! after its ack floor on its filter (the oldest it has not had acknowledged), and its latency is
-//! now − that message's stored time.
+//! on, a consumer with work not done gets one more request per filter subject (one for the whole
+//! stream without any), `STREAM.MSG.GET` of the next message after its ack floor on that subject
+//! (the oldest it has not had acknowledged), and its latency is now − the oldest such message's
+//! stored time.
+//!
+//! A server is untrusted, whatever it answers: what levee spends on it is bounded before it is
+//! spent, and the reasons for each value are at its constant.
+//!
+//! | bound | value |
+//! | --- | --- |
+//! | bytes of one reply ([`LIMITS`]) | 256 KiB (a message read for latency: dropped unread up to 64 MiB, and only that read fails) |
+//! | filter subjects read for latency, per consumer ([`replies::MAX_LATENCY_FILTERS`]) | 32: past it no request is made, the latency is an error naming the bound, the depth is still read, and the subjects are counted as they are parsed, not kept |
+//! | requests in flight per tick of a policy ([`MAX_IN_FLIGHT_PER_TICK`]) | 32, each reply parsed as it comes: at most 8 MiB of replies held by a tick |
+//! | requests in flight per connection ([`MAX_IN_FLIGHT`]) | 64: at most 16 MiB of replies held on it; a request past it waits for a turn within its deadline, and nothing is kept for it meanwhile |
+//! | time | `spec.nats.timeout` (at most 10 s) for the dial, for the infos and for the latency reads, however many rounds they take |
+//!
+//! So one tick sends at most 64 + 64 × 32 = 2,112 requests (a policy has at most 64 queues),
+//! and when every consumer lists 60,000 filter subjects it sends 64: before these bounds it made
+//! one `STREAM.MSG.GET` per filter subject, 3.84 million a tick, all at once, and levee's RSS
+//! passed 3.5 GiB (`tests/nats_abuse.rs`).
 
 mod connection;
 pub mod nkey;
-mod replies;
+pub mod replies;
 pub mod wire;
 
-pub use connection::NatsAuth;
+pub use connection::{MAX_IN_FLIGHT, NatsAuth, Reply};
 
 use crate::api::{NatsSpec, QueueSpec, QueueType};
-use connection::Connection;
-use futures::future::{BoxFuture, FutureExt, Shared, join_all};
+use connection::{Connection, Deadline};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::stream::{FuturesUnordered, StreamExt};
 use replies::ConsumerState;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +54,15 @@ pub const LIMITS: wire::Limits = wire::Limits {
     // (64 MiB) it is dropped unread and only that read fails.
     max_skip: 64 * 1024 * 1024,
 };
+
+/// The most requests one tick of one policy has in flight at once: its CONSUMER.INFO requests
+/// (a policy has at most 64 queues: one or two rounds), then its latency reads (at most 32 a
+/// consumer) in rounds, each request made when its turn comes and each reply parsed into a few
+/// numbers as it comes. So a tick holds at most 32 replies (8 MiB at the 256 KiB bound) and
+/// half of a connection's [`MAX_IN_FLIGHT`], leaving the other half to another policy's tick on
+/// a shared connection; at a millisecond a round trip, a policy's largest tick (64 + 64 × 32
+/// requests) takes 66 ms.
+pub const MAX_IN_FLIGHT_PER_TICK: usize = 32;
 
 /// A NATS server (any of its cluster) with the credentials to present.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -149,22 +176,26 @@ impl NatsSampler {
         let at = jiff::Timestamp::now();
         let (queues, unreachable, round_trips) = match self.connection(endpoint).await {
             Ok(connection) => {
-                let replies = join_all(
-                    consumers
-                        .iter()
-                        .map(|c| connection.request(&c.subject, b"", endpoint.timeout)),
-                )
-                .await;
+                let deadline = Deadline::after(endpoint.timeout);
+                // Each reply is parsed as it comes: a tick holds at most
+                // MAX_IN_FLIGHT_PER_TICK of them.
+                let mut infos: Vec<Result<Result<ConsumerState, String>, String>> =
+                    consumers.iter().map(|_| Err(String::new())).collect();
+                let requests = consumers
+                    .iter()
+                    .enumerate()
+                    .map(|(index, consumer)| consumer_info(&connection, index, consumer, deadline));
+                in_rounds(requests, |(index, info)| infos[index] = info).await;
                 // No reply at all: the sample fails. A server that stopped answering (packets
                 // dropped) keeps the socket open, so the connection is dialled again next tick
                 // once it has sent nothing for `silence` either; one that still answers other
                 // policies' requests is kept (before, every policy whose requests all came late
                 // on a busy machine dropped the connection they all share).
-                let unanswered = !replies.is_empty() && replies.iter().all(Result::is_err);
+                let unanswered = !infos.is_empty() && infos.iter().all(Result::is_err);
                 let broken = connection.broken();
                 let why = broken
                     .clone()
-                    .or_else(|| unanswered.then(|| replies[0].clone().expect_err("all failed")));
+                    .or_else(|| unanswered.then(|| infos[0].clone().expect_err("all failed")));
                 if let Some(why) = why {
                     if broken.is_some() || connection.silent_for(crate::sampler::silence(endpoint.timeout)) {
                         self.forget(endpoint, &connection);
@@ -172,25 +203,13 @@ impl NatsSampler {
                     let readings = consumers.iter().map(|c| reading(c, Err(why.clone()))).collect();
                     (readings, Some(why), 1)
                 } else {
-                    let states: Vec<Result<ConsumerState, String>> = consumers
-                        .iter()
-                        .zip(replies)
-                        .map(|(c, reply)| {
-                            reply.and_then(|r| replies::consumer_state(&c.stream, &c.consumer, &r))
-                        })
+                    let states: Vec<Result<ConsumerState, String>> = infos
+                        .into_iter()
+                        .map(|info| info.and_then(|state| state))
                         .collect();
-                    // The latency reads go out together, after the consumers' infos.
-                    let reads_latency = consumers
-                        .iter()
-                        .zip(&states)
-                        .any(|(c, state)| c.latency && state.as_ref().is_ok_and(|s| s.depth > 0));
-                    let latencies = join_all(
-                        consumers
-                            .iter()
-                            .zip(&states)
-                            .map(|(c, state)| latency(&connection, c, state, at, endpoint.timeout)),
-                    )
-                    .await;
+                    // The latency reads go out after the consumers' infos.
+                    let (latencies, latency_rounds) =
+                        latencies(&connection, consumers, &states, at, endpoint.timeout).await;
                     let readings = consumers
                         .iter()
                         .zip(states)
@@ -200,7 +219,8 @@ impl NatsSampler {
                             ..reading(c, state.map(|s| s.depth))
                         })
                         .collect();
-                    (readings, None, 1 + usize::from(reads_latency))
+                    let info_rounds = consumers.len().div_ceil(MAX_IN_FLIGHT_PER_TICK).max(1);
+                    (readings, None, info_rounds + latency_rounds)
                 }
             }
             Err(why) => {
@@ -281,44 +301,112 @@ impl NatsSampler {
     }
 }
 
-/// A consumer's latency (`None` with latency off): zero with no work not done, else the age of
-/// the oldest message it has not had acknowledged.
-async fn latency(
+/// The sequence and stored time of the message a `STREAM.MSG.GET` found, if any.
+type Found = Option<(u64, jiff::Timestamp)>;
+
+/// Each consumer's latency (`None` with latency off): zero with no work not done, else the age
+/// of the oldest message it has not had acknowledged; and the rounds of requests that took. The
+/// reads of all the consumers share one deadline and go out at most `MAX_IN_FLIGHT_PER_TICK` at
+/// a time, each made when its turn comes and its reply parsed as it comes.
+async fn latencies(
     connection: &Connection,
-    consumer: &PreparedConsumer,
-    state: &Result<ConsumerState, String>,
+    consumers: &[PreparedConsumer],
+    states: &[Result<ConsumerState, String>],
     at: jiff::Timestamp,
     timeout: Duration,
-) -> Option<Result<Duration, String>> {
-    if !consumer.latency {
-        return None;
+) -> (Vec<Option<Result<Duration, String>>>, usize) {
+    // The oldest message found so far of each consumer (`None`: none, an age of zero).
+    let mut oldest: Vec<Option<Result<Found, String>>> = Vec::new();
+    let mut reads = Vec::new();
+    let mut count = 0;
+    for (index, (consumer, state)) in consumers.iter().zip(states).enumerate() {
+        oldest.push(match state {
+            _ if !consumer.latency => None,
+            Err(error) => Some(Err(error.clone())),
+            Ok(state) if state.depth == 0 => Some(Ok(None)),
+            Ok(state) => {
+                match replies::oldest_message_requests(&consumer.stream, &consumer.consumer, state) {
+                    Ok(bodies) => {
+                        count += bodies.len();
+                        reads.push((index, bodies));
+                        Some(Ok(None))
+                    }
+                    Err(error) => Some(Err(error)),
+                }
+            }
+        });
     }
-    let state = match state {
-        Ok(state) if state.depth == 0 => return Some(Ok(Duration::ZERO)),
-        Ok(state) => state,
-        Err(error) => return Some(Err(error.clone())),
-    };
-    let subject = format!("$JS.API.STREAM.MSG.GET.{}", consumer.stream);
-    let found = join_all(
-        replies::oldest_message_requests(state)
-            .iter()
-            .map(|body| connection.request(&subject, body, timeout)),
-    )
-    .await;
-    let mut oldest: Option<(u64, jiff::Timestamp)> = None;
-    for reply in found {
-        let message = reply.and_then(|r| replies::message_found(&consumer.stream, &r));
+    let deadline = Deadline::after(timeout);
+    let requests = reads
+        .into_iter()
+        .flat_map(|(index, bodies)| bodies.map(move |body| (index, body)))
+        .map(|(index, body)| oldest_message(connection, index, &consumers[index].stream, body, deadline));
+    in_rounds(requests, |(index, message)| {
+        let Some(Ok(so_far)) = &mut oldest[index] else {
+            return;
+        };
         match message {
-            Ok(Some(found)) if oldest.is_none_or(|(seq, _)| found.0 < seq) => oldest = Some(found),
+            Ok(Some(message)) if so_far.is_none_or(|(seq, _)| message.0 < seq) => *so_far = Some(message),
             Ok(_) => {}
-            Err(error) => return Some(Err(error)),
+            Err(error) => oldest[index] = Some(Err(error)),
+        }
+    })
+    .await;
+    let latencies = oldest
+        .into_iter()
+        .map(|latency| {
+            latency.map(|found| {
+                found.map(|found| {
+                    found.map_or(Duration::ZERO, |(_, time)| {
+                        Duration::try_from(at.duration_since(time)).unwrap_or(Duration::ZERO)
+                    })
+                })
+            })
+        })
+        .collect();
+    (latencies, count.div_ceil(MAX_IN_FLIGHT_PER_TICK))
+}
+
+/// Runs the requests `requests` makes, at most `MAX_IN_FLIGHT_PER_TICK` at once: each is made
+/// only when a turn is free, and its outcome handed to `take` as soon as it comes.
+async fn in_rounds<T>(mut requests: impl Iterator<Item = impl Future<Output = T>>, mut take: impl FnMut(T)) {
+    let mut flying = FuturesUnordered::new();
+    loop {
+        while flying.len() < MAX_IN_FLIGHT_PER_TICK
+            && let Some(request) = requests.next()
+        {
+            flying.push(request);
+        }
+        match flying.next().await {
+            Some(outcome) => take(outcome),
+            None => return,
         }
     }
-    let age = oldest.map_or(Duration::ZERO, |(_, time)| {
-        let elapsed = at.duration_since(time);
-        Duration::try_from(elapsed).unwrap_or(Duration::ZERO)
-    });
-    Some(Ok(age))
+}
+
+/// The `index`th consumer's CONSUMER.INFO: `Err` when it got no reply, else the reply read.
+async fn consumer_info(
+    connection: &Connection,
+    index: usize,
+    consumer: &PreparedConsumer,
+    deadline: Deadline,
+) -> (usize, Result<Result<ConsumerState, String>, String>) {
+    let reply = connection.request(&consumer.subject, b"", deadline).await;
+    let state = reply.map(|r| replies::consumer_state(&consumer.stream, &consumer.consumer, &r));
+    (index, state)
+}
+
+/// One `STREAM.MSG.GET` of `stream` for the `index`th consumer: the message found, if any.
+async fn oldest_message(
+    connection: &Connection,
+    index: usize,
+    stream: &str,
+    body: Vec<u8>,
+    deadline: Deadline,
+) -> (usize, Result<Found, String>) {
+    let subject = format!("$JS.API.STREAM.MSG.GET.{stream}");
+    let reply = connection.request(&subject, &body, deadline).await;
+    (index, reply.and_then(|r| replies::message_found(stream, &r)))
 }
 
 fn reading(consumer: &PreparedConsumer, depth: Result<u64, String>) -> QueueReading {
@@ -353,5 +441,33 @@ mod tests {
             "[fd00::1]:4223"
         );
         assert!(NatsEndpoint::from_spec(&spec("redis://x:6379"), NatsAuth::None).is_err());
+    }
+
+    /// A tick's requests are made only as turns come free: never more than the bound exist at
+    /// once, and every outcome is handed over.
+    #[tokio::test]
+    async fn a_ticks_requests_are_made_as_turns_come_free() {
+        use std::cell::Cell;
+        let (made, running, most) = (Cell::new(0), Cell::new(0usize), Cell::new(0));
+        let requests = (0..1000).map(|i| {
+            made.set(made.get() + 1);
+            let (running, most) = (&running, &most);
+            async move {
+                running.set(running.get() + 1);
+                most.set(most.get().max(running.get()));
+                tokio::task::yield_now().await;
+                running.set(running.get() - 1);
+                i
+            }
+        });
+        let mut taken = Vec::new();
+        in_rounds(requests, |i| {
+            assert!(made.get() - taken.len() <= MAX_IN_FLIGHT_PER_TICK);
+            taken.push(i);
+        })
+        .await;
+        taken.sort_unstable();
+        assert_eq!(taken, (0..1000).collect::<Vec<_>>());
+        assert_eq!(most.get(), MAX_IN_FLIGHT_PER_TICK);
     }
 }

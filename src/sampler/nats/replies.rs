@@ -2,9 +2,23 @@
 //! floor (`CONSUMER.INFO`), and the stored time of the oldest message it has not had
 //! acknowledged (`STREAM.MSG.GET` of the next message after the ack floor on its filter). Every
 //! error says which stream or consumer and what to change. No I/O.
+//!
+//! A reply is untrusted: its filter subjects are counted as they are parsed, and past
+//! [`MAX_LATENCY_FILTERS`] none is kept (nor any request made for it).
 
 use super::connection::Reply;
 use jiff::Timestamp;
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
+
+/// The most filter subjects of one consumer whose latency levee reads. The latency costs one
+/// `STREAM.MSG.GET` per filter subject per tick, so this bounds a tick's latency reads at 32 a
+/// consumer (2,048 for a policy's 64 queues). A real consumer with more is rare: JetStream's
+/// multi-filter consumers (NATS 2.10) are for a handful of subjects that no one wildcard
+/// matches, and a wildcard (`orders.*.eu`, `orders.>`) covers any number of subjects in one.
+/// Past it the consumer's depth is still read, exact (CONSUMER.INFO counts every filter), its
+/// latency is an error naming the bound, and the subjects are counted as they are parsed, not
+/// kept: 60,000 of them from a hostile server cost levee a count.
+pub const MAX_LATENCY_FILTERS: usize = 32;
 
 /// A consumer's state as its leader reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,8 +27,51 @@ pub struct ConsumerState {
     pub depth: u64,
     /// The stream sequence below which every message is acknowledged.
     pub ack_floor: u64,
-    /// The consumer's filter subjects (none: the whole stream).
-    pub filters: Vec<String>,
+    /// The consumer's filter subjects.
+    pub filters: Filters,
+}
+
+/// A consumer's filter subjects, kept only up to [`MAX_LATENCY_FILTERS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filters {
+    /// At most `MAX_LATENCY_FILTERS` subjects; none: the whole stream.
+    Listed(Vec<String>),
+    /// More than `MAX_LATENCY_FILTERS`: how many the reply listed (none of them kept).
+    TooMany(usize),
+}
+
+/// `config.filter_subjects` as parsed: up to `MAX_LATENCY_FILTERS` kept, the rest only counted.
+struct BoundedSubjects(Filters);
+
+impl<'de> serde::Deserialize<'de> for BoundedSubjects {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counting;
+        impl<'de> Visitor<'de> for Counting {
+            type Value = BoundedSubjects;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of filter subjects")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut kept = Vec::new();
+                while kept.len() < MAX_LATENCY_FILTERS {
+                    match seq.next_element::<String>()? {
+                        Some(subject) => kept.push(subject),
+                        None => return Ok(BoundedSubjects(Filters::Listed(kept))),
+                    }
+                }
+                let mut count = kept.len();
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    count = count.saturating_add(1);
+                }
+                Ok(BoundedSubjects(if count > MAX_LATENCY_FILTERS {
+                    Filters::TooMany(count)
+                } else {
+                    Filters::Listed(kept)
+                }))
+            }
+        }
+        deserializer.deserialize_seq(Counting)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -42,7 +99,7 @@ struct ConsumerConfig {
     #[serde(default)]
     filter_subject: Option<String>,
     #[serde(default)]
-    filter_subjects: Option<Vec<String>>,
+    filter_subjects: Option<BoundedSubjects>,
 }
 
 #[derive(serde::Deserialize)]
@@ -77,18 +134,15 @@ pub fn consumer_state(stream: &str, name: &str, reply: &Reply) -> Result<Consume
             "consumer {name} of stream {stream}: the reply has no num_pending and num_ack_pending"
         ));
     };
-    let config = info.config;
-    let filters = config
-        .as_ref()
-        .and_then(|c| c.filter_subjects.clone())
-        .filter(|f| !f.is_empty())
-        .or_else(|| {
-            config
-                .and_then(|c| c.filter_subject)
-                .filter(|f| !f.is_empty())
-                .map(|f| vec![f])
-        })
-        .unwrap_or_default();
+    let (filter, filters) = info
+        .config
+        .map_or((None, None), |c| (c.filter_subject, c.filter_subjects));
+    let filters = match filters.map(|f| f.0) {
+        Some(Filters::Listed(listed)) if listed.is_empty() => None,
+        listed => listed,
+    }
+    .or_else(|| filter.filter(|f| !f.is_empty()).map(|f| Filters::Listed(vec![f])))
+    .unwrap_or(Filters::Listed(Vec::new()));
     Ok(ConsumerState {
         depth: pending.saturating_add(ack_pending),
         ack_floor: info.ack_floor.map_or(0, |f| f.stream_seq),
@@ -96,23 +150,30 @@ pub fn consumer_state(stream: &str, name: &str, reply: &Reply) -> Result<Consume
     })
 }
 
-/// The bodies of the `STREAM.MSG.GET` requests that find the oldest message not acknowledged:
-/// the next one after the ack floor on each filter subject (`>` for the whole stream).
-pub fn oldest_message_requests(state: &ConsumerState) -> Vec<Vec<u8>> {
-    let whole_stream = [String::from(">")];
-    let filters = if state.filters.is_empty() {
-        &whole_stream[..]
-    } else {
-        &state.filters[..]
+/// The bodies of the `STREAM.MSG.GET` requests that find the oldest message not acknowledged of
+/// consumer `name` of `stream`: the next one after the ack floor on each filter subject (`>` for
+/// the whole stream), at most [`MAX_LATENCY_FILTERS`], each made as it is taken; past them, an
+/// error and no request.
+pub fn oldest_message_requests<'a>(
+    stream: &str,
+    name: &str,
+    state: &'a ConsumerState,
+) -> Result<impl ExactSizeIterator<Item = Vec<u8>> + 'a, String> {
+    let filters = match &state.filters {
+        Filters::Listed(filters) => filters,
+        Filters::TooMany(count) => {
+            return Err(format!(
+                "consumer {name} of stream {stream} has {count} filter subjects, over levee's bound of {MAX_LATENCY_FILTERS}: its latency is not read (its depth is); give the consumer at most {MAX_LATENCY_FILTERS} filter subjects (one wildcard such as orders.> covers many), or set spec.readLatency: false"
+            ));
+        }
     };
-    filters
-        .iter()
-        .map(|filter| {
-            serde_json::json!({"seq": state.ack_floor.saturating_add(1), "next_by_subj": filter})
-                .to_string()
-                .into_bytes()
-        })
-        .collect()
+    let next = state.ack_floor.saturating_add(1);
+    Ok((0..filters.len().max(1)).map(move |i| {
+        let subject = filters.get(i).map_or(">", String::as_str);
+        serde_json::json!({"seq": next, "next_by_subj": subject})
+            .to_string()
+            .into_bytes()
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -191,6 +252,10 @@ mod tests {
         consumer_state("EVENTS", "writer", &reply(None, payload))
     }
 
+    fn requests(state: &ConsumerState) -> Result<Vec<Vec<u8>>, String> {
+        oldest_message_requests("EVENTS", "writer", state).map(Iterator::collect)
+    }
+
     #[test]
     fn the_depth_is_pending_plus_ack_pending_and_errors_say_what_to_fix() {
         let info = r#"{"type":"io.nats.jetstream.api.v1.consumer_info_response","num_pending":40,"num_ack_pending":2,"ack_floor":{"consumer_seq":3,"stream_seq":7},"config":{"filter_subject":"events.eu"}}"#;
@@ -199,7 +264,7 @@ mod tests {
             Ok(ConsumerState {
                 depth: 42,
                 ack_floor: 7,
-                filters: vec!["events.eu".into()]
+                filters: Filters::Listed(vec!["events.eu".into()])
             })
         );
         let missing = r#"{"error":{"code":404,"err_code":10014,"description":"consumer not found"}}"#;
@@ -219,17 +284,17 @@ mod tests {
         let whole = ConsumerState {
             depth: 1,
             ack_floor: 7,
-            filters: Vec::new(),
+            filters: Filters::Listed(Vec::new()),
         };
         assert_eq!(
-            oldest_message_requests(&whole),
-            [br#"{"next_by_subj":">","seq":8}"#.to_vec()]
+            requests(&whole),
+            Ok(vec![br#"{"next_by_subj":">","seq":8}"#.to_vec()])
         );
         let filtered = ConsumerState {
-            filters: vec!["a".into(), "b.>".into()],
+            filters: Filters::Listed(vec!["a".into(), "b.>".into()]),
             ..whole
         };
-        assert_eq!(oldest_message_requests(&filtered).len(), 2);
+        assert_eq!(requests(&filtered).map(|r| r.len()), Ok(2));
         let found = r#"{"type":"io.nats.jetstream.api.v1.stream_msg_get_response","message":{"subject":"a","seq":9,"data":"eA==","time":"2026-12-03T00:01:02.5Z"}}"#;
         assert_eq!(
             message_found("EVENTS", &reply(None, found)),
@@ -243,5 +308,48 @@ mod tests {
         };
         let error = message_found("EVENTS", &oversized).unwrap_err();
         assert!(error.contains("5000000 bytes"), "{error}");
+    }
+
+    /// Filter subjects are kept up to the bound; past it they are only counted, and the latency
+    /// is an error that names the bound, with no request at all.
+    #[test]
+    fn filter_subjects_past_the_bound_are_counted_not_kept_and_cost_no_request() {
+        let listing = |count: usize| {
+            let filters: Vec<String> = (0..count).map(|i| format!("jobs.{i}")).collect();
+            serde_json::json!({"num_pending": 4, "num_ack_pending": 1, "config": {"filter_subjects": filters}})
+                .to_string()
+        };
+        let at_bound = state(&listing(MAX_LATENCY_FILTERS)).unwrap();
+        assert_eq!(requests(&at_bound).map(|r| r.len()), Ok(MAX_LATENCY_FILTERS));
+        let over = state(&listing(60_000)).unwrap();
+        assert_eq!(
+            over,
+            ConsumerState {
+                depth: 5,
+                ack_floor: 0,
+                filters: Filters::TooMany(60_000)
+            },
+            "the depth is still read"
+        );
+        let error = requests(&over).unwrap_err();
+        assert!(
+            error.contains("consumer writer of stream EVENTS has 60000 filter subjects, over levee's bound of 32: its latency is not read"),
+            "{error}"
+        );
+        let one_over = state(&listing(MAX_LATENCY_FILTERS + 1)).unwrap();
+        assert_eq!(one_over.filters, Filters::TooMany(MAX_LATENCY_FILTERS + 1));
+        // Past the bound the entries are skipped unread, whatever they are.
+        let mixed = format!(
+            r#"{{"num_pending":1,"num_ack_pending":0,"config":{{"filter_subjects":[{}{{"a":[1,2]}},null,7]}}}}"#,
+            r#""s","#.repeat(MAX_LATENCY_FILTERS)
+        );
+        assert_eq!(
+            state(&mixed).unwrap().filters,
+            Filters::TooMany(MAX_LATENCY_FILTERS + 3)
+        );
+        let empty =
+            r#"{"num_pending":1,"num_ack_pending":0,"config":{"filter_subject":"one","filter_subjects":[]}}"#;
+        assert_eq!(state(empty).unwrap().filters, Filters::Listed(vec!["one".into()]));
+        assert!(state(r#"{"num_pending":1,"num_ack_pending":0,"config":{"filter_subjects":[1]}}"#).is_err());
     }
 }

@@ -50,12 +50,20 @@ pub enum TopicLayout {
     Missing(String, Instant),
 }
 
+/// A topic's layout, when Metadata last described it (each topic is asked again after
+/// `LAYOUT_MAX_AGE`, whichever tick needs it: ticks ask for their own topics) and when a tick last
+/// needed it (a topic no tick needed for `LAYOUT_MAX_AGE` is forgotten).
+struct KnownTopic {
+    layout: TopicLayout,
+    asked: Instant,
+    needed: Instant,
+}
+
 #[derive(Default)]
 struct Layout {
     brokers: HashMap<i32, NodeAddr>,
-    /// Each topic asked about, and when a tick last needed it (a topic no tick needed for
-    /// `LAYOUT_MAX_AGE` is forgotten).
-    topics: HashMap<String, (TopicLayout, Instant)>,
+    /// Each topic asked about.
+    topics: HashMap<String, KnownTopic>,
     coordinators: HashMap<String, i32>,
     asked: Option<Instant>,
 }
@@ -176,8 +184,10 @@ impl Cluster {
             || layout.asked.is_none_or(|asked| asked.elapsed() > LAYOUT_MAX_AGE)
             || topics.iter().any(|topic| match layout.topics.get(topic) {
                 None => true,
-                Some((TopicLayout::Missing(_, when), _)) => when.elapsed() > MISSING_TOPIC_RETRY,
-                Some((TopicLayout::Partitions(_), _)) => false,
+                Some(known) => match known.layout {
+                    TopicLayout::Missing(_, when) => when.elapsed() > MISSING_TOPIC_RETRY,
+                    TopicLayout::Partitions(_) => known.asked.elapsed() > LAYOUT_MAX_AGE,
+                },
             });
         let mut requests = 0;
         let mut failure = None;
@@ -191,7 +201,7 @@ impl Cluster {
                     layout.brokers = fresh.brokers;
                     layout
                         .topics
-                        .retain(|_, (_, needed)| needed.elapsed() < LAYOUT_MAX_AGE);
+                        .retain(|_, known| known.needed.elapsed() < LAYOUT_MAX_AGE);
                     for topic in topics {
                         let found = fresh.topics.get(topic).map_or_else(
                             || {
@@ -202,9 +212,14 @@ impl Cluster {
                                     now,
                                 )
                             },
-                            |(found, _)| found.clone(),
+                            |known| known.layout.clone(),
                         );
-                        layout.topics.insert(topic.clone(), (found, now));
+                        let known = KnownTopic {
+                            layout: found,
+                            asked: now,
+                            needed: now,
+                        };
+                        layout.topics.insert(topic.clone(), known);
                     }
                     layout.asked = Some(now);
                     self.prune_slots(&layout);
@@ -212,10 +227,14 @@ impl Cluster {
                 Err(why) => {
                     failure = Some(why.clone());
                     for topic in topics {
-                        if !matches!(layout.topics.get(topic), Some((TopicLayout::Partitions(_), _))) {
-                            layout
-                                .topics
-                                .insert(topic.clone(), (TopicLayout::Missing(why.clone(), now), now));
+                        let known = layout.topics.get(topic);
+                        if !known.is_some_and(|k| matches!(k.layout, TopicLayout::Partitions(_))) {
+                            let missing = KnownTopic {
+                                layout: TopicLayout::Missing(why.clone(), now),
+                                asked: now,
+                                needed: now,
+                            };
+                            layout.topics.insert(topic.clone(), missing);
                         }
                     }
                 }
@@ -224,9 +243,9 @@ impl Cluster {
         let found = topics
             .iter()
             .filter_map(|topic| {
-                let (found, needed) = layout.topics.get_mut(topic)?;
-                *needed = now;
-                Some((topic.clone(), found.clone()))
+                let known = layout.topics.get_mut(topic)?;
+                known.needed = now;
+                Some((topic.clone(), known.layout.clone()))
             })
             .collect();
         (found, requests, failure)
@@ -420,7 +439,12 @@ fn read_metadata(reply: MetadataResponse, broker: &NodeAddr) -> Result<Layout, S
             partitions.dedup_by_key(|(index, _)| *index);
             TopicLayout::Partitions(partitions)
         };
-        fresh.topics.insert(name, (entry, now));
+        let known = KnownTopic {
+            layout: entry,
+            asked: now,
+            needed: now,
+        };
+        fresh.topics.insert(name, known);
     }
     Ok(fresh)
 }

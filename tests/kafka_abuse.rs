@@ -5,14 +5,17 @@
 //! suite against another build of levee, for the before/after figures in docs/benchmarks.md.
 
 mod support;
+// Its own module, not in `support` (which the e2e crate includes too, without kafka-protocol).
+#[path = "support/fake_kafka.rs"]
+mod fake_kafka;
 
 use bytes::Bytes;
+use fake_kafka::{Commit, FakeKafka, Script};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::fake_kafka::{Commit, FakeKafka, Script};
 
 /// Each case's bound on levee's resident memory, as issue 39 asks.
 const RSS_BOUND_KIB: u64 = 64 * 1024;

@@ -1,17 +1,18 @@
 //! The accept loop of levee's servers: a cap on open connections (a new one evicts the oldest
-//! still in its TLS handshake, then the oldest anonymous one), a deadline on the handshake, a low
-//! cap on anonymous connections (no client certificate: past it the oldest goes), and counts of
-//! what was closed and why. So the clients that present a certificate the server trusts (the
-//! aggregator's front-proxy certificate, KEDA's) always find room, however many connections
-//! anyone else holds open. Handshakes take turns, shared fairly between client addresses
-//! (`handshake_turns`), so a flood of new connections from elsewhere does not queue the
-//! aggregator's behind all of its own. Each server then speaks its own protocol over the stream (HTTP/1.1
-//! for the metrics API and the plain port, HTTP/2 gRPC for the external scaler). The plain port
-//! (`PlainTcp`) has no handshake and no client certificates: every connection is anonymous.
+//! anonymous one, else the oldest still in its TLS handshake of the client address with the most
+//! handshakes), a deadline on the handshake, a low cap on anonymous connections (no client
+//! certificate: past it the oldest goes), and counts of what was closed and why. So the clients
+//! that present a certificate the server trusts (the aggregator's front-proxy certificate, KEDA's)
+//! always find room, however many connections anyone else holds open. Handshakes take turns,
+//! shared fairly between client addresses (`handshake_turns`), so a flood of new connections from
+//! elsewhere does not queue the aggregator's behind all of its own. Each server then speaks its
+//! own protocol over the stream (HTTP/1.1 for the metrics API and the plain port, HTTP/2 gRPC for
+//! the external scaler). The plain port (`PlainTcp`) has no handshake and no client
+//! certificates: every connection is anonymous.
 
 use prometheus::{IntCounterVec, IntGauge};
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,9 +69,9 @@ impl Handshake for PlainTcp {
 /// headers, so these never touch them.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
-    /// Connections open at once. At the cap a new connection evicts the oldest one still in its
-    /// TLS handshake (a real client finishes that in milliseconds); with none to evict, the new
-    /// one is closed.
+    /// Connections open at once. At the cap a new connection evicts the oldest anonymous one,
+    /// else one still in its TLS handshake (`Connections::make_room`); with none to evict, the
+    /// new one is closed.
     pub max_connections: usize,
     /// Time to complete the TLS handshake.
     pub handshake_timeout: Duration,
@@ -136,9 +137,13 @@ impl Accepted<TlsStream<TcpStream>> {
 /// close it.
 type Evictable = Mutex<VecDeque<(u64, Instant, oneshot::Sender<()>)>>;
 
+/// Connections in their TLS handshake (oldest first): as `Evictable`, with the client's address.
+type Handshaking = Mutex<VecDeque<(u64, Instant, oneshot::Sender<()>, IpAddr)>>;
+
 /// A handshake younger than this is never closed to make room: a real client (the aggregator)
-/// finishes its handshake in milliseconds, so a flood of new connections cannot keep evicting
-/// it before it is through; one that has not finished by then is fair game.
+/// finishes its handshake in milliseconds on an idle server, so a flood of new connections cannot
+/// keep evicting it before it is through; one that has not finished by then may be closed, the
+/// busiest client address's first (`Connections::make_room`).
 const HANDSHAKE_GRACE: Duration = Duration::from_millis(250);
 
 /// How long a new connection at the cap waits for the one closed to make room to give its slot
@@ -151,7 +156,7 @@ struct Connections {
     /// One per open connection, `max_connections` in all.
     slots: Arc<Semaphore>,
     next_id: AtomicU64,
-    handshaking: Evictable,
+    handshaking: Handshaking,
     anonymous: Evictable,
     turns: Arc<HandshakeTurns>,
 }
@@ -161,7 +166,7 @@ impl Connections {
         Self {
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             next_id: AtomicU64::new(0),
-            handshaking: Evictable::default(),
+            handshaking: Handshaking::default(),
             anonymous: Evictable::default(),
             turns: HandshakeTurns::new(limits.handshakes_at_once),
         }
@@ -184,23 +189,35 @@ impl Connections {
             .ok()
     }
 
-    /// Closes the oldest anonymous connection, else the oldest handshake past its grace: false
-    /// when neither is there.
+    /// Closes the oldest anonymous connection, else a handshake past its grace: the oldest of
+    /// the client address with the most handshakes that has one. So a flood from a few addresses
+    /// gives up its own handshakes, never the one the aggregator is in the middle of (its
+    /// handshake can take seconds on a server busy with the flood's). False when there is none.
     fn make_room(&self) -> bool {
         if let Some((_, _, evict)) = self.anonymous.lock().expect("connection table lock").pop_front() {
             let _ = evict.send(());
             return true;
         }
         let mut handshaking = self.handshaking.lock().expect("connection table lock");
-        if handshaking
-            .front()
-            .is_some_and(|(_, since, _)| since.elapsed() >= HANDSHAKE_GRACE)
-        {
-            let (_, _, evict) = handshaking.pop_front().expect("checked above");
-            let _ = evict.send(());
-            return true;
+        let mut by_address: HashMap<IpAddr, usize> = HashMap::new();
+        for (_, _, _, source) in handshaking.iter() {
+            *by_address.entry(*source).or_default() += 1;
         }
-        false
+        let mut addresses: Vec<(IpAddr, usize)> = by_address.into_iter().collect();
+        addresses.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
+        // Each address's first entry is its oldest: past its grace, or none of that address is.
+        let victim = addresses.iter().find_map(|(address, _)| {
+            handshaking
+                .iter()
+                .position(|(_, _, _, source)| source == address)
+                .filter(|&at| handshaking[at].1.elapsed() >= HANDSHAKE_GRACE)
+        });
+        let Some(at) = victim else {
+            return false;
+        };
+        let (_, _, evict, _) = handshaking.remove(at).expect("found above");
+        let _ = evict.send(());
+        true
     }
 
     /// Lists an anonymous connection, closing the oldest one when there are already `max`;
@@ -225,13 +242,13 @@ impl Connections {
             .retain(|(other, _, _)| *other != id);
     }
 
-    fn handshake_started(&self) -> (u64, oneshot::Receiver<()>) {
+    fn handshake_started(&self, source: IpAddr) -> (u64, oneshot::Receiver<()>) {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let (evict, evicted) = oneshot::channel();
         self.handshaking
             .lock()
             .expect("connection table lock")
-            .push_back((id, Instant::now(), evict));
+            .push_back((id, Instant::now(), evict, source.to_canonical()));
         (id, evicted)
     }
 
@@ -239,7 +256,7 @@ impl Connections {
         self.handshaking
             .lock()
             .expect("connection table lock")
-            .retain(|(other, _, _)| *other != id);
+            .retain(|(other, _, _, _)| *other != id);
     }
 }
 
@@ -280,7 +297,7 @@ where
         };
         // Listed as handshaking before its task first runs: the next connection over the cap can
         // evict it even if no task has had a turn since (a burst of connections in the backlog).
-        let handshaking = connections.handshake_started();
+        let handshaking = connections.handshake_started(peer.ip());
         let (acceptor, connections, metrics, serve) = (
             acceptor.clone(),
             connections.clone(),
@@ -362,5 +379,45 @@ async fn handshake<H: Handshake>(
                 limits.handshake_timeout
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    /// Whether the connection was told to close (now or before).
+    fn closed(evicted: &mut oneshot::Receiver<()>) -> bool {
+        !matches!(evicted.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+    }
+
+    #[test]
+    fn a_handshake_is_closed_to_make_room_from_the_address_with_the_most() {
+        let connections = Connections::new(&ConnectionLimits::default());
+        let (_, mut aggregator) = connections.handshake_started(address(1));
+        let mut flood: Vec<_> = (0..3)
+            .map(|_| connections.handshake_started(address(2)).1)
+            .collect();
+        std::thread::sleep(HANDSHAKE_GRACE + Duration::from_millis(50));
+        let (_, mut young) = connections.handshake_started(address(2));
+
+        assert!(connections.make_room());
+        assert!(
+            !closed(&mut aggregator),
+            "the aggregator's handshake, the oldest, is not the one closed"
+        );
+        assert!(closed(&mut flood[0]), "the flood's oldest is");
+        assert!(connections.make_room() && connections.make_room());
+        assert!(flood.iter_mut().all(closed) && !closed(&mut aggregator));
+        assert!(
+            connections.make_room() && closed(&mut aggregator),
+            "the flood's last one is within its grace: the aggregator's goes now"
+        );
+        assert!(!connections.make_room(), "nothing past its grace is left");
+        assert!(!closed(&mut young));
     }
 }

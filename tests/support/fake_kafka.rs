@@ -81,9 +81,8 @@ impl FakeKafka {
         let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
         let asked = Arc::new(Mutex::new(Asked::default()));
         let script = Arc::new(script);
-        for (id, listener) in listeners.into_iter().enumerate() {
+        for listener in listeners {
             let broker = Broker {
-                id: i32::try_from(id).unwrap(),
                 ports: ports.clone(),
                 script: script.clone(),
                 asked: asked.clone(),
@@ -106,7 +105,6 @@ impl FakeKafka {
 }
 
 struct Broker {
-    id: i32,
     ports: Vec<u16>,
     script: Arc<Script>,
     asked: Arc<Mutex<Asked>>,

@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-pub mod fake_kafka;
 pub mod fixtures;
 pub mod held_back;
 pub mod kafka;

@@ -66,6 +66,11 @@ impl Run {
 
 /// Runs `levee sample` on `policies` for `watched` (or once, when `None`), watching its RSS.
 fn sample(policies: &[String], watched: Option<Duration>) -> Run {
+    sample_with(policies, watched, &[])
+}
+
+/// `sample`, with more arguments for `levee sample`.
+fn sample_with(policies: &[String], watched: Option<Duration>, extra: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policies.yaml");
     std::fs::write(&file, policies.join("---\n")).unwrap();
@@ -73,6 +78,7 @@ fn sample(policies: &[String], watched: Option<Duration>) -> Run {
     if watched.is_none() {
         args.push("--once");
     }
+    args.extend_from_slice(extra);
     let mut levee = Command::new(levee_bin())
         .args(&args)
         .stdout(Stdio::piped())
@@ -452,4 +458,67 @@ fn a_reply_claiming_billions_of_entries_does_not_abort_levee() {
         let error = tick["queues"][0]["error"].as_str().unwrap_or_default();
         assert!(error.contains("malformed"), "{tick}");
     }
+}
+
+/// Row 8: a broker whose SCRAM challenge asks for 100,000 iterations (Kafka itself stores at most
+/// 16,384). Before: accepted, and the hashing ran on the async runtime's threads at every dial
+/// (issue 39: 8.85 CPU-seconds in 10 s, 4 ticks of 100). Now refused at once, saying why; a broker
+/// asking for the most levee accepts is hashed on a blocking thread, and a healthy policy beside
+/// both keeps its interval.
+#[test]
+fn a_scram_challenge_past_kafkas_own_iterations_is_refused_and_delays_no_one() {
+    let scram = |iterations| {
+        let mut script = lagging(Vec::new());
+        script.fetch_records = None;
+        script.scram_iterations = Some(iterations);
+        FakeKafka::start(script, 1)
+    };
+    let (greedy, most) = (scram(100_000), scram(16_384));
+    let mut plain = lagging(Vec::new());
+    plain.fetch_records = None;
+    let healthy = FakeKafka::start(plain, 1);
+    let with_sasl = |name: &str, kafka: &FakeKafka| {
+        policy(name, &kafka.bootstrap(), WORKERS).replace(
+            "timeout: 2s}",
+            "timeout: 2s, sasl: {mechanism: SCRAM-SHA-512, credentialsSecretRef: {name: kafka-user}}}",
+        )
+    };
+    let policies = [
+        with_sasl("greedy", &greedy),
+        with_sasl("most", &most),
+        policy("healthy", &healthy.bootstrap(), WORKERS)
+            .replace("sampleInterval: 500ms", "sampleInterval: 200ms"),
+    ];
+    let run = sample_with(
+        &policies,
+        Some(Duration::from_secs(4)),
+        &["--username", "levee", "--password", "secret"],
+    );
+    eprintln!(
+        "figure: SCRAM: peak RSS {} KiB; ticks greedy {}, most {}, healthy {}",
+        run.peak_kib,
+        run.of("greedy").len(),
+        run.of("most").len(),
+        run.of("healthy").len()
+    );
+    for (name, says) in [
+        ("greedy", "asks for 100000 SCRAM iterations"),
+        ("most", "could not prove it knows levee's SCRAM password"),
+    ] {
+        let ticks = run.of(name);
+        assert!(!ticks.is_empty(), "{name}: no tick: {}", run.stderr);
+        for tick in ticks {
+            let error = tick["queues"][0]["error"].as_str().unwrap_or_default();
+            assert!(error.contains(says), "{name}: {tick}");
+        }
+    }
+    // 20 ticks in 4 s at 200 ms; some slack for start-up.
+    let healthy = run.of("healthy");
+    assert!(
+        healthy.len() >= 15,
+        "{} healthy ticks: {}",
+        healthy.len(),
+        run.stderr
+    );
+    assert!(healthy.iter().all(|t| t["pending"] == 500), "{healthy:?}");
 }

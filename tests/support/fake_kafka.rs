@@ -48,6 +48,9 @@ pub struct Script {
     pub commits: BTreeMap<String, Vec<Commit>>,
     /// What a Fetch returns as each partition's records.
     pub fetch_records: Option<Bytes>,
+    /// SCRAM-SHA-512 asked of every connection, its challenge asking for this many iterations
+    /// (and a server signature that never matches: levee's proof is never checked).
+    pub scram_iterations: Option<u32>,
     /// A Metadata reply's body as these bytes, whatever they say.
     pub raw_metadata: Option<Vec<u8>>,
     /// Bytes nobody asked for (a tagged field), added to every ListOffsets reply.
@@ -148,7 +151,7 @@ impl Broker {
         match key {
             ApiKey::ApiVersions => {
                 let mut reply = ApiVersionsResponse::default();
-                reply.api_keys = [0, 1, 2, 3, 8, 9, 10, 15, 18, 36]
+                reply.api_keys = [0, 1, 2, 3, 8, 9, 10, 15, 17, 18, 36]
                     .into_iter()
                     .map(|key| {
                         let mut entry = ApiVersion::default();
@@ -237,6 +240,27 @@ impl Broker {
                         described
                     })
                     .collect();
+                reply.encode(out, version).unwrap();
+            }
+            ApiKey::SaslHandshake => {
+                let asked = SaslHandshakeRequest::decode(request, version).unwrap();
+                let mut reply = SaslHandshakeResponse::default();
+                reply.mechanisms = vec![asked.mechanism];
+                reply.encode(out, version).unwrap();
+            }
+            ApiKey::SaslAuthenticate => {
+                let asked = SaslAuthenticateRequest::decode(request, version).unwrap();
+                let said = String::from_utf8_lossy(&asked.auth_bytes).to_string();
+                let answer = match said.split(",r=").nth(1) {
+                    // The client's first message: a challenge extending its nonce.
+                    Some(nonce) if said.starts_with("n,,") => format!(
+                        "r={nonce}fake,s=c2FsdHNhbHQ=,i={}",
+                        self.script.scram_iterations.unwrap_or(4096)
+                    ),
+                    _ => "v=bm90IHRoZSBzaWduYXR1cmU=".to_string(),
+                };
+                let mut reply = SaslAuthenticateResponse::default();
+                reply.auth_bytes = Bytes::from(answer);
                 reply.encode(out, version).unwrap();
             }
             other => panic!("the fake broker does not answer {other:?}"),

@@ -655,7 +655,23 @@ async fn late_replies_on_a_connection_that_still_answers_keep_it() {
         "[{name: a, type: list, key: jobs}, {name: b, type: list, key: b}, {name: c, type: zset, key: c}]",
     );
     let sampler = Sampler::new();
-    assert_eq!(depth_of(&sampler.sample(&tight, &queue).await, "a"), Ok(3));
+    // The connection first: its dial, setup and first reply inside 2 ms, which a machine busy
+    // with other suites may miss once or twice (CI, 2026-12-07: "no answer within 2ms"). What is
+    // judged is what the late replies below cost, from a connection that answered.
+    let mut first = Vec::new();
+    while first.len() < 50 {
+        let depth = depth_of(&sampler.sample(&tight, &queue).await, "a");
+        let answered = depth == Ok(3);
+        first.push(depth);
+        if answered {
+            break;
+        }
+    }
+    assert_eq!(
+        first.last(),
+        Some(&Ok(3)),
+        "no sample answered within 2 ms: {first:?}"
+    );
     let before = connections_received(&server);
     let mut late = 0;
     for _ in 0..5 {

@@ -204,7 +204,7 @@ impl Candidate {
         mut stopped: oneshot::Receiver<()>,
     ) {
         loop {
-            let wait = match tokio::time::timeout(self.lease.renew_deadline(), self.step()).await {
+            let wait = match tokio::time::timeout(self.step_budget(), self.step()).await {
                 Ok(Ok(wait)) => wait,
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "lease update failed; retrying");
@@ -239,6 +239,17 @@ impl Candidate {
         leading.send_replace(false);
         if held && let Err(error) = self.release().await {
             tracing::warn!(%error, "releasing the lease failed; it expires by itself");
+        }
+    }
+
+    /// How long the next step may take: while this replica holds the Lease, only until its hold
+    /// lapses (a renewal that hangs must not keep it leading past the renew deadline, when a
+    /// follower may be about to take over); otherwise a whole renew deadline.
+    fn step_budget(&self) -> Duration {
+        let deadline = self.lease.renew_deadline();
+        match deadline.checked_sub(self.renewed_ago()) {
+            Some(left) if !left.is_zero() => left,
+            _ => deadline,
         }
     }
 
@@ -367,6 +378,9 @@ impl Candidate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
 
     const LEASE: Duration = Duration::from_secs(15);
 
@@ -415,6 +429,73 @@ mod tests {
         assert_eq!(
             next_move(Some(&short), "me", Duration::from_secs(4), LEASE),
             Move::Acquire
+        );
+    }
+
+    /// Answers the mock API server's next request with `status` and `body`; the request's method.
+    async fn answer(api_server: &mut ApiServer, status: u16, body: serde_json::Value) -> http::Method {
+        let (request, respond) = api_server.next_request().await.expect("a request");
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(body.to_string().into_bytes()))
+            .unwrap();
+        respond.send_response(response);
+        request.method().clone()
+    }
+
+    type ApiServer = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// Issue 40: a leader whose renewal hung kept leading until the request's own timeout, a whole
+    /// renew deadline after the renewal began (6.0 s after its last renewal with a 6 s lease, when
+    /// a follower may take over): two leaders. It steps down at the renew deadline now.
+    #[tokio::test]
+    async fn a_leader_whose_renewal_hangs_steps_down_at_the_renew_deadline() {
+        let (service, mut api_server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let lease = LeaseSettings {
+            name: "levee".into(),
+            namespace: "levee-system".into(),
+            duration: Duration::from_secs(6),
+            pod_uid: None,
+        };
+        let candidate = Candidate {
+            api: Api::namespaced(Client::new(service, "default"), "levee-system"),
+            identity: "me".into(),
+            lease: lease.clone(),
+            observed: None,
+            renewed: None,
+            advert: None,
+            peers: watch::channel(Peers::new()).0,
+        };
+        let (leading_sender, mut leading) = watch::channel(false);
+        let (_stop, stopped) = oneshot::channel();
+        tokio::spawn(candidate.campaign(leading_sender, Arc::new(Notify::new()), stopped));
+
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "NotFound", "code": 404});
+        assert_eq!(answer(&mut api_server, 404, not_found).await, http::Method::GET);
+        let created = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                             "metadata": {"name": "levee", "namespace": "levee-system", "resourceVersion": "1"},
+                             "spec": {"holderIdentity": "me", "leaseDurationSeconds": 6}});
+        let renewal_began = Instant::now();
+        assert_eq!(answer(&mut api_server, 201, created).await, http::Method::POST);
+        leading.wait_for(|leads| *leads).await.unwrap();
+
+        // The renewal a third of the lease later: its read never answers.
+        let (_hung, _never_answered) = api_server.next_request().await.expect("the renewal's read");
+        let hung_at = Instant::now();
+        leading.wait_for(|leads| !*leads).await.unwrap();
+        let stepped_down = renewal_began.elapsed();
+        let after_hang = hung_at.elapsed();
+        eprintln!(
+            "stepped down {stepped_down:?} after the last renewal began, {after_hang:?} after the hung read"
+        );
+        assert!(
+            stepped_down < lease.duration,
+            "still leading {stepped_down:?} after the last renewal: a follower may lead by now"
+        );
+        assert!(
+            after_hang < lease.renew_deadline() - Duration::from_secs(1),
+            "a hung renewal kept the lease {after_hang:?} (the renew deadline counts from the last renewal)"
         );
     }
 

@@ -1,7 +1,8 @@
 //! Only a policy's owner samples it (`--peer-url`, with either ownership): every
 //! `--peer-sync-interval` each replica asks each live peer for the values of the policies that
 //! peer owns (`GET /peer/values` on its metrics API port, `crate::values::peer_wire`) and
-//! serves them as its own, so the external metrics API, the KEDA external scaler and `/metrics`
+//! serves them as its own (only those: what a peer sends for a policy it does not own, as this
+//! replica sees the ring or the leader Lease, is dropped), so the external metrics API, the KEDA external scaler and `/metrics`
 //! answer for every policy on every replica while Redis is sampled once per policy per tick.
 //!
 //! The peer is known by its Lease (its ring Lease, or the leader Lease it holds): its URL, and the SHA-256 of its serving certificate,
@@ -17,10 +18,11 @@
 //! left to it: standing in for it would add every replica's load to what made it late.
 
 use super::Context;
+use super::ring;
 use super::shards::ShardView;
 use crate::serving::cert::ServingCert;
 use crate::serving::pinned;
-use crate::values::peer_wire::{self, PeerValues};
+use crate::values::peer_wire::{self, PeerValues, Received};
 use k8s_openapi::api::coordination::v1::Lease;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -151,6 +153,29 @@ impl PeerSource {
             Self::Leader(peers) => peers.borrow().clone(),
         }
     }
+
+    /// Whether `peer` owns the policy at `key` (`super::ring_key`) as this replica sees it now:
+    /// under shards the replica that wins it in the ring, under a leader the leader.
+    fn owns(&self, peer: &str, key: &str) -> bool {
+        match self {
+            Self::Shards(view) => ring::owner(key, &view.borrow().members) == Some(peer),
+            Self::Leader(leader) => leader.borrow().contains_key(peer),
+        }
+    }
+}
+
+/// What `peer` sent, less the policies it does not own: a replica that answers for a policy it
+/// does not act on (a ring seen late, a replica serving stale values, or lying) changes no
+/// figure here; the owner's own answer does.
+fn from_owner(source: &PeerSource, peer: &str, mut received: Received) -> Received {
+    let owned = |namespace: &str, policy: &str| source.owns(peer, &super::ring_key(namespace, policy));
+    received
+        .values
+        .retain(|values| owned(&values.namespace, &values.policy));
+    received
+        .confirmed
+        .retain(|confirmed| owned(&confirmed.namespace, &confirmed.policy));
+    received
 }
 
 /// This replica as a peer.
@@ -196,7 +221,7 @@ pub async fn sync(context: Arc<Context>, source: PeerSource, settings: PeerSetti
         };
         let rounds = peers.iter().map(|(identity, address)| {
             let since = seen.get(identity).copied();
-            fetch(&context, identity, address, &token, since, timeout)
+            fetch(&context, &source, identity, address, &token, since, timeout)
         });
         let results = futures::future::join_all(rounds).await;
         for ((identity, _), result) in peers.iter().zip(results) {
@@ -230,10 +255,12 @@ fn read_token(path: &std::path::Path) -> Result<String, String> {
 }
 
 /// One round with one peer, asking for what it published since `since` (its epoch and last
-/// publication seen): its values taken for the policies this replica runs and does not own.
+/// publication seen): its values taken for the policies this replica runs and does not own, and
+/// that peer does.
 /// Returns where the peer's publications now stand, when it answered.
 async fn fetch(
     context: &Context,
+    source: &PeerSource,
     identity: &str,
     address: &PeerAddress,
     token: &str,
@@ -280,7 +307,9 @@ async fn fetch(
         Ok(received) => received,
         Err(error) => return count(context, identity, "invalid", &error),
     };
-    let whole = context.tasks.take_from_peers(context, received);
+    let whole = context
+        .tasks
+        .take_from_peers(context, from_owner(source, identity, received));
     context.peer_answers.answered(identity, asked);
     count(context, identity, "ok", "");
     // A confirmation of values this replica does not hold: the whole answer next time.
@@ -316,7 +345,99 @@ fn count(context: &Context, identity: &str, result: &str, error: &str) -> Option
 
 #[cfg(test)]
 mod tests {
-    use super::peer_url;
+    use super::*;
+    use crate::values::peer_wire::Confirmed;
+    use crate::values::{PolicyValues, Source};
+
+    fn values(policy: &str, peer: &str) -> PolicyValues {
+        PolicyValues {
+            namespace: "jobs".into(),
+            policy: policy.into(),
+            pending: 42,
+            queues: Vec::new(),
+            latency: None,
+            forecast: None,
+            sampled_at: jiff::Timestamp::UNIX_EPOCH,
+            sampled: Instant::now(),
+            failed: false,
+            interval: Duration::from_secs(1),
+            circuit: None,
+            memory: None,
+            source: Source::Peer(peer.into()),
+            published: 1,
+            changed: 1,
+        }
+    }
+
+    fn confirmed(policy: &str, peer: &str) -> Confirmed {
+        Confirmed {
+            namespace: "jobs".into(),
+            policy: policy.into(),
+            changed: 1,
+            sampled_at: jiff::Timestamp::UNIX_EPOCH,
+            sampled: Instant::now(),
+            source: Source::Peer(peer.into()),
+        }
+    }
+
+    fn policies(received: &Received) -> (Vec<&str>, Vec<&str>) {
+        (
+            received.values.iter().map(|v| v.policy.as_str()).collect(),
+            received.confirmed.iter().map(|c| c.policy.as_str()).collect(),
+        )
+    }
+
+    /// Issue 40: a replica took a policy's values from whichever peer sent them. Under shards,
+    /// only the ring's owner of each policy is taken.
+    #[test]
+    fn under_shards_a_policys_values_are_taken_from_its_owner_only() {
+        let members: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let names: Vec<String> = (0..12).map(|n| format!("p{n}")).collect();
+        let owner = |policy: &str| {
+            ring::owner(&format!("jobs/{policy}"), &members)
+                .unwrap()
+                .to_string()
+        };
+        let of_b: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|p| owner(p) == "b")
+            .collect();
+        assert!(!of_b.is_empty() && of_b.len() < names.len(), "{of_b:?}");
+        let view = ShardView {
+            members: members.clone(),
+            acting_until: None,
+            peers: BTreeMap::new(),
+            run: 1,
+        };
+        let source = PeerSource::Shards(watch::channel(view).1);
+        let sent = Received {
+            values: names.iter().map(|p| values(p, "b")).collect(),
+            confirmed: names.iter().map(|p| confirmed(p, "b")).collect(),
+        };
+        let taken = from_owner(&source, "b", sent);
+        assert_eq!(policies(&taken), (of_b.clone(), of_b));
+    }
+
+    /// Under a leader, only the leader's values are taken (an old leader's answer, late, is not).
+    #[test]
+    fn under_a_leader_only_the_leaders_values_are_taken() {
+        let address = PeerAddress {
+            url: "https://10.0.0.1:6443".parse().unwrap(),
+            fingerprint: "0".repeat(64),
+        };
+        let leader = Peers::from([("new".to_string(), address)]);
+        let source = PeerSource::Leader(watch::channel(leader).1);
+        let sent = || Received {
+            values: vec![values("p0", "x")],
+            confirmed: vec![confirmed("p1", "x")],
+        };
+        assert_eq!(
+            policies(&from_owner(&source, "new", sent())),
+            (vec!["p0"], vec!["p1"])
+        );
+        assert_eq!(policies(&from_owner(&source, "old", sent())), (vec![], vec![]));
+    }
 
     #[test]
     fn the_peer_path_goes_on_the_peers_authority() {

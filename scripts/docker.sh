@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure a Docker daemon answers (`docker info`), for `make image` and `make e2e-kind`.
-#   - one answers: use it, change nothing;
+#   - one answers: use it, change nothing (but put back its runc-capfilter if the cache lost it);
 #   - none, and CI=true: install docker.io with apt (if dockerd is missing), start dockerd in the
 #     background (log: ~/.cache/levee/dockerd.log) and wait until it answers;
 #   - none, and not CI: exit 3 with one line saying why (a user's machine is never changed; `make
@@ -10,7 +10,21 @@ cd "$(dirname "$0")/.."
 
 answers() { docker info >/dev/null 2>&1; }
 
-answers && exit 0
+# dockerd outlives this run and this clone: what it runs and writes lives in the machine's cache.
+cache="${LEVEE_CACHE:-$HOME/.cache/levee}"
+
+# A daemon this script started runs containers through $cache/bin/runc-capfilter (below): when
+# the cache was emptied while it ran, every container would fail ("fork/exec
+# .../runc-capfilter: no such file or directory"), so the file is put back.
+if answers; then
+  if [[ "$(docker info --format '{{.DefaultRuntime}}' 2>/dev/null)" == capfilter && ! -x "$cache/bin/runc-capfilter" ]]; then
+    echo "docker: dockerd runs containers through $cache/bin/runc-capfilter, which is gone: putting it back" >&2
+    mkdir -p "$cache/bin"
+    cp scripts/runc-capfilter "$cache/bin/runc-capfilter.tmp"
+    mv -f "$cache/bin/runc-capfilter.tmp" "$cache/bin/runc-capfilter"
+  fi
+  exit 0
+fi
 
 if [[ "${CI:-}" != "true" ]]; then
   if ! command -v docker >/dev/null 2>&1; then
@@ -30,8 +44,6 @@ if ! command -v dockerd >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -o DPkg::Lock::Timeout=600 docker.io >/dev/null
 fi
 
-# dockerd outlives this run and this clone: what it runs and writes lives in the machine's cache.
-cache="${LEVEE_CACHE:-$HOME/.cache/levee}"
 mkdir -p "$cache/bin"
 log="$cache/dockerd.log"
 args=()

@@ -295,6 +295,15 @@ ENTRYPOINT [\"/usr/local/bin/local-path-provisioner\"]" "$lpp/local-path-provisi
   docker save "registry.k8s.io/pause:$PAUSE_TAG" >"$tmp/pause.tar"
   docker save "levee-kind/busybox:$SUITE" >"$tmp/busybox.tar"
   docker save "levee-kind/local-path-provisioner:$LOCAL_PATH_VERSION" >"$tmp/local-path-provisioner.tar"
+  # A build above that failed leaves no image, and `docker save` then an empty archive (this runs
+  # in a command substitution, where a failure does not stop the script): never cache that.
+  for c in "$tmp"/*.tar; do
+    if [[ ! -s "$c" ]]; then
+      echo "node-image: $(basename "$c") is empty: its image failed to build (above)" >&2
+      rm -rf "$tmp"
+      exit 1
+    fi
+  done
   mv "$tmp" "$dir"
   find "$cache/images" -mindepth 1 -maxdepth 1 -type d ! -path "$dir" -exec rm -rf {} + # older ones
   log "node's images built: $((SECONDS - start))s"

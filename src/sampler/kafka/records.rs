@@ -63,7 +63,8 @@ fn header(bytes: &[u8]) -> Option<BatchHeader> {
 /// records the fetch returned).
 pub fn timestamp_at(records: &Bytes, offset: i64) -> Option<i64> {
     let mut at = 0usize;
-    while records.len() - at >= 12 {
+    // `at` passes the end when a batch's length claims more than was returned.
+    while records.len().saturating_sub(at) >= 12 {
         let length = i32::from_be_bytes(records[at + 8..at + 12].try_into().expect("4 bytes"));
         let end = at.checked_add(12 + usize::try_from(length).ok()?)?;
         let batch = &records[at..end.min(records.len())];
@@ -279,6 +280,17 @@ mod tests {
         // A varint that never ends.
         let endless = [0xffu8; 40];
         assert_eq!(timestamp_at(&forged(0, 1, 9_000, &endless), 100), Some(9_000));
+    }
+
+    /// Found by `cargo fuzz run kafka_records`: a batch before the offset whose length claims
+    /// more bytes than the fetch returned put the walk past the end, and the next turn's
+    /// `len - at` overflowed (a panic in a debug build; in a release one, an index past the end).
+    #[test]
+    fn a_batch_before_the_offset_claiming_more_than_was_returned_ends_the_walk() {
+        let mut short = vec![0u8; HEADER];
+        short[8..12].copy_from_slice(&1_000i32.to_be_bytes());
+        short[16] = 2;
+        assert_eq!(timestamp_at(&Bytes::from(short), 5), None);
     }
 
     #[test]

@@ -24,18 +24,6 @@ fn levee_bin() -> String {
     std::env::var("LEVEE_ABUSE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_levee").to_string())
 }
 
-/// The most resident memory the process has had, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn policy(name: &str, bootstrap: &str, queues: &str) -> String {
     format!(
         "apiVersion: levee.dev/v1alpha1
@@ -104,7 +92,7 @@ fn sample_with(policies: &[String], watched: Option<Duration>, extra: &[&str]) -
     let until = watched.unwrap_or(Duration::from_secs(60));
     let mut peak = 0;
     while started.elapsed() < until {
-        match peak_rss_kib(pid) {
+        match support::peak_rss_kib(pid) {
             Some(kib) => peak = peak.max(kib),
             None => break,
         }

@@ -11,6 +11,8 @@
 //! `STREAM.MSG.GET` requests at once (one per filter subject) and levee's RSS passed 1 GiB in
 //! 11 s (3.7 GiB in 60 s); the test stops it at 1 GiB.
 
+mod support;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -203,18 +205,6 @@ fn answer(
     stream.write_all(&out).is_ok()
 }
 
-/// The most resident memory the process has had, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn policy(name: &str, port: u16, stream: &str, queues: usize) -> String {
     let queues: String = (0..queues)
         .map(|i| format!("    - {{name: q{i}, type: jetstream, stream: {stream}, consumer: c{i}}}\n"))
@@ -280,7 +270,7 @@ fn consumers_with_sixty_thousand_filter_subjects_cost_no_latency_requests() {
         && started.elapsed() < Duration::from_secs(30)
         && peak < STOP_AT_KIB
     {
-        peak = peak.max(peak_rss_kib(pid).expect("levee sample is still running"));
+        peak = peak.max(support::peak_rss_kib(pid).expect("levee sample is still running"));
         std::thread::sleep(Duration::from_millis(20));
     }
     let watched = started.elapsed();

@@ -55,18 +55,6 @@ fn stream_to(mut stream: TcpStream, header: &[u8], body: &[u8], total: &AtomicU6
     }
 }
 
-/// The most resident memory the process has had, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn policy(name: &str, port: u16, interval: &str) -> String {
     format!(
         "apiVersion: levee.dev/v1alpha1
@@ -118,7 +106,7 @@ fn a_hostile_redis_costs_levee_a_bounded_memory_and_other_policies_nothing() {
     let started = Instant::now();
     let mut peak = 0;
     while started.elapsed() < watched_for {
-        peak = peak.max(peak_rss_kib(pid).expect("levee sample is still running"));
+        peak = peak.max(support::peak_rss_kib(pid).expect("levee sample is still running"));
         std::thread::sleep(Duration::from_millis(20));
     }
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -237,7 +225,7 @@ fn a_scan_that_never_ends_is_cut_at_a_bound_of_names() {
     let mut peak = 0;
     let waiter = std::thread::spawn(move || levee.wait_with_output().unwrap());
     while !waiter.is_finished() && started.elapsed() < Duration::from_secs(60) {
-        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        peak = peak.max(support::peak_rss_kib(pid).unwrap_or(0));
         std::thread::sleep(Duration::from_millis(20));
     }
     let output = waiter.join().unwrap();

@@ -562,3 +562,15 @@ pub fn run_producer(interpreter: &str, script: &str, args: &[String]) -> serde_j
     serde_json::from_str(stdout.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("{script} printed {stdout}: {e}"))
 }
+
+/// The most resident memory process `pid` has had (`VmHWM`), in KiB; `None` once it is gone.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -6,7 +6,10 @@
 //! make the next pass write the same marks again. Producers carrying the policy's label that it
 //! no longer selects are released on the same pass: what levee marked is found in the cluster,
 //! never remembered, so a restart, a failover or a deletion while levee was down strands nobody.
+//! Every write passes the policy's fence (`fence.rs`): none starts, and none in flight goes on,
+//! once this replica stops acting on the policy.
 
+use super::fence::Fence;
 use super::indexed_store::{Indexed, IndexedStore};
 use super::kept::{KeptPod, KeptWorkload, LABEL_POD_TEMPLATE_HASH};
 use super::marks::{Intent, LABEL_POLICY, Marks, Release};
@@ -36,6 +39,8 @@ pub struct Outcome {
     pub writes: usize,
     /// Writes that failed, in words.
     pub errors: Vec<String>,
+    /// Writes not made, or ended, because this replica stopped acting on the policy.
+    pub fenced: usize,
 }
 
 /// A kind of workload a policy can hold back (as the API server sends it: what a patch
@@ -111,6 +116,7 @@ impl Workload for StoredDaemonSet {
 /// One pass over a policy's producers.
 struct Pass<'a> {
     context: &'a Context,
+    fence: &'a Fence,
     namespace: String,
     policy: String,
     outcome: Outcome,
@@ -138,7 +144,7 @@ impl Pass<'_> {
         self.selected_pods
             .extend(pods.iter().map(|pod| pod.name().to_string()));
         // The pods first: their condition is what takes them out of their Services' endpoints.
-        mark_pods(self.context, pods, marks, &mut self.outcome).await;
+        mark_pods(self.context, self.fence, pods, marks, &mut self.outcome).await;
         self.mark_workload::<K>(&workload, marks).await;
     }
 
@@ -162,11 +168,10 @@ impl Pass<'_> {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
-        match api
-            .patch(name, &params, &Patch::Merge(marks.metadata_patch()))
-            .await
-        {
-            Ok(written) => {
+        let patch = Patch::Merge(marks.metadata_patch());
+        match self.fence.write(api.patch(name, &params, &patch)).await {
+            Err(super::fence::Fenced) => self.outcome.fenced += 1,
+            Ok(Ok(written)) => {
                 K::store(&self.context.stores).wrote(written.into());
                 self.outcome.writes += 1;
                 self.context
@@ -175,7 +180,7 @@ impl Pass<'_> {
                     .with_label_values(&["workload"])
                     .inc();
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 self.outcome
                     .errors
                     .push(format!("{:?} {}/{name}: {error}", K::KIND, self.namespace))
@@ -190,12 +195,14 @@ impl Pass<'_> {
 /// the stores' indexes: no scan over every pod.
 pub async fn act(
     context: &Context,
+    fence: &Fence,
     policy: &BackpressurePolicy,
     intent: Intent,
     rules: &CircuitRules,
 ) -> Outcome {
     let mut pass = Pass {
         context,
+        fence,
         namespace: policy.namespace().unwrap_or_default(),
         policy: policy.name_any(),
         outcome: Outcome::default(),
@@ -239,7 +246,7 @@ pub async fn act(
         .into_iter()
         .filter(|pod| !pass.selected_pods.contains(pod.name()))
         .collect();
-    mark_pods(context, stray_pods, &stray, &mut pass.outcome).await;
+    mark_pods(context, fence, stray_pods, &stray, &mut pass.outcome).await;
     pass.outcome
 }
 
@@ -262,32 +269,49 @@ pub fn missing_targets(context: &Context, policy: &BackpressurePolicy) -> Vec<St
 
 /// Puts every producer the policy marked back to accepting and takes its label off (policy
 /// deleted). Fails when a write fails, so the finalizer keeps the policy until producers are
-/// released.
+/// released. Only while this replica acts on the policy: else its owner releases them.
 pub async fn release(context: &Context, policy: &BackpressurePolicy) -> Result<()> {
+    let not_acting = || super::Error::Release(super::fence::Fenced.to_string());
+    let fence = context.fence(policy).ok_or_else(not_acting)?;
     let rules = policy.spec.circuit_rules();
-    let outcome = act(context, policy, Intent::Release(Release::PolicyDeleted), &rules).await;
+    let outcome = act(
+        context,
+        &fence,
+        policy,
+        Intent::Release(Release::PolicyDeleted),
+        &rules,
+    )
+    .await;
     match outcome.errors.first() {
-        None => Ok(()),
         Some(error) => Err(super::Error::Release(error.clone())),
+        None if outcome.fenced > 0 => Err(not_acting()),
+        None => Ok(()),
     }
 }
 
 /// Marks `pods`: the conditions of every pod first (they take pods out of their Services'
 /// endpoints), then the metadata.
-async fn mark_pods(context: &Context, pods: Vec<Arc<KeptPod>>, marks: &Marks, outcome: &mut Outcome) {
+async fn mark_pods(
+    context: &Context,
+    fence: &Fence,
+    pods: Vec<Arc<KeptPod>>,
+    marks: &Marks,
+    outcome: &mut Outcome,
+) {
     if pods.is_empty() {
         return;
     }
     for part in [PodPart::Condition, PodPart::Metadata] {
-        let results: Vec<Result<bool, String>> = futures::stream::iter(pods.iter().cloned())
-            .map(|pod| mark_pod(context, pod, marks, part))
+        let results: Vec<_> = futures::stream::iter(pods.iter().cloned())
+            .map(|pod| fence.write(mark_pod(context, pod, marks, part)))
             .buffer_unordered(POD_WRITE_CONCURRENCY)
             .collect()
             .await;
         for result in results {
             match result {
-                Ok(wrote) => outcome.writes += usize::from(wrote),
-                Err(error) => outcome.errors.push(error),
+                Ok(Ok(wrote)) => outcome.writes += usize::from(wrote),
+                Ok(Err(error)) => outcome.errors.push(error),
+                Err(super::fence::Fenced) => outcome.fenced += 1,
             }
         }
     }

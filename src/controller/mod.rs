@@ -16,6 +16,7 @@ mod actuator;
 mod autoscaler;
 mod backoff;
 mod clock;
+mod fence;
 mod fresh_status;
 mod indexed_store;
 pub mod judgement;
@@ -152,6 +153,7 @@ pub enum OwnershipMode {
 }
 
 /// How this replica learns which policies it acts on.
+#[derive(Clone)]
 enum Ownership {
     /// Every policy while this replica holds the leader Lease (always, without one).
     Leader(watch::Receiver<bool>),
@@ -160,6 +162,16 @@ enum Ownership {
 }
 
 impl Ownership {
+    /// Whether `identity` acts on the policy at `key` now, may again without a handover, or
+    /// does not own it. Under a leader there is no pause: acting or not.
+    fn acting(&self, identity: &str, key: &str) -> shards::Acting {
+        match self {
+            Self::Leader(leader) if *leader.borrow() => shards::Acting::Yes(0),
+            Self::Leader(_) => shards::Acting::No,
+            Self::Shards(view) => view.borrow().acting(identity, key),
+        }
+    }
+
     /// Fires whenever this replica may have gained policies: becoming leader, or the ring's
     /// members or this replica's acting changing.
     fn gains(&self) -> futures::stream::BoxStream<'static, ()> {
@@ -265,11 +277,14 @@ impl Context {
     }
 
     fn acting_on_ring_key(&self, key: &str) -> shards::Acting {
-        match &self.ownership {
-            Ownership::Leader(leader) if *leader.borrow() => shards::Acting::Yes(0),
-            Ownership::Leader(_) => shards::Acting::No,
-            Ownership::Shards(view) => view.borrow().acting(&self.settings.identity, key),
-        }
+        self.ownership.acting(&self.settings.identity, key)
+    }
+
+    /// The fence every write for `policy` passes (`fence.rs`); `None` when this replica does
+    /// not act on it now.
+    pub fn fence(&self, policy: &BackpressurePolicy) -> Option<fence::Fence> {
+        let key = ring_key(&policy.namespace().unwrap_or_default(), &policy.name_any());
+        fence::Fence::take(&self.ownership, &self.settings.identity, key)
     }
 }
 
@@ -637,6 +652,15 @@ impl Context {
     pub(crate) fn for_tests_leading(client: Client, stores: Stores, leading: bool) -> Arc<Self> {
         // A receiver keeps the last value after its sender is gone.
         let (_, leader) = watch::channel(leading);
+        Self::for_tests_led_by(client, stores, leader)
+    }
+
+    /// `for_tests`, leading while `leader` says so.
+    pub(crate) fn for_tests_led_by(
+        client: Client,
+        stores: Stores,
+        leader: watch::Receiver<bool>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             recorder: Recorder::new(
                 client.clone(),

@@ -124,6 +124,14 @@ const MERGE: &str = "application/merge-patch+json";
 const STRATEGIC: &str = "application/strategic-merge-patch+json";
 const JSON_PATCH: &str = "application/json-patch+json";
 
+/// One actuator pass for `policy` on a replica that acts on it, finished within 2 s.
+async fn act(context: &Context, policy: &BackpressurePolicy, intent: Intent) -> actuator::Outcome {
+    let fence = context
+        .fence(policy)
+        .expect("the test's replica acts on the policy");
+    within_2s(actuator::act(context, &fence, policy, intent, &rules(policy))).await
+}
+
 async fn within_2s<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(std::time::Duration::from_secs(2), future)
         .await
@@ -175,13 +183,7 @@ async fn opening_marks_the_pods_that_lack_the_marks_then_the_workload() {
         assert_eq!(body["metadata"]["annotations"], open_annotations());
         assert_eq!(body["metadata"]["labels"]["levee.dev/policy"], "p");
     });
-    let outcome = within_2s(actuator::act(
-        &context,
-        &policy,
-        Intent::Follow(State::Open),
-        &rules(&policy),
-    ))
-    .await;
+    let outcome = act(&context, &policy, Intent::Follow(State::Open)).await;
     verifier.await.unwrap();
     assert_eq!((outcome.writes, outcome.throttled), (3, 1));
     assert!(
@@ -234,7 +236,7 @@ async fn a_pass_compares_with_what_the_last_one_wrote_while_the_watch_lags() {
         server
     });
     let open = Intent::Follow(State::Open);
-    let first = within_2s(actuator::act(&context, &policy, open, &rules(&policy))).await;
+    let first = act(&context, &policy, open).await;
     assert_eq!(first.writes, 3, "{first:?}");
     let _server = verifier.await.unwrap();
     // The watch has not caught up: its copies are older than what was written.
@@ -249,9 +251,54 @@ async fn a_pass_compares_with_what_the_last_one_wrote_while_the_watch_lags() {
             unmarked_deployment,
         )));
     // Any request now would hang (nothing answers it) and fail the test by its timeout.
-    let second = within_2s(actuator::act(&context, &policy, open, &rules(&policy))).await;
+    let second = act(&context, &policy, open).await;
     assert_eq!(second.writes, 0, "{second:?}");
     assert_eq!(second.throttled, 1);
+}
+
+/// Issue 40: a pass's pod writes were checked against ownership only before the pass, so
+/// against a slow API server those queued behind the first went on after the replica stepped
+/// down (224 of them, the last 7.07 s later). Here the API server holds the first 16 pod writes
+/// (all that are in flight at once) while the leader steps down: none may start after that,
+/// and the pass ends without waiting for the API server.
+#[tokio::test]
+async fn no_write_of_a_pass_starts_after_its_replica_stops_acting() {
+    let (client, mut server) = mock();
+    let pods: Vec<Pod> = (0..20)
+        .map(|i| pod(&format!("p{i}"), json!({}), json!([])))
+        .collect();
+    let (leading, leader) = watch::channel(true);
+    let context = Context::for_tests_led_by(client, stores(vec![deployment(json!({}))], pods), leader);
+    let policy = Arc::new(policy(json!({})));
+    let fence = context.fence(&policy).expect("leading");
+    let pass = tokio::spawn({
+        let (context, policy) = (context.clone(), policy.clone());
+        async move {
+            actuator::act(
+                &context,
+                &fence,
+                &policy,
+                Intent::Follow(State::Open),
+                &rules(&policy),
+            )
+            .await
+        }
+    });
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(server.next_request().await.expect("a pod write"));
+    }
+    leading.send_replace(false);
+    let outcome = within_2s(pass).await.unwrap();
+    for (_, respond) in held {
+        respond.send_response(Response::new(Body::from(serde_json::to_vec(&json!({})).unwrap())));
+    }
+    let mut after = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), server.next_request()).await {
+        after += 1;
+    }
+    assert_eq!(after, 0, "writes started after stepping down");
+    assert_eq!((outcome.writes, outcome.fenced), (0, 41), "{outcome:?}");
 }
 
 #[tokio::test]
@@ -263,13 +310,7 @@ async fn nothing_is_written_when_every_mark_is_in_place() {
     ];
     let context = Context::for_tests(client, stores(vec![deployment(open_annotations())], pods));
     let policy = policy(json!({}));
-    let outcome = within_2s(actuator::act(
-        &context,
-        &policy,
-        Intent::Follow(State::Open),
-        &rules(&policy),
-    ))
-    .await;
+    let outcome = act(&context, &policy, Intent::Follow(State::Open)).await;
     assert_eq!(
         outcome,
         actuator::Outcome {
@@ -301,13 +342,7 @@ async fn pods_with_the_targets_labels_but_another_owner_are_left_alone() {
         ),
     );
     let policy = policy(json!({}));
-    let outcome = within_2s(actuator::act(
-        &context,
-        &policy,
-        Intent::Follow(State::Open),
-        &rules(&policy),
-    ))
-    .await;
+    let outcome = act(&context, &policy, Intent::Follow(State::Open)).await;
     assert_eq!(
         outcome,
         actuator::Outcome {
@@ -364,13 +399,7 @@ async fn pods_whose_selected_label_is_not_kept_are_held_back_by_their_owner() {
         )
         .await;
     });
-    let outcome = within_2s(actuator::act(
-        &context,
-        &policy,
-        Intent::Follow(State::Open),
-        &rules(&policy),
-    ))
-    .await;
+    let outcome = act(&context, &policy, Intent::Follow(State::Open)).await;
     verifier.await.unwrap();
     assert_eq!((outcome.writes, outcome.throttled), (2, 1), "{outcome:?}");
     assert!(outcome.errors.is_empty(), "{outcome:?}");
@@ -421,13 +450,7 @@ async fn a_labelled_pod_the_policy_no_longer_selects_is_released() {
             "the label goes"
         );
     });
-    let outcome = within_2s(actuator::act(
-        &context,
-        &policy,
-        Intent::Follow(State::Open),
-        &rules(&policy),
-    ))
-    .await;
+    let outcome = act(&context, &policy, Intent::Follow(State::Open)).await;
     verifier.await.unwrap();
     assert_eq!(outcome.writes, 2, "{outcome:?}");
 }
@@ -437,13 +460,7 @@ async fn a_missing_target_is_reported_without_requests() {
     let (client, _server) = mock();
     let context = Context::for_tests(client, stores(vec![], vec![]));
     let policy = policy(json!({}));
-    let outcome = within_2s(actuator::act(
-        &context,
-        &policy,
-        Intent::Follow(State::Open),
-        &rules(&policy),
-    ))
-    .await;
+    let outcome = act(&context, &policy, Intent::Follow(State::Open)).await;
     assert_eq!(outcome.missing, vec!["Deployment jobs/api".to_string()]);
     assert_eq!(outcome.writes, 0);
 }

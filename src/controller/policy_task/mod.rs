@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use writes::{Job, Writes};
+use writes::{AutoscalerSync, Job, Writes};
 
 /// A policy this replica knows of, and its task when it runs one.
 struct Entry {
@@ -258,8 +258,9 @@ struct PolicyState {
     autoscaler_checked: Option<(Option<i64>, Option<String>, Option<u32>)>,
     /// A Kafka policy's partition count, from its last full read: caps the HPA's maxReplicas.
     partition_cap: Option<u32>,
-    /// The last failure to apply the managed HPA, shown in the Ready condition until it works.
-    autoscaler_error: Option<String>,
+    /// Events of what happened between passes (an endpoint problem, an incomplete discovery),
+    /// published by the next pass behind its fence.
+    events: Vec<events::PendingEvent>,
     /// The run of this replica's ring Lease in which it acted on the policy at its last tick
     /// (`shards::Acting`; 0 under a leader). One that starts to (a handover, the task's start, a
     /// new run) first resumes the circuit from the API server; one whose acting only paused
@@ -285,8 +286,8 @@ impl PolicyState {
             secret_versions: Vec::new(),
             writes: Writes::new(status),
             autoscaler_checked: None,
-            autoscaler_error: None,
             partition_cap: None,
+            events: Vec::new(),
             acting: None,
             policy,
         }
@@ -322,18 +323,15 @@ impl PolicyState {
 
     /// Takes what a discovery found: the policy's queues become its own plus the discovered
     /// ones (a failed discovery keeps the queues found before).
-    async fn take_discovered(&mut self, context: &Context, found: Discovered) {
+    fn take_discovered(&mut self, context: &Context, found: Discovered) {
         let message = found.problem(self.policy.spec.discovery.max_queues as usize);
         let previous_message = self.discovery_status.as_ref().and_then(|d| d.message.clone());
         if message.is_some() && message != previous_message && context.owns(&self.policy) {
-            events::publish(
-                context,
-                &self.policy,
+            self.events.push((
                 EventType::Warning,
                 "DiscoveryIncomplete",
                 message.clone().unwrap_or_default(),
-            )
-            .await;
+            ));
         }
         let kept = match (&found.error, &self.discovered) {
             (Some(_), Some(previous)) => previous.clone(),
@@ -356,7 +354,8 @@ impl PolicyState {
     }
 
     /// Builds the endpoint from the Secrets when there is none, or when the last one failed and
-    /// the backoff allows another read.
+    /// the backoff allows another read. A problem new to the owner becomes an event of its next
+    /// pass.
     async fn refresh_endpoint(&mut self, context: &Context) {
         let now = Instant::now();
         let versions = secrets::versions(&context.stores.secrets, &self.policy);
@@ -392,14 +391,8 @@ impl PolicyState {
             Ok(_) => self.reported_problem = None,
             Err(problem) if context.owns(&self.policy) && self.reported_problem != Some(problem.reason) => {
                 self.reported_problem = Some(problem.reason);
-                events::publish(
-                    context,
-                    &self.policy,
-                    EventType::Warning,
-                    problem.reason,
-                    problem.message.clone(),
-                )
-                .await;
+                self.events
+                    .push((EventType::Warning, problem.reason, problem.message.clone()));
             }
             Err(_) => {}
         }
@@ -502,8 +495,7 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
                     continue;
                 };
                 if generation == state.policy.metadata.generation {
-                    // Boxed as a tick is: its event's future is not held between discoveries.
-                    Box::pin(state.take_discovered(&context, found)).await;
+                    state.take_discovered(&context, found);
                 }
             }
             () = next_discovery(&mut discovery), if discovering.is_none() => {
@@ -568,6 +560,8 @@ async fn tick(context: &Arc<Context>, state: &mut PolicyState) -> bool {
         Acting::Paused(run) if state.acting == Some(run) => return true,
         Acting::Paused(_) | Acting::No => {
             state.acting = None;
+            // Not this replica's to report: the owner reports what it sees.
+            state.events.clear();
             let status = state.policy.status.clone().unwrap_or_default();
             state.follow_status(context, status, true);
             return true;
@@ -596,19 +590,20 @@ async fn decide_and_hand_over(
     if let Ok(sample) = &sample {
         state.follow_partitions(sample);
     }
-    state.keep_autoscaler(context).await;
+    let autoscaler = state.autoscaler_sync(context);
     let now = context.clock.now();
     let decision = state.decide(context, now, &sample);
+    let failures = state.writes.failures();
     let targets = Outcome {
         missing: actuator::missing_targets(context, &policy),
-        errors: state.writes.target_errors(),
+        errors: failures.targets,
         ..Outcome::default()
     };
     let report = TickReport {
         circuit: &state.circuit,
         sample: sample.as_ref(),
         targets: &targets,
-        autoscaler_error: state.autoscaler_error.as_deref(),
+        autoscaler_error: failures.autoscaler.as_deref(),
         partition_cap: state.partition_cap,
         forecast: state.forecast,
         discovery: state.discovery_status.as_ref(),
@@ -629,12 +624,14 @@ async fn decide_and_hand_over(
         sample.as_ref().ok(),
     );
     events.extend(warnings);
+    events.append(&mut state.events);
     let job = Job {
         policy,
         rules: state.rules.clone(),
         next,
         decided: state.circuit.state,
         events,
+        autoscaler,
     };
     state.writes.submit(context, job);
 }
@@ -765,10 +762,10 @@ impl PolicyState {
         }
     }
 
-    /// Puts the managed HPA back in place; compared again only when the policy or its HPA
-    /// changed since it was last found in place.
-    async fn keep_autoscaler(&mut self, context: &Context) {
-        let (namespace, name) = self.names();
+    /// Whether the pass must put the managed HPA back in place; compared again only when the
+    /// policy or its HPA changed since it was last found in place.
+    fn autoscaler_sync(&mut self, context: &Context) -> Option<AutoscalerSync> {
+        let (namespace, _) = self.names();
         let hpa = context
             .stores
             .autoscalers
@@ -780,19 +777,13 @@ impl PolicyState {
             partitions,
         );
         if self.autoscaler_checked.as_ref() == Some(&seen) {
-            return;
+            return None;
         }
         if autoscaler::in_place(&self.policy, hpa.as_deref(), partitions) {
             self.autoscaler_checked = Some(seen);
-            return;
+            return None;
         }
-        match autoscaler::sync(context, &self.policy, partitions).await {
-            Ok(()) => self.autoscaler_error = None,
-            Err(error) => {
-                tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying");
-                self.autoscaler_error = Some(error.to_string());
-            }
-        }
+        Some(AutoscalerSync { partitions })
     }
 
     /// Steps the circuit with the sample and records the result.

@@ -8,6 +8,8 @@
 
 use super::super::Context;
 use super::super::actuator;
+use super::super::autoscaler;
+use super::super::fence::{Fence, Fenced};
 use super::super::marks::{Intent, Release};
 use super::super::shards::Acting;
 use super::events::{self, PendingEvent};
@@ -32,6 +34,23 @@ pub struct Job {
     /// The state the circuit decided (status may not hold it yet).
     pub decided: State,
     pub events: Vec<PendingEvent>,
+    /// The managed HPA is not as the policy says: apply it, capped at this partition count.
+    pub autoscaler: Option<AutoscalerSync>,
+}
+
+/// An apply of the policy's managed HPA (`autoscaler::sync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoscalerSync {
+    pub partitions: Option<u32>,
+}
+
+/// What the last pass failed to write, reported in the next tick's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failures {
+    /// Failed writes over the targets, in words.
+    pub targets: Vec<String>,
+    /// Why the managed HPA could not be applied, until it is.
+    pub autoscaler: Option<String>,
 }
 
 /// A policy's writes: what was last written, and the pass that writes the next.
@@ -44,8 +63,7 @@ pub struct Writes {
 struct Shared {
     written: BackpressurePolicyStatus,
     last_write: Option<Instant>,
-    /// Failed writes of the last pass over the targets, reported in the next status.
-    target_errors: Vec<String>,
+    failures: Failures,
     /// What the next pass writes.
     pending: Option<Job>,
     /// Whether a task is running passes (it takes `pending` until there is none).
@@ -59,7 +77,7 @@ impl Writes {
             shared: Arc::new(Mutex::new(Shared {
                 written: status,
                 last_write: None,
-                target_errors: Vec::new(),
+                failures: Failures::default(),
                 pending: None,
                 in_flight: false,
             })),
@@ -71,9 +89,9 @@ impl Writes {
         self.shared.lock().expect("policy writes lock")
     }
 
-    /// The failed writes of the last pass over the targets.
-    pub fn target_errors(&self) -> Vec<String> {
-        self.shared().target_errors.clone()
+    /// What the last pass failed to write.
+    pub fn failures(&self) -> Failures {
+        self.shared().failures.clone()
     }
 
     /// `compute` run on the status last written (the lock held, nothing awaited).
@@ -192,27 +210,30 @@ async fn passes(context: Arc<Context>, shared: Arc<Mutex<Shared>>) {
             shared.lock().expect("policy writes lock").in_flight = false;
             return;
         };
-        match context.acting_on(&job.policy) {
-            Acting::Yes(_) => {}
-            // Acting paused within its run: the job waits for the next tick's, which takes its
-            // events (a transition's event is not lost to a late renewal).
-            Acting::Paused(_) => {
-                shared.lock().expect("policy writes lock").hold_back(job);
-                return;
+        // The fence of a handover: a replica that no longer acts on the policy writes nothing,
+        // and what it started ends when it stops (`fence.rs`).
+        let Some(fence) = context.fence(&job.policy) else {
+            match context.acting_on(&job.policy) {
+                // Acting paused within its run: the job waits for the next tick's, which takes
+                // its events (a transition's event is not lost to a late renewal).
+                Acting::Paused(_) => {
+                    shared.lock().expect("policy writes lock").hold_back(job);
+                    return;
+                }
+                Acting::Yes(_) | Acting::No => continue,
             }
-            // A replica that no longer owns the policy writes nothing (the fence of a handover).
-            Acting::No => continue,
-        }
-        Box::pin(pass(&context, &shared, job)).await;
+        };
+        Box::pin(pass(&context, &fence, &shared, job)).await;
     }
 }
 
-/// One pass: the status, then the targets brought to what status holds, then the events
-/// (producers are held back before anything is reported).
-async fn pass(context: &Context, shared: &Mutex<Shared>, job: Job) {
-    save_status(context, shared, &job.policy, job.next).await;
+/// One pass: the status, then the targets brought to what status holds, then the managed HPA,
+/// then the events (producers are held back before anything is reported), each write behind
+/// the policy's fence.
+async fn pass(context: &Context, fence: &Fence, shared: &Mutex<Shared>, job: Job) {
+    save_status(context, fence, shared, &job.policy, job.next).await;
     // Lost while the status was written: the new owner acts on the targets from that status.
-    if !context.owns(&job.policy) {
+    if !fence.holds() {
         return;
     }
     let saved = shared
@@ -230,12 +251,34 @@ async fn pass(context: &Context, shared: &Mutex<Shared>, job: Job) {
     } else {
         Intent::Follow(saved)
     };
-    let acted = actuator::act(context, &job.policy, intent, &job.rules).await;
-    shared.lock().expect("policy writes lock").target_errors = acted.errors;
+    let acted = actuator::act(context, fence, &job.policy, intent, &job.rules).await;
+    if acted.fenced > 0 {
+        tracing::info!(%namespace, policy = %name, fenced = acted.fenced, "stopped acting on the policy during a pass; its new owner writes the rest");
+        return;
+    }
+    shared.lock().expect("policy writes lock").failures.targets = acted.errors;
     let throttled = crate::telemetry::Change::ThrottledTargets(acted.throttled);
     context.metrics.policies.record(&namespace, &name, throttled);
+    // The HPA found in place needs no apply, and has no failure to report.
+    let autoscaler_failure = match job.autoscaler {
+        None => None,
+        Some(sync) => match fence
+            .write(autoscaler::sync(context, &job.policy, sync.partitions))
+            .await
+        {
+            Err(Fenced) => return,
+            Ok(applied) => applied.err().map(|error| {
+                tracing::warn!(%namespace, policy = %name, %error, "managing the HPA failed; retrying");
+                error.to_string()
+            }),
+        },
+    };
+    shared.lock().expect("policy writes lock").failures.autoscaler = autoscaler_failure;
     for (type_, reason, note) in job.events {
-        events::publish(context, &job.policy, type_, reason, note).await;
+        let published = events::publish(context, &job.policy, type_, reason, note);
+        if fence.write(published).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -243,6 +286,7 @@ async fn pass(context: &Context, shared: &Mutex<Shared>, job: Job) {
 /// number moved far from what status shows or the heartbeat is due (when a slot is free).
 async fn save_status(
     context: &Context,
+    fence: &Fence,
     shared: &Mutex<Shared>,
     policy: &BackpressurePolicy,
     next: BackpressurePolicyStatus,
@@ -269,15 +313,22 @@ async fn save_status(
         }
     };
     let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
-    let written = match write(context, policy, &next).await {
-        Err(error) if refused_as_too_large(&error) => {
+    let fenced = |_: Fenced| {
+        tracing::info!(%namespace, policy = %name, "stopped acting on the policy; its status is left to the new owner");
+    };
+    let written = match fence.write(write(context, policy, &next)).await {
+        Err(lost) => return fenced(lost),
+        Ok(Err(error)) if refused_as_too_large(&error) => {
             // The decision first: producers follow only a saved one, so a status the API
             // server will not store must not keep the circuit from acting.
             tracing::warn!(%namespace, policy = %name, %error, "the API server refused the status; writing the decision alone");
             let decision = next.decision_only();
-            write(context, policy, &decision).await.map(|()| decision)
+            match fence.write(write(context, policy, &decision)).await {
+                Err(lost) => return fenced(lost),
+                Ok(written) => written.map(|()| decision),
+            }
         }
-        written => written.map(|()| next),
+        Ok(written) => written.map(|()| next),
     };
     match written {
         Ok(next) => {
@@ -316,6 +367,7 @@ mod tests {
             next: BackpressurePolicyStatus::default(),
             decided,
             events: vec![(kube::runtime::events::EventType::Normal, reason, String::new())],
+            autoscaler: None,
         }
     }
 

@@ -234,6 +234,74 @@ fn nothing_is_written_while_nothing_changes() {
     assert!(writes() > before);
 }
 
+/// Issue 40: two policies naming one workload each wrote their own marks every tick, undoing
+/// the other's (some 205 writes a second for 20 pods at 200 ms, for as long as both existed),
+/// with no warning. Now the first name (`a-lenient`, which never opens here) writes the marks,
+/// holding the producers back while `burst` is Open, both say so, and nothing is fought over.
+#[test]
+fn two_policies_naming_one_workload_write_its_marks_once_and_the_stricter_holds() {
+    let fixture = Fixture::create();
+    let levee = Levee::start(fixture.ns(), &["--leader-elect=false"]);
+    fixture
+        .policy("a-lenient")
+        .set("thresholds", "{warning: 2000, critical: 5000, recovery: 500}")
+        .apply();
+    fixture.apply_policy("burst");
+    fixture.wait_state("a-lenient", "Closed");
+    fixture.wait_state("burst", "Closed");
+    fixture.wait_pods_accepting(true, 2);
+
+    fixture.burst();
+    fixture.wait_state("burst", "Open");
+    fixture.wait_pods_accepting(false, 2);
+    // Status is rewritten as the jobs' latency grows; the marks must stay as they are.
+    let marks_written = || -> f64 {
+        ["workload", "pod_condition", "pod_annotations"]
+            .iter()
+            .map(|kind| {
+                let series = format!("levee_api_writes_total{{kind=\"{kind}\"}}");
+                levee.metric(&series).expect("/metrics answers")
+            })
+            .sum()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = marks_written();
+    // 15 ticks of each policy at 200 ms.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(marks_written(), settled, "the two policies fight over the marks");
+    fixture.wait_pods_accepting(false, 2);
+    assert_eq!(fixture.status("a-lenient")["state"], "Closed");
+    let deployment = kubectl_json(&["get", "deployment", "api", "-n", fixture.ns()]);
+    assert_eq!(deployment["metadata"]["labels"]["levee.dev/policy"], "a-lenient");
+    assert_eq!(
+        deployment["metadata"]["annotations"]["levee.dev/accepting"],
+        "false"
+    );
+    for (policy, other, writer) in [
+        ("a-lenient", "burst", "this policy (a-lenient) writes its marks"),
+        ("burst", "a-lenient", "policy a-lenient writes its marks"),
+    ] {
+        let shared = fixture.condition(policy, "TargetsShared");
+        assert_eq!(shared["status"], "True", "{policy}: {shared}");
+        let message = shared["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("also a target of {other}")) && message.contains(writer),
+            "{message}"
+        );
+    }
+    assert_eq!(fixture.events("TargetShared").len(), 2);
+
+    // The strict policy goes: the producers go back to what the lenient one decides.
+    kubectl_ok(
+        &["delete", "bpp", "burst", "-n", fixture.ns(), "--timeout=30s"],
+        None,
+    );
+    fixture.wait_pods_accepting(true, 2);
+    wait_until("a-lenient no longer shares its target", PATIENCE, || {
+        (fixture.condition("a-lenient", "TargetsShared")["status"] == "False").then_some(())
+    });
+}
+
 #[test]
 fn only_the_leader_writes_and_a_follower_takes_over() {
     let fixture = Fixture::create();

@@ -40,6 +40,9 @@ pub mod condition {
     /// Redis policies: whether a full Redis would refuse writes (`noeviction`, or no
     /// `maxmemory`) rather than delete keys, queued jobs among them.
     pub const JOBS_SAFE: &str = "JobsSafe";
+    /// Whether another policy names one of this policy's targets too (one of them writes the
+    /// marks, the strictest decision holding).
+    pub const TARGETS_SHARED: &str = "TargetsShared";
 }
 
 impl BackpressurePolicyStatus {

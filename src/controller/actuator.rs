@@ -13,6 +13,7 @@ use super::fence::Fence;
 use super::indexed_store::{Indexed, IndexedStore};
 use super::kept::{KeptPod, KeptWorkload, LABEL_POD_TEMPLATE_HASH};
 use super::marks::{Intent, LABEL_POLICY, Marks, Release};
+use super::sharing;
 use super::stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
 use super::{Context, FIELD_MANAGER, Result, Stores};
 use crate::api::{BackpressurePolicy, TargetKind};
@@ -41,6 +42,8 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// Writes not made, or ended, because this replica stopped acting on the policy.
     pub fenced: usize,
+    /// Targets another policy also names and writes the marks of (`sharing.rs`).
+    pub deferred: usize,
 }
 
 /// A kind of workload a policy can hold back (as the API server sends it: what a patch
@@ -127,11 +130,22 @@ struct Pass<'a> {
 impl Pass<'_> {
     /// Marks the workload `name` of kind `K` and the pods it selects.
     async fn mark_target<K: Workload>(&mut self, name: &str, marks: &Marks) {
+        let Some((workload, pods)) = self.select::<K>(name) else {
+            return;
+        };
+        // The pods first: their condition is what takes them out of their Services' endpoints.
+        mark_pods(self.context, self.fence, pods, marks, &mut self.outcome).await;
+        self.mark_workload::<K>(&workload, marks).await;
+    }
+
+    /// The workload `name` of kind `K` and its own pods, which this pass selects (so none of
+    /// them is released as a stray); `None`, reported missing, when there is no such workload.
+    fn select<K: Workload>(&mut self, name: &str) -> Option<(Arc<KeptWorkload>, Vec<Arc<KeptPod>>)> {
         let Some(workload) = K::store(&self.context.stores).get(&self.namespace, name) else {
             self.outcome
                 .missing
                 .push(format!("{:?} {}/{name}", K::KIND, self.namespace));
-            return;
+            return None;
         };
         let pods: Vec<Arc<KeptPod>> = workload
             .selector
@@ -143,9 +157,7 @@ impl Pass<'_> {
             .collect();
         self.selected_pods
             .extend(pods.iter().map(|pod| pod.name().to_string()));
-        // The pods first: their condition is what takes them out of their Services' endpoints.
-        mark_pods(self.context, self.fence, pods, marks, &mut self.outcome).await;
-        self.mark_workload::<K>(&workload, marks).await;
+        Some((workload, pods))
     }
 
     /// Releases the workloads of kind `K` labelled with the policy that it no longer targets.
@@ -208,8 +220,26 @@ pub async fn act(
         outcome: Outcome::default(),
         selected_pods: HashSet::new(),
     };
+    let shared = sharing::shared_targets(&context.stores.policies, policy);
     for target in &policy.spec.targets {
-        let marks = Marks::new(&pass.policy, intent, target.priority, rules);
+        let mut marks = Marks::new(&pass.policy, intent, target.priority, rules);
+        let sharing = shared
+            .iter()
+            .find(|s| s.kind == target.kind && s.name == target.name);
+        match sharing {
+            // Another policy writes this target's marks: its pods are left to it, not released.
+            Some(sharing) if !sharing.claimed_by(&pass.policy) => {
+                match target.kind {
+                    TargetKind::Deployment => pass.select::<StoredDeployment>(&target.name),
+                    TargetKind::StatefulSet => pass.select::<StoredStatefulSet>(&target.name),
+                    TargetKind::DaemonSet => pass.select::<StoredDaemonSet>(&target.name),
+                };
+                pass.outcome.deferred += 1;
+                continue;
+            }
+            Some(sharing) => marks = sharing.strictest(marks),
+            None => {}
+        }
         if !marks.accepting {
             pass.outcome.throttled += 1;
         }

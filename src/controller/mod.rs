@@ -29,6 +29,7 @@ mod policy_task;
 mod ring;
 mod secrets;
 mod shards;
+mod sharing;
 mod status_writer;
 mod stored;
 mod trim;
@@ -38,7 +39,7 @@ use crate::api::BackpressurePolicy;
 use crate::sampler::Sampler;
 use crate::telemetry::Metrics;
 use crate::values::MetricValues;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use indexed_store::IndexedStore;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kept::{KeptPod, KeptWorkload};
@@ -199,6 +200,9 @@ pub struct Stores {
     pub daemon_sets: IndexedStore<KeptWorkload>,
     /// The HPAs levee manages (labelled `app.kubernetes.io/managed-by: levee`).
     pub autoscalers: IndexedStore<HorizontalPodAutoscaler>,
+    /// What levee keeps of every policy it watches, indexed by target: the policies that name
+    /// one workload (`sharing.rs`).
+    pub policies: IndexedStore<sharing::KeptPolicy>,
     /// The Secrets that let levee read them (labelled `levee.dev/secret: "true"`, or the older
     /// `levee.dev/redis-secret: "true"`); no other.
     pub secrets: secrets::OptedInSecrets,
@@ -398,9 +402,14 @@ pub async fn run(
     // finalizers and status catch up at once.
     let policies: Api<BackpressurePolicy> = context.settings.api(watch_client);
     let (policy_store, policy_writer) = reflector::store();
+    let kept_policies = context.stores.policies.clone();
     let policy_watch = reflector::reflector(
         policy_writer,
-        watcher(policies, watcher::Config::default().any_semantic()).modify(trim::policy),
+        watcher(policies, watcher::Config::default().any_semantic())
+            .modify(trim::policy)
+            .inspect_ok(move |event| {
+                kept_policies.apply(kept_from(event, |policy| sharing::KeptPolicy::from(policy)))
+            }),
     )
     .applied_objects();
     let controller = Controller::for_stream(policy_watch, policy_store)
@@ -477,6 +486,18 @@ fn kept<W, K>(event: watcher::Event<W>, keep: fn(W) -> K) -> watcher::Event<K> {
     }
 }
 
+/// A watch event with its object kept as `keep` makes it from a reference (the event goes on).
+fn kept_from<W, K>(event: &watcher::Event<W>, keep: fn(&W) -> K) -> watcher::Event<K> {
+    use watcher::Event;
+    match event {
+        Event::Apply(object) => Event::Apply(keep(object)),
+        Event::Delete(object) => Event::Delete(keep(object)),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(keep(object)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
 fn start_reflectors(
     client: Client,
     settings: &Settings,
@@ -487,6 +508,7 @@ fn start_reflectors(
         stateful_sets: IndexedStore::default(),
         daemon_sets: IndexedStore::default(),
         autoscalers: IndexedStore::default(),
+        policies: IndexedStore::default(),
         secrets: secrets::OptedInSecrets::default(),
     };
     let all_of = watcher::Config::default;

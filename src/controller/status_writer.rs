@@ -4,6 +4,7 @@
 
 use super::actuator::Outcome;
 use super::secrets::EndpointProblem;
+use super::sharing::Sharing;
 use super::{Context, FIELD_MANAGER};
 use crate::api::MemoryStatus;
 use crate::api::status::{ConditionValue, condition, latency_seconds};
@@ -32,6 +33,8 @@ pub struct TickReport<'a> {
     /// What the last discovery of `keyPattern` entries found.
     pub discovery: Option<&'a DiscoveryStatus>,
     pub dry_run: bool,
+    /// The targets other policies name too (`sharing.rs`).
+    pub shared: &'a [Sharing],
     pub now: Timestamp,
 }
 
@@ -98,10 +101,44 @@ pub fn next_status(
         growth_per_second: round(forecast.growth_per_second, 1000.0),
         critical_in_seconds: forecast.critical_in.map(|eta| round(eta.as_secs_f64(), 10.0)),
     });
+    set_shared(&mut status, &policy.name_any(), report.shared, now);
     status.record(report.circuit, now);
     let thresholds = &policy.spec.thresholds;
     status.set_condition(condition::READY, readiness(report, kind, thresholds, now));
     status.bounded()
+}
+
+/// Shared targets described in the `TargetsShared` condition, at most; the rest are counted.
+const SHARED_TARGETS_DESCRIBED: usize = 3;
+
+/// `TargetsShared`: `True` naming the other policies while some share a target, `False` once
+/// none does (absent on a policy that never shared one).
+fn set_shared(status: &mut BackpressurePolicyStatus, policy: &str, shared: &[Sharing], now: Timestamp) {
+    if shared.is_empty() {
+        if status.condition(condition::TARGETS_SHARED).is_some() {
+            let value = ConditionValue::new(
+                false,
+                "NotShared",
+                "no other policy names this policy's targets",
+                now,
+            );
+            status.set_condition(condition::TARGETS_SHARED, value);
+        }
+        return;
+    }
+    let mut message: Vec<String> = shared
+        .iter()
+        .take(SHARED_TARGETS_DESCRIBED)
+        .map(|sharing| sharing.describe(policy))
+        .collect();
+    if shared.len() > SHARED_TARGETS_DESCRIBED {
+        message.push(format!(
+            "{} more targets are shared",
+            shared.len() - SHARED_TARGETS_DESCRIBED
+        ));
+    }
+    let value = ConditionValue::new(true, "SharedWithPolicy", &message.join("; "), now);
+    status.set_condition(condition::TARGETS_SHARED, value);
 }
 
 /// A Redis sample's memory reading as status shows it.
@@ -422,6 +459,7 @@ mod tests {
             forecast: None,
             discovery: None,
             dry_run: false,
+            shared: &[],
             now: sample.at,
         };
         let status = next_status(

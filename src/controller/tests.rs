@@ -81,6 +81,7 @@ fn stores(deployments: Vec<Deployment>, pods: Vec<Pod>) -> Stores {
         stateful_sets: IndexedStore::from_objects([]),
         daemon_sets: IndexedStore::from_objects([]),
         autoscalers: IndexedStore::from_objects([]),
+        policies: IndexedStore::from_objects([]),
         secrets: secrets::OptedInSecrets::default(),
     }
 }
@@ -299,6 +300,39 @@ async fn no_write_of_a_pass_starts_after_its_replica_stops_acting() {
     }
     assert_eq!(after, 0, "writes started after stepping down");
     assert_eq!((outcome.writes, outcome.fenced), (0, 41), "{outcome:?}");
+}
+
+/// `policy` with its decision saved in status as `state`.
+fn saved(mut policy: BackpressurePolicy, state: State) -> BackpressurePolicy {
+    policy.status = Some(crate::api::BackpressurePolicyStatus {
+        state: Some(state),
+        ..Default::default()
+    });
+    policy
+}
+
+/// Issue 40: two policies naming one workload each wrote their own marks every pass, undoing
+/// the other's (205 writes a second for 20 pods at 200 ms). Now `p` (the first name) writes the
+/// target's marks, holding it back while either policy does, and `q` writes nothing to it.
+#[tokio::test]
+async fn of_two_policies_naming_one_workload_one_writes_its_marks_and_the_stricter_holds() {
+    let (client, _server) = mock();
+    let held = pod("p1", open_annotations(), open_condition());
+    let mut stores = stores(vec![deployment(open_annotations())], vec![held]);
+    let p = saved(policy(json!({})), State::Closed);
+    let q = saved(policy(json!({"name": "q", "uid": "u2"})), State::Open);
+    stores.policies = IndexedStore::from_objects([&p, &q].map(sharing::KeptPolicy::from));
+    let context = Context::for_tests(client, stores);
+    // q defers to p: not a request (an unexpected one would hang the pass).
+    let deferring = act(&context, &q, Intent::Follow(State::Closed)).await;
+    assert_eq!((deferring.writes, deferring.deferred), (0, 1), "{deferring:?}");
+    // p decided Closed, q saved Open: the producers stay held back, nothing to write.
+    let claiming = act(&context, &p, Intent::Follow(State::Closed)).await;
+    assert_eq!(
+        (claiming.writes, claiming.throttled, claiming.deferred),
+        (0, 1, 0),
+        "{claiming:?}"
+    );
 }
 
 #[tokio::test]

@@ -14,21 +14,26 @@ use kube::runtime::events::{Event, EventType};
 /// An event to publish about a policy: its type, reason and note.
 pub type PendingEvent = (EventType, &'static str, String);
 
-/// A Warning when `JobsSafe` turns False (a Redis that deletes keys when full), with what to set.
+/// A Warning when `JobsSafe` turns False (a Redis that deletes keys when full), with what to
+/// set, and when `TargetsShared` turns True (another policy names a target too), naming it.
 pub fn condition_events(
     written: &crate::api::BackpressurePolicyStatus,
     next: &crate::api::BackpressurePolicyStatus,
 ) -> Vec<PendingEvent> {
-    let unsafe_now = next
-        .condition(condition::JOBS_SAFE)
-        .filter(|c| c.status == "False");
-    let unsafe_before = written
-        .condition(condition::JOBS_SAFE)
-        .is_some_and(|c| c.status == "False");
-    match unsafe_now {
-        Some(now) if !unsafe_before => vec![(EventType::Warning, "EvictionPolicy", now.message.clone())],
-        _ => Vec::new(),
-    }
+    let turned = |type_: &str, to: &str| {
+        next.condition(type_)
+            .filter(|c| c.status == to)
+            .filter(|_| written.condition(type_).is_none_or(|c| c.status != to))
+    };
+    [
+        (condition::JOBS_SAFE, "False", "EvictionPolicy"),
+        (condition::TARGETS_SHARED, "True", "TargetShared"),
+    ]
+    .into_iter()
+    .filter_map(|(type_, to, reason)| {
+        turned(type_, to).map(|now| (EventType::Warning, reason, now.message.clone()))
+    })
+    .collect()
 }
 
 /// The events of a decision: a transition, a worse level, Prolonged and a reset, with the

@@ -15,6 +15,7 @@ use super::backoff::Backoff;
 use super::judgement;
 use super::secrets::{self, EndpointProblem, resolve_endpoint};
 use super::shards::Acting;
+use super::sharing;
 use super::status_writer::{TickReport, next_status};
 use crate::api::{BackendSpec, BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, QueueSpec};
 use crate::circuit::{Circuit, CircuitRules, Decision};
@@ -594,6 +595,7 @@ async fn decide_and_hand_over(
     let now = context.clock.now();
     let decision = state.decide(context, now, &sample);
     let failures = state.writes.failures();
+    let shared = sharing::shared_targets(&context.stores.policies, &policy);
     let targets = Outcome {
         missing: actuator::missing_targets(context, &policy),
         errors: failures.targets,
@@ -608,6 +610,7 @@ async fn decide_and_hand_over(
         forecast: state.forecast,
         discovery: state.discovery_status.as_ref(),
         dry_run: policy.spec.dry_run,
+        shared: &shared,
         now,
     };
     let (next, warnings) = state.writes.with_written(|written| {

@@ -59,8 +59,8 @@ pub struct Metrics {
     pub token_reviews: IntCounterVec,
     /// TokenReviews of the peers' bearer tokens on `/peer/values`, by result (the same results).
     pub peer_token_reviews: IntCounterVec,
-    /// This replica's requests for its peers' values, by peer and result
-    /// (`controller::peers::FETCH_RESULTS`).
+    /// This replica's requests for its peers' values, by peer and result (`ok`, `unreachable`,
+    /// `refused`, `invalid`).
     pub peer_fetches: IntCounterVec,
     /// Policies with a task on this replica: those it owns (and, without peers, every one).
     pub policy_tasks: IntGauge,

@@ -1,7 +1,7 @@
 //! `levee run`: the controller, with its metrics and health endpoints, until SIGTERM or Ctrl-C.
 
 use super::serving_runtime::ServingRuntime;
-use crate::controller::peers::PeerSettings;
+use crate::controller::PeerSettings;
 use crate::controller::{self, LeaseSettings, OwnershipMode, Settings};
 use crate::external_scaler::{
     self,

@@ -9,7 +9,7 @@ use crate::api::status::latency_seconds;
 use crate::api::validation::check_documents;
 use crate::api::{BackendSpec, BackpressurePolicy};
 use crate::circuit::{Circuit, CircuitRules, Decision};
-use crate::controller::judgement;
+use crate::controller::policy::judgement;
 use crate::forecast::Forecaster;
 use crate::sampler::kafka::{KafkaEndpoint, SaslAuth};
 use crate::sampler::nats::{NatsAuth, NatsEndpoint, nkey};

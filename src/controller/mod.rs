@@ -12,28 +12,16 @@
 //! for it; with peers the others keep no task for it and serve the owner's values. A replica
 //! that takes a policy over resumes the circuit from its status.
 
-mod actuator;
-mod autoscaler;
-mod backoff;
-mod clock;
-mod fence;
-mod fresh_status;
-mod indexed_store;
-pub mod judgement;
-mod kept;
-mod kept_secret;
-mod leader;
-pub mod marks;
-pub mod peers;
-mod policy_task;
-mod ring;
-mod secrets;
-mod shards;
-mod sharing;
-mod status_writer;
-mod stored;
-mod trim;
-mod watch_problem;
+mod act;
+mod cache;
+mod ownership;
+pub mod policy;
+
+use act::{actuator, fence};
+use cache::{indexed_store, kept, kept_secret, secrets, sharing, stored, trim, watch_problem};
+pub use ownership::peers::PeerSettings;
+use ownership::{leader, peers, ring, shards};
+use policy::{clock, fresh_status, task as policy_task};
 
 use crate::api::BackpressurePolicy;
 use crate::sampler::Sampler;

@@ -2,8 +2,8 @@
 //! method, path, content type and body, and an unexpected request hangs the call (and fails the
 //! test by timeout). The same behaviour runs against a real control plane in e2e/.
 
+use super::act::marks::Intent;
 use super::indexed_store::Indexed;
-use super::marks::Intent;
 use super::stored::{StoredDeployment, StoredPod};
 use super::*;
 use crate::circuit::{CircuitRules, State};

@@ -13,9 +13,9 @@
 //! A replica keeps a bounded part of each opted-in Secret (`kept_secret.rs`): a key whose value
 //! was not kept is refused with `SecretTooLarge`, naming the key, its size and the bound.
 
-use super::indexed_store::IndexedStore;
-use super::kept_secret::{Bounded, HOSTS_BOUND, KEYS_BOUND, KeptSecret, VALUES_BOUND};
 use crate::api::{BackendSpec, BackpressurePolicy, KafkaSpec, NatsSpec, RedisSpec, SecretKeyRef};
+use crate::controller::cache::indexed_store::IndexedStore;
+use crate::controller::cache::kept_secret::{Bounded, HOSTS_BOUND, KEYS_BOUND, KeptSecret, VALUES_BOUND};
 use crate::sampler::kafka::{KafkaEndpoint, SaslAuth};
 use crate::sampler::nats::{NatsAuth, NatsEndpoint, nkey};
 use crate::sampler::{BackendEndpoint, Credentials, Endpoint, NodeAddr};
@@ -490,7 +490,7 @@ mod tests {
                                        "annotations": annotations},
                           "data": data})
         .to_string();
-        super::super::trim::secret(serde_json::from_str(&text).unwrap())
+        crate::controller::cache::trim::secret(serde_json::from_str(&text).unwrap())
     }
 
     /// The endpoint `spec` (merged into the fixture policy's) resolves to from `secrets` alone:
@@ -721,11 +721,11 @@ mod tests {
         let (service, api_server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let store = IndexedStore::default();
-        let watch = super::super::reflect(
+        let watch = crate::controller::reflect(
             store.clone(),
-            Api::<super::super::kept_secret::StoredSecret>::all(client),
+            Api::<crate::controller::cache::kept_secret::StoredSecret>::all(client),
             watch_config(LABEL_SECRET_CONSENT),
-            super::super::trim::secret,
+            crate::controller::cache::trim::secret,
         );
         let watch = tokio::spawn(watch);
         let served = serve_secret_list(api_server, 200).await;

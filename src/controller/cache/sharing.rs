@@ -12,10 +12,10 @@
 //! [`IndexedStore`] whose index pairs are the policies' targets (`Deployment/api`), so a
 //! target's policies are a lookup, not a scan of every policy at every pass.
 
-use super::indexed_store::{Indexed, IndexedStore};
-use super::marks::Marks;
 use crate::api::{BackpressurePolicy, TargetKind};
 use crate::circuit::{CircuitRules, State};
+use crate::controller::act::marks::Marks;
+use crate::controller::cache::indexed_store::{Indexed, IndexedStore};
 use kube::ResourceExt;
 use std::sync::Arc;
 
@@ -82,8 +82,10 @@ impl KeptPolicy {
     fn marks(&self, key: &str) -> Option<Marks> {
         let priority = self.targets.iter().find(|(k, _)| k == key)?.1;
         let intent = match self.saved {
-            Some(state) => super::marks::Intent::Follow(state),
-            None => super::marks::Intent::Release(super::marks::Release::DryRun),
+            Some(state) => crate::controller::act::marks::Intent::Follow(state),
+            None => {
+                crate::controller::act::marks::Intent::Release(crate::controller::act::marks::Release::DryRun)
+            }
         };
         Some(Marks::new(&self.name, intent, priority, &self.rules))
     }
@@ -191,7 +193,7 @@ pub fn shared_targets(policies: &IndexedStore<KeptPolicy>, policy: &Backpressure
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::marks::Intent;
+    use crate::controller::act::marks::Intent;
     use serde_json::json;
 
     /// The policy `jobs/<name>` targeting the Deployment `api` at `priority`, saved `state`.

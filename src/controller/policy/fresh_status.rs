@@ -72,7 +72,7 @@ impl FreshStatus {
             }
         };
         drop(last);
-        Ok(listed.get(&super::ring_key(namespace, name)).cloned())
+        Ok(listed.get(&crate::controller::ring_key(namespace, name)).cloned())
     }
 }
 
@@ -85,7 +85,8 @@ async fn list_all(api: &Api<BackpressurePolicy>) -> Result<Listed, kube::Error> 
     loop {
         let page = api.list(&params).await?;
         listed.extend(page.items.into_iter().map(|policy| {
-            let key = super::ring_key(&policy.namespace().unwrap_or_default(), &policy.name_any());
+            let key =
+                crate::controller::ring_key(&policy.namespace().unwrap_or_default(), &policy.name_any());
             (key, policy.status)
         }));
         match page.metadata.continue_.filter(|token| !token.is_empty()) {

@@ -19,12 +19,12 @@
 //!
 //! With peers (`--peer-url`), a replica's Lease also says where the others ask it for the values
 //! of the policies it owns, and the SHA-256 of the certificate it answers with
-//! (`super::peers`).
+//! (`crate::controller::ownership::peers`).
 
-use super::leader::{LeaseSettings, LeaseTask, Record};
-use super::peers::{PeerAddress, PeerAdvert};
-use super::ring;
-use super::{Result, Settings};
+use crate::controller::ownership::leader::{LeaseSettings, LeaseTask, Record};
+use crate::controller::ownership::peers::{PeerAddress, PeerAdvert};
+use crate::controller::ownership::ring;
+use crate::controller::{Result, Settings};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
@@ -70,11 +70,6 @@ pub enum Acting {
 }
 
 impl ShardView {
-    /// Whether `me` acts on the policy `key` now.
-    pub fn owns(&self, me: &str, key: &str) -> bool {
-        matches!(self.acting(me, key), Acting::Yes(_))
-    }
-
     /// Whether `me` acts on the policy `key` now, may again in this run, or does not own it.
     pub fn acting(&self, me: &str, key: &str) -> Acting {
         if ring::owner(key, &self.members) != Some(me) {
@@ -537,7 +532,7 @@ mod tests {
 
     #[test]
     fn a_peer_address_needs_an_https_url_and_a_sha256() {
-        use super::super::peers::{PEER_CERT_ANNOTATION, PEER_URL_ANNOTATION};
+        use crate::controller::ownership::peers::{PEER_CERT_ANNOTATION, PEER_URL_ANNOTATION};
         let lease = |url: &str, sha: &str| Lease {
             metadata: ObjectMeta {
                 annotations: Some(BTreeMap::from([
@@ -639,7 +634,6 @@ mod tests {
             peers: BTreeMap::new(),
             run: 3,
         };
-        assert!(!lapsed.owns("a", "ns/p"));
         assert_eq!(lapsed.acting("a", "ns/p"), Acting::Paused(3));
         let acting = ShardView {
             members,
@@ -647,9 +641,7 @@ mod tests {
             peers: BTreeMap::new(),
             run: 3,
         };
-        assert!(acting.owns("a", "ns/p"));
         assert_eq!(acting.acting("a", "ns/p"), Acting::Yes(3));
-        assert!(!acting.owns("b", "ns/p"));
         assert_eq!(acting.acting("b", "ns/p"), Acting::No);
     }
 

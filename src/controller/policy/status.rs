@@ -2,16 +2,16 @@
 //! `levee`) when something a person would notice changed, or on the heartbeat: never on every
 //! tick just because the pending count moved.
 
-use super::actuator::Outcome;
-use super::secrets::EndpointProblem;
-use super::sharing::Sharing;
-use super::{Context, FIELD_MANAGER};
 use crate::api::MemoryStatus;
 use crate::api::status::{ConditionValue, condition, latency_seconds};
 use crate::api::{
     BackendKind, BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, ForecastStatus, QueueStatus,
 };
 use crate::circuit::{Circuit, Thresholds};
+use crate::controller::act::actuator::Outcome;
+use crate::controller::cache::secrets::EndpointProblem;
+use crate::controller::cache::sharing::Sharing;
+use crate::controller::{Context, FIELD_MANAGER};
 use crate::forecast::Forecast;
 use crate::sampler::{Memory, Sample};
 use jiff::Timestamp;
@@ -218,7 +218,7 @@ fn set_reachable(status: &mut BackpressurePolicyStatus, kind: Option<BackendKind
 
 /// Whether the HPA's maxReplicas is capped at a Kafka policy's partition count, in words.
 fn scale_cap(target: &crate::api::ScaleTarget, partitions: u32, now: Timestamp) -> ConditionValue {
-    let max = super::autoscaler::max_replicas(target, Some(partitions));
+    let max = crate::controller::act::autoscaler::max_replicas(target, Some(partitions));
     if max < target.max_replicas {
         let message = format!(
             "maxReplicas {} capped at {max}: the policy's topics have {partitions} partitions and a consumer beyond them gets none (set scaleTarget.allowIdleConsumers: true to lift the cap)",

@@ -1,11 +1,11 @@
 //! The events a tick publishes about its policy: transitions, a worse level, Prolonged, a reset,
 //! missing targets, endpoint problems and a Redis that would delete jobs when full.
 
-use super::super::Context;
-use super::super::actuator::Outcome;
 use crate::api::BackpressurePolicy;
 use crate::api::status::{condition, reason};
 use crate::circuit::{Cause, Circuit, CircuitRules, Decision, Level, State};
+use crate::controller::Context;
+use crate::controller::act::actuator::Outcome;
 use crate::sampler::Sample;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;

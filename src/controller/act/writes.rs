@@ -6,17 +6,17 @@
 //! answering all decide on time however long their writes take, and the writes that were
 //! overtaken by a newer status are never sent.
 
-use super::super::Context;
-use super::super::actuator;
-use super::super::autoscaler;
-use super::super::fence::{Fence, Fenced};
-use super::super::marks::{Intent, Release};
-use super::super::shards::Acting;
-use super::events::{self, PendingEvent};
-use super::{phase_of, refused_as_too_large, task_key};
 use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
 use crate::circuit::{CircuitRules, State};
-use crate::controller::status_writer::{moved, worth_writing, write};
+use crate::controller::Context;
+use crate::controller::act::actuator;
+use crate::controller::act::autoscaler;
+use crate::controller::act::fence::{Fence, Fenced};
+use crate::controller::act::marks::{Intent, Release};
+use crate::controller::ownership::shards::Acting;
+use crate::controller::policy::events::{self, PendingEvent};
+use crate::controller::policy::status::{moved, worth_writing, write};
+use crate::controller::policy::task::{phase_of, refused_as_too_large, task_key};
 use kube::ResourceExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -185,7 +185,10 @@ fn last_write_taken_over(now: Instant, age: Duration, heartbeat: Duration, phase
 
 /// How often the policy's status is rewritten when nothing moved: its `statusHeartbeat`, else
 /// levee's `--status-heartbeat`.
-pub(super) fn heartbeat_of(context: &Context, policy: &BackpressurePolicy) -> std::time::Duration {
+pub(in crate::controller) fn heartbeat_of(
+    context: &Context,
+    policy: &BackpressurePolicy,
+) -> std::time::Duration {
     policy
         .spec
         .status_heartbeat

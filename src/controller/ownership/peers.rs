@@ -17,9 +17,9 @@
 //! Redis load for that while. An owner that answers but is late with a policy (a busy start) is
 //! left to it: standing in for it would add every replica's load to what made it late.
 
-use super::Context;
-use super::ring;
-use super::shards::ShardView;
+use crate::controller::Context;
+use crate::controller::ownership::ring;
+use crate::controller::ownership::shards::ShardView;
 use crate::serving::cert::ServingCert;
 use crate::serving::pinned;
 use crate::values::peer_wire::{self, PeerValues, Received};
@@ -30,9 +30,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// The results `levee_peer_fetches_total` counts.
-pub const FETCH_RESULTS: [&str; 4] = ["ok", "unreachable", "refused", "invalid"];
 
 /// The most bytes one peer's answer may hold: 10,000 policies of 10 queues are about 5 MB
 /// (the first answer holds them all; the next, what was published since).
@@ -52,7 +49,7 @@ pub(super) const PEER_CERT_ANNOTATION: &str = "levee.dev/peer-cert-sha256";
 pub struct PeerAnswers(std::sync::Mutex<HashMap<String, Instant>>);
 
 impl PeerAnswers {
-    pub(super) fn answered(&self, identity: &str, at: Instant) {
+    pub(in crate::controller) fn answered(&self, identity: &str, at: Instant) {
         let mut answers = self.0.lock().expect("peer answers lock");
         match answers.get_mut(identity) {
             Some(last) => *last = (*last).max(at),
@@ -154,7 +151,7 @@ impl PeerSource {
         }
     }
 
-    /// Whether `peer` owns the policy at `key` (`super::ring_key`) as this replica sees it now:
+    /// Whether `peer` owns the policy at `key` (`crate::controller::ring_key`) as this replica sees it now:
     /// under shards the replica that wins it in the ring, under a leader the leader.
     fn owns(&self, peer: &str, key: &str) -> bool {
         match self {
@@ -168,7 +165,8 @@ impl PeerSource {
 /// does not act on (a ring seen late, a replica serving stale values, or lying) changes no
 /// figure here; the owner's own answer does.
 fn from_owner(source: &PeerSource, peer: &str, mut received: Received) -> Received {
-    let owned = |namespace: &str, policy: &str| source.owns(peer, &super::ring_key(namespace, policy));
+    let owned =
+        |namespace: &str, policy: &str| source.owns(peer, &crate::controller::ring_key(namespace, policy));
     received
         .values
         .retain(|values| owned(&values.namespace, &values.policy));

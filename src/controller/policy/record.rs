@@ -1,10 +1,10 @@
 //! What a tick leaves behind for observers: Prometheus series and the published values (served
 //! by the external metrics API and rendered into `/metrics`).
 
-use super::super::Context;
-use super::super::secrets::EndpointProblem;
 use crate::api::BackpressurePolicy;
 use crate::circuit::{Circuit, Transition};
+use crate::controller::Context;
+use crate::controller::cache::secrets::EndpointProblem;
 use crate::forecast::Forecast;
 use crate::sampler::Sample;
 use crate::telemetry::Change;

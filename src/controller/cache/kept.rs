@@ -48,11 +48,11 @@
 //! requirements would make every pod of its namespace keep thousands of labels, so it would need
 //! a bound as well.
 
-use super::indexed_store::Indexed;
-use super::marks::{
+use crate::controller::act::marks::{
     ANNOTATION_ACCEPTING, ANNOTATION_POLICY, ANNOTATION_STATE, CONDITION_ACCEPTING, LABEL_POLICY,
 };
-use super::stored::{StoredPod, StoredWorkload};
+use crate::controller::cache::indexed_store::Indexed;
+use crate::controller::cache::stored::{StoredPod, StoredWorkload};
 use k8s_openapi::api::core::v1::PodCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::core::Expression;
@@ -369,7 +369,7 @@ indexed_by_meta!(KeptPod, KeptWorkload);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::indexed_store::IndexedStore;
+    use crate::controller::cache::indexed_store::IndexedStore;
     use k8s_openapi::api::apps::v1::Deployment;
     use serde_json::json;
 
@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn the_marks_are_the_annotations_kept() {
         use crate::circuit::State;
-        use crate::controller::marks::{Intent, Marks};
+        use crate::controller::act::marks::{Intent, Marks};
         let marks = Marks::new(
             "p",
             Intent::Follow(State::Open),

@@ -4,8 +4,8 @@
 //! the marks and telling whether an object already carries them (so nothing is written while
 //! nothing changes).
 
-use super::kept::{AcceptingCondition, Pairs};
 use crate::circuit::{CircuitRules, State};
+use crate::controller::cache::kept::{AcceptingCondition, Pairs};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 

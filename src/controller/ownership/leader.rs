@@ -7,8 +7,8 @@
 //!   holder that stopped renewing (crash, lost node) once the Lease has not changed for a whole
 //!   lease duration.
 
-use super::peers::{PeerAddress, PeerAdvert, Peers};
-use super::{Result, Settings};
+use crate::controller::ownership::peers::{PeerAddress, PeerAdvert, Peers};
+use crate::controller::{Result, Settings};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};

@@ -3,9 +3,11 @@
 //! and of a Secret a bounded part of its values (`kept_secret.rs`). Pods and workloads are kept
 //! in a form of their own (`kept.rs`).
 
-use super::kept_secret::{Bounded, HOSTS_BOUND, KEYS_BOUND, KeptSecret, StoredSecret, VALUES_BOUND};
-use super::secrets::{ANNOTATION_SECRET_HOSTS, ANNOTATION_SECRET_HOSTS_LEGACY};
 use crate::api::BackpressurePolicy;
+use crate::controller::cache::kept_secret::{
+    Bounded, HOSTS_BOUND, KEYS_BOUND, KeptSecret, StoredSecret, VALUES_BOUND,
+};
+use crate::controller::cache::secrets::{ANNOTATION_SECRET_HOSTS, ANNOTATION_SECRET_HOSTS_LEGACY};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 
 /// A policy: everything but its managed fields and kubectl's copy of the last applied object,

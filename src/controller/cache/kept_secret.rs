@@ -20,7 +20,7 @@
 //! `SecretTooLarge` and a message that says which key, its size and the bound (`secrets.rs`);
 //! other keys of the Secret, and every other Secret, resolve as before.
 
-use super::indexed_store::Indexed;
+use crate::controller::cache::indexed_store::Indexed;
 use base64::Engine;
 use k8s_openapi::Metadata;
 use k8s_openapi::api::core::v1::Secret;

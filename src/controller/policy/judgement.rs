@@ -2,9 +2,9 @@
 //! policy task and `levee sample` both go through here, so the command line decides exactly as
 //! `levee run` does.
 
-use super::marks::ANNOTATION_RESET;
 use crate::api::BackpressurePolicy;
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
+use crate::controller::act::marks::ANNOTATION_RESET;
 use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::Sample;
 use kube::ResourceExt;

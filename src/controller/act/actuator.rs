@@ -9,15 +9,15 @@
 //! Every write passes the policy's fence (`fence.rs`): none starts, and none in flight goes on,
 //! once this replica stops acting on the policy.
 
-use super::fence::Fence;
-use super::indexed_store::{Indexed, IndexedStore};
-use super::kept::{KeptPod, KeptWorkload, LABEL_POD_TEMPLATE_HASH};
-use super::marks::{Intent, LABEL_POLICY, Marks, Release};
-use super::sharing;
-use super::stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
-use super::{Context, FIELD_MANAGER, Result, Stores};
 use crate::api::{BackpressurePolicy, TargetKind};
 use crate::circuit::CircuitRules;
+use crate::controller::act::fence::Fence;
+use crate::controller::act::marks::{Intent, LABEL_POLICY, Marks, Release};
+use crate::controller::cache::indexed_store::{Indexed, IndexedStore};
+use crate::controller::cache::kept::{KeptPod, KeptWorkload, LABEL_POD_TEMPLATE_HASH};
+use crate::controller::cache::sharing;
+use crate::controller::cache::stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
+use crate::controller::{Context, FIELD_MANAGER, Result, Stores};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
@@ -182,7 +182,7 @@ impl Pass<'_> {
         };
         let patch = Patch::Merge(marks.metadata_patch());
         match self.fence.write(api.patch(name, &params, &patch)).await {
-            Err(super::fence::Fenced) => self.outcome.fenced += 1,
+            Err(crate::controller::act::fence::Fenced) => self.outcome.fenced += 1,
             Ok(Ok(written)) => {
                 K::store(&self.context.stores).wrote(written.into());
                 self.outcome.writes += 1;
@@ -301,7 +301,7 @@ pub fn missing_targets(context: &Context, policy: &BackpressurePolicy) -> Vec<St
 /// deleted). Fails when a write fails, so the finalizer keeps the policy until producers are
 /// released. Only while this replica acts on the policy: else its owner releases them.
 pub async fn release(context: &Context, policy: &BackpressurePolicy) -> Result<()> {
-    let not_acting = || super::Error::Release(super::fence::Fenced.to_string());
+    let not_acting = || crate::controller::Error::Release(crate::controller::act::fence::Fenced.to_string());
     let fence = context.fence(policy).ok_or_else(not_acting)?;
     let rules = policy.spec.circuit_rules();
     let outcome = act(
@@ -313,7 +313,7 @@ pub async fn release(context: &Context, policy: &BackpressurePolicy) -> Result<(
     )
     .await;
     match outcome.errors.first() {
-        Some(error) => Err(super::Error::Release(error.clone())),
+        Some(error) => Err(crate::controller::Error::Release(error.clone())),
         None if outcome.fenced > 0 => Err(not_acting()),
         None => Ok(()),
     }
@@ -341,7 +341,7 @@ async fn mark_pods(
             match result {
                 Ok(Ok(wrote)) => outcome.writes += usize::from(wrote),
                 Ok(Err(error)) => outcome.errors.push(error),
-                Err(super::fence::Fenced) => outcome.fenced += 1,
+                Err(crate::controller::act::fence::Fenced) => outcome.fenced += 1,
             }
         }
     }

@@ -4,21 +4,20 @@
 //! producers see. A spec change re-reads Secrets and the interval; the circuit carries over.
 //! Followers mirror the circuit from status instead of stepping it.
 
-mod events;
-mod record;
-mod writes;
+use crate::controller::act::writes;
+use crate::controller::policy::{events, record};
 
-use super::Context;
-use super::actuator::{self, Outcome};
-use super::autoscaler;
-use super::backoff::Backoff;
-use super::judgement;
-use super::secrets::{self, EndpointProblem, resolve_endpoint};
-use super::shards::Acting;
-use super::sharing;
-use super::status_writer::{TickReport, next_status};
 use crate::api::{BackendSpec, BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, QueueSpec};
 use crate::circuit::{Circuit, CircuitRules, Decision};
+use crate::controller::Context;
+use crate::controller::act::actuator::{self, Outcome};
+use crate::controller::act::autoscaler;
+use crate::controller::cache::secrets::{self, EndpointProblem, resolve_endpoint};
+use crate::controller::cache::sharing;
+use crate::controller::ownership::shards::Acting;
+use crate::controller::policy::backoff::Backoff;
+use crate::controller::policy::judgement;
+use crate::controller::policy::status::{TickReport, next_status};
 use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::{BackendEndpoint, Discovered, PreparedQueues, Sample};
 use kube::runtime::events::EventType;
@@ -69,7 +68,7 @@ pub struct PolicyTasks {
     /// A heartbeat (a status write with nothing new in it) is sent only when one of these is
     /// free, else on a later tick: heartbeats then never queue up in front of a transition's
     /// write, however many policies there are (5,000 policies owe the API server 167 a second).
-    heartbeat_slots: tokio::sync::Semaphore,
+    pub(in crate::controller) heartbeat_slots: tokio::sync::Semaphore,
 }
 
 impl Default for PolicyTasks {
@@ -95,7 +94,12 @@ impl PolicyTasks {
     }
 
     /// Keeps the latest object of a policy, starting its task when `run_it`.
-    pub(super) fn keep(&self, context: &Arc<Context>, policy: Arc<BackpressurePolicy>, run_it: bool) {
+    pub(in crate::controller) fn keep(
+        &self,
+        context: &Arc<Context>,
+        policy: Arc<BackpressurePolicy>,
+        run_it: bool,
+    ) {
         let key = policy_key(&policy);
         let uid = task_key(&policy);
         let mut known = self.known.lock().expect("task map lock");
@@ -140,7 +144,8 @@ impl PolicyTasks {
     pub fn take_from_peers(&self, context: &Context, received: crate::values::peer_wire::Received) -> bool {
         let known = self.known.lock().expect("task map lock");
         let takes = |namespace: &str, policy: &str| {
-            known.contains_key(&super::ring_key(namespace, policy)) && !context.owns_key(namespace, policy)
+            known.contains_key(&crate::controller::ring_key(namespace, policy))
+                && !context.owns_key(namespace, policy)
         };
         for values in received.values {
             if takes(&values.namespace, &values.policy) {
@@ -446,16 +451,16 @@ fn on_grid(
 
 /// Where the task map keeps a policy: its namespace and name, as peers name it.
 fn policy_key(policy: &BackpressurePolicy) -> String {
-    super::ring_key(&policy.namespace().unwrap_or_default(), &policy.name_any())
+    crate::controller::ring_key(&policy.namespace().unwrap_or_default(), &policy.name_any())
 }
 
 /// What identifies a policy's task and fixes its phases: its UID (its name where none is set).
-fn task_key(policy: &BackpressurePolicy) -> String {
+pub(in crate::controller) fn task_key(policy: &BackpressurePolicy) -> String {
     policy.uid().unwrap_or_else(|| policy.name_any())
 }
 
 /// A fraction in [0, 1) that is the same for the same key (FNV-1a).
-fn phase_of(key: &str) -> f64 {
+pub(in crate::controller) fn phase_of(key: &str) -> f64 {
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -816,7 +821,7 @@ impl PolicyState {
 /// Whether the API server refused a status for its size or content (413, 422, or a 500 from
 /// etcd: "request is too large", or its client's "trying to send message larger than max"),
 /// not for being unreachable.
-fn refused_as_too_large(error: &kube::Error) -> bool {
+pub(in crate::controller) fn refused_as_too_large(error: &kube::Error) -> bool {
     match error {
         kube::Error::Api(status) => {
             matches!(status.code, 413 | 422)
@@ -830,7 +835,7 @@ fn refused_as_too_large(error: &kube::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{on_grid, phase_of, refused_as_too_large};
+    use crate::controller::policy::task::{on_grid, phase_of, refused_as_too_large};
 
     #[test]
     fn a_status_refused_for_its_size_is_told_from_an_api_server_that_is_away() {

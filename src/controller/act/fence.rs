@@ -10,8 +10,8 @@
 //! API server, the 224 pod writes already queued went on after the replica stepped down, the
 //! last 7.07 s later, some 5 s into the next owner's tenure.
 
-use super::Ownership;
-use super::shards::Acting;
+use crate::controller::Ownership;
+use crate::controller::ownership::shards::Acting;
 use std::future::Future;
 
 /// Proof, checked again at every write, that this replica acts on one policy.
@@ -38,7 +38,7 @@ impl std::fmt::Display for Fenced {
 
 impl Fence {
     /// The fence of the policy at `key`, when `identity` acts on it now.
-    pub(super) fn take(ownership: &Ownership, identity: &str, key: String) -> Option<Self> {
+    pub(in crate::controller) fn take(ownership: &Ownership, identity: &str, key: String) -> Option<Self> {
         match ownership.acting(identity, &key) {
             Acting::Yes(run) => Some(Self {
                 ownership: ownership.clone(),
@@ -105,7 +105,7 @@ impl Fence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::shards::ShardView;
+    use crate::controller::ownership::shards::ShardView;
     use std::time::{Duration, Instant};
     use tokio::sync::watch;
 

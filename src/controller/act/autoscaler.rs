@@ -6,8 +6,8 @@
 //! deleted or edited by hand is put back within a tick. levee never takes over an HPA it does not
 //! own: one of the same name that another owner made is reported, not overwritten.
 
-use super::{Context, FIELD_MANAGER};
 use crate::api::{BackpressurePolicy, ScaleKind, ScaleTarget};
+use crate::controller::{Context, FIELD_MANAGER};
 use crate::metrics_api::routes::PENDING;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{DeleteParams, Patch, PatchParams};

@@ -16,33 +16,32 @@ mod act;
 mod cache;
 mod ownership;
 pub mod policy;
+mod reconcile;
 
-use act::{actuator, fence};
-use cache::{indexed_store, kept, kept_secret, secrets, sharing, stored, trim, watch_problem};
+use act::fence;
+pub use cache::Stores;
+use cache::{kept_from, start_reflectors};
+use cache::{sharing, trim, watch_problem};
 pub use ownership::peers::PeerSettings;
+use ownership::{Ownership, ring_key};
 use ownership::{leader, peers, ring, shards};
 use policy::{clock, fresh_status, task as policy_task};
+pub use reconcile::FINALIZER;
+use reconcile::{error_policy, reconcile, reconcile_result_label};
 
 use crate::api::BackpressurePolicy;
 use crate::sampler::Sampler;
 use crate::telemetry::Metrics;
 use crate::values::MetricValues;
-use futures::{FutureExt, StreamExt, TryStreamExt};
-use indexed_store::IndexedStore;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use kept::{KeptPod, KeptWorkload};
-use kube::runtime::controller::{Action, Controller};
+use futures::{StreamExt, TryStreamExt};
+use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use policy_task::PolicyTasks;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
-/// The finalizer that lets levee release a policy's producers before the policy goes away.
-pub const FINALIZER: &str = "levee.dev/release-targets";
 /// How long the controller may take to stop after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The field manager of every write levee makes.
@@ -73,22 +72,6 @@ impl Error {
             },
             Error::Release(_) => "release",
         }
-    }
-}
-
-/// The `result` label of `levee_reconciliations_total` for one reconcile's outcome: `ok`, the
-/// cause of a failed reconcile ([`Error::metric_label`]), or what kept the controller from
-/// reconciling at all.
-fn reconcile_result_label<T, Q: std::error::Error + 'static>(
-    result: &std::result::Result<T, kube::runtime::controller::Error<Error, Q>>,
-) -> &'static str {
-    use kube::runtime::controller::Error as Run;
-    match result {
-        Ok(_) => "ok",
-        Err(Run::ReconcilerFailed(error, _)) => error.metric_label(),
-        Err(Run::QueueError(_)) => "watch",
-        Err(Run::ObjectNotFound(_)) => "not_found",
-        Err(Run::RunnerError(_)) => "runner",
     }
 }
 
@@ -139,61 +122,6 @@ pub enum OwnershipMode {
     Leader,
     /// Each replica holds a Lease of its own and acts on the policies it wins in their ring.
     Shards,
-}
-
-/// How this replica learns which policies it acts on.
-#[derive(Clone)]
-enum Ownership {
-    /// Every policy while this replica holds the leader Lease (always, without one).
-    Leader(watch::Receiver<bool>),
-    /// The policies it wins in the ring of the live replicas.
-    Shards(watch::Receiver<shards::ShardView>),
-}
-
-impl Ownership {
-    /// Whether `identity` acts on the policy at `key` now, may again without a handover, or
-    /// does not own it. Under a leader there is no pause: acting or not.
-    fn acting(&self, identity: &str, key: &str) -> shards::Acting {
-        match self {
-            Self::Leader(leader) if *leader.borrow() => shards::Acting::Yes(0),
-            Self::Leader(_) => shards::Acting::No,
-            Self::Shards(view) => view.borrow().acting(identity, key),
-        }
-    }
-
-    /// Fires whenever this replica may have gained policies: becoming leader, or the ring's
-    /// members or this replica's acting changing.
-    fn gains(&self) -> futures::stream::BoxStream<'static, ()> {
-        match self {
-            Self::Leader(leader) => tokio_stream::wrappers::WatchStream::from_changes(leader.clone())
-                .filter(|leading| futures::future::ready(*leading))
-                .map(|_| ())
-                .boxed(),
-            // Only a change after which this replica acts can gain it a policy: acting lapsing
-            // (an API server too slow to renew against) reconciles nothing.
-            Self::Shards(view) => tokio_stream::wrappers::WatchStream::from_changes(view.clone())
-                .filter(|view| futures::future::ready(view.acting_until.is_some()))
-                .map(|_| ())
-                .boxed(),
-        }
-    }
-}
-
-/// In-memory copies of the objects the actuator reads, kept current by watches.
-#[derive(Clone)]
-pub struct Stores {
-    pub pods: IndexedStore<KeptPod>,
-    pub deployments: IndexedStore<KeptWorkload>,
-    pub stateful_sets: IndexedStore<KeptWorkload>,
-    pub daemon_sets: IndexedStore<KeptWorkload>,
-    /// The HPAs levee manages (labelled `app.kubernetes.io/managed-by: levee`).
-    pub autoscalers: IndexedStore<HorizontalPodAutoscaler>,
-    /// What levee keeps of every policy it watches, indexed by target: the policies that name
-    /// one workload (`sharing.rs`).
-    pub policies: IndexedStore<sharing::KeptPolicy>,
-    /// The Secrets that let levee read them (labelled `levee.dev/secret: "true"`, or the older
-    /// `levee.dev/redis-secret: "true"`); no other.
-    pub secrets: secrets::OptedInSecrets,
 }
 
 /// What every reconcile and every policy task shares.
@@ -278,11 +206,6 @@ impl Context {
         let key = ring_key(&policy.namespace().unwrap_or_default(), &policy.name_any());
         fence::Fence::take(&self.ownership, &self.settings.identity, key)
     }
-}
-
-/// What places a policy in the ring: the same on every replica, and stable over its life.
-fn ring_key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
 }
 
 /// The clients the controller uses.
@@ -439,218 +362,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps `store` current from a watch on `api`, each object kept as `keep` makes it (only what
-/// levee reads), re-watching with backoff.
-fn reflect<W, K>(
-    store: IndexedStore<K>,
-    api: Api<W>,
-    config: watcher::Config,
-    keep: fn(W) -> K,
-) -> impl std::future::Future<Output = ()> + Send + 'static
-where
-    W: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    W::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-    K: indexed_store::Indexed + Send + Sync + 'static,
-{
-    watcher(api, config.any_semantic())
-        .default_backoff()
-        .for_each(move |event| {
-            if let Ok(event) = event {
-                store.apply(kept(event, keep));
-            }
-            futures::future::ready(())
-        })
-}
-
-/// A watch event with its object kept as `keep` makes it.
-fn kept<W, K>(event: watcher::Event<W>, keep: fn(W) -> K) -> watcher::Event<K> {
-    use watcher::Event;
-    match event {
-        Event::Apply(object) => Event::Apply(keep(object)),
-        Event::Delete(object) => Event::Delete(keep(object)),
-        Event::Init => Event::Init,
-        Event::InitApply(object) => Event::InitApply(keep(object)),
-        Event::InitDone => Event::InitDone,
-    }
-}
-
-/// A watch event with its object kept as `keep` makes it from a reference (the event goes on).
-fn kept_from<W, K>(event: &watcher::Event<W>, keep: fn(&W) -> K) -> watcher::Event<K> {
-    use watcher::Event;
-    match event {
-        Event::Apply(object) => Event::Apply(keep(object)),
-        Event::Delete(object) => Event::Delete(keep(object)),
-        Event::Init => Event::Init,
-        Event::InitApply(object) => Event::InitApply(keep(object)),
-        Event::InitDone => Event::InitDone,
-    }
-}
-
-fn start_reflectors(
-    client: Client,
-    settings: &Settings,
-) -> (Stores, impl std::future::Future<Output = ()> + Send + 'static) {
-    let stores = Stores {
-        pods: IndexedStore::default(),
-        deployments: IndexedStore::default(),
-        stateful_sets: IndexedStore::default(),
-        daemon_sets: IndexedStore::default(),
-        autoscalers: IndexedStore::default(),
-        policies: IndexedStore::default(),
-        secrets: secrets::OptedInSecrets::default(),
-    };
-    let all_of = watcher::Config::default;
-    let managed = all_of().labels("app.kubernetes.io/managed-by=levee");
-    let opted_in = secrets::watch_config(secrets::LABEL_SECRET_CONSENT);
-    let opted_in_legacy = secrets::watch_config(secrets::LABEL_SECRET_CONSENT_LEGACY);
-    let streams = futures::future::join_all([
-        reflect(
-            stores.pods.clone(),
-            settings.api::<stored::StoredPod>(client.clone()),
-            all_of(),
-            KeptPod::from,
-        )
-        .boxed(),
-        reflect(
-            stores.deployments.clone(),
-            settings.api::<stored::StoredDeployment>(client.clone()),
-            all_of(),
-            KeptWorkload::from,
-        )
-        .boxed(),
-        reflect(
-            stores.stateful_sets.clone(),
-            settings.api::<stored::StoredStatefulSet>(client.clone()),
-            all_of(),
-            KeptWorkload::from,
-        )
-        .boxed(),
-        reflect(
-            stores.daemon_sets.clone(),
-            settings.api::<stored::StoredDaemonSet>(client.clone()),
-            all_of(),
-            KeptWorkload::from,
-        )
-        .boxed(),
-        reflect(
-            stores.autoscalers.clone(),
-            settings.api(client.clone()),
-            managed,
-            trim::autoscaler,
-        )
-        .boxed(),
-        reflect(
-            stores.secrets.labelled.clone(),
-            settings.api::<kept_secret::StoredSecret>(client.clone()),
-            opted_in,
-            trim::secret,
-        )
-        .boxed(),
-        reflect(
-            stores.secrets.legacy.clone(),
-            settings.api::<kept_secret::StoredSecret>(client),
-            opted_in_legacy,
-            trim::secret,
-        )
-        .boxed(),
-    ]);
-    (stores, async move {
-        streams.await;
-    })
-}
-
-/// Keeps a task for each policy this replica owns (for every policy without peers) and the
-/// others on standby; only the owner adds and honours the finalizer.
-#[tracing::instrument(skip_all, fields(policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
-async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Result<Action> {
-    if !context.owns(&policy) {
-        if policy.meta().deletion_timestamp.is_none() {
-            context.tasks.stand_by(&context, policy);
-        } else {
-            // The owner releases the targets; another replica stops serving the policy.
-            context.tasks.stop(&policy);
-            forget(&context, &policy);
-        }
-        return Ok(Action::await_change());
-    }
-    let namespace = policy.namespace().unwrap_or_default();
-    let api: Api<BackpressurePolicy> = Api::namespaced(context.client.clone(), &namespace);
-    let policy = with_finalizer(&context, &api, policy).await?;
-    let for_event = context.clone();
-    finalizer(&api, FINALIZER, policy, |event| async move {
-        match event {
-            FinalizerEvent::Apply(policy) => {
-                for_event.tasks.ensure(&for_event, policy);
-                Ok(Action::await_change())
-            }
-            FinalizerEvent::Cleanup(policy) => {
-                for_event.tasks.stop(&policy);
-                actuator::release(&for_event, &policy).await?;
-                forget(&for_event, &policy);
-                Ok(Action::await_change())
-            }
-        }
-    })
-    .await
-    .map_err(|error| Error::Finalizer(Box::new(error)))
-}
-
-/// The policy with levee's finalizer: put on by a server-side apply of that one entry (the API
-/// server keeps finalizers as a set, so the apply adds it beside any other and changes nothing
-/// when it is there) when the watch's copy lacks it, and the object the API server returns
-/// taken from then on. kube's own add is a JSON patch that tests the list first, which a copy
-/// behind the API server fails for as long as it lags: at 5,000 policies on three replicas the
-/// watch fell minutes behind and every policy a replica took over was refused (422) and retried,
-/// none of it acted on.
-/// A copy the watch still shows as it was when this replica put the finalizer on (the same
-/// resourceVersion) is taken as having it: no second apply each time the policy is reconciled
-/// before the watch catches up.
-async fn with_finalizer(
-    context: &Context,
-    api: &Api<BackpressurePolicy>,
-    policy: Arc<BackpressurePolicy>,
-) -> Result<Arc<BackpressurePolicy>> {
-    let has_it = policy.finalizers().iter().any(|f| f == FINALIZER);
-    if has_it || policy.meta().deletion_timestamp.is_some() {
-        return Ok(policy);
-    }
-    let uid = policy.uid().unwrap_or_default();
-    let applied_to = context
-        .finalized
-        .lock()
-        .expect("finalized lock")
-        .get(&uid)
-        .cloned();
-    if applied_to.is_some() && applied_to == policy.resource_version() {
-        let mut known = (*policy).clone();
-        known.finalizers_mut().push(FINALIZER.to_string());
-        return Ok(Arc::new(known));
-    }
-    let entry = serde_json::json!({
-        "apiVersion": BackpressurePolicy::api_version(&()),
-        "kind": BackpressurePolicy::kind(&()),
-        // The uid makes the apply fail rather than create a policy deleted meanwhile.
-        "metadata": {"name": policy.name_any(), "uid": policy.uid(), "finalizers": [FINALIZER]},
-    });
-    let params = kube::api::PatchParams::apply(FINALIZER_MANAGER);
-    let mut patched = api
-        .patch(&policy.name_any(), &params, &kube::api::Patch::Apply(entry))
-        .await?;
-    trim::policy(&mut patched);
-    if let Some(version) = policy.resource_version() {
-        context
-            .finalized
-            .lock()
-            .expect("finalized lock")
-            .insert(uid, version);
-    }
-    Ok(Arc::new(patched))
-}
-
-/// The field manager that owns levee's finalizer entry (its own, so that no other apply of levee's
-/// takes the entry away by leaving it out).
-const FINALIZER_MANAGER: &str = "levee-finalizer";
-
 #[cfg(test)]
 impl Context {
     /// A leading context over the given client and stores, for tests against a mock API server.
@@ -661,7 +372,7 @@ impl Context {
     /// `for_tests`, leading or following.
     pub(crate) fn for_tests_leading(client: Client, stores: Stores, leading: bool) -> Arc<Self> {
         // A receiver keeps the last value after its sender is gone.
-        let (_, leader) = watch::channel(leading);
+        let (_, leader) = tokio::sync::watch::channel(leading);
         Self::for_tests_led_by(client, stores, leader)
     }
 
@@ -669,7 +380,7 @@ impl Context {
     pub(crate) fn for_tests_led_by(
         client: Client,
         stores: Stores,
-        leader: watch::Receiver<bool>,
+        leader: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
             recorder: Recorder::new(
@@ -707,19 +418,3 @@ impl Context {
 
 #[cfg(test)]
 mod tests;
-
-/// Drops a deleted policy's metric series and served values.
-fn forget(context: &Context, policy: &BackpressurePolicy) {
-    let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
-    context.metrics.forget_policy(&namespace, &name);
-    context.values.forget(&namespace, &name);
-    if let Some(uid) = policy.uid() {
-        context.finalized.lock().expect("finalized lock").remove(&uid);
-    }
-}
-
-/// Retries a failed reconcile; the failure is counted where every outcome is, in `run`.
-fn error_policy(_policy: Arc<BackpressurePolicy>, error: &Error, _context: Arc<Context>) -> Action {
-    tracing::warn!(%error, cause = error.metric_label(), "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
-}

@@ -2,9 +2,14 @@
 //! method, path, content type and body, and an unexpected request hangs the call (and fails the
 //! test by timeout). The same behaviour runs against a real control plane in e2e/.
 
+use super::act::actuator;
 use super::act::marks::Intent;
-use super::indexed_store::Indexed;
-use super::stored::{StoredDeployment, StoredPod};
+use super::cache::indexed_store::{Indexed, IndexedStore};
+use super::cache::kept::{KeptPod, KeptWorkload};
+use super::cache::stored::{StoredDeployment, StoredPod};
+use super::cache::{secrets, sharing};
+use super::ownership::peers;
+use super::reconcile::{error_policy, reconcile, reconcile_result_label};
 use super::*;
 use crate::circuit::{CircuitRules, State};
 use crate::fixtures;
@@ -13,7 +18,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::client::Body;
+use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 type ApiServer = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 

@@ -13,10 +13,12 @@ use crate::controller::act::actuator;
 use crate::controller::act::autoscaler;
 use crate::controller::act::fence::{Fence, Fenced};
 use crate::controller::act::marks::{Intent, Release};
+use crate::controller::act::publish::publish;
+use crate::controller::act::status_io::write;
 use crate::controller::ownership::shards::Acting;
-use crate::controller::policy::events::{self, PendingEvent};
-use crate::controller::policy::status::{moved, worth_writing, write};
-use crate::controller::policy::task::{phase_of, refused_as_too_large, task_key};
+use crate::controller::policy::events::PendingEvent;
+use crate::controller::policy::status::{moved, worth_writing};
+use crate::controller::policy::task::{phase_of, task_key};
 use kube::ResourceExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -278,7 +280,7 @@ async fn pass(context: &Context, fence: &Fence, shared: &Mutex<Shared>, job: Job
     };
     shared.lock().expect("policy writes lock").failures.autoscaler = autoscaler_failure;
     for (type_, reason, note) in job.events {
-        let published = events::publish(context, &job.policy, type_, reason, note);
+        let published = publish(context, &job.policy, type_, reason, note);
         if fence.write(published).await.is_err() {
             return;
         }
@@ -352,6 +354,21 @@ async fn save_status(
         Err(error) => {
             tracing::warn!(%namespace, policy = %name, %error, "writing status failed; retrying next tick")
         }
+    }
+}
+
+/// Whether the API server refused a status for its size or content (413, 422, or a 500 from
+/// etcd: "request is too large", or its client's "trying to send message larger than max"),
+/// not for being unreachable.
+fn refused_as_too_large(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => {
+            matches!(status.code, 413 | 422)
+                || ["request is too large", "larger than max"]
+                    .iter()
+                    .any(|said| status.message.contains(said))
+        }
+        _ => false,
     }
 }
 
@@ -444,5 +461,26 @@ mod tests {
         let due = writes.shared().last_write.expect("counted as written") + PERIOD;
         let wait = due.saturating_duration_since(Instant::now()).as_secs();
         assert!((148..=150).contains(&wait), "due in {wait} s");
+    }
+
+    #[test]
+    fn a_status_refused_for_its_size_is_told_from_an_api_server_that_is_away() {
+        let api = |code: u16, message: &str| {
+            kube::Error::Api(kube::core::Status::failure(message, "").with_code(code).boxed())
+        };
+        let etcd = "rpc error: code = ResourceExhausted desc = trying to send message larger than max (2543583 vs. 2097152)";
+        assert!(refused_as_too_large(&api(500, etcd)));
+        assert!(refused_as_too_large(&api(
+            500,
+            "etcdserver: request is too large"
+        )));
+        assert!(refused_as_too_large(&api(
+            422,
+            "status.conditions[0].message: Too long"
+        )));
+        assert!(refused_as_too_large(&api(413, "request entity too large")));
+        assert!(!refused_as_too_large(&api(500, "etcdserver: leader changed")));
+        assert!(!refused_as_too_large(&api(429, "too many requests")));
+        assert!(!refused_as_too_large(&api(409, "conflict")));
     }
 }

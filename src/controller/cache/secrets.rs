@@ -721,7 +721,7 @@ mod tests {
         let (service, api_server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let store = IndexedStore::default();
-        let watch = crate::controller::reflect(
+        let watch = crate::controller::cache::reflect(
             store.clone(),
             Api::<crate::controller::cache::kept_secret::StoredSecret>::all(client),
             watch_config(LABEL_SECRET_CONSENT),

@@ -4,12 +4,9 @@
 use crate::api::BackpressurePolicy;
 use crate::api::status::{condition, reason};
 use crate::circuit::{Cause, Circuit, CircuitRules, Decision, Level, State};
-use crate::controller::Context;
 use crate::controller::act::actuator::Outcome;
 use crate::sampler::Sample;
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Resource;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 
 /// An event to publish about a policy: its type, reason and note.
 pub type PendingEvent = (EventType, &'static str, String);
@@ -143,27 +140,4 @@ fn level_note(rules: &CircuitRules, sample: &Sample, level: Level) -> String {
         .flatten()
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Publishes one event about the policy.
-pub async fn publish(
-    context: &Context,
-    policy: &BackpressurePolicy,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let reference: ObjectReference = policy.object_ref(&());
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Decide".into(),
-        secondary: None,
-    };
-    if let Err(error) = context.recorder.publish(&event, &reference).await {
-        tracing::warn!(%error, reason, "publishing an event failed");
-    } else {
-        context.metrics.api_writes.with_label_values(&["event"]).inc();
-    }
 }

@@ -11,13 +11,11 @@ use crate::circuit::{Circuit, Thresholds};
 use crate::controller::act::actuator::Outcome;
 use crate::controller::cache::secrets::EndpointProblem;
 use crate::controller::cache::sharing::Sharing;
-use crate::controller::{Context, FIELD_MANAGER};
 use crate::forecast::Forecast;
 use crate::sampler::{Memory, Sample};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
 /// What one tick found.
 pub struct TickReport<'a> {
@@ -387,43 +385,10 @@ pub fn moved(old: &BackpressurePolicyStatus, new: &BackpressurePolicyStatus) -> 
 /// heartbeats called for).
 const MEMORY_AT_LEAST: f64 = (1 << 20) as f64;
 
-/// The server-side apply body of a status: serialized straight to the request's bytes, without
-/// a JSON tree in between.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusApply<'a> {
-    api_version: &'static str,
-    kind: &'static str,
-    status: &'a BackpressurePolicyStatus,
-}
-
 /// What a discovery found, without when: a new set of queues or a new problem is worth a write.
 fn discovered(status: &BackpressurePolicyStatus) -> Option<(u64, u64, Option<&str>)> {
     let discovery = status.discovery.as_ref()?;
     Some((discovery.matched, discovery.sampled, discovery.message.as_deref()))
-}
-
-/// Server-side applies `status` to the policy's status subresource.
-pub async fn write(
-    context: &Context,
-    policy: &BackpressurePolicy,
-    status: &BackpressurePolicyStatus,
-) -> kube::Result<()> {
-    let api: Api<BackpressurePolicy> =
-        Api::namespaced(context.client.clone(), &policy.namespace().unwrap_or_default());
-    let body = StatusApply {
-        api_version: "levee.dev/v1alpha1",
-        kind: "BackpressurePolicy",
-        status,
-    };
-    api.patch_status(
-        &policy.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    context.metrics.api_writes.with_label_values(&["status"]).inc();
-    Ok(())
 }
 
 #[cfg(test)]

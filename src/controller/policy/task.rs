@@ -818,45 +818,9 @@ impl PolicyState {
     }
 }
 
-/// Whether the API server refused a status for its size or content (413, 422, or a 500 from
-/// etcd: "request is too large", or its client's "trying to send message larger than max"),
-/// not for being unreachable.
-pub(in crate::controller) fn refused_as_too_large(error: &kube::Error) -> bool {
-    match error {
-        kube::Error::Api(status) => {
-            matches!(status.code, 413 | 422)
-                || ["request is too large", "larger than max"]
-                    .iter()
-                    .any(|said| status.message.contains(said))
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::controller::policy::task::{on_grid, phase_of, refused_as_too_large};
-
-    #[test]
-    fn a_status_refused_for_its_size_is_told_from_an_api_server_that_is_away() {
-        let api = |code: u16, message: &str| {
-            kube::Error::Api(kube::core::Status::failure(message, "").with_code(code).boxed())
-        };
-        let etcd = "rpc error: code = ResourceExhausted desc = trying to send message larger than max (2543583 vs. 2097152)";
-        assert!(refused_as_too_large(&api(500, etcd)));
-        assert!(refused_as_too_large(&api(
-            500,
-            "etcdserver: request is too large"
-        )));
-        assert!(refused_as_too_large(&api(
-            422,
-            "status.conditions[0].message: Too long"
-        )));
-        assert!(refused_as_too_large(&api(413, "request entity too large")));
-        assert!(!refused_as_too_large(&api(500, "etcdserver: leader changed")));
-        assert!(!refused_as_too_large(&api(429, "too many requests")));
-        assert!(!refused_as_too_large(&api(409, "conflict")));
-    }
+    use crate::controller::policy::task::{on_grid, phase_of};
 
     #[test]
     fn a_grid_instant_is_the_first_whole_period_at_or_after_now() {

@@ -1,6 +1,7 @@
 //! The `BackpressurePolicy` API: types, defaults, schema and offline validation. No I/O.
 
 mod crd;
+pub mod labels;
 pub mod names;
 mod policy;
 mod redact;

@@ -22,7 +22,7 @@ use act::fence;
 pub use cache::Stores;
 use cache::{kept_from, start_reflectors};
 use cache::{sharing, trim, watch_problem};
-pub use ownership::peers::PeerSettings;
+pub use ownership::advert::PeerSettings;
 use ownership::{Ownership, ring_key};
 use ownership::{leader, peers, ring, shards};
 use policy::{clock, fresh_status, task as policy_task};
@@ -97,7 +97,7 @@ pub struct Settings {
     pub max_reply_bytes: usize,
     /// This replica as a peer, so that only a policy's owner (the leader, or its replica in the
     /// ring) samples it (`peers.rs`); `None`: every replica samples every policy.
-    pub peer: Option<peers::PeerSettings>,
+    pub peer: Option<PeerSettings>,
 }
 
 impl Settings {

@@ -9,12 +9,13 @@
 //! Every write passes the policy's fence (`fence.rs`): none starts, and none in flight goes on,
 //! once this replica stops acting on the policy.
 
+use crate::api::labels::{LABEL_POD_TEMPLATE_HASH, LABEL_POLICY};
 use crate::api::{BackpressurePolicy, TargetKind};
 use crate::circuit::CircuitRules;
 use crate::controller::act::fence::Fence;
-use crate::controller::act::marks::{Intent, LABEL_POLICY, Marks, Release};
+use crate::controller::act::marks::{Intent, Marks, Release};
 use crate::controller::cache::indexed_store::{Indexed, IndexedStore};
-use crate::controller::cache::kept::{KeptPod, KeptWorkload, LABEL_POD_TEMPLATE_HASH};
+use crate::controller::cache::kept::{KeptPod, KeptWorkload};
 use crate::controller::cache::sharing;
 use crate::controller::cache::stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
 use crate::controller::{Context, FIELD_MANAGER, Result, Stores};

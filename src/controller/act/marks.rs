@@ -4,23 +4,14 @@
 //! the marks and telling whether an object already carries them (so nothing is written while
 //! nothing changes).
 
+use crate::api::labels::{
+    ANNOTATION_ACCEPTING, ANNOTATION_POLICY, ANNOTATION_STATE, CONDITION_ACCEPTING, LABEL_POLICY,
+};
 use crate::circuit::{CircuitRules, State};
-use crate::controller::cache::kept::{AcceptingCondition, Pairs};
+use crate::controller::cache::kept::AcceptingCondition;
+use crate::controller::cache::selector::Pairs;
 use jiff::Timestamp;
 use serde_json::{Value, json};
-
-/// Annotation with the circuit's state (`Closed`, `HalfOpen`, `Open`).
-pub const ANNOTATION_STATE: &str = "levee.dev/circuit-state";
-/// Annotation `"true"` / `"false"`: whether this producer should accept work.
-pub const ANNOTATION_ACCEPTING: &str = "levee.dev/accepting";
-/// Annotation naming the policy that sets the other two.
-pub const ANNOTATION_POLICY: &str = "levee.dev/policy";
-/// The pod condition a readiness gate waits for.
-pub const CONDITION_ACCEPTING: &str = "levee.dev/accepting";
-/// Label naming the policy that marked a producer; a released producer loses it.
-pub const LABEL_POLICY: &str = "levee.dev/policy";
-/// The policy annotation whose new value forces the circuit Closed.
-pub const ANNOTATION_RESET: &str = "levee.dev/reset";
 
 /// Why levee lets a producer go for good (it also loses the policy label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,11 +18,16 @@ use crate::controller::act::status_io::write;
 use crate::controller::ownership::shards::Acting;
 use crate::controller::policy::events::PendingEvent;
 use crate::controller::policy::status::{moved, worth_writing};
-use crate::controller::policy::task::{phase_of, task_key};
+use crate::controller::policy::timing::{phase_of, task_key};
 use kube::ResourceExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+
+/// A heartbeat (a status write with nothing new in it) is sent only when one of these is free,
+/// else on a later tick: heartbeats then never queue up in front of a transition's write,
+/// however many policies there are (5,000 policies owe the API server 167 a second).
+static HEARTBEAT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
 /// Events kept for passes not yet run, at most; older ones are dropped first.
 const MAX_PENDING_EVENTS: usize = 32;
@@ -312,7 +317,7 @@ async fn save_status(
     let _slot = if worth {
         None
     } else {
-        match context.tasks.heartbeat_slots.try_acquire() {
+        match HEARTBEAT_SLOTS.try_acquire() {
             Ok(slot) => Some(slot),
             Err(_) => return,
         }

@@ -2,7 +2,7 @@
 //! by label, so that a target's pods and the producers a policy labelled are found by lookup
 //! instead of a scan over every object each tick (which cost O(policies × pods) a second).
 
-use crate::controller::cache::kept::KeptSelector;
+use crate::controller::cache::selector::KeptSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 use std::collections::HashMap;

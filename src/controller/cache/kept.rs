@@ -48,14 +48,15 @@
 //! requirements would make every pod of its namespace keep thousands of labels, so it would need
 //! a bound as well.
 
-use crate::controller::act::marks::{
-    ANNOTATION_ACCEPTING, ANNOTATION_POLICY, ANNOTATION_STATE, CONDITION_ACCEPTING, LABEL_POLICY,
+use crate::api::labels::{
+    ANNOTATION_ACCEPTING, ANNOTATION_POLICY, ANNOTATION_STATE, CONDITION_ACCEPTING, LABEL_POD_TEMPLATE_HASH,
+    LABEL_POLICY,
 };
 use crate::controller::cache::indexed_store::Indexed;
+use crate::controller::cache::selector::{KeptSelector, Pairs};
 use crate::controller::cache::stored::{StoredPod, StoredWorkload};
 use k8s_openapi::api::core::v1::PodCondition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::core::Expression;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 
 /// The annotations levee reads of a pod or workload, its marks (`marks.rs`): no other is kept.
@@ -65,45 +66,8 @@ const ANNOTATIONS_READ: [&str; 3] = [ANNOTATION_STATE, ANNOTATION_ACCEPTING, ANN
 pub const LABELS_BOUND: usize = 64;
 /// The most bytes of labels (keys and values) of one pod or workload a replica keeps.
 pub const LABEL_BYTES_BOUND: usize = 8 * 1024;
-/// The label the Deployment controller puts on a ReplicaSet's pods, the end of the ReplicaSet's
-/// name.
-pub const LABEL_POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// The labels levee reads by key: kept first, whatever the bounds.
 const LABELS_READ: [&str; 2] = [LABEL_POLICY, LABEL_POD_TEMPLATE_HASH];
-
-/// Keys and their values, sorted by key, each key once.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Pairs(Box<[(Box<str>, Box<str>)]>);
-
-impl Pairs {
-    /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        let at = self.0.binary_search_by(|(held, _)| (**held).cmp(key)).ok()?;
-        Some(&self.0[at].1)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(key, value)| (&**key, &**value))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl<K: Into<Box<str>>, V: Into<Box<str>>> FromIterator<(K, V)> for Pairs {
-    /// Sorted by key; of a key given twice, the last value.
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
-        let mut pairs: Vec<(Box<str>, Box<str>)> = pairs
-            .into_iter()
-            .map(|(key, value)| (key.into(), value.into()))
-            .collect();
-        pairs.reverse();
-        pairs.sort_by(|(a, _), (b, _)| a.cmp(b));
-        pairs.dedup_by(|(later, _), (earlier, _)| later == earlier);
-        Self(pairs.into_boxed_slice())
-    }
-}
 
 /// What identifies an object, its labels (within the bounds), levee's own annotations, and
 /// whether it is going.
@@ -152,7 +116,7 @@ impl KeptMeta {
                 namespace = &*kept.namespace,
                 name = &*kept.name,
                 left_out = labels_left_out,
-                kept = kept.labels.0.len(),
+                kept = kept.labels.iter().count(),
                 "more labels than levee keeps ({LABELS_BOUND}, {LABEL_BYTES_BOUND} bytes): a selector over one left out may match it, and a target's pods are then told by their owner"
             );
         }
@@ -263,57 +227,6 @@ impl<K: k8s_openapi::Resource> From<StoredWorkload<K>> for KeptWorkload {
             meta: KeptMeta::kept(workload.metadata, K::KIND),
             selector: workload.spec.and_then(|spec| KeptSelector::parse(spec.selector)),
         }
-    }
-}
-
-/// A label selector: its `matchLabels` pairs, which the store's label index looks up, and its
-/// parsed `matchExpressions`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeptSelector {
-    pub equal: Pairs,
-    pub expressions: Box<[Expression]>,
-}
-
-impl KeptSelector {
-    /// `None` for an expression with an unknown operator, or `In`/`NotIn` without values
-    /// (the API server refuses both on a workload).
-    pub fn parse(selector: LabelSelector) -> Option<Self> {
-        let expressions = selector
-            .match_expressions
-            .into_iter()
-            .flatten()
-            .map(Expression::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .ok()?;
-        Some(Self {
-            equal: selector.match_labels.into_iter().flatten().collect(),
-            expressions: expressions.into_boxed_slice(),
-        })
-    }
-
-    /// Whether it selects every object (it has no requirement at all).
-    pub fn selects_all(&self) -> bool {
-        self.equal.is_empty() && self.expressions.is_empty()
-    }
-
-    /// Whether an object whose label `key` has the value `label(key)` meets every requirement.
-    /// With `labels_truncated` (some of its labels are not kept), a requirement over a key it
-    /// lacks is met: that label may be among those left out (see the module's doc).
-    pub fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a str>, labels_truncated: bool) -> bool {
-        let unknown = |key: &str| labels_truncated && label(key).is_none();
-        self.equal
-            .iter()
-            .all(|(key, value)| unknown(key) || label(key) == Some(value))
-            && self.expressions.iter().all(|expression| match expression {
-                Expression::In(key, values) => {
-                    unknown(key) || label(key).is_some_and(|value| values.contains(value))
-                }
-                Expression::NotIn(key, values) => label(key).is_none_or(|value| !values.contains(value)),
-                Expression::Equal(key, wanted) => unknown(key) || label(key) == Some(wanted.as_str()),
-                Expression::NotEqual(key, unwanted) => label(key) != Some(unwanted.as_str()),
-                Expression::Exists(key) => label(key).is_some() || unknown(key),
-                Expression::DoesNotExist(key) => label(key).is_none(),
-            })
     }
 }
 

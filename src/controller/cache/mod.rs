@@ -5,11 +5,13 @@ pub mod indexed_store;
 pub mod kept;
 pub mod kept_secret;
 pub mod secrets;
+pub mod selector;
 pub mod sharing;
 pub mod stored;
 pub mod trim;
 pub mod watch_problem;
 
+use crate::api::labels::{LABEL_SECRET_CONSENT, LABEL_SECRET_CONSENT_LEGACY};
 use crate::controller::Settings;
 use futures::{FutureExt, StreamExt};
 use indexed_store::IndexedStore;
@@ -97,8 +99,8 @@ pub(super) fn start_reflectors(
     };
     let all_of = watcher::Config::default;
     let managed = all_of().labels("app.kubernetes.io/managed-by=levee");
-    let opted_in = secrets::watch_config(secrets::LABEL_SECRET_CONSENT);
-    let opted_in_legacy = secrets::watch_config(secrets::LABEL_SECRET_CONSENT_LEGACY);
+    let opted_in = secrets::watch_config(LABEL_SECRET_CONSENT);
+    let opted_in_legacy = secrets::watch_config(LABEL_SECRET_CONSENT_LEGACY);
     let streams = futures::future::join_all([
         reflect(
             stores.pods.clone(),

@@ -13,6 +13,10 @@
 //! A replica keeps a bounded part of each opted-in Secret (`kept_secret.rs`): a key whose value
 //! was not kept is refused with `SecretTooLarge`, naming the key, its size and the bound.
 
+use crate::api::labels::{
+    ANNOTATION_SECRET_HOSTS, ANNOTATION_SECRET_HOSTS_LEGACY, LABEL_SECRET_CONSENT,
+    LABEL_SECRET_CONSENT_LEGACY,
+};
 use crate::api::{BackendSpec, BackpressurePolicy, KafkaSpec, NatsSpec, RedisSpec, SecretKeyRef};
 use crate::controller::cache::indexed_store::IndexedStore;
 use crate::controller::cache::kept_secret::{Bounded, HOSTS_BOUND, KEYS_BOUND, KeptSecret, VALUES_BOUND};
@@ -22,18 +26,6 @@ use crate::sampler::{BackendEndpoint, Credentials, Endpoint, NodeAddr};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
-
-/// The label a Secret carries to let levee read it, for every backend.
-pub const LABEL_SECRET_CONSENT: &str = "levee.dev/secret";
-/// The consent label from before there were other backends than Redis; still honoured.
-pub const LABEL_SECRET_CONSENT_LEGACY: &str = "levee.dev/redis-secret";
-
-/// The annotation with which a credentials Secret names the only hosts its password may be sent
-/// to: comma-separated `host`, `host:port` or `*.domain` entries. Without it, any policy of the
-/// Secret's namespace may send it wherever its URL points.
-pub const ANNOTATION_SECRET_HOSTS: &str = "levee.dev/secret-hosts";
-/// The hosts annotation's name from before there were other backends; still honoured.
-pub const ANNOTATION_SECRET_HOSTS_LEGACY: &str = "levee.dev/redis-hosts";
 
 /// Opted-in Secrets listed at a time. kube reads a list's whole answer before it parses it, and
 /// holds it twice meanwhile (the body and its text): a Secret may be 1 MiB, 1.4 MiB as JSON, so a

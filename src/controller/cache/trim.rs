@@ -4,10 +4,10 @@
 //! in a form of their own (`kept.rs`).
 
 use crate::api::BackpressurePolicy;
+use crate::api::labels::{ANNOTATION_SECRET_HOSTS, ANNOTATION_SECRET_HOSTS_LEGACY};
 use crate::controller::cache::kept_secret::{
     Bounded, HOSTS_BOUND, KEYS_BOUND, KeptSecret, StoredSecret, VALUES_BOUND,
 };
-use crate::controller::cache::secrets::{ANNOTATION_SECRET_HOSTS, ANNOTATION_SECRET_HOSTS_LEGACY};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 
 /// A policy: everything but its managed fields and kubectl's copy of the last applied object,

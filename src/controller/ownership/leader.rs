@@ -7,7 +7,7 @@
 //!   holder that stopped renewing (crash, lost node) once the Lease has not changed for a whole
 //!   lease duration.
 
-use crate::controller::ownership::peers::{PeerAddress, PeerAdvert, Peers};
+use crate::controller::ownership::advert::{PeerAddress, PeerAdvert, Peers};
 use crate::controller::{Result, Settings};
 use futures::StreamExt;
 use jiff::Timestamp;

@@ -18,15 +18,12 @@
 //! left to it: standing in for it would add every replica's load to what made it late.
 
 use crate::controller::Context;
+use crate::controller::ownership::advert::{PeerAddress, PeerSettings, Peers};
 use crate::controller::ownership::ring;
 use crate::controller::ownership::shards::ShardView;
-use crate::serving::cert::ServingCert;
 use crate::serving::pinned;
 use crate::values::peer_wire::{self, PeerValues, Received};
-use k8s_openapi::api::coordination::v1::Lease;
-use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -37,11 +34,6 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// The longest token file read (a ServiceAccount token is about 1 KiB).
 const MAX_TOKEN_BYTES: u64 = 4096;
-
-/// Where a replica answers its peers (`levee.dev/peer-url`), and the SHA-256 of its serving
-/// certificate (`levee.dev/peer-cert-sha256`).
-pub(super) const PEER_URL_ANNOTATION: &str = "levee.dev/peer-url";
-pub(super) const PEER_CERT_ANNOTATION: &str = "levee.dev/peer-cert-sha256";
 
 /// When each peer last answered this replica's round with values taken: the standby rule stands
 /// in only for an owner that does not answer.
@@ -77,65 +69,6 @@ impl PeerAnswers {
         answers.retain(|identity, _| current.iter().any(|(peer, _)| peer == identity));
     }
 }
-
-/// Where a peer answers, as its Lease says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerAddress {
-    pub url: http::Uri,
-    /// The SHA-256 of its serving certificate, lower-case hex.
-    pub fingerprint: String,
-}
-
-impl PeerAddress {
-    /// The address a Lease's annotations give, when both are there and well formed.
-    pub(super) fn of(lease: &Lease) -> Option<Self> {
-        let annotations = lease.metadata.annotations.as_ref()?;
-        let url = annotations
-            .get(PEER_URL_ANNOTATION)
-            .filter(|url| url.len() <= 2048)?;
-        let fingerprint = annotations.get(PEER_CERT_ANNOTATION)?.to_ascii_lowercase();
-        let url: http::Uri = url.parse().ok()?;
-        let hex = fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
-        (url.scheme_str() == Some("https") && url.host().is_some() && hex)
-            .then_some(Self { url, fingerprint })
-    }
-}
-
-/// What this replica writes on its Lease for its peers: its `--peer-url`, and its serving
-/// certificate's fingerprint (read at each renewal: a rotated certificate is published with it).
-#[derive(Clone)]
-pub struct PeerAdvert {
-    pub url: String,
-    pub cert: Arc<crate::serving::cert::ServingCert>,
-}
-
-impl PeerAdvert {
-    pub(super) fn of(settings: &PeerSettings) -> Self {
-        Self {
-            url: settings.url.clone(),
-            cert: settings.cert.clone(),
-        }
-    }
-
-    /// Puts the annotations on an existing Lease's metadata, keeping its others.
-    pub(super) fn write_on(&self, metadata: &mut kube::api::ObjectMeta) {
-        metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .extend(self.annotations());
-    }
-
-    pub(super) fn annotations(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (PEER_URL_ANNOTATION.to_string(), self.url.clone()),
-            (PEER_CERT_ANNOTATION.to_string(), self.cert.fingerprint()),
-        ])
-    }
-}
-
-/// The other replicas that answer their peers, by identity: under shards the other live
-/// members, under a leader the leader (for a follower).
-pub type Peers = BTreeMap<String, PeerAddress>;
 
 /// Where this replica learns who its peers are.
 pub enum PeerSource {
@@ -174,19 +107,6 @@ fn from_owner(source: &PeerSource, peer: &str, mut received: Received) -> Receiv
         .confirmed
         .retain(|confirmed| owned(&confirmed.namespace, &confirmed.policy));
     received
-}
-
-/// This replica as a peer.
-#[derive(Clone, Debug)]
-pub struct PeerSettings {
-    /// Where the others reach this replica's metrics API (`--peer-url`).
-    pub url: String,
-    /// The certificate it answers with, whose fingerprint its Lease publishes.
-    pub cert: Arc<ServingCert>,
-    /// The token it presents (`--peer-token-file`).
-    pub token_file: PathBuf,
-    /// How often it asks each peer (`--peer-sync-interval`).
-    pub sync_every: Duration,
 }
 
 /// Asks the peers for their values every `settings.sync_every`, until dropped.
@@ -346,6 +266,7 @@ mod tests {
     use super::*;
     use crate::values::peer_wire::Confirmed;
     use crate::values::{PolicyValues, Source};
+    use std::collections::BTreeMap;
 
     fn values(policy: &str, peer: &str) -> PolicyValues {
         PolicyValues {

@@ -21,8 +21,8 @@
 //! of the policies it owns, and the SHA-256 of the certificate it answers with
 //! (`crate::controller::ownership::peers`).
 
+use crate::controller::ownership::advert::{PeerAddress, PeerAdvert};
 use crate::controller::ownership::leader::{LeaseSettings, LeaseTask, Record};
-use crate::controller::ownership::peers::{PeerAddress, PeerAdvert};
 use crate::controller::ownership::ring;
 use crate::controller::{Result, Settings};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -532,7 +532,7 @@ mod tests {
 
     #[test]
     fn a_peer_address_needs_an_https_url_and_a_sha256() {
-        use crate::controller::ownership::peers::{PEER_CERT_ANNOTATION, PEER_URL_ANNOTATION};
+        use crate::controller::ownership::advert::{PEER_CERT_ANNOTATION, PEER_URL_ANNOTATION};
         let lease = |url: &str, sha: &str| Lease {
             metadata: ObjectMeta {
                 annotations: Some(BTreeMap::from([

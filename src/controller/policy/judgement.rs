@@ -3,8 +3,8 @@
 //! `levee run` does.
 
 use crate::api::BackpressurePolicy;
+use crate::api::labels::ANNOTATION_RESET;
 use crate::circuit::{Circuit, CircuitRules, Decision, Observation};
-use crate::controller::act::marks::ANNOTATION_RESET;
 use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::Sample;
 use kube::ResourceExt;

@@ -9,3 +9,4 @@ pub mod judgement;
 pub mod record;
 pub mod status;
 pub mod task;
+pub mod timing;

@@ -5,9 +5,10 @@
 //! Followers mirror the circuit from status instead of stepping it.
 
 use crate::controller::act::writes;
+use crate::controller::policy::timing::{phase_of, task_key, ticker};
 use crate::controller::policy::{events, record};
 
-use crate::api::{BackendSpec, BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, QueueSpec};
+use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, QueueSpec};
 use crate::circuit::{Circuit, CircuitRules, Decision};
 use crate::controller::Context;
 use crate::controller::act::actuator::{self, Outcome};
@@ -52,9 +53,6 @@ impl Entry {
     }
 }
 
-/// Heartbeat-only status writes in flight at once, over every policy.
-const HEARTBEATS_IN_FLIGHT: usize = 8;
-
 /// How often a replica with peers looks for policies it stands by whose owner's values stopped
 /// arriving.
 pub const STANDBY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -63,21 +61,9 @@ pub const STANDBY_CHECK: std::time::Duration = std::time::Duration::from_secs(1)
 /// task for each policy it owns, and, without peers, for every policy. With peers it keeps no
 /// task for a policy it does not own while the owner's values arrive (they are served as they
 /// come, `peers.rs`): one replica's tasks are its share of the policies, not all of them.
+#[derive(Default)]
 pub struct PolicyTasks {
     known: Mutex<HashMap<String, Entry>>,
-    /// A heartbeat (a status write with nothing new in it) is sent only when one of these is
-    /// free, else on a later tick: heartbeats then never queue up in front of a transition's
-    /// write, however many policies there are (5,000 policies owe the API server 167 a second).
-    pub(in crate::controller) heartbeat_slots: tokio::sync::Semaphore,
-}
-
-impl Default for PolicyTasks {
-    fn default() -> Self {
-        Self {
-            known: Mutex::default(),
-            heartbeat_slots: tokio::sync::Semaphore::new(HEARTBEATS_IN_FLIGHT),
-        }
-    }
 }
 
 impl PolicyTasks {
@@ -406,65 +392,9 @@ impl PolicyState {
     }
 }
 
-/// Ticks every `sampleInterval`, at an offset within the interval that the policy's UID fixes, so
-/// a thousand policies started together do not all tick in the same instant (each tick then runs
-/// beside few others, and the API server sees an even load). Kafka policies are the exception:
-/// those of one cluster share its phase, on one grid of the process's time, so that with one
-/// interval they tick in the same instant and the sampler reads them in one cluster tick
-/// (`sampler/kafka/batch.rs`); a late tick skips to the grid rather than drift off it.
-fn ticker(policy: &BackpressurePolicy) -> tokio::time::Interval {
-    let period: std::time::Duration = policy.spec.sample_interval.into();
-    let now = tokio::time::Instant::now();
-    let (start, missed) = match policy.spec.backend() {
-        Some(BackendSpec::Kafka(kafka)) => {
-            let phase = period.mul_f64(phase_of(&kafka.bootstrap_servers.join(",")));
-            (
-                on_grid(*GRID_ORIGIN, now, period) + phase,
-                tokio::time::MissedTickBehavior::Skip,
-            )
-        }
-        _ => (
-            now + period.mul_f64(phase_of(&task_key(policy))),
-            tokio::time::MissedTickBehavior::Delay,
-        ),
-    };
-    let mut interval = tokio::time::interval_at(start, period);
-    interval.set_missed_tick_behavior(missed);
-    interval
-}
-
-/// Where the grids of the tickers that share one start (`on_grid`).
-static GRID_ORIGIN: std::sync::LazyLock<tokio::time::Instant> =
-    std::sync::LazyLock::new(tokio::time::Instant::now);
-
-/// The first instant at or after `now` that is a whole number of `period`s after `origin`.
-fn on_grid(
-    origin: tokio::time::Instant,
-    now: tokio::time::Instant,
-    period: std::time::Duration,
-) -> tokio::time::Instant {
-    let elapsed = now.saturating_duration_since(origin).as_nanos();
-    let period_ns = period.as_nanos().max(1);
-    let periods = elapsed.div_ceil(period_ns);
-    origin + std::time::Duration::from_nanos(u64::try_from(periods * period_ns).unwrap_or(u64::MAX))
-}
-
 /// Where the task map keeps a policy: its namespace and name, as peers name it.
 fn policy_key(policy: &BackpressurePolicy) -> String {
     crate::controller::ring_key(&policy.namespace().unwrap_or_default(), &policy.name_any())
-}
-
-/// What identifies a policy's task and fixes its phases: its UID (its name where none is set).
-pub(in crate::controller) fn task_key(policy: &BackpressurePolicy) -> String {
-    policy.uid().unwrap_or_else(|| policy.name_any())
-}
-
-/// A fraction in [0, 1) that is the same for the same key (FNV-1a).
-pub(in crate::controller) fn phase_of(key: &str) -> f64 {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % 1_000_000) as f64 / 1_000_000.0
 }
 
 async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<BackpressurePolicy>>) {
@@ -815,34 +745,5 @@ impl PolicyState {
             record::record_transition(context, &namespace, &name, transition);
         }
         decision
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::controller::policy::task::{on_grid, phase_of};
-
-    #[test]
-    fn a_grid_instant_is_the_first_whole_period_at_or_after_now() {
-        let origin = tokio::time::Instant::now();
-        let period = std::time::Duration::from_millis(1000);
-        let at = |ms: u64| origin + std::time::Duration::from_millis(ms);
-        assert_eq!(on_grid(origin, at(0), period), at(0));
-        assert_eq!(on_grid(origin, at(1), period), at(1000));
-        assert_eq!(on_grid(origin, at(2500), period), at(3000));
-        assert_eq!(on_grid(origin, at(3000), period), at(3000));
-    }
-
-    #[test]
-    fn phases_are_stable_and_spread_over_the_interval() {
-        assert_eq!(phase_of("a-uid"), phase_of("a-uid"));
-        let phases: Vec<f64> = (0..1000).map(|i| phase_of(&format!("uid-{i}"))).collect();
-        assert!(phases.iter().all(|p| (0.0..1.0).contains(p)));
-        // Ten buckets of a tenth each: none empty, none holding more than twice its share.
-        let mut buckets = [0_usize; 10];
-        for phase in phases {
-            buckets[(phase * 10.0) as usize] += 1;
-        }
-        assert!(buckets.iter().all(|&n| (50..=200).contains(&n)), "{buckets:?}");
     }
 }

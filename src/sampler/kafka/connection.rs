@@ -15,7 +15,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
     ListOffsetsRequest, MetadataRequest, OffsetFetchRequest, RequestHeader, ResponseHeader,
-    SaslAuthenticateRequest, SaslHandshakeRequest,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use std::sync::Arc;
@@ -232,11 +232,6 @@ impl BrokerConnection {
         Ok(connection)
     }
 
-    /// The broker's address, for messages.
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-
     /// Sends `request` and reads its reply, within `timeout`. Any error leaves the connection
     /// unusable (a reply may be half read): the caller drops it.
     pub async fn call<R: Call>(&mut self, request: &R, timeout: Duration) -> Result<R::Reply, String> {
@@ -316,5 +311,27 @@ impl BrokerConnection {
             ));
         }
         Ok((bytes, held))
+    }
+}
+
+impl sasl::SaslConnection for BrokerConnection {
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    async fn handshake(
+        &mut self,
+        request: &SaslHandshakeRequest,
+        timeout: Duration,
+    ) -> Result<SaslHandshakeResponse, String> {
+        self.call(request, timeout).await
+    }
+
+    async fn authenticate(
+        &mut self,
+        request: &SaslAuthenticateRequest,
+        timeout: Duration,
+    ) -> Result<SaslAuthenticateResponse, String> {
+        self.call(request, timeout).await
     }
 }

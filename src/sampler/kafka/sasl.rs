@@ -5,13 +5,15 @@
 //! blocking thread, never on the async runtime's workers, so a broker asking for the most still
 //! delays no other policy's tick.
 
-use super::connection::BrokerConnection;
 use crate::api::SaslMechanism;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+use kafka_protocol::messages::{
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 use ring::{digest, hmac, pbkdf2};
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -38,16 +40,33 @@ fn mechanism_name(mechanism: SaslMechanism) -> &'static str {
     }
 }
 
+/// The two requests SASL sends over a broker connection (`connection.rs` implements it), so
+/// that the exchange here knows nothing else of the connection.
+pub trait SaslConnection: Send {
+    /// The broker's address, for errors.
+    fn address(&self) -> &str;
+    fn handshake(
+        &mut self,
+        request: &SaslHandshakeRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<SaslHandshakeResponse, String>> + Send;
+    fn authenticate(
+        &mut self,
+        request: &SaslAuthenticateRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<SaslAuthenticateResponse, String>> + Send;
+}
+
 /// Authenticates `connection` as `auth`, or says what to change.
 pub async fn authenticate(
-    connection: &mut BrokerConnection,
+    connection: &mut impl SaslConnection,
     auth: &SaslAuth,
     timeout: Duration,
 ) -> Result<(), String> {
     let name = mechanism_name(auth.mechanism);
     let mut handshake = SaslHandshakeRequest::default();
     handshake.mechanism = StrBytes::from_static_str(name);
-    let reply = connection.call(&handshake, timeout).await?;
+    let reply = connection.handshake(&handshake, timeout).await?;
     if reply.error_code != 0 {
         let offered: Vec<&str> = reply.mechanisms.iter().map(|m| m.as_str()).collect();
         return Err(format!(
@@ -72,13 +91,13 @@ pub async fn authenticate(
 
 /// One SaslAuthenticate round: the broker's bytes, or why it refused.
 async fn exchange(
-    connection: &mut BrokerConnection,
+    connection: &mut impl SaslConnection,
     bytes: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
     let mut request = SaslAuthenticateRequest::default();
     request.auth_bytes = bytes.into();
-    let reply = connection.call(&request, timeout).await?;
+    let reply = connection.authenticate(&request, timeout).await?;
     if reply.error_code != 0 {
         return Err(format!(
             "the broker at {} refused levee's SASL credentials ({}): check the username and password in spec.kafka.sasl.credentialsSecretRef",
@@ -119,7 +138,7 @@ impl Scram {
 }
 
 async fn scram(
-    connection: &mut BrokerConnection,
+    connection: &mut impl SaslConnection,
     auth: &SaslAuth,
     hash: Scram,
     timeout: Duration,

@@ -7,7 +7,6 @@
 //! overtaken by a newer status are never sent.
 
 use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
-use crate::circuit::{CircuitRules, State};
 use crate::controller::Context;
 use crate::controller::act::actuator;
 use crate::controller::act::autoscaler;
@@ -16,7 +15,7 @@ use crate::controller::act::marks::{Intent, Release};
 use crate::controller::act::publish::publish;
 use crate::controller::act::status_io::write;
 use crate::controller::ownership::shards::Acting;
-use crate::controller::policy::events::PendingEvent;
+use crate::controller::policy::plan::{Failures, Job};
 use crate::controller::policy::status::{moved, worth_writing};
 use crate::controller::policy::timing::{phase_of, task_key};
 use kube::ResourceExt;
@@ -31,34 +30,6 @@ static HEARTBEAT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_n
 
 /// Events kept for passes not yet run, at most; older ones are dropped first.
 const MAX_PENDING_EVENTS: usize = 32;
-
-/// What one tick hands over to be written.
-pub struct Job {
-    pub policy: Arc<BackpressurePolicy>,
-    pub rules: CircuitRules,
-    /// The status the tick computed.
-    pub next: BackpressurePolicyStatus,
-    /// The state the circuit decided (status may not hold it yet).
-    pub decided: State,
-    pub events: Vec<PendingEvent>,
-    /// The managed HPA is not as the policy says: apply it, capped at this partition count.
-    pub autoscaler: Option<AutoscalerSync>,
-}
-
-/// An apply of the policy's managed HPA (`autoscaler::sync`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AutoscalerSync {
-    pub partitions: Option<u32>,
-}
-
-/// What the last pass failed to write, reported in the next tick's status.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Failures {
-    /// Failed writes over the targets, in words.
-    pub targets: Vec<String>,
-    /// Why the managed HPA could not be applied, until it is.
-    pub autoscaler: Option<String>,
-}
 
 /// A policy's writes: what was last written, and the pass that writes the next.
 pub struct Writes {
@@ -380,6 +351,7 @@ fn refused_as_too_large(error: &kube::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::circuit::State;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     const PERIOD: Duration = Duration::from_secs(300);

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod events;
 pub mod fresh_status;
 pub mod judgement;
+pub mod plan;
 pub mod record;
 pub mod status;
 pub mod task;

@@ -6,29 +6,30 @@
 
 use crate::controller::act::writes;
 use crate::controller::policy::timing::{phase_of, task_key, ticker};
-use crate::controller::policy::{events, record};
+use crate::controller::policy::{plan, record};
 
 use crate::api::{BackpressurePolicy, BackpressurePolicyStatus, DiscoveryStatus, QueueSpec};
-use crate::circuit::{Circuit, CircuitRules, Decision};
+use crate::circuit::{Circuit, CircuitRules};
 use crate::controller::Context;
-use crate::controller::act::actuator::{self, Outcome};
+use crate::controller::act::actuator;
 use crate::controller::act::autoscaler;
 use crate::controller::cache::secrets::{self, EndpointProblem, resolve_endpoint};
 use crate::controller::cache::sharing;
 use crate::controller::ownership::shards::Acting;
 use crate::controller::policy::backoff::Backoff;
 use crate::controller::policy::judgement;
-use crate::controller::policy::status::{TickReport, next_status};
+use crate::controller::policy::events::PendingEvent;
 use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::{BackendEndpoint, Discovered, PreparedQueues, Sample};
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use writes::{AutoscalerSync, Job, Writes};
+use plan::{AutoscalerSync, Facts, Failures, Plan, plan};
+use writes::Writes;
 
 /// A policy this replica knows of, and its task when it runs one.
 struct Entry {
@@ -252,7 +253,7 @@ struct PolicyState {
     partition_cap: Option<u32>,
     /// Events of what happened between passes (an endpoint problem, an incomplete discovery),
     /// published by the next pass behind its fence.
-    events: Vec<events::PendingEvent>,
+    events: Vec<PendingEvent>,
     /// The run of this replica's ring Lease in which it acted on the policy at its last tick
     /// (`shards::Acting`; 0 under a leader). One that starts to (a handover, the task's start, a
     /// new run) first resumes the circuit from the API server; one whose acting only paused
@@ -490,88 +491,62 @@ async fn tick(context: &Arc<Context>, state: &mut PolicyState) -> bool {
         return false;
     }
     let sample = state.sample(context).await;
-    let run = match context.acting_on(&state.policy) {
-        Acting::Yes(run) => run,
-        // Its own circuit stands: no other replica can have acted on the policy in this run.
-        Acting::Paused(run) if state.acting == Some(run) => return true,
-        Acting::Paused(_) | Acting::No => {
-            state.acting = None;
-            // Not this replica's to report: the owner reports what it sees.
-            state.events.clear();
-            let status = state.policy.status.clone().unwrap_or_default();
-            state.follow_status(context, status, true);
-            return true;
-        }
-    };
-    if state.policy.meta().deletion_timestamp.is_some() {
-        return true;
-    }
-    if state.acting != Some(run) {
-        if !Box::pin(state.resume(context)).await {
-            return true;
-        }
-        state.acting = Some(run);
-    }
-    Box::pin(decide_and_hand_over(context, state, sample)).await;
-    true
-}
-
-/// The leader's part of a tick, after sampling.
-async fn decide_and_hand_over(
-    context: &Arc<Context>,
-    state: &mut PolicyState,
-    sample: Result<Sample, EndpointProblem>,
-) {
-    let policy = state.policy.clone();
     if let Ok(sample) = &sample {
         state.follow_partitions(sample);
     }
-    let autoscaler = state.autoscaler_sync(context);
-    let now = context.clock.now();
-    let decision = state.decide(context, now, &sample);
-    let failures = state.writes.failures();
-    let shared = sharing::shared_targets(&context.stores.policies, &policy);
-    let targets = Outcome {
-        missing: actuator::missing_targets(context, &policy),
-        errors: failures.targets,
-        ..Outcome::default()
-    };
-    let report = TickReport {
-        circuit: &state.circuit,
-        sample: sample.as_ref(),
-        targets: &targets,
-        autoscaler_error: failures.autoscaler.as_deref(),
-        partition_cap: state.partition_cap,
-        forecast: state.forecast,
-        discovery: state.discovery_status.as_ref(),
-        dry_run: policy.spec.dry_run,
-        shared: &shared,
-        now,
-    };
-    let (next, warnings) = state.writes.with_written(|written| {
-        let next = next_status(&policy, written, &report);
-        let warnings = events::condition_events(written, &next);
-        (next, warnings)
-    });
-    let mut events = events::decision_events(
-        &policy,
-        &decision,
-        &state.rules,
-        &state.circuit,
-        &targets,
-        sample.as_ref().ok(),
-    );
-    events.extend(warnings);
-    events.append(&mut state.events);
-    let job = Job {
-        policy,
-        rules: state.rules.clone(),
-        next,
-        decided: state.circuit.state,
-        events,
-        autoscaler,
-    };
-    state.writes.submit(context, job);
+    let acting = context.acting_on(&state.policy);
+    let gathered = state.gather(context, acting);
+    let mut fresh = None;
+    loop {
+        let planned = state.writes.with_written(|written| {
+            plan(Facts {
+                policy: &state.policy,
+                rules: &state.rules,
+                acting,
+                acted_in: state.acting,
+                fresh: fresh.as_ref(),
+                circuit: &state.circuit,
+                written,
+                sample: sample.as_ref(),
+                forecast: state.forecast,
+                failures: &gathered.failures,
+                missing: gathered.missing.clone(),
+                shared: &gathered.shared,
+                autoscaler: gathered.autoscaler,
+                partition_cap: state.partition_cap,
+                discovery: state.discovery_status.as_ref(),
+                pending_events: state.events.clone(),
+                now: gathered.now,
+            })
+        });
+        match planned {
+            Plan::Follow => {
+                state.acting = None;
+                // Not this replica's to report: the owner reports what it sees.
+                state.events.clear();
+                let status = state.policy.status.clone().unwrap_or_default();
+                state.follow_status(context, status, true);
+            }
+            Plan::Hold | Plan::Deleting => {}
+            Plan::ReadFreshStatus => {
+                if let Some(status) = Box::pin(state.read_fresh_status(context)).await {
+                    fresh = Some(status);
+                    continue;
+                }
+            }
+            Plan::Act(act) => state.hand_over(context, *act),
+        }
+        return true;
+    }
+}
+
+/// What a tick gathers from the stores for its plan, when this replica acts on the policy.
+struct Gathered {
+    failures: Failures,
+    missing: Vec<String>,
+    shared: Vec<sharing::Sharing>,
+    autoscaler: Option<AutoscalerSync>,
+    now: jiff::Timestamp,
 }
 
 impl PolicyState {
@@ -642,26 +617,61 @@ impl PolicyState {
         }
     }
 
-    /// Takes the circuit from the status the API server holds now (a consistent read past the
-    /// watch, shared with every other policy taken over at once: `fresh_status.rs`), before this
-    /// replica starts to act on the policy. What the last tick mirrored, or the watch's copy, can
-    /// be a tick older than the previous owner's last write: a circuit it opened a moment before
-    /// the handover would be taken as Closed and opened again, a second transition with a new
-    /// `openedSince`. False, and nothing acted on, when the read fails or the policy is gone.
-    async fn resume(&mut self, context: &Context) -> bool {
+
+    /// What the stores show for the plan: only while this replica acts on the policy (a
+    /// follower plans nothing from them).
+    fn gather(&mut self, context: &Context, acting: Acting) -> Gathered {
+        let acts = matches!(acting, Acting::Yes(_));
+        Gathered {
+            failures: self.writes.failures(),
+            missing: if acts {
+                actuator::missing_targets(context, &self.policy)
+            } else {
+                Vec::new()
+            },
+            shared: if acts {
+                sharing::shared_targets(&context.stores.policies, &self.policy)
+            } else {
+                Vec::new()
+            },
+            autoscaler: if acts { self.autoscaler_sync(context) } else { None },
+            now: context.clock.now(),
+        }
+    }
+
+    /// Takes the plan's decision and hands what to write to the policy's writes (`act/writes.rs`).
+    fn hand_over(&mut self, context: &Arc<Context>, act: plan::Act) {
+        if let Some(status) = act.taken_over {
+            self.follow_status(context, status, false);
+        }
+        self.acting = Some(act.run);
+        self.circuit = act.circuit;
+        self.events.clear();
+        let (namespace, name) = self.names();
+        record::record_circuit(context, &namespace, &name, &self.circuit);
+        if let Some(transition) = &act.decision.transition {
+            record::record_transition(context, &namespace, &name, transition);
+        }
+        self.writes.submit(context, act.job);
+    }
+
+    /// The status the API server holds now (a consistent read past the watch, shared with every
+    /// other policy taken over at once: `fresh_status.rs`), read before this replica starts to
+    /// act on the policy. What the last tick mirrored, or the watch's copy, can be a tick older
+    /// than the previous owner's last write: a circuit it opened a moment before the handover
+    /// would be taken as Closed and opened again, a second transition with a new `openedSince`.
+    /// `None`, and nothing acted on, when the read fails or the policy is gone.
+    async fn read_fresh_status(&self, context: &Context) -> Option<BackpressurePolicyStatus> {
         let (namespace, name) = self.names();
         let api: kube::Api<BackpressurePolicy> = context.settings.api(context.client.clone());
         match context.fresh_status.read(&api, &namespace, &name).await {
             // Only the status is taken: the policy stays the watch's copy, shared with the
             // store (a copy of each policy taken over was 5-6 MiB after a restart at 5,000).
-            Ok(Some(status)) => {
-                self.follow_status(context, status.unwrap_or_default(), false);
-                true
-            }
-            Ok(None) => false,
+            Ok(Some(status)) => Some(status.unwrap_or_default()),
+            Ok(None) => None,
             Err(error) => {
                 tracing::warn!(%namespace, policy = %name, %error, "reading the policies' status to take this one over failed; retrying next tick");
-                false
+                None
             }
         }
     }
@@ -724,26 +734,4 @@ impl PolicyState {
         Some(AutoscalerSync { partitions })
     }
 
-    /// Steps the circuit with the sample and records the result.
-    fn decide(
-        &mut self,
-        context: &Context,
-        now: jiff::Timestamp,
-        sample: &Result<Sample, EndpointProblem>,
-    ) -> Decision {
-        let decision = judgement::step(
-            &mut self.circuit,
-            &self.rules,
-            &self.policy,
-            now,
-            sample.as_ref().ok(),
-            self.forecast,
-        );
-        let (namespace, name) = self.names();
-        record::record_circuit(context, &namespace, &name, &self.circuit);
-        if let Some(transition) = &decision.transition {
-            record::record_transition(context, &namespace, &name, transition);
-        }
-        decision
-    }
 }

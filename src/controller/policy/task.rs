@@ -17,18 +17,18 @@ use crate::controller::cache::secrets::{self, EndpointProblem, resolve_endpoint}
 use crate::controller::cache::sharing;
 use crate::controller::ownership::shards::Acting;
 use crate::controller::policy::backoff::Backoff;
-use crate::controller::policy::judgement;
 use crate::controller::policy::events::PendingEvent;
+use crate::controller::policy::judgement;
 use crate::forecast::{Forecast, Forecaster};
 use crate::sampler::{BackendEndpoint, Discovered, PreparedQueues, Sample};
-use kube::runtime::events::EventType;
 use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use plan::{AutoscalerSync, Facts, Failures, Plan, plan};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use plan::{AutoscalerSync, Facts, Failures, Plan, plan};
 use writes::Writes;
 
 /// A policy this replica knows of, and its task when it runs one.
@@ -617,7 +617,6 @@ impl PolicyState {
         }
     }
 
-
     /// What the stores show for the plan: only while this replica acts on the policy (a
     /// follower plans nothing from them).
     fn gather(&mut self, context: &Context, acting: Acting) -> Gathered {
@@ -733,5 +732,4 @@ impl PolicyState {
         }
         Some(AutoscalerSync { partitions })
     }
-
 }

@@ -13,7 +13,7 @@
 mod support;
 
 use levee::api::{BackpressurePolicySpec, QueueSpec, RedisSpec};
-use levee::sampler::{Credentials, Endpoint, PreparedQueues, Sampler};
+use levee::sampler::{BackendEndpoint, Credentials, Endpoint, PreparedQueues, Sampler};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -187,11 +187,12 @@ async fn main() {
                 .unwrap()
             })
             .collect();
+        let endpoint = BackendEndpoint::Redis(endpoint.clone());
         let mut row = Vec::new();
         for reads in LatencyReads::ALL {
             let prepared = reads.prepare(&server, &specs);
             let read_latency = reads != LatencyReads::DepthOnly;
-            let warm = sampler.sample_prepared(&endpoint, &prepared).await;
+            let warm = sampler.sample_backend(&endpoint, &prepared).await;
             assert_eq!(warm.pending(), queues as u64);
             assert_eq!(warm.latency().is_some(), read_latency);
             let runs = iterations(queues);
@@ -201,7 +202,7 @@ async fn main() {
             let cpu_before = redis_cpu_seconds(&server);
             for _ in 0..runs {
                 let started = Instant::now();
-                let sample = sampler.sample_prepared(&endpoint, &prepared).await;
+                let sample = sampler.sample_backend(&endpoint, &prepared).await;
                 times.push(started.elapsed());
                 round_trips = sample.round_trips;
                 assert!(!read_latency || sample.latency().unwrap() >= Duration::from_secs(10));

@@ -863,7 +863,12 @@ async fn latency_is_read_every_latency_refresh_spread_over_the_ticks_and_estimat
     server.cli(&["CONFIG", "RESETSTAT"]);
     let mut last = None;
     for _ in 0..6 {
-        let sample = sampler.sample_prepared(&endpoint, &prepared).await;
+        let sample = sampler
+            .sample_backend(
+                &levee::sampler::BackendEndpoint::Redis(endpoint.clone()),
+                &prepared,
+            )
+            .await;
         let sampled_at = server.time_ms();
         assert_eq!(sample.round_trips, 1);
         assert!(
@@ -903,7 +908,12 @@ async fn latency_is_read_every_latency_refresh_spread_over_the_ticks_and_estimat
     server.cli(&["RPOP", "queue:billing"]);
     server.cli(&["DEL", "queue:q1"]);
     server.cli(&["CONFIG", "RESETSTAT"]);
-    let sample = sampler.sample_prepared(&endpoint, &prepared).await;
+    let sample = sampler
+        .sample_backend(
+            &levee::sampler::BackendEndpoint::Redis(endpoint.clone()),
+            &prepared,
+        )
+        .await;
     let theirs = run_producer(
         "ruby",
         "sidekiq_latency.rb",
@@ -932,12 +942,22 @@ async fn an_estimate_at_the_lowest_latency_threshold_is_read_again_in_the_same_t
     let sampler = Sampler::new();
     let endpoint = standalone(&server);
     server.cli(&["CONFIG", "RESETSTAT"]);
-    let first = sampler.sample_prepared(&endpoint, &prepared).await;
+    let first = sampler
+        .sample_backend(
+            &levee::sampler::BackendEndpoint::Redis(endpoint.clone()),
+            &prepared,
+        )
+        .await;
     assert_within_a_second(latency_of(&first, "edge"), 19.3);
     // The job runs and a younger one waits; below 20 s levee keeps its upper bound.
     server.cli(&["DEL", "queue:edge"]);
     server.cli(&["LPUSH", "queue:edge", &sidekiq_job(server.time_ms() - 5_000)]);
-    let estimated = sampler.sample_prepared(&endpoint, &prepared).await;
+    let estimated = sampler
+        .sample_backend(
+            &levee::sampler::BackendEndpoint::Redis(endpoint.clone()),
+            &prepared,
+        )
+        .await;
     let estimate = latency_of(&estimated, "edge").unwrap().unwrap();
     assert!(
         estimate >= std::time::Duration::from_secs(19) && estimate < std::time::Duration::from_secs(20),
@@ -946,7 +966,12 @@ async fn an_estimate_at_the_lowest_latency_threshold_is_read_again_in_the_same_t
     assert_eq!(lindex_calls(&server), 1);
     // Once the estimate reaches the recovery threshold, the tick reads the queue again.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let confirmed = sampler.sample_prepared(&endpoint, &prepared).await;
+    let confirmed = sampler
+        .sample_backend(
+            &levee::sampler::BackendEndpoint::Redis(endpoint.clone()),
+            &prepared,
+        )
+        .await;
     assert_within_a_second(latency_of(&confirmed, "edge"), 6.0);
     assert_eq!(lindex_calls(&server), 2);
 }

@@ -450,8 +450,26 @@ pub enum BackendSpec<'a> {
 impl BackpressurePolicySpec {
     /// The backend the spec names; None when it names none (the CRD's rules refuse that, so only
     /// an object the API server did not validate gets here). Redis wins when both are there.
+    /// Every field of the spec is named here, without `..`: a field added for a new backend does
+    /// not compile until it is placed among the backends (or said not to be one).
     pub fn backend(&self) -> Option<BackendSpec<'_>> {
-        match (&self.redis, &self.nats, &self.kafka) {
+        let Self {
+            redis,
+            nats,
+            kafka,
+            queues: _,
+            sample_interval: _,
+            thresholds: _,
+            read_latency: _,
+            circuit: _,
+            on_sample_failure: _,
+            targets: _,
+            scale_target: _,
+            dry_run: _,
+            discovery: _,
+            status_heartbeat: _,
+        } = self;
+        match (redis, nats, kafka) {
             (Some(redis), _, _) => Some(BackendSpec::Redis(redis)),
             (None, Some(nats), _) => Some(BackendSpec::Nats(nats)),
             (None, None, Some(kafka)) => Some(BackendSpec::Kafka(kafka)),

@@ -17,14 +17,11 @@ pub use self::redis::{
 };
 pub use node_addr::NodeAddr;
 
-use self::redis::EndpointConnections;
-use self::redis::latency_refresh::{LatencyRefresh, LatencySchedule};
-use crate::api::{BackpressurePolicySpec, QueueSpec};
+use self::redis::latency_refresh::LatencyRefresh;
+use crate::api::{BackendKind, BackendSpec, BackpressurePolicySpec, QueueSpec};
 use crate::circuit::{CircuitRules, Measure, MemoryUse, Observation};
 use jiff::Timestamp;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One queue's reading in a sample.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +77,19 @@ impl Sample {
 
     /// True when any queue's depth could not be read.
     pub fn failed(&self) -> bool {
-        self.queues.iter().any(|q| q.depth.is_err())
+        self.queues.iter().any(|q| q.depth.is_err()) || (self.queues.is_empty() && self.unreachable.is_some())
+    }
+
+    /// A sample in which nothing could be read, for `why`: a failed sample, never a depth of 0.
+    pub fn unreachable(why: String) -> Self {
+        Self {
+            at: Timestamp::now(),
+            queues: Vec::new(),
+            round_trips: 0,
+            unreachable: Some(why),
+            memory: None,
+            duration: Duration::ZERO,
+        }
     }
 
     /// The policy's latency: the largest of the queues that count (weight above zero); `None`
@@ -137,53 +146,59 @@ pub enum BackendEndpoint {
     Kafka(kafka::KafkaEndpoint),
 }
 
-/// A policy's queues with the reads each takes, built once per policy generation, and when each
-/// Redis queue's latency is read again (its state is shared by clones).
+impl BackendEndpoint {
+    /// The backend it reaches.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Self::Redis(_) => BackendKind::Redis,
+            Self::Nats(_) => BackendKind::Nats,
+            Self::Kafka(_) => BackendKind::Kafka,
+        }
+    }
+}
+
+/// A policy's queues with the reads each takes, built once per policy generation: one variant
+/// per backend, each holding what its own module prepared, so a match on it shows every place a
+/// new backend must answer.
 #[derive(Clone, Debug)]
-pub struct PreparedQueues {
-    queues: Vec<self::redis::PreparedQueue>,
-    latency_schedule: Arc<Mutex<LatencySchedule>>,
-    consumers: Vec<nats::PreparedConsumer>,
-    kafka: Vec<kafka::PreparedKafkaQueue>,
+pub enum PreparedQueues {
+    Redis(self::redis::PreparedRedis),
+    Nats(Vec<nats::PreparedConsumer>),
+    Kafka(Vec<kafka::PreparedKafkaQueue>),
 }
 
 impl PreparedQueues {
-    /// The queues' depth reads and, with `read_latency`, the latency read of each queue whose
-    /// layout keeps an enqueue time (every tick); and the JetStream consumers. Entries with a
-    /// `keyPattern` are left out: discovery turns them into queues of their own.
+    /// Redis queues' depth reads and, with `read_latency`, the latency read of each queue whose
+    /// layout keeps an enqueue time (every tick). Entries with a `keyPattern` are left out:
+    /// discovery turns them into queues of their own.
     pub fn new(queues: &[QueueSpec], read_latency: bool) -> Self {
-        Self::with_latency_refresh(queues, read_latency, LatencyRefresh::EVERY_TICK)
+        Self::Redis(self::redis::PreparedRedis::new(
+            queues,
+            read_latency,
+            LatencyRefresh::EVERY_TICK,
+        ))
     }
 
-    /// `queues` (the spec's, or with the discovered ones) as `spec` reads them: its
-    /// `readLatency`, and its Redis queues' latency read every `spec.redis.latencyRefresh`.
+    /// `queues` (the spec's, or with the discovered ones) as `spec`'s backend reads them, with
+    /// its `readLatency`. A spec that names no backend is never sampled (its endpoint cannot be
+    /// built): its queues are prepared as Redis's, the default.
     pub fn for_policy(spec: &BackpressurePolicySpec, queues: &[QueueSpec]) -> Self {
-        let refresh = spec
-            .redis
-            .as_ref()
-            .map_or(Duration::ZERO, |redis| redis.latency_refresh.into());
-        let confirm_at = spec.thresholds.latency().map(|bands| bands.recovery);
-        let refresh = LatencyRefresh::new(refresh, spec.sample_interval.into(), confirm_at);
-        Self::with_latency_refresh(queues, spec.read_latency, refresh)
-    }
-
-    fn with_latency_refresh(queues: &[QueueSpec], read_latency: bool, refresh: LatencyRefresh) -> Self {
-        let queues_redis = self::redis::prepare(queues, read_latency);
-        Self {
-            latency_schedule: Arc::new(Mutex::new(LatencySchedule::new(refresh, queues_redis.len()))),
-            consumers: nats::prepare(queues, read_latency),
-            kafka: kafka::prepare(queues, read_latency),
-            queues: queues_redis,
+        match spec.backend() {
+            Some(BackendSpec::Nats(_)) => Self::Nats(nats::prepare(queues, spec.read_latency)),
+            Some(BackendSpec::Kafka(_)) => Self::Kafka(kafka::prepare(queues, spec.read_latency)),
+            Some(BackendSpec::Redis(_)) | None => {
+                Self::Redis(self::redis::PreparedRedis::for_policy(spec, queues))
+            }
         }
     }
 
-    /// These queues, keeping `previous`'s latency reads when the Redis queues are the same (a
-    /// discovery that found nothing new does not make the next tick read every latency).
-    pub fn continuing(mut self, previous: &PreparedQueues) -> Self {
-        if self.queues == previous.queues {
-            self.latency_schedule = Arc::clone(&previous.latency_schedule);
+    /// These queues, keeping `previous`'s Redis latency schedule when the Redis queues are the
+    /// same (a discovery that found nothing new does not make the next tick read every latency).
+    pub fn continuing(self, previous: &PreparedQueues) -> Self {
+        match (self, previous) {
+            (Self::Redis(next), Self::Redis(previous)) => Self::Redis(next.continuing(previous)),
+            (next, _) => next,
         }
-        self
     }
 }
 
@@ -191,16 +206,13 @@ impl PreparedQueues {
 /// password or a changed URL leaves the old one behind).
 pub const IDLE_EVICTION: Duration = Duration::from_secs(300);
 
-/// An endpoint's state and when a policy last sampled it.
-type Entry = (Arc<EndpointConnections>, Instant);
-
-/// Samples queues; cheap to clone, shared by every policy.
+/// Samples queues; cheap to clone, shared by every policy: one sampler per backend, each keeping
+/// its own connections.
 #[derive(Clone)]
 pub struct Sampler {
-    endpoints: Arc<Mutex<HashMap<Endpoint, Entry>>>,
+    redis: self::redis::RedisSampler,
     nats: nats::NatsSampler,
     kafka: kafka::KafkaSampler,
-    idle_eviction: Duration,
 }
 
 impl Default for Sampler {
@@ -217,31 +229,46 @@ impl Sampler {
     /// A sampler that drops endpoints unused for `idle_eviction`.
     pub fn with_idle_eviction(idle_eviction: Duration) -> Self {
         Self {
-            endpoints: Arc::default(),
+            redis: self::redis::RedisSampler::new(idle_eviction),
             nats: nats::NatsSampler::new(idle_eviction),
             kafka: kafka::KafkaSampler::new(idle_eviction),
-            idle_eviction,
         }
     }
 
-    /// Number of endpoints with live state (for tests and metrics).
+    /// Number of Redis endpoints with live state (for tests and metrics).
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.lock().expect("endpoint map lock").len()
+        self.redis.endpoint_count()
     }
 
-    /// Reads every queue of one policy (depths and latencies): one pipeline per Redis node, all
-    /// nodes at once.
+    /// Reads every queue of one Redis policy (depths and latencies): one pipeline per Redis
+    /// node, all nodes at once.
     pub async fn sample(&self, endpoint: &Endpoint, queues: &[QueueSpec]) -> Sample {
-        self.sample_prepared(endpoint, &PreparedQueues::new(queues, true))
-            .await
+        let prepared = self::redis::PreparedRedis::new(queues, true, LatencyRefresh::EVERY_TICK);
+        self.redis.sample_prepared(endpoint, &prepared).await
+    }
+
+    /// The Redis queues that `entries` (those with a `keyPattern`) name, at most `cap` of them.
+    pub async fn discover(&self, endpoint: &Endpoint, entries: &[QueueSpec], cap: usize) -> Discovered {
+        self.redis.discover(endpoint, entries, cap).await
     }
 
     /// Reads every queue of one policy from its backend, the reads prepared once per generation.
     pub async fn sample_backend(&self, endpoint: &BackendEndpoint, prepared: &PreparedQueues) -> Sample {
-        match endpoint {
-            BackendEndpoint::Redis(endpoint) => self.sample_prepared(endpoint, prepared).await,
-            BackendEndpoint::Nats(endpoint) => self.nats.sample(endpoint, &prepared.consumers).await,
-            BackendEndpoint::Kafka(endpoint) => self.kafka.sample(endpoint, &prepared.kafka).await,
+        match (endpoint, prepared) {
+            (BackendEndpoint::Redis(endpoint), PreparedQueues::Redis(queues)) => {
+                self.redis.sample_prepared(endpoint, queues).await
+            }
+            (BackendEndpoint::Nats(endpoint), PreparedQueues::Nats(consumers)) => {
+                self.nats.sample(endpoint, consumers).await
+            }
+            (BackendEndpoint::Kafka(endpoint), PreparedQueues::Kafka(queues)) => {
+                self.kafka.sample(endpoint, queues).await
+            }
+            // Both come from the same spec: a mismatch is levee's own mistake, said as such.
+            (endpoint, _) => Sample::unreachable(format!(
+                "levee prepared this policy's queues for another backend than its endpoint's ({}): report this",
+                endpoint.kind().name()
+            )),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! background at `discovery.interval`, never in a tick; bounded in calls, in keys and bytes
 //! collected, and in time.
 
-use super::Sampler;
 use super::connections::EndpointConnections;
 use super::endpoint::Endpoint;
 use super::registry::{Source, expand};
@@ -64,7 +63,7 @@ impl Discovered {
     }
 }
 
-impl Sampler {
+impl super::RedisSampler {
     /// The queues that `entries` (those with a `keyPattern`) name, at most `cap` of them.
     pub async fn discover(&self, endpoint: &Endpoint, entries: &[QueueSpec], cap: usize) -> Discovered {
         let state = self.state_of(endpoint);

@@ -37,15 +37,19 @@ pub use memory::Memory;
 use memory::fullest;
 pub use probe::{KeyRead, QueueError, QueueProbe, ReadKind};
 
-use super::{NodeAddr, PreparedQueues, QueueReading, Sample, Sampler};
+use super::{NodeAddr, QueueReading, Sample};
 use crate::api::{BackendKind, QueueSpec};
-pub(super) use connections::EndpointConnections;
+use connections::EndpointConnections;
 use futures::future::join_all;
 use jiff::Timestamp;
+use latency_refresh::{LatencyRefresh, LatencySchedule};
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult, Value};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
 use std::time::Instant;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,10 +72,49 @@ impl PreparedQueue {
     }
 }
 
+/// A Redis policy's queues with their reads, and when each queue's latency is read again (its
+/// state is shared by clones).
+#[derive(Clone, Debug)]
+pub struct PreparedRedis {
+    queues: Vec<PreparedQueue>,
+    latency_schedule: Arc<Mutex<LatencySchedule>>,
+}
+
+impl PreparedRedis {
+    /// `queues`' reads, each latency read on `refresh`'s schedule.
+    pub(super) fn new(queues: &[QueueSpec], read_latency: bool, refresh: LatencyRefresh) -> Self {
+        let queues = prepare(queues, read_latency);
+        Self {
+            latency_schedule: Arc::new(Mutex::new(LatencySchedule::new(refresh, queues.len()))),
+            queues,
+        }
+    }
+
+    /// `queues` as `spec` reads them: its `readLatency`, and each latency read every
+    /// `spec.redis.latencyRefresh`.
+    pub(super) fn for_policy(spec: &crate::api::BackpressurePolicySpec, queues: &[QueueSpec]) -> Self {
+        let refresh = spec
+            .redis
+            .as_ref()
+            .map_or(Duration::ZERO, |redis| redis.latency_refresh.into());
+        let confirm_at = spec.thresholds.latency().map(|bands| bands.recovery);
+        let refresh = LatencyRefresh::new(refresh, spec.sample_interval.into(), confirm_at);
+        Self::new(queues, spec.read_latency, refresh)
+    }
+
+    /// These queues, keeping `previous`'s latency schedule when the queues are the same.
+    pub(super) fn continuing(mut self, previous: &PreparedRedis) -> Self {
+        if self.queues == previous.queues {
+            self.latency_schedule = Arc::clone(&previous.latency_schedule);
+        }
+        self
+    }
+}
+
 /// The policy's Redis queues with their depth reads and, with `read_latency`, the latency read of
 /// each queue whose layout keeps an enqueue time. Entries with a `keyPattern` are left out:
 /// discovery turns them into queues of their own.
-pub(super) fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedQueue> {
+fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedQueue> {
     queues
         .iter()
         .filter(|queue| queue.key_pattern.is_none())
@@ -88,7 +131,7 @@ pub(super) fn prepare(queues: &[QueueSpec], read_latency: bool) -> Vec<PreparedQ
 /// Each queue's reading from its replies (in the order of the reads): its depth, and its latency
 /// read where `latency_due` says so, else estimated from its last read (`latency_refresh`).
 fn readings(
-    prepared: &PreparedQueues,
+    prepared: &PreparedRedis,
     latency_due: &[bool],
     replies: Vec<Result<RedisResult<Value>, String>>,
     started: Instant,
@@ -146,9 +189,33 @@ struct ReadOutcome {
     memory: Result<Vec<Memory>, String>,
 }
 
-impl Sampler {
-    /// Like `sample`, with the reads prepared once (per policy generation) rather than per tick.
-    pub async fn sample_prepared(&self, endpoint: &Endpoint, prepared: &PreparedQueues) -> Sample {
+/// An endpoint's connections and when a policy last sampled it.
+type Entry = (Arc<EndpointConnections>, Instant);
+
+/// Reads Redis queues, keeping connections per endpoint; cheap to clone, shared by every policy.
+#[derive(Clone)]
+pub struct RedisSampler {
+    endpoints: Arc<Mutex<HashMap<Endpoint, Entry>>>,
+    /// An endpoint no policy sampled for this long is dropped with its connections.
+    idle_eviction: Duration,
+}
+
+impl RedisSampler {
+    pub fn new(idle_eviction: Duration) -> Self {
+        Self {
+            endpoints: Arc::default(),
+            idle_eviction,
+        }
+    }
+
+    /// Number of endpoints with live state.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.lock().expect("endpoint map lock").len()
+    }
+
+    /// Reads every queue of one policy (depths and latencies) with the reads prepared once per
+    /// policy generation: one pipeline per Redis node, all nodes at once.
+    pub async fn sample_prepared(&self, endpoint: &Endpoint, prepared: &PreparedRedis) -> Sample {
         let started = Instant::now();
         let at = Timestamp::now();
         let latency_due: Vec<bool> = {

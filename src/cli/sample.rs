@@ -4,16 +4,15 @@
 //! discovery keeps the queues found before).
 
 use super::{EXIT_PROBLEM, EXIT_USAGE, read_input};
+use crate::api::BackpressurePolicy;
 use crate::api::QueueSpec;
 use crate::api::status::latency_seconds;
 use crate::api::validation::check_documents;
-use crate::api::{BackendSpec, BackpressurePolicy};
 use crate::circuit::{Circuit, CircuitRules, Decision};
 use crate::controller::policy::judgement;
 use crate::forecast::Forecaster;
-use crate::sampler::kafka::{KafkaEndpoint, SaslAuth};
-use crate::sampler::nats::{NatsAuth, NatsEndpoint, nkey};
-use crate::sampler::{BackendEndpoint, Credentials, Discovered, Endpoint, PreparedQueues, Sample, Sampler};
+use crate::sampler::credentials::{Credential, EndpointProblem, EndpointSource};
+use crate::sampler::{BackendEndpoint, Discovered, NodeAddr, PreparedQueues, Sample, Sampler};
 use futures::future::join_all;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -45,31 +44,112 @@ pub struct SampleOptions {
     pub output: OutputFormat,
 }
 
-/// The NATS credentials given on the command line, as the Secret's keys would give them: a
-/// .creds file, else an nkey seed file, else a password (a token without a username).
-fn nats_auth(options: &SampleOptions) -> Result<NatsAuth, String> {
-    let read = |flag: &str, path: &str| {
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {flag} {path}: {e}"))
-    };
-    if let Some(path) = &options.nats_creds {
-        let (jwt, seed) = nkey::parse_creds(&read("--nats-creds", path)?)
-            .map_err(|e| format!("--nats-creds {path}: {e}"))?;
-        nkey::UserKey::from_seed(&seed).map_err(|e| format!("--nats-creds {path}: the seed: {e}"))?;
-        return Ok(NatsAuth::Credentials { jwt, seed });
+/// The credentials given on the command line, standing in for the Secrets a policy names
+/// (`levee sample` reads none): each backend's own resolution takes them as it takes a Secret's
+/// keys (`sampler/<backend>/credentials.rs`). A credential the spec names and no flag gives is
+/// left out of the endpoint, and said once.
+struct Flags<'a> {
+    options: &'a SampleOptions,
+    /// What the spec names that no flag gave, to print before sampling.
+    notes: Mutex<Vec<String>>,
+}
+
+impl Flags<'_> {
+    fn file(&self, flag: &str, path: &str) -> Result<String, EndpointProblem> {
+        std::fs::read_to_string(path).map_err(|e| EndpointProblem {
+            reason: "SecretUnreadable",
+            message: format!("cannot read {flag} {path}: {e}"),
+        })
     }
-    if let Some(path) = &options.nats_nkey {
-        let seed = read("--nats-nkey", path)?.trim().to_string();
-        nkey::UserKey::from_seed(&seed).map_err(|e| format!("--nats-nkey {path}: {e}"))?;
-        return Ok(NatsAuth::Nkey { seed });
+
+    /// The flags that give `credential` asked for by `field`.
+    fn flags_for(field: &str, credential: Credential<'_>) -> &'static str {
+        match credential {
+            Credential::CaBundle { .. } => "--ca-file",
+            Credential::NatsCreds => "--nats-creds",
+            Credential::NatsNkey => "--nats-nkey",
+            _ if field.starts_with("spec.nats.") => {
+                "--nats-creds, --nats-nkey, or --password with or without --username"
+            }
+            Credential::Username { .. } => "--username",
+            Credential::Password { .. } => "--password",
+        }
     }
-    Ok(match (&options.username, &options.password) {
-        (Some(user), Some(password)) => NatsAuth::UserPassword {
-            user: user.clone(),
-            password: password.clone(),
-        },
-        (None, Some(token)) => NatsAuth::Token(token.clone()),
-        _ => NatsAuth::None,
-    })
+}
+
+impl EndpointSource for Flags<'_> {
+    async fn get(
+        &self,
+        secret: &str,
+        credential: Credential<'_>,
+        field: &str,
+    ) -> Result<Option<String>, EndpointProblem> {
+        let options = self.options;
+        let given = match credential {
+            Credential::Username { .. } => options.username.clone(),
+            Credential::Password { .. } => options.password.clone(),
+            Credential::NatsCreds => options
+                .nats_creds
+                .as_deref()
+                .map(|p| self.file("--nats-creds", p))
+                .transpose()?,
+            Credential::NatsNkey => options
+                .nats_nkey
+                .as_deref()
+                .map(|p| self.file("--nats-nkey", p))
+                .transpose()?,
+            Credential::CaBundle { .. } => options
+                .ca_file
+                .as_deref()
+                .map(|p| self.file("--ca-file", p))
+                .transpose()?,
+        };
+        if given.is_none() {
+            self.notes.lock().expect("notes lock").push(format!(
+                "{field}: levee sample cannot read Secret {secret:?}: pass {}",
+                Self::flags_for(field, credential)
+            ));
+        }
+        Ok(given)
+    }
+
+    async fn holds(
+        &self,
+        _secret: &str,
+        credential: Credential<'_>,
+        _field: &str,
+    ) -> Result<bool, EndpointProblem> {
+        let options = self.options;
+        Ok(match credential {
+            Credential::Username { .. } => options.username.is_some(),
+            Credential::Password { .. } => options.password.is_some(),
+            Credential::NatsCreds => options.nats_creds.is_some(),
+            Credential::NatsNkey => options.nats_nkey.is_some(),
+            Credential::CaBundle { .. } => options.ca_file.is_some(),
+        })
+    }
+
+    /// The command line's own credentials go where its user sends them.
+    async fn allows(&self, _secret: &str, _host: &NodeAddr, _target: &str) -> Result<(), EndpointProblem> {
+        Ok(())
+    }
+
+    fn origin(&self, _secret: &str, credential: Credential<'_>) -> String {
+        let options = self.options;
+        let path =
+            |flag: &str, value: &Option<String>| format!("{flag} {}", value.as_deref().unwrap_or_default());
+        match credential {
+            Credential::Username { .. } => "--username".into(),
+            Credential::Password { .. } => "--password".into(),
+            Credential::NatsCreds => path("--nats-creds", &options.nats_creds),
+            Credential::NatsNkey => path("--nats-nkey", &options.nats_nkey),
+            Credential::CaBundle { .. } => path("--ca-file", &options.ca_file),
+        }
+    }
+
+    fn redis_url(&self) -> Option<&str> {
+        self.options.redis_url.as_deref()
+    }
 }
 
 /// One policy being sampled: where its queues are and what its circuit remembers.
@@ -141,7 +221,7 @@ pub async fn run(
     out: Arc<Mutex<dyn Write + Send>>,
     err: &mut impl Write,
 ) -> ExitCode {
-    let mut watched = match load(&options, err) {
+    let mut watched = match load(&options, err).await {
         Ok(watched) => watched,
         Err(code) => return code,
     };
@@ -199,7 +279,7 @@ pub async fn run(
     ExitCode::SUCCESS
 }
 
-fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, ExitCode> {
+async fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, ExitCode> {
     let text = read_input(&options.file).map_err(|message| {
         let _ = writeln!(err, "{message}");
         ExitCode::from(EXIT_USAGE)
@@ -214,131 +294,27 @@ fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watched>, E
         }
         return Err(ExitCode::from(EXIT_PROBLEM));
     }
-    let ca_pem = match &options.ca_file {
-        Some(path) => Some(std::fs::read(path).map_err(|e| {
-            let _ = writeln!(err, "cannot read --redis-ca-file {path}: {e}");
-            ExitCode::from(EXIT_USAGE)
-        })?),
-        None => None,
-    };
     let mut watched = Vec::new();
     let mut problems = false;
     for policy in checked.policies {
         let name = display_name(&policy);
-        let redis = match policy.spec.backend() {
-            Some(BackendSpec::Redis(redis)) => redis,
-            Some(BackendSpec::Nats(nats)) => {
-                let auth = match nats_auth(options) {
-                    Ok(auth) => auth,
-                    Err(error) => {
-                        let _ = writeln!(err, "{name}: {error}");
-                        problems = true;
-                        continue;
-                    }
-                };
-                if let Some(secret) = &nats.credentials_secret_ref
-                    && auth == NatsAuth::None
-                {
-                    let _ = writeln!(
-                        err,
-                        "{name}: spec.nats.credentialsSecretRef: levee sample cannot read Secret {:?}: it connects without credentials (pass --nats-creds, --nats-nkey, or --password with or without --username)",
-                        secret.name
-                    );
-                }
-                match NatsEndpoint::from_spec(nats, auth) {
-                    Ok(endpoint) => {
-                        let endpoint = match &ca_pem {
-                            Some(pem) => endpoint.with_ca(pem.clone()),
-                            None => endpoint,
-                        };
-                        watched.push(Watched::new(policy, BackendEndpoint::Nats(endpoint)))
-                    }
-                    Err(error) => {
-                        let _ = writeln!(err, "{name}: spec.nats.url: {error}");
-                        problems = true;
-                    }
-                }
-                continue;
-            }
-            Some(BackendSpec::Kafka(kafka)) => {
-                // The SASL identity: --username (default the Secret's usual key, "username") and
-                // --password, since levee sample reads no Secret.
-                let sasl = match (&kafka.sasl, &options.password) {
-                    (Some(sasl), Some(password)) => Some(SaslAuth {
-                        mechanism: sasl.mechanism,
-                        username: options.username.clone().unwrap_or_default(),
-                        password: password.clone(),
-                    }),
-                    (Some(sasl), None) => {
-                        let _ = writeln!(
-                            err,
-                            "{name}: spec.kafka.sasl: levee sample cannot read Secret {:?}: pass --username and --password",
-                            sasl.credentials_secret_ref.name
-                        );
-                        problems = true;
-                        continue;
-                    }
-                    (None, _) => None,
-                };
-                // The CA of spec.kafka.tls from --redis-ca-file, as for Redis.
-                match KafkaEndpoint::from_spec(kafka, sasl) {
-                    Ok(endpoint) => {
-                        let endpoint = match &ca_pem {
-                            Some(pem) => endpoint.with_ca(pem.clone()),
-                            None => endpoint,
-                        };
-                        watched.push(Watched::new(policy, BackendEndpoint::Kafka(endpoint)));
-                    }
-                    Err(error) => {
-                        let _ = writeln!(err, "{name}: spec.kafka.bootstrapServers: {error}");
-                        problems = true;
-                    }
-                }
-                continue;
-            }
-            None => {
-                let _ = writeln!(
-                    err,
-                    "{name}: spec: name a backend: spec.redis, spec.nats or spec.kafka"
-                );
-                problems = true;
-                continue;
-            }
+        let flags = Flags {
+            options,
+            notes: Mutex::default(),
         };
-        if let Some(secret) = &redis.credentials_secret_ref
-            && options.password.is_none()
-        {
-            let _ = writeln!(
-                err,
-                "{name}: spec.redis.credentialsSecretRef: levee sample cannot read Secret {:?}: pass --redis-password (or LEVEE_REDIS_PASSWORD)",
-                secret.name
-            );
+        let resolved = BackendEndpoint::resolve(&policy.spec, &flags).await;
+        for note in flags.notes.into_inner().expect("notes lock") {
+            let _ = writeln!(err, "{name}: {note}");
         }
-        if let Some(ca) = redis.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref())
-            && ca_pem.is_none()
-        {
-            let _ = writeln!(
-                err,
-                "{name}: spec.redis.tls.caSecretRef: levee sample cannot read Secret {:?}: pass --redis-ca-file",
-                ca.name
-            );
-        }
-        let credentials = Credentials {
-            username: options.username.clone(),
-            password: options.password.clone(),
-        };
-        match Endpoint::from_spec(redis, options.redis_url.as_deref(), credentials, ca_pem.clone()) {
+        match resolved {
             Ok(mut endpoint) => {
-                endpoint.max_reply_bytes = options.max_reply_bytes;
-                watched.push(Watched::new(policy, BackendEndpoint::Redis(endpoint)));
+                if let BackendEndpoint::Redis(redis) = &mut endpoint {
+                    redis.max_reply_bytes = options.max_reply_bytes;
+                }
+                watched.push(Watched::new(policy, endpoint));
             }
-            Err(error) => {
-                let field = if options.redis_url.is_some() {
-                    "--redis-url"
-                } else {
-                    "spec.redis.url"
-                };
-                let _ = writeln!(err, "{name}: {field}: {error}");
+            Err(problem) => {
+                let _ = writeln!(err, "{name}: {}", problem.message);
                 problems = true;
             }
         }

@@ -4,6 +4,7 @@
 //! The circuit, controller, metrics API and scaler see only that. Shared here: the sample, the
 //! dispatch (an exhaustive match over the backends), a node's address and the TLS client settings.
 
+pub mod credentials;
 pub mod kafka;
 pub mod nats;
 mod node_addr;
@@ -147,6 +148,27 @@ pub enum BackendEndpoint {
 }
 
 impl BackendEndpoint {
+    /// The endpoint of `spec`'s backend, with the credentials `source` gives: each backend
+    /// resolves its own (`<backend>/credentials.rs`).
+    pub async fn resolve(
+        spec: &BackpressurePolicySpec,
+        source: &impl credentials::EndpointSource,
+    ) -> Result<Self, credentials::EndpointProblem> {
+        match spec.backend() {
+            Some(BackendSpec::Redis(redis)) => self::redis::credentials::resolve(redis, source)
+                .await
+                .map(Self::Redis),
+            Some(BackendSpec::Nats(nats)) => nats::credentials::resolve(nats, source).await.map(Self::Nats),
+            Some(BackendSpec::Kafka(kafka)) => {
+                kafka::credentials::resolve(kafka, source).await.map(Self::Kafka)
+            }
+            None => Err(credentials::EndpointProblem {
+                reason: "NoBackend",
+                message: "the policy names no backend: set spec.redis, spec.nats or spec.kafka".into(),
+            }),
+        }
+    }
+
     /// The backend it reaches.
     pub fn kind(&self) -> BackendKind {
         match self {

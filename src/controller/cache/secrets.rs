@@ -17,12 +17,11 @@ use crate::api::labels::{
     ANNOTATION_SECRET_HOSTS, ANNOTATION_SECRET_HOSTS_LEGACY, LABEL_SECRET_CONSENT,
     LABEL_SECRET_CONSENT_LEGACY,
 };
-use crate::api::{BackendSpec, BackpressurePolicy, KafkaSpec, NatsSpec, RedisSpec, SecretKeyRef};
+use crate::api::{BackendSpec, BackpressurePolicy};
 use crate::controller::cache::indexed_store::IndexedStore;
 use crate::controller::cache::kept_secret::{Bounded, HOSTS_BOUND, KEYS_BOUND, KeptSecret, VALUES_BOUND};
-use crate::sampler::kafka::{KafkaEndpoint, SaslAuth};
-use crate::sampler::nats::{NatsAuth, NatsEndpoint, nkey};
-use crate::sampler::{BackendEndpoint, Credentials, Endpoint, NodeAddr};
+use crate::sampler::credentials::{Credential, EndpointSource};
+use crate::sampler::{BackendEndpoint, NodeAddr};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
@@ -67,14 +66,7 @@ impl OptedInSecrets {
     }
 }
 
-/// Why a policy's endpoint cannot be built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointProblem {
-    /// A condition reason (`SecretNotFound`, `SecretKeyMissing`, `SecretTooLarge`,
-    /// `InvalidRedisUrl`, ...).
-    pub reason: &'static str,
-    pub message: String,
-}
+pub use crate::sampler::credentials::EndpointProblem;
 
 /// The names of the Secrets `policy` references.
 fn referenced(policy: &BackpressurePolicy) -> Vec<&str> {
@@ -102,22 +94,6 @@ fn referenced(policy: &BackpressurePolicy) -> Vec<&str> {
         .collect()
 }
 
-/// The PEM CA bundle that `reference` (a `tls.caSecretRef`, named `field`) holds, if any.
-async fn ca_bundle(
-    secrets: &Watched<'_>,
-    namespace: &str,
-    reference: Option<&SecretKeyRef>,
-    field: &str,
-) -> Result<Option<Vec<u8>>, EndpointProblem> {
-    let Some(reference) = reference else {
-        return Ok(None);
-    };
-    let secret = secrets.read(namespace, &reference.name, field).await?;
-    Ok(Some(
-        text_key(&secret, namespace, &reference.key, field)?.into_bytes(),
-    ))
-}
-
 /// The resource versions of the (opted-in) Secrets `policy` references, as the store holds them:
 /// when they change, the endpoint is rebuilt.
 pub fn versions(store: &OptedInSecrets, policy: &BackpressurePolicy) -> Vec<Option<String>> {
@@ -132,7 +108,8 @@ pub fn versions(store: &OptedInSecrets, policy: &BackpressurePolicy) -> Vec<Opti
         .collect()
 }
 
-/// The endpoint of `policy`'s backend, from the opted-in Secrets it references.
+/// The endpoint of `policy`'s backend, from the opted-in Secrets it references (each backend
+/// resolves its own: `sampler/<backend>/credentials.rs`).
 pub async fn resolve_endpoint(
     client: &Client,
     store: &OptedInSecrets,
@@ -142,146 +119,46 @@ pub async fn resolve_endpoint(
     let secrets = Watched {
         store,
         api: Api::namespaced(client.clone(), &namespace),
+        namespace,
     };
-    match policy.spec.backend() {
-        Some(BackendSpec::Redis(redis)) => resolve_redis(&secrets, &namespace, redis)
-            .await
-            .map(BackendEndpoint::Redis),
-        Some(BackendSpec::Nats(nats)) => resolve_nats(&secrets, &namespace, nats)
-            .await
-            .map(BackendEndpoint::Nats),
-        Some(BackendSpec::Kafka(kafka)) => resolve_kafka(&secrets, &namespace, kafka)
-            .await
-            .map(BackendEndpoint::Kafka),
-        None => Err(EndpointProblem {
-            reason: "NoBackend",
-            message: "the policy names no backend: set spec.redis, spec.nats or spec.kafka".into(),
-        }),
-    }
+    BackendEndpoint::resolve(&policy.spec, &secrets).await
 }
 
-/// A NATS endpoint. The Secret's keys say how levee proves itself: `creds` (a `.creds` file, as
-/// `nsc generate creds` writes it), else `nkey` (a user nkey seed, `SU…`), else with `usernameKey`
-/// a user and password, else the password key's value is the server's token.
-async fn resolve_nats(
-    secrets: &Watched<'_>,
-    namespace: &str,
-    nats: &NatsSpec,
-) -> Result<NatsEndpoint, EndpointProblem> {
-    let mut auth = NatsAuth::None;
-    let mut credentials_secret = None;
-    if let Some(reference) = &nats.credentials_secret_ref {
-        let field = "spec.nats.credentialsSecretRef";
-        let secret = secrets.read(namespace, &reference.name, field).await?;
-        let has = |key: &str| secret.value(key).is_some();
-        if !has("creds") && !has("nkey") && secret.keys_left_out > 0 {
-            // Either may be among the keys not kept: which way to prove itself is unknown.
-            return Err(keys_left_out(&secret, "\"creds\" or \"nkey\"", field));
-        }
-        let invalid = |message: String| EndpointProblem {
-            reason: "InvalidNatsCredentials",
-            message: format!("{field}: Secret {namespace}/{}: {message}", reference.name),
-        };
-        auth = if has("creds") {
-            let text = text_key(&secret, namespace, "creds", field)?;
-            let (jwt, seed) = nkey::parse_creds(&text).map_err(|e| invalid(format!("key creds: {e}")))?;
-            nkey::UserKey::from_seed(&seed).map_err(|e| invalid(format!("key creds: the seed: {e}")))?;
-            NatsAuth::Credentials { jwt, seed }
-        } else if has("nkey") {
-            let seed = text_key(&secret, namespace, "nkey", field)?;
-            nkey::UserKey::from_seed(&seed).map_err(|e| invalid(format!("key nkey: {e}")))?;
-            NatsAuth::Nkey { seed }
-        } else {
-            let password = text_key(&secret, namespace, &reference.password_key, field)?;
-            match &reference.username_key {
-                Some(username_key) => NatsAuth::UserPassword {
-                    user: text_key(&secret, namespace, username_key, field)?,
-                    password,
-                },
-                None => NatsAuth::Token(password),
-            }
-        };
-        credentials_secret = Some(secret);
+impl EndpointSource for Watched<'_> {
+    async fn get(
+        &self,
+        secret: &str,
+        credential: Credential<'_>,
+        field: &str,
+    ) -> Result<Option<String>, EndpointProblem> {
+        let kept = self.read(&self.namespace, secret, field).await?;
+        text_key(&kept, &self.namespace, credential.key(), field).map(Some)
     }
-    let mut endpoint = NatsEndpoint::from_spec(nats, auth).map_err(|error| EndpointProblem {
-        reason: "InvalidNatsUrl",
-        message: format!("spec.nats.url: {error}"),
-    })?;
-    let reference = nats.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref());
-    if let Some(ca_pem) = ca_bundle(secrets, namespace, reference, "spec.nats.tls.caSecretRef").await? {
-        endpoint = endpoint.with_ca(ca_pem);
-    }
-    if let Some(secret) = credentials_secret {
-        check_secret_hosts(&secret, &endpoint.server, "spec.nats.url")?;
-    }
-    Ok(endpoint)
-}
 
-/// A Kafka endpoint: the SASL username (`usernameKey`, default `username`) and password from the
-/// Secret. The password goes to the bootstrap servers (checked against the Secret's hosts
-/// annotation) and to the brokers the cluster's own metadata names.
-async fn resolve_kafka(
-    secrets: &Watched<'_>,
-    namespace: &str,
-    kafka: &KafkaSpec,
-) -> Result<KafkaEndpoint, EndpointProblem> {
-    let mut sasl = None;
-    let mut credentials_secret = None;
-    if let Some(config) = &kafka.sasl {
-        let field = "spec.kafka.sasl.credentialsSecretRef";
-        let reference = &config.credentials_secret_ref;
-        let secret = secrets.read(namespace, &reference.name, field).await?;
-        let username_key = reference.username_key.as_deref().unwrap_or("username");
-        sasl = Some(SaslAuth {
-            mechanism: config.mechanism,
-            username: text_key(&secret, namespace, username_key, field)?,
-            password: text_key(&secret, namespace, &reference.password_key, field)?,
-        });
-        credentials_secret = Some(secret);
-    }
-    let mut endpoint = KafkaEndpoint::from_spec(kafka, sasl).map_err(|error| EndpointProblem {
-        reason: "InvalidKafkaServers",
-        message: format!("spec.kafka.bootstrapServers: {error}"),
-    })?;
-    let reference = kafka.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref());
-    if let Some(ca_pem) = ca_bundle(secrets, namespace, reference, "spec.kafka.tls.caSecretRef").await? {
-        endpoint = endpoint.with_ca(ca_pem);
-    }
-    if let Some(secret) = credentials_secret {
-        for server in &endpoint.bootstrap {
-            check_secret_hosts(&secret, server, "spec.kafka.bootstrapServers")?;
+    async fn holds(
+        &self,
+        secret: &str,
+        credential: Credential<'_>,
+        field: &str,
+    ) -> Result<bool, EndpointProblem> {
+        let kept = self.read(&self.namespace, secret, field).await?;
+        let key = credential.key();
+        match kept.value(key) {
+            Some(_) => Ok(true),
+            // It may be among the keys not kept: which way to prove itself is unknown.
+            None if kept.keys_left_out > 0 => Err(keys_left_out(&kept, &format!("{key:?}"), field)),
+            None => Ok(false),
         }
     }
-    Ok(endpoint)
-}
 
-async fn resolve_redis(
-    secrets: &Watched<'_>,
-    namespace: &str,
-    redis: &RedisSpec,
-) -> Result<Endpoint, EndpointProblem> {
-    let mut credentials = Credentials::default();
-    let mut credentials_secret = None;
-    if let Some(reference) = &redis.credentials_secret_ref {
-        let field = "spec.redis.credentialsSecretRef";
-        let secret = secrets.read(namespace, &reference.name, field).await?;
-        credentials_secret = Some(secret.clone());
-        credentials.password = Some(text_key(&secret, namespace, &reference.password_key, field)?);
-        if let Some(username_key) = &reference.username_key {
-            credentials.username = Some(text_key(&secret, namespace, username_key, field)?);
-        }
+    async fn allows(&self, secret: &str, host: &NodeAddr, target: &str) -> Result<(), EndpointProblem> {
+        let kept = self.read(&self.namespace, secret, target).await?;
+        check_secret_hosts(&kept, host, target)
     }
-    let reference = redis.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref());
-    let ca_pem = ca_bundle(secrets, namespace, reference, "spec.redis.tls.caSecretRef").await?;
-    let endpoint =
-        Endpoint::from_spec(redis, None, credentials, ca_pem).map_err(|error| EndpointProblem {
-            reason: "InvalidRedisUrl",
-            message: format!("spec.redis.url: {error}"),
-        })?;
-    if let Some(secret) = credentials_secret {
-        check_secret_hosts(&secret, &endpoint.seed(), "spec.redis.url")?;
+
+    fn origin(&self, secret: &str, credential: Credential<'_>) -> String {
+        format!("Secret {}/{secret} key {:?}", self.namespace, credential.key())
     }
-    Ok(endpoint)
 }
 
 /// Whether the credentials `secret` may be sent to `seed` (the host the policy's URL names), by
@@ -358,9 +235,11 @@ fn split_host_port(entry: &str) -> (&str, Option<u16>) {
 }
 
 /// The opted-in Secrets, and the API to tell a missing Secret from one that did not opt in.
+/// The opted-in Secrets of one namespace, as a policy's endpoint reads them.
 struct Watched<'a> {
     store: &'a OptedInSecrets,
     api: Api<Secret>,
+    namespace: String,
 }
 
 impl Watched<'_> {
@@ -503,7 +382,7 @@ mod tests {
         .expect("resolved from the store")
     }
 
-    fn redis(endpoint: BackendEndpoint) -> Endpoint {
+    fn redis(endpoint: BackendEndpoint) -> crate::sampler::Endpoint {
         match endpoint {
             BackendEndpoint::Redis(redis) => redis,
             other => panic!("a Redis endpoint, not {other:?}"),

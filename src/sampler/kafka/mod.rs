@@ -16,6 +16,7 @@
 mod batch;
 mod cluster;
 mod connection;
+pub mod credentials;
 mod inflate;
 mod lag;
 mod records;

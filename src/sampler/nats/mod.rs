@@ -27,6 +27,7 @@
 //! passed 3.5 GiB (`tests/nats_abuse.rs`).
 
 mod connection;
+pub mod credentials;
 pub mod nkey;
 pub mod replies;
 pub mod wire;

@@ -15,6 +15,7 @@
 
 mod bounded_reply;
 mod connections;
+pub mod credentials;
 mod dial;
 mod discover;
 mod endpoint;

@@ -150,6 +150,10 @@ impl EndpointSource for Flags<'_> {
     fn redis_url(&self) -> Option<&str> {
         self.options.redis_url.as_deref()
     }
+
+    fn max_reply_bytes(&self) -> usize {
+        self.options.max_reply_bytes
+    }
 }
 
 /// One policy being sampled: where its queues are and what its circuit remembers.
@@ -307,12 +311,7 @@ async fn load(options: &SampleOptions, err: &mut impl Write) -> Result<Vec<Watch
             let _ = writeln!(err, "{name}: {note}");
         }
         match resolved {
-            Ok(mut endpoint) => {
-                if let BackendEndpoint::Redis(redis) = &mut endpoint {
-                    redis.max_reply_bytes = options.max_reply_bytes;
-                }
-                watched.push(Watched::new(policy, endpoint));
-            }
+            Ok(endpoint) => watched.push(Watched::new(policy, endpoint)),
             Err(problem) => {
                 let _ = writeln!(err, "{name}: {}", problem.message);
                 problems = true;

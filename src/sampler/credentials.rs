@@ -1,5 +1,5 @@
 //! What a backend's endpoint is built from besides its spec: the credentials the spec's Secrets
-//! hold. Each backend turns its spec and an [`EndpointSource`] into its endpoint in its own
+//! hold, and the few settings of the process that reach an endpoint (a reply's bound). Each backend turns its spec and an [`EndpointSource`] into its endpoint in its own
 //! folder (`redis/credentials.rs`, `nats/credentials.rs`, `kafka/credentials.rs`), once: the
 //! controller answers from the opted-in Secrets (`controller/cache/secrets.rs`), `levee sample`
 //! from its flags (`cli/sample.rs`), and both get the same endpoint for the same credentials.
@@ -82,5 +82,10 @@ pub trait EndpointSource: Sync {
     /// A Redis URL to read instead of the spec's (`levee sample --redis-url`).
     fn redis_url(&self) -> Option<&str> {
         None
+    }
+
+    /// The most bytes one reply from Redis may hold (`--max-reply-bytes`).
+    fn max_reply_bytes(&self) -> usize {
+        crate::sampler::DEFAULT_MAX_REPLY_BYTES
     }
 }

@@ -276,21 +276,26 @@ impl Sampler {
 
     /// Reads every queue of one policy from its backend, the reads prepared once per generation.
     pub async fn sample_backend(&self, endpoint: &BackendEndpoint, prepared: &PreparedQueues) -> Sample {
-        match (endpoint, prepared) {
-            (BackendEndpoint::Redis(endpoint), PreparedQueues::Redis(queues)) => {
-                self.redis.sample_prepared(endpoint, queues).await
-            }
-            (BackendEndpoint::Nats(endpoint), PreparedQueues::Nats(consumers)) => {
-                self.nats.sample(endpoint, consumers).await
-            }
-            (BackendEndpoint::Kafka(endpoint), PreparedQueues::Kafka(queues)) => {
-                self.kafka.sample(endpoint, queues).await
-            }
-            // Both come from the same spec: a mismatch is levee's own mistake, said as such.
-            (endpoint, _) => Sample::unreachable(format!(
+        // Both come from the same spec: a mismatch is levee's own mistake, said as such.
+        let mismatch = || {
+            Sample::unreachable(format!(
                 "levee prepared this policy's queues for another backend than its endpoint's ({}): report this",
                 endpoint.kind().name()
-            )),
+            ))
+        };
+        match endpoint {
+            BackendEndpoint::Redis(endpoint) => match prepared {
+                PreparedQueues::Redis(queues) => self.redis.sample_prepared(endpoint, queues).await,
+                _ => mismatch(),
+            },
+            BackendEndpoint::Nats(endpoint) => match prepared {
+                PreparedQueues::Nats(consumers) => self.nats.sample(endpoint, consumers).await,
+                _ => mismatch(),
+            },
+            BackendEndpoint::Kafka(endpoint) => match prepared {
+                PreparedQueues::Kafka(queues) => self.kafka.sample(endpoint, queues).await,
+                _ => mismatch(),
+            },
         }
     }
 }

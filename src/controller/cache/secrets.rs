@@ -114,12 +114,14 @@ pub async fn resolve_endpoint(
     client: &Client,
     store: &OptedInSecrets,
     policy: &BackpressurePolicy,
+    max_reply_bytes: usize,
 ) -> Result<BackendEndpoint, EndpointProblem> {
     let namespace = policy.namespace().unwrap_or_default();
     let secrets = Watched {
         store,
         api: Api::namespaced(client.clone(), &namespace),
         namespace,
+        max_reply_bytes,
     };
     BackendEndpoint::resolve(&policy.spec, &secrets).await
 }
@@ -158,6 +160,10 @@ impl EndpointSource for Watched<'_> {
 
     fn origin(&self, secret: &str, credential: Credential<'_>) -> String {
         format!("Secret {}/{secret} key {:?}", self.namespace, credential.key())
+    }
+
+    fn max_reply_bytes(&self) -> usize {
+        self.max_reply_bytes
     }
 }
 
@@ -240,6 +246,8 @@ struct Watched<'a> {
     store: &'a OptedInSecrets,
     api: Api<Secret>,
     namespace: String,
+    /// `--max-reply-bytes`.
+    max_reply_bytes: usize,
 }
 
 impl Watched<'_> {
@@ -376,7 +384,7 @@ mod tests {
         let policy = fixtures::policy_with(json!({"spec": spec}));
         tokio::time::timeout(
             std::time::Duration::from_secs(2),
-            resolve_endpoint(&client, &store, &policy),
+            resolve_endpoint(&client, &store, &policy, crate::sampler::DEFAULT_MAX_REPLY_BYTES),
         )
         .await
         .expect("resolved from the store")

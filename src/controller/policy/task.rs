@@ -367,15 +367,13 @@ impl PolicyState {
             self.secret_backoff.succeeded();
             self.secret_versions = versions;
         }
-        let resolved = resolve_endpoint(&context.client, &context.stores.secrets, &self.policy)
-            .await
-            .map(|mut endpoint| {
-                match &mut endpoint {
-                    BackendEndpoint::Redis(redis) => redis.max_reply_bytes = context.settings.max_reply_bytes,
-                    BackendEndpoint::Nats(_) | BackendEndpoint::Kafka(_) => {}
-                }
-                endpoint
-            });
+        let resolved = resolve_endpoint(
+            &context.client,
+            &context.stores.secrets,
+            &self.policy,
+            context.settings.max_reply_bytes,
+        )
+        .await;
         if resolved.is_err() || self.endpoint_suspect {
             self.secret_backoff.failed(now);
         }

@@ -190,15 +190,23 @@ pub enum PreparedQueues {
 }
 
 impl PreparedQueues {
-    /// Redis queues' depth reads and, with `read_latency`, the latency read of each queue whose
-    /// layout keeps an enqueue time (every tick). Entries with a `keyPattern` are left out:
-    /// discovery turns them into queues of their own.
+    /// `queues` prepared for the backend their types are read from (a policy's queues are all
+    /// of its backend; Redis when there are none), with `read_latency` the latency reads, each
+    /// Redis latency read every tick. Entries with a `keyPattern` are left out: discovery turns
+    /// them into queues of their own.
     pub fn new(queues: &[QueueSpec], read_latency: bool) -> Self {
-        Self::Redis(self::redis::PreparedRedis::new(
-            queues,
-            read_latency,
-            LatencyRefresh::EVERY_TICK,
-        ))
+        let backend = queues
+            .first()
+            .map_or(BackendKind::Redis, |q| q.queue_type.backend());
+        match backend {
+            BackendKind::Redis => Self::Redis(self::redis::PreparedRedis::new(
+                queues,
+                read_latency,
+                LatencyRefresh::EVERY_TICK,
+            )),
+            BackendKind::Nats => Self::Nats(nats::prepare(queues, read_latency)),
+            BackendKind::Kafka => Self::Kafka(kafka::prepare(queues, read_latency)),
+        }
     }
 
     /// `queues` (the spec's, or with the discovered ones) as `spec`'s backend reads them, with

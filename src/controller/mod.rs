@@ -18,14 +18,13 @@ mod ownership;
 pub mod policy;
 mod reconcile;
 
-use act::fence;
 pub use cache::Stores;
 use cache::{kept_from, start_reflectors};
 use cache::{sharing, trim, watch_problem};
 pub use ownership::advert::PeerSettings;
 use ownership::{Ownership, ring_key};
-use ownership::{leader, peers, ring, shards};
-use policy::{clock, fresh_status, task as policy_task};
+use ownership::{leader, peers, shards};
+use policy::task as policy_task;
 pub use reconcile::FINALIZER;
 use reconcile::{error_policy, reconcile, reconcile_result_label};
 
@@ -37,10 +36,9 @@ use futures::{StreamExt, TryStreamExt};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use policy_task::PolicyTasks;
+use kube::{Api, Client, Resource};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the controller may take to stop after the shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -124,88 +122,36 @@ pub enum OwnershipMode {
     Shards,
 }
 
-/// What every reconcile and every policy task shares.
+/// What every reconcile and every policy task shares, by room: each field is one room's
+/// handle (the API server, the backends, the caches, what levee publishes, its settings, who
+/// acts on what, the policies' tasks).
 pub struct Context {
-    pub client: Client,
+    pub kube: Kube,
     pub sampler: Sampler,
     pub stores: Stores,
-    pub metrics: Arc<Metrics>,
-    /// The latest sample of every policy, served by the external metrics API.
-    pub values: MetricValues,
-    pub recorder: Recorder,
+    pub published: Published,
     pub settings: Settings,
-    /// The circuit's time: wall time at start, advanced monotonically.
-    pub clock: clock::CircuitClock,
-    ownership: Ownership,
-    tasks: PolicyTasks,
-    /// Status read afresh for the policies about to be taken over, one LIST for all of them.
-    fresh_status: fresh_status::FreshStatus,
-    /// When each peer last answered (the standby rule leaves an answering owner alone).
-    peer_answers: peers::PeerAnswers,
-    /// The policies this replica put the finalizer on, by UID, and the resourceVersion of the
-    /// watch's copy then (`with_finalizer`).
-    finalized: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Who acts on which policy (`ownership/`).
+    pub owners: ownership::Owners,
+    /// The policies' tasks and what they share (`policy/`).
+    pub policies: policy::Policies,
+}
+
+/// The API server, as the controller writes to it.
+pub struct Kube {
+    pub client: Client,
+    pub recorder: Recorder,
     /// `settings.concurrent_writers` permits: a cold start of 1,000 policies would otherwise
     /// queue 1,000 ticks' worth of requests behind the client's concurrency limit at once, and
     /// the allocator kept what they took (docs/benchmarks.md#scale).
-    writers: tokio::sync::Semaphore,
+    pub writers: tokio::sync::Semaphore,
 }
 
-impl Context {
-    /// Whether this replica acts on `policy`: decides, writes its status and events, marks its
-    /// producers and honours its finalizer (every replica samples and serves it). Every call
-    /// site that acts asks this per policy: with `--ownership=leader` the holder of the leader
-    /// Lease owns every policy, with `--ownership=shards` the replica that wins the policy in the
-    /// ring of live replicas, while its own Lease is held.
-    pub fn owns(&self, policy: &BackpressurePolicy) -> bool {
-        self.owns_key(&policy.namespace().unwrap_or_default(), &policy.name_any())
-    }
-
-    /// `owns` for the policy `name` in `namespace`.
-    pub fn owns_key(&self, namespace: &str, name: &str) -> bool {
-        self.owns_ring_key(&ring_key(namespace, name))
-    }
-
-    /// Whether the owner of the policy at `key` (another replica) answered its peers at `since`
-    /// or later: alive and reachable, so its values will come. Under a leader, whether the
-    /// leader (a follower's one peer) did.
-    fn owner_answered_since(&self, key: &str, since: Instant) -> bool {
-        match &self.ownership {
-            Ownership::Leader(_) => self.peer_answers.any_answered_since(since),
-            Ownership::Shards(view) => {
-                let view = view.borrow();
-                ring::owner(key, &view.members).is_some_and(|owner| {
-                    owner != self.settings.identity && self.peer_answers.answered_since(owner, since)
-                })
-            }
-        }
-    }
-
-    /// `owns` for the policy at `key` in the ring ([`ring_key`]).
-    fn owns_ring_key(&self, key: &str) -> bool {
-        matches!(self.acting_on_ring_key(key), shards::Acting::Yes(_))
-    }
-
-    /// Whether this replica acts on `policy` now, may again without a handover (its acting
-    /// paused within one run of its ring Lease: nobody else acted meanwhile), or does not own
-    /// it. Under a leader there is no pause: acting or not.
-    pub fn acting_on(&self, policy: &BackpressurePolicy) -> shards::Acting {
-        self.acting_on_ring_key(&ring_key(
-            &policy.namespace().unwrap_or_default(),
-            &policy.name_any(),
-        ))
-    }
-
-    fn acting_on_ring_key(&self, key: &str) -> shards::Acting {
-        self.ownership.acting(&self.settings.identity, key)
-    }
-
-    /// The fence every write for `policy` passes (`fence.rs`); `None` when this replica does
-    /// not act on it now.
-    pub fn fence(&self, policy: &BackpressurePolicy) -> Option<fence::Fence> {
-        let key = ring_key(&policy.namespace().unwrap_or_default(), &policy.name_any());
-        fence::Fence::take(&self.ownership, &self.settings.identity, key)
-    }
+/// What levee publishes of every policy.
+pub struct Published {
+    pub metrics: Arc<Metrics>,
+    /// The latest sample of every policy, served by the external metrics API.
+    pub values: MetricValues,
 }
 
 /// The clients the controller uses.
@@ -254,26 +200,25 @@ pub async fn run(
             )
         }
     };
-    let gains = ownership.gains();
     let (stores, reflectors) = start_reflectors(watch_client.clone(), &settings);
     let reporter = Reporter {
         controller: "levee".into(),
         instance: Some(settings.identity.clone()),
     };
     let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        kube: Kube {
+            recorder: Recorder::new(client.clone(), reporter),
+            writers: tokio::sync::Semaphore::new(settings.concurrent_writers.max(1)),
+            client: client.clone(),
+        },
         sampler: Sampler::new(),
         stores,
-        metrics: metrics.clone(),
-        values,
-        clock: clock::CircuitClock::start(),
-        ownership,
-        tasks: PolicyTasks::default(),
-        fresh_status: fresh_status::FreshStatus::default(),
-        peer_answers: peers::PeerAnswers::default(),
-        finalized: Default::default(),
-        writers: tokio::sync::Semaphore::new(settings.concurrent_writers.max(1)),
-        client: client.clone(),
+        published: Published {
+            metrics: metrics.clone(),
+            values,
+        },
+        owners: ownership::Owners::new(ownership, settings.identity.clone()),
+        policies: policy::Policies::default(),
         settings,
     });
     let reflector_task = tokio::spawn(reflectors);
@@ -324,12 +269,13 @@ pub async fn run(
     )
     .applied_objects();
     let controller = Controller::for_stream(policy_watch, policy_store)
-        .reconcile_all_on(gains)
+        .reconcile_all_on(context.owners.gains())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context.clone())
         .for_each(|result| {
             // Counted here only, once per outcome (error_policy does not count).
             context
+                .published
                 .metrics
                 .reconciliations
                 .with_label_values(&[reconcile_result_label(&result)])
@@ -351,7 +297,7 @@ pub async fn run(
             "the controller did not stop within the grace period; stopping it"
         ),
     }
-    context.tasks.stop_all(SHUTDOWN_GRACE).await;
+    context.policies.tasks.stop_all(SHUTDOWN_GRACE).await;
     reflector_task.abort();
     peer_task.inspect(tokio::task::JoinHandle::abort);
     standby_task.abort();
@@ -383,17 +329,23 @@ impl Context {
         leader: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: "levee".into(),
-                    instance: None,
-                },
-            ),
+            kube: Kube {
+                recorder: Recorder::new(
+                    client.clone(),
+                    Reporter {
+                        controller: "levee".into(),
+                        instance: None,
+                    },
+                ),
+                writers: tokio::sync::Semaphore::new(64),
+                client,
+            },
             sampler: Sampler::new(),
             stores,
-            metrics: Metrics::new(),
-            values: MetricValues::default(),
+            published: Published {
+                metrics: Metrics::new(),
+                values: MetricValues::default(),
+            },
             settings: Settings {
                 status_heartbeat: Duration::from_secs(30),
                 identity: "test".into(),
@@ -404,14 +356,8 @@ impl Context {
                 max_reply_bytes: crate::sampler::DEFAULT_MAX_REPLY_BYTES,
                 peer: None,
             },
-            clock: clock::CircuitClock::start(),
-            ownership: Ownership::Leader(leader),
-            tasks: PolicyTasks::default(),
-            fresh_status: fresh_status::FreshStatus::default(),
-            peer_answers: peers::PeerAnswers::default(),
-            finalized: Default::default(),
-            writers: tokio::sync::Semaphore::new(64),
-            client,
+            owners: ownership::Owners::new(Ownership::Leader(leader), "test".into()),
+            policies: policy::Policies::default(),
         })
     }
 }

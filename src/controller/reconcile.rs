@@ -34,28 +34,28 @@ pub(super) fn reconcile_result_label<T, Q: std::error::Error + 'static>(
 /// others on standby; only the owner adds and honours the finalizer.
 #[tracing::instrument(skip_all, fields(policy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
 pub(super) async fn reconcile(policy: Arc<BackpressurePolicy>, context: Arc<Context>) -> Result<Action> {
-    if !context.owns(&policy) {
+    if !context.owners.owns(&policy) {
         if policy.meta().deletion_timestamp.is_none() {
-            context.tasks.stand_by(&context, policy);
+            context.policies.tasks.stand_by(&context, policy);
         } else {
             // The owner releases the targets; another replica stops serving the policy.
-            context.tasks.stop(&policy);
+            context.policies.tasks.stop(&policy);
             forget(&context, &policy);
         }
         return Ok(Action::await_change());
     }
     let namespace = policy.namespace().unwrap_or_default();
-    let api: Api<BackpressurePolicy> = Api::namespaced(context.client.clone(), &namespace);
+    let api: Api<BackpressurePolicy> = Api::namespaced(context.kube.client.clone(), &namespace);
     let policy = with_finalizer(&context, &api, policy).await?;
     let for_event = context.clone();
     finalizer(&api, FINALIZER, policy, |event| async move {
         match event {
             FinalizerEvent::Apply(policy) => {
-                for_event.tasks.ensure(&for_event, policy);
+                for_event.policies.tasks.ensure(&for_event, policy);
                 Ok(Action::await_change())
             }
             FinalizerEvent::Cleanup(policy) => {
-                for_event.tasks.stop(&policy);
+                for_event.policies.tasks.stop(&policy);
                 actuator::release(&for_event, &policy).await?;
                 forget(&for_event, &policy);
                 Ok(Action::await_change())
@@ -87,6 +87,7 @@ async fn with_finalizer(
     }
     let uid = policy.uid().unwrap_or_default();
     let applied_to = context
+        .policies
         .finalized
         .lock()
         .expect("finalized lock")
@@ -110,6 +111,7 @@ async fn with_finalizer(
     trim::policy(&mut patched);
     if let Some(version) = policy.resource_version() {
         context
+            .policies
             .finalized
             .lock()
             .expect("finalized lock")
@@ -125,10 +127,15 @@ const FINALIZER_MANAGER: &str = "levee-finalizer";
 /// Drops a deleted policy's metric series and served values.
 pub(super) fn forget(context: &Context, policy: &BackpressurePolicy) {
     let (namespace, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
-    context.metrics.forget_policy(&namespace, &name);
-    context.values.forget(&namespace, &name);
+    context.published.metrics.forget_policy(&namespace, &name);
+    context.published.values.forget(&namespace, &name);
     if let Some(uid) = policy.uid() {
-        context.finalized.lock().expect("finalized lock").remove(&uid);
+        context
+            .policies
+            .finalized
+            .lock()
+            .expect("finalized lock")
+            .remove(&uid);
     }
 }
 

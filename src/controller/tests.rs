@@ -8,7 +8,6 @@ use super::cache::indexed_store::{Indexed, IndexedStore};
 use super::cache::kept::{KeptPod, KeptWorkload};
 use super::cache::stored::{StoredDeployment, StoredPod};
 use super::cache::{secrets, sharing};
-use super::ownership::peers;
 use super::reconcile::{error_policy, reconcile, reconcile_result_label};
 use super::*;
 use crate::circuit::{CircuitRules, State};
@@ -17,9 +16,11 @@ use http::{Request, Response};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use std::time::Instant;
 use tokio::sync::watch;
 
 type ApiServer = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -135,6 +136,7 @@ const JSON_PATCH: &str = "application/json-patch+json";
 /// One actuator pass for `policy` on a replica that acts on it, finished within 2 s.
 async fn act(context: &Context, policy: &BackpressurePolicy, intent: Intent) -> actuator::Outcome {
     let fence = context
+        .owners
         .fence(policy)
         .expect("the test's replica acts on the policy");
     within_2s(actuator::act(context, &fence, policy, intent, &rules(policy))).await
@@ -278,7 +280,7 @@ async fn no_write_of_a_pass_starts_after_its_replica_stops_acting() {
     let (leading, leader) = watch::channel(true);
     let context = Context::for_tests_led_by(client, stores(vec![deployment(json!({}))], pods), leader);
     let policy = Arc::new(policy(json!({})));
-    let fence = context.fence(&policy).expect("leading");
+    let fence = context.owners.fence(&policy).expect("leading");
     let pass = tokio::spawn({
         let (context, policy) = (context.clone(), policy.clone());
         async move {
@@ -550,7 +552,7 @@ async fn a_new_policy_first_gets_the_finalizer() {
     within_2s(reconcile(policy.clone(), context.clone()))
         .await
         .unwrap();
-    context.tasks.stop(&policy);
+    context.policies.tasks.stop(&policy);
 }
 
 #[tokio::test]
@@ -618,17 +620,17 @@ async fn a_standby_stands_in_only_for_an_owner_that_does_not_answer() {
         let mut policy = policy(json!({}));
         policy.spec.sample_interval = "100ms".parse().unwrap();
         let policy = Arc::new(policy);
-        context.tasks.keep(&context, policy.clone(), false);
+        context.policies.tasks.keep(&context, policy.clone(), false);
         // Three sample intervals without the owner's values, and twice as long again.
         for _ in 0..9 {
             if answering {
-                context.peer_answers.answered("leader", Instant::now());
+                context.owners.peer_answers.answered("leader", Instant::now());
             }
-            context.tasks.check_standbys(&context);
+            context.policies.tasks.check_standbys(&context);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let tasks = context.metrics.policy_tasks.get();
-        context.tasks.stop(&policy);
+        let tasks = context.published.metrics.policy_tasks.get();
+        context.policies.tasks.stop(&policy);
         assert_eq!(tasks, i64::from(!answering), "owner answering: {answering}");
     }
 }
@@ -637,29 +639,13 @@ async fn a_standby_stands_in_only_for_an_owner_that_does_not_answer() {
 async fn a_follower_never_writes() {
     let (client, _server) = mock();
     let (sender, leader) = watch::channel(false);
-    let leading = Context::for_tests(client, stores(vec![], vec![]));
-    let context = Arc::new(Context {
-        client: leading.client.clone(),
-        sampler: Sampler::new(),
-        stores: leading.stores.clone(),
-        metrics: Metrics::new(),
-        values: MetricValues::default(),
-        recorder: leading.recorder.clone(),
-        settings: leading.settings.clone(),
-        clock: leading.clock,
-        ownership: Ownership::Leader(leader),
-        tasks: PolicyTasks::default(),
-        fresh_status: fresh_status::FreshStatus::default(),
-        peer_answers: peers::PeerAnswers::default(),
-        finalized: Default::default(),
-        writers: tokio::sync::Semaphore::new(64),
-    });
+    let context = Context::for_tests_led_by(client, stores(vec![], vec![]), leader);
     let policy = Arc::new(policy(json!({})));
     let action = within_2s(reconcile(policy.clone(), context.clone()))
         .await
         .unwrap();
     assert_eq!(action, Action::await_change());
-    context.tasks.stop(&policy);
+    context.policies.tasks.stop(&policy);
     drop(sender);
 }
 
@@ -676,7 +662,14 @@ async fn a_failed_reconcile_is_counted_once_by_its_cause() {
         "jobs/api: forbidden".into(),
     ))));
     error_policy(policy.clone(), &error, context.clone());
-    let counted = |label: &str| context.metrics.reconciliations.with_label_values(&[label]).get();
+    let counted = |label: &str| {
+        context
+            .published
+            .metrics
+            .reconciliations
+            .with_label_values(&[label])
+            .get()
+    };
     assert_eq!(
         counted("release") + counted("finalizer") + counted("error"),
         0,

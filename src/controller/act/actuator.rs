@@ -12,12 +12,12 @@
 use crate::api::labels::{LABEL_POD_TEMPLATE_HASH, LABEL_POLICY};
 use crate::api::{BackpressurePolicy, TargetKind};
 use crate::circuit::CircuitRules;
-use crate::controller::act::fence::Fence;
 use crate::controller::act::marks::{Intent, Marks, Release};
 use crate::controller::cache::indexed_store::{Indexed, IndexedStore};
 use crate::controller::cache::kept::{KeptPod, KeptWorkload};
 use crate::controller::cache::sharing;
 use crate::controller::cache::stored::{StoredDaemonSet, StoredDeployment, StoredPod, StoredStatefulSet};
+use crate::controller::ownership::fence::Fence;
 use crate::controller::{Context, FIELD_MANAGER, Result, Stores};
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -176,18 +176,19 @@ impl Pass<'_> {
             return;
         }
         let name = workload.name();
-        let api: Api<K> = Api::namespaced(self.context.client.clone(), &self.namespace);
+        let api: Api<K> = Api::namespaced(self.context.kube.client.clone(), &self.namespace);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
         let patch = Patch::Merge(marks.metadata_patch());
         match self.fence.write(api.patch(name, &params, &patch)).await {
-            Err(crate::controller::act::fence::Fenced) => self.outcome.fenced += 1,
+            Err(crate::controller::ownership::fence::Fenced) => self.outcome.fenced += 1,
             Ok(Ok(written)) => {
                 K::store(&self.context.stores).wrote(written.into());
                 self.outcome.writes += 1;
                 self.context
+                    .published
                     .metrics
                     .api_writes
                     .with_label_values(&["workload"])
@@ -302,8 +303,9 @@ pub fn missing_targets(context: &Context, policy: &BackpressurePolicy) -> Vec<St
 /// deleted). Fails when a write fails, so the finalizer keeps the policy until producers are
 /// released. Only while this replica acts on the policy: else its owner releases them.
 pub async fn release(context: &Context, policy: &BackpressurePolicy) -> Result<()> {
-    let not_acting = || crate::controller::Error::Release(crate::controller::act::fence::Fenced.to_string());
-    let fence = context.fence(policy).ok_or_else(not_acting)?;
+    let not_acting =
+        || crate::controller::Error::Release(crate::controller::ownership::fence::Fenced.to_string());
+    let fence = context.owners.fence(policy).ok_or_else(not_acting)?;
     let rules = policy.spec.circuit_rules();
     let outcome = act(
         context,
@@ -342,7 +344,7 @@ async fn mark_pods(
             match result {
                 Ok(Ok(wrote)) => outcome.writes += usize::from(wrote),
                 Ok(Err(error)) => outcome.errors.push(error),
-                Err(crate::controller::act::fence::Fenced) => outcome.fenced += 1,
+                Err(crate::controller::ownership::fence::Fenced) => outcome.fenced += 1,
             }
         }
     }
@@ -363,7 +365,7 @@ async fn mark_pod(
     part: PodPart,
 ) -> Result<bool, String> {
     let (namespace, name) = (pod.namespace(), pod.name());
-    let api: Api<StoredPod> = Api::namespaced(context.client.clone(), namespace);
+    let api: Api<StoredPod> = Api::namespaced(context.kube.client.clone(), namespace);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -380,6 +382,7 @@ async fn mark_pod(
                 .map_err(|error| format!("pod {namespace}/{name} condition: {error}"))?;
             context.stores.pods.wrote(written.into());
             context
+                .published
                 .metrics
                 .api_writes
                 .with_label_values(&["pod_condition"])
@@ -395,6 +398,7 @@ async fn mark_pod(
                 .map_err(|error| format!("pod {namespace}/{name} labels and annotations: {error}"))?;
             context.stores.pods.wrote(written.into());
             context
+                .published
                 .metrics
                 .api_writes
                 .with_label_values(&["pod_annotations"])

@@ -120,7 +120,7 @@ pub async fn sync(
     partitions: Option<u32>,
 ) -> Result<(), SyncError> {
     let namespace = policy.namespace().unwrap_or_default();
-    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(context.client.clone(), &namespace);
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(context.kube.client.clone(), &namespace);
     let name = hpa_name(policy);
     let existing = api.get_opt(&name).await?;
     match &policy.spec.scale_target {
@@ -155,13 +155,23 @@ pub async fn sync(
                 }
                 Err(error) => return Err(error.into()),
             }
-            context.metrics.api_writes.with_label_values(&["hpa"]).inc();
+            context
+                .published
+                .metrics
+                .api_writes
+                .with_label_values(&["hpa"])
+                .inc();
         }
         None => {
             let owned = existing.is_some_and(|hpa| owned_by(&hpa, policy));
             if owned {
                 api.delete(&name, &DeleteParams::default()).await?;
-                context.metrics.api_writes.with_label_values(&["hpa"]).inc();
+                context
+                    .published
+                    .metrics
+                    .api_writes
+                    .with_label_values(&["hpa"])
+                    .inc();
             }
         }
     }

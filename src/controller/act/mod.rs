@@ -3,7 +3,6 @@
 
 pub mod actuator;
 pub mod autoscaler;
-pub mod fence;
 pub mod marks;
 pub mod publish;
 pub mod status_io;

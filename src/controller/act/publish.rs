@@ -22,9 +22,14 @@ pub async fn publish(
         action: "Decide".into(),
         secondary: None,
     };
-    if let Err(error) = context.recorder.publish(&event, &reference).await {
+    if let Err(error) = context.kube.recorder.publish(&event, &reference).await {
         tracing::warn!(%error, reason, "publishing an event failed");
     } else {
-        context.metrics.api_writes.with_label_values(&["event"]).inc();
+        context
+            .published
+            .metrics
+            .api_writes
+            .with_label_values(&["event"])
+            .inc();
     }
 }

@@ -21,8 +21,10 @@ pub async fn write(
     policy: &BackpressurePolicy,
     status: &BackpressurePolicyStatus,
 ) -> kube::Result<()> {
-    let api: Api<BackpressurePolicy> =
-        Api::namespaced(context.client.clone(), &policy.namespace().unwrap_or_default());
+    let api: Api<BackpressurePolicy> = Api::namespaced(
+        context.kube.client.clone(),
+        &policy.namespace().unwrap_or_default(),
+    );
     let body = StatusApply {
         api_version: "levee.dev/v1alpha1",
         kind: "BackpressurePolicy",
@@ -34,6 +36,11 @@ pub async fn write(
         &Patch::Apply(&body),
     )
     .await?;
-    context.metrics.api_writes.with_label_values(&["status"]).inc();
+    context
+        .published
+        .metrics
+        .api_writes
+        .with_label_values(&["status"])
+        .inc();
     Ok(())
 }

@@ -10,10 +10,10 @@ use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
 use crate::controller::Context;
 use crate::controller::act::actuator;
 use crate::controller::act::autoscaler;
-use crate::controller::act::fence::{Fence, Fenced};
 use crate::controller::act::marks::{Intent, Release};
 use crate::controller::act::publish::publish;
 use crate::controller::act::status_io::write;
+use crate::controller::ownership::fence::{Fence, Fenced};
 use crate::controller::ownership::shards::Acting;
 use crate::controller::policy::plan::{Failures, Job};
 use crate::controller::policy::status::{moved, worth_writing};
@@ -187,14 +187,14 @@ async fn passes(context: Arc<Context>, shared: Arc<Mutex<Shared>>) {
             }
         };
         // At most `concurrent_writers` passes over all policies write at once.
-        let Ok(_slot) = context.writers.acquire().await else {
+        let Ok(_slot) = context.kube.writers.acquire().await else {
             shared.lock().expect("policy writes lock").in_flight = false;
             return;
         };
         // The fence of a handover: a replica that no longer acts on the policy writes nothing,
         // and what it started ends when it stops (`fence.rs`).
-        let Some(fence) = context.fence(&job.policy) else {
-            match context.acting_on(&job.policy) {
+        let Some(fence) = context.owners.fence(&job.policy) else {
+            match context.owners.acting_on(&job.policy) {
                 // Acting paused within its run: the job waits for the next tick's, which takes
                 // its events (a transition's event is not lost to a late renewal).
                 Acting::Paused(_) => {
@@ -239,7 +239,11 @@ async fn pass(context: &Context, fence: &Fence, shared: &Mutex<Shared>, job: Job
     }
     shared.lock().expect("policy writes lock").failures.targets = acted.errors;
     let throttled = crate::telemetry::Change::ThrottledTargets(acted.throttled);
-    context.metrics.policies.record(&namespace, &name, throttled);
+    context
+        .published
+        .metrics
+        .policies
+        .record(&namespace, &name, throttled);
     // The HPA found in place needs no apply, and has no failure to report.
     let autoscaler_failure = match job.autoscaler {
         None => None,

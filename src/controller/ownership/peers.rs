@@ -148,7 +148,7 @@ pub async fn sync(context: Arc<Context>, source: PeerSource, settings: PeerSetti
             }
         }
         seen.retain(|identity, _| peers.iter().any(|(peer, _)| peer == identity));
-        context.peer_answers.keep_only(&peers);
+        context.owners.peer_answers.keep_only(&peers);
     }
 }
 
@@ -226,9 +226,10 @@ async fn fetch(
         Err(error) => return count(context, identity, "invalid", &error),
     };
     let whole = context
+        .policies
         .tasks
         .take_from_peers(context, from_owner(source, identity, received));
-    context.peer_answers.answered(identity, asked);
+    context.owners.peer_answers.answered(identity, asked);
     count(context, identity, "ok", "");
     // A confirmation of values this replica does not hold: the whole answer next time.
     Some((epoch, if whole { upto } else { 0 }))
@@ -251,6 +252,7 @@ fn peer_url(base: &http::Uri, since: Option<(u64, u64)>) -> Result<http::Uri, St
 /// Counts a round's result (and logs a failure); `None`, for a round without an answer to take.
 fn count(context: &Context, identity: &str, result: &str, error: &str) -> Option<(u64, u64)> {
     context
+        .published
         .metrics
         .peer_fetches
         .with_label_values(&[identity, result])

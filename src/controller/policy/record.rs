@@ -33,7 +33,7 @@ pub fn record_sample(
             failed: true,
         },
     };
-    context.metrics.policies.record(namespace, name, change);
+    context.published.metrics.policies.record(namespace, name, change);
 }
 
 /// Publishes the sample's values (every replica serves them): the external metrics API answers
@@ -88,7 +88,7 @@ pub fn publish_values(
                     .memory()
                     .and_then(|bands| bands.warning.bytes(m.max_bytes)),
             }),
-        source: if context.owns(policy) {
+        source: if context.owners.owns(policy) {
             Source::Owner
         } else {
             Source::Follower
@@ -96,16 +96,16 @@ pub fn publish_values(
         published: 0,
         changed: 0,
     };
-    if let Some(previous) = context.values.get(&values.namespace, &values.policy) {
+    if let Some(previous) = context.published.values.get(&values.namespace, &values.policy) {
         values.keep_last_known(&previous, sample.is_err());
     }
-    context.values.publish(values);
+    context.published.values.publish(values);
 }
 
 /// The circuit's series (state, level, Prolonged) and its published values (the external
 /// scaler pushes a change of them).
 pub fn record_circuit(context: &Context, namespace: &str, name: &str, circuit: &Circuit) {
-    context.values.publish_circuit(
+    context.published.values.publish_circuit(
         namespace,
         name,
         CircuitValues {
@@ -123,7 +123,7 @@ pub fn record_circuit_series(context: &Context, namespace: &str, name: &str, cir
         level: circuit.level,
         prolonged: circuit.prolonged,
     };
-    context.metrics.policies.record(namespace, name, change);
+    context.published.metrics.policies.record(namespace, name, change);
 }
 
 /// Counts a transition.
@@ -132,5 +132,5 @@ pub fn record_transition(context: &Context, namespace: &str, name: &str, transit
         from: transition.from,
         to: transition.to,
     };
-    context.metrics.policies.record(namespace, name, change);
+    context.published.metrics.policies.record(namespace, name, change);
 }

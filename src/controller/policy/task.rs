@@ -132,18 +132,18 @@ impl PolicyTasks {
         let known = self.known.lock().expect("task map lock");
         let takes = |namespace: &str, policy: &str| {
             known.contains_key(&crate::controller::ring_key(namespace, policy))
-                && !context.owns_key(namespace, policy)
+                && !context.owners.owns_key(namespace, policy)
         };
         for values in received.values {
             if takes(&values.namespace, &values.policy) {
-                context.values.take_from_peer(values);
+                context.published.values.take_from_peer(values);
             }
         }
         let unheld = received
             .confirmed
             .iter()
             .filter(|confirmed| takes(&confirmed.namespace, &confirmed.policy))
-            .filter(|confirmed| !context.values.confirm_from_peer(confirmed))
+            .filter(|confirmed| !context.published.values.confirm_from_peer(confirmed))
             .count();
         unheld == 0
     }
@@ -172,17 +172,20 @@ impl PolicyTasks {
             let grace = std::time::Duration::from(entry.latest.borrow().spec.sample_interval) * 3;
             let owner_away = now.saturating_duration_since(entry.idle_since) >= grace
                 && !context
+                    .published
                     .values
                     .get(namespace, name)
                     .is_some_and(|values| values.fresh_from_peer(now))
-                && !context.owner_answered_since(key, now.checked_sub(grace).unwrap_or(now));
-            if context.owns_ring_key(key) || owner_away {
+                && !context
+                    .owners
+                    .owner_answered_since(key, now.checked_sub(grace).unwrap_or(now));
+            if context.owners.owns_ring_key(key) || owner_away {
                 tracing::debug!(policy = %key, owner_away, "starting the task of a policy stood by");
                 entry.start(context);
                 running += 1;
             }
         }
-        context.metrics.policy_tasks.set(running);
+        context.published.metrics.policy_tasks.set(running);
     }
 
     /// Stops every task (shutdown): a task between ticks stops at once, one in a tick finishes
@@ -216,7 +219,7 @@ pub async fn check_standbys(context: Arc<Context>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        context.tasks.check_standbys(&context);
+        context.policies.tasks.check_standbys(&context);
     }
 }
 
@@ -319,7 +322,7 @@ impl PolicyState {
     fn take_discovered(&mut self, context: &Context, found: Discovered) {
         let message = found.problem(self.policy.spec.discovery.max_queues as usize);
         let previous_message = self.discovery_status.as_ref().and_then(|d| d.message.clone());
-        if message.is_some() && message != previous_message && context.owns(&self.policy) {
+        if message.is_some() && message != previous_message && context.owners.owns(&self.policy) {
             self.events.push((
                 EventType::Warning,
                 "DiscoveryIncomplete",
@@ -334,7 +337,7 @@ impl PolicyState {
             matched: kept.matched as u64,
             sampled: kept.queues.len() as u64,
             last_discovery_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                context.clock.now(),
+                context.policies.clock.now(),
             )),
             message,
         });
@@ -368,7 +371,7 @@ impl PolicyState {
             self.secret_versions = versions;
         }
         let resolved = resolve_endpoint(
-            &context.client,
+            &context.kube.client,
             &context.stores.secrets,
             &self.policy,
             context.settings.max_reply_bytes,
@@ -380,7 +383,9 @@ impl PolicyState {
         self.endpoint_suspect = false;
         match &resolved {
             Ok(_) => self.reported_problem = None,
-            Err(problem) if context.owns(&self.policy) && self.reported_problem != Some(problem.reason) => {
+            Err(problem)
+                if context.owners.owns(&self.policy) && self.reported_problem != Some(problem.reason) =>
+            {
                 self.reported_problem = Some(problem.reason);
                 self.events
                     .push((EventType::Warning, problem.reason, problem.message.clone()));
@@ -492,7 +497,7 @@ async fn tick(context: &Arc<Context>, state: &mut PolicyState) -> bool {
     if let Ok(sample) = &sample {
         state.follow_partitions(sample);
     }
-    let acting = context.acting_on(&state.policy);
+    let acting = context.owners.acting_on(&state.policy);
     let gathered = state.gather(context, acting);
     let mut fresh = None;
     loop {
@@ -632,7 +637,7 @@ impl PolicyState {
                 Vec::new()
             },
             autoscaler: if acts { self.autoscaler_sync(context) } else { None },
-            now: context.clock.now(),
+            now: context.policies.clock.now(),
         }
     }
 
@@ -660,8 +665,8 @@ impl PolicyState {
     /// `None`, and nothing acted on, when the read fails or the policy is gone.
     async fn read_fresh_status(&self, context: &Context) -> Option<BackpressurePolicyStatus> {
         let (namespace, name) = self.names();
-        let api: kube::Api<BackpressurePolicy> = context.settings.api(context.client.clone());
-        match context.fresh_status.read(&api, &namespace, &name).await {
+        let api: kube::Api<BackpressurePolicy> = context.settings.api(context.kube.client.clone());
+        match context.policies.fresh_status.read(&api, &namespace, &name).await {
             // Only the status is taken: the policy stays the watch's copy, shared with the
             // store (a copy of each policy taken over was 5-6 MiB after a restart at 5,000).
             Ok(Some(status)) => Some(status.unwrap_or_default()),
@@ -679,7 +684,7 @@ impl PolicyState {
     async fn stand_by(mut self, context: &Context) {
         self.writes.finish().await;
         let (namespace, name) = self.names();
-        context.metrics.forget_policy(&namespace, &name);
+        context.published.metrics.forget_policy(&namespace, &name);
         tracing::debug!(%namespace, policy = %name, "the owner publishes the policy's values; standing by");
     }
 
@@ -687,8 +692,9 @@ impl PolicyState {
     /// holds values the owner sampled within three intervals (`peers.rs`).
     fn owner_publishes(&self, context: &Context) -> bool {
         let (namespace, name) = self.names();
-        !context.owns(&self.policy)
+        !context.owners.owns(&self.policy)
             && context
+                .published
                 .values
                 .get(&namespace, &name)
                 .is_some_and(|values| values.fresh_from_peer(Instant::now()))

@@ -223,37 +223,78 @@ pub async fn check_standbys(context: Arc<Context>) {
     }
 }
 
-/// What a task keeps between ticks.
+/// What a task keeps between ticks, by concern.
 struct PolicyState {
     policy: Arc<BackpressurePolicy>,
+    /// What the spec makes: rebuilt whole on a new generation.
+    spec: SpecState,
+    /// The backend's endpoint and the Secrets it was built from.
+    endpoint: EndpointState,
+    circuit: Circuit,
+    /// What this replica hands over to be written.
+    hand: HandState,
+    /// The managed HPA's bookkeeping.
+    scale: ScaleState,
+}
+
+/// What a policy's spec makes, for one generation.
+struct SpecState {
     rules: CircuitRules,
-    /// The policy's queues and the reads they take (rebuilt on a new generation).
+    /// The policy's queues and the reads they take.
     queues: PreparedQueues,
-    /// What the last discovery of `keyPattern` entries found (cleared on a new generation).
-    discovered: Option<Discovered>,
-    /// The same for status, with when it was found.
-    discovery_status: Option<DiscoveryStatus>,
-    /// The backlog's recent history and what it forecasts (restarted on a new generation).
+    discovery: DiscoveryState,
+    /// The backlog's recent history and what it forecasts.
     forecaster: Forecaster,
     forecast: Option<Forecast>,
-    circuit: Circuit,
-    endpoint: Option<Result<BackendEndpoint, EndpointProblem>>,
-    /// Redis refused the endpoint (a rotated password?): rebuild it from the Secrets when the
-    /// backoff allows.
-    endpoint_suspect: bool,
-    /// Paces re-reads of the Secrets while they are missing or Redis refuses them.
-    secret_backoff: Backoff,
+}
+
+impl SpecState {
+    fn new(policy: &BackpressurePolicy) -> Self {
+        Self {
+            rules: policy.spec.circuit_rules(),
+            queues: PreparedQueues::for_policy(&policy.spec, &policy.spec.queues),
+            discovery: DiscoveryState::default(),
+            forecaster: Forecaster::new(policy.spec.circuit.forecast_window.into()),
+            forecast: None,
+        }
+    }
+}
+
+/// What the last discovery of `keyPattern` entries found, and the same for status, with when.
+#[derive(Default)]
+struct DiscoveryState {
+    found: Option<Discovered>,
+    status: Option<DiscoveryStatus>,
+}
+
+/// The backend's endpoint, and when to build it again.
+#[derive(Default)]
+struct EndpointState {
+    resolved: Option<Result<BackendEndpoint, EndpointProblem>>,
+    /// The backend refused the endpoint (a rotated password?): rebuild it from the Secrets when
+    /// the backoff allows.
+    suspect: bool,
+    /// Paces re-reads of the Secrets while they are missing or the backend refuses them.
+    backoff: Backoff,
     /// The endpoint problem last reported with an event, so each is reported once.
     reported_problem: Option<&'static str>,
     /// The versions of the Secrets the endpoint was built from (a change rebuilds it).
     secret_versions: Vec<Option<String>>,
+}
+
+impl EndpointState {
+    /// A new generation: the endpoint is built again at once.
+    fn respecified(&mut self) {
+        self.resolved = None;
+        self.suspect = false;
+        self.backoff.succeeded();
+    }
+}
+
+/// What this replica hands over to be written, and in which run it last acted.
+struct HandState {
     /// What was written, and the pass writing what the ticks decided.
     writes: Writes,
-    /// The policy generation, HPA resource version and partition cap last found in place
-    /// (nothing to compare again until one of them changes).
-    autoscaler_checked: Option<(Option<i64>, Option<String>, Option<u32>)>,
-    /// A Kafka policy's partition count, from its last full read: caps the HPA's maxReplicas.
-    partition_cap: Option<u32>,
     /// Events of what happened between passes (an endpoint problem, an incomplete discovery),
     /// published by the next pass behind its fence.
     events: Vec<PendingEvent>,
@@ -261,30 +302,32 @@ struct PolicyState {
     /// (`shards::Acting`; 0 under a leader). One that starts to (a handover, the task's start, a
     /// new run) first resumes the circuit from the API server; one whose acting only paused
     /// within the run goes on from its own circuit, which nobody else can have moved.
-    acting: Option<u64>,
+    acted_in: Option<u64>,
+}
+
+/// The managed HPA's bookkeeping.
+#[derive(Default)]
+struct ScaleState {
+    /// The policy generation, HPA resource version and partition cap last found in place
+    /// (nothing to compare again until one of them changes).
+    checked: Option<(Option<i64>, Option<String>, Option<u32>)>,
+    /// A Kafka policy's partition count, from its last full read: caps the HPA's maxReplicas.
+    partition_cap: Option<u32>,
 }
 
 impl PolicyState {
     fn new(policy: Arc<BackpressurePolicy>) -> Self {
         let status = policy.status.clone().unwrap_or_default();
         Self {
-            rules: policy.spec.circuit_rules(),
-            queues: PreparedQueues::for_policy(&policy.spec, &policy.spec.queues),
-            discovered: None,
-            discovery_status: None,
-            forecaster: Forecaster::new(policy.spec.circuit.forecast_window.into()),
-            forecast: None,
+            spec: SpecState::new(&policy),
+            endpoint: EndpointState::default(),
             circuit: status.circuit(),
-            endpoint: None,
-            endpoint_suspect: false,
-            secret_backoff: Backoff::default(),
-            reported_problem: None,
-            secret_versions: Vec::new(),
-            writes: Writes::new(status),
-            autoscaler_checked: None,
-            partition_cap: None,
-            events: Vec::new(),
-            acting: None,
+            hand: HandState {
+                writes: Writes::new(status),
+                events: Vec::new(),
+                acted_in: None,
+            },
+            scale: ScaleState::default(),
             policy,
         }
     }
@@ -293,15 +336,8 @@ impl PolicyState {
     fn update(&mut self, policy: Arc<BackpressurePolicy>) -> bool {
         let respecified = policy.metadata.generation != self.policy.metadata.generation;
         if respecified {
-            self.rules = policy.spec.circuit_rules();
-            self.queues = PreparedQueues::for_policy(&policy.spec, &policy.spec.queues);
-            self.discovered = None;
-            self.discovery_status = None;
-            self.forecaster = Forecaster::new(policy.spec.circuit.forecast_window.into());
-            self.forecast = None;
-            self.endpoint = None;
-            self.endpoint_suspect = false;
-            self.secret_backoff.succeeded();
+            self.spec = SpecState::new(&policy);
+            self.endpoint.respecified();
         }
         self.policy = policy;
         respecified
@@ -321,19 +357,24 @@ impl PolicyState {
     /// ones (a failed discovery keeps the queues found before).
     fn take_discovered(&mut self, context: &Context, found: Discovered) {
         let message = found.problem(self.policy.spec.discovery.max_queues as usize);
-        let previous_message = self.discovery_status.as_ref().and_then(|d| d.message.clone());
+        let previous_message = self
+            .spec
+            .discovery
+            .status
+            .as_ref()
+            .and_then(|d| d.message.clone());
         if message.is_some() && message != previous_message && context.owners.owns(&self.policy) {
-            self.events.push((
+            self.hand.events.push((
                 EventType::Warning,
                 "DiscoveryIncomplete",
                 message.clone().unwrap_or_default(),
             ));
         }
-        let kept = match (&found.error, &self.discovered) {
+        let kept = match (&found.error, &self.spec.discovery.found) {
             (Some(_), Some(previous)) => previous.clone(),
             _ => found.clone(),
         };
-        self.discovery_status = Some(DiscoveryStatus {
+        self.spec.discovery.status = Some(DiscoveryStatus {
             matched: kept.matched as u64,
             sampled: kept.queues.len() as u64,
             last_discovery_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -341,12 +382,12 @@ impl PolicyState {
             )),
             message,
         });
-        self.queues = PreparedQueues::for_policy(
+        self.spec.queues = PreparedQueues::for_policy(
             &self.policy.spec,
             &kept.with_spec_queues(&self.policy.spec.queues),
         )
-        .continuing(&self.queues);
-        self.discovered = Some(kept);
+        .continuing(&self.spec.queues);
+        self.spec.discovery.found = Some(kept);
     }
 
     /// Builds the endpoint from the Secrets when there is none, or when the last one failed and
@@ -356,19 +397,19 @@ impl PolicyState {
         let now = Instant::now();
         let versions = secrets::versions(&context.stores.secrets, &self.policy);
         // A Secret created, labelled, rotated or deleted: rebuild at once.
-        let rotated = versions != self.secret_versions;
+        let rotated = versions != self.endpoint.secret_versions;
         let due = rotated
-            || match &self.endpoint {
+            || match &self.endpoint.resolved {
                 None => true,
-                Some(Err(_)) => self.secret_backoff.ready(now),
-                Some(Ok(_)) => self.endpoint_suspect && self.secret_backoff.ready(now),
+                Some(Err(_)) => self.endpoint.backoff.ready(now),
+                Some(Ok(_)) => self.endpoint.suspect && self.endpoint.backoff.ready(now),
             };
         if !due {
             return;
         }
         if rotated {
-            self.secret_backoff.succeeded();
-            self.secret_versions = versions;
+            self.endpoint.backoff.succeeded();
+            self.endpoint.secret_versions = versions;
         }
         let resolved = resolve_endpoint(
             &context.kube.client,
@@ -377,22 +418,24 @@ impl PolicyState {
             context.settings.max_reply_bytes,
         )
         .await;
-        if resolved.is_err() || self.endpoint_suspect {
-            self.secret_backoff.failed(now);
+        if resolved.is_err() || self.endpoint.suspect {
+            self.endpoint.backoff.failed(now);
         }
-        self.endpoint_suspect = false;
+        self.endpoint.suspect = false;
         match &resolved {
-            Ok(_) => self.reported_problem = None,
+            Ok(_) => self.endpoint.reported_problem = None,
             Err(problem)
-                if context.owners.owns(&self.policy) && self.reported_problem != Some(problem.reason) =>
+                if context.owners.owns(&self.policy)
+                    && self.endpoint.reported_problem != Some(problem.reason) =>
             {
-                self.reported_problem = Some(problem.reason);
-                self.events
+                self.endpoint.reported_problem = Some(problem.reason);
+                self.hand
+                    .events
                     .push((EventType::Warning, problem.reason, problem.message.clone()));
             }
             Err(_) => {}
         }
-        self.endpoint = Some(resolved);
+        self.endpoint.resolved = Some(resolved);
     }
 }
 
@@ -419,7 +462,7 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
             changed = latest.changed() => {
                 if changed.is_err() {
                     discovering.take().inspect(JoinHandle::abort);
-                    state.writes.finish().await;
+                    state.hand.writes.finish().await;
                     return;
                 }
                 let policy = latest.borrow_and_update().clone();
@@ -501,32 +544,32 @@ async fn tick(context: &Arc<Context>, state: &mut PolicyState) -> bool {
     let gathered = state.gather(context, acting);
     let mut fresh = None;
     loop {
-        let planned = state.writes.with_written(|written| {
+        let planned = state.hand.writes.with_written(|written| {
             plan(Facts {
                 policy: &state.policy,
-                rules: &state.rules,
+                rules: &state.spec.rules,
                 acting,
-                acted_in: state.acting,
+                acted_in: state.hand.acted_in,
                 fresh: fresh.as_ref(),
                 circuit: &state.circuit,
                 written,
                 sample: sample.as_ref(),
-                forecast: state.forecast,
+                forecast: state.spec.forecast,
                 failures: &gathered.failures,
                 missing: gathered.missing.clone(),
                 shared: &gathered.shared,
                 autoscaler: gathered.autoscaler,
-                partition_cap: state.partition_cap,
-                discovery: state.discovery_status.as_ref(),
-                pending_events: state.events.clone(),
+                partition_cap: state.scale.partition_cap,
+                discovery: state.spec.discovery.status.as_ref(),
+                pending_events: state.hand.events.clone(),
                 now: gathered.now,
             })
         });
         match planned {
             Plan::Follow => {
-                state.acting = None;
+                state.hand.acted_in = None;
                 // Not this replica's to report: the owner reports what it sees.
-                state.events.clear();
+                state.hand.events.clear();
                 let status = state.policy.status.clone().unwrap_or_default();
                 state.follow_status(context, status, true);
             }
@@ -561,7 +604,7 @@ impl PolicyState {
             return None;
         }
         // Discovery reads Redis's registries and keys; the CRD allows keyPattern nowhere else.
-        let BackendEndpoint::Redis(endpoint) = self.endpoint.as_ref()?.as_ref().ok()?.clone() else {
+        let BackendEndpoint::Redis(endpoint) = self.endpoint.resolved.as_ref()?.as_ref().ok()?.clone() else {
             return None;
         };
         let sampler = context.sampler.clone();
@@ -584,20 +627,20 @@ impl PolicyState {
     /// hands it to the external metrics API.
     async fn sample(&mut self, context: &Context) -> Result<Sample, EndpointProblem> {
         self.refresh_endpoint(context).await;
-        let sample = match self.endpoint.as_ref().expect("refreshed above") {
-            Ok(endpoint) => Ok(context.sampler.sample_backend(endpoint, &self.queues).await),
+        let sample = match self.endpoint.resolved.as_ref().expect("refreshed above") {
+            Ok(endpoint) => Ok(context.sampler.sample_backend(endpoint, &self.spec.queues).await),
             Err(problem) => Err(problem.clone()),
         };
         if let Ok(sample) = &sample {
-            self.forecast = judgement::forecast(&mut self.forecaster, &self.rules, sample);
+            self.spec.forecast = judgement::forecast(&mut self.spec.forecaster, &self.spec.rules, sample);
         }
         let (namespace, name) = self.names();
         record::record_sample(context, &namespace, &name, &sample);
-        record::publish_values(context, &self.policy, &sample, self.forecast);
+        record::publish_values(context, &self.policy, &sample, self.spec.forecast);
         match &sample {
             // A rotated password shows up as an authentication error: re-read the Secrets (paced).
-            Ok(sample) if sample.unreachable.is_some() => self.endpoint_suspect = true,
-            Ok(_) => self.secret_backoff.succeeded(),
+            Ok(sample) if sample.unreachable.is_some() => self.endpoint.suspect = true,
+            Ok(_) => self.endpoint.backoff.succeeded(),
             Err(_) => {}
         }
         sample
@@ -610,7 +653,8 @@ impl PolicyState {
     fn follow_status(&mut self, context: &Context, status: BackpressurePolicyStatus, publish: bool) {
         self.circuit = status.circuit();
         let heartbeat = writes::heartbeat_of(context, &self.policy);
-        self.writes
+        self.hand
+            .writes
             .follow(status, heartbeat, phase_of(&task_key(&self.policy)));
         let (namespace, name) = self.names();
         if publish {
@@ -625,7 +669,7 @@ impl PolicyState {
     fn gather(&mut self, context: &Context, acting: Acting) -> Gathered {
         let acts = matches!(acting, Acting::Yes(_));
         Gathered {
-            failures: self.writes.failures(),
+            failures: self.hand.writes.failures(),
             missing: if acts {
                 actuator::missing_targets(context, &self.policy)
             } else {
@@ -646,15 +690,15 @@ impl PolicyState {
         if let Some(status) = act.taken_over {
             self.follow_status(context, status, false);
         }
-        self.acting = Some(act.run);
+        self.hand.acted_in = Some(act.run);
         self.circuit = act.circuit;
-        self.events.clear();
+        self.hand.events.clear();
         let (namespace, name) = self.names();
         record::record_circuit(context, &namespace, &name, &self.circuit);
         if let Some(transition) = &act.decision.transition {
             record::record_transition(context, &namespace, &name, transition);
         }
-        self.writes.submit(context, act.job);
+        self.hand.writes.submit(context, act.job);
     }
 
     /// The status the API server holds now (a consistent read past the watch, shared with every
@@ -682,7 +726,7 @@ impl PolicyState {
     /// finished, and the series only the policy's owner publishes (the circuit's, the
     /// sampling's) leave this replica's `/metrics`; its values stay, as the owner sends them.
     async fn stand_by(mut self, context: &Context) {
-        self.writes.finish().await;
+        self.hand.writes.finish().await;
         let (namespace, name) = self.names();
         context.published.metrics.forget_policy(&namespace, &name);
         tracing::debug!(%namespace, policy = %name, "the owner publishes the policy's values; standing by");
@@ -709,7 +753,7 @@ impl PolicyState {
             .map(|q| q.partitions.map(|p| p.count))
             .collect();
         if let Some(counts) = counts.filter(|c| !c.is_empty()) {
-            self.partition_cap = Some(counts.into_iter().fold(0, u32::saturating_add));
+            self.scale.partition_cap = Some(counts.into_iter().fold(0, u32::saturating_add));
         }
     }
 
@@ -721,17 +765,17 @@ impl PolicyState {
             .stores
             .autoscalers
             .get(&namespace, &autoscaler::hpa_name(&self.policy));
-        let partitions = self.partition_cap;
+        let partitions = self.scale.partition_cap;
         let seen = (
             self.policy.metadata.generation,
             hpa.as_ref().and_then(|hpa| hpa.resource_version()),
             partitions,
         );
-        if self.autoscaler_checked.as_ref() == Some(&seen) {
+        if self.scale.checked.as_ref() == Some(&seen) {
             return None;
         }
         if autoscaler::in_place(&self.policy, hpa.as_deref(), partitions) {
-            self.autoscaler_checked = Some(seen);
+            self.scale.checked = Some(seen);
             return None;
         }
         Some(AutoscalerSync { partitions })

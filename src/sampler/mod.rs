@@ -169,6 +169,25 @@ impl BackendEndpoint {
         }
     }
 
+    /// The Secrets `spec`'s backend reads (a change to one rebuilds the endpoint).
+    pub fn secrets(spec: &BackpressurePolicySpec) -> Vec<&str> {
+        match spec.backend() {
+            Some(BackendSpec::Redis(redis)) => self::redis::credentials::secrets(redis),
+            Some(BackendSpec::Nats(nats)) => nats::credentials::secrets(nats),
+            Some(BackendSpec::Kafka(kafka)) => kafka::credentials::secrets(kafka),
+            None => Vec::new(),
+        }
+    }
+
+    /// What names the grid `spec`'s policies tick on together, for a backend whose policies are
+    /// read together (Kafka's cluster); `None`: each policy ticks at its own phase.
+    pub fn tick_grid(spec: &BackpressurePolicySpec) -> Option<String> {
+        match spec.backend() {
+            Some(BackendSpec::Kafka(kafka)) => Some(kafka::credentials::tick_grid(kafka)),
+            Some(BackendSpec::Redis(_) | BackendSpec::Nats(_)) | None => None,
+        }
+    }
+
     /// The backend it reaches.
     pub fn kind(&self) -> BackendKind {
         match self {
@@ -280,6 +299,21 @@ impl Sampler {
     /// The Redis queues that `entries` (those with a `keyPattern`) name, at most `cap` of them.
     pub async fn discover(&self, endpoint: &Endpoint, entries: &[QueueSpec], cap: usize) -> Discovered {
         self.redis.discover(endpoint, entries, cap).await
+    }
+
+    /// The queues `entries` (those with a `keyPattern`) name on `endpoint`, at most `cap` of
+    /// them; `None` for a backend without discovery (the CRD allows `keyPattern` on Redis
+    /// queue types only).
+    pub async fn discover_backend(
+        &self,
+        endpoint: &BackendEndpoint,
+        entries: &[QueueSpec],
+        cap: usize,
+    ) -> Option<Discovered> {
+        match endpoint {
+            BackendEndpoint::Redis(endpoint) => Some(self.redis.discover(endpoint, entries, cap).await),
+            BackendEndpoint::Nats(_) | BackendEndpoint::Kafka(_) => None,
+        }
     }
 
     /// Reads every queue of one policy from its backend, the reads prepared once per generation.

@@ -13,11 +13,11 @@
 //! A replica keeps a bounded part of each opted-in Secret (`kept_secret.rs`): a key whose value
 //! was not kept is refused with `SecretTooLarge`, naming the key, its size and the bound.
 
+use crate::api::BackpressurePolicy;
 use crate::api::labels::{
     ANNOTATION_SECRET_HOSTS, ANNOTATION_SECRET_HOSTS_LEGACY, LABEL_SECRET_CONSENT,
     LABEL_SECRET_CONSENT_LEGACY,
 };
-use crate::api::{BackendSpec, BackpressurePolicy};
 use crate::controller::cache::indexed_store::IndexedStore;
 use crate::controller::cache::kept_secret::{Bounded, HOSTS_BOUND, KEYS_BOUND, KeptSecret, VALUES_BOUND};
 use crate::sampler::credentials::{Credential, EndpointSource};
@@ -68,37 +68,11 @@ impl OptedInSecrets {
 
 pub use crate::sampler::credentials::EndpointProblem;
 
-/// The names of the Secrets `policy` references.
-fn referenced(policy: &BackpressurePolicy) -> Vec<&str> {
-    let (credentials, ca) = match policy.spec.backend() {
-        Some(BackendSpec::Redis(redis)) => (
-            redis.credentials_secret_ref.as_ref().map(|r| r.name.as_str()),
-            redis.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()),
-        ),
-        Some(BackendSpec::Nats(nats)) => (
-            nats.credentials_secret_ref.as_ref().map(|r| r.name.as_str()),
-            nats.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()),
-        ),
-        Some(BackendSpec::Kafka(kafka)) => (
-            kafka
-                .sasl
-                .as_ref()
-                .map(|sasl| sasl.credentials_secret_ref.name.as_str()),
-            kafka.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref()),
-        ),
-        None => (None, None),
-    };
-    credentials
-        .into_iter()
-        .chain(ca.map(|r| r.name.as_str()))
-        .collect()
-}
-
 /// The resource versions of the (opted-in) Secrets `policy` references, as the store holds them:
 /// when they change, the endpoint is rebuilt.
 pub fn versions(store: &OptedInSecrets, policy: &BackpressurePolicy) -> Vec<Option<String>> {
     let namespace = policy.namespace().unwrap_or_default();
-    referenced(policy)
+    BackendEndpoint::secrets(&policy.spec)
         .into_iter()
         .map(|name| {
             store

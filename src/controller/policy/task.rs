@@ -454,7 +454,7 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
     let mut interval = ticker(&state.policy);
     let mut discovery = discovery_ticker(&state.policy);
     // Discoveries run in their own task, one at a time; its result comes back through its handle.
-    let mut discovering: Option<JoinHandle<(Option<i64>, Discovered)>> = None;
+    let mut discovering: Option<JoinHandle<(Option<i64>, Option<Discovered>)>> = None;
     loop {
         // A stop (the sender dropped) or a newer object goes before a due tick.
         tokio::select! {
@@ -474,7 +474,8 @@ async fn run(context: Arc<Context>, mut latest: watch::Receiver<Arc<Backpressure
             }
             finished = discovered(&mut discovering), if discovering.is_some() => {
                 discovering = None;
-                let Ok((generation, found)) = finished else {
+                // A backend without discovery found nothing to take.
+                let Ok((generation, Some(found))) = finished else {
                     continue;
                 };
                 if generation == state.policy.metadata.generation {
@@ -508,8 +509,8 @@ fn discovery_ticker(policy: &BackpressurePolicy) -> Option<tokio::time::Interval
 
 /// What the running discovery found (an error when it panicked); never without one.
 async fn discovered(
-    running: &mut Option<JoinHandle<(Option<i64>, Discovered)>>,
-) -> Result<(Option<i64>, Discovered), tokio::task::JoinError> {
+    running: &mut Option<JoinHandle<(Option<i64>, Option<Discovered>)>>,
+) -> Result<(Option<i64>, Option<Discovered>), tokio::task::JoinError> {
     match running {
         Some(handle) => handle.await,
         None => std::future::pending().await,
@@ -598,20 +599,20 @@ struct Gathered {
 impl PolicyState {
     /// Starts a discovery of the `keyPattern` entries in its own task, when there are some and
     /// the endpoint is known.
-    fn start_discovery(&self, context: &Context) -> Option<JoinHandle<(Option<i64>, Discovered)>> {
+    fn start_discovery(&self, context: &Context) -> Option<JoinHandle<(Option<i64>, Option<Discovered>)>> {
         let patterns = self.patterns();
         if patterns.is_empty() || self.owner_publishes(context) {
             return None;
         }
-        // Discovery reads Redis's registries and keys; the CRD allows keyPattern nowhere else.
-        let BackendEndpoint::Redis(endpoint) = self.endpoint.resolved.as_ref()?.as_ref().ok()?.clone() else {
-            return None;
-        };
+        let endpoint = self.endpoint.resolved.as_ref()?.as_ref().ok()?.clone();
         let sampler = context.sampler.clone();
         let cap = self.policy.spec.discovery.max_queues as usize;
         let generation = self.policy.metadata.generation;
         Some(tokio::spawn(async move {
-            (generation, sampler.discover(&endpoint, &patterns, cap).await)
+            (
+                generation,
+                sampler.discover_backend(&endpoint, &patterns, cap).await,
+            )
         }))
     }
 

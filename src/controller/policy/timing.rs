@@ -1,7 +1,8 @@
 //! When a policy's task ticks and writes: its phase within the interval, fixed by its UID, and
-//! the shared grid Kafka policies of one cluster tick on.
+//! the shared grid the policies of a backend read together tick on (Kafka's cluster).
 
-use crate::api::{BackendSpec, BackpressurePolicy};
+use crate::api::BackpressurePolicy;
+use crate::sampler::BackendEndpoint;
 use kube::ResourceExt;
 
 /// Ticks every `sampleInterval`, at an offset within the interval that the policy's UID fixes, so
@@ -13,15 +14,12 @@ use kube::ResourceExt;
 pub fn ticker(policy: &BackpressurePolicy) -> tokio::time::Interval {
     let period: std::time::Duration = policy.spec.sample_interval.into();
     let now = tokio::time::Instant::now();
-    let (start, missed) = match policy.spec.backend() {
-        Some(BackendSpec::Kafka(kafka)) => {
-            let phase = period.mul_f64(phase_of(&kafka.bootstrap_servers.join(",")));
-            (
-                on_grid(*GRID_ORIGIN, now, period) + phase,
-                tokio::time::MissedTickBehavior::Skip,
-            )
-        }
-        _ => (
+    let (start, missed) = match BackendEndpoint::tick_grid(&policy.spec) {
+        Some(grid) => (
+            on_grid(*GRID_ORIGIN, now, period) + period.mul_f64(phase_of(&grid)),
+            tokio::time::MissedTickBehavior::Skip,
+        ),
+        None => (
             now + period.mul_f64(phase_of(&task_key(policy))),
             tokio::time::MissedTickBehavior::Delay,
         ),

@@ -62,3 +62,22 @@ pub async fn resolve(
     }
     Ok(endpoint)
 }
+
+/// The Secrets `spec` reads: its SASL credentials and its CA.
+pub fn secrets(spec: &KafkaSpec) -> Vec<&str> {
+    let credentials = spec
+        .sasl
+        .as_ref()
+        .map(|sasl| sasl.credentials_secret_ref.name.as_str());
+    let ca = spec.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref());
+    credentials
+        .into_iter()
+        .chain(ca.map(|r| r.name.as_str()))
+        .collect()
+}
+
+/// Policies of one cluster tick together, on one grid, so that the sampler reads them in one
+/// cluster tick (`batch.rs`): what names the cluster.
+pub fn tick_grid(spec: &KafkaSpec) -> String {
+    spec.bootstrap_servers.join(",")
+}

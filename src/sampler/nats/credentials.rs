@@ -77,3 +77,13 @@ async fn auth(
         None => NatsAuth::Token(password),
     })
 }
+
+/// The Secrets `spec` reads: its credentials and its CA.
+pub fn secrets(spec: &NatsSpec) -> Vec<&str> {
+    let credentials = spec.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
+    let ca = spec.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref());
+    credentials
+        .into_iter()
+        .chain(ca.map(|r| r.name.as_str()))
+        .collect()
+}

@@ -47,3 +47,13 @@ pub async fn resolve(spec: &RedisSpec, source: &impl EndpointSource) -> Result<E
     }
     Ok(endpoint)
 }
+
+/// The Secrets `spec` reads: its credentials and its CA.
+pub fn secrets(spec: &RedisSpec) -> Vec<&str> {
+    let credentials = spec.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
+    let ca = spec.tls.as_ref().and_then(|tls| tls.ca_secret_ref.as_ref());
+    credentials
+        .into_iter()
+        .chain(ca.map(|r| r.name.as_str()))
+        .collect()
+}

@@ -488,6 +488,16 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// Ready's reason when the backend did not answer: `RedisUnreachable` (as before there were
+    /// other backends), `NatsUnreachable`, `KafkaUnreachable`.
+    pub fn unreachable_reason(self) -> &'static str {
+        match self {
+            BackendKind::Redis => "RedisUnreachable",
+            BackendKind::Nats => "NatsUnreachable",
+            BackendKind::Kafka => "KafkaUnreachable",
+        }
+    }
+
     /// The backend's name, for messages.
     pub fn name(self) -> &'static str {
         match self {

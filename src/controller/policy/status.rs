@@ -243,16 +243,6 @@ fn round(value: f64, per_unit: f64) -> f64 {
     (value * per_unit).round() / per_unit
 }
 
-/// Ready's reason when the backend did not answer: `RedisUnreachable` (as before there were other
-/// backends), `NatsUnreachable`, `KafkaUnreachable`.
-fn unreachable_reason(kind: Option<BackendKind>) -> &'static str {
-    match kind {
-        Some(BackendKind::Redis) | None => "RedisUnreachable",
-        Some(BackendKind::Nats) => "NatsUnreachable",
-        Some(BackendKind::Kafka) => "KafkaUnreachable",
-    }
-}
-
 /// Ready, or why not. A latency that cannot be read makes the policy not ready only when latency
 /// thresholds drive its circuit; otherwise it shows in the queue's `latencyError` alone.
 fn readiness(
@@ -266,7 +256,7 @@ fn readiness(
         Err(problem) => return not_ready(problem.reason, &problem.message),
         Ok(sample) => {
             if let Some(error) = &sample.unreachable {
-                return not_ready(unreachable_reason(kind), error);
+                return not_ready(kind.unwrap_or(BackendKind::Redis).unreachable_reason(), error);
             }
             if let Some(queue) = sample.queues.iter().find(|q| q.depth.is_err()) {
                 let message = format!(

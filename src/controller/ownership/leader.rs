@@ -8,6 +8,7 @@
 //!   lease duration.
 
 use crate::controller::ownership::advert::{PeerAddress, PeerAdvert, Peers};
+use crate::controller::ownership::hold::Hold;
 use crate::controller::{Result, Settings};
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -158,7 +159,7 @@ pub async fn elect(
         identity: settings.identity.clone(),
         lease,
         observed: None,
-        renewed: None,
+        hold: Hold::default(),
         advert: settings.peer.as_ref().map(PeerAdvert::of),
         peers: peers_sender,
     };
@@ -188,8 +189,8 @@ struct Candidate {
     lease: LeaseSettings,
     /// The Lease as last seen, and when it was first seen like that.
     observed: Option<(Record, Instant)>,
-    /// When our last renewal (or acquisition) was written.
-    renewed: Option<Instant>,
+    /// Our hold on the Lease: when our last renewal (or acquisition) was written.
+    hold: Hold,
     /// What this replica writes on the Lease while it leads, for its followers.
     advert: Option<PeerAdvert>,
     /// The leader, for a follower, when its Lease says where it answers.
@@ -215,16 +216,14 @@ impl Candidate {
                     Duration::from_secs(1)
                 }
             };
-            let holding = self
-                .renewed
-                .is_some_and(|at| at.elapsed() < self.lease.renew_deadline());
+            let holding = self.hold.holds(Instant::now(), &self.lease);
             if holding != *leading.borrow() {
                 tracing::info!(leading = holding, identity = %self.identity, "leadership changed");
                 leading.send_replace(holding);
             }
             let wait = if holding {
                 // Step down exactly at the deadline if renewals keep failing.
-                let left = self.lease.renew_deadline().saturating_sub(self.renewed_ago());
+                let left = self.hold.step_budget(Instant::now(), &self.lease);
                 wait.min(left)
             } else {
                 wait
@@ -243,18 +242,9 @@ impl Candidate {
     }
 
     /// How long the next step may take: while this replica holds the Lease, only until its hold
-    /// lapses (a renewal that hangs must not keep it leading past the renew deadline, when a
-    /// follower may be about to take over); otherwise a whole renew deadline.
+    /// lapses (`Hold::step_budget`).
     fn step_budget(&self) -> Duration {
-        let deadline = self.lease.renew_deadline();
-        match deadline.checked_sub(self.renewed_ago()) {
-            Some(left) if !left.is_zero() => left,
-            _ => deadline,
-        }
-    }
-
-    fn renewed_ago(&self) -> Duration {
-        self.renewed.map_or(Duration::MAX, |at| at.elapsed())
+        self.hold.step_budget(Instant::now(), &self.lease)
     }
 
     /// Reads the Lease, renews or takes it when due; how long to wait before the next step.
@@ -289,20 +279,20 @@ impl Candidate {
         });
         match decided {
             Move::Follow(left) => {
-                self.renewed = None;
+                self.hold.release();
                 Ok(left)
             }
             Move::Renew | Move::Acquire => {
                 let taking_over = decided == Move::Acquire;
                 match self.write(lease, taking_over).await {
                     Ok(()) => {
-                        self.renewed = Some(now);
+                        self.hold.renew(now);
                         Ok(self.lease.renew_every())
                     }
                     // Someone else wrote the Lease first: look again at once.
                     Err(kube::Error::Api(status)) if status.code == 409 => {
                         if taking_over {
-                            self.renewed = None;
+                            self.hold.release();
                         }
                         Ok(Duration::ZERO)
                     }
@@ -462,7 +452,7 @@ mod tests {
             identity: "me".into(),
             lease: lease.clone(),
             observed: None,
-            renewed: None,
+            hold: Hold::default(),
             advert: None,
             peers: watch::channel(Peers::new()).0,
         };

@@ -3,6 +3,7 @@
 
 pub mod advert;
 pub mod fence;
+pub mod hold;
 pub mod leader;
 pub mod peers;
 pub mod ring;

@@ -22,6 +22,7 @@
 //! (`crate::controller::ownership::peers`).
 
 use crate::controller::ownership::advert::{PeerAddress, PeerAdvert};
+use crate::controller::ownership::hold::Hold;
 use crate::controller::ownership::leader::{LeaseSettings, LeaseTask, Record};
 use crate::controller::ownership::ring;
 use crate::controller::{Result, Settings};
@@ -124,8 +125,8 @@ fn live_members(
 /// This replica's hold on its own Lease.
 #[derive(Clone, Copy, Debug, Default)]
 struct Holding {
-    /// When the last successful renewal began.
-    renewed: Option<Instant>,
+    /// The hold on this replica's Lease: when the last successful renewal began.
+    hold: Hold,
     /// When the last successful listing began.
     listed: Option<Instant>,
     /// When the current run of renewals began, and whether another replica held a Lease then.
@@ -141,7 +142,7 @@ impl Holding {
         if others && now.duration_since(joined) < lease.duration {
             return None;
         }
-        let oldest = self.renewed?.min(self.listed?);
+        let oldest = self.hold.last()?.min(self.listed?);
         let until = oldest + lease.renew_deadline();
         (now < until).then_some(until)
     }
@@ -152,19 +153,20 @@ impl Holding {
     /// lease duration before it acts, as a newcomer does, while the others let go.
     fn renewed(&mut self, started: Instant, answered: Instant, lease: &LeaseSettings) {
         if self
-            .renewed
+            .hold
+            .last()
             .is_some_and(|last| answered.saturating_duration_since(last) >= lease.duration)
         {
             self.joined = None;
         }
-        self.renewed = Some(started);
+        self.hold.renew(started);
     }
 
     /// Takes a listing that began at `started`, in which another replica held a Lease when
     /// `others`: the first after a renewal starts a run.
     fn listed(&mut self, started: Instant, others: bool) {
         self.listed = Some(started);
-        if self.joined.is_none() && self.renewed.is_some() {
+        if self.joined.is_none() && self.hold.last().is_some() {
             self.joined = Some((started, others));
             self.run += 1;
         }
@@ -317,10 +319,7 @@ impl Replica {
     }
 
     fn members(&self, now: Instant) -> Vec<String> {
-        let holding = self
-            .holding
-            .renewed
-            .is_some_and(|at| now.duration_since(at) < self.lease.renew_deadline());
+        let holding = self.holding.hold.holds(now, &self.lease);
         live_members(&self.observed, &self.identity, holding, now, self.lease.duration)
     }
 
@@ -338,19 +337,13 @@ impl Replica {
     }
 
     fn renewal_due(&self) -> bool {
-        self.holding
-            .renewed
-            .is_none_or(|at| at.elapsed() >= self.lease.renew_every())
+        self.holding.hold.renewal_due(Instant::now(), &self.lease)
     }
 
     /// How long to sleep: to the next renewal, the end of the join wait, or the moment acting
     /// would lapse, whichever comes first (a failed step retries after a second).
     fn wait(&self, now: Instant) -> Duration {
-        let next_renewal = self
-            .holding
-            .renewed
-            .map(|at| at + self.lease.renew_every())
-            .filter(|at| *at > now);
+        let next_renewal = self.holding.hold.next_renewal(&self.lease).filter(|at| *at > now);
         let Some(next_renewal) = next_renewal else {
             return Duration::from_secs(1);
         };
@@ -368,10 +361,7 @@ impl Replica {
             match self.renew().await {
                 Ok(()) => self.holding.renewed(started, Instant::now(), &self.lease),
                 Err(error) => {
-                    let lapsed = self
-                        .holding
-                        .renewed
-                        .is_none_or(|at| at.elapsed() >= self.lease.renew_deadline());
+                    let lapsed = !self.holding.hold.holds(Instant::now(), &self.lease);
                     if lapsed {
                         self.holding.joined = None;
                     }
@@ -583,13 +573,13 @@ mod tests {
         let lease = settings();
         let start = Instant::now();
         let mut holding = Holding {
-            renewed: Some(start),
+            hold: Hold::renewed_at(start),
             listed: Some(start),
             joined: Some((start, true)),
             run: 1,
         };
         assert_eq!(holding.acting_until(start + Duration::from_secs(1), &lease), None);
-        holding.renewed = Some(start + LEASE);
+        holding.hold = Hold::renewed_at(start + LEASE);
         holding.listed = Some(start + LEASE);
         assert_eq!(
             holding.acting_until(start + LEASE, &lease),
@@ -600,7 +590,7 @@ mod tests {
             ..holding
         };
         let renewed = Holding {
-            renewed: Some(start),
+            hold: Hold::renewed_at(start),
             listed: Some(start),
             ..alone
         };
@@ -612,7 +602,7 @@ mod tests {
         let lease = settings();
         let start = Instant::now();
         let holding = Holding {
-            renewed: Some(start),
+            hold: Hold::renewed_at(start),
             listed: Some(start + Duration::from_secs(1)),
             joined: Some((start, false)),
             run: 1,

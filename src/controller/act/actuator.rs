@@ -283,9 +283,8 @@ pub async fn act(
 }
 
 /// The targets of `policy` that do not exist (`Kind namespace/name`), from the stores.
-pub fn missing_targets(context: &Context, policy: &BackpressurePolicy) -> Vec<String> {
+pub fn missing_targets(stores: &Stores, policy: &BackpressurePolicy) -> Vec<String> {
     let namespace = policy.namespace().unwrap_or_default();
-    let stores = &context.stores;
     policy
         .spec
         .targets

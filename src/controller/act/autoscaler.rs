@@ -7,8 +7,9 @@
 //! own: one of the same name that another owner made is reported, not overwritten.
 
 use crate::api::{BackpressurePolicy, ScaleKind, ScaleTarget};
-use crate::controller::{Context, FIELD_MANAGER};
+use crate::controller::{FIELD_MANAGER, Kube};
 use crate::metrics_api::routes::PENDING;
+use crate::telemetry::Metrics;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -115,12 +116,13 @@ pub fn in_place(
 
 /// Applies or removes the managed HPA to match the policy.
 pub async fn sync(
-    context: &Context,
+    kube: &Kube,
+    metrics: &Metrics,
     policy: &BackpressurePolicy,
     partitions: Option<u32>,
 ) -> Result<(), SyncError> {
     let namespace = policy.namespace().unwrap_or_default();
-    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(context.kube.client.clone(), &namespace);
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(kube.client.clone(), &namespace);
     let name = hpa_name(policy);
     let existing = api.get_opt(&name).await?;
     match &policy.spec.scale_target {
@@ -155,23 +157,13 @@ pub async fn sync(
                 }
                 Err(error) => return Err(error.into()),
             }
-            context
-                .published
-                .metrics
-                .api_writes
-                .with_label_values(&["hpa"])
-                .inc();
+            metrics.api_writes.with_label_values(&["hpa"]).inc();
         }
         None => {
             let owned = existing.is_some_and(|hpa| owned_by(&hpa, policy));
             if owned {
                 api.delete(&name, &DeleteParams::default()).await?;
-                context
-                    .published
-                    .metrics
-                    .api_writes
-                    .with_label_values(&["hpa"])
-                    .inc();
+                metrics.api_writes.with_label_values(&["hpa"]).inc();
             }
         }
     }

@@ -1,14 +1,16 @@
 //! Publishing a policy's events (`events.k8s.io`), counted as API writes.
 
 use crate::api::BackpressurePolicy;
-use crate::controller::Context;
+use crate::controller::Kube;
+use crate::telemetry::Metrics;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
 /// Publishes one event about the policy.
 pub async fn publish(
-    context: &Context,
+    kube: &Kube,
+    metrics: &Metrics,
     policy: &BackpressurePolicy,
     type_: EventType,
     reason: &str,
@@ -22,14 +24,9 @@ pub async fn publish(
         action: "Decide".into(),
         secondary: None,
     };
-    if let Err(error) = context.kube.recorder.publish(&event, &reference).await {
+    if let Err(error) = kube.recorder.publish(&event, &reference).await {
         tracing::warn!(%error, reason, "publishing an event failed");
     } else {
-        context
-            .published
-            .metrics
-            .api_writes
-            .with_label_values(&["event"])
-            .inc();
+        metrics.api_writes.with_label_values(&["event"]).inc();
     }
 }

@@ -1,7 +1,8 @@
 //! The status subresource's write: a server-side apply of the whole status levee owns.
 
 use crate::api::{BackpressurePolicy, BackpressurePolicyStatus};
-use crate::controller::{Context, FIELD_MANAGER};
+use crate::controller::{FIELD_MANAGER, Kube};
+use crate::telemetry::Metrics;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
@@ -17,14 +18,13 @@ struct StatusApply<'a> {
 
 /// Server-side applies `status` to the policy's status subresource.
 pub async fn write(
-    context: &Context,
+    kube: &Kube,
+    metrics: &Metrics,
     policy: &BackpressurePolicy,
     status: &BackpressurePolicyStatus,
 ) -> kube::Result<()> {
-    let api: Api<BackpressurePolicy> = Api::namespaced(
-        context.kube.client.clone(),
-        &policy.namespace().unwrap_or_default(),
-    );
+    let api: Api<BackpressurePolicy> =
+        Api::namespaced(kube.client.clone(), &policy.namespace().unwrap_or_default());
     let body = StatusApply {
         api_version: "levee.dev/v1alpha1",
         kind: "BackpressurePolicy",
@@ -36,11 +36,6 @@ pub async fn write(
         &Patch::Apply(&body),
     )
     .await?;
-    context
-        .published
-        .metrics
-        .api_writes
-        .with_label_values(&["status"])
-        .inc();
+    metrics.api_writes.with_label_values(&["status"]).inc();
     Ok(())
 }

@@ -248,7 +248,12 @@ async fn pass(context: &Context, fence: &Fence, shared: &Mutex<Shared>, job: Job
     let autoscaler_failure = match job.autoscaler {
         None => None,
         Some(sync) => match fence
-            .write(autoscaler::sync(context, &job.policy, sync.partitions))
+            .write(autoscaler::sync(
+                &context.kube,
+                &context.published.metrics,
+                &job.policy,
+                sync.partitions,
+            ))
             .await
         {
             Err(Fenced) => return,
@@ -260,7 +265,14 @@ async fn pass(context: &Context, fence: &Fence, shared: &Mutex<Shared>, job: Job
     };
     shared.lock().expect("policy writes lock").failures.autoscaler = autoscaler_failure;
     for (type_, reason, note) in job.events {
-        let published = publish(context, &job.policy, type_, reason, note);
+        let published = publish(
+            &context.kube,
+            &context.published.metrics,
+            &job.policy,
+            type_,
+            reason,
+            note,
+        );
         if fence.write(published).await.is_err() {
             return;
         }
@@ -301,14 +313,25 @@ async fn save_status(
     let fenced = |_: Fenced| {
         tracing::info!(%namespace, policy = %name, "stopped acting on the policy; its status is left to the new owner");
     };
-    let written = match fence.write(write(context, policy, &next)).await {
+    let written = match fence
+        .write(write(&context.kube, &context.published.metrics, policy, &next))
+        .await
+    {
         Err(lost) => return fenced(lost),
         Ok(Err(error)) if refused_as_too_large(&error) => {
             // The decision first: producers follow only a saved one, so a status the API
             // server will not store must not keep the circuit from acting.
             tracing::warn!(%namespace, policy = %name, %error, "the API server refused the status; writing the decision alone");
             let decision = next.decision_only();
-            match fence.write(write(context, policy, &decision)).await {
+            match fence
+                .write(write(
+                    &context.kube,
+                    &context.published.metrics,
+                    policy,
+                    &decision,
+                ))
+                .await
+            {
                 Err(lost) => return fenced(lost),
                 Ok(written) => written.map(|()| decision),
             }

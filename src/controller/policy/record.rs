@@ -3,8 +3,8 @@
 
 use crate::api::BackpressurePolicy;
 use crate::circuit::{Circuit, Transition};
-use crate::controller::Context;
 use crate::controller::cache::secrets::EndpointProblem;
+use crate::controller::{Context, Published};
 use crate::forecast::Forecast;
 use crate::sampler::Sample;
 use crate::telemetry::Change;
@@ -16,7 +16,7 @@ use std::time::Instant;
 /// The sample's series: its duration, and a failure (`levee_pending` and `levee_queue_depth`
 /// are rendered from the published values, see `publish_values`).
 pub fn record_sample(
-    context: &Context,
+    published: &Published,
     namespace: &str,
     name: &str,
     sample: &Result<Sample, EndpointProblem>,
@@ -33,7 +33,7 @@ pub fn record_sample(
             failed: true,
         },
     };
-    context.published.metrics.policies.record(namespace, name, change);
+    published.metrics.policies.record(namespace, name, change);
 }
 
 /// Publishes the sample's values (every replica serves them): the external metrics API answers
@@ -104,8 +104,8 @@ pub fn publish_values(
 
 /// The circuit's series (state, level, Prolonged) and its published values (the external
 /// scaler pushes a change of them).
-pub fn record_circuit(context: &Context, namespace: &str, name: &str, circuit: &Circuit) {
-    context.published.values.publish_circuit(
+pub fn record_circuit(published: &Published, namespace: &str, name: &str, circuit: &Circuit) {
+    published.values.publish_circuit(
         namespace,
         name,
         CircuitValues {
@@ -113,24 +113,24 @@ pub fn record_circuit(context: &Context, namespace: &str, name: &str, circuit: &
             level: circuit.level,
         },
     );
-    record_circuit_series(context, namespace, name, circuit);
+    record_circuit_series(published, namespace, name, circuit);
 }
 
 /// The circuit's series alone.
-pub fn record_circuit_series(context: &Context, namespace: &str, name: &str, circuit: &Circuit) {
+pub fn record_circuit_series(published: &Published, namespace: &str, name: &str, circuit: &Circuit) {
     let change = Change::Circuit {
         state: circuit.state,
         level: circuit.level,
         prolonged: circuit.prolonged,
     };
-    context.published.metrics.policies.record(namespace, name, change);
+    published.metrics.policies.record(namespace, name, change);
 }
 
 /// Counts a transition.
-pub fn record_transition(context: &Context, namespace: &str, name: &str, transition: &Transition) {
+pub fn record_transition(published: &Published, namespace: &str, name: &str, transition: &Transition) {
     let change = Change::Transition {
         from: transition.from,
         to: transition.to,
     };
-    context.published.metrics.policies.record(namespace, name, change);
+    published.metrics.policies.record(namespace, name, change);
 }

@@ -636,7 +636,7 @@ impl PolicyState {
             self.spec.forecast = judgement::forecast(&mut self.spec.forecaster, &self.spec.rules, sample);
         }
         let (namespace, name) = self.names();
-        record::record_sample(context, &namespace, &name, &sample);
+        record::record_sample(&context.published, &namespace, &name, &sample);
         record::publish_values(context, &self.policy, &sample, self.spec.forecast);
         match &sample {
             // A rotated password shows up as an authentication error: re-read the Secrets (paced).
@@ -659,9 +659,9 @@ impl PolicyState {
             .follow(status, heartbeat, phase_of(&task_key(&self.policy)));
         let (namespace, name) = self.names();
         if publish {
-            record::record_circuit(context, &namespace, &name, &self.circuit);
+            record::record_circuit(&context.published, &namespace, &name, &self.circuit);
         } else {
-            record::record_circuit_series(context, &namespace, &name, &self.circuit);
+            record::record_circuit_series(&context.published, &namespace, &name, &self.circuit);
         }
     }
 
@@ -672,7 +672,7 @@ impl PolicyState {
         Gathered {
             failures: self.hand.writes.failures(),
             missing: if acts {
-                actuator::missing_targets(context, &self.policy)
+                actuator::missing_targets(&context.stores, &self.policy)
             } else {
                 Vec::new()
             },
@@ -695,9 +695,9 @@ impl PolicyState {
         self.circuit = act.circuit;
         self.hand.events.clear();
         let (namespace, name) = self.names();
-        record::record_circuit(context, &namespace, &name, &self.circuit);
+        record::record_circuit(&context.published, &namespace, &name, &self.circuit);
         if let Some(transition) = &act.decision.transition {
-            record::record_transition(context, &namespace, &name, transition);
+            record::record_transition(&context.published, &namespace, &name, transition);
         }
         self.hand.writes.submit(context, act.job);
     }

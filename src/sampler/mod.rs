@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod nats;
 mod node_addr;
 pub mod redis;
+pub mod sqs;
 mod tls;
 
 pub use self::redis::slot;
